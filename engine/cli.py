@@ -1,0 +1,319 @@
+"""``imprint``: a thin click layer over the Python API (engine.membership, engine.attribution, ...).
+
+Conventions: one command per verb; the same option names everywhere; ``--json`` prints a machine-readable
+summary on stdout; progress and skip lines go to stderr; user errors print one line ``error: ...`` and exit
+with status 2; unexpected errors print one line and the path of a log file holding the traceback.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import click
+
+from .errors import ImprintError
+
+log = logging.getLogger("imprint")
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+class Reporter:
+    """Progress bars and one-line messages on stderr (quiet with --json)."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+
+    def line(self, msg: str) -> None:
+        if not self.quiet:
+            click.echo(msg, err=True)
+
+    def progress(self, total: int, desc: str):
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, desc=desc, unit="img", disable=None if not self.quiet else True,
+                   file=sys.stderr, leave=False, dynamic_ncols=True)
+        return bar
+
+
+def _policy(size: int, size_policy: str, window: str | None):
+    from .ingest import IngestPolicy
+
+    win = None
+    if window:
+        try:
+            c, w = (float(x) for x in window.split(","))
+        except ValueError:
+            raise ImprintError(f"--window must be CENTER,WIDTH (got {window!r})") from None
+        if w <= 0:
+            raise ImprintError("--window width must be positive")
+        win = (c, w)
+    if size < 16 or size > 4096:
+        raise ImprintError(f"--size must be between 16 and 4096 (got {size})")
+    return IngestPolicy(size=(size, size), size_policy=size_policy, window=win)
+
+
+def _finish(summary: dict, as_json: bool, line: str) -> None:
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, sort_keys=True, default=_json_default))
+    else:
+        click.echo(line)
+
+
+def _json_default(o):
+    import numpy as np
+
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+common_input = [
+    click.option("--size", type=int, default=128, show_default=True,
+                 help="Working size: every image is converted to SIZE x SIZE grayscale."),
+    click.option("--size-policy", type=click.Choice(["resize", "error"]), default="resize", show_default=True,
+                 help="Images of another size are resized, or skipped ('error')."),
+    click.option("--window", default=None, metavar="CENTER,WIDTH",
+                 help="Intensity window for 16-bit images (default: each image's own min..max range)."),
+    click.option("--strict", is_flag=True, help="Any skipped input file is an error (exit status 2)."),
+    click.option("--seed", type=int, default=0, show_default=True, help="Random seed (results are deterministic)."),
+    click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout."),
+]
+
+
+def with_common(f):
+    for opt in reversed(common_input):
+        f = opt(f)
+    return f
+
+
+# ---------------------------------------------------------------------------------------------- the group
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="imprint", prog_name="imprint")
+@click.option("-v", "--verbose", is_flag=True, help="Log details to stderr.")
+def cli(verbose: bool) -> None:
+    """imprint: audit synthetic medical images for training-data membership and generator attribution."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+# ---------------------------------------------------------------------------------------------- membership
+@cli.command()
+@click.option("--generated", "gen_dir", required=True, help="Folder of the generator's images.")
+@click.option("--real", "real_dir", required=True, help="Folder of real images to score (searched recursively).")
+@click.option("--out", required=True, help="Output CSV: image,score,used.")
+@click.option("--dev", "dev_dirs", multiple=True,
+              help="Labelled dev set DIR with generated/, real/used/, real/unused/ (repeatable).")
+@click.option("--reference", "ref_dirs", multiple=True,
+              help="Folder of real images known NOT to be training data (repeatable); the null distribution.")
+@click.option("--decision", default="fpr:0.01", show_default=True,
+              help="'fpr:ALPHA' (flag only beyond the null's 1-ALPHA level) or 'f1' (maximise expected F1).")
+@click.option("--report", "report_dir", default=None, help="Write an HTML report into this folder.")
+@with_common
+def membership(gen_dir, real_dir, out, dev_dirs, ref_dirs, decision, report_dir, size, size_policy, window,
+               strict, seed, as_json):
+    """Score real images: were they used to train the generator of GEN?"""
+    from .pipeline import run_membership
+
+    rep = Reporter(quiet=as_json)
+    summary = run_membership(gen_dir=gen_dir, real_dir=real_dir, out=out, dev_dirs=dev_dirs, ref_dirs=ref_dirs,
+                             decision=decision, policy=_policy(size, size_policy, window), strict=strict,
+                             seed=seed, rep=rep, report_dir=report_dir)
+    _finish(summary, as_json, summary["summary"])
+
+
+# ---------------------------------------------------------------------------------------------- attribution
+def _parse_k(value: str) -> int | None:
+    if str(value).lower() == "auto":
+        return None
+    try:
+        k = int(value)
+    except ValueError:
+        raise ImprintError(f"--k must be a positive integer or 'auto' (got {value!r})") from None
+    if k < 1:
+        raise ImprintError(f"--k must be at least 1 (got {k})")
+    return k
+
+
+@cli.command()
+@click.option("--images", "images_dir", required=True, help="Folder of generated images (searched recursively).")
+@click.option("--k", "k", required=True, help="Number of generators, or 'auto' to estimate it.")
+@click.option("--out", required=True, help="Output CSV: image,cluster.")
+@click.option("--dev", "dev_dir", default=None, help="Folder with one labelled subfolder per known model.")
+@click.option("--report", "report_dir", default=None, help="Write an HTML report into this folder.")
+@with_common
+def attribute(images_dir, k, out, dev_dir, report_dir, size, size_policy, window, strict, seed, as_json):
+    """Group generated images by the model that made them."""
+    from .pipeline import run_attribution
+
+    rep = Reporter(quiet=as_json)
+    summary = run_attribution(images_dir=images_dir, k=_parse_k(k), out=out, dev_dir=dev_dir,
+                              policy=_policy(size, size_policy, window), strict=strict, seed=seed, rep=rep,
+                              report_dir=report_dir)
+    _finish(summary, as_json, summary["summary"])
+
+
+# ---------------------------------------------------------------------------------------------- evaluate
+@cli.group()
+def evaluate() -> None:
+    """Score outputs against ground truth."""
+
+
+@evaluate.command("membership")
+@click.option("--scores", required=True, help="CSV written by `imprint membership`.")
+@click.option("--truth", default=None, help="CSV with columns image,label (label used/unused or 1/0).")
+@click.option("--truth-from-folders", is_flag=True,
+              help="Take each image's label from its first folder (used/... or unused/...).")
+@click.option("--json", "as_json", is_flag=True)
+def evaluate_membership(scores, truth, truth_from_folders, as_json):
+    """F1, accuracy, precision, recall, specificity, ROC AUC, TPR at 1% FPR."""
+    from .evaluate import (join_truth, membership_metrics, parse_used_label, read_csv, truth_from_csv,
+                           truth_from_folders as tff)
+
+    if bool(truth) == bool(truth_from_folders):
+        raise ImprintError("give exactly one of --truth or --truth-from-folders")
+    rows = read_csv(scores, ["image", "score", "used"])
+    pred = {r["image"]: r for r in rows}
+    t = tff(list(pred)) if truth_from_folders else truth_from_csv(truth)
+    names, labels = join_truth(pred, t)
+    y = [parse_used_label(v, truth or "folder names") for v in labels]
+    try:
+        used = [int(pred[n]["used"]) for n in names]
+        score = [float(pred[n]["score"]) for n in names]
+    except ValueError as exc:
+        raise ImprintError(f"bad value in {scores}: {exc}") from None
+    m = membership_metrics(y, used, score)
+    m["n_scored_not_in_truth"] = len(pred) - len(names)
+    line = ("F1 {f1:.3f}  accuracy {accuracy:.3f}  precision {precision:.3f}  recall {recall:.3f}  "
+            "specificity {specificity:.3f}  ROC AUC {roc_auc:.3f}  TPR@1%FPR {tpr_at_1pct_fpr:.3f}  (n={n})").format(**m)
+    _finish(m, as_json, line)
+
+
+@evaluate.command("attribution")
+@click.option("--clusters", required=True, help="CSV written by `imprint attribute`.")
+@click.option("--truth", default=None, help="CSV with columns image,label (label = model name).")
+@click.option("--truth-from-folders", is_flag=True, help="Take each image's model from its first folder.")
+@click.option("--json", "as_json", is_flag=True)
+def evaluate_attribution(clusters, truth, truth_from_folders, as_json):
+    """Adjusted Rand index and NMI."""
+    from .evaluate import attribution_metrics, join_truth, read_csv, truth_from_csv, truth_from_folders as tff
+
+    if bool(truth) == bool(truth_from_folders):
+        raise ImprintError("give exactly one of --truth or --truth-from-folders")
+    rows = read_csv(clusters, ["image", "cluster"])
+    pred = {r["image"]: r["cluster"] for r in rows}
+    t = tff(list(pred)) if truth_from_folders else truth_from_csv(truth)
+    names, labels = join_truth(pred, t)
+    m = attribution_metrics(labels, [pred[n] for n in names])
+    _finish(m, as_json, "ARI {ari:.3f}  NMI {nmi:.3f}  (n={n}, k_true={k_true}, k_pred={k_pred})".format(**m))
+
+
+# ---------------------------------------------------------------------------------------------- embed
+@cli.command()
+@click.argument("folder")
+@click.option("--store", required=True, help="Store folder (created if absent; resumed if present).")
+@click.option("--backbone", default="pixel", show_default=True, help="Backbone name or path to an ONNX file.")
+@click.option("--batch-size", type=int, default=None, help="Inference batch size (default: automatic).")
+@click.option("--shard-size", type=int, default=4096, show_default=True, help="Rows per Arrow shard.")
+@with_common
+def embed(folder, store, backbone, batch_size, shard_size, size, size_policy, window, strict, seed, as_json):
+    """Embed every image of FOLDER into an Arrow store (resumable; only new or changed images are embedded)."""
+    from .pipeline import run_embed
+
+    rep = Reporter(quiet=as_json)
+    summary = run_embed(folder=folder, store=store, backbone=backbone, batch_size=batch_size,
+                        shard_size=shard_size, policy=_policy(size, size_policy, window), strict=strict, rep=rep)
+    _finish(summary, as_json, summary["summary"])
+
+
+# ---------------------------------------------------------------------------------------------- models
+@cli.group()
+def models() -> None:
+    """Build and list the ONNX backbones."""
+
+
+@models.command("build")
+@click.option("--force", is_flag=True, help="Rebuild even when the files exist.")
+@click.option("--out-dir", default=None, help="Where to write the ONNX files (default: the package's models/onnx).")
+def models_build(force, out_dir):
+    """Export every backbone to ONNX (needs the 'export' extra for the pretrained one)."""
+    from models.build import build_all
+
+    t0 = time.perf_counter()
+    built = build_all(out_dir=out_dir, force=force)
+    n = len(built) if built is not None else 0
+    click.echo(f"built {n} backbone file(s) in {time.perf_counter() - t0:.1f}s")
+
+
+@models.command("list")
+def models_list():
+    """One line per backbone: name, input size, output dim, pretrained, sha256."""
+    from models.registry import describe_lines
+
+    for line in describe_lines():
+        click.echo(line)
+
+
+# ---------------------------------------------------------------------------------------------- demo
+@cli.command()
+@click.option("--out", "out_dir", default="out/demo", show_default=True, help="Output folder.")
+@click.option("--data", "data_dir", default=None, help="Demo data folder (default: the embedded sample).")
+@click.option("--report", "report", is_flag=True, help="Also write HTML reports.")
+@click.option("--json", "as_json", is_flag=True)
+def demo(out_dir, data_dir, report, as_json):
+    """Run both tasks end to end on the embedded sample data and print their metrics."""
+    from .demo import run_demo
+
+    summary = run_demo(out_dir=out_dir, data_dir=data_dir, report=report, rep=Reporter(quiet=as_json))
+    _finish(summary, as_json, summary["summary"])
+
+
+# ---------------------------------------------------------------------------------------------- entry point
+def _log_dir() -> Path:
+    d = os.environ.get("IMPRINT_LOG_DIR") or os.path.join(tempfile.gettempdir(), "imprint-logs")
+    Path(d).mkdir(parents=True, exist_ok=True)
+    return Path(d)
+
+
+def main(argv=None) -> None:
+    """Console entry point: maps errors to one line and an exit status."""
+    try:
+        cli.main(args=argv, prog_name="imprint", standalone_mode=False)
+    except ImprintError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo("interrupted; re-run the same command to resume", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except SystemExit:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - last line of defence: one line plus a log file
+        try:
+            path = _log_dir() / f"imprint-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+            path.write_text(traceback.format_exc(), encoding="utf-8")
+            where = f" (details in {path})"
+        except OSError:
+            where = ""
+        click.echo(f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}{where}",
+                   err=True)
+        sys.exit(1)
+    sys.exit(0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

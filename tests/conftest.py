@@ -1,0 +1,47 @@
+import os
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+def ct_like(rng, n, size=64):
+    """Smooth, CT-like synthetic slices: an elliptical body, lungs, blobs and mild noise (uint8)."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size - 0.5
+    out = np.empty((n, size, size), dtype=np.uint8)
+    for i in range(n):
+        a, b = rng.uniform(0.35, 0.45), rng.uniform(0.28, 0.4)
+        body = ((xx / a) ** 2 + (yy / b) ** 2 < 1).astype(np.float32) * 120
+        for sx in (-0.18, 0.18):
+            cx, cy = sx + rng.normal(0, 0.02), rng.normal(0, 0.03)
+            lung = ((xx - cx) / 0.12) ** 2 + ((yy - cy) / 0.2) ** 2 < 1
+            body[lung] = 25
+        for _ in range(4):
+            cx, cy, r = rng.uniform(-0.3, 0.3), rng.uniform(-0.25, 0.25), rng.uniform(0.02, 0.06)
+            body += 90 * np.exp(-(((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * r * r)))
+        body += rng.normal(0, 4, body.shape)
+        out[i] = np.clip(body, 0, 255).astype(np.uint8)
+    return out
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+def save_png(path, arr, mode=None):
+    Image.fromarray(arr, mode=mode).save(path) if mode else Image.fromarray(arr).save(path)
+
+
+def png_bomb(width=100000, height=100000) -> bytes:
+    """A tiny PNG whose header declares width x height pixels."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 64)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
