@@ -224,14 +224,55 @@ def evaluate_attribution(clusters, truth, truth_from_folders, as_json):
 @click.option("--backbone", default="pixel", show_default=True, help="Backbone name or path to an ONNX file.")
 @click.option("--batch-size", type=int, default=None, help="Inference batch size (default: automatic).")
 @click.option("--shard-size", type=int, default=4096, show_default=True, help="Rows per Arrow shard.")
+@click.option("--input-size", type=int, default=None, help="User ONNX only: model input size (square).")
+@click.option("--mean", default=None, help="User ONNX only: per-channel mean on the 0..255 scale, e.g. 123.7,116.3,103.5")
+@click.option("--std", default=None, help="User ONNX only: per-channel std on the 0..255 scale.")
+@click.option("--channels", type=click.Choice(["1", "3"]), default=None, help="User ONNX only: input channels.")
 @with_common
-def embed(folder, store, backbone, batch_size, shard_size, size, size_policy, window, strict, seed, as_json):
+def embed(folder, store, backbone, batch_size, shard_size, input_size, mean, std, channels, size, size_policy,
+          window, strict, seed, as_json):
     """Embed every image of FOLDER into an Arrow store (resumable; only new or changed images are embedded)."""
     from .pipeline import run_embed
 
     rep = Reporter(quiet=as_json)
+    opts = {}
+    if input_size is not None:
+        opts["input_size"] = input_size
+    for key, val in (("mean", mean), ("std", std)):
+        if val is not None:
+            try:
+                opts[key] = tuple(float(x) for x in val.split(","))
+            except ValueError:
+                raise ImprintError(f"--{key} must be comma-separated numbers (got {val!r})") from None
+    if channels is not None:
+        opts["channels"] = int(channels)
     summary = run_embed(folder=folder, store=store, backbone=backbone, batch_size=batch_size,
-                        shard_size=shard_size, policy=_policy(size, size_policy, window), strict=strict, rep=rep)
+                        shard_size=shard_size, policy=_policy(size, size_policy, window), strict=strict, rep=rep,
+                        onnx_options=opts)
+    _finish(summary, as_json, summary["summary"])
+
+
+# ---------------------------------------------------------------------------------------------- pairs
+@cli.command()
+@click.option("--real", "real_dir", required=True, help="Folder of real images (searched recursively).")
+@click.option("--generated", "gen_dir", required=True, help="Folder of generated images.")
+@click.option("--k", type=int, default=10, show_default=True, help="Nearest generated images per real image.")
+@click.option("--out", required=True, help="Output Parquet: real,generated,rank,distance,ssim,mse.")
+@click.option("--backbone", default="pixel", show_default=True, help="Backbone for the k-NN shortlist.")
+@click.option("--metric", type=click.Choice(["cosine", "l2"]), default="cosine", show_default=True)
+@click.option("--index", default="auto", show_default=True, help="'auto' or a FAISS index-factory string.")
+@click.option("--batch", type=int, default=4096, show_default=True, help="Real images per streamed batch.")
+@click.option("--no-rerank", is_flag=True, help="Skip the SSIM/MSE re-scoring of the pairs.")
+@with_common
+def pairs(real_dir, gen_dir, k, out, backbone, metric, index, batch, no_rerank, size, size_policy, window, strict,
+          seed, as_json):
+    """Nearest generated images of every real image, with embedding distance, SSIM and MSE per pair."""
+    from .pairs import run_pairs
+
+    rep = Reporter(quiet=as_json)
+    summary = run_pairs(real_dir=real_dir, gen_dir=gen_dir, k=k, out=out, backbone=backbone, metric=metric,
+                        index=index, batch=batch, policy=_policy(size, size_policy, window), strict=strict, rep=rep,
+                        rerank=not no_rerank)
     _finish(summary, as_json, summary["summary"])
 
 

@@ -26,19 +26,23 @@ def run_demo(out_dir: str = "out/demo", data_dir: str | None = None, report: boo
         raise ImprintError(f"cannot create output folder {out}: {exc.strerror or exc}") from None
     t0 = time.perf_counter()
     tgt = data / "membership" / "target"
+    mtruth = {k: parse_used_label(v, "truth.csv") for k, v in truth_from_csv(tgt / "truth.csv").items()}
+    att_dir = data / "attribution"
+    atruth = truth_from_csv(att_dir / "truth.csv")
     mem = run_membership(gen_dir=str(tgt / "generated"), real_dir=str(tgt / "real"),
                          out=str(out / "scores.csv"), dev_dirs=[str(data / "membership" / "dev_a")],
-                         decision="f1", rep=rep, report_dir=str(out / "report_membership") if report else None)
+                         decision="f1", rep=rep, report_dir=str(out / "report_membership") if report else None,
+                         truth=mtruth)
     rows = read_csv(out / "scores.csv", ["image", "score", "used"])
     pred = {r["image"]: r for r in rows}
     names, labels = join_truth(pred, truth_from_csv(tgt / "truth.csv"))
     m = membership_metrics([parse_used_label(v, "truth.csv") for v in labels],
                            [int(pred[n]["used"]) for n in names], [float(pred[n]["score"]) for n in names])
 
-    att_dir = data / "attribution"
     att = run_attribution(images_dir=str(att_dir / "images"), k=3, out=str(out / "clusters.csv"),
                           dev_dir=str(att_dir / "dev"), rep=rep,
-                          report_dir=str(out / "report_attribution") if report else None)
+                          report_dir=str(out / "report_attribution") if report else None,
+                          truth=atruth)
     crows = read_csv(out / "clusters.csv", ["image", "cluster"])
     cpred = {r["image"]: r["cluster"] for r in crows}
     cn, cl = join_truth(cpred, truth_from_csv(att_dir / "truth.csv"))

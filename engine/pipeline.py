@@ -106,7 +106,8 @@ def _strict(strict: bool, skips: list) -> None:
 def run_membership(*, gen_dir: str, real_dir: str, out: str, dev_dirs: Sequence[str] = (),
                    ref_dirs: Sequence[str] = (), decision: str = "fpr:0.01",
                    policy: IngestPolicy = IngestPolicy(), strict: bool = False, seed: int = 0, rep=None,
-                   report_dir: str | None = None) -> dict:
+                   report_dir: str | None = None, truth: dict | None = None) -> dict:
+    """``truth`` (optional, image -> 0/1) only adds truth-based plots to the report."""
     from .membership import DevSet, audit_membership
 
     rep = rep or _NullReporter()
@@ -204,14 +205,16 @@ def run_membership(*, gen_dir: str, real_dir: str, out: str, dev_dirs: Sequence[
                           f"{len(gen)} generated, {len(skips)} skipped; {timings['total_s']:.1f}s -> {out}"
                           + (f"\n{res.summary}" if getattr(res, "summary", "") else ""))
     if report_dir is not None:
-        summary["report"] = _report("membership", report_dir, summary=summary, result=res, real=real, gen=gen)
+        summary["report"] = _report("membership", report_dir, summary=summary, result=res, real=real, gen=gen,
+                                    truth=truth)
     return summary
 
 
 # ---------------------------------------------------------------------------------------------- attribution
 def run_attribution(*, images_dir: str, k: int | None, out: str, dev_dir: str | None = None,
                     policy: IngestPolicy = IngestPolicy(), strict: bool = False, seed: int = 0, rep=None,
-                    report_dir: str | None = None) -> dict:
+                    report_dir: str | None = None, truth: dict | None = None) -> dict:
+    """``truth`` (optional, image -> model name) only adds truth-based plots to the report."""
     from .attribution import attribute
 
     rep = rep or _NullReporter()
@@ -274,13 +277,15 @@ def run_attribution(*, images_dir: str, k: int | None, out: str, dev_dir: str | 
                           f"{' (k estimated)' if k is None else ''}; {len(skips)} skipped; "
                           f"{timings['total_s']:.1f}s -> {out}")
     if report_dir is not None:
-        summary["report"] = _report("attribution", report_dir, summary=summary, result=res, images=imgs)
+        summary["report"] = _report("attribution", report_dir, summary=summary, result=res, images=imgs,
+                                    truth=truth)
     return summary
 
 
 # ---------------------------------------------------------------------------------------------- embed
 def _spec_dict(spec) -> dict:
-    keys = ("name", "version", "sha256", "input_size", "channels", "mean", "std", "dim", "pretrained")
+    keys = ("name", "version", "sha256", "input_size", "channels", "mean", "std", "dim", "pretrained", "resize",
+            "opset")
     out = {}
     for k in keys:
         v = getattr(spec, k, None)
@@ -293,11 +298,12 @@ def _spec_dict(spec) -> dict:
 
 
 def run_embed(*, folder: str, store: str, backbone: str = "pixel", batch_size: int | None = None,
-              shard_size: int = 4096, policy: IngestPolicy = IngestPolicy(), strict: bool = False, rep=None) -> dict:
+              shard_size: int = 4096, policy: IngestPolicy = IngestPolicy(), strict: bool = False, rep=None,
+              onnx_options: dict | None = None) -> dict:
     """Embed new or changed images of ``folder`` into the Arrow store ``store`` (resumable)."""
     import hashlib
 
-    from .backbone import load_backbone
+    from .backbone import embed, load_backbone
     from .ingest import discover, iter_batches
     from .store import EmbeddingStore
 
@@ -308,7 +314,7 @@ def run_embed(*, folder: str, store: str, backbone: str = "pixel", batch_size: i
         raise ImprintError("--shard-size must be at least 1")
     if batch_size is not None and batch_size < 1:
         raise ImprintError("--batch-size must be at least 1")
-    bb = load_backbone(backbone)
+    bb = load_backbone(backbone, **(onnx_options or {}))
     spec = _spec_dict(bb.spec)
     st = EmbeddingStore.open_or_create(store, backbone=spec, dim=int(bb.spec.dim), policy=policy.describe())
 
@@ -333,7 +339,7 @@ def run_embed(*, folder: str, store: str, backbone: str = "pixel", batch_size: i
         try:
             for imgs, paths, hashes in iter_batches(folder, todo, shard_size, policy,
                                                     on_skip=lambda s: skips.append((folder, s.path, s.reason))):
-                vec = bb.embed(imgs, batch_size=batch_size) if hasattr(bb, "embed") else _embed_with(bb, imgs, batch_size)
+                vec = embed(imgs, bb, batch_size=batch_size)
                 st.append(paths, hashes, vec)
                 n_new += len(paths)
                 bar.update(len(paths))
@@ -360,12 +366,6 @@ def run_embed(*, folder: str, store: str, backbone: str = "pixel", batch_size: i
     for folder_, p, reason in skips:
         rep.line(f"skipped {folder_.rstrip('/')}/{p}: {reason}")
     return summary
-
-
-def _embed_with(bb, imgs, batch_size):
-    from .backbone import embed
-
-    return embed(imgs, bb.spec.name, batch_size=batch_size)
 
 
 # ---------------------------------------------------------------------------------------------- report

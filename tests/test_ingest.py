@@ -99,3 +99,51 @@ def test_unreadable_file(tmp_path, rng):
     os.chmod(d / "b.png", 0)
     s = load_folder(d, POL)
     assert s.paths == ["a.png"] and "permission" in s.skipped[0].reason
+
+
+def test_permission_denied_is_a_skip(tmp_path, rng, monkeypatch):
+    """Works as root too: the open() of one file raises PermissionError."""
+    import builtins
+    import engine.ingest as ing
+
+    d = tmp_path / "d"; d.mkdir()
+    save_png(d / "a.png", ct_like(rng, 1)[0]); save_png(d / "b.png", ct_like(rng, 1)[0])
+    real_open = builtins.open
+
+    def fake_open(path, *a, **k):
+        if str(path).endswith("b.png"):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(ing, "open", fake_open, raising=False)
+    s = load_folder(d, POL)
+    assert s.paths == ["a.png"] and s.skipped[0].reason == "permission denied"
+
+
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+
+def _seed_png():
+    b = io.BytesIO()
+    Image.fromarray(ct_like(np.random.default_rng(0), 1, 32)[0]).save(b, format="PNG")
+    return b.getvalue()
+
+
+SEED_PNG = _seed_png()
+
+
+@settings(max_examples=300, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.integers(0, len(SEED_PNG) - 1), st.integers(0, 255)), min_size=1, max_size=8),
+       st.integers(0, len(SEED_PNG)))
+def test_fuzz_mutated_png_never_crashes(mutations, cut):
+    """Mutated and truncated PNG bytes either decode to a valid uint8 image or raise ValueError with a reason."""
+    data = bytearray(SEED_PNG[:max(cut, 1)])
+    for pos, val in mutations:
+        if pos < len(data):
+            data[pos] = val
+    try:
+        out = decode_bytes(bytes(data), IngestPolicy(size=(32, 32)))
+    except ValueError as exc:
+        assert str(exc)
+    else:
+        assert out.shape == (32, 32) and out.dtype == np.uint8

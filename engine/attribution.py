@@ -1,0 +1,389 @@
+"""Generator attribution: cluster generated images by the model that made them.
+
+Method
+------
+1. **Features** (:mod:`engine.features`): generator traces rather than anatomy — intensity histogram
+   statistics, noise-residual statistics, radial/directional residual spectra with up-sampling peak
+   bins, the image's own radial spectrum, LBP histograms of image and residual, and
+   ``kernels.fingerprint_features`` (median-residual spectrum, peaks, ACF, residual LBP).
+2. **Standardise** each feature over the target images.  With ``dev_sets`` (images of known models)
+   each feature is re-weighted by ``1/sqrt(within-model variance + 0.05)`` measured on the dev
+   models in target units: features that stay constant inside a generator (its fingerprint) are
+   emphasised, features that follow the anatomy are damped.  This uses dev only to weight features,
+   never to fix class directions, so a model absent from dev can still form its own cluster.  One
+   extra view adds LDA directions learned on dev, concatenated with an unsupervised PCA of the
+   target images (kept open to unseen models).
+3. **Views**: whitened PCA of all features, a non-whitened PCA (90 % variance), and a whitened PCA
+   of every feature group separately.
+4. **Candidates**: k-means (many restarts), full-covariance GMM and Ward agglomeration on every view.
+5. **Consensus**: the co-association matrix (fraction of candidates that put two images together)
+   is clustered by average linkage into ``k`` groups.  Disagreeing views are out-voted, which made
+   the result robust on every dev protocol we tried (see benchmarks/RESULTS_attribution.md).
+   Per-image confidence = mean co-association with the members of its own cluster (in [0, 1]).
+6. **k=None**: k is scanned over ``2..k_max`` with a lighter candidate set and chosen by the
+   silhouette of the consensus partition measured on the co-association distance ``1 - C``
+   (smallest k within 0.005 of the best).
+
+For more than ``max_consensus`` images the co-association matrix is built on a seeded subsample
+and the remaining images are assigned to the consensus cluster they co-associate with most.
+Everything is deterministic for a given ``random_state``.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from engine import features as _F
+from engine.errors import ImprintError
+
+__all__ = ["AttributionResult", "attribute", "DEFAULT_GROUPS"]
+
+DEFAULT_GROUPS = ("hist", "resid", "rspec", "ispec", "lbp", "fingerprint")
+_DEV_FLOOR = 0.05
+_WEIGHT_CLIP = (0.25, 4.0)
+
+
+@dataclass
+class AttributionResult:
+    """Result of :func:`attribute`.
+
+    Attributes
+    ----------
+    labels : int64 ndarray [N]
+        Cluster of each image, ``0..k-1`` (cluster 0 is the largest).
+    k : int
+        Number of clusters (the estimate when ``k=None`` was asked).
+    confidence : float64 ndarray [N]
+        Mean co-association of the image with the members of its cluster, in [0, 1].
+    info : dict
+        JSON-able diagnostics: algorithm, candidates and their agreement with the consensus,
+        k-scan scores, cluster sizes, per-cluster mean residual radial spectrum, feature info.
+    summary : str
+        One-line human summary.
+    features : float64 ndarray [N, F]
+        The standardised (and dev-weighted) feature matrix used for clustering (for reports).
+    """
+
+    labels: np.ndarray
+    k: int
+    confidence: np.ndarray
+    info: dict = field(default_factory=dict)
+    summary: str = ""
+    features: np.ndarray | None = None
+
+
+# ----------------------------------------------------------------------------------------- helpers
+def _check_k(k, n):
+    if k is None:
+        return None
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise ImprintError(f"k must be an integer or None, got {k!r}")
+    k = int(k)
+    if k < 1:
+        raise ImprintError(f"k must be at least 1, got {k}")
+    if k > n:
+        raise ImprintError(f"k={k} is larger than the number of images ({n})")
+    return k
+
+
+def _extract(images, groups):
+    feats, names = _F.extract(images, groups)
+    return feats, names
+
+
+def _group_masks(names, groups):
+    prefix = {"fingerprint": "fp."}
+    out = {}
+    for g in groups:
+        p = prefix.get(g, g + ".")
+        m = np.array([n.startswith(p) for n in names])
+        if m.any():
+            out[g] = m
+    return out
+
+
+def _pca(Z, n_comp, whiten, seed):
+    from sklearn.decomposition import PCA
+
+    n_comp = int(max(1, min(n_comp, Z.shape[0] - 1, Z.shape[1]))) if isinstance(n_comp, int) else n_comp
+    if Z.shape[0] < 3:
+        return Z.copy()
+    P = PCA(n_components=n_comp, whiten=whiten, svd_solver="full", random_state=seed).fit_transform(Z)
+    if whiten:
+        P = np.nan_to_num(P)
+    return P
+
+
+def _dev_weights(dev_feats, mu, sd):
+    """Per-feature weights from the within-model variance of the dev models (target units)."""
+    within = []
+    for f in dev_feats:
+        if f.shape[0] >= 2:
+            within.append((((f - mu) / sd).var(axis=0)))
+    if not within:
+        return None
+    w = 1.0 / np.sqrt(np.mean(within, axis=0) + _DEV_FLOOR)
+    w = w / np.mean(w)
+    return np.clip(w, *_WEIGHT_CLIP)
+
+
+def _lda_view(Z, dev_feats, mu, sd, wgt, seed, n_pca):
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+    D = [((f - mu) / sd) * wgt for f in dev_feats if f.shape[0] >= 2]
+    if len(D) < 2:
+        return None
+    y = np.concatenate([np.full(len(d), i) for i, d in enumerate(D)])
+    lda = LinearDiscriminantAnalysis(solver="eigen", shrinkage="auto").fit(np.concatenate(D), y)
+    L = lda.transform(Z)
+    L = L / (L.std(axis=0) + 1e-9)
+    return np.concatenate([L, _pca(Z, n_pca, True, seed)], axis=1)
+
+
+def _build_views(Z, masks, seed, lda=None):
+    views = {"all/pca-white": _pca(Z, 10, True, seed)}
+    if Z.shape[0] >= 3:
+        from sklearn.decomposition import PCA
+
+        nc = min(Z.shape[0] - 1, Z.shape[1])
+        p = PCA(n_components=nc, svd_solver="full", random_state=seed).fit(Z)
+        keep = int(np.searchsorted(np.cumsum(p.explained_variance_ratio_), 0.9) + 1)
+        views["all/pca90"] = p.transform(Z)[:, : max(2, min(keep, nc))]
+    for g, m in masks.items():
+        views[f"{g}/pca-white"] = _pca(Z[:, m], 8, True, seed)
+    if lda is not None:
+        views["dev-lda+pca"] = lda
+    return views
+
+
+def _candidates(views, k, seed, light=False):
+    from sklearn.cluster import AgglomerativeClustering, KMeans
+    from sklearn.mixture import GaussianMixture
+
+    out = {}
+    n = next(iter(views.values())).shape[0]
+    for vname, X in views.items():
+        if k == 1:
+            out[f"{vname}/kmeans"] = np.zeros(n, np.int64)
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out[f"{vname}/kmeans"] = KMeans(k, n_init=3 if light else 10, random_state=seed).fit_predict(X)
+            out[f"{vname}/ward"] = AgglomerativeClustering(k).fit_predict(X)
+            if not light and n >= 2 * k:
+                try:
+                    g = GaussianMixture(k, covariance_type="full", n_init=2, reg_covar=1e-3, random_state=seed)
+                    out[f"{vname}/gmm"] = g.fit(X).predict(X)
+                except Exception:  # pragma: no cover - numerical failure of one candidate
+                    pass
+    return {c: np.asarray(v, np.int64) for c, v in out.items()}
+
+
+def _onehot(L):
+    """Stack candidate labelings ``[m, N]`` into a one-hot matrix ``[N, sum_k]`` (float32)."""
+    cols = []
+    for l in L:
+        _, inv = np.unique(l, return_inverse=True)
+        h = np.zeros((l.size, inv.max() + 1), np.float32)
+        h[np.arange(l.size), inv] = 1.0
+        cols.append(h)
+    return np.concatenate(cols, axis=1)
+
+
+def _consensus(cands, k, sub):
+    """Average-linkage clustering of the co-association matrix on ``sub``; assign all images.
+
+    Returns labels [N], confidence [N], silhouette on 1-C (subsample), mean ARI candidate-consensus.
+    """
+    from sklearn.cluster import AgglomerativeClustering
+    from sklearn.metrics import adjusted_rand_score, silhouette_score
+
+    L = np.stack(list(cands.values()))
+    m, n = L.shape
+    H = _onehot(L)
+    Hs = H[sub]
+    C = (Hs @ Hs.T) / m
+    if k == 1:
+        lab_s = np.zeros(len(sub), np.int64)
+    elif k >= len(sub):
+        lab_s = np.arange(len(sub), dtype=np.int64)
+    else:
+        lab_s = AgglomerativeClustering(k, metric="precomputed", linkage="average").fit_predict(1.0 - C)
+    # affinity of every image to every consensus cluster (mean co-association with its members)
+    M = np.zeros((len(sub), k), np.float32)
+    M[np.arange(len(sub)), lab_s] = 1.0
+    A = (H @ (Hs.T @ M)) / m  # [N,k] sums of C_ij over members j
+    cnt = M.sum(0)
+    self_term = np.zeros((n, k), np.float32)
+    self_term[sub, lab_s] = 1.0  # C_ii = 1 for images in the subsample
+    denom = cnt[None, :] - self_term
+    A = np.where(denom > 0, (A - self_term) / np.maximum(denom, 1), 1.0)
+    labels = np.argmax(A, axis=1).astype(np.int64)
+    labels[sub] = lab_s
+    conf = A[np.arange(n), labels].astype(np.float64)
+    sil = float("nan")
+    if 2 <= k < len(sub) and len(np.unique(lab_s)) >= 2:
+        D = np.clip(1.0 - C, 0.0, None).astype(np.float64)
+        np.fill_diagonal(D, 0.0)
+        sil = float(silhouette_score(D, lab_s, metric="precomputed"))
+    agree = {c: float(adjusted_rand_score(labels, l)) for c, l in cands.items()}
+    return labels, np.clip(conf, 0.0, 1.0), sil, agree
+
+
+def _relabel(labels, k):
+    """Renumber clusters by decreasing size, ties by first occurrence (deterministic)."""
+    sizes = np.bincount(labels, minlength=k)
+    first = np.array([np.argmax(labels == c) if sizes[c] else labels.size for c in range(k)])
+    order = sorted(range(k), key=lambda c: (-sizes[c], first[c]))
+    remap = np.empty(k, np.int64)
+    remap[np.array(order)] = np.arange(k)
+    return remap[labels]
+
+
+# ----------------------------------------------------------------------------------------- public
+def attribute(images, k, *, dev_sets=None, random_state=0, progress=None, groups=DEFAULT_GROUPS, k_max=10,
+              max_consensus=2500):
+    """Cluster generated images by the generator that made them.
+
+    Parameters
+    ----------
+    images : uint8 ndarray [N,H,W]
+        Generated images (all the same size, e.g. 128x128).
+    k : int or None
+        Number of generators; ``None`` estimates it in ``2..k_max``.
+    dev_sets : dict[str, uint8 ndarray [M,H,W]] or None
+        Images of known generators (model name -> images), used only to weight features and for
+        one LDA view; models absent from dev can still form their own clusters.
+    random_state : int
+        Seed for every randomised step (results are deterministic for a seed).
+    progress : callable(str) or None
+        Called with short stage messages.
+    groups : sequence of str
+        Feature groups (see :mod:`engine.features`); ``"fingerprint"`` needs ``kernels``.
+    k_max : int
+        Largest k tried when ``k`` is None.
+    max_consensus : int
+        Largest number of images whose full co-association matrix is built.
+
+    Returns
+    -------
+    AttributionResult
+    """
+    t0 = time.perf_counter()
+    say = progress if callable(progress) else (lambda s: None)
+    images = _F.check_images(images)
+    n, h, w = images.shape
+    k = _check_k(k, n)
+    if isinstance(random_state, bool) or not isinstance(random_state, (int, np.integer)):
+        raise ImprintError(f"random_state must be an integer, got {random_state!r}")
+    seed = int(random_state) % (2**32)
+    dev_sets = dict(dev_sets or {})
+    for name, d in dev_sets.items():
+        d = _F.check_images(d, f"dev set {name!r}")
+        if d.shape[1:] != (h, w):
+            raise ImprintError(f"dev set {name!r} has image size {d.shape[1:]}, images have {(h, w)}")
+        dev_sets[name] = d
+    if not isinstance(k_max, (int, np.integer)) or k_max < 2:
+        raise ImprintError(f"k_max must be an integer >= 2, got {k_max!r}")
+
+    groups = tuple(groups)
+    if "fingerprint" in groups and not _F.kernels_available("fingerprint_features"):
+        groups = tuple(g for g in groups if g != "fingerprint")
+    say("features")
+    X, names = _extract(images, groups)
+    masks = _group_masks(names, groups)
+    mu, sd = X.mean(axis=0), X.std(axis=0)
+    sd = np.where(sd > 1e-9, sd, 1.0)
+    Z = (X - mu) / sd
+    Z[:, X.std(axis=0) <= 1e-9] = 0.0
+
+    rng = np.random.default_rng(seed)
+    wgt, lda, dev_info = None, None, {}
+    if dev_sets:
+        say("dev features")
+        dev_feats = []
+        for name in sorted(dev_sets):
+            d = dev_sets[name]
+            if d.shape[0] > 300:
+                d = d[np.sort(rng.choice(d.shape[0], 300, replace=False))]
+            dev_feats.append(_extract(d, groups)[0])
+            dev_info[name] = int(dev_sets[name].shape[0])
+        wgt = _dev_weights(dev_feats, mu, sd)
+        if wgt is not None:
+            Z = Z * wgt
+            if n >= 3:
+                try:
+                    lda = _lda_view(Z, dev_feats, mu, sd, wgt, seed, 10)
+                except Exception:  # pragma: no cover - degenerate dev sets
+                    lda = None
+
+    sub = np.arange(n)
+    if n > max_consensus:
+        sub = np.sort(rng.choice(n, max_consensus, replace=False))
+
+    say("views")
+    views = _build_views(Z, masks, seed, lda)
+
+    scan = {}
+    if k is None:
+        if n < 3:
+            k = 1
+        else:
+            say("estimating k")
+            hi = int(min(k_max, len(sub) - 1, n - 1))
+            for kk in range(2, hi + 1):
+                c = _candidates(views, kk, seed, light=True)
+                _, _, sil, _ = _consensus(c, kk, sub)
+                scan[kk] = sil
+            best = max(v for v in scan.values() if np.isfinite(v)) if any(np.isfinite(v) for v in scan.values()) else 0
+            k = min(kk for kk, v in scan.items() if np.isfinite(v) and v >= best - 0.005) if scan else 2
+
+    say("clustering")
+    cands = _candidates(views, k, seed)
+    labels, conf, sil, agree = _consensus(cands, k, sub)
+    relab = _relabel(labels, k)
+    sizes = np.bincount(relab, minlength=k)
+
+    rad_cols = [i for i, nm in enumerate(names) if nm.startswith("rspec.rad")]
+    spectra = []
+    for c in range(k):
+        sel = relab == c
+        spectra.append([float(v) for v in X[sel][:, rad_cols].mean(axis=0)] if sel.any() and rad_cols else [])
+
+    best_c = max(agree, key=agree.get) if agree else None
+    info = {
+        "algorithm": "consensus: average-linkage on the co-association of k-means/GMM/Ward over feature views",
+        "k": int(k),
+        "k_estimated": bool(scan),
+        "k_scan_silhouette": {str(kk): float(v) for kk, v in scan.items()},
+        "criterion": "silhouette of the consensus partition on co-association distance 1-C",
+        "consensus_silhouette": sil,
+        "n_candidates": len(cands),
+        "candidate_ari_to_consensus": agree,
+        "best_single_candidate": best_c,
+        "mean_candidate_ari": float(np.mean(list(agree.values()))) if agree else float("nan"),
+        "views": {v: int(x.shape[1]) for v, x in views.items()},
+        "cluster_sizes": [int(s) for s in sizes],
+        "mean_confidence": float(conf.mean()),
+        "residual_radial_spectrum": spectra,
+        "residual_radial_spectrum_note": "per cluster, mean log10 power of x - mean3x3(x) in "
+        f"{_F.N_RADIAL} rings from DC to the axis Nyquist frequency",
+        "feature_groups": list(masks),
+        "n_features": int(X.shape[1]),
+        "kernels_used": {"fingerprint_features": "fingerprint" in masks,
+                         "lbp_histograms": _F.kernels_available("lbp_histograms")},
+        "dev_models": dev_info,
+        "dev_weighting": wgt is not None,
+        "dev_lda_view": lda is not None,
+        "consensus_subsample": int(len(sub)),
+        "random_state": int(random_state),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    summary = (f"attribution: {n} images in {k} clusters{' (k estimated)' if scan else ''}, sizes "
+               f"{[int(s) for s in sizes]}, mean confidence {conf.mean():.2f}, "
+               f"{len(cands)} candidate clusterings (mean ARI to consensus {info['mean_candidate_ari']:.2f})")
+    return AttributionResult(labels=relab, k=int(k), confidence=conf, info=info, summary=summary, features=Z)

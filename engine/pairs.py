@@ -1,0 +1,152 @@
+"""``imprint pairs``: real-vs-generated nearest neighbours in embedding space, re-ranked with pixel kernels.
+
+Stages (each timed and reported as items/second):
+
+1. read the generated images (kept in memory: they are the search base and the re-ranking partners);
+2. embed them with the chosen ONNX backbone and build a FAISS index (``engine.search.build_index``);
+3. stream the real images in batches: read, embed, k-NN search, and re-score each (real, generated) pair with
+   ``kernels.ssim_pairs`` and ``kernels.mse_pairs``;
+4. append each batch to a Parquet file (temporary name, renamed when complete).
+
+Memory is bounded by the generated set (images + index) plus one batch of real images and their pairs.
+
+Output columns: ``real`` (path relative to REAL), ``generated`` (path relative to GEN), ``rank`` (0 = nearest
+in embedding space), ``distance`` (squared L2 or 1-cos of the embeddings), ``ssim``, ``mse``.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ImprintError
+from .ingest import IngestPolicy
+
+
+def pairs_schema():
+    import pyarrow as pa
+
+    return pa.schema([("real", pa.string()), ("generated", pa.string()), ("rank", pa.int16()),
+                      ("distance", pa.float32()), ("ssim", pa.float32()), ("mse", pa.float32())])
+
+
+def run_pairs(*, real_dir: str, gen_dir: str, k: int, out: str, backbone: str = "pixel", metric: str = "cosine",
+              index: str = "auto", batch: int = 4096, policy: IngestPolicy = IngestPolicy(), strict: bool = False,
+              rep=None, rerank: bool = True) -> dict:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import kernels
+
+    from .backbone import embed, load_backbone
+    from .ingest import discover, iter_batches
+    from .pipeline import _check_dir, _check_out, _load, _NullReporter, _skip_report, _sigterm_as_interrupt, _strict
+    from .search import build_index, knn
+
+    rep = rep or _NullReporter()
+    _check_dir(real_dir, "--real")
+    _check_dir(gen_dir, "--generated")
+    _check_out(out)
+    if k < 1:
+        raise ImprintError(f"--k must be at least 1 (got {k})")
+    if batch < 1:
+        raise ImprintError("--batch must be at least 1")
+    bb = load_backbone(backbone)
+    t = {"read_generated_s": 0.0, "embed_s": 0.0, "index_s": 0.0, "read_real_s": 0.0, "search_s": 0.0,
+         "rerank_s": 0.0, "write_s": 0.0}
+    skips: list = []
+    t_all = time.perf_counter()
+    with _sigterm_as_interrupt():
+        t0 = time.perf_counter()
+        gen = _load(gen_dir, policy, "generated", rep, skips)
+        t["read_generated_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        gvec = embed(gen.images, bb)
+        t["embed_s"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        idx = build_index(gvec, metric=metric, index=index)
+        t["index_s"] = time.perf_counter() - t0
+        kk = min(k, len(gen))
+
+        rel, skipped = discover(real_dir)
+        skips.extend((real_dir, s.path, s.reason) for s in skipped)
+        tmp = str(Path(out).with_name(f".{Path(out).name}.{os.getpid()}.tmp"))
+        n_real = n_pairs = 0
+        bar = rep.progress(len(rel), "pairs")
+        writer = pq.ParquetWriter(tmp, pairs_schema())
+        try:
+            it = iter_batches(real_dir, rel, batch, policy, on_skip=lambda s: skips.append((real_dir, s.path, s.reason)))
+            while True:
+                t0 = time.perf_counter()
+                nxt = next(it, None)
+                t["read_real_s"] += time.perf_counter() - t0
+                if nxt is None:
+                    break
+                imgs, paths, _ = nxt
+                t0 = time.perf_counter()
+                rvec = embed(imgs, bb)
+                t["embed_s"] += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                dist, nn = knn(gvec, rvec, kk, metric=metric, index=idx)
+                t["search_s"] += time.perf_counter() - t0
+                b = len(paths)
+                pairs = np.stack([np.repeat(np.arange(b), kk), nn.reshape(-1)], 1).astype(np.int64)
+                ok = pairs[:, 1] >= 0
+                pairs = pairs[ok]
+                t0 = time.perf_counter()
+                if rerank and len(pairs):
+                    ss = kernels.ssim_pairs(imgs, gen.images, pairs)
+                    mm = kernels.mse_pairs(imgs, gen.images, pairs)
+                else:
+                    ss = np.full(len(pairs), np.nan, np.float32)
+                    mm = np.full(len(pairs), np.nan, np.float32)
+                t["rerank_s"] += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                ranks = np.tile(np.arange(kk, dtype=np.int16), b)[ok]
+                table = pa.table({
+                    "real": pa.array([paths[i] for i in pairs[:, 0]], pa.string()),
+                    "generated": pa.array([gen.paths[j] for j in pairs[:, 1]], pa.string()),
+                    "rank": pa.array(ranks, pa.int16()),
+                    "distance": pa.array(dist.reshape(-1)[ok].astype(np.float32), pa.float32()),
+                    "ssim": pa.array(np.asarray(ss, np.float32), pa.float32()),
+                    "mse": pa.array(np.asarray(mm, np.float32), pa.float32()),
+                }, schema=pairs_schema())
+                writer.write_table(table)
+                t["write_s"] += time.perf_counter() - t0
+                n_real += b
+                n_pairs += len(pairs)
+                bar.update(b)
+            writer.close()
+            writer = None
+            _strict(strict, skips)
+            if n_real == 0:
+                raise ImprintError(f"no readable images in real folder {real_dir}")
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, out)
+        finally:
+            bar.close()
+            if writer is not None:
+                writer.close()
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        skip_path = _skip_report(out, skips, rep)
+    total = time.perf_counter() - t_all
+    rates = {
+        "embed_img_per_s": (len(gen) + n_real) / t["embed_s"] if t["embed_s"] else None,
+        "search_queries_per_s": n_real / t["search_s"] if t["search_s"] else None,
+        "rerank_pairs_per_s": n_pairs / t["rerank_s"] if t["rerank_s"] else None,
+        "read_img_per_s": (len(gen) + n_real) / (t["read_generated_s"] + t["read_real_s"])
+        if (t["read_generated_s"] + t["read_real_s"]) else None,
+    }
+    bound = max(t, key=t.get)
+    return {
+        "command": "pairs", "out": out, "skip_report": skip_path, "n_real": n_real, "n_generated": len(gen),
+        "k": kk, "n_pairs": n_pairs, "backbone": bb.spec.name, "metric": metric, "timings": t, "rates": rates,
+        "bounding_stage": bound, "seconds": total,
+        "summary": (f"pairs: {n_pairs} pairs ({n_real} real x {kk} nearest of {len(gen)} generated) in {total:.1f}s "
+                    f"= {n_pairs / total:.0f} pairs/s; slowest stage {bound} ({t[bound]:.1f}s); "
+                    f"{len(skips)} skipped -> {out}"),
+    }

@@ -1,0 +1,306 @@
+"""Static HTML audit reports (no server, no internet): plots as PNG files next to ``index.html`` plus the same
+facts as JSON (``report.json``) and per-item tables (CSV) for other tools.
+
+Membership: score histogram (by label when truth is given) with the threshold, ROC and precision-recall
+curves, the top-scoring real images side by side with their nearest generated images (SSIM, MSE, embedding
+distance per pair, difference map), and the run facts.
+Attribution: a 2-D map of the images (t-SNE of the attribution features, PCA when there are few images),
+coloured by cluster and by true model, the confusion matrix, a montage per cluster and the mean residual
+spectrum per cluster.
+"""
+from __future__ import annotations
+
+import html
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from .outputs import atomic_write_text, write_json
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"figure.dpi": 100, "font.size": 9, "svg.hashsalt": "imprint"})
+    return plt
+
+
+def _save(fig, path: Path) -> str:
+    fig.savefig(path, bbox_inches="tight", metadata={"Software": None})
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path.name
+
+
+def _versions() -> dict:
+    out = {"python": platform.python_version()}
+    for mod in ("numpy", "numba", "onnxruntime", "faiss", "pyarrow", "sklearn", "click"):
+        try:
+            m = __import__(mod)
+            out[mod] = getattr(m, "__version__", "?")
+        except Exception:  # pragma: no cover - optional modules
+            out[mod] = "not installed"
+    return out
+
+
+def _table(d: Mapping, keys: Sequence[str] | None = None) -> str:
+    rows = []
+    for k in keys or sorted(d):
+        v = d[k]
+        if isinstance(v, float):
+            v = f"{v:.4g}"
+        elif isinstance(v, (dict, list)):
+            v = json.dumps(v, default=str)[:400]
+        rows.append(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>")
+    return "<table>" + "".join(rows) + "</table>"
+
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
+h1{font-size:1.5em}h2{font-size:1.2em;border-bottom:1px solid #ccc;margin-top:2em}
+table{border-collapse:collapse;font-size:0.85em}th,td{border:1px solid #ddd;padding:3px 8px;text-align:left}
+img{max-width:100%}.row{display:flex;flex-wrap:wrap;gap:12px}.note{color:#555;font-size:0.9em}"""
+
+
+def _page(title: str, body: str) -> str:
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>\n")
+
+
+def write_report(kind: str, report_dir: str, **kw) -> str:
+    """Write the report of ``kind`` ('membership' or 'attribution') and return the path of index.html."""
+    d = Path(report_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    if kind == "membership":
+        return _membership(d, **kw)
+    if kind == "attribution":
+        return _attribution(d, **kw)
+    raise ValueError(f"unknown report kind {kind}")
+
+
+# ---------------------------------------------------------------------------------------------- membership
+def _membership(d: Path, *, summary: dict, result, real, gen, truth: Mapping[str, int] | None = None,
+                top: int = 8) -> str:
+    plt = _plt()
+    from sklearn import metrics as skm
+
+    score = np.asarray(result.score, dtype=float)
+    used = np.asarray(result.used).astype(int)
+    thr = float(result.threshold)
+    y = None
+    if truth:
+        y = np.array([truth.get(p, -1) for p in real.paths])
+        if (y < 0).any() or len(set(y.tolist())) < 2:
+            y = None
+    parts = [f"<p>{html.escape(summary.get('summary', '').splitlines()[0])}</p>"]
+    facts_json = {"summary": {k: v for k, v in summary.items() if k != "report"}, "versions": _versions()}
+
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    finite = np.isfinite(score)
+    bins = np.histogram_bin_edges(score[finite], bins=30) if finite.any() else 10
+    if y is not None:
+        ax.hist(score[(y == 0) & finite], bins=bins, alpha=0.6, label="not used (truth)")
+        ax.hist(score[(y == 1) & finite], bins=bins, alpha=0.6, label="used (truth)")
+    else:
+        ax.hist(score[finite], bins=bins, alpha=0.8, label="real images")
+    if np.isfinite(thr):
+        ax.axvline(thr, color="k", ls="--", label=f"threshold {thr:.3g}")
+    ax.set_xlabel("membership score (higher = more likely used)")
+    ax.set_ylabel("images")
+    ax.legend()
+    parts.append("<h2>Scores and decision</h2>")
+    parts.append(f'<img src="{_save(fig, d / "score_histogram.png")}" alt="score histogram">')
+    info = getattr(result, "info", {}) or {}
+    parts.append(f"<p class=note>Decision: {html.escape(str(summary.get('decision')))}; "
+                 f"{int(used.sum())} of {len(used)} images flagged. "
+                 f"{html.escape(str(getattr(result, 'summary', '')))}</p>")
+    parts.append(_table({k: v for k, v in info.items() if not isinstance(v, (list, dict))}))
+
+    if y is not None:
+        fpr, tpr, _ = skm.roc_curve(y, score)
+        prec, rec, _ = skm.precision_recall_curve(y, score)
+        auc = skm.roc_auc_score(y, score)
+        m = {"roc_auc": float(auc), "f1": float(skm.f1_score(y, used, zero_division=0)),
+             "tpr_at_1pct_fpr": float(tpr[fpr <= 0.01].max()) if (fpr <= 0.01).any() else 0.0,
+             "average_precision": float(skm.average_precision_score(y, score))}
+        facts_json["metrics"] = m
+        fig, axs = plt.subplots(1, 2, figsize=(8, 3.5))
+        axs[0].plot(fpr, tpr)
+        axs[0].plot([0, 1], [0, 1], "k:", lw=0.8)
+        axs[0].set_xscale("symlog", linthresh=0.01)
+        axs[0].set_xlabel("false-positive rate")
+        axs[0].set_ylabel("true-positive rate")
+        axs[0].set_title(f"ROC (AUC {auc:.3f})")
+        axs[1].plot(rec, prec)
+        axs[1].set_xlabel("recall")
+        axs[1].set_ylabel("precision")
+        axs[1].set_title(f"precision-recall (AP {m['average_precision']:.3f})")
+        parts.append("<h2>ROC and precision-recall</h2>")
+        parts.append(f'<img src="{_save(fig, d / "roc_pr.png")}" alt="ROC and PR curves">')
+        parts.append(_table(m))
+
+    # top-scoring real images with their nearest generated images
+    nearest = np.asarray(getattr(result, "nearest", np.empty((0, 0))))
+    if nearest.ndim == 1:
+        nearest = nearest[:, None]
+    order = np.argsort(-np.where(np.isfinite(score), score, -np.inf), kind="stable")[:top]
+    if nearest.size and len(order):
+        import kernels
+
+        ncol = min(3, nearest.shape[1])
+        rows_out = []
+        fig, axs = plt.subplots(len(order), 1 + 2 * ncol, figsize=(2 * (1 + 2 * ncol), 2 * len(order)),
+                                squeeze=False)
+        for r, i in enumerate(order):
+            axs[r, 0].imshow(real.images[i], cmap="gray", vmin=0, vmax=255)
+            axs[r, 0].set_title(f"real {real.paths[i]}\nscore {score[i]:.3g}", fontsize=7)
+            for c in range(ncol):
+                j = int(nearest[i, c])
+                ax_img, ax_diff = axs[r, 1 + 2 * c], axs[r, 2 + 2 * c]
+                if j < 0:
+                    ax_img.axis("off"); ax_diff.axis("off")
+                    continue
+                pair = np.array([[i, j]], dtype=np.int64)
+                s = float(kernels.ssim_pairs(real.images, gen.images, pair)[0])
+                e = float(kernels.mse_pairs(real.images, gen.images, pair)[0])
+                ax_img.imshow(gen.images[j], cmap="gray", vmin=0, vmax=255)
+                ax_img.set_title(f"gen {gen.paths[j]}\nSSIM {s:.3f} MSE {e:.0f}", fontsize=7)
+                diff = np.abs(real.images[i].astype(np.int16) - gen.images[j].astype(np.int16))
+                ax_diff.imshow(diff, cmap="magma", vmin=0, vmax=128)
+                ax_diff.set_title("|difference|", fontsize=7)
+                rows_out.append({"real": real.paths[i], "generated": gen.paths[j], "rank": c, "ssim": s,
+                                 "mse": e, "score": float(score[i])})
+        for ax in axs.ravel():
+            ax.set_xticks([]); ax.set_yticks([])
+        parts.append(f"<h2>Top {len(order)} real images and their nearest generated images</h2>")
+        parts.append(f'<img src="{_save(fig, d / "top_matches.png")}" alt="top matches">')
+        facts_json["top_matches"] = rows_out
+
+    parts.append("<h2>Run facts</h2>")
+    flat = {k: v for k, v in summary.items() if k not in ("summary", "info", "report")}
+    parts.append(_table(flat))
+    parts.append(_table(facts_json["versions"]))
+    write_json(d / "report.json", facts_json)
+    from .outputs import write_csv
+
+    write_csv(d / "scores.csv", ["image", "score", "used"], zip(real.paths, score.tolist(), used.tolist()))
+    atomic_write_text(d / "index.html", _page("imprint membership audit", "".join(parts)))
+    return str(d / "index.html")
+
+
+# ---------------------------------------------------------------------------------------------- attribution
+def _attribution(d: Path, *, summary: dict, result, images, truth: Mapping[str, str] | None = None) -> str:
+    plt = _plt()
+    import kernels
+    from sklearn import metrics as skm
+    from sklearn.decomposition import PCA
+
+    labels = np.asarray(result.labels).astype(int)
+    k = int(result.k)
+    X = np.asarray(images.images)
+    feats = getattr(result, "features", None)
+    if feats is None:
+        feats = kernels.fingerprint_features(X)
+    feats = np.asarray(feats, dtype=np.float64)
+    feats = (feats - feats.mean(0)) / (feats.std(0) + 1e-9)
+    n = len(labels)
+    if n >= 30:
+        from sklearn.manifold import TSNE
+
+        sub = np.arange(n) if n <= 3000 else np.random.default_rng(0).choice(n, 3000, replace=False)
+        p = PCA(n_components=min(30, feats.shape[1], len(sub) - 1), random_state=0).fit_transform(feats[sub])
+        emb = TSNE(n_components=2, perplexity=min(30, (len(sub) - 1) / 3), init="pca", random_state=0).fit_transform(p)
+        method = "t-SNE"
+    else:
+        sub = np.arange(n)
+        emb = PCA(n_components=2, random_state=0).fit_transform(feats)
+        method = "PCA"
+    y = None
+    if truth:
+        yl = [truth.get(p) for p in images.paths]
+        if all(v is not None for v in yl):
+            y = np.array(yl)
+    parts = [f"<p>{html.escape(summary.get('summary', '').splitlines()[0])}</p>"]
+    facts = {"summary": {k_: v for k_, v in summary.items() if k_ != "report"}, "versions": _versions()}
+
+    ncols = 2 if y is not None else 1
+    fig, axs = plt.subplots(1, ncols, figsize=(5 * ncols, 4.2), squeeze=False)
+    sc = axs[0, 0].scatter(emb[:, 0], emb[:, 1], c=labels[sub], cmap="tab10", s=8, vmin=0, vmax=9)
+    axs[0, 0].set_title(f"{method} of attribution features, by cluster")
+    if y is not None:
+        names = sorted(set(y.tolist()))
+        codes = np.array([names.index(v) for v in y])
+        axs[0, 1].scatter(emb[:, 0], emb[:, 1], c=codes[sub], cmap="tab10", s=8, vmin=0, vmax=9)
+        axs[0, 1].set_title("by true model")
+    for ax in axs.ravel():
+        ax.set_xticks([]); ax.set_yticks([])
+    parts.append("<h2>Map of the images</h2>")
+    parts.append(f'<img src="{_save(fig, d / "map.png")}" alt="2-D map">')
+
+    if y is not None:
+        names = sorted(set(y.tolist()))
+        cm = np.zeros((len(names), k), dtype=int)
+        for t, c in zip(y, labels):
+            cm[names.index(t), c] += 1
+        ari = skm.adjusted_rand_score(y, labels)
+        nmi = skm.normalized_mutual_info_score(y, labels)
+        facts["metrics"] = {"ari": float(ari), "nmi": float(nmi), "confusion": cm.tolist(), "models": names}
+        fig, ax = plt.subplots(figsize=(1.2 + 0.6 * k, 1 + 0.5 * len(names)))
+        ax.imshow(cm, cmap="Blues")
+        for i in range(cm.shape[0]):
+            for j in range(cm.shape[1]):
+                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8)
+        ax.set_yticks(range(len(names)), names)
+        ax.set_xticks(range(k), [f"c{j}" for j in range(k)])
+        ax.set_title(f"ARI {ari:.3f}  NMI {nmi:.3f}")
+        parts.append("<h2>Confusion matrix</h2>")
+        parts.append(f'<img src="{_save(fig, d / "confusion.png")}" alt="confusion matrix">')
+
+    # montage per cluster and mean residual spectrum per cluster
+    per = 6
+    fig, axs = plt.subplots(k, per, figsize=(1.4 * per, 1.5 * k), squeeze=False)
+    conf = np.asarray(getattr(result, "confidence", np.ones(n)), dtype=float)
+    for c in range(k):
+        idx = np.where(labels == c)[0]
+        idx = idx[np.argsort(-conf[idx], kind="stable")][:per]
+        for j in range(per):
+            ax = axs[c, j]
+            ax.set_xticks([]); ax.set_yticks([])
+            if j < len(idx):
+                ax.imshow(X[idx[j]], cmap="gray", vmin=0, vmax=255)
+            if j == 0:
+                ax.set_ylabel(f"cluster {c}\n(n={int((labels == c).sum())})", fontsize=7)
+    parts.append("<h2>Representative images per cluster</h2>")
+    parts.append(f'<img src="{_save(fig, d / "montage.png")}" alt="montage per cluster">')
+
+    res = kernels.noise_residuals(X).astype(np.float64)
+    power = np.abs(np.fft.fftshift(np.fft.fft2(res), axes=(-2, -1))) ** 2
+    fig, axs = plt.subplots(1, k, figsize=(2.2 * k, 2.4), squeeze=False)
+    spectra = {}
+    for c in range(k):
+        m = np.log10(power[labels == c].mean(0) + 1e-6) if (labels == c).any() else np.zeros(power.shape[1:])
+        axs[0, c].imshow(m, cmap="viridis")
+        axs[0, c].set_title(f"cluster {c}", fontsize=8)
+        axs[0, c].set_xticks([]); axs[0, c].set_yticks([])
+        spectra[c] = m
+    parts.append("<h2>Mean residual spectrum per cluster (the generator's fingerprint)</h2>")
+    parts.append(f'<img src="{_save(fig, d / "spectra.png")}" alt="mean residual spectra">')
+    parts.append("<p class=note>log10 power of the noise residual (image minus its denoised version), "
+                 "centred on zero frequency. Periodic peaks are upsampling artefacts of the generator.</p>")
+
+    parts.append("<h2>Run facts</h2>")
+    parts.append(_table({k_: v for k_, v in summary.items() if k_ not in ("summary", "info", "report")}))
+    parts.append(_table(facts["versions"]))
+    write_json(d / "report.json", facts)
+    from .outputs import write_csv
+
+    write_csv(d / "clusters.csv", ["image", "cluster", "confidence"], zip(images.paths, labels.tolist(), conf.tolist()))
+    atomic_write_text(d / "index.html", _page("imprint attribution audit", "".join(parts)))
+    return str(d / "index.html")

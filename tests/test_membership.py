@@ -1,0 +1,235 @@
+"""Tests for engine.membership on constructed (synthetic, CT-like) cases.
+
+Every fixture is generated here with a seed: smooth elliptic "bodies" with two dark "lungs",
+smooth vessel-like texture and a little noise.  Reference implementations: brute-force numpy
+distances, numpy median/MAD, scipy/sklearn.
+"""
+
+import numpy as np
+import pytest
+from scipy import ndimage, stats
+
+from engine.errors import ImprintError
+from engine.membership import (DevSet, audit_membership, compute_evidence, estimate_used_share, f1_decision,
+                               fit_weights, null_threshold, robust_calibrate, zscore_images)
+
+H = 64
+
+
+def phantom(rng, h=H):
+    """One smooth CT-like axial slice, uint8 [h, h]."""
+    yy, xx = np.mgrid[0:h, 0:h].astype(np.float64) / h
+    cy, cx = 0.5 + rng.normal(0, 0.03, 2)
+    ay, ax = rng.uniform(0.25, 0.36), rng.uniform(0.36, 0.46)
+    body = ((yy - cy) / ay) ** 2 + ((xx - cx) / ax) ** 2 < 1
+    img = np.where(body, rng.uniform(150, 200), 5.0)
+    for side in (-1, 1):
+        ly, lx = cy + rng.normal(0, 0.03), cx + side * rng.uniform(0.14, 0.22)
+        by, bx = rng.uniform(0.12, 0.22), rng.uniform(0.08, 0.14)
+        lung = ((yy - ly) / by) ** 2 + ((xx - lx) / bx) ** 2 < 1
+        img = np.where(lung, rng.uniform(20, 50), img)
+    tex = ndimage.gaussian_filter(rng.normal(0, 1, (h, h)), 1.5)
+    img = img + 60 * tex / tex.std() * body
+    img = ndimage.gaussian_filter(img, 0.7) + rng.normal(0, 2, (h, h))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def phantoms(n, seed):
+    rng = np.random.default_rng(seed)
+    return np.stack([phantom(rng) for _ in range(n)])
+
+
+@pytest.fixture(scope="module")
+def scenario():
+    """Real candidates, reference non-members and a generator that copies some candidates.
+
+    Candidates 0..3 are members copied in four ways (exact, noisy, contrast-shifted, partial);
+    candidate 4 is a typical unused image, candidate 5 an atypical unused one (inverted body).
+    """
+    rng = np.random.default_rng(1)
+    real = phantoms(30, 10)
+    real[5] = 255 - real[5]                                    # atypical non-member
+    fresh = phantoms(60, 11)                                   # the generator's own samples
+    gen = fresh.copy()
+    gen[7] = real[0]                                           # exact copy
+    gen[13] = np.clip(real[1] + rng.normal(0, 6, real[1].shape), 0, 255).astype(np.uint8)  # noisy copy
+    gen[21] = np.clip(0.6 * real[2] + 70, 0, 255).astype(np.uint8)                         # contrast shift
+    part = fresh[30].copy()
+    part[:, : H // 2] = real[3][:, : H // 2]                   # left half copied
+    gen[30] = part
+    reference = phantoms(60, 12)
+    return dict(real=real, gen=gen, reference=reference, copies={0: 7, 1: 13, 2: 21, 3: 30})
+
+
+def _brute_sq(A, B):
+    a = A.reshape(len(A), -1).astype(np.float64)
+    b = B.reshape(len(B), -1).astype(np.float64)
+    return ((a[:, None, :] - b[None, :, :]) ** 2).mean(2)
+
+
+def test_zscore_images_matches_numpy_and_is_contrast_invariant():
+    x = phantoms(3, 0)
+    z = zscore_images(x)
+    f = x.reshape(3, -1).astype(np.float64)
+    ref = (f - f.mean(1, keepdims=True)) / f.std(1, keepdims=True)
+    np.testing.assert_allclose(z.reshape(3, -1), ref, atol=1e-4)
+    shifted = np.clip(0.5 * x.astype(np.float64) + 40, 0, 255)
+    np.testing.assert_allclose(zscore_images(shifted), z, atol=0.02)
+    assert np.all(zscore_images(np.full((1, 8, 8), 7, np.uint8)) == 0)
+
+
+def test_evidence_matches_brute_force(scenario):
+    real, gen = scenario["real"], scenario["gen"]
+    ev, nearest, info = compute_evidence(gen, real, backbone=None, k_gen=5, k_real=5)
+    zr, zg = zscore_images(real), zscore_images(gen)
+    DG = _brute_sq(zr, zg)
+    DR = _brute_sq(zr, zr)
+    np.fill_diagonal(DR, np.inf)
+    np.testing.assert_allclose(ev["pixel_nn_dist"], DG.min(1), rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(ev["real_nn_dist"], DR.min(1), rtol=1e-3, atol=1e-5)
+    np.testing.assert_array_equal(nearest[:, 0], DG.argmin(1))
+    np.testing.assert_allclose(ev["pixel_nn_ratio"], -np.log((DG.min(1) + 1e-6) / (DR.min(1) + 1e-6)), atol=1e-3)
+    # hubness: how many generated images have this real as nearest real
+    hub = np.bincount(DG.argmin(0), minlength=len(real))
+    np.testing.assert_allclose(ev["hub"], np.log1p(hub))
+    # raw-intensity MSE over the shortlist: the exact copy has MSE 0 and is found
+    raw = _brute_sq(real, gen)
+    short = np.take_along_axis(raw, nearest, 1).min(1)
+    np.testing.assert_allclose(ev["mse_nn"], short, rtol=1e-5)
+    assert ev["mse_nn"][0] == 0 and nearest[0, 0] == scenario["copies"][0]
+    # best SSIM over the shortlist against skimage
+    from skimage.metrics import structural_similarity
+    i = 2
+    s = max(structural_similarity(zr[i], zg[j], data_range=6.0, gaussian_weights=True, sigma=1.5,
+                                  use_sample_covariance=False) for j in nearest[i])
+    assert ev["ssim_nn"][i] == pytest.approx(s, abs=1e-3)
+    for v in ev.values():
+        assert v.shape == (len(real),) and np.all(np.isfinite(v))
+
+
+def test_copies_rank_above_typical_and_atypical_unused(scenario):
+    res = audit_membership(scenario["gen"], scenario["real"], reference=scenario["reference"], backbone=None)
+    s = res.score
+    members = [0, 1, 2, 3]
+    non = [i for i in range(len(s)) if i not in members]
+    assert min(s[members]) > max(s[non])
+    # the contrast-shifted copy is invisible to raw MSE but found by the normalised evidence
+    assert res.evidence["pixel_nn_ratio"][2] > np.max(res.evidence["pixel_nn_ratio"][non])
+    # the partial copy is found by the tile evidence
+    assert res.evidence["tile_ratio"][3] > np.max(res.evidence["tile_ratio"][non])
+    flagged = set(np.flatnonzero(res.used).tolist())
+    assert res.used.dtype == np.int8 and set(members) <= flagged and len(flagged - set(members)) <= 1
+    assert res.used[5] == 0 and res.used[4] == 0     # typical and atypical non-members
+    assert res.nearest.shape[0] == len(s)
+    for m, g in scenario["copies"].items():
+        assert g in res.nearest[m, :3]
+    assert res.threshold == pytest.approx(res.info["threshold_detail"]["threshold"])
+    import json
+    json.dumps(res.info)
+
+
+def test_unsupervised_without_reference_still_ranks_copies(scenario):
+    res = audit_membership(scenario["gen"], scenario["real"], backbone=None)
+    members = [0, 1, 2, 3]
+    non = [i for i in range(len(res.score)) if i not in members]
+    assert min(res.score[members]) > np.median(res.score[non])
+    assert res.info["null"].startswith("candidates")
+    assert res.used[non].sum() <= 1
+
+
+def test_fpr_control_on_a_null_set():
+    # nothing is copied: generated, candidates and reference are independent samples
+    gen = phantoms(80, 20)
+    real = phantoms(60, 21)
+    ref = phantoms(120, 22)
+    res = audit_membership(gen, real, reference=ref, backbone=None)
+    assert res.used.sum() <= 2
+    if res.used.sum() == 0:
+        assert res.summary.startswith("No evidence of membership")
+    f1 = audit_membership(gen, real, reference=ref, backbone=None, decision="f1")
+    assert f1.used.all() and f1.info["f1"]["evidence"] is False
+
+
+def test_null_threshold_is_conservative():
+    rng = np.random.default_rng(0)
+    exceed = []
+    for _ in range(200):
+        null = rng.standard_normal(300)
+        t = null_threshold(null, 0.01)
+        assert t["threshold"] >= np.sort(null)[-1 - t["allowed_exceedances"]] - 1e-12
+        exceed.append(stats.norm.sf(t["threshold"]))
+    exceed = np.array(exceed)
+    assert np.mean(exceed <= 0.01) >= 0.9          # true FPR below alpha with >= 90% confidence
+    # allowed exceedances follow the binomial rule
+    t = null_threshold(rng.standard_normal(1000), 0.01)
+    j = t["allowed_exceedances"]
+    assert stats.binom.cdf(j - 1, 1000, 0.01) <= 0.1 < stats.binom.cdf(j, 1000, 0.01)
+
+
+def test_robust_calibrate_matches_numpy():
+    rng = np.random.default_rng(3)
+    null = rng.normal(2, 3, 501)
+    v = rng.normal(0, 5, 20)
+    med = np.median(null)
+    mad = 1.4826 * np.median(np.abs(null - med))
+    np.testing.assert_allclose(robust_calibrate(v, null), (v - med) / mad)
+    # constant null falls back to scale 1, infinities are clipped
+    out = robust_calibrate(np.array([1.0, np.inf]), np.zeros(10))
+    assert out[0] == 1.0 and out[1] == 50.0
+
+
+def test_storey_and_f1_decision():
+    rng = np.random.default_rng(4)
+    p = np.r_[rng.uniform(0, 1, 800), rng.uniform(0, 1e-3, 200)]
+    assert estimate_used_share(p) == pytest.approx(1 - np.mean(p > 0.5) / 0.5)
+    null = rng.standard_normal(500)
+    s = np.r_[rng.standard_normal(100), rng.normal(8, 1, 100)]
+    used, info = f1_decision(s, null)
+    y = np.r_[np.zeros(100), np.ones(100)]
+    from sklearn.metrics import f1_score
+    assert info["evidence"] and f1_score(y, used) > 0.9
+    used0, info0 = f1_decision(rng.standard_normal(200), null)
+    assert used0.all() and not info0["evidence"]
+
+
+def test_fit_weights_prior_and_signal():
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((400, 3))
+    y = rng.integers(0, 2, 400)
+    prior = np.array([1.0, 0.5, 0.0])
+    w = fit_weights(X, y, prior)
+    cos = w @ prior / np.linalg.norm(w) / np.linalg.norm(prior)
+    assert np.all(w >= 0) and cos > 0.95          # no signal: the prior direction is kept
+    X[:, 2] += 3 * y
+    w2 = fit_weights(X, y, prior)
+    assert w2[2] > w2[1] and w2[2] > 0.5
+
+
+def test_dev_sets_are_used(scenario):
+    rng = np.random.default_rng(6)
+    # a labelled dev generator that copies its used images
+    used = phantoms(12, 30)
+    unused = phantoms(12, 31)
+    gen = phantoms(40, 32)
+    gen[rng.permutation(40)[:12]] = used
+    dev = DevSet("dev", gen, used, unused)
+    res = audit_membership(scenario["gen"], scenario["real"], dev_sets=[dev], reference=scenario["reference"],
+                           backbone=None)
+    assert res.info["dev_sets"]["dev"]["auc_fitted"] > 0.9
+    members = [0, 1, 2, 3]
+    non = [i for i in range(len(res.score)) if i not in members]
+    assert min(res.score[members]) > max(res.score[non])
+
+
+def test_input_validation(scenario):
+    real, gen = scenario["real"], scenario["gen"]
+    with pytest.raises(ImprintError):
+        audit_membership(gen.astype(np.float32), real)
+    with pytest.raises(ImprintError):
+        audit_membership(gen[:, :32, :32], real)
+    with pytest.raises(ImprintError):
+        audit_membership(gen, real, decision="fpr:0.7")
+    with pytest.raises(ImprintError):
+        audit_membership(gen, real, decision="best")
+    with pytest.raises(ImprintError):
+        audit_membership(gen, real[:1])
