@@ -50,7 +50,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--corpus", default="/work/shared/corpus/dev")
     ap.add_argument("--no-timing", action="store_true")
-    ap.add_argument("--backbone", default="effnet-lite0")
+    ap.add_argument("--backbone", default="none")
     a = ap.parse_args(argv)
     backbone = None if a.backbone == "none" else a.backbone
     root = os.path.join(a.corpus, "membership")

@@ -5,7 +5,9 @@ Method
 1. **Features** (:mod:`engine.features`): generator traces rather than anatomy — intensity histogram
    statistics, noise-residual statistics, radial/directional residual spectra with up-sampling peak
    bins, the image's own radial spectrum, LBP histograms of image and residual, and
-   ``kernels.fingerprint_features`` (median-residual spectrum, peaks, ACF, residual LBP).
+   ``kernels.fingerprint_features`` (median-residual spectrum, peaks, ACF, residual LBP), plus
+   the ONNX ``fingerprint`` backbone (``engine.backbone.embed``: residual stats, polyphase,
+   block-DCT spectrum) as a separate view.
 2. **Standardise** each feature over the target images.  With ``dev_sets`` (images of known models)
    each feature is re-weighted by ``1/sqrt(within-model variance + 0.05)`` measured on the dev
    models in target units: features that stay constant inside a generator (its fingerprint) are
@@ -13,16 +15,17 @@ Method
    never to fix class directions, so a model absent from dev can still form its own cluster.  One
    extra view adds LDA directions learned on dev, concatenated with an unsupervised PCA of the
    target images (kept open to unseen models).
-3. **Views**: whitened PCA of all features, a non-whitened PCA (90 % variance), and a whitened PCA
-   of every feature group separately.
+3. **Views**: whitened PCA of all engine.features columns, a non-whitened PCA (90 % variance), and
+   a whitened PCA of every feature group / backbone separately.
 4. **Candidates**: k-means (many restarts), full-covariance GMM and Ward agglomeration on every view.
 5. **Consensus**: the co-association matrix (fraction of candidates that put two images together)
    is clustered by average linkage into ``k`` groups.  Disagreeing views are out-voted, which made
    the result robust on every dev protocol we tried (see benchmarks/RESULTS_attribution.md).
    Per-image confidence = mean co-association with the members of its own cluster (in [0, 1]).
-6. **k=None**: k is scanned over ``2..k_max`` with a lighter candidate set and chosen by the
-   silhouette of the consensus partition measured on the co-association distance ``1 - C``
-   (smallest k within 0.005 of the best).
+6. **k=None**: k is scanned over ``2..k_max`` (same candidates) and chosen by the mean of the plain
+   silhouette and the cluster-balanced silhouette (mean over clusters of their mean silhouette, so a
+   small generator counts as much as a large one) of the consensus partition, measured on the
+   co-association distance ``1 - C`` (smallest k within 0.001 of the best).
 
 For more than ``max_consensus`` images the co-association matrix is built on a seeded subsample
 and the remaining images are assigned to the consensus cluster they co-associate with most.
@@ -40,9 +43,10 @@ import numpy as np
 from engine import features as _F
 from engine.errors import ImprintError
 
-__all__ = ["AttributionResult", "attribute", "DEFAULT_GROUPS"]
+__all__ = ["AttributionResult", "attribute", "DEFAULT_GROUPS", "DEFAULT_BACKBONES"]
 
 DEFAULT_GROUPS = ("hist", "resid", "rspec", "ispec", "lbp", "fingerprint")
+DEFAULT_BACKBONES = ("fingerprint",)
 _DEV_FLOOR = 0.05
 _WEIGHT_CLIP = (0.25, 4.0)
 
@@ -90,12 +94,28 @@ def _check_k(k, n):
     return k
 
 
-def _extract(images, groups):
+def _extract(images, groups, backbones=(), errors=None):
+    """engine.features groups + optional ``engine.backbone.embed`` blocks (named ``bb.<name>.<i>``)."""
     feats, names = _F.extract(images, groups)
-    return feats, names
+    blocks, bnames = [feats], list(names)
+    for b in backbones:
+        try:
+            from engine.backbone import embed
+
+            e = np.asarray(embed(images, b, threads=1), dtype=np.float64)
+            if e.ndim != 2 or e.shape[0] != images.shape[0]:
+                raise ValueError(f"unexpected embedding shape {e.shape}")
+        except Exception as exc:  # backbone missing / not built / wrong size: skip this view
+            if errors is not None:
+                errors[b] = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            continue
+        e[~np.isfinite(e)] = 0.0
+        blocks.append(e)
+        bnames += [f"bb.{b}.{i}" for i in range(e.shape[1])]
+    return np.concatenate(blocks, axis=1), bnames
 
 
-def _group_masks(names, groups):
+def _group_masks(names, groups, backbones=()):
     prefix = {"fingerprint": "fp."}
     out = {}
     for g in groups:
@@ -103,6 +123,10 @@ def _group_masks(names, groups):
         m = np.array([n.startswith(p) for n in names])
         if m.any():
             out[g] = m
+    for b in backbones:
+        m = np.array([n.startswith(f"bb.{b}.") for n in names])
+        if m.any():
+            out[f"backbone:{b}"] = m
     return out
 
 
@@ -145,14 +169,20 @@ def _lda_view(Z, dev_feats, mu, sd, wgt, seed, n_pca):
 
 
 def _build_views(Z, masks, seed, lda=None):
-    views = {"all/pca-white": _pca(Z, 10, True, seed)}
-    if Z.shape[0] >= 3:
+    """Views: PCA of the engine.features columns ("all"), per-group whitened PCAs, LDA+PCA."""
+    own = np.ones(Z.shape[1], bool)
+    for g, m in masks.items():
+        if g.startswith("backbone:"):
+            own &= ~m
+    Za = Z[:, own]
+    views = {"all/pca-white": _pca(Za, 10, True, seed)}
+    if Za.shape[0] >= 3:
         from sklearn.decomposition import PCA
 
-        nc = min(Z.shape[0] - 1, Z.shape[1])
-        p = PCA(n_components=nc, svd_solver="full", random_state=seed).fit(Z)
+        nc = min(Za.shape[0] - 1, Za.shape[1])
+        p = PCA(n_components=nc, svd_solver="full", random_state=seed).fit(Za)
         keep = int(np.searchsorted(np.cumsum(p.explained_variance_ratio_), 0.9) + 1)
-        views["all/pca90"] = p.transform(Z)[:, : max(2, min(keep, nc))]
+        views["all/pca90"] = p.transform(Za)[:, : max(2, min(keep, nc))]
     for g, m in masks.items():
         views[f"{g}/pca-white"] = _pca(Z[:, m], 8, True, seed)
     if lda is not None:
@@ -160,7 +190,7 @@ def _build_views(Z, masks, seed, lda=None):
     return views
 
 
-def _candidates(views, k, seed, light=False):
+def _candidates(views, k, seed):
     from sklearn.cluster import AgglomerativeClustering, KMeans
     from sklearn.mixture import GaussianMixture
 
@@ -172,9 +202,9 @@ def _candidates(views, k, seed, light=False):
             continue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            out[f"{vname}/kmeans"] = KMeans(k, n_init=3 if light else 10, random_state=seed).fit_predict(X)
+            out[f"{vname}/kmeans"] = KMeans(k, n_init=10, random_state=seed).fit_predict(X)
             out[f"{vname}/ward"] = AgglomerativeClustering(k).fit_predict(X)
-            if not light and n >= 2 * k:
+            if n >= 2 * k:
                 try:
                     g = GaussianMixture(k, covariance_type="full", n_init=2, reg_covar=1e-3, random_state=seed)
                     out[f"{vname}/gmm"] = g.fit(X).predict(X)
@@ -197,10 +227,11 @@ def _onehot(L):
 def _consensus(cands, k, sub):
     """Average-linkage clustering of the co-association matrix on ``sub``; assign all images.
 
-    Returns labels [N], confidence [N], silhouette on 1-C (subsample), mean ARI candidate-consensus.
+    Returns labels [N], confidence [N], (cluster-balanced, plain) silhouette on 1-C (subsample),
+    ARI of every candidate to the consensus.
     """
     from sklearn.cluster import AgglomerativeClustering
-    from sklearn.metrics import adjusted_rand_score, silhouette_score
+    from sklearn.metrics import adjusted_rand_score, silhouette_samples
 
     L = np.stack(list(cands.values()))
     m, n = L.shape
@@ -225,13 +256,28 @@ def _consensus(cands, k, sub):
     labels = np.argmax(A, axis=1).astype(np.int64)
     labels[sub] = lab_s
     conf = A[np.arange(n), labels].astype(np.float64)
-    sil = float("nan")
+    sil = (float("nan"), float("nan"))
     if 2 <= k < len(sub) and len(np.unique(lab_s)) >= 2:
         D = np.clip(1.0 - C, 0.0, None).astype(np.float64)
         np.fill_diagonal(D, 0.0)
-        sil = float(silhouette_score(D, lab_s, metric="precomputed"))
+        s_i = silhouette_samples(D, lab_s, metric="precomputed")
+        macro = float(np.mean([s_i[lab_s == c].mean() for c in np.unique(lab_s)]))
+        sil = (macro, float(s_i.mean()))
     agree = {c: float(adjusted_rand_score(labels, l)) for c, l in cands.items()}
     return labels, np.clip(conf, 0.0, 1.0), sil, agree
+
+
+def _jsonable(x):
+    """Replace non-finite floats by None (strict JSON) recursively."""
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (float, np.floating)):
+        return float(x) if np.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
 
 
 def _relabel(labels, k):
@@ -245,8 +291,8 @@ def _relabel(labels, k):
 
 
 # ----------------------------------------------------------------------------------------- public
-def attribute(images, k, *, dev_sets=None, random_state=0, progress=None, groups=DEFAULT_GROUPS, k_max=10,
-              max_consensus=2500):
+def attribute(images, k, *, dev_sets=None, random_state=0, progress=None, groups=DEFAULT_GROUPS,
+              backbones=DEFAULT_BACKBONES, k_max=10, max_consensus=2500):
     """Cluster generated images by the generator that made them.
 
     Parameters
@@ -264,6 +310,10 @@ def attribute(images, k, *, dev_sets=None, random_state=0, progress=None, groups
         Called with short stage messages.
     groups : sequence of str
         Feature groups (see :mod:`engine.features`); ``"fingerprint"`` needs ``kernels``.
+    backbones : sequence of str
+        ``engine.backbone`` models whose embeddings form extra views (default the ONNX
+        ``"fingerprint"`` generator-trace backbone).  A backbone that is missing, unbuilt or rejects
+        the image size is skipped and reported in ``info["backbone_errors"]``.
     k_max : int
         Largest k tried when ``k`` is None.
     max_consensus : int
@@ -272,7 +322,21 @@ def attribute(images, k, *, dev_sets=None, random_state=0, progress=None, groups
     Returns
     -------
     AttributionResult
+
+    Notes
+    -----
+    BLAS/OpenMP pools are limited to one thread while clustering: the problems are small
+    (N x <=20) and oversubscribed thread pools made sklearn's k-means/GMM 10-50x slower on a
+    loaded 2-core machine.
     """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        return _attribute(images, k, dev_sets=dev_sets, random_state=random_state, progress=progress,
+                          groups=groups, backbones=backbones, k_max=k_max, max_consensus=max_consensus)
+
+
+def _attribute(images, k, *, dev_sets, random_state, progress, groups, backbones, k_max, max_consensus):
     t0 = time.perf_counter()
     say = progress if callable(progress) else (lambda s: None)
     images = _F.check_images(images)
@@ -294,8 +358,11 @@ def attribute(images, k, *, dev_sets=None, random_state=0, progress=None, groups
     if "fingerprint" in groups and not _F.kernels_available("fingerprint_features"):
         groups = tuple(g for g in groups if g != "fingerprint")
     say("features")
-    X, names = _extract(images, groups)
-    masks = _group_masks(names, groups)
+    backbones = tuple(backbones or ())
+    bb_errors = {}
+    X, names = _extract(images, groups, backbones, bb_errors)
+    backbones = tuple(b for b in backbones if b not in bb_errors)
+    masks = _group_masks(names, groups, backbones)
     mu, sd = X.mean(axis=0), X.std(axis=0)
     sd = np.where(sd > 1e-9, sd, 1.0)
     Z = (X - mu) / sd
@@ -310,7 +377,10 @@ def attribute(images, k, *, dev_sets=None, random_state=0, progress=None, groups
             d = dev_sets[name]
             if d.shape[0] > 300:
                 d = d[np.sort(rng.choice(d.shape[0], 300, replace=False))]
-            dev_feats.append(_extract(d, groups)[0])
+            fd, nd = _extract(d, groups, backbones, bb_errors)
+            if nd != names:
+                raise ImprintError(f"dev set {name!r}: feature extraction differs from the images' ({len(nd)} columns)")
+            dev_feats.append(fd)
             dev_info[name] = int(dev_sets[name].shape[0])
         wgt = _dev_weights(dev_feats, mu, sd)
         if wgt is not None:
@@ -326,25 +396,37 @@ def attribute(images, k, *, dev_sets=None, random_state=0, progress=None, groups
         sub = np.sort(rng.choice(n, max_consensus, replace=False))
 
     say("views")
-    views = _build_views(Z, masks, seed, lda)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # PCA of constant columns (identical images)
+        views = _build_views(Z, masks, seed, lda)
 
-    scan = {}
+    scan, scan_macro, scan_plain = {}, {}, {}
+    cands = None
     if k is None:
         if n < 3:
             k = 1
         else:
             say("estimating k")
             hi = int(min(k_max, len(sub) - 1, n - 1))
+            runs = {}
             for kk in range(2, hi + 1):
-                c = _candidates(views, kk, seed, light=True)
-                _, _, sil, _ = _consensus(c, kk, sub)
-                scan[kk] = sil
-            best = max(v for v in scan.values() if np.isfinite(v)) if any(np.isfinite(v) for v in scan.values()) else 0
-            k = min(kk for kk, v in scan.items() if np.isfinite(v) and v >= best - 0.005) if scan else 2
+                c = _candidates(views, kk, seed)
+                runs[kk] = (c, _consensus(c, kk, sub))
+                macro, plain = runs[kk][1][2]
+                scan[kk] = 0.5 * (macro + plain)
+                scan_macro[kk], scan_plain[kk] = macro, plain
+            finite = {kk: v for kk, v in scan.items() if np.isfinite(v)}
+            if finite:
+                best = max(finite.values())
+                k = min(kk for kk, v in finite.items() if v >= best - 0.001)
+            else:  # no partition with two non-empty clusters (e.g. identical images)
+                k = min(runs) if runs else 1
+            cands, (labels, conf, sil, agree) = runs.get(k, (None, (None,) * 4))
 
     say("clustering")
-    cands = _candidates(views, k, seed)
-    labels, conf, sil, agree = _consensus(cands, k, sub)
+    if cands is None:
+        cands = _candidates(views, k, seed)
+        labels, conf, sil, agree = _consensus(cands, k, sub)
     relab = _relabel(labels, k)
     sizes = np.bincount(relab, minlength=k)
 
@@ -360,8 +442,13 @@ def attribute(images, k, *, dev_sets=None, random_state=0, progress=None, groups
         "k": int(k),
         "k_estimated": bool(scan),
         "k_scan_silhouette": {str(kk): float(v) for kk, v in scan.items()},
-        "criterion": "silhouette of the consensus partition on co-association distance 1-C",
-        "consensus_silhouette": sil,
+        "k_scan_silhouette_balanced": {str(kk): float(v) for kk, v in scan_macro.items()},
+        "k_scan_silhouette_plain": {str(kk): float(v) for kk, v in scan_plain.items()},
+        "criterion": "mean of the plain and the cluster-balanced silhouette (mean over clusters of the mean "
+        "per-image silhouette) of the consensus partition on co-association distance 1-C; smallest k within "
+        "0.001 of the best",
+        "consensus_silhouette": sil[0],
+        "consensus_silhouette_plain": sil[1],
         "n_candidates": len(cands),
         "candidate_ari_to_consensus": agree,
         "best_single_candidate": best_c,
@@ -374,6 +461,8 @@ def attribute(images, k, *, dev_sets=None, random_state=0, progress=None, groups
         f"{_F.N_RADIAL} rings from DC to the axis Nyquist frequency",
         "feature_groups": list(masks),
         "n_features": int(X.shape[1]),
+        "backbones": list(backbones),
+        "backbone_errors": bb_errors,
         "kernels_used": {"fingerprint_features": "fingerprint" in masks,
                          "lbp_histograms": _F.kernels_available("lbp_histograms")},
         "dev_models": dev_info,
@@ -386,4 +475,4 @@ def attribute(images, k, *, dev_sets=None, random_state=0, progress=None, groups
     summary = (f"attribution: {n} images in {k} clusters{' (k estimated)' if scan else ''}, sizes "
                f"{[int(s) for s in sizes]}, mean confidence {conf.mean():.2f}, "
                f"{len(cands)} candidate clusterings (mean ARI to consensus {info['mean_candidate_ari']:.2f})")
-    return AttributionResult(labels=relab, k=int(k), confidence=conf, info=info, summary=summary, features=Z)
+    return AttributionResult(labels=relab, k=int(k), confidence=conf, info=_jsonable(info), summary=summary, features=Z)

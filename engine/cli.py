@@ -96,6 +96,21 @@ def with_common(f):
     return f
 
 
+executor_opts = [
+    click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                 help="Run embedding/search/re-ranking here, or on a Ray cluster (extra 'distributed')."),
+    click.option("--address", default=None, metavar="ADDR",
+                 help="Ray cluster address (HOST:6379, ray://HOST:10001 or auto); default $RAY_ADDRESS, "
+                      "else a Ray instance on this machine (127.0.0.1 only)."),
+]
+
+
+def with_executor(f):
+    for opt in reversed(executor_opts):
+        f = opt(f)
+    return f
+
+
 # ---------------------------------------------------------------------------------------------- the group
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="imprint", prog_name="imprint")
@@ -118,16 +133,17 @@ def cli(verbose: bool) -> None:
 @click.option("--decision", default="fpr:0.01", show_default=True,
               help="'fpr:ALPHA' (flag only beyond the null's 1-ALPHA level) or 'f1' (maximise expected F1).")
 @click.option("--report", "report_dir", default=None, help="Write an HTML report into this folder.")
+@with_executor
 @with_common
-def membership(gen_dir, real_dir, out, dev_dirs, ref_dirs, decision, report_dir, size, size_policy, window,
-               strict, seed, as_json):
+def membership(gen_dir, real_dir, out, dev_dirs, ref_dirs, decision, report_dir, executor, address, size,
+               size_policy, window, strict, seed, as_json):
     """Score real images: were they used to train the generator of GEN?"""
     from .pipeline import run_membership
 
     rep = Reporter(quiet=as_json)
     summary = run_membership(gen_dir=gen_dir, real_dir=real_dir, out=out, dev_dirs=dev_dirs, ref_dirs=ref_dirs,
                              decision=decision, policy=_policy(size, size_policy, window), strict=strict,
-                             seed=seed, rep=rep, report_dir=report_dir)
+                             seed=seed, rep=rep, report_dir=report_dir, executor=executor, address=address)
     _finish(summary, as_json, summary["summary"])
 
 
@@ -150,15 +166,17 @@ def _parse_k(value: str) -> int | None:
 @click.option("--out", required=True, help="Output CSV: image,cluster.")
 @click.option("--dev", "dev_dir", default=None, help="Folder with one labelled subfolder per known model.")
 @click.option("--report", "report_dir", default=None, help="Write an HTML report into this folder.")
+@with_executor
 @with_common
-def attribute(images_dir, k, out, dev_dir, report_dir, size, size_policy, window, strict, seed, as_json):
+def attribute(images_dir, k, out, dev_dir, report_dir, executor, address, size, size_policy, window, strict, seed,
+              as_json):
     """Group generated images by the model that made them."""
     from .pipeline import run_attribution
 
     rep = Reporter(quiet=as_json)
     summary = run_attribution(images_dir=images_dir, k=_parse_k(k), out=out, dev_dir=dev_dir,
                               policy=_policy(size, size_policy, window), strict=strict, seed=seed, rep=rep,
-                              report_dir=report_dir)
+                              report_dir=report_dir, executor=executor, address=address)
     _finish(summary, as_json, summary["summary"])
 
 
@@ -228,9 +246,10 @@ def evaluate_attribution(clusters, truth, truth_from_folders, as_json):
 @click.option("--mean", default=None, help="User ONNX only: per-channel mean on the 0..255 scale, e.g. 123.7,116.3,103.5")
 @click.option("--std", default=None, help="User ONNX only: per-channel std on the 0..255 scale.")
 @click.option("--channels", type=click.Choice(["1", "3"]), default=None, help="User ONNX only: input channels.")
+@with_executor
 @with_common
-def embed(folder, store, backbone, batch_size, shard_size, input_size, mean, std, channels, size, size_policy,
-          window, strict, seed, as_json):
+def embed(folder, store, backbone, batch_size, shard_size, input_size, mean, std, channels, executor, address, size,
+          size_policy, window, strict, seed, as_json):
     """Embed every image of FOLDER into an Arrow store (resumable; only new or changed images are embedded)."""
     from .pipeline import run_embed
 
@@ -248,7 +267,7 @@ def embed(folder, store, backbone, batch_size, shard_size, input_size, mean, std
         opts["channels"] = int(channels)
     summary = run_embed(folder=folder, store=store, backbone=backbone, batch_size=batch_size,
                         shard_size=shard_size, policy=_policy(size, size_policy, window), strict=strict, rep=rep,
-                        onnx_options=opts)
+                        onnx_options=opts, executor=executor, address=address)
     _finish(summary, as_json, summary["summary"])
 
 
@@ -263,17 +282,59 @@ def embed(folder, store, backbone, batch_size, shard_size, input_size, mean, std
 @click.option("--index", default="auto", show_default=True, help="'auto' or a FAISS index-factory string.")
 @click.option("--batch", type=int, default=4096, show_default=True, help="Real images per streamed batch.")
 @click.option("--no-rerank", is_flag=True, help="Skip the SSIM/MSE re-scoring of the pairs.")
+@with_executor
 @with_common
-def pairs(real_dir, gen_dir, k, out, backbone, metric, index, batch, no_rerank, size, size_policy, window, strict,
-          seed, as_json):
+def pairs(real_dir, gen_dir, k, out, backbone, metric, index, batch, no_rerank, executor, address, size, size_policy,
+          window, strict, seed, as_json):
     """Nearest generated images of every real image, with embedding distance, SSIM and MSE per pair."""
     from .pairs import run_pairs
 
     rep = Reporter(quiet=as_json)
     summary = run_pairs(real_dir=real_dir, gen_dir=gen_dir, k=k, out=out, backbone=backbone, metric=metric,
                         index=index, batch=batch, policy=_policy(size, size_policy, window), strict=strict, rep=rep,
-                        rerank=not no_rerank)
+                        rerank=not no_rerank, executor=executor, address=address)
     _finish(summary, as_json, summary["summary"])
+
+
+# ---------------------------------------------------------------------------------------------- bench
+@cli.command()
+@click.argument("what", type=click.Choice(["search", "pairs", "embed", "all"]), default="all")
+@click.option("--n", type=int, default=200_000, show_default=True, help="search: vectors in the base.")
+@click.option("--d", type=int, default=128, show_default=True, help="search: dimension.")
+@click.option("--queries", type=int, default=1000, show_default=True, help="search: queries.")
+@click.option("--index", default="auto", show_default=True, help="search: FAISS factory string or 'auto'.")
+@click.option("--real", "n_real", type=int, default=500, show_default=True, help="pairs: real images.")
+@click.option("--generated", "n_gen", type=int, default=500, show_default=True, help="pairs: generated images.")
+@click.option("--k", type=int, default=10, show_default=True, help="neighbours per query / pairs per real image.")
+@click.option("--size", type=int, default=128, show_default=True, help="pairs/embed: image size.")
+@click.option("--backbone", default="pixel", show_default=True, help="embed: backbone.")
+@click.option("--json", "as_json", is_flag=True)
+def bench(what, n, d, queries, index, n_real, n_gen, k, size, backbone, as_json):
+    """Throughput on synthetic data of a chosen size (search, pair kernels, embedding)."""
+    from . import bench as B
+
+    if min(n, d, queries, n_real, n_gen, k, size) < 1:
+        raise ImprintError("sizes must be positive")
+    out = {}
+    if what in ("search", "all"):
+        out["search"] = B.bench_search(n=n, d=d, nq=queries, k=k, index=index)
+    if what in ("pairs", "all"):
+        out["pairs"] = B.bench_pairs(n_real=n_real, n_gen=n_gen, k=k, size=size)
+    if what in ("embed", "all"):
+        out["embed"] = B.bench_embed(backbone=backbone, size=size)
+    lines = []
+    if "search" in out:
+        s = out["search"]
+        lines.append(f"search {s['n']}x{s['d']} {s['index']}: {s['approx_qps']:.0f} q/s vs exact {s['exact_qps']:.0f} q/s "
+                     f"(x{s['speedup']:.1f}), recall@{s['k']} {s['recall_at_k']:.3f}, build {s['build_s']:.1f}s")
+    if "pairs" in out:
+        p = out["pairs"]
+        lines.append(f"pairs {p['pairs']} at {p['size']}px: SSIM {p['ssim_pairs_per_s']:.0f} pairs/s, "
+                     f"MSE {p['mse_pairs_per_s']:.0f} pairs/s (x{p['mse_speedup_vs_numpy']:.1f} numpy)")
+    if "embed" in out:
+        e = out["embed"]
+        lines.append(f"embed {e['backbone']}: {e['images_per_s']:.0f} images/s")
+    _finish(out, as_json, "\n".join(lines))
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -290,9 +351,13 @@ def models_build(force, out_dir):
     from models.build import build_all
 
     t0 = time.perf_counter()
-    built = build_all(out_dir=out_dir, force=force)
-    n = len(built) if built is not None else 0
-    click.echo(f"built {n} backbone file(s) in {time.perf_counter() - t0:.1f}s")
+    status = build_all(out_dir=out_dir, force=force) or {}
+    for name, st in status.items():
+        click.echo(f"{name:18s} {st}")
+    n_built = sum(1 for v in status.values() if v == "built")
+    click.echo(f"models: {n_built} built, {sum(1 for v in status.values() if v == 'up-to-date')} up to date, "
+               f"{sum(1 for v in status.values() if str(v).startswith('skipped'))} skipped "
+               f"in {time.perf_counter() - t0:.1f}s")
 
 
 @models.command("list")

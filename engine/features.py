@@ -132,41 +132,67 @@ def residual_radial_spectrum(images, nbins=N_RADIAL):
     return np.log10(radial_profile(_power(r), nbins) + 1e-6)
 
 
+def _rowwise_bincount(codes, nbins):
+    """Histogram of each row of the non-negative int array ``codes [N,P]`` -> float64 ``[N,nbins]``."""
+    n = codes.shape[0]
+    off = (np.arange(n, dtype=np.int64) * nbins)[:, None]
+    return np.bincount((codes + off).ravel(), minlength=n * nbins).reshape(n, nbins).astype(np.float64)
+
+
+def _hist_quantiles(counts, qs):
+    """Quantiles (lower, ``inverted_cdf``) of integer-valued rows from their histograms ``[N,B]``."""
+    cdf = np.cumsum(counts, axis=1)
+    tot = cdf[:, -1:]
+    out = np.empty((counts.shape[0], len(qs)))
+    for j, q in enumerate(qs):
+        out[:, j] = (cdf < q * tot).sum(axis=1)
+    return out
+
+
 def _hist_features(x):
     n = x.shape[0]
     flat = x.reshape(n, -1)
     names, cols = [], []
-    h = np.stack([np.bincount(row >> 4, minlength=16) for row in flat]).astype(np.float64)
-    h /= flat.shape[1]
+    c256 = _rowwise_bincount(flat.astype(np.int64), 256)
+    p = c256 / flat.shape[1]
+    h = p.reshape(n, 16, 16).sum(axis=2)
     cols.append(np.sqrt(h))
     names += [f"hist.bin{i:02d}" for i in range(16)]
-    xf = flat.astype(np.float64)
-    q = np.percentile(xf, [1, 5, 25, 50, 75, 95, 99], axis=1).T / 255.0
-    cols.append(q)
-    names += [f"hist.q{p}" for p in (1, 5, 25, 50, 75, 95, 99)]
-    mu = xf.mean(1)
-    sd = xf.std(1)
-    z = (xf - mu[:, None]) / np.maximum(sd[:, None], 1e-6)
-    cols.append(np.stack([mu / 255.0, sd / 255.0, (z**3).mean(1), np.log((z**4).mean(1) + 1e-6)], 1))
+    qs = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
+    cols.append(_hist_quantiles(c256, qs) / 255.0)
+    names += [f"hist.q{int(round(q * 100))}" for q in qs]
+    v = np.arange(256, dtype=np.float64)
+    mu = p @ v
+    var = p @ (v * v) - mu * mu
+    sd = np.sqrt(np.maximum(var, 0.0))
+    z = (v[None, :] - mu[:, None]) / np.maximum(sd[:, None], 1e-6)
+    skew = (p * z**3).sum(1)
+    kurt = (p * z**4).sum(1)
+    cols.append(np.stack([mu / 255.0, sd / 255.0, skew, np.log(kurt + 1e-6)], 1))
     names += ["hist.mean", "hist.std", "hist.skew", "hist.logkurt"]
-    levels = np.stack([np.count_nonzero(np.bincount(row, minlength=256)) for row in flat]) / 256.0
-    cols.append(np.stack([(flat == 0).mean(1), (flat == 255).mean(1), levels], 1).astype(np.float64))
+    levels = (c256 > 0).sum(1) / 256.0
+    cols.append(np.stack([p[:, 0], p[:, 255], levels], 1))
     names += ["hist.frac0", "hist.frac255", "hist.levels"]
     return np.concatenate(cols, 1), names
 
 
 def _resid_features(r):
     n = r.shape[0]
-    flat = r.reshape(n, -1).astype(np.float64)
-    sd = flat.std(1)
-    z = flat / np.maximum(sd[:, None], 1e-6)
-    q = np.percentile(np.abs(flat), [50, 90, 99], axis=1).T
-    a = r.astype(np.float64)
+    flat = r.reshape(n, -1)
+    m2 = np.einsum("np,np->n", flat, flat, dtype=np.float64) / flat.shape[1]
+    sd = np.sqrt(m2)
+    sq = flat * flat
+    m4 = np.einsum("np,np->n", sq, sq, dtype=np.float64) / flat.shape[1]
+    # the box-filter residual is a multiple of 1/9: exact quantiles of |r| from an integer histogram
+    codes = np.minimum(np.rint(np.abs(flat) * 9.0).astype(np.int64), 9 * 255)
+    q = _hist_quantiles(_rowwise_bincount(codes, 9 * 255 + 1), (0.5, 0.9, 0.99)) / 9.0
+    a = r.astype(np.float32)
 
     def corr(u, v):
-        num = (u * v).mean(axis=(1, 2))
-        den = np.sqrt((u * u).mean(axis=(1, 2)) * (v * v).mean(axis=(1, 2))) + 1e-9
-        return num / den
+        num = np.einsum("nij,nij->n", u, v, dtype=np.float64) / u[0].size
+        uu = np.einsum("nij,nij->n", u, u, dtype=np.float64) / u[0].size
+        vv = np.einsum("nij,nij->n", v, v, dtype=np.float64) / u[0].size
+        return num / (np.sqrt(uu * vv) + 1e-9)
 
     ch = corr(a[:, :, :-1], a[:, :, 1:])
     cv = corr(a[:, :-1, :], a[:, 1:, :])
@@ -176,8 +202,8 @@ def _resid_features(r):
     feats = np.stack(
         [
             np.log(sd + 1e-3),
-            np.log(np.abs(flat).mean(1) + 1e-3),
-            np.log((z**4).mean(1) + 1e-6),
+            np.log(np.abs(flat).mean(1, dtype=np.float64) + 1e-3),
+            np.log(m4 / np.maximum(m2 * m2, 1e-12) + 1e-6),
             np.log(q[:, 0] + 1e-3),
             np.log(q[:, 1] + 1e-3),
             np.log(q[:, 2] + 1e-3),
@@ -220,14 +246,14 @@ def _spec_features(power, prefix, peaks):
         # periodic peaks (up-sampling / checkerboard): log ratio of the peak bin to its ring mean
         pk = []
         lp = np.log10(power + 1e-6)
+        rp_log = rad
         for (py, px, tag) in [
             (h // 2, 0, "ny_y"), (0, w // 2, "ny_x"), (h // 2, w // 2, "ny_xy"),
             (h // 4, 0, "q_y"), (0, w // 4, "q_x"), (h // 4, w // 4, "q_xy"),
         ]:
             rr = np.sqrt((py / h) ** 2 + (px / w) ** 2) / 0.5
             ring = np.minimum((rr * N_RADIAL).astype(int), N_RADIAL - 1)
-            ring_mean = np.log10(radial_profile(power, N_RADIAL)[:, ring] + 1e-6)
-            pk.append(lp[:, py, px] - ring_mean)
+            pk.append(lp[:, py, px] - rp_log[:, ring])
             names.append(f"{prefix}.peak_{tag}")
         cols.append(np.stack(pk, 1))
     return np.concatenate(cols, 1), names

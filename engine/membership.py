@@ -36,6 +36,11 @@ Pipeline
    ``embed_ratio``         ``-log`` ratio of cosine distances in a pretrained backbone embedding
                            (``engine.backbone.embed``), when the backbone is available.
    ``lbp_ratio``           same with uniform-LBP histograms (``kernels.lbp_histograms``).
+   ``shape_ratio``         anatomy shape: ``-log`` ratio of nearest-generated over nearest-real
+                           distance between multi-level "air inside the body" masks
+                           (:func:`anatomy_masks`: Otsu body, dark regions at 1/4..1 of the Otsu
+                           level, 64x64).  A memorising generator that blurs or re-invents texture
+                           still reproduces the patient's body outline and lung / airway shapes.
 
    Raw distances (``pixel_nn_dist``, ``real_nn_dist``, ``mse_nn``, ``ssim_nn``) are reported too.
 4. **Calibration.**  Each evidence value is turned into a robust z-score against the null
@@ -76,6 +81,7 @@ __all__ = [
     "COMBINED_FEATURES",
     "audit_membership",
     "compute_evidence",
+    "anatomy_masks",
     "zscore_images",
     "robust_calibrate",
     "fit_weights",
@@ -96,11 +102,13 @@ DEFAULT_WEIGHTS: dict[str, float] = {
     "distinct": 0.25,
     "embed_ratio": 0.5,
     "lbp_ratio": 0.0,
+    "shape_ratio": 1.0,
 }
 COMBINED_FEATURES = tuple(DEFAULT_WEIGHTS)
 #: Continuous copy-strength evidence that may also decide alone (max rule in the combination);
 #: count-based evidence (share, hub, distinct) has too coarse a null to be used alone.
-MAX_FEATURES = ("pixel_nn_ratio", "pixel_knn_ratio", "mse_ratio", "ssim_ratio", "tile_ratio", "embed_ratio")
+MAX_FEATURES = ("pixel_nn_ratio", "pixel_knn_ratio", "mse_ratio", "ssim_ratio", "tile_ratio", "embed_ratio",
+                "shape_ratio")
 
 _EPS = 1e-6
 _MIN_NULL = 20          # fewer reference images than this: calibrate on the candidates instead
@@ -265,11 +273,121 @@ def _tiles(z: np.ndarray, t: int) -> np.ndarray:
     return z.reshape(n, t * t, th * tw)
 
 
+def _otsu_thresholds(images: np.ndarray) -> np.ndarray:
+    """Per-image Otsu threshold of uint8 images (== ``skimage.filters.threshold_otsu`` on the
+    256-bin histogram); float64 [N]."""
+    n = len(images)
+    flat = images.reshape(n, -1)
+    hist = np.zeros((n, 256), np.float64)
+    for i in range(n):
+        hist[i] = np.bincount(flat[i], minlength=256)
+    c = np.arange(256, dtype=np.float64)
+    w1 = np.cumsum(hist, 1)                       # weight of the class <= t
+    w2 = np.cumsum(hist[:, ::-1], 1)[:, ::-1]     # weight of the class >= t
+    m1 = np.cumsum(hist * c, 1) / np.maximum(w1, 1e-12)
+    m2 = np.cumsum((hist * c)[:, ::-1], 1)[:, ::-1] / np.maximum(w2, 1e-12)
+    var = w1[:, :-1] * w2[:, 1:] * (m1[:, :-1] - m2[:, 1:]) ** 2
+    t = np.argmax(var, 1).astype(np.float64)
+    const = flat.min(1) == flat.max(1)
+    t[const] = flat[const, 0].astype(np.float64)
+    return t
+
+
+def anatomy_masks(images: np.ndarray, levels: Sequence[float] = (0.25, 0.5, 0.75, 1.0),
+                  size: int = 64) -> np.ndarray:
+    """Multi-level "air inside the body" masks: the patient-specific lung / airway shape.
+
+    For every image: ``t`` = its Otsu threshold; body = the largest connected component of
+    ``image > t`` with holes filled; for every level ``l``: mask = body and ``image <= l * t``
+    (dark regions inside the body: lungs, airways, at several darkness levels so that no single
+    threshold decides).  Each mask is area-averaged down to about ``size`` pixels per side.
+    Texture inside the lungs does not enter, only the shape of the dark regions and where they are,
+    which is what a generator that memorised a patient reproduces even when it blurs the texture.
+
+    Parameters
+    ----------
+    images : uint8 [N, H, W]
+    levels : sequence of float
+        Fractions of the Otsu threshold.
+    size : int
+        Target side length; the down-sampling factor is ``max(1, min(H, W) // size)``.
+
+    Returns
+    -------
+    float32 [N, len(levels) * (H // f) * (W // f)]
+    """
+    from scipy import ndimage as ndi
+
+    X = np.asarray(images)
+    n, h, w = X.shape
+    f = max(1, min(h, w) // max(1, int(size)))
+    hh, ww = h // f, w // f
+    T = _otsu_thresholds(X)
+    out = np.zeros((n, len(levels), hh, ww), np.float32)
+    if n == 0:
+        return out.reshape(0, -1)
+    # all images at once: a 3-D stack with a purely in-plane (4-connected) structure, padded with an
+    # empty slice at both ends so that only each image's own border counts as "outside"
+    st = np.zeros((3, 3, 3), bool)
+    st[1] = ndi.generate_binary_structure(2, 1)
+    for c0 in range(0, n, 512):
+        x = X[c0:c0 + 512]
+        nc = len(x)
+        fg = np.zeros((nc + 2, h, w), bool)
+        fg[1:-1] = x > T[c0:c0 + nc, None, None]
+        lab, nl = ndi.label(fg, structure=st)
+        if nl == 0:
+            continue
+        sizes = np.bincount(lab.ravel(), minlength=nl + 1)
+        sizes[0] = 0
+        # slice of every label, then the largest label per slice (first one on ties)
+        first = np.zeros(nl + 1, np.int64)
+        zz = np.nonzero(lab)[0]
+        first[lab[lab > 0]] = zz
+        labels = np.arange(1, nl + 1, dtype=np.int64)
+        key = sizes[1:].astype(np.int64) * (nl + 1) + (nl - labels)   # larger size, then lower label
+        bestkey = np.full(nc + 2, -1, np.int64)
+        np.maximum.at(bestkey, first[1:], key)
+        has = bestkey >= 0
+        keep = np.zeros(nl + 1, bool)
+        keep[nl - bestkey[has] % (nl + 1)] = True
+        body = keep[lab]
+        # fill holes: background components (4-connected, in-plane) that touch no image border
+        bl, nb = ndi.label(~body, structure=st)
+        border = np.zeros(nb + 1, bool)
+        for edge in (bl[:, 0, :], bl[:, -1, :], bl[:, :, 0], bl[:, :, -1]):
+            border[np.unique(edge)] = True
+        border[0] = True                                   # label 0 = the body itself
+        body = (body | ~border[bl])[1:-1]
+        for j, lv in enumerate(levels):
+            m = body & (x <= lv * T[c0:c0 + nc, None, None])
+            acc = np.zeros((nc, hh, ww), np.uint16)
+            for dy in range(f):                            # area average by strided sums
+                for dx in range(f):
+                    acc += m[:, dy: hh * f: f, dx: ww * f: f]
+            out[c0:c0 + nc, j] = acc * np.float32(1.0 / (f * f))
+    return out.reshape(n, -1)
+
+
+def _cached_masks(images: np.ndarray, cache: dict | None) -> np.ndarray:
+    """:func:`anatomy_masks` of every image, memoised per image content in ``cache``."""
+    if cache is None:
+        return anatomy_masks(images)
+    store = cache.setdefault("anatomy_masks", {})
+    keys = _hashes(images)
+    todo = [i for i, k in enumerate(keys) if k not in store]
+    if todo:
+        new = anatomy_masks(images[todo])
+        for i, row in zip(todo, new):
+            store[keys[i]] = row
+    return np.stack([store[k] for k in keys]) if keys else np.zeros((0, 0), np.float32)
+
+
 # ----------------------------------------------------------------------------------------- evidence
 def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10, k_real: int = 10,
                      tiles: int = 4, backbone: str | None = "effnet-lite0", use_lbp: bool = True,
                      progress: Callable[[int], object] | None = None,
-                     _cache: dict | None = None) -> tuple[dict, np.ndarray, dict]:
+                     shape: bool = True, _cache: dict | None = None) -> tuple[dict, np.ndarray, dict]:
     """Per-image membership evidence of every pool image against one generated set.
 
     Parameters
@@ -287,6 +405,8 @@ def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10
         Backbone for ``embed_ratio`` (skipped when None or unavailable).
     use_lbp : bool
         Compute ``lbp_ratio`` when ``kernels.lbp_histograms`` is available.
+    shape : bool
+        Compute ``shape_ratio`` (:func:`anatomy_masks`).
     progress : callable or None
         Called with an increment after each stage.
 
@@ -387,6 +507,24 @@ def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10
     ev["tile_ratio"] = -part.mean(1)
     info["timings"]["tiles_s"] = time.perf_counter() - t1
     tick(1)
+
+    # anatomy shape: multi-level air-inside-body masks (lungs / airways), compared like the pixels
+    if shape:
+        t1 = time.perf_counter()
+        mG = _cached_masks(G, _cache)
+        mP = _cached_masks(P, _cache)
+        a, _ = _knn(mG, mP, 1)
+        b, _ = _knn(mP, mP, 1, exclude_self=True)
+        a, b = a.astype(np.float64), b.astype(np.float64)
+        dim = float(mP.shape[1])
+        ev["shape_nn_dist"] = a[:, 0].astype(np.float64) / dim
+        # floor: ~ one down-sampled mask pixel in one level differing completely
+        floor = 1.0 / dim
+        ev["shape_ratio"] = -np.log((np.clip(a[:, 0], 0, None) / dim + floor)
+                                    / (np.clip(b[:, 0], 0, None) / dim + floor))
+        info["timings"]["shape_s"] = time.perf_counter() - t1
+    else:
+        info["skipped"]["shape_ratio"] = "shape evidence not requested"
 
     # pretrained-backbone embedding
     if backbone:
@@ -524,7 +662,7 @@ def _combine(Z: np.ndarray, w: np.ndarray, *, use_max: np.ndarray | None = None)
 
 
 # ----------------------------------------------------------------------------------------- decisions
-def null_threshold(null_scores: np.ndarray, alpha: float, *, confidence: float = 0.9) -> dict:
+def null_threshold(null_scores: np.ndarray, alpha: float, *, confidence: float = 0.95) -> dict:
     """Conservative threshold for a target false-positive rate.
 
     The empirical part allows ``j`` null exceedances where ``j`` is the largest count with
@@ -684,7 +822,7 @@ def _dev_training_rows(dev: DevSet, reference: np.ndarray | None, others_unused:
 
 def audit_membership(generated, real, *, dev_sets: Sequence[DevSet] = (), reference=None,
                      decision: str = "fpr:0.01", random_state: int = 0,
-                     progress: Callable[[int], object] | None = None, backbone: str | None = "effnet-lite0",
+                     progress: Callable[[int], object] | None = None, backbone: str | None = None,
                      k_gen: int = 10, k_real: int = 10, weights: dict | None = None) -> MembershipResult:
     """Score real images for membership in a generator's training set and decide used / unused.
 
@@ -697,7 +835,8 @@ def audit_membership(generated, real, *, dev_sets: Sequence[DevSet] = (), refere
     decision : "fpr:ALPHA" (default ``fpr:0.01``) or "f1"
     random_state : int            (the method is deterministic; kept for the contract)
     progress : callable or None   called with increments
-    backbone : str or None        backbone for ``embed_ratio``
+    backbone : str or None        backbone for ``embed_ratio`` (default None: off; effnet-lite0 costs
+                                  ~50-90 ms per image on 2 CPU cores, too slow for the 2-min budget)
     k_gen, k_real : int           shortlist sizes
     weights : dict or None        override the prior weights (name -> weight >= 0)
 
@@ -732,7 +871,7 @@ def audit_membership(generated, real, *, dev_sets: Sequence[DevSet] = (), refere
             if k_ not in prior or not (float(v) >= 0):
                 raise ImprintError(f"weights: unknown evidence {k_!r} or negative weight")
             prior[k_] = float(v)
-    kw = dict(k_gen=k_gen, k_real=k_real, backbone=backbone, progress=progress)
+    kw = dict(k_gen=k_gen, k_real=k_real, backbone=backbone, progress=progress, _cache={})
 
     # ---- target evidence
     nR = len(R)

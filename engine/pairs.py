@@ -34,7 +34,7 @@ def pairs_schema():
 
 def run_pairs(*, real_dir: str, gen_dir: str, k: int, out: str, backbone: str = "pixel", metric: str = "cosine",
               index: str = "auto", batch: int = 4096, policy: IngestPolicy = IngestPolicy(), strict: bool = False,
-              rep=None, rerank: bool = True) -> dict:
+              rep=None, rerank: bool = True, executor: str = "local", address: str | None = None) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -53,6 +53,14 @@ def run_pairs(*, real_dir: str, gen_dir: str, k: int, out: str, backbone: str = 
         raise ImprintError(f"--k must be at least 1 (got {k})")
     if batch < 1:
         raise ImprintError("--batch must be at least 1")
+    if executor != "local":  # same job with embed/search/re-ranking on Ray (engine.distributed)
+        from .distributed import check_executor, executor_scope
+
+        check_executor(executor, address)
+        with executor_scope(executor, address):
+            summary = run_pairs(real_dir=real_dir, gen_dir=gen_dir, k=k, out=out, backbone=backbone, metric=metric,
+                                index=index, batch=batch, policy=policy, strict=strict, rep=rep, rerank=rerank)
+        return {**summary, "executor": executor}
     bb = load_backbone(backbone)
     t = {"read_generated_s": 0.0, "embed_s": 0.0, "index_s": 0.0, "read_real_s": 0.0, "search_s": 0.0,
          "rerank_s": 0.0, "write_s": 0.0}

@@ -57,6 +57,15 @@ def _check_out(out: str, what: str = "--out") -> None:
         raise ImprintError(f"{what}: folder {parent} is not writable")
 
 
+def _check_report_dir(report_dir: str) -> None:
+    p = Path(report_dir)
+    if p.exists() and not p.is_dir():
+        raise ImprintError(f"--report: {report_dir} exists and is not a folder")
+    parent = p.resolve().parent
+    if not parent.is_dir():
+        raise ImprintError(f"--report: folder {parent} does not exist")
+
+
 def parse_decision(decision: str) -> str:
     d = decision.strip().lower()
     if d == "f1":
@@ -106,9 +115,15 @@ def _strict(strict: bool, skips: list) -> None:
 def run_membership(*, gen_dir: str, real_dir: str, out: str, dev_dirs: Sequence[str] = (),
                    ref_dirs: Sequence[str] = (), decision: str = "fpr:0.01",
                    policy: IngestPolicy = IngestPolicy(), strict: bool = False, seed: int = 0, rep=None,
-                   report_dir: str | None = None, truth: dict | None = None) -> dict:
-    """``truth`` (optional, image -> 0/1) only adds truth-based plots to the report."""
+                   report_dir: str | None = None, truth: dict | None = None, executor: str = "local",
+                   address: str | None = None) -> dict:
+    """``truth`` (optional, image -> 0/1) only adds truth-based plots to the report.
+
+    ``executor="ray"`` runs the embedding, search and pair stages on Ray (``address``; engine.distributed)."""
+    from .distributed import check_executor, executor_scope
     from .membership import DevSet, audit_membership
+
+    check_executor(executor, address)
 
     rep = rep or _NullReporter()
     t_start = time.perf_counter()
@@ -124,7 +139,7 @@ def run_membership(*, gen_dir: str, real_dir: str, out: str, dev_dirs: Sequence[
         _check_dir(r, "--reference")
     decision = parse_decision(decision)
     if report_dir is not None:
-        _check_out(os.path.join(report_dir, "index.html"), "--report")
+        _check_report_dir(report_dir)
 
     skips: list = []
     timings: dict[str, float] = {}
@@ -159,8 +174,9 @@ def run_membership(*, gen_dir: str, real_dir: str, out: str, dev_dirs: Sequence[
         t0 = time.perf_counter()
         bar = rep.progress(None, "membership")
         try:
-            res = audit_membership(gen.images, real.images, dev_sets=devs, reference=reference, decision=decision,
-                                   random_state=seed, progress=bar.update)
+            with executor_scope(executor, address):
+                res = audit_membership(gen.images, real.images, dev_sets=devs, reference=reference,
+                                       decision=decision, random_state=seed, progress=bar.update)
         finally:
             bar.close()
         timings["audit_s"] = time.perf_counter() - t0
@@ -213,9 +229,15 @@ def run_membership(*, gen_dir: str, real_dir: str, out: str, dev_dirs: Sequence[
 # ---------------------------------------------------------------------------------------------- attribution
 def run_attribution(*, images_dir: str, k: int | None, out: str, dev_dir: str | None = None,
                     policy: IngestPolicy = IngestPolicy(), strict: bool = False, seed: int = 0, rep=None,
-                    report_dir: str | None = None, truth: dict | None = None) -> dict:
-    """``truth`` (optional, image -> model name) only adds truth-based plots to the report."""
+                    report_dir: str | None = None, truth: dict | None = None, executor: str = "local",
+                    address: str | None = None) -> dict:
+    """``truth`` (optional, image -> model name) only adds truth-based plots to the report.
+
+    ``executor="ray"`` extracts the features on Ray (``address``; engine.distributed); clustering stays here."""
     from .attribution import attribute
+    from .distributed import check_executor, executor_scope
+
+    check_executor(executor, address)
 
     rep = rep or _NullReporter()
     t_start = time.perf_counter()
@@ -230,7 +252,7 @@ def run_attribution(*, images_dir: str, k: int | None, out: str, dev_dir: str | 
         if not dev_models:
             raise ImprintError(f"--dev {dev_dir}: no model subfolders (expected one folder of images per known model)")
     if report_dir is not None:
-        _check_out(os.path.join(report_dir, "index.html"), "--report")
+        _check_report_dir(report_dir)
 
     skips: list = []
     timings: dict[str, float] = {}
@@ -247,7 +269,8 @@ def run_attribution(*, images_dir: str, k: int | None, out: str, dev_dir: str | 
             raise ImprintError(f"--k {k} is larger than the number of readable images ({len(imgs)})")
 
         t0 = time.perf_counter()
-        res = attribute(imgs.images, k, dev_sets=dev_sets or None, random_state=seed)
+        with executor_scope(executor, address):
+            res = attribute(imgs.images, k, dev_sets=dev_sets or None, random_state=seed)
         timings["cluster_s"] = time.perf_counter() - t0
         labels = np.asarray(res.labels).astype(int)
         write_csv(out, ["image", "cluster"], zip(imgs.paths, labels.tolist()))
@@ -299,9 +322,13 @@ def _spec_dict(spec) -> dict:
 
 def run_embed(*, folder: str, store: str, backbone: str = "pixel", batch_size: int | None = None,
               shard_size: int = 4096, policy: IngestPolicy = IngestPolicy(), strict: bool = False, rep=None,
-              onnx_options: dict | None = None) -> dict:
-    """Embed new or changed images of ``folder`` into the Arrow store ``store`` (resumable)."""
+              onnx_options: dict | None = None, executor: str = "local", address: str | None = None) -> dict:
+    """Embed new or changed images of ``folder`` into the Arrow store ``store`` (resumable).
+
+    ``executor="ray"`` decodes and embeds on Ray workers (``address``); shards are committed here."""
     import hashlib
+
+    from .distributed import check_executor, iter_embedded
 
     from .backbone import embed, load_backbone
     from .ingest import discover, iter_batches
@@ -310,6 +337,7 @@ def run_embed(*, folder: str, store: str, backbone: str = "pixel", batch_size: i
     rep = rep or _NullReporter()
     t_start = time.perf_counter()
     _check_dir(folder, "FOLDER")
+    check_executor(executor, address)
     if shard_size < 1:
         raise ImprintError("--shard-size must be at least 1")
     if batch_size is not None and batch_size < 1:
@@ -337,9 +365,9 @@ def run_embed(*, folder: str, store: str, backbone: str = "pixel", batch_size: i
         n_new = 0
         bar = rep.progress(len(todo), "embedding")
         try:
-            for imgs, paths, hashes in iter_batches(folder, todo, shard_size, policy,
+            for vec, paths, hashes in iter_embedded(folder, todo, bb, shard_size=shard_size, batch_size=batch_size,
+                                                    policy=policy, executor=executor, address=address,
                                                     on_skip=lambda s: skips.append((folder, s.path, s.reason))):
-                vec = embed(imgs, bb, batch_size=batch_size)
                 st.append(paths, hashes, vec)
                 n_new += len(paths)
                 bar.update(len(paths))

@@ -156,7 +156,7 @@ def _membership(d: Path, *, summary: dict, result, real, gen, truth: Mapping[str
 
         ncol = min(3, nearest.shape[1])
         rows_out = []
-        fig, axs = plt.subplots(len(order), 1 + 2 * ncol, figsize=(2 * (1 + 2 * ncol), 2 * len(order)),
+        fig, axs = plt.subplots(len(order), 1 + 2 * ncol, figsize=(2 * (1 + 2 * ncol), 2.4 * len(order)),
                                 squeeze=False)
         for r, i in enumerate(order):
             axs[r, 0].imshow(real.images[i], cmap="gray", vmin=0, vmax=255)

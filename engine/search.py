@@ -42,9 +42,10 @@ a within-store search):
    ``target_recall + 0.01`` (default target 0.95).
 HNSW (e.g. ``"HNSW32"``) is available through a factory string; its
 ``efSearch`` is calibrated the same way.  It is not chosen automatically:
-on this 2-core machine its graph construction is ~10x slower than IVF
-training at 1M x 128 and its multi-threaded construction is not
-deterministic (see ``benchmarks/RESULTS_search.md``).
+on the 2-core dev machine its graph construction was 1.7x slower than IVF
+at 60k x 128 and had not finished after 11 min at 1M x 128 (IVF: ~3 min),
+its links cost ~256 extra bytes/vector, and its multi-threaded construction
+is not bit-for-bit deterministic (see ``benchmarks/RESULTS_search.md``).
 
 GPU
 ---

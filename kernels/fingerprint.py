@@ -60,7 +60,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._validate import as_images
-from .texture import _tables, _lbp_hist_batch
+from .texture import _lbp_hist_into
 
 __all__ = ["noise_residuals", "fingerprint_features", "FINGERPRINT_FEATURE_NAMES", "N_RADIAL_BINS"]
 
@@ -291,6 +291,6 @@ def fingerprint_features(images, *, chunk: int = 256) -> np.ndarray:
     out[:, col : col + len(_MOMENT_NAMES)] = mom
     col += len(_MOMENT_NAMES)
     hist = np.zeros((N, _LBP_BINS), np.float32)
-    _lbp_hist_batch(res, 8, 2, _LBP_BINS, *_tables(H, W, 8, 1.0), hist)
+    _lbp_hist_into(res, 8, 1.0, "uniform", hist)
     out[:, col : col + _LBP_BINS] = hist
     return out

@@ -17,18 +17,19 @@ result; the kernels therefore evaluate the filters only on the "valid" region
 Shortlist structure
 -------------------
 ``ssim_pairs`` scores many ``(a, b)`` pairs in which the same image appears in
-several pairs.  For every image used by some pair it precomputes, once, in
-float64 and stored as float32:
+several pairs.  For every image used by some pair it precomputes once
+(separable Gaussian, float64):
 
-* ``mu'``: the Gaussian-filtered image *minus its (float32-rounded) mean m*,
-* ``var``: the filtered local variance ``G*(x-m)^2 - mu'^2`` (never negative
-  beyond rounding, no cancellation because it is computed in float64).
+* ``mu'``: the Gaussian-filtered image *minus its mean m*,
+* ``var``: the filtered local variance ``G*(x-m)^2 - mu'^2``.
 
 Per pair only the cross term ``G*((x-m_x)(y-m_y))`` is filtered (separable,
-symmetric taps, float32, one fused loop per output row) and combined with the
-stats.  Centering by the image mean keeps the float32 cross term small and the
-covariance ``G*(x'y') - mu'_x mu'_y`` well conditioned; the result agrees with
-the float64 skimage computation to ~1e-6 (tests require 1e-4).
+symmetric taps, one fused loop per output row) and combined with the stats.
+Centering by the image mean keeps the cross term small; everything that
+involves the covariance cancellation ``G*(x'y') - mu'_x mu'_y`` is done in
+float64, so the result matches skimage's float64 computation (uint8 and
+float64 inputs) to ~1e-12 and its float32 computation (float32 inputs) to the
+latter's own rounding (~1e-6).
 
 When all needed per-image stats do not fit ``max_cache_bytes``, the pairs are
 tiled over blocks of A-images and B-images and stats are recomputed per tile.
@@ -59,136 +60,287 @@ def gaussian_window(sigma: float = 1.5, truncate: float = 3.5) -> np.ndarray:
     return phi / phi.sum()
 
 
-# ----------------------------------------------------------------------------- SSIM stats
-@njit(parallel=True, cache=True)
-def _ssim_stats(X, idx, w, mu_out, var_out, m_out):
-    """Per-image filtered mean (centred) and variance on the valid region.
+# ----------------------------------------------------------------------------- SSIM kernels
+@njit(cache=True)
+def _centre(img):
+    """Integer centring constant ``round(mean(img))`` (float64).
 
-    X : [N,H,W] uint8/float32; idx : int64[K] images to process;
-    w : float64[11]; mu_out, var_out : float32[K,H-10,W-10]; m_out : float64[K].
+    An integer keeps ``x - m`` exact for uint8 (and, in float64, for float32)
+    inputs, so the centred products entering the filters carry no rounding.
     """
-    K = idx.shape[0]
-    H = X.shape[1]
-    W = X.shape[2]
+    s = 0.0
+    for r in range(img.shape[0]):
+        rs = 0.0
+        for c in range(img.shape[1]):
+            rs += np.float64(img[r, c])
+        s += rs
+    return np.float64(np.round(s / (img.shape[0] * img.shape[1])))
+
+
+@njit(fastmath=True, error_model="numpy", cache=True)
+def _stats_into(img, m, w, mu, var, ring1, ring2, t1, t2):
+    """Filtered centred mean and variance of one image on the valid region.
+
+    img : [H, W] uint8/float32; m : float64 centring constant;
+    mu : float64 [H-10, W-10] <- ``G*(x-m)``;
+    var : float64 [H-10, W-10] <- ``G*(x-m)^2 - mu^2``;
+    ring1, ring2 : float64 [11, W], t1, t2 : float64 [W] scratch.
+    Vertical pass over an 11-row ring buffer, then the horizontal pass, per
+    output row (everything L1/L2 resident).
+    """
+    H = img.shape[0]
+    W = img.shape[1]
     Hi = H - 10
     Wi = W - 10
-    for k in prange(K):
-        img = X[idx[k]]
-        s = 0.0
-        for r in range(H):
-            for c in range(W):
-                s += np.float64(img[r, c])
-        # centre on a float32-representable value so the pair kernel (which
-        # centres in float32) is exactly consistent with these stats
-        m = np.float64(np.float32(s / (H * W)))
-        xc = np.empty((H, W), np.float64)
-        for r in range(H):
-            for c in range(W):
-                xc[r, c] = np.float64(img[r, c]) - m
+    w0 = w[0]
+    w1 = w[1]
+    w2 = w[2]
+    w3 = w[3]
+    w4 = w[4]
+    w5 = w[5]
+    for r in range(10):
+        xr = img[r]
+        g1 = ring1[r]
+        g2 = ring2[r]
+        for j in range(W):
+            v = np.float64(xr[j]) - m
+            g1[j] = v
+            g2[j] = v * v
+    a0 = t1[0:Wi]
+    a1 = t1[1 : Wi + 1]
+    a2 = t1[2 : Wi + 2]
+    a3 = t1[3 : Wi + 3]
+    a4 = t1[4 : Wi + 4]
+    a5 = t1[5 : Wi + 5]
+    a6 = t1[6 : Wi + 6]
+    a7 = t1[7 : Wi + 7]
+    a8 = t1[8 : Wi + 8]
+    a9 = t1[9 : Wi + 9]
+    a10 = t1[10 : Wi + 10]
+    b0 = t2[0:Wi]
+    b1 = t2[1 : Wi + 1]
+    b2 = t2[2 : Wi + 2]
+    b3 = t2[3 : Wi + 3]
+    b4 = t2[4 : Wi + 4]
+    b5 = t2[5 : Wi + 5]
+    b6 = t2[6 : Wi + 6]
+    b7 = t2[7 : Wi + 7]
+    b8 = t2[8 : Wi + 8]
+    b9 = t2[9 : Wi + 9]
+    b10 = t2[10 : Wi + 10]
+    for i in range(Hi):
+        rn = i + 10
+        q = rn % 11
+        xr = img[rn]
+        g1 = ring1[q]
+        g2 = ring2[q]
+        for j in range(W):
+            v = np.float64(xr[j]) - m
+            g1[j] = v
+            g2[j] = v * v
+        p0 = ring1[i % 11]
+        p1 = ring1[(i + 1) % 11]
+        p2 = ring1[(i + 2) % 11]
+        p3 = ring1[(i + 3) % 11]
+        p4 = ring1[(i + 4) % 11]
+        p5 = ring1[(i + 5) % 11]
+        p6 = ring1[(i + 6) % 11]
+        p7 = ring1[(i + 7) % 11]
+        p8 = ring1[(i + 8) % 11]
+        p9 = ring1[(i + 9) % 11]
+        p10 = ring1[q]
+        for j in range(W):
+            t1[j] = (
+                w5 * p5[j]
+                + w4 * (p4[j] + p6[j])
+                + w3 * (p3[j] + p7[j])
+                + w2 * (p2[j] + p8[j])
+                + w1 * (p1[j] + p9[j])
+                + w0 * (p0[j] + p10[j])
+            )
+        p0 = ring2[i % 11]
+        p1 = ring2[(i + 1) % 11]
+        p2 = ring2[(i + 2) % 11]
+        p3 = ring2[(i + 3) % 11]
+        p4 = ring2[(i + 4) % 11]
+        p5 = ring2[(i + 5) % 11]
+        p6 = ring2[(i + 6) % 11]
+        p7 = ring2[(i + 7) % 11]
+        p8 = ring2[(i + 8) % 11]
+        p9 = ring2[(i + 9) % 11]
+        p10 = ring2[q]
+        for j in range(W):
+            t2[j] = (
+                w5 * p5[j]
+                + w4 * (p4[j] + p6[j])
+                + w3 * (p3[j] + p7[j])
+                + w2 * (p2[j] + p8[j])
+                + w1 * (p1[j] + p9[j])
+                + w0 * (p0[j] + p10[j])
+            )
+        mo = mu[i]
+        vo = var[i]
+        for j in range(Wi):
+            u = (
+                w5 * a5[j]
+                + w4 * (a4[j] + a6[j])
+                + w3 * (a3[j] + a7[j])
+                + w2 * (a2[j] + a8[j])
+                + w1 * (a1[j] + a9[j])
+                + w0 * (a0[j] + a10[j])
+            )
+            s2 = (
+                w5 * b5[j]
+                + w4 * (b4[j] + b6[j])
+                + w3 * (b3[j] + b7[j])
+                + w2 * (b2[j] + b8[j])
+                + w1 * (b1[j] + b9[j])
+                + w0 * (b0[j] + b10[j])
+            )
+            mo[j] = u
+            vo[j] = s2 - u * u
+
+
+@njit(fastmath=True, error_model="numpy", cache=True)
+def _pair_into(x, y, ma, mb, mua, vara, mub, varb, w, c1, c2, ring, t):
+    """Mean SSIM of one pair given both images' stats (see :func:`_stats_into`).
+
+    Only the cross term ``G*((x-ma)(y-mb))`` is filtered (float64, exact
+    centred products); ``cov = G*(x'y') - mu'_x mu'_y`` in float64.
+    ring : float64 [11, W], t : float64 [W] scratch.  Returns float64.
+    """
+    H = x.shape[0]
+    W = x.shape[1]
+    Hi = H - 10
+    Wi = W - 10
+    w0 = w[0]
+    w1 = w[1]
+    w2 = w[2]
+    w3 = w[3]
+    w4 = w[4]
+    w5 = w[5]
+    t0 = t[0:Wi]
+    t1 = t[1 : Wi + 1]
+    t2 = t[2 : Wi + 2]
+    t3 = t[3 : Wi + 3]
+    t4 = t[4 : Wi + 4]
+    t5 = t[5 : Wi + 5]
+    t6 = t[6 : Wi + 6]
+    t7 = t[7 : Wi + 7]
+    t8 = t[8 : Wi + 8]
+    t9 = t[9 : Wi + 9]
+    t10 = t[10 : Wi + 10]
+    for r in range(10):
+        xr = x[r]
+        yr = y[r]
+        g = ring[r]
+        for j in range(W):
+            g[j] = (np.float64(xr[j]) - ma) * (np.float64(yr[j]) - mb)
+    acc = 0.0
+    for i in range(Hi):
+        rn = i + 10
+        q = rn % 11
+        xr = x[rn]
+        yr = y[rn]
+        g = ring[q]
+        for j in range(W):
+            g[j] = (np.float64(xr[j]) - ma) * (np.float64(yr[j]) - mb)
+        p0 = ring[i % 11]
+        p1 = ring[(i + 1) % 11]
+        p2 = ring[(i + 2) % 11]
+        p3 = ring[(i + 3) % 11]
+        p4 = ring[(i + 4) % 11]
+        p5 = ring[(i + 5) % 11]
+        p6 = ring[(i + 6) % 11]
+        p7 = ring[(i + 7) % 11]
+        p8 = ring[(i + 8) % 11]
+        p9 = ring[(i + 9) % 11]
+        p10 = g
+        for j in range(W):
+            t[j] = (
+                w5 * p5[j]
+                + w4 * (p4[j] + p6[j])
+                + w3 * (p3[j] + p7[j])
+                + w2 * (p2[j] + p8[j])
+                + w1 * (p1[j] + p9[j])
+                + w0 * (p0[j] + p10[j])
+            )
+        mxr = mua[i]
+        myr = mub[i]
+        vxr = vara[i]
+        vyr = varb[i]
+        racc = 0.0
+        for j in range(Wi):
+            cxy = (
+                w5 * t5[j]
+                + w4 * (t4[j] + t6[j])
+                + w3 * (t3[j] + t7[j])
+                + w2 * (t2[j] + t8[j])
+                + w1 * (t1[j] + t9[j])
+                + w0 * (t0[j] + t10[j])
+            )
+            mx = mxr[j]
+            my = myr[j]
+            ux = mx + ma
+            uy = my + mb
+            cov = cxy - mx * my
+            num = (2.0 * ux * uy + c1) * (2.0 * cov + c2)
+            den = (ux * ux + uy * uy + c1) * (vxr[j] + vyr[j] + c2)
+            racc += num / den
+        acc += racc
+    return acc / (Hi * Wi)
+
+
+@njit(parallel=True, cache=True)
+def _stats_batch(X, idx, w, mu, var, m, nch):
+    """Stats of images ``X[idx[k]]`` into ``mu[k]``, ``var[k]``, ``m[k]`` (``nch`` parallel chunks)."""
+    K = idx.shape[0]
+    W = X.shape[2]
+    for ch in prange(nch):
+        ring1 = np.empty((11, W), np.float64)
+        ring2 = np.empty((11, W), np.float64)
         t1 = np.empty(W, np.float64)
         t2 = np.empty(W, np.float64)
-        for i in range(Hi):
-            for j in range(W):
-                a1 = 0.0
-                a2 = 0.0
-                for q in range(11):
-                    v = xc[i + q, j]
-                    a1 += w[q] * v
-                    a2 += w[q] * (v * v)
-                t1[j] = a1
-                t2[j] = a2
-            for j in range(Wi):
-                b1 = 0.0
-                b2 = 0.0
-                for q in range(11):
-                    b1 += w[q] * t1[j + q]
-                    b2 += w[q] * t2[j + q]
-                mu_out[k, i, j] = np.float32(b1)
-                var_out[k, i, j] = np.float32(b2 - b1 * b1)
-        m_out[k] = m
+        for k in range(ch * K // nch, (ch + 1) * K // nch):
+            img = X[idx[k]]
+            mk = _centre(img)
+            m[k] = mk
+            _stats_into(img, mk, w, mu[k], var[k], ring1, ring2, t1, t2)
 
 
-@njit(parallel=True, fastmath=True, cache=True)
-def _ssim_pair_kernel(A, B, ga, gb, sa, sb, mua, vara, ma, mub, varb, mb, w, c1, c2, nchunk, out):
-    """SSIM for pairs p: images A[ga[p]], B[gb[p]] with stats slots sa[p], sb[p].
+@njit(parallel=True, cache=True)
+def _pairs_grouped(A, B, pa, pb, sb, gstart, cbound, mub, varb, mb, w, c1, c2, out):
+    """SSIM of pairs sorted by A image.
 
-    Only the cross term is filtered here (float32, symmetric taps).  out: float64[P].
+    Pairs ``gstart[g]:gstart[g+1]`` share the A image ``A[pa[gstart[g]]]``,
+    whose stats are computed once into chunk-local buffers (cache resident);
+    B stats come precomputed (slot ``sb[p]``).  Chunks of groups
+    ``cbound[c]:cbound[c+1]`` run in parallel.  out : float64[P] (sorted order).
     """
-    P = ga.shape[0]
     H = A.shape[1]
     W = A.shape[2]
-    Hi = H - 10
-    Wi = W - 10
-    w0 = np.float32(w[0])
-    w1 = np.float32(w[1])
-    w2 = np.float32(w[2])
-    w3 = np.float32(w[3])
-    w4 = np.float32(w[4])
-    w5 = np.float32(w[5])
-    C1 = np.float32(c1)
-    C2 = np.float32(c2)
-    two = np.float32(2.0)
-    for ch in prange(nchunk):
-        lo = ch * P // nchunk
-        hi = (ch + 1) * P // nchunk
-        prod = np.empty((H, W), np.float32)
-        t = np.empty(W, np.float32)
-        for p in range(lo, hi):
-            x = A[ga[p]]
-            y = B[gb[p]]
-            ka = sa[p]
-            kb = sb[p]
-            mxa = np.float32(ma[ka])
-            myb = np.float32(mb[kb])
-            for r in range(H):
-                for j in range(W):
-                    prod[r, j] = (np.float32(x[r, j]) - mxa) * (np.float32(y[r, j]) - myb)
-            acc = 0.0
-            for i in range(Hi):
-                for j in range(W):
-                    t[j] = (
-                        w5 * prod[i + 5, j]
-                        + w4 * (prod[i + 4, j] + prod[i + 6, j])
-                        + w3 * (prod[i + 3, j] + prod[i + 7, j])
-                        + w2 * (prod[i + 2, j] + prod[i + 8, j])
-                        + w1 * (prod[i + 1, j] + prod[i + 9, j])
-                        + w0 * (prod[i, j] + prod[i + 10, j])
-                    )
-                racc = np.float32(0.0)
-                for j in range(Wi):
-                    cxy = (
-                        w5 * t[j + 5]
-                        + w4 * (t[j + 4] + t[j + 6])
-                        + w3 * (t[j + 3] + t[j + 7])
-                        + w2 * (t[j + 2] + t[j + 8])
-                        + w1 * (t[j + 1] + t[j + 9])
-                        + w0 * (t[j] + t[j + 10])
-                    )
-                    mx = mua[ka, i, j]
-                    my = mub[kb, i, j]
-                    ux = mx + mxa
-                    uy = my + myb
-                    cov = cxy - mx * my
-                    num = (two * ux * uy + C1) * (two * cov + C2)
-                    den = (ux * ux + uy * uy + C1) * (vara[ka, i, j] + varb[kb, i, j] + C2)
-                    racc += num / den
-                acc += np.float64(racc)
-            out[p] = acc / (Hi * Wi)
+    nch = cbound.shape[0] - 1
+    for ch in prange(nch):
+        mua = np.empty((H - 10, W - 10), np.float64)
+        vara = np.empty((H - 10, W - 10), np.float64)
+        ring1 = np.empty((11, W), np.float64)
+        ring2 = np.empty((11, W), np.float64)
+        t1 = np.empty(W, np.float64)
+        t2 = np.empty(W, np.float64)
+        for g in range(cbound[ch], cbound[ch + 1]):
+            s = gstart[g]
+            e = gstart[g + 1]
+            x = A[pa[s]]
+            ma = _centre(x)
+            _stats_into(x, ma, w, mua, vara, ring1, ring2, t1, t2)
+            for p in range(s, e):
+                k = sb[p]
+                out[p] = _pair_into(x, B[pb[p]], ma, mb[k], mua, vara, mub[k], varb[k], w, c1, c2, ring1, t1)
 
 
 def _stats_bytes(h: int, w: int) -> int:
-    return 2 * 4 * (h - 10) * (w - 10) + 8
-
-
-def _compute_stats(X: np.ndarray, idx: np.ndarray, w: np.ndarray):
-    k = idx.shape[0]
-    h, wd = X.shape[1], X.shape[2]
-    mu = np.empty((k, h - 10, wd - 10), np.float32)
-    var = np.empty((k, h - 10, wd - 10), np.float32)
-    m = np.empty(k, np.float64)
-    if k:
-        _ssim_stats(X, idx, w, mu, var, m)
-    return mu, var, m
+    """Bytes of stored stats per image (float64 mean and variance)."""
+    return 16 * (h - 10) * (w - 10) + 8
 
 
 def _ssim_pairs_f64(A, B, pairs, data_range, max_cache_bytes):
@@ -201,42 +353,39 @@ def _ssim_pairs_f64(A, B, pairs, data_range, max_cache_bytes):
     c1 = (_K1 * data_range) ** 2
     c2 = (_K2 * data_range) ** 2
     h, wd = A.shape[1], A.shape[2]
+    ia, ib = pairs[:, 0], pairs[:, 1]
+    # SSIM is symmetric: group by the side with more distinct images, store the other's stats
+    if np.unique(ia).size < np.unique(ib).size:
+        A, B, ia, ib = B, A, ib, ia
+    ub = np.unique(ib)
     per = _stats_bytes(h, wd)
-    ua = np.unique(pairs[:, 0])
-    ub = np.unique(pairs[:, 1])
-    budget = max(int(max_cache_bytes), 4 * per)
-    if (ua.size + ub.size) * per <= budget:
-        blocks_a, blocks_b = [ua], [ub]
-    else:
-        per_side = max(1, budget // (2 * per))
-        blocks_a = [ua[i : i + per_side] for i in range(0, ua.size, per_side)]
-        blocks_b = [ub[i : i + per_side] for i in range(0, ub.size, per_side)]
-    # block id of every pair's a and b (blocks are contiguous ranges of sorted uniques)
-    ba = np.searchsorted(np.array([blk[0] for blk in blocks_a]), pairs[:, 0], side="right") - 1
-    bb = np.searchsorted(np.array([blk[0] for blk in blocks_b]), pairs[:, 1], side="right") - 1
-    order = np.lexsort((pairs[:, 1], pairs[:, 0], bb, ba))
-    keys = ba[order] * len(blocks_b) + bb[order]
-    bounds = np.flatnonzero(np.diff(keys)) + 1
-    starts = np.concatenate(([0], bounds))
-    ends = np.concatenate((bounds, [order.size]))
-    cur_a = -1
-    for s, e in zip(starts, ends):
-        sel = order[s:e]
-        ia, ib = ba[sel[0]], bb[sel[0]]
-        if ia != cur_a:
-            ida = blocks_a[ia]
-            mua, vara, ma = _compute_stats(A, ida, w)
-            cur_a = ia
-        idb = blocks_b[ib]
-        mub, varb, mb = _compute_stats(B, idb, w)
-        ga = np.ascontiguousarray(pairs[sel, 0])
-        gb = np.ascontiguousarray(pairs[sel, 1])
-        sa = np.searchsorted(ida, ga).astype(np.int64)
-        sb = np.searchsorted(idb, gb).astype(np.int64)
-        res = np.empty(sel.size, np.float64)
-        nchunk = int(min(sel.size, numba.get_num_threads() * 8))
-        _ssim_pair_kernel(A, B, ga, gb, sa, sb, mua, vara, ma, mub, varb, mb, w, c1, c2, nchunk, res)
-        out[sel] = res
+    per_block = max(1, int(max_cache_bytes) // per)
+    nthreads = numba.get_num_threads()
+    for lo in range(0, ub.size, per_block):
+        blk = ub[lo : lo + per_block]
+        if blk.size == ub.size:
+            sel = np.arange(n_pairs)
+        else:
+            sel = np.flatnonzero((ib >= blk[0]) & (ib <= blk[-1]))
+        order = sel[np.lexsort((ib[sel], ia[sel]))]
+        pa = np.ascontiguousarray(ia[order])
+        pb = np.ascontiguousarray(ib[order])
+        sb = np.searchsorted(blk, pb).astype(np.int64)
+        k = blk.size
+        mub = np.empty((k, h - 10, wd - 10), np.float64)
+        varb = np.empty((k, h - 10, wd - 10), np.float64)
+        mb = np.empty(k, np.float64)
+        _stats_batch(B, blk, w, mub, varb, mb, int(min(k, 4 * nthreads)))
+        gstart = np.concatenate(([0], np.flatnonzero(np.diff(pa)) + 1, [pa.size])).astype(np.int64)
+        n_groups = gstart.size - 1
+        # chunks of whole groups with about equal pair counts
+        nch = int(min(n_groups, 8 * nthreads))
+        targets = (np.arange(1, nch) * pa.size) // nch
+        cbound = np.concatenate(([0], np.searchsorted(gstart[1:-1], targets, side="right"), [n_groups]))
+        cbound = np.unique(cbound).astype(np.int64)
+        res = np.empty(pa.size, np.float64)
+        _pairs_grouped(A, B, pa, pb, sb, gstart, cbound, mub, varb, mb, w, c1, c2, res)
+        out[order] = res
     return out
 
 
@@ -247,7 +396,7 @@ def _prep_stacks(A, B):
     return common_dtype(A, B)
 
 
-def ssim_pairs(A, B, pairs, data_range=255.0, *, max_cache_bytes=512 * 2**20) -> np.ndarray:
+def ssim_pairs(A, B, pairs, data_range=255.0, *, max_cache_bytes=2**30) -> np.ndarray:
     """Mean SSIM for each ``(A[i], B[j])`` pair of a shortlist.
 
     Parameters

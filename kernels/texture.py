@@ -16,7 +16,8 @@ implemented):
 
 The per-row / per-column interpolation coordinates (``floor``, ``ceil`` and the
 fraction of ``r + rp[i]`` / ``c + cp[i]``) are tabulated once per image size,
-so the per-pixel work is 4 loads and 6 multiply-adds per sample point.
+and rows are processed with column loops that vectorise (zero-padded float64
+copy of the image, so no bounds checks).
 """
 
 from __future__ import annotations
@@ -83,114 +84,242 @@ def _axis_table(n, offs):
     return lo, hi, fr
 
 
-@njit(cache=True, inline="always")
-def _px(img, r, c, rows, cols):
-    if r < 0 or r >= rows or c < 0 or c >= cols:
-        return 0.0
-    return img[r, c]
+@njit(cache=True)
+def _popcount(v):
+    v = v - ((v >> 1) & 0x5555555555555555)
+    v = (v & 0x3333333333333333) + ((v >> 2) & 0x3333333333333333)
+    v = (v + (v >> 4)) & 0x0F0F0F0F0F0F0F0F
+    return (v * 0x0101010101010101) >> 56
 
 
 @njit(cache=True)
-def _lbp_into(img, P, method, rlo, rhi, rfr, clo, chi, cfr, out):
-    """LBP codes of one float64 image into ``out`` (int64 [H, W])."""
+def _map_code(v, P, method):
+    """Map a raw LBP code (bit i set when sample i >= centre) to ``method``'s code.
+
+    Same definitions as skimage: ``ror`` is the minimum over the P right
+    rotations; ``uniform`` counts 0/1 transitions over the open chain
+    ``0..P-1`` (bits i, i+1 for i < P-1); ``nri_uniform`` as skimage's
+    rotation index.
+    """
+    if method == 0:
+        return v
+    if method == 1:
+        best = v
+        for _ in range(1, P):
+            v = (v >> 1) | ((v & 1) << (P - 1))
+            best = min(best, v)
+        return best
+    changes = _popcount((v ^ (v >> 1)) & ((np.int64(1) << (P - 1)) - 1))
+    n_ones = _popcount(v)
+    if method == 2:
+        return n_ones if changes <= 2 else P + 1
+    if changes > 2:
+        return P * (P - 1) + 2
+    if n_ones == 0:
+        return 0
+    if n_ones == P:
+        return P * (P - 1) + 1
+    first_one = 0
+    while (v >> first_one) & 1 == 0:
+        first_one += 1
+    first_zero = 0
+    while (v >> first_zero) & 1 == 1:
+        first_zero += 1
+    if first_one == 0:
+        rot_index = n_ones - first_zero
+    else:
+        rot_index = P - first_one
+    return 1 + (n_ones - 1) * P + rot_index
+
+
+@njit(cache=True)
+def _code_lut(P, method):
+    """Lookup table raw code -> method code for all ``2**P`` raw codes (P <= 16)."""
+    n = 1 << P
+    lut = np.empty(n, np.int32)
+    for v in range(n):
+        lut[v] = _map_code(np.int64(v), P, method)
+    return lut
+
+
+@njit(cache=True)
+def _raw_codes_row(pad, m, r, P, kind, drow0, drow1, dcol0, dcol1, rfr, frT, omfrT, code):
+    """Raw LBP codes (int32, bit i = ``sample_i - centre >= 0``) of image row ``r``.
+
+    pad : float64 [H+2m, W+2m] zero-padded image (skimage's constant mode, cval 0).
+    For sample i: ``kind[i] == 0`` -> the sample sits on the pixel grid for
+    every pixel (both fractions are exactly 0, so skimage's interpolation
+    returns the pixel itself: ``(1-0)*tl + 0*tr == tl`` for finite values);
+    ``kind[i] == 1`` -> bilinear interpolation with skimage's expression order
+    (``top = (1-dc) tl + dc tr``, ``bottom``, ``(1-dr) top + dr bottom``),
+    float64 without contraction.  drow0/drow1[i]: ``floor/ceil(r+rp_i) - r``;
+    dcol0/dcol1[i]: ``floor/ceil(c+cp_i) - c + m`` (padded frame);
+    rfr[r, i] row fraction; frT/omfrT[i, c]: column fraction dc and 1-dc.
+    """
+    cols = code.shape[0]
+    center = pad[r + m, m : m + cols]
+    for c in range(cols):
+        code[c] = 0
+    for i in range(P):
+        bit = np.int32(1) << i
+        row0 = pad[r + m + drow0[i]]
+        b0 = dcol0[i]
+        tl = row0[b0 : b0 + cols]
+        if kind[i] == 0:
+            for c in range(cols):
+                if tl[c] - center[c] >= 0:
+                    code[c] |= bit
+        else:
+            row1 = pad[r + m + drow1[i]]
+            b1 = dcol1[i]
+            tr = row0[b1 : b1 + cols]
+            bl = row1[b0 : b0 + cols]
+            br = row1[b1 : b1 + cols]
+            dr = rfr[r, i]
+            omdr = 1 - dr
+            fr = frT[i]
+            omfr = omfrT[i]
+            for c in range(cols):
+                top = omfr[c] * tl[c] + fr[c] * tr[c]
+                bottom = omfr[c] * bl[c] + fr[c] * br[c]
+                val = omdr * top + dr * bottom
+                if val - center[c] >= 0:
+                    code[c] |= bit
+
+
+@njit(cache=True)
+def _fill_pad(img, pad, m):
     rows = img.shape[0]
     cols = img.shape[1]
-    bits = np.empty(P, np.int64)
     for r in range(rows):
+        pr = pad[r + m]
+        ir = img[r]
         for c in range(cols):
-            center = img[r, c]
-            for i in range(P):
-                r0 = rlo[r, i]
-                r1 = rhi[r, i]
-                c0 = clo[c, i]
-                c1 = chi[c, i]
-                dr = rfr[r, i]
-                dc = cfr[c, i]
-                tl = _px(img, r0, c0, rows, cols)
-                tr = _px(img, r0, c1, rows, cols)
-                bl = _px(img, r1, c0, rows, cols)
-                br = _px(img, r1, c1, rows, cols)
-                top = (1 - dc) * tl + dc * tr
-                bottom = (1 - dc) * bl + dc * br
-                val = (1 - dr) * top + dr * bottom
-                bits[i] = 1 if val - center >= 0 else 0
-            code = 0
-            if method == 2 or method == 3:
-                changes = 0
-                for i in range(P - 1):
-                    if bits[i] != bits[i + 1]:
-                        changes += 1
-                if method == 2:
-                    if changes <= 2:
-                        for i in range(P):
-                            code += bits[i]
-                    else:
-                        code = P + 1
-                else:
-                    if changes <= 2:
-                        n_ones = 0
-                        first_one = -1
-                        first_zero = -1
-                        for i in range(P):
-                            if bits[i]:
-                                n_ones += 1
-                                if first_one == -1:
-                                    first_one = i
-                            else:
-                                if first_zero == -1:
-                                    first_zero = i
-                        if n_ones == 0:
-                            code = 0
-                        elif n_ones == P:
-                            code = P * (P - 1) + 1
-                        else:
-                            if first_one == 0:
-                                rot_index = n_ones - first_zero
-                            else:
-                                rot_index = P - first_one
-                            code = 1 + (n_ones - 1) * P + rot_index
-                    else:
-                        code = P * (P - 1) + 2
-            else:
-                for i in range(P):
-                    code += bits[i] << i
-                if method == 1:
-                    best = code
-                    v = code
-                    for i in range(1, P):
-                        v = (v >> 1) | ((v & 1) << (P - 1))
-                        if v < best:
-                            best = v
-                    code = best
-            out[r, c] = code
+            pr[c + m] = np.float64(ir[c])
+
+
+@njit(cache=True)
+def _lbp_codes_image(img, P, method, m, kind, drow0, drow1, dcol0, dcol1, rfr, frT, omfrT, lut, out):
+    """Method codes of one image into ``out`` (float64 [H, W])."""
+    rows = img.shape[0]
+    cols = img.shape[1]
+    pad = np.zeros((rows + 2 * m, cols + 2 * m), np.float64)
+    _fill_pad(img, pad, m)
+    code = np.empty(cols, np.int32)
+    for r in range(rows):
+        _raw_codes_row(pad, m, r, P, kind, drow0, drow1, dcol0, dcol1, rfr, frT, omfrT, code)
+        o = out[r]
+        if lut.shape[0] > 0:
+            for c in range(cols):
+                o[c] = lut[code[c]]
+        else:
+            for c in range(cols):
+                o[c] = _map_code(np.int64(code[c]), P, method)
 
 
 @njit(parallel=True, cache=True)
-def _lbp_hist_batch(images, P, method, n_bins, rlo, rhi, rfr, clo, chi, cfr, out):
+def _lbp_hist_kernel(images, P, method, n_bins, m, kind, drow0, drow1, dcol0, dcol1, rfr, frT, omfrT, lut, raw, nch, out):
+    """Normalised histograms of method codes, one image per task, no code image.
+
+    raw == 1: count raw codes (``2**P`` counters, 4 interleaved copies to
+    break store-to-load chains on repeated codes) and fold them through
+    ``lut`` at the end; raw == 0: map every pixel (``lut`` or
+    :func:`_map_code`) and count method codes.  ``nch`` chunks of images run
+    in parallel, each with its own padded buffer.
+    """
     N = images.shape[0]
     H = images.shape[1]
     W = images.shape[2]
     inv = 1.0 / (H * W)
-    for n in prange(N):
-        img = np.empty((H, W), np.float64)
-        for r in range(H):
-            for c in range(W):
-                img[r, c] = np.float64(images[n, r, c])
-        codes = np.empty((H, W), np.int64)
-        _lbp_into(img, P, method, rlo, rhi, rfr, clo, chi, cfr, codes)
-        cnt = np.zeros(n_bins, np.int64)
-        for r in range(H):
-            for c in range(W):
-                cnt[codes[r, c]] += 1
-        for b in range(n_bins):
-            out[n, b] = np.float32(cnt[b] * inv)
+    nraw = (1 << P) if raw == 1 else n_bins
+    for ch in prange(nch):
+        pad = np.zeros((H + 2 * m, W + 2 * m), np.float64)
+        code = np.empty(W, np.int32)
+        cnt = np.empty((4, nraw), np.int64)
+        c0 = cnt[0]
+        c1 = cnt[1]
+        c2 = cnt[2]
+        c3 = cnt[3]
+        W4 = W - W % 4
+        for n in range(ch * N // nch, (ch + 1) * N // nch):
+            _fill_pad(images[n], pad, m)
+            cnt[:] = 0
+            for r in range(H):
+                _raw_codes_row(pad, m, r, P, kind, drow0, drow1, dcol0, dcol1, rfr, frT, omfrT, code)
+                if raw == 0:
+                    if lut.shape[0] > 0:
+                        for c in range(W):
+                            code[c] = lut[code[c]]
+                    else:
+                        for c in range(W):
+                            code[c] = _map_code(np.int64(code[c]), P, method)
+                for c in range(0, W4, 4):
+                    c0[code[c]] += 1
+                    c1[code[c + 1]] += 1
+                    c2[code[c + 2]] += 1
+                    c3[code[c + 3]] += 1
+                for c in range(W4, W):
+                    c0[code[c]] += 1
+            hist = out[n]
+            for b in range(n_bins):
+                hist[b] = 0.0
+            tot = np.zeros(n_bins, np.int64)
+            for k in range(nraw):
+                s = c0[k] + c1[k] + c2[k] + c3[k]
+                if s:
+                    tot[lut[k] if raw == 1 else k] += s
+            for b in range(n_bins):
+                hist[b] = np.float32(tot[b] * inv)
 
 
 def _tables(H, W, P, R):
+    """Interpolation tables for an ``H x W`` image (see :func:`_raw_codes_row`).
+
+    Returns ``(m, kind, drow0, drow1, dcol0, dcol1, rfr, frT, omfrT)``; all
+    fractions are computed per coordinate exactly as skimage does per pixel.
+    """
     rp, cp = _sample_offsets(P, R)
     rlo, rhi, rfr = _axis_table(H, rp)
     clo, chi, cfr = _axis_table(W, cp)
-    return rlo, rhi, rfr, clo, chi, cfr
+    ar = np.arange(H)[:, None]
+    ac = np.arange(W)[:, None]
+    # the row kernel relies on floor/ceil(k + off_i) == k + floor/ceil(off_i)
+    if not ((rlo - ar == rlo[0]).all() and (rhi - ar == rhi[0]).all()
+            and (clo - ac == clo[0]).all() and (chi - ac == chi[0]).all()):
+        raise ValueError(f"LBP: unsupported radius R={R} for image size {H}x{W}")
+    m = int(max(np.abs(rlo[0]).max(), np.abs(rhi[0]).max(), np.abs(clo[0]).max(), np.abs(chi[0]).max())) + 1
+    kind = np.where((rfr == 0).all(0) & (cfr == 0).all(0), 0, 1).astype(np.int64)
+    frT = np.ascontiguousarray(cfr.T)
+    omfrT = np.ascontiguousarray(1 - cfr.T)
+    return (m, kind, np.ascontiguousarray(rlo[0]), np.ascontiguousarray(rhi[0]),
+            np.ascontiguousarray(clo[0] + m), np.ascontiguousarray(chi[0] + m),
+            np.ascontiguousarray(rfr), frT, omfrT)
+
+
+#: raw-code LUTs are used up to this P (2**P int32 entries)
+_LUT_MAX_P = 16
+#: histograms count raw codes (then fold) up to this P
+_RAW_COUNT_MAX_P = 12
+
+
+def _lut(P, method):
+    if P <= _LUT_MAX_P:
+        return _code_lut(P, LBP_METHODS[method])
+    return np.zeros(0, np.int32)
+
+
+def _lbp_hist_into(imgs, P, R, method, out):
+    """Fill ``out`` (float32 [N, bins]) with normalised LBP histograms of ``imgs`` (validated)."""
+    import numba
+
+    N, H, W = imgs.shape
+    if N == 0:
+        return out
+    raw = 1 if P <= _RAW_COUNT_MAX_P else 0
+    nch = int(min(N, 4 * numba.get_num_threads()))
+    _lbp_hist_kernel(imgs, P, LBP_METHODS[method], lbp_n_bins(P, method), *_tables(H, W, P, R),
+                     _lut(P, method), raw, nch, out)
+    return out
 
 
 def lbp(image, P=8, R=1.0, method="uniform") -> np.ndarray:
@@ -213,11 +342,10 @@ def lbp(image, P=8, R=1.0, method="uniform") -> np.ndarray:
     """
     P, R, method = _check_params(P, R, method)
     img = as_images(image, "image", 2)
-    img = np.ascontiguousarray(img, dtype=np.float64)
     H, W = img.shape
-    codes = np.empty((H, W), np.int64)
-    _lbp_into(img, P, LBP_METHODS[method], *_tables(H, W, P, R), codes)
-    return codes.astype(np.float64)
+    out = np.empty((H, W), np.float64)
+    _lbp_codes_image(img, P, LBP_METHODS[method], *_tables(H, W, P, R), _lut(P, method), out)
+    return out
 
 
 def lbp_histograms(images, P=8, R=1.0, method="uniform") -> np.ndarray:
@@ -244,8 +372,5 @@ def lbp_histograms(images, P=8, R=1.0, method="uniform") -> np.ndarray:
     N, H, W = imgs.shape
     if H * W == 0:
         raise ValueError("images: images must not be empty")
-    n_bins = lbp_n_bins(P, method)
-    out = np.zeros((N, n_bins), np.float32)
-    if N:
-        _lbp_hist_batch(imgs, P, LBP_METHODS[method], n_bins, *_tables(H, W, P, R), out)
-    return out
+    out = np.zeros((N, lbp_n_bins(P, method)), np.float32)
+    return _lbp_hist_into(imgs, P, R, method, out)

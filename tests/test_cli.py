@@ -48,7 +48,7 @@ def small_membership(tmp_path_factory):
         gen = []
         for i in range(n_gen):
             if i % 2 == 0:
-                src = used[i % len(used)].astype(np.int16) + rng.integers(-3, 4, used.shape[1:])
+                src = used[(i // 2) % len(used)].astype(np.int16) + rng.integers(-3, 4, used.shape[1:])
                 gen.append(np.clip(src, 0, 255).astype(np.uint8))
             else:
                 gen.append(ct_like(rng, 1)[0])
@@ -168,10 +168,46 @@ def test_empty_folder_is_one_line_error(tmp_path):
     assert "no readable images" in r.output
 
 
-def test_demo_end_to_end(tmp_path):
-    r = run(["demo", "--out", str(tmp_path / "demo"), "--json"])
+def test_demo_end_to_end_with_report(tmp_path):
+    r = run(["demo", "--out", str(tmp_path / "demo"), "--report", "--json"])
     s = json.loads(r.output)
     assert s["membership"]["metrics"]["n"] == 60
     assert s["attribution"]["metrics"]["n"] == 120
     for f in ("scores.csv", "clusters.csv", "metrics.json"):
         assert (tmp_path / "demo" / f).exists()
+    # every file an HTML report references exists, and the HTML parses
+    from html.parser import HTMLParser
+
+    class Refs(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.refs, self.tags = [], []
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.append(tag)
+            for k, v in attrs:
+                if k in ("src", "href") and v:
+                    self.refs.append(v)
+
+    for kind in ("report_membership", "report_attribution"):
+        index = tmp_path / "demo" / kind / "index.html"
+        assert index.exists()
+        p = Refs()
+        p.feed(index.read_text("utf-8"))
+        p.close()
+        assert "html" in p.tags and "img" in p.tags
+        assert p.refs, "report references no plot"
+        for ref in p.refs:
+            assert "://" not in ref, f"report must be self-contained: {ref}"
+            assert (index.parent / ref).is_file(), ref
+        assert json.loads((index.parent / "report.json").read_text())["versions"]["numpy"]
+
+
+def test_bench_small_sizes():
+    r = run(["bench", "all", "--n", "3000", "--queries", "50", "--real", "20", "--generated", "20", "--size", "32",
+             "--json"])
+    s = json.loads(r.output)
+    assert s["search"]["recall_at_k"] == pytest.approx(1.0)  # exact index below the IVF threshold
+    assert s["pairs"]["pairs"] == 200 and s["pairs"]["ssim_pairs_per_s"] > 0
+    assert s["embed"]["images_per_s"] > 0
+    run(["bench", "search", "--n", "0"], expect=2)

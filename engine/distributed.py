@@ -1,0 +1,976 @@
+"""Ray scale-out (optional extra ``distributed``: ``pip install 'imprint[distributed]'``).
+
+The default install never imports Ray; this module imports it lazily and raises a one-line
+:class:`~engine.errors.ImprintError` when it is missing.
+
+What runs where
+---------------
+- **Embedding** (:meth:`RayExecutor.embed`, :meth:`RayExecutor.embed_files`): a pool of Ray actors, one
+  per CPU slot (``cpus_per_worker`` cores each) or one per GPU, each holding one onnxruntime session of the
+  backbone (loaded from the same ONNX file, checked by sha256). ``embed_files`` sends *relative paths*: the
+  workers read and decode the files themselves (shared filesystem), so decoding scales with the workers.
+  Results come back to the driver in submission order; the driver alone appends them to the
+  :class:`~engine.store.EmbeddingStore` (the manifest stays the single commit point, so the content-hash
+  keyed resume works as in the local executor). A worker process that dies is restarted
+  (``max_restarts``) and its shard is re-run (``max_task_retries``); a shard's rows are committed once,
+  when its result reaches the driver, so no row is lost or duplicated.
+  Chunks are multiples of the backbone's batch size, so every ONNX run sees the same batches as locally.
+- **Search** (:meth:`RayExecutor.knn`, :meth:`RayExecutor.build_index`): the base vectors are split in
+  contiguous shards, one per worker; every query block is answered by all shards (Ray tasks running
+  :func:`engine.search.knn` on their shard) and merged on the driver into the global top-k by exact float64
+  distance, then global index (:func:`merge_topk`). For exact indexes (``Flat``, and ``"auto"`` when it
+  resolves to ``Flat``) the result equals the local executor bit for bit (up to ties in FAISS' float32
+  candidate selection at the k-th neighbour, which the float64 merge resolves exactly). Approximate
+  factories (IVF/HNSW/PQ) are trained per shard, so their results differ from a single global index.
+- **Pair re-ranking** (:meth:`RayExecutor.ssim_pairs`, :meth:`RayExecutor.mse_pairs`): chunks of pairs in
+  Ray tasks running ``kernels.ssim_pairs`` / ``kernels.mse_pairs`` (per-pair values, so identical).
+- **Attribution features** (:meth:`RayExecutor.extract_features`): ``engine.features.extract`` on chunks of
+  images aligned to its internal batch (identical values); clustering stays on the driver.
+
+:func:`executor_scope` routes the library through the executor without changing its code: inside the
+scope ``engine.backbone.embed``, ``engine.search.knn``/``build_index``, ``engine.features.extract`` and
+``kernels.ssim_pairs``/``mse_pairs`` are replaced by the Ray-backed versions (same signatures), and
+restored on exit. Modules that look these functions up at call time (``engine.membership``,
+``engine.attribution``, ``engine.pairs``) therefore run their embedding, search, re-ranking and feature
+stages on the cluster and produce the same numbers. The scope is process-global: one scope at a time.
+
+Clustering at very large N (not needed at this scale)
+-----------------------------------------------------
+k-means/consensus run on the driver. For N beyond a few million, fit the clustering on a seeded uniform
+sample (e.g. 100k rows, FAISS k-means on the driver) and then *assign* every row to its nearest centroid
+with :meth:`RayExecutor.knn` (base = centroids, queries = all rows sharded over the workers); the
+assignment is embarrassingly parallel and exact, only the fit sees the sample.
+
+Security
+--------
+Ray moves arrays and small dicts between the processes of *your* cluster with its own serialisation
+(pickle-based). Run it only on a trusted network; imprint never unpickles files. A locally started Ray
+instance (no ``--address``) listens on 127.0.0.1 only.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import threading
+import time
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from .errors import ImprintError
+
+__all__ = [
+    "EXECUTORS",
+    "RayExecutor",
+    "ShardedIndex",
+    "check_executor",
+    "executor_scope",
+    "iter_embedded",
+    "merge_topk",
+    "ray_available",
+]
+
+EXECUTORS = ("local", "ray")
+#: object store size of a Ray instance started by imprint itself (bytes; $IMPRINT_RAY_OBJECT_STORE_MB)
+DEFAULT_OBJECT_STORE = 256 * 1024**2
+_LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray binds and advertises 127.0.0.1 only
+
+
+# ---------------------------------------------------------------------------------------------- ray import
+def ray_available() -> bool:
+    """True when the optional ``ray`` package can be imported."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _ray(local_start: bool = False):
+    if local_start:
+        # Must be in the environment before Ray starts its daemons (they inherit it); the module constant is
+        # what the driver reads. Only for an instance imprint starts itself on this machine.
+        os.environ.setdefault(_LOOPBACK_ENV, "0")
+    try:
+        import ray
+    except ImportError:
+        raise ImprintError("--executor ray needs Ray: pip install 'imprint[distributed]'") from None
+    if local_start and os.environ.get(_LOOPBACK_ENV) == "0":
+        try:
+            from ray._private import ray_constants
+
+            ray_constants.ENABLE_RAY_CLUSTER = False
+        except Exception:  # pragma: no cover - Ray internals moved
+            pass
+    return ray
+
+
+def check_executor(executor: str, address: str | None = None) -> str:
+    """Validate ``--executor`` / ``--address`` before any work starts; returns the executor name.
+
+    Raises
+    ------
+    ImprintError
+        Unknown executor, ``--address`` without ``--executor ray``, or Ray not installed.
+    """
+    ex = str(executor).strip().lower()
+    if ex not in EXECUTORS:
+        raise ImprintError(f"--executor must be one of {', '.join(EXECUTORS)} (got {executor!r})")
+    if ex == "local":
+        if address:
+            raise ImprintError("--address needs --executor ray")
+        return ex
+    if not ray_available():
+        raise ImprintError("--executor ray needs Ray: pip install 'imprint[distributed]'")
+    if address is not None and not str(address).strip():
+        raise ImprintError("--address must not be empty")
+    return ex
+
+
+def _unwrap_ray_error(exc: BaseException) -> BaseException:
+    """The user-facing cause of a Ray task error (ImprintError/ValueError raised in a worker)."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, (ImprintError, ValueError)):
+        return cause
+    return exc
+
+
+# ---------------------------------------------------------------------------------------------- worker side
+def _spec_fields(spec) -> dict:
+    """A BackboneSpec as plain fields (shipped to workers instead of a session)."""
+    d = dataclasses.asdict(spec)
+    for key in ("input_size", "mean", "std"):
+        if d.get(key) is not None:
+            d[key] = list(d[key])
+    return d
+
+
+def _spec_from_fields(fields: dict):
+    from models.registry import BackboneSpec
+
+    d = dict(fields)
+    for key in ("input_size", "mean", "std"):
+        if d.get(key) is not None:
+            d[key] = tuple(d[key])
+    names = {f.name for f in dataclasses.fields(BackboneSpec)}
+    return BackboneSpec(**{k: v for k, v in d.items() if k in names})
+
+
+def _policy_fields(policy) -> dict:
+    return dataclasses.asdict(policy)
+
+
+def _policy_from_fields(fields: dict):
+    from .ingest import IngestPolicy
+
+    d = dict(fields)
+    d["size"] = tuple(d["size"])
+    if d.get("window") is not None:
+        d["window"] = tuple(d["window"])
+    return IngestPolicy(**d)
+
+
+def _file_sha256(path: str) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class _Worker:
+    """One Ray worker process (wrapped with ``ray.remote`` at run time): embedding, shard search, pair kernels
+    and feature extraction. Backbone sessions and shard indexes are cached in the process."""
+
+    def __init__(self, threads: int | None, crash_once: str | None = None):
+        self.threads = threads
+        self.crash_once = crash_once
+        self.shards: dict = {}  # key -> (base float32, index or factory); at most _SHARD_CACHE kept
+
+    def _maybe_crash(self) -> None:
+        # Fault-injection hook for tests: the first task that claims the flag file kills its process.
+        if self.crash_once:
+            try:
+                os.unlink(self.crash_once)
+            except FileNotFoundError:
+                return
+            os._exit(17)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def _backbone(self, spec_fields: dict):
+        from .backbone import load_backbone
+
+        spec = _spec_from_fields(spec_fields)
+        if spec.onnx_path is None or not os.path.exists(spec.onnx_path):
+            raise ImprintError(f"worker on {os.uname().nodename}: ONNX file {spec.onnx_path} not found "
+                               "(put the built models on the shared filesystem)")
+        key = (spec.onnx_path, spec.sha256)
+        checked = getattr(self, "_checked", set())
+        if spec.sha256 and key not in checked:
+            if _file_sha256(spec.onnx_path) != spec.sha256:
+                raise ImprintError(f"worker on {os.uname().nodename}: {spec.onnx_path} differs from the "
+                                   f"driver's {spec.name} (sha256 mismatch)")
+            checked.add(key)
+            self._checked = checked
+        return load_backbone(spec, threads=self.threads)
+
+    def embed_array(self, spec_fields: dict, images: np.ndarray, batch_size: int | None) -> np.ndarray:
+        from .backbone import embed
+
+        self._maybe_crash()
+        return embed(images, self._backbone(spec_fields), batch_size=batch_size)
+
+    def embed_paths(self, spec_fields: dict, folder: str, rel_paths: list, policy_fields: dict,
+                    batch_size: int | None):
+        from .backbone import embed
+        from .ingest import decode_file
+
+        self._maybe_crash()
+        bb = self._backbone(spec_fields)
+        policy = _policy_from_fields(policy_fields)
+        h, w = policy.size
+        buf = np.empty((len(rel_paths), h, w), np.uint8)
+        paths, hashes, skips = [], [], []
+        for rel in rel_paths:
+            try:
+                arr, digest = decode_file(os.path.join(folder, rel), policy)
+            except ValueError as exc:
+                skips.append((rel, str(exc)))
+                continue
+            buf[len(paths)] = arr
+            paths.append(rel)
+            hashes.append(digest)
+        vec = embed(buf[: len(paths)], bb, batch_size=batch_size)
+        return vec, paths, hashes, skips
+
+    def _shard(self, key, refs: list):
+        """(base, index) of a shard: cached, else fetched from the object store (e.g. after a restart)."""
+        hit = self.shards.pop(key, None)
+        if hit is None:
+            import ray
+
+            shard_ref, index_ref, factory = refs
+            base = np.ascontiguousarray(ray.get(shard_ref), np.float32)
+            if index_ref is not None:
+                import faiss
+
+                index = faiss.deserialize_index(np.asarray(ray.get(index_ref)))
+            else:
+                index = factory
+            hit = (base, index)
+        self.shards[key] = hit
+        while len(self.shards) > _SHARD_CACHE:
+            self.shards.pop(next(iter(self.shards)))
+        return hit
+
+    def drop(self, key) -> None:
+        self.shards.pop(key, None)
+
+    def search(self, key, refs: list, offset: int, q: np.ndarray, kk: int, metric: str, use_gpu: Any,
+               random_state: int, nprobe: int | None):
+        """This shard's top-``kk`` of every query: (float64 exact distances, global int64 indices)."""
+        from .search import knn
+
+        base, index = self._shard(key, refs)
+        kk = int(min(kk, max(1, base.shape[0])))
+        _, idx = knn(base, q, kk, metric=metric, index=index, use_gpu=use_gpu, n_threads=self.threads,
+                     random_state=random_state, nprobe=nprobe, batch_size=max(1, q.shape[0]))
+        d64 = _exact64(base, q, idx, metric)
+        gidx = np.where(idx >= 0, idx + int(offset), -1).astype(np.int64)
+        return d64, gidx
+
+    def build(self, shard: np.ndarray, metric: str, factory: str, random_state: int, k: int,
+              n_queries: int | None):
+        return _build_shard_index(shard, metric, factory, random_state, k, self.threads, n_queries)
+
+    def pairs(self, what: str, A: np.ndarray, B: np.ndarray, pairs: np.ndarray, data_range: float):
+        return _pairs_chunk(what, A, B, pairs, data_range)
+
+    def extract(self, images: np.ndarray, groups: tuple, batch: int):
+        return _extract_chunk(images, groups, batch)
+
+
+_SHARD_CACHE = 2
+
+
+def _exact64(base: np.ndarray, q: np.ndarray, idx: np.ndarray, metric: str) -> np.ndarray:
+    """Exact float64 distances of the returned neighbours, computed exactly as engine.search does."""
+    from . import search as S
+
+    exact = getattr(S, "_exact_distances", None)
+    norm = getattr(S, "_normalised", None)
+    if exact is None or norm is None:  # pragma: no cover - engine.search internals changed
+        q64 = q.astype(np.float64)
+        b = base[np.where(idx < 0, 0, idx)].astype(np.float64)
+        if metric == "l2":
+            out = ((b - q64[:, None]) ** 2).sum(-1)
+        else:
+            qn = q64 / np.maximum(np.linalg.norm(q64, axis=1, keepdims=True), 1e-30)
+            nb = np.linalg.norm(b, axis=-1)
+            nb[nb == 0] = 1.0
+            out = np.clip(1.0 - (b * qn[:, None]).sum(-1) / nb, 0.0, 2.0)
+        out[idx < 0] = np.inf
+        return out
+    qq = norm(q) if metric == "cosine" else q
+    return exact(base, np.ascontiguousarray(qq, np.float32), idx, metric)
+
+
+def _build_shard_index(shard: np.ndarray, metric: str, factory: str, random_state: int, k: int,
+                       threads: int | None, n_queries: int | None):
+    """Train and fill one shard's approximate index; returned serialised (FAISS bytes, not pickle)."""
+    import faiss
+
+    from .search import build_index
+
+    index, info = build_index(shard, metric=metric, index=factory, use_gpu=False, random_state=random_state,
+                              k=k, n_threads=threads, n_queries=n_queries, return_info=True)
+    return faiss.serialize_index(index), info
+
+
+def _pairs_chunk(what: str, A: np.ndarray, B: np.ndarray, pairs: np.ndarray, data_range: float):
+    import kernels
+
+    fn = _ORIGINALS.get(("kernels", what)) or getattr(kernels, what)
+    if what == "ssim_pairs":
+        return np.asarray(fn(A, B, pairs, data_range=data_range), np.float32)
+    return np.asarray(fn(A, B, pairs), np.float32)
+
+
+def _extract_chunk(images: np.ndarray, groups: tuple, batch: int):
+    from . import features
+
+    fn = _ORIGINALS.get(("engine.features", "extract")) or features.extract
+    return fn(images, groups, batch=batch)
+
+
+# ---------------------------------------------------------------------------------------------- merging
+def merge_topk(dists: Sequence[np.ndarray], idxs: Sequence[np.ndarray], k: int, *,
+               exclude_rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Merge per-shard neighbour lists into the global top-``k``.
+
+    Parameters
+    ----------
+    dists : sequence of float64 ndarray [n, k_s]
+        Per-shard distances (``inf`` for padding).
+    idxs : sequence of int64 ndarray [n, k_s]
+        Per-shard *global* base indices (``-1`` for padding).
+    k : int
+        Neighbours kept per query.
+    exclude_rows : int64 ndarray [n] or None
+        Global base row to drop from each query's list (within-store search, ``exclude_self``).
+
+    Returns
+    -------
+    dist : float64 ndarray [n, k]
+    idx : int64 ndarray [n, k]
+        Sorted by (distance, global index), padded with (``inf``, ``-1``): the order of
+        :func:`engine.search.knn`.
+    """
+    if len(dists) != len(idxs) or not dists:
+        raise ImprintError("merge_topk: need the same, non-zero number of distance and index blocks")
+    d = np.concatenate([np.asarray(x, np.float64) for x in dists], axis=1)
+    i = np.concatenate([np.asarray(x, np.int64) for x in idxs], axis=1)
+    if d.shape != i.shape:
+        raise ImprintError(f"merge_topk: distance shape {d.shape} != index shape {i.shape}")
+    if exclude_rows is not None:
+        ex = (i == np.asarray(exclude_rows, np.int64)[:, None]) & (i >= 0)
+        if ex.any():
+            d = np.where(ex, np.inf, d)
+            i = np.where(ex, -1, i)
+    d = np.where(i < 0, np.inf, d)
+    ikey = np.where(i < 0, np.iinfo(np.int64).max, i)
+    order = np.lexsort((ikey, d), axis=-1)[:, :k]
+    d = np.take_along_axis(d, order, axis=1)
+    i = np.take_along_axis(i, order, axis=1)
+    if i.shape[1] < k:
+        n, pad = i.shape[0], k - i.shape[1]
+        d = np.concatenate([d, np.full((n, pad), np.inf)], axis=1)
+        i = np.concatenate([i, np.full((n, pad), -1, np.int64)], axis=1)
+    return d, i
+
+
+@dataclasses.dataclass
+class ShardedIndex:
+    """Base vectors split over the cluster (returned by :meth:`RayExecutor.build_index`).
+
+    Attributes
+    ----------
+    n, d : int
+        Base rows and dimension.
+    metric : str
+    factory : str
+        Resolved FAISS factory string (``"Flat"`` = exact).
+    offsets : list of int
+        First global row of each shard.
+    shard_refs, index_refs : list of ray.ObjectRef
+        Shard vectors and (approximate factories only) their serialised trained indexes.
+    info : dict
+    """
+
+    n: int
+    d: int
+    metric: str
+    factory: str
+    offsets: list
+    sizes: list
+    shard_refs: list
+    index_refs: list
+    info: dict
+    key: int = 0
+    ntotal: int = 0
+
+
+# ---------------------------------------------------------------------------------------------- executor
+class RayExecutor:
+    """Runs imprint's heavy stages on a Ray cluster.
+
+    One pool of long-lived worker actors (one per CPU slot of ``cpus_per_worker`` cores, or one per GPU)
+    does the embedding, the shard searches, the pair kernels and the feature extraction, so worker
+    processes (and their onnxruntime sessions, Numba caches and shard indexes) are started once per job.
+
+    Parameters
+    ----------
+    address : str or None
+        Ray cluster (``"auto"``, ``"HOST:6379"``, ``"ray://HOST:10001"``). ``None``: ``$RAY_ADDRESS``
+        when set, else a Ray instance started on this machine (loopback only, ``object_store_memory``).
+        When the process is already connected (``ray.is_initialized()``), that connection is used.
+    num_workers : int or None
+        Worker actors = search shards (default: cluster CPUs // ``cpus_per_worker``, or the GPU count);
+        capped by the slots the cluster has.
+    cpus_per_worker : int
+        CPU cores per worker (onnxruntime, FAISS and Numba threads).
+    gpus_per_worker : float or None
+        GPUs per worker; ``None``: 1 when the cluster has GPUs, else 0.
+    object_store_memory : int or None
+        Bytes for a locally started instance (default ``$IMPRINT_RAY_OBJECT_STORE_MB`` or 256 MiB).
+    max_restarts, max_task_retries : int
+        Actor restarts / call re-runs after a worker process dies.
+    pairs_chunk : int
+        Pairs per re-ranking call.
+    """
+
+    def __init__(self, address: str | None = None, *, num_workers: int | None = None, cpus_per_worker: int = 1,
+                 gpus_per_worker: float | None = None, object_store_memory: int | None = None,
+                 max_restarts: int = 3, max_task_retries: int = 3, pairs_chunk: int = 8192,
+                 _crash_once: str | None = None):
+        if num_workers is not None and (isinstance(num_workers, bool) or not isinstance(num_workers, int)
+                                        or num_workers < 1):
+            raise ImprintError(f"num_workers must be a positive integer (got {num_workers!r})")
+        if isinstance(cpus_per_worker, bool) or not isinstance(cpus_per_worker, int) or cpus_per_worker < 1:
+            raise ImprintError(f"cpus_per_worker must be a positive integer (got {cpus_per_worker!r})")
+        if pairs_chunk < 1:
+            raise ImprintError("pairs_chunk must be at least 1")
+        self.address = address
+        self._num_workers = num_workers
+        self.cpus_per_worker = int(cpus_per_worker)
+        self.gpus_per_worker = gpus_per_worker
+        env_mb = os.environ.get("IMPRINT_RAY_OBJECT_STORE_MB")
+        self.object_store_memory = int(object_store_memory or (int(env_mb) << 20 if env_mb else DEFAULT_OBJECT_STORE))
+        self.max_restarts = int(max_restarts)
+        self.max_task_retries = int(max_task_retries)
+        self.pairs_chunk = int(pairs_chunk)
+        self._crash_once = _crash_once
+        self._ray = None
+        self._owns = False
+        self._actors: list = []
+        self._seq = 0
+        self.stats: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> "RayExecutor":
+        """Connect to (or start) Ray. Idempotent; the worker actors start on first use."""
+        if self._ray is not None:
+            return self
+        address = self.address or os.environ.get("RAY_ADDRESS") or None
+        ray = _ray(local_start=address is None)
+        if ray.is_initialized():
+            self._ray, self._owns = ray, False
+            return self
+        kw: dict = {"log_to_driver": False, "configure_logging": False}
+        try:
+            if address is None:
+                ray.init(num_cpus=_cpus_here(), object_store_memory=self.object_store_memory,
+                         include_dashboard=False, **kw)
+            else:
+                ray.init(address=address, **kw)
+        except Exception as exc:  # connection refused, bad address, ...
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ImprintError(f"cannot start/connect Ray ({address or 'local'}): {msg[:200]}") from None
+        self._ray, self._owns = ray, True
+        return self
+
+    def close(self) -> None:
+        """Kill the worker actors; shut Ray down when this executor started/connected it."""
+        ray = self._ray
+        if ray is None:
+            return
+        for a in self._actors:
+            try:
+                ray.kill(a)
+            except Exception:
+                pass
+        self._actors = []
+        if self._owns:
+            ray.shutdown()
+        self._ray = None
+
+    def __enter__(self) -> "RayExecutor":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def ray(self):
+        if self._ray is None:
+            self.start()
+        return self._ray
+
+    def _gpus(self, res: dict) -> float:
+        if self.gpus_per_worker is not None:
+            return float(self.gpus_per_worker)
+        return 1.0 if res.get("GPU", 0) >= 1 else 0.0
+
+    def _slots(self) -> int:
+        res = dict(self.ray.cluster_resources())
+        gpus = self._gpus(res)
+        if gpus:
+            return max(1, int(res.get("GPU", 0) / gpus))
+        return max(1, int(res.get("CPU", 1)) // self.cpus_per_worker)
+
+    @property
+    def num_workers(self) -> int:
+        """Worker actors (= search shards) this executor uses."""
+        if self._actors:
+            return len(self._actors)
+        slots = self._slots()
+        return slots if self._num_workers is None else max(1, min(self._num_workers, slots))
+
+    def workers(self) -> list:
+        """The worker actor handles (started on first call)."""
+        if not self._actors:
+            ray = self.ray
+            gpus = self._gpus(dict(ray.cluster_resources()))
+            cls = ray.remote(_Worker).options(num_cpus=self.cpus_per_worker, num_gpus=gpus,
+                                               max_restarts=self.max_restarts,
+                                               max_task_retries=self.max_task_retries)
+            n = self.num_workers
+            self._actors = [cls.remote(self.cpus_per_worker, self._crash_once) for _ in range(n)]
+        return self._actors
+
+    def _map(self, call: Callable, items: Sequence) -> Iterator:
+        """``call(actor, item)`` over the workers, load-balanced; results in item order."""
+        from ray.util import ActorPool
+
+        try:
+            yield from ActorPool(self.workers()).map(call, items)
+        except GeneratorExit:
+            raise
+        except Exception as exc:
+            self._raise(exc)
+
+    def _get(self, refs):
+        try:
+            return self.ray.get(refs)
+        except Exception as exc:
+            self._raise(exc)
+
+    def _raise(self, exc: BaseException):
+        if isinstance(exc, ImprintError):
+            raise exc
+        cause = _unwrap_ray_error(exc)
+        if cause is not exc:
+            raise cause from None
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ImprintError(f"Ray job failed: {type(exc).__name__}: {msg[:300]}") from None
+
+    def _tick(self, name: str, t0: float) -> None:
+        self.stats[name] = self.stats.get(name, 0.0) + time.perf_counter() - t0
+
+    # ------------------------------------------------------------------ embedding
+    @staticmethod
+    def _resolve_spec(backbone, resolve_kwargs: dict):
+        from .backbone import Backbone
+
+        if isinstance(backbone, Backbone):
+            return backbone.spec, backbone.default_batch_size
+        from models.registry import resolve
+
+        from .backbone import auto_batch_size
+
+        spec = resolve(backbone, **resolve_kwargs)
+        if spec.onnx_path is None:
+            raise ImprintError(f"backbone {spec.name} is not built; run `imprint models build`")
+        return spec, auto_batch_size(spec, on_gpu=False)
+
+    def embed(self, images: np.ndarray, backbone="pixel", *, batch_size: int | None = None,
+              progress: Callable[[int], Any] | None = None, **resolve_kwargs) -> np.ndarray:
+        """:func:`engine.backbone.embed` on the workers.
+
+        Parameters
+        ----------
+        images : uint8 ndarray [N, H, W]
+        backbone : str, path, BackboneSpec or Backbone
+        batch_size : int or None
+            Images per session run (default: the backbone's automatic batch).
+        progress : callable(int) or None
+            Called with the cumulative number of embedded images.
+
+        Returns
+        -------
+        float32 ndarray [N, d]
+            Equal to the local :func:`engine.backbone.embed` (chunks are multiples of the batch).
+        """
+        from .backbone import _check_images
+
+        spec, bs = self._resolve_spec(backbone, resolve_kwargs)
+        images = _check_images(images, spec)
+        bs = int(batch_size or bs)
+        n = images.shape[0]
+        out = np.empty((n, spec.dim), np.float32)
+        if n == 0:
+            return out
+        fields = _spec_fields(spec)
+        # chunks: multiples of the batch, about two per worker (load balance), at most 64 batches
+        per = max(1, min(64, math.ceil(n / (2 * self.num_workers * bs)))) * bs
+        starts = list(range(0, n, per))
+        t0 = time.perf_counter()
+        done = 0
+        for s, vec in zip(starts, self._map(lambda a, s: a.embed_array.remote(fields, images[s:s + per], bs),
+                                            starts)):
+            out[s:s + vec.shape[0]] = vec
+            done += vec.shape[0]
+            if progress is not None:
+                progress(done)
+        self._tick("embed_s", t0)
+        return out
+
+    def embed_files(self, folder: str, rel_paths: Sequence[str], backbone, *, policy=None,
+                    shard_size: int = 4096, batch_size: int | None = None,
+                    on_skip: Callable | None = None) -> Iterator[tuple[np.ndarray, list, list]]:
+        """Decode and embed files on the workers; yield ``(vectors, paths, hashes)`` per shard, in order.
+
+        ``folder`` must be readable at the same path on every worker (shared filesystem). Unreadable files
+        are reported through ``on_skip(Skip)`` and left out. Shards hold ``shard_size`` *paths* (fewer rows
+        when some are skipped); the caller commits each yielded shard (e.g. ``EmbeddingStore.append``), so a
+        shard whose worker died is re-run by Ray and still committed exactly once.
+        """
+        from .ingest import IngestPolicy, Skip
+
+        policy = policy or IngestPolicy()
+        if shard_size < 1:
+            raise ImprintError("shard_size must be at least 1")
+        spec, bs = self._resolve_spec(backbone, {})
+        bs = int(batch_size or bs)
+        folder = os.path.abspath(folder)
+        chunks = [list(rel_paths[s:s + shard_size]) for s in range(0, len(rel_paths), shard_size)]
+        fields = _spec_fields(spec)
+        pf = _policy_fields(policy)
+        for vec, paths, hashes, skips in self._map(
+                lambda a, c: a.embed_paths.remote(fields, folder, c, pf, bs), chunks):
+            for p, reason in skips:
+                if on_skip is not None:
+                    on_skip(Skip(p, reason))
+            if paths:
+                yield vec, paths, hashes
+
+    # ------------------------------------------------------------------ search
+    def build_index(self, vectors: Any, *, metric: str = "l2", index: str = "auto", random_state: int = 0,
+                    n_queries: int | None = None, k: int = 10, return_info: bool = False, **_ignored):
+        """Split ``vectors`` over the workers (one FAISS index per shard); returns a :class:`ShardedIndex`.
+
+        ``"Flat"`` (and ``"auto"`` when it resolves to ``Flat`` for the whole base) is exact; other factory
+        strings are trained per shard (``"auto"``: :func:`engine.search.choose_index` of the shard size).
+        """
+        from . import search as S
+
+        if metric not in ("l2", "cosine"):
+            raise ImprintError(f"metric must be 'l2' or 'cosine', got {metric!r}")
+        if not isinstance(index, str) or not index.strip():
+            raise ImprintError("index must be 'auto' or a FAISS factory string")
+        base = _as_f32("vectors", vectors)
+        m, d = base.shape
+        factory = S.choose_index(m, d, n_queries) if index == "auto" else index
+        exact = factory.replace(" ", "").lower() == "flat"
+        n_sh = max(1, min(self.num_workers, m))
+        bounds = np.linspace(0, m, n_sh + 1).round().astype(np.int64)
+        offsets = bounds[:-1].tolist()
+        sizes = np.diff(bounds).tolist()
+        t0 = time.perf_counter()
+        shard_refs = [self.ray.put(np.ascontiguousarray(base[a:b])) for a, b in zip(bounds[:-1], bounds[1:])]
+        index_refs: list = [None] * n_sh
+        info = {"factory": factory, "n_base": m, "d": d, "metric": metric, "shards": n_sh, "executor": "ray",
+                "exact": exact}
+        if not exact:
+            acts = self.workers()
+            refs = [acts[j % len(acts)].build.remote(shard_refs[j],
+                                                     metric, index if index != "auto" else
+                                                     S.choose_index(sizes[j], d, n_queries),
+                                                     int(random_state), int(k), n_queries)
+                    for j in range(n_sh)]
+            built = self._get(refs)
+            index_refs = [self.ray.put(b[0]) for b in built]
+            info["shard_info"] = [b[1] for b in built]
+        self._seq += 1
+        h = ShardedIndex(m, d, metric, factory, offsets, sizes, shard_refs, index_refs, info, self._seq, m)
+        self._tick("index_s", t0)
+        return (h, info) if return_info else h
+
+    def knn(self, base: Any, queries: Any, k: int, *, metric: str = "l2", index: Any = "auto",
+            exclude_self: bool = False, batch_size: int = 65536, random_state: int = 0, use_gpu: Any = "auto",
+            nprobe: int | None = None, return_info: bool = False, **_ignored):
+        """:func:`engine.search.knn` with the base sharded over the workers and an exact global merge.
+
+        Parameters are those of :func:`engine.search.knn` (``index`` may also be a :class:`ShardedIndex`
+        from :meth:`build_index` on this ``base``). Returns ``(dist float32[N,k], idx int64[N,k])`` (plus
+        an info dict with ``return_info``), sorted by (distance, index) like the local search.
+        """
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ImprintError(f"k must be an integer >= 1, got {k!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ImprintError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        k, batch_size = int(k), int(batch_size)
+        same = queries is base
+        own = not isinstance(index, ShardedIndex)
+        if not own:
+            h = index
+            if metric != h.metric:
+                raise ImprintError(f"index metric {h.metric!r} does not match metric={metric!r}")
+            if base is not None and np.asarray(base).shape[0] != h.n:
+                raise ImprintError(f"index holds {h.n} vectors but base has {np.asarray(base).shape[0]}")
+        else:
+            h = self.build_index(base, metric=metric, index=index, random_state=random_state,
+                                 n_queries=None if same else np.asarray(queries).shape[0], k=k)
+        q = _as_f32("queries", queries)
+        if q.shape[1] != h.d:
+            raise ImprintError(f"dimension mismatch: base has d={h.d}, queries have d={q.shape[1]}")
+        if exclude_self and q.shape[0] != h.n:
+            raise ImprintError(f"exclude_self=True needs queries to be the base rows ({q.shape[0]} != {h.n})")
+        n = q.shape[0]
+        kk = k + (1 if exclude_self else 0)
+        acts = self.workers()
+        dist = np.empty((n, k), np.float32)
+        idx = np.empty((n, k), np.int64)
+        t0 = time.perf_counter()
+
+        def submit(s):
+            qref = self.ray.put(q[s:s + batch_size])
+            return s, [acts[j % len(acts)].search.remote((h.key, j), [h.shard_refs[j], h.index_refs[j], h.factory],
+                                                          h.offsets[j], qref, kk, h.metric, use_gpu,
+                                                          int(random_state), nprobe)
+                       for j in range(len(h.offsets))]
+
+        blocks = iter(range(0, n, batch_size))
+        window = [submit(s) for _, s in zip(range(2), blocks)]  # two query blocks in flight (range first!)
+        while window:
+            s, refs = window.pop(0)
+            nxt = next(blocks, None)
+            if nxt is not None:
+                window.append(submit(nxt))
+            parts = self._get(refs)
+            e = min(n, s + batch_size)
+            rows = np.arange(s, e, dtype=np.int64) if exclude_self else None
+            d64, ii = merge_topk([p[0] for p in parts], [p[1] for p in parts], k, exclude_rows=rows)
+            dist[s:e] = d64.astype(np.float32)
+            idx[s:e] = ii
+        if own:  # free the workers' copies of a base built for this call only
+            for j in range(len(h.offsets)):
+                acts[j % len(acts)].drop.remote((h.key, j))
+        self._tick("search_s", t0)
+        return (dist, idx, dict(h.info)) if return_info else (dist, idx)
+
+    # ------------------------------------------------------------------ pair kernels / features
+    def _pairs(self, what: str, A: np.ndarray, B: np.ndarray, pairs: np.ndarray, data_range: float = 255.0):
+        pairs = np.asarray(pairs)
+        if pairs.ndim != 2 or pairs.shape[1:] != (2,):
+            raise ValueError(f"pairs must be an int64 array [P, 2], got shape {pairs.shape}")
+        P = pairs.shape[0]
+        if P == 0:
+            return _pairs_chunk(what, A, B, pairs, data_range)
+        t0 = time.perf_counter()
+        a_ref = self.ray.put(A)
+        b_ref = a_ref if B is A else self.ray.put(B)
+        n_chunks = max(self.num_workers, math.ceil(P / self.pairs_chunk))
+        bounds = np.linspace(0, P, n_chunks + 1).round().astype(np.int64)
+        spans = [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+        parts = list(self._map(lambda w, ab: w.pairs.remote(what, a_ref, b_ref, pairs[ab[0]:ab[1]],
+                                                            float(data_range)), spans))
+        self._tick("rerank_s", t0)
+        return np.concatenate(parts)
+
+    def ssim_pairs(self, A, B, pairs, data_range: float = 255.0) -> np.ndarray:
+        """``kernels.ssim_pairs`` over chunks of pairs on the workers (identical values)."""
+        return self._pairs("ssim_pairs", A, B, pairs, data_range)
+
+    def mse_pairs(self, A, B, pairs) -> np.ndarray:
+        """``kernels.mse_pairs`` over chunks of pairs on the workers (identical values)."""
+        return self._pairs("mse_pairs", A, B, pairs)
+
+    def extract_features(self, images: np.ndarray, groups=None, *, batch: int = 512):
+        """``engine.features.extract`` on the workers; returns ``(feats float64[N,F], names)``.
+
+        Chunks are multiples of ``batch`` (the function's internal batch), so every chunk computes exactly
+        what the local call computes.
+        """
+        from . import features as F
+
+        groups = tuple(F.FEATURE_GROUPS if groups is None else groups)
+        images = F.check_images(images)
+        n = images.shape[0]
+        batch = max(1, int(batch))
+        per = max(1, math.ceil(n / (2 * self.num_workers * batch))) * batch
+        t0 = time.perf_counter()
+        parts = list(self._map(lambda w, s: w.extract.remote(images[s:s + per], groups, batch),
+                               list(range(0, n, per)) or [0]))
+        self._tick("features_s", t0)
+        return np.concatenate([p[0] for p in parts], 0), parts[0][1]
+
+
+def _cpus_here() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover
+        return max(1, os.cpu_count() or 1)
+
+
+def _as_f32(name: str, x: Any) -> np.ndarray:
+    arr = np.asarray(x)
+    if arr.ndim != 2:
+        raise ImprintError(f"{name} must be a 2-D array [n, d], got shape {arr.shape}")
+    if arr.dtype.kind not in "fiub":
+        raise ImprintError(f"{name} must be numeric, got dtype {arr.dtype}")
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if not np.isfinite(arr).all():
+        raise ImprintError(f"{name} contains NaN or infinite values")
+    return arr
+
+
+# ---------------------------------------------------------------------------------------------- store jobs
+def iter_embedded(folder: str, rel_paths: Sequence[str], backbone, *, shard_size: int = 4096,
+                  batch_size: int | None = None, policy=None, on_skip: Callable | None = None,
+                  executor: str = "local", address: str | None = None,
+                  ray_options: dict | None = None) -> Iterator[tuple[np.ndarray, list, list]]:
+    """Embedded shards of ``rel_paths`` under ``folder``: yields ``(vectors float32[b,d], paths, hashes)``.
+
+    ``executor="local"`` decodes with :func:`engine.ingest.iter_batches` and embeds in this process;
+    ``"ray"`` decodes and embeds on the Ray workers (:meth:`RayExecutor.embed_files`). Either way the
+    shards come back in order and the caller commits them (``EmbeddingStore.append``) in this process.
+    """
+    from .ingest import IngestPolicy
+
+    policy = policy or IngestPolicy()
+    if check_executor(executor, address) == "local":
+        from .backbone import embed
+        from .ingest import iter_batches
+
+        for imgs, paths, hashes in iter_batches(folder, rel_paths, shard_size, policy, on_skip=on_skip):
+            yield embed(imgs, backbone, batch_size=batch_size), paths, hashes
+        return
+    with RayExecutor(address, **(ray_options or {})) as ex:
+        yield from ex.embed_files(folder, rel_paths, backbone, policy=policy, shard_size=shard_size,
+                                  batch_size=batch_size, on_skip=on_skip)
+
+
+# ---------------------------------------------------------------------------------------------- scope
+_ORIGINALS: dict = {}
+_SCOPE_LOCK = threading.Lock()
+
+
+def _install(ex: RayExecutor) -> None:
+    import importlib
+
+    import kernels
+
+    from . import backbone as B
+    from . import features as F
+    from . import search as S
+
+    orig = {("engine.backbone", "embed"): B.embed, ("engine.search", "knn"): S.knn,
+            ("engine.search", "build_index"): S.build_index, ("engine.features", "extract"): F.extract,
+            ("kernels", "ssim_pairs"): kernels.ssim_pairs, ("kernels", "mse_pairs"): kernels.mse_pairs}
+    local_knn, local_build = S.knn, S.build_index
+
+    def embed(images, backbone="pixel", *, batch_size=None, providers=None, progress=None, threads=None,
+              **resolve_kwargs):
+        return ex.embed(images, backbone, batch_size=batch_size, progress=progress, **resolve_kwargs)
+
+    def knn(base, queries, k, *, metric="l2", index="auto", exclude_self=False, base_hashes=None,
+            query_hashes=None, use_gpu="auto", batch_size=65536, nprobe=None, random_state=0,
+            return_info=False, **kwargs):
+        unsupported = (base_hashes is not None or query_hashes is not None or kwargs.get("ef_search") is not None
+                       or kwargs.get("exact_distances", True) is False
+                       or not (isinstance(index, (str, ShardedIndex))))
+        if unsupported:  # the local search handles what the sharded one does not
+            return local_knn(base, queries, k, metric=metric, index=index, exclude_self=exclude_self,
+                             base_hashes=base_hashes, query_hashes=query_hashes, use_gpu=use_gpu,
+                             batch_size=batch_size, nprobe=nprobe, random_state=random_state,
+                             return_info=return_info, **kwargs)
+        return ex.knn(base, queries, k, metric=metric, index=index, exclude_self=exclude_self,
+                      batch_size=batch_size, random_state=random_state, use_gpu=use_gpu, nprobe=nprobe,
+                      return_info=return_info)
+
+    def build_index(vectors, *, metric="l2", index="auto", use_gpu="auto", random_state=0, n_queries=None,
+                    memory_budget=None, target_recall=0.95, k=10, n_threads=None, return_info=False):
+        return ex.build_index(vectors, metric=metric, index=index, random_state=random_state,
+                              n_queries=n_queries, k=k, return_info=return_info)
+
+    def extract(images, groups=F.FEATURE_GROUPS, *, batch=512):
+        return ex.extract_features(images, groups, batch=batch)
+
+    def ssim_pairs(A, B, pairs, data_range=255.0):
+        return ex.ssim_pairs(A, B, pairs, data_range)
+
+    def mse_pairs(A, B, pairs):
+        return ex.mse_pairs(A, B, pairs)
+
+    repl = {("engine.backbone", "embed"): embed, ("engine.search", "knn"): knn,
+            ("engine.search", "build_index"): build_index, ("engine.features", "extract"): extract,
+            ("kernels", "ssim_pairs"): ssim_pairs, ("kernels", "mse_pairs"): mse_pairs}
+    for (mod, name), fn in repl.items():
+        fn.__doc__ = getattr(orig[(mod, name)], "__doc__", None)
+        fn.__wrapped__ = orig[(mod, name)]
+        setattr(importlib.import_module(mod), name, fn)
+    _ORIGINALS.update(orig)
+
+
+def _uninstall() -> None:
+    import importlib
+
+    for (mod, name), fn in list(_ORIGINALS.items()):
+        setattr(importlib.import_module(mod), name, fn)
+    _ORIGINALS.clear()
+
+
+@contextlib.contextmanager
+def executor_scope(executor: str = "local", address: str | None = None, **ray_kwargs):
+    """Run the enclosed library calls on ``executor``.
+
+    ``"local"`` does nothing. ``"ray"`` connects to (or starts) Ray, routes the embedding, search, pair and
+    feature stages through a :class:`RayExecutor` (see the module docstring), and restores everything and
+    releases the cluster on exit. Yields the executor (``None`` for ``"local"``).
+    """
+    ex_name = check_executor(executor, address)
+    if ex_name == "local":
+        yield None
+        return
+    if not _SCOPE_LOCK.acquire(blocking=False):
+        raise ImprintError("only one Ray executor scope can be active at a time")
+    ex = RayExecutor(address, **ray_kwargs)
+    try:
+        ex.start()
+        _install(ex)
+        try:
+            yield ex
+        finally:
+            _uninstall()
+    finally:
+        try:
+            ex.close()
+        finally:
+            _SCOPE_LOCK.release()

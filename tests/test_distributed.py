@@ -1,0 +1,233 @@
+"""Ray executor (engine.distributed): same results as the local executor, and a worker crash during embedding
+loses or duplicates no row.
+
+The Ray tests start a real two-node Ray cluster on 127.0.0.1 (a head plus one worker node, one CPU and 100 MB of
+object store each) once for the module, and skip cleanly when Ray is not installed.
+"""
+import csv
+import os
+import sys
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import ct_like, save_png
+from engine.distributed import check_executor, iter_embedded, merge_topk
+from engine.errors import ImprintError
+from engine.ingest import IngestPolicy
+
+POL = IngestPolicy(size=(64, 64))
+
+
+# ---------------------------------------------------------------------------------------------- no Ray needed
+def _brute(base, q, k, exclude_self=False):
+    d = ((q[:, None, :].astype(np.float64) - base[None].astype(np.float64)) ** 2).sum(-1)
+    if exclude_self:
+        np.fill_diagonal(d, np.inf)
+    order = np.lexsort((np.broadcast_to(np.arange(base.shape[0]), d.shape), d), axis=-1)[:, :k]
+    return np.take_along_axis(d, order, 1), order
+
+
+@pytest.mark.parametrize("exclude_self", [False, True])
+def test_merge_topk_equals_brute_force(exclude_self):
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 4, (60, 3)).astype(np.float32)  # many exact ties: order must be (dist, index)
+    q = base if exclude_self else rng.integers(0, 4, (25, 3)).astype(np.float32)
+    k = 6
+    bounds = [0, 17, 18, 44, 60]
+    dists, idxs = [], []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        d, i = _brute(base[a:b], q, base[a:b].shape[0])  # every row of the shard, sorted
+        kk = min(k + 1, b - a)
+        dists.append(d[:, :kk]); idxs.append(i[:, :kk] + a)
+    rows = np.arange(q.shape[0]) if exclude_self else None
+    d, i = merge_topk(dists, idxs, k, exclude_rows=rows)
+    d0, i0 = _brute(base, q, k, exclude_self=exclude_self)
+    np.testing.assert_array_equal(i, i0)
+    np.testing.assert_array_equal(d, d0)
+
+
+def test_merge_topk_pads_short_lists():
+    d, i = merge_topk([np.array([[1.0, np.inf]])], [np.array([[4, -1]])], 3)
+    assert i.tolist() == [[4, -1, -1]] and d[0, 0] == 1.0 and np.isinf(d[0, 1:]).all()
+
+
+def test_check_executor_validates():
+    assert check_executor("local") == "local"
+    with pytest.raises(ImprintError, match="--executor"):
+        check_executor("spark")
+    with pytest.raises(ImprintError, match="--address needs --executor ray"):
+        check_executor("local", "127.0.0.1:6379")
+
+
+def test_missing_ray_is_a_one_line_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    with pytest.raises(ImprintError, match=r"pip install 'imprint\[distributed\]'"):
+        check_executor("ray")
+
+
+# ---------------------------------------------------------------------------------------------- the cluster
+@pytest.fixture(scope="module")
+def cluster():
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback only (set before Ray starts)
+    ray = pytest.importorskip("ray")
+    from ray._private import ray_constants
+    from ray.cluster_utils import Cluster
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    node = {"num_cpus": 1, "object_store_memory": 100 * 1024**2, "node_ip_address": "127.0.0.1"}
+    c = Cluster(initialize_head=True,
+                head_node_args={**node, "include_dashboard": False, "dashboard_host": "127.0.0.1"})
+    try:
+        c.add_node(**node)
+        c.wait_for_nodes()
+        ray.init(address=c.address, log_to_driver=False, configure_logging=False)
+        assert len([n for n in ray.nodes() if n["Alive"]]) == 2
+        yield c
+    finally:
+        ray.shutdown()
+        c.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ex(cluster):
+    from engine.distributed import RayExecutor
+
+    e = RayExecutor()  # uses the connection of the test process
+    e.start()
+    try:
+        yield e
+    finally:
+        e.close()
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    rng = np.random.default_rng(5)
+    d = tmp_path_factory.mktemp("dist")
+    real = ct_like(rng, 36)
+    gen = ct_like(rng, 44)
+    gen[:8] = np.clip(real[:8].astype(int) + rng.integers(-3, 4, real[:8].shape), 0, 255)  # memorised
+    for sub, arr in (("real", real), ("gen", gen)):
+        (d / sub).mkdir()
+        for i, im in enumerate(arr):
+            save_png(d / sub / f"{i:03d}.png", im)
+    return d, real, gen.astype(np.uint8)
+
+
+def test_cluster_has_two_nodes_and_workers_spread(ex, cluster):
+    import ray
+
+    pids = ray.get([a.pid.remote() for a in ex.workers()])
+    assert ex.num_workers == 2 and len(set(pids)) == 2
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_knn_equals_local(ex, metric):
+    from engine.search import knn
+
+    rng = np.random.default_rng(1)
+    base = rng.normal(size=(501, 24)).astype(np.float32)
+    q = rng.normal(size=(130, 24)).astype(np.float32)
+    d0, i0 = knn(base, q, 9, metric=metric, index="Flat")
+    d1, i1 = ex.knn(base, q, 9, metric=metric, index="Flat", batch_size=47)  # several query blocks
+    np.testing.assert_array_equal(i1, i0)
+    np.testing.assert_array_equal(d1, d0)
+    d0, i0 = knn(base, base, 5, metric=metric, index="Flat", exclude_self=True)
+    d1, i1 = ex.knn(base, base, 5, metric=metric, index="auto", exclude_self=True, batch_size=200)
+    np.testing.assert_array_equal(i1, i0)
+    np.testing.assert_array_equal(d1, d0)
+    h = ex.build_index(base, metric=metric, index="Flat")
+    assert h.info["shards"] == 2
+    d1, i1 = ex.knn(base, q[:7], 3, metric=metric, index=h)
+    np.testing.assert_array_equal(i1, knn(base, q[:7], 3, metric=metric, index="Flat")[1])
+
+
+def test_pair_kernels_and_features_equal_local(ex):
+    import kernels
+    from engine import features as F
+
+    rng = np.random.default_rng(2)
+    A = ct_like(rng, 20); B = ct_like(rng, 15)
+    pairs = np.stack([rng.integers(0, 20, 300), rng.integers(0, 15, 300)], 1).astype(np.int64)
+    ex.pairs_chunk = 64  # several chunks
+    np.testing.assert_array_equal(ex.ssim_pairs(A, B, pairs), kernels.ssim_pairs(A, B, pairs))
+    np.testing.assert_array_equal(ex.mse_pairs(A, B, pairs), kernels.mse_pairs(A, B, pairs))
+    f0, n0 = F.extract(A, ("hist", "resid", "lbp"), batch=4)
+    f1, n1 = ex.extract_features(A, ("hist", "resid", "lbp"), batch=4)
+    assert n1 == n0
+    np.testing.assert_array_equal(f1, f0)
+
+
+def _csv(path):
+    with open(path, newline="") as fh:
+        return list(csv.reader(fh))
+
+
+def test_pairs_membership_attribution_equal_local(cluster, folders, tmp_path):
+    from engine.pairs import run_pairs
+    from engine.pipeline import run_attribution, run_membership
+
+    d, real, gen = folders
+    out = {}
+    for exe in ("local", "ray"):
+        kw = {"executor": exe}
+        run_pairs(real_dir=str(d / "real"), gen_dir=str(d / "gen"), k=3, out=str(tmp_path / f"p-{exe}.parquet"),
+                  policy=POL, batch=10, **kw)
+        run_membership(gen_dir=str(d / "gen"), real_dir=str(d / "real"), out=str(tmp_path / f"m-{exe}.csv"),
+                       policy=POL, seed=3, **kw)
+        run_attribution(images_dir=str(d / "gen"), k=2, out=str(tmp_path / f"a-{exe}.csv"), policy=POL, seed=3,
+                        **kw)
+        out[exe] = (pq.read_table(tmp_path / f"p-{exe}.parquet"), _csv(tmp_path / f"m-{exe}.csv"),
+                    _csv(tmp_path / f"m-{exe}.evidence.csv"), _csv(tmp_path / f"a-{exe}.csv"))
+    (p0, m0, e0, a0), (p1, m1, e1, a1) = out["local"], out["ray"]
+    assert p0.num_rows == 36 * 3 and p1.equals(p0)
+    assert len(m0) == 37 and m1 == m0 and e1 == e0  # scores, decisions and every piece of evidence
+    assert len(a0) == 45 and a1 == a0
+
+
+def _store_rows(store):
+    from engine.store import EmbeddingStore
+
+    v = EmbeddingStore.open(store).read()
+    return v.paths, v.hashes, np.array(v.vectors)
+
+
+def test_embed_ray_equals_local_and_resumes(cluster, folders, tmp_path):
+    from engine.pipeline import run_embed
+
+    d, _, _ = folders
+    s0 = run_embed(folder=str(d / "gen"), store=str(tmp_path / "s0"), policy=POL, shard_size=16)
+    s1 = run_embed(folder=str(d / "gen"), store=str(tmp_path / "s1"), policy=POL, shard_size=16, executor="ray")
+    assert s0["n_embedded"] == s1["n_embedded"] == 44
+    p0, h0, v0 = _store_rows(tmp_path / "s0")
+    p1, h1, v1 = _store_rows(tmp_path / "s1")
+    assert p1 == p0 and h1 == h0
+    np.testing.assert_array_equal(v1, v0)
+    again = run_embed(folder=str(d / "gen"), store=str(tmp_path / "s1"), policy=POL, executor="ray")
+    assert again["n_embedded"] == 0 and again["rows"] == 44
+
+
+def test_worker_killed_during_embedding_loses_and_duplicates_nothing(cluster, folders, tmp_path):
+    from engine.backbone import embed
+    from engine.ingest import discover
+    from engine.store import EmbeddingStore
+
+    d, _, gen = folders
+    flag = tmp_path / "crash-once"
+    flag.write_text("x")
+    rel, _ = discover(d / "gen")
+    st = EmbeddingStore.open_or_create(tmp_path / "store", backbone={"name": "pixel", "version": "t", "sha256": "t"},
+                                       dim=1024)
+    n_shards = 0
+    for vec, paths, hashes in iter_embedded(str(d / "gen"), rel, "pixel", shard_size=6, policy=POL,
+                                            executor="ray", ray_options={"_crash_once": str(flag)}):
+        st.append(paths, hashes, vec)  # the driver is the single commit point
+        n_shards += 1
+    assert not flag.exists(), "no worker process was killed"
+    assert n_shards == 8  # ceil(44 / 6)
+    paths, _, vecs = _store_rows(tmp_path / "store")
+    assert len(paths) == len(set(paths)) == 44 and sorted(paths) == sorted(rel)
+    order = [rel.index(p) for p in paths]
+    np.testing.assert_array_equal(vecs, embed(gen[order], "pixel"))

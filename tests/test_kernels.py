@@ -1,0 +1,345 @@
+"""Tests for kernels/: compared against scikit-image, scipy and brute-force numpy."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+from skimage.feature import local_binary_pattern
+from skimage.metrics import mean_squared_error, peak_signal_noise_ratio, structural_similarity
+
+import kernels
+from kernels import (
+    FINGERPRINT_FEATURE_NAMES,
+    fingerprint_features,
+    lbp,
+    lbp_histograms,
+    mse_pairs,
+    noise_residuals,
+    psnr_pairs,
+    ssim,
+    ssim_pairs,
+)
+
+
+# ----------------------------------------------------------------------------- fixtures
+def ct_like(rng, h=64, w=64, dtype=np.uint8):
+    """Smooth-blob 'CT-like' slice: dark background, elliptic body, organs, noise."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    cy, cx = h / 2 + rng.normal(0, h / 20), w / 2 + rng.normal(0, w / 20)
+    body = ((yy - cy) / (0.42 * h)) ** 2 + ((xx - cx) / (0.45 * w)) ** 2 < 1
+    img = np.where(body, 110.0, 0.0)
+    for _ in range(6):  # lungs / organs as Gaussian blobs
+        by, bx = rng.uniform(0.25, 0.75) * h, rng.uniform(0.25, 0.75) * w
+        s = rng.uniform(0.04, 0.15) * min(h, w)
+        amp = rng.uniform(-90, 120)
+        img += amp * np.exp(-((yy - by) ** 2 + (xx - bx) ** 2) / (2 * s * s)) * body
+    img += rng.normal(0, 4, (h, w)) * body
+    img = ndi.gaussian_filter(img, 0.7)
+    img = np.clip(img, 0, 255)
+    if dtype == np.uint8:
+        return np.round(img).astype(np.uint8)
+    return img.astype(dtype)
+
+
+def sk_ssim(a, b, data_range=255.0):
+    return structural_similarity(
+        a, b, data_range=data_range, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
+    )
+
+
+def sk_lbp(img, P, R, method):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return local_binary_pattern(img, P, R, method)
+
+
+# ----------------------------------------------------------------------------- SSIM
+@pytest.mark.parametrize("shape", [(11, 11), (11, 17), (23, 12), (40, 33), (64, 64)])
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32, np.float64])
+def test_ssim_matches_skimage_random(shape, dtype):
+    rng = np.random.default_rng([shape[0], shape[1], np.dtype(dtype).itemsize])
+    a = rng.integers(0, 256, shape).astype(dtype)
+    b = np.clip(a.astype(np.float64) + rng.normal(0, 30, shape), 0, 255).astype(dtype)
+    if dtype != np.uint8:
+        a = (a + rng.uniform(0, 1, shape)).astype(dtype)
+    assert abs(ssim(a, b) - sk_ssim(a, b)) < 1e-4
+    assert abs(ssim(a, a) - 1.0) < 1e-6
+
+
+def test_ssim_ct_like_and_constant_images():
+    rng = np.random.default_rng(1)
+    for _ in range(4):
+        a = ct_like(rng, 72, 60)
+        b = ct_like(rng, 72, 60)
+        assert abs(ssim(a, b) - sk_ssim(a, b)) < 1e-6  # uint8: float64 on both sides
+        af, bf = a.astype(np.float32), b.astype(np.float32)
+        assert abs(ssim(af, bf) - sk_ssim(af, bf)) < 1e-4
+    c0 = np.zeros((20, 20), np.uint8)
+    c1 = np.full((20, 20), 200, np.uint8)
+    for x, y in [(c0, c0), (c0, c1), (c1, c1), (c1, ct_like(rng, 20, 20))]:
+        assert abs(ssim(x, y) - sk_ssim(x, y)) < 1e-6
+    # flat regions far from the image mean (worst case for cancellation)
+    h = np.zeros((48, 48), np.uint8)
+    h[:24] = 255
+    assert abs(ssim(h, h) - 1.0) < 1e-9
+    assert abs(ssim(h, 255 - h) - sk_ssim(h, 255 - h)) < 1e-9
+
+
+def test_ssim_data_range_and_edges():
+    rng = np.random.default_rng(2)
+    a = rng.uniform(0, 1, (30, 25)).astype(np.float32)
+    b = np.clip(a + rng.normal(0, 0.1, a.shape), 0, 1).astype(np.float32)
+    assert abs(ssim(a, b, data_range=1.0) - sk_ssim(a, b, data_range=1.0)) < 1e-4
+    # edge handling: pixels within 5 of the border only enter through windows of
+    # retained pixels, so changing the border changes SSIM exactly as skimage does
+    x = ct_like(rng, 32, 32)
+    y = x.copy()
+    y[0, :] = 255 - y[0, :]
+    y[:, -1] = 0
+    assert abs(ssim(x, y) - sk_ssim(x, y)) < 1e-9
+
+
+def test_ssim_pairs_matches_ssim_with_repeats():
+    rng = np.random.default_rng(3)
+    A = np.stack([ct_like(rng, 40, 48) for _ in range(5)])
+    B = np.stack([ct_like(rng, 40, 48) for _ in range(7)])
+    pairs = np.array([[0, 0], [0, 3], [4, 6], [2, 2], [0, 0], [3, 1], [1, 5], [4, 0]], np.int64)
+    got = ssim_pairs(A, B, pairs)
+    assert got.dtype == np.float32 and got.shape == (len(pairs),)
+    ref = np.array([sk_ssim(A[i], B[j]) for i, j in pairs])
+    np.testing.assert_allclose(got, ref, atol=1e-6)
+    # tiling path (tiny stats budget) gives the same values
+    tiled = ssim_pairs(A, B, pairs, max_cache_bytes=1)
+    np.testing.assert_allclose(tiled, got, atol=1e-7)
+    # float32 stacks and mixed dtypes
+    gotf = ssim_pairs(A.astype(np.float32), B, pairs)
+    np.testing.assert_allclose(gotf, ref, atol=1e-4)
+    assert ssim_pairs(A, B, np.zeros((0, 2), np.int64)).shape == (0,)
+
+
+def test_ssim_errors():
+    a = np.zeros((20, 20), np.uint8)
+    with pytest.raises(ValueError):
+        ssim(a, np.zeros((20, 21), np.uint8))
+    with pytest.raises(ValueError):
+        ssim(np.zeros((10, 20), np.uint8), np.zeros((10, 20), np.uint8))  # < 11x11
+    with pytest.raises(ValueError):
+        ssim(a[None], a[None])
+    bad = np.zeros((20, 20), np.float32)
+    bad[3, 3] = np.nan
+    with pytest.raises(ValueError):
+        ssim(bad, bad)
+    with pytest.raises(ValueError):
+        ssim(a.astype(np.int16), a.astype(np.int16))
+    with pytest.raises(ValueError):
+        ssim(a, a, data_range=0)
+    A = np.zeros((3, 20, 20), np.uint8)
+    with pytest.raises(ValueError):
+        ssim_pairs(A, A, np.array([[0, 3]]))
+    with pytest.raises(ValueError):
+        ssim_pairs(A, A, np.array([[-1, 0]]))
+    with pytest.raises(ValueError):
+        ssim_pairs(A, A, np.array([0, 1]))
+    with pytest.raises(ValueError):
+        ssim_pairs(A, A, np.array([[0.0, 1.0]]))
+    with pytest.raises(ValueError):
+        ssim_pairs(A, np.zeros((3, 20, 19), np.uint8), np.array([[0, 1]]))
+    with pytest.raises(ValueError):
+        ssim_pairs(A[:, :10], A[:, :10], np.array([[0, 1]]))
+
+
+# ----------------------------------------------------------------------------- MSE / PSNR
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_mse_psnr_pairs(dtype):
+    rng = np.random.default_rng(4)
+    A = rng.integers(0, 256, (4, 13, 17)).astype(dtype)
+    B = rng.integers(0, 256, (6, 13, 17)).astype(dtype)
+    B[2] = A[1]
+    pairs = np.array([[0, 0], [1, 2], [3, 5], [0, 0], [2, 4]])
+    mse = mse_pairs(A, B, pairs)
+    ref = np.array([mean_squared_error(A[i], B[j]) for i, j in pairs])
+    np.testing.assert_allclose(mse, ref, rtol=1e-6)
+    ps = psnr_pairs(A, B, pairs)
+    with np.errstate(divide="ignore"):
+        ref_ps = np.array(
+            [peak_signal_noise_ratio(A[i], B[j], data_range=255) for i, j in pairs]
+        )
+    assert np.isinf(ps[1]) and np.isinf(ref_ps[1])
+    fin = np.isfinite(ref_ps)
+    np.testing.assert_allclose(ps[fin], ref_ps[fin], rtol=1e-5)
+    with pytest.raises(ValueError):
+        mse_pairs(A, B, np.array([[4, 0]]))
+    with pytest.raises(ValueError):
+        psnr_pairs(A, B, pairs, data_range=-1)
+    with pytest.raises(ValueError):
+        mse_pairs(A, B[:, :, :5], pairs)
+
+
+# ----------------------------------------------------------------------------- LBP
+def _lbp_images(rng):
+    yy, xx = np.mgrid[:37, :45]
+    smooth = (120 + 80 * np.sin(xx / 7.0) * np.cos(yy / 5.0)).astype(np.uint8)
+    return {
+        "random": rng.integers(0, 256, (33, 41), dtype=np.uint8),
+        "few_levels": rng.integers(0, 3, (29, 31), dtype=np.uint8),  # many ties
+        "smooth": smooth,
+        "ct": ct_like(rng, 48, 40),
+        "constant": np.full((16, 16), 9, np.uint8),
+        "float": rng.normal(size=(21, 26)).astype(np.float32),
+        "tiny": rng.integers(0, 256, (3, 4), dtype=np.uint8),
+    }
+
+
+@pytest.mark.parametrize("P,R", [(8, 1), (16, 2), (24, 3)])
+@pytest.mark.parametrize("method", ["default", "ror", "uniform", "nri_uniform"])
+def test_lbp_equals_skimage(P, R, method):
+    rng = np.random.default_rng(P * 10 + len(method))
+    for name, img in _lbp_images(rng).items():
+        got = lbp(img, P, R, method)
+        ref = sk_lbp(img, P, R, method)
+        assert got.dtype == ref.dtype and got.shape == ref.shape
+        assert np.array_equal(got, ref), (name, int((got != ref).sum()))
+
+
+def test_lbp_odd_radius_equals_skimage():
+    rng = np.random.default_rng(7)
+    img = ct_like(rng, 30, 30)
+    for P, R in [(4, 1.5), (12, 2.5)]:
+        for method in ["default", "uniform", "nri_uniform"]:
+            assert np.array_equal(lbp(img, P, R, method), sk_lbp(img, P, R, method))
+
+
+@pytest.mark.parametrize("P,R,method", [(8, 1, "uniform"), (16, 2, "nri_uniform"), (8, 1, "ror"), (24, 3, "uniform")])
+def test_lbp_histograms_match_loop(P, R, method):
+    rng = np.random.default_rng(8)
+    imgs = np.stack([ct_like(rng, 36, 40) for _ in range(5)])
+    h = lbp_histograms(imgs, P, R, method)
+    bins = kernels.lbp_n_bins(P, method)
+    assert h.shape == (5, bins) and h.dtype == np.float32
+    for n in range(5):
+        codes = sk_lbp(imgs[n], P, R, method)
+        ref, _ = np.histogram(codes, bins=bins, range=(0, bins))
+        np.testing.assert_allclose(h[n], ref / codes.size, atol=1e-7)
+    np.testing.assert_allclose(h.sum(1), 1.0, atol=1e-5)
+
+
+def test_lbp_errors():
+    img = np.zeros((10, 10), np.uint8)
+    for kwargs in [dict(P=0), dict(P=2.5), dict(R=0), dict(R=np.nan), dict(method="var"), dict(method=3)]:
+        with pytest.raises(ValueError):
+            lbp(img, **kwargs)
+    with pytest.raises(ValueError):
+        lbp(img[None])
+    with pytest.raises(ValueError):
+        lbp_histograms(img)
+    with pytest.raises(ValueError):
+        lbp_histograms(img[None], P=24, R=3, method="default")
+    bad = np.zeros((1, 10, 10), np.float64)
+    bad[0, 0, 0] = np.inf
+    with pytest.raises(ValueError):
+        lbp_histograms(bad)
+
+
+# ----------------------------------------------------------------------------- fingerprints
+def test_noise_residuals_match_scipy_median():
+    rng = np.random.default_rng(9)
+    imgs = np.stack([ct_like(rng, 33, 28) for _ in range(3)] + [rng.integers(0, 256, (33, 28), dtype=np.uint8)])
+    res = noise_residuals(imgs)
+    assert res.dtype == np.float32 and res.shape == imgs.shape
+    for n in range(len(imgs)):
+        ref = imgs[n].astype(np.float32) - ndi.median_filter(imgs[n], size=3, mode="reflect").astype(np.float32)
+        np.testing.assert_array_equal(res[n], ref)
+    f = rng.normal(size=(2, 12, 15)).astype(np.float32)
+    res_f = noise_residuals(f)
+    for n in range(2):
+        np.testing.assert_array_equal(res_f[n], f[n] - ndi.median_filter(f[n], size=3, mode="reflect"))
+    with pytest.raises(ValueError):
+        noise_residuals(f[0])
+
+
+def _reference_features(img):
+    """Brute-force numpy re-implementation of a subset of the features."""
+    h, w = img.shape
+    res = img.astype(np.float32) - ndi.median_filter(img, size=3, mode="reflect").astype(np.float32)
+    res = res.astype(np.float64)
+    win = np.outer(np.hanning(h), np.hanning(w))
+    p = np.abs(np.fft.fft2(res * win)) ** 2 / (win**2).sum()
+    lp = np.log10(p + 1e-10)
+    fy = np.fft.fftfreq(h)[:, None]
+    fx = np.fft.fftfreq(w)[None, :]
+    rho = np.sqrt(fy**2 + fx**2) / 0.5
+    radial = []
+    for k in range(32):
+        m = (rho > k / 32) & (rho <= (k + 1) / 32)
+        radial.append(lp[m].mean())
+    d = res - res.mean()
+    sd = d.std()
+    mom = [np.log10(sd + 1e-6), (d**3).mean() / sd**3, (d**4).mean() / sd**4 - 3, (d[:, :-1] * d[:, 1:]).mean() / sd**2]
+    iy, ix = h // 2, 0  # peak_v_half
+    inner = lp[np.ix_([(iy + k) % h for k in (-1, 0, 1)], [(ix + k) % w for k in (-1, 0, 1)])].max()
+    rows = [(iy + k) % h for k in range(-4, 5)]
+    cols = [(ix + k) % w for k in range(-4, 5)]
+    blk = lp[np.ix_(rows, cols)]
+    ring = np.ones((9, 9), bool)
+    ring[3:6, 3:6] = False
+    peak_v = inner - blk[ring].mean()
+    codes = sk_lbp(res, 8, 1, "uniform")
+    hist = np.bincount(codes.astype(int).ravel(), minlength=10) / codes.size
+    return np.array(radial), np.array(mom), peak_v, hist
+
+
+def test_fingerprint_features_against_numpy_reference():
+    rng = np.random.default_rng(10)
+    imgs = np.stack([ct_like(rng, 64, 64) for _ in range(3)])
+    F = fingerprint_features(imgs)
+    names = list(FINGERPRINT_FEATURE_NAMES)
+    assert F.shape == (3, len(names)) and F.dtype == np.float32
+    assert len(set(names)) == len(names)
+    assert np.isfinite(F).all()
+    for n in range(3):
+        radial, mom, peak_v, hist = _reference_features(imgs[n])
+        np.testing.assert_allclose(F[n, :32], radial, atol=2e-3)
+        i0 = names.index("res_log_std")
+        np.testing.assert_allclose(F[n, i0 : i0 + 3], mom[:3], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(F[n, names.index("acf_h1")], mom[3], atol=1e-4)
+        np.testing.assert_allclose(F[n, names.index("peak_v_half")], peak_v, atol=2e-3)
+        i1 = names.index("lbp_u00")
+        np.testing.assert_allclose(F[n, i1 : i1 + 10], hist, atol=1e-6)
+
+
+def test_fingerprint_detects_checkerboard_and_upsampling():
+    rng = np.random.default_rng(11)
+    base = np.stack([ct_like(rng, 64, 64, np.float64) for _ in range(4)])
+    yy, xx = np.mgrid[:64, :64]
+    checker = base + 3.0 * ((yy + xx) % 2)
+    F0 = fingerprint_features(np.round(base).astype(np.uint8))
+    F1 = fingerprint_features(np.round(checker).clip(0, 255).astype(np.uint8))
+    k = list(FINGERPRINT_FEATURE_NAMES).index("peak_d_half")
+    assert (F1[:, k] > F0[:, k] + 1.0).all()
+    # nearest-neighbour 2x upsampling of noise -> strong positive lag-1 correlation
+    noise = rng.normal(128, 20, (4, 32, 32))
+    up = np.repeat(np.repeat(noise, 2, axis=1), 2, axis=2).clip(0, 255).astype(np.uint8)
+    white = rng.normal(128, 20, (4, 64, 64)).clip(0, 255).astype(np.uint8)
+    Fu, Fw = fingerprint_features(up), fingerprint_features(white)
+    assert np.isfinite(Fu).all() and np.isfinite(Fw).all()
+    names = list(FINGERPRINT_FEATURE_NAMES)
+    h1, top = names.index("acf_h1"), names.index("spec_r31")
+    assert (Fu[:, h1] > 0.1).all() and (Fw[:, h1] < 0.0).all()
+    assert (Fu[:, top] < Fw[:, top] - 0.5).all()  # upsampling removes the top octave
+
+
+def test_fingerprint_constant_small_and_errors():
+    F = fingerprint_features(np.full((2, 16, 20), 77, np.uint8))
+    assert np.isfinite(F).all()
+    F2 = fingerprint_features(np.random.default_rng(0).integers(0, 256, (1, 16, 16), dtype=np.uint8))
+    assert np.isfinite(F2).all()
+    assert fingerprint_features(np.zeros((0, 32, 32), np.uint8)).shape == (0, len(FINGERPRINT_FEATURE_NAMES))
+    with pytest.raises(ValueError):
+        fingerprint_features(np.zeros((2, 15, 32), np.uint8))
+    with pytest.raises(ValueError):
+        fingerprint_features(np.zeros((32, 32), np.uint8))
+    with pytest.raises(ValueError):
+        fingerprint_features(np.full((1, 32, 32), np.nan, np.float32))
