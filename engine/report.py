@@ -41,13 +41,14 @@ def _save(fig, path: Path) -> str:
 
 
 def _versions() -> dict:
+    from importlib import metadata
+
     out = {"python": platform.python_version()}
-    for mod in ("numpy", "numba", "onnxruntime", "faiss", "pyarrow", "sklearn", "click"):
+    for dist in ("imprint", "numpy", "numba", "onnxruntime", "faiss-cpu", "pyarrow", "scikit-learn", "click"):
         try:
-            m = __import__(mod)
-            out[mod] = getattr(m, "__version__", "?")
-        except Exception:  # pragma: no cover - optional modules
-            out[mod] = "not installed"
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "not installed"
     return out
 
 
