@@ -201,24 +201,18 @@ def _stats_into(img, m, w, mu, var, ring1, ring2, t1, t2):
             vo[j] = s2 - u * u
 
 
-@njit(fastmath=True, error_model="numpy", cache=True)
-def _pair_into(x, y, ma, mb, mua, vara, mub, varb, w, c1, c2, ring, t):
-    """Mean SSIM of one pair given both images' stats (see :func:`_stats_into`).
-
-    Only the cross term ``G*((x-ma)(y-mb))`` is filtered (float64, exact
-    centred products); ``cov = G*(x'y') - mu'_x mu'_y`` in float64.
-    ring : float64 [11, W], t : float64 [W] scratch.  Returns float64.
-    """
-    H = x.shape[0]
-    W = x.shape[1]
-    Hi = H - 10
-    Wi = W - 10
+@njit(fastmath=True, error_model="numpy", cache=True, inline="always")
+def _hcomb(t, mxr, myr, vxr, vyr, ma, mb, w, c1, c2):
+    """Horizontal 11-tap pass over the vertically filtered cross term ``t``
+    (float64 [W]) fused with the SSIM formula; returns the row's SSIM sum."""
+    Wi = mxr.shape[0]
     w0 = w[0]
     w1 = w[1]
     w2 = w[2]
     w3 = w[3]
     w4 = w[4]
     w5 = w[5]
+    # shifted views: loops index with the non-negative loop variable only
     t0 = t[0:Wi]
     t1 = t[1 : Wi + 1]
     t2 = t[2 : Wi + 2]
@@ -230,6 +224,48 @@ def _pair_into(x, y, ma, mb, mua, vara, mub, varb, w, c1, c2, ring, t):
     t8 = t[8 : Wi + 8]
     t9 = t[9 : Wi + 9]
     t10 = t[10 : Wi + 10]
+    racc = 0.0
+    for j in range(Wi):
+        cxy = (
+            w5 * t5[j]
+            + w4 * (t4[j] + t6[j])
+            + w3 * (t3[j] + t7[j])
+            + w2 * (t2[j] + t8[j])
+            + w1 * (t1[j] + t9[j])
+            + w0 * (t0[j] + t10[j])
+        )
+        mx = mxr[j]
+        my = myr[j]
+        ux = mx + ma
+        uy = my + mb
+        cov = cxy - mx * my
+        num = (2.0 * ux * uy + c1) * (2.0 * cov + c2)
+        den = (ux * ux + uy * uy + c1) * (vxr[j] + vyr[j] + c2)
+        racc += num / den
+    return racc
+
+
+@njit(fastmath=True, error_model="numpy", cache=True)
+def _pair_into(x, y, ma, mb, mua, vara, mub, varb, w, c1, c2, ring, t):
+    """Mean SSIM of one pair given both images' stats (see :func:`_stats_into`).
+
+    Only the cross term ``G*((x-ma)(y-mb))`` is filtered (float64; the centred
+    products are exact); ``cov = G*(x'y') - mu'_x mu'_y`` in float64.  The
+    vertical pass produces two output rows per step from a 12-row ring of
+    products (12 row loads for 2 rows instead of 22).
+    ring : float64 [12, W], t : float64 [2, W] scratch.  Returns float64.
+    """
+    H = x.shape[0]
+    W = x.shape[1]
+    Hi = H - 10
+    w0 = w[0]
+    w1 = w[1]
+    w2 = w[2]
+    w3 = w[3]
+    w4 = w[4]
+    w5 = w[5]
+    ta = t[0]
+    tb = t[1]
     for r in range(10):
         xr = x[r]
         yr = y[r]
@@ -237,27 +273,67 @@ def _pair_into(x, y, ma, mb, mua, vara, mub, varb, w, c1, c2, ring, t):
         for j in range(W):
             g[j] = (np.float64(xr[j]) - ma) * (np.float64(yr[j]) - mb)
     acc = 0.0
-    for i in range(Hi):
+    i = 0
+    while i + 1 < Hi:
+        # add product rows i+10, i+11
+        for rn in range(i + 10, i + 12):
+            xr = x[rn]
+            yr = y[rn]
+            g = ring[rn % 12]
+            for j in range(W):
+                g[j] = (np.float64(xr[j]) - ma) * (np.float64(yr[j]) - mb)
+        p0 = ring[i % 12]
+        p1 = ring[(i + 1) % 12]
+        p2 = ring[(i + 2) % 12]
+        p3 = ring[(i + 3) % 12]
+        p4 = ring[(i + 4) % 12]
+        p5 = ring[(i + 5) % 12]
+        p6 = ring[(i + 6) % 12]
+        p7 = ring[(i + 7) % 12]
+        p8 = ring[(i + 8) % 12]
+        p9 = ring[(i + 9) % 12]
+        p10 = ring[(i + 10) % 12]
+        p11 = ring[(i + 11) % 12]
+        for j in range(W):
+            q1 = p1[j]
+            q2 = p2[j]
+            q3 = p3[j]
+            q4 = p4[j]
+            q5 = p5[j]
+            q6 = p6[j]
+            q7 = p7[j]
+            q8 = p8[j]
+            q9 = p9[j]
+            q10 = p10[j]
+            ta[j] = (
+                w5 * q5 + w4 * (q4 + q6) + w3 * (q3 + q7) + w2 * (q2 + q8) + w1 * (q1 + q9) + w0 * (p0[j] + q10)
+            )
+            tb[j] = (
+                w5 * q6 + w4 * (q5 + q7) + w3 * (q4 + q8) + w2 * (q3 + q9) + w1 * (q2 + q10) + w0 * (q1 + p11[j])
+            )
+        acc += _hcomb(ta, mua[i], mub[i], vara[i], varb[i], ma, mb, w, c1, c2)
+        acc += _hcomb(tb, mua[i + 1], mub[i + 1], vara[i + 1], varb[i + 1], ma, mb, w, c1, c2)
+        i += 2
+    if i < Hi:  # last output row when Hi is odd
         rn = i + 10
-        q = rn % 11
         xr = x[rn]
         yr = y[rn]
-        g = ring[q]
+        g = ring[rn % 12]
         for j in range(W):
             g[j] = (np.float64(xr[j]) - ma) * (np.float64(yr[j]) - mb)
-        p0 = ring[i % 11]
-        p1 = ring[(i + 1) % 11]
-        p2 = ring[(i + 2) % 11]
-        p3 = ring[(i + 3) % 11]
-        p4 = ring[(i + 4) % 11]
-        p5 = ring[(i + 5) % 11]
-        p6 = ring[(i + 6) % 11]
-        p7 = ring[(i + 7) % 11]
-        p8 = ring[(i + 8) % 11]
-        p9 = ring[(i + 9) % 11]
-        p10 = g
+        p0 = ring[i % 12]
+        p1 = ring[(i + 1) % 12]
+        p2 = ring[(i + 2) % 12]
+        p3 = ring[(i + 3) % 12]
+        p4 = ring[(i + 4) % 12]
+        p5 = ring[(i + 5) % 12]
+        p6 = ring[(i + 6) % 12]
+        p7 = ring[(i + 7) % 12]
+        p8 = ring[(i + 8) % 12]
+        p9 = ring[(i + 9) % 12]
+        p10 = ring[(i + 10) % 12]
         for j in range(W):
-            t[j] = (
+            ta[j] = (
                 w5 * p5[j]
                 + w4 * (p4[j] + p6[j])
                 + w3 * (p3[j] + p7[j])
@@ -265,30 +341,8 @@ def _pair_into(x, y, ma, mb, mua, vara, mub, varb, w, c1, c2, ring, t):
                 + w1 * (p1[j] + p9[j])
                 + w0 * (p0[j] + p10[j])
             )
-        mxr = mua[i]
-        myr = mub[i]
-        vxr = vara[i]
-        vyr = varb[i]
-        racc = 0.0
-        for j in range(Wi):
-            cxy = (
-                w5 * t5[j]
-                + w4 * (t4[j] + t6[j])
-                + w3 * (t3[j] + t7[j])
-                + w2 * (t2[j] + t8[j])
-                + w1 * (t1[j] + t9[j])
-                + w0 * (t0[j] + t10[j])
-            )
-            mx = mxr[j]
-            my = myr[j]
-            ux = mx + ma
-            uy = my + mb
-            cov = cxy - mx * my
-            num = (2.0 * ux * uy + c1) * (2.0 * cov + c2)
-            den = (ux * ux + uy * uy + c1) * (vxr[j] + vyr[j] + c2)
-            racc += num / den
-        acc += racc
-    return acc / (Hi * Wi)
+        acc += _hcomb(ta, mua[i], mub[i], vara[i], varb[i], ma, mb, w, c1, c2)
+    return acc / (Hi * (W - 10))
 
 
 @njit(parallel=True, cache=True)
@@ -327,6 +381,8 @@ def _pairs_grouped(A, B, pa, pb, sb, gstart, cbound, mub, varb, mb, w, c1, c2, o
         ring2 = np.empty((11, W), np.float64)
         t1 = np.empty(W, np.float64)
         t2 = np.empty(W, np.float64)
+        ring = np.empty((12, W), np.float64)
+        tt = np.empty((2, W), np.float64)
         for g in range(cbound[ch], cbound[ch + 1]):
             s = gstart[g]
             e = gstart[g + 1]
@@ -335,7 +391,7 @@ def _pairs_grouped(A, B, pa, pb, sb, gstart, cbound, mub, varb, mb, w, c1, c2, o
             _stats_into(x, ma, w, mua, vara, ring1, ring2, t1, t2)
             for p in range(s, e):
                 k = sb[p]
-                out[p] = _pair_into(x, B[pb[p]], ma, mb[k], mua, vara, mub[k], varb[k], w, c1, c2, ring1, t1)
+                out[p] = _pair_into(x, B[pb[p]], ma, mb[k], mua, vara, mub[k], varb[k], w, c1, c2, ring, tt)
 
 
 def _stats_bytes(h: int, w: int) -> int:

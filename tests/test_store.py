@@ -119,3 +119,21 @@ def test_store_larger_than_memory_limit_reads_shard_by_shard(tmp_path):
     if "CAP-NOT-ENFORCED" in lines:
         pytest.skip("RLIMIT_DATA not enforced on this kernel")
     assert abs(float(lines[-1]) - total) < 1e-6 * max(1.0, abs(total))
+
+
+def test_shards_readable_by_pandas_polars_duckdb(tmp_path):
+    """The documented schema is readable by other tools without imprint."""
+    st = EmbeddingStore.open_or_create(tmp_path / "s", BB, 4)
+    p, h, v = _rows(3, 4)
+    st.append(p, h, v)
+    shard = str(tmp_path / "s" / "shard-000000.arrow")
+    pd = pytest.importorskip("pandas")
+    t = pa.ipc.open_file(pa.memory_map(shard)).read_all()
+    df = t.to_pandas()
+    assert list(df["path"]) == p and np.allclose(np.stack(df["vector"].to_numpy()), v)
+    pl = pytest.importorskip("polars")
+    pdf = pl.read_ipc(shard)
+    assert pdf["path"].to_list() == p and np.allclose(pdf["vector"].to_numpy(), v)
+    duckdb = pytest.importorskip("duckdb")
+    rows = duckdb.sql("SELECT path, vector[1] AS v0 FROM t ORDER BY path").fetchall()
+    assert [r[0] for r in rows] == p and np.allclose([r[1] for r in rows], v[:, 0])
