@@ -20,6 +20,10 @@ Reported (all ratios against references measured in this run, back to back):
   float32 matmul; the kernel runs in float64, whose peak is ~half of that);
 * lbp_histograms images/s vs a loop over skimage ``local_binary_pattern`` +
   ``np.histogram``;
+* for both, the process CPU time per item (all threads) of reference and
+  candidate, their ratio (per-core efficiency) and the cores the candidate
+  actually got (CPU time / wall time): on a shared machine the wall-clock
+  ratio depends on how many of the cores the candidate obtains;
 * mse_pairs logical bytes/s (2 images read per pair) vs memory bandwidth
   estimated from a large numpy copy (read + write bytes);
 * fingerprint_features images/s (no reference: informational);
@@ -170,14 +174,16 @@ def main(argv=None):
         ]
 
     # reference and candidate back to back, best of `repeat` for both
-    t_ref = t_ours = float("inf")
+    t_ref = t_ours = c_ref = c_ours = float("inf")
     for _ in range(args.repeat):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         ref_vals = ref_ssim()
         t_ref = min(t_ref, (time.perf_counter() - t0) / n_ref_pairs)
-        t0 = time.perf_counter()
+        c_ref = min(c_ref, (time.process_time() - c0) / n_ref_pairs)
+        t0, c0 = time.perf_counter(), time.process_time()
         vals = kernels.ssim_pairs(real, gen, pairs, max_cache_bytes=4 * 2**30)
         t_ours = min(t_ours, (time.perf_counter() - t0) / n_pairs)
+        c_ours = min(c_ours, (time.process_time() - c0) / n_pairs)
     sub_idx = {tuple(p): k for k, p in enumerate(pairs)}
     err = max(abs(float(vals[sub_idx[tuple(p)]]) - r) for p, r in zip(sub, ref_vals))
     per_pair, per_image, amortised = ssim_flops(H, W, n_pairs, n_unique)
@@ -185,9 +191,12 @@ def main(argv=None):
     print(f"ssim_pairs: {n_pairs} pairs ({n_real} real x {k_nn} of {n_gen} generated, {n_unique} unique images)")
     print(f"  skimage loop : {1 / t_ref:9.1f} pairs/s  ({n_ref_pairs}-pair subsample, 1 thread)")
     print(f"  ssim_pairs   : {1 / t_ours:9.1f} pairs/s  -> speedup x{t_ref / t_ours:.1f}; max |diff| {err:.1e}")
+    print(f"  cpu time     : skimage {c_ref * 1e6:.0f} us/pair, ssim_pairs {c_ours * 1e6:.0f} us/pair (all threads)"
+          f" -> per-core ratio x{c_ref / c_ours:.1f}; cores used {c_ours / t_ours:.2f}; load avg {os.getloadavg()[0]:.1f}")
     print(f"  flops: {per_pair / 1e6:.2f} MFLOP/pair + {per_image / 1e6:.2f} MFLOP/image stats "
           f"= {amortised / 1e6:.2f} MFLOP/pair amortised; {rate / 1e9:.1f} GFLOP/s (float64) = "
-          f"{100 * rate / peak:.1f}% of float32 matmul peak (~{200 * rate / peak:.0f}% of a float64 peak at half)")
+          f"{100 * rate / peak:.1f}% of float32 matmul peak (~{200 * rate / peak:.0f}% of a float64 peak at half); "
+          f"per core (cpu time) {amortised / c_ours / 1e9:.1f} GFLOP/s")
 
     # --- LBP histograms
     imgs = real
@@ -203,18 +212,22 @@ def main(argv=None):
                 out.append(h / codes.size)
         return np.array(out)
 
-    t_ref = t_ours = float("inf")
+    t_ref = t_ours = c_ref = c_ours = float("inf")
     for _ in range(args.repeat):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         ref_h = ref_lbp()
         t_ref = min(t_ref, (time.perf_counter() - t0) / n_ref_lbp)
-        t0 = time.perf_counter()
+        c_ref = min(c_ref, (time.process_time() - c0) / n_ref_lbp)
+        t0, c0 = time.perf_counter(), time.process_time()
         hist = kernels.lbp_histograms(imgs, 8, 1.0, "uniform")
         t_ours = min(t_ours, (time.perf_counter() - t0) / n_lbp)
+        c_ours = min(c_ours, (time.process_time() - c0) / n_lbp)
     err = float(np.abs(hist[:n_ref_lbp] - ref_h).max())
     print(f"lbp_histograms (P=8, R=1, uniform, {n_lbp} images)")
     print(f"  skimage loop : {1 / t_ref:9.1f} images/s ({n_ref_lbp}-image subsample, 1 thread)")
     print(f"  lbp_histograms: {1 / t_ours:8.1f} images/s -> speedup x{t_ref / t_ours:.1f}; max |diff| {err:.1e}")
+    print(f"  cpu time     : skimage {c_ref * 1e6:.0f} us/image, lbp_histograms {c_ours * 1e6:.0f} us/image (all threads)"
+          f" -> per-core ratio x{c_ref / c_ours:.1f}; cores used {c_ours / t_ours:.2f}; load avg {os.getloadavg()[0]:.1f}")
     # P=24, R=3 for information
     t0 = time.perf_counter()
     kernels.lbp_histograms(imgs[: n_lbp // 4], 24, 3.0, "uniform")

@@ -537,12 +537,24 @@ class RayExecutor:
             return float(self.gpus_per_worker)
         return 1.0 if res.get("GPU", 0) >= 1 else 0.0
 
-    def _slots(self) -> int:
-        res = dict(self.ray.cluster_resources())
-        gpus = self._gpus(res)
+    def _slots(self, res: dict | None = None) -> int:
+        """Worker slots (CPU // cpus_per_worker, or GPU // gpus_per_worker) in ``res`` (default: the cluster)."""
+        ray = self.ray
+        gpus = self._gpus(dict(ray.cluster_resources()))
+        res = dict(ray.cluster_resources()) if res is None else res
         if gpus:
-            return max(1, int(res.get("GPU", 0) / gpus))
-        return max(1, int(res.get("CPU", 1)) // self.cpus_per_worker)
+            return int(res.get("GPU", 0) / gpus)
+        return int(res.get("CPU", 0)) // self.cpus_per_worker
+
+    def _free_slots(self, want: int, wait_s: float = 10.0) -> int:
+        """Slots free now; waits up to ``wait_s`` for ``want`` of them (resources of killed actors come back
+        asynchronously)."""
+        t_end = time.monotonic() + wait_s
+        while True:
+            free = self._slots(dict(self.ray.available_resources()))
+            if free >= want or time.monotonic() > t_end:
+                return free
+            time.sleep(0.2)
 
     @property
     def num_workers(self) -> int:
@@ -550,7 +562,12 @@ class RayExecutor:
         if self._actors:
             return len(self._actors)
         slots = self._slots()
-        return slots if self._num_workers is None else max(1, min(self._num_workers, slots))
+        if slots < 1:
+            raise ImprintError("the Ray cluster has no worker slot "
+                               f"({self.cpus_per_worker} CPU{'s' if self.cpus_per_worker > 1 else ''} each)")
+        want = slots if self._num_workers is None else min(self._num_workers, slots)
+        # on a busy cluster take the free slots (at least one; its start waits for resources)
+        return max(1, min(want, self._free_slots(want)))
 
     def workers(self) -> list:
         """The worker actor handles (started on first call)."""
@@ -561,7 +578,18 @@ class RayExecutor:
                                                max_restarts=self.max_restarts,
                                                max_task_retries=self.max_task_retries)
             n = self.num_workers
-            self._actors = [cls.remote(self.cpus_per_worker, self._crash_once) for _ in range(n)]
+            actors = [cls.remote(self.cpus_per_worker, self._crash_once) for _ in range(n)]
+            timeout = float(os.environ.get("IMPRINT_RAY_START_TIMEOUT", "300"))
+            try:
+                ray.get([a.pid.remote() for a in actors], timeout=timeout)
+            except Exception as exc:
+                for a in actors:
+                    ray.kill(a)
+                if type(exc).__name__ == "GetTimeoutError":
+                    raise ImprintError(f"Ray could not start {n} worker(s) within {timeout:.0f}s "
+                                       "($IMPRINT_RAY_START_TIMEOUT)") from None
+                self._raise(exc)
+            self._actors = actors
         return self._actors
 
     def _map(self, call: Callable, items: Sequence) -> Iterator:

@@ -102,7 +102,7 @@ DEFAULT_WEIGHTS: dict[str, float] = {
     "distinct": 0.25,
     "embed_ratio": 0.5,
     "lbp_ratio": 0.0,
-    "shape_ratio": 1.0,
+    "shape_ratio": 2.0,
 }
 COMBINED_FEATURES = tuple(DEFAULT_WEIGHTS)
 #: Continuous copy-strength evidence that may also decide alone (max rule in the combination);

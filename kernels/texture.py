@@ -14,10 +14,22 @@ implemented):
   skimage does), codes ``0..P+1``; ``"nri_uniform"`` codes ``0..P(P-1)+2``;
   ``"ror"`` takes the minimum over the P right bit-rotations.
 
-The per-row / per-column interpolation coordinates (``floor``, ``ceil`` and the
-fraction of ``r + rp[i]`` / ``c + cp[i]``) are tabulated once per image size,
-and rows are processed with column loops that vectorise (zero-padded float64
-copy of the image, so no bounds checks).
+Implementation: the per-row / per-column interpolation coordinates
+(``floor``, ``ceil`` and the fraction of ``r + rp[i]`` / ``c + cp[i]``, and
+``1 - fraction``) are tabulated once per image size, exactly as skimage
+computes them per pixel.  Samples whose fractions are zero for every pixel
+(for P=8, R=1: the 4 axis neighbours) are read directly, which is exactly
+what skimage's interpolation returns there; the others are interpolated with
+skimage's expression order.  Rows are processed with column loops that
+vectorise over a zero-padded float64 copy of the image (no bounds checks),
+building the raw P-bit code (bit i = ``sample_i - centre >= 0``) in int32.
+Codes are mapped to a method through a ``2**P`` lookup table (P <= 16) or
+bit operations (popcount of ``v ^ (v >> 1)`` for transitions, rotations for
+``ror``).  :func:`lbp_histograms` never materialises a code image: for
+P <= 12 it counts raw codes in 4 interleaved counter arrays (repeated codes in
+flat areas would otherwise serialise on store-to-load forwarding) and folds
+them through the table once per image; images are processed in parallel
+chunks, each with its own padded buffer.
 """
 
 from __future__ import annotations

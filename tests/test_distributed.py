@@ -90,7 +90,7 @@ def cluster():
         c.shutdown()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def ex(cluster):
     from engine.distributed import RayExecutor
 

@@ -1,0 +1,152 @@
+"""Overhead of the Ray executor against the local executor for the same jobs, measured in the same run.
+
+Jobs (same inputs, same outputs -- the script checks that both executors wrote identical results):
+
+1. ``imprint embed``: decode + embed N images into a fresh Arrow store;
+2. ``imprint pairs``: N real x N generated, k nearest (embedding search) + SSIM/MSE re-ranking.
+
+The Ray side uses a Ray instance started once on this machine (127.0.0.1 only, small object store); its
+start-up time is reported separately and is not part of the job times. Every job is run once after a warm-up
+of both executors (worker processes, ONNX sessions, Numba caches).
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_distributed.py [--n 2000] [--k 10] [--backbone pixel] [--data DIR]
+
+``--data DIR`` uses DIR/real and DIR/gen instead of generated images.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def _synthetic(rng, n, size=128):
+    """Smooth CT-like slices (body ellipse, lungs, blobs, noise), uint8."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size - 0.5
+    out = np.empty((n, size, size), np.uint8)
+    for i in range(n):
+        a, b = rng.uniform(0.35, 0.45), rng.uniform(0.28, 0.4)
+        body = ((xx / a) ** 2 + (yy / b) ** 2 < 1).astype(np.float32) * 120
+        for sx in (-0.18, 0.18):
+            lung = ((xx - sx - rng.normal(0, 0.02)) / 0.12) ** 2 + ((yy - rng.normal(0, 0.03)) / 0.2) ** 2 < 1
+            body[lung] = 25
+        for _ in range(4):
+            cx, cy, r = rng.uniform(-0.3, 0.3), rng.uniform(-0.25, 0.25), rng.uniform(0.02, 0.06)
+            body += 90 * np.exp(-(((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * r * r)))
+        body += rng.normal(0, 4, body.shape)
+        out[i] = np.clip(body, 0, 255).astype(np.uint8)
+    return out
+
+
+def _write(folder: Path, imgs):
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, im in enumerate(imgs):
+        Image.fromarray(im).save(folder / f"{i:05d}.png")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=2000, help="images per side (embed N; pairs N x N)")
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--backbone", default="pixel")
+    ap.add_argument("--data", default=None, help="folder with real/ and gen/ (default: generated images)")
+    ap.add_argument("--object-store-mb", type=int, default=256)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    from engine.distributed import RayExecutor
+    from engine.ingest import IngestPolicy
+    from engine.pairs import run_pairs
+    from engine.pipeline import run_embed
+    from engine.store import EmbeddingStore
+    import pyarrow.parquet as pq
+
+    tmp = Path(tempfile.mkdtemp(prefix="imprint-bench-dist-"))
+    try:
+        if args.data:
+            real_dir, gen_dir = Path(args.data) / "real", Path(args.data) / "gen"
+        else:
+            rng = np.random.default_rng(0)
+            t0 = time.perf_counter()
+            real_dir, gen_dir = tmp / "real", tmp / "gen"
+            _write(real_dir, _synthetic(rng, args.n))
+            _write(gen_dir, _synthetic(rng, args.n))
+            print(f"generated 2 x {args.n} PNGs in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+        pol = IngestPolicy()
+        res: dict = {"n": args.n, "k": args.k, "backbone": args.backbone, "cpus": os.cpu_count()}
+
+        t0 = time.perf_counter()
+        ex = RayExecutor(object_store_memory=args.object_store_mb << 20).start()
+        res["ray_start_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        ex.workers()
+        import ray
+
+        ray.get([a.pid.remote() for a in ex.workers()])
+        res["ray_workers_start_s"] = time.perf_counter() - t0
+        res["ray_workers"] = ex.num_workers
+        try:
+            # warm-up both executors on a few images (sessions, Numba caches, worker imports)
+            warm = tmp / "warm"
+            _write(warm / "real", _synthetic(np.random.default_rng(1), 40))
+            _write(warm / "gen", _synthetic(np.random.default_rng(2), 40))
+            for exe in ("local", "ray"):
+                run_pairs(real_dir=str(warm / "real"), gen_dir=str(warm / "gen"), k=args.k,
+                          out=str(tmp / f"warm-{exe}.parquet"), backbone=args.backbone, policy=pol, executor=exe)
+                run_embed(folder=str(warm / "gen"), store=str(tmp / f"warm-{exe}"), backbone=args.backbone,
+                          policy=pol, executor=exe)
+
+            for job in ("embed", "pairs"):
+                for exe in ("local", "ray"):
+                    t0 = time.perf_counter()
+                    if job == "embed":
+                        s = run_embed(folder=str(gen_dir), store=str(tmp / f"store-{exe}"), backbone=args.backbone,
+                                      policy=pol, executor=exe)
+                    else:
+                        s = run_pairs(real_dir=str(real_dir), gen_dir=str(gen_dir), k=args.k,
+                                      out=str(tmp / f"pairs-{exe}.parquet"), backbone=args.backbone, policy=pol,
+                                      executor=exe)
+                    res[f"{job}_{exe}_s"] = time.perf_counter() - t0
+                    if job == "pairs":
+                        res[f"pairs_{exe}_timings"] = {k: round(v, 3) for k, v in s["timings"].items()}
+                res[f"{job}_ray_over_local"] = res[f"{job}_ray_s"] / res[f"{job}_local_s"]
+            a = EmbeddingStore.open(tmp / "store-local").read()
+            b = EmbeddingStore.open(tmp / "store-ray").read()
+            res["embed_identical"] = bool(a.paths == b.paths and np.array_equal(a.vectors, b.vectors))
+            res["pairs_identical"] = bool(pq.read_table(tmp / "pairs-local.parquet").equals(
+                pq.read_table(tmp / "pairs-ray.parquet")))
+            res["ray_stage_s"] = {k: round(v, 3) for k, v in ex.stats.items()}
+        finally:
+            ex.close()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    if args.json:
+        print(json.dumps(res, indent=2))
+        return
+    print(f"Ray start-up (local instance): {res['ray_start_s']:.1f}s; {res['ray_workers']} worker actors up in "
+          f"{res['ray_workers_start_s']:.1f}s (not counted below)")
+    for job, what in (("embed", f"embed {args.n} images ({args.backbone})"),
+                      ("pairs", f"pairs {args.n} x {args.n}, k={args.k}")):
+        print(f"{what:38s} local {res[f'{job}_local_s']:7.2f}s   ray {res[f'{job}_ray_s']:7.2f}s   "
+              f"ray/local {res[f'{job}_ray_over_local']:.2f}x   identical: {res[f'{job}_identical']}")
+    print("pairs stage timings local:", res["pairs_local_timings"])
+    print("pairs stage timings ray:  ", res["pairs_ray_timings"])
+
+
+if __name__ == "__main__":
+    main()
