@@ -329,6 +329,13 @@ def attribute(images, k, *, dev_sets=None, random_state=0, progress=None, groups
     (N x <=20) and oversubscribed thread pools made sklearn's k-means/GMM 10-50x slower on a
     loaded 2-core machine.
     """
+    # Import every native library used below *before* limiting: threadpoolctl only limits the
+    # OpenMP/BLAS runtimes already loaded, and a lazy import inside the block stays unlimited.
+    import sklearn.cluster  # noqa: F401
+    import sklearn.decomposition  # noqa: F401
+    import sklearn.discriminant_analysis  # noqa: F401
+    import sklearn.metrics  # noqa: F401
+    import sklearn.mixture  # noqa: F401
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=1):

@@ -505,17 +505,21 @@ class RayExecutor:
         self._ray, self._owns = ray, True
         return self
 
+    def release_workers(self) -> None:
+        """Kill the worker actors (they hold their CPU/GPU slots until then); they restart on next use."""
+        for a in self._actors:
+            try:
+                self._ray.kill(a)
+            except Exception:
+                pass
+        self._actors = []
+
     def close(self) -> None:
         """Kill the worker actors; shut Ray down when this executor started/connected it."""
         ray = self._ray
         if ray is None:
             return
-        for a in self._actors:
-            try:
-                ray.kill(a)
-            except Exception:
-                pass
-        self._actors = []
+        self.release_workers()
         if self._owns:
             ray.shutdown()
         self._ray = None
@@ -666,7 +670,7 @@ class RayExecutor:
             return out
         fields = _spec_fields(spec)
         # chunks: multiples of the batch, about two per worker (load balance), at most 64 batches
-        per = max(1, min(64, math.ceil(n / (2 * self.num_workers * bs)))) * bs
+        per = max(1, min(64, math.ceil(n / (2 * len(self.workers()) * bs)))) * bs
         starts = list(range(0, n, per))
         t0 = time.perf_counter()
         done = 0
@@ -726,7 +730,7 @@ class RayExecutor:
         m, d = base.shape
         factory = S.choose_index(m, d, n_queries) if index == "auto" else index
         exact = factory.replace(" ", "").lower() == "flat"
-        n_sh = max(1, min(self.num_workers, m))
+        n_sh = max(1, min(len(self.workers()), m))
         bounds = np.linspace(0, m, n_sh + 1).round().astype(np.int64)
         offsets = bounds[:-1].tolist()
         sizes = np.diff(bounds).tolist()
@@ -824,7 +828,7 @@ class RayExecutor:
         t0 = time.perf_counter()
         a_ref = self.ray.put(A)
         b_ref = a_ref if B is A else self.ray.put(B)
-        n_chunks = max(self.num_workers, math.ceil(P / self.pairs_chunk))
+        n_chunks = max(len(self.workers()), math.ceil(P / self.pairs_chunk))
         bounds = np.linspace(0, P, n_chunks + 1).round().astype(np.int64)
         spans = [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
         parts = list(self._map(lambda w, ab: w.pairs.remote(what, a_ref, b_ref, pairs[ab[0]:ab[1]],
@@ -852,7 +856,7 @@ class RayExecutor:
         images = F.check_images(images)
         n = images.shape[0]
         batch = max(1, int(batch))
-        per = max(1, math.ceil(n / (2 * self.num_workers * batch))) * batch
+        per = max(1, math.ceil(n / (2 * len(self.workers()) * batch))) * batch
         t0 = time.perf_counter()
         parts = list(self._map(lambda w, s: w.extract.remote(images[s:s + per], groups, batch),
                                list(range(0, n, per)) or [0]))

@@ -200,6 +200,72 @@ def _raw_codes_row(pad, m, r, P, kind, drow0, drow1, dcol0, dcol1, rfr, frT, omf
 
 
 @njit(cache=True)
+def _raw_codes_row8(pad, m, r, drow0, drow1, dcol0, dcol1, rfr, frT, omfrT, code):
+    """:func:`_raw_codes_row` specialised to P=8 with samples 0, 2, 4, 6 on the grid
+    and 1, 3, 5, 7 interpolated (any integer R): one fused column loop builds
+    the whole code (no per-sample read-modify-write of ``code``); identical
+    arithmetic per sample."""
+    cols = code.shape[0]
+    center = pad[r + m, m : m + cols]
+    g0 = pad[r + m + drow0[0], dcol0[0] : dcol0[0] + cols]
+    g2 = pad[r + m + drow0[2], dcol0[2] : dcol0[2] + cols]
+    g4 = pad[r + m + drow0[4], dcol0[4] : dcol0[4] + cols]
+    g6 = pad[r + m + drow0[6], dcol0[6] : dcol0[6] + cols]
+    tl1 = pad[r + m + drow0[1], dcol0[1] : dcol0[1] + cols]
+    tr1 = pad[r + m + drow0[1], dcol1[1] : dcol1[1] + cols]
+    bl1 = pad[r + m + drow1[1], dcol0[1] : dcol0[1] + cols]
+    br1 = pad[r + m + drow1[1], dcol1[1] : dcol1[1] + cols]
+    f1 = frT[1]
+    o1 = omfrT[1]
+    d1 = rfr[r, 1]
+    e1 = 1 - d1
+    tl3 = pad[r + m + drow0[3], dcol0[3] : dcol0[3] + cols]
+    tr3 = pad[r + m + drow0[3], dcol1[3] : dcol1[3] + cols]
+    bl3 = pad[r + m + drow1[3], dcol0[3] : dcol0[3] + cols]
+    br3 = pad[r + m + drow1[3], dcol1[3] : dcol1[3] + cols]
+    f3 = frT[3]
+    o3 = omfrT[3]
+    d3 = rfr[r, 3]
+    e3 = 1 - d3
+    tl5 = pad[r + m + drow0[5], dcol0[5] : dcol0[5] + cols]
+    tr5 = pad[r + m + drow0[5], dcol1[5] : dcol1[5] + cols]
+    bl5 = pad[r + m + drow1[5], dcol0[5] : dcol0[5] + cols]
+    br5 = pad[r + m + drow1[5], dcol1[5] : dcol1[5] + cols]
+    f5 = frT[5]
+    o5 = omfrT[5]
+    d5 = rfr[r, 5]
+    e5 = 1 - d5
+    tl7 = pad[r + m + drow0[7], dcol0[7] : dcol0[7] + cols]
+    tr7 = pad[r + m + drow0[7], dcol1[7] : dcol1[7] + cols]
+    bl7 = pad[r + m + drow1[7], dcol0[7] : dcol0[7] + cols]
+    br7 = pad[r + m + drow1[7], dcol1[7] : dcol1[7] + cols]
+    f7 = frT[7]
+    o7 = omfrT[7]
+    d7 = rfr[r, 7]
+    e7 = 1 - d7
+    for c in range(cols):
+        ce = center[c]
+        v = np.int32(0)
+        v |= np.int32(1) if g0[c] - ce >= 0 else np.int32(0)
+        top = o1[c] * tl1[c] + f1[c] * tr1[c]
+        bottom = o1[c] * bl1[c] + f1[c] * br1[c]
+        v |= np.int32(2) if e1 * top + d1 * bottom - ce >= 0 else np.int32(0)
+        v |= np.int32(4) if g2[c] - ce >= 0 else np.int32(0)
+        top = o3[c] * tl3[c] + f3[c] * tr3[c]
+        bottom = o3[c] * bl3[c] + f3[c] * br3[c]
+        v |= np.int32(8) if e3 * top + d3 * bottom - ce >= 0 else np.int32(0)
+        v |= np.int32(16) if g4[c] - ce >= 0 else np.int32(0)
+        top = o5[c] * tl5[c] + f5[c] * tr5[c]
+        bottom = o5[c] * bl5[c] + f5[c] * br5[c]
+        v |= np.int32(32) if e5 * top + d5 * bottom - ce >= 0 else np.int32(0)
+        v |= np.int32(64) if g6[c] - ce >= 0 else np.int32(0)
+        top = o7[c] * tl7[c] + f7[c] * tr7[c]
+        bottom = o7[c] * bl7[c] + f7[c] * br7[c]
+        v |= np.int32(128) if e7 * top + d7 * bottom - ce >= 0 else np.int32(0)
+        code[c] = v
+
+
+@njit(cache=True)
 def _fill_pad(img, pad, m):
     rows = img.shape[0]
     cols = img.shape[1]
@@ -211,7 +277,7 @@ def _fill_pad(img, pad, m):
 
 
 @njit(cache=True)
-def _lbp_codes_image(img, P, method, m, kind, drow0, drow1, dcol0, dcol1, rfr, frT, omfrT, lut, out):
+def _lbp_codes_image(img, P, method, m, kind, drow0, drow1, dcol0, dcol1, rfr, frT, omfrT, fast8, lut, out):
     """Method codes of one image into ``out`` (float64 [H, W])."""
     rows = img.shape[0]
     cols = img.shape[1]
@@ -219,7 +285,10 @@ def _lbp_codes_image(img, P, method, m, kind, drow0, drow1, dcol0, dcol1, rfr, f
     _fill_pad(img, pad, m)
     code = np.empty(cols, np.int32)
     for r in range(rows):
-        _raw_codes_row(pad, m, r, P, kind, drow0, drow1, dcol0, dcol1, rfr, frT, omfrT, code)
+        if fast8:
+            _raw_codes_row8(pad, m, r, drow0, drow1, dcol0, dcol1, rfr, frT, omfrT, code)
+        else:
+            _raw_codes_row(pad, m, r, P, kind, drow0, drow1, dcol0, dcol1, rfr, frT, omfrT, code)
         o = out[r]
         if lut.shape[0] > 0:
             for c in range(cols):
@@ -230,7 +299,7 @@ def _lbp_codes_image(img, P, method, m, kind, drow0, drow1, dcol0, dcol1, rfr, f
 
 
 @njit(parallel=True, cache=True)
-def _lbp_hist_kernel(images, P, method, n_bins, m, kind, drow0, drow1, dcol0, dcol1, rfr, frT, omfrT, lut, raw, nch, out):
+def _lbp_hist_kernel(images, P, method, n_bins, m, kind, drow0, drow1, dcol0, dcol1, rfr, frT, omfrT, fast8, lut, raw, nch, out):
     """Normalised histograms of method codes, one image per task, no code image.
 
     raw == 1: count raw codes (``2**P`` counters, 4 interleaved copies to
@@ -257,7 +326,10 @@ def _lbp_hist_kernel(images, P, method, n_bins, m, kind, drow0, drow1, dcol0, dc
             _fill_pad(images[n], pad, m)
             cnt[:] = 0
             for r in range(H):
-                _raw_codes_row(pad, m, r, P, kind, drow0, drow1, dcol0, dcol1, rfr, frT, omfrT, code)
+                if fast8:
+                    _raw_codes_row8(pad, m, r, drow0, drow1, dcol0, dcol1, rfr, frT, omfrT, code)
+                else:
+                    _raw_codes_row(pad, m, r, P, kind, drow0, drow1, dcol0, dcol1, rfr, frT, omfrT, code)
                 if raw == 0:
                     if lut.shape[0] > 0:
                         for c in range(W):
@@ -287,7 +359,7 @@ def _lbp_hist_kernel(images, P, method, n_bins, m, kind, drow0, drow1, dcol0, dc
 def _tables(H, W, P, R):
     """Interpolation tables for an ``H x W`` image (see :func:`_raw_codes_row`).
 
-    Returns ``(m, kind, drow0, drow1, dcol0, dcol1, rfr, frT, omfrT)``; all
+    Returns ``(m, kind, drow0, drow1, dcol0, dcol1, rfr, frT, omfrT, fast8)``; all
     fractions are computed per coordinate exactly as skimage does per pixel.
     """
     rp, cp = _sample_offsets(P, R)
@@ -303,9 +375,12 @@ def _tables(H, W, P, R):
     kind = np.where((rfr == 0).all(0) & (cfr == 0).all(0), 0, 1).astype(np.int64)
     frT = np.ascontiguousarray(cfr.T)
     omfrT = np.ascontiguousarray(1 - cfr.T)
+    # P=8 with the axis samples on the grid and the diagonals interpolated
+    # (any integer R) has a fused single-loop row kernel
+    fast8 = P == 8 and bool((kind == np.array([0, 1, 0, 1, 0, 1, 0, 1])).all())
     return (m, kind, np.ascontiguousarray(rlo[0]), np.ascontiguousarray(rhi[0]),
             np.ascontiguousarray(clo[0] + m), np.ascontiguousarray(chi[0] + m),
-            np.ascontiguousarray(rfr), frT, omfrT)
+            np.ascontiguousarray(rfr), frT, omfrT, fast8)
 
 
 #: raw-code LUTs are used up to this P (2**P int32 entries)

@@ -256,7 +256,7 @@ def _lbp_images(rng):
     }
 
 
-@pytest.mark.parametrize("P,R", [(8, 1), (16, 2), (24, 3)])
+@pytest.mark.parametrize("P,R", [(8, 1), (8, 2), (16, 2), (24, 3)])
 @pytest.mark.parametrize("method", ["default", "ror", "uniform", "nri_uniform"])
 def test_lbp_equals_skimage(P, R, method):
     rng = np.random.default_rng(P * 10 + len(method))
