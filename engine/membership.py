@@ -197,67 +197,27 @@ def zscore_images(images: np.ndarray) -> np.ndarray:
 
 def _knn(base: np.ndarray, queries: np.ndarray, k: int, *, exclude_self: bool = False,
          metric: str = "l2"):
-    """k-NN through :func:`engine.search.knn` (exact); numpy brute force if it is missing."""
+    """k-NN through :func:`engine.search.knn` (``index="auto"``: exact below its size threshold, a
+    recall-calibrated IVF index above it, so membership scales to large real/generated sets)."""
+    from engine.search import knn
+
     k = int(min(k, len(base) - (1 if exclude_self else 0)))
     if k < 1:
         return (np.full((len(queries), 0), np.inf, np.float32), np.zeros((len(queries), 0), np.int64))
-    try:
-        from engine.search import knn
-    except ImportError:  # pragma: no cover - fallback while engine.search is missing
-        knn = None
-    if knn is not None:
-        d, i = knn(base, queries, k, metric=metric, index="Flat", exclude_self=exclude_self, use_gpu="auto")
-        return np.asarray(d, np.float32), np.asarray(i, np.int64)
-    b = np.asarray(base, np.float64)
-    q = np.asarray(queries, np.float64)  # pragma: no cover
-    if metric == "cosine":  # pragma: no cover
-        b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
-        q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
-        D = 1.0 - q @ b.T
-    else:  # pragma: no cover
-        D = np.maximum((q * q).sum(1)[:, None] + (b * b).sum(1)[None] - 2 * q @ b.T, 0)
-    if exclude_self:  # pragma: no cover
-        np.fill_diagonal(D, np.inf)
-    idx = np.argsort(D, axis=1, kind="stable")[:, :k]  # pragma: no cover
-    return np.take_along_axis(D, idx, 1).astype(np.float32), idx.astype(np.int64)  # pragma: no cover
-
-
-def _kernel(name: str):
-    """``kernels.<name>`` (the package or its ``similarity`` module); None when missing."""
-    try:
-        import kernels
-    except ImportError:  # pragma: no cover
-        return None
-    f = getattr(kernels, name, None)
-    if f is None:
-        for mod in ("similarity", "texture", "lbp"):
-            try:
-                m = __import__(f"kernels.{mod}", fromlist=[name])
-            except ImportError:
-                continue
-            f = getattr(m, name, None)
-            if f is not None:
-                break
-    return f
+    d, i = knn(base, queries, k, metric=metric, index="auto", exclude_self=exclude_self, use_gpu="auto")
+    return np.asarray(d, np.float32), np.asarray(i, np.int64)
 
 
 def _pair_mse(A, B, pairs):
-    f = _kernel("mse_pairs")
-    if f is not None:
-        return np.asarray(f(A, B, pairs), np.float64)
-    a = A[pairs[:, 0]].astype(np.float64)  # pragma: no cover - fallback
-    b = B[pairs[:, 1]].astype(np.float64)  # pragma: no cover
-    return ((a - b) ** 2).mean(axis=(1, 2))  # pragma: no cover
+    import kernels
+
+    return np.asarray(kernels.mse_pairs(A, B, pairs), np.float64)
 
 
 def _pair_ssim(A, B, pairs, data_range):
-    f = _kernel("ssim_pairs")
-    if f is not None:
-        return np.asarray(f(A, B, pairs, data_range=data_range), np.float64)
-    from skimage.metrics import structural_similarity  # pragma: no cover - fallback
-    return np.array([structural_similarity(A[i], B[j], data_range=data_range, gaussian_weights=True,
-                                           sigma=1.5, use_sample_covariance=False)
-                     for i, j in pairs])  # pragma: no cover
+    import kernels
+
+    return np.asarray(kernels.ssim_pairs(A, B, pairs, data_range=data_range), np.float64)
 
 
 def _neg_log_ratio(num, den):
@@ -545,15 +505,13 @@ def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10
     tick(1)
 
     if use_lbp:
-        f = _kernel("lbp_histograms")
-        if f is None:
-            info["skipped"]["lbp_ratio"] = "kernels.lbp_histograms not available"
-        else:
-            hG = np.sqrt(np.asarray(f(G), np.float32))
-            hP = np.sqrt(np.asarray(f(P), np.float32))
-            a, _ = _knn(hG, hP, 1)
-            b, _ = _knn(hP, hP, 1, exclude_self=True)
-            ev["lbp_ratio"] = _neg_log_ratio(np.clip(a[:, 0], 0, None), np.clip(b[:, 0], 0, None))
+        import kernels
+
+        hG = np.sqrt(np.asarray(kernels.lbp_histograms(G), np.float32))
+        hP = np.sqrt(np.asarray(kernels.lbp_histograms(P), np.float32))
+        a, _ = _knn(hG, hP, 1)
+        b, _ = _knn(hP, hP, 1, exclude_self=True)
+        ev["lbp_ratio"] = _neg_log_ratio(np.clip(a[:, 0], 0, None), np.clip(b[:, 0], 0, None))
     info["timings"]["evidence_s"] = time.perf_counter() - t0
     return ev, iG.astype(np.int64), info
 

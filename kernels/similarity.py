@@ -241,7 +241,7 @@ def _stats_into(img, m, step, w, mu, var, ring1, ring2, t1, t2):
             vo[j] = np.float32(s2 - uq * uq)
 
 
-@njit(fastmath=True, error_model="numpy", cache=True, inline="always")
+@njit(fastmath=True, error_model="numpy", cache=True)
 def _hcomb(t, mxr, myr, vxr, vyr, ma, mb, qa, qb, w, c1, c2):
     """Horizontal 11-tap pass over the vertically filtered cross term ``t``
     (float64 [W]) fused with the SSIM formula; returns the row's SSIM sum."""
