@@ -392,6 +392,15 @@ def _log_dir() -> Path:
 
 def main(argv=None) -> None:
     """Console entry point: maps errors to one line and an exit status."""
+    import signal
+
+    def _term(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, _term)  # SIGTERM stops like Ctrl-C: outputs stay complete or absent
+    except ValueError:  # not the main thread (embedded use)
+        pass
     try:
         cli.main(args=argv, prog_name="imprint", standalone_mode=False)
     except ImprintError as exc:

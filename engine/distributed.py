@@ -19,8 +19,10 @@ What runs where
   contiguous shards, one per worker; every query block is answered by all shards (Ray tasks running
   :func:`engine.search.knn` on their shard) and merged on the driver into the global top-k by exact float64
   distance, then global index (:func:`merge_topk`). For exact indexes (``Flat``, and ``"auto"`` when it
-  resolves to ``Flat``) the result equals the local executor bit for bit (up to ties in FAISS' float32
-  candidate selection at the k-th neighbour, which the float64 merge resolves exactly). Approximate
+  resolves to ``Flat``) the merge first keeps the global top candidates by FAISS' own float32 scores (then
+  index), exactly as the local search does before its exact re-ranking, so the result equals the local
+  executor bit for bit; the only possible difference is an exact float32 tie at the k-th candidate, where
+  FAISS' heap order is arbitrary and the merge takes the lower index. Approximate
   factories (IVF/HNSW/PQ) are trained per shard, so their results differ from a single global index.
 - **Pair re-ranking** (:meth:`RayExecutor.ssim_pairs`, :meth:`RayExecutor.mse_pairs`): chunks of pairs in
   Ray tasks running ``kernels.ssim_pairs`` / ``kernels.mse_pairs`` (per-pair values, so identical).
@@ -279,11 +281,14 @@ class _Worker:
 
         base, index = self._shard(key, refs)
         kk = int(min(kk, max(1, base.shape[0])))
-        _, idx = knn(base, q, kk, metric=metric, index=index, use_gpu=use_gpu, n_threads=self.threads,
-                     random_state=random_state, nprobe=nprobe, batch_size=max(1, q.shape[0]))
+        # FAISS' own (float32) order first: the local search keeps FAISS' top-kk and then re-ranks them exactly,
+        # so the driver needs both to pick the same candidates (see merge_topk's ``select``)
+        dF, idx = knn(base, q, kk, metric=metric, index=index, use_gpu=use_gpu, n_threads=self.threads,
+                      random_state=random_state, nprobe=nprobe, batch_size=max(1, q.shape[0]),
+                      exact_distances=False)
         d64 = _exact64(base, q, idx, metric)
         gidx = np.where(idx >= 0, idx + int(offset), -1).astype(np.int64)
-        return d64, gidx
+        return d64, gidx, dF
 
     def build(self, shard: np.ndarray, metric: str, factory: str, random_state: int, k: int,
               n_queries: int | None):
@@ -351,7 +356,8 @@ def _extract_chunk(images: np.ndarray, groups: tuple, batch: int):
 
 # ---------------------------------------------------------------------------------------------- merging
 def merge_topk(dists: Sequence[np.ndarray], idxs: Sequence[np.ndarray], k: int, *,
-               exclude_rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+               exclude_rows: np.ndarray | None = None, select: Sequence[np.ndarray] | None = None,
+               n_select: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Merge per-shard neighbour lists into the global top-``k``.
 
     Parameters
@@ -364,6 +370,13 @@ def merge_topk(dists: Sequence[np.ndarray], idxs: Sequence[np.ndarray], k: int, 
         Neighbours kept per query.
     exclude_rows : int64 ndarray [n] or None
         Global base row to drop from each query's list (within-store search, ``exclude_self``).
+    select : sequence of ndarray [n, k_s] or None
+        Per-shard *candidate-selection* scores (FAISS' own float32 distances). When given, only the
+        ``n_select`` best candidates by (score, global index) are kept before the exact ordering -- what the
+        local search does with one global index (FAISS top-kk, then exact re-ranking), so the merged result
+        equals it even when FAISS' float32 ranking and the exact one disagree at the k-th neighbour.
+    n_select : int or None
+        Candidates kept by ``select`` (default ``k``; ``k + 1`` for ``exclude_self``).
 
     Returns
     -------
@@ -378,6 +391,15 @@ def merge_topk(dists: Sequence[np.ndarray], idxs: Sequence[np.ndarray], k: int, 
     i = np.concatenate([np.asarray(x, np.int64) for x in idxs], axis=1)
     if d.shape != i.shape:
         raise ImprintError(f"merge_topk: distance shape {d.shape} != index shape {i.shape}")
+    if select is not None:
+        sc = np.concatenate([np.asarray(x, np.float64) for x in select], axis=1)
+        if sc.shape != i.shape:
+            raise ImprintError(f"merge_topk: select shape {sc.shape} != index shape {i.shape}")
+        sc = np.where(i < 0, np.inf, sc)
+        ikey = np.where(i < 0, np.iinfo(np.int64).max, i)
+        keep = np.lexsort((ikey, sc), axis=-1)[:, : int(n_select or k)]
+        d = np.take_along_axis(d, keep, axis=1)
+        i = np.take_along_axis(i, keep, axis=1)
     if exclude_rows is not None:
         ex = (i == np.asarray(exclude_rows, np.int64)[:, None]) & (i >= 0)
         if ex.any():
@@ -808,7 +830,8 @@ class RayExecutor:
             parts = self._get(refs)
             e = min(n, s + batch_size)
             rows = np.arange(s, e, dtype=np.int64) if exclude_self else None
-            d64, ii = merge_topk([p[0] for p in parts], [p[1] for p in parts], k, exclude_rows=rows)
+            d64, ii = merge_topk([p[0] for p in parts], [p[1] for p in parts], k, exclude_rows=rows,
+                                 select=[p[2] for p in parts] if h.info.get("exact") else None, n_select=kk)
             dist[s:e] = d64.astype(np.float32)
             idx[s:e] = ii
         if own:  # free the workers' copies of a base built for this call only

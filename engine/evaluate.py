@@ -71,7 +71,7 @@ def attribution_metrics(labels_true: Sequence, labels_pred: Sequence[int]) -> di
 # ---------------------------------------------------------------------------------------------- CSV helpers
 def read_csv(path: str | os.PathLike, required: Sequence[str]) -> list[dict]:
     try:
-        with open(path, newline="", encoding="utf-8") as fh:
+        with open(path, newline="", encoding="utf-8", errors="surrogateescape") as fh:
             rows = list(csv.DictReader(fh))
     except FileNotFoundError:
         raise ImprintError(f"file not found: {path}") from None

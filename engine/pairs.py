@@ -80,7 +80,10 @@ def run_pairs(*, real_dir: str, gen_dir: str, k: int, out: str, backbone: str = 
 
         rel, skipped = discover(real_dir)
         skips.extend((real_dir, s.path, s.reason) for s in skipped)
-        tmp = str(Path(out).with_name(f".{Path(out).name}.{os.getpid()}.tmp"))
+        from .store import remove_stale_tmp, tmp_name
+
+        remove_stale_tmp(out)
+        tmp = str(tmp_name(out))
         n_real = n_pairs = 0
         bar = rep.progress(len(rel), "pairs")
         writer = pq.ParquetWriter(tmp, pairs_schema())

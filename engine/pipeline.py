@@ -171,18 +171,29 @@ def run_membership(*, gen_dir: str, real_dir: str, out: str, dev_dirs: Sequence[
                 ref_imgs.append(s.images[keep])
         reference = np.concatenate(ref_imgs) if ref_imgs else None
 
+        # Byte-identical duplicates in the real folder are scored once and share the result: otherwise each copy
+        # would be the other's "nearest real image" and hide a memorised patient.
+        first: dict[str, int] = {}
+        inverse = np.array([first.setdefault(h, len(first)) for h in real.hashes], dtype=np.int64)
+        uniq_rows = np.unique(inverse, return_index=True)[1]
+        n_dups = len(real) - len(uniq_rows)
+
         t0 = time.perf_counter()
         bar = rep.progress(None, "membership")
         try:
             with executor_scope(executor, address):
-                res = audit_membership(gen.images, real.images, dev_sets=devs, reference=reference,
+                res = audit_membership(gen.images, real.images[uniq_rows], dev_sets=devs, reference=reference,
                                        decision=decision, random_state=seed, progress=bar.update)
         finally:
             bar.close()
         timings["audit_s"] = time.perf_counter() - t0
 
-        score = np.asarray(res.score, dtype=np.float64)
-        used = np.asarray(res.used).astype(int)
+        score = np.asarray(res.score, dtype=np.float64)[inverse]
+        used = np.asarray(res.used).astype(int)[inverse]
+        res.evidence = {k_: np.asarray(v)[inverse] for k_, v in res.evidence.items()}
+        if getattr(res, "nearest", None) is not None and np.asarray(res.nearest).size:
+            res.nearest = np.asarray(res.nearest)[inverse]
+        res.score, res.used = score, used
         write_csv(out, ["image", "score", "used"], zip(real.paths, score.tolist(), used.tolist()))
         ev_path = str(Path(out).with_suffix("")) + ".evidence.csv"
         ev_names = sorted(res.evidence)
@@ -210,6 +221,7 @@ def run_membership(*, gen_dir: str, real_dir: str, out: str, dev_dirs: Sequence[
         "n_reference": 0 if reference is None else int(len(reference)),
         "n_dev_sets": len(devs),
         "n_skipped": len(skips),
+        "n_duplicate_real": int(n_dups),
         "n_flagged": n_used,
         "decision": decision,
         "threshold": float(res.threshold),

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,11 +40,41 @@ MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 
 
+def tmp_name(path: str | os.PathLike) -> Path:
+    """A temporary name next to ``path`` that records this process: ``.NAME.PID.RANDOM.tmp``."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+
+
+def remove_stale_tmp(path: str | os.PathLike) -> None:
+    """Delete temporary files for ``path`` left by processes that no longer exist (e.g. a SIGKILLed run)."""
+    path = Path(path)
+    for p in path.parent.glob(f".{path.name}.*.tmp"):
+        parts = p.name[len(path.name) + 2:].split(".")
+        try:
+            pid = int(parts[0])
+        except (ValueError, IndexError):
+            continue
+        if pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            try:
+                p.unlink()
+            except OSError:
+                pass
+        except PermissionError:
+            pass
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically: temporary file in the same folder, fsync, rename."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_tmp(path)
+    tmp = tmp_name(path)
     try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -61,7 +90,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+    """UTF-8; file names that are not valid UTF-8 (decoded by Python with surrogate escapes) are written back
+    as their original bytes, so a path in an output CSV always names the file it came from."""
+    atomic_write_bytes(path, text.encode("utf-8", "surrogateescape"))
 
 
 def _fsync_dir(d: Path) -> None:

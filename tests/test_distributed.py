@@ -48,6 +48,16 @@ def test_merge_topk_equals_brute_force(exclude_self):
     np.testing.assert_array_equal(d, d0)
 
 
+def test_merge_topk_select_keeps_the_candidates_of_the_selection_scores():
+    # shard 0 offers rows 0, 1; shard 1 offers row 7. Exact order: 7 < 1 < 0; selection order: 0 < 1 < 7.
+    d = [np.array([[3.0, 2.0]]), np.array([[1.0]])]
+    i = [np.array([[0, 1]]), np.array([[7]])]
+    sel = [np.array([[0.1, 0.2]]), np.array([[0.3]])]
+    dd, ii = merge_topk(d, i, 2, select=sel, n_select=2)   # keep {0, 1} by selection, order them exactly
+    assert ii.tolist() == [[1, 0]] and dd.tolist() == [[2.0, 3.0]]
+    assert merge_topk(d, i, 2)[1].tolist() == [[7, 1]]     # without selection: exact global top-2
+
+
 def test_merge_topk_pads_short_lists():
     d, i = merge_topk([np.array([[1.0, np.inf]])], [np.array([[4, -1]])], 3)
     assert i.tolist() == [[4, -1, -1]] and d[0, 0] == 1.0 and np.isinf(d[0, 1:]).all()
