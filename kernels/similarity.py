@@ -27,7 +27,8 @@ several pairs (a kNN shortlist: each real image has ~10 generated partners).
 * Per image, with ``m = round(mean)`` (an integer, so ``x - m`` is exact):
   ``mu' = G*(x-m)`` stored as int32 fixed point (step ``2**-k``, error
   ``<= max|x-m| * 2**-31``) and ``var = G*(x-m)^2 - mu'^2`` computed in
-  float64 from the stored mean, stored as float32.  8 bytes per valid pixel:
+  float64 from the stored mean, stored as float32 in units of the step squared
+  (so its range follows the data's scale: no float32 under/overflow).  8 bytes per valid pixel:
   streaming the B stats is the memory-bound part of the pair kernel.
 * Per pair only the cross term ``G*((x-m_x)(y-m_y))`` is filtered: the
   centred products are exact (integers for uint8), the separable symmetric
@@ -107,7 +108,7 @@ def _centre(img):
     big = max(hi - m, m - lo)
     if big <= 0.0:
         return m, 1.0
-    k = np.floor(np.log2(2147483646.0 / big))
+    k = min(np.floor(np.log2(2147483646.0 / big)), 1000.0)  # keep 1/q finite
     return m, 2.0 ** (-k)
 
 
@@ -119,13 +120,14 @@ def _stats_into(img, m, step, w, mu, var, ring1, ring2, t1, t2):
     (:func:`_centre`);
     mu : int32 [H-10, W-10] <- ``floor(G*(x-m) / step + 1/2)`` (fixed point: stats are
     streamed once per pair, so they are kept small: 8 bytes per pixel);
-    var : float32 [H-10, W-10] <- ``G*(x-m)^2 - (step mu)^2`` computed in float64
+    var : float32 [H-10, W-10] <- ``(G*(x-m)^2 - (step mu)^2) / step^2`` computed in float64
     with the *stored* mean, so that ``ssim(x, x) == 1`` up to float32 rounding;
     ring1, ring2 : float64 [11, W], t1, t2 : float64 [W] scratch.
     Vertical pass over an 11-row ring buffer, then the horizontal pass, per
     output row (everything L1/L2 resident).
     """
     iq = 1.0 / step
+    iq2 = iq * iq
     H = img.shape[0]
     W = img.shape[1]
     Hi = H - 10
@@ -238,7 +240,7 @@ def _stats_into(img, m, step, w, mu, var, ring1, ring2, t1, t2):
             uq = np.floor(u * iq + 0.5)
             mo[j] = np.int32(uq)
             uq = uq * step
-            vo[j] = np.float32(s2 - uq * uq)
+            vo[j] = np.float32((s2 - uq * uq) * iq2)
 
 
 @njit(fastmath=True, error_model="numpy", cache=True)
@@ -246,6 +248,8 @@ def _hcomb(t, mxr, myr, vxr, vyr, ma, mb, qa, qb, w, c1, c2):
     """Horizontal 11-tap pass over the vertically filtered cross term ``t``
     (float64 [W]) fused with the SSIM formula; returns the row's SSIM sum."""
     Wi = mxr.shape[0]
+    qa2 = qa * qa
+    qb2 = qb * qb
     w0 = w[0]
     w1 = w[1]
     w2 = w[2]
@@ -280,7 +284,7 @@ def _hcomb(t, mxr, myr, vxr, vyr, ma, mb, qa, qb, w, c1, c2):
         uy = my + mb
         cov = cxy - mx * my
         num = (2.0 * ux * uy + c1) * (2.0 * cov + c2)
-        den = (ux * ux + uy * uy + c1) * (np.float64(vxr[j]) + np.float64(vyr[j]) + c2)
+        den = (ux * ux + uy * uy + c1) * (np.float64(vxr[j]) * qa2 + np.float64(vyr[j]) * qb2 + c2)
         racc += num / den
     return racc
 
