@@ -128,8 +128,9 @@ def test_ssim_tight_accuracy_flat_bright_and_float():
         bf = (b + rng.uniform(0, 0.9, b.shape)).astype(np.float32)
         assert abs(ssim(af, bf) - sk_ssim(af.astype(np.float64), bf.astype(np.float64))) < 2e-8
         assert abs(ssim(af, bf) - sk_ssim(af, bf)) < 2e-5
-    # float data on a [0, 1] range and on a large range (fixed-point step adapts)
-    for scale in (1 / 255, 1000.0):
+    # float data on tiny to huge scales (fixed-point step and variance units adapt;
+    # a plain float32 variance would underflow at 1e-20 and overflow at 1e30)
+    for scale in (1e-20, 1 / 255, 1000.0, 1e30):
         a, b = (cases[0][0] * scale).astype(np.float32), (cases[0][1] * scale).astype(np.float32)
         r = 255 * scale
         assert abs(ssim(a, b, data_range=r) - sk_ssim(a.astype(np.float64), b.astype(np.float64), r)) < 2e-8
