@@ -20,7 +20,7 @@ Method
 4. **Candidates**: k-means (many restarts), full-covariance GMM and Ward agglomeration on every view.
 5. **Consensus**: the co-association matrix (fraction of candidates that put two images together)
    is clustered by average linkage into ``k`` groups.  Disagreeing views are out-voted, which made
-   the result robust on every dev protocol we tried (see benchmarks/RESULTS_attribution.md).
+   the result robust on every dev protocol we tried (see benchmarks/RESULTS.md, attribution).
    Per-image confidence = mean co-association with the members of its own cluster (in [0, 1]).
 6. **k=None**: k is scanned over ``2..k_max`` (same candidates) and chosen by the mean of the plain
    silhouette and the cluster-balanced silhouette (mean over clusters of their mean silhouette, so a

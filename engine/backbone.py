@@ -183,12 +183,28 @@ class Backbone:
         return f"Backbone({self.spec.name!r}, dim={self.spec.dim}, providers={self.providers})"
 
     def run_preprocessed(self, x: np.ndarray) -> np.ndarray:
-        """Run the session on a preprocessed float32 ``[b,C,H,W]`` batch -> float32 ``[b,d]``."""
-        y = self.session.run([self._out], {self._in: x})[0]
+        """Run the session on a preprocessed float32 ``[b,C,H,W]`` batch -> float32 ``[b,d]``.
+
+        On a GPU provider the batch goes through onnxruntime I/O binding: the input is copied to the device
+        once and the output is bound on the device, so no intermediate host copies are made by the session.
+        """
+        if self.on_gpu:
+            y = self._run_bound(x)
+        else:
+            y = self.session.run([self._out], {self._in: x})[0]
         y = np.asarray(y, dtype=np.float32).reshape(x.shape[0], -1)
         if y.shape[1] != self.spec.dim:
             raise ImprintError(f"backbone {self.spec.name} returned dim {y.shape[1]}, expected {self.spec.dim}")
         return y
+
+    def _run_bound(self, x: np.ndarray, device: str | None = None) -> np.ndarray:
+        """Run through an onnxruntime I/O binding (device memory on a GPU provider, host memory otherwise)."""
+        device = device or ("cuda" if self.on_gpu else "cpu")
+        binding = self.session.io_binding()
+        binding.bind_cpu_input(self._in, np.ascontiguousarray(x, dtype=np.float32))
+        binding.bind_output(self._out, device)
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
 
     def run(self, batch_uint8: np.ndarray) -> np.ndarray:
         """Embed one batch: uint8 ``[b,H,W]`` -> float32 ``[b,d]`` (no threading)."""

@@ -45,7 +45,7 @@ HNSW (e.g. ``"HNSW32"``) is available through a factory string; its
 on the 2-core dev machine its graph construction was 1.7x slower than IVF
 at 60k x 128 and had not finished after 11 min at 1M x 128 (IVF: ~3 min),
 its links cost ~256 extra bytes/vector, and its multi-threaded construction
-is not bit-for-bit deterministic (see ``benchmarks/RESULTS_search.md``).
+is not bit-for-bit deterministic (see ``benchmarks/RESULTS.md``, search).
 
 GPU
 ---
@@ -975,7 +975,7 @@ def cost_model_text() -> str:
     Returns
     -------
     str
-        A plain-text paragraph (also in ``benchmarks/RESULTS_search.md``).
+        A plain-text paragraph (also in ``benchmarks/RESULTS.md``, search).
     """
     return (
         "Cost model (M base vectors, N queries, dimension d, k neighbours; real images R, generated G).\n"
