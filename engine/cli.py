@@ -361,10 +361,14 @@ def models_build(force, out_dir):
 
 
 @models.command("list")
-def models_list():
+@click.option("--json", "as_json", is_flag=True, help="Print the full specs as JSON.")
+def models_list(as_json):
     """One line per backbone: name, input size, output dim, pretrained, sha256."""
-    from models.registry import describe_lines
+    from models.registry import describe_lines, list_backbones
 
+    if as_json:
+        click.echo(json.dumps([s.to_json() for s in list_backbones()], indent=2, sort_keys=True))
+        return
     for line in describe_lines():
         click.echo(line)
 

@@ -34,6 +34,20 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 DEFAULT_SIZE = (128, 128)
 DEFAULT_MAX_PIXELS = 8192 * 8192
 
+
+def _default_max_memory() -> int:
+    """Bytes of decoded images one run may hold in memory: $IMPRINT_MAX_MEMORY_GB, else half of the RAM."""
+    env = os.environ.get("IMPRINT_MAX_MEMORY_GB")
+    if env:
+        try:
+            return int(float(env) * 2**30)
+        except ValueError:
+            raise ImprintError(f"IMPRINT_MAX_MEMORY_GB must be a number (got {env!r})") from None
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2)
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return 8 * 2**30
+
 # Never decode partially written files silently.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
@@ -46,6 +60,10 @@ class IngestPolicy:
     size_policy: str = "resize"  # "resize" or "error"
     window: tuple[float, float] | None = None  # (center, width) for >8-bit images
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_memory: int | None = None  # bytes of decoded images held at once; None = $IMPRINT_MAX_MEMORY_GB or RAM/2
+
+    def memory_limit(self) -> int:
+        return int(self.max_memory) if self.max_memory is not None else _default_max_memory()
 
     def describe(self) -> dict:
         return {
@@ -54,6 +72,7 @@ class IngestPolicy:
             "mode_policy": "grayscale luminance; >8-bit scaled by "
             + (f"window center={self.window[0]} width={self.window[1]}" if self.window else "actual min..max range"),
             "max_pixels": self.max_pixels,
+            "max_memory_bytes": self.memory_limit(),
         }
 
 
@@ -301,6 +320,13 @@ def load_folder(root: str | os.PathLike, policy: IngestPolicy = IngestPolicy(), 
     excl = tuple(e.rstrip("/") + "/" for e in exclude)
     if excl:
         rel_paths = [p for p in rel_paths if not p.startswith(excl)]
+    need = len(rel_paths) * policy.size[0] * policy.size[1]
+    if need > policy.memory_limit():
+        raise ImprintError(
+            f"{label} folder {root}: {len(rel_paths)} images of {policy.size[1]}x{policy.size[0]} need "
+            f"{need / 2**30:.1f} GiB in memory, over the limit of {policy.memory_limit() / 2**30:.1f} GiB "
+            f"(IMPRINT_MAX_MEMORY_GB); use a smaller --size, `imprint pairs` (streams the real images) or "
+            f"--executor ray")
     images: list[np.ndarray] = []
     paths: list[str] = []
     hashes: list[str] = []

@@ -147,3 +147,15 @@ def test_fuzz_mutated_png_never_crashes(mutations, cut):
         assert str(exc)
     else:
         assert out.shape == (32, 32) and out.dtype == np.uint8
+
+
+def test_in_memory_limit_is_enforced_before_decoding(tmp_path, rng, monkeypatch):
+    d = tmp_path / "d"; d.mkdir()
+    for i, im in enumerate(ct_like(rng, 5)):
+        save_png(d / f"{i}.png", im)
+    with pytest.raises(ImprintError, match="over the limit"):
+        load_folder(d, IngestPolicy(size=(64, 64), max_memory=4 * 64 * 64))
+    assert len(load_folder(d, IngestPolicy(size=(64, 64), max_memory=5 * 64 * 64))) == 5
+    monkeypatch.setenv("IMPRINT_MAX_MEMORY_GB", "0.00001")
+    with pytest.raises(ImprintError, match="IMPRINT_MAX_MEMORY_GB"):
+        load_folder(d, IngestPolicy(size=(64, 64)))
