@@ -6,7 +6,9 @@ Stages (each timed and reported as items/second):
 2. embed them with the chosen ONNX backbone and build a FAISS index (``engine.search.build_index``);
 3. stream the real images in batches: read, embed, k-NN search, and re-score each (real, generated) pair with
    ``kernels.ssim_pairs`` and ``kernels.mse_pairs``;
-4. append each batch to a Parquet file (temporary name, renamed when complete).
+4. commit each batch as a Parquet part in a hidden work folder next to the output (``.OUT.parts/``; temporary
+   name, fsync, rename); a killed run resumes from the committed parts when re-run with the same arguments;
+5. assemble the parts in order into the output (temporary name, renamed when complete) and drop the work folder.
 
 Memory is bounded by the generated set (images + index) plus one batch of real images and their pairs.
 
@@ -15,7 +17,10 @@ in embedding space), ``distance`` (squared L2 or 1-cos of the embeddings), ``ssi
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -23,6 +28,23 @@ import numpy as np
 
 from .errors import ImprintError
 from .ingest import IngestPolicy
+
+
+def _prepare_work(work: Path, job: dict) -> None:
+    """Create the checkpoint folder for ``job``, or keep it when it belongs to the same job."""
+    from .store import atomic_write_text
+
+    spec = work / "job.json"
+    if work.exists():
+        try:
+            same = json.loads(spec.read_text("utf-8")) == json.loads(json.dumps(job))
+        except (OSError, ValueError):
+            same = False
+        if same:
+            return
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    atomic_write_text(spec, json.dumps(job, sort_keys=True))
 
 
 def pairs_schema():
@@ -43,6 +65,7 @@ def run_pairs(*, real_dir: str, gen_dir: str, k: int, out: str, backbone: str = 
     from .backbone import embed, load_backbone
     from .ingest import discover, iter_batches
     from .pipeline import _check_dir, _check_out, _load, _NullReporter, _skip_report, _sigterm_as_interrupt, _strict
+    from .store import atomic_write_text
     from .search import build_index, knn
 
     rep = rep or _NullReporter()
@@ -82,67 +105,105 @@ def run_pairs(*, real_dir: str, gen_dir: str, k: int, out: str, backbone: str = 
         skips.extend((real_dir, s.path, s.reason) for s in skipped)
         from .store import remove_stale_tmp, tmp_name
 
-        remove_stale_tmp(out)
-        tmp = str(tmp_name(out))
+        # Checkpoints: each batch of real images (fixed boundaries over the sorted file list) is committed as
+        # one Parquet part in a hidden work folder next to the output; a re-run with the same job skips the
+        # committed parts, and the output is always assembled from the parts, so it equals an uninterrupted run.
+        job = {"real": os.path.abspath(real_dir), "rel": hashlib.sha256("\n".join(rel).encode("utf-8", "surrogateescape")).hexdigest(),
+               "gen": hashlib.sha256("\n".join(gen.hashes).encode()).hexdigest(), "k": kk,
+               "backbone": bb.spec.sha256, "metric": metric, "index": str(index), "batch": batch,
+               "policy": policy.describe(), "rerank": rerank}
+        work = Path(out).with_name(f".{Path(out).name}.parts")
+        _prepare_work(work, job)
+        chunks = [rel[i:i + batch] for i in range(0, len(rel), batch)]
         n_real = n_pairs = 0
         bar = rep.progress(len(rel), "pairs")
-        writer = pq.ParquetWriter(tmp, pairs_schema())
+        n_resumed = 0
         try:
-            it = iter_batches(real_dir, rel, batch, policy, on_skip=lambda s: skips.append((real_dir, s.path, s.reason)))
-            while True:
+            for c, chunk in enumerate(chunks):
+                part = work / f"part-{c:06d}.parquet"
+                skip_file = work / f"part-{c:06d}.skips.json"
+                if part.exists() and skip_file.exists():
+                    meta = pq.read_metadata(part)
+                    extra = json.loads(skip_file.read_text("utf-8", "surrogateescape"))
+                    skips.extend((real_dir, p_, r_) for p_, r_ in extra["skips"])
+                    n_real += int(extra["n_real"])
+                    n_pairs += meta.num_rows
+                    n_resumed += 1
+                    bar.update(len(chunk))
+                    continue
+                chunk_skips: list = []
                 t0 = time.perf_counter()
-                nxt = next(it, None)
+                got = list(iter_batches(real_dir, chunk, len(chunk), policy, on_skip=chunk_skips.append))
                 t["read_real_s"] += time.perf_counter() - t0
-                if nxt is None:
-                    break
-                imgs, paths, _ = nxt
+                table = pairs_schema().empty_table()
+                b = 0
+                if got:
+                    imgs, paths, _ = got[0]
+                    b = len(paths)
+                    t0 = time.perf_counter()
+                    rvec = embed(imgs, bb)
+                    t["embed_s"] += time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    dist, nn = knn(gvec, rvec, kk, metric=metric, index=idx)
+                    t["search_s"] += time.perf_counter() - t0
+                    pairs = np.stack([np.repeat(np.arange(b), kk), nn.reshape(-1)], 1).astype(np.int64)
+                    ok = pairs[:, 1] >= 0
+                    pairs = pairs[ok]
+                    t0 = time.perf_counter()
+                    if rerank and len(pairs):
+                        ss = kernels.ssim_pairs(imgs, gen.images, pairs)
+                        mm = kernels.mse_pairs(imgs, gen.images, pairs)
+                    else:
+                        ss = np.full(len(pairs), np.nan, np.float32)
+                        mm = np.full(len(pairs), np.nan, np.float32)
+                    t["rerank_s"] += time.perf_counter() - t0
+                    ranks = np.tile(np.arange(kk, dtype=np.int16), b)[ok]
+                    table = pa.table({
+                        "real": pa.array([paths[i] for i in pairs[:, 0]], pa.string()),
+                        "generated": pa.array([gen.paths[j] for j in pairs[:, 1]], pa.string()),
+                        "rank": pa.array(ranks, pa.int16()),
+                        "distance": pa.array(dist.reshape(-1)[ok].astype(np.float32), pa.float32()),
+                        "ssim": pa.array(np.asarray(ss, np.float32), pa.float32()),
+                        "mse": pa.array(np.asarray(mm, np.float32), pa.float32()),
+                    }, schema=pairs_schema())
                 t0 = time.perf_counter()
-                rvec = embed(imgs, bb)
-                t["embed_s"] += time.perf_counter() - t0
-                t0 = time.perf_counter()
-                dist, nn = knn(gvec, rvec, kk, metric=metric, index=idx)
-                t["search_s"] += time.perf_counter() - t0
-                b = len(paths)
-                pairs = np.stack([np.repeat(np.arange(b), kk), nn.reshape(-1)], 1).astype(np.int64)
-                ok = pairs[:, 1] >= 0
-                pairs = pairs[ok]
-                t0 = time.perf_counter()
-                if rerank and len(pairs):
-                    ss = kernels.ssim_pairs(imgs, gen.images, pairs)
-                    mm = kernels.mse_pairs(imgs, gen.images, pairs)
-                else:
-                    ss = np.full(len(pairs), np.nan, np.float32)
-                    mm = np.full(len(pairs), np.nan, np.float32)
-                t["rerank_s"] += time.perf_counter() - t0
-                t0 = time.perf_counter()
-                ranks = np.tile(np.arange(kk, dtype=np.int16), b)[ok]
-                table = pa.table({
-                    "real": pa.array([paths[i] for i in pairs[:, 0]], pa.string()),
-                    "generated": pa.array([gen.paths[j] for j in pairs[:, 1]], pa.string()),
-                    "rank": pa.array(ranks, pa.int16()),
-                    "distance": pa.array(dist.reshape(-1)[ok].astype(np.float32), pa.float32()),
-                    "ssim": pa.array(np.asarray(ss, np.float32), pa.float32()),
-                    "mse": pa.array(np.asarray(mm, np.float32), pa.float32()),
-                }, schema=pairs_schema())
-                writer.write_table(table)
+                atomic_write_text(skip_file, json.dumps({"n_real": b, "skips": [[k_.path, k_.reason] for k_ in chunk_skips]}))
+                ptmp = tmp_name(part)
+                pq.write_table(table, ptmp)
+                with open(ptmp, "rb+") as fh:
+                    os.fsync(fh.fileno())
+                os.replace(ptmp, part)  # the commit point of this batch
                 t["write_s"] += time.perf_counter() - t0
+                skips.extend((real_dir, k_.path, k_.reason) for k_ in chunk_skips)
                 n_real += b
-                n_pairs += len(pairs)
-                bar.update(b)
+                n_pairs += table.num_rows
+                bar.update(len(chunk))
+        finally:
+            bar.close()
+        _strict(strict, skips)
+        if n_real == 0:
+            raise ImprintError(f"no readable images in real folder {real_dir}")
+        t0 = time.perf_counter()
+        remove_stale_tmp(out)
+        tmp = tmp_name(out)
+        writer = pq.ParquetWriter(str(tmp), pairs_schema())
+        try:
+            for c in range(len(chunks)):
+                part_table = pq.read_table(work / f"part-{c:06d}.parquet", schema=pairs_schema())
+                if part_table.num_rows:
+                    writer.write_table(part_table)
             writer.close()
             writer = None
-            _strict(strict, skips)
-            if n_real == 0:
-                raise ImprintError(f"no readable images in real folder {real_dir}")
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
             os.replace(tmp, out)
         finally:
-            bar.close()
             if writer is not None:
                 writer.close()
             if os.path.exists(tmp):
                 os.unlink(tmp)
+        shutil.rmtree(work, ignore_errors=True)
+        t["write_s"] += time.perf_counter() - t0
         skip_path = _skip_report(out, skips, rep)
     total = time.perf_counter() - t_all
     rates = {
@@ -156,7 +217,7 @@ def run_pairs(*, real_dir: str, gen_dir: str, k: int, out: str, backbone: str = 
     return {
         "command": "pairs", "out": out, "skip_report": skip_path, "n_real": n_real, "n_generated": len(gen),
         "k": kk, "n_pairs": n_pairs, "backbone": bb.spec.name, "metric": metric, "timings": t, "rates": rates,
-        "bounding_stage": bound, "seconds": total,
+        "bounding_stage": bound, "seconds": total, "resumed_batches": n_resumed,
         "summary": (f"pairs: {n_pairs} pairs ({n_real} real x {kk} nearest of {len(gen)} generated) in {total:.1f}s "
                     f"= {n_pairs / total:.0f} pairs/s; slowest stage {bound} ({t[bound]:.1f}s); "
                     f"{len(skips)} skipped -> {out}"),

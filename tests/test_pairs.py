@@ -58,3 +58,43 @@ def test_batching_does_not_change_output(data, tmp_path):
     run_pairs(real_dir=str(d / "real"), gen_dir=str(d / "gen"), k=3, out=str(tmp_path / "b.parquet"), policy=pol, batch=4)
     a = pq.read_table(tmp_path / "a.parquet"); b = pq.read_table(tmp_path / "b.parquet")
     assert a.equals(b)
+
+
+def test_resume_from_committed_batches(data, tmp_path):
+    """A run killed after some batches resumes from them and produces the uninterrupted output."""
+    import engine.pairs as P
+
+    d, _, _ = data
+    pol = IngestPolicy(size=(64, 64))
+    run_pairs(real_dir=str(d / "real"), gen_dir=str(d / "gen"), k=3, out=str(tmp_path / "ref.parquet"), policy=pol,
+              batch=4)
+    calls = {"n": 0}
+
+    import engine.backbone as B
+    orig = B.embed
+
+    def dying_embed(images, bb, **kw):
+        calls["n"] += 1
+        if calls["n"] == 4:  # the generated set, then three real batches succeed
+            raise KeyboardInterrupt
+        return orig(images, bb, **kw)
+
+    B.embed = dying_embed
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_pairs(real_dir=str(d / "real"), gen_dir=str(d / "gen"), k=3, out=str(tmp_path / "o.parquet"),
+                      policy=pol, batch=4)
+    finally:
+        B.embed = orig
+    assert not (tmp_path / "o.parquet").exists()
+    parts = sorted((tmp_path / ".o.parquet.parts").glob("part-*.parquet"))
+    assert len(parts) == 2
+    s = run_pairs(real_dir=str(d / "real"), gen_dir=str(d / "gen"), k=3, out=str(tmp_path / "o.parquet"),
+                  policy=pol, batch=4)
+    assert s["resumed_batches"] == 2
+    assert pq.read_table(tmp_path / "o.parquet").equals(pq.read_table(tmp_path / "ref.parquet"))
+    assert not (tmp_path / ".o.parquet.parts").exists()
+    # a different job (other k) does not reuse the parts
+    s2 = run_pairs(real_dir=str(d / "real"), gen_dir=str(d / "gen"), k=2, out=str(tmp_path / "o.parquet"),
+                   policy=pol, batch=4)
+    assert s2["resumed_batches"] == 0 and s2["n_pairs"] == 60
