@@ -123,16 +123,16 @@ def cli(verbose: bool) -> None:
 
 # ---------------------------------------------------------------------------------------------- membership
 @cli.command()
-@click.option("--generated", "gen_dir", required=True, help="Folder of the generator's images.")
-@click.option("--real", "real_dir", required=True, help="Folder of real images to score (searched recursively).")
-@click.option("--out", required=True, help="Output CSV: image,score,used.")
-@click.option("--dev", "dev_dirs", multiple=True,
+@click.option("--generated", "gen_dir", required=True, metavar="DIR", help="Folder of the generator's images.")
+@click.option("--real", "real_dir", required=True, metavar="DIR", help="Folder of real images to score (searched recursively).")
+@click.option("--out", required=True, metavar="FILE", help="Output CSV: image,score,used.")
+@click.option("--dev", "dev_dirs", multiple=True, metavar="DIR",
               help="Labelled dev set DIR with generated/, real/used/, real/unused/ (repeatable).")
-@click.option("--reference", "ref_dirs", multiple=True,
+@click.option("--reference", "ref_dirs", multiple=True, metavar="DIR",
               help="Folder of real images known NOT to be training data (repeatable); the null distribution.")
-@click.option("--decision", default="fpr:0.01", show_default=True,
+@click.option("--decision", default="fpr:0.01", metavar="fpr:ALPHA|f1", show_default=True,
               help="'fpr:ALPHA' (flag only beyond the null's 1-ALPHA level) or 'f1' (maximise expected F1).")
-@click.option("--report", "report_dir", default=None, help="Write an HTML report into this folder.")
+@click.option("--report", "report_dir", default=None, metavar="DIR", help="Write an HTML report into this folder.")
 @with_executor
 @with_common
 def membership(gen_dir, real_dir, out, dev_dirs, ref_dirs, decision, report_dir, executor, address, size,
@@ -161,11 +161,11 @@ def _parse_k(value: str) -> int | None:
 
 
 @cli.command()
-@click.option("--images", "images_dir", required=True, help="Folder of generated images (searched recursively).")
-@click.option("--k", "k", required=True, help="Number of generators, or 'auto' to estimate it.")
-@click.option("--out", required=True, help="Output CSV: image,cluster.")
-@click.option("--dev", "dev_dir", default=None, help="Folder with one labelled subfolder per known model.")
-@click.option("--report", "report_dir", default=None, help="Write an HTML report into this folder.")
+@click.option("--images", "images_dir", required=True, metavar="DIR", help="Folder of generated images (searched recursively).")
+@click.option("--k", "k", required=True, metavar="K|auto", help="Number of generators, or 'auto' to estimate it.")
+@click.option("--out", required=True, metavar="FILE", help="Output CSV: image,cluster.")
+@click.option("--dev", "dev_dir", default=None, metavar="DIR", help="Folder with one labelled subfolder per known model.")
+@click.option("--report", "report_dir", default=None, metavar="DIR", help="Write an HTML report into this folder.")
 @with_executor
 @with_common
 def attribute(images_dir, k, out, dev_dir, report_dir, executor, address, size, size_policy, window, strict, seed,
@@ -238,7 +238,7 @@ def evaluate_attribution(clusters, truth, truth_from_folders, as_json):
 # ---------------------------------------------------------------------------------------------- embed
 @cli.command()
 @click.argument("folder")
-@click.option("--store", required=True, help="Store folder (created if absent; resumed if present).")
+@click.option("--store", required=True, metavar="DIR", help="Store folder (created if absent; resumed if present).")
 @click.option("--backbone", default="pixel", show_default=True, help="Backbone name or path to an ONNX file.")
 @click.option("--batch-size", type=int, default=None, help="Inference batch size (default: automatic).")
 @click.option("--shard-size", type=int, default=4096, show_default=True, help="Rows per Arrow shard.")
@@ -273,10 +273,10 @@ def embed(folder, store, backbone, batch_size, shard_size, input_size, mean, std
 
 # ---------------------------------------------------------------------------------------------- pairs
 @cli.command()
-@click.option("--real", "real_dir", required=True, help="Folder of real images (searched recursively).")
-@click.option("--generated", "gen_dir", required=True, help="Folder of generated images.")
+@click.option("--real", "real_dir", required=True, metavar="DIR", help="Folder of real images (searched recursively).")
+@click.option("--generated", "gen_dir", required=True, metavar="DIR", help="Folder of generated images.")
 @click.option("--k", type=int, default=10, show_default=True, help="Nearest generated images per real image.")
-@click.option("--out", required=True, help="Output Parquet: real,generated,rank,distance,ssim,mse.")
+@click.option("--out", required=True, metavar="FILE", help="Output Parquet: real,generated,rank,distance,ssim,mse.")
 @click.option("--backbone", default="pixel", show_default=True, help="Backbone for the k-NN shortlist.")
 @click.option("--metric", type=click.Choice(["cosine", "l2"]), default="cosine", show_default=True)
 @click.option("--index", default="auto", show_default=True, help="'auto' or a FAISS index-factory string.")

@@ -343,6 +343,40 @@ def _cached_masks(images: np.ndarray, cache: dict | None) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------- evidence
+def _evidence(generated: np.ndarray, pool: np.ndarray, *, _cache_dir=None, **kw):
+    """:func:`compute_evidence`, checkpointed in ``_cache_dir`` (when given) under a hash of its inputs."""
+    if _cache_dir is None:
+        return compute_evidence(generated, pool, **kw)
+    import hashlib
+    import io
+    import json
+    from pathlib import Path
+
+    from .store import atomic_write_bytes
+
+    key = {k_: v for k_, v in kw.items() if k_ not in ("progress", "_cache")}
+    h = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode())
+    for a in (generated, pool):
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(a.tobytes())
+    path = Path(_cache_dir) / f"evidence-{h.hexdigest()[:40]}.npz"
+    if path.exists():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                ev = {n[3:]: np.array(z[n]) for n in z.files if n.startswith("ev_")}
+                return ev, np.array(z["nearest"]), json.loads(str(z["info"]))
+        except (OSError, ValueError, KeyError):
+            pass  # unreadable checkpoint: recompute
+    ev, nearest, info = compute_evidence(generated, pool, **kw)
+    Path(_cache_dir).mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    np.savez(buf, nearest=np.asarray(nearest), info=np.array(json.dumps(info, default=float)),
+             **{f"ev_{n}": np.asarray(v) for n, v in ev.items()})
+    atomic_write_bytes(path, buf.getvalue())
+    return ev, nearest, info
+
+
 def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10, k_real: int = 10,
                      tiles: int = 4, backbone: str | None = "effnet-lite0", use_lbp: bool = True,
                      progress: Callable[[int], object] | None = None,
@@ -765,7 +799,7 @@ def _dev_training_rows(dev: DevSet, reference: np.ndarray | None, others_unused:
                 ref_list.append(x)
     ref = np.stack(ref_list) if ref_list else np.zeros((0,) + cand.shape[1:], np.uint8)
     pool = np.concatenate([cand, ref])
-    ev, _, _ = compute_evidence(dev.generated, pool, **kw)
+    ev, _, _ = _evidence(dev.generated, pool, **kw)
     nc = len(cand)
     null_mask = np.zeros(len(pool), bool)
     if len(ref) >= _MIN_NULL:
@@ -780,7 +814,8 @@ def _dev_training_rows(dev: DevSet, reference: np.ndarray | None, others_unused:
 def audit_membership(generated, real, *, dev_sets: Sequence[DevSet] = (), reference=None,
                      decision: str = "fpr:0.01", random_state: int = 0,
                      progress: Callable[[int], object] | None = None, backbone: str | None = None,
-                     k_gen: int = 10, k_real: int = 10, weights: dict | None = None) -> MembershipResult:
+                     k_gen: int = 10, k_real: int = 10, weights: dict | None = None,
+                     cache_dir: str | None = None) -> MembershipResult:
     """Score real images for membership in a generator's training set and decide used / unused.
 
     Parameters
@@ -796,6 +831,9 @@ def audit_membership(generated, real, *, dev_sets: Sequence[DevSet] = (), refere
                                   ~50-90 ms per image on 2 CPU cores, too slow for the 2-min budget)
     k_gen, k_real : int           shortlist sizes
     weights : dict or None        override the prior weights (name -> weight >= 0)
+    cache_dir : path or None      checkpoint folder: the evidence of each stage (every dev set, the target) is
+                                  saved there (``.npz``, read back with ``allow_pickle=False``) keyed by a hash of
+                                  its inputs, so an interrupted run resumes from the finished stages
 
     Returns
     -------
@@ -828,13 +866,13 @@ def audit_membership(generated, real, *, dev_sets: Sequence[DevSet] = (), refere
             if k_ not in prior or not (float(v) >= 0):
                 raise ImprintError(f"weights: unknown evidence {k_!r} or negative weight")
             prior[k_] = float(v)
-    kw = dict(k_gen=k_gen, k_real=k_real, backbone=backbone, progress=progress, _cache={})
+    kw = dict(k_gen=k_gen, k_real=k_real, backbone=backbone, progress=progress, _cache={}, _cache_dir=cache_dir)
 
     # ---- target evidence
     nR = len(R)
     pool = R if reference is None or len(reference) == 0 else np.concatenate([R, reference])
     nref = len(pool) - nR
-    ev, nearest, ev_info = compute_evidence(G, pool, **kw)
+    ev, nearest, ev_info = _evidence(G, pool, **kw)
     null_mask = np.zeros(len(pool), bool)
     if nref >= _MIN_NULL:
         null_mask[nR:] = True

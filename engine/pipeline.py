@@ -8,6 +8,7 @@ whose ``"summary"`` entry is the one line the CLI prints.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import time
 from contextlib import contextmanager
@@ -178,12 +179,16 @@ def run_membership(*, gen_dir: str, real_dir: str, out: str, dev_dirs: Sequence[
         uniq_rows = np.unique(inverse, return_index=True)[1]
         n_dups = len(real) - len(uniq_rows)
 
+        # Checkpoints of finished stages (each dev set's evidence, the target's) live next to the output until it
+        # is written, so a killed run resumes from them; they are keyed by their inputs, never trusted otherwise.
+        cache_dir = Path(out).with_name(f".{Path(out).name}.checkpoints")
         t0 = time.perf_counter()
         bar = rep.progress(None, "membership")
         try:
             with executor_scope(executor, address):
                 res = audit_membership(gen.images, real.images[uniq_rows], dev_sets=devs, reference=reference,
-                                       decision=decision, random_state=seed, progress=bar.update)
+                                       decision=decision, random_state=seed, progress=bar.update,
+                                       cache_dir=str(cache_dir))
         finally:
             bar.close()
         timings["audit_s"] = time.perf_counter() - t0
@@ -208,6 +213,7 @@ def run_membership(*, gen_dir: str, real_dir: str, out: str, dev_dirs: Sequence[
             rows.append(row)
         write_csv(ev_path, header, rows)
         skip_path = _skip_report(out, skips, rep)
+        shutil.rmtree(cache_dir, ignore_errors=True)
 
     timings["total_s"] = time.perf_counter() - t_start
     n_used = int(used.sum())

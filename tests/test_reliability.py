@@ -107,3 +107,45 @@ def test_duplicates_and_non_utf8_names(sets, tmp_path):
     name = os.fsdecode(b"caf\xe9.png")
     assert name in rows and os.path.exists(os.path.join(os.fsencode(d), os.fsencode(name)))
     assert rows[name]["score"] == rows["013.png"]["score"]
+
+
+def test_membership_resumes_from_finished_stages(sets, tmp_path, monkeypatch):
+    """Interrupted after the dev sets' evidence, a re-run loads those checkpoints and computes only the rest;
+    the output equals an uninterrupted run and the checkpoints are removed afterwards."""
+    import engine.membership as M
+    from engine.ingest import IngestPolicy
+    from engine.pipeline import run_membership
+
+    dev = tmp_path / "dev"
+    for sub, src in (("generated", sets / "gen"), ("real/used", None), ("real/unused", None)):
+        (dev / sub).mkdir(parents=True)
+    for i in range(12):
+        shutil.copy(sets / "real" / f"{i:03d}.png", dev / "real/used" / f"{i:03d}.png")
+    for i in range(12, 24):
+        shutil.copy(sets / "real" / f"{i:03d}.png", dev / "real/unused" / f"{i:03d}.png")
+    for f in sorted((sets / "gen").iterdir())[:30]:  # another generated set: the dev stage differs from the target
+        shutil.copy(f, dev / "generated" / f.name)
+    kw = dict(gen_dir=str(sets / "gen"), real_dir=str(sets / "real"), dev_dirs=[str(dev)],
+              policy=IngestPolicy(size=(64, 64)))
+    run_membership(out=str(tmp_path / "ref.csv"), **kw)
+
+    calls = {"n": 0}
+    orig = M.compute_evidence
+
+    def counting(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == limit:
+            raise KeyboardInterrupt
+        return orig(*a, **k)
+
+    monkeypatch.setattr(M, "compute_evidence", counting)
+    limit = 2  # the target's evidence finishes, the dev set's is interrupted
+    with pytest.raises(KeyboardInterrupt):
+        run_membership(out=str(tmp_path / "o.csv"), **kw)
+    assert not (tmp_path / "o.csv").exists()
+    assert len(list((tmp_path / ".o.csv.checkpoints").glob("*.npz"))) == 1
+    calls["n"], limit = 0, -1
+    run_membership(out=str(tmp_path / "o.csv"), **kw)
+    assert calls["n"] == 1  # only the unfinished stage was computed again
+    assert (tmp_path / "o.csv").read_bytes() == (tmp_path / "ref.csv").read_bytes()
+    assert not (tmp_path / ".o.csv.checkpoints").exists()
