@@ -115,6 +115,39 @@ def _extract(images, groups, backbones=(), errors=None):
     return np.concatenate(blocks, axis=1), bnames
 
 
+def _extract_cached(images, groups, backbones, errors, cache_dir):
+    """:func:`_extract`, checkpointed in ``cache_dir`` (when given) under a hash of its inputs."""
+    if cache_dir is None:
+        return _extract(images, groups, backbones, errors)
+    import hashlib
+    import io
+    import json
+    from pathlib import Path
+
+    from .store import atomic_write_bytes
+
+    a = np.ascontiguousarray(images)
+    h = hashlib.sha256(json.dumps([list(groups), list(backbones)]).encode())
+    h.update(f"{a.dtype}{a.shape}".encode())
+    h.update(a.tobytes())
+    path = Path(cache_dir) / f"features-{h.hexdigest()[:40]}.npz"
+    if path.exists():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                errors.update(json.loads(str(z["errors"])))
+                return np.array(z["features"]), json.loads(str(z["names"]))
+        except (OSError, ValueError, KeyError):
+            pass  # unreadable checkpoint: recompute
+    mine: dict = {}
+    feats, names = _extract(images, groups, backbones, mine)
+    errors.update(mine)
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    np.savez(buf, features=feats, names=np.array(json.dumps(names)), errors=np.array(json.dumps(mine)))
+    atomic_write_bytes(path, buf.getvalue())
+    return feats, names
+
+
 def _group_masks(names, groups, backbones=()):
     prefix = {"fingerprint": "fp."}
     out = {}
@@ -292,7 +325,7 @@ def _relabel(labels, k):
 
 # ----------------------------------------------------------------------------------------- public
 def attribute(images, k, *, dev_sets=None, random_state=0, progress=None, groups=DEFAULT_GROUPS,
-              backbones=DEFAULT_BACKBONES, k_max=10, max_consensus=2500):
+              backbones=DEFAULT_BACKBONES, k_max=10, max_consensus=2500, cache_dir=None):
     """Cluster generated images by the generator that made them.
 
     Parameters
@@ -318,6 +351,10 @@ def attribute(images, k, *, dev_sets=None, random_state=0, progress=None, groups
         Largest k tried when ``k`` is None.
     max_consensus : int
         Largest number of images whose full co-association matrix is built.
+    cache_dir : path or None
+        Checkpoint folder: the features of the images and of each dev set are saved there (``.npz``, read
+        back with ``allow_pickle=False``) keyed by a hash of their inputs, so an interrupted run resumes
+        from the finished extractions.
 
     Returns
     -------
@@ -340,10 +377,12 @@ def attribute(images, k, *, dev_sets=None, random_state=0, progress=None, groups
 
     with threadpool_limits(limits=1):
         return _attribute(images, k, dev_sets=dev_sets, random_state=random_state, progress=progress,
-                          groups=groups, backbones=backbones, k_max=k_max, max_consensus=max_consensus)
+                          groups=groups, backbones=backbones, k_max=k_max, max_consensus=max_consensus,
+                          cache_dir=cache_dir)
 
 
-def _attribute(images, k, *, dev_sets, random_state, progress, groups, backbones, k_max, max_consensus):
+def _attribute(images, k, *, dev_sets, random_state, progress, groups, backbones, k_max, max_consensus,
+               cache_dir=None):
     t0 = time.perf_counter()
     say = progress if callable(progress) else (lambda s: None)
     images = _F.check_images(images)
@@ -367,7 +406,7 @@ def _attribute(images, k, *, dev_sets, random_state, progress, groups, backbones
     say("features")
     backbones = tuple(backbones or ())
     bb_errors = {}
-    X, names = _extract(images, groups, backbones, bb_errors)
+    X, names = _extract_cached(images, groups, backbones, bb_errors, cache_dir)
     backbones = tuple(b for b in backbones if b not in bb_errors)
     masks = _group_masks(names, groups, backbones)
     mu, sd = X.mean(axis=0), X.std(axis=0)
@@ -384,7 +423,7 @@ def _attribute(images, k, *, dev_sets, random_state, progress, groups, backbones
             d = dev_sets[name]
             if d.shape[0] > 300:
                 d = d[np.sort(rng.choice(d.shape[0], 300, replace=False))]
-            fd, nd = _extract(d, groups, backbones, bb_errors)
+            fd, nd = _extract_cached(d, groups, backbones, bb_errors, cache_dir)
             if nd != names:
                 raise ImprintError(f"dev set {name!r}: feature extraction differs from the images' ({len(nd)} columns)")
             dev_feats.append(fd)

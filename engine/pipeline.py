@@ -286,9 +286,10 @@ def run_attribution(*, images_dir: str, k: int | None, out: str, dev_dir: str | 
         if k is not None and k > len(imgs):
             raise ImprintError(f"--k {k} is larger than the number of readable images ({len(imgs)})")
 
+        cache_dir = Path(out).with_name(f".{Path(out).name}.checkpoints")  # finished feature extractions
         t0 = time.perf_counter()
         with executor_scope(executor, address):
-            res = attribute(imgs.images, k, dev_sets=dev_sets or None, random_state=seed)
+            res = attribute(imgs.images, k, dev_sets=dev_sets or None, random_state=seed, cache_dir=str(cache_dir))
         timings["cluster_s"] = time.perf_counter() - t0
         labels = np.asarray(res.labels).astype(int)
         write_csv(out, ["image", "cluster"], zip(imgs.paths, labels.tolist()))
@@ -296,6 +297,7 @@ def run_attribution(*, images_dir: str, k: int | None, out: str, dev_dir: str | 
         conf = np.asarray(res.confidence, dtype=float)
         write_csv(det_path, ["image", "cluster", "confidence"], zip(imgs.paths, labels.tolist(), conf.tolist()))
         skip_path = _skip_report(out, skips, rep)
+        shutil.rmtree(cache_dir, ignore_errors=True)
 
     timings["total_s"] = time.perf_counter() - t_start
     sizes = np.bincount(labels, minlength=int(res.k)).tolist()

@@ -149,3 +149,35 @@ def test_membership_resumes_from_finished_stages(sets, tmp_path, monkeypatch):
     assert calls["n"] == 1  # only the unfinished stage was computed again
     assert (tmp_path / "o.csv").read_bytes() == (tmp_path / "ref.csv").read_bytes()
     assert not (tmp_path / ".o.csv.checkpoints").exists()
+
+
+def test_attribution_resumes_from_finished_features(sets, tmp_path, monkeypatch):
+    import engine.attribution as A
+    from engine.ingest import IngestPolicy
+    from engine.pipeline import run_attribution
+
+    dev = tmp_path / "dev"
+    (dev / "m1").mkdir(parents=True)
+    for f in sorted((sets / "gen").iterdir())[:10]:
+        shutil.copy(f, dev / "m1" / f.name)
+    kw = dict(images_dir=str(sets / "gen"), k=2, dev_dir=str(dev), policy=IngestPolicy(size=(64, 64)), seed=3)
+    run_attribution(out=str(tmp_path / "ref.csv"), **kw)
+    calls = {"n": 0}
+    orig = A._extract
+
+    def counting(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == limit:
+            raise KeyboardInterrupt
+        return orig(*a, **k)
+
+    monkeypatch.setattr(A, "_extract", counting)
+    limit = 2  # the images' features finish, the dev model's are interrupted
+    with pytest.raises(KeyboardInterrupt):
+        run_attribution(out=str(tmp_path / "o.csv"), **kw)
+    assert not (tmp_path / "o.csv").exists()
+    calls["n"], limit = 0, -1
+    run_attribution(out=str(tmp_path / "o.csv"), **kw)
+    assert calls["n"] == 1
+    assert (tmp_path / "o.csv").read_bytes() == (tmp_path / "ref.csv").read_bytes()
+    assert not (tmp_path / ".o.csv.checkpoints").exists()
