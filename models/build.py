@@ -88,6 +88,18 @@ def _write_model(model: onnx.ModelProto, path: Path) -> None:
     path.write_bytes(model.SerializeToString())
 
 
+def convert_fp16(src, dst) -> None:
+    """Float16 copy of an ONNX model (weights and arithmetic) with float32 inputs and outputs.
+
+    Uses onnxruntime's own converter (``onnxruntime.transformers.float16``); the inference code is unchanged, and
+    on a GPU the float16 graph halves memory traffic. Accuracy is checked by a test (cosine to float32).
+    """
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(src))
+    _write_model(convert_float_to_float16(model, keep_io_types=True), Path(dst))
+
+
 def build_one(name: str, path) -> None:
     """Build one built-in backbone's ONNX file at ``path``."""
     path = Path(path)
@@ -99,6 +111,15 @@ def build_one(name: str, path) -> None:
         export_effnet_lite0(path, image_size=224)
     elif name == "effnet-lite0-128":
         export_effnet_lite0(path, image_size=128)
+    elif name.endswith("-fp16") and name[: -len("-fp16")] in ("effnet-lite0", "effnet-lite0-128"):
+        fd, tmp32 = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
+        os.close(fd)
+        try:
+            build_one(name[: -len("-fp16")], tmp32)
+            convert_fp16(tmp32, path)
+        finally:
+            if os.path.exists(tmp32):
+                os.unlink(tmp32)
     else:
         raise ImprintError(f"unknown built-in backbone {name!r}")
 

@@ -144,6 +144,12 @@ BUILTIN: dict[str, BackboneSpec] = {
         _builtin("effnet-lite0-128", "1", (128, 128), 3, (127.0,) * 3, (128.0,) * 3, 1280, True,
                  "EfficientNet-Lite0 ImageNet at native 128x128 (no resampling, ~3x faster)",
                  "bilinear", "embedding"),
+        _builtin("effnet-lite0-fp16", "1", (224, 224), 3, (127.0,) * 3, (128.0,) * 3, 1280, True,
+                 "effnet-lite0 with float16 weights and arithmetic (float32 in/out) for GPUs; "
+                 "cosine >= 0.9999 to float32", "bilinear", "embedding"),
+        _builtin("effnet-lite0-128-fp16", "1", (128, 128), 3, (127.0,) * 3, (128.0,) * 3, 1280, True,
+                 "effnet-lite0-128 with float16 weights and arithmetic (float32 in/out) for GPUs",
+                 "bilinear", "embedding"),
         _builtin("fingerprint", "1", (128, 128), 1, (0.0,), (1.0,), 182, False,
                  "generator-trace features: high-pass residual stats, polyphase, block-DCT spectrum",
                  "none", "features"),

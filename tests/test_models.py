@@ -248,6 +248,28 @@ def test_effnet_export_parity(models_dir, effnet):
     np.testing.assert_allclose(y, ref, atol=1e-4, rtol=1e-4)
 
 
+def test_fp16_variant_matches_fp32(models_dir, tmp_path):
+    """The float16 export (for GPUs) keeps float32 I/O and stays within cosine 0.9999 of float32."""
+    pytest.importorskip("torch")
+    from models.build import convert_fp16
+
+    spec = resolve("effnet-lite0", models_dir=models_dir)
+    convert_fp16(spec.onnx_path, tmp_path / "fp16.onnx")
+    m = onnx.load(str(tmp_path / "fp16.onnx"))
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in m.graph.initializer)
+    assert m.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    rng = np.random.default_rng(5)
+    x = ((rng.integers(0, 256, (3, 3, 224, 224)) - 127.0) / 128.0).astype(np.float32)
+    a = _session(spec).run(None, {"image": x})[0]
+    import onnxruntime as ort
+
+    b = ort.InferenceSession(str(tmp_path / "fp16.onnx"), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+    assert b.dtype == np.float32 and b.shape == a.shape
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() > 0.9999
+    assert not np.array_equal(a, b)  # it really is a different (float16) computation
+
+
 def test_effnet_weights_and_natural_images(effnet):
     """strict state-dict load, eval-mode BN (batch-independent), sensible ImageNet predictions."""
     torch = pytest.importorskip("torch")
