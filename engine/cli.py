@@ -282,17 +282,19 @@ def embed(folder, store, backbone, batch_size, shard_size, input_size, mean, std
 @click.option("--index", default="auto", show_default=True, help="'auto' or a FAISS index-factory string.")
 @click.option("--batch", type=int, default=4096, show_default=True, help="Real images per streamed batch.")
 @click.option("--no-rerank", is_flag=True, help="Skip the SSIM/MSE re-scoring of the pairs.")
+@click.option("--store-dir", default=None, metavar="DIR",
+              help="Keep the embeddings in Arrow stores DIR/generated and DIR/real and reuse them on later runs.")
 @with_executor
 @with_common
-def pairs(real_dir, gen_dir, k, out, backbone, metric, index, batch, no_rerank, executor, address, size, size_policy,
-          window, strict, seed, as_json):
+def pairs(real_dir, gen_dir, k, out, backbone, metric, index, batch, no_rerank, store_dir, executor, address, size,
+          size_policy, window, strict, seed, as_json):
     """Nearest generated images of every real image, with embedding distance, SSIM and MSE per pair."""
     from .pairs import run_pairs
 
     rep = Reporter(quiet=as_json)
     summary = run_pairs(real_dir=real_dir, gen_dir=gen_dir, k=k, out=out, backbone=backbone, metric=metric,
                         index=index, batch=batch, policy=_policy(size, size_policy, window), strict=strict, rep=rep,
-                        rerank=not no_rerank, executor=executor, address=address)
+                        rerank=not no_rerank, executor=executor, address=address, store_dir=store_dir)
     _finish(summary, as_json, summary["summary"])
 
 

@@ -56,7 +56,11 @@ def pairs_schema():
 
 def run_pairs(*, real_dir: str, gen_dir: str, k: int, out: str, backbone: str = "pixel", metric: str = "cosine",
               index: str = "auto", batch: int = 4096, policy: IngestPolicy = IngestPolicy(), strict: bool = False,
-              rep=None, rerank: bool = True, executor: str = "local", address: str | None = None) -> dict:
+              rep=None, rerank: bool = True, executor: str = "local", address: str | None = None,
+              store_dir: str | None = None) -> dict:
+    """Run the pairs job (see the module docstring). With ``store_dir``, the embeddings are kept in two Arrow
+    stores (``STORE_DIR/generated``, ``STORE_DIR/real``; ``imprint embed`` semantics: only new or changed images
+    are embedded), so later runs and other backbones' runs reuse them."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -82,8 +86,15 @@ def run_pairs(*, real_dir: str, gen_dir: str, k: int, out: str, backbone: str = 
         check_executor(executor, address)
         with executor_scope(executor, address):
             summary = run_pairs(real_dir=real_dir, gen_dir=gen_dir, k=k, out=out, backbone=backbone, metric=metric,
-                                index=index, batch=batch, policy=policy, strict=strict, rep=rep, rerank=rerank)
+                                index=index, batch=batch, policy=policy, strict=strict, rep=rep, rerank=rerank,
+                                store_dir=store_dir)
         return {**summary, "executor": executor}
+    if store_dir is not None:
+        sd = Path(store_dir)
+        if sd.exists() and not sd.is_dir():
+            raise ImprintError(f"--store-dir: {store_dir} is not a folder")
+        if not sd.resolve().parent.is_dir():
+            raise ImprintError(f"--store-dir: folder {sd.resolve().parent} does not exist")
     bb = load_backbone(backbone)
     t = {"read_generated_s": 0.0, "embed_s": 0.0, "index_s": 0.0, "read_real_s": 0.0, "search_s": 0.0,
          "rerank_s": 0.0, "write_s": 0.0}
@@ -94,7 +105,25 @@ def run_pairs(*, real_dir: str, gen_dir: str, k: int, out: str, backbone: str = 
         gen = _load(gen_dir, policy, "generated", rep, skips)
         t["read_generated_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        gvec = embed(gen.images, bb)
+        rvec_of = None
+        if store_dir is None:
+            gvec = embed(gen.images, bb)
+        else:
+            from .pipeline import run_embed
+            from .store import EmbeddingStore
+
+            Path(store_dir).mkdir(exist_ok=True)
+            stores = {}
+            for which, folder in (("generated", gen_dir), ("real", real_dir)):
+                run_embed(folder=folder, store=str(Path(store_dir) / which), backbone=bb.spec, policy=policy, rep=rep)
+                view = EmbeddingStore.open(Path(store_dir) / which).read()
+                stores[which] = (view, {p_: i for i, p_ in enumerate(view.paths)})
+            gview, gpos = stores["generated"]
+            gvec = np.ascontiguousarray(gview.vectors[[gpos[p_] for p_ in gen.paths]])
+            rview, rpos = stores["real"]
+
+            def rvec_of(paths):
+                return np.ascontiguousarray(rview.vectors[[rpos[p_] for p_ in paths]])
         t["embed_s"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         idx = build_index(gvec, metric=metric, index=index)
@@ -141,7 +170,7 @@ def run_pairs(*, real_dir: str, gen_dir: str, k: int, out: str, backbone: str = 
                     imgs, paths, _ = got[0]
                     b = len(paths)
                     t0 = time.perf_counter()
-                    rvec = embed(imgs, bb)
+                    rvec = embed(imgs, bb) if rvec_of is None else rvec_of(paths)
                     t["embed_s"] += time.perf_counter() - t0
                     t0 = time.perf_counter()
                     dist, nn = knn(gvec, rvec, kk, metric=metric, index=idx)

@@ -98,3 +98,22 @@ def test_resume_from_committed_batches(data, tmp_path):
     s2 = run_pairs(real_dir=str(d / "real"), gen_dir=str(d / "gen"), k=2, out=str(tmp_path / "o.parquet"),
                    policy=pol, batch=4)
     assert s2["resumed_batches"] == 0 and s2["n_pairs"] == 60
+
+
+def test_store_dir_reuses_embeddings_with_identical_output(data, tmp_path):
+    d, _, _ = data
+    pol = IngestPolicy(size=(64, 64))
+    run_pairs(real_dir=str(d / "real"), gen_dir=str(d / "gen"), k=3, out=str(tmp_path / "a.parquet"), policy=pol)
+    s1 = run_pairs(real_dir=str(d / "real"), gen_dir=str(d / "gen"), k=3, out=str(tmp_path / "b.parquet"),
+                   policy=pol, store_dir=str(tmp_path / "stores"), batch=8)
+    assert pq.read_table(tmp_path / "b.parquet").equals(pq.read_table(tmp_path / "a.parquet"))
+    from engine.store import EmbeddingStore
+
+    assert len(EmbeddingStore.open(tmp_path / "stores" / "real")) == 30
+    assert len(EmbeddingStore.open(tmp_path / "stores" / "generated")) == 40
+    # second run: nothing new to embed (no new shard is written), same output
+    before = sorted(p.name for p in (tmp_path / "stores").rglob("shard-*.arrow"))
+    s2 = run_pairs(real_dir=str(d / "real"), gen_dir=str(d / "gen"), k=3, out=str(tmp_path / "c.parquet"),
+                   policy=pol, store_dir=str(tmp_path / "stores"))
+    assert pq.read_table(tmp_path / "c.parquet").equals(pq.read_table(tmp_path / "a.parquet"))
+    assert sorted(p.name for p in (tmp_path / "stores").rglob("shard-*.arrow")) == before
