@@ -348,12 +348,16 @@ def models() -> None:
 @models.command("build")
 @click.option("--force", is_flag=True, help="Rebuild even when the files exist.")
 @click.option("--out-dir", default=None, help="Where to write the ONNX files (default: the package's models/onnx).")
-def models_build(force, out_dir):
+@click.option("--json", "as_json", is_flag=True, help="Print {name: status} as JSON.")
+def models_build(force, out_dir, as_json):
     """Export every backbone to ONNX (needs the 'export' extra for the pretrained one)."""
     from models.build import build_all
 
     t0 = time.perf_counter()
     status = build_all(out_dir=out_dir, force=force) or {}
+    if as_json:
+        click.echo(json.dumps(status, indent=2, sort_keys=True))
+        return
     for name, st in status.items():
         click.echo(f"{name:18s} {st}")
     n_built = sum(1 for v in status.values() if v == "built")
