@@ -35,9 +35,8 @@ def run_demo(out_dir: str = "out/demo", data_dir: str | None = None, report: boo
                          truth=mtruth)
     rows = read_csv(out / "scores.csv", ["image", "score", "used"])
     pred = {r["image"]: r for r in rows}
-    names, labels = join_truth(pred, truth_from_csv(tgt / "truth.csv"))
-    m = membership_metrics([parse_used_label(v, "truth.csv") for v in labels],
-                           [int(pred[n]["used"]) for n in names], [float(pred[n]["score"]) for n in names])
+    names, labels = join_truth(pred, mtruth)
+    m = membership_metrics(labels, [int(pred[n]["used"]) for n in names], [float(pred[n]["score"]) for n in names])
 
     att = run_attribution(images_dir=str(att_dir / "images"), k=3, out=str(out / "clusters.csv"),
                           dev_dir=str(att_dir / "dev"), rep=rep,
@@ -45,7 +44,7 @@ def run_demo(out_dir: str = "out/demo", data_dir: str | None = None, report: boo
                           truth=atruth)
     crows = read_csv(out / "clusters.csv", ["image", "cluster"])
     cpred = {r["image"]: r["cluster"] for r in crows}
-    cn, cl = join_truth(cpred, truth_from_csv(att_dir / "truth.csv"))
+    cn, cl = join_truth(cpred, atruth)
     a = attribution_metrics(cl, [cpred[n] for n in cn])
 
     dt = time.perf_counter() - t0

@@ -767,7 +767,10 @@ def f1_decision(scores: np.ndarray, null: np.ndarray, *, alpha_evidence: float =
 
 
 # ----------------------------------------------------------------------------------------- main entry
-def _parse_decision(decision: str) -> tuple[str, float]:
+def parse_decision(decision: str, what: str = "decision") -> tuple[str, float]:
+    """``"f1"`` -> ``("f1", 0.01)``; ``"fpr:ALPHA"`` -> ``("fpr", ALPHA)`` with 0 < ALPHA < 0.5.
+
+    ``what`` names the argument in the one-line error (the CLI passes ``"--decision"``)."""
     d = str(decision).strip().lower()
     if d == "f1":
         return "f1", 0.01
@@ -775,11 +778,11 @@ def _parse_decision(decision: str) -> tuple[str, float]:
         try:
             a = float(d[4:])
         except ValueError:
-            raise ImprintError(f"decision fpr:ALPHA needs a number, got {decision!r}") from None
+            raise ImprintError(f"{what} fpr:ALPHA needs a number (got {decision!r})") from None
         if not 0.0 < a < 0.5:
-            raise ImprintError(f"decision fpr:ALPHA needs 0 < ALPHA < 0.5, got {a}")
+            raise ImprintError(f"{what} fpr:ALPHA needs 0 < ALPHA < 0.5 (got {a})")
         return "fpr", a
-    raise ImprintError(f"decision must be 'fpr:ALPHA' or 'f1', got {decision!r}")
+    raise ImprintError(f"{what} must be 'fpr:ALPHA' or 'f1' (got {decision!r})")
 
 
 def _dev_training_rows(dev: DevSet, reference: np.ndarray | None, others_unused: list[np.ndarray],
@@ -845,7 +848,7 @@ def audit_membership(generated, real, *, dev_sets: Sequence[DevSet] = (), refere
     if G.shape[1:] != R.shape[1:]:
         raise ImprintError(f"generated images are {G.shape[1]}x{G.shape[2]} but real images are "
                            f"{R.shape[1]}x{R.shape[2]}; resize them to a common size")
-    mode, alpha = _parse_decision(decision)
+    mode, alpha = parse_decision(decision)
     if reference is not None:
         reference = _check_stack(reference, "reference", 0)
         if reference.shape[1:] != R.shape[1:]:

@@ -68,18 +68,11 @@ def _check_report_dir(report_dir: str) -> None:
 
 
 def parse_decision(decision: str) -> str:
-    d = decision.strip().lower()
-    if d == "f1":
-        return d
-    if d.startswith("fpr:"):
-        try:
-            a = float(d[4:])
-        except ValueError:
-            raise ImprintError(f"--decision fpr:ALPHA needs a number (got {decision!r})") from None
-        if not 0.0 < a < 0.5:
-            raise ImprintError(f"--decision fpr:ALPHA needs 0 < ALPHA < 0.5 (got {a})")
-        return f"fpr:{a:g}"
-    raise ImprintError(f"--decision must be 'fpr:ALPHA' or 'f1' (got {decision!r})")
+    """The normalised ``--decision`` string (``"f1"`` or ``"fpr:ALPHA"``); one-line error when invalid."""
+    from .membership import parse_decision as parse
+
+    mode, alpha = parse(decision, "--decision")
+    return "f1" if mode == "f1" else f"fpr:{alpha:g}"
 
 
 def _load(folder, policy, label, rep, skips, exclude=()):
