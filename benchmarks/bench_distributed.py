@@ -30,24 +30,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
 
-
-def _synthetic(rng, n, size=128):
-    """Smooth CT-like slices (body ellipse, lungs, blobs, noise), uint8."""
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size - 0.5
-    out = np.empty((n, size, size), np.uint8)
-    for i in range(n):
-        a, b = rng.uniform(0.35, 0.45), rng.uniform(0.28, 0.4)
-        body = ((xx / a) ** 2 + (yy / b) ** 2 < 1).astype(np.float32) * 120
-        for sx in (-0.18, 0.18):
-            lung = ((xx - sx - rng.normal(0, 0.02)) / 0.12) ** 2 + ((yy - rng.normal(0, 0.03)) / 0.2) ** 2 < 1
-            body[lung] = 25
-        for _ in range(4):
-            cx, cy, r = rng.uniform(-0.3, 0.3), rng.uniform(-0.25, 0.25), rng.uniform(0.02, 0.06)
-            body += 90 * np.exp(-(((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * r * r)))
-        body += rng.normal(0, 4, body.shape)
-        out[i] = np.clip(body, 0, 255).astype(np.uint8)
-    return out
+from conftest import ct_like as _synthetic  # noqa: E402  (the tests' CT-like phantom generator)
 
 
 def _write(folder: Path, imgs):

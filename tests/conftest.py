@@ -45,3 +45,23 @@ def png_bomb(width=100000, height=100000) -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     idat = zlib.compress(b"\x00" * 64)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+try:  # torch is an optional (export-time) dependency
+    import torch  # noqa: F401
+
+    HAVE_TORCH = True
+except ImportError:  # pragma: no cover
+    HAVE_TORCH = False
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory):
+    """All built-ins needed by the tests, built once per session into a temporary folder."""
+    from models.build import build_all
+
+    d = tmp_path_factory.getbasetemp() / "imprint_models"
+    only = ["effnet-lite0", "fingerprint", "pixel"] if HAVE_TORCH else ["fingerprint", "pixel"]
+    status = build_all(d, only=only)
+    assert all(not s.startswith("skipped") for s in status.values()), status
+    return d

@@ -10,25 +10,9 @@ from onnx import TensorProto, helper
 import engine.backbone as eb
 from engine.backbone import Backbone, auto_batch_size, embed, load_backbone, preprocess
 from engine.errors import ImprintError
-from models.build import build_all
 from models.registry import BUILTIN, resolve
 
-try:
-    import torch  # noqa: F401
-
-    HAVE_TORCH = True
-except ImportError:  # pragma: no cover
-    HAVE_TORCH = False
-
-
-@pytest.fixture(scope="session")
-def models_dir(tmp_path_factory):
-    """Same session directory as tests/test_models.py: effnet is exported once per session."""
-    d = tmp_path_factory.getbasetemp() / "imprint_models"
-    only = ["effnet-lite0", "fingerprint", "pixel"] if HAVE_TORCH else ["fingerprint", "pixel"]
-    status = build_all(d, only=only)
-    assert all(not s.startswith("skipped") for s in status.values()), status
-    return d
+from conftest import HAVE_TORCH
 
 
 @pytest.fixture(scope="module")

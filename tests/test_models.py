@@ -18,22 +18,7 @@ from models import graphs
 from models.build import build_all
 from models.registry import BUILTIN, describe_lines, list_backbones, resolve
 
-try:  # torch is an optional (export-time) dependency
-    import torch  # noqa: F401
-
-    HAVE_TORCH = True
-except ImportError:  # pragma: no cover
-    HAVE_TORCH = False
-
-
-@pytest.fixture(scope="session")
-def models_dir(tmp_path_factory):
-    """All built-ins built once per session (shared path with tests/test_backbone.py)."""
-    d = tmp_path_factory.getbasetemp() / "imprint_models"
-    only = ["effnet-lite0", "fingerprint", "pixel"] if HAVE_TORCH else ["fingerprint", "pixel"]
-    status = build_all(d, only=only)
-    assert all(not s.startswith("skipped") for s in status.values()), status
-    return d
+from conftest import HAVE_TORCH
 
 
 def _session(spec):

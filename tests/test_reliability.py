@@ -109,6 +109,21 @@ def test_duplicates_and_non_utf8_names(sets, tmp_path):
     assert rows[name]["score"] == rows["013.png"]["score"]
 
 
+def _interrupt_stage(monkeypatch, module, name, at):
+    """Wrap ``module.name`` so that its ``at``-th call raises KeyboardInterrupt; returns the call counter."""
+    orig = getattr(module, name)
+    state = {"n": 0, "at": at}
+
+    def counting(*a, **k):
+        state["n"] += 1
+        if state["n"] == state["at"]:
+            raise KeyboardInterrupt
+        return orig(*a, **k)
+
+    monkeypatch.setattr(module, name, counting)
+    return state
+
+
 def test_membership_resumes_from_finished_stages(sets, tmp_path, monkeypatch):
     """Interrupted after the dev sets' evidence, a re-run loads those checkpoints and computes only the rest;
     the output equals an uninterrupted run and the checkpoints are removed afterwards."""
@@ -117,7 +132,7 @@ def test_membership_resumes_from_finished_stages(sets, tmp_path, monkeypatch):
     from engine.pipeline import run_membership
 
     dev = tmp_path / "dev"
-    for sub, src in (("generated", sets / "gen"), ("real/used", None), ("real/unused", None)):
+    for sub in ("generated", "real/used", "real/unused"):
         (dev / sub).mkdir(parents=True)
     for i in range(12):
         shutil.copy(sets / "real" / f"{i:03d}.png", dev / "real/used" / f"{i:03d}.png")
@@ -129,22 +144,13 @@ def test_membership_resumes_from_finished_stages(sets, tmp_path, monkeypatch):
               policy=IngestPolicy(size=(64, 64)))
     run_membership(out=str(tmp_path / "ref.csv"), **kw)
 
-    calls = {"n": 0}
-    orig = M.compute_evidence
-
-    def counting(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == limit:
-            raise KeyboardInterrupt
-        return orig(*a, **k)
-
-    monkeypatch.setattr(M, "compute_evidence", counting)
-    limit = 2  # the target's evidence finishes, the dev set's is interrupted
+    # the target's evidence finishes, the dev set's is interrupted
+    calls = _interrupt_stage(monkeypatch, M, "compute_evidence", at=2)
     with pytest.raises(KeyboardInterrupt):
         run_membership(out=str(tmp_path / "o.csv"), **kw)
     assert not (tmp_path / "o.csv").exists()
     assert len(list((tmp_path / ".o.csv.checkpoints").glob("*.npz"))) == 1
-    calls["n"], limit = 0, -1
+    calls["n"], calls["at"] = 0, -1
     run_membership(out=str(tmp_path / "o.csv"), **kw)
     assert calls["n"] == 1  # only the unfinished stage was computed again
     assert (tmp_path / "o.csv").read_bytes() == (tmp_path / "ref.csv").read_bytes()
@@ -162,21 +168,12 @@ def test_attribution_resumes_from_finished_features(sets, tmp_path, monkeypatch)
         shutil.copy(f, dev / "m1" / f.name)
     kw = dict(images_dir=str(sets / "gen"), k=2, dev_dir=str(dev), policy=IngestPolicy(size=(64, 64)), seed=3)
     run_attribution(out=str(tmp_path / "ref.csv"), **kw)
-    calls = {"n": 0}
-    orig = A._extract
-
-    def counting(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == limit:
-            raise KeyboardInterrupt
-        return orig(*a, **k)
-
-    monkeypatch.setattr(A, "_extract", counting)
-    limit = 2  # the images' features finish, the dev model's are interrupted
+    # the images' features finish, the dev model's are interrupted
+    calls = _interrupt_stage(monkeypatch, A, "_extract", at=2)
     with pytest.raises(KeyboardInterrupt):
         run_attribution(out=str(tmp_path / "o.csv"), **kw)
     assert not (tmp_path / "o.csv").exists()
-    calls["n"], limit = 0, -1
+    calls["n"], calls["at"] = 0, -1
     run_attribution(out=str(tmp_path / "o.csv"), **kw)
     assert calls["n"] == 1
     assert (tmp_path / "o.csv").read_bytes() == (tmp_path / "ref.csv").read_bytes()
