@@ -39,8 +39,8 @@ from sklearn.cluster import KMeans  # noqa: E402
 from sklearn.decomposition import PCA  # noqa: E402
 from sklearn.metrics import adjusted_rand_score as ari  # noqa: E402
 
-from engine import attribution as A  # noqa: E402
-from engine import features as F  # noqa: E402
+from imprint.engine import attribution as A  # noqa: E402
+from imprint.engine import features as F  # noqa: E402
 
 
 def load(d):

@@ -30,9 +30,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.backbone import embed, load_backbone, preprocess  # noqa: E402
-from models import graphs  # noqa: E402
-from models.registry import resolve  # noqa: E402
+from imprint.engine.backbone import embed, load_backbone, preprocess  # noqa: E402
+from imprint.models import graphs  # noqa: E402
+from imprint.models.registry import resolve  # noqa: E402
 
 
 def _files(corpus: Path, n: int) -> list[Path]:
@@ -93,7 +93,7 @@ def _torch_models():
 
     models = {"pixel": pixel, "fingerprint": fingerprint}
     try:
-        from models.effnet_lite import load_pretrained
+        from imprint.models.effnet_lite import load_pretrained
 
         models["effnet-lite0"] = load_pretrained(image_size=224).features
         models["effnet-lite0-128"] = load_pretrained(image_size=128).features

@@ -53,11 +53,11 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
-    from engine.distributed import RayExecutor
-    from engine.ingest import IngestPolicy
-    from engine.pairs import run_pairs
-    from engine.pipeline import run_embed
-    from engine.store import EmbeddingStore
+    from imprint.engine.distributed import RayExecutor
+    from imprint.engine.ingest import IngestPolicy
+    from imprint.engine.pairs import run_pairs
+    from imprint.engine.pipeline import run_embed
+    from imprint.engine.store import EmbeddingStore
     import pyarrow.parquet as pq
 
     tmp = Path(tempfile.mkdtemp(prefix="imprint-bench-dist-"))

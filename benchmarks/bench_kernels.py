@@ -89,7 +89,7 @@ def copy_bandwidth(nbytes):
 def compile_times():
     """First-call time with an empty Numba cache and with the warm cache, in subprocesses."""
     code = (
-        "import time,numpy as np;t=time.perf_counter();import kernels as k;"
+        "import time,numpy as np;t=time.perf_counter();import imprint.kernels as k;"
         "a=np.zeros((2,32,32),np.uint8);p=np.array([[0,1]]);"
         "k.ssim_pairs(a,a,p);k.mse_pairs(a,a,p);k.psnr_pairs(a,a,p);k.ssim(a[0],a[1]);"
         "k.lbp(a[0]);k.lbp_histograms(a);k.fingerprint_features(a);"
@@ -126,7 +126,7 @@ def main(argv=None):
 
     if args.threads:
         numba.set_num_threads(args.threads)
-    import kernels
+    import imprint.kernels as kernels
     from skimage.feature import local_binary_pattern
     from skimage.metrics import structural_similarity
 

@@ -25,7 +25,7 @@ from PIL import Image
 from sklearn import metrics as skm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from engine.membership import (DevSet, audit_membership, compute_evidence, null_threshold,  # noqa: E402
+from imprint.engine.membership import (DevSet, audit_membership, compute_evidence, null_threshold,  # noqa: E402
                                robust_calibrate)
 
 GENS = ("gen_a", "gen_b", "gen_e")

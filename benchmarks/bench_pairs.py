@@ -56,8 +56,8 @@ def main() -> None:
     make(data / "gen", args.generated, 2, copies_of=real_sample)
     t_make = time.perf_counter() - t0
 
-    from engine.ingest import IngestPolicy
-    from engine.pairs import run_pairs
+    from imprint.engine.ingest import IngestPolicy
+    from imprint.engine.pairs import run_pairs
 
     out = data / "pairs.parquet"
     s = run_pairs(real_dir=str(data / "real"), gen_dir=str(data / "gen"), k=args.k, out=str(out),

@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import faiss  # noqa: E402
 
-from engine import search as S  # noqa: E402
+from imprint.engine import search as S  # noqa: E402
 
 
 def rss_mb() -> float:

@@ -40,8 +40,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from engine import features as _F
-from engine.errors import ImprintError
+from imprint.engine import features as _F
+from imprint.engine.errors import ImprintError
 
 __all__ = ["AttributionResult", "attribute", "DEFAULT_GROUPS", "DEFAULT_BACKBONES"]
 
@@ -100,7 +100,7 @@ def _extract(images, groups, backbones=(), errors=None):
     blocks, bnames = [feats], list(names)
     for b in backbones:
         try:
-            from engine.backbone import embed
+            from imprint.engine.backbone import embed
 
             e = np.asarray(embed(images, b, threads=1), dtype=np.float64)
             if e.ndim != 2 or e.shape[0] != images.shape[0]:

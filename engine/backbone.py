@@ -26,7 +26,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from engine.errors import ImprintError
+from imprint.engine.errors import ImprintError
 
 __all__ = [
     "Backbone",
@@ -222,7 +222,7 @@ def _check_images(images, spec) -> np.ndarray:
     if images.ndim != 3:
         raise ImprintError(f"images must be [N,H,W] grayscale, got shape {images.shape}")
     if spec.resize == "none":
-        from models.graphs import FINGERPRINT_MIN_SIZE
+        from imprint.models.graphs import FINGERPRINT_MIN_SIZE
 
         h, w = images.shape[1:]
         if min(h, w) < FINGERPRINT_MIN_SIZE:
@@ -240,7 +240,7 @@ def load_backbone(name_or_path, *, providers=None, threads=None, **resolve_kwarg
     ``channels``, ``resize``, ``models_dir``). Sessions are cached by file sha256, preprocessing,
     providers and threads (at most 8 kept).
     """
-    from models.registry import resolve
+    from imprint.models.registry import resolve
 
     spec = resolve(name_or_path, **resolve_kwargs)
     provs = None if providers is None else tuple(_normalise_providers(providers))

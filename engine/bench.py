@@ -47,7 +47,7 @@ def bench_search(n: int = 200_000, d: int = 128, nq: int = 1000, k: int = 10, in
 
 def bench_pairs(n_real: int = 500, n_gen: int = 500, k: int = 10, size: int = 128, seed: int = 0) -> dict:
     """SSIM and MSE re-ranking throughput (pairs/s) on a shortlist-shaped workload vs a NumPy MSE reference."""
-    import kernels
+    import imprint.kernels as kernels
 
     rng = np.random.default_rng(seed)
     A = rng.integers(0, 256, (n_real, size, size), dtype=np.uint8)

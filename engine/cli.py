@@ -351,7 +351,7 @@ def models() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print {name: status} as JSON.")
 def models_build(force, out_dir, as_json):
     """Export every backbone to ONNX (needs the 'export' extra for the pretrained one)."""
-    from models.build import build_all
+    from imprint.models.build import build_all
 
     t0 = time.perf_counter()
     status = build_all(out_dir=out_dir, force=force) or {}
@@ -370,7 +370,7 @@ def models_build(force, out_dir, as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print the full specs as JSON.")
 def models_list(as_json):
     """One line per backbone: name, input size, output dim, pretrained, sha256."""
-    from models.registry import describe_lines, list_backbones
+    from imprint.models.registry import describe_lines, list_backbones
 
     if as_json:
         click.echo(json.dumps([s.to_json() for s in list_backbones()], indent=2, sort_keys=True))

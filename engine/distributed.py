@@ -150,7 +150,7 @@ def _spec_fields(spec) -> dict:
 
 
 def _spec_from_fields(fields: dict):
-    from models.registry import BackboneSpec
+    from imprint.models.registry import BackboneSpec
 
     d = dict(fields)
     for key in ("input_size", "mean", "std"):
@@ -339,9 +339,9 @@ def _build_shard_index(shard: np.ndarray, metric: str, factory: str, random_stat
 
 
 def _pairs_chunk(what: str, A: np.ndarray, B: np.ndarray, pairs: np.ndarray, data_range: float):
-    import kernels
+    import imprint.kernels as kernels
 
-    fn = _ORIGINALS.get(("kernels", what)) or getattr(kernels, what)
+    fn = _ORIGINALS.get(("imprint.kernels", what)) or getattr(kernels, what)
     if what == "ssim_pairs":
         return np.asarray(fn(A, B, pairs, data_range=data_range), np.float32)
     return np.asarray(fn(A, B, pairs), np.float32)
@@ -350,7 +350,7 @@ def _pairs_chunk(what: str, A: np.ndarray, B: np.ndarray, pairs: np.ndarray, dat
 def _extract_chunk(images: np.ndarray, groups: tuple, batch: int):
     from . import features
 
-    fn = _ORIGINALS.get(("engine.features", "extract")) or features.extract
+    fn = _ORIGINALS.get(("imprint.engine.features", "extract")) or features.extract
     return fn(images, groups, batch=batch)
 
 
@@ -654,7 +654,7 @@ class RayExecutor:
 
         if isinstance(backbone, Backbone):
             return backbone.spec, backbone.default_batch_size
-        from models.registry import resolve
+        from imprint.models.registry import resolve
 
         from .backbone import auto_batch_size
 
@@ -940,15 +940,15 @@ _SCOPE_LOCK = threading.Lock()
 def _install(ex: RayExecutor) -> None:
     import importlib
 
-    import kernels
+    import imprint.kernels as kernels
 
     from . import backbone as B
     from . import features as F
     from . import search as S
 
-    orig = {("engine.backbone", "embed"): B.embed, ("engine.search", "knn"): S.knn,
-            ("engine.search", "build_index"): S.build_index, ("engine.features", "extract"): F.extract,
-            ("kernels", "ssim_pairs"): kernels.ssim_pairs, ("kernels", "mse_pairs"): kernels.mse_pairs}
+    orig = {("imprint.engine.backbone", "embed"): B.embed, ("imprint.engine.search", "knn"): S.knn,
+            ("imprint.engine.search", "build_index"): S.build_index, ("imprint.engine.features", "extract"): F.extract,
+            ("imprint.kernels", "ssim_pairs"): kernels.ssim_pairs, ("imprint.kernels", "mse_pairs"): kernels.mse_pairs}
     local_knn, local_build = S.knn, S.build_index
 
     def embed(images, backbone="pixel", *, batch_size=None, providers=None, progress=None, threads=None,
@@ -984,9 +984,9 @@ def _install(ex: RayExecutor) -> None:
     def mse_pairs(A, B, pairs):
         return ex.mse_pairs(A, B, pairs)
 
-    repl = {("engine.backbone", "embed"): embed, ("engine.search", "knn"): knn,
-            ("engine.search", "build_index"): build_index, ("engine.features", "extract"): extract,
-            ("kernels", "ssim_pairs"): ssim_pairs, ("kernels", "mse_pairs"): mse_pairs}
+    repl = {("imprint.engine.backbone", "embed"): embed, ("imprint.engine.search", "knn"): knn,
+            ("imprint.engine.search", "build_index"): build_index, ("imprint.engine.features", "extract"): extract,
+            ("imprint.kernels", "ssim_pairs"): ssim_pairs, ("imprint.kernels", "mse_pairs"): mse_pairs}
     for (mod, name), fn in repl.items():
         fn.__doc__ = getattr(orig[(mod, name)], "__doc__", None)
         fn.__wrapped__ = orig[(mod, name)]

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.errors import ImprintError
+from imprint.engine.errors import ImprintError
 
 N_RADIAL = 24
 FEATURE_GROUPS = ("hist", "resid", "rspec", "ispec", "lbp")
@@ -65,7 +65,7 @@ def kernels_available(name):
 
 def _kernels_attr(name):
     try:
-        import kernels  # noqa: WPS433
+        import imprint.kernels as kernels  # noqa: WPS433
     except Exception:  # pragma: no cover - kernels import failure
         return None
     return getattr(kernels, name, None)

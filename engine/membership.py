@@ -72,7 +72,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from engine.errors import ImprintError
+from imprint.engine.errors import ImprintError
 
 __all__ = [
     "DevSet",
@@ -199,7 +199,7 @@ def _knn(base: np.ndarray, queries: np.ndarray, k: int, *, exclude_self: bool = 
          metric: str = "l2"):
     """k-NN through :func:`engine.search.knn` (``index="auto"``: exact below its size threshold, a
     recall-calibrated IVF index above it, so membership scales to large real/generated sets)."""
-    from engine.search import knn
+    from imprint.engine.search import knn
 
     k = int(min(k, len(base) - (1 if exclude_self else 0)))
     if k < 1:
@@ -209,13 +209,13 @@ def _knn(base: np.ndarray, queries: np.ndarray, k: int, *, exclude_self: bool = 
 
 
 def _pair_mse(A, B, pairs):
-    import kernels
+    import imprint.kernels as kernels
 
     return np.asarray(kernels.mse_pairs(A, B, pairs), np.float64)
 
 
 def _pair_ssim(A, B, pairs, data_range):
-    import kernels
+    import imprint.kernels as kernels
 
     return np.asarray(kernels.ssim_pairs(A, B, pairs, data_range=data_range), np.float64)
 
@@ -523,7 +523,7 @@ def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10
     if backbone:
         t1 = time.perf_counter()
         try:
-            from engine.backbone import embed
+            from imprint.engine.backbone import embed
             eG = np.asarray(embed(G, backbone), np.float32)
             eP = np.asarray(embed(P, backbone), np.float32)
         except Exception as exc:  # backbone missing / not built: report and go on
@@ -539,7 +539,7 @@ def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10
     tick(1)
 
     if use_lbp:
-        import kernels
+        import imprint.kernels as kernels
 
         hG = np.sqrt(np.asarray(kernels.lbp_histograms(G), np.float32))
         hP = np.sqrt(np.asarray(kernels.lbp_histograms(P), np.float32))

@@ -64,7 +64,7 @@ def run_pairs(*, real_dir: str, gen_dir: str, k: int, out: str, backbone: str = 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    import kernels
+    import imprint.kernels as kernels
 
     from .backbone import embed, load_backbone
     from .ingest import discover, iter_batches

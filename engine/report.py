@@ -153,7 +153,7 @@ def _membership(d: Path, *, summary: dict, result, real, gen, truth: Mapping[str
         nearest = nearest[:, None]
     order = np.argsort(-np.where(np.isfinite(score), score, -np.inf), kind="stable")[:top]
     if nearest.size and len(order):
-        import kernels
+        import imprint.kernels as kernels
 
         ncol = min(3, nearest.shape[1])
         rows_out = []
@@ -199,7 +199,7 @@ def _membership(d: Path, *, summary: dict, result, real, gen, truth: Mapping[str
 # ---------------------------------------------------------------------------------------------- attribution
 def _attribution(d: Path, *, summary: dict, result, images, truth: Mapping[str, str] | None = None) -> str:
     plt = _plt()
-    import kernels
+    import imprint.kernels as kernels
     from sklearn import metrics as skm
     from sklearn.decomposition import PCA
 

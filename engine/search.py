@@ -68,7 +68,7 @@ from typing import Any, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
-from engine.errors import ImprintError
+from imprint.engine.errors import ImprintError
 
 try:  # pragma: no cover - import guard
     import faiss

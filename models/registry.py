@@ -38,7 +38,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.errors import ImprintError
+from imprint.engine.errors import ImprintError
 
 __all__ = [
     "BackboneSpec",

@@ -58,7 +58,7 @@ except ImportError:  # pragma: no cover
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory):
     """All built-ins needed by the tests, built once per session into a temporary folder."""
-    from models.build import build_all
+    from imprint.models.build import build_all
 
     d = tmp_path_factory.getbasetemp() / "imprint_models"
     only = ["effnet-lite0", "fingerprint", "pixel"] if HAVE_TORCH else ["fingerprint", "pixel"]

@@ -7,9 +7,9 @@ import pytest
 from scipy import ndimage
 from sklearn.metrics import adjusted_rand_score
 
-from engine import features as F
-from engine.attribution import AttributionResult, attribute
-from engine.errors import ImprintError
+from imprint.engine import features as F
+from imprint.engine.attribution import AttributionResult, attribute
+from imprint.engine.errors import ImprintError
 
 S = 64  # image side (small for speed; the algorithm is size-agnostic)
 

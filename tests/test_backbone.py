@@ -7,10 +7,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-import engine.backbone as eb
-from engine.backbone import Backbone, auto_batch_size, embed, load_backbone, preprocess
-from engine.errors import ImprintError
-from models.registry import BUILTIN, resolve
+import imprint.engine.backbone as eb
+from imprint.engine.backbone import Backbone, auto_batch_size, embed, load_backbone, preprocess
+from imprint.engine.errors import ImprintError
+from imprint.models.registry import BUILTIN, resolve
 
 from conftest import HAVE_TORCH
 
@@ -170,7 +170,7 @@ def test_pipeline_propagates_producer_errors(models_dir, images, monkeypatch):
 
 def test_io_binding_path_equals_plain_run():
     """The I/O-binding path used on GPU providers gives the same vectors (checked here on the CPU provider)."""
-    from engine.backbone import load_backbone, preprocess
+    from imprint.engine.backbone import load_backbone, preprocess
 
     bb = load_backbone("pixel", providers=["CPUExecutionProvider"])
     imgs = np.random.default_rng(0).integers(0, 256, (5, 128, 128), dtype=np.uint8)

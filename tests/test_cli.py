@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import ct_like, save_png
-from engine.cli import cli, main
+from imprint.engine.cli import cli, main
 
 DEMO = Path(__file__).resolve().parents[1] / "engine" / "data" / "demo"
 

@@ -13,9 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import ct_like, save_png
-from engine.distributed import check_executor, iter_embedded, merge_topk
-from engine.errors import ImprintError
-from engine.ingest import IngestPolicy
+from imprint.engine.distributed import check_executor, iter_embedded, merge_topk
+from imprint.engine.errors import ImprintError
+from imprint.engine.ingest import IngestPolicy
 
 POL = IngestPolicy(size=(64, 64))
 
@@ -102,7 +102,7 @@ def cluster():
 
 @pytest.fixture
 def ex(cluster):
-    from engine.distributed import RayExecutor
+    from imprint.engine.distributed import RayExecutor
 
     e = RayExecutor()  # uses the connection of the test process
     e.start()
@@ -135,7 +135,7 @@ def test_cluster_has_two_nodes_and_workers_spread(ex, cluster):
 
 @pytest.mark.parametrize("metric", ["l2", "cosine"])
 def test_knn_equals_local(ex, metric):
-    from engine.search import knn
+    from imprint.engine.search import knn
 
     rng = np.random.default_rng(1)
     base = rng.normal(size=(501, 24)).astype(np.float32)
@@ -155,8 +155,8 @@ def test_knn_equals_local(ex, metric):
 
 
 def test_pair_kernels_and_features_equal_local(ex):
-    import kernels
-    from engine import features as F
+    import imprint.kernels as kernels
+    from imprint.engine import features as F
 
     rng = np.random.default_rng(2)
     A = ct_like(rng, 20); B = ct_like(rng, 15)
@@ -176,8 +176,8 @@ def _csv(path):
 
 
 def test_pairs_membership_attribution_equal_local(cluster, folders, tmp_path):
-    from engine.pairs import run_pairs
-    from engine.pipeline import run_attribution, run_membership
+    from imprint.engine.pairs import run_pairs
+    from imprint.engine.pipeline import run_attribution, run_membership
 
     d, real, gen = folders
     out = {}
@@ -198,14 +198,14 @@ def test_pairs_membership_attribution_equal_local(cluster, folders, tmp_path):
 
 
 def _store_rows(store):
-    from engine.store import EmbeddingStore
+    from imprint.engine.store import EmbeddingStore
 
     v = EmbeddingStore.open(store).read()
     return v.paths, v.hashes, np.array(v.vectors)
 
 
 def test_embed_ray_equals_local_and_resumes(cluster, folders, tmp_path):
-    from engine.pipeline import run_embed
+    from imprint.engine.pipeline import run_embed
 
     d, _, _ = folders
     s0 = run_embed(folder=str(d / "gen"), store=str(tmp_path / "s0"), policy=POL, shard_size=16)
@@ -220,9 +220,9 @@ def test_embed_ray_equals_local_and_resumes(cluster, folders, tmp_path):
 
 
 def test_worker_killed_during_embedding_loses_and_duplicates_nothing(cluster, folders, tmp_path):
-    from engine.backbone import embed
-    from engine.ingest import discover
-    from engine.store import EmbeddingStore
+    from imprint.engine.backbone import embed
+    from imprint.engine.ingest import discover
+    from imprint.engine.store import EmbeddingStore
 
     d, _, gen = folders
     flag = tmp_path / "crash-once"

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import ct_like, save_png
-from engine.store import EmbeddingStore
+from imprint.engine.store import EmbeddingStore
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,8 +30,8 @@ def folder(tmp_path_factory):
 
 @pytest.fixture(scope="module", autouse=True)
 def built_pixel():
-    from models.build import build_all
-    from models.registry import resolve
+    from imprint.models.build import build_all
+    from imprint.models.registry import resolve
 
     try:
         resolve("pixel")
@@ -40,7 +40,7 @@ def built_pixel():
 
 
 def _embed(folder, store, *extra, env=None):
-    return subprocess.Popen([sys.executable, "-m", "engine.cli", "embed", str(folder), "--store", str(store),
+    return subprocess.Popen([sys.executable, "-m", "imprint.engine.cli", "embed", str(folder), "--store", str(store),
                              "--backbone", "pixel", "--shard-size", "3", *extra],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **(env or {})})
@@ -107,6 +107,6 @@ def test_rerun_embeds_only_changed(folder, tmp_path):
     v = EmbeddingStore.open(tmp_path / "s").read()
     assert len(v.paths) == 301
     # mixing backbones is refused with exit status 2
-    p = subprocess.run([sys.executable, "-m", "engine.cli", "embed", str(d), "--store", str(tmp_path / "s"),
+    p = subprocess.run([sys.executable, "-m", "imprint.engine.cli", "embed", str(d), "--store", str(tmp_path / "s"),
                         "--backbone", "fingerprint"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and "refusing to mix" in p.stderr and "Traceback" not in p.stderr

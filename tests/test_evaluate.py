@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from engine.errors import ImprintError
-from engine.evaluate import attribution_metrics, join_truth, membership_metrics, tpr_at_fpr
+from imprint.engine.errors import ImprintError
+from imprint.engine.evaluate import attribution_metrics, join_truth, membership_metrics, tpr_at_fpr
 
 
 def test_membership_metrics_hand_computed():

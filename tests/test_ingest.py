@@ -6,8 +6,8 @@ import pytest
 from PIL import Image
 
 from conftest import ct_like, png_bomb, save_png
-from engine.errors import ImprintError
-from engine.ingest import IngestPolicy, decode_bytes, discover, load_folder
+from imprint.engine.errors import ImprintError
+from imprint.engine.ingest import IngestPolicy, decode_bytes, discover, load_folder
 
 POL = IngestPolicy(size=(64, 64))
 
@@ -104,7 +104,7 @@ def test_unreadable_file(tmp_path, rng):
 def test_permission_denied_is_a_skip(tmp_path, rng, monkeypatch):
     """Works as root too: the open() of one file raises PermissionError."""
     import builtins
-    import engine.ingest as ing
+    import imprint.engine.ingest as ing
 
     d = tmp_path / "d"; d.mkdir()
     save_png(d / "a.png", ct_like(rng, 1)[0]); save_png(d / "b.png", ct_like(rng, 1)[0])

@@ -10,8 +10,8 @@ from scipy import ndimage as ndi
 from skimage.feature import local_binary_pattern
 from skimage.metrics import mean_squared_error, peak_signal_noise_ratio, structural_similarity
 
-import kernels
-from kernels import (
+import imprint.kernels as kernels
+from imprint.kernels import (
     FINGERPRINT_FEATURE_NAMES,
     fingerprint_features,
     lbp,

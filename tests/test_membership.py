@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from scipy import ndimage, stats
 
-from engine.errors import ImprintError
-from engine.membership import (DevSet, anatomy_masks, audit_membership, compute_evidence, estimate_used_share,
+from imprint.engine.errors import ImprintError
+from imprint.engine.membership import (DevSet, anatomy_masks, audit_membership, compute_evidence, estimate_used_share,
                                f1_decision, fit_weights, null_threshold, robust_calibrate, zscore_images)
 
 H = 64

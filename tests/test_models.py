@@ -13,10 +13,10 @@ import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 from onnx import TensorProto, helper
 
-from engine.errors import ImprintError
-from models import graphs
-from models.build import build_all
-from models.registry import BUILTIN, describe_lines, list_backbones, resolve
+from imprint.engine.errors import ImprintError
+from imprint.models import graphs
+from imprint.models.build import build_all
+from imprint.models.registry import BUILTIN, describe_lines, list_backbones, resolve
 
 from conftest import HAVE_TORCH
 
@@ -212,7 +212,7 @@ def test_fingerprint_sees_periodic_artefact(models_dir):
 @pytest.fixture(scope="module")
 def effnet():
     torch = pytest.importorskip("torch")
-    from models.effnet_lite import load_pretrained
+    from imprint.models.effnet_lite import load_pretrained
 
     torch.manual_seed(0)
     return load_pretrained()
@@ -236,7 +236,7 @@ def test_effnet_export_parity(models_dir, effnet):
 def test_fp16_variant_matches_fp32(models_dir, tmp_path):
     """The float16 export (for GPUs) keeps float32 I/O and stays within cosine 0.9999 of float32."""
     pytest.importorskip("torch")
-    from models.build import convert_fp16
+    from imprint.models.build import convert_fp16
 
     spec = resolve("effnet-lite0", models_dir=models_dir)
     convert_fp16(spec.onnx_path, tmp_path / "fp16.onnx")
@@ -261,7 +261,7 @@ def test_effnet_weights_and_natural_images(effnet):
     skdata = pytest.importorskip("skimage.data")
     from PIL import Image
 
-    from models.effnet_lite import default_weights_path
+    from imprint.models.effnet_lite import default_weights_path
 
     state = torch.load(default_weights_path(), map_location="cpu", weights_only=True)
     assert set(state) == set(effnet.state_dict())

@@ -6,9 +6,9 @@ import pytest
 from skimage.metrics import structural_similarity
 
 from conftest import ct_like, save_png
-from engine.backbone import embed
-from engine.pairs import run_pairs
-from engine.ingest import IngestPolicy
+from imprint.engine.backbone import embed
+from imprint.engine.pairs import run_pairs
+from imprint.engine.ingest import IngestPolicy
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_batching_does_not_change_output(data, tmp_path):
 
 def test_resume_from_committed_batches(data, tmp_path):
     """A run killed after some batches resumes from them and produces the uninterrupted output."""
-    import engine.pairs as P
+    import imprint.engine.pairs as P
 
     d, _, _ = data
     pol = IngestPolicy(size=(64, 64))
@@ -70,7 +70,7 @@ def test_resume_from_committed_batches(data, tmp_path):
               batch=4)
     calls = {"n": 0}
 
-    import engine.backbone as B
+    import imprint.engine.backbone as B
     orig = B.embed
 
     def dying_embed(images, bb, **kw):
@@ -107,7 +107,7 @@ def test_store_dir_reuses_embeddings_with_identical_output(data, tmp_path):
     s1 = run_pairs(real_dir=str(d / "real"), gen_dir=str(d / "gen"), k=3, out=str(tmp_path / "b.parquet"),
                    policy=pol, store_dir=str(tmp_path / "stores"), batch=8)
     assert pq.read_table(tmp_path / "b.parquet").equals(pq.read_table(tmp_path / "a.parquet"))
-    from engine.store import EmbeddingStore
+    from imprint.engine.store import EmbeddingStore
 
     assert len(EmbeddingStore.open(tmp_path / "stores" / "real")) == 30
     assert len(EmbeddingStore.open(tmp_path / "stores" / "generated")) == 40

@@ -44,7 +44,7 @@ def _cmd(name, d, out):
 
 
 def _spawn(args):
-    return subprocess.Popen([sys.executable, "-m", "engine.cli", *args], cwd=ROOT, stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "imprint.engine.cli", *args], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 
@@ -93,7 +93,7 @@ def test_duplicates_and_non_utf8_names(sets, tmp_path):
     odd = os.path.join(os.fsencode(d), b"caf\xe9.png")
     shutil.copy(d / "013.png", odd)
     out = tmp_path / "s.csv"
-    r = subprocess.run([sys.executable, "-m", "engine.cli", "membership", "--generated", str(sets / "gen"),
+    r = subprocess.run([sys.executable, "-m", "imprint.engine.cli", "membership", "--generated", str(sets / "gen"),
                         "--real", str(d), "--out", str(out), "--size", "64", "--json"], cwd=ROOT,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
@@ -127,9 +127,9 @@ def _interrupt_stage(monkeypatch, module, name, at):
 def test_membership_resumes_from_finished_stages(sets, tmp_path, monkeypatch):
     """Interrupted after the dev sets' evidence, a re-run loads those checkpoints and computes only the rest;
     the output equals an uninterrupted run and the checkpoints are removed afterwards."""
-    import engine.membership as M
-    from engine.ingest import IngestPolicy
-    from engine.pipeline import run_membership
+    import imprint.engine.membership as M
+    from imprint.engine.ingest import IngestPolicy
+    from imprint.engine.pipeline import run_membership
 
     dev = tmp_path / "dev"
     for sub in ("generated", "real/used", "real/unused"):
@@ -158,9 +158,9 @@ def test_membership_resumes_from_finished_stages(sets, tmp_path, monkeypatch):
 
 
 def test_attribution_resumes_from_finished_features(sets, tmp_path, monkeypatch):
-    import engine.attribution as A
-    from engine.ingest import IngestPolicy
-    from engine.pipeline import run_attribution
+    import imprint.engine.attribution as A
+    from imprint.engine.ingest import IngestPolicy
+    from imprint.engine.pipeline import run_attribution
 
     dev = tmp_path / "dev"
     (dev / "m1").mkdir(parents=True)

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 faiss = pytest.importorskip("faiss")
 
-from engine import search as S  # noqa: E402
-from engine.errors import ImprintError  # noqa: E402
+from imprint.engine import search as S  # noqa: E402
+from imprint.engine.errors import ImprintError  # noqa: E402
 
 
 # ----------------------------------------------------------------- references

@@ -8,8 +8,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from engine.errors import ImprintError
-from engine.store import EmbeddingStore
+from imprint.engine.errors import ImprintError
+from imprint.engine.store import EmbeddingStore
 
 BB = {"name": "pixel", "version": "1", "sha256": "abc"}
 
@@ -97,7 +97,7 @@ def test_store_larger_than_memory_limit_reads_shard_by_shard(tmp_path):
     code = textwrap.dedent(f"""
         import resource, sys
         import numpy as np
-        from engine.store import EmbeddingStore
+        from imprint.engine.store import EmbeddingStore
         st = EmbeddingStore.open({str(tmp_path / 's')!r})
         # cap the heap (RLIMIT_DATA) below the store size; memory maps of files do not count against it
         lim = 300 * 2**20

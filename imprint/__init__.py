@@ -1,0 +1,26 @@
+"""imprint: an embedding and similarity engine that audits synthetic medical images.
+
+The implementation lives in three subpackages, installed only under this namespace:
+
+* :mod:`imprint.engine`  - ingestion, Arrow stores, ONNX backbones, FAISS search, membership, attribution, CLI
+* :mod:`imprint.kernels` - Numba kernels (SSIM/MSE/PSNR, LBP, noise-residual fingerprints)
+* :mod:`imprint.models`  - the ONNX backbone registry and export tooling
+
+In the source tree they are the top-level folders ``engine/``, ``kernels/`` and ``models/`` (the design card's
+layout); ``pyproject.toml`` maps them to ``imprint.engine`` and so on, so a program that embeds imprint never sees
+the generic names ``engine``, ``kernels`` or ``models``.
+"""
+
+from __future__ import annotations
+
+import os as _os
+
+__version__ = "0.1.0"
+
+# A source checkout imported from its own root (``python -m pytest`` in a git worktree, say) resolves
+# ``imprint.engine`` to *this* checkout's ``engine/`` rather than to whichever checkout was installed in editable
+# mode. An installed wheel has no such sibling folders and is unaffected.
+_root = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+if all(_os.path.isfile(_os.path.join(_root, p)) for p in ("pyproject.toml", "engine/__init__.py")):
+    __path__.append(_root)  # type: ignore[name-defined]  # noqa: F821
+del _root
