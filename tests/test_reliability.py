@@ -127,7 +127,7 @@ def _interrupt_stage(monkeypatch, module, name, at):
 def test_membership_resumes_from_finished_stages(sets, tmp_path, monkeypatch):
     """Interrupted after the dev sets' evidence, a re-run loads those checkpoints and computes only the rest;
     the output equals an uninterrupted run and the checkpoints are removed afterwards."""
-    import imprint.engine.membership as M
+    import imprint.engine.membership.evidence as M  # the stage function lives in the evidence module
     from imprint.engine.ingest import IngestPolicy
     from imprint.engine.pipeline import run_membership
 

@@ -1,0 +1,89 @@
+"""Training-data membership audit: which real images did a generator see?
+
+Given a generator's images ``G`` and real images ``R`` this module scores every real image
+(higher = more likely in the generator's training set) and decides used / unused.
+
+Pipeline
+--------
+1. **Pool.**  The candidates ``R`` and the known non-members ``reference`` form one real pool.
+   Every piece of evidence is computed identically for every pool image against the *same*
+   ``G``, so the reference images give the null distribution of each statistic.
+2. **Shortlist.**  Per-image z-scored pixels (so a global brightness / contrast change does not
+   hide a copy) are searched exactly with :func:`engine.search.knn`: the ``k_gen`` nearest
+   generated images and the ``k_real`` nearest other real images of every pool image, and the
+   nearest pool image of every generated image.
+3. **Evidence** (:func:`compute_evidence`; every value is *scale free* and oriented so that
+   higher means "more member-like"):
+
+   ``pixel_nn_ratio``      ``-log(d_G1 / d_R1)``: nearest-generated over nearest-real squared
+                           distance of z-scored pixels (calibration by the real population:
+                           a typical image is close to ``G`` *and* to other reals).
+   ``pixel_knn_ratio``     ``-log(d_G1 / mean(d_R1..5))``, a smoother real-density estimate.
+   ``mse_ratio``           same ratio with raw-intensity MSE (``kernels.mse_pairs``) re-ranked on
+                           the shortlists (an unnormalised exact copy).
+   ``ssim_ratio``          ``-log((1-SSIM_G) / (1-SSIM_R))``, best SSIM (``kernels.ssim_pairs``,
+                           on z-scored images) over the shortlists.
+   ``tile_ratio``          4x4 tiles: per tile the nearest shortlisted generated tile over the
+                           nearest shortlisted real tile; mean of the 3 most copied tiles, so a
+                           partial copy counts.
+   ``share``               ``log1p`` of the number of generated images closer than ``x``'s
+                           nearest real (density ratio within a radius).
+   ``hub``                 ``log1p`` of the number of generated images whose nearest real is
+                           ``x`` (a memorising generator emits many near-copies of a training
+                           image).
+   ``distinct``            over the generated images whose nearest real is ``x``: the largest
+                           ``log(d_2nd-nearest-real / d_nearest-real)``.
+   ``embed_ratio``         ``-log`` ratio of cosine distances in a pretrained backbone embedding
+                           (``engine.backbone.embed``), when the backbone is available.
+   ``lbp_ratio``           same with uniform-LBP histograms (``kernels.lbp_histograms``).
+   ``shape_ratio``         anatomy shape: ``-log`` ratio of nearest-generated over nearest-real
+                           distance between multi-level "air inside the body" masks
+                           (:func:`anatomy_masks`: Otsu body, dark regions at 1/4..1 of the Otsu
+                           level, 64x64).  A memorising generator that blurs or re-invents texture
+                           still reproduces the patient's body outline and lung / airway shapes.
+
+   Raw distances (``pixel_nn_dist``, ``real_nn_dist``, ``mse_nn``, ``ssim_nn``) are reported too.
+4. **Calibration.**  Each evidence value is turned into a robust z-score against the null
+   (reference images; without reference, the candidates themselves):
+   ``(e - median_null) / (1.4826 MAD_null)``.
+5. **Combination.**  ``score = sum_j w_j z_j / ||w||``, re-standardised on the null.  ``w``
+   starts from a fixed prior (``DEFAULT_WEIGHTS``).  With labelled dev sets the same evidence is
+   computed for each dev generator (its reference = the non-members not among its candidates) and
+   ``w`` is fitted by a non-negative logistic regression pulled towards the prior
+   (:func:`fit_weights`), so that dev sets without signal leave the prior unchanged.
+6. **Decision.**  ``fpr:ALPHA`` flags a candidate only when its score exceeds a conservative
+   upper quantile of the null scores (:func:`null_threshold`).  ``f1`` estimates the share of
+   used images from the null-calibrated p-values (Storey) and picks the cut that maximises the
+   expected F1; without significant evidence it flags every image (with an unknown share ``p`` of
+   used images that gives F1 = 2p/(1+p), the best achievable without evidence).
+
+Without reference and without dev sets the rule is unsupervised: the prior combination, calibrated
+against the candidate population itself (median / MAD), flags candidates whose calibrated score is an
+upper-tail outlier of that population.
+"""
+
+from __future__ import annotations
+
+from .common import DEFAULT_WEIGHTS, COMBINED_FEATURES, MAX_FEATURES, DevSet, MembershipResult  # noqa: F401
+from .evidence import zscore_images, anatomy_masks, compute_evidence  # noqa: F401
+from .calibrate import robust_calibrate, fit_weights  # noqa: F401
+from .decide import null_threshold, estimate_used_share, f1_decision, parse_decision  # noqa: F401
+from .audit import audit_membership  # noqa: F401
+
+__all__ = [
+    "DevSet",
+    "MembershipResult",
+    "DEFAULT_WEIGHTS",
+    "COMBINED_FEATURES",
+    "audit_membership",
+    "compute_evidence",
+    "anatomy_masks",
+    "zscore_images",
+    "robust_calibrate",
+    "fit_weights",
+    "null_threshold",
+    "estimate_used_share",
+    "f1_decision",
+]
+
+from . import common, evidence, calibrate, decide, audit  # noqa: F401,E402
