@@ -392,7 +392,7 @@ def _as_list(x: Any, what: str) -> list:
     """``()``/None -> [], one folder or array -> [it], a sequence -> list."""
     if x is None:
         return []
-    if _is_folder_arg(x) or isinstance(x, np.ndarray) or isinstance(x, Mapping):
+    if _is_folder_arg(x) or isinstance(x, (np.ndarray, Mapping)) or hasattr(x, "generated"):
         return [x]
     try:
         return list(x)
