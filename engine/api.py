@@ -136,8 +136,8 @@ class MembershipAudit:
         """Write ``image,score,used`` atomically: the same bytes as the CLI's ``--out`` CSV."""
         from .outputs import write_csv
 
-        write_csv(path, list(SCORE_COLUMNS),
-                  zip(self.images, np.asarray(self.score, np.float64).tolist(), np.asarray(self.used).astype(int).tolist()))
+        write_csv(path, list(SCORE_COLUMNS), zip(self.images, np.asarray(self.score, np.float64).tolist(),
+                                                 np.asarray(self.used).astype(int).tolist()))
 
     def evidence_to_csv(self, path: str | os.PathLike) -> None:
         """Write the evidence table atomically: the same bytes as the CLI's ``*.evidence.csv``."""
@@ -397,7 +397,8 @@ def _as_list(x: Any, what: str) -> list:
     try:
         return list(x)
     except TypeError:
-        raise ImprintError(f"{what}: expected a folder, an array or a sequence of them (got {type(x).__name__})") from None
+        raise ImprintError(f"{what}: expected a folder, an array or a sequence of them "
+                           f"(got {type(x).__name__})") from None
 
 
 def membership_line(summary: dict, detail: str = "", out: str | None = None) -> str:

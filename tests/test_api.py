@@ -3,6 +3,7 @@ arrays, explicit executors (two audits in one process on different executors), l
 and the README's "Python API" example."""
 import csv
 import json
+import os
 import re
 import subprocess
 import sys
@@ -240,9 +241,14 @@ def test_strict_and_skips_from_folders(data, tmp_path):
     for f in sorted((root / "real").iterdir())[:8]:
         (real / f.name).write_bytes(f.read_bytes())
     (real / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    odd = os.fsdecode(b"caf\xe9.png")  # not UTF-8: the CSV keeps the original bytes, the Arrow table an escape
+    (real / odd).write_bytes((root / "real" / "010.png").read_bytes())
     a = imprint.audit_membership(root / "gen", real, size=64)
     assert [s[1] for s in a.skipped] == ["broken.png"] and a.summary["n_skipped"] == 1
     assert "broken.png" not in a.table.column("image").to_pylist()
+    assert "caf\\xe9.png" in a.table.column("image").to_pylist() and len(a.images) == 9
+    a.to_csv(tmp_path / "s.csv")
+    assert b"\ncaf\xe9.png," in (tmp_path / "s.csv").read_bytes()
     with pytest.raises(ImprintError, match="--strict: 1 input file"):
         imprint.audit_membership(root / "gen", real, size=64, strict=True)
 
