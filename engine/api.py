@@ -476,6 +476,7 @@ def audit_loaded(gen: "ImageSet", real: "ImageSet", dev_sets: Sequence[tuple], r
         res = _audit(gen.images, real.images[uniq_rows], dev_sets=devs, reference=reference, decision=decision,
                      random_state=seed, progress=progress, cache_dir=None if cache_dir is None else str(cache_dir),
                      executor=ex)
+        ex_name = ex.name
     audit_s = time.perf_counter() - t0
 
     score = np.asarray(res.score, dtype=np.float64)[inverse]
@@ -506,6 +507,7 @@ def audit_loaded(gen: "ImageSet", real: "ImageSet", dev_sets: Sequence[tuple], r
         "decision": decision,
         "threshold": float(res.threshold),
         "timings": {"audit_s": audit_s},
+        "executor": ex_name,
         "info": res.info,
         "ingest_policy": ingest_policy,
     }
@@ -638,6 +640,7 @@ def attribute_loaded(imgs: "ImageSet", k: int | None, dev_sets: Mapping[str, np.
     with open_executor(executor, address) as ex:
         res = _attribute(imgs.images, k, dev_sets=dict(dev_sets) or None, random_state=seed, progress=progress,
                          cache_dir=None if cache_dir is None else str(cache_dir), executor=ex)
+        ex_name = ex.name
     cluster_s = time.perf_counter() - t0
     labels = np.asarray(res.labels).astype(np.int64)
     sizes = np.bincount(labels, minlength=int(res.k)).tolist()
@@ -653,6 +656,7 @@ def attribute_loaded(imgs: "ImageSet", k: int | None, dev_sets: Mapping[str, np.
         "cluster_sizes": sizes,
         "dev_models": sorted(dev_sets),
         "timings": {"cluster_s": cluster_s},
+        "executor": ex_name,
         "info": res.info,
         "ingest_policy": ingest_policy,
     }

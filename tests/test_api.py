@@ -102,7 +102,7 @@ def test_audit_membership_table_equals_the_cli_csv(data, tmp_path):
 
     s = audit.summary
     assert set(s) == set(cli_summary)  # the --json summary's keys, paths None
-    assert s["out"] is None and cli_summary["out"] == str(out)
+    assert s["out"] is None and cli_summary["out"] == str(out) and s["executor"] == "local"
     for key in ("n_generated", "n_real", "n_flagged", "decision", "threshold", "n_reference", "n_dev_sets"):
         assert s[key] == cli_summary[key], key
     assert s["info"]["weights"] == cli_summary["info"]["weights"]
@@ -197,7 +197,7 @@ def test_two_audits_in_one_process_use_their_own_executors(data):
 
     ex3 = Recording()
     r = imprint.attribute(arr["att"], 3, executor=ex3)
-    assert [w for w, _ in ex3.calls] == ["extract_features"]
+    assert [w for w, _ in ex3.calls] == ["extract_features"] and r.summary["executor"] == "local"
     assert r.table.equals(imprint.attribute(arr["att"], 3).table)
 
 
