@@ -53,7 +53,7 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
-    from imprint.engine.distributed import RayExecutor
+    from imprint.engine.executors import RayExecutor
     from imprint.engine.ingest import IngestPolicy
     from imprint.engine.pairs import run_pairs
     from imprint.engine.pipeline import run_embed

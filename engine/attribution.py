@@ -94,15 +94,16 @@ def _check_k(k, n):
     return k
 
 
-def _extract(images, groups, backbones=(), errors=None):
+def _extract(images, groups, backbones=(), errors=None, executor=None):
     """engine.features groups + optional ``engine.backbone.embed`` blocks (named ``bb.<name>.<i>``)."""
-    feats, names = _F.extract(images, groups)
+    from imprint.engine.executors import LOCAL
+
+    executor = executor or LOCAL
+    feats, names = executor.extract_features(images, groups)
     blocks, bnames = [feats], list(names)
     for b in backbones:
         try:
-            from imprint.engine.backbone import embed
-
-            e = np.asarray(embed(images, b, threads=1), dtype=np.float64)
+            e = np.asarray(executor.embed(images, b, threads=1), dtype=np.float64)
             if e.ndim != 2 or e.shape[0] != images.shape[0]:
                 raise ValueError(f"unexpected embedding shape {e.shape}")
         except Exception as exc:  # backbone missing / not built / wrong size: skip this view
@@ -115,10 +116,10 @@ def _extract(images, groups, backbones=(), errors=None):
     return np.concatenate(blocks, axis=1), bnames
 
 
-def _extract_cached(images, groups, backbones, errors, cache_dir):
+def _extract_cached(images, groups, backbones, errors, cache_dir, executor=None):
     """:func:`_extract`, checkpointed in ``cache_dir`` (when given) under a hash of its inputs."""
     if cache_dir is None:
-        return _extract(images, groups, backbones, errors)
+        return _extract(images, groups, backbones, errors, executor)
     import hashlib
     import io
     import json
@@ -139,7 +140,7 @@ def _extract_cached(images, groups, backbones, errors, cache_dir):
         except (OSError, ValueError, KeyError):
             pass  # unreadable checkpoint: recompute
     mine: dict = {}
-    feats, names = _extract(images, groups, backbones, mine)
+    feats, names = _extract(images, groups, backbones, mine, executor)
     errors.update(mine)
     Path(cache_dir).mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
@@ -325,7 +326,7 @@ def _relabel(labels, k):
 
 # ----------------------------------------------------------------------------------------- public
 def attribute(images, k, *, dev_sets=None, random_state=0, progress=None, groups=DEFAULT_GROUPS,
-              backbones=DEFAULT_BACKBONES, k_max=10, max_consensus=2500, cache_dir=None):
+              backbones=DEFAULT_BACKBONES, k_max=10, max_consensus=2500, cache_dir=None, executor=None):
     """Cluster generated images by the generator that made them.
 
     Parameters
@@ -355,6 +356,9 @@ def attribute(images, k, *, dev_sets=None, random_state=0, progress=None, groups
         Checkpoint folder: the features of the images and of each dev set are saved there (``.npz``, read
         back with ``allow_pickle=False``) keyed by a hash of their inputs, so an interrupted run resumes
         from the finished extractions.
+    executor : Executor or None
+        Where the feature extraction and backbone embeddings run (:mod:`engine.executors`; default local);
+        clustering always runs here. The result does not depend on it.
 
     Returns
     -------
@@ -378,11 +382,11 @@ def attribute(images, k, *, dev_sets=None, random_state=0, progress=None, groups
     with threadpool_limits(limits=1):
         return _attribute(images, k, dev_sets=dev_sets, random_state=random_state, progress=progress,
                           groups=groups, backbones=backbones, k_max=k_max, max_consensus=max_consensus,
-                          cache_dir=cache_dir)
+                          cache_dir=cache_dir, executor=executor)
 
 
 def _attribute(images, k, *, dev_sets, random_state, progress, groups, backbones, k_max, max_consensus,
-               cache_dir=None):
+               cache_dir=None, executor=None):
     t0 = time.perf_counter()
     say = progress if callable(progress) else (lambda s: None)
     images = _F.check_images(images)
@@ -406,7 +410,7 @@ def _attribute(images, k, *, dev_sets, random_state, progress, groups, backbones
     say("features")
     backbones = tuple(backbones or ())
     bb_errors = {}
-    X, names = _extract_cached(images, groups, backbones, bb_errors, cache_dir)
+    X, names = _extract_cached(images, groups, backbones, bb_errors, cache_dir, executor)
     backbones = tuple(b for b in backbones if b not in bb_errors)
     masks = _group_masks(names, groups, backbones)
     mu, sd = X.mean(axis=0), X.std(axis=0)
@@ -423,7 +427,7 @@ def _attribute(images, k, *, dev_sets, random_state, progress, groups, backbones
             d = dev_sets[name]
             if d.shape[0] > 300:
                 d = d[np.sort(rng.choice(d.shape[0], 300, replace=False))]
-            fd, nd = _extract_cached(d, groups, backbones, bb_errors, cache_dir)
+            fd, nd = _extract_cached(d, groups, backbones, bb_errors, cache_dir, executor)
             if nd != names:
                 raise ImprintError(f"dev set {name!r}: feature extraction differs from the images' ({len(nd)} columns)")
             dev_feats.append(fd)

@@ -64,13 +64,10 @@ def run_pairs(*, real_dir: str, gen_dir: str, k: int, out: str, backbone: str = 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    import imprint.kernels as kernels
-
-    from .backbone import embed, load_backbone
+    from .backbone import load_backbone
     from .ingest import discover, iter_batches
     from .pipeline import _check_dir, _check_out, _load, _NullReporter, _skip_report, _sigterm_as_interrupt, _strict
     from .store import atomic_write_text
-    from .search import build_index, knn
 
     rep = rep or _NullReporter()
     _check_dir(real_dir, "--real")
@@ -80,15 +77,16 @@ def run_pairs(*, real_dir: str, gen_dir: str, k: int, out: str, backbone: str = 
         raise ImprintError(f"--k must be at least 1 (got {k})")
     if batch < 1:
         raise ImprintError("--batch must be at least 1")
-    if executor != "local":  # same job with embed/search/re-ranking on Ray (engine.distributed)
-        from .distributed import check_executor, executor_scope
+    from .executors import Executor, check_executor, open_executor, resolve_executor
 
+    if not isinstance(executor, Executor) and executor != "local":  # embed/search/re-ranking on Ray (engine.executors)
         check_executor(executor, address)
-        with executor_scope(executor, address):
+        with open_executor(executor, address) as ex:
             summary = run_pairs(real_dir=real_dir, gen_dir=gen_dir, k=k, out=out, backbone=backbone, metric=metric,
                                 index=index, batch=batch, policy=policy, strict=strict, rep=rep, rerank=rerank,
-                                store_dir=store_dir)
+                                store_dir=store_dir, executor=ex)
         return {**summary, "executor": executor}
+    ex, _ = resolve_executor(executor)  # the local executor or the executor object given
     if store_dir is not None:
         sd = Path(store_dir)
         if sd.exists() and not sd.is_dir():
@@ -107,7 +105,7 @@ def run_pairs(*, real_dir: str, gen_dir: str, k: int, out: str, backbone: str = 
         t0 = time.perf_counter()
         rvec_of = None
         if store_dir is None:
-            gvec = embed(gen.images, bb)
+            gvec = ex.embed(gen.images, bb)
         else:
             from .pipeline import run_embed
             from .store import EmbeddingStore
@@ -115,7 +113,8 @@ def run_pairs(*, real_dir: str, gen_dir: str, k: int, out: str, backbone: str = 
             Path(store_dir).mkdir(exist_ok=True)
             stores = {}
             for which, folder in (("generated", gen_dir), ("real", real_dir)):
-                run_embed(folder=folder, store=str(Path(store_dir) / which), backbone=bb.spec, policy=policy, rep=rep)
+                run_embed(folder=folder, store=str(Path(store_dir) / which), backbone=bb.spec, policy=policy, rep=rep,
+                          executor=ex)
                 view = EmbeddingStore.open(Path(store_dir) / which).read()
                 stores[which] = (view, {p_: i for i, p_ in enumerate(view.paths)})
             gview, gpos = stores["generated"]
@@ -126,7 +125,7 @@ def run_pairs(*, real_dir: str, gen_dir: str, k: int, out: str, backbone: str = 
                 return np.ascontiguousarray(rview.vectors[[rpos[p_] for p_ in paths]])
         t["embed_s"] += time.perf_counter() - t0
         t0 = time.perf_counter()
-        idx = build_index(gvec, metric=metric, index=index)
+        idx = ex.build_index(gvec, metric=metric, index=index)
         t["index_s"] = time.perf_counter() - t0
         kk = min(k, len(gen))
 
@@ -170,18 +169,18 @@ def run_pairs(*, real_dir: str, gen_dir: str, k: int, out: str, backbone: str = 
                     imgs, paths, _ = got[0]
                     b = len(paths)
                     t0 = time.perf_counter()
-                    rvec = embed(imgs, bb) if rvec_of is None else rvec_of(paths)
+                    rvec = ex.embed(imgs, bb) if rvec_of is None else rvec_of(paths)
                     t["embed_s"] += time.perf_counter() - t0
                     t0 = time.perf_counter()
-                    dist, nn = knn(gvec, rvec, kk, metric=metric, index=idx)
+                    dist, nn = ex.knn(gvec, rvec, kk, metric=metric, index=idx)
                     t["search_s"] += time.perf_counter() - t0
                     pairs = np.stack([np.repeat(np.arange(b), kk), nn.reshape(-1)], 1).astype(np.int64)
                     ok = pairs[:, 1] >= 0
                     pairs = pairs[ok]
                     t0 = time.perf_counter()
                     if rerank and len(pairs):
-                        ss = kernels.ssim_pairs(imgs, gen.images, pairs)
-                        mm = kernels.mse_pairs(imgs, gen.images, pairs)
+                        ss = ex.ssim_pairs(imgs, gen.images, pairs)
+                        mm = ex.mse_pairs(imgs, gen.images, pairs)
                     else:
                         ss = np.full(len(pairs), np.nan, np.float32)
                         mm = np.full(len(pairs), np.nan, np.float32)

@@ -1,9 +1,9 @@
 """The jobs behind the CLI commands: validate arguments, read inputs, call the library, write outputs.
 
 Each ``run_*`` function validates every argument *before* any work starts (one-line ImprintError), reads
-images with per-file skip reports, calls the Python API (``engine.membership``, ``engine.attribution``,
-``engine.backbone``, ``engine.store``) and writes its outputs atomically. It returns a JSON-able summary
-whose ``"summary"`` entry is the one line the CLI prints.
+images with per-file skip reports, calls the Python API (``engine.api``, the code behind
+``imprint.audit_membership`` / ``imprint.attribute``; ``engine.backbone``, ``engine.store``) and writes its
+outputs atomically. It returns a JSON-able summary whose ``"summary"`` entry is the one line the CLI prints.
 """
 from __future__ import annotations
 
@@ -113,9 +113,11 @@ def run_membership(*, gen_dir: str, real_dir: str, out: str, dev_dirs: Sequence[
                    address: str | None = None) -> dict:
     """``truth`` (optional, image -> 0/1) only adds truth-based plots to the report.
 
-    ``executor="ray"`` runs the embedding, search and pair stages on Ray (``address``; engine.distributed)."""
-    from .distributed import check_executor, executor_scope
-    from .membership import DevSet, audit_membership
+    The audit itself is :func:`engine.api.audit_loaded` (the Python API's); this job validates the arguments,
+    reads the folders with progress bars and writes the outputs. ``executor`` is ``"local"``, ``"ray"``
+    (``address``) or an :class:`~engine.executors.Executor` object."""
+    from .api import audit_loaded, membership_line
+    from .executors import check_executor
 
     check_executor(executor, address)
 
@@ -147,90 +149,33 @@ def run_membership(*, gen_dir: str, real_dir: str, out: str, dev_dirs: Sequence[
             g = _load(os.path.join(d, "generated"), policy, f"dev generated", rep, skips)
             u = _load(os.path.join(d, "real", "used"), policy, f"dev used", rep, skips)
             n = _load(os.path.join(d, "real", "unused"), policy, f"dev unused", rep, skips)
-            devs.append(DevSet(name=Path(d).name or str(d), generated=g.images, used=u.images, unused=n.images))
-            refs.append(n)
+            devs.append((Path(d).name or str(d), g, u, n))
         for r in ref_dirs:
             refs.append(_load(r, policy, "reference", rep, skips))
         timings["read_s"] = time.perf_counter() - t0
         _strict(strict, skips)
 
-        # Reference images must be non-members of *this* real set: drop any that also appear in it.
-        real_hashes = set(real.hashes)
-        ref_imgs = []
-        seen: set[str] = set()
-        for s in refs:
-            keep = [i for i, h in enumerate(s.hashes) if h not in real_hashes and h not in seen]
-            seen.update(s.hashes[i] for i in keep)
-            if keep:
-                ref_imgs.append(s.images[keep])
-        reference = np.concatenate(ref_imgs) if ref_imgs else None
-
-        # Byte-identical duplicates in the real folder are scored once and share the result: otherwise each copy
-        # would be the other's "nearest real image" and hide a memorised patient.
-        first: dict[str, int] = {}
-        inverse = np.array([first.setdefault(h, len(first)) for h in real.hashes], dtype=np.int64)
-        uniq_rows = np.unique(inverse, return_index=True)[1]
-        n_dups = len(real) - len(uniq_rows)
-
         # Checkpoints of finished stages (each dev set's evidence, the target's) live next to the output until it
         # is written, so a killed run resumes from them; they are keyed by their inputs, never trusted otherwise.
         cache_dir = Path(out).with_name(f".{Path(out).name}.checkpoints")
-        t0 = time.perf_counter()
         bar = rep.progress(None, "membership")
         try:
-            with executor_scope(executor, address):
-                res = audit_membership(gen.images, real.images[uniq_rows], dev_sets=devs, reference=reference,
-                                       decision=decision, random_state=seed, progress=bar.update,
-                                       cache_dir=str(cache_dir))
+            audit = audit_loaded(gen, real, devs, refs, decision=decision, seed=seed, executor=executor,
+                                 address=address, progress=bar.update, cache_dir=str(cache_dir), skips=skips,
+                                 ingest_policy=policy.describe())
         finally:
             bar.close()
-        timings["audit_s"] = time.perf_counter() - t0
-
-        score = np.asarray(res.score, dtype=np.float64)[inverse]
-        used = np.asarray(res.used).astype(int)[inverse]
-        res.evidence = {k_: np.asarray(v)[inverse] for k_, v in res.evidence.items()}
-        if getattr(res, "nearest", None) is not None and np.asarray(res.nearest).size:
-            res.nearest = np.asarray(res.nearest)[inverse]
-        res.score, res.used = score, used
-        write_csv(out, ["image", "score", "used"], zip(real.paths, score.tolist(), used.tolist()))
+        timings.update(audit.summary["timings"])
+        res = audit.result
+        audit.to_csv(out)
         ev_path = str(Path(out).with_suffix("")) + ".evidence.csv"
-        ev_names = sorted(res.evidence)
-        nearest = np.asarray(res.nearest) if getattr(res, "nearest", None) is not None else None
-        header = ["image"] + ev_names + (["nearest_generated"] if nearest is not None and nearest.size else [])
-        rows = []
-        for i, p in enumerate(real.paths):
-            row = [p] + [float(res.evidence[n][i]) for n in ev_names]
-            if nearest is not None and nearest.size:
-                j = int(nearest[i, 0]) if nearest.ndim == 2 else int(nearest[i])
-                row.append(gen.paths[j] if 0 <= j < len(gen.paths) else "")
-            rows.append(row)
-        write_csv(ev_path, header, rows)
+        audit.evidence_to_csv(ev_path)
         skip_path = _skip_report(out, skips, rep)
         shutil.rmtree(cache_dir, ignore_errors=True)
 
     timings["total_s"] = time.perf_counter() - t_start
-    n_used = int(used.sum())
-    summary = {
-        "command": "membership",
-        "out": out,
-        "evidence_out": ev_path,
-        "skip_report": skip_path,
-        "n_generated": len(gen),
-        "n_real": len(real),
-        "n_reference": 0 if reference is None else int(len(reference)),
-        "n_dev_sets": len(devs),
-        "n_skipped": len(skips),
-        "n_duplicate_real": int(n_dups),
-        "n_flagged": n_used,
-        "decision": decision,
-        "threshold": float(res.threshold),
-        "timings": timings,
-        "info": res.info,
-        "ingest_policy": policy.describe(),
-    }
-    summary["summary"] = (f"membership: {n_used}/{len(real)} real images flagged as used ({decision}); "
-                          f"{len(gen)} generated, {len(skips)} skipped; {timings['total_s']:.1f}s -> {out}"
-                          + (f"\n{res.summary}" if getattr(res, "summary", "") else ""))
+    summary = dict(audit.summary, out=out, evidence_out=ev_path, skip_report=skip_path, timings=timings)
+    summary["summary"] = membership_line(summary, getattr(res, "summary", ""), out)
     if report_dir is not None:
         summary["report"] = _report("membership", report_dir, summary=summary, result=res, real=real, gen=gen,
                                     truth=truth)
@@ -244,9 +189,11 @@ def run_attribution(*, images_dir: str, k: int | None, out: str, dev_dir: str | 
                     address: str | None = None) -> dict:
     """``truth`` (optional, image -> model name) only adds truth-based plots to the report.
 
-    ``executor="ray"`` extracts the features on Ray (``address``; engine.distributed); clustering stays here."""
-    from .attribution import attribute
-    from .distributed import check_executor, executor_scope
+    The clustering itself is :func:`engine.api.attribute_loaded` (the Python API's); this job validates the
+    arguments, reads the folders and writes the outputs. ``executor`` is ``"local"``, ``"ray"`` (``address``;
+    the features are extracted there, clustering stays here) or an :class:`~engine.executors.Executor`."""
+    from .api import attribute_loaded, attribution_line
+    from .executors import check_executor
 
     check_executor(executor, address)
 
@@ -276,42 +223,22 @@ def run_attribution(*, images_dir: str, k: int | None, out: str, dev_dir: str | 
             dev_sets[m] = s.images
         timings["read_s"] = time.perf_counter() - t0
         _strict(strict, skips)
-        if k is not None and k > len(imgs):
-            raise ImprintError(f"--k {k} is larger than the number of readable images ({len(imgs)})")
 
         cache_dir = Path(out).with_name(f".{Path(out).name}.checkpoints")  # finished feature extractions
-        t0 = time.perf_counter()
-        with executor_scope(executor, address):
-            res = attribute(imgs.images, k, dev_sets=dev_sets or None, random_state=seed, cache_dir=str(cache_dir))
-        timings["cluster_s"] = time.perf_counter() - t0
-        labels = np.asarray(res.labels).astype(int)
-        write_csv(out, ["image", "cluster"], zip(imgs.paths, labels.tolist()))
+        att = attribute_loaded(imgs, k, dev_sets, seed=seed, executor=executor, address=address,
+                               cache_dir=str(cache_dir), skips=skips, ingest_policy=policy.describe())
+        timings.update(att.summary["timings"])
+        res = att.result
+        att.to_csv(out)
         det_path = str(Path(out).with_suffix("")) + ".details.csv"
-        conf = np.asarray(res.confidence, dtype=float)
-        write_csv(det_path, ["image", "cluster", "confidence"], zip(imgs.paths, labels.tolist(), conf.tolist()))
+        att.details_to_csv(det_path)
         skip_path = _skip_report(out, skips, rep)
         shutil.rmtree(cache_dir, ignore_errors=True)
 
     timings["total_s"] = time.perf_counter() - t_start
-    sizes = np.bincount(labels, minlength=int(res.k)).tolist()
-    summary = {
-        "command": "attribute",
-        "out": out,
-        "details_out": det_path,
-        "skip_report": skip_path,
-        "n_images": len(imgs),
-        "n_skipped": len(skips),
-        "k": int(res.k),
-        "k_given": k,
-        "cluster_sizes": sizes,
-        "dev_models": dev_models,
-        "timings": timings,
-        "info": res.info,
-        "ingest_policy": policy.describe(),
-    }
-    summary["summary"] = (f"attribute: {len(imgs)} images in {res.k} clusters (sizes {sizes})"
-                          f"{' (k estimated)' if k is None else ''}; {len(skips)} skipped; "
-                          f"{timings['total_s']:.1f}s -> {out}")
+    summary = dict(att.summary, out=out, details_out=det_path, skip_report=skip_path, dev_models=dev_models,
+                   timings=timings)
+    summary["summary"] = attribution_line(summary, out)
     if report_dir is not None:
         summary["report"] = _report("attribution", report_dir, summary=summary, result=res, images=imgs,
                                     truth=truth)
@@ -338,13 +265,13 @@ def run_embed(*, folder: str, store: str, backbone: str = "pixel", batch_size: i
               onnx_options: dict | None = None, executor: str = "local", address: str | None = None) -> dict:
     """Embed new or changed images of ``folder`` into the Arrow store ``store`` (resumable).
 
-    ``executor="ray"`` decodes and embeds on Ray workers (``address``); shards are committed here."""
+    ``executor="ray"`` decodes and embeds on Ray workers (``address``), or pass an
+    :class:`~engine.executors.Executor` object; shards are committed here."""
     import hashlib
 
-    from .distributed import check_executor, iter_embedded
-
-    from .backbone import embed, load_backbone
-    from .ingest import discover, iter_batches
+    from .backbone import load_backbone
+    from .executors import check_executor, open_executor
+    from .ingest import discover
     from .store import EmbeddingStore
 
     rep = rep or _NullReporter()
@@ -378,12 +305,13 @@ def run_embed(*, folder: str, store: str, backbone: str = "pixel", batch_size: i
         n_new = 0
         bar = rep.progress(len(todo), "embedding")
         try:
-            for vec, paths, hashes in iter_embedded(folder, todo, bb, shard_size=shard_size, batch_size=batch_size,
-                                                    policy=policy, executor=executor, address=address,
-                                                    on_skip=lambda s: skips.append((folder, s.path, s.reason))):
-                st.append(paths, hashes, vec)
-                n_new += len(paths)
-                bar.update(len(paths))
+            with open_executor(executor, address) as ex:
+                for vec, paths, hashes in ex.embed_files(folder, todo, bb, shard_size=shard_size,
+                                                         batch_size=batch_size, policy=policy,
+                                                         on_skip=lambda s: skips.append((folder, s.path, s.reason))):
+                    st.append(paths, hashes, vec)
+                    n_new += len(paths)
+                    bar.update(len(paths))
         finally:
             bar.close()
         _strict(strict, skips)

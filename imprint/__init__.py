@@ -24,3 +24,44 @@ _root = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
 if all(_os.path.isfile(_os.path.join(_root, p)) for p in ("pyproject.toml", "engine/__init__.py")):
     __path__.append(_root)  # type: ignore[name-defined]  # noqa: F821
 del _root
+
+# ------------------------------------------------------------------------------------------------ the Python API
+# Re-exported lazily (PEP 562): ``import imprint`` stays light (no numpy, FAISS, onnxruntime or Numba until an API
+# name is first used), so programs that embed imprint pay for what they call.
+_LAZY = {
+    "audit_membership": "imprint.engine.api",
+    "attribute": "imprint.engine.api",
+    "MembershipAudit": "imprint.engine.api",
+    "Attribution": "imprint.engine.api",
+    "Executor": "imprint.engine.executors",
+    "LocalExecutor": "imprint.engine.executors",
+    "RayExecutor": "imprint.engine.executors",
+    "DevSet": "imprint.engine.membership",
+    "IngestPolicy": "imprint.engine.ingest",
+    "ImprintError": "imprint.engine.errors",
+}
+
+__all__ = sorted(_LAZY) + ["__version__"]
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'imprint' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # cache: later look-ups skip this function
+    return value
+
+
+def __dir__() -> list:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+if False:  # pragma: no cover - for type checkers and IDEs only
+    from imprint.engine.api import Attribution, MembershipAudit, attribute, audit_membership  # noqa: F401
+    from imprint.engine.errors import ImprintError  # noqa: F401
+    from imprint.engine.executors import Executor, LocalExecutor, RayExecutor  # noqa: F401
+    from imprint.engine.ingest import IngestPolicy  # noqa: F401
+    from imprint.engine.membership import DevSet  # noqa: F401

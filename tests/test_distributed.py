@@ -1,5 +1,5 @@
-"""Ray executor (engine.distributed): same results as the local executor, and a worker crash during embedding
-loses or duplicates no row.
+"""Executors (engine.executors): the Ray executor gives the same results as the local executor, a worker crash
+during embedding loses or duplicates no row, and executors are passed explicitly (no module-level swapping).
 
 The Ray tests start a real two-node Ray cluster on 127.0.0.1 (a head plus one worker node, one CPU and 100 MB of
 object store each) once for the module, and skip cleanly when Ray is not installed.
@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import ct_like, save_png
-from imprint.engine.distributed import check_executor, iter_embedded, merge_topk
+from imprint.engine.executors import LOCAL, LocalExecutor, check_executor, merge_topk, open_executor, resolve_executor
 from imprint.engine.errors import ImprintError
 from imprint.engine.ingest import IngestPolicy
 
@@ -71,6 +71,47 @@ def test_check_executor_validates():
         check_executor("local", "127.0.0.1:6379")
 
 
+def test_resolve_executor_names_objects_and_ownership():
+    assert resolve_executor(None) == (LOCAL, False) and resolve_executor("local") == (LOCAL, False)
+    mine = LocalExecutor()
+    assert resolve_executor(mine) == (mine, False)  # an object passed in stays its owner's
+    assert check_executor(mine) == "local"
+    with pytest.raises(ImprintError, match="executor must be"):
+        resolve_executor(3)
+    with open_executor("local") as ex:
+        assert ex is LOCAL
+
+
+def test_no_process_global_executor_scope():
+    import imprint.engine.distributed as D  # the compatibility shim keeps the data names only
+    import imprint.engine.executors as E
+
+    for mod in (D, E):
+        for name in ("executor_scope", "_install", "_uninstall", "_ORIGINALS"):
+            assert not hasattr(mod, name), (mod.__name__, name)
+    assert D.merge_topk is merge_topk and D.check_executor is check_executor
+
+
+def test_local_executor_is_the_library():
+    import imprint.kernels as kernels
+    from imprint.engine import features as F
+    from imprint.engine.search import knn
+
+    rng = np.random.default_rng(4)
+    base = rng.normal(size=(50, 8)).astype(np.float32)
+    q = rng.normal(size=(9, 8)).astype(np.float32)
+    for a, b in zip(LOCAL.knn(base, q, 4, metric="cosine"), knn(base, q, 4, metric="cosine")):
+        np.testing.assert_array_equal(a, b)
+    A = ct_like(rng, 6)
+    pairs = np.array([[0, 1], [2, 3], [5, 5]], np.int64)
+    np.testing.assert_array_equal(LOCAL.ssim_pairs(A, A, pairs), kernels.ssim_pairs(A, A, pairs))
+    np.testing.assert_array_equal(LOCAL.mse_pairs(A, A, pairs), kernels.mse_pairs(A, A, pairs))
+    f0, n0 = F.extract(A, ("hist", "lbp"))
+    f1, n1 = LOCAL.extract_features(A, ("hist", "lbp"))
+    assert n1 == n0
+    np.testing.assert_array_equal(f1, f0)
+
+
 def test_missing_ray_is_a_one_line_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     with pytest.raises(ImprintError, match=r"pip install 'imprint\[distributed\]'"):
@@ -102,7 +143,7 @@ def cluster():
 
 @pytest.fixture
 def ex(cluster):
-    from imprint.engine.distributed import RayExecutor
+    from imprint.engine.executors import RayExecutor
 
     e = RayExecutor()  # uses the connection of the test process
     e.start()
@@ -196,6 +237,17 @@ def test_pairs_membership_attribution_equal_local(cluster, folders, tmp_path):
     assert len(m0) == 37 and m1 == m0 and e1 == e0  # scores, decisions and every piece of evidence
     assert len(a0) == 45 and a1 == a0
 
+    # the Python API with a RayExecutor object: the same values; the object stays open for its owner
+    import imprint
+    from imprint.engine.executors import RayExecutor
+
+    with RayExecutor() as ex:
+        audit = imprint.audit_membership(d / "gen", d / "real", size=64, seed=3, executor=ex)
+        assert ex._ray is not None
+        groups = imprint.attribute(gen, 2, seed=3, executor=ex)
+    assert [[r["image"], repr(r["score"]), str(r["used"])] for r in audit.table.to_pylist()] == m0[1:]
+    assert groups.table.column("cluster").to_pylist() == [int(r[1]) for r in a0[1:]]
+
 
 def _store_rows(store):
     from imprint.engine.store import EmbeddingStore
@@ -231,10 +283,10 @@ def test_worker_killed_during_embedding_loses_and_duplicates_nothing(cluster, fo
     st = EmbeddingStore.open_or_create(tmp_path / "store", backbone={"name": "pixel", "version": "t", "sha256": "t"},
                                        dim=1024)
     n_shards = 0
-    for vec, paths, hashes in iter_embedded(str(d / "gen"), rel, "pixel", shard_size=6, policy=POL,
-                                            executor="ray", ray_options={"_crash_once": str(flag)}):
-        st.append(paths, hashes, vec)  # the driver is the single commit point
-        n_shards += 1
+    with open_executor("ray", _crash_once=str(flag)) as ex:
+        for vec, paths, hashes in ex.embed_files(str(d / "gen"), rel, "pixel", shard_size=6, policy=POL):
+            st.append(paths, hashes, vec)  # the driver is the single commit point
+            n_shards += 1
     assert not flag.exists(), "no worker process was killed"
     assert n_shards == 8  # ceil(44 / 6)
     paths, _, vecs = _store_rows(tmp_path / "store")

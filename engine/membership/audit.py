@@ -50,7 +50,7 @@ def audit_membership(generated, real, *, dev_sets: Sequence[DevSet] = (), refere
                      decision: str = "fpr:0.01", random_state: int = 0,
                      progress: Callable[[int], object] | None = None, backbone: str | None = None,
                      k_gen: int = 10, k_real: int = 10, weights: dict | None = None,
-                     cache_dir: str | None = None) -> MembershipResult:
+                     cache_dir: str | None = None, executor=None) -> MembershipResult:
     """Score real images for membership in a generator's training set and decide used / unused.
 
     Parameters
@@ -69,6 +69,8 @@ def audit_membership(generated, real, *, dev_sets: Sequence[DevSet] = (), refere
     cache_dir : path or None      checkpoint folder: the evidence of each stage (every dev set, the target) is
                                   saved there (``.npz``, read back with ``allow_pickle=False``) keyed by a hash of
                                   its inputs, so an interrupted run resumes from the finished stages
+    executor : Executor or None   where the searches, pair kernels and embeddings run (engine.executors; default
+                                  local); the results do not depend on it
 
     Returns
     -------
@@ -101,7 +103,8 @@ def audit_membership(generated, real, *, dev_sets: Sequence[DevSet] = (), refere
             if k_ not in prior or not (float(v) >= 0):
                 raise ImprintError(f"weights: unknown evidence {k_!r} or negative weight")
             prior[k_] = float(v)
-    kw = dict(k_gen=k_gen, k_real=k_real, backbone=backbone, progress=progress, _cache={}, _cache_dir=cache_dir)
+    kw = dict(k_gen=k_gen, k_real=k_real, backbone=backbone, progress=progress, _cache={}, _cache_dir=cache_dir,
+              executor=executor)
 
     # ---- target evidence
     nR = len(R)

@@ -35,28 +35,29 @@ def zscore_images(images: np.ndarray) -> np.ndarray:
 
 
 def _knn(base: np.ndarray, queries: np.ndarray, k: int, *, exclude_self: bool = False,
-         metric: str = "l2"):
+         metric: str = "l2", executor=None):
     """k-NN through :func:`engine.search.knn` (``index="auto"``: exact below its size threshold, a
     recall-calibrated IVF index above it, so membership scales to large real/generated sets)."""
-    from imprint.engine.search import knn
+    from imprint.engine.executors import LOCAL
 
+    executor = executor or LOCAL
     k = int(min(k, len(base) - (1 if exclude_self else 0)))
     if k < 1:
         return (np.full((len(queries), 0), np.inf, np.float32), np.zeros((len(queries), 0), np.int64))
-    d, i = knn(base, queries, k, metric=metric, index="auto", exclude_self=exclude_self, use_gpu="auto")
+    d, i = executor.knn(base, queries, k, metric=metric, index="auto", exclude_self=exclude_self, use_gpu="auto")
     return np.asarray(d, np.float32), np.asarray(i, np.int64)
 
 
-def _pair_mse(A, B, pairs):
-    import imprint.kernels as kernels
+def _pair_mse(A, B, pairs, executor=None):
+    from imprint.engine.executors import LOCAL
 
-    return np.asarray(kernels.mse_pairs(A, B, pairs), np.float64)
+    return np.asarray((executor or LOCAL).mse_pairs(A, B, pairs), np.float64)
 
 
-def _pair_ssim(A, B, pairs, data_range):
-    import imprint.kernels as kernels
+def _pair_ssim(A, B, pairs, data_range, executor=None):
+    from imprint.engine.executors import LOCAL
 
-    return np.asarray(kernels.ssim_pairs(A, B, pairs, data_range=data_range), np.float64)
+    return np.asarray((executor or LOCAL).ssim_pairs(A, B, pairs, data_range=data_range), np.float64)
 
 
 def _neg_log_ratio(num, den):
@@ -193,7 +194,7 @@ def _evidence(generated: np.ndarray, pool: np.ndarray, *, _cache_dir=None, **kw)
 
     from ..store import atomic_write_bytes
 
-    key = {k_: v for k_, v in kw.items() if k_ not in ("progress", "_cache")}
+    key = {k_: v for k_, v in kw.items() if k_ not in ("progress", "_cache", "executor")}
     h = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode())
     for a in (generated, pool):
         a = np.ascontiguousarray(a)
@@ -219,7 +220,8 @@ def _evidence(generated: np.ndarray, pool: np.ndarray, *, _cache_dir=None, **kw)
 def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10, k_real: int = 10,
                      tiles: int = 4, backbone: str | None = "effnet-lite0", use_lbp: bool = True,
                      progress: Callable[[int], object] | None = None,
-                     shape: bool = True, _cache: dict | None = None) -> tuple[dict, np.ndarray, dict]:
+                     shape: bool = True, _cache: dict | None = None,
+                     executor=None) -> tuple[dict, np.ndarray, dict]:
     """Per-image membership evidence of every pool image against one generated set.
 
     Parameters
@@ -241,6 +243,8 @@ def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10
         Compute ``shape_ratio`` (:func:`anatomy_masks`).
     progress : callable or None
         Called with an increment after each stage.
+    executor : Executor or None
+        Where the k-NN searches, pair kernels and embeddings run (:mod:`engine.executors`; default local).
 
     Returns
     -------
@@ -269,9 +273,9 @@ def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10
     fG = zG.reshape(nG, -1)
     fP = zP.reshape(nP, -1)
 
-    dG, iG = _knn(fG, fP, k_gen)                       # pool -> generated
-    dR, iR = _knn(fP, fP, k_real, exclude_self=True)    # pool -> other pool
-    dGP, iGP = _knn(fP, fG, min(2, nP))                 # generated -> pool
+    dG, iG = _knn(fG, fP, k_gen, executor=executor)                       # pool -> generated
+    dR, iR = _knn(fP, fP, k_real, exclude_self=True, executor=executor)    # pool -> other pool
+    dGP, iGP = _knn(fP, fG, min(2, nP), executor=executor)                 # generated -> pool
     dG = dG.astype(np.float64) / npix
     dR = dR.astype(np.float64) / npix
     dGP = dGP.astype(np.float64) / npix
@@ -299,13 +303,13 @@ def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10
     pg = np.stack([rows, iG.ravel()], 1).astype(np.int64)
     rows_r = np.repeat(np.arange(nP), k_real)
     pr = np.stack([rows_r, iR.ravel()], 1).astype(np.int64)
-    mse_g = _pair_mse(P, G, pg).reshape(nP, k_gen).min(1)
-    mse_r = _pair_mse(P, P, pr).reshape(nP, k_real).min(1)
+    mse_g = _pair_mse(P, G, pg, executor).reshape(nP, k_gen).min(1)
+    mse_r = _pair_mse(P, P, pr, executor).reshape(nP, k_real).min(1)
     ev["mse_nn"] = mse_g
     ev["mse_ratio"] = _neg_log_ratio(mse_g, mse_r)
     data_range = 6.0  # z-scored images: ~ +-3 standard deviations
-    ssim_g = _pair_ssim(zP, zG, pg, data_range).reshape(nP, k_gen).max(1)
-    ssim_r = _pair_ssim(zP, zP, pr, data_range).reshape(nP, k_real).max(1)
+    ssim_g = _pair_ssim(zP, zG, pg, data_range, executor).reshape(nP, k_gen).max(1)
+    ssim_r = _pair_ssim(zP, zP, pr, data_range, executor).reshape(nP, k_real).max(1)
     ev["ssim_nn"] = ssim_g
     ev["ssim_ratio"] = _neg_log_ratio(np.clip(1 - ssim_g, 0, None), np.clip(1 - ssim_r, 0, None))
     info["timings"]["rerank_s"] = time.perf_counter() - t1
@@ -345,8 +349,8 @@ def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10
         t1 = time.perf_counter()
         mG = _cached_masks(G, _cache)
         mP = _cached_masks(P, _cache)
-        a, _ = _knn(mG, mP, 1)
-        b, _ = _knn(mP, mP, 1, exclude_self=True)
+        a, _ = _knn(mG, mP, 1, executor=executor)
+        b, _ = _knn(mP, mP, 1, exclude_self=True, executor=executor)
         a, b = a.astype(np.float64), b.astype(np.float64)
         dim = float(mP.shape[1])
         ev["shape_nn_dist"] = a[:, 0].astype(np.float64) / dim
@@ -362,14 +366,14 @@ def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10
     if backbone:
         t1 = time.perf_counter()
         try:
-            from imprint.engine.backbone import embed
-            eG = np.asarray(embed(G, backbone), np.float32)
-            eP = np.asarray(embed(P, backbone), np.float32)
+            from imprint.engine.executors import LOCAL
+            eG = np.asarray((executor or LOCAL).embed(G, backbone), np.float32)
+            eP = np.asarray((executor or LOCAL).embed(P, backbone), np.float32)
         except Exception as exc:  # backbone missing / not built: report and go on
             info["skipped"]["embed_ratio"] = f"{type(exc).__name__}: {exc}"[:200]
         else:
-            a, _ = _knn(eG, eP, 1, metric="cosine")
-            b, _ = _knn(eP, eP, 1, metric="cosine", exclude_self=True)
+            a, _ = _knn(eG, eP, 1, metric="cosine", executor=executor)
+            b, _ = _knn(eP, eP, 1, metric="cosine", exclude_self=True, executor=executor)
             ev["embed_nn_dist"] = a[:, 0].astype(np.float64)
             ev["embed_ratio"] = _neg_log_ratio(np.clip(a[:, 0], 0, None), np.clip(b[:, 0], 0, None))
         info["timings"]["embed_s"] = time.perf_counter() - t1
@@ -382,8 +386,8 @@ def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10
 
         hG = np.sqrt(np.asarray(kernels.lbp_histograms(G), np.float32))
         hP = np.sqrt(np.asarray(kernels.lbp_histograms(P), np.float32))
-        a, _ = _knn(hG, hP, 1)
-        b, _ = _knn(hP, hP, 1, exclude_self=True)
+        a, _ = _knn(hG, hP, 1, executor=executor)
+        b, _ = _knn(hP, hP, 1, exclude_self=True, executor=executor)
         ev["lbp_ratio"] = _neg_log_ratio(np.clip(a[:, 0], 0, None), np.clip(b[:, 0], 0, None))
     info["timings"]["evidence_s"] = time.perf_counter() - t0
     return ev, iG.astype(np.int64), info
