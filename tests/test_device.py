@@ -191,3 +191,45 @@ print("JSON" + json.dumps(out))
     assert len(res["gpu"]["ssim"]) == 6
     np.testing.assert_allclose(res["gpu"]["ssim"], res["cpu"]["ssim"], atol=1e-5, rtol=0)
     np.testing.assert_allclose(res["gpu"]["mse"], res["cpu"]["mse"], rtol=1e-6, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- benchmarks/gpu_check.py
+def test_gpu_check_on_a_cpu_machine_exits_at_once_with_gpu_false(tmp_path):
+    from imprint.kernels.cuda_similarity import cuda_available
+
+    if D.onnx_cuda_trial()[0] or cuda_available():  # pragma: no cover - a GPU machine
+        pytest.skip("a GPU is present")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), NUMBA_ENABLE_CUDASIM="1")  # the simulator is not a GPU
+    r = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--out", str(tmp_path / "o")], cwd=ROOT,
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads((tmp_path / "o" / "gpu_check.json").read_text())
+    assert doc["gpu"] is False and "sections" not in doc
+    assert not doc["facts"]["pair_kernels"]["ok"] and "simulator" in doc["facts"]["pair_kernels"]["why"]
+    assert not doc["facts"]["onnxruntime"]["ok"] and doc["facts"]["onnxruntime"]["why"]
+
+
+def test_gpu_check_sections_fail_alone_and_respect_the_budget():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import gpu_check as GC
+
+    calls = []
+
+    def ok(deadline):
+        calls.append(("ok", deadline))
+        return {"value": 1}
+
+    def boom(deadline):
+        raise MemoryError("planted")
+
+    import time as _t
+
+    t0 = _t.perf_counter()
+    out = GC.run_sections({"pair_kernels": boom, "faiss_knn": ok, "onnx": ok}, budget=100.0, start=t0)
+    assert "MemoryError: planted" in out["pair_kernels"]["error"] and "traceback" in out["pair_kernels"]
+    assert out["faiss_knn"]["value"] == 1 and out["onnx"]["value"] == 1 and len(calls) == 2
+    # each section's deadline is its share of what is left: faiss_knn gets 0.2/(0.2+0.2) of ~100 s
+    assert abs(calls[0][1] - (t0 + 50.0)) < 1.0
+    assert abs(calls[1][1] - (t0 + 100.0)) < 1.0
+    out = GC.run_sections({"pair_kernels": ok, "faiss_knn": ok}, budget=3.0)
+    assert out["pair_kernels"] == {"skipped": "time budget"} and out["faiss_knn"] == {"skipped": "time budget"}
