@@ -70,8 +70,15 @@ def gpu_facts() -> dict:
     return facts
 
 
-def best_rate(fn, items: int, repeats: int = 3, min_window: float = 1.0) -> dict:
+#: timing protocol: best of REPEATS windows of at least MIN_WINDOW seconds (the smoke test lowers them)
+REPEATS = 3
+MIN_WINDOW = 1.0
+
+
+def best_rate(fn, items: int, repeats: int | None = None, min_window: float | None = None) -> dict:
     """Best-of-``repeats`` items/s of ``fn()`` (one call = ``items`` items), each window >= ``min_window`` s."""
+    repeats = REPEATS if repeats is None else repeats
+    min_window = MIN_WINDOW if min_window is None else min_window
     fn()  # warm-up (compilation, allocation)
     rates = []
     for _ in range(repeats):
@@ -105,24 +112,26 @@ def phantoms(n: int, size: int, seed: int) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- sections
-def sec_pair_kernels(deadline: float) -> dict:
+def sec_pair_kernels(deadline: float, configs=((128, 4000, 40000, 10, 20000), (256, 2000, 10000, 10, 5000)),
+                     lbp_n: int = 4096, tile: int | None = None) -> dict:
+    """configs: (size, generated resident, real streamed, k, pairs for the CPU rate and the comparison)."""
     import imprint.kernels as K
-    from imprint.kernels.cuda_similarity import CudaPairScorer
+    from imprint.kernels.cuda_similarity import DEFAULT_TILE, CudaPairScorer
     from imprint.kernels.cuda_texture import lbp_histograms_cuda
 
+    tile = tile or DEFAULT_TILE
     res = {}
-    for size, n_gen, n_real in ((128, 4000, 40000), (256, 2000, 10000)):
+    for size, n_gen, n_real, k, n_cpu in configs:
         if time.perf_counter() > deadline:
             res[f"{size}"] = {"skipped": "time budget"}
             continue
-        k = 10
         G = phantoms(n_gen, size, 1)
         R = phantoms(n_real, size, 2)
         rng = np.random.default_rng(3)
         pairs = np.stack([np.repeat(np.arange(n_real), k), rng.integers(0, n_gen, n_real * k)], 1)
-        scorer = CudaPairScorer(G)
+        scorer = CudaPairScorer(G, tile=tile)
         gpu = best_rate(lambda: scorer.score(R, pairs), len(pairs))
-        sub = pairs[: 20000 if size == 128 else 5000]
+        sub = pairs[:n_cpu]
         cpu = best_rate(lambda: (K.ssim_pairs(R, G, sub), K.mse_pairs(R, G, sub)), len(sub))
         s_gpu, m_gpu = scorer.score(R, sub)
         s_cpu = K.ssim_pairs(R, G, sub)
@@ -136,12 +145,13 @@ def sec_pair_kernels(deadline: float) -> dict:
             "seconds_for_1e9_pairs": 1e9 / gpu["best_per_s"], "cpu_threads": os.cpu_count(),
         }
     if time.perf_counter() < deadline:
-        X = phantoms(4096, 128, 5)
-        h_gpu = lbp_histograms_cuda(X)
+        lsize = configs[0][0]
+        X = phantoms(lbp_n, lsize, 5)
+        h_gpu = lbp_histograms_cuda(X, tile=tile)
         h_cpu = K.lbp_histograms(X)
-        rate = best_rate(lambda: lbp_histograms_cuda(X), len(X))
+        rate = best_rate(lambda: lbp_histograms_cuda(X, tile=tile), len(X))
         rate_cpu = best_rate(lambda: K.lbp_histograms(X), len(X))
-        res["lbp_128"] = {"gpu_images_per_s": rate["best_per_s"], "cpu_images_per_s": rate_cpu["best_per_s"],
+        res[f"lbp_{lsize}"] = {"gpu_images_per_s": rate["best_per_s"], "cpu_images_per_s": rate_cpu["best_per_s"],
                           "bit_equal": bool(np.array_equal(h_gpu, h_cpu))}
     return res
 

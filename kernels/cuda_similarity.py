@@ -335,6 +335,22 @@ class CudaPairScorer:
         self._compute_stats(self._B, self._mb, self._qb, self._mub, self._varb, M, 0)
         cuda.synchronize()
 
+    def _buffers(self, cap: int, dtype):
+        """Two sets of pinned host / device buffers and streams for ``cap`` A images (kept and reused:
+        pinned allocations are slow)."""
+        from numba import cuda
+
+        H, W = self.shape[1:]
+        have = getattr(self, "_bufs", None)
+        if have is None or have[0] < cap or have[1] != np.dtype(dtype):
+            bufs = ([cuda.pinned_array((cap, H, W), dtype) for _ in range(2)],
+                    [cuda.stream() for _ in range(2)],
+                    [cuda.device_array((cap, H, W), dtype) for _ in range(2)],
+                    [cuda.device_array((cap, H - 10, W - 10), np.int32) for _ in range(2)],
+                    [cuda.device_array((cap, H - 10, W - 10), np.float32) for _ in range(2)])
+            self._bufs = (cap, np.dtype(dtype), bufs)
+        return self._bufs[2]
+
     def _grid_xy(self):
         H, W = self.shape[1:]
         return (-(-(W - 10) // self.tile), -(-(H - 10) // self.tile))
@@ -385,12 +401,7 @@ class CudaPairScorer:
         bounds = np.append(first_pos, P)
         nb = self.batch_images
         batches = [(lo, min(lo + nb, uniq.size)) for lo in range(0, uniq.size, nb)]
-        cap = min(nb, uniq.size)
-        hosts = [cuda.pinned_array((cap, H, W), A.dtype) for _ in range(2)]
-        streams = [cuda.stream() for _ in range(2)]
-        devs = [cuda.device_array((cap, H, W), A.dtype) for _ in range(2)]
-        mus = [cuda.device_array((cap, H - 10, W - 10), np.int32) for _ in range(2)]
-        vrs = [cuda.device_array((cap, H - 10, W - 10), np.float32) for _ in range(2)]
+        hosts, streams, devs, mus, vrs = self._buffers(min(nb, uniq.size), A.dtype)
         pending: list = [None, None]
         gx, gy = self._grid_xy()
 

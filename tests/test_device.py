@@ -233,3 +233,25 @@ def test_gpu_check_sections_fail_alone_and_respect_the_budget():
     assert abs(calls[1][1] - (t0 + 100.0)) < 1.0
     out = GC.run_sections({"pair_kernels": ok, "faiss_knn": ok}, budget=3.0)
     assert out["pair_kernels"] == {"skipped": "time budget"} and out["faiss_knn"] == {"skipped": "time budget"}
+
+
+def test_gpu_check_pair_section_runs_under_the_cuda_simulator(tmp_path):
+    """The benchmark's own code for the pair kernels section (tiny sizes, one short window) runs and finds the
+    GPU and CPU kernels equal, so the one device run cannot be lost to a bug in the script."""
+    script = """
+import json, sys
+sys.path.insert(0, "benchmarks")
+import gpu_check as GC
+GC.REPEATS, GC.MIN_WINDOW = 1, 0.0
+r = GC.sec_pair_kernels(float("inf"), configs=((16, 2, 2, 1, 2),), lbp_n=1, tile=8)
+print("JSON" + json.dumps(r))
+"""
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads([ln for ln in r.stdout.splitlines() if ln.startswith("JSON")][-1][4:])
+    s16 = res["16"]
+    assert s16["pairs_per_call"] == 2 and s16["gpu_ssim_mse_pairs_per_s"] > 0 and s16["cpu_ssim_plus_mse_pairs_per_s"] > 0
+    assert s16["max_abs_diff_ssim"] < 1e-5 and s16["max_rel_diff_mse"] < 1e-6
+    assert res["lbp_16"]["bit_equal"] is True
