@@ -41,7 +41,6 @@ _STAGES = ("onnxruntime", "faiss", "pair_kernels")
 _LOCK = threading.Lock()
 _TRIALS: dict = {}
 _ACTIVE: "Device | None" = None
-_GPU_RES = None
 
 
 @dataclass(frozen=True)
@@ -146,16 +145,16 @@ def onnx_cuda_trial() -> tuple[bool, str]:
 
 
 def gpu_resources():
-    """The process's single ``faiss.StandardGpuResources`` (created on first use; None without faiss-gpu)."""
-    global _GPU_RES
-    with _LOCK:
-        if _GPU_RES is None:
-            import faiss
+    """The process's ``faiss.StandardGpuResources`` for GPU 0 (the same object :mod:`engine.search` uses;
+    created on first use; None without faiss-gpu)."""
+    import faiss
 
-            if not hasattr(faiss, "StandardGpuResources"):
-                return None
-            _GPU_RES = faiss.StandardGpuResources()
-        return _GPU_RES
+    if not hasattr(faiss, "StandardGpuResources"):
+        return None
+    from .search.gpu import resources
+
+    res = resources(1)
+    return res[0] if res else None
 
 
 def faiss_gpu_trial() -> tuple[bool, str]:

@@ -52,11 +52,11 @@ def _kernel(T: int):
     else:  # pragma: no cover - real GPU only
         from numba.cuda import libdevice
 
-        @cuda.jit(device=True, inline=True)
+        @cuda.jit(device=True)
         def _mul(a, b):
             return libdevice.dmul_rn(a, b)
 
-        @cuda.jit(device=True, inline=True)
+        @cuda.jit(device=True)
         def _add(a, b):
             return libdevice.dadd_rn(a, b)
 

@@ -180,6 +180,9 @@ def test_one_gpu_resources_object_per_process(monkeypatch):
     b = G.resources()
     c = G.resources(1)
     assert len(made) == 2 and a == b and c == a[:1]
+    from imprint.engine.device import gpu_resources
+
+    assert gpu_resources() is a[0] and len(made) == 2  # the device trial shares the same object
 
     class FakeCo:
         shard = None

@@ -116,12 +116,7 @@ def to_gpu(cpu_index: Any, *, float16: bool = False, n_gpus: int | None = None) 
     f = common.faiss
     if len(res) == 1:
         return f.index_cpu_to_gpu(res[0], 0, cpu_index, co)
-    vres = f.GpuResourcesVector()
-    vdev = f.Int32Vector()
-    for i, r in enumerate(res):
-        vres.push_back(r)
-        vdev.push_back(i)
-    return f.index_cpu_to_gpu_multiple(vres, vdev, cpu_index, co)
+    return f.index_cpu_to_gpu_multiple_py(res, cpu_index, co=co, gpus=list(range(len(res))))
 
 
 def is_sharded(index: Any) -> bool:
