@@ -34,7 +34,8 @@ import numpy as np
 from .errors import ImprintError
 
 __all__ = ["DEVICES", "Device", "set_device", "active", "describe", "onnx_cuda_trial", "faiss_gpu_trial",
-           "numba_cuda_trial", "gpu_resources", "ssim_mse_pairs", "ssim_pairs", "mse_pairs", "reset"]
+           "numba_cuda_trial", "gpu_resources", "ssim_mse_pairs", "ssim_pairs", "mse_pairs", "lbp_histograms",
+           "pair_scorer", "reset"]
 
 DEVICES = ("auto", "cpu", "cuda")
 _STAGES = ("onnxruntime", "faiss", "pair_kernels")
@@ -319,3 +320,22 @@ def pair_scorer(B, data_range: float = 255.0):
     from imprint.kernels.cuda_similarity import CudaPairScorer
 
     return CudaPairScorer(B, data_range)
+
+
+def lbp_histograms(images, P: int = 8, R: float = 1.0, method: str = "uniform", *,
+                   device: str | None = None) -> np.ndarray:
+    """LBP histograms on the active device's kernels (bit-equal on either; float32 [N, bins]).
+
+    Settings the CUDA kernel does not cover (``P > 16`` or more than 2048 bins) run on the CPU kernel.
+    """
+    import imprint.kernels as kernels
+
+    dev = device or active().pair_kernels
+    if dev == "cuda":
+        from imprint.kernels.cuda_texture import MAX_GPU_BINS, lbp_histograms_cuda
+
+        if P <= 16 and kernels.lbp_n_bins(int(P), str(method).lower()) <= MAX_GPU_BINS:
+            return lbp_histograms_cuda(images, P, R, method)
+    elif dev != "cpu":
+        raise ImprintError(f"device must be 'cpu' or 'cuda', got {dev!r}")
+    return kernels.lbp_histograms(images, P, R, method)

@@ -146,7 +146,11 @@ def test_device_dispatch_pairs_cpu_equals_kernels(rng):
     np.testing.assert_array_equal(s, K.ssim_pairs(A, B, pairs))
     np.testing.assert_array_equal(m, K.mse_pairs(A, B, pairs))
     np.testing.assert_array_equal(D.ssim_pairs(A, B, pairs), s)
+    np.testing.assert_array_equal(D.mse_pairs(A, B, pairs), m)
+    np.testing.assert_array_equal(D.lbp_histograms(A), K.lbp_histograms(A))
     assert D.pair_scorer(B) is None
+    with pytest.raises(ImprintError, match="device"):
+        D.ssim_mse_pairs(A, B, pairs, device="tpu")
 
 
 def test_pairs_with_cuda_kernels_under_the_simulator(tmp_path):
@@ -180,6 +184,9 @@ for name in ("gpu", "cpu"):
                   batch=2, policy=__import__("imprint.engine.ingest", fromlist=["x"]).IngestPolicy(size=(16, 16)))
     tab = pq.read_table(t / f"{{name}}.parquet").to_pydict()
     out[name] = {{"ssim": tab["ssim"], "mse": tab["mse"], "device": s["device"]}}
+D._ACTIVE = D.Device("auto", "cpu", "cpu", "cuda")
+X = ct_like(rng, 2, 16)
+out["lbp"] = {{"X": X.tolist(), "h": D.lbp_histograms(X).tolist()}}
 print("JSON" + json.dumps(out))
 """
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", PYTHONPATH=str(ROOT))
@@ -187,6 +194,10 @@ print("JSON" + json.dumps(out))
                        timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads([ln for ln in r.stdout.splitlines() if ln.startswith("JSON")][-1][4:])
+    from imprint.kernels import lbp_histograms
+
+    X = np.array(res["lbp"]["X"], np.uint8)
+    np.testing.assert_array_equal(np.array(res["lbp"]["h"], np.float32), lbp_histograms(X))
     assert res["gpu"]["device"]["pair_kernels"] == "cuda" and res["cpu"]["device"]["pair_kernels"] == "cpu"
     assert len(res["gpu"]["ssim"]) == 6
     np.testing.assert_allclose(res["gpu"]["ssim"], res["cpu"]["ssim"], atol=1e-5, rtol=0)
