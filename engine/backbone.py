@@ -11,9 +11,12 @@ Resizing happens here, in the runtime (PIL on float32 images, no rounding back t
 are another size; the graph then pools 4x4), ``none`` (fingerprint: native size, never
 resampled, because resampling would wipe out the generator traces).
 
-Execution providers: ``CUDAExecutionProvider`` then CPU when onnxruntime-gpu is installed and
-exposes CUDA, else CPU; override with ``providers=`` (list of provider names, or the shorthands
-``"cpu"`` / ``"cuda"``) or the ``IMPRINT_PROVIDERS`` environment variable (comma-separated).
+Execution providers: ``CUDAExecutionProvider`` then CPU when the process-wide device choice
+(:mod:`engine.device`, ``--device``) puts onnxruntime on CUDA -- decided by a trial session that really runs on
+CUDA, never by ``get_available_providers()`` alone -- else CPU; override with ``providers=`` (list of provider
+names, or the shorthands ``"cpu"`` / ``"cuda"``) or the ``IMPRINT_PROVIDERS`` environment variable
+(comma-separated).  When CUDA is asked for and the session does not run on it (missing CUDA/cuDNN
+libraries: onnxruntime would silently fall back to the CPU), loading fails with an :class:`ImprintError`.
 CPU sessions use one intra-op thread per available core (``IMPRINT_THREADS`` overrides).
 """
 
@@ -66,12 +69,14 @@ def _cores() -> int:
 
 
 def default_providers() -> list[str]:
-    """Providers used when none are given: ``$IMPRINT_PROVIDERS``, else CUDA+CPU if available, else CPU."""
+    """Providers used when none are given: ``$IMPRINT_PROVIDERS``, else CUDA+CPU when the device choice
+    (:func:`engine.device.active`, a real CUDA trial) puts onnxruntime on CUDA, else CPU."""
     env = os.environ.get("IMPRINT_PROVIDERS")
     if env:
         return _normalise_providers([p.strip() for p in env.split(",") if p.strip()])
-    avail = _ort().get_available_providers()
-    if "CUDAExecutionProvider" in avail:
+    from .device import active
+
+    if active().onnxruntime == "cuda":
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
 
@@ -174,6 +179,11 @@ class Backbone:
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ImprintError(f"cannot load backbone {spec.name} ({spec.onnx_path}): {msg[:200]}") from None
         self.providers = list(self.session.get_providers())
+        lost = [p for p in provs if p != "CPUExecutionProvider" and p not in self.providers]
+        if lost:  # onnxruntime falls back to the CPU silently when a provider's libraries are missing
+            raise ImprintError(f"cannot load backbone {spec.name} on {', '.join(lost)}: the session fell back to "
+                               f"{', '.join(self.providers)} (CUDA/cuDNN libraries missing or no GPU; "
+                               f"use --device cpu or install the `gpu` extra)")
         self.on_gpu = any(p != "CPUExecutionProvider" for p in self.providers)
         self.default_batch_size = auto_batch_size(spec, self.on_gpu)
         self._in = self.session.get_inputs()[0].name
@@ -185,20 +195,19 @@ class Backbone:
     def run_preprocessed(self, x: np.ndarray) -> np.ndarray:
         """Run the session on a preprocessed float32 ``[b,C,H,W]`` batch -> float32 ``[b,d]``.
 
-        On a GPU provider the batch goes through onnxruntime I/O binding: the input is copied to the device
-        once and the output is bound on the device, so no intermediate host copies are made by the session.
+        Plain ``session.run`` on every provider: the batch is preprocessed on the host, so binding it with
+        :meth:`_run_bound` would make the same one host->device copy and gain nothing.
         """
-        if self.on_gpu:
-            y = self._run_bound(x)
-        else:
-            y = self.session.run([self._out], {self._in: x})[0]
+        y = self.session.run([self._out], {self._in: x})[0]
         y = np.asarray(y, dtype=np.float32).reshape(x.shape[0], -1)
         if y.shape[1] != self.spec.dim:
             raise ImprintError(f"backbone {self.spec.name} returned dim {y.shape[1]}, expected {self.spec.dim}")
         return y
 
     def _run_bound(self, x: np.ndarray, device: str | None = None) -> np.ndarray:
-        """Run through an onnxruntime I/O binding (device memory on a GPU provider, host memory otherwise)."""
+        """Run through an onnxruntime I/O binding (output on ``device``).  Not used by :meth:`run_preprocessed`:
+        with host-side preprocessing it copies the input host->device exactly like ``session.run``; kept for
+        callers that hold device-resident outputs."""
         device = device or ("cuda" if self.on_gpu else "cpu")
         binding = self.session.io_binding()
         binding.bind_cpu_input(self._in, np.ascontiguousarray(x, dtype=np.float32))

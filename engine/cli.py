@@ -58,7 +58,20 @@ def _policy(size: int, size_policy: str, window: str | None):
     return IngestPolicy(size=(size, size), size_policy=size_policy, window=win)
 
 
+def _set_device(ctx, param, value):
+    """``--device`` callback: run the device trials now (``cuda`` that cannot run is a one-line error)."""
+    from . import device as device_mod
+
+    ctx.meta["imprint.device"] = device_mod.set_device(value)
+    return value
+
+
 def _finish(summary: dict, as_json: bool, line: str) -> None:
+    ctx = click.get_current_context(silent=True)
+    dev = ctx.meta.get("imprint.device") if ctx is not None else None
+    if dev is not None and isinstance(summary, dict):  # job commands: say where each stage ran
+        summary.setdefault("device", dev.as_dict())
+        line = f"{line}\n{dev.line()}"
     if as_json:
         click.echo(json.dumps(summary, indent=2, sort_keys=True, default=_json_default))
     else:
@@ -87,6 +100,10 @@ common_input = [
     click.option("--strict", is_flag=True, help="Any skipped input file is an error (exit status 2)."),
     click.option("--seed", type=int, default=0, show_default=True, help="Random seed (results are deterministic)."),
     click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout."),
+    click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+                 expose_value=False, callback=_set_device,
+                 help="Where ONNX inference, FAISS search and the pair kernels run: 'cuda' (all on the GPU, "
+                      "else an error), 'cpu', or 'auto' (each on the GPU only when a trial run there works)."),
 ]
 
 

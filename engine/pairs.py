@@ -67,6 +67,7 @@ def run_pairs(*, real_dir: str, gen_dir: str, k: int, out: str, backbone: str = 
     from .backbone import load_backbone
     from .ingest import discover, iter_batches
     from .pipeline import _check_dir, _check_out, _load, _NullReporter, _skip_report, _sigterm_as_interrupt, _strict
+    from . import device as device_mod
     from .store import atomic_write_text
 
     rep = rep or _NullReporter()
@@ -128,6 +129,8 @@ def run_pairs(*, real_dir: str, gen_dir: str, k: int, out: str, backbone: str = 
         idx = ex.build_index(gvec, metric=metric, index=index)
         t["index_s"] = time.perf_counter() - t0
         kk = min(k, len(gen))
+        # --device: with the pair kernels on CUDA the generated images stay on the GPU for every real batch
+        scorer = device_mod.pair_scorer(gen.images) if rerank else None
 
         rel, skipped = discover(real_dir)
         skips.extend((real_dir, s.path, s.reason) for s in skipped)
@@ -178,7 +181,9 @@ def run_pairs(*, real_dir: str, gen_dir: str, k: int, out: str, backbone: str = 
                     ok = pairs[:, 1] >= 0
                     pairs = pairs[ok]
                     t0 = time.perf_counter()
-                    if rerank and len(pairs):
+                    if rerank and len(pairs) and scorer is not None:  # CUDA: generated set resident on the GPU
+                        ss, mm = device_mod.ssim_mse_pairs(imgs, gen.images, pairs, scorer=scorer)
+                    elif rerank and len(pairs):
                         ss = ex.ssim_pairs(imgs, gen.images, pairs)
                         mm = ex.mse_pairs(imgs, gen.images, pairs)
                     else:
@@ -246,6 +251,7 @@ def run_pairs(*, real_dir: str, gen_dir: str, k: int, out: str, backbone: str = 
         "command": "pairs", "out": out, "skip_report": skip_path, "n_real": n_real, "n_generated": len(gen),
         "k": kk, "n_pairs": n_pairs, "backbone": bb.spec.name, "metric": metric, "timings": t, "rates": rates,
         "bounding_stage": bound, "seconds": total, "resumed_batches": n_resumed,
+        "device": device_mod.describe(),
         "summary": (f"pairs: {n_pairs} pairs ({n_real} real x {kk} nearest of {len(gen)} generated) in {total:.1f}s "
                     f"= {n_pairs / total:.0f} pairs/s; slowest stage {bound} ({t[bound]:.1f}s); "
                     f"{len(skips)} skipped -> {out}"),

@@ -49,6 +49,11 @@ def _versions() -> dict:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             out[dist] = "not installed"
+    for dist in ("onnxruntime-gpu", "faiss-gpu-cu12", "numba-cuda"):  # the `gpu` extra, listed when installed
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
     return out
 
 

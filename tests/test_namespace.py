@@ -31,3 +31,19 @@ def test_python_dash_m_imprint_runs_the_cli(tmp_path):
                        timeout=120)
     assert r.returncode == 0, r.stderr
     assert "membership" in r.stdout and "attribute" in r.stdout
+
+
+def test_every_source_package_is_declared_in_pyproject():
+    """A subpackage missing from pyproject's ``packages`` would be absent from a wheel (non-editable install)."""
+    import pathlib
+    import tomllib
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    conf = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    mapping = {v: k for k, v in conf["package-dir"].items()}  # folder -> package name
+    found = set()
+    for top, name in mapping.items():
+        for init in (root / top).rglob("__init__.py"):
+            rel = init.parent.relative_to(root / top).parts
+            found.add(".".join((name, *rel)))
+    assert found == set(conf["packages"]), sorted(found ^ set(conf["packages"]))

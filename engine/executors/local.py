@@ -56,12 +56,20 @@ class LocalExecutor(Executor):
 
     def ssim_pairs(self, A: np.ndarray, B: np.ndarray, pairs: np.ndarray, data_range: float = 255.0) -> np.ndarray:
         """``kernels.ssim_pairs``: float32 ``[P]``."""
+        if _pairs_on_cuda():
+            from .. import device
+
+            return device.ssim_pairs(A, B, pairs, data_range, device="cuda")
         import imprint.kernels as kernels
 
         return kernels.ssim_pairs(A, B, pairs, data_range=data_range)
 
     def mse_pairs(self, A: np.ndarray, B: np.ndarray, pairs: np.ndarray) -> np.ndarray:
         """``kernels.mse_pairs``: float32 ``[P]``."""
+        if _pairs_on_cuda():
+            from .. import device
+
+            return device.mse_pairs(A, B, pairs, device="cuda")
         import imprint.kernels as kernels
 
         return kernels.mse_pairs(A, B, pairs)
@@ -76,3 +84,11 @@ class LocalExecutor(Executor):
 
 #: the shared stateless local executor (the default of every ``executor=`` argument)
 LOCAL = LocalExecutor()
+
+
+def _pairs_on_cuda() -> bool:
+    """True when a job chose CUDA pair kernels (``--device``); never triggers a device trial by itself."""
+    from .. import device
+
+    dev = device._ACTIVE
+    return dev is not None and dev.pair_kernels == "cuda"

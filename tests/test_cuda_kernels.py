@@ -1,0 +1,134 @@
+"""CUDA pair and LBP kernels, proven under Numba's CUDA simulator against the CPU kernels and scikit-image.
+
+The simulator must be enabled before ``numba.cuda`` is first imported, so the kernels run in one subprocess
+with ``NUMBA_ENABLE_CUDASIM=1`` (small images: the simulator runs every GPU thread in Python) and the tests
+compare what it returns.  The cases cover several output tiles per image with partial last tiles, a
+non-square size, several streamed batches (double buffering), A images with many partners, identical pairs,
+uint8 and float32 inputs, and three LBP methods.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    sys.path.insert(0, "tests")
+    from conftest import ct_like
+    from numba.core import config
+    assert config.ENABLE_CUDASIM
+    from imprint.kernels.cuda_similarity import CudaPairScorer, ssim_mse_pairs_cuda
+    from imprint.kernels.cuda_texture import lbp_histograms_cuda
+    rng = np.random.default_rng(7)
+    out = {}
+    # uint8, 15x16 (valid 5x6 -> 2x2 tiles of 4, partial last ones), 2 streamed batches of 2 A images
+    A = ct_like(rng, 3, 24)[:, 4:19, 3:19].copy()
+    B = ct_like(rng, 3, 24)[:, 4:19, 3:19].copy()
+    B[2] = A[1]                                  # an identical pair (ssim 1, mse 0)
+    pairs = np.array([[1, 2], [0, 1], [2, 0], [0, 0], [1, 1], [0, 2]])
+    s, m = ssim_mse_pairs_cuda(A, B, pairs, tile=4, batch_images=2)
+    out["u8"] = dict(A=A.tolist(), B=B.tolist(), pairs=pairs.tolist(), ssim=s.tolist(), mse=m.tolist())
+    # float32 (non-integer values, another data range), one tile per image, scorer reused for two calls
+    Af = (rng.random((2, 13, 12)) * 3.7).astype(np.float32)
+    Bf = (rng.random((2, 13, 12)) * 3.7).astype(np.float32)
+    sc = CudaPairScorer(Bf, data_range=4.0, tile=4)
+    pf = np.array([[0, 1], [1, 0], [0, 0]])
+    s1, m1 = sc.score(Af, pf)
+    s2, _ = sc.score(Af[::-1], pf)
+    out["f32"] = dict(A=Af.tolist(), B=Bf.tolist(), pairs=pf.tolist(), ssim=s1.tolist(), mse=m1.tolist(),
+                      ssim_rev=s2.tolist())
+    # LBP: a flat patch (ties in the interpolation), three methods / radii, one block per image
+    X = ct_like(rng, 1, 24)[:, 3:13, 2:13].copy()
+    X[0, :5, :5] = 25
+    out["lbp"] = dict(X=X.tolist(), h={f"{P},{R},{meth}": lbp_histograms_cuda(X, P, R, meth, tile=16).tolist()
+                                       for P, R, meth in ((8, 1.0, "uniform"), (8, 2.0, "default"),
+                                                          (6, 1.5, "nri_uniform"))})
+    print("JSON" + json.dumps(out))
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def sim():
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", PYTHONPATH=str(ROOT))
+    res = subprocess.run([sys.executable, "-c", _SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    line = [ln for ln in res.stdout.splitlines() if ln.startswith("JSON")][-1]
+    return json.loads(line[4:])
+
+
+def test_cuda_ssim_mse_uint8_equal_cpu_across_tiles_and_batches(sim):
+    from imprint.kernels import mse_pairs, ssim_pairs
+
+    c = sim["u8"]
+    A = np.array(c["A"], np.uint8)
+    B = np.array(c["B"], np.uint8)
+    pairs = np.array(c["pairs"])
+    ref_s = ssim_pairs(A, B, pairs)
+    ref_m = mse_pairs(A, B, pairs)
+    np.testing.assert_allclose(c["ssim"], ref_s, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(c["mse"], ref_m, rtol=1e-6, atol=1e-5)
+    # the planted identical pair is found as identical
+    assert abs(c["ssim"][0] - 1.0) < 1e-6 and c["mse"][0] == 0.0
+    # the values are not all alike (a constant would not pass the comparison above either)
+    assert np.ptp(c["ssim"]) > 0.2
+
+
+def test_cuda_ssim_equals_skimage(sim):
+    from skimage.metrics import mean_squared_error, structural_similarity
+
+    c = sim["u8"]
+    A = np.array(c["A"], np.uint8)
+    B = np.array(c["B"], np.uint8)
+    for (i, j), s, m in list(zip(c["pairs"], c["ssim"], c["mse"]))[:4]:
+        ref = structural_similarity(A[i], B[j], data_range=255, gaussian_weights=True, sigma=1.5,
+                                    use_sample_covariance=False)
+        assert abs(s - ref) < 1e-5
+        assert abs(m - mean_squared_error(A[i], B[j])) < 1e-3
+
+
+def test_cuda_float32_and_resident_scorer_reuse(sim):
+    from imprint.kernels import mse_pairs, ssim_pairs
+
+    c = sim["f32"]
+    A = np.array(c["A"], np.float32)
+    B = np.array(c["B"], np.float32)
+    pairs = np.array(c["pairs"])
+    np.testing.assert_allclose(c["ssim"], ssim_pairs(A, B, pairs, data_range=4.0), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(c["mse"], mse_pairs(A, B, pairs), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(c["ssim_rev"], ssim_pairs(A[::-1], B, pairs, data_range=4.0), atol=1e-5, rtol=0)
+    assert not np.allclose(c["ssim"], c["ssim_rev"])
+
+
+def test_cuda_lbp_histograms_bit_equal_cpu(sim):
+    from imprint.kernels import lbp_histograms
+
+    X = np.array(sim["lbp"]["X"], np.uint8)
+    for key, h in sim["lbp"]["h"].items():
+        P, R, meth = key.split(",")
+        ref = lbp_histograms(X, int(P), float(R), meth)
+        np.testing.assert_array_equal(np.array(h, np.float32), ref, err_msg=key)
+
+
+def test_cuda_unavailable_is_a_clear_error_and_bad_params_rejected():
+    from imprint.kernels.cuda_similarity import cuda_available
+    from imprint.kernels.cuda_texture import lbp_histograms_cuda
+
+    with pytest.raises(ValueError, match="bins"):
+        lbp_histograms_cuda(np.zeros((1, 8, 8), np.uint8), P=12, method="default")
+    if not cuda_available():  # this process runs without the simulator: no device
+        from imprint.kernels.cuda_similarity import CudaPairScorer
+
+        with pytest.raises(RuntimeError, match="no CUDA device"):
+            CudaPairScorer(np.zeros((1, 16, 16), np.uint8))
