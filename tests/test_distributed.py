@@ -293,3 +293,13 @@ def test_worker_killed_during_embedding_loses_and_duplicates_nothing(cluster, fo
     assert len(paths) == len(set(paths)) == 44 and sorted(paths) == sorted(rel)
     order = [rel.index(p) for p in paths]
     np.testing.assert_array_equal(vecs, embed(gen[order], "pixel"))
+
+
+def test_gpu_workers_get_their_share_of_the_cores():
+    from imprint.engine.executors.ray import worker_cpus
+
+    assert worker_cpus({"CPU": 16, "GPU": 1}, 1.0, 1) == 16      # one GPU actor: the whole host
+    assert worker_cpus({"CPU": 16, "GPU": 4}, 1.0, 1) == 4       # four GPU actors share the cores
+    assert worker_cpus({"CPU": 16, "GPU": 2}, 0.5, 1) == 4       # two actors per GPU
+    assert worker_cpus({"CPU": 2, "GPU": 4}, 1.0, 1) == 1        # never below cpus_per_worker
+    assert worker_cpus({"CPU": 16}, 0.0, 2) == 2                 # CPU workers: as configured

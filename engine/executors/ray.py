@@ -326,6 +326,19 @@ def _extract_chunk(images: np.ndarray, groups: tuple, batch: int):
 
 
 # ---------------------------------------------------------------------------------------------- executor
+def worker_cpus(resources: dict, gpus_per_worker: float, cpus_per_worker: int) -> int:
+    """CPU cores reserved for (and used as threads by) each worker actor.
+
+    A CPU worker gets ``cpus_per_worker``. A GPU worker also decodes, preprocesses and re-ranks on the host, so it
+    gets its share of the node's cores: ``max(cpus_per_worker, CPU // GPU-workers)`` (one core per GPU actor would
+    starve the GPU).
+    """
+    if not gpus_per_worker:
+        return int(cpus_per_worker)
+    n_gpu_workers = max(1, int(resources.get("GPU", 0) / gpus_per_worker))
+    return max(int(cpus_per_worker), int(resources.get("CPU", 0)) // n_gpu_workers)
+
+
 class RayExecutor(Executor):
     """Runs imprint's heavy stages on a Ray cluster.
 
@@ -476,12 +489,14 @@ class RayExecutor(Executor):
         """The worker actor handles (started on first call)."""
         if not self._actors:
             ray = self.ray
-            gpus = self._gpus(dict(ray.cluster_resources()))
-            cls = ray.remote(_Worker).options(num_cpus=self.cpus_per_worker, num_gpus=gpus,
+            res = dict(ray.cluster_resources())
+            gpus = self._gpus(res)
+            cpus = worker_cpus(res, gpus, self.cpus_per_worker)
+            cls = ray.remote(_Worker).options(num_cpus=cpus, num_gpus=gpus,
                                                max_restarts=self.max_restarts,
                                                max_task_retries=self.max_task_retries)
             n = self.num_workers
-            actors = [cls.remote(self.cpus_per_worker, self._crash_once) for _ in range(n)]
+            actors = [cls.remote(cpus, self._crash_once) for _ in range(n)]
             timeout = float(os.environ.get("IMPRINT_RAY_START_TIMEOUT", "300"))
             try:
                 ray.get([a.pid.remote() for a in actors], timeout=timeout)
