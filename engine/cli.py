@@ -394,6 +394,23 @@ def demo(out_dir, data_dir, report, as_json):
     _finish(summary, as_json, summary["summary"])
 
 
+# ---------------------------------------------------------------------------------------------- doctor
+@cli.command()
+@click.option("--models-dir", default=None, metavar="DIR",
+              help="Backbone folder to check (default: $IMPRINT_MODELS_DIR, else the package's models/onnx).")
+@click.option("--json", "as_json", is_flag=True, help="Print every fact as JSON.")
+def doctor(models_dir, as_json):
+    """What imprint will run on: versions, onnxruntime providers that really run, FAISS GPUs, Numba CUDA,
+    GPU memory, CPUs, memory limit, and whether each ONNX backbone is built."""
+    from .doctor import collect, format_table
+
+    facts = collect(models_dir)
+    if as_json:
+        click.echo(json.dumps(facts, indent=2, sort_keys=True, default=str))
+    else:
+        click.echo(format_table(facts))
+
+
 # ---------------------------------------------------------------------------------------------- entry point
 def _log_dir() -> Path:
     d = os.environ.get("IMPRINT_LOG_DIR") or os.path.join(tempfile.gettempdir(), "imprint-logs")
