@@ -189,6 +189,8 @@ def run_membership(*, gen_dir: str, real_dir: str, out: str, dev_dirs: Sequence[
         score = np.asarray(res.score, dtype=np.float64)[inverse]
         used = np.asarray(res.used).astype(int)[inverse]
         res.evidence = {k_: np.asarray(v)[inverse] for k_, v in res.evidence.items()}
+        if getattr(res, "calibrated", None):
+            res.calibrated = {k_: np.asarray(v)[inverse] for k_, v in res.calibrated.items()}
         if getattr(res, "nearest", None) is not None and np.asarray(res.nearest).size:
             res.nearest = np.asarray(res.nearest)[inverse]
         res.score, res.used = score, used
