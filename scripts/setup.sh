@@ -1,15 +1,41 @@
 #!/usr/bin/env bash
 # Create .venv/ in the repo root, install imprint (CPU packages) with its export/test/report extras,
 # and build the ONNX backbones. Idempotent: re-running only installs what changed.
+# Prints one line per step; each step's full output goes to a log that is shown only when the step fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-}"
 if [ -z "$PY" ]; then
   if command -v python3.11 >/dev/null 2>&1; then PY=python3.11; else PY=python3; fi
 fi
-if [ ! -x .venv/bin/python ]; then
-  "$PY" -m venv .venv
+LOGS="${IMPRINT_SETUP_LOGS:-${TMPDIR:-/tmp}/imprint-setup-logs-$(id -u)}"
+mkdir -p "$LOGS"
+STEP=0
+TOTAL=4
+
+step() {  # step MESSAGE COMMAND...: run quietly, print one line; on failure show the log's tail and stop
+  local msg="$1"; shift
+  STEP=$((STEP + 1))
+  local log="$LOGS/step$STEP.log" t0=$SECONDS
+  printf 'setup [%d/%d] %s ... ' "$STEP" "$TOTAL" "$msg"
+  if "$@" >"$log" 2>&1; then
+    echo "ok ($((SECONDS - t0))s)"
+  else
+    echo "FAILED (log: $log)"
+    tail -n 30 "$log" >&2
+    exit 1
+  fi
+}
+
+command -v "$PY" >/dev/null 2>&1 || { echo "setup: $PY not found (set PYTHON=/path/to/python3.10+)" >&2; exit 1; }
+if [ -x .venv/bin/python ]; then
+  step "virtual environment .venv (exists)" .venv/bin/python --version
+else
+  step "virtual environment .venv ($("$PY" --version 2>&1))" "$PY" -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[export,test,report]"
-.venv/bin/imprint models build
+PIP=(.venv/bin/python -m pip --disable-pip-version-check --no-input)
+step "pip up to date" "${PIP[@]}" install --upgrade pip
+step "imprint and its packages (extras export, test, report; minutes the first time)" \
+  "${PIP[@]}" install -e ".[export,test,report]"
+step "ONNX backbones (imprint models build)" .venv/bin/imprint models build
+echo "setup: $(tail -n 1 "$LOGS/step4.log"); next: .venv/bin/imprint demo"

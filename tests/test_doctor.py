@@ -87,3 +87,21 @@ def test_human_table_and_cuda_simulator(pixel_only):
                          text=True, timeout=120)
     nc = json.loads(out.stdout)
     assert nc["simulator"] is True and nc["available"] is True
+
+
+def test_every_package_folder_is_installed():
+    """A non-editable install (`pip install .`, a wheel) ships exactly the packages listed in pyproject.toml:
+    every folder with an __init__.py under the mapped roots must be listed, or it silently goes missing."""
+    tomllib = pytest.importorskip("tomllib")
+    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(cfg["packages"])
+    mapping = cfg["package-dir"]
+    found = set()
+    for pkg, folder in mapping.items():
+        base = ROOT / folder
+        for init in base.rglob("__init__.py"):
+            rel = init.parent.relative_to(base)
+            found.add(".".join([pkg, *rel.parts]) if rel.parts else pkg)
+    assert found - listed == set(), f"packages missing from pyproject.toml: {sorted(found - listed)}"
+    data = cfg["package-data"]["imprint.engine"]
+    assert any(p.startswith("data/demo") for p in data) and cfg["include-package-data"] is False

@@ -236,6 +236,7 @@ if __name__ == "__main__":  # refresh docs/report_membership.png from the demo s
     ap.add_argument("--screenshot", default="docs/report_membership.png")
     ap.add_argument("--out", default=None, help="demo output folder (default: a temporary one)")
     a = ap.parse_args()
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's imprint, not an installed one
     from imprint.engine.demo import run_demo
 
     out = a.out or tempfile.mkdtemp(prefix="imprint-demo-")
