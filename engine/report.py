@@ -139,6 +139,7 @@ def _membership(d: Path, *, summary: dict, result, real, gen, truth: Mapping[str
                  f"{int(used.sum())} of {len(used)} images flagged. "
                  f"{html.escape(str(getattr(result, 'summary', '')))}</p>")
     parts.append(_table({k: v for k, v in info.items() if not isinstance(v, (list, dict))}))
+    parts.extend(_evidence_breakdown(d, plt, result, real, score, used, facts_json))
 
     if y is not None:
         fpr, tpr, _ = skm.roc_curve(y, score)
@@ -200,7 +201,6 @@ def _membership(d: Path, *, summary: dict, result, real, gen, truth: Mapping[str
         parts.append(f'<img src="{_save(fig, d / "top_matches.png")}" alt="top matches">')
         facts_json["top_matches"] = rows_out
 
-    parts.extend(_evidence_breakdown(d, plt, result, real, score, used, facts_json))
 
     parts.append("<h2>Run facts</h2>")
     flat = {k: v for k, v in summary.items() if k not in ("summary", "info", "report")}

@@ -235,6 +235,7 @@ if __name__ == "__main__":  # refresh docs/report_membership.png from the demo s
     ap = argparse.ArgumentParser()
     ap.add_argument("--screenshot", default="docs/report_membership.png")
     ap.add_argument("--out", default=None, help="demo output folder (default: a temporary one)")
+    ap.add_argument("--max-height", type=int, default=2200, help="crop the screenshot to this height")
     a = ap.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's imprint, not an installed one
     from imprint.engine.demo import run_demo
@@ -242,4 +243,9 @@ if __name__ == "__main__":  # refresh docs/report_membership.png from the demo s
     out = a.out or tempfile.mkdtemp(prefix="imprint-demo-")
     run_demo(out_dir=out, report=True)
     got = render((Path(out) / "report_membership" / "index.html").resolve().as_uri(), screenshot=a.screenshot)
+    from PIL import Image
+
+    im = Image.open(a.screenshot)   # the README shows the top of the page; a palette PNG keeps the file small
+    im = im.crop((0, 0, im.width, min(im.height, a.max_height))).convert("RGB")
+    im.quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(a.screenshot, optimize=True)
     print(json.dumps({"images": got["images"], "problems": got["problems"]}, indent=1))
