@@ -275,31 +275,28 @@ def test_dicom_membership_scores_like_the_png_originals(tmp_path):
     from imprint.engine.pipeline import run_membership
 
     rng = np.random.default_rng(5)
-    reals = _membership_set(tmp_path, rng)
-    (tmp_path / "png").mkdir()
-    (tmp_path / "dcm").mkdir()
+    reals = _membership_set(tmp_path, rng)     # the first 8 of 24 are copied (noisily) by the generator
+    refs = ct_like(rng, 24)                    # known non-members: the null
+    for name in ("png", "dcm", "ref_png", "ref_dcm"):
+        (tmp_path / name).mkdir()
     for i, r in enumerate(reals):
         save_png(tmp_path / "png" / f"r{i:03d}.png", r)
         write_dicom(tmp_path / "dcm" / f"r{i:03d}.dcm", v_to_hu(r))
+    for i, r in enumerate(refs):
+        save_png(tmp_path / "ref_png" / f"n{i:03d}.png", r)
+        write_dicom(tmp_path / "ref_dcm" / f"n{i:03d}.dcm", v_to_hu(r))
     pol = IngestPolicy(size=(64, 64), window=clinical.parse_window("-600,1500"))
     for name in ("png", "dcm"):
         run_membership(gen_dir=str(tmp_path / "gen"), real_dir=str(tmp_path / name),
-                       out=str(tmp_path / f"{name}.csv"), policy=pol, decision="f1")
+                       ref_dirs=[str(tmp_path / f"ref_{name}")], out=str(tmp_path / f"{name}.csv"), policy=pol)
     a, b = _scores(tmp_path / "png.csv"), _scores(tmp_path / "dcm.csv")
     assert len(a) == len(b) == len(reals)
-    pairs = [(a[k], b[k.replace(".png", ".dcm")]) for k in a]
+    pairs = [(a[k], b[k.replace(".png", ".dcm")]) for k in sorted(a)]
     assert max(abs(x[0] - y[0]) for x, y in pairs) <= 0.05
     assert [x[1] for x, y in pairs] == [y[1] for x, y in pairs]
-    assert sum(x[1] for x, _ in pairs) >= 1   # the planted copies are found, so decisions are not all trivially 0
-
-
-@pytest.fixture(scope="module")
-def pixel_models(tmp_path_factory):
-    from imprint.models.build import build_all
-
-    d = tmp_path_factory.mktemp("models")
-    assert build_all(d, only=["pixel"])["pixel"] == "built"
-    return d
+    # the decisions compared are informative: the planted copies are found, and not everything is flagged
+    flagged = [x[1] for x, _ in pairs]
+    assert sum(flagged[:8]) >= 6 and sum(flagged) < len(flagged)
 
 
 def test_patient_metadata_never_reaches_outputs(tmp_path, monkeypatch, pixel_models):
