@@ -257,7 +257,7 @@ def format_table(f: dict) -> str:
     rows.append(("imprint", f"{v.get('imprint') or '?'}  ({f['imprint_path']})"))
     rows.append(("python", f"{v['python']}  ({f['python_executable']})"))
     libs = [k for k in VERSION_DISTS if k != "imprint"]
-    rows.append(("libraries", ", ".join(f"{k} {v.get(k) or 'missing'}" for k in libs)))
+    rows.append(("libraries", ", ".join(f"{k} {v.get(k) or 'not installed'}" for k in libs)))
     o = f["onnxruntime"]
     if "error" in o:
         rows.append(("onnxruntime", o["error"]))

@@ -273,7 +273,7 @@ def _evidence_breakdown(d: Path, plt, result, real, score, used, facts_json, max
     ncol = min(4, ncharts)
     nrow = -(-ncharts // ncol)
     fig, axs = plt.subplots(nrow, ncol, figsize=(3.1 * ncol, nrow * (0.17 * len(names) + 0.8)),
-                            squeeze=False, sharex=True)
+                            squeeze=False, sharex=True, layout="constrained")
     lim = max(1.0, float(np.nanmax(np.abs(contrib[:ncharts]))) if ncharts else 1.0)
     for k in range(nrow * ncol):
         ax = axs[k // ncol, k % ncol]
