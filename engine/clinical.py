@@ -116,8 +116,12 @@ def window_to_uint8(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """
     if not np.isfinite(lo) or not np.isfinite(hi) or hi <= lo:
         return np.zeros(x.shape, dtype=np.uint8)
-    out = np.clip((np.asarray(x, dtype=np.float64) - lo) * (255.0 / (hi - lo)), 0, 255)
-    return np.rint(np.nan_to_num(out, nan=0.0)).astype(np.uint8)
+    out = np.asarray(x, dtype=np.float64) - lo   # a new array: the in-place steps below never touch ``x``
+    out *= 255.0 / (hi - lo)
+    np.clip(out, 0, 255, out=out)
+    np.rint(out, out=out)
+    out[np.isnan(out)] = 0.0
+    return out.astype(np.uint8)
 
 
 def parse_window(text: str) -> tuple[float, float]:
@@ -273,7 +277,13 @@ def decode_dicom(src, policy, *, force: bool = False) -> np.ndarray:
         from pydicom.pixels import apply_modality_lut
 
         hu = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64).reshape(hu.shape)
-    lo_all, hi_all = (float(np.nanmin(hu)), float(np.nanmax(hu))) if hu.size else (0.0, 0.0)
+    full_range: list = []   # the file's min..max, computed only when a frame needs it
+
+    def file_range() -> tuple[float, float]:
+        if not full_range:
+            full_range.extend((float(np.nanmin(hu)), float(np.nanmax(hu))) if hu.size else (0.0, 0.0))
+        return full_range[0], full_range[1]
+
     for i in range(hu.shape[0]):
         if policy.window is not None:
             c, w = policy.window
@@ -281,7 +291,7 @@ def decode_dicom(src, policy, *, force: bool = False) -> np.ndarray:
         else:
             fw = _file_window(ds, i)
             if fw is None:
-                out = window_to_uint8(hu[i], lo_all, hi_all)
+                out = window_to_uint8(hu[i], *file_range())
             elif fw[0] == "lut":
                 out = _voi_lut(arr[i], ds)
             else:
