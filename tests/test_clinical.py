@@ -347,3 +347,31 @@ def test_patient_metadata_never_reaches_outputs(tmp_path, monkeypatch, pixel_mod
             assert n.decode() not in text
     # the needles are really in the inputs (the check above could otherwise pass vacuously)
     assert needles[0] in (real / "multi.dcm").read_bytes()
+
+
+def test_window_option_errors_are_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from imprint.engine.cli import main
+
+    import click
+
+    @click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+    @click.pass_context
+    def wrapper(ctx):
+        main(list(ctx.args))
+
+    (tmp_path / "d").mkdir()
+    for bad in ("lungs", "-600", "40,0"):
+        r = CliRunner().invoke(wrapper, ["embed", str(tmp_path / "d"), "--store", str(tmp_path / "s"),
+                                         "--window", bad])
+        assert r.exit_code == 2 and r.output.startswith("error: --window") and r.output.count("\n") == 1, r.output
+
+
+def test_nifti_4d_is_skipped_and_2d_is_one_image(tmp_path, slices):
+    _nifti(tmp_path / "fmri.nii", np.zeros((8, 8, 4, 3), np.int16), np.eye(4))
+    _nifti(tmp_path / "one.nii", np.ascontiguousarray(v_to_hu(slices[0]).T[::-1, ::-1]), np.eye(4))
+    s = load_folder(tmp_path, IngestPolicy(size=(64, 64), window=LUNG))
+    assert s.paths == ["one.nii"]
+    np.testing.assert_array_equal(s.images[0], slices[0])
+    assert [(k.path, "dimensions" in k.reason) for k in s.skipped] == [("fmri.nii", True)]
