@@ -299,6 +299,15 @@ def test_dicom_membership_scores_like_the_png_originals(tmp_path):
     assert sum(flagged[:8]) >= 6 and sum(flagged) < len(flagged)
 
 
+@pytest.fixture(scope="module")
+def pixel_models(tmp_path_factory):
+    from imprint.models.build import build_all
+
+    d = tmp_path_factory.mktemp("models")
+    assert build_all(d, only=["pixel"])["pixel"] == "built"
+    return d
+
+
 def test_patient_metadata_never_reaches_outputs(tmp_path, monkeypatch, pixel_models):
     """DICOMs with distinctive patient strings go through membership (with report), embed and pairs; no output
     file, log or printed line contains any of them."""
