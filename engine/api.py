@@ -259,6 +259,25 @@ def _image_set(x: Any, what: str, policy: "IngestPolicy", skips: list, allow_emp
     return _array_set(x, what, allow_empty)
 
 
+def _set_device(device: str | None) -> None:
+    """``device=`` of the API functions: ``"auto" | "cpu" | "cuda"`` (the CLI's ``--device``); None keeps the
+    process-wide choice (``$IMPRINT_DEVICE``, default auto). ``"cuda"`` that cannot run is an ImprintError."""
+    if device is None:
+        return
+    if device not in ("auto", "cpu", "cuda"):
+        raise ImprintError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    from . import device as device_mod
+
+    device_mod.set_device(device)
+
+
+def _device_summary() -> dict:
+    """Where ONNX inference, FAISS and the pair kernels ran (the summary's ``device`` entry)."""
+    from . import device as device_mod
+
+    return device_mod.describe()
+
+
 def _check_seed(seed: Any) -> int:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise ImprintError(f"seed must be an integer (got {seed!r})")
@@ -310,7 +329,7 @@ def audit_membership(generated: Images, real: Images, *, dev: Sequence[Any] = ()
                      executor: "str | Executor | None" = None, address: str | None = None,
                      policy: "IngestPolicy | None" = None, strict: bool = False,
                      progress: Callable[[int], Any] | None = None,
-                     cache_dir: str | os.PathLike | None = None) -> MembershipAudit:
+                     cache_dir: str | os.PathLike | None = None, device: str | None = None) -> MembershipAudit:
     """Score real images for membership in a generator's training set and decide used / not used.
 
     The Python form of ``imprint membership``: same method, same numbers as the CLI's CSVs.
@@ -349,6 +368,10 @@ def audit_membership(generated: Images, real: Images, *, dev: Sequence[Any] = ()
     cache_dir : path or None
         Checkpoint folder for finished stages (an interrupted call resumes from them).
 
+    device : {'auto', 'cpu', 'cuda'} or None
+        Where ONNX inference, FAISS search and the pair kernels run (the CLI's ``--device``); None keeps the
+        process-wide choice. Reported in ``.summary['device']``.
+
     Returns
     -------
     MembershipAudit
@@ -359,6 +382,7 @@ def audit_membership(generated: Images, real: Images, *, dev: Sequence[Any] = ()
     ImprintError
         One-line message for any bad argument or input, before the work starts.
     """
+    _set_device(device)
     from .executors import check_executor
 
     t_start = time.perf_counter()
@@ -482,6 +506,8 @@ def audit_loaded(gen: "ImageSet", real: "ImageSet", dev_sets: Sequence[tuple], r
     score = np.asarray(res.score, dtype=np.float64)[inverse]
     used = np.asarray(res.used).astype(int)[inverse]
     res.evidence = {k_: np.asarray(v)[inverse] for k_, v in res.evidence.items()}
+    if getattr(res, "calibrated", None):
+        res.calibrated = {k_: np.asarray(v)[inverse] for k_, v in res.calibrated.items()}
     if getattr(res, "nearest", None) is not None and np.asarray(res.nearest).size:
         res.nearest = np.asarray(res.nearest)[inverse]
     res.score, res.used = score, used
@@ -493,6 +519,7 @@ def audit_loaded(gen: "ImageSet", real: "ImageSet", dev_sets: Sequence[tuple], r
             nearest_names.append(gen.paths[j] if 0 <= j < len(gen.paths) else "")
     n_used = int(used.sum())
     summary = {
+        "device": _device_summary(),
         "command": "membership",
         "out": None,
         "evidence_out": None,
@@ -521,7 +548,7 @@ def attribute(images: Images, k: int | None, *, dev: Any = None, seed: int = 0, 
               executor: "str | Executor | None" = None, address: str | None = None,
               policy: "IngestPolicy | None" = None, strict: bool = False,
               progress: Callable[[str], Any] | None = None,
-              cache_dir: str | os.PathLike | None = None) -> Attribution:
+              cache_dir: str | os.PathLike | None = None, device: str | None = None) -> Attribution:
     """Group generated images by the model that made them.
 
     The Python form of ``imprint attribute``: same method, same clusters as the CLI's CSV.
@@ -552,6 +579,10 @@ def attribute(images: Images, k: int | None, *, dev: Any = None, seed: int = 0, 
     cache_dir : path or None
         Checkpoint folder for finished feature extractions.
 
+    device : {'auto', 'cpu', 'cuda'} or None
+        Where ONNX inference, FAISS search and the pair kernels run (the CLI's ``--device``); None keeps the
+        process-wide choice. Reported in ``.summary['device']``.
+
     Returns
     -------
     Attribution
@@ -563,6 +594,7 @@ def attribute(images: Images, k: int | None, *, dev: Any = None, seed: int = 0, 
     ImprintError
         One-line message for any bad argument or input.
     """
+    _set_device(device)
     from .executors import check_executor
 
     t_start = time.perf_counter()
@@ -645,6 +677,7 @@ def attribute_loaded(imgs: "ImageSet", k: int | None, dev_sets: Mapping[str, np.
     labels = np.asarray(res.labels).astype(np.int64)
     sizes = np.bincount(labels, minlength=int(res.k)).tolist()
     summary = {
+        "device": _device_summary(),
         "command": "attribute",
         "out": None,
         "details_out": None,

@@ -44,15 +44,14 @@ class Reporter:
 def _policy(size: int, size_policy: str, window: str | None):
     from .ingest import IngestPolicy
 
+    from .clinical import parse_window
+
     win = None
     if window:
         try:
-            c, w = (float(x) for x in window.split(","))
-        except ValueError:
-            raise ImprintError(f"--window must be CENTER,WIDTH (got {window!r})") from None
-        if w <= 0:
-            raise ImprintError("--window width must be positive")
-        win = (c, w)
+            win = parse_window(window)
+        except ValueError as exc:
+            raise ImprintError(str(exc)) from None
     if size < 16 or size > 4096:
         raise ImprintError(f"--size must be between 16 and 4096 (got {size})")
     return IngestPolicy(size=(size, size), size_policy=size_policy, window=win)
@@ -95,8 +94,10 @@ common_input = [
                  help="Working size: every image is converted to SIZE x SIZE grayscale."),
     click.option("--size-policy", type=click.Choice(["resize", "error"]), default="resize", show_default=True,
                  help="Images of another size are resized, or skipped ('error')."),
-    click.option("--window", default=None, metavar="CENTER,WIDTH",
-                 help="Intensity window for 16-bit images (default: each image's own min..max range)."),
+    click.option("--window", default=None, metavar="CENTER,WIDTH|lung|mediastinum|bone",
+                 help="Intensity window for DICOM/NIfTI (in Hounsfield units for CT) and 16-bit images; presets "
+                      "lung -600,1500, mediastinum 40,400, bone 400,1800 (default: the DICOM file's own VOI "
+                      "LUT/window, else each file's min..max range)."),
     click.option("--strict", is_flag=True, help="Any skipped input file is an error (exit status 2)."),
     click.option("--seed", type=int, default=0, show_default=True, help="Random seed (results are deterministic)."),
     click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout."),
@@ -408,6 +409,23 @@ def demo(out_dir, data_dir, report, as_json):
 
     summary = run_demo(out_dir=out_dir, data_dir=data_dir, report=report, rep=Reporter(quiet=as_json))
     _finish(summary, as_json, summary["summary"])
+
+
+# ---------------------------------------------------------------------------------------------- doctor
+@cli.command()
+@click.option("--models-dir", default=None, metavar="DIR",
+              help="Backbone folder to check (default: $IMPRINT_MODELS_DIR, else the package's models/onnx).")
+@click.option("--json", "as_json", is_flag=True, help="Print every fact as JSON.")
+def doctor(models_dir, as_json):
+    """What imprint will run on: versions, onnxruntime providers that really run, FAISS GPUs, Numba CUDA,
+    GPU memory, CPUs, memory limit, and whether each ONNX backbone is built."""
+    from .doctor import collect, format_table
+
+    facts = collect(models_dir)
+    if as_json:
+        click.echo(json.dumps(facts, indent=2, sort_keys=True, default=str))
+    else:
+        click.echo(format_table(facts))
 
 
 # ---------------------------------------------------------------------------------------------- entry point

@@ -2,7 +2,9 @@
 
 Policy (recorded in every output's metadata, see :func:`IngestPolicy.describe`):
 
-* **Formats**: PNG, JPEG, TIFF, BMP (by content, not only by extension).
+* **Formats**: PNG, JPEG, TIFF, BMP (by content, not only by extension); DICOM and NIfTI through
+  :mod:`engine.clinical` (modality LUT to Hounsfield units, windows, one image per frame/slice, addressed as
+  ``file#N`` when a file holds several).
 * **Mode**: 8-bit grayscale is used as is. RGB/RGBA/palette/LA images are converted to luminance
   (ITU-R 601-2, Pillow's ``convert("L")``; alpha is dropped). 16-bit and 32-bit integer or float images are
   scaled linearly from their actual min..max range to 0..255, or through a DICOM-style window
@@ -28,6 +30,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from . import clinical
 from .errors import ImprintError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -156,7 +159,7 @@ def discover(root: str | os.PathLike, *, recursive: bool = True) -> tuple[list[s
                 if is_link:
                     target = os.path.realpath(e.path)
                     if not inside(target):
-                        if _is_image_name(e.name) or os.path.isdir(e.path):
+                        if _is_image_name(e.name) or clinical.kind_of_name(e.name) or os.path.isdir(e.path):
                             skipped.append(Skip(rel, "symlink points outside the input folder"))
                         continue
                     if not os.path.exists(target):
@@ -167,10 +170,29 @@ def discover(root: str | os.PathLike, *, recursive: bool = True) -> tuple[list[s
                         stack.append(e.path)
                 elif _is_image_name(e.name):
                     found.append(rel)
+                elif clinical.sniff(e.path):
+                    found.append(rel)
             except OSError as exc:
                 skipped.append(Skip(rel, f"cannot stat ({exc.strerror or exc})"))
     found.sort()
-    return found, skipped
+    return _expand_frames(root_path, found, skipped), skipped
+
+
+def _expand_frames(root: Path, found: list[str], skipped: list[Skip]) -> list[str]:
+    """Replace each multi-image clinical file (multi-frame DICOM, NIfTI volume) by its ``file#N`` images."""
+    out: list[str] = []
+    for rel in found:
+        kind = None if _is_image_name(rel) else clinical.sniff(root / rel)
+        if kind is None:
+            out.append(rel)
+            continue
+        try:
+            n = clinical.frame_count(root / rel, kind)
+        except ValueError as exc:
+            skipped.append(Skip(rel, str(exc)))
+            continue
+        out.extend([rel] if n == 1 else [f"{rel}{clinical.FRAME_SEP}{k}" for k in range(n)])
+    return out
 
 
 def _rel(path: str | os.PathLike, root: Path) -> str:
@@ -218,6 +240,19 @@ def decode_file(path: str | os.PathLike, policy: IngestPolicy = IngestPolicy()) 
     ValueError
         With a short human-readable reason when the file cannot be used.
     """
+    p = os.fspath(path)
+    base, frame = clinical.split_frame(p) if not os.path.lexists(p) else (p, None)
+    if frame is not None or not _is_image_name(base):
+        kind = clinical.sniff(base) if os.path.isfile(base) else None
+        if kind is not None:
+            return clinical.decode_clinical_file(base, kind, policy, frame, _read_bytes)
+    data = _read_bytes(p)
+    digest = hashlib.sha256(data).hexdigest()
+    return decode_bytes(data, policy), digest
+
+
+def _read_bytes(path: str | os.PathLike) -> bytes:
+    """A file's bytes; ValueError with a short reason when it cannot be read or is empty."""
     try:
         with open(path, "rb") as fh:
             data = fh.read()
@@ -229,8 +264,7 @@ def decode_file(path: str | os.PathLike, policy: IngestPolicy = IngestPolicy()) 
         raise ValueError(f"cannot read ({exc.strerror or exc})") from None
     if not data:
         raise ValueError("empty file")
-    digest = hashlib.sha256(data).hexdigest()
-    return decode_bytes(data, policy), digest
+    return data
 
 
 def decode_bytes(data: bytes, policy: IngestPolicy = IngestPolicy()) -> np.ndarray:
@@ -239,6 +273,13 @@ def decode_bytes(data: bytes, policy: IngestPolicy = IngestPolicy()) -> np.ndarr
 
     if not data:
         raise ValueError("empty file")
+    kind = clinical.kind_of_bytes(data[:352])
+    if kind is not None:
+        vol = (clinical.decode_dicom(io.BytesIO(data), policy) if kind == "dicom"
+               else clinical._decode_nifti_bytes("<bytes>", data, policy))
+        if len(vol) != 1:
+            raise ValueError(f"file holds {len(vol)} images: read it from its folder (images PATH#N)")
+        return vol[0]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

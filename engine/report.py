@@ -1,7 +1,8 @@
 """Static HTML audit reports (no server, no internet): plots as PNG files next to ``index.html`` plus the same
 facts as JSON (``report.json``) and per-item tables (CSV) for other tools.
 
-Membership: score histogram (by label when truth is given) with the threshold, ROC and precision-recall
+Membership: score histogram (by label when truth is given) over the null distribution it is judged against,
+with the threshold; the evidence breakdown of every flagged image; ROC and precision-recall
 curves, the top-scoring real images side by side with their nearest generated images (SSIM, MSE, embedding
 distance per pair, difference map), and the run facts.
 Attribution: a 2-D map of the images (t-SNE of the attribution features, PCA when there are few images),
@@ -108,26 +109,42 @@ def _membership(d: Path, *, summary: dict, result, real, gen, truth: Mapping[str
     parts = [f"<p>{html.escape(summary.get('summary', '').splitlines()[0])}</p>"]
     facts_json = {"summary": {k: v for k, v in summary.items() if k != "report"}, "versions": _versions()}
 
-    fig, ax = plt.subplots(figsize=(6, 3.2))
+    info = getattr(result, "info", {}) or {}
+    null = getattr(result, "null_scores", None)
+    null = None if null is None else np.asarray(null, dtype=float)
+    null = null[np.isfinite(null)] if null is not None else None
+    fig, ax = plt.subplots(figsize=(6.5, 3.4))
     finite = np.isfinite(score)
-    bins = np.histogram_bin_edges(score[finite], bins=30) if finite.any() else 10
+    both = np.concatenate([score[finite]] + ([null] if null is not None and null.size else []))
+    bins = np.histogram_bin_edges(both, bins=40) if both.size else 10
+    if null is not None and null.size:
+        # the null drawn under the candidates, scaled to the candidates' count so the shapes compare
+        wts = np.full(null.size, finite.sum() / null.size)
+        ax.hist(null, bins=bins, weights=wts, color="0.75", label=f"null: {_null_label(info, null.size)}")
+        ax.hist(null, bins=bins, weights=wts, histtype="step", color="0.35", lw=1)
     if y is not None:
-        ax.hist(score[(y == 0) & finite], bins=bins, alpha=0.6, label="not used (truth)")
-        ax.hist(score[(y == 1) & finite], bins=bins, alpha=0.6, label="used (truth)")
+        ax.hist(score[(y == 0) & finite], bins=bins, alpha=0.6, label="candidates not used (truth)")
+        ax.hist(score[(y == 1) & finite], bins=bins, alpha=0.6, label="candidates used (truth)")
     else:
-        ax.hist(score[finite], bins=bins, alpha=0.8, label="real images")
+        ax.hist(score[finite], bins=bins, alpha=0.7, label=f"candidates (n={int(finite.sum())})")
     if np.isfinite(thr):
         ax.axvline(thr, color="k", ls="--", label=f"threshold {thr:.3g}")
     ax.set_xlabel("membership score (higher = more likely used)")
     ax.set_ylabel("images")
-    ax.legend()
+    ax.legend(fontsize=7)
     parts.append("<h2>Scores and decision</h2>")
     parts.append(f'<img src="{_save(fig, d / "score_histogram.png")}" alt="score histogram">')
-    info = getattr(result, "info", {}) or {}
+    if null is not None and null.size:
+        parts.append(f"<p class=note>Grey: the null distribution the scores are judged against "
+                     f"({html.escape(_null_label(info, null.size))}), scaled to the number of candidates. "
+                     f"Candidates far to the right of it carry evidence of membership.</p>")
+        facts_json["null_scores"] = {"n": int(null.size), "median": float(np.median(null)),
+                                     "q99": float(np.quantile(null, 0.99)), "max": float(null.max())}
     parts.append(f"<p class=note>Decision: {html.escape(str(summary.get('decision')))}; "
                  f"{int(used.sum())} of {len(used)} images flagged. "
                  f"{html.escape(str(getattr(result, 'summary', '')))}</p>")
     parts.append(_table({k: v for k, v in info.items() if not isinstance(v, (list, dict))}))
+    parts.extend(_evidence_breakdown(d, plt, result, real, score, used, facts_json))
 
     if y is not None:
         fpr, tpr, _ = skm.roc_curve(y, score)
@@ -189,6 +206,7 @@ def _membership(d: Path, *, summary: dict, result, real, gen, truth: Mapping[str
         parts.append(f'<img src="{_save(fig, d / "top_matches.png")}" alt="top matches">')
         facts_json["top_matches"] = rows_out
 
+
     parts.append("<h2>Run facts</h2>")
     flat = {k: v for k, v in summary.items() if k not in ("summary", "info", "report")}
     parts.append(_table(flat))
@@ -199,6 +217,110 @@ def _membership(d: Path, *, summary: dict, result, real, gen, truth: Mapping[str
     write_csv(d / "scores.csv", ["image", "score", "used"], zip(real.paths, score.tolist(), used.tolist()))
     atomic_write_text(d / "index.html", _page("imprint membership audit", "".join(parts)))
     return str(d / "index.html")
+
+
+def _null_label(info: Mapping, n: int) -> str:
+    kind = str(info.get("null", ""))
+    if kind.startswith("reference"):
+        return f"known non-members, n={n}"
+    return f"the candidates themselves (no reference given), n={n}"
+
+
+def _contributions(result, rows: np.ndarray):
+    """Per image, each combined evidence's calibrated z, weight and share of the combined score.
+
+    Returns (names, z [n, F], contribution [n, F] = w_j z_j / ||w||, decisive [n] (name of the single evidence
+    that set the score through the max rule, or "" when the weighted sum did)) or None when unavailable.
+    """
+    cal = getattr(result, "calibrated", None)
+    weights = (getattr(result, "info", {}) or {}).get("weights") or {}
+    if not cal or not weights:
+        return None
+    from .membership.common import MAX_FEATURES
+
+    names = [n for n in weights if n in cal]
+    if not names:
+        return None
+    w = np.array([float(weights[n]) for n in names])
+    nrm = float(np.linalg.norm(w))
+    if nrm <= 0:
+        return None
+    z = np.stack([np.asarray(cal[n], dtype=float)[rows] for n in names], 1)
+    contrib = z * (w / nrm)
+    total = contrib.sum(1)
+    mx = np.array([n in MAX_FEATURES for n in names]) & (w > 0)
+    decisive = np.array([""] * len(rows), dtype=object)
+    if mx.any():
+        zm = np.where(mx, z, -np.inf)
+        best = zm.argmax(1)
+        for i, b in enumerate(best):
+            if zm[i, b] > total[i]:
+                decisive[i] = names[b]
+    return names, z, contrib, decisive
+
+
+def _evidence_breakdown(d: Path, plt, result, real, score, used, facts_json, max_charts: int = 12,
+                        max_rows: int = 200) -> list[str]:
+    """The evidence behind each flagged image: a bar chart per image (top ``max_charts``) and a table."""
+    flagged = np.flatnonzero(used == 1)
+    title = "Evidence behind each flagged image"
+    if not len(flagged):
+        flagged = np.argsort(-np.where(np.isfinite(score), score, -np.inf), kind="stable")[:3]
+        title = "No image flagged: evidence behind the highest-scoring images"
+    flagged = flagged[np.argsort(-score[flagged], kind="stable")]
+    got = _contributions(result, flagged)
+    out = [f"<h2>{title}</h2>"]
+    if got is None:
+        out.append("<p class=note>No calibrated evidence recorded for this run.</p>")
+        return out
+    names, z, contrib, decisive = got
+    ncharts = min(max_charts, len(flagged))
+    ncol = min(4, ncharts)
+    nrow = -(-ncharts // ncol)
+    fig, axs = plt.subplots(nrow, ncol, figsize=(3.1 * ncol, nrow * (0.17 * len(names) + 0.8)),
+                            squeeze=False, sharex=True, layout="constrained")
+    lim = max(1.0, float(np.nanmax(np.abs(contrib[:ncharts]))) if ncharts else 1.0)
+    for k in range(nrow * ncol):
+        ax = axs[k // ncol, k % ncol]
+        if k >= ncharts:
+            ax.axis("off")
+            continue
+        i = flagged[k]
+        colors = ["#c0392b" if decisive[k] == n else ("#2e86c1" if c >= 0 else "#aab7b8")
+                  for n, c in zip(names, contrib[k])]
+        ax.barh(range(len(names)), contrib[k], color=colors)
+        ax.axvline(0, color="k", lw=0.6)
+        ax.set_yticks(range(len(names)), names if k % ncol == 0 else [""] * len(names), fontsize=6)
+        ax.invert_yaxis()
+        ax.set_xlim(-lim * 0.3, lim * 1.05)
+        ax.set_title(f"{real.paths[i]}\nscore {score[i]:.3g}" + (f" (set by {decisive[k]})" if decisive[k] else ""),
+                     fontsize=6.5)
+        ax.tick_params(axis="x", labelsize=6)
+    fig.supxlabel("weighted calibrated evidence (z against the null x weight / |w|)", fontsize=7)
+    out.append(f'<img src="{_save(fig, d / "evidence_breakdown.png")}" alt="evidence breakdown of flagged images">')
+    out.append("<p class=note>Each bar is one kind of evidence: its robust z-score against the null, times its "
+               "weight. The score is their sum, or the strongest single copy evidence when that is larger "
+               "(red bar). Blue: evidence for membership; grey: against.</p>")
+    rows_html, rows_json = [], []
+    for k, i in enumerate(flagged[:max_rows]):
+        order = np.argsort(-contrib[k], kind="stable")[:3]
+        drivers = ", ".join(f"{names[j]} z={z[k, j]:.1f}" for j in order if contrib[k, j] > 0) or "none positive"
+        rows_html.append(f"<tr><td>{html.escape(real.paths[i])}</td><td>{score[i]:.3g}</td>"
+                         f"<td>{html.escape(decisive[k] or 'weighted sum')}</td><td>{html.escape(drivers)}</td></tr>")
+        rows_json.append({"image": real.paths[i], "score": float(score[i]), "set_by": decisive[k] or "weighted sum",
+                          "z": {n: float(z[k, j]) for j, n in enumerate(names)},
+                          "contribution": {n: float(contrib[k, j]) for j, n in enumerate(names)}})
+    out.append("<table><tr><th>image</th><th>score</th><th>score set by</th><th>main evidence (calibrated z)</th>"
+               "</tr>" + "".join(rows_html) + "</table>")
+    if len(flagged) > max_rows:
+        out.append(f"<p class=note>{len(flagged) - max_rows} more in evidence_breakdown.csv.</p>")
+    from .outputs import write_csv
+
+    write_csv(d / "evidence_breakdown.csv", ["image", "score", "set_by"] + [f"z_{n}" for n in names],
+              [[real.paths[i], float(score[i]), decisive[k] or "weighted sum"] + z[k].tolist()
+               for k, i in enumerate(flagged)])
+    facts_json["evidence_breakdown"] = rows_json
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- attribution

@@ -201,4 +201,6 @@ def audit_membership(generated, real, *, dev_sets: Sequence[DevSet] = (), refere
     info["timings"] = dict(ev_info["timings"], total_s=time.perf_counter() - t0)
     evidence = {k_: np.asarray(v[:nR], np.float64) for k_, v in ev.items()}
     return MembershipResult(score=np.asarray(score, np.float64), used=used, threshold=float(thr),
-                            evidence=evidence, nearest=nearest[:nR], info=info, summary=summary)
+                            evidence=evidence, nearest=nearest[:nR], info=info, summary=summary,
+                            null_scores=np.asarray(null_scores, np.float64),
+                            calibrated={n: np.asarray(Z[:nR, j], np.float64) for j, n in enumerate(names)})

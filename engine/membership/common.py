@@ -69,6 +69,10 @@ class MembershipResult:
     nearest : int64 [R, k]       indices into ``generated`` of the best matches, best first
     info : dict                  JSON-able details (weights, null size, estimates, timings)
     summary : str                human-readable conclusion
+    null_scores : float64 [K] or None  calibrated combined scores of the null images (the reference, or the
+                                 candidates themselves without one): the distribution ``score`` is judged against
+    calibrated : dict[str, float64 [R]] or None  each combined evidence as a robust z-score against the null
+                                 (the values the weights in ``info["weights"]`` combine)
     """
 
     score: np.ndarray
@@ -78,6 +82,8 @@ class MembershipResult:
     nearest: np.ndarray
     info: dict = field(default_factory=dict)
     summary: str = ""
+    null_scores: np.ndarray | None = None
+    calibrated: dict | None = None
 
 
 # ----------------------------------------------------------------------------------------- helpers
