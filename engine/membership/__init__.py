@@ -66,8 +66,10 @@ from __future__ import annotations
 
 from .common import DEFAULT_WEIGHTS, COMBINED_FEATURES, MAX_FEATURES, DevSet, MembershipResult  # noqa: F401
 from .evidence import zscore_images, anatomy_masks, compute_evidence  # noqa: F401
-from .calibrate import robust_calibrate, fit_weights  # noqa: F401
-from .decide import null_threshold, estimate_used_share, f1_decision, parse_decision  # noqa: F401
+from .calibrate import (robust_calibrate, fit_weights, near_duplicates, nuisance_statistics,  # noqa: F401
+                        exchangeability_check, real_pair_null)
+from .decide import (null_threshold, min_null_size, estimate_used_share, f1_decision, fdr_decision,  # noqa: F401
+                     conformal_pvalues, parse_decision)
 from .audit import audit_membership  # noqa: F401
 
 __all__ = [
@@ -84,6 +86,13 @@ __all__ = [
     "null_threshold",
     "estimate_used_share",
     "f1_decision",
+    "fdr_decision",
+    "conformal_pvalues",
+    "min_null_size",
+    "near_duplicates",
+    "nuisance_statistics",
+    "exchangeability_check",
+    "real_pair_null",
 ]
 
 from . import common, evidence, calibrate, decide, audit  # noqa: F401,E402
