@@ -292,3 +292,52 @@ def test_tiny_reference_is_not_blind(copy_scene):
     f1 = audit_membership(gen, real, reference=ref, backbone=None, decision="f1")
     assert f1.info["f1"]["evidence"] is True and not f1.used.all()
     assert f1.used[y == 1].mean() >= 0.8
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def test_cli_fdr_decision_json_and_bad_value(tmp_path):
+    """``--decision fdr:0.1`` end to end: scores.csv contract unchanged, summary and --json give the guarantee
+    and the expected number of false flags; a bad Q is a one-line error (exit 2)."""
+    import csv
+    import json
+
+    from click.testing import CliRunner
+    from PIL import Image
+
+    rng = np.random.default_rng(90)
+    real = phantoms(40, 91)
+    gen = np.concatenate([phantoms(100, 92), noisy(real[:10], rng)])
+    for name, arr in (("gen", gen), ("real", real)):
+        (tmp_path / name).mkdir()
+        for i, im in enumerate(arr):
+            Image.fromarray(im).save(tmp_path / name / f"{i:03d}.png")
+    out = tmp_path / "scores.csv"
+    base = ["membership", "--generated", str(tmp_path / "gen"), "--real", str(tmp_path / "real"), "--out", str(out)]
+
+    def invoke(args):
+        r = CliRunner().invoke(_wrap, args, catch_exceptions=False)
+        assert "Traceback" not in r.output
+        return r
+
+    r = invoke(base + ["--decision", "fdr:0.1", "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output[r.output.index("{"):])
+    assert d["decision"] == "fdr:0.1" and "expected_false" in d["info"]["fdr"]
+    assert "expected false flags" in d["summary"] and "Guarantee" in d["summary"]
+    rows = list(csv.DictReader(open(out, newline="")))
+    assert list(rows[0]) == ["image", "score", "used"] and len(rows) == 40
+    flagged = {int(r_["image"].split(".")[0][-3:]) for r_ in rows if r_["used"] == "1"}
+    assert len(flagged & set(range(10))) >= 8 and len(flagged - set(range(10))) <= 2
+    bad = invoke(base + ["--decision", "fdr:1.5"])
+    assert bad.exit_code == 2 and "fdr:Q" in bad.output and len(bad.output.strip().splitlines()) == 1
+
+
+import click  # noqa: E402
+
+
+@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.pass_context
+def _wrap(ctx):
+    from imprint.engine.cli import main
+
+    main(list(ctx.args))
