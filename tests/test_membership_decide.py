@@ -281,6 +281,11 @@ def test_unsupervised_null_scene_flags_few():
     assert res.used.mean() <= 0.05
 
 
+def test_too_few_reals_for_the_pair_null_is_a_one_line_error():
+    with pytest.raises(ImprintError, match="at least 5 real images"):
+        audit_membership(phantoms(20, 95), phantoms(3, 96), backbone=None)
+
+
 # ------------------------------------------------------------------------------------------ tiny reference
 def test_tiny_reference_is_not_blind(copy_scene):
     real, gen, y = copy_scene

@@ -270,7 +270,8 @@ def real_pair_null(real: np.ndarray, n_generated: int, *, k: int = 32, splits: S
 
     R = len(real)
     if R < 5:
-        raise ImprintError("the real-to-real null needs at least 5 real images")
+        raise ImprintError(f"without a reference of >= 20 known non-members the null comes from pairs of real images, "
+                           f"which needs at least 5 real images (got {R}); pass --reference")
     kk = int(min(max(2, k), R - 1))
     z = zscore_images(real).reshape(R, -1)
     npix = float(z.shape[1])
