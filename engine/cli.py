@@ -148,8 +148,10 @@ def cli(verbose: bool) -> None:
               help="Labelled dev set DIR with generated/, real/used/, real/unused/ (repeatable).")
 @click.option("--reference", "ref_dirs", multiple=True, metavar="DIR",
               help="Folder of real images known NOT to be training data (repeatable); the null distribution.")
-@click.option("--decision", default="fpr:0.01", metavar="fpr:ALPHA|f1", show_default=True,
-              help="'fpr:ALPHA' (flag only beyond the null's 1-ALPHA level) or 'f1' (maximise expected F1).")
+@click.option("--decision", default="fpr:0.01", metavar="fpr:ALPHA|fdr:Q|f1", show_default=True,
+              help="'fpr:ALPHA' (a non-member is flagged with probability <= ALPHA, at 95% confidence), "
+                   "'fdr:Q' (Benjamini-Hochberg: expected share of false flags <= Q; use it when a flag is an "
+                   "accusation) or 'f1' (maximise expected F1).")
 @click.option("--report", "report_dir", default=None, metavar="DIR", help="Write an HTML report into this folder.")
 @with_executor
 @with_common

@@ -68,11 +68,11 @@ def _check_report_dir(report_dir: str) -> None:
 
 
 def parse_decision(decision: str) -> str:
-    """The normalised ``--decision`` string (``"f1"`` or ``"fpr:ALPHA"``); one-line error when invalid."""
+    """The normalised ``--decision`` string (``"f1"``, ``"fpr:ALPHA"`` or ``"fdr:Q"``); one-line error when invalid."""
     from .membership import parse_decision as parse
 
     mode, alpha = parse(decision, "--decision")
-    return "f1" if mode == "f1" else f"fpr:{alpha:g}"
+    return "f1" if mode == "f1" else f"{mode}:{alpha:g}"
 
 
 def _load(folder, policy, label, rep, skips, exclude=()):

@@ -123,7 +123,8 @@ def test_copies_rank_above_typical_and_atypical_unused(scenario):
     assert res.nearest.shape[0] == len(s)
     for m, g in scenario["copies"].items():
         assert g in res.nearest[m, :3]
-    assert res.threshold == pytest.approx(res.info["threshold_detail"]["threshold"])
+    th = res.info["threshold_detail"]         # 60 reference images: fewer than fpr:0.01 needs, so the fallback
+    assert res.threshold == pytest.approx(th["threshold"] if th["exact"] else th["fallback"])
     import json
     json.dumps(res.info)
 
@@ -133,7 +134,7 @@ def test_unsupervised_without_reference_still_ranks_copies(scenario):
     members = [0, 1, 2, 3]
     non = [i for i in range(len(res.score)) if i not in members]
     assert min(res.score[members]) > np.median(res.score[non])
-    assert res.info["null"].startswith("candidates")
+    assert res.info["null"] == "real-pairs"             # no labelled null: pairs of different real patients
     assert res.used[non].sum() <= 1
 
 
@@ -160,10 +161,10 @@ def test_null_threshold_is_conservative():
         exceed.append(stats.norm.sf(t["threshold"]))
     exceed = np.array(exceed)
     assert np.mean(exceed <= 0.01) >= 0.9          # true FPR below alpha with >= 90% (nominal 95%)
-    # allowed exceedances follow the binomial rule
+    # allowed exceedances follow the exact order-statistic rule: P(Binomial(K, alpha) <= j) <= 0.05
     t = null_threshold(rng.standard_normal(1000), 0.01)
     j = t["allowed_exceedances"]
-    assert stats.binom.cdf(j - 1, 1000, 0.01) <= 0.05 < stats.binom.cdf(j, 1000, 0.01)
+    assert stats.binom.cdf(j, 1000, 0.01) <= 0.05 < stats.binom.cdf(j + 1, 1000, 0.01)
 
 
 def test_robust_calibrate_matches_numpy():

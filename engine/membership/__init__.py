@@ -44,30 +44,35 @@ Pipeline
 
    Raw distances (``pixel_nn_dist``, ``real_nn_dist``, ``mse_nn``, ``ssim_nn``) are reported too.
 4. **Calibration.**  Each evidence value is turned into a robust z-score against the null
-   (reference images; without reference, the candidates themselves):
+   (reference images; without a reference, the real-to-real null of step 6):
    ``(e - median_null) / (1.4826 MAD_null)``.
 5. **Combination.**  ``score = sum_j w_j z_j / ||w||``, re-standardised on the null.  ``w``
    starts from a fixed prior (``DEFAULT_WEIGHTS``).  With labelled dev sets the same evidence is
    computed for each dev generator (its reference = the non-members not among its candidates) and
    ``w`` is fitted by a non-negative logistic regression pulled towards the prior
    (:func:`fit_weights`), so that dev sets without signal leave the prior unchanged.
-6. **Decision.**  ``fpr:ALPHA`` flags a candidate only when its score exceeds a conservative
-   upper quantile of the null scores (:func:`null_threshold`).  ``f1`` estimates the share of
-   used images from the null-calibrated p-values (Storey) and picks the cut that maximises the
-   expected F1; without significant evidence it flags every image (with an unknown share ``p`` of
-   used images that gives F1 = 2p/(1+p), the best achievable without evidence).
-
-Without reference and without dev sets the rule is unsupervised: the prior combination, calibrated
-against the candidate population itself (median / MAD), flags candidates whose calibrated score is an
-upper-tail outlier of that population.
+6. **Null.**  The reference images, minus near-duplicates of candidates (z-pixel correlation > 0.98, also
+   mirrored: :func:`near_duplicates`), checked for exchangeability with the candidates on nuisance statistics
+   (:func:`exchangeability_check`).  With fewer than 20 of them (or none) the null is built from pairs of
+   different patients in the real folder (:func:`real_pair_null`), whatever the share of members.
+7. **Decision.**  ``fpr:ALPHA`` flags a candidate only when its score exceeds an exact order statistic of the
+   null scores (:func:`null_threshold`: P(a non-member is flagged) <= ALPHA at 95% confidence; a null smaller
+   than :func:`min_null_size` falls back to its maximum and states the rate that holds).  ``fdr:Q`` applies
+   Benjamini-Hochberg to conformal p-values (:func:`fdr_decision`).  ``f1`` estimates the share of used images
+   from the null-calibrated p-values (Storey) and picks the cut that maximises the expected F1; without
+   significant evidence it flags every image (with an unknown share ``p`` of used images that gives
+   F1 = 2p/(1+p), the best achievable without evidence).  ``info["guarantee"]`` states which null and guarantee
+   applied.
 """
 
 from __future__ import annotations
 
 from .common import DEFAULT_WEIGHTS, COMBINED_FEATURES, MAX_FEATURES, DevSet, MembershipResult  # noqa: F401
 from .evidence import zscore_images, anatomy_masks, compute_evidence  # noqa: F401
-from .calibrate import robust_calibrate, fit_weights  # noqa: F401
-from .decide import null_threshold, estimate_used_share, f1_decision, parse_decision  # noqa: F401
+from .calibrate import (robust_calibrate, fit_weights, near_duplicates, nuisance_statistics,  # noqa: F401
+                        exchangeability_check, real_pair_null)
+from .decide import (null_threshold, min_null_size, estimate_used_share, f1_decision, fdr_decision,  # noqa: F401
+                     conformal_pvalues, parse_decision)
 from .audit import audit_membership  # noqa: F401
 
 __all__ = [
@@ -84,6 +89,13 @@ __all__ = [
     "null_threshold",
     "estimate_used_share",
     "f1_decision",
+    "fdr_decision",
+    "conformal_pvalues",
+    "min_null_size",
+    "near_duplicates",
+    "nuisance_statistics",
+    "exchangeability_check",
+    "real_pair_null",
 ]
 
 from . import common, evidence, calibrate, decide, audit  # noqa: F401,E402

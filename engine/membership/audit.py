@@ -14,8 +14,9 @@ from imprint.engine.errors import ImprintError
 
 from .common import COMBINED_FEATURES, DEFAULT_WEIGHTS, DevSet, MAX_FEATURES, MembershipResult, _MIN_NULL, _check_stack, _hashes  # noqa: F401
 from .evidence import _evidence  # noqa: F401
-from .calibrate import _combine, _feature_matrix, fit_weights, robust_calibrate  # noqa: F401
-from .decide import f1_decision, null_threshold, parse_decision  # noqa: F401
+from .calibrate import (NEAR_DUP_CORR, PAIR_FEATURES, _combine, _feature_matrix, exchangeability_check,  # noqa: F401
+                        fit_weights, near_duplicates, nuisance_statistics, real_pair_null, robust_calibrate)
+from .decide import f1_decision, fdr_decision, null_threshold, parse_decision  # noqa: F401
 
 def _dev_training_rows(dev: DevSet, reference: np.ndarray | None, others_unused: list[np.ndarray],
                        names: Sequence[str], kw: dict):
@@ -33,6 +34,8 @@ def _dev_training_rows(dev: DevSet, reference: np.ndarray | None, others_unused:
                 seen.add(h)
                 ref_list.append(x)
     ref = np.stack(ref_list) if ref_list else np.zeros((0,) + cand.shape[1:], np.uint8)
+    if len(ref):
+        ref = ref[~near_duplicates(ref, cand)[0]]
     pool = np.concatenate([cand, ref])
     ev, _, _ = _evidence(dev.generated, pool, **kw)
     nc = len(cand)
@@ -59,7 +62,13 @@ def audit_membership(generated, real, *, dev_sets: Sequence[DevSet] = (), refere
     real : uint8 [R, H, W]        candidate real images
     dev_sets : sequence of DevSet  labelled dev generators; used to fit the evidence weights
     reference : uint8 [K, H, W] or None   known non-members (give the null distribution)
-    decision : "fpr:ALPHA" (default ``fpr:0.01``) or "f1"
+    decision : "fpr:ALPHA" (default ``fpr:0.01``), "fdr:Q" or "f1"
+                                  ``fpr:ALPHA``: exact order-statistic threshold, P(non-member flagged) <= ALPHA
+                                  at 95% confidence (a null too small for that: its maximum, and the rate it
+                                  guarantees is stated); ``fdr:Q``: Benjamini-Hochberg on conformal p-values;
+                                  ``f1``: expected-F1-optimal top-k.  The null is the reference (>= 20 images
+                                  left after removing near-duplicates of candidates), else real-to-real pairs
+                                  of the real folder (:func:`real_pair_null`); ``info["guarantee"]`` says which.
     random_state : int            (the method is deterministic; kept for the contract)
     progress : callable or None   called with increments
     backbone : str or None        backbone for ``embed_ratio`` (default None: off; effnet-lite0 costs
@@ -89,7 +98,16 @@ def audit_membership(generated, real, *, dev_sets: Sequence[DevSet] = (), refere
             raise ImprintError("reference images must have the same size as the real images")
         rh = set(_hashes(R))
         keep = [i for i, h in enumerate(_hashes(reference)) if h not in rh]
+        n_ref_given = len(reference)
         reference = reference[keep] if len(keep) else None
+        n_ref_identical = n_ref_given - len(keep)
+        n_ref_near = 0
+        if reference is not None:
+            dup, _ = near_duplicates(reference, R)
+            n_ref_near = int(dup.sum())
+            reference = reference[~dup] if (~dup).any() else None
+    else:
+        n_ref_given = n_ref_identical = n_ref_near = 0
     dev_sets = list(dev_sets or ())
     for d in dev_sets:
         if not isinstance(d, DevSet):
@@ -108,18 +126,28 @@ def audit_membership(generated, real, *, dev_sets: Sequence[DevSet] = (), refere
 
     # ---- target evidence
     nR = len(R)
-    pool = R if reference is None or len(reference) == 0 else np.concatenate([R, reference])
+    small_ref = reference is not None and 0 < len(reference) < _MIN_NULL
+    use_ref = reference is not None and len(reference) >= _MIN_NULL
+    pool = np.concatenate([R, reference]) if use_ref else R
     nref = len(pool) - nR
     ev, nearest, ev_info = _evidence(G, pool, **kw)
     null_mask = np.zeros(len(pool), bool)
-    if nref >= _MIN_NULL:
+    names = [n for n in COMBINED_FEATURES if n in ev]
+    if use_ref:
         null_mask[nR:] = True
         null_kind = "reference"
+        Z = _feature_matrix(ev, null_mask, names)
     else:
-        null_mask[:nR] = True
-        null_kind = "candidates (no or too small reference: robust fit on the real population)"
-    names = [n for n in COMBINED_FEATURES if n in ev]
-    Z = _feature_matrix(ev, null_mask, names)
+        # no labelled null: pairs of different patients in the real folder (real_pair_null)
+        null_kind = "real-pairs"
+        names = [n for n in names if n in PAIR_FEATURES]
+        pn = real_pair_null(R, len(G), cache=kw["_cache"])
+        Zc, Zn = [], []
+        for n in names:
+            Zc.append(robust_calibrate(ev[n], pn[n]))
+            Zn.append(robust_calibrate(pn[n], pn[n]))
+        Z = np.concatenate([np.stack(Zc, 1), np.stack(Zn, 1)])
+        null_mask = np.r_[np.zeros(nR, bool), np.ones(len(Zn[0]), bool)]
     w0 = np.array([prior[n] for n in names], np.float64)
     mx = np.array([n in MAX_FEATURES for n in names])
 
@@ -155,22 +183,57 @@ def audit_membership(generated, real, *, dev_sets: Sequence[DevSet] = (), refere
 
     # ---- decision
     info: dict = {
-        "decision": f"{mode}:{alpha:g}" if mode == "fpr" else "f1",
+        "decision": "f1" if mode == "f1" else f"{mode}:{alpha:g}",
         "null": null_kind,
         "n_null": int(null_mask.sum()),
         "n_generated": int(len(G)),
         "n_real": int(nR),
         "n_reference": int(nref),
+        "reference_removed": {"given": int(n_ref_given), "identical": int(n_ref_identical),
+                              "near_duplicate": int(n_ref_near), "near_duplicate_corr": NEAR_DUP_CORR},
         "weights": {n: float(v) for n, v in zip(names, w)},
         "prior_weights": {n: float(v) for n, v in zip(names, w0)},
         "dev_sets": dev_info,
         "skipped_evidence": ev_info["skipped"],
     }
+    lines: list[str] = []
+    if null_kind == "reference":
+        info["guarantee"] = (f"null: {nref} reference images (known non-members, near-duplicates of candidates "
+                             "removed); the error rates hold if they are exchangeable with the unused candidates")
+        # exchangeability of the reference with the candidates on nuisance statistics
+        ns_c, ns_n = nuisance_statistics(R), nuisance_statistics(pool[nR:])
+        ns_c["real_nn_dist"], ns_n["real_nn_dist"] = ev["real_nn_dist"][:nR], ev["real_nn_dist"][nR:]
+        exch = exchangeability_check(ns_n, ns_c)
+        info["exchangeability"] = exch
+        if exch["warn"]:
+            lines.append(exch["message"])
+    else:
+        info["pair_null"] = {"shift": {n: float(v) for n, v in pn["_shift"].items() if n in names},
+                             "theta": {n: float(v) for n, v in pn["_theta"].items() if n in names}}
+        info["guarantee"] = (f"null: real-to-real nearest-neighbour pairs of the {nR} real images, {int(null_mask.sum())} "
+                             "random splits into pseudo-generated / pseudo-real parts (no labelled null"
+                             + (f"; the {len(reference)} reference images are too few (< {_MIN_NULL})" if small_ref else "")
+                             + "); approximate: assumes a generated image that copied no patient is no closer to a real "
+                             "patient than another patient is (corrected for the number of generated images), "
+                             f"on evidence {', '.join(names)}")
+    if n_ref_identical or n_ref_near:
+        lines.append(f"Removed {n_ref_identical} identical and {n_ref_near} near-duplicate reference images of candidates "
+                     f"(z-pixel correlation > {NEAR_DUP_CORR}, also mirrored) from the null.")
     if mode == "fpr":
         th = null_threshold(null_scores, alpha)
-        thr = th["threshold"]
-        used = (score > thr).astype(np.int8)
         info["threshold_detail"] = th
+        if th["exact"]:
+            thr = th["threshold"]
+        else:
+            thr = th["fallback"]
+            lines.append(f"The null has {th['n_null']} images, fewer than the {th['min_null']} that fpr:{alpha:g} needs "
+                         f"for its 95% guarantee; flagged above the null's maximum instead, which guarantees "
+                         f"FPR <= {th['fallback_alpha']:.3f} at 95% (use fdr:Q or a larger reference).")
+        used = (score > thr).astype(np.int8)
+    elif mode == "fdr":
+        used, finfo = fdr_decision(score, null_scores, alpha)
+        thr = finfo["threshold"]
+        info["fdr"] = finfo
     else:
         used, f1info = f1_decision(score, null_scores)
         thr = float(f1info.get("threshold", -np.inf))
@@ -178,8 +241,9 @@ def audit_membership(generated, real, *, dev_sets: Sequence[DevSet] = (), refere
     nflag = int(used.sum())
 
     # interpretable strength a copy needed: pixel ratio quantile of the null at the same alpha
-    pr_null = ev["pixel_nn_ratio"][null_mask]
-    need = float(np.exp(-np.quantile(pr_null, 1 - alpha))) if len(pr_null) else float("nan")
+    pr_null = ev["pixel_nn_ratio"][null_mask] if null_kind == "reference" else pn["pixel_nn_ratio"]
+    a_q = alpha if mode == "fpr" else 0.01
+    need = float(np.exp(-np.quantile(pr_null, 1 - a_q))) if len(pr_null) else float("nan")
     info["null_pixel_ratio_quantile"] = need
     if mode == "fpr":
         if nflag == 0:
@@ -190,6 +254,14 @@ def audit_membership(generated, real, *, dev_sets: Sequence[DevSet] = (), refere
         else:
             summary = (f"{nflag}/{nR} real images show membership evidence above the null's "
                        f"{1 - alpha:.0%} level (score > {thr:.2f}; null: {info['null']}, n={info['n_null']}).")
+    elif mode == "fdr":
+        f = info["fdr"]
+        summary = (f"{nflag}/{nR} real images flagged by Benjamini-Hochberg at FDR {alpha:g} on conformal p-values "
+                   f"(null: {info['null']}, n={info['n_null']}); expected false flags among them "
+                   f"{f['expected_false']:.1f} (at most {f['max_expected_false']:.1f}).")
+        if nflag == 0 and f["min_pvalue"] > alpha / max(nR, 1):
+            lines.append(f"With {f['n_null']} null images the smallest p-value is {f['min_pvalue']:.3g}; "
+                         f"a single flag needs <= {alpha / max(nR, 1):.3g} (null of >= {f['min_null_single_flag']} images).")
     else:
         f = info["f1"]
         if f.get("evidence"):
@@ -198,6 +270,8 @@ def audit_membership(generated, real, *, dev_sets: Sequence[DevSet] = (), refere
         else:
             summary = ("No significant evidence of membership; assuming an unknown share of used images, "
                        f"the expected-F1-optimal answer flags all {nR} images.")
+    summary = "\n".join([summary, "Guarantee: " + info["guarantee"] + "."] + lines)
+    info["warnings"] = lines
     info["timings"] = dict(ev_info["timings"], total_s=time.perf_counter() - t0)
     evidence = {k_: np.asarray(v[:nR], np.float64) for k_, v in ev.items()}
     return MembershipResult(score=np.asarray(score, np.float64), used=used, threshold=float(thr),

@@ -116,3 +116,205 @@ def _combine(Z: np.ndarray, w: np.ndarray, *, use_max: np.ndarray | None = None)
 
 
 # ----------------------------------------------------------------------------------------- decisions
+# ----------------------------------------------------------------------------------------- the null
+#: z-scored pixel correlation above which a reference image counts as a near-duplicate of a candidate
+NEAR_DUP_CORR = 0.98
+#: family-wise false-alarm rate of the exchangeability warning (Bonferroni over the nuisance statistics)
+EXCHANGE_ALPHA = 0.01
+#: evidence with a real-to-real analogue (:func:`real_pair_null`), used when there is no labelled null
+PAIR_FEATURES = ("pixel_nn_ratio", "mse_ratio", "shape_ratio")
+
+
+def near_duplicates(null_images: np.ndarray, candidates: np.ndarray, *, corr: float = NEAR_DUP_CORR,
+                    mirror: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Which null (reference) images are near-duplicates of a candidate.
+
+    A null image is a near-duplicate when the Pearson correlation of its pixels with those of some
+    candidate exceeds ``corr`` (per-image z-scored pixels, so brightness / contrast changes do not
+    hide it), also after a left-right flip when ``mirror``.  With ``z`` z-scored (population std),
+    ``corr = 1 - mean((z_a - z_b)**2) / 2``, so the search is an exact nearest-neighbour search.
+
+    Parameters
+    ----------
+    null_images : uint8 [K, H, W]
+    candidates : uint8 [N, H, W]
+    corr : float in (0, 1)
+    mirror : bool
+
+    Returns
+    -------
+    dup : bool [K]              True = near-duplicate (remove it from the null)
+    best_corr : float64 [K]     highest correlation with any candidate (either orientation)
+    """
+    from .evidence import _knn, zscore_images
+
+    K = len(null_images)
+    if K == 0 or len(candidates) == 0:
+        return np.zeros(K, bool), np.full(K, -1.0)
+    zc = zscore_images(candidates).reshape(len(candidates), -1)
+    zn = zscore_images(null_images)
+    npix = float(zc.shape[1])
+    best = np.full(K, np.inf)
+    views = [zn, zn[:, :, ::-1]] if mirror else [zn]
+    for v in views:
+        d, _ = _knn(zc, np.ascontiguousarray(v.reshape(K, -1)), 1)
+        best = np.minimum(best, d[:, 0].astype(np.float64) / npix)
+    c = 1.0 - best / 2.0
+    return c > corr, c
+
+
+def nuisance_statistics(images: np.ndarray) -> dict:
+    """Per-image nuisance statistics that membership must not depend on.
+
+    Parameters
+    ----------
+    images : uint8 [N, H, W]
+
+    Returns
+    -------
+    dict[str, float64 [N]]: ``brightness`` (mean grey level), ``contrast`` (grey-level std),
+    ``body_fraction`` (share of pixels above the image's Otsu threshold).
+    """
+    from .evidence import _otsu_thresholds
+
+    x = np.asarray(images)
+    f = x.reshape(len(x), -1)
+    t = _otsu_thresholds(x) if len(x) else np.zeros(0)
+    return {"brightness": f.mean(1, dtype=np.float64), "contrast": f.std(1, dtype=np.float64),
+            "body_fraction": (f > t[:, None]).mean(1) if len(x) else np.zeros(0)}
+
+
+def exchangeability_check(null_stats: dict, cand_stats: dict, *, alpha: float = EXCHANGE_ALPHA) -> dict:
+    """Two-sample Kolmogorov-Smirnov tests of the null against the candidates on nuisance statistics.
+
+    The null's guarantees assume its images are exchangeable with the unused candidates.  Membership
+    does not change a candidate's brightness, contrast, body size or nearest-real distance, so a
+    significant difference on these means the null is drawn from another population (scanner,
+    window, patients) and the stated error rates may not hold.  ``warn`` is raised when any
+    Bonferroni-corrected p-value is below ``alpha``: for an exchangeable null the false-alarm rate is
+    at most ``alpha``.
+
+    Parameters
+    ----------
+    null_stats, cand_stats : dict[str, float [K] / float [N]]  same keys
+    alpha : float  family-wise false-alarm rate
+
+    Returns
+    -------
+    dict: ``warn`` (bool), ``alpha``, ``tests`` (name -> ``ks``, ``pvalue``, ``p_bonferroni``,
+    ``null_median``, ``candidate_median``), ``worst`` (name of the smallest p-value), ``message``.
+    """
+    from scipy.stats import ks_2samp
+
+    tests = {}
+    names = [n for n in null_stats if n in cand_stats]
+    m = max(1, len(names))
+    for n in names:
+        a = np.asarray(null_stats[n], np.float64)
+        b = np.asarray(cand_stats[n], np.float64)
+        a, b = a[np.isfinite(a)], b[np.isfinite(b)]
+        if len(a) < 2 or len(b) < 2:
+            continue
+        r = ks_2samp(a, b)
+        tests[n] = {"ks": float(r.statistic), "pvalue": float(r.pvalue), "p_bonferroni": float(min(1.0, m * r.pvalue)),
+                    "null_median": float(np.median(a)), "candidate_median": float(np.median(b))}
+    out = {"alpha": float(alpha), "tests": tests, "warn": False, "worst": None, "message": ""}
+    if tests:
+        worst = min(tests, key=lambda n: tests[n]["pvalue"])
+        t = tests[worst]
+        out["worst"] = worst
+        out["warn"] = bool(t["p_bonferroni"] < alpha)
+        if out["warn"]:
+            out["message"] = (f"WARNING: the null is not exchangeable with the candidates on {worst} "
+                              f"(KS {t['ks']:.2f}, p={t['p_bonferroni']:.1e} after Bonferroni over {m}; median "
+                              f"{t['null_median']:.3g} vs {t['candidate_median']:.3g}); the stated error rates may not hold.")
+    return out
+
+
+def real_pair_null(real: np.ndarray, n_generated: int, *, k: int = 32, splits: Sequence[float] = (0.25, 0.5, 0.75),
+                   repeats: int = 2, random_state: int = 0, cache: dict | None = None) -> dict:
+    """Null evidence from pairs of different patients in the real folder (no labelled null needed).
+
+    Each real image ``x`` plays a non-member: the other real images are split at random into a
+    "generated" part ``A`` (a share ``p`` of them) and a "real" part ``B``, and the null value is
+    ``-log(d_A1 / d_B1)`` (nearest in ``A`` over nearest in ``B``), the same formula as the evidence
+    ``-log(d_G1 / d_R1)`` for a generator that makes new patients.  Only distances between distinct
+    patients enter, so the null does not depend on how many candidates are members.
+
+    Size correction: for locally uniform data of intrinsic dimension ``m`` (squared distances) the
+    value is ``theta * (log(|A| / |B|) + Logistic)`` with ``theta = 2 / m``; the evidence has
+    ``log(M / (R - 1))`` in place of ``log(|A| / |B|)``.  ``theta`` is measured, not assumed: it is the
+    slope of the (10%-trimmed) mean null value against ``log(p / (1 - p))`` over the splits; every null value is
+    then shifted by ``theta * (log(M / (R - 1)) - log(p / (1 - p)))``.
+
+    Parameters
+    ----------
+    real : uint8 [R, H, W]  (R >= 5)
+    n_generated : int       ``M``, the number of generated images
+    k : int                 nearest other reals kept per image and metric (the nearest of each part is
+                            searched among them; the raw-MSE pairs are the z-pixel shortlist)
+    splits : shares ``p`` of the other reals playing the generated part
+    repeats : random splits per share
+    random_state : int
+
+    Returns
+    -------
+    dict[str, float64 [R * len(splits) * repeats]] for every name in :data:`PAIR_FEATURES` (the rows
+    of one split are consecutive; row ``r`` of a split is real image ``r % R``), ``"_theta"`` and
+    ``"_shift"`` (name -> float: the slope and the mean shift applied).
+    """
+    from scipy.stats import trim_mean
+
+    from .common import _EPS
+    from .evidence import _cached_masks, _knn, _pair_mse, zscore_images
+
+    R = len(real)
+    if R < 5:
+        raise ImprintError(f"without a reference of >= 20 known non-members the null comes from pairs of real images, "
+                           f"which needs at least 5 real images (got {R}); pass --reference")
+    kk = int(min(max(2, k), R - 1))
+    z = zscore_images(real).reshape(R, -1)
+    npix = float(z.shape[1])
+    d, idx = _knn(z, z, kk, exclude_self=True)
+    dist = {"pixel_nn_ratio": (d.astype(np.float64) / npix + _EPS, idx)}
+    pairs = np.stack([np.repeat(np.arange(R), kk), idx.ravel()], 1).astype(np.int64)
+    mse = _pair_mse(real, real, pairs).reshape(R, kk) + _EPS
+    o = np.argsort(mse, 1, kind="stable")
+    dist["mse_ratio"] = (np.take_along_axis(mse, o, 1), np.take_along_axis(idx, o, 1))
+    masks = _cached_masks(np.ascontiguousarray(real), cache)
+    a, ia = _knn(masks, masks, kk, exclude_self=True)
+    dim = float(masks.shape[1])
+    dist["shape_ratio"] = (np.clip(a.astype(np.float64), 0, None) / dim + 1.0 / dim, ia)
+
+    rng = np.random.default_rng(random_state)
+    vals = {n: [] for n in PAIR_FEATURES}
+    logit = []
+    rows = np.arange(R)
+    for p in splits:
+        for _ in range(int(repeats)):
+            inA = rng.random(R) < p
+            for n, (dd, ii) in dist.items():
+                a_mask = inA[ii]                                       # [R, kk]: neighbour in part A
+                ja = np.where(a_mask.any(1), a_mask.argmax(1), -1)
+                jb = np.where((~a_mask).any(1), (~a_mask).argmax(1), -1)
+                v = np.full(R, np.nan)
+                ok = (ja >= 0) & (jb >= 0)
+                v[ok] = -np.log(dd[rows[ok], ja[ok]] / dd[rows[ok], jb[ok]])
+                vals[n].append(v)
+            logit.append(np.full(R, math.log(p / (1.0 - p))))
+    logit = np.concatenate(logit)
+    target = math.log(max(int(n_generated), 1) / (R - 1.0))
+    out: dict = {"_theta": {}, "_shift": {}}
+    for n in PAIR_FEATURES:
+        v = np.concatenate(vals[n])
+        ok = np.isfinite(v)
+        lv = np.unique(logit)
+        med = np.array([trim_mean(v[ok & (logit == l)], 0.1) for l in lv])
+        theta = float(np.polyfit(lv, med, 1)[0]) if len(lv) > 1 else 0.0
+        theta = max(theta, 0.0)
+        shift = theta * (target - logit)
+        v = np.where(ok, v + shift, np.nanmedian(v + shift))
+        out[n] = v
+        out["_theta"][n] = theta
+        out["_shift"][n] = float(np.mean(shift))
+    return out

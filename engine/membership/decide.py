@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import time
@@ -14,42 +15,86 @@ from imprint.engine.errors import ImprintError
 
 from .calibrate import _robust_loc_scale  # noqa: F401
 
-def null_threshold(null_scores: np.ndarray, alpha: float, *, confidence: float = 0.95) -> dict:
-    """Conservative threshold for a target false-positive rate.
+def min_null_size(alpha: float, confidence: float = 0.95) -> int:
+    """Smallest null size ``K`` for which an order-statistic threshold guarantees a false-positive
+    rate ``<= alpha`` with the given confidence: the smallest ``K`` with ``(1 - alpha)**K <= 1 - confidence``
+    (the null's maximum as threshold).  ``alpha=0.01`` at 95% needs 299, ``0.05`` needs 59."""
+    return int(math.ceil(math.log(1.0 - confidence) / math.log1p(-alpha) - 1e-9))
 
-    The empirical part allows ``j`` null exceedances where ``j`` is the largest count with
-    ``P(Binomial(K, alpha) < j) <= 1 - confidence`` (so the true exceedance probability is below
-    ``alpha`` with the given confidence); the parametric part is the Gaussian ``1 - alpha``
-    quantile of the robust null fit, with the scale raised to match the null's 90/95/97.5% quantiles
-    when those are further out (right-skewed null).  The larger of the two is returned.
+
+@functools.lru_cache(maxsize=4096)
+def _allowed_exceedances(K: int, alpha: float, confidence: float) -> int:
+    """Largest ``j < K`` with ``P(Binomial(K, alpha) <= j) <= 1 - confidence``; -1 when none."""
+    from scipy.stats import binom
+
+    if K < min_null_size(alpha, confidence):
+        return -1
+    j = int(binom.ppf(1.0 - confidence, K, alpha))      # smallest j with cdf(j) >= 1 - confidence
+    while j >= 0 and binom.cdf(j, K, alpha) > 1.0 - confidence:
+        j -= 1
+    return min(j, K - 1)
+
+
+def null_threshold(null_scores: np.ndarray, alpha: float, *, confidence: float = 0.95,
+                   parametric: bool = True) -> dict:
+    """Threshold with a distribution-free false-positive-rate guarantee (exact order statistic).
+
+    With ``K`` null scores sorted ``s_(1) <= ... <= s_(K)`` and threshold ``t = s_(K-j)`` (``j`` null
+    scores above it), the probability that a new exchangeable non-member scores above ``t`` is
+    ``1 - F(t)`` with ``F(t) ~ Beta(K - j, j + 1)``, so ``P(1 - F(t) > alpha) = P(Binomial(K, alpha) <= j)``.
+    ``j`` is the largest count with ``P(Binomial(K, alpha) <= j) <= 1 - confidence`` (any continuous
+    null distribution, every ``K``).  When even ``j = 0`` (the null's maximum) fails, i.e.
+    ``K < min_null_size(alpha, confidence)``, no order statistic gives the guarantee: ``exact`` is
+    False, ``threshold`` is ``+inf`` and ``fallback`` holds the null's maximum with the rate it does
+    guarantee, ``fallback_alpha = 1 - (1 - confidence)**(1/K)``.
+
+    With ``parametric=True`` the threshold is raised (never lowered) to the Gaussian ``1 - alpha``
+    quantile of the robust null fit, its scale widened to the null's 90/95/97.5% quantiles when
+    those are further out (a second, conservative check on a right-skewed null).
 
     Parameters
     ----------
     null_scores : float [K]
     alpha : float in (0, 0.5)
+    confidence : float in (0, 1)
+    parametric : bool
 
     Returns
     -------
-    dict with ``threshold`` (float), ``empirical``, ``gaussian``, ``allowed_exceedances``.
+    dict with ``threshold`` (float; ``+inf`` when not ``exact``), ``exact`` (bool), ``empirical``,
+    ``gaussian``, ``allowed_exceedances`` (``j``), ``n_null``, ``min_null`` (``min_null_size``),
+    ``confidence``, ``fallback`` and ``fallback_alpha`` (the null's maximum and its guaranteed rate).
     """
-    from scipy.stats import binom, norm
+    from scipy.special import ndtri
 
     s = np.sort(np.asarray(null_scores, np.float64)[np.isfinite(null_scores)])
     K = len(s)
-    med, sc = _robust_loc_scale(s)
-    if K >= 10:  # tail-adaptive scale: a right-skewed null widens the Gaussian part
-        for q in (0.9, 0.95, 0.975):
-            if K * (1 - q) >= 2:
-                sc = max(sc, (float(np.quantile(s, q)) - med) / float(norm.isf(1 - q)))
-    gauss = med + float(norm.isf(alpha)) * sc
+    gauss = -np.inf
+    if parametric:
+        med, sc = _robust_loc_scale(s)
+        if K >= 10:  # tail-adaptive scale: a right-skewed null widens the Gaussian part
+            for q in (0.9, 0.95, 0.975):
+                if K * (1 - q) >= 2:
+                    sc = max(sc, (float(np.quantile(s, q)) - med) / float(ndtri(q)))
+        gauss = med + float(ndtri(1.0 - alpha)) * sc
+    out = {"n_null": int(K), "min_null": min_null_size(alpha, confidence), "confidence": float(confidence),
+           "gaussian": float(gauss) if parametric else None}
     if K == 0:
-        return {"threshold": gauss, "empirical": None, "gaussian": gauss, "allowed_exceedances": 0}
-    j = 0
-    while j + 1 <= K and binom.cdf(j, K, alpha) <= 1 - confidence:  # P(X < j+1) = cdf(j)
-        j += 1
-    emp = float(s[K - 1 - j]) if j < K else float(s[0])
-    thr = max(emp, gauss)
-    return {"threshold": float(thr), "empirical": emp, "gaussian": float(gauss), "allowed_exceedances": int(j)}
+        out.update(threshold=float("inf"), exact=False, empirical=None, allowed_exceedances=0,
+                   fallback=float("inf"), fallback_alpha=1.0)
+        return out
+    # j = largest count with P(Binomial(K, alpha) <= j) <= 1 - confidence (-1: none)
+    fb_alpha = float(-np.expm1(np.log(1.0 - confidence) / K))
+    out.update(fallback=float(s[-1]) if not parametric else float(max(s[-1], gauss)), fallback_alpha=fb_alpha)
+    j = _allowed_exceedances(K, float(alpha), float(confidence))
+    if j < 0:
+        out.update(threshold=float("inf"), exact=False, empirical=None, allowed_exceedances=0)
+        return out
+    j = min(j, K - 1)
+    emp = float(s[K - 1 - j])
+    thr = max(emp, gauss) if parametric else emp
+    out.update(threshold=float(thr), exact=True, empirical=emp, allowed_exceedances=j)
+    return out
 
 
 def _pvalues(scores: np.ndarray, null: np.ndarray) -> np.ndarray:
@@ -88,12 +133,14 @@ def f1_decision(scores: np.ndarray, null: np.ndarray, *, alpha_evidence: float =
 
     s = np.asarray(scores, np.float64)
     N = len(s)
-    thr = null_threshold(null, alpha_evidence)["threshold"]
+    th = null_threshold(null, alpha_evidence)
+    # a null too small for an exact alpha_evidence level: test at the level its maximum guarantees
+    thr, a_ev = (th["threshold"], alpha_evidence) if th["exact"] else (th["fallback"], th["fallback_alpha"])
     h = int((s > thr).sum())
-    p_ev = float(binom.sf(h - 1, N, alpha_evidence)) if h > 0 else 1.0
+    p_ev = float(binom.sf(h - 1, N, a_ev)) if h > 0 else 1.0
     p = _pvalues(s, null)
     pi1 = estimate_used_share(p)
-    info = {"evidence_hits": h, "evidence_pvalue": p_ev, "pi1_storey": pi1}
+    info = {"evidence_hits": h, "evidence_pvalue": p_ev, "evidence_alpha": float(a_ev), "pi1_storey": pi1}
     if h < min_hits or p_ev >= evidence_p:
         info.update(evidence=False, k=N, rule="flag all: no significant evidence of membership "
                     "(expected-F1-optimal for an unknown share of used images)")
@@ -127,20 +174,89 @@ def f1_decision(scores: np.ndarray, null: np.ndarray, *, alpha_evidence: float =
     return used, info
 
 
+def conformal_pvalues(scores: np.ndarray, null: np.ndarray) -> np.ndarray:
+    """Conformal upper-tail p-values against a null sample.
+
+    Parameters
+    ----------
+    scores : float [N]
+    null : float [K]  scores of known non-members, exchangeable with the non-member candidates
+
+    Returns
+    -------
+    float64 [N]
+        ``(1 + #{null >= s}) / (K + 1)``: for an exchangeable non-member ``P(p <= u) <= u`` for every ``u``.
+    """
+    null = np.asarray(null, np.float64)
+    return _pvalues(np.asarray(scores, np.float64), null[np.isfinite(null)])
+
+
+def fdr_decision(scores: np.ndarray, null: np.ndarray, q: float, *,
+                 p_factor: float = 1.0) -> tuple[np.ndarray, dict]:
+    """Benjamini-Hochberg at level ``q`` on conformal p-values against the null.
+
+    With exchangeable non-members the conformal p-values are PRDS (Bates et al. 2023, "Testing for
+    outliers with conformal p-values"), so BH controls the false-discovery rate:
+    ``E[#false flags / max(#flags, 1)] <= q * pi0 <= q``.
+
+    Parameters
+    ----------
+    scores : float [N]   candidate scores (higher = more member-like)
+    null : float [K]     null scores
+    q : float in (0, 1)
+    p_factor : float >= 1
+        Multiplies the p-values before BH (capped at 1): a conservative correction when the null
+        sample is a proxy whose tail is ``p_factor`` times lighter (the real-to-real null, see
+        :func:`engine.membership.calibrate.real_pair_null`).
+
+    Returns
+    -------
+    used : int8 [N]
+    info : dict
+        ``q``, ``k`` (flags), ``p_cut`` (largest flagged p-value), ``threshold`` (lowest flagged score,
+        ``+inf`` when none), ``pi0`` (Storey, ``lambda = 0.5``), ``expected_false`` (``pi0 * N * p_cut``,
+        the expected number of false flags among the flagged under the null model), ``max_expected_false``
+        (``q * k``, the FDR bound as a count), ``min_pvalue`` (the smallest attainable: ``p_factor / (K + 1)``).
+    """
+    from scipy.stats import false_discovery_control
+
+    s = np.asarray(scores, np.float64)
+    N = len(s)
+    K = int(np.isfinite(np.asarray(null, np.float64)).sum())
+    p = np.minimum(1.0, conformal_pvalues(s, null) * float(p_factor)) if K else np.ones(N)
+    used = np.zeros(N, np.int8)
+    info: dict = {"q": float(q), "n_null": K, "p_factor": float(p_factor),
+                  "min_pvalue": float(min(1.0, p_factor / (K + 1.0)))}
+    pi0 = 1.0 - estimate_used_share(p)
+    if N:
+        adj = false_discovery_control(p, method="bh")
+        used = (adj <= q).astype(np.int8)
+    k = int(used.sum())
+    p_cut = float(p[used == 1].max()) if k else 0.0
+    info.update(k=k, p_cut=p_cut, pi0=float(pi0), expected_false=float(pi0 * N * p_cut),
+                max_expected_false=float(q * k),
+                threshold=float(s[used == 1].min()) if k else float("inf"))
+    # one flag alone needs p <= q / N; the smallest attainable p-value is p_factor / (K + 1)
+    info["min_null_single_flag"] = int(math.ceil(p_factor * max(N, 1) / q - 1.0))
+    return used, info
+
+
 # ----------------------------------------------------------------------------------------- main entry
 def parse_decision(decision: str, what: str = "decision") -> tuple[str, float]:
-    """``"f1"`` -> ``("f1", 0.01)``; ``"fpr:ALPHA"`` -> ``("fpr", ALPHA)`` with 0 < ALPHA < 0.5.
+    """``"f1"`` -> ``("f1", 0.01)``; ``"fpr:ALPHA"`` -> ``("fpr", ALPHA)`` with 0 < ALPHA < 0.5;
+    ``"fdr:Q"`` -> ``("fdr", Q)`` with 0 < Q < 1.
 
     ``what`` names the argument in the one-line error (the CLI passes ``"--decision"``)."""
     d = str(decision).strip().lower()
     if d == "f1":
         return "f1", 0.01
-    if d.startswith("fpr:"):
-        try:
-            a = float(d[4:])
-        except ValueError:
-            raise ImprintError(f"{what} fpr:ALPHA needs a number (got {decision!r})") from None
-        if not 0.0 < a < 0.5:
-            raise ImprintError(f"{what} fpr:ALPHA needs 0 < ALPHA < 0.5 (got {a})")
-        return "fpr", a
-    raise ImprintError(f"{what} must be 'fpr:ALPHA' or 'f1' (got {decision!r})")
+    for mode, hi, name in (("fpr", 0.5, "ALPHA"), ("fdr", 1.0, "Q")):
+        if d.startswith(mode + ":"):
+            try:
+                a = float(d[4:])
+            except ValueError:
+                raise ImprintError(f"{what} {mode}:{name} needs a number (got {decision!r})") from None
+            if not 0.0 < a < hi:
+                raise ImprintError(f"{what} {mode}:{name} needs 0 < {name} < {hi:g} (got {a})")
+            return mode, a
+    raise ImprintError(f"{what} must be 'fpr:ALPHA', 'fdr:Q' or 'f1' (got {decision!r})")

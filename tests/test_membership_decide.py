@@ -1,0 +1,348 @@
+"""Membership decisions and their guarantees, each checked by simulation.
+
+* ``fpr:ALPHA``: exact order-statistic threshold; P(true exceedance > ALPHA) <= 5% for every null size.
+* ``fdr:Q``: Benjamini-Hochberg on conformal p-values; realised FDR averaged over repetitions <= Q,
+  planted strong members found.
+* exchangeability warning: fires on a shifted-brightness reference, stays quiet (<= its stated rate)
+  on exchangeable ones.
+* near-duplicates of candidates are removed from the null.
+* no labelled null (real-to-real pairs): planted copies found when members are half the real folder.
+* fewer than 20 reference images: decisions still respond to evidence, and say what they did.
+
+Fixtures are generated here (seeded, small CT-like phantoms).
+"""
+
+import numpy as np
+import pytest
+from scipy import ndimage, stats
+
+from imprint.engine.errors import ImprintError
+from imprint.engine.membership import (audit_membership, conformal_pvalues, exchangeability_check, fdr_decision,
+                                       min_null_size, near_duplicates, null_threshold, nuisance_statistics,
+                                       parse_decision, real_pair_null)
+
+H = 48
+
+
+def phantom(rng, h=H):
+    """A smooth CT-like axial slice: body ellipse, two dark lungs, texture, noise; uint8 [h, h]."""
+    yy, xx = np.mgrid[0:h, 0:h].astype(np.float64) / h
+    cy, cx = 0.5 + rng.normal(0, 0.03, 2)
+    ay, ax = rng.uniform(0.25, 0.36), rng.uniform(0.36, 0.46)
+    body = ((yy - cy) / ay) ** 2 + ((xx - cx) / ax) ** 2 < 1
+    img = np.where(body, rng.uniform(150, 200), 5.0)
+    for side in (-1, 1):
+        ly, lx = cy + rng.normal(0, 0.03), cx + side * rng.uniform(0.14, 0.22)
+        by, bx = rng.uniform(0.12, 0.22), rng.uniform(0.08, 0.14)
+        img = np.where(((yy - ly) / by) ** 2 + ((xx - lx) / bx) ** 2 < 1, rng.uniform(20, 50), img)
+    tex = ndimage.gaussian_filter(rng.normal(0, 1, (h, h)), 1.5)
+    img = img + 60.0 * tex / tex.std() * body
+    img = ndimage.gaussian_filter(img, 0.7) + rng.normal(0, 2, (h, h))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def phantoms(n, seed):
+    rng = np.random.default_rng(seed)
+    return np.stack([phantom(rng) for _ in range(n)])
+
+
+def noisy(x, rng, sd=6.0):
+    return np.clip(x + rng.normal(0, sd, x.shape), 0, 255).astype(np.uint8)
+
+
+# ------------------------------------------------------------------------------------------ fpr:ALPHA
+def test_min_null_size_is_the_binomial_bound():
+    for a in (0.01, 0.05, 0.1):
+        k = min_null_size(a)
+        assert (1 - a) ** k <= 0.05 < (1 - a) ** (k - 1)
+    assert min_null_size(0.01) == 299 and min_null_size(0.05) == 59
+
+
+@pytest.mark.parametrize("alpha", [0.01, 0.05])
+def test_fpr_threshold_guarantee_holds_for_every_null_size(alpha):
+    """Continuous (skewed, heavy-tailed) null; true exceedance P(X > t) known in closed form."""
+    rng = np.random.default_rng(7)
+    dist = stats.lognorm(s=1.0)
+    reps = 1000
+    slack = 3 * np.sqrt(0.05 * 0.95 / reps)           # Monte-Carlo slack, 3 standard errors
+    for K in (20, 40, 58, 59, 100, 150, 298, 299, 300, 460, 500):
+        draws = dist.rvs(size=(reps, K), random_state=rng)
+        ts = [null_threshold(null, alpha, parametric=False) for null in draws]
+        assert all(t["min_null"] == min_null_size(alpha) and t["exact"] == (K >= t["min_null"]) for t in ts)
+        bad = int(np.sum(dist.sf([t["threshold"] for t in ts]) > alpha))  # +inf (no exact threshold) never exceeds
+        bad_fb = int(np.sum(dist.sf([t["fallback"] for t in ts]) > ts[0]["fallback_alpha"]))
+        for null in draws[:20]:                          # the parametric check only ever raises the threshold
+            t, tp = null_threshold(null, alpha, parametric=False), null_threshold(null, alpha)
+            assert tp["threshold"] >= t["threshold"] and tp["fallback"] >= t["fallback"]
+        assert bad / reps <= 0.05 + slack, (K, bad / reps)
+        assert bad_fb / reps <= 0.05 + slack, (K, bad_fb / reps)     # the stated fallback rate holds too
+        if K >= min_null_size(alpha):
+            # exact, not merely conservative: the violation rate is the binomial tail P(Bin(K, alpha) <= j)
+            j = null_threshold(draws[0], alpha, parametric=False)["allowed_exceedances"]
+            expect = stats.binom.cdf(j, K, alpha)
+            assert abs(bad / reps - expect) <= slack, (K, bad / reps, expect)
+            assert stats.binom.cdf(j + 1, K, alpha) > 0.05   # and j is the largest allowed (not over-cautious)
+
+
+# ------------------------------------------------------------------------------------------ fdr:Q
+def test_conformal_pvalues_match_the_definition():
+    rng = np.random.default_rng(0)
+    null, s = rng.normal(size=57), rng.normal(size=33)
+    s[:3] = null[:3]                                      # ties count as "null >= s"
+    ref = np.array([(1 + np.sum(null >= v)) / (len(null) + 1) for v in s])
+    np.testing.assert_allclose(conformal_pvalues(s, null), ref)
+
+
+@pytest.mark.parametrize("q", [0.1, 0.2])
+def test_fdr_control_and_power_by_simulation(q):
+    rng = np.random.default_rng(11)
+    reps, K, N, n1 = 400, 300, 120, 30
+    fdp, power, flagged, expected = [], [], [], []
+    for _ in range(reps):
+        null = rng.standard_t(4, K)                        # heavy-tailed null
+        s = rng.standard_t(4, N)                           # non-members exchangeable with the null
+        s[:n1] += 8.0                                      # planted strong members
+        used, info = fdr_decision(s, null, q)
+        k = int(used.sum())
+        v = int(used[n1:].sum())
+        fdp.append(v / max(k, 1))
+        power.append(used[:n1].mean())
+        flagged.append(k)
+        expected.append(info["expected_false"])
+        assert info["k"] == k and info["max_expected_false"] == pytest.approx(q * k)
+    se = np.std(fdp) / np.sqrt(reps)
+    assert np.mean(fdp) <= q + 3 * se + 1e-9
+    assert np.mean(power) >= 0.9                          # planted members are found
+    # the reported expected number of false flags tracks the realised one (pi0 * N * p_cut)
+    realised = np.mean(np.array(fdp) * np.maximum(flagged, 1))
+    assert 0.3 * np.mean(expected) <= realised + 0.3 <= 3 * np.mean(expected) + 1.0
+
+
+def test_fdr_under_the_global_null_rarely_flags():
+    rng = np.random.default_rng(3)
+    reps, q = 400, 0.1
+    any_flag = 0
+    for _ in range(reps):
+        used, _ = fdr_decision(rng.exponential(size=100), rng.exponential(size=300), q)
+        any_flag += used.any()
+    # with no members FDR = P(any flag) <= q
+    assert any_flag / reps <= q + 3 * np.sqrt(q * (1 - q) / reps)
+
+
+def test_parse_decision_fdr():
+    assert parse_decision("fdr:0.1") == ("fdr", 0.1)
+    assert parse_decision(" FPR:0.05 ") == ("fpr", 0.05)
+    for bad in ("fdr:0", "fdr:1.5", "fdr:x", "bh"):
+        with pytest.raises(ImprintError, match="--decision"):
+            parse_decision(bad, "--decision")
+
+
+# ------------------------------------------------------------------------------------------ exchangeability
+def test_exchangeability_false_alarm_rate_and_detection():
+    rng = np.random.default_rng(5)
+    reps = 300
+    alarms = 0
+    for _ in range(reps):
+        a = {n: rng.normal(size=150) for n in ("brightness", "contrast", "real_nn_dist")}
+        b = {n: rng.normal(size=120) for n in ("brightness", "contrast", "real_nn_dist")}
+        alarms += exchangeability_check(a, b)["warn"]
+    assert alarms / reps <= 0.01 + 3 * np.sqrt(0.01 * 0.99 / reps)     # stated family-wise rate 1%
+    a = {"brightness": rng.normal(0.6, 1, 150), "contrast": rng.normal(size=150)}
+    r = exchangeability_check(a, {"brightness": rng.normal(size=120), "contrast": rng.normal(size=120)})
+    assert r["warn"] and r["worst"] == "brightness" and "brightness" in r["message"]
+
+
+def test_nuisance_statistics_match_numpy_and_skimage():
+    from skimage.filters import threshold_otsu
+
+    x = phantoms(4, 1)
+    st = nuisance_statistics(x)
+    np.testing.assert_allclose(st["brightness"], x.reshape(4, -1).mean(1))
+    np.testing.assert_allclose(st["contrast"], x.reshape(4, -1).std(1))
+    np.testing.assert_allclose(st["body_fraction"], [np.mean(im > threshold_otsu(im, nbins=256)) for im in x],
+                               atol=0.02)
+
+
+@pytest.fixture(scope="module")
+def copy_scene():
+    """60 candidates, the first 12 copied (noisy) into 150 generated images."""
+    rng = np.random.default_rng(21)
+    real = phantoms(60, 30)
+    gen = np.concatenate([phantoms(138, 31), noisy(real[:12], rng)])
+    y = np.r_[np.ones(12, int), np.zeros(48, int)]
+    return real, gen, y
+
+
+def test_shifted_reference_triggers_the_warning(copy_scene):
+    real, gen, y = copy_scene
+    ref = phantoms(80, 32)
+    ok = audit_membership(gen, real, reference=ref, backbone=None)
+    assert ok.info["exchangeability"]["warn"] is False and "WARNING" not in ok.summary
+    assert ok.used[:12].sum() >= 10                      # planted copies still found
+    bright = np.clip(ref.astype(int) + 25, 0, 255).astype(np.uint8)
+    bad = audit_membership(gen, real, reference=bright, backbone=None)
+    ex = bad.info["exchangeability"]
+    assert ex["warn"] and ex["tests"]["brightness"]["p_bonferroni"] < 0.01
+    assert "not exchangeable" in bad.summary and "brightness" in bad.summary
+
+
+# ------------------------------------------------------------------------------------------ near-duplicates
+def test_near_duplicates_are_found_and_removed(copy_scene):
+    real, gen, y = copy_scene
+    rng = np.random.default_rng(4)
+    ref = phantoms(40, 33)
+    ref[0] = noisy(real[20], rng, 3.0)                                         # noisy copy
+    ref[1] = np.clip(0.7 * real[21].astype(float) + 40, 0, 255).astype(np.uint8)  # window change
+    ref[2] = real[22][:, ::-1]                                                 # mirrored
+    dup, corr = near_duplicates(ref, real)
+    assert dup[:3].all() and not dup[3:].any()
+    # reference: numpy Pearson correlation, best over candidates and both orientations
+    ref_c = [max(max(np.corrcoef(r.ravel().astype(float), c.ravel().astype(float))[0, 1],
+                     np.corrcoef(r[:, ::-1].ravel().astype(float), c.ravel().astype(float))[0, 1]) for c in real)
+             for r in ref[:6]]
+    np.testing.assert_allclose(corr[:6], ref_c, atol=2e-4)
+    ref = np.concatenate([ref, phantoms(20, 34)])
+    res = audit_membership(gen, real, reference=ref, backbone=None)
+    assert res.info["reference_removed"]["near_duplicate"] == 3
+    assert res.info["n_reference"] == len(ref) - 3
+    assert "3 near-duplicate" in res.summary
+
+
+# ------------------------------------------------------------------------------------------ no labelled null
+def test_real_pair_null_matches_brute_force():
+    """Each null value: nearest in a random 'generated' part over nearest in the rest, shifted by the
+    measured slope times the size correction."""
+    R = 14
+    x = phantoms(R, 40)
+    f = x.reshape(R, -1).astype(np.float64)
+    z = (f - f.mean(1, keepdims=True)) / f.std(1, keepdims=True)
+    d = ((z[:, None] - z[None]) ** 2).mean(2) + 1e-6
+    np.fill_diagonal(d, np.inf)
+    pn = real_pair_null(x, n_generated=R - 1, splits=(0.25, 0.5, 0.75), repeats=1, random_state=3)
+    rng = np.random.default_rng(3)
+    raw, logit = [], []
+    for p in (0.25, 0.5, 0.75):
+        inA = rng.random(R) < p
+        for i in range(R):
+            a, b = d[i][inA & (np.arange(R) != i)], d[i][~inA & (np.arange(R) != i)]
+            raw.append(-np.log(a.min() / b.min()) if len(a) and len(b) else np.nan)
+        logit += [np.log(p / (1 - p))] * R
+    raw, logit = np.array(raw), np.array(logit)
+    lv = np.unique(logit)
+    means = [stats.trim_mean(raw[(logit == l) & np.isfinite(raw)], 0.1) for l in lv]
+    theta = max(0.0, np.polyfit(lv, means, 1)[0])
+    assert pn["_theta"]["pixel_nn_ratio"] == pytest.approx(theta, rel=1e-3, abs=1e-6)
+    ok = np.isfinite(raw)
+    expect = raw + theta * (np.log((R - 1) / (R - 1)) - logit)
+    np.testing.assert_allclose(pn["pixel_nn_ratio"][ok], expect[ok], rtol=1e-3, atol=1e-3)
+    # more generated images than reals: every value moves up by theta * log(M / (R - 1))
+    big = real_pair_null(x, n_generated=10 * (R - 1), splits=(0.25, 0.5, 0.75), repeats=1, random_state=3)
+    np.testing.assert_allclose(big["pixel_nn_ratio"] - pn["pixel_nn_ratio"], theta * np.log(10), rtol=1e-3, atol=1e-6)
+
+
+def test_real_pair_null_matches_a_generator_of_new_patients():
+    """Generated images that are new patients from the same population: the evidence's upper tail is
+    no heavier than the null's: the share of non-members above the null's 90% quantile is <= 10%
+    (+ 3 binomial standard errors), for every evidence with a real-to-real analogue."""
+    from imprint.engine.membership import compute_evidence
+
+    real, gen = phantoms(100, 80), phantoms(300, 81)
+    ev, _, _ = compute_evidence(gen, real, backbone=None, use_lbp=False)
+    pn = real_pair_null(real, len(gen))
+    for n in ("pixel_nn_ratio", "mse_ratio", "shape_ratio"):
+        frac = np.mean(ev[n] > np.quantile(pn[n], 0.9))
+        assert frac <= 0.1 + 3 * np.sqrt(0.09 / len(real)), (n, frac)
+
+
+@pytest.mark.parametrize("decision", ["fpr:0.01", "fdr:0.1"])
+def test_unsupervised_finds_copies_when_half_the_reals_are_members(decision):
+    rng = np.random.default_rng(50)
+    real = phantoms(80, 51)
+    members = np.arange(0, 80, 2)                          # half the real folder
+    copies = noisy(real[members], rng)
+    copies[::4] = np.clip(0.8 * copies[::4].astype(float) + 30, 0, 255).astype(np.uint8)  # some re-windowed
+    gen = np.concatenate([phantoms(200, 52), copies])
+    y = np.zeros(80, int)
+    y[members] = 1
+    res = audit_membership(gen, real, backbone=None, decision=decision)
+    assert res.info["null"] == "real-pairs"
+    assert "real-to-real" in res.summary and "Guarantee" in res.summary
+    assert res.used[y == 1].mean() >= 0.5                  # recall
+    assert res.used[y == 0].mean() <= 0.05                 # non-members flagged
+    from sklearn.metrics import roc_auc_score
+    assert roc_auc_score(y, res.score) >= 0.9
+
+
+def test_unsupervised_null_scene_flags_few():
+    """No copies at all: a generator of new patients; the real-pair null must not flag many."""
+    res = audit_membership(phantoms(200, 60), phantoms(80, 61), backbone=None, decision="fdr:0.1")
+    assert res.used.sum() <= 3
+    res = audit_membership(phantoms(200, 60), phantoms(80, 61), backbone=None)
+    assert res.used.mean() <= 0.05
+
+
+def test_too_few_reals_for_the_pair_null_is_a_one_line_error():
+    with pytest.raises(ImprintError, match="at least 5 real images"):
+        audit_membership(phantoms(20, 95), phantoms(3, 96), backbone=None)
+
+
+# ------------------------------------------------------------------------------------------ tiny reference
+def test_tiny_reference_is_not_blind(copy_scene):
+    real, gen, y = copy_scene
+    ref = phantoms(8, 70)
+    fpr = audit_membership(gen, real, reference=ref, backbone=None)
+    assert fpr.info["null"] == "real-pairs" and "too few" in fpr.info["guarantee"]
+    assert fpr.used[y == 1].mean() >= 0.5 and fpr.used[y == 0].mean() <= 0.05
+    assert "99%" in fpr.summary or "flagged above the null's maximum" in fpr.summary
+    f1 = audit_membership(gen, real, reference=ref, backbone=None, decision="f1")
+    assert f1.info["f1"]["evidence"] is True and not f1.used.all()
+    assert f1.used[y == 1].mean() >= 0.8
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def test_cli_fdr_decision_json_and_bad_value(tmp_path):
+    """``--decision fdr:0.1`` end to end: scores.csv contract unchanged, summary and --json give the guarantee
+    and the expected number of false flags; a bad Q is a one-line error (exit 2)."""
+    import csv
+    import json
+
+    from click.testing import CliRunner
+    from PIL import Image
+
+    rng = np.random.default_rng(90)
+    real = phantoms(40, 91)
+    gen = np.concatenate([phantoms(100, 92), noisy(real[:10], rng)])
+    for name, arr in (("gen", gen), ("real", real)):
+        (tmp_path / name).mkdir()
+        for i, im in enumerate(arr):
+            Image.fromarray(im).save(tmp_path / name / f"{i:03d}.png")
+    out = tmp_path / "scores.csv"
+    base = ["membership", "--generated", str(tmp_path / "gen"), "--real", str(tmp_path / "real"), "--out", str(out)]
+
+    def invoke(args):
+        r = CliRunner().invoke(_wrap, args, catch_exceptions=False)
+        assert "Traceback" not in r.output
+        return r
+
+    r = invoke(base + ["--decision", "fdr:0.1", "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output[r.output.index("{"):])
+    assert d["decision"] == "fdr:0.1" and "expected_false" in d["info"]["fdr"]
+    assert "expected false flags" in d["summary"] and "Guarantee" in d["summary"]
+    rows = list(csv.DictReader(open(out, newline="")))
+    assert list(rows[0]) == ["image", "score", "used"] and len(rows) == 40
+    flagged = {int(r_["image"].split(".")[0][-3:]) for r_ in rows if r_["used"] == "1"}
+    assert len(flagged & set(range(10))) >= 8 and len(flagged - set(range(10))) <= 2
+    bad = invoke(base + ["--decision", "fdr:1.5"])
+    assert bad.exit_code == 2 and "fdr:Q" in bad.output and len(bad.output.strip().splitlines()) == 1
+
+
+import click  # noqa: E402
+
+
+@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.pass_context
+def _wrap(ctx):
+    from imprint.engine.cli import main
+
+    main(list(ctx.args))
