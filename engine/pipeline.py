@@ -288,7 +288,10 @@ def run_attribution(*, images_dir: str, k: int | None, out: str, dev_dir: str | 
         write_csv(out, ["image", "cluster"], zip(imgs.paths, labels.tolist()))
         det_path = str(Path(out).with_suffix("")) + ".details.csv"
         conf = np.asarray(res.confidence, dtype=float)
-        write_csv(det_path, ["image", "cluster", "confidence"], zip(imgs.paths, labels.tolist(), conf.tolist()))
+        cdev = list(getattr(res, "cluster_dev_model", None) or [None] * int(res.k))
+        dev_col = [cdev[c] or "" for c in labels.tolist()]  # matched dev model, empty for a new model
+        write_csv(det_path, ["image", "cluster", "confidence", "dev_model"],
+                  zip(imgs.paths, labels.tolist(), conf.tolist(), dev_col))
         skip_path = _skip_report(out, skips, rep)
         shutil.rmtree(cache_dir, ignore_errors=True)
 
@@ -305,13 +308,27 @@ def run_attribution(*, images_dir: str, k: int | None, out: str, dev_dir: str | 
         "k_given": k,
         "cluster_sizes": sizes,
         "dev_models": dev_models,
+        "cluster_dev_model": res.info.get("cluster_dev_model", []),
+        "known_models": res.info.get("known_models", []),
+        "new_clusters": res.info.get("new_clusters", []),
+        "dev_overlap_removed": res.info.get("dev_overlap_removed", {}),
+        "cluster_confidence": res.info.get("cluster_confidence", []),
+        "stability": res.info.get("stability", {}),
         "timings": timings,
         "info": res.info,
         "ingest_policy": policy.describe(),
     }
+    stab = summary["stability"].get("mean_ari")
+    named = ""
+    if dev_models:
+        removed = sum(summary["dev_overlap_removed"].values())
+        named = (f"; known models {summary['known_models'] or 'none'}, new model clusters "
+                 f"{summary['new_clusters'] or 'none'}; {removed} dev image(s) also in --images left out of dev")
     summary["summary"] = (f"attribute: {len(imgs)} images in {res.k} clusters (sizes {sizes})"
-                          f"{' (k estimated)' if k is None else ''}; {len(skips)} skipped; "
-                          f"{timings['total_s']:.1f}s -> {out}")
+                          f"{' (k estimated)' if k is None else ''}; stability (mean ARI over resamples) "
+                          f"{'n/a' if stab is None else format(stab, '.2f')}, cluster confidence "
+                          f"{[round(c, 2) for c in summary['cluster_confidence'] if c is not None]}{named}; "
+                          f"{len(skips)} skipped; {timings['total_s']:.1f}s -> {out}")
     if report_dir is not None:
         summary["report"] = _report("attribution", report_dir, summary=summary, result=res, images=imgs,
                                     truth=truth)
