@@ -204,3 +204,19 @@ def test_pipeline_details_dev_model_column(tmp_path, monkeypatch, two_models):
     assert 0.9 <= s["stability"]["mean_ari"] <= 1.0 and len(s["cluster_confidence"]) == 2
     assert "alpha" in s["summary"] and "new" in s["summary"]
     json.dumps(s, allow_nan=False)
+
+
+def test_report_lists_known_and_new_models(tmp_path):
+    """Small run (PCA map, no t-SNE) so the report stays fast."""
+    from types import SimpleNamespace
+
+    from imprint.engine.report import write_report
+
+    imgs = np.concatenate([_model(11, 12, 1), _model(22, 12, 2)])
+    r = attribute(imgs, 2, dev_sets={"alpha": _model(11, 20, 7)}, random_state=0, **FAST)
+    images = SimpleNamespace(images=imgs, paths=[f"{i:02d}.png" for i in range(24)])
+    write_report("attribution", str(tmp_path / "rep"), summary={"summary": r.summary}, result=r, images=images)
+    page = (tmp_path / "rep" / "index.html").read_text()
+    assert "Models: known and new" in page and "model: alpha" in page and "model: new model" in page
+    with open(tmp_path / "rep" / "clusters.csv", newline="") as f:
+        assert {r["dev_model"] for r in csv.DictReader(f)} == {"alpha", ""}
