@@ -120,11 +120,13 @@ def run_one(name, parts, dev, k, cache, seed=0, one_model=False):
         row["dev_model_acc"] = acc
         row["open_set_threshold"] = r.info["open_set"].get("threshold")
         row["ratios"] = [c.get("ratio") for c in r.info["open_set"].get("clusters", [])]
+        row["dev_overlap_removed"] = r.info["dev_overlap_removed"]
     sep = row["separation"]
     print(f"{name:26s} k_true={1 if one_model else len(parts)} k_asked={row['k_asked']!s:4s} k={r.k} ARI={s:.3f} "
           f"sep={'-' if sep is None or not np.isfinite(sep) else f'{sep:.3f}'} stab={row['stability']:.3f} "
           f"minconf={row['min_cluster_conf']:.2f}"
-          + (f" dev_model_acc={ {g: round(v, 3) for g, v in row['dev_model_acc'].items()} }" if dev else "")
+          + (f" dev_model_acc={ {g: round(v, 3) for g, v in row['dev_model_acc'].items()} } "
+             f"dev_overlap_removed={row['dev_overlap_removed']}" if dev else "")
           + f" {dt:.1f}s", flush=True)
     return row
 

@@ -497,7 +497,7 @@ def _open_set(Zt, labels, k, dev_z, seed, margin=OPEN_SET_MARGIN, n_null=20):
     return out, info
 
 
-def _stability(views, k, labels, seed, n_boot=5, frac=0.8, max_n=600):
+def _stability(views, k, labels, seed, n_boot=4, frac=0.8, max_n=500):
     """Bootstrap stability of the consensus partition (subsampling, Ben-Hur et al. 2002; Hennig 2007).
 
     Each resample draws ``frac`` of (at most ``max_n``) images without replacement, reruns the candidate
@@ -546,7 +546,7 @@ def _pixel_hashes(images):
 # ----------------------------------------------------------------------------------------- public
 def attribute(images, k, *, dev_sets=None, random_state=0, progress=None, groups=DEFAULT_GROUPS,
               backbones=DEFAULT_BACKBONES, k_max=10, max_consensus=2500, cache_dir=None,
-              content_groups=CONTENT_GROUPS, stability_resamples=5):
+              content_groups=CONTENT_GROUPS, stability_resamples=4):
     """Cluster generated images by the generator that made them; name the clusters of known models.
 
     Parameters
@@ -614,7 +614,7 @@ def attribute(images, k, *, dev_sets=None, random_state=0, progress=None, groups
 
 
 def _attribute(images, k, *, dev_sets, random_state, progress, groups, backbones, k_max, max_consensus,
-               cache_dir=None, content_groups=CONTENT_GROUPS, stability_resamples=5):
+               cache_dir=None, content_groups=CONTENT_GROUPS, stability_resamples=4):
     t0 = time.perf_counter()
     say = progress if callable(progress) else (lambda s: None)
     images = _F.check_images(images)
