@@ -165,6 +165,9 @@ class Attribution:
     result : AttributionResult
         The engine's result (``info``, standardised features).
     skipped : list of (folder, path, reason)
+    dev_model : list of str, length N
+        The dev model whose distribution the image's cluster matches, ``""`` for a model not among the dev
+        models (all ``""`` without dev models).
     """
 
     images: list
@@ -174,6 +177,7 @@ class Attribution:
     summary: dict
     result: "AttributionResult"
     skipped: list = field(default_factory=list)
+    dev_model: list = field(default_factory=list)
 
     @property
     def table(self) -> "pa.Table":
@@ -185,10 +189,15 @@ class Attribution:
 
     @property
     def details(self) -> "pa.Table":
-        """``pyarrow.Table`` of the CLI's ``*.details.csv``: ``image``, ``cluster``, ``confidence`` (float64)."""
+        """``pyarrow.Table`` of the CLI's ``*.details.csv``: ``image``, ``cluster``, ``confidence`` (float64),
+        ``dev_model`` (string, empty for a new model)."""
         import pyarrow as pa
 
-        return self.table.append_column("confidence", pa.array(np.asarray(self.confidence, np.float64)))
+        t = self.table.append_column("confidence", pa.array(np.asarray(self.confidence, np.float64)))
+        return t.append_column("dev_model", pa.array(self._dev_model_column(), pa.string()))
+
+    def _dev_model_column(self) -> list:
+        return list(self.dev_model) if len(self.dev_model) == len(self.images) else [""] * len(self.images)
 
     def to_csv(self, path: str | os.PathLike) -> None:
         """Write ``image,cluster`` atomically: the same bytes as the CLI's ``--out`` CSV."""
@@ -197,12 +206,13 @@ class Attribution:
         write_csv(path, list(CLUSTER_COLUMNS), zip(self.images, np.asarray(self.cluster).astype(int).tolist()))
 
     def details_to_csv(self, path: str | os.PathLike) -> None:
-        """Write ``image,cluster,confidence`` atomically: the same bytes as the CLI's ``*.details.csv``."""
+        """Write ``image,cluster,confidence,dev_model`` atomically: the same bytes as the CLI's
+        ``*.details.csv``."""
         from .outputs import write_csv
 
-        write_csv(path, ["image", "cluster", "confidence"],
+        write_csv(path, ["image", "cluster", "confidence", "dev_model"],
                   zip(self.images, np.asarray(self.cluster).astype(int).tolist(),
-                      np.asarray(self.confidence, dtype=float).tolist()))
+                      np.asarray(self.confidence, dtype=float).tolist(), self._dev_model_column()))
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -633,9 +643,17 @@ def attribute(images: Images, k: int | None, *, dev: Any = None, seed: int = 0, 
 def attribution_line(summary: dict, out: str | None = None) -> str:
     """The one-line human summary of an attribution ``summary`` dict (``out``: the CSV path, CLI only)."""
     t = summary["timings"].get("total_s", 0.0)
+    stab = (summary.get("stability") or {}).get("mean_ari")
+    named = ""
+    if summary.get("dev_models"):
+        removed = sum((summary.get("dev_overlap_removed") or {}).values())
+        named = (f"; known models {summary.get('known_models') or 'none'}, new model clusters "
+                 f"{summary.get('new_clusters') or 'none'}; {removed} dev image(s) also in --images left out of dev")
+    conf = [round(c, 2) for c in (summary.get("cluster_confidence") or []) if c is not None]
     return (f"attribute: {summary['n_images']} images in {summary['k']} clusters (sizes {summary['cluster_sizes']})"
-            f"{' (k estimated)' if summary['k_given'] is None else ''}; {summary['n_skipped']} skipped; "
-            f"{t:.1f}s" + (f" -> {out}" if out is not None else ""))
+            f"{' (k estimated)' if summary['k_given'] is None else ''}; stability (mean ARI over resamples) "
+            f"{'n/a' if stab is None else format(stab, '.2f')}, cluster confidence {conf}{named}; "
+            f"{summary['n_skipped']} skipped; {t:.1f}s" + (f" -> {out}" if out is not None else ""))
 
 
 def attribute_loaded(imgs: "ImageSet", k: int | None, dev_sets: Mapping[str, np.ndarray], *, seed: int,
@@ -688,11 +706,19 @@ def attribute_loaded(imgs: "ImageSet", k: int | None, dev_sets: Mapping[str, np.
         "k_given": k,
         "cluster_sizes": sizes,
         "dev_models": sorted(dev_sets),
+        "cluster_dev_model": res.info.get("cluster_dev_model", []),
+        "known_models": res.info.get("known_models", []),
+        "new_clusters": res.info.get("new_clusters", []),
+        "dev_overlap_removed": res.info.get("dev_overlap_removed", {}),
+        "cluster_confidence": res.info.get("cluster_confidence", []),
+        "stability": res.info.get("stability", {}),
         "timings": {"cluster_s": cluster_s},
         "executor": ex_name,
         "info": res.info,
         "ingest_policy": ingest_policy,
     }
     summary["summary"] = attribution_line(summary)
+    cdev = list(getattr(res, "cluster_dev_model", None) or [None] * int(res.k))
+    dev_col = [cdev[c] or "" for c in labels.tolist()]  # matched dev model, empty for a new model
     return Attribution(images=list(imgs.paths), cluster=labels, confidence=np.asarray(res.confidence, dtype=float),
-                       k=int(res.k), summary=summary, result=res, skipped=skips)
+                       k=int(res.k), summary=summary, result=res, skipped=skips, dev_model=dev_col)

@@ -49,6 +49,16 @@ DEFAULT_GROUPS = ("hist", "resid", "rspec", "ispec", "lbp", "fingerprint")
 DEFAULT_BACKBONES = ("fingerprint",)
 _DEV_FLOOR = 0.05
 _WEIGHT_CLIP = (0.25, 4.0)
+#: Feature groups that follow the image content (anatomy, intensity, blur of the content) more than the
+#: generator: excluded from the clustering views and the open-set distance (still extracted, for reports).
+CONTENT_GROUPS = ("hist", "ispec")
+#: k=1 test: held-out two-group separation (1-D R^2 of the best two-group split of the held-out projection)
+#: above which the images are taken to come from several models.  One Gaussian gives 2/pi = 0.64, two equal
+#: Gaussians 6 within-SDs apart give 0.90.  Dev corpus (in-sample): single models 0.68-0.80, pairs >= 0.99.
+ONE_MODEL_SEPARATION = 0.90
+#: open set: a cluster matches a dev model when its distance ratio is at most this factor times the 99th
+#: percentile of the ratios between random halves of the dev models themselves.
+OPEN_SET_MARGIN = 2.0
 
 
 @dataclass
@@ -70,6 +80,14 @@ class AttributionResult:
         One-line human summary.
     features : float64 ndarray [N, F]
         The standardised (and dev-weighted) feature matrix used for clustering (for reports).
+    cluster_dev_model : list of (str or None), length k
+        Open set (with ``dev_sets``): the dev model each cluster matches, ``None`` for a model that matches
+        no dev model (a new one).  All ``None`` without dev sets.
+    cluster_confidence : float64 ndarray [k]
+        Mean per-image confidence of each cluster's members.
+    stability : dict
+        Bootstrap stability: ``{"mean_ari": float, "cluster_jaccard": [k floats], "n_resamples": int}``
+        (``mean_ari`` is NaN when no resample was run).
     """
 
     labels: np.ndarray
@@ -78,6 +96,9 @@ class AttributionResult:
     info: dict = field(default_factory=dict)
     summary: str = ""
     features: np.ndarray | None = None
+    cluster_dev_model: list = field(default_factory=list)
+    cluster_confidence: np.ndarray | None = None
+    stability: dict = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------------------- helpers
@@ -324,20 +345,224 @@ def _relabel(labels, k):
     return remap[labels]
 
 
+
+# ------------------------------------------------------------------------------- k = 1, open set, stability
+def _r2_two_groups(p):
+    """Share of the variance of 1-D values ``p`` explained by their best split into two groups (exact).
+
+    float64 ndarray [n] -> float in [0, 1] (0 for constant input).
+    """
+    p = np.sort(np.asarray(p, dtype=np.float64))
+    n = p.size
+    if n < 4:
+        return 0.0
+    p = p - p.mean()
+    c, c2 = np.cumsum(p), np.cumsum(p * p)
+    tot = c2[-1] - c[-1] ** 2 / n
+    if not tot > 1e-12 * max(1.0, c2[-1]):
+        return 0.0
+    i = np.arange(1, n)
+    w1 = c2[:-1] - c[:-1] ** 2 / i
+    w2 = (c2[-1] - c2[:-1]) - (c[-1] - c[:-1]) ** 2 / (n - i)
+    return float(np.clip(1.0 - np.min(w1 + w2) / tot, 0.0, 1.0))
+
+
+def _separation_test(V, seed, repeats=5):
+    """Held-out two-group separation of ``V`` [N, d] (the k = 1 test).
+
+    Each repeat splits the images into random halves A and B; 2-means on A gives two groups and the
+    shrinkage-LDA direction between them; B is projected on that direction and scored by
+    :func:`_r2_two_groups` (and the roles swapped).  The direction never sees the images it scores, so one
+    unimodal population scores like its own shape (one Gaussian: 2/pi = 0.64, whatever its covariance),
+    while several models give two separated modes (R^2 -> 1).  Returns the median score and all scores.
+    """
+    from sklearn.cluster import KMeans
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+    n = V.shape[0]
+    if n < 10:
+        return float("nan"), []
+    rng = np.random.default_rng(seed)
+    vals = []
+    for r in range(repeats):
+        perm = rng.permutation(n)
+        a, b = perm[: n // 2], perm[n // 2:]
+        for tr, te in ((a, b), (b, a)):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    lab = KMeans(2, n_init=5, random_state=seed + r).fit_predict(V[tr])
+                    if np.bincount(lab, minlength=2).min() < 2:
+                        vals.append(0.0)
+                        continue
+                    proj = LinearDiscriminantAnalysis(solver="eigen", shrinkage="auto").fit(V[tr], lab).transform(V[te])
+                vals.append(_r2_two_groups(proj[:, 0]))
+            except (ValueError, np.linalg.LinAlgError):  # degenerate (e.g. identical images)
+                vals.append(0.0)
+    return float(np.median(vals)), [float(v) for v in vals]
+
+
+def _robust_loc_var(x):
+    """Per-column 10 %-trimmed mean and MAD-based variance of ``x`` [n, d] (robust to a few strays)."""
+    from scipy.stats import trim_mean
+
+    med = np.median(x, axis=0)
+    mad = 1.4826 * np.median(np.abs(x - med), axis=0)
+    return trim_mean(x, 0.1, axis=0), mad * mad
+
+
+def _distance_ratio(a, b):
+    """Squared distance between the robust means of samples ``a`` [na, d] and ``b`` [nb, d] divided by its
+    expectation under "same distribution" (sum over columns of var_a/na + var_b/nb): about 1 for two samples
+    of one model, and growing with the sample sizes for two different models."""
+    la, va = _robust_loc_var(a)
+    lb, vb = _robust_loc_var(b)
+    d = la - lb
+    den = float(np.sum(va / a.shape[0] + vb / b.shape[0]))
+    return float(np.sum(d * d) / max(den, 1e-12))
+
+
+def _open_set(Zt, labels, k, dev_z, seed, margin=OPEN_SET_MARGIN, n_null=20):
+    """Match each cluster to a dev model, or to none (a new model).
+
+    Parameters
+    ----------
+    Zt : float64 ndarray [N, F]
+        Generator features of the images (content groups removed, standardised on the images).
+    labels : int64 ndarray [N]
+    k : int
+    dev_z : dict[str, float64 ndarray [M, F]]
+        The same features of each dev model.
+    seed : int
+    margin : float
+        Multiplier on the null's 99th percentile.
+    n_null : int
+        Random half splits per dev model.
+
+    Returns
+    -------
+    dev_model : list of (str or None), length k
+    info : dict (JSON-able)
+
+    Notes
+    -----
+    Columns are scaled by the pooled within-dev-model SD (floored).  The distance between a cluster and a dev
+    model is :func:`_distance_ratio`.  Its null distribution comes from the dev models themselves: random
+    halves of one model compared with each other.  A cluster matches the nearest dev model when the ratio is
+    at most ``margin`` times the null's 99th percentile.
+    """
+    usable = {m: z for m, z in dev_z.items() if z.shape[0] >= 4}
+    if not usable:
+        return [None] * k, {"enabled": False, "reason": "no dev model with at least 4 images"}
+    within = np.mean([z.var(axis=0) for z in usable.values()], axis=0)
+    scale = np.sqrt(within + _DEV_FLOOR)
+    Zs = Zt / scale
+    D = {m: z / scale for m, z in usable.items()}
+    rng = np.random.default_rng(seed)
+    null = []
+    for m in sorted(D):
+        z = D[m]
+        if z.shape[0] < 10:
+            continue
+        h = z.shape[0] // 2
+        for _ in range(n_null):
+            p = rng.permutation(z.shape[0])
+            null.append(_distance_ratio(z[p[:h]], z[p[h:]]))
+    if not null:
+        return [None] * k, {"enabled": False, "reason": "no dev model with at least 10 images for the null"}
+    q99 = float(np.quantile(null, 0.99))
+    thr = margin * q99
+    out, clusters = [], []
+    for c in range(k):
+        sel = labels == c
+        if sel.sum() < 2:
+            out.append(None)
+            clusters.append({"cluster": c, "dev_model": None, "nearest": None, "ratio": None, "ratios": {}})
+            continue
+        ratios = {m: _distance_ratio(Zs[sel], D[m]) for m in sorted(D)}
+        best = min(ratios, key=ratios.get)
+        match = best if ratios[best] <= thr else None
+        out.append(match)
+        clusters.append({"cluster": c, "dev_model": match, "nearest": best, "ratio": ratios[best],
+                         "ratios": ratios})
+    info = {
+        "enabled": True,
+        "rule": "cluster matches its nearest dev model when the robust mean-distance ratio <= "
+        f"{margin:g} x the 99th percentile of the ratios between random halves of each dev model",
+        "threshold": thr,
+        "null": {"n": len(null), "median": float(np.median(null)), "q99": q99, "max": float(np.max(null))},
+        "clusters": clusters,
+        "known_models": sorted({m for m in out if m is not None}),
+        "new_clusters": [c for c in range(k) if out[c] is None],
+    }
+    return out, info
+
+
+def _stability(views, k, labels, seed, n_boot=4, frac=0.8, max_n=500):
+    """Bootstrap stability of the consensus partition (subsampling, Ben-Hur et al. 2002; Hennig 2007).
+
+    Each resample draws ``frac`` of (at most ``max_n``) images without replacement, reruns the candidate
+    clusterings and the consensus on their rows of the views, and compares with ``labels``.
+
+    Returns
+    -------
+    dict
+        ``mean_ari`` (mean ARI between the resample's consensus and ``labels`` on the resampled images),
+        ``ari`` (per resample), ``cluster_jaccard`` ([k], mean over resamples of the best Jaccard between the
+        cluster's resampled members and a resample cluster), ``n_resamples``, ``resample_size``.
+    """
+    from sklearn.metrics import adjusted_rand_score
+
+    n = labels.size
+    m = int(frac * min(n, max_n))
+    if k == 1 or n_boot < 1 or m < max(10, 2 * k):
+        return {"mean_ari": float("nan") if k > 1 else 1.0, "ari": [], "cluster_jaccard": [float("nan")] * k
+                if k > 1 else [1.0], "n_resamples": 0, "resample_size": 0}
+    rng = np.random.default_rng(seed + 7919)
+    aris, jac = [], np.full((n_boot, k), np.nan)
+    for b in range(n_boot):
+        idx = np.sort(rng.choice(n, m, replace=False))
+        cands = _candidates({v: X[idx] for v, X in views.items()}, k, seed + b + 1)
+        lab = _consensus(cands, k, np.arange(m))[0]
+        ref = labels[idx]
+        aris.append(float(adjusted_rand_score(ref, lab)))
+        for c in range(k):
+            a = ref == c
+            if not a.any():
+                continue
+            jac[b, c] = max(float(np.sum(a & (lab == j)) / np.sum(a | (lab == j))) for j in range(k))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        cj = np.nanmean(jac, axis=0)
+    return {"mean_ari": float(np.mean(aris)), "ari": aris, "cluster_jaccard": [float(v) for v in cj],
+            "n_resamples": n_boot, "resample_size": m}
+
+
+def _pixel_hashes(images):
+    import hashlib
+
+    return [hashlib.sha1(im.tobytes()).hexdigest() for im in images]
+
+
 # ----------------------------------------------------------------------------------------- public
 def attribute(images, k, *, dev_sets=None, random_state=0, progress=None, groups=DEFAULT_GROUPS,
-              backbones=DEFAULT_BACKBONES, k_max=10, max_consensus=2500, cache_dir=None, executor=None):
-    """Cluster generated images by the generator that made them.
+              backbones=DEFAULT_BACKBONES, k_max=10, max_consensus=2500, cache_dir=None, executor=None,
+              content_groups=CONTENT_GROUPS, stability_resamples=4):
+    """Cluster generated images by the generator that made them; name the clusters of known models.
 
     Parameters
     ----------
     images : uint8 ndarray [N,H,W]
         Generated images (all the same size, e.g. 128x128).
     k : int or None
-        Number of generators; ``None`` estimates it in ``2..k_max``.
+        Number of generators; ``None`` estimates it in ``1..k_max``: first a test of one model against
+        several (:func:`_separation_test`, threshold :data:`ONE_MODEL_SEPARATION`), then, when several, the
+        silhouette scan over ``2..k_max``.
     dev_sets : dict[str, uint8 ndarray [M,H,W]] or None
-        Images of known generators (model name -> images), used only to weight features and for
-        one LDA view; models absent from dev can still form their own clusters.
+        Images of known generators (model name -> images).  They weight features, add one LDA view, and
+        name the clusters (open set: ``cluster_dev_model``; a cluster that matches no dev model is new).
+        Dev images byte-identical to one of ``images`` are dropped first (counted in
+        ``info["dev_overlap_removed"]``).
     random_state : int
         Seed for every randomised step (results are deterministic for a seed).
     progress : callable(str) or None
@@ -359,6 +584,11 @@ def attribute(images, k, *, dev_sets=None, random_state=0, progress=None, groups
     executor : Executor or None
         Where the feature extraction and backbone embeddings run (:mod:`engine.executors`; default local);
         clustering always runs here. The result does not depend on it.
+    content_groups : sequence of str
+        Feature groups that follow the image content rather than the generator (default
+        :data:`CONTENT_GROUPS`): left out of clustering and open-set matching (unless nothing else is left).
+    stability_resamples : int
+        Subsampling resamples for the stability figure (0 to skip).
 
     Returns
     -------
@@ -372,6 +602,7 @@ def attribute(images, k, *, dev_sets=None, random_state=0, progress=None, groups
     """
     # Import every native library used below *before* limiting: threadpoolctl only limits the
     # OpenMP/BLAS runtimes already loaded, and a lazy import inside the block stays unlimited.
+    import scipy.stats  # noqa: F401
     import sklearn.cluster  # noqa: F401
     import sklearn.decomposition  # noqa: F401
     import sklearn.discriminant_analysis  # noqa: F401
@@ -382,16 +613,18 @@ def attribute(images, k, *, dev_sets=None, random_state=0, progress=None, groups
     with threadpool_limits(limits=1):
         return _attribute(images, k, dev_sets=dev_sets, random_state=random_state, progress=progress,
                           groups=groups, backbones=backbones, k_max=k_max, max_consensus=max_consensus,
-                          cache_dir=cache_dir, executor=executor)
+                          cache_dir=cache_dir, executor=executor, content_groups=tuple(content_groups or ()),
+                          stability_resamples=int(stability_resamples))
 
 
 def _attribute(images, k, *, dev_sets, random_state, progress, groups, backbones, k_max, max_consensus,
-               cache_dir=None, executor=None):
+               cache_dir=None, executor=None, content_groups=CONTENT_GROUPS, stability_resamples=4):
     t0 = time.perf_counter()
     say = progress if callable(progress) else (lambda s: None)
     images = _F.check_images(images)
     n, h, w = images.shape
     k = _check_k(k, n)
+    k_given = k is not None
     if isinstance(random_state, bool) or not isinstance(random_state, (int, np.integer)):
         raise ImprintError(f"random_state must be an integer, got {random_state!r}")
     seed = int(random_state) % (2**32)
@@ -401,6 +634,17 @@ def _attribute(images, k, *, dev_sets, random_state, progress, groups, backbones
         if d.shape[1:] != (h, w):
             raise ImprintError(f"dev set {name!r} has image size {d.shape[1:]}, images have {(h, w)}")
         dev_sets[name] = d
+    overlap = {}
+    if dev_sets:  # a dev image that is also one of the images would match its own copy: drop it
+        own = set(_pixel_hashes(images))
+        for name in list(dev_sets):
+            d = dev_sets[name]
+            keep = np.array([hh not in own for hh in _pixel_hashes(d)], bool)
+            overlap[name] = int((~keep).sum())
+            if not keep.all():
+                dev_sets[name] = d[keep]
+            if dev_sets[name].shape[0] == 0:
+                del dev_sets[name]
     if not isinstance(k_max, (int, np.integer)) or k_max < 2:
         raise ImprintError(f"k_max must be an integer >= 2, got {k_max!r}")
 
@@ -412,14 +656,26 @@ def _attribute(images, k, *, dev_sets, random_state, progress, groups, backbones
     bb_errors = {}
     X, names = _extract_cached(images, groups, backbones, bb_errors, cache_dir, executor)
     backbones = tuple(b for b in backbones if b not in bb_errors)
-    masks = _group_masks(names, groups, backbones)
+    masks_all = _group_masks(names, groups, backbones)
+    # generator columns: every group except the content ones (all columns if nothing else is left)
+    gen = np.ones(X.shape[1], bool)
+    for g in content_groups:
+        if g in masks_all:
+            gen &= ~masks_all[g]
+    if not gen.any():
+        gen[:] = True
+    dropped = [g for g in masks_all if g in content_groups and gen.sum() < X.shape[1]]
+    masks = {g: m[gen] for g, m in masks_all.items() if g not in dropped}
+    X = X[:, gen]
+    names_g = [nm for nm, keep in zip(names, gen) if keep]
     mu, sd = X.mean(axis=0), X.std(axis=0)
     sd = np.where(sd > 1e-9, sd, 1.0)
     Z = (X - mu) / sd
     Z[:, X.std(axis=0) <= 1e-9] = 0.0
+    Z0 = Z.copy()  # before dev weighting (open set scales by the dev models itself)
 
     rng = np.random.default_rng(seed)
-    wgt, lda, dev_info = None, None, {}
+    wgt, lda, dev_info, dev_z = None, None, {}, {}
     if dev_sets:
         say("dev features")
         dev_feats = []
@@ -430,7 +686,9 @@ def _attribute(images, k, *, dev_sets, random_state, progress, groups, backbones
             fd, nd = _extract_cached(d, groups, backbones, bb_errors, cache_dir, executor)
             if nd != names:
                 raise ImprintError(f"dev set {name!r}: feature extraction differs from the images' ({len(nd)} columns)")
+            fd = fd[:, gen]
             dev_feats.append(fd)
+            dev_z[name] = (fd - mu) / sd
             dev_info[name] = int(dev_sets[name].shape[0])
         wgt = _dev_weights(dev_feats, mu, sd)
         if wgt is not None:
@@ -451,11 +709,18 @@ def _attribute(images, k, *, dev_sets, random_state, progress, groups, backbones
         views = _build_views(Z, masks, seed, lda)
 
     scan, scan_macro, scan_plain = {}, {}, {}
+    sep, sep_all = float("nan"), []
     cands = None
     if k is None:
         if n < 3:
             k = 1
         else:
+            say("testing one model against several")
+            sep_view = views.get("all/pca90", views["all/pca-white"])
+            sep, sep_all = _separation_test(sep_view[sub], seed)
+            if np.isfinite(sep) and sep < ONE_MODEL_SEPARATION:
+                k = 1
+        if k is None:
             say("estimating k")
             hi = int(min(k_max, len(sub) - 1, n - 1))
             runs = {}
@@ -479,8 +744,17 @@ def _attribute(images, k, *, dev_sets, random_state, progress, groups, backbones
         labels, conf, sil, agree = _consensus(cands, k, sub)
     relab = _relabel(labels, k)
     sizes = np.bincount(relab, minlength=k)
+    cl_conf = np.array([conf[relab == c].mean() if sizes[c] else np.nan for c in range(k)], np.float64)
 
-    rad_cols = [i for i, nm in enumerate(names) if nm.startswith("rspec.rad")]
+    say("stability")
+    stab = _stability(views, k, relab, seed, n_boot=stability_resamples)
+
+    dev_model, open_info = [None] * k, {"enabled": False, "reason": "no dev sets"}
+    if dev_z:
+        say("open set")
+        dev_model, open_info = _open_set(Z0, relab, k, dev_z, seed)
+
+    rad_cols = [i for i, nm in enumerate(names_g) if nm.startswith("rspec.rad")]
     spectra = []
     for c in range(k):
         sel = relab == c
@@ -490,13 +764,20 @@ def _attribute(images, k, *, dev_sets, random_state, progress, groups, backbones
     info = {
         "algorithm": "consensus: average-linkage on the co-association of k-means/GMM/Ward over feature views",
         "k": int(k),
-        "k_estimated": bool(scan),
+        "k_estimated": not k_given,
+        "one_model_test": {
+            "separation": sep, "separations": sep_all, "threshold": ONE_MODEL_SEPARATION,
+            "one_model": bool(np.isfinite(sep) and sep < ONE_MODEL_SEPARATION),
+            "rule": "held-out two-group separation on all/pca90: 2-means + LDA direction on one random half, "
+            "1-D R^2 of the best two-group split of the other half's projection; median of 5 x 2 splits; "
+            "one model when below the threshold",
+        },
         "k_scan_silhouette": {str(kk): float(v) for kk, v in scan.items()},
         "k_scan_silhouette_balanced": {str(kk): float(v) for kk, v in scan_macro.items()},
         "k_scan_silhouette_plain": {str(kk): float(v) for kk, v in scan_plain.items()},
-        "criterion": "mean of the plain and the cluster-balanced silhouette (mean over clusters of the mean "
-        "per-image silhouette) of the consensus partition on co-association distance 1-C; smallest k within "
-        "0.001 of the best",
+        "criterion": "k=1 when the one-model test holds; otherwise the mean of the plain and the "
+        "cluster-balanced silhouette (mean over clusters of the mean per-image silhouette) of the consensus "
+        "partition on co-association distance 1-C; smallest k within 0.001 of the best",
         "consensus_silhouette": sil[0],
         "consensus_silhouette_plain": sil[1],
         "n_candidates": len(cands),
@@ -506,10 +787,18 @@ def _attribute(images, k, *, dev_sets, random_state, progress, groups, backbones
         "views": {v: int(x.shape[1]) for v, x in views.items()},
         "cluster_sizes": [int(s) for s in sizes],
         "mean_confidence": float(conf.mean()),
+        "cluster_confidence": [float(v) for v in cl_conf],
+        "stability": stab,
+        "open_set": open_info,
+        "cluster_dev_model": list(dev_model),
+        "known_models": sorted({m for m in dev_model if m is not None}),
+        "new_clusters": [c for c in range(k) if dev_model[c] is None] if dev_z else [],
+        "dev_overlap_removed": overlap,
         "residual_radial_spectrum": spectra,
         "residual_radial_spectrum_note": "per cluster, mean log10 power of x - mean3x3(x) in "
         f"{_F.N_RADIAL} rings from DC to the axis Nyquist frequency",
         "feature_groups": list(masks),
+        "content_groups_excluded": dropped,
         "n_features": int(X.shape[1]),
         "backbones": list(backbones),
         "backbone_errors": bb_errors,
@@ -522,7 +811,14 @@ def _attribute(images, k, *, dev_sets, random_state, progress, groups, backbones
         "random_state": int(random_state),
         "seconds": round(time.perf_counter() - t0, 3),
     }
-    summary = (f"attribution: {n} images in {k} clusters{' (k estimated)' if scan else ''}, sizes "
-               f"{[int(s) for s in sizes]}, mean confidence {conf.mean():.2f}, "
+    named = ""
+    if dev_z:
+        named = (f", known {info['known_models'] or 'none'}, {len(info['new_clusters'])} new "
+                 f"cluster(s) {info['new_clusters']}")
+    summary = (f"attribution: {n} images in {k} clusters{' (k estimated)' if info['k_estimated'] else ''}, sizes "
+               f"{[int(s) for s in sizes]}, mean confidence {conf.mean():.2f}, stability (mean ARI over "
+               f"{stab['n_resamples']} resamples) {stab['mean_ari']:.2f}{named}, "
                f"{len(cands)} candidate clusterings (mean ARI to consensus {info['mean_candidate_ari']:.2f})")
-    return AttributionResult(labels=relab, k=int(k), confidence=conf, info=_jsonable(info), summary=summary, features=Z)
+    return AttributionResult(labels=relab, k=int(k), confidence=conf, info=_jsonable(info), summary=summary,
+                             features=Z, cluster_dev_model=list(dev_model), cluster_confidence=cl_conf,
+                             stability=_jsonable(stab))

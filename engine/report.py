@@ -423,12 +423,50 @@ def _attribution(d: Path, *, summary: dict, result, images, truth: Mapping[str, 
     parts.append("<p class=note>log10 power of the noise residual (image minus its denoised version), "
                  "centred on zero frequency. Periodic peaks are upsampling artefacts of the generator.</p>")
 
+    # models: known (matched to a dev model) and new, confidence and bootstrap stability per cluster
+    def _fmt(v):
+        return "n/a" if v is None or not np.isfinite(v) else f"{v:.2f}"
+
+    cdev = list(getattr(result, "cluster_dev_model", None) or [None] * k)
+    info = getattr(result, "info", {}) or {}
+    stab = info.get("stability", {}) or {}
+    ccon = info.get("cluster_confidence", [None] * k)
+    jac = stab.get("cluster_jaccard", [None] * k)
+    oc = {c["cluster"]: c for c in (info.get("open_set", {}) or {}).get("clusters", [])}
+    rows = {}
+    for c in range(k):
+        name = cdev[c] if cdev[c] else ("new model" if oc else "-")
+        ratio = oc.get(c, {}).get("ratio")
+        rows[f"cluster {c}"] = (f"{int((labels == c).sum())} images; model: {name}; confidence "
+                                f"{_fmt(ccon[c] if c < len(ccon) else None)}; stability (Jaccard) "
+                                f"{_fmt(jac[c] if c < len(jac) else None)}"
+                                + (f"; distance ratio to nearest dev model {oc[c].get('nearest')}: {ratio:.3g}"
+                                   if ratio is not None else ""))
+    parts.append("<h2>Models: known and new</h2>")
+    t1 = info.get("one_model_test", {}) or {}
+    mean_ari = stab.get("mean_ari")
+    head = (f"Bootstrap stability: mean ARI {_fmt(mean_ari)} over {stab.get('n_resamples', 0)} resamples of "
+            f"{stab.get('resample_size', 0)} images.")
+    if t1.get("separation") is not None:
+        head += (f" One-model test: held-out separation {t1['separation']:.3f} (one model below "
+                 f"{t1.get('threshold')}).")
+    if oc:
+        removed = sum((info.get("dev_overlap_removed") or {}).values())
+        head += (f" Known models: {', '.join(info.get('known_models') or []) or 'none'}; new model clusters: "
+                 f"{info.get('new_clusters') or 'none'}. Threshold on the distance ratio "
+                 f"{info['open_set'].get('threshold', float('nan')):.3g}; {removed} dev image(s) that are also "
+                 "among the images were left out of dev.")
+    parts.append(f"<p>{html.escape(head)}</p>")
+    parts.append(_table(rows, list(rows)))
+    facts["models"] = {"cluster_dev_model": cdev, "cluster_confidence": ccon, "stability": stab}
+
     parts.append("<h2>Run facts</h2>")
     parts.append(_table({k_: v for k_, v in summary.items() if k_ not in ("summary", "info", "report")}))
     parts.append(_table(facts["versions"]))
     write_json(d / "report.json", facts)
     from .outputs import write_csv
 
-    write_csv(d / "clusters.csv", ["image", "cluster", "confidence"], zip(images.paths, labels.tolist(), conf.tolist()))
+    write_csv(d / "clusters.csv", ["image", "cluster", "confidence", "dev_model"],
+              zip(images.paths, labels.tolist(), conf.tolist(), [cdev[c] or "" for c in labels.tolist()]))
     atomic_write_text(d / "index.html", _page("imprint attribution audit", "".join(parts)))
     return str(d / "index.html")

@@ -131,7 +131,7 @@ def test_attribute_table_equals_the_cli_csv(data, tmp_path):
     assert (tmp_path / "api.csv").read_bytes() == out.read_bytes()
     res.details_to_csv(tmp_path / "api.details.csv")
     assert (tmp_path / "api.details.csv").read_bytes() == (tmp_path / "clusters.details.csv").read_bytes()
-    assert res.details.column_names == ["image", "cluster", "confidence"]
+    assert res.details.column_names == ["image", "cluster", "confidence", "dev_model"]
     assert set(res.summary) == set(cli_summary) and res.summary["cluster_sizes"] == cli_summary["cluster_sizes"]
 
     b = imprint.attribute(arr["att"], 3, size=64, seed=2)  # arrays: same clusters, names 000000...
