@@ -363,32 +363,39 @@ def run_embed(*, folder: str, store: str, backbone: str = "pixel", batch_size: i
     with _sigterm_as_interrupt():
         rel_paths, skipped = discover(folder)
         skips.extend((folder, s.path, s.reason) for s in skipped)
-        have = st.keys()
+        from .store import file_stats
+
+        have = st.stats()  # path -> (sha256, size, mtime_ns) of the latest rows
+        f_size, f_mtime = file_stats(folder, rel_paths)  # taken before reading: a later change shows next run
+        stat_of = {}
         todo = []
-        for p in rel_paths:
-            if p in have:
+        for p, sz, mt in zip(rel_paths, f_size.tolist(), f_mtime.tolist()):
+            got = have.get(p)
+            if got is not None:
+                if mt >= 0 and got[2] == mt and got[1] == sz:
+                    continue  # unchanged by size and mtime: not read
                 try:
                     with open(os.path.join(folder, p), "rb") as fh:
                         h = hashlib.sha256(fh.read()).hexdigest()
                 except OSError:
                     h = None
-                if h == have[p]:
+                if h == got[0]:
                     continue
             todo.append(p)
+            stat_of[p] = (sz, mt)
         n_new = 0
         bar = rep.progress(len(todo), "embedding")
         try:
             for vec, paths, hashes in iter_embedded(folder, todo, bb, shard_size=shard_size, batch_size=batch_size,
                                                     policy=policy, executor=executor, address=address,
                                                     on_skip=lambda s: skips.append((folder, s.path, s.reason))):
-                st.append(paths, hashes, vec)
+                stt = np.array([stat_of[p_] for p_ in paths], np.int64).reshape(-1, 2)
+                st.append(paths, hashes, vec, stats=(stt[:, 0], stt[:, 1]))  # a new shard; old ones untouched
                 n_new += len(paths)
                 bar.update(len(paths))
         finally:
             bar.close()
         _strict(strict, skips)
-        if len(st.manifest["shards"]) > 1:
-            st.compact()
     total = len(st)
     dt = time.perf_counter() - t_start
     summary = {
