@@ -133,17 +133,23 @@ def cli(verbose: bool) -> None:
 @click.option("--decision", default="fpr:0.01", metavar="fpr:ALPHA|f1", show_default=True,
               help="'fpr:ALPHA' (flag only beyond the null's 1-ALPHA level) or 'f1' (maximise expected F1).")
 @click.option("--report", "report_dir", default=None, metavar="DIR", help="Write an HTML report into this folder.")
+@click.option("--memory-budget", "memory_budget", type=float, default=None, metavar="GB",
+              help="Memory for the generated-image chunks of the evidence (default $IMPRINT_MAX_MEMORY_GB, else 2); "
+                   "changes no result.")
+@click.option("--store-dir", "store_dir", default=None, metavar="DIR",
+              help="Keep the decoded generated images in a pixel store here; later runs decode only new files.")
 @with_executor
 @with_common
-def membership(gen_dir, real_dir, out, dev_dirs, ref_dirs, decision, report_dir, executor, address, size,
-               size_policy, window, strict, seed, as_json):
+def membership(gen_dir, real_dir, out, dev_dirs, ref_dirs, decision, report_dir, memory_budget, store_dir, executor,
+               address, size, size_policy, window, strict, seed, as_json):
     """Score real images: were they used to train the generator of GEN?"""
     from .pipeline import run_membership
 
     rep = Reporter(quiet=as_json)
     summary = run_membership(gen_dir=gen_dir, real_dir=real_dir, out=out, dev_dirs=dev_dirs, ref_dirs=ref_dirs,
                              decision=decision, policy=_policy(size, size_policy, window), strict=strict,
-                             seed=seed, rep=rep, report_dir=report_dir, executor=executor, address=address)
+                             seed=seed, rep=rep, report_dir=report_dir, executor=executor, address=address,
+                             memory_budget_gb=memory_budget, store_dir=store_dir)
     _finish(summary, as_json, summary["summary"])
 
 

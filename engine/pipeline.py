@@ -87,6 +87,45 @@ def _load(folder, policy, label, rep, skips, exclude=()):
     return s
 
 
+def _memory_budget_bytes(memory_budget_gb: float | None) -> int:
+    """``--memory-budget`` in bytes; default ``$IMPRINT_MAX_MEMORY_GB``, else 2 GiB (engine.membership.evidence)."""
+    from .membership.evidence import _memory_budget
+
+    if memory_budget_gb is None:
+        return _memory_budget()
+    try:
+        gb = float(memory_budget_gb)
+    except (TypeError, ValueError):
+        raise ImprintError(f"--memory-budget must be a number of GB (got {memory_budget_gb!r})") from None
+    if not gb > 0:
+        raise ImprintError(f"--memory-budget must be positive (got {memory_budget_gb!r})")
+    return int(gb * 2**30)
+
+
+def _pixel_store_path(folder: str, store_dir: str | None, cache_dir: Path, label: str) -> Path:
+    """Pixel store of ``folder``: under ``store_dir`` (kept, reused by later runs) or the checkpoint folder."""
+    import hashlib
+
+    if store_dir is None:
+        return cache_dir / f"pixels-{label}"
+    key = hashlib.sha256(os.path.abspath(folder).encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return Path(store_dir) / f"{label}-{key}"
+
+
+def _load_stored(folder, policy, label, rep, skips, store: Path):
+    """Like :func:`_load`, through the pixel store ``store``: images come back memory-mapped (uint8)."""
+    from .pixelstore import load_images
+
+    store.parent.mkdir(parents=True, exist_ok=True)
+    bar = rep.progress(None, f"reading {label}")
+    try:
+        s = load_images(folder, store, policy, progress=bar.update, label=label)
+    finally:
+        bar.close()
+    skips.extend((str(folder), k.path, k.reason) for k in s.skipped)
+    return s
+
+
 def _skip_report(out: str, skips: list, rep) -> str | None:
     path = str(Path(out).with_suffix("")) + ".skipped.csv"
     if not skips:
@@ -110,10 +149,18 @@ def run_membership(*, gen_dir: str, real_dir: str, out: str, dev_dirs: Sequence[
                    ref_dirs: Sequence[str] = (), decision: str = "fpr:0.01",
                    policy: IngestPolicy = IngestPolicy(), strict: bool = False, seed: int = 0, rep=None,
                    report_dir: str | None = None, truth: dict | None = None, executor: str = "local",
-                   address: str | None = None) -> dict:
+                   address: str | None = None, memory_budget_gb: float | None = None,
+                   store_dir: str | None = None) -> dict:
     """``truth`` (optional, image -> 0/1) only adds truth-based plots to the report.
 
-    ``executor="ray"`` runs the embedding, search and pair stages on Ray (``address``; engine.distributed)."""
+    ``executor="ray"`` runs the embedding, search and pair stages on Ray (``address``; engine.distributed).
+
+    The generated folder is decoded once into a uint8 pixel store (``engine.pixelstore``) and read from it
+    memory-mapped; the evidence processes it in chunks sized for ``memory_budget_gb`` (default
+    ``$IMPRINT_MAX_MEMORY_GB``, else 2 GiB), so memory does not grow with the generated set. The budget changes
+    no result. With ``store_dir`` the pixel store is kept there (``STORE_DIR/generated-<hash of the folder
+    path>``) and a later run over the same folder decodes only new or changed files; otherwise it lives in the
+    checkpoint folder and is removed with it."""
     from .distributed import check_executor, executor_scope
     from .membership import DevSet, audit_membership
 
@@ -134,12 +181,21 @@ def run_membership(*, gen_dir: str, real_dir: str, out: str, dev_dirs: Sequence[
     decision = parse_decision(decision)
     if report_dir is not None:
         _check_report_dir(report_dir)
+    budget = _memory_budget_bytes(memory_budget_gb)
+    if store_dir is not None:
+        sd = Path(store_dir)
+        if sd.exists() and not sd.is_dir():
+            raise ImprintError(f"--store-dir: {store_dir} is not a folder")
+        if not sd.resolve().parent.is_dir():
+            raise ImprintError(f"--store-dir: folder {sd.resolve().parent} does not exist")
 
     skips: list = []
     timings: dict[str, float] = {}
     with _sigterm_as_interrupt():
         t0 = time.perf_counter()
-        gen = _load(gen_dir, policy, "generated", rep, skips)
+        cache_dir = Path(out).with_name(f".{Path(out).name}.checkpoints")
+        gen = _load_stored(gen_dir, policy, "generated", rep, skips,
+                           _pixel_store_path(gen_dir, store_dir, cache_dir, "generated"))
         real = _load(real_dir, policy, "real", rep, skips)
         devs = []
         refs = []
@@ -174,11 +230,12 @@ def run_membership(*, gen_dir: str, real_dir: str, out: str, dev_dirs: Sequence[
 
         # Checkpoints of finished stages (each dev set's evidence, the target's) live next to the output until it
         # is written, so a killed run resumes from them; they are keyed by their inputs, never trusted otherwise.
-        cache_dir = Path(out).with_name(f".{Path(out).name}.checkpoints")
+        from .membership.evidence import memory_budget
+
         t0 = time.perf_counter()
         bar = rep.progress(None, "membership")
         try:
-            with executor_scope(executor, address):
+            with executor_scope(executor, address), memory_budget(budget):
                 res = audit_membership(gen.images, real.images[uniq_rows], dev_sets=devs, reference=reference,
                                        decision=decision, random_state=seed, progress=bar.update,
                                        cache_dir=str(cache_dir))
@@ -227,6 +284,8 @@ def run_membership(*, gen_dir: str, real_dir: str, out: str, dev_dirs: Sequence[
         "timings": timings,
         "info": res.info,
         "ingest_policy": policy.describe(),
+        "memory_budget_bytes": budget,
+        "pixel_store": str(store_dir) if store_dir is not None else None,
     }
     summary["summary"] = (f"membership: {n_used}/{len(real)} real images flagged as used ({decision}); "
                           f"{len(gen)} generated, {len(skips)} skipped; {timings['total_s']:.1f}s -> {out}"
