@@ -102,6 +102,14 @@ def _memory_budget_bytes(memory_budget_gb: float | None) -> int:
     return int(gb * 2**30)
 
 
+def _chunk_for(budget: int, n_gen: int, policy) -> int:
+    """Generated images per evidence chunk under ``budget`` (as engine.membership.evidence sizes them)."""
+    from .membership.evidence import generated_chunk, memory_budget
+
+    with memory_budget(budget):
+        return generated_chunk(n_gen, policy.size[0] * policy.size[1])
+
+
 def _pixel_store_path(folder: str, store_dir: str | None, cache_dir: Path, label: str) -> Path:
     """Pixel store of ``folder``: under ``store_dir`` (kept, reused by later runs) or the checkpoint folder."""
     import hashlib
@@ -285,6 +293,7 @@ def run_membership(*, gen_dir: str, real_dir: str, out: str, dev_dirs: Sequence[
         "info": res.info,
         "ingest_policy": policy.describe(),
         "memory_budget_bytes": budget,
+        "generated_chunk": _chunk_for(budget, len(gen), policy),
         "pixel_store": str(store_dir) if store_dir is not None else None,
     }
     summary["summary"] = (f"membership: {n_used}/{len(real)} real images flagged as used ({decision}); "
