@@ -77,7 +77,9 @@ def write_results_block(results_md: str | os.PathLike, name: str, markdown: str)
     """Replace the block ``name`` of ``results_md`` (between ``<!-- bench:NAME begin -->`` and
     ``<!-- bench:NAME end -->``) with ``markdown``, appending the block when absent. Atomic write.
 
-    The tables of ``benchmarks/RESULTS.md`` are written this way by the benchmark scripts, never by hand.
+    The tables of ``benchmarks/RESULTS.md`` are written this way by the benchmark scripts, never by hand. The
+    ``README.md`` one folder above ``results_md`` quotes a table by holding the same markers: such a block is
+    replaced there too (a README without the markers is left alone).
     """
     from .store import atomic_write_text
 
@@ -93,6 +95,34 @@ def write_results_block(results_md: str | os.PathLike, name: str, markdown: str)
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     atomic_write_text(p, text)
+    readme = p.resolve().parent.parent / "README.md"
+    if readme.exists():
+        quote_blocks(p, readme)
+
+
+_BLOCK = re.compile(r"<!-- bench:([\w-]+) begin -->.*?<!-- bench:\1 end -->", re.S)
+
+
+def quote_blocks(results_md: str | os.PathLike, readme: str | os.PathLike) -> list[str]:
+    """Copy every block of ``results_md`` whose markers also appear in ``readme`` into ``readme`` (verbatim,
+    atomic write); returns the names copied. ``python -m imprint.engine.bench`` runs it on the repository."""
+    from .store import atomic_write_text
+
+    blocks = {m.group(1): m.group(0) for m in _BLOCK.finditer(Path(results_md).read_text("utf-8"))}
+    text = Path(readme).read_text("utf-8")
+    done = []
+
+    def sub(m):
+        if m.group(1) in blocks:
+            done.append(m.group(1))
+            return blocks[m.group(1)]
+        return m.group(0)
+
+    new = _BLOCK.sub(sub, text)
+    if new != text:
+        atomic_write_text(readme, new)
+    return done
+
 
 
 def md_table(rows: list[dict], cols: list[str]) -> str:
@@ -236,3 +266,8 @@ def bench_decode(n: int = 512, size: int = 128, workers: int | None = None, seed
     return {"images": n, "size": size, "workers": w, "serial_img_per_s": n / t_serial,
             "threaded_img_per_s": n / t_pool, "speedup": t_serial / t_pool,
             "timing": f"best of {repeats}, windows >= {min_window}s", "load": machine_load()}
+
+
+if __name__ == "__main__":  # quote the RESULTS.md tables in the README
+    _root = Path(__file__).resolve().parents[1]
+    print("quoted:", quote_blocks(_root / "benchmarks" / "RESULTS.md", _root / "README.md"))

@@ -397,8 +397,8 @@ def load_folder(root: str | os.PathLike, policy: IngestPolicy = IngestPolicy(), 
         raise ImprintError(
             f"{label} folder {root}: {len(rel_paths)} images of {policy.size[1]}x{policy.size[0]} need "
             f"{need / 2**30:.1f} GiB in memory, over the limit of {policy.memory_limit() / 2**30:.1f} GiB "
-            f"(IMPRINT_MAX_MEMORY_GB); use a smaller --size, `imprint pairs` (streams the real images) or "
-            f"--executor ray")
+            f"(IMPRINT_MAX_MEMORY_GB); raise that limit or use a smaller --size (the generated folder of "
+            f"`imprint membership` is streamed from a pixel store and `imprint pairs` streams the real images)")
     images: list[np.ndarray] = []
     paths: list[str] = []
     hashes: list[str] = []
