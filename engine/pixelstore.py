@@ -67,7 +67,7 @@ class PixelStore(EmbeddingStore):
 
 
 def ingest_folder(folder: str | os.PathLike, store: str | os.PathLike, policy: IngestPolicy = IngestPolicy(), *,
-                  exclude: Sequence[str] = (), shard_size: int = 8192,
+                  exclude: Sequence[str] = (), shard_size: int = 2048,
                   progress: Callable[[int], object] | None = None, compact: bool = True
                   ) -> tuple[PixelStore, list[str], list[Skip]]:
     """Decode the new or changed images of ``folder`` into the pixel store ``store`` (resumable, bounded memory).
@@ -140,8 +140,8 @@ def ingest_folder(folder: str | os.PathLike, store: str | os.PathLike, policy: I
             progress(len(paths))
     if progress is not None and bad:
         progress(len(bad))
-    if compact and added and len(st.manifest["shards"]) > 1:
-        st.compact()
+    if compact and added:
+        st.compact(sort_paths=True)  # one shard in path order: images() is then a zero-copy memory map
     ok = [p for p in rel if p not in bad]
     return st, ok, skipped
 

@@ -305,13 +305,36 @@ class EmbeddingStore:
             },
             schema=self.schema(),
         )
+        return self._commit_shard([table.to_batches()], int(vectors.shape[0]))
+
+    def _commit_shard(self, batch_groups, rows: int) -> str:
+        """Stream record batches into a new shard file (temporary name, fsync, rename; no in-memory copy of the
+        whole file), then commit it in the manifest."""
         seq = int(self.manifest["next_shard"])
         name = f"shard-{seq:06d}.arrow"
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_file(sink, table.schema) as writer:
-            writer.write_table(table)
-        atomic_write_bytes(self.root / name, sink.getvalue().to_pybytes())
-        self.manifest["shards"].append({"file": name, "rows": int(vectors.shape[0])})
+        path = self.root / name
+        remove_stale_tmp(path)
+        tmp = tmp_name(path)
+        try:
+            with pa.OSFile(str(tmp), "wb") as fh:
+                with pa.ipc.new_file(fh, self.schema()) as writer:
+                    for group in batch_groups:
+                        for b in group:
+                            writer.write_batch(b)
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+            _fsync_dir(self.root)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        self.manifest["shards"].append({"file": name, "rows": int(rows)})
         self.manifest["next_shard"] = seq + 1
         self._write_manifest()
         return name
@@ -440,19 +463,45 @@ class EmbeddingStore:
         hashes = self._column(idx, "sha256", rows).to_pylist()
         return StoreView(self._gather(idx, rows), wanted, hashes)
 
-    def compact(self) -> None:
-        """Rewrite the store as a single shard (latest row per path), so :meth:`read` is zero-copy."""
-        if len(self.manifest["shards"]) <= 1:
+    def compact(self, *, sort_paths: bool = False, block: int = 4096) -> None:
+        """Rewrite the store as a single shard (latest row per path), so :meth:`read` is zero-copy.
+
+        Rows are streamed in blocks of ``block`` (memory: one block, whatever the store's size), in order of
+        first appearance, or sorted by path with ``sort_paths``.
+        """
+        if len(self.manifest["shards"]) <= 1 and not sort_paths:
             return
-        view = self.read()
         idx = self._index()
-        st = (self._column(idx, "size", idx["last"], -1).to_numpy(zero_copy_only=False),
-              self._column(idx, "mtime_ns", idx["last"], -1).to_numpy(zero_copy_only=False))
-        old = [s["file"] for s in self.manifest["shards"]]
-        # append() writes the new shard, then commits a manifest that lists only it. Killed before that
+        rows = idx["last"]
+        if sort_paths:
+            names = idx["unique"].to_pylist()
+            order = np.array(sorted(range(len(names)), key=names.__getitem__), np.int64)
+            if len(self.manifest["shards"]) <= 1 and np.array_equal(order, np.arange(len(order))) \
+                    and len(rows) == idx["n_rows"]:
+                return
+            rows = rows[order]
+        schema = self.schema()
+
+        def batches():
+            for s0 in range(0, len(rows), block):
+                r = rows[s0:s0 + block]
+                flat = pa.array(self._gather(idx, r).reshape(-1), type=self._value_type())
+                cols = [self._column(idx, "path", r).combine_chunks(), self._column(idx, "sha256", r).combine_chunks(),
+                        pa.FixedSizeListArray.from_arrays(flat, self.dim),
+                        self._column(idx, "size", r, -1).combine_chunks(),
+                        self._column(idx, "mtime_ns", r, -1).combine_chunks()]
+                yield pa.RecordBatch.from_arrays(cols, schema=schema)
+
+        old_entries = list(self.manifest["shards"])
+        old = [s["file"] for s in old_entries]
+        # The new shard is written and committed in a manifest that lists only it. Killed before that
         # commit, the previous manifest still lists the old, intact shards and the new file is an orphan.
         self.manifest["shards"] = []
-        self.append(view.paths, view.hashes, np.array(view.vectors), stats=st)
+        try:
+            self._commit_shard([batches()], len(rows))
+        except BaseException:
+            self.manifest["shards"] = old_entries
+            raise
         for f in old:
             try:
                 (self.root / f).unlink()
