@@ -45,7 +45,8 @@ t0 = time.perf_counter()
 s = run_membership(gen_dir={gen!r}, real_dir={real!r}, out={out!r}, policy=IngestPolicy(size=(128, 128)),
                    memory_budget_gb={budget!r})
 wall = time.perf_counter() - t0
-print("RESULT " + json.dumps({{"wall_s": wall, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+ru = resource.getrusage(resource.RUSAGE_SELF)
+print("RESULT " + json.dumps({{"wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
       "sampled_peak_mb": peak[0] / 2**20, "after_imports_mb": base / 2**20, "timings": s["timings"],
       "n_real": s["n_real"], "n_generated": s["n_generated"], "n_flagged": s["n_flagged"],
       "chunk": s.get("generated_chunk")}}))
@@ -160,11 +161,11 @@ def main(argv=None) -> int:
         def fmt_exp(v):
             return "n/a" if v is None else f"{v:.2f}"
         table = [{"real": f"{x['real']:,}", "generated": f"{x['generated']:,}", "measured": "yes",
-                  "wall s": x["wall_s"], "peak RSS MB": x["peak_rss_mb"],
+                  "wall s": x["wall_s"], "CPU s": x.get("cpu_s", ""), "peak RSS MB": x["peak_rss_mb"],
                   "RSS after imports MB": x["after_imports_mb"], "chunk": x.get("chunk") or "",
                   "load (1 min)": f"{x['load'][0]:.1f}"} for x in rows]
         table += [{"real": f"{e['real']:,}", "generated": f"{e['generated']:,}", "measured": "**extrapolated**",
-                   "wall s": e["wall_s"], "peak RSS MB": e["peak_rss_mb"], "RSS after imports MB": "",
+                   "wall s": e["wall_s"], "CPU s": "", "peak RSS MB": e["peak_rss_mb"], "RSS after imports MB": "",
                    "chunk": "", "load (1 min)": ""} for e in ext]
         cmd = "python benchmarks/bench_scaling.py " + " ".join(argv if argv is not None else sys.argv[1:])
         write_results_block(args.write_results, "scaling", (
