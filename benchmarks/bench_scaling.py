@@ -92,6 +92,37 @@ def run_size(data: Path, n_real: int, n_gen: int, budget: float | None) -> dict:
     return json.loads(line[0][7:])
 
 
+def evidence_memory(n_real: int = 300, gens=(600, 2400), budget_gb: float = 0.3) -> list[dict]:
+    """Where the evidence's memory goes: peak traced (tracemalloc: NumPy and Python allocations; FAISS's own
+    copies are not traced) of ``compute_evidence`` with the whole generated set in one chunk (the memory
+    behaviour before issue 15: float copies of every generated image) and with chunks for ``budget_gb``."""
+    import tracemalloc
+
+    from conftest import ct_like
+    from imprint.engine.membership.evidence import compute_evidence, generated_chunk, memory_budget
+
+    rng = np.random.default_rng(0)
+    P = ct_like(rng, n_real, 128)
+    base = ct_like(rng, 400, 128)
+    out = []
+    for n in gens:
+        G = np.stack([np.roll(base[i % 400], i // 400, 1) for i in range(n)])
+        for label, b in (("one chunk (all generated images at once)", 1 << 40), (f"budget {budget_gb} GB", budget_gb)):
+            nbytes = b if b == 1 << 40 else int(b * 2**30)
+            with memory_budget(nbytes):
+                chunk = generated_chunk(n, 128 * 128)
+                tracemalloc.start()
+                t0 = time.perf_counter()
+                compute_evidence(G, P, backbone=None)
+                sec = time.perf_counter() - t0
+                peak = tracemalloc.get_traced_memory()[1]
+                tracemalloc.stop()
+            out.append({"real": n_real, "generated": n, "mode": label, "chunk": chunk, "peak traced MB": peak / 2**20,
+                        "generated uint8 MB": G.nbytes / 2**20, "seconds": sec})
+            print(json.dumps(out[-1]), flush=True)
+    return out
+
+
 def fit_exponent(xs, ys) -> float | None:
     """Least-squares slope of log(y) on log(x) (None with fewer than two distinct x)."""
     xs, ys = np.asarray(xs, float), np.asarray(ys, float)
@@ -111,7 +142,24 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None)
     ap.add_argument("--from-json", default=None, help="take the measured rows from this --json output")
     ap.add_argument("--write-results", default=None, metavar="RESULTS.md")
+    ap.add_argument("--evidence-memory", action="store_true",
+                    help="only trace the evidence's memory (one chunk vs a budget) and write that block")
     args = ap.parse_args(argv)
+    if args.evidence_memory:
+        rows = evidence_memory()
+        if args.write_results:
+            from imprint.engine.bench import load_note, md_table, write_results_block
+
+            cmd = "python benchmarks/bench_scaling.py " + " ".join(argv if argv is not None else sys.argv[1:])
+            write_results_block(args.write_results, "evidence-memory", (
+                "### Where the membership evidence's memory goes (tracemalloc)\n\n"
+                f"Command: `{cmd}`. `compute_evidence` on 128x128 phantoms; peak of the NumPy/Python allocations "
+                "(FAISS's internal copy of each indexed chunk, 64 KB per image, is not traced). 'One chunk' holds the "
+                "float z-scores and masks of every generated image at once (the code before issue 15 held, in "
+                "addition, float tiles of every generated image, so it needed more); with a budget the generated "
+                "set is walked in chunks and the evidence is identical (tests/test_streaming.py). Seconds are under the machine's load, not a speed comparison.\n"
+                + load_note() + "\n\n" + md_table(rows, list(rows[0]))))
+        return 0
     data = Path(args.data)
     data.mkdir(parents=True, exist_ok=True)
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",") if s]
