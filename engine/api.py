@@ -281,6 +281,20 @@ def _set_device(device: str | None) -> None:
     device_mod.set_device(device)
 
 
+def _budget_bytes() -> int:
+    """The memory budget the evidence sizes its generated-image chunks for (see ``memory_budget_gb``)."""
+    from .membership.evidence import _memory_budget
+
+    return int(_memory_budget())
+
+
+def _generated_chunk(n: int, images: Any) -> int:
+    from .membership.evidence import generated_chunk
+
+    shape = np.shape(images)
+    return int(generated_chunk(n, int(shape[1]) * int(shape[2]) if len(shape) == 3 else 128 * 128))
+
+
 def _device_summary() -> dict:
     """Where ONNX inference, FAISS and the pair kernels ran (the summary's ``device`` entry)."""
     from . import device as device_mod
@@ -339,7 +353,8 @@ def audit_membership(generated: Images, real: Images, *, dev: Sequence[Any] = ()
                      executor: "str | Executor | None" = None, address: str | None = None,
                      policy: "IngestPolicy | None" = None, strict: bool = False,
                      progress: Callable[[int], Any] | None = None,
-                     cache_dir: str | os.PathLike | None = None, device: str | None = None) -> MembershipAudit:
+                     cache_dir: str | os.PathLike | None = None, device: str | None = None,
+                     memory_budget_gb: float | None = None) -> MembershipAudit:
     """Score real images for membership in a generator's training set and decide used / not used.
 
     The Python form of ``imprint membership``: same method, same numbers as the CLI's CSVs.
@@ -378,6 +393,9 @@ def audit_membership(generated: Images, real: Images, *, dev: Sequence[Any] = ()
     cache_dir : path or None
         Checkpoint folder for finished stages (an interrupted call resumes from them).
 
+    memory_budget_gb : float or None
+        Memory the evidence may use for generated images in flight (it processes them in chunks); default
+        ``$IMPRINT_MAX_MEMORY_GB``, else 2 GiB. Changes no result.
     device : {'auto', 'cpu', 'cuda'} or None
         Where ONNX inference, FAISS search and the pair kernels run (the CLI's ``--device``); None keeps the
         process-wide choice. Reported in ``.summary['device']``.
@@ -413,9 +431,15 @@ def audit_membership(generated: Images, real: Images, *, dev: Sequence[Any] = ()
     refs = [_image_set(r, "reference", pol, skips) for r in refs_in]
     read_s = time.perf_counter() - t_start
     _strict(strict, skips)
-    res = audit_loaded(gen, real_set, dev_sets, refs, decision=decision, seed=seed, executor=executor,
-                       address=address, progress=progress, cache_dir=cache_dir, skips=skips,
-                       ingest_policy=pol.describe())
+    from .membership.evidence import memory_budget
+
+    if memory_budget_gb is not None and not (isinstance(memory_budget_gb, (int, float))
+                                             and not isinstance(memory_budget_gb, bool) and memory_budget_gb > 0):
+        raise ImprintError(f"memory_budget_gb must be a positive number (got {memory_budget_gb!r})")
+    with memory_budget(None if memory_budget_gb is None else int(memory_budget_gb * 2**30)):
+        res = audit_loaded(gen, real_set, dev_sets, refs, decision=decision, seed=seed, executor=executor,
+                           address=address, progress=progress, cache_dir=cache_dir, skips=skips,
+                           ingest_policy=pol.describe())
     res.summary["timings"]["read_s"] = read_s
     res.summary["timings"]["total_s"] = time.perf_counter() - t_start
     res.summary["summary"] = membership_line(res.summary, res.result.summary)
@@ -545,6 +569,9 @@ def audit_loaded(gen: "ImageSet", real: "ImageSet", dev_sets: Sequence[tuple], r
         "threshold": float(res.threshold),
         "timings": {"audit_s": audit_s},
         "executor": ex_name,
+        "memory_budget_bytes": _budget_bytes(),
+        "generated_chunk": _generated_chunk(len(gen), gen.images),
+        "pixel_store": None,
         "info": res.info,
         "ingest_policy": ingest_policy,
     }

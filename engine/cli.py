@@ -153,17 +153,23 @@ def cli(verbose: bool) -> None:
                    "'fdr:Q' (Benjamini-Hochberg: expected share of false flags <= Q; use it when a flag is an "
                    "accusation) or 'f1' (maximise expected F1).")
 @click.option("--report", "report_dir", default=None, metavar="DIR", help="Write an HTML report into this folder.")
+@click.option("--memory-budget", "memory_budget", type=float, default=None, metavar="GB",
+              help="Memory for the generated-image chunks of the evidence (default $IMPRINT_MAX_MEMORY_GB, else 2); "
+                   "changes no result.")
+@click.option("--store-dir", "store_dir", default=None, metavar="DIR",
+              help="Keep the decoded generated images in a pixel store here; later runs decode only new files.")
 @with_executor
 @with_common
-def membership(gen_dir, real_dir, out, dev_dirs, ref_dirs, decision, report_dir, executor, address, size,
-               size_policy, window, strict, seed, as_json):
+def membership(gen_dir, real_dir, out, dev_dirs, ref_dirs, decision, report_dir, memory_budget, store_dir, executor,
+               address, size, size_policy, window, strict, seed, as_json):
     """Score real images: were they used to train the generator of GEN?"""
     from .pipeline import run_membership
 
     rep = Reporter(quiet=as_json)
     summary = run_membership(gen_dir=gen_dir, real_dir=real_dir, out=out, dev_dirs=dev_dirs, ref_dirs=ref_dirs,
                              decision=decision, policy=_policy(size, size_policy, window), strict=strict,
-                             seed=seed, rep=rep, report_dir=report_dir, executor=executor, address=address)
+                             seed=seed, rep=rep, report_dir=report_dir, executor=executor, address=address,
+                             memory_budget_gb=memory_budget, store_dir=store_dir)
     _finish(summary, as_json, summary["summary"])
 
 
@@ -330,25 +336,35 @@ def pairs(real_dir, gen_dir, k, out, backbone, metric, index, batch, no_rerank, 
 @click.option("--k", type=int, default=10, show_default=True, help="neighbours per query / pairs per real image.")
 @click.option("--size", type=int, default=128, show_default=True, help="pairs/embed: image size.")
 @click.option("--backbone", default="pixel", show_default=True, help="embed: backbone.")
+@click.option("--window", "min_window", type=float, default=1.0, show_default=True,
+              help="Shortest timing window in seconds (calls are repeated until it is reached).")
+@click.option("--repeats", type=int, default=3, show_default=True, help="Timing windows; the best is reported.")
 @click.option("--json", "as_json", is_flag=True)
-def bench(what, n, d, queries, index, n_real, n_gen, k, size, backbone, as_json):
-    """Throughput on synthetic data of a chosen size (search, pair kernels, embedding)."""
+def bench(what, n, d, queries, index, n_real, n_gen, k, size, backbone, min_window, repeats, as_json):
+    """Throughput on synthetic data of a chosen size (search, pair kernels, embedding).
+
+    Both sides of every ratio are timed in the same run, best of --repeats windows of at least --window seconds;
+    search queries are held-out draws from the base distribution, and the index build time is reported."""
     from . import bench as B
 
-    if min(n, d, queries, n_real, n_gen, k, size) < 1:
+    if min(n, d, queries, n_real, n_gen, k, size, repeats) < 1:
         raise ImprintError("sizes must be positive")
+    if not min_window > 0:
+        raise ImprintError("--window must be positive")
+    tk = dict(min_window=min_window, repeats=repeats)
     out = {}
     if what in ("search", "all"):
-        out["search"] = B.bench_search(n=n, d=d, nq=queries, k=k, index=index)
+        out["search"] = B.bench_search(n=n, d=d, nq=queries, k=k, index=index, **tk)
     if what in ("pairs", "all"):
-        out["pairs"] = B.bench_pairs(n_real=n_real, n_gen=n_gen, k=k, size=size)
+        out["pairs"] = B.bench_pairs(n_real=n_real, n_gen=n_gen, k=k, size=size, **tk)
     if what in ("embed", "all"):
-        out["embed"] = B.bench_embed(backbone=backbone, size=size)
+        out["embed"] = B.bench_embed(backbone=backbone, size=size, **tk)
     lines = []
     if "search" in out:
         s = out["search"]
         lines.append(f"search {s['n']}x{s['d']} {s['index']}: {s['approx_qps']:.0f} q/s vs exact {s['exact_qps']:.0f} q/s "
-                     f"(x{s['speedup']:.1f}), recall@{s['k']} {s['recall_at_k']:.3f}, build {s['build_s']:.1f}s")
+                     f"(x{s['speedup']:.1f} query only, x{s['speedup_with_build']:.2f} with the "
+                     f"{s['build_s']:.1f}s build), recall@{s['k']} {s['recall_at_k']:.3f}; load {s['load']['loadavg']}")
     if "pairs" in out:
         p = out["pairs"]
         lines.append(f"pairs {p['pairs']} at {p['size']}px: SSIM {p['ssim_pairs_per_s']:.0f} pairs/s, "

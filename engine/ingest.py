@@ -316,6 +316,80 @@ def decode_bytes(data: bytes, policy: IngestPolicy = IngestPolicy()) -> np.ndarr
     return np.ascontiguousarray(arr)
 
 
+def decode_workers() -> int:
+    """Threads for :func:`decode_files`: ``$IMPRINT_DECODE_THREADS``, else the CPUs this process may use."""
+    env = os.environ.get("IMPRINT_DECODE_THREADS")
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            raise ImprintError(f"IMPRINT_DECODE_THREADS must be an integer (got {env!r})") from None
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def decode_files(root: str | os.PathLike, rel_paths: Sequence[str], policy: IngestPolicy = IngestPolicy(), *,
+                 workers: int | None = None, window: int = 256
+                 ) -> Iterator[tuple[str, np.ndarray | None, str | None, str | None]]:
+    """Decode files on a thread pool (Pillow's decoders and hashlib release the GIL), in input order.
+
+    At most ``window`` files are in flight, so memory stays bounded whatever the number of files.
+
+    Parameters
+    ----------
+    root : path
+    rel_paths : sequence of str
+        Paths relative to ``root``.
+    policy : IngestPolicy
+    workers : int or None
+        Threads (default :func:`decode_workers`); 1 decodes serially in this thread.
+    window : int
+        Files submitted ahead of the one being yielded.
+
+    Yields
+    ------
+    rel : str
+    image : uint8 ndarray (H, W) or None
+        None when the file was skipped.
+    sha256 : str or None
+    reason : str or None
+        Why the file was skipped (None when decoded).
+    """
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    root = Path(root)
+
+    def one(rel):
+        try:
+            arr, digest = decode_file(root / rel, policy)
+        except ValueError as exc:
+            return rel, None, None, str(exc)
+        return rel, arr, digest, None
+
+    workers = decode_workers() if workers is None else max(1, int(workers))
+    if workers == 1 or len(rel_paths) < 2:
+        for rel in rel_paths:
+            yield one(rel)
+        return
+    # tasks of `chunk` files each (a task per file costs more in scheduling than a small PNG takes to decode)
+    chunk = max(1, min(32, len(rel_paths) // (4 * workers)))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="imprint-decode") as pool:
+        pending: deque = deque()
+        try:
+            for s in range(0, len(rel_paths), chunk):
+                pending.append(pool.submit(lambda rs: [one(r) for r in rs], rel_paths[s:s + chunk]))
+                if len(pending) * chunk >= window:
+                    yield from pending.popleft().result()
+            while pending:
+                yield from pending.popleft().result()
+        finally:
+            for f in pending:
+                f.cancel()
+
+
 def iter_batches(root: str | os.PathLike, rel_paths: Sequence[str], batch_size: int = 256,
                  policy: IngestPolicy = IngestPolicy(),
                  on_skip: Callable[[Skip], None] | None = None) -> Iterator[tuple[np.ndarray, list[str], list[str]]]:
@@ -332,12 +406,10 @@ def iter_batches(root: str | os.PathLike, rel_paths: Sequence[str], batch_size: 
     buf = np.empty((batch_size, h, w), dtype=np.uint8)
     paths: list[str] = []
     hashes: list[str] = []
-    for rel in rel_paths:
-        try:
-            arr, digest = decode_file(root / rel, policy)
-        except ValueError as exc:
+    for rel, arr, digest, reason in decode_files(root, rel_paths, policy):
+        if arr is None:
             if on_skip is not None:
-                on_skip(Skip(rel, str(exc)))
+                on_skip(Skip(rel, reason))
             continue
         buf[len(paths)] = arr
         paths.append(rel)
@@ -366,8 +438,8 @@ def load_folder(root: str | os.PathLike, policy: IngestPolicy = IngestPolicy(), 
         raise ImprintError(
             f"{label} folder {root}: {len(rel_paths)} images of {policy.size[1]}x{policy.size[0]} need "
             f"{need / 2**30:.1f} GiB in memory, over the limit of {policy.memory_limit() / 2**30:.1f} GiB "
-            f"(IMPRINT_MAX_MEMORY_GB); use a smaller --size, `imprint pairs` (streams the real images) or "
-            f"--executor ray")
+            f"(IMPRINT_MAX_MEMORY_GB); raise that limit or use a smaller --size (the generated folder of "
+            f"`imprint membership` is streamed from a pixel store and `imprint pairs` streams the real images)")
     images: list[np.ndarray] = []
     paths: list[str] = []
     hashes: list[str] = []

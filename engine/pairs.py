@@ -12,8 +12,12 @@ Stages (each timed and reported as items/second):
 
 Memory is bounded by the generated set (images + index) plus one batch of real images and their pairs.
 
-Output columns: ``real`` (path relative to REAL), ``generated`` (path relative to GEN), ``rank`` (0 = nearest
-in embedding space), ``distance`` (squared L2 or 1-cos of the embeddings), ``ssim``, ``mse``.
+Output columns: ``real_id`` (int32: position of the real image in the sorted list of REAL's image files),
+``generated_id`` (int32: position in the sorted list of GEN's readable images), ``real`` and ``generated`` (their
+paths relative to REAL / GEN, dictionary-encoded: each path is stored once per row group, and the columns read
+back as strings in pyarrow/polars/DuckDB and as categoricals in pandas), ``rank`` (0 = nearest in embedding
+space), ``distance`` (squared L2 or 1-cos of the embeddings), ``ssim``, ``mse``. The columns are built from
+integer arrays (no Python object per pair).
 """
 from __future__ import annotations
 
@@ -50,8 +54,19 @@ def _prepare_work(work: Path, job: dict) -> None:
 def pairs_schema():
     import pyarrow as pa
 
-    return pa.schema([("real", pa.string()), ("generated", pa.string()), ("rank", pa.int16()),
-                      ("distance", pa.float32()), ("ssim", pa.float32()), ("mse", pa.float32())])
+    d = pa.dictionary(pa.int32(), pa.string())
+    return pa.schema([("real_id", pa.int32()), ("generated_id", pa.int32()), ("real", d), ("generated", d),
+                      ("rank", pa.int16()), ("distance", pa.float32()), ("ssim", pa.float32()),
+                      ("mse", pa.float32())])
+
+
+def _dict_column(ids: np.ndarray, names: list[str]):
+    """Dictionary-encoded strings for integer ``ids`` into ``names``: the dictionary holds only the ids used."""
+    import pyarrow as pa
+
+    used, inv = np.unique(ids, return_inverse=True)
+    dictionary = pa.array([names[i] for i in used.tolist()], pa.string())
+    return pa.DictionaryArray.from_arrays(pa.array(inv.astype(np.int32), pa.int32()), dictionary)
 
 
 def run_pairs(*, real_dir: str, gen_dir: str, k: int, out: str, backbone: str = "pixel", metric: str = "cosine",
@@ -133,6 +148,7 @@ def run_pairs(*, real_dir: str, gen_dir: str, k: int, out: str, backbone: str = 
         scorer = device_mod.pair_scorer(gen.images) if rerank else None
 
         rel, skipped = discover(real_dir)
+        rel_pos = {p_: i for i, p_ in enumerate(rel)}
         skips.extend((real_dir, s.path, s.reason) for s in skipped)
         from .store import remove_stale_tmp, tmp_name
 
@@ -142,7 +158,7 @@ def run_pairs(*, real_dir: str, gen_dir: str, k: int, out: str, backbone: str = 
         job = {"real": os.path.abspath(real_dir), "rel": hashlib.sha256("\n".join(rel).encode("utf-8", "surrogateescape")).hexdigest(),
                "gen": hashlib.sha256("\n".join(gen.hashes).encode()).hexdigest(), "k": kk,
                "backbone": bb.spec.sha256, "metric": metric, "index": str(index), "batch": batch,
-               "policy": policy.describe(), "rerank": rerank}
+               "policy": policy.describe(), "rerank": rerank, "schema": 2}
         work = Path(out).with_name(f".{Path(out).name}.parts")
         _prepare_work(work, job)
         chunks = [rel[i:i + batch] for i in range(0, len(rel), batch)]
@@ -191,9 +207,12 @@ def run_pairs(*, real_dir: str, gen_dir: str, k: int, out: str, backbone: str = 
                         mm = np.full(len(pairs), np.nan, np.float32)
                     t["rerank_s"] += time.perf_counter() - t0
                     ranks = np.tile(np.arange(kk, dtype=np.int16), b)[ok]
+                    rid = np.array([rel_pos[p_] for p_ in paths], np.int32)  # one lookup per image, not per pair
                     table = pa.table({
-                        "real": pa.array([paths[i] for i in pairs[:, 0]], pa.string()),
-                        "generated": pa.array([gen.paths[j] for j in pairs[:, 1]], pa.string()),
+                        "real_id": pa.array(rid[pairs[:, 0]], pa.int32()),
+                        "generated_id": pa.array(pairs[:, 1].astype(np.int32), pa.int32()),
+                        "real": _dict_column(pairs[:, 0], paths),
+                        "generated": _dict_column(pairs[:, 1], gen.paths),
                         "rank": pa.array(ranks, pa.int16()),
                         "distance": pa.array(dist.reshape(-1)[ok].astype(np.float32), pa.float32()),
                         "ssim": pa.array(np.asarray(ss, np.float32), pa.float32()),

@@ -87,6 +87,53 @@ def _load(folder, policy, label, rep, skips, exclude=()):
     return s
 
 
+def _memory_budget_bytes(memory_budget_gb: float | None) -> int:
+    """``--memory-budget`` in bytes; default ``$IMPRINT_MAX_MEMORY_GB``, else 2 GiB (engine.membership.evidence)."""
+    from .membership.evidence import _memory_budget
+
+    if memory_budget_gb is None:
+        return _memory_budget()
+    try:
+        gb = float(memory_budget_gb)
+    except (TypeError, ValueError):
+        raise ImprintError(f"--memory-budget must be a number of GB (got {memory_budget_gb!r})") from None
+    if not gb > 0:
+        raise ImprintError(f"--memory-budget must be positive (got {memory_budget_gb!r})")
+    return int(gb * 2**30)
+
+
+def _chunk_for(budget: int, n_gen: int, policy) -> int:
+    """Generated images per evidence chunk under ``budget`` (as engine.membership.evidence sizes them)."""
+    from .membership.evidence import generated_chunk, memory_budget
+
+    with memory_budget(budget):
+        return generated_chunk(n_gen, policy.size[0] * policy.size[1])
+
+
+def _pixel_store_path(folder: str, store_dir: str | None, cache_dir: Path, label: str) -> Path:
+    """Pixel store of ``folder``: under ``store_dir`` (kept, reused by later runs) or the checkpoint folder."""
+    import hashlib
+
+    if store_dir is None:
+        return cache_dir / f"pixels-{label}"
+    key = hashlib.sha256(os.path.abspath(folder).encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return Path(store_dir) / f"{label}-{key}"
+
+
+def _load_stored(folder, policy, label, rep, skips, store: Path):
+    """Like :func:`_load`, through the pixel store ``store``: images come back memory-mapped (uint8)."""
+    from .pixelstore import load_images
+
+    store.parent.mkdir(parents=True, exist_ok=True)
+    bar = rep.progress(None, f"reading {label}")
+    try:
+        s = load_images(folder, store, policy, progress=bar.update, label=label)
+    finally:
+        bar.close()
+    skips.extend((str(folder), k.path, k.reason) for k in s.skipped)
+    return s
+
+
 def _skip_report(out: str, skips: list, rep) -> str | None:
     path = str(Path(out).with_suffix("")) + ".skipped.csv"
     if not skips:
@@ -110,12 +157,20 @@ def run_membership(*, gen_dir: str, real_dir: str, out: str, dev_dirs: Sequence[
                    ref_dirs: Sequence[str] = (), decision: str = "fpr:0.01",
                    policy: IngestPolicy = IngestPolicy(), strict: bool = False, seed: int = 0, rep=None,
                    report_dir: str | None = None, truth: dict | None = None, executor: str = "local",
-                   address: str | None = None) -> dict:
+                   address: str | None = None, memory_budget_gb: float | None = None,
+                   store_dir: str | None = None) -> dict:
     """``truth`` (optional, image -> 0/1) only adds truth-based plots to the report.
 
     The audit itself is :func:`engine.api.audit_loaded` (the Python API's); this job validates the arguments,
     reads the folders with progress bars and writes the outputs. ``executor`` is ``"local"``, ``"ray"``
-    (``address``) or an :class:`~engine.executors.Executor` object."""
+    (``address``) or an :class:`~engine.executors.Executor` object.
+
+    The generated folder is decoded once into a uint8 pixel store (``engine.pixelstore``) and read from it
+    memory-mapped; the evidence processes it in chunks sized for ``memory_budget_gb`` (default
+    ``$IMPRINT_MAX_MEMORY_GB``, else 2 GiB), so memory does not grow with the generated set. The budget changes
+    no result. With ``store_dir`` the pixel store is kept there (``STORE_DIR/generated-<hash of the folder
+    path>``) and a later run over the same folder decodes only new or changed files; otherwise it lives in the
+    checkpoint folder and is removed with it."""
     from .api import audit_loaded, membership_line
     from .executors import check_executor
 
@@ -136,12 +191,21 @@ def run_membership(*, gen_dir: str, real_dir: str, out: str, dev_dirs: Sequence[
     decision = parse_decision(decision)
     if report_dir is not None:
         _check_report_dir(report_dir)
+    budget = _memory_budget_bytes(memory_budget_gb)
+    if store_dir is not None:
+        sd = Path(store_dir)
+        if sd.exists() and not sd.is_dir():
+            raise ImprintError(f"--store-dir: {store_dir} is not a folder")
+        if not sd.resolve().parent.is_dir():
+            raise ImprintError(f"--store-dir: folder {sd.resolve().parent} does not exist")
 
     skips: list = []
     timings: dict[str, float] = {}
     with _sigterm_as_interrupt():
         t0 = time.perf_counter()
-        gen = _load(gen_dir, policy, "generated", rep, skips)
+        cache_dir = Path(out).with_name(f".{Path(out).name}.checkpoints")
+        gen = _load_stored(gen_dir, policy, "generated", rep, skips,
+                           _pixel_store_path(gen_dir, store_dir, cache_dir, "generated"))
         real = _load(real_dir, policy, "real", rep, skips)
         devs = []
         refs = []
@@ -157,12 +221,14 @@ def run_membership(*, gen_dir: str, real_dir: str, out: str, dev_dirs: Sequence[
 
         # Checkpoints of finished stages (each dev set's evidence, the target's) live next to the output until it
         # is written, so a killed run resumes from them; they are keyed by their inputs, never trusted otherwise.
-        cache_dir = Path(out).with_name(f".{Path(out).name}.checkpoints")
+        from .membership.evidence import memory_budget
+
         bar = rep.progress(None, "membership")
         try:
-            audit = audit_loaded(gen, real, devs, refs, decision=decision, seed=seed, executor=executor,
-                                 address=address, progress=bar.update, cache_dir=str(cache_dir), skips=skips,
-                                 ingest_policy=policy.describe())
+            with memory_budget(budget):
+                audit = audit_loaded(gen, real, devs, refs, decision=decision, seed=seed, executor=executor,
+                                     address=address, progress=bar.update, cache_dir=str(cache_dir), skips=skips,
+                                     ingest_policy=policy.describe())
         finally:
             bar.close()
         timings.update(audit.summary["timings"])
@@ -174,7 +240,9 @@ def run_membership(*, gen_dir: str, real_dir: str, out: str, dev_dirs: Sequence[
         shutil.rmtree(cache_dir, ignore_errors=True)
 
     timings["total_s"] = time.perf_counter() - t_start
-    summary = dict(audit.summary, out=out, evidence_out=ev_path, skip_report=skip_path, timings=timings)
+    summary = dict(audit.summary, out=out, evidence_out=ev_path, skip_report=skip_path, timings=timings,
+                   memory_budget_bytes=budget, generated_chunk=_chunk_for(budget, len(gen), policy),
+                   pixel_store=str(store_dir) if store_dir is not None else None)
     summary["summary"] = membership_line(summary, getattr(res, "summary", ""), out)
     if report_dir is not None:
         summary["report"] = _report("membership", report_dir, summary=summary, result=res, real=real, gen=gen,
@@ -290,18 +358,26 @@ def run_embed(*, folder: str, store: str, backbone: str = "pixel", batch_size: i
     with _sigterm_as_interrupt():
         rel_paths, skipped = discover(folder)
         skips.extend((folder, s.path, s.reason) for s in skipped)
-        have = st.keys()
+        from .store import file_stats
+
+        have = st.stats()  # path -> (sha256, size, mtime_ns) of the latest rows
+        f_size, f_mtime = file_stats(folder, rel_paths)  # taken before reading: a later change shows next run
+        stat_of = {}
         todo = []
-        for p in rel_paths:
-            if p in have:
+        for p, sz, mt in zip(rel_paths, f_size.tolist(), f_mtime.tolist()):
+            got = have.get(p)
+            if got is not None:
+                if mt >= 0 and got[2] == mt and got[1] == sz:
+                    continue  # unchanged by size and mtime: not read
                 try:
                     with open(os.path.join(folder, p), "rb") as fh:
                         h = hashlib.sha256(fh.read()).hexdigest()
                 except OSError:
                     h = None
-                if h == have[p]:
+                if h == got[0]:
                     continue
             todo.append(p)
+            stat_of[p] = (sz, mt)
         n_new = 0
         bar = rep.progress(len(todo), "embedding")
         try:
@@ -309,14 +385,13 @@ def run_embed(*, folder: str, store: str, backbone: str = "pixel", batch_size: i
                 for vec, paths, hashes in ex.embed_files(folder, todo, bb, shard_size=shard_size,
                                                          batch_size=batch_size, policy=policy,
                                                          on_skip=lambda s: skips.append((folder, s.path, s.reason))):
-                    st.append(paths, hashes, vec)
+                    stt = np.array([stat_of[p_] for p_ in paths], np.int64).reshape(-1, 2)
+                    st.append(paths, hashes, vec, stats=(stt[:, 0], stt[:, 1]))  # a new shard; old ones untouched
                     n_new += len(paths)
                     bar.update(len(paths))
         finally:
             bar.close()
         _strict(strict, skips)
-        if len(st.manifest["shards"]) > 1:
-            st.compact()
     total = len(st)
     dt = time.perf_counter() - t_start
     summary = {

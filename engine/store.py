@@ -11,7 +11,14 @@ Schema of every shard (readable by pyarrow, pandas, polars and DuckDB without im
 
     path    string                       # image path relative to the embedded folder, '/'-separated
     sha256  string                       # sha256 of the image file's bytes (hex)
-    vector  fixed_size_list<float32>[d]  # the embedding
+    vector  fixed_size_list<float32>[d]  # the embedding (uint8 [H*W] in a pixel store, engine.pixelstore)
+    size    int64                        # file size in bytes when embedded (-1: unknown; absent in old shards)
+    mtime_ns int64                       # file modification time (ns) when embedded (-1: unknown or too recent)
+
+Incremental runs append new shards and never rewrite the committed ones; a file whose size and mtime equal
+the stored ones is taken as unchanged without being read (as git and rsync do; an mtime within
+``RACY_MTIME_S`` of the write is not trusted, so a file rewritten in the same clock tick is re-hashed).
+Reading several shards is vectorised (Arrow dictionary encoding + NumPy gathers, no per-row Python).
 
 The schema metadata and the manifest both record the backbone (name, version, sha256 of its ONNX file,
 preprocessing) and the ingestion policy. A store refuses rows from any other backbone.
@@ -38,6 +45,9 @@ from .errors import ImprintError
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
+#: an mtime this close (seconds) to the moment a row is written is not trusted for skipping (racy-git rule)
+RACY_MTIME_S = 2.0
+_DTYPES = {"float32": (np.float32, pa.float32()), "uint8": (np.uint8, pa.uint8())}
 
 
 def tmp_name(path: str | os.PathLike) -> Path:
@@ -124,6 +134,19 @@ class StoreView:
     hashes: list[str]
 
 
+def file_stats(root: str | os.PathLike, rel_paths: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """``(size, mtime_ns)`` int64 [N] of ``root/rel`` for every path (-1 where it cannot be stat'ed)."""
+    size = np.full(len(rel_paths), -1, np.int64)
+    mtime = np.full(len(rel_paths), -1, np.int64)
+    for i, rel in enumerate(rel_paths):
+        try:
+            st = os.stat(os.path.join(root, rel))
+        except OSError:
+            continue
+        size[i], mtime[i] = st.st_size, st.st_mtime_ns
+    return size, mtime
+
+
 class EmbeddingStore:
     """A folder of Arrow shards holding one embedding per image.
 
@@ -133,9 +156,13 @@ class EmbeddingStore:
         The store folder (created by :meth:`create` or opened by :meth:`open`).
     """
 
+    FORMAT = "imprint-embedding-store"
+    DTYPE = "float32"
+
     def __init__(self, root: str | os.PathLike, manifest: dict):
         self.root = Path(root)
         self.manifest = manifest
+        self._cache: tuple | None = None  # (shard list, index) of the last _index() call
 
     # ------------------------------------------------------------------ creation / opening
     @classmethod
@@ -155,10 +182,11 @@ class EmbeddingStore:
             raise ImprintError(f"folder for the store does not exist: {root.parent}")
         root.mkdir(exist_ok=True)
         manifest = {
-            "format": "imprint-embedding-store",
+            "format": cls.FORMAT,
             "format_version": FORMAT_VERSION,
             "backbone": backbone,
             "dim": int(dim),
+            "dtype": cls.DTYPE,
             "ingest_policy": policy or {},
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "shards": [],
@@ -178,8 +206,8 @@ class EmbeddingStore:
             manifest = json.loads(mpath.read_text("utf-8"))
         except (OSError, ValueError) as exc:
             raise ImprintError(f"cannot read store manifest {mpath}: {exc}") from None
-        if manifest.get("format") != "imprint-embedding-store":
-            raise ImprintError(f"not an imprint store manifest: {mpath}")
+        if manifest.get("format") != cls.FORMAT:
+            raise ImprintError(f"not an {cls.FORMAT} manifest: {mpath}")
         store = cls(root, manifest)
         store._remove_orphans()
         return store
@@ -223,34 +251,90 @@ class EmbeddingStore:
             b"imprint.format_version": str(FORMAT_VERSION).encode(),
         }
         return pa.schema(
-            [("path", pa.string()), ("sha256", pa.string()), ("vector", pa.list_(pa.float32(), self.dim))],
+            [("path", pa.string()), ("sha256", pa.string()), ("vector", pa.list_(self._value_type(), self.dim)),
+             ("size", pa.int64()), ("mtime_ns", pa.int64())],
             metadata=meta,
         )
 
+    def _value_type(self):
+        return _DTYPES[self.manifest.get("dtype", "float32")][1]
+
+    def _np_dtype(self):
+        return _DTYPES[self.manifest.get("dtype", "float32")][0]
+
     # ------------------------------------------------------------------ writing
-    def append(self, paths: Sequence[str], hashes: Sequence[str], vectors: np.ndarray) -> str:
-        """Write one shard atomically and commit it to the manifest. Returns the shard file name."""
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    def append(self, paths: Sequence[str], hashes: Sequence[str], vectors: np.ndarray,
+               stats: tuple[np.ndarray, np.ndarray] | None = None) -> str:
+        """Write one shard atomically and commit it to the manifest (committed shards are never rewritten).
+
+        Parameters
+        ----------
+        paths, hashes : sequence of str, length n
+        vectors : array (n, d)
+            float32 in an embedding store, uint8 in a pixel store.
+        stats : (size int64 [n], mtime_ns int64 [n]) or None
+            The files' size and mtime taken *before* they were read (:func:`file_stats`); lets the next run skip
+            unchanged files without hashing them. An mtime within ``RACY_MTIME_S`` of now is stored as -1.
+
+        Returns
+        -------
+        str
+            The shard file name.
+        """
+        vectors = np.ascontiguousarray(vectors, dtype=self._np_dtype())
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
             raise ImprintError(f"vectors must be (n, {self.dim}); got {vectors.shape}")
         if not (len(paths) == len(hashes) == vectors.shape[0]):
             raise ImprintError("paths, hashes and vectors differ in length")
-        flat = pa.array(vectors.reshape(-1), type=pa.float32())
+        n = vectors.shape[0]
+        if stats is None:
+            size = mtime = np.full(n, -1, np.int64)
+        else:
+            size, mtime = (np.asarray(x, np.int64).reshape(-1) for x in stats)
+            if len(size) != n or len(mtime) != n:
+                raise ImprintError("stats differ in length from the rows")
+            mtime = np.where(mtime > time.time_ns() - int(RACY_MTIME_S * 1e9), -1, mtime)
+        flat = pa.array(vectors.reshape(-1), type=self._value_type())
         table = pa.table(
             {
                 "path": pa.array(list(paths), type=pa.string()),
                 "sha256": pa.array(list(hashes), type=pa.string()),
                 "vector": pa.FixedSizeListArray.from_arrays(flat, self.dim),
+                "size": pa.array(size, pa.int64()),
+                "mtime_ns": pa.array(mtime, pa.int64()),
             },
             schema=self.schema(),
         )
+        return self._commit_shard([table.to_batches()], int(vectors.shape[0]))
+
+    def _commit_shard(self, batch_groups, rows: int) -> str:
+        """Stream record batches into a new shard file (temporary name, fsync, rename; no in-memory copy of the
+        whole file), then commit it in the manifest."""
         seq = int(self.manifest["next_shard"])
         name = f"shard-{seq:06d}.arrow"
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_file(sink, table.schema) as writer:
-            writer.write_table(table)
-        atomic_write_bytes(self.root / name, sink.getvalue().to_pybytes())
-        self.manifest["shards"].append({"file": name, "rows": int(vectors.shape[0])})
+        path = self.root / name
+        remove_stale_tmp(path)
+        tmp = tmp_name(path)
+        try:
+            with pa.OSFile(str(tmp), "wb") as fh:
+                with pa.ipc.new_file(fh, self.schema()) as writer:
+                    for group in batch_groups:
+                        for b in group:
+                            writer.write_batch(b)
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+            _fsync_dir(self.root)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        self.manifest["shards"].append({"file": name, "rows": int(rows)})
         self.manifest["next_shard"] = seq + 1
         self._write_manifest()
         return name
@@ -283,53 +367,141 @@ class EmbeddingStore:
             t = self._open_shard(s["file"])
             yield self._vectors_of(t), t.column("path").to_pylist(), t.column("sha256").to_pylist()
 
-    def keys(self) -> dict[str, str]:
-        """Latest ``path -> sha256`` of every row."""
-        out: dict[str, str] = {}
-        for s in self.manifest["shards"]:
-            t = self._open_shard(s["file"]).select(["path", "sha256"])
-            out.update(zip(t.column("path").to_pylist(), t.column("sha256").to_pylist()))
+    def _index(self) -> dict:
+        """Latest row of every path, vectorised over all shards (cached until the manifest changes).
+
+        Returns a dict with ``tables`` (one memory-mapped table per shard), ``offsets`` int64 [S+1] (global row
+        of each shard's first row), ``unique`` (pa.StringArray of the paths in order of first appearance) and
+        ``last`` int64 [U] (global row holding each unique path's latest version).
+        """
+        key = tuple(s["file"] for s in self.manifest["shards"])
+        if self._cache is not None and self._cache[0] == key:
+            return self._cache[1]
+        tables = [self._open_shard(f) for f in key]
+        offsets = np.zeros(len(tables) + 1, np.int64)
+        offsets[1:] = np.cumsum([t.num_rows for t in tables])
+        if tables:
+            allp = pa.chunked_array([c for t in tables for c in t.column("path").chunks], pa.string())
+            enc = allp.combine_chunks().dictionary_encode()  # codes in order of first appearance
+            codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+            unique = enc.dictionary
+        else:
+            codes, unique = np.zeros(0, np.int64), pa.array([], pa.string())
+        n = len(codes)
+        rev_first = np.unique(codes[::-1], return_index=True)[1]  # first in reversed order = latest row
+        last = (n - 1 - rev_first).astype(np.int64)
+        idx = {"tables": tables, "offsets": offsets, "unique": unique, "last": last, "n_rows": n}
+        self._cache = (key, idx)
+        return idx
+
+    def _column(self, idx: dict, name: str, rows: np.ndarray, fill=None) -> pa.Array:
+        """Column ``name`` at global ``rows`` (``fill`` for shards written before the column existed)."""
+        chunks = []
+        for t in idx["tables"]:
+            if name in t.column_names:
+                chunks.extend(t.column(name).chunks)
+            else:
+                chunks.append(pa.array(np.full(t.num_rows, fill, np.int64), pa.int64()))
+        col = pa.chunked_array(chunks) if chunks else pa.array([], pa.string())
+        return col.take(pa.array(rows, pa.int64()))
+
+    def _gather(self, idx: dict, rows: np.ndarray) -> np.ndarray:
+        """Vectors at global ``rows`` (one NumPy gather per shard)."""
+        out = np.empty((len(rows), self.dim), dtype=self._np_dtype())
+        shard = np.searchsorted(idx["offsets"], rows, side="right") - 1
+        for si, t in enumerate(idx["tables"]):
+            sel = np.nonzero(shard == si)[0]
+            if len(sel):
+                out[sel] = self._vectors_of(t)[rows[sel] - idx["offsets"][si]]
         return out
 
+    def keys(self) -> dict[str, str]:
+        """Latest ``path -> sha256`` of every row."""
+        idx = self._index()
+        return dict(zip(idx["unique"].to_pylist(), self._column(idx, "sha256", idx["last"]).to_pylist()))
+
+    def stats(self) -> dict[str, tuple[str, int, int]]:
+        """Latest ``path -> (sha256, size, mtime_ns)`` of every row (-1 where unknown)."""
+        idx = self._index()
+        last = idx["last"]
+        return dict(zip(idx["unique"].to_pylist(),
+                        zip(self._column(idx, "sha256", last).to_pylist(),
+                            self._column(idx, "size", last, -1).to_pylist(),
+                            self._column(idx, "mtime_ns", last, -1).to_pylist())))
+
     def __len__(self) -> int:
-        return len(self.keys())
+        return len(self._index()["last"])
+
+    def rows_of(self, paths: Sequence[str]) -> np.ndarray:
+        """Global row (int64 [N]) of the latest version of each of ``paths``; ImprintError when one is missing."""
+        import pyarrow.compute as pc
+
+        idx = self._index()
+        pos = pc.index_in(pa.array(list(paths), pa.string()), value_set=idx["unique"])
+        if pos.null_count:
+            miss = np.asarray(pos.is_null().to_numpy(zero_copy_only=False))
+            first = list(paths)[int(np.argmax(miss))]
+            raise ImprintError(f"{int(miss.sum())} images are not in store {self.root} (first: {first})")
+        return idx["last"][pos.to_numpy(zero_copy_only=False).astype(np.int64)]
 
     def read(self, paths: Sequence[str] | None = None) -> StoreView:
-        """All rows (latest per path), or the rows for ``paths`` in that order.
+        """All rows (latest per path, in order of first appearance), or the rows for ``paths`` in that order.
 
-        With a single shard and no selection this is a zero-copy view of the memory-mapped file.
+        With a single shard without repeated paths and no selection this is a zero-copy view of the
+        memory-mapped file; otherwise the selected rows are gathered with one vectorised copy per shard.
         """
-        shards = list(self.iter_shards())
-        if len(shards) == 1 and paths is None:
-            v, p, h = shards[0]
-            if len(set(p)) == len(p):
-                return StoreView(v, p, h)
-        where: dict[str, tuple[int, int]] = {}
-        for si, (_, p, _) in enumerate(shards):
-            for ri, path in enumerate(p):
-                where[path] = (si, ri)
-        wanted = list(where) if paths is None else list(paths)
-        missing = [p for p in wanted if p not in where]
-        if missing:
-            raise ImprintError(f"{len(missing)} images are not in store {self.root} (first: {missing[0]})")
-        out = np.empty((len(wanted), self.dim), dtype=np.float32)
-        hashes = []
-        for i, path in enumerate(wanted):
-            si, ri = where[path]
-            out[i] = shards[si][0][ri]
-            hashes.append(shards[si][2][ri])
-        return StoreView(out, wanted, hashes)
+        idx = self._index()
+        if paths is None:
+            if len(idx["tables"]) == 1 and len(idx["last"]) == idx["n_rows"]:
+                t = idx["tables"][0]
+                return StoreView(self._vectors_of(t), t.column("path").to_pylist(), t.column("sha256").to_pylist())
+            rows = idx["last"]
+            wanted = idx["unique"].to_pylist()
+        else:
+            wanted = list(paths)
+            rows = self.rows_of(wanted)
+        hashes = self._column(idx, "sha256", rows).to_pylist()
+        return StoreView(self._gather(idx, rows), wanted, hashes)
 
-    def compact(self) -> None:
-        """Rewrite the store as a single shard (latest row per path), so :meth:`read` is zero-copy."""
-        if len(self.manifest["shards"]) <= 1:
+    def compact(self, *, sort_paths: bool = False, block: int = 4096) -> None:
+        """Rewrite the store as a single shard (latest row per path), so :meth:`read` is zero-copy.
+
+        Rows are streamed in blocks of ``block`` (memory: one block, whatever the store's size), in order of
+        first appearance, or sorted by path with ``sort_paths``.
+        """
+        if len(self.manifest["shards"]) <= 1 and not sort_paths:
             return
-        view = self.read()
-        old = [s["file"] for s in self.manifest["shards"]]
-        # append() writes the new shard, then commits a manifest that lists only it. Killed before that
+        idx = self._index()
+        rows = idx["last"]
+        if sort_paths:
+            names = idx["unique"].to_pylist()
+            order = np.array(sorted(range(len(names)), key=names.__getitem__), np.int64)
+            if len(self.manifest["shards"]) <= 1 and np.array_equal(order, np.arange(len(order))) \
+                    and len(rows) == idx["n_rows"]:
+                return
+            rows = rows[order]
+        schema = self.schema()
+
+        def batches():
+            for s0 in range(0, len(rows), block):
+                r = rows[s0:s0 + block]
+                flat = pa.array(self._gather(idx, r).reshape(-1), type=self._value_type())
+                cols = [self._column(idx, "path", r).combine_chunks(), self._column(idx, "sha256", r).combine_chunks(),
+                        pa.FixedSizeListArray.from_arrays(flat, self.dim),
+                        self._column(idx, "size", r, -1).combine_chunks(),
+                        self._column(idx, "mtime_ns", r, -1).combine_chunks()]
+                yield pa.RecordBatch.from_arrays(cols, schema=schema)
+
+        old_entries = list(self.manifest["shards"])
+        old = [s["file"] for s in old_entries]
+        # The new shard is written and committed in a manifest that lists only it. Killed before that
         # commit, the previous manifest still lists the old, intact shards and the new file is an orphan.
         self.manifest["shards"] = []
-        self.append(view.paths, view.hashes, np.array(view.vectors))
+        try:
+            self._commit_shard([batches()], len(rows))
+        except BaseException:
+            self.manifest["shards"] = old_entries
+            raise
         for f in old:
             try:
                 (self.root / f).unlink()

@@ -205,7 +205,7 @@ def test_demo_end_to_end_with_report(tmp_path):
 
 def test_bench_small_sizes():
     r = run(["bench", "all", "--n", "3000", "--queries", "50", "--real", "20", "--generated", "20", "--size", "32",
-             "--json"])
+             "--window", "0.05", "--repeats", "1", "--json"])
     s = json.loads(r.output)
     assert s["search"]["recall_at_k"] == pytest.approx(1.0)  # exact index below the IVF threshold
     assert s["pairs"]["pairs"] == 200 and s["pairs"]["ssim_pairs_per_s"] > 0

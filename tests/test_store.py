@@ -79,7 +79,7 @@ def test_schema_readable_without_imprint(tmp_path):
     p, h, v = _rows(3, 4)
     st.append(p, h, v)
     t = pa.ipc.open_file(pa.memory_map(str(tmp_path / "s" / "shard-000000.arrow"))).read_all()
-    assert t.column_names == ["path", "sha256", "vector"]
+    assert t.column_names == ["path", "sha256", "vector", "size", "mtime_ns"]
     assert json.loads(t.schema.metadata[b"imprint.backbone"])["name"] == "pixel"
     np.testing.assert_array_equal(np.array(t.column("vector").to_pylist(), dtype=np.float32), v)
 

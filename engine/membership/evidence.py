@@ -14,6 +14,69 @@ from imprint.engine.errors import ImprintError
 
 from .common import _EPS, _check_stack, _hashes  # noqa: F401
 
+# ----------------------------------------------------------------------------------------- memory budget
+# The generated set is processed in chunks sized from a memory budget, so the evidence's working memory does
+# not grow with the number of generated images (issue 15). Every per-chunk computation is independent per image
+# and the k-NN results are merged exactly (distance, then index), so the evidence does not depend on the chunk
+# size (tests/test_streaming.py).
+import contextlib
+import contextvars
+import os
+
+_BUDGET: contextvars.ContextVar = contextvars.ContextVar("imprint_memory_budget", default=None)
+DEFAULT_MEMORY_BUDGET = 2 * 2**30
+_BYTES_PER_PIXEL_IN_FLIGHT = 32  # float32 z-scores + their temporaries + the FAISS copy + masks, per pixel
+
+
+@contextlib.contextmanager
+def memory_budget(nbytes: int | None):
+    """Within this block, size the evidence's generated-image chunks for ``nbytes`` of memory (None: default)."""
+    tok = _BUDGET.set(None if nbytes is None else int(nbytes))
+    try:
+        yield
+    finally:
+        _BUDGET.reset(tok)
+
+
+def _memory_budget() -> int:
+    b = _BUDGET.get()
+    if b is not None:
+        return int(b)
+    env = os.environ.get("IMPRINT_MAX_MEMORY_GB")
+    if env:
+        try:
+            return int(float(env) * 2**30)
+        except ValueError:
+            raise ImprintError(f"IMPRINT_MAX_MEMORY_GB must be a number (got {env!r})") from None
+    return DEFAULT_MEMORY_BUDGET
+
+
+def generated_chunk(n: int, hw: int) -> int:
+    """Generated images per chunk: a quarter of the memory budget over the working bytes of one image."""
+    per = _BYTES_PER_PIXEL_IN_FLIGHT * int(hw)
+    return int(max(64, min(max(1, n), (_memory_budget() // 4) // per)))
+
+
+def _merge_topk(best_d, best_i, d, i, k):
+    """Merge two k-NN lists (rows aligned) into the k best by (distance, index); -1 padding last."""
+    if best_d is None:
+        D, I = d, i
+    else:
+        D, I = np.concatenate([best_d, d], 1), np.concatenate([best_i, i], 1)
+    key = np.where(I < 0, np.iinfo(np.int64).max, I)
+    order = np.lexsort((key, D), axis=-1)[:, :k]
+    return np.take_along_axis(D, order, 1), np.take_along_axis(I, order, 1)
+
+
+def _knn_chunked(G, query_feats, k, feat, chunk, metric="l2", executor=None):
+    """k-NN of ``query_feats`` among ``feat(G[c0:c1])`` over chunks of G, merged exactly."""
+    bd = bi = None
+    for c0 in range(0, len(G), chunk):
+        f = feat(np.asarray(G[c0:c0 + chunk]))
+        d, i = _knn(f, query_feats, min(k, len(f)), metric=metric, executor=executor)
+        bd, bi = _merge_topk(bd, bi, d, np.where(i >= 0, i + c0, -1), k)
+    return bd, bi
+
 def zscore_images(images: np.ndarray) -> np.ndarray:
     """Per-image intensity normalisation.
 
@@ -199,7 +262,7 @@ def _evidence(generated: np.ndarray, pool: np.ndarray, *, _cache_dir=None, **kw)
     for a in (generated, pool):
         a = np.ascontiguousarray(a)
         h.update(f"{a.dtype}{a.shape}".encode())
-        h.update(a.tobytes())
+        h.update(memoryview(a).cast("B"))  # no copy of a memory-mapped generated set
     path = Path(_cache_dir) / f"evidence-{h.hexdigest()[:40]}.npz"
     if path.exists():
         try:
@@ -267,15 +330,23 @@ def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10
     k_gen = int(max(1, min(k_gen, nG)))
     k_real = int(max(1, min(k_real, nP - 1)))
 
-    zG = zscore_images(G)
     zP = zscore_images(P)
     npix = float(zP.shape[1] * zP.shape[2])
-    fG = zG.reshape(nG, -1)
     fP = zP.reshape(nP, -1)
+    chunk = generated_chunk(nG, P.shape[1] * P.shape[2])
+    info["generated_chunk"] = chunk
 
-    dG, iG = _knn(fG, fP, k_gen, executor=executor)                       # pool -> generated
+    # pool -> generated (merged over chunks of G) and generated -> pool (independent per generated image)
+    dG = iG = None
+    dGP = np.empty((nG, min(2, nP)), np.float32)
+    iGP = np.empty((nG, min(2, nP)), np.int64)
+    for c0 in range(0, nG, chunk):
+        fGc = zscore_images(np.asarray(G[c0:c0 + chunk])).reshape(-1, fP.shape[1])
+        d, i = _knn(fGc, fP, min(k_gen, len(fGc)), executor=executor)
+        dG, iG = _merge_topk(dG, iG, d, np.where(i >= 0, i + c0, -1), k_gen)
+        dGP[c0:c0 + len(fGc)], iGP[c0:c0 + len(fGc)] = _knn(fP, fGc, min(2, nP), executor=executor)
+        del fGc
     dR, iR = _knn(fP, fP, k_real, exclude_self=True, executor=executor)    # pool -> other pool
-    dGP, iGP = _knn(fP, fG, min(2, nP), executor=executor)                 # generated -> pool
     dG = dG.astype(np.float64) / npix
     dR = dR.astype(np.float64) / npix
     dGP = dGP.astype(np.float64) / npix
@@ -303,12 +374,21 @@ def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10
     pg = np.stack([rows, iG.ravel()], 1).astype(np.int64)
     rows_r = np.repeat(np.arange(nP), k_real)
     pr = np.stack([rows_r, iR.ravel()], 1).astype(np.int64)
-    mse_g = _pair_mse(P, G, pg, executor).reshape(nP, k_gen).min(1)
+    data_range = 6.0  # z-scored images: ~ +-3 standard deviations
+    # generated partners are gathered per block of pool images (only the shortlisted ones, uint8 then z-scored)
+    mse_g = np.empty(nP)
+    ssim_g = np.empty(nP)
+    pblock = max(1, chunk // k_gen)
+    for b0 in range(0, nP, pblock):
+        b1 = min(nP, b0 + pblock)
+        ug, loc = np.unique(iG[b0:b1], return_inverse=True)
+        Gb = np.asarray(G[ug])
+        pb = np.stack([np.repeat(np.arange(b1 - b0), k_gen), loc.ravel()], 1).astype(np.int64)
+        mse_g[b0:b1] = _pair_mse(P[b0:b1], Gb, pb, executor).reshape(-1, k_gen).min(1)
+        ssim_g[b0:b1] = _pair_ssim(zP[b0:b1], zscore_images(Gb), pb, data_range, executor).reshape(-1, k_gen).max(1)
     mse_r = _pair_mse(P, P, pr, executor).reshape(nP, k_real).min(1)
     ev["mse_nn"] = mse_g
     ev["mse_ratio"] = _neg_log_ratio(mse_g, mse_r)
-    data_range = 6.0  # z-scored images: ~ +-3 standard deviations
-    ssim_g = _pair_ssim(zP, zG, pg, data_range, executor).reshape(nP, k_gen).max(1)
     ssim_r = _pair_ssim(zP, zP, pr, data_range, executor).reshape(nP, k_real).max(1)
     ev["ssim_nn"] = ssim_g
     ev["ssim_ratio"] = _neg_log_ratio(np.clip(1 - ssim_g, 0, None), np.clip(1 - ssim_r, 0, None))
@@ -319,7 +399,6 @@ def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10
     # exactly even when the rest of the image (and hence the global normalisation) differs
     t1 = time.perf_counter()
     tP = _tiles(P.astype(np.float32), tiles)            # [P, T, D]
-    tGall = _tiles(G.astype(np.float32), tiles)
     content = tP.std(2) > 4.0                           # not flat background (8-bit grey levels)
 
     def _tz(t):
@@ -328,11 +407,16 @@ def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10
         return (t - mu) / np.maximum(sd, 4.0)
 
     tP = _tz(tP)
-    tGall = _tz(tGall)
     best_g = np.full((nP, tP.shape[1]), np.inf)
     best_r = np.full((nP, tP.shape[1]), np.inf)
-    for j in range(k_gen):
-        best_g = np.minimum(best_g, ((tP - tGall[iG[:, j]]) ** 2).mean(2))
+    for b0 in range(0, nP, pblock):                     # tiles of the shortlisted generated images only
+        b1 = min(nP, b0 + pblock)
+        ug, loc = np.unique(iG[b0:b1], return_inverse=True)
+        tGb = _tz(_tiles(np.asarray(G[ug]).astype(np.float32), tiles))
+        loc = loc.reshape(b1 - b0, k_gen)
+        for j in range(k_gen):
+            best_g[b0:b1] = np.minimum(best_g[b0:b1], ((tP[b0:b1] - tGb[loc[:, j]]) ** 2).mean(2))
+        del tGb
     for j in range(k_real):
         best_r = np.minimum(best_r, ((tP - tP[iR[:, j]]) ** 2).mean(2))
     lr = np.log((best_g + 1e-2) / (best_r + 1e-2))
@@ -347,9 +431,9 @@ def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10
     # anatomy shape: multi-level air-inside-body masks (lungs / airways), compared like the pixels
     if shape:
         t1 = time.perf_counter()
-        mG = _cached_masks(G, _cache)
         mP = _cached_masks(P, _cache)
-        a, _ = _knn(mG, mP, 1, executor=executor)
+        # generated masks per chunk, not cached (the cache would hold every generated image's masks)
+        a, _ = _knn_chunked(G, mP, 1, anatomy_masks, chunk, executor=executor)
         b, _ = _knn(mP, mP, 1, exclude_self=True, executor=executor)
         a, b = a.astype(np.float64), b.astype(np.float64)
         dim = float(mP.shape[1])
@@ -367,12 +451,13 @@ def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10
         t1 = time.perf_counter()
         try:
             from imprint.engine.executors import LOCAL
-            eG = np.asarray((executor or LOCAL).embed(G, backbone), np.float32)
-            eP = np.asarray((executor or LOCAL).embed(P, backbone), np.float32)
+            ex_ = executor or LOCAL
+            eP = np.asarray(ex_.embed(P, backbone), np.float32)
+            a, _ = _knn_chunked(G, eP, 1, lambda g: np.asarray(ex_.embed(g, backbone), np.float32), chunk,
+                                metric="cosine", executor=executor)
         except Exception as exc:  # backbone missing / not built: report and go on
             info["skipped"]["embed_ratio"] = f"{type(exc).__name__}: {exc}"[:200]
         else:
-            a, _ = _knn(eG, eP, 1, metric="cosine", executor=executor)
             b, _ = _knn(eP, eP, 1, metric="cosine", exclude_self=True, executor=executor)
             ev["embed_nn_dist"] = a[:, 0].astype(np.float64)
             ev["embed_ratio"] = _neg_log_ratio(np.clip(a[:, 0], 0, None), np.clip(b[:, 0], 0, None))
@@ -384,9 +469,9 @@ def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10
     if use_lbp:
         import imprint.kernels as kernels
 
-        hG = np.sqrt(np.asarray(kernels.lbp_histograms(G), np.float32))
         hP = np.sqrt(np.asarray(kernels.lbp_histograms(P), np.float32))
-        a, _ = _knn(hG, hP, 1, executor=executor)
+        a, _ = _knn_chunked(G, hP, 1, lambda g: np.sqrt(np.asarray(kernels.lbp_histograms(g), np.float32)),
+                            chunk, executor=executor)
         b, _ = _knn(hP, hP, 1, exclude_self=True, executor=executor)
         ev["lbp_ratio"] = _neg_log_ratio(np.clip(a[:, 0], 0, None), np.clip(b[:, 0], 0, None))
     info["timings"]["evidence_s"] = time.perf_counter() - t0

@@ -1,0 +1,265 @@
+"""Streaming and bounded memory (issue 15): chunked evidence, pixel stores, store housekeeping, threaded decode.
+
+Every test plants what it checks for (copies to find, files changed behind the store's back, corrupt files) and
+compares with a plain reference computation (unchunked evidence, serial decoding, dict-based store reads).
+"""
+import csv
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ct_like, save_png
+from imprint.engine.errors import ImprintError
+from imprint.engine.ingest import IngestPolicy, decode_file, decode_files
+from imprint.engine.membership.evidence import compute_evidence, generated_chunk, memory_budget
+from imprint.engine.pixelstore import PixelStore, ingest_folder
+from imprint.engine.store import EmbeddingStore
+
+POL = IngestPolicy(size=(64, 64))
+
+
+def _noisy_copy(rng, img):
+    return np.clip(img.astype(np.int16) + rng.integers(-3, 4, img.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def planted():
+    """40 real images; 150 generated of which 8 are noisy copies of real 0..7."""
+    rng = np.random.default_rng(11)
+    real = ct_like(rng, 40)
+    gen = ct_like(rng, 150)
+    for j in range(8):
+        gen[17 * j + 3] = _noisy_copy(rng, real[j])
+    return real, gen
+
+
+def test_chunked_evidence_equals_unchunked_and_finds_copies(planted):
+    real, gen = planted
+    with memory_budget(1):  # smallest chunks: 64 generated images, 3 chunks
+        assert generated_chunk(len(gen), 64 * 64) == 64
+        ev_s, near_s, info_s = compute_evidence(gen, real, backbone=None)
+    with memory_budget(1 << 40):  # one chunk
+        ev_l, near_l, info_l = compute_evidence(gen, real, backbone=None)
+    assert info_s["generated_chunk"] == 64 and info_l["generated_chunk"] == len(gen)
+    assert sorted(ev_s) == sorted(ev_l)
+    for k in ev_s:
+        np.testing.assert_array_equal(ev_s[k], ev_l[k], err_msg=k)
+    np.testing.assert_array_equal(near_s, near_l)
+    # the planted copies are found: their nearest generated image is the copy, and they lead on SSIM
+    copies = [17 * j + 3 for j in range(8)]
+    assert [int(near_s[j, 0]) for j in range(8)] == copies
+    assert set(np.argsort(-ev_s["ssim_ratio"])[:8]) == set(range(8))
+
+
+def test_memory_mapped_generated_set_gives_same_evidence(planted, tmp_path):
+    real, gen = planted
+    np.save(tmp_path / "g.npy", gen)
+    mm = np.load(tmp_path / "g.npy", mmap_mode="r")
+    with memory_budget(1):
+        ev_m, near_m, _ = compute_evidence(mm, real, backbone=None)
+    ev, near, _ = compute_evidence(gen, real, backbone=None)
+    for k in ev:
+        np.testing.assert_array_equal(ev_m[k], ev[k], err_msg=k)
+    np.testing.assert_array_equal(near_m, near)
+
+
+def _folders(root: Path, planted):
+    real, gen = planted
+    (root / "real").mkdir(parents=True)
+    (root / "gen").mkdir()
+    for i, r in enumerate(real):
+        save_png(root / "real" / f"r{i:03d}.png", r)
+    for i, g in enumerate(gen):
+        save_png(root / "gen" / f"g{i:03d}.png", g)
+    (root / "gen" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+
+
+def test_membership_small_and_large_budget_write_identical_outputs(planted, tmp_path):
+    from imprint.engine.pipeline import run_membership
+
+    _folders(tmp_path, planted)
+    outs = {}
+    for name, gb, store in (("small", 1e-9, None), ("large", 64.0, str(tmp_path / "stores"))):
+        out = tmp_path / name / "scores.csv"
+        out.parent.mkdir()
+        s = run_membership(gen_dir=str(tmp_path / "gen"), real_dir=str(tmp_path / "real"), out=str(out),
+                           policy=POL, memory_budget_gb=gb, store_dir=store)
+        assert s["n_generated"] == 150 and s["n_skipped"] == 1
+        outs[name] = [out.read_bytes(), Path(str(out.with_suffix("")) + ".evidence.csv").read_bytes()]
+        assert not out.with_name(f".{out.name}.checkpoints").exists()
+    assert outs["small"] == outs["large"]
+    rows = list(csv.DictReader(open(tmp_path / "small" / "scores.csv")))
+    top = sorted(rows, key=lambda r: -float(r["score"]))[:8]
+    assert {r["image"] for r in top} == {f"r{j:03d}.png" for j in range(8)}  # the planted copies lead
+    # the kept pixel store is reused: a second run decodes nothing
+    import imprint.engine.ingest as ingest
+
+    calls = []
+    orig = ingest.decode_file
+    ingest.decode_file = lambda *a, **k: calls.append(a) or orig(*a, **k)
+    try:
+        out = tmp_path / "again.csv"
+        run_membership(gen_dir=str(tmp_path / "gen"), real_dir=str(tmp_path / "real"), out=str(out), policy=POL,
+                       store_dir=str(tmp_path / "stores"))
+    finally:
+        ingest.decode_file = orig
+    gen_decoded = [Path(str(a[0])).name for a in calls if Path(str(a[0])).parent.name == "gen"]
+    assert gen_decoded == ["broken.png"]  # only the unreadable file is tried again; the rest come from the store
+    assert out.read_bytes() == outs["large"][0]
+
+
+def test_memory_budget_argument_errors(tmp_path, planted):
+    from imprint.engine.pipeline import run_membership
+
+    _folders(tmp_path, planted)
+    with pytest.raises(ImprintError, match="--memory-budget"):
+        run_membership(gen_dir=str(tmp_path / "gen"), real_dir=str(tmp_path / "real"),
+                       out=str(tmp_path / "o.csv"), policy=POL, memory_budget_gb=-1)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ImprintError, match="--store-dir"):
+        run_membership(gen_dir=str(tmp_path / "gen"), real_dir=str(tmp_path / "real"),
+                       out=str(tmp_path / "o.csv"), policy=POL, store_dir=str(tmp_path / "afile"))
+
+
+def test_pixel_store_round_trip_reuse_and_changes(tmp_path, monkeypatch):
+    rng = np.random.default_rng(3)
+    imgs = ct_like(rng, 30)
+    d = tmp_path / "f"
+    d.mkdir()
+    past = time.time_ns() - 100 * 10**9
+    for i, im in enumerate(imgs):
+        save_png(d / f"{i:02d}.png", im)
+        os.utime(d / f"{i:02d}.png", ns=(past, past))
+    st, paths, skipped = ingest_folder(d, tmp_path / "px", POL, shard_size=7)
+    assert len(paths) == 30 and not skipped
+    assert len(st.manifest["shards"]) == 1  # compacted once after the run that added rows
+    arr, p2, _ = st.images()
+    assert p2 == paths and arr.dtype == np.uint8 and not arr.flags.owndata and not arr.flags.writeable
+    np.testing.assert_array_equal(arr, np.stack([decode_file(d / p, POL)[0] for p in paths]))
+
+    import imprint.engine.ingest as ingest
+
+    calls = []
+    orig = ingest.decode_file
+    monkeypatch.setattr(ingest, "decode_file", lambda *a, **k: calls.append(str(a[0])) or orig(*a, **k))
+    opened = []
+    real_open = open
+    monkeypatch.setitem(__builtins__ if isinstance(__builtins__, dict) else vars(__builtins__), "open",
+                        lambda f, *a, **k: opened.append(str(f)) or real_open(f, *a, **k))
+    ingest_folder(d, tmp_path / "px", POL)
+    assert calls == [] and not [f for f in opened if f.endswith(".png")]  # unchanged by size+mtime: not read
+    # a changed file (new size) and a new file are decoded; nothing else
+    save_png(d / "05.png", imgs[0])
+    save_png(d / "zz.png", imgs[1])
+    st2, paths2, _ = ingest_folder(d, tmp_path / "px", POL)
+    assert sorted(Path(c).name for c in calls) == ["05.png", "zz.png"]
+    a2, p3, _ = st2.images(paths2)
+    np.testing.assert_array_equal(a2[p3.index("05.png")], imgs[0])
+    np.testing.assert_array_equal(a2[p3.index("zz.png")], imgs[1])
+    # another working size is refused, not mixed
+    with pytest.raises(ImprintError, match="refusing to mix"):
+        PixelStore.for_policy(tmp_path / "px", IngestPolicy(size=(32, 32)))
+
+
+def test_multishard_read_is_vectorised_and_matches_dict_reference(tmp_path):
+    bb = {"name": "pixel", "version": "1", "sha256": "abc"}
+    st = EmbeddingStore.open_or_create(tmp_path / "s", bb, 6)
+    rng = np.random.default_rng(5)
+    ref: dict = {}
+    order: list = []
+    for shard in range(4):
+        names = [f"img{int(i):03d}.png" for i in rng.choice(40, 15, replace=False)]
+        vec = rng.standard_normal((15, 6)).astype(np.float32)
+        hs = [f"h{shard}-{n}" for n in names]
+        st.append(names, hs, vec)
+        for n, h, v in zip(names, hs, vec):
+            if n not in ref:
+                order.append(n)
+            ref[n] = (h, v)
+    assert len(st.manifest["shards"]) == 4  # appended, never rewritten
+    view = EmbeddingStore.open(tmp_path / "s").read()
+    assert view.paths == order
+    assert view.hashes == [ref[n][0] for n in order]
+    np.testing.assert_array_equal(view.vectors, np.stack([ref[n][1] for n in order]))
+    pick = order[::-3]
+    v2 = st.read(pick)
+    assert v2.paths == pick and v2.hashes == [ref[n][0] for n in pick]
+    np.testing.assert_array_equal(v2.vectors, np.stack([ref[n][1] for n in pick]))
+    with pytest.raises(ImprintError, match="not in store"):
+        st.read(["nope.png"])
+
+
+def test_embed_skips_unchanged_files_by_size_and_mtime(tmp_path, models_dir, monkeypatch):
+    from imprint.engine.pipeline import run_embed
+
+    monkeypatch.setenv("IMPRINT_MODELS_DIR", str(models_dir))
+    rng = np.random.default_rng(9)
+    d = tmp_path / "f"
+    d.mkdir()
+    past = time.time_ns() - 100 * 10**9
+    for i, im in enumerate(ct_like(rng, 12)):
+        save_png(d / f"{i:02d}.png", im)
+        os.utime(d / f"{i:02d}.png", ns=(past, past))
+    save_png(d / "recent.png", ct_like(rng, 1)[0])  # mtime now: too recent to trust (racy)
+    s1 = run_embed(folder=str(d), store=str(tmp_path / "s"), policy=POL, shard_size=5)
+    assert s1["n_embedded"] == 13
+    shards1 = list(EmbeddingStore.open(tmp_path / "s").manifest["shards"])
+    # same size and mtime, other content: taken as unchanged without reading (documented limit; proves no hash)
+    other = ct_like(rng, 1)[0]
+    save_png(d / "03.png", other)
+    os.utime(d / "03.png", ns=(past, past))
+    assert (d / "03.png").stat().st_size != 0
+    st_before = EmbeddingStore.open(tmp_path / "s").stats()["03.png"]
+    if (d / "03.png").stat().st_size == st_before[1]:
+        s2 = run_embed(folder=str(d), store=str(tmp_path / "s"), policy=POL)
+        assert s2["n_embedded"] == 0
+    # a new mtime: hashed, found changed, embedded as a new shard; old shards stay as they were
+    os.utime(d / "03.png", ns=(past + 10**9, past + 10**9))
+    s3 = run_embed(folder=str(d), store=str(tmp_path / "s"), policy=POL)
+    assert s3["n_embedded"] == 1 and s3["rows"] == 13
+    shards3 = EmbeddingStore.open(tmp_path / "s").manifest["shards"]
+    assert shards3[: len(shards1)] == shards1 and len(shards3) == len(shards1) + 1
+    assert EmbeddingStore.open(tmp_path / "s").stats()["recent.png"][2] == -1  # racy mtime not recorded
+
+
+def test_threaded_decode_matches_serial_in_order_with_skips(tmp_path):
+    rng = np.random.default_rng(2)
+    names = []
+    for i, im in enumerate(ct_like(rng, 37)):
+        names.append(f"{i:02d}.png")
+        save_png(tmp_path / names[-1], im)
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    (tmp_path / "empty.png").write_bytes(b"")
+    names[5:5] = ["bad.png"]
+    names.append("empty.png")
+    serial = list(decode_files(tmp_path, names, POL, workers=1))
+    for w, window in ((2, 4), (3, 256)):
+        got = list(decode_files(tmp_path, names, POL, workers=w, window=window))
+        assert [g[0] for g in got] == names
+        for a, b in zip(got, serial):
+            assert a[2] == b[2] and a[3] == b[3]
+            if a[1] is None:
+                assert b[1] is None
+            else:
+                np.testing.assert_array_equal(a[1], b[1])
+    reasons = {g[0]: g[3] for g in serial if g[3]}
+    assert set(reasons) == {"bad.png", "empty.png"}
+
+
+def test_results_block_is_replaced_not_duplicated(tmp_path):
+    from imprint.engine.bench import best_time, write_results_block
+
+    md = tmp_path / "RESULTS.md"
+    md.write_text("# results\n\nhand-written intro\n")
+    write_results_block(md, "x", "| a |\n|---|\n| 1 |")
+    write_results_block(md, "y", "other")
+    write_results_block(md, "x", "| a |\n|---|\n| 2 |")
+    text = md.read_text()
+    assert text.count("<!-- bench:x begin -->") == 1 and "| 2 |" in text and "| 1 |" not in text
+    assert "hand-written intro" in text and "other" in text
+    calls = []
+    sec, _ = best_time(lambda: calls.append(time.sleep(0.01)), min_window=0.05, repeats=2)
+    assert len(calls) >= 8 and 0.009 < sec < 0.05  # several calls per window, per-call time reported
