@@ -95,13 +95,14 @@ def _handler(signum, frame):  # pragma: no cover - exercised by subprocess tests
     raise Interrupted(_S.requested)
 
 
-def _unraisable(unraisable, _previous=sys.unraisablehook):
+def _unraisable(unraisable):
     """An Interrupted raised inside a callback that cannot propagate it: no traceback, deliver it again later."""
     if isinstance(unraisable.exc_value, Interrupted):
         _S.delivered = False
         _retry(_S.requested or signal.SIGTERM)
         return
-    _previous(unraisable)
+    previous = _S.previous[2] if _S.previous else sys.__unraisablehook__
+    previous(unraisable)
 
 
 def install(*, hold: bool = False) -> bool:
