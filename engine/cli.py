@@ -418,7 +418,9 @@ def main(argv=None) -> None:
         try:
             interrupts.release()
             cli.main(args=argv, prog_name="imprint", standalone_mode=False)
+            interrupts.ignore_from_now()  # also through interpreter shutdown, which would turn 0 into -2 / -15
         except BaseException as exc:  # noqa: BLE001 - a stop request outranks what it caused (ImportError, Abort)
+            interrupts.ignore_from_now()  # the job is over; from here a signal must not cut the exit short
             if interrupts.requested() is not None or isinstance(exc, (KeyboardInterrupt, interrupts.Interrupted)) or (
                     isinstance(exc, click.exceptions.Abort) and isinstance(exc.__context__, KeyboardInterrupt)):
                 interrupts.exit_interrupted()
@@ -426,6 +428,8 @@ def main(argv=None) -> None:
         if interrupts.requested() is not None:  # a request some library swallowed: the job ended, say so
             interrupts.exit_interrupted()
         sys.exit(0)
+    except interrupts.Interrupted:  # delivered while the exit was being decided
+        interrupts.exit_interrupted()
     finally:
         if argv is not None:  # called in-process (tests, embedding): give the caller its handlers back
             interrupts.uninstall()

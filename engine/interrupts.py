@@ -142,6 +142,18 @@ def uninstall() -> None:
     _S.__init__()
 
 
+def ignore_from_now() -> None:
+    """The job is over and its exit status decided: ignore SIGTERM / SIGINT for the rest of the process.
+
+    Interpreter shutdown resets Python-level handlers to the default action (die of the signal: status -2 / -15
+    after the outputs were written) but keeps ``SIG_IGN``; a stop request has nothing left to stop by then.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def installed() -> bool:
     """Whether :func:`install` routed SIGTERM / SIGINT here in this process."""
     return _S.installed and signal.getsignal(signal.SIGTERM) is _handler

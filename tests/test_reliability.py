@@ -113,7 +113,7 @@ def test_sigterm_is_a_clean_interrupt(sets, tmp_path, membership_ref, delay):
 # Runs the CLI like ``python -m imprint.engine.cli`` and sends the signal to itself at a chosen point:
 #   startup - while cli.py imports click (before main() exists), import - while numba is first imported,
 #   stage - between reading the two image folders, compute - while the first pairwise SSIM kernel runs (Numba),
-#   write - as the first output file is written.
+#   write - as the first output file is written, exit - from an atexit callback, after the job.
 _LAUNCHER = r"""
 import importlib.abc, os, runpy, signal, sys, threading
 root, sig, at = sys.argv[1], int(sys.argv[2]), sys.argv[3]
@@ -129,7 +129,7 @@ if at in ("startup", "import"):
                 fire()
             return None
     sys.meta_path.insert(0, Hook())
-else:
+elif at != "exit":
     import imprint.engine.membership.evidence as ev, imprint.engine.outputs as outputs, imprint.engine.pipeline as pipeline
     mod, name = {"stage": (pipeline, "_load"), "compute": (ev, "_pair_ssim"), "write": (outputs, "write_csv")}[at]
     orig, calls = getattr(mod, name), []
@@ -142,6 +142,15 @@ else:
         elif (at == "stage" and len(calls) == 2) or (at == "write" and len(calls) == 1):
             fire()
         return orig(*a, **k)
+if at == "exit":  # after the job, while the interpreter shuts down
+    import atexit, time
+    def late():
+        fire()
+        end = time.monotonic() + 0.2
+        while time.monotonic() < end:
+            pass
+    atexit.register(late)
+if at not in ("startup", "import", "exit"):
     setattr(mod, name, wrapped)
 runpy.run_module("imprint.engine.cli", run_name="__main__", alter_sys=True)
 """
@@ -170,6 +179,20 @@ def test_interrupt_at_each_point_is_clean_and_resumes(sets, tmp_path, membership
     p = _spawn(_cmd("membership", sets, out))
     _, err = p.communicate(timeout=300)
     assert p.returncode == 0, err
+    assert out.read_bytes() == membership_ref.read_bytes()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_after_the_job_keeps_its_status(sets, tmp_path, membership_ref, sig):
+    """A request that arrives once the job is over (interpreter shutdown) has nothing left to stop: status 0, no
+    "Exception ignored" traceback, and not the death by signal (-2 / -15) that shutdown's default handlers give."""
+    launcher = tmp_path / "launch.py"
+    launcher.write_text(_LAUNCHER)
+    out = tmp_path / "s.csv"
+    r = subprocess.run([sys.executable, str(launcher), str(ROOT), str(int(sig)), "exit",
+                        *_cmd("membership", sets, out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr and "Exception ignored" not in r.stderr, r.stderr
     assert out.read_bytes() == membership_ref.read_bytes()
 
 
