@@ -6,6 +6,11 @@ with status 2; unexpected errors print one line and the path of a log file holdi
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # python -m imprint.engine.cli: stop requests are held from here until main() can catch
+    from . import interrupts as _interrupts
+
+    _interrupts.install(hold=True)
+
 import json
 import logging
 import os
@@ -454,18 +459,39 @@ def _log_dir() -> Path:
 
 
 def main(argv=None) -> None:
-    """Console entry point: maps errors to one line and an exit status."""
-    import signal
+    """Console entry point: maps errors to one line and an exit status.
 
-    def _term(signum, frame):
-        raise KeyboardInterrupt
+    SIGTERM and Ctrl-C (engine.interrupts) stop the job once, at a safe point, and end it with the one line
+    ``interrupted; re-run the same command to resume`` and status 130, whatever the job was doing then.
+    """
+    from . import interrupts
 
+    interrupts.install(hold=True)  # held until the try below can catch it
     try:
-        signal.signal(signal.SIGTERM, _term)  # SIGTERM stops like Ctrl-C: outputs stay complete or absent
-    except ValueError:  # not the main thread (embedded use)
-        pass
+        try:
+            interrupts.release()
+            cli.main(args=argv, prog_name="imprint", standalone_mode=False)
+            interrupts.ignore_from_now()  # also through interpreter shutdown, which would turn 0 into -2 / -15
+        except BaseException as exc:  # noqa: BLE001 - a stop request outranks what it caused (ImportError, Abort)
+            interrupts.ignore_from_now()  # the job is over; from here a signal must not cut the exit short
+            if interrupts.requested() is not None or isinstance(exc, (KeyboardInterrupt, interrupts.Interrupted)) or (
+                    isinstance(exc, click.exceptions.Abort) and isinstance(exc.__context__, KeyboardInterrupt)):
+                interrupts.exit_interrupted()
+            _exit_for(exc)
+        if interrupts.requested() is not None:  # a request some library swallowed: the job ended, say so
+            interrupts.exit_interrupted()
+        sys.exit(0)
+    except interrupts.Interrupted:  # delivered while the exit was being decided
+        interrupts.exit_interrupted()
+    finally:
+        if argv is not None:  # called in-process (tests, embedding): give the caller its handlers back
+            interrupts.uninstall()
+
+
+def _exit_for(exc: BaseException) -> None:
+    """Print the one line for an exception that ended :func:`main` and exit with its status."""
     try:
-        cli.main(args=argv, prog_name="imprint", standalone_mode=False)
+        raise exc
     except ImprintError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)

@@ -24,8 +24,23 @@ from .outputs import write_csv, write_json
 
 @contextmanager
 def _sigterm_as_interrupt():
-    """Turn SIGTERM into KeyboardInterrupt so a terminated job stops like Ctrl-C (outputs stay atomic)."""
+    """Turn SIGTERM into KeyboardInterrupt so a terminated job stops like Ctrl-C (outputs stay atomic).
+
+    Under the CLI (``engine.interrupts`` installed) its once-only, safe-point handler is kept; otherwise (a job run
+    in-process from the main thread) SIGTERM raises KeyboardInterrupt once and later ones are ignored, so the
+    cleanup of the first is never cut short."""
+    from . import interrupts
+
+    if interrupts.installed():
+        yield
+        interrupts.check()
+        return
+    fired = []
+
     def handler(signum, frame):  # pragma: no cover - exercised by subprocess tests
+        if fired:
+            return
+        fired.append(signum)
         raise KeyboardInterrupt
 
     try:
@@ -37,6 +52,13 @@ def _sigterm_as_interrupt():
         yield
     finally:
         signal.signal(signal.SIGTERM, old)
+
+
+def _outputs_together():
+    """A stop request (SIGTERM, Ctrl-C) that arrives while a job writes its set of outputs waits for the set."""
+    from . import interrupts
+
+    return interrupts.deferred()
 
 
 def _check_dir(path: str, what: str) -> None:
@@ -233,11 +255,12 @@ def run_membership(*, gen_dir: str, real_dir: str, out: str, dev_dirs: Sequence[
             bar.close()
         timings.update(audit.summary["timings"])
         res = audit.result
-        audit.to_csv(out)
-        ev_path = str(Path(out).with_suffix("")) + ".evidence.csv"
-        audit.evidence_to_csv(ev_path)
-        skip_path = _skip_report(out, skips, rep)
-        shutil.rmtree(cache_dir, ignore_errors=True)
+        with _outputs_together():
+            audit.to_csv(out)
+            ev_path = str(Path(out).with_suffix("")) + ".evidence.csv"
+            audit.evidence_to_csv(ev_path)
+            skip_path = _skip_report(out, skips, rep)
+            shutil.rmtree(cache_dir, ignore_errors=True)
 
     timings["total_s"] = time.perf_counter() - t_start
     summary = dict(audit.summary, out=out, evidence_out=ev_path, skip_report=skip_path, timings=timings,
