@@ -26,11 +26,14 @@ DEFAULT_WEIGHTS: dict[str, float] = {
     "embed_ratio": 0.5,
     "lbp_ratio": 0.0,
     "shape_ratio": 2.0,
+    "reg_ratio": 1.0,
+    "reg_lo_ratio": 1.0,
 }
 COMBINED_FEATURES = tuple(DEFAULT_WEIGHTS)
 #: Continuous copy-strength evidence that may also decide alone (max rule in the combination);
 #: count-based evidence (share, hub, distinct) has too coarse a null to be used alone.
-MAX_FEATURES = ("pixel_nn_ratio", "pixel_knn_ratio", "mse_ratio", "ssim_ratio", "tile_ratio", "embed_ratio")
+MAX_FEATURES = ("pixel_nn_ratio", "pixel_knn_ratio", "mse_ratio", "ssim_ratio", "tile_ratio", "embed_ratio",
+                "reg_ratio", "reg_lo_ratio")
 
 _EPS = 1e-6
 _MIN_NULL = 20          # fewer reference images than this: calibrate on the candidates instead

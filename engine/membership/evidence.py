@@ -219,7 +219,8 @@ def _evidence(generated: np.ndarray, pool: np.ndarray, *, _cache_dir=None, **kw)
 def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10, k_real: int = 10,
                      tiles: int = 4, backbone: str | None = "effnet-lite0", use_lbp: bool = True,
                      progress: Callable[[int], object] | None = None,
-                     shape: bool = True, _cache: dict | None = None) -> tuple[dict, np.ndarray, dict]:
+                     shape: bool = True, register: bool = True, k_reg: int = 8,
+                     _cache: dict | None = None) -> tuple[dict, np.ndarray, dict]:
     """Per-image membership evidence of every pool image against one generated set.
 
     Parameters
@@ -239,6 +240,12 @@ def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10
         Compute ``lbp_ratio`` when ``kernels.lbp_histograms`` is available.
     shape : bool
         Compute ``shape_ratio`` (:func:`anatomy_masks`).
+    register : bool
+        Compute the transform-invariant evidence (``reg_*``, :func:`.register.registered_evidence`:
+        flip / shift / rotation / scale / intensity registration of shortlisted pairs, with the same
+        registration applied to the real-vs-real control).
+    k_reg : int
+        Descriptor shortlist size per image for the registration.
     progress : callable or None
         Called with an increment after each stage.
 
@@ -247,7 +254,8 @@ def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10
     evidence : dict[str, float64 [P]]
         Oriented evidence (higher = more member-like) plus raw distances (see module docstring).
     nearest : int64 [P, k_gen]
-        Indices into ``generated`` of the shortlisted generated images, best (z-pixel) first.
+        Indices into ``generated`` of the shortlisted generated images: with ``register`` the
+        registered best match first, then the z-pixel shortlist in order (best first).
     info : dict
         ``skipped``: evidence that could not be computed and why; ``timings``.
     """
@@ -385,8 +393,24 @@ def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10
         a, _ = _knn(hG, hP, 1)
         b, _ = _knn(hP, hP, 1, exclude_self=True)
         ev["lbp_ratio"] = _neg_log_ratio(np.clip(a[:, 0], 0, None), np.clip(b[:, 0], 0, None))
+    nearest = iG.astype(np.int64)
+    if register:
+        t1 = time.perf_counter()
+        from .register import registered_evidence
+
+        rev, best = registered_evidence(G, P, iG, iR, k_reg=k_reg)
+        ev.update(rev)
+        # the registered best match first, then the pixel shortlist without it
+        rest = np.where(iG == best[:, None], -1, iG)
+        order = np.argsort(rest < 0, axis=1, kind="stable")
+        rest = np.take_along_axis(rest, order, 1)[:, : max(0, iG.shape[1] - 1)]
+        nearest = np.concatenate([best[:, None], rest], 1)
+        nearest = np.where(nearest < 0, best[:, None], nearest)
+        info["timings"]["register_s"] = time.perf_counter() - t1
+    else:
+        info["skipped"]["reg_ratio"] = "registration not requested"
     info["timings"]["evidence_s"] = time.perf_counter() - t0
-    return ev, iG.astype(np.int64), info
+    return ev, nearest, info
 
 
 # ----------------------------------------------------------------------------------------- calibration
