@@ -238,6 +238,39 @@ def fmt(r):
             f"{r['fpr']:.3f} | {r['seconds']:.1f} |")
 
 
+def density_dev(args) -> None:
+    """Which feature space carries DOMIAS-style density evidence?  Leave-one-generator-out pools of the
+    dev corpus (candidates = X's used + unused, reference = the other generators' unused); single
+    evidence ``density_<space>`` (k = 1 and 5), robust-z-calibrated on the reference; AUC, TPR@1%FPR."""
+    from imprint.engine.membership import robust_calibrate
+    from imprint.engine.membership.density import density_ratio, embed_cached
+
+    gens = ("gen_a", "gen_b", "gen_e")
+    d = {g: {p: load_folder(f"{DEV}/membership/{g}/{p}", args.size) for p in ("generated", "real/used", "real/unused")}
+         for g in gens}
+    spaces = ["pixels"] + [b for b in args.density_backbones.split(",") if b]
+    print("| space | k | " + " | ".join(f"{g} AUC | {g} TPR@1%" for g in gens) + " | embed s |")
+    print("|---|---|" + "---|---|" * len(gens) + "---|")
+    for sp in spaces:
+        t0 = time.perf_counter()
+        feats = {g: {p: embed_cached(v, sp, args.store_dir) for p, v in d[g].items()} for g in gens}
+        te = time.perf_counter() - t0
+        metric = "l2" if sp == "pixels" else "cosine"
+        for k in (1, 5):
+            cells = []
+            for g in gens:
+                others = [o for o in gens if o != g]
+                pool = np.concatenate([feats[g]["real/used"], feats[g]["real/unused"]]
+                                      + [feats[o]["real/unused"] for o in others])
+                nu, nn = len(feats[g]["real/used"]), len(feats[g]["real/unused"])
+                nr = nu + nn
+                v = density_ratio(feats[g]["generated"], pool, k, metric=metric)
+                z = robust_calibrate(v, v[nr:])[:nr]
+                y = np.r_[np.ones(nu), np.zeros(nn)]
+                cells.append(f"{skm.roc_auc_score(y, z):.3f} | {tpr_at(y, z):.2f}")
+            print(f"| {sp} | {k} | " + " | ".join(cells) + f" | {te:.0f} |", flush=True)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--real", default=DEV, help="folder of real PNGs (default: the dev corpus' real images)")
@@ -249,7 +282,14 @@ def main(argv=None):
     ap.add_argument("--boot", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="10 scenarios, 40 members, 150 reference, 400 generated")
+    ap.add_argument("--density-dev", action="store_true",
+                    help="instead: compare feature spaces for the density-ratio evidence on the dev corpus")
+    ap.add_argument("--density-backbones", default="fingerprint,effnet-lite0-128")
+    ap.add_argument("--store-dir", default=None, help="embedding stores reused across runs (--density-dev)")
     a = ap.parse_args(argv)
+    if a.density_dev:
+        density_dev(a)
+        return
     if a.quick:
         a.n_members, a.n_reference, a.n_gen, a.boot = 40, 150, 400, 200
     print(f"# membership zoo: real={a.real} fillers={a.fillers} members={a.n_members} (+ as many non-members) "

@@ -220,6 +220,7 @@ def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10
                      tiles: int = 4, backbone: str | None = "effnet-lite0", use_lbp: bool = True,
                      progress: Callable[[int], object] | None = None,
                      shape: bool = True, register: bool = True, k_reg: int = 8,
+                     density: str | None = None, store_dir: str | None = None,
                      _cache: dict | None = None) -> tuple[dict, np.ndarray, dict]:
     """Per-image membership evidence of every pool image against one generated set.
 
@@ -246,6 +247,12 @@ def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10
         registration applied to the real-vs-real control).
     k_reg : int
         Descriptor shortlist size per image for the registration.
+    density : str or None
+        Feature space of the DOMIAS-style kNN density ratio ``density_<space>`` (:mod:`.density`:
+        ``"pixels"`` or a backbone name); reported, not combined (no space helped on the dev corpus,
+        see benchmarks/RESULTS.md).
+    store_dir : path or None
+        Embedding stores for ``density`` (reused across runs).
     progress : callable or None
         Called with an increment after each stage.
 
@@ -409,6 +416,18 @@ def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10
         info["timings"]["register_s"] = time.perf_counter() - t1
     else:
         info["skipped"]["reg_ratio"] = "registration not requested"
+    if density:
+        t1 = time.perf_counter()
+        try:
+            from .density import density_ratio, embed_cached
+
+            fG = embed_cached(G, density, store_dir)
+            fP = embed_cached(P, density, store_dir)
+        except Exception as exc:  # backbone missing / not built: report and go on
+            info["skipped"][f"density_{density}"] = f"{type(exc).__name__}: {exc}"[:200]
+        else:
+            ev[f"density_{density}"] = density_ratio(fG, fP, 5, metric="l2" if density == "pixels" else "cosine")
+        info["timings"]["density_s"] = time.perf_counter() - t1
     info["timings"]["evidence_s"] = time.perf_counter() - t0
     return ev, nearest, info
 

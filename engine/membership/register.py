@@ -173,10 +173,12 @@ def _z(x: np.ndarray) -> np.ndarray:
 def shortlist_descriptors(images: np.ndarray, size: int = 24) -> np.ndarray:
     """Translation- and scale-normalised, flip-searchable descriptors for the shortlist.
 
-    Each image (minus its 5th-percentile grey level, clipped at 0, as weights) gives an intensity
-    centroid ``c`` and radius of gyration ``r``; the image, Gaussian-blurred at about one descriptor
-    pixel, is sampled on a ``size x size`` grid spanning ``c +- 2.2 r`` and z-scored.  The descriptor
-    of the horizontally mirrored image is the mirrored descriptor (``d[:, :, ::-1]``).
+    Each image's body (pixels above its Otsu threshold) gives a centroid ``c``, a radius of gyration
+    ``r`` and a major-axis orientation; the image, blurred at about one descriptor pixel, is sampled
+    on a ``size x size`` grid spanning ``c +- 2.2 r`` along those axes, rank-transformed (invariant to
+    monotone intensity changes) and z-scored.  So the descriptor is invariant to translation, isotropic
+    scale, rotation (of an elongated body) and gamma / window changes; the descriptor of the mirrored
+    image is the mirrored descriptor (``d[:, :, ::-1]``).
 
     Parameters
     ----------
@@ -198,29 +200,52 @@ def shortlist_descriptors(images: np.ndarray, size: int = 24) -> np.ndarray:
     lo = np.partition(sub, kq, axis=1)[:, kq].astype(np.float32)
     fm = 2 if min(h, w) >= 32 else 1                      # moments on a 2x area-averaged copy
     xs = downsample(x, fm)
-    wgt = np.clip(xs - lo[:, None, None], 0, None).reshape(n, -1)
+    from .evidence import _otsu_thresholds
+
+    T = _otsu_thresholds(np.clip(np.rint(xs), 0, 255).astype(np.uint8))
+    wgt = (xs > T[:, None, None]).reshape(n, -1).astype(np.float32)    # the body: invariant to intensity maps
     yy, xx = np.mgrid[0:xs.shape[1], 0:xs.shape[2]].astype(np.float32) * fm + (fm - 1) / 2.0
     yy, xx = yy.ravel(), xx.ravel()
     tot = wgt.sum(1) + 1e-6
     cy = wgt @ yy / tot
     cx = wgt @ xx / tot
-    r2 = (wgt @ (yy * yy) + wgt @ (xx * xx)) / tot - cy * cy - cx * cx
-    r = np.sqrt(np.maximum(r2, 1.0))
+    syy = wgt @ (yy * yy) / tot - cy * cy
+    sxx = wgt @ (xx * xx) / tot - cx * cx
+    sxy = wgt @ (xx * yy) / tot - cx * cy
+    r = np.sqrt(np.maximum(sxx + syy, 1.0))
+    # major-axis orientation (y down); near-isotropic bodies keep the image axes
+    th = 0.5 * np.arctan2(2 * sxy, sxx - syy)
+    aniso = np.sqrt((sxx - syy) ** 2 + 4 * sxy ** 2) / np.maximum(sxx + syy, 1e-6)
+    th = np.where(aniso > 0.05, th, 0.0)
     step = 4.4 * r / size
     # blur at about one descriptor pixel: area average by fd, then a light Gaussian
     fd = int(max(1, np.floor(np.median(step) / 2)))
     small = downsample(x, fd)
     blurred = np.ascontiguousarray(ndi.gaussian_filter(small, (0, 0.7, 0.7), mode="nearest"), np.float32)
-    cs = lambda v: (v - (fd - 1) / 2.0) / fd           # full-res coordinate -> small-image coordinate
+    c, sn = np.cos(th), np.sin(th)
+    u0 = (size - 1) / 2.0
     M = np.zeros((n, 2, 3))
-    M[:, 0, 0] = step / fd
-    M[:, 1, 1] = step / fd
-    M[:, 0, 2] = cs(cx - (size - 1) / 2.0 * step)
-    M[:, 1, 2] = cs(cy - (size - 1) / 2.0 * step)
+    M[:, 0, 0] = step * c / fd
+    M[:, 0, 1] = -step * sn / fd
+    M[:, 1, 0] = step * sn / fd
+    M[:, 1, 1] = step * c / fd
+    M[:, 0, 2] = (cx - step * (c * u0 - sn * u0) - (fd - 1) / 2.0) / fd
+    M[:, 1, 2] = (cy - step * (sn * u0 + c * u0) - (fd - 1) / 2.0) / fd
     out = np.empty((n, size, size), np.float32)
     valid = np.empty((n, size, size), np.uint8)
     _affine_sample(blurred, np.arange(n, dtype=np.int64), M, size, size,
                    np.ascontiguousarray(lo), out, valid)
+    # monotone-invariant values: air / background (below the Otsu level) -> 0; body pixels -> their rank
+    # among the body pixels in (0.5, 1] (ranks of the flat background would only amplify its noise)
+    flat = out.reshape(n, -1)
+    body = flat > T[:, None]
+    key = np.where(body, flat, -np.inf)
+    ranks = np.empty_like(flat)
+    np.put_along_axis(ranks, np.argsort(key, axis=1, kind="stable"),
+                      np.arange(flat.shape[1], dtype=np.float32)[None, :], axis=1)
+    nb = body.sum(1, keepdims=True).astype(np.float32)
+    rel = (ranks - (flat.shape[1] - nb)) / np.maximum(nb, 1.0)          # 0..1 among body pixels
+    out = np.where(body, 0.5 + 0.5 * rel, 0.0).astype(np.float32).reshape(n, size, size)
     return _z(out)
 
 
