@@ -271,6 +271,42 @@ def density_dev(args) -> None:
             print(f"| {sp} | {k} | " + " | ".join(cells) + f" | {te:.0f} |", flush=True)
 
 
+def timing(args) -> None:
+    """The speed target: 1,000 generated x 300 real with three dev sets (the dev corpus: target = gen_b's
+    generated images and 150 used + 150 unused of its reals; dev sets = gen_a, gen_b, gen_e; reference =
+    their unused images).  Registration on vs off in the same run (off: ``audit._evidence`` is called with
+    ``register=False``), each best of ``--repeat``; no evidence cache between runs."""
+    import functools
+
+    from imprint.engine.membership import DevSet
+    from imprint.engine.membership import audit as audit_mod
+
+    gens = ("gen_a", "gen_b", "gen_e")
+    d = {g: {p: load_folder(f"{DEV}/membership/{g}/{p}", args.size) for p in ("generated", "real/used", "real/unused")}
+         for g in gens}
+    devs = [DevSet(g, d[g]["generated"], d[g]["real/used"], d[g]["real/unused"]) for g in gens]
+    real = np.concatenate([d["gen_b"]["real/used"][:150], d["gen_b"]["real/unused"][:150]])
+    ref = np.concatenate([d[g]["real/unused"] for g in gens])
+    orig = audit_mod._evidence
+    out = {}
+    for label, reg in (("registration on", True), ("registration off", False)):
+        audit_mod._evidence = functools.partial(orig, register=reg)
+        best = np.inf
+        try:
+            for _ in range(args.repeat):
+                t0 = time.perf_counter()
+                res = audit_membership(d["gen_b"]["generated"], real, dev_sets=devs, reference=ref)
+                best = min(best, time.perf_counter() - t0)
+        finally:
+            audit_mod._evidence = orig
+        out[label] = best
+        print(f"{label}: best of {args.repeat}: {best:.1f} s (1000 generated x 300 real, 3 dev sets, "
+              f"{len(ref)} reference; register_s of the target {res.info['timings'].get('register_s', 0):.1f} s)",
+              flush=True)
+    print(f"ratio on/off: {out['registration on'] / out['registration off']:.2f}; load average "
+          f"{os.getloadavg()[0]:.1f}")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--real", default=DEV, help="folder of real PNGs (default: the dev corpus' real images)")
@@ -286,7 +322,12 @@ def main(argv=None):
                     help="instead: compare feature spaces for the density-ratio evidence on the dev corpus")
     ap.add_argument("--density-backbones", default="fingerprint,effnet-lite0-128")
     ap.add_argument("--store-dir", default=None, help="embedding stores reused across runs (--density-dev)")
+    ap.add_argument("--timing", action="store_true", help="instead: the 1000 x 300 with 3 dev sets timing")
+    ap.add_argument("--repeat", type=int, default=2)
     a = ap.parse_args(argv)
+    if a.timing:
+        timing(a)
+        return
     if a.density_dev:
         density_dev(a)
         return

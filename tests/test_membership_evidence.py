@@ -258,3 +258,25 @@ def test_density_evidence_is_reported_when_requested(planted):
                                    register=False, density="pixels")
     assert ev["density_pixels"].shape == (60,) and np.isfinite(ev["density_pixels"]).all()
     assert "density_s" in info["timings"] and "reg_ratio" not in ev
+
+
+def test_registration_cache_gives_identical_evidence(planted, monkeypatch):
+    from imprint.engine.membership import register as reg
+
+    real, reference, gen, y, _ = planted
+    P = np.concatenate([real[:20], reference[:20]])
+    pg = np.argsort(((P[:, None].astype(np.float32) - gen[None].astype(np.float32)) ** 2).mean((2, 3)), 1)[:, :3]
+    pr = np.stack([(np.arange(len(P)) + k) % len(P) for k in (1, 2, 3)], 1)
+    plain, best = reg.registered_evidence(gen, P, pg, pr)
+    cache: dict = {}
+    first, best1 = reg.registered_evidence(gen, P, pg, pr, cache=cache)
+    calls = []
+    orig = reg.coarse_scores
+    monkeypatch.setattr(reg, "coarse_scores", lambda *a, **k: calls.append(1) or orig(*a, **k))
+    again, best2 = reg.registered_evidence(gen, P, pg, pr, cache=cache)
+    assert calls == []                                              # every pair came from the cache
+    np.testing.assert_array_equal(best, best1)
+    np.testing.assert_array_equal(best1, best2)
+    for k in plain:
+        np.testing.assert_allclose(first[k], plain[k], rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(again[k], plain[k], rtol=1e-6, atol=1e-6)

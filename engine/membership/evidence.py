@@ -405,7 +405,7 @@ def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10
         t1 = time.perf_counter()
         from .register import registered_evidence
 
-        rev, best = registered_evidence(G, P, iG, iR, k_reg=k_reg)
+        rev, best = registered_evidence(G, P, iG, iR, k_reg=k_reg, cache=_cache)
         ev.update(rev)
         # the registered best match first, then the pixel shortlist without it
         rest = np.where(iG == best[:, None], -1, iG)

@@ -488,16 +488,39 @@ def _desc_knn(base_desc: np.ndarray, query_desc: np.ndarray, k: int, *, exclude_
     return out, fl
 
 
-def _best_registered(A, B, cand: np.ndarray, cflip: np.ndarray) -> tuple[np.ndarray, dict]:
+def _cached_rows(fn, keys: list, cache: dict | None, name: str) -> dict:
+    """``fn(rows) -> dict of arrays`` for the rows whose ``keys`` are not in ``cache[name]`` yet; every
+    row's values (float64 dict) from the cache afterwards (no cache: ``fn`` on all rows)."""
+    n = len(keys)
+    if cache is None:
+        return fn(np.arange(n))
+    store = cache.setdefault(name, {})
+    miss = [i for i, k in enumerate(keys) if k not in store]
+    if miss:
+        res = fn(np.asarray(miss, np.int64))
+        for t, i in enumerate(miss):
+            store[keys[i]] = {k: float(v[t]) for k, v in res.items()}
+    fields = next(iter(store.values())).keys() if store else ()
+    return {f: np.array([store[k][f] for k in keys], np.float64) for f in fields} if n else {}
+
+
+def _best_registered(A, B, cand: np.ndarray, cflip: np.ndarray, *, keys_a=None, keys_b=None,
+                     cache: dict | None = None) -> tuple[np.ndarray, dict]:
     """For every row ``r`` of ``cand [R, c]`` (indices into ``B``, -1 = none; ``cflip`` the flip to try
     per candidate): the coarse-best candidate, then its refined registration.  Returns (best index
-    into B [R], :func:`register_pairs` dict [R])."""
+    into B [R], :func:`register_pairs` dict [R]).  With ``cache`` (and content keys ``keys_a``,
+    ``keys_b`` of the images) the coarse and refined results of every pair are memoised, so pools
+    that share images (the target and the dev sets' pools share the reference) register them once."""
     R, c = cand.shape
     rows = np.repeat(np.arange(R), c)
     cols = cand.ravel()
     ok = cols >= 0
     pairs = np.stack([rows[ok], cols[ok]], 1)
-    co = coarse_scores(A, B, pairs, flip=cflip.ravel()[ok])
+    fl = cflip.ravel()[ok].astype(np.int64)
+    use = cache is not None and keys_a is not None and keys_b is not None
+    pk = [(keys_a[i], keys_b[j], int(f)) for (i, j), f in zip(pairs, fl)] if use else [None] * len(pairs)
+    co = _cached_rows(lambda sel: coarse_scores(A, B, pairs[sel], flip=fl[sel]), pk, cache if use else None,
+                      "reg_coarse")
     score = np.full(R * c, -np.inf)
     score[ok] = co["coarse"]
     j = score.reshape(R, c).argmax(1)
@@ -505,11 +528,15 @@ def _best_registered(A, B, cand: np.ndarray, cflip: np.ndarray) -> tuple[np.ndar
     pos[ok] = np.arange(ok.sum())
     pick = pos[np.arange(R) * c + j]
     best = cand[np.arange(R), j]
-    return best, refine(A, B, pairs[pick], {k: v[pick] for k, v in co.items()})
+    cpick = {k: v[pick] for k, v in co.items()}
+    rk = [pk[p] for p in pick]
+    rf = _cached_rows(lambda sel: refine(A, B, pairs[pick][sel], {k: v[sel] for k, v in cpick.items()}),
+                      rk, cache if use else None, "reg_refine")
+    return best, rf
 
 
 def registered_evidence(G: np.ndarray, P: np.ndarray, pix_gen: np.ndarray, pix_real: np.ndarray, *,
-                        k_reg: int = 8, n_pix: int = 3) -> tuple[dict, np.ndarray]:
+                        k_reg: int = 8, n_pix: int = 3, cache: dict | None = None) -> tuple[dict, np.ndarray]:
     """Transform-invariant evidence of every pool image against the generated images.
 
     For every pool image ``x``: candidates = its ``k_reg`` nearest generated images under the
@@ -526,6 +553,8 @@ def registered_evidence(G: np.ndarray, P: np.ndarray, pix_gen: np.ndarray, pix_r
     pix_gen : int [N, >=1]    pixel-space nearest generated images (indices into G)
     pix_real : int [N, >=1]   pixel-space nearest other pool images (indices into P)
     k_reg, n_pix : int
+    cache : dict or None
+        Memo shared across calls (content-keyed registrations, descriptors).
 
     Returns
     -------
@@ -536,6 +565,11 @@ def registered_evidence(G: np.ndarray, P: np.ndarray, pix_gen: np.ndarray, pix_r
         ``reg_scale``, ``reg_dy``, ``reg_dx``, ``reg_gain``.
     best : int64 [N]   index into G of the registered best match
     """
+    kG = kP = None
+    if cache is not None:
+        from .common import _hashes
+
+        kG, kP = _hashes(G), _hashes(P)
     dG = shortlist_descriptors(G)
     dP = shortlist_descriptors(P)
     kg = int(max(1, min(k_reg, len(G))))
@@ -544,8 +578,10 @@ def registered_evidence(G: np.ndarray, P: np.ndarray, pix_gen: np.ndarray, pix_r
     pr = np.asarray(pix_real, np.int64)[:, :n_pix]
     ig, fg = _desc_knn(dG, dP, kg)
     ir, fr = _desc_knn(dP, dP, kr, exclude_self=True)
-    bg, rg = _best_registered(P, G, np.concatenate([ig, pg], 1), np.concatenate([fg, np.zeros_like(pg)], 1))
-    _, rr = _best_registered(P, P, np.concatenate([ir, pr], 1), np.concatenate([fr, np.zeros_like(pr)], 1))
+    bg, rg = _best_registered(P, G, np.concatenate([ig, pg], 1), np.concatenate([fg, np.zeros_like(pg)], 1),
+                              keys_a=kP, keys_b=kG, cache=cache)
+    _, rr = _best_registered(P, P, np.concatenate([ir, pr], 1), np.concatenate([fr, np.zeros_like(pr)], 1),
+                             keys_a=kP, keys_b=kP, cache=cache)
     eps = 1e-3
     ev = {
         "reg_ratio": -np.log((1 - rg["ncc"] + eps) / (1 - rr["ncc"] + eps)),
