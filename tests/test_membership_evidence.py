@@ -280,3 +280,14 @@ def test_registration_cache_gives_identical_evidence(planted, monkeypatch):
     for k in plain:
         np.testing.assert_allclose(first[k], plain[k], rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(again[k], plain[k], rtol=1e-6, atol=1e-6)
+
+
+def test_spectrum_descriptor_is_shift_and_flip_invariant():
+    from imprint.engine.membership.register import spectrum_descriptors
+
+    x = phantoms(3, 50)
+    d = spectrum_descriptors(x)
+    rolled = np.roll(x, (8, -12), axis=(1, 2))                 # a circular shift: exactly invariant
+    np.testing.assert_allclose(spectrum_descriptors(rolled), d, atol=1e-4)
+    np.testing.assert_allclose(spectrum_descriptors(np.ascontiguousarray(x[:, :, ::-1])), d, atol=1e-4)
+    assert np.abs(d[0] - d[1]).mean() > 0.1                     # and it still tells patients apart

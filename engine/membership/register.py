@@ -249,6 +249,33 @@ def shortlist_descriptors(images: np.ndarray, size: int = 24) -> np.ndarray:
     return _z(out)
 
 
+def spectrum_descriptors(images: np.ndarray, side: int = 32, keep: int = 8) -> np.ndarray:
+    """Shift- and flip-invariant descriptors: low-frequency Fourier magnitudes of the z-scored image.
+
+    The image is area-averaged to about ``side`` px, z-scored, and the magnitudes of its lowest
+    ``keep x keep`` spatial frequencies are averaged with their vertical mirror (a horizontal flip maps
+    ``|F|(v, u)`` to ``|F|(-v, u)``) and log-compressed.  A (dark-bordered) shift
+    leaves them unchanged; small rotations / rescaling change them little.
+
+    Returns
+    -------
+    float32 [N, keep * keep]
+    """
+    x = np.asarray(images, np.float32)
+    n, h, w = x.shape
+    f = max(1, min(h, w) // side)
+    z = _z(downsample(x, f))
+    F = np.abs(np.fft.rfft2(z))                               # [N, hs, ws//2+1]
+    k = min(keep, F.shape[2], F.shape[1] // 2)
+    hs = F.shape[1]
+    pos = F[:, :k, :k]                                        # vertical frequencies 0..k-1
+    neg = F[:, (hs - np.arange(k)) % hs, :k]                  # vertical frequencies 0..-(k-1)
+    # a horizontal flip maps |F|(v, u) -> |F|(-v, u): the average of the two is flip-invariant
+    d = np.log1p(0.5 * (pos + neg)).reshape(n, -1)
+    d = d - d.mean(1, keepdims=True)
+    return (d / np.maximum(d.std(1, keepdims=True), 1e-6)).astype(np.float32)
+
+
 # ----------------------------------------------------------------------------------------- correlation
 def _window_max(corr: np.ndarray, center: np.ndarray, radius: int):
     """Max of circular correlation maps ``corr [K, h, w]`` over shifts within ``radius`` of
@@ -488,6 +515,35 @@ def _desc_knn(base_desc: np.ndarray, query_desc: np.ndarray, k: int, *, exclude_
     return out, fl
 
 
+def _spec_knn(base: np.ndarray, query: np.ndarray, k: int, *, exclude_self: bool = False) -> np.ndarray:
+    """Nearest ``base`` rows of every query under :func:`spectrum_descriptors`: int64 [Q, k] (-1 padded)."""
+    from imprint.engine.search import knn
+
+    kk = int(min(k + (1 if exclude_self else 0), len(base)))
+    _, idx = knn(np.ascontiguousarray(base, np.float32), np.ascontiguousarray(query, np.float32), kk,
+                 metric="l2", index="auto", use_gpu="auto")
+    idx = np.asarray(idx, np.int64)
+    if exclude_self:
+        idx = np.where(idx == np.arange(len(query))[:, None], -1, idx)
+        order = np.argsort(idx < 0, axis=1, kind="stable")
+        idx = np.take_along_axis(idx, order, 1)
+    out = np.full((len(query), k), -1, np.int64)
+    m = min(k, idx.shape[1])
+    out[:, :m] = idx[:, :m]
+    return out
+
+
+def _flip_by_descriptor(dq: np.ndarray, db: np.ndarray, cand: np.ndarray) -> np.ndarray:
+    """For candidates found by a flip-invariant search: 1 where the mirrored candidate's
+    :func:`shortlist_descriptors` is closer to the query's than the candidate's own (int64, like ``cand``)."""
+    r = np.repeat(np.arange(len(cand)), cand.shape[1])
+    j = np.maximum(cand.ravel(), 0)
+    q = dq[r].reshape(len(r), -1)
+    d0 = ((q - db[j].reshape(len(r), -1)) ** 2).sum(1)
+    d1 = ((q - db[j][:, :, ::-1].reshape(len(r), -1)) ** 2).sum(1)
+    return (d1 < d0).astype(np.int64).reshape(cand.shape)
+
+
 def _cached_rows(fn, keys: list, cache: dict | None, name: str) -> dict:
     """``fn(rows) -> dict of arrays`` for the rows whose ``keys`` are not in ``cache[name]`` yet; every
     row's values (float64 dict) from the cache afterwards (no cache: ``fn`` on all rows)."""
@@ -536,15 +592,17 @@ def _best_registered(A, B, cand: np.ndarray, cflip: np.ndarray, *, keys_a=None, 
 
 
 def registered_evidence(G: np.ndarray, P: np.ndarray, pix_gen: np.ndarray, pix_real: np.ndarray, *,
-                        k_reg: int = 8, n_pix: int = 3, cache: dict | None = None) -> tuple[dict, np.ndarray]:
+                        k_reg: int = 8, n_pix: int = 3, k_spec: int = 4,
+                        cache: dict | None = None) -> tuple[dict, np.ndarray]:
     """Transform-invariant evidence of every pool image against the generated images.
 
     For every pool image ``x``: candidates = its ``k_reg`` nearest generated images under the
-    flip-searchable :func:`shortlist_descriptors` plus its ``n_pix`` nearest by z-scored pixels
-    (``pix_gen``); the coarse-best candidate is fully registered (:func:`register_pairs`).  The
-    *same* shortlist and registration are applied to the other pool images (the control: ``k_reg``
-    descriptor neighbours plus ``n_pix`` pixel neighbours ``pix_real``, never ``x`` itself), so each
-    evidence is a ratio "closest registered generated vs closest registered other patient".
+    flip-searchable :func:`shortlist_descriptors` (rotation / scale / intensity-robust), its ``k_spec``
+    nearest under :func:`spectrum_descriptors` (shift- and flip-invariant) and its ``n_pix`` nearest by
+    z-scored pixels (``pix_gen``); the coarse-best candidate is fully registered
+    (:func:`register_pairs`).  The *same* shortlists and registration are applied to the other pool
+    images (the control, never ``x`` itself), so each evidence is a ratio "closest registered generated
+    vs closest registered other patient".
 
     Parameters
     ----------
@@ -552,7 +610,7 @@ def registered_evidence(G: np.ndarray, P: np.ndarray, pix_gen: np.ndarray, pix_r
     P : uint8 [N, H, W]
     pix_gen : int [N, >=1]    pixel-space nearest generated images (indices into G)
     pix_real : int [N, >=1]   pixel-space nearest other pool images (indices into P)
-    k_reg, n_pix : int
+    k_reg, n_pix, k_spec : int
     cache : dict or None
         Memo shared across calls (content-keyed registrations, descriptors).
 
@@ -578,10 +636,16 @@ def registered_evidence(G: np.ndarray, P: np.ndarray, pix_gen: np.ndarray, pix_r
     pr = np.asarray(pix_real, np.int64)[:, :n_pix]
     ig, fg = _desc_knn(dG, dP, kg)
     ir, fr = _desc_knn(dP, dP, kr, exclude_self=True)
-    bg, rg = _best_registered(P, G, np.concatenate([ig, pg], 1), np.concatenate([fg, np.zeros_like(pg)], 1),
-                              keys_a=kP, keys_b=kG, cache=cache)
-    _, rr = _best_registered(P, P, np.concatenate([ir, pr], 1), np.concatenate([fr, np.zeros_like(pr)], 1),
-                             keys_a=kP, keys_b=kP, cache=cache)
+    sG, sP = spectrum_descriptors(G), spectrum_descriptors(P)
+    ks = int(max(1, min(k_spec, len(G))))
+    sg = _spec_knn(sG, sP, ks)
+    sr = _spec_knn(sP, sP, int(max(1, min(k_spec, len(P) - 1))), exclude_self=True)
+    cg = np.concatenate([ig, pg, sg], 1)
+    fcg = np.concatenate([fg, np.zeros_like(pg), _flip_by_descriptor(dP, dG, sg)], 1)
+    cr = np.concatenate([ir, pr, sr], 1)
+    fcr = np.concatenate([fr, np.zeros_like(pr), _flip_by_descriptor(dP, dP, sr)], 1)
+    bg, rg = _best_registered(P, G, cg, fcg, keys_a=kP, keys_b=kG, cache=cache)
+    _, rr = _best_registered(P, P, cr, fcr, keys_a=kP, keys_b=kP, cache=cache)
     eps = 1e-3
     ev = {
         "reg_ratio": -np.log((1 - rg["ncc"] + eps) / (1 - rr["ncc"] + eps)),
