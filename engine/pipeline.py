@@ -197,11 +197,16 @@ def run_membership(*, gen_dir: str, real_dir: str, out: str, dev_dirs: Sequence[
         ev_names = sorted(res.evidence)
         nearest = np.asarray(res.nearest) if getattr(res, "nearest", None) is not None else None
         header = ["image"] + ev_names + (["nearest_generated"] if nearest is not None and nearest.size else [])
+        reg_match = res.evidence.get("reg_match")   # registered best match (transform-invariant evidence)
+        header += ["registered_generated"] if reg_match is not None else []
         rows = []
         for i, p in enumerate(real.paths):
             row = [p] + [float(res.evidence[n][i]) for n in ev_names]
             if nearest is not None and nearest.size:
                 j = int(nearest[i, 0]) if nearest.ndim == 2 else int(nearest[i])
+                row.append(gen.paths[j] if 0 <= j < len(gen.paths) else "")
+            if reg_match is not None:
+                j = int(reg_match[i])
                 row.append(gen.paths[j] if 0 <= j < len(gen.paths) else "")
             rows.append(row)
         write_csv(ev_path, header, rows)

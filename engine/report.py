@@ -164,6 +164,8 @@ def _membership(d: Path, *, summary: dict, result, real, gen, truth: Mapping[str
             axs[r, 0].set_title(f"real {real.paths[i]}\nscore {score[i]:.3g}", fontsize=7)
             for c in range(ncol):
                 j = int(nearest[i, c])
+                if c == 0 and "reg_match" in (getattr(result, "evidence", None) or {}):
+                    j = int(np.asarray(result.evidence["reg_match"])[i])   # the registered best match
                 ax_img, ax_diff = axs[r, 1 + 2 * c], axs[r, 2 + 2 * c]
                 if j < 0:
                     ax_img.axis("off"); ax_diff.axis("off")

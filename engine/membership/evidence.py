@@ -261,8 +261,8 @@ def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10
     evidence : dict[str, float64 [P]]
         Oriented evidence (higher = more member-like) plus raw distances (see module docstring).
     nearest : int64 [P, k_gen]
-        Indices into ``generated`` of the shortlisted generated images: with ``register`` the
-        registered best match first, then the z-pixel shortlist in order (best first).
+        Indices into ``generated`` of the shortlisted generated images, best (z-pixel) first (the
+        registered best match is ``evidence["reg_match"]``).
     info : dict
         ``skipped``: evidence that could not be computed and why; ``timings``.
     """
@@ -407,12 +407,7 @@ def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10
 
         rev, best = registered_evidence(G, P, iG, iR, k_reg=k_reg, cache=_cache)
         ev.update(rev)
-        # the registered best match first, then the pixel shortlist without it
-        rest = np.where(iG == best[:, None], -1, iG)
-        order = np.argsort(rest < 0, axis=1, kind="stable")
-        rest = np.take_along_axis(rest, order, 1)[:, : max(0, iG.shape[1] - 1)]
-        nearest = np.concatenate([best[:, None], rest], 1)
-        nearest = np.where(nearest < 0, best[:, None], nearest)
+        ev["reg_match"] = best.astype(np.float64)       # index into generated of the registered best match
         info["timings"]["register_s"] = time.perf_counter() - t1
     else:
         info["skipped"]["reg_ratio"] = "registration not requested"
