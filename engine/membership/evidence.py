@@ -219,7 +219,7 @@ def _evidence(generated: np.ndarray, pool: np.ndarray, *, _cache_dir=None, **kw)
 def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10, k_real: int = 10,
                      tiles: int = 4, backbone: str | None = "effnet-lite0", use_lbp: bool = True,
                      progress: Callable[[int], object] | None = None,
-                     shape: bool = True, register: bool = True, k_reg: int = 8,
+                     shape: bool = True, register: bool = True, k_reg: int = 6,
                      density: str | None = None, store_dir: str | None = None,
                      _cache: dict | None = None) -> tuple[dict, np.ndarray, dict]:
     """Per-image membership evidence of every pool image against one generated set.
