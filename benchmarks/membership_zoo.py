@@ -331,8 +331,10 @@ def main(argv=None):
     if a.density_dev:
         density_dev(a)
         return
-    if a.quick:
-        a.n_members, a.n_reference, a.n_gen, a.boot = 40, 150, 400, 200
+    if a.quick:   # smaller defaults; explicitly given values win
+        for k, v in dict(n_members=40, n_reference=150, n_gen=400, boot=200).items():
+            if getattr(a, k) == ap.get_default(k):
+                setattr(a, k, v)
     print(f"# membership zoo: real={a.real} fillers={a.fillers} members={a.n_members} (+ as many non-members) "
           f"reference={a.n_reference} generated={a.n_gen} boot={a.boot} seed={a.seed}")
     print("| transform | strength | AUC [95% CI] | TPR@1%FPR [95% CI] | recall fpr:0.01 [95% CI] | "
