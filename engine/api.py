@@ -77,6 +77,9 @@ class MembershipAudit:
         Every piece of evidence per image (see :mod:`engine.membership`).
     nearest_generated : list of str, length R
         Name of each real image's best-matching generated image (``""`` when none).
+    registered_generated : list of str, length R
+        The generated image matched by the transform-invariant registration (evidence ``reg_match``); empty
+        when registration was off.
     summary : dict
         The CLI's ``--json`` summary (``out``/``evidence_out``/``skip_report`` are None here).
     result : MembershipResult
@@ -93,6 +96,7 @@ class MembershipAudit:
     summary: dict
     result: "MembershipResult"
     skipped: list = field(default_factory=list)
+    registered_generated: list = field(default_factory=list)
 
     @property
     def threshold(self) -> float:
@@ -109,7 +113,8 @@ class MembershipAudit:
                          "used": pa.array(np.asarray(self.used, np.int64), pa.int64())})
 
     def _evidence_header(self) -> list[str]:
-        return ["image"] + sorted(self.evidence) + (["nearest_generated"] if self.nearest_generated else [])
+        return (["image"] + sorted(self.evidence) + (["nearest_generated"] if self.nearest_generated else [])
+                + (["registered_generated"] if self.registered_generated else []))
 
     def _evidence_rows(self):
         names = sorted(self.evidence)
@@ -117,6 +122,8 @@ class MembershipAudit:
             row = [p] + [float(self.evidence[n][i]) for n in names]
             if self.nearest_generated:
                 row.append(self.nearest_generated[i])
+            if self.registered_generated:
+                row.append(self.registered_generated[i])
             yield row
 
     @property
@@ -130,6 +137,8 @@ class MembershipAudit:
             cols[n] = pa.array(np.asarray(self.evidence[n], np.float64), pa.float64())
         if self.nearest_generated:
             cols["nearest_generated"] = pa.array(_names_for_arrow(self.nearest_generated), pa.string())
+        if self.registered_generated:
+            cols["registered_generated"] = pa.array(_names_for_arrow(self.registered_generated), pa.string())
         return pa.table(cols)
 
     def to_csv(self, path: str | os.PathLike) -> None:
@@ -551,6 +560,12 @@ def audit_loaded(gen: "ImageSet", real: "ImageSet", dev_sets: Sequence[tuple], r
         for i in range(len(real)):
             j = int(nearest[i, 0]) if nearest.ndim == 2 else int(nearest[i])
             nearest_names.append(gen.paths[j] if 0 <= j < len(gen.paths) else "")
+    reg_names: list = []
+    reg_match = res.evidence.get("reg_match")   # registered best match (transform-invariant evidence)
+    if reg_match is not None:
+        for i in range(len(real)):
+            j = int(reg_match[i]) if np.isfinite(reg_match[i]) else -1
+            reg_names.append(gen.paths[j] if 0 <= j < len(gen.paths) else "")
     n_used = int(used.sum())
     summary = {
         "device": _device_summary(),
@@ -577,7 +592,8 @@ def audit_loaded(gen: "ImageSet", real: "ImageSet", dev_sets: Sequence[tuple], r
     }
     summary["summary"] = membership_line(summary, getattr(res, "summary", ""))
     return MembershipAudit(images=list(real.paths), score=score, used=used.astype(np.int64), evidence=res.evidence,
-                           nearest_generated=nearest_names, summary=summary, result=res, skipped=skips)
+                           nearest_generated=nearest_names, summary=summary, result=res, skipped=skips,
+                           registered_generated=reg_names)
 
 
 # ---------------------------------------------------------------------------------------------- attribution

@@ -186,6 +186,8 @@ def _membership(d: Path, *, summary: dict, result, real, gen, truth: Mapping[str
             axs[r, 0].set_title(f"real {real.paths[i]}\nscore {score[i]:.3g}", fontsize=7)
             for c in range(ncol):
                 j = int(nearest[i, c])
+                if c == 0 and "reg_match" in (getattr(result, "evidence", None) or {}):
+                    j = int(np.asarray(result.evidence["reg_match"])[i])   # the registered best match
                 ax_img, ax_diff = axs[r, 1 + 2 * c], axs[r, 2 + 2 * c]
                 if j < 0:
                     ax_img.axis("off"); ax_diff.axis("off")
@@ -196,10 +198,15 @@ def _membership(d: Path, *, summary: dict, result, real, gen, truth: Mapping[str
                 ax_img.imshow(gen.images[j], cmap="gray", vmin=0, vmax=255)
                 ax_img.set_title(f"gen {gen.paths[j]}\nSSIM {s:.3f} MSE {e:.0f}", fontsize=7)
                 diff = np.abs(real.images[i].astype(np.int16) - gen.images[j].astype(np.int16))
+                dlabel = "|difference|"
+                reg = _registered_match(result, real.images, gen.images, i, j) if c == 0 else None
+                if reg is not None:   # the registered match: real image transformed onto the generated one
+                    diff, dlabel = reg
                 ax_diff.imshow(diff, cmap="magma", vmin=0, vmax=128)
-                ax_diff.set_title("|difference|", fontsize=7)
+                ax_diff.set_title(dlabel, fontsize=7)
                 rows_out.append({"real": real.paths[i], "generated": gen.paths[j], "rank": c, "ssim": s,
-                                 "mse": e, "score": float(score[i])})
+                                 "mse": e, "score": float(score[i]),
+                                 **({"registered": dlabel} if reg is not None else {})})
         for ax in axs.ravel():
             ax.set_xticks([]); ax.set_yticks([])
         parts.append(f"<h2>Top {len(order)} real images and their nearest generated images</h2>")
@@ -321,6 +328,30 @@ def _evidence_breakdown(d: Path, plt, result, real, score, used, facts_json, max
                for k, i in enumerate(flagged)])
     facts_json["evidence_breakdown"] = rows_json
     return out
+
+
+def _registered_match(result, real_images, gen_images, i: int, j: int):
+    """|generated - registered real| and a caption with the transform of the best registered match
+    (evidence ``reg_*``); None when the result has no registration."""
+    ev = getattr(result, "evidence", None) or {}
+    keys = ("reg_flip", "reg_angle", "reg_scale", "reg_dy", "reg_dx", "reg_gain", "reg_ncc")
+    if not all(k in ev for k in keys):
+        return None
+    from .membership.register import warp
+
+    p = {k: float(np.asarray(ev[k])[i]) for k in keys}
+    src = real_images[i:i + 1].astype(np.float32)
+    out, valid = warp(src, [0], int(p["reg_flip"] > 0.5), p["reg_angle"], p["reg_scale"], p["reg_dy"], p["reg_dx"])
+    g = gen_images[j].astype(np.float32)
+    m = valid[0] > 0
+    a = out[0]
+    if m.sum() > 1 and a[m].std() > 0:   # the intensity fit the NCC allows: least squares gain and offset
+        gain = float(np.cov(a[m], g[m])[0, 1] / a[m].var())
+        a = gain * (a - a[m].mean()) + g[m].mean()
+    diff = np.where(m, np.abs(a - g), 0.0)
+    label = (f"registered: {'flip, ' if p['reg_flip'] > 0.5 else ''}{p['reg_angle']:+.0f} deg, x{p['reg_scale']:.2f}, "
+             f"shift ({p['reg_dy']:+.1f},{p['reg_dx']:+.1f}) px,\n gain {p['reg_gain']:.2f}; NCC {p['reg_ncc']:.3f}")
+    return diff, label
 
 
 # ---------------------------------------------------------------------------------------------- attribution

@@ -13,6 +13,7 @@ import numpy as np
 from imprint.engine.errors import ImprintError
 
 from .common import COMBINED_FEATURES, DEFAULT_WEIGHTS, DevSet, MAX_FEATURES, MembershipResult, _MIN_NULL, _check_stack, _hashes  # noqa: F401
+from .common import ALWAYS_MAX_FEATURES, _ALWAYS_MAX_FLOOR
 from .evidence import _evidence  # noqa: F401
 from .calibrate import (NEAR_DUP_CORR, PAIR_FEATURES, _combine, _feature_matrix, exchangeability_check,  # noqa: F401
                         fit_weights, near_duplicates, nuisance_statistics, real_pair_null, robust_calibrate)
@@ -176,6 +177,10 @@ def audit_membership(generated, real, *, dev_sets: Sequence[DevSet] = (), refere
                     "auc_prior": float(roc_auc_score(yg, _combine(Xg, w0, use_max=mx))),
                     "auc_fitted": float(roc_auc_score(yg, _combine(Xg, w, use_max=mx))),
                 }
+    # transform-invariant evidence keeps its place in the max rule (a dev fit without transformed copies
+    # would otherwise drop it); its floor weight is negligible in the weighted sum
+    w = np.where([n in ALWAYS_MAX_FEATURES and n not in (weights or {}) for n in names],
+                 np.maximum(w, _ALWAYS_MAX_FLOOR), w)
     raw = _combine(Z, w, use_max=mx)
     score_all = robust_calibrate(raw, raw[null_mask])
     score = score_all[:nR]

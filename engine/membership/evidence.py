@@ -283,8 +283,9 @@ def _evidence(generated: np.ndarray, pool: np.ndarray, *, _cache_dir=None, **kw)
 def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10, k_real: int = 10,
                      tiles: int = 4, backbone: str | None = "effnet-lite0", use_lbp: bool = True,
                      progress: Callable[[int], object] | None = None,
-                     shape: bool = True, _cache: dict | None = None,
-                     executor=None) -> tuple[dict, np.ndarray, dict]:
+                     shape: bool = True, register: bool = True, k_reg: int = 6,
+                     density: str | None = None, store_dir: str | None = None,
+                     _cache: dict | None = None, executor=None) -> tuple[dict, np.ndarray, dict]:
     """Per-image membership evidence of every pool image against one generated set.
 
     Parameters
@@ -304,6 +305,18 @@ def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10
         Compute ``lbp_ratio`` when ``kernels.lbp_histograms`` is available.
     shape : bool
         Compute ``shape_ratio`` (:func:`anatomy_masks`).
+    register : bool
+        Compute the transform-invariant evidence (``reg_*``, :func:`.register.registered_evidence`:
+        flip / shift / rotation / scale / intensity registration of shortlisted pairs, with the same
+        registration applied to the real-vs-real control).
+    k_reg : int
+        Descriptor shortlist size per image for the registration.
+    density : str or None
+        Feature space of the DOMIAS-style kNN density ratio ``density_<space>`` (:mod:`.density`:
+        ``"pixels"`` or a backbone name); reported, not combined (no space helped on the dev corpus,
+        see benchmarks/RESULTS.md).
+    store_dir : path or None
+        Embedding stores for ``density`` (reused across runs).
     progress : callable or None
         Called with an increment after each stage.
     executor : Executor or None
@@ -314,7 +327,8 @@ def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10
     evidence : dict[str, float64 [P]]
         Oriented evidence (higher = more member-like) plus raw distances (see module docstring).
     nearest : int64 [P, k_gen]
-        Indices into ``generated`` of the shortlisted generated images, best (z-pixel) first.
+        Indices into ``generated`` of the shortlisted generated images, best (z-pixel) first (the
+        registered best match is ``evidence["reg_match"]``).
     info : dict
         ``skipped``: evidence that could not be computed and why; ``timings``.
     """
@@ -474,8 +488,31 @@ def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10
                             chunk, executor=executor)
         b, _ = _knn(hP, hP, 1, exclude_self=True, executor=executor)
         ev["lbp_ratio"] = _neg_log_ratio(np.clip(a[:, 0], 0, None), np.clip(b[:, 0], 0, None))
+    nearest = iG.astype(np.int64)
+    if register:
+        t1 = time.perf_counter()
+        from .register import registered_evidence
+
+        rev, best = registered_evidence(G, P, iG, iR, k_reg=k_reg, cache=_cache)
+        ev.update(rev)
+        ev["reg_match"] = best.astype(np.float64)       # index into generated of the registered best match
+        info["timings"]["register_s"] = time.perf_counter() - t1
+    else:
+        info["skipped"]["reg_ratio"] = "registration not requested"
+    if density:
+        t1 = time.perf_counter()
+        try:
+            from .density import density_ratio, embed_cached
+
+            fG = embed_cached(G, density, store_dir)
+            fP = embed_cached(P, density, store_dir)
+        except Exception as exc:  # backbone missing / not built: report and go on
+            info["skipped"][f"density_{density}"] = f"{type(exc).__name__}: {exc}"[:200]
+        else:
+            ev[f"density_{density}"] = density_ratio(fG, fP, 5, metric="l2" if density == "pixels" else "cosine")
+        info["timings"]["density_s"] = time.perf_counter() - t1
     info["timings"]["evidence_s"] = time.perf_counter() - t0
-    return ev, iG.astype(np.int64), info
+    return ev, nearest, info
 
 
 # ----------------------------------------------------------------------------------------- calibration

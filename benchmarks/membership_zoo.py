@@ -1,0 +1,347 @@
+"""Membership zoo: simulated memorising generators built from any folder of real images.
+
+For every (transform, strength) scenario a simulated generator's output is built as follows.
+
+1. The real images (``--real``, default: every real image of the dev corpus, byte-duplicates dropped)
+   are split at random, per scenario, into *members* (the generator's training images that appear
+   among the candidates), *non-members* (candidates never used) and a disjoint *reference* (known
+   non-members, the null; what ``--reference`` passes).
+2. Generated images = one transformed copy of every member (the transform at the chosen strength,
+   random sign / magnitude in ``[strength/2, strength]``, plus light Gaussian noise sigma 2 grey levels)
+   mixed with non-copies up to ``--n-gen`` images: images of other patients from ``--fillers``
+   (default: the dev corpus' gen_a and gen_b generated sets, which do not memorise) or, with
+   ``--fillers none``, smooth resyntheses (the average of two real images outside the candidates and
+   the reference, re-noised).
+3. ``audit_membership(generated, candidates, reference=reference)`` (no dev sets: the zoo's real
+   images are the dev corpus' real images, so dev sets would overlap the candidates) scores the
+   candidates.  Metrics: ROC AUC, TPR at 1% FPR, recall and the non-members' flag rate at the
+   default decision ``fpr:0.01`` (``fdr:0.1`` is not on this branch), each with a bootstrap 95%
+   interval over the candidates (``--boot`` resamples).
+
+This is a measurement, not a tuning set: nothing in engine/ was chosen on it.
+
+Usage::
+
+    python benchmarks/membership_zoo.py --quick                 # a few minutes
+    python benchmarks/membership_zoo.py [--real DIR] [--fillers DIR|none] [--n-members 60] [--n-gen 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import hashlib
+import os
+import sys
+import time
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage as ndi
+from sklearn import metrics as skm
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from imprint.engine.membership import audit_membership  # noqa: E402
+
+DEV = "/work/shared/corpus/dev"
+
+
+# ----------------------------------------------------------------------------------------- data
+def load_folder(folder: str, size: int | None = None) -> np.ndarray:
+    files = sorted(glob.glob(os.path.join(folder, "**", "*.png"), recursive=True))
+    out = []
+    for f in files:
+        im = Image.open(f).convert("L")
+        if size is not None and im.size != (size, size):
+            im = im.resize((size, size), Image.BILINEAR)
+        out.append(np.array(im))
+    if not out:
+        raise SystemExit(f"no PNG images under {folder}")
+    return np.stack(out)
+
+
+def dedupe(x: np.ndarray) -> np.ndarray:
+    seen, keep = set(), []
+    for i, a in enumerate(x):
+        h = hashlib.sha1(a.tobytes()).hexdigest()
+        if h not in seen:
+            seen.add(h)
+            keep.append(i)
+    return x[keep]
+
+
+# ----------------------------------------------------------------------------------------- transforms
+def _u(rng, s):
+    """Magnitude uniform in [s/2, s] with a random sign."""
+    return float(rng.choice([-1, 1]) * rng.uniform(s / 2, s))
+
+
+def t_flip(x, s, rng):
+    y = x[:, ::-1]
+    return ndi.shift(y, (rng.uniform(-2, 2), rng.uniform(-2, 2)), order=1, mode="nearest")
+
+
+def t_shift(x, s, rng):
+    h = x.shape[0]
+    ang = rng.uniform(0, 2 * np.pi)
+    m = rng.uniform(s / 2, s) * h
+    return ndi.shift(x, (m * np.sin(ang), m * np.cos(ang)), order=1, mode="nearest")
+
+
+def t_rotate(x, s, rng):
+    return ndi.rotate(x, _u(rng, s), reshape=False, order=1, mode="nearest")
+
+
+def t_scale(x, s, rng):
+    f = 1.0 + _u(rng, s)
+    h, w = x.shape
+    c = np.array([(h - 1) / 2, (w - 1) / 2])
+    return ndi.affine_transform(x, np.eye(2) / f, offset=c - c / f, order=1, mode="nearest")
+
+
+def t_gamma(x, s, rng):
+    g = float(np.exp(_u(rng, s)))          # s = |log gamma|
+    y = 255.0 * (x / 255.0) ** g
+    lo, hi = rng.uniform(0, 20), rng.uniform(235, 255)   # a window change on top
+    return lo + y * (hi - lo) / 255.0
+
+
+def t_lowres(x, s, rng):
+    f = int(s)
+    h, w = x.shape
+    small = np.asarray(Image.fromarray(x.astype(np.float32)).resize((w // f, h // f), Image.BOX))
+    return np.asarray(Image.fromarray(small).resize((w, h), Image.BILINEAR))
+
+
+def t_noise(x, s, rng):
+    return x + rng.normal(0, s, x.shape)
+
+
+def make_resynth(donors):
+    def t_resynth(x, s, rng):
+        """Copied anatomy, re-synthesised texture: the image's low frequencies (Gaussian sigma ``s``)
+        plus another patient's high frequencies."""
+        d = donors[rng.integers(len(donors))].astype(np.float64)
+        return ndi.gaussian_filter(x, s) + (d - ndi.gaussian_filter(d, s))
+    return t_resynth
+
+
+def t_augment(x, s, rng):
+    """Typical training augmentation: random flip, shift, rotation, scale and gamma together."""
+    if rng.random() < 0.5:
+        x = x[:, ::-1]
+    x = t_scale(t_rotate(x, 10 * s, rng), 0.1 * s, rng)
+    x = t_shift(x, 0.1 * s, rng)
+    return t_gamma(x, 0.3 * s, rng)
+
+
+def scenarios(quick: bool, donors):
+    rs = make_resynth(donors)
+    full = [("none (non-memorising)", None, 0), ("identity", lambda x, s, r: x, 0),
+            ("flip", t_flip, 1), ("shift", t_shift, 0.05), ("shift", t_shift, 0.10),
+            ("rotate deg", t_rotate, 5), ("rotate deg", t_rotate, 10),
+            ("scale", t_scale, 0.05), ("scale", t_scale, 0.10),
+            ("gamma |log g|", t_gamma, 0.2), ("gamma |log g|", t_gamma, 0.4),
+            ("lowres factor", t_lowres, 2), ("lowres factor", t_lowres, 4),
+            ("noise sigma", t_noise, 8), ("noise sigma", t_noise, 16),
+            ("resynth sigma", rs, 1.5), ("resynth sigma", rs, 3.0),
+            ("augment (all)", t_augment, 0.5), ("augment (all)", t_augment, 1.0)]
+    if quick:
+        keep = {("none (non-memorising)", 0), ("flip", 1), ("shift", 0.10), ("rotate deg", 10), ("scale", 0.10),
+                ("gamma |log g|", 0.4), ("lowres factor", 4), ("noise sigma", 16), ("resynth sigma", 3.0),
+                ("augment (all)", 1.0)}
+        full = [s for s in full if (s[0], s[2]) in keep]
+    return full
+
+
+# ----------------------------------------------------------------------------------------- metrics
+def tpr_at(y, s, fpr=0.01):
+    f, t, _ = skm.roc_curve(y, s)
+    return float(np.max(t[f <= fpr])) if np.any(f <= fpr) else 0.0
+
+
+def boot(y, s, used, n_boot, rng):
+    def m(idx):
+        yy, ss, uu = y[idx], s[idx], used[idx]
+        if yy.min() == yy.max():
+            return None
+        return (skm.roc_auc_score(yy, ss), tpr_at(yy, ss), uu[yy == 1].mean(), uu[yy == 0].mean())
+    point = m(np.arange(len(y))) if y.min() < y.max() else (np.nan, np.nan, np.nan, used[y == 0].mean())
+    reps = []
+    for _ in range(n_boot):
+        r = m(rng.integers(0, len(y), len(y)))
+        if r is not None:
+            reps.append(r)
+    reps = np.array(reps) if reps else np.full((1, 4), np.nan)
+    lo, hi = np.nanpercentile(reps, 2.5, 0), np.nanpercentile(reps, 97.5, 0)
+    return point, lo, hi
+
+
+def run(args) -> list[dict]:
+    rng = np.random.default_rng(args.seed)
+    if args.real == DEV:
+        real = np.concatenate([load_folder(f"{DEV}/membership/{g}/real/{p}", args.size)
+                               for g in ("gen_a", "gen_b", "gen_e") for p in ("used", "unused")])
+    else:
+        real = load_folder(args.real, args.size)
+    real = dedupe(real)
+    h, w = real.shape[1:]
+    fill_imgs = None
+    if args.fillers != "none":
+        dirs = ([f"{DEV}/membership/gen_a/generated", f"{DEV}/membership/gen_b/generated"]
+                if args.fillers == "dev" else [args.fillers])
+        fill_imgs = np.concatenate([load_folder(d, h) for d in dirs])
+    nm, nref = args.n_members, args.n_reference
+    need = 2 * nm + nref + 20
+    if len(real) < need:
+        raise SystemExit(f"need at least {need} distinct real images, found {len(real)}")
+    rows = []
+    for name, fn, strength in scenarios(args.quick, real):
+        perm = rng.permutation(len(real))
+        mem, non, ref, rest = perm[:nm], perm[nm:2 * nm], perm[2 * nm:2 * nm + nref], perm[2 * nm + nref:]
+        copies = []
+        if fn is not None:
+            for i in mem:
+                y = fn(real[i].astype(np.float64), strength, rng)
+                copies.append(np.clip(np.rint(y + rng.normal(0, 2, y.shape)), 0, 255).astype(np.uint8))
+        n_fill = args.n_gen - len(copies)
+        if fill_imgs is not None:
+            fill = fill_imgs[rng.choice(len(fill_imgs), n_fill, replace=n_fill > len(fill_imgs))]
+        else:
+            a = real[rng.choice(rest, n_fill)].astype(np.float64)
+            b = real[rng.choice(rest, n_fill)].astype(np.float64)
+            fill = np.clip(np.rint(0.5 * (a + b) + rng.normal(0, 3, a.shape)), 0, 255).astype(np.uint8)
+        gen = np.concatenate([np.stack(copies), fill]) if copies else fill
+        gen = gen[rng.permutation(len(gen))]
+        cand = np.concatenate([real[mem], real[non]])
+        y = np.r_[np.ones(nm, int), np.zeros(nm, int)]
+        t0 = time.perf_counter()
+        res = audit_membership(gen, cand, reference=real[ref])
+        dt = time.perf_counter() - t0
+        point, lo, hi = boot(y if fn is not None else np.zeros_like(y), res.score, res.used.astype(float),
+                             args.boot, rng)
+        row = {"transform": name, "strength": strength, "auc": point[0], "auc_ci": (lo[0], hi[0]),
+               "tpr1": point[1], "tpr1_ci": (lo[1], hi[1]), "recall": point[2], "recall_ci": (lo[2], hi[2]),
+               "fpr": point[3], "fpr_ci": (lo[3], hi[3]), "seconds": dt}
+        if fn is None:   # no copies: every candidate is a non-member
+            row["fpr"] = float(res.used.mean())
+        rows.append(row)
+        print(fmt(row), flush=True)
+    return rows
+
+
+def fmt(r):
+    def c(k):
+        v, (lo, hi) = r[k], r[k + "_ci"]
+        return "n/a" if not np.isfinite(v) else f"{v:.3f} [{lo:.2f}, {hi:.2f}]"
+    return (f"| {r['transform']} | {r['strength']:g} | {c('auc')} | {c('tpr1')} | {c('recall')} | "
+            f"{r['fpr']:.3f} | {r['seconds']:.1f} |")
+
+
+def density_dev(args) -> None:
+    """Which feature space carries DOMIAS-style density evidence?  Leave-one-generator-out pools of the
+    dev corpus (candidates = X's used + unused, reference = the other generators' unused); single
+    evidence ``density_<space>`` (k = 1 and 5), robust-z-calibrated on the reference; AUC, TPR@1%FPR."""
+    from imprint.engine.membership import robust_calibrate
+    from imprint.engine.membership.density import density_ratio, embed_cached
+
+    gens = ("gen_a", "gen_b", "gen_e")
+    d = {g: {p: load_folder(f"{DEV}/membership/{g}/{p}", args.size) for p in ("generated", "real/used", "real/unused")}
+         for g in gens}
+    spaces = ["pixels"] + [b for b in args.density_backbones.split(",") if b]
+    print("| space | k | " + " | ".join(f"{g} AUC | {g} TPR@1%" for g in gens) + " | embed s |")
+    print("|---|---|" + "---|---|" * len(gens) + "---|")
+    for sp in spaces:
+        t0 = time.perf_counter()
+        feats = {g: {p: embed_cached(v, sp, args.store_dir) for p, v in d[g].items()} for g in gens}
+        te = time.perf_counter() - t0
+        metric = "l2" if sp == "pixels" else "cosine"
+        for k in (1, 5):
+            cells = []
+            for g in gens:
+                others = [o for o in gens if o != g]
+                pool = np.concatenate([feats[g]["real/used"], feats[g]["real/unused"]]
+                                      + [feats[o]["real/unused"] for o in others])
+                nu, nn = len(feats[g]["real/used"]), len(feats[g]["real/unused"])
+                nr = nu + nn
+                v = density_ratio(feats[g]["generated"], pool, k, metric=metric)
+                z = robust_calibrate(v, v[nr:])[:nr]
+                y = np.r_[np.ones(nu), np.zeros(nn)]
+                cells.append(f"{skm.roc_auc_score(y, z):.3f} | {tpr_at(y, z):.2f}")
+            print(f"| {sp} | {k} | " + " | ".join(cells) + f" | {te:.0f} |", flush=True)
+
+
+def timing(args) -> None:
+    """The speed target: 1,000 generated x 300 real with three dev sets (the dev corpus: target = gen_b's
+    generated images and 150 used + 150 unused of its reals; dev sets = gen_a, gen_b, gen_e; reference =
+    their unused images).  Registration on vs off in the same run (off: ``audit._evidence`` is called with
+    ``register=False``), each best of ``--repeat``; no evidence cache between runs."""
+    import functools
+
+    from imprint.engine.membership import DevSet
+    from imprint.engine.membership import audit as audit_mod
+
+    gens = ("gen_a", "gen_b", "gen_e")
+    d = {g: {p: load_folder(f"{DEV}/membership/{g}/{p}", args.size) for p in ("generated", "real/used", "real/unused")}
+         for g in gens}
+    devs = [DevSet(g, d[g]["generated"], d[g]["real/used"], d[g]["real/unused"]) for g in gens]
+    real = np.concatenate([d["gen_b"]["real/used"][:150], d["gen_b"]["real/unused"][:150]])
+    ref = np.concatenate([d[g]["real/unused"] for g in gens])
+    orig = audit_mod._evidence
+    out = {}
+    for label, reg in (("registration on", True), ("registration off", False)):
+        audit_mod._evidence = functools.partial(orig, register=reg)
+        best = np.inf
+        try:
+            for _ in range(args.repeat):
+                t0 = time.perf_counter()
+                res = audit_membership(d["gen_b"]["generated"], real, dev_sets=devs, reference=ref)
+                best = min(best, time.perf_counter() - t0)
+        finally:
+            audit_mod._evidence = orig
+        out[label] = best
+        print(f"{label}: best of {args.repeat}: {best:.1f} s (1000 generated x 300 real, 3 dev sets, "
+              f"{len(ref)} reference; register_s of the target {res.info['timings'].get('register_s', 0):.1f} s)",
+              flush=True)
+    print(f"ratio on/off: {out['registration on'] / out['registration off']:.2f}; load average "
+          f"{os.getloadavg()[0]:.1f}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--real", default=DEV, help="folder of real PNGs (default: the dev corpus' real images)")
+    ap.add_argument("--fillers", default="dev", help="folder of non-copy generated PNGs, 'dev' (gen_a+gen_b) or 'none'")
+    ap.add_argument("--size", type=int, default=128, help="images are resized to size x size")
+    ap.add_argument("--n-members", type=int, default=60)
+    ap.add_argument("--n-reference", type=int, default=300)
+    ap.add_argument("--n-gen", type=int, default=1000)
+    ap.add_argument("--boot", type=int, default=500)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quick", action="store_true", help="10 scenarios, 40 members, 150 reference, 400 generated")
+    ap.add_argument("--density-dev", action="store_true",
+                    help="instead: compare feature spaces for the density-ratio evidence on the dev corpus")
+    ap.add_argument("--density-backbones", default="fingerprint,effnet-lite0-128")
+    ap.add_argument("--store-dir", default=None, help="embedding stores reused across runs (--density-dev)")
+    ap.add_argument("--timing", action="store_true", help="instead: the 1000 x 300 with 3 dev sets timing")
+    ap.add_argument("--repeat", type=int, default=2)
+    a = ap.parse_args(argv)
+    if a.timing:
+        timing(a)
+        return
+    if a.density_dev:
+        density_dev(a)
+        return
+    if a.quick:   # smaller defaults; explicitly given values win
+        for k, v in dict(n_members=40, n_reference=150, n_gen=400, boot=200).items():
+            if getattr(a, k) == ap.get_default(k):
+                setattr(a, k, v)
+    print(f"# membership zoo: real={a.real} fillers={a.fillers} members={a.n_members} (+ as many non-members) "
+          f"reference={a.n_reference} generated={a.n_gen} boot={a.boot} seed={a.seed}")
+    print("| transform | strength | AUC [95% CI] | TPR@1%FPR [95% CI] | recall fpr:0.01 [95% CI] | "
+          "non-members flagged | audit s |")
+    print("|---|---|---|---|---|---|---|")
+    run(a)
+
+
+if __name__ == "__main__":
+    main()
