@@ -325,7 +325,8 @@ def _relabel(labels, k):
 
 # ----------------------------------------------------------------------------------------- public
 def attribute(images, k, *, dev_sets=None, random_state=0, progress=None, groups=DEFAULT_GROUPS,
-              backbones=DEFAULT_BACKBONES, k_max=10, max_consensus=2500, cache_dir=None):
+              backbones=DEFAULT_BACKBONES, k_max=10, max_consensus=2500, cache_dir=None,
+              processing_invariant=True):
     """Cluster generated images by the generator that made them.
 
     Parameters
@@ -355,6 +356,9 @@ def attribute(images, k, *, dev_sets=None, random_state=0, progress=None, groups
         Checkpoint folder: the features of the images and of each dev set are saved there (``.npz``, read
         back with ``allow_pickle=False``) keyed by a hash of their inputs, so an interrupted run resumes
         from the finished extractions.
+    processing_invariant : bool
+        Project out the feature directions that JPEG re-encoding and resizing move images along
+        (:func:`_processing_projection`), so that a release's post-processing cannot form clusters.
 
     Returns
     -------
@@ -378,11 +382,32 @@ def attribute(images, k, *, dev_sets=None, random_state=0, progress=None, groups
     with threadpool_limits(limits=1):
         return _attribute(images, k, dev_sets=dev_sets, random_state=random_state, progress=progress,
                           groups=groups, backbones=backbones, k_max=k_max, max_consensus=max_consensus,
-                          cache_dir=cache_dir)
+                          cache_dir=cache_dir, processing_invariant=processing_invariant)
+
+
+def _processing_projection(images, X, names, groups, backbones, masks, seed, cache_dir):
+    """Processing invariance (issue 19): fit :class:`engine.features.NuisanceProjection` on this set.
+
+    Up to 300 of the images (seeded sample; up to 3 times each for smaller sets) are processed once more at random (:func:`engine.processing.augment`:
+    JPEG quality 50-95, resizing by 0.5-0.9 and back, or both); the feature directions those steps move
+    images along are projected out of every feature group.  Returns None when the processed images'
+    features do not line up with the originals' (e.g. a backbone failed on them).
+    """
+    from imprint.engine.processing import augment
+
+    n = images.shape[0]
+    rng = np.random.default_rng(seed + 19)
+    idx = np.sort(rng.choice(n, min(n, 300), replace=False))
+    reps = max(1, min(3, 300 // idx.size))  # small sets: several processings per image (>= 300 pairs)
+    idx = np.tile(idx, reps)
+    Xa, na = _extract_cached(augment(images[idx], seed), groups, backbones, {}, cache_dir)
+    if na != names or Xa.shape[0] != idx.size:
+        return None
+    return _F.NuisanceProjection.fit(X[idx], Xa, masks)
 
 
 def _attribute(images, k, *, dev_sets, random_state, progress, groups, backbones, k_max, max_consensus,
-               cache_dir=None):
+               cache_dir=None, processing_invariant=True):
     t0 = time.perf_counter()
     say = progress if callable(progress) else (lambda s: None)
     images = _F.check_images(images)
@@ -409,6 +434,12 @@ def _attribute(images, k, *, dev_sets, random_state, progress, groups, backbones
     X, names = _extract_cached(images, groups, backbones, bb_errors, cache_dir)
     backbones = tuple(b for b in backbones if b not in bb_errors)
     masks = _group_masks(names, groups, backbones)
+    X_raw, nap = X, None
+    if processing_invariant and n >= 2:
+        say("processing invariance")
+        nap = _processing_projection(images, X, names, groups, backbones, masks, seed, cache_dir)
+        if nap is not None:
+            X = nap.transform(X)
     mu, sd = X.mean(axis=0), X.std(axis=0)
     sd = np.where(sd > 1e-9, sd, 1.0)
     Z = (X - mu) / sd
@@ -426,7 +457,7 @@ def _attribute(images, k, *, dev_sets, random_state, progress, groups, backbones
             fd, nd = _extract_cached(d, groups, backbones, bb_errors, cache_dir)
             if nd != names:
                 raise ImprintError(f"dev set {name!r}: feature extraction differs from the images' ({len(nd)} columns)")
-            dev_feats.append(fd)
+            dev_feats.append(nap.transform(fd) if nap is not None else fd)
             dev_info[name] = int(dev_sets[name].shape[0])
         wgt = _dev_weights(dev_feats, mu, sd)
         if wgt is not None:
@@ -480,7 +511,7 @@ def _attribute(images, k, *, dev_sets, random_state, progress, groups, backbones
     spectra = []
     for c in range(k):
         sel = relab == c
-        spectra.append([float(v) for v in X[sel][:, rad_cols].mean(axis=0)] if sel.any() and rad_cols else [])
+        spectra.append([float(v) for v in X_raw[sel][:, rad_cols].mean(axis=0)] if sel.any() and rad_cols else [])
 
     best_c = max(agree, key=agree.get) if agree else None
     info = {
@@ -514,6 +545,7 @@ def _attribute(images, k, *, dev_sets, random_state, progress, groups, backbones
         "dev_models": dev_info,
         "dev_weighting": wgt is not None,
         "dev_lda_view": lda is not None,
+        "processing_invariance": nap.describe() if nap is not None else None,
         "consensus_subsample": int(len(sub)),
         "random_state": int(random_state),
         "seconds": round(time.perf_counter() - t0, 3),
