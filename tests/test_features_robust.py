@@ -169,3 +169,26 @@ def test_ingest_reads_jpeg_and_webp(tmp_path, rng):
     assert ingest.jpeg_quality_of(tmp_path / "a.png") is None
     assert ingest.jpeg_quality_of(tmp_path / "e.webp") is None
     assert ingest.jpeg_quality_of(tmp_path / "missing.jpg") is None
+
+
+def test_attribution_run_reports_processing_per_cluster(tmp_path, rng):
+    from imprint.engine.pipeline import run_attribution
+
+    d = tmp_path / "imgs"
+    d.mkdir()
+    a, b = _model(rng, 12, False), _model(rng, 12, True)
+    for i in range(12):
+        Image.fromarray(a[i]).save(d / f"a{i:02d}.jpg", quality=80)  # JPEG files
+        Image.fromarray(P.jpeg_roundtrip(b[i], 70) if i % 2 else b[i]).save(d / f"b{i:02d}.png")  # half JPEG'd
+    out = tmp_path / "c.csv"
+    s = run_attribution(images_dir=str(d), k=2, out=str(out), policy=ingest.IngestPolicy(size=(64, 64)),
+                        report_dir=str(tmp_path / "rep"))
+    proc = s["processing"]
+    assert proc["n_jpeg"] == 18 and sum(p["n"] for p in proc["per_cluster"]) == 24
+    assert sorted(p["jpeg_files"] for p in proc["per_cluster"]) == [0, 12]
+    assert sum(p["jpeg_in_pixels"] for p in proc["per_cluster"]) == 6
+    rows = (tmp_path / "c.processing.csv").read_text().splitlines()
+    assert rows[0] == "image,cluster,processing,jpeg_quality,jpeg_source,jpeg_ghost" and len(rows) == 25
+    assert any(r.startswith("a00.jpg,") and ",jpeg,80,file," in r for r in rows)
+    html = (tmp_path / "rep" / "index.html").read_text()
+    assert "Detected processing per cluster" in html
