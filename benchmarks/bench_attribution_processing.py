@@ -23,7 +23,7 @@ Each condition processes every image the same way (or a seeded mix), then runs
 * ``half jpeg``: half of each model's images JPEG quality 75.
 
 ``--baseline`` adds k = 4 runs with ``processing_invariant=False`` (the method before issue 19) for the
-mix and the strongest settings, as the reference measured in the same run.  ``--timing`` times 1,000
+mix and the strongest settings, as the reference measured in the same run.  ``--detection`` only scores the JPEG detector on 400 dev images per condition.  ``--timing`` times 1,000
 processed images (gen_a 300, gen_b 300, model_3 200, gen_e 200; dev = gen_a[300:500], gen_b[300:500]) with
 and without the processing invariance (best of 2).  The JPEG detector (engine.processing.detect, JPEG ghost on the
 decoded pixels) is scored on every condition: the share of images flagged JPEG (jpeg%).
@@ -93,6 +93,24 @@ QUICK = ["clean", "jpeg 70", "resize 0.7", "resize 0.7 + jpeg 70", "release mix"
 BASELINE = ["jpeg 50", "resize 0.5", "release mix"]
 
 
+def detection(D):
+    """JPEG detection on dev (model_1..3, gen_e: 100 images each): flagged share and quality error per condition."""
+    X = np.concatenate([D["model_1"][:100], D["model_2"][:100], D["model_3"][:100], D["gen_e"][:100]])
+    print(f"{'condition':22s} {'flagged%':>8s} {'|q est - q| median':>18s} {'ms/img':>7s}", flush=True)
+    for cond in ["clean", "resize 0.7", "resize 0.5"] + [f"jpeg {q}" for q in (97, 95, 90, 85, 80, 70, 50)] + [
+            "resize 0.7 + jpeg 70"]:
+        P = process(X, cond)
+        t = time.perf_counter()
+        d = PR.detect(P)
+        ms = 1000 * (time.perf_counter() - t) / len(P)
+        err = "-"
+        if "jpeg" in cond:
+            q = int(cond.split()[-1])
+            e = [abs(v - q) for v in d["jpeg_quality"] if v is not None]
+            err = f"{np.median(e):.0f}" if e else "-"
+        print(f"{cond:22s} {100 * np.mean(d['jpeg']):8.1f} {err:>18s} {ms:7.1f}", flush=True)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--dev", default="/work/shared/corpus/dev")
@@ -101,11 +119,15 @@ def main(argv=None):
     ap.add_argument("--baseline", action="store_true", help="also run processing_invariant=False")
     ap.add_argument("--timing", action="store_true", help="time 1,000 processed images")
     ap.add_argument("--only", default=None, help="comma-separated condition names")
+    ap.add_argument("--detection", action="store_true", help="only score the JPEG detector, then stop")
     a = ap.parse_args(argv)
     R = a.dev
     D = {f"model_{i}": load(f"{R}/attribution/model_{i}") for i in (1, 2, 3)}
     for g in "abe":
         D[f"gen_{g}"] = load(f"{R}/membership/gen_{g}/generated")
+    if a.detection:
+        detection(D)
+        return []
     parts = {"model_1": D["model_1"], "model_2": D["model_2"], "model_3": D["model_3"][100:],
              "gen_e": D["gen_e"][:200]}
     dev3 = {"model_1": D["gen_a"][:200], "model_2": D["gen_b"][:200], "model_3": D["model_3"][:100]}
