@@ -20,7 +20,10 @@ Each condition processes every image the same way (or a seeded mix), then runs
   0.5; ``resize f + jpeg q`` for (0.7, 70), (0.5, 50);
 * ``release mix``: the issue's mix (20 % untouched, 40 % JPEG quality 70-95, 20 % resized 128->96->128
   bilinear, 20 % both);
-* ``half jpeg``: half of each model's images JPEG quality 75.
+* ``half jpeg``: half of each model's images JPEG quality 75;
+* ``harsh mix`` (with ``--alt``): a quarter each untouched, JPEG quality 50-95, resized by 0.5-0.9 and back
+  (bilinear/bicubic/lanczos), both.  ``--alt`` clusters other samples of the same models (gen_a[200:400],
+  gen_b[200:400], model_3[100:], gen_e[200:400]) with another mix seed.
 
 ``--baseline`` adds k = 4 runs with ``processing_invariant=False`` (the method before issue 19) for the
 mix and the strongest settings, as the reference measured in the same run.  ``--detection`` only scores the JPEG detector on 400 dev images per condition.  ``--timing`` times 1,000
@@ -79,6 +82,18 @@ def process(images, kind, seed=0):
                 out[i] = PR.resize_roundtrip(a, 0.75, "bilinear")
             else:
                 out[i] = PR.jpeg_roundtrip(PR.resize_roundtrip(a, 0.75, "bilinear"), q)
+        elif kind == "harsh mix":
+            u = rng.random()
+            q, f = int(rng.integers(50, 96)), float(rng.uniform(0.5, 0.9))
+            filt = ("bilinear", "bicubic", "lanczos")[int(rng.integers(3))]
+            if u < 0.25:
+                out[i] = a
+            elif u < 0.5:
+                out[i] = PR.jpeg_roundtrip(a, q)
+            elif u < 0.75:
+                out[i] = PR.resize_roundtrip(a, f, filt)
+            else:
+                out[i] = PR.jpeg_roundtrip(PR.resize_roundtrip(a, f, filt), q)
         elif kind == "half jpeg":
             out[i] = PR.jpeg_roundtrip(a, 75) if i % 2 else a
         else:
@@ -119,6 +134,8 @@ def main(argv=None):
     ap.add_argument("--baseline", action="store_true", help="also run processing_invariant=False")
     ap.add_argument("--timing", action="store_true", help="time 1,000 processed images")
     ap.add_argument("--only", default=None, help="comma-separated condition names")
+    ap.add_argument("--alt", action="store_true", help="other samples: gen_a[200:400], gen_b[200:400], "
+                    "model_3[100:], gen_e[200:400]; conditions release mix (seed 5) and harsh mix")
     ap.add_argument("--detection", action="store_true", help="only score the JPEG detector, then stop")
     a = ap.parse_args(argv)
     R = a.dev
@@ -131,15 +148,20 @@ def main(argv=None):
     parts = {"model_1": D["model_1"], "model_2": D["model_2"], "model_3": D["model_3"][100:],
              "gen_e": D["gen_e"][:200]}
     dev3 = {"model_1": D["gen_a"][:200], "model_2": D["gen_b"][:200], "model_3": D["model_3"][:100]}
+    if a.alt:
+        parts = {"model_1": D["gen_a"][200:400], "model_2": D["gen_b"][200:400], "model_3": D["model_3"][100:],
+                 "gen_e": D["gen_e"][200:400]}
     imgs = np.concatenate(list(parts.values()))
     y = np.repeat(np.arange(len(parts)), [len(v) for v in parts.values()])
     conds = a.only.split(",") if a.only else (QUICK if a.quick else CONDITIONS)
+    if a.alt and not a.only:
+        conds = ["release mix", "harsh mix"]
     cache = tempfile.mkdtemp(prefix="bench_attr_proc_")
     print(f"{'condition':22s} {'inv':>3s} {'k4':>6s} {'k4 dev':>7s} {'auto':>9s} {'auto dev':>9s} "
           f"{'jpeg%':>6s} {'s/run':>6s}", flush=True)
     rows = []
     for cond in conds:
-        P = process(imgs, cond, seed=1)
+        P = process(imgs, cond, seed=5 if a.alt else 1)
         det = PR.detect(P)
         jp = 100 * np.mean(det["jpeg"])
         for inv in ((True, False) if a.baseline and cond in BASELINE else (True,)):
