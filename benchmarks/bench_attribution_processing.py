@@ -26,7 +26,8 @@ Each condition processes every image the same way (or a seeded mix), then runs
   gen_b[200:400], model_3[100:], gen_e[200:400]) with another mix seed.
 
 ``--baseline`` adds k = 4 runs with ``processing_invariant=False`` (the method before issue 19) for the
-mix and the strongest settings, as the reference measured in the same run.  ``--detection`` only scores the JPEG detector on 400 dev images per condition.  ``--timing`` times 1,000
+mix and the strongest settings, as the reference measured in the same run.  ``--detection`` only scores the
+JPEG detector on 400 dev images per condition.  ``--timing`` times 1,000
 processed images (gen_a 300, gen_b 300, model_3 200, gen_e 200; dev = gen_a[300:500], gen_b[300:500]) with
 and without the processing invariance (best of 2).  The JPEG detector (engine.processing.detect, JPEG ghost on the
 decoded pixels) is scored on every condition: the share of images flagged JPEG (jpeg%).

@@ -388,7 +388,8 @@ def attribute(images, k, *, dev_sets=None, random_state=0, progress=None, groups
 def _processing_projection(images, X, names, groups, backbones, masks, seed, cache_dir):
     """Processing invariance (issue 19): fit :class:`engine.features.NuisanceProjection` on this set.
 
-    Up to 300 of the images (seeded sample; up to 3 times each for smaller sets) are processed once more at random (:func:`engine.processing.augment`:
+    Up to 300 of the images (seeded sample; up to 3 times each for smaller sets) are processed once more at
+    random (:func:`engine.processing.augment`:
     JPEG quality 50-95, resizing by 0.5-0.9 and back, or both); the feature directions those steps move
     images along are projected out of every feature group.  Returns None when the processed images'
     features do not line up with the originals' (e.g. a backbone failed on them).

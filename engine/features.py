@@ -22,6 +22,9 @@ Feature groups (see :data:`FEATURE_GROUPS`):
     Uniform LBP (P=8, R=1) histograms of the image and of the residual.
 ``fingerprint``
     ``kernels.fingerprint_features`` when the kernels module provides it (skipped otherwise).
+
+Processing invariance (issue 19): :class:`NuisanceProjection` removes, per group, the feature directions that
+JPEG re-encoding and resizing move images along, learned from pairs (image, image processed again at random).
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ OPTIONAL_GROUPS = ("fingerprint",)
 __all__ = [
     "FEATURE_GROUPS",
     "N_RADIAL",
+    "NUISANCE_KEEP",
+    "NUISANCE_TAU",
+    "NuisanceProjection",
     "check_images",
     "kernels_available",
     "noise_residuals",
@@ -364,7 +370,8 @@ class NuisanceProjection:
     standardised feature differences ``d = (f(P(x)) - f(x)) / sd`` is eigen-decomposed *per feature group*.
     In each group the eigen-directions whose processing variance exceeds ``tau`` times the group's total
     variance (at most a third of the group's columns) are removed by the orthogonal projection
-    ``I - (1 - keep) U U^T`` (``keep`` = :data:`NUISANCE_KEEP`).  What is left are combinations of features that processing does not move, so an image's
+    ``I - (1 - keep) U U^T`` (``keep`` = :data:`NUISANCE_KEEP`).  What is left are combinations of
+    features that processing does not move, so an image's
     JPEG or resize history cannot decide its cluster, while the generator's traces that survive
     processing stay.  No labels are used: the pairs come from the images being clustered.
 
@@ -378,10 +385,13 @@ class NuisanceProjection:
         Directions removed per group.
     share : dict of str -> list of float
         Processing variance of the top directions as a share of the group's variance (diagnostics).
+    residual : dict of str -> float
+        Processing variance left after the projection as a share of the data variance left (diagnostics).
     """
 
-    def __init__(self, mu, sd, proj, removed, share):
+    def __init__(self, mu, sd, proj, removed, share, residual=None):
         self.mu, self.sd, self.proj, self.removed, self.share = mu, sd, proj, removed, share
+        self.residual = dict(residual or {})
 
     @classmethod
     def fit(cls, X, X_processed, masks, tau=NUISANCE_TAU, max_share=1.0 / 3.0, keep=NUISANCE_KEEP):
@@ -431,14 +441,12 @@ class NuisanceProjection:
             removed[g] = r
             share[g] = [round(float(v), 4) for v in frac[:3]]
             # processing variance left after the projection, as a share of the data variance left
-            left = float(ev[r:].sum()) / max(total - float((V[:, :r].T @ np.cov(Zt[:, idx].T, bias=True) @ V[:, :r]).trace()), 1e-12)
-            residual[g] = round(left, 4)
+            kept = total - float(np.trace(V[:, :r].T @ np.cov(Zt[:, idx].T, bias=True) @ V[:, :r]))
+            residual[g] = round(float(ev[r:].sum()) / max(kept, 1e-12), 4)
             if r:
                 U = V[:, :r]
                 proj[np.ix_(idx, idx)] -= (1.0 - keep) * (U @ U.T)
-        out = cls(mu, sd, proj, removed, share)
-        out.residual = residual
-        return out
+        return cls(mu, sd, proj, removed, share, residual)
 
     def transform(self, X):
         """Standardise ``X [N,F]`` with the fitted statistics and apply the projection (float64 ``[N,F]``)."""
@@ -448,4 +456,5 @@ class NuisanceProjection:
         """JSON-able summary: directions removed per group and the top processing shares."""
         return {"method": "nuisance attribute projection of processing directions (JPEG q50-95, resize "
                           "0.5-0.9 and back), per feature group",
-                "removed": dict(self.removed), "top_share": dict(self.share)}
+                "removed": dict(self.removed), "top_share": dict(self.share),
+                "residual_share": dict(self.residual)}

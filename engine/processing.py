@@ -2,7 +2,7 @@
 
 Public data sets of synthetic images are rarely published as the generator wrote them: they are re-saved
 as JPEG or resized for a viewer.  Attribution must not cluster by that history (see
-:func:`engine.features.fit_nuisance_projection`), and an audit should say which processing it saw.
+:class:`engine.features.NuisanceProjection`), and an audit should say which processing it saw.
 
 Simulation (used to *learn* what processing does to the features, never on the user's outputs)
     :func:`jpeg_roundtrip`, :func:`resize_roundtrip` and :func:`augment` (a seeded random mixture of
