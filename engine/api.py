@@ -756,6 +756,7 @@ def attribute_loaded(imgs: "ImageSet", k: int | None, dev_sets: Mapping[str, np.
         "cluster_confidence": res.info.get("cluster_confidence", []),
         "stability": res.info.get("stability", {}),
         "timings": {"cluster_s": cluster_s},
+        "processing": None,  # per-image processing detection reads the files: the CLI job adds it
         "executor": ex_name,
         "info": res.info,
         "ingest_policy": ingest_policy,

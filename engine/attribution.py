@@ -547,7 +547,7 @@ def _pixel_hashes(images):
 # ----------------------------------------------------------------------------------------- public
 def attribute(images, k, *, dev_sets=None, random_state=0, progress=None, groups=DEFAULT_GROUPS,
               backbones=DEFAULT_BACKBONES, k_max=10, max_consensus=2500, cache_dir=None, executor=None,
-              content_groups=CONTENT_GROUPS, stability_resamples=4):
+              content_groups=CONTENT_GROUPS, stability_resamples=4, processing_invariant=True):
     """Cluster generated images by the generator that made them; name the clusters of known models.
 
     Parameters
@@ -589,6 +589,9 @@ def attribute(images, k, *, dev_sets=None, random_state=0, progress=None, groups
         :data:`CONTENT_GROUPS`): left out of clustering and open-set matching (unless nothing else is left).
     stability_resamples : int
         Subsampling resamples for the stability figure (0 to skip).
+    processing_invariant : bool
+        Project out the feature directions that JPEG re-encoding and resizing move images along
+        (:func:`_processing_projection`), so that a release's post-processing cannot form clusters.
 
     Returns
     -------
@@ -614,11 +617,34 @@ def attribute(images, k, *, dev_sets=None, random_state=0, progress=None, groups
         return _attribute(images, k, dev_sets=dev_sets, random_state=random_state, progress=progress,
                           groups=groups, backbones=backbones, k_max=k_max, max_consensus=max_consensus,
                           cache_dir=cache_dir, executor=executor, content_groups=tuple(content_groups or ()),
-                          stability_resamples=int(stability_resamples))
+                          stability_resamples=int(stability_resamples), processing_invariant=processing_invariant)
+
+
+def _processing_projection(images, X, names, groups, backbones, masks, seed, cache_dir, executor=None):
+    """Processing invariance (issue 19): fit :class:`engine.features.NuisanceProjection` on this set.
+
+    Up to 300 of the images (seeded sample; up to 3 times each for smaller sets) are processed once more at
+    random (:func:`engine.processing.augment`:
+    JPEG quality 50-95, resizing by 0.5-0.9 and back, or both); the feature directions those steps move
+    images along are projected out of every feature group.  Returns None when the processed images'
+    features do not line up with the originals' (e.g. a backbone failed on them).
+    """
+    from imprint.engine.processing import augment
+
+    n = images.shape[0]
+    rng = np.random.default_rng(seed + 19)
+    idx = np.sort(rng.choice(n, min(n, 300), replace=False))
+    reps = max(1, min(3, 300 // idx.size))  # small sets: several processings per image (>= 300 pairs)
+    idx = np.tile(idx, reps)
+    Xa, na = _extract_cached(augment(images[idx], seed), groups, backbones, {}, cache_dir, executor)
+    if na != names or Xa.shape[0] != idx.size:
+        return None
+    return _F.NuisanceProjection.fit(X[idx], Xa, masks)
 
 
 def _attribute(images, k, *, dev_sets, random_state, progress, groups, backbones, k_max, max_consensus,
-               cache_dir=None, executor=None, content_groups=CONTENT_GROUPS, stability_resamples=4):
+               cache_dir=None, executor=None, content_groups=CONTENT_GROUPS, stability_resamples=4,
+               processing_invariant=True):
     t0 = time.perf_counter()
     say = progress if callable(progress) else (lambda s: None)
     images = _F.check_images(images)
@@ -657,6 +683,13 @@ def _attribute(images, k, *, dev_sets, random_state, progress, groups, backbones
     X, names = _extract_cached(images, groups, backbones, bb_errors, cache_dir, executor)
     backbones = tuple(b for b in backbones if b not in bb_errors)
     masks_all = _group_masks(names, groups, backbones)
+    # processing invariance first, on every group (JPEG / resizing move the content groups too)
+    nap, X_raw = None, X  # X_raw: unprojected features, for the report's per-cluster spectra
+    if processing_invariant and n >= 2:
+        say("processing invariance")
+        nap = _processing_projection(images, X, names, groups, backbones, masks_all, seed, cache_dir, executor)
+        if nap is not None:
+            X = nap.transform(X)
     # generator columns: every group except the content ones (all columns if nothing else is left)
     gen = np.ones(X.shape[1], bool)
     for g in content_groups:
@@ -667,6 +700,7 @@ def _attribute(images, k, *, dev_sets, random_state, progress, groups, backbones
     dropped = [g for g in masks_all if g in content_groups and gen.sum() < X.shape[1]]
     masks = {g: m[gen] for g, m in masks_all.items() if g not in dropped}
     X = X[:, gen]
+    X_raw = X_raw[:, gen]
     names_g = [nm for nm, keep in zip(names, gen) if keep]
     mu, sd = X.mean(axis=0), X.std(axis=0)
     sd = np.where(sd > 1e-9, sd, 1.0)
@@ -686,6 +720,8 @@ def _attribute(images, k, *, dev_sets, random_state, progress, groups, backbones
             fd, nd = _extract_cached(d, groups, backbones, bb_errors, cache_dir, executor)
             if nd != names:
                 raise ImprintError(f"dev set {name!r}: feature extraction differs from the images' ({len(nd)} columns)")
+            if nap is not None:
+                fd = nap.transform(fd)
             fd = fd[:, gen]
             dev_feats.append(fd)
             dev_z[name] = (fd - mu) / sd
@@ -758,7 +794,7 @@ def _attribute(images, k, *, dev_sets, random_state, progress, groups, backbones
     spectra = []
     for c in range(k):
         sel = relab == c
-        spectra.append([float(v) for v in X[sel][:, rad_cols].mean(axis=0)] if sel.any() and rad_cols else [])
+        spectra.append([float(v) for v in X_raw[sel][:, rad_cols].mean(axis=0)] if sel.any() and rad_cols else [])
 
     best_c = max(agree, key=agree.get) if agree else None
     info = {
@@ -807,6 +843,7 @@ def _attribute(images, k, *, dev_sets, random_state, progress, groups, backbones
         "dev_models": dev_info,
         "dev_weighting": wgt is not None,
         "dev_lda_view": lda is not None,
+        "processing_invariance": nap.describe() if nap is not None else None,
         "consensus_subsample": int(len(sub)),
         "random_state": int(random_state),
         "seconds": round(time.perf_counter() - t0, 3),

@@ -22,6 +22,9 @@ Feature groups (see :data:`FEATURE_GROUPS`):
     Uniform LBP (P=8, R=1) histograms of the image and of the residual.
 ``fingerprint``
     ``kernels.fingerprint_features`` when the kernels module provides it (skipped otherwise).
+
+Processing invariance (issue 19): :class:`NuisanceProjection` removes, per group, the feature directions that
+JPEG re-encoding and resizing move images along, learned from pairs (image, image processed again at random).
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ OPTIONAL_GROUPS = ("fingerprint",)
 __all__ = [
     "FEATURE_GROUPS",
     "N_RADIAL",
+    "NUISANCE_KEEP",
+    "NUISANCE_TAU",
+    "NuisanceProjection",
     "check_images",
     "kernels_available",
     "noise_residuals",
@@ -346,3 +352,109 @@ def extract(images, groups=FEATURE_GROUPS, *, batch=512):
     feats = np.concatenate(out, 0)
     feats[~np.isfinite(feats)] = 0.0
     return feats, names
+
+
+# ------------------------------------------------------------------------------ processing invariance
+#: Default share of a feature group's variance above which a processing direction is projected out.
+NUISANCE_TAU = 0.02
+#: Scale kept along a removed direction (a soft projection: an exact one leaves rank-deficient data, on which
+#: LAPACK's divide-and-conquer SVD inside scikit-learn's PCA can fail to converge).
+NUISANCE_KEEP = 1e-3
+
+
+class NuisanceProjection:
+    """Project out the feature directions that release processing (JPEG, resizing) moves images along.
+
+    Nuisance attribute projection (NAP, as in speaker verification): for pairs ``(x, P(x))`` of an image and
+    the same image after a random processing ``P`` (:func:`engine.processing.augment`), the scatter of the
+    standardised feature differences ``d = (f(P(x)) - f(x)) / sd`` is eigen-decomposed *per feature group*.
+    In each group the eigen-directions whose processing variance exceeds ``tau`` times the group's total
+    variance (at most a third of the group's columns) are removed by the orthogonal projection
+    ``I - (1 - keep) U U^T`` (``keep`` = :data:`NUISANCE_KEEP`).  What is left are combinations of
+    features that processing does not move, so an image's
+    JPEG or resize history cannot decide its cluster, while the generator's traces that survive
+    processing stay.  No labels are used: the pairs come from the images being clustered.
+
+    Attributes
+    ----------
+    mu, sd : float64 ndarray [F]
+        Standardisation of the features (fitted on the reference images).
+    proj : float64 ndarray [F,F]
+        Block-diagonal projection (one block per group).
+    removed : dict of str -> int
+        Directions removed per group.
+    share : dict of str -> list of float
+        Processing variance of the top directions as a share of the group's variance (diagnostics).
+    residual : dict of str -> float
+        Processing variance left after the projection as a share of the data variance left (diagnostics).
+    """
+
+    def __init__(self, mu, sd, proj, removed, share, residual=None):
+        self.mu, self.sd, self.proj, self.removed, self.share = mu, sd, proj, removed, share
+        self.residual = dict(residual or {})
+
+    @classmethod
+    def fit(cls, X, X_processed, masks, tau=NUISANCE_TAU, max_share=1.0 / 3.0, keep=NUISANCE_KEEP):
+        """Fit from features of images ``X [M,F]`` and of the same images processed ``X_processed [M,F]``.
+
+        Parameters
+        ----------
+        X, X_processed : float64 ndarray [M,F]
+            Row i of both is the same image before / after processing.
+        masks : dict of str -> bool ndarray [F]
+            Feature groups (columns not in any group are left as they are, standardised).
+        tau : float
+            Share of the group's total variance above which a processing direction is removed.
+        max_share : float
+            At most this fraction of a group's columns is removed.
+        keep : float
+            Scale left along a removed direction (0 = exact projection).
+
+        Returns
+        -------
+        NuisanceProjection
+        """
+        X = np.asarray(X, np.float64)
+        Xp = np.asarray(X_processed, np.float64)
+        if X.shape != Xp.shape or X.ndim != 2:
+            raise ImprintError(f"feature shapes differ: {X.shape} vs {Xp.shape}")
+        mu, sd = X.mean(axis=0), X.std(axis=0)
+        sd = np.where(sd > 1e-9, sd, 1.0)
+        D = (Xp - X) / sd
+        Zt = (X - mu) / sd
+        F = X.shape[1]
+        proj = np.eye(F)
+        removed, share, residual = {}, {}, {}
+        for g, m in masks.items():
+            idx = np.flatnonzero(m)
+            if idx.size < 2:
+                continue
+            Dg = D[:, idx]
+            S = Dg.T @ Dg / max(len(Dg), 1)
+            ev, V = np.linalg.eigh(S)
+            ev, V = ev[::-1], V[:, ::-1]
+            total = float(Zt[:, idx].var(axis=0).sum())
+            if total <= 0:
+                continue
+            frac = ev / total
+            r = int(min((frac > tau).sum(), max(1, int(idx.size * max_share))))
+            removed[g] = r
+            share[g] = [round(float(v), 4) for v in frac[:3]]
+            # processing variance left after the projection, as a share of the data variance left
+            kept = total - float(np.trace(V[:, :r].T @ np.cov(Zt[:, idx].T, bias=True) @ V[:, :r]))
+            residual[g] = round(float(ev[r:].sum()) / max(kept, 1e-12), 4)
+            if r:
+                U = V[:, :r]
+                proj[np.ix_(idx, idx)] -= (1.0 - keep) * (U @ U.T)
+        return cls(mu, sd, proj, removed, share, residual)
+
+    def transform(self, X):
+        """Standardise ``X [N,F]`` with the fitted statistics and apply the projection (float64 ``[N,F]``)."""
+        return ((np.asarray(X, np.float64) - self.mu) / self.sd) @ self.proj
+
+    def describe(self):
+        """JSON-able summary: directions removed per group and the top processing shares."""
+        return {"method": "nuisance attribute projection of processing directions (JPEG q50-95, resize "
+                          "0.5-0.9 and back), per feature group",
+                "removed": dict(self.removed), "top_share": dict(self.share),
+                "residual_share": dict(self.residual)}

@@ -2,9 +2,10 @@
 
 Policy (recorded in every output's metadata, see :func:`IngestPolicy.describe`):
 
-* **Formats**: PNG, JPEG, TIFF, BMP (by content, not only by extension); DICOM and NIfTI through
+* **Formats**: PNG, JPEG, WebP, TIFF, BMP (by content, not only by extension); DICOM and NIfTI through
   :mod:`engine.clinical` (modality LUT to Hounsfield units, windows, one image per frame/slice, addressed as
-  ``file#N`` when a file holds several).
+  ``file#N`` when a file holds several). A JPEG file's quality is read from its quantisation table by
+  :func:`jpeg_quality_of` (header only) for the processing report.
 * **Mode**: 8-bit grayscale is used as is. RGB/RGBA/palette/LA images are converted to luminance
   (ITU-R 601-2, Pillow's ``convert("L")``; alpha is dropped). 16-bit and 32-bit integer or float images are
   scaled linearly from their actual min..max range to 0..255, or through a DICOM-style window
@@ -33,7 +34,7 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 from . import clinical
 from .errors import ImprintError
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".jfif", ".webp", ".tif", ".tiff", ".bmp")
 DEFAULT_SIZE = (128, 128)
 DEFAULT_MAX_PIXELS = 8192 * 8192
 
@@ -388,6 +389,23 @@ def decode_files(root: str | os.PathLike, rel_paths: Sequence[str], policy: Inge
         finally:
             for f in pending:
                 f.cancel()
+
+
+def jpeg_quality_of(path: str | os.PathLike) -> int | None:
+    """IJG quality (1-100) of a JPEG file from its luminance quantisation table; None for other files.
+
+    Only the header is read (no pixels are decoded); an unreadable file gives None.  See
+    :func:`engine.processing.jpeg_quality_from_tables`.
+    """
+    from .processing import jpeg_quality_from_tables
+
+    try:
+        with Image.open(path) as im:
+            if im.format != "JPEG":
+                return None
+            return jpeg_quality_from_tables(getattr(im, "quantization", None))
+    except Exception:  # unreadable / hostile file: no quality, never a crash
+        return None
 
 
 def iter_batches(root: str | os.PathLike, rel_paths: Sequence[str], batch_size: int = 256,

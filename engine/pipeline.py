@@ -274,6 +274,34 @@ def run_membership(*, gen_dir: str, real_dir: str, out: str, dev_dirs: Sequence[
 
 
 # ---------------------------------------------------------------------------------------------- attribution
+def _processing_detected(imgs, labels: np.ndarray, k: int, out: str) -> dict:
+    """Issue 19: per-image detected processing (``<out>.processing.csv``) and a per-cluster summary.
+
+    JPEG files report their quantisation-table quality; other files are checked for JPEG traces in their
+    pixels (engine.processing.jpeg_ghost).  Resampling is not detected.
+    """
+    from .ingest import jpeg_quality_of
+    from .processing import detect
+
+    q = [jpeg_quality_of(os.path.join(imgs.root, p)) for p in imgs.paths]
+    det = detect(imgs.images, q)
+    path = str(Path(out).with_suffix("")) + ".processing.csv"
+    write_csv(path, ["image", "cluster", "processing", "jpeg_quality", "jpeg_source", "jpeg_ghost"],
+              zip(imgs.paths, labels.tolist(), det["processing"],
+                  ["" if v is None else v for v in det["jpeg_quality"]], det["jpeg_source"], det["jpeg_ghost"]))
+    per = []
+    for c in range(k):
+        sel = np.flatnonzero(labels == c)
+        qs = [det["jpeg_quality"][i] for i in sel if det["jpeg_quality"][i] is not None]
+        per.append({"cluster": c, "n": int(sel.size),
+                    "jpeg": int(sum(det["jpeg"][i] for i in sel)),
+                    "jpeg_files": int(sum(det["jpeg_source"][i] == "file" for i in sel)),
+                    "jpeg_in_pixels": int(sum(det["jpeg_source"][i] == "pixels" for i in sel)),
+                    "median_jpeg_quality": float(np.median(qs)) if qs else None})
+    return {"per_cluster": per, "out": path, "n_jpeg": int(sum(det["jpeg"])),
+            "note": "JPEG: file quantisation tables, else JPEG ghost in the pixels; resampling is not detected"}
+
+
 def run_attribution(*, images_dir: str, k: int | None, out: str, dev_dir: str | None = None,
                     policy: IngestPolicy = IngestPolicy(), strict: bool = False, seed: int = 0, rep=None,
                     report_dir: str | None = None, truth: dict | None = None, executor: str = "local",
@@ -325,10 +353,13 @@ def run_attribution(*, images_dir: str, k: int | None, out: str, dev_dir: str | 
         att.details_to_csv(det_path)
         skip_path = _skip_report(out, skips, rep)
         shutil.rmtree(cache_dir, ignore_errors=True)
+        t0 = time.perf_counter()
+        processing = _processing_detected(imgs, np.asarray(att.cluster, np.int64), int(res.k), out)
+        timings["processing_s"] = time.perf_counter() - t0
 
     timings["total_s"] = time.perf_counter() - t_start
     summary = dict(att.summary, out=out, details_out=det_path, skip_report=skip_path, dev_models=dev_models,
-                   timings=timings)
+                   timings=timings, processing=processing)
     summary["summary"] = attribution_line(summary, out)
     if report_dir is not None:
         summary["report"] = _report("attribution", report_dir, summary=summary, result=res, images=imgs,

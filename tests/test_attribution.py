@@ -105,8 +105,12 @@ def test_deterministic_for_seed(corpus, result_k4):
 
 
 def test_auto_k_finds_number_of_generators(corpus):
+    # These synthetic generators differ *only* by resampling traces (nearest 2x upsampling, low-pass smoothing),
+    # which are exactly the directions the processing invariance (issue 19) removes as "resized for release";
+    # so k is selected here on the plain features. On the dev corpus k auto finds 4 models with the invariance
+    # on (benchmarks/RESULTS.md); a generator whose only trace is a resampling one is a known limit of it.
     imgs, y, _ = corpus
-    r = attribute(imgs, None, random_state=0, k_max=7)
+    r = attribute(imgs, None, random_state=0, k_max=7, processing_invariant=False)
     assert r.k == 4
     assert r.info["k_estimated"] is True
     assert set(r.info["k_scan_silhouette"]) == {str(k) for k in range(2, 8)}

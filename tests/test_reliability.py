@@ -279,8 +279,9 @@ def test_attribution_resumes_from_finished_features(sets, tmp_path, monkeypatch)
         shutil.copy(f, dev / "m1" / f.name)
     kw = dict(images_dir=str(sets / "gen"), k=2, dev_dir=str(dev), policy=IngestPolicy(size=(64, 64)), seed=3)
     run_attribution(out=str(tmp_path / "ref.csv"), **kw)
-    # the images' features finish, the dev model's are interrupted
-    calls = _interrupt_stage(monkeypatch, A, "_extract", at=2)
+    # the images' features and those of their re-processed sample (processing invariance, issue 19) finish,
+    # the dev model's are interrupted
+    calls = _interrupt_stage(monkeypatch, A, "_extract", at=3)
     with pytest.raises(KeyboardInterrupt):
         run_attribution(out=str(tmp_path / "o.csv"), **kw)
     assert not (tmp_path / "o.csv").exists()

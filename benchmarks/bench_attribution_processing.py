@@ -1,0 +1,203 @@
+"""Attribution under release post-processing (issue 19): ARI against JPEG quality, resize factor, both.
+
+Usage::
+
+    nice .venv/bin/python benchmarks/bench_attribution_processing.py [--dev /work/shared/corpus/dev]
+        [--quick] [--no-auto] [--baseline] [--timing]
+
+Sets (made from the dev corpus; the attribution folders hold model_1..3, and the membership set gen_e is a
+fourth model of a family absent from the attribution folders; gen_a and gen_b are the same models as
+model_1 and model_2, so they serve as the dev samples, never as extra models):
+
+* images: model_1 (200), model_2 (200), model_3[100:] (100), gen_e[:200] (200) = 700 images, k = 4;
+* ``--dev`` runs: dev_sets = gen_a[:200] (model_1), gen_b[:200] (model_2), model_3[:100]; never processed,
+  never clustered; gen_e is absent from dev (an unseen model).
+
+Each condition processes every image the same way (or a seeded mix), then runs
+:func:`engine.attribution.attribute` with k = 4 and k = None (auto), without and with dev.  Conditions:
+
+* ``clean``; ``jpeg q`` for q in 95, 70, 50; ``resize f`` (down by f and back, bicubic) for f in 0.9, 0.7,
+  0.5; ``resize f + jpeg q`` for (0.7, 70), (0.5, 50);
+* ``release mix``: the issue's mix (20 % untouched, 40 % JPEG quality 70-95, 20 % resized 128->96->128
+  bilinear, 20 % both);
+* ``half jpeg``: half of each model's images JPEG quality 75;
+* ``harsh mix`` (with ``--alt``): a quarter each untouched, JPEG quality 50-95, resized by 0.5-0.9 and back
+  (bilinear/bicubic/lanczos), both.  ``--alt`` clusters other samples of the same models (gen_a[200:400],
+  gen_b[200:400], model_3[100:], gen_e[200:400]) with another mix seed.
+
+``--baseline`` adds k = 4 runs with ``processing_invariant=False`` (the method before issue 19) for the
+mix and the strongest settings, as the reference measured in the same run.  ``--detection`` only scores the
+JPEG detector on 400 dev images per condition.  ``--timing`` times 1,000
+processed images (gen_a 300, gen_b 300, model_3 200, gen_e 200; dev = gen_a[300:500], gen_b[300:500]) with
+and without the processing invariance (best of 2).  The JPEG detector (engine.processing.detect, JPEG ghost on the
+decoded pixels) is scored on every condition: the share of images flagged JPEG (jpeg%).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from sklearn.metrics import adjusted_rand_score as ari  # noqa: E402
+
+from imprint.engine import attribution as A  # noqa: E402
+from imprint.engine import processing as PR  # noqa: E402
+
+
+def load(d):
+    fs = sorted(glob.glob(os.path.join(d, "*.png")))
+    return np.stack([np.array(Image.open(f).convert("L")) for f in fs])
+
+
+def process(images, kind, seed=0):
+    """Apply one condition to every image (uint8 [N,H,W] -> uint8 [N,H,W])."""
+    rng = np.random.default_rng(seed)
+    out = np.empty_like(images)
+    for i, a in enumerate(images):
+        if kind == "clean":
+            out[i] = a
+        elif kind.startswith("jpeg"):
+            out[i] = PR.jpeg_roundtrip(a, int(kind.split()[1]))
+        elif kind.startswith("resize") and "+" in kind:
+            f, q = float(kind.split()[1]), int(kind.split()[-1])
+            out[i] = PR.jpeg_roundtrip(PR.resize_roundtrip(a, f, "bicubic"), q)
+        elif kind.startswith("resize"):
+            out[i] = PR.resize_roundtrip(a, float(kind.split()[1]), "bicubic")
+        elif kind == "release mix":
+            u = rng.random()
+            q = int(rng.integers(70, 96))
+            if u < 0.2:
+                out[i] = a
+            elif u < 0.6:
+                out[i] = PR.jpeg_roundtrip(a, q)
+            elif u < 0.8:
+                out[i] = PR.resize_roundtrip(a, 0.75, "bilinear")
+            else:
+                out[i] = PR.jpeg_roundtrip(PR.resize_roundtrip(a, 0.75, "bilinear"), q)
+        elif kind == "harsh mix":
+            u = rng.random()
+            q, f = int(rng.integers(50, 96)), float(rng.uniform(0.5, 0.9))
+            filt = ("bilinear", "bicubic", "lanczos")[int(rng.integers(3))]
+            if u < 0.25:
+                out[i] = a
+            elif u < 0.5:
+                out[i] = PR.jpeg_roundtrip(a, q)
+            elif u < 0.75:
+                out[i] = PR.resize_roundtrip(a, f, filt)
+            else:
+                out[i] = PR.jpeg_roundtrip(PR.resize_roundtrip(a, f, filt), q)
+        elif kind == "half jpeg":
+            out[i] = PR.jpeg_roundtrip(a, 75) if i % 2 else a
+        else:
+            raise ValueError(kind)
+    return out
+
+
+CONDITIONS = (["clean"] + [f"jpeg {q}" for q in (95, 70, 50)] + [f"resize {f}" for f in (0.9, 0.7, 0.5)]
+              + [f"resize {f} + jpeg {q}" for f, q in ((0.7, 70), (0.5, 50))]
+              + ["release mix", "half jpeg"])
+QUICK = ["clean", "jpeg 70", "resize 0.7", "resize 0.7 + jpeg 70", "release mix", "half jpeg"]
+BASELINE = ["jpeg 50", "resize 0.5", "release mix"]
+
+
+def detection(D):
+    """JPEG detection on dev (model_1..3, gen_e: 100 images each): flagged share and quality error per condition."""
+    X = np.concatenate([D["model_1"][:100], D["model_2"][:100], D["model_3"][:100], D["gen_e"][:100]])
+    print(f"{'condition':22s} {'flagged%':>8s} {'|q est - q| median':>18s} {'ms/img':>7s}", flush=True)
+    for cond in ["clean", "resize 0.7", "resize 0.5"] + [f"jpeg {q}" for q in (97, 95, 90, 85, 80, 70, 50)] + [
+            "resize 0.7 + jpeg 70"]:
+        P = process(X, cond)
+        t = time.perf_counter()
+        d = PR.detect(P)
+        ms = 1000 * (time.perf_counter() - t) / len(P)
+        err = "-"
+        if "jpeg" in cond:
+            q = int(cond.split()[-1])
+            e = [abs(v - q) for v in d["jpeg_quality"] if v is not None]
+            err = f"{np.median(e):.0f}" if e else "-"
+        print(f"{cond:22s} {100 * np.mean(d['jpeg']):8.1f} {err:>18s} {ms:7.1f}", flush=True)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dev", default="/work/shared/corpus/dev")
+    ap.add_argument("--quick", action="store_true", help=f"only {QUICK}")
+    ap.add_argument("--no-auto", action="store_true", help="skip k=None runs")
+    ap.add_argument("--baseline", action="store_true", help="also run processing_invariant=False")
+    ap.add_argument("--timing", action="store_true", help="time 1,000 processed images")
+    ap.add_argument("--only", default=None, help="comma-separated condition names")
+    ap.add_argument("--alt", action="store_true", help="other samples: gen_a[200:400], gen_b[200:400], "
+                    "model_3[100:], gen_e[200:400]; conditions release mix (seed 5) and harsh mix")
+    ap.add_argument("--detection", action="store_true", help="only score the JPEG detector, then stop")
+    a = ap.parse_args(argv)
+    R = a.dev
+    D = {f"model_{i}": load(f"{R}/attribution/model_{i}") for i in (1, 2, 3)}
+    for g in "abe":
+        D[f"gen_{g}"] = load(f"{R}/membership/gen_{g}/generated")
+    if a.detection:
+        detection(D)
+        return []
+    parts = {"model_1": D["model_1"], "model_2": D["model_2"], "model_3": D["model_3"][100:],
+             "gen_e": D["gen_e"][:200]}
+    dev3 = {"model_1": D["gen_a"][:200], "model_2": D["gen_b"][:200], "model_3": D["model_3"][:100]}
+    if a.alt:
+        parts = {"model_1": D["gen_a"][200:400], "model_2": D["gen_b"][200:400], "model_3": D["model_3"][100:],
+                 "gen_e": D["gen_e"][200:400]}
+    imgs = np.concatenate(list(parts.values()))
+    y = np.repeat(np.arange(len(parts)), [len(v) for v in parts.values()])
+    conds = a.only.split(",") if a.only else (QUICK if a.quick else CONDITIONS)
+    if a.alt and not a.only:
+        conds = ["release mix", "harsh mix"]
+    cache = tempfile.mkdtemp(prefix="bench_attr_proc_")
+    print(f"{'condition':22s} {'inv':>3s} {'k4':>6s} {'k4 dev':>7s} {'auto':>9s} {'auto dev':>9s} "
+          f"{'jpeg%':>6s} {'s/run':>6s}", flush=True)
+    rows = []
+    for cond in conds:
+        P = process(imgs, cond, seed=5 if a.alt else 1)
+        det = PR.detect(P)
+        jp = 100 * np.mean(det["jpeg"])
+        for inv in ((True, False) if a.baseline and cond in BASELINE else (True,)):
+            res = {}
+            t = time.perf_counter()
+            runs = 0
+            for dev in (None, dev3):
+                for k in ((4,) if a.no_auto or not inv else (4, None)):
+                    r = A.attribute(P, k, dev_sets=dev, random_state=0, cache_dir=cache, processing_invariant=inv)
+                    res[(k, dev is not None)] = (r.k, ari(y, r.labels))
+                    runs += 1
+            dt = (time.perf_counter() - t) / runs
+
+            def auto(key):
+                return f"{res[key][1]:.3f}/k{res[key][0]}" if key in res else "-"
+
+            print(f"{cond:22s} {'yes' if inv else 'no':>3s} {res[(4, False)][1]:6.3f} {res[(4, True)][1]:7.3f} "
+                  f"{auto((None, False)):>9s} {auto((None, True)):>9s} {jp:6.1f} {dt:6.1f}", flush=True)
+            rows.append((cond, inv, res, jp))
+    if a.timing:
+        big = np.concatenate([D["gen_a"][:300], D["gen_b"][:300], D["model_3"], D["gen_e"][:200]])
+        big = process(big, "release mix", seed=2)
+        yb = np.repeat(np.arange(4), [300, 300, 200, 200])
+        devb = {"model_1": D["gen_a"][300:500], "model_2": D["gen_b"][300:500]}
+        for inv in (False, True):
+            best, s = float("inf"), float("nan")
+            for _ in range(2):
+                t = time.perf_counter()
+                r = A.attribute(big, 4, dev_sets=devb, random_state=0, processing_invariant=inv)
+                best = min(best, time.perf_counter() - t)
+                s = ari(yb, r.labels)
+            print(f"1000 images (release mix), k=4, dev=2 models, processing_invariant={inv}: best of 2 "
+                  f"{best:.1f} s, ARI {s:.3f}", flush=True)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
