@@ -545,14 +545,25 @@ def _flip_by_descriptor(dq: np.ndarray, db: np.ndarray, cand: np.ndarray) -> np.
     return (d1 < d0).astype(np.int64).reshape(cand.shape)
 
 
+_ROW_BLOCK = 512  # images per call of a per-image function: bounded memory for large (memory-mapped) sets
+
+
+def _rows_blocked(fn, images, rows=None) -> np.ndarray:
+    """``fn`` (a per-image function) over ``images[rows]`` in blocks of :data:`_ROW_BLOCK` images, so a large
+    generated set (e.g. memory-mapped from the pixel store) is never converted to float all at once."""
+    idx = np.arange(len(images)) if rows is None else np.asarray(rows, np.int64)
+    out = [fn(np.asarray(images[idx[s:s + _ROW_BLOCK]])) for s in range(0, len(idx), _ROW_BLOCK)]
+    return np.concatenate(out) if out else fn(np.asarray(images[idx]))
+
+
 def _memo_rows(fn, images: np.ndarray, keys, cache: dict | None, name: str) -> np.ndarray:
     """``fn(images)`` row by row memoised under content ``keys`` in ``cache[name]`` (per-image functions)."""
     if cache is None or keys is None:
-        return fn(images)
+        return _rows_blocked(fn, images)
     store = cache.setdefault(name, {})
     miss = [i for i, k in enumerate(keys) if k not in store]
     if miss:
-        for i, row in zip(miss, fn(images[miss])):
+        for i, row in zip(miss, _rows_blocked(fn, images, miss)):
             store[keys[i]] = row
     return np.stack([store[k] for k in keys])
 
