@@ -150,7 +150,7 @@ def run_pairs(*, real_dir: str, gen_dir: str, k: int, out: str, backbone: str = 
         rel, skipped = discover(real_dir)
         rel_pos = {p_: i for i, p_ in enumerate(rel)}
         skips.extend((real_dir, s.path, s.reason) for s in skipped)
-        from .store import remove_stale_tmp, tmp_name
+        from .store import atomic_replace
 
         # Checkpoints: each batch of real images (fixed boundaries over the sorted file list) is committed as
         # one Parquet part in a hidden work folder next to the output; a re-run with the same job skips the
@@ -220,11 +220,8 @@ def run_pairs(*, real_dir: str, gen_dir: str, k: int, out: str, backbone: str = 
                     }, schema=pairs_schema())
                 t0 = time.perf_counter()
                 atomic_write_text(skip_file, json.dumps({"n_real": b, "skips": [[k_.path, k_.reason] for k_ in chunk_skips]}))
-                ptmp = tmp_name(part)
-                pq.write_table(table, ptmp)
-                with open(ptmp, "rb+") as fh:
-                    os.fsync(fh.fileno())
-                os.replace(ptmp, part)  # the commit point of this batch
+                with atomic_replace(part) as ptmp:  # the rename is the commit point of this batch
+                    pq.write_table(table, ptmp)
                 t["write_s"] += time.perf_counter() - t0
                 skips.extend((real_dir, k_.path, k_.reason) for k_ in chunk_skips)
                 n_real += b
@@ -236,24 +233,11 @@ def run_pairs(*, real_dir: str, gen_dir: str, k: int, out: str, backbone: str = 
         if n_real == 0:
             raise ImprintError(f"no readable images in real folder {real_dir}")
         t0 = time.perf_counter()
-        remove_stale_tmp(out)
-        tmp = tmp_name(out)
-        writer = pq.ParquetWriter(str(tmp), pairs_schema())
-        try:
+        with atomic_replace(out) as tmp, pq.ParquetWriter(str(tmp), pairs_schema()) as writer:
             for c in range(len(chunks)):
                 part_table = pq.read_table(work / f"part-{c:06d}.parquet", schema=pairs_schema())
                 if part_table.num_rows:
                     writer.write_table(part_table)
-            writer.close()
-            writer = None
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, out)
-        finally:
-            if writer is not None:
-                writer.close()
-            if os.path.exists(tmp):
-                os.unlink(tmp)
         shutil.rmtree(work, ignore_errors=True)
         t["write_s"] += time.perf_counter() - t0
         skip_path = _skip_report(out, skips, rep)

@@ -31,6 +31,7 @@ shard wins.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -78,17 +79,21 @@ def remove_stale_tmp(path: str | os.PathLike) -> None:
             pass
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: temporary file in the same folder, fsync, rename."""
+@contextlib.contextmanager
+def atomic_replace(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; when the block ends without error the file written there is
+    fsync'ed and renamed onto ``path`` (and the folder fsync'ed), else it is removed. A reader sees the complete
+    file or none; stale temporaries of dead processes are removed first."""
     path = Path(path)
     remove_stale_tmp(path)
     tmp = tmp_name(path)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except BaseException:
@@ -97,6 +102,14 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         except OSError:
             pass
         raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: temporary file in the same folder, fsync, rename."""
+    with atomic_replace(path) as tmp:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -312,28 +325,12 @@ class EmbeddingStore:
         whole file), then commit it in the manifest."""
         seq = int(self.manifest["next_shard"])
         name = f"shard-{seq:06d}.arrow"
-        path = self.root / name
-        remove_stale_tmp(path)
-        tmp = tmp_name(path)
-        try:
+        with atomic_replace(self.root / name) as tmp:
             with pa.OSFile(str(tmp), "wb") as fh:
                 with pa.ipc.new_file(fh, self.schema()) as writer:
                     for group in batch_groups:
                         for b in group:
                             writer.write_batch(b)
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-            _fsync_dir(self.root)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
         self.manifest["shards"].append({"file": name, "rows": int(rows)})
         self.manifest["next_shard"] = seq + 1
         self._write_manifest()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -273,48 +272,31 @@ def knn_to_parquet(path: str | os.PathLike, base: Any, queries: Any, k: int, *,
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise ImprintError(f"output folder does not exist: {folder}")
-    fd, tmp = tempfile.mkstemp(prefix=".knn-", suffix=".parquet.tmp", dir=folder)
+    from ..store import atomic_replace
+
     rows = 0
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            writer = pq.ParquetWriter(fh, schema)
-            try:
-                for batch in stream:
-                    b, kk = batch.idx.shape
-                    qcol = np.repeat(np.arange(batch.start, batch.start + b, dtype=np.int64), kk)
-                    ncol = batch.idx.reshape(-1)
-                    rcol = np.tile(np.arange(1, kk + 1, dtype=np.int32), b)
-                    dcol = batch.dist.reshape(-1)
-                    if not keep_padding:
-                        keep = ncol >= 0
-                        qcol, ncol, rcol, dcol = qcol[keep], ncol[keep], rcol[keep], dcol[keep]
-                    if qids is not None:
-                        qcol = qids[qcol]
-                    if bids is not None:
-                        ncol = np.where(ncol >= 0, bids[np.clip(ncol, 0, None)], -1)
-                    table = pa.table({"query_id": qcol, "neighbor_id": ncol, "rank": rcol,
-                                      "distance": dcol}, schema=schema)
-                    writer.write_table(table, row_group_size=row_group_size)
-                    rows += table.num_rows
-            finally:
-                writer.close()
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+    with atomic_replace(path) as tmp, open(tmp, "wb") as fh:
+        writer = pq.ParquetWriter(fh, schema)
         try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:  # persist the rename
-        dfd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
+            for batch in stream:
+                b, kk = batch.idx.shape
+                qcol = np.repeat(np.arange(batch.start, batch.start + b, dtype=np.int64), kk)
+                ncol = batch.idx.reshape(-1)
+                rcol = np.tile(np.arange(1, kk + 1, dtype=np.int32), b)
+                dcol = batch.dist.reshape(-1)
+                if not keep_padding:
+                    keep = ncol >= 0
+                    qcol, ncol, rcol, dcol = qcol[keep], ncol[keep], rcol[keep], dcol[keep]
+                if qids is not None:
+                    qcol = qids[qcol]
+                if bids is not None:
+                    ncol = np.where(ncol >= 0, bids[np.clip(ncol, 0, None)], -1)
+                table = pa.table({"query_id": qcol, "neighbor_id": ncol, "rank": rcol,
+                                  "distance": dcol}, schema=schema)
+                writer.write_table(table, row_group_size=row_group_size)
+                rows += table.num_rows
         finally:
-            os.close(dfd)
-    except OSError:  # pragma: no cover - platforms without directory fsync
-        pass
+            writer.close()
     return {"path": path, "rows": rows, "queries": n, "k": int(k), "index": info}
 
 
