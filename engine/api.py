@@ -321,7 +321,7 @@ def _normalise_decision(decision: str) -> str:
     from .membership import parse_decision
 
     mode, alpha = parse_decision(decision, "decision")
-    return "f1" if mode == "f1" else f"fpr:{alpha:g}"
+    return "f1" if mode == "f1" else f"{mode}:{alpha:g}"
 
 
 def _strict(strict: bool, skips: list) -> None:
@@ -382,7 +382,9 @@ def audit_membership(generated: Images, real: Images, *, dev: Sequence[Any] = ()
         Real images known *not* to be training data (the null distribution); images also in ``real`` are
         dropped. The dev sets' unused images serve as reference too.
     decision : str
-        ``"fpr:ALPHA"`` (flag only beyond the null's ``1 - ALPHA`` level) or ``"f1"``.
+        ``"fpr:ALPHA"`` (a non-member is flagged with probability <= ALPHA, at 95% confidence), ``"fdr:Q"``
+        (Benjamini-Hochberg on conformal p-values: expected share of false flags <= Q; use it when a flag is an
+        accusation) or ``"f1"`` (maximise expected F1). Same meaning as the CLI's ``--decision``.
     seed : int
         Random seed (the result is deterministic).
     size : int
@@ -492,7 +494,7 @@ def audit_loaded(gen: "ImageSet", real: "ImageSet", dev_sets: Sequence[tuple], r
     refs : sequence of ImageSet
         Known non-members given as reference.
     decision : str
-        Normalised decision (``"f1"`` or ``"fpr:ALPHA"``).
+        Normalised decision (``"f1"``, ``"fpr:ALPHA"`` or ``"fdr:Q"``).
     seed : int
     executor, address
         As in :func:`audit_membership`.

@@ -115,6 +115,23 @@ def test_audit_membership_table_equals_the_cli_csv(data, tmp_path):
     assert a.table.column("used").to_pylist() == t.column("used").to_pylist()
 
 
+@pytest.mark.parametrize("decision", ["fdr:0.1", "f1"])
+def test_every_decision_mode_is_the_clis(data, tmp_path, decision):
+    """The API once rewrote 'fdr:Q' to 'fpr:Q' (a different rule with a different guarantee); every mode must
+    reach the audit unchanged and decide exactly as the CLI does."""
+    root, _ = data
+    out = tmp_path / "scores.csv"
+    cli_summary = _cli(["membership", "--generated", str(root / "gen"), "--real", str(root / "real"),
+                        "--dev", str(root / "dev"), "--out", str(out), "--size", "64", "--decision", decision,
+                        "--json"])
+    audit = imprint.audit_membership(root / "gen", root / "real", dev=[root / "dev"], size=64, decision=decision)
+    assert audit.summary["decision"] == cli_summary["decision"] == decision
+    mode = decision.split(":")[0]
+    assert mode in audit.summary["info"] and mode in cli_summary["info"]  # the rule that ran
+    assert audit.table.column("used").to_pylist() == [int(r[2]) for r in _rows(out)[1:]]
+    assert sum(audit.table.column("used").to_pylist()[:6]) >= 3  # planted copies are flagged: not vacuous
+
+
 def test_attribute_table_equals_the_cli_csv(data, tmp_path):
     root, arr = data
     out = tmp_path / "clusters.csv"
