@@ -31,6 +31,7 @@ def run_demo(out_dir: str = "out/demo", data_dir: str | None = None, report: boo
     atruth = truth_from_csv(att_dir / "truth.csv")
     mem = run_membership(gen_dir=str(tgt / "generated"), real_dir=str(tgt / "real"),
                          out=str(out / "scores.csv"), dev_dirs=[str(data / "membership" / "dev_a")],
+                         ref_dirs=[str(data / "membership" / "reference")] if (data / "membership" / "reference").is_dir() else (),
                          decision="f1", rep=rep, report_dir=str(out / "report_membership") if report else None,
                          truth=mtruth)
     rows = read_csv(out / "scores.csv", ["image", "score", "used"])

@@ -4,7 +4,8 @@
 
 A seeded random subset (about 5 MB): a memorising generator (dev gen_e) as the membership target with one
 mixed real folder and its truth file, a small dev set from another generator (gen_a) for calibration, and
-three attribution models mixed in one folder plus a small labelled dev folder of other samples.
+three attribution models mixed in one folder plus a small labelled dev folder of other samples, and a
+reference folder of 280 real images no model was trained on (the decision's null).
 """
 import csv
 import random
@@ -65,6 +66,14 @@ def main(corpus: str, out: str = "engine/data/demo") -> None:
         for i, (f, m) in enumerate(items):
             shutil.copy(f, a / "images" / f"{i:04d}.png")
             w.writerow([f"{i:04d}.png", m])
+    # membership reference: real images no model in the corpus was trained on (the null of the decision);
+    # a separate generator so the picks above do not change when this folder is rebuilt
+    rref = random.Random(20242)
+    r = dst / "membership" / "reference"
+    r.mkdir(parents=True)
+    for i, f in enumerate(pick(src / "membership/gen_b/real/unused", 280, rref)):
+        shutil.copy(f, r / f"{i:04d}.png")
+
     print(f"wrote {sum(1 for _ in dst.rglob('*.png'))} images to {dst}")
 
 
