@@ -138,3 +138,19 @@ def test_cuda_gpu_check_targets_are_judged_only_on_measured_figures():
             "onnx": {"effnet-lite0-fp16": {"cuda_session_images_per_s": 4000.0}}}
     t = GC.targets(secs)
     assert t["met"] == {"ssim_1e9_pairs_128_s": True, "knn_1m_s": None, "effnet_fp16_images_per_s": False}
+
+
+def test_cuda_gpu_device_check_script_runs_the_check_and_keeps_a_log(tmp_path):
+    """scripts/gpu_device_check.sh (the device tool's one command) in its simulated form: environment report,
+    the check itself, the JSON and the log under $OUT."""
+    out = tmp_path / "OUT"
+    env = dict(os.environ, OUT=str(out), PYTHON=sys.executable, PYTHONPATH=str(ROOT))
+    env.pop("NUMBA_ENABLE_CUDASIM", None)
+    r = subprocess.run(["bash", "scripts/gpu_device_check.sh", "--simulate", "--only", "faiss_knn", "--budget", "60"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-2000:])
+    log = (out / "gpu_device_check.log").read_text()
+    assert "numpy " in log and "faiss " in log and "== gpu_check exit status 0" in log
+    doc = json.loads((out / "gpu_check.json").read_text())
+    assert doc["simulated"] is True and list(doc["sections"]) == ["faiss_knn"]
+    assert doc["sections"]["faiss_knn"]["result"]["complete"] is True
