@@ -120,6 +120,26 @@ def _kernels(T: int):
                 + w3 * (src[ty, tx + 3] + src[ty, tx + 7]) + w2 * (src[ty, tx + 2] + src[ty, tx + 8])
                 + w1 * (src[ty, tx + 1] + src[ty, tx + 9]) + w0 * (src[ty, tx] + src[ty, tx + 10]))
 
+    @cuda.jit(device=True)
+    def _taps(w):
+        """The six distinct weights of the symmetric 11-tap window (w0 outermost, w5 the centre)."""
+        return w[0], w[1], w[2], w[3], w[4], w[5]
+
+    @cuda.jit(device=True)
+    def _halo_pixel(X, n, k, r0, c0, mn):
+        """The k-th pixel (row-major) of the S x S tile-plus-halo whose corner is (r0, c0) in image ``X[n]``.
+
+        Returns ``(rr, cc, v, inside)``: its place in the tile, its value centred by ``mn`` (0.0 outside the
+        image) and whether it lies inside the image.
+        """
+        rr = k // S
+        cc = k - rr * S
+        r = r0 + rr
+        c = c0 + cc
+        if r < X.shape[1] and c < X.shape[2]:
+            return rr, cc, float(X[n, r, c]) - mn, True
+        return rr, cc, 0.0, False
+
     @cuda.jit
     def stats_kernel(X, first, m, q, w, mu, var):
         """Stats of images ``X[first + z]`` (z = blockIdx.z) into ``mu[first + z]``, ``var[first + z]``.
@@ -141,22 +161,11 @@ def _kernels(T: int):
         v2 = cuda.shared.array((T, S), float64)
         mn = m[n]
         for k in range(tid, S * S, NT):
-            rr = k // S
-            cc = k - rr * S
-            r = r0 + rr
-            c = c0 + cc
-            v = 0.0
-            if r < H and c < W:
-                v = float(X[n, r, c]) - mn
+            rr, cc, v, _ = _halo_pixel(X, n, k, r0, c0, mn)
             s1[rr, cc] = v
             s2[rr, cc] = v * v
         cuda.syncthreads()
-        w0 = w[0]
-        w1 = w[1]
-        w2 = w[2]
-        w3 = w[3]
-        w4 = w[4]
-        w5 = w[5]
+        w0, w1, w2, w3, w4, w5 = _taps(w)
         for cc in range(tx, S, T):
             v1[ty, cc] = _vpass(s1, ty, cc, w0, w1, w2, w3, w4, w5)
             v2[ty, cc] = _vpass(s2, ty, cc, w0, w1, w2, w3, w4, w5)
@@ -206,20 +215,9 @@ def _kernels(T: int):
         ia = pa[s]
         mav = ma[ia]
         for k in range(tid, S * S, NT):
-            rr = k // S
-            cc = k - rr * S
-            r = r0 + rr
-            c = c0 + cc
-            v = 0.0
-            if r < H and c < W:
-                v = float(A[ia, r, c]) - mav
+            rr, cc, v, _ = _halo_pixel(A, ia, k, r0, c0, mav)
             sa[rr, cc] = v
-        w0 = w[0]
-        w1 = w[1]
-        w2 = w[2]
-        w3 = w[3]
-        w4 = w[4]
-        w5 = w[5]
+        w0, w1, w2, w3, w4, w5 = _taps(w)
         r = r0 + ty
         c = c0 + tx
         inside = r < Hi and c < Wi
@@ -236,13 +234,9 @@ def _kernels(T: int):
             mbv = mb[j]
             se = 0.0
             for k in range(tid, S * S, NT):
-                rr = k // S
-                cc = k - rr * S
-                rg = r0 + rr
-                cg = c0 + cc
+                rr, cc, yv, inside_img = _halo_pixel(B, j, k, r0, c0, mbv)
                 v = 0.0
-                if rg < H and cg < W:
-                    yv = float(B[j, rg, cg]) - mbv
+                if inside_img:
                     xv = sa[rr, cc]
                     v = xv * yv
                     if (rr < T or last_y) and (cc < T or last_x):

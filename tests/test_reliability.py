@@ -114,14 +114,10 @@ def test_sigterm_is_a_clean_interrupt(sets, tmp_path, membership_ref, delay):
 #   startup - while cli.py imports click (before main() exists), import - while numba is first imported,
 #   stage - between reading the two image folders, compute - while the first pairwise SSIM kernel runs (Numba),
 #   write - as the first output file is written, exit - from an atexit callback, after the job.
-_LAUNCHER = r"""
+# Shared by the launchers: ``fire_at_import(name)`` sends the signal (``fire``) when module ``name`` is first imported.
+_FIRE_AT_IMPORT = r"""
 import importlib.abc, os, runpy, signal, sys, threading
-root, sig, at = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-sys.path.insert(0, root)
-sys.argv = ["imprint"] + sys.argv[4:]
-fire = lambda: os.kill(os.getpid(), sig)
-if at in ("startup", "import"):
-    module = {"startup": "click", "import": "numba"}[at]
+def fire_at_import(module):
     class Hook(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
             if name == module:
@@ -129,6 +125,15 @@ if at in ("startup", "import"):
                 fire()
             return None
     sys.meta_path.insert(0, Hook())
+"""
+
+_LAUNCHER = _FIRE_AT_IMPORT + r"""
+root, sig, at = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+sys.path.insert(0, root)
+sys.argv = ["imprint"] + sys.argv[4:]
+fire = lambda: os.kill(os.getpid(), sig)
+if at in ("startup", "import"):
+    fire_at_import({"startup": "click", "import": "numba"}[at])
 elif at != "exit":
     import imprint.engine.membership.evidence as ev, imprint.engine.outputs as outputs, imprint.engine.pipeline as pipeline
     mod, name = {"stage": (pipeline, "_load"),  # the real folder, read after the generated one (pixel store)
@@ -299,8 +304,7 @@ def test_attribution_resumes_from_finished_features(sets, tmp_path, monkeypatch)
 #   imprint.engine.interrupts / click / imprint.engine.cli - when that module is first imported (the first: only the
 #           entry's early handler on the builtin _signal is in place)
 #   write - when the job's final output (its --out) is written, through engine.store.atomic_replace
-_ENTRY_LAUNCHER = r"""
-import importlib.abc, os, runpy, signal, sys
+_ENTRY_LAUNCHER = _FIRE_AT_IMPORT + r"""
 root, sig, at, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 sys.path.insert(0, root)
 sys.argv = ["imprint"] + sys.argv[5:]
@@ -317,13 +321,7 @@ elif at == "write":
         return orig(path, *a, **k)
     store.atomic_replace = wrapped
 else:
-    class Hook(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == at:
-                sys.meta_path.remove(self)
-                fire()
-            return None
-    sys.meta_path.insert(0, Hook())
+    fire_at_import(at)
 runpy.run_module("imprint", run_name="__main__", alter_sys=True)
 """
 
