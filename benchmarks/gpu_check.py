@@ -210,6 +210,12 @@ def sec_pair_kernels(ctx: Ctx) -> dict:
     from imprint.kernels.cuda_similarity import DEFAULT_TILE, CudaPairScorer
     from imprint.kernels.cuda_texture import lbp_histograms_cuda
 
+    if not ctx.simulated:
+        from imprint.engine.device import numba_cuda_trial
+
+        ok, why = numba_cuda_trial()
+        if not ok:
+            return {"skipped": f"Numba CUDA unavailable: {why}", "needs": NEEDS["pair_kernels"]}
     z = ctx.sizes
     tile = z["tile"] or DEFAULT_TILE
     reps, win = z["repeats"], z["min_window"]
@@ -283,7 +289,10 @@ def sec_pair_kernels(ctx: Ctx) -> dict:
 
 def sec_faiss_knn(ctx: Ctx) -> dict:
     """Exact k-NN n x n on FAISS-GPU (CPU IndexFlatL2 when simulated), n the largest a probe says fits."""
-    import faiss
+    try:
+        import faiss
+    except ImportError as exc:
+        return {"skipped": f"faiss is not installed ({exc})", "needs": NEEDS["faiss_knn"]}
 
     from imprint.engine.search import knn
 

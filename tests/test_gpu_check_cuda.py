@@ -154,3 +154,19 @@ def test_cuda_gpu_device_check_script_runs_the_check_and_keeps_a_log(tmp_path):
     doc = json.loads((out / "gpu_check.json").read_text())
     assert doc["simulated"] is True and list(doc["sections"]) == ["faiss_knn"]
     assert doc["sections"]["faiss_knn"]["result"]["complete"] is True
+
+
+def test_cuda_gpu_check_real_sections_say_what_is_missing(tmp_path):
+    """Without the simulator, a section whose GPU library is missing records "skipped" with the reason and what to
+    install, instead of failing: so the device run (where faiss-gpu and onnxruntime-gpu cannot be installed) still
+    measures the rest and says why these are absent."""
+    from imprint.engine import device as D
+    from imprint.kernels.cuda_similarity import cuda_available
+
+    if D.onnx_cuda_trial()[0] or D.faiss_gpu_trial()[0] or cuda_available():  # pragma: no cover - a GPU machine
+        pytest.skip("a GPU is present")
+    fns = {"pair_kernels": GC.sec_pair_kernels, "faiss_knn": GC.sec_faiss_knn, "onnx": GC.sec_onnx}
+    for name, fn in fns.items():
+        res = fn(GC.Ctx(name, time.time() + 60, False, None, tmp_path))
+        assert res["needs"] == GC.NEEDS[name] and "unavailable" in res["skipped"], (name, res)
+        assert "simulated" not in res
