@@ -722,7 +722,18 @@ def main(argv=None) -> int:
     def launch(name, until, hard):
         return launch_section(name, until, hard, out_dir, args.simulate)
 
-    doc["sections"] = run_sections(names, args.budget, launch, update, start=t_start)
+    try:
+        doc["sections"] = run_sections(names, args.budget, launch, update, start=t_start)
+    except KeyboardInterrupt:  # Ctrl-C or an outer timeout's SIGTERM: keep what the running section had measured
+        for name in names:
+            part = read_json(out_dir / f"{name}.partial.json")
+            if part and name not in doc["sections"]:
+                doc["sections"][name] = dict(part, killed="the whole check was interrupted")
+        doc["interrupted"] = True
+        doc["total_s"] = round(time.time() - t_start, 1)
+        write_json(path, doc)
+        print(f"interrupted: wrote {path}", file=sys.stderr)
+        return 130
     doc["targets"] = ("not evaluated: simulated" if args.simulate else targets(doc["sections"]))
     doc["total_s"] = round(time.time() - t_start, 1)
     write_json(path, doc)

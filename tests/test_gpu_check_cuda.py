@@ -170,3 +170,27 @@ def test_cuda_gpu_check_real_sections_say_what_is_missing(tmp_path):
         res = fn(GC.Ctx(name, time.time() + 60, False, None, tmp_path))
         assert res["needs"] == GC.NEEDS[name] and "unavailable" in res["skipped"], (name, res)
         assert "simulated" not in res
+
+
+def test_cuda_gpu_check_stopped_from_outside_keeps_the_running_sections_figures(tmp_path):
+    """SIGTERM to the check (an outer timeout) while a section runs: exit 130, the section's process group is
+    killed, and the JSON holds what that section had recorded."""
+    out = tmp_path / "o"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), IMPRINT_GPU_CHECK_HANG="faiss_knn")
+    env.pop("NUMBA_ENABLE_CUDASIM", None)
+    p = subprocess.Popen([sys.executable, "benchmarks/gpu_check.py", "--simulate", "--out", str(out), "--only",
+                          "faiss_knn", "--budget", "120"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    partial = out / "faiss_knn.partial.json"
+    end = time.time() + 90
+    while time.time() < end and GC.read_json(partial).get("before_hang") != 1:
+        time.sleep(0.1)
+    p.send_signal(subprocess.signal.SIGTERM)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err[-2000:]
+    doc = json.loads((out / "gpu_check.json").read_text())
+    assert doc["interrupted"] is True
+    kn = doc["sections"]["faiss_knn"]
+    assert kn["before_hang"] == 1 and kn["killed"] == "the whole check was interrupted"
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert f"--partial {partial}" not in ps
