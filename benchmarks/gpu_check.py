@@ -238,7 +238,8 @@ def sec_pair_kernels(ctx: Ctx) -> dict:
         _, t_compile = _timed(lambda: scorer.score(R[:1], pairs[:1]))  # first call compiles the kernels
         # probe: one call on a tenth of the pairs gives the rate; a timed call then lasts <= call_s
         probe = pairs[: max(k, (len(pairs) // 10) // k * k)]
-        _, t_probe = _timed(lambda: scorer.score(R, probe))
+        # pairs are grouped k per real image in order: a prefix of them needs a prefix of R
+        _, t_probe = _timed(lambda: scorer.score(R[: len(probe) // k], probe))
         est = len(probe) / max(t_probe, 1e-9)
         n_call = int(min(len(pairs), max(k, est * min(z["call_s"], (until - time.time()) / 8)))) // k * k
         sub_gpu = pairs[: max(k, n_call)]
@@ -247,7 +248,8 @@ def sec_pair_kernels(ctx: Ctx) -> dict:
                "scaled_down": bool(len(sub_gpu) < len(pairs))}
         ctx.put(key, rec)
         half = time.time() + (until - time.time()) / 2
-        gpu = best_rate(lambda: scorer.score(R, sub_gpu), len(sub_gpu), half, reps, win, warm=False)
+        R_gpu = R[: len(sub_gpu) // k]
+        gpu = best_rate(lambda: scorer.score(R_gpu, sub_gpu), len(sub_gpu), half, reps, win, warm=False)
         rec.update(gpu_ssim_mse_pairs_per_s=gpu["best_per_s"], gpu_windows=gpu["windows"],
                    seconds_for_1e9_pairs=1e9 / gpu["best_per_s"])
         ctx.put(key, rec)
