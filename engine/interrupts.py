@@ -159,6 +159,15 @@ def installed() -> bool:
     return _S.installed and signal.getsignal(signal.SIGTERM) is _handler
 
 
+def request(signum: int) -> None:
+    """Record a stop request that arrived before :func:`install` (the console entry's early handler notes it): it is
+    then held and delivered exactly like one the handler received."""
+    if _S.requested is None:
+        _S.requested = int(signum)
+    if _S.depth == 0:
+        _raise_pending()
+
+
 def _raise_pending() -> None:
     if _S.requested is not None and not _S.delivered:
         _S.delivered = True

@@ -81,7 +81,8 @@ def run_pairs(*, real_dir: str, gen_dir: str, k: int, out: str, backbone: str = 
 
     from .backbone import load_backbone
     from .ingest import discover, iter_batches
-    from .pipeline import _check_dir, _check_out, _load, _NullReporter, _skip_report, _sigterm_as_interrupt, _strict
+    from .pipeline import (_check_dir, _check_out, _load, _NullReporter, _outputs_together, _skip_report,
+                           _sigterm_as_interrupt, _strict)
     from . import device as device_mod
     from .store import atomic_write_text
 
@@ -233,14 +234,15 @@ def run_pairs(*, real_dir: str, gen_dir: str, k: int, out: str, backbone: str = 
         if n_real == 0:
             raise ImprintError(f"no readable images in real folder {real_dir}")
         t0 = time.perf_counter()
-        with atomic_replace(out) as tmp, pq.ParquetWriter(str(tmp), pairs_schema()) as writer:
-            for c in range(len(chunks)):
-                part_table = pq.read_table(work / f"part-{c:06d}.parquet", schema=pairs_schema())
-                if part_table.num_rows:
-                    writer.write_table(part_table)
-        shutil.rmtree(work, ignore_errors=True)
-        t["write_s"] += time.perf_counter() - t0
-        skip_path = _skip_report(out, skips, rep)
+        with _outputs_together():  # a stop request waits for the output, its skip report and the parts' removal
+            with atomic_replace(out) as tmp, pq.ParquetWriter(str(tmp), pairs_schema()) as writer:
+                for c in range(len(chunks)):
+                    part_table = pq.read_table(work / f"part-{c:06d}.parquet", schema=pairs_schema())
+                    if part_table.num_rows:
+                        writer.write_table(part_table)
+            shutil.rmtree(work, ignore_errors=True)
+            t["write_s"] += time.perf_counter() - t0
+            skip_path = _skip_report(out, skips, rep)
     total = time.perf_counter() - t_all
     rates = {
         "embed_img_per_s": (len(gen) + n_real) / t["embed_s"] if t["embed_s"] else None,

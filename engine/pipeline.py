@@ -274,11 +274,15 @@ def run_membership(*, gen_dir: str, real_dir: str, out: str, dev_dirs: Sequence[
 
 
 # ---------------------------------------------------------------------------------------------- attribution
-def _processing_detected(imgs, labels: np.ndarray, k: int, out: str) -> dict:
-    """Issue 19: per-image detected processing (``<out>.processing.csv``) and a per-cluster summary.
+_PROCESSING_HEADER = ["image", "cluster", "processing", "jpeg_quality", "jpeg_source", "jpeg_ghost"]
+
+
+def _processing_detected(imgs, labels: np.ndarray, k: int, out: str) -> tuple[dict, list]:
+    """Issue 19: per-image detected processing (rows of ``<out>.processing.csv``) and a per-cluster summary.
 
     JPEG files report their quantisation-table quality; other files are checked for JPEG traces in their
-    pixels (engine.processing.jpeg_ghost).  Resampling is not detected.
+    pixels (engine.processing.jpeg_ghost).  Resampling is not detected.  Returns ``(summary, rows)``; the caller
+    writes the rows with its other outputs.
     """
     from .ingest import jpeg_quality_of
     from .processing import detect
@@ -286,9 +290,8 @@ def _processing_detected(imgs, labels: np.ndarray, k: int, out: str) -> dict:
     q = [jpeg_quality_of(os.path.join(imgs.root, p)) for p in imgs.paths]
     det = detect(imgs.images, q)
     path = str(Path(out).with_suffix("")) + ".processing.csv"
-    write_csv(path, ["image", "cluster", "processing", "jpeg_quality", "jpeg_source", "jpeg_ghost"],
-              zip(imgs.paths, labels.tolist(), det["processing"],
-                  ["" if v is None else v for v in det["jpeg_quality"]], det["jpeg_source"], det["jpeg_ghost"]))
+    rows = list(zip(imgs.paths, labels.tolist(), det["processing"],
+                    ["" if v is None else v for v in det["jpeg_quality"]], det["jpeg_source"], det["jpeg_ghost"]))
     per = []
     for c in range(k):
         sel = np.flatnonzero(labels == c)
@@ -299,7 +302,7 @@ def _processing_detected(imgs, labels: np.ndarray, k: int, out: str) -> dict:
                     "jpeg_in_pixels": int(sum(det["jpeg_source"][i] == "pixels" for i in sel)),
                     "median_jpeg_quality": float(np.median(qs)) if qs else None})
     return {"per_cluster": per, "out": path, "n_jpeg": int(sum(det["jpeg"])),
-            "note": "JPEG: file quantisation tables, else JPEG ghost in the pixels; resampling is not detected"}
+            "note": "JPEG: file quantisation tables, else JPEG ghost in the pixels; resampling is not detected"}, rows
 
 
 def run_attribution(*, images_dir: str, k: int | None, out: str, dev_dir: str | None = None,
@@ -348,14 +351,16 @@ def run_attribution(*, images_dir: str, k: int | None, out: str, dev_dir: str | 
                                cache_dir=str(cache_dir), skips=skips, ingest_policy=policy.describe())
         timings.update(att.summary["timings"])
         res = att.result
-        att.to_csv(out)
-        det_path = str(Path(out).with_suffix("")) + ".details.csv"
-        att.details_to_csv(det_path)
-        skip_path = _skip_report(out, skips, rep)
-        shutil.rmtree(cache_dir, ignore_errors=True)
         t0 = time.perf_counter()
-        processing = _processing_detected(imgs, np.asarray(att.cluster, np.int64), int(res.k), out)
+        processing, proc_rows = _processing_detected(imgs, np.asarray(att.cluster, np.int64), int(res.k), out)
         timings["processing_s"] = time.perf_counter() - t0
+        with _outputs_together():  # as membership: a stop request waits until the set of outputs is written
+            att.to_csv(out)
+            det_path = str(Path(out).with_suffix("")) + ".details.csv"
+            att.details_to_csv(det_path)
+            write_csv(processing["out"], _PROCESSING_HEADER, proc_rows)
+            skip_path = _skip_report(out, skips, rep)
+            shutil.rmtree(cache_dir, ignore_errors=True)
 
     timings["total_s"] = time.perf_counter() - t_start
     summary = dict(att.summary, out=out, details_out=det_path, skip_report=skip_path, dev_models=dev_models,

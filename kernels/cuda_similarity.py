@@ -40,7 +40,13 @@ import math
 import numpy as np
 
 from ._validate import as_images, as_pairs, check_data_range, common_dtype, same_hw
-from .similarity import _K1, _K2, SSIM_WIN, gaussian_window
+from .constants import SSIM_HALO, SSIM_RADIUS, SSIM_WIN, gaussian_window, ssim_c1_c2
+from .similarity import _centre
+
+# The separable filters below are unrolled for the 11-tap window (weights w0..w5, offsets 0..10): they read
+# the window size from kernels.constants, and refuse to run if it ever changes without them.
+if SSIM_RADIUS != 5:  # pragma: no cover - guards a future edit of kernels.constants
+    raise ImportError(f"kernels.cuda_similarity is unrolled for an 11-tap SSIM window, constants say {SSIM_WIN}")
 
 __all__ = ["cuda_available", "simulator", "CudaPairScorer", "ssim_mse_pairs_cuda", "ssim_pairs_cuda",
            "mse_pairs_cuda", "DEFAULT_TILE"]
@@ -71,7 +77,7 @@ def cuda_available() -> bool:
 
 
 def centres(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-image centring constant and fixed-point step, as ``kernels.similarity._centre``.
+    """Per-image centring constant and fixed-point step: the CPU kernel's own ``kernels.similarity._centre``.
 
     Parameters
     ----------
@@ -81,19 +87,13 @@ def centres(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     -------
     m, q : float64 [N]
         ``m = round(mean)`` (half to even) and ``q = 2**-k``, the largest power of two step with
-        ``max|x - m| / q <= 2**31 - 2`` (``q = 1`` for a constant image).
+        ``max|x - m| / q <= constants.FIXED_POINT_MAX`` (``q = 1`` for a constant image).
     """
     n = X.shape[0]
-    flat = X.reshape(n, -1)
-    s = flat.sum(axis=1, dtype=np.float64)
-    m = np.round(s / flat.shape[1])
-    lo = flat.min(axis=1).astype(np.float64)
-    hi = flat.max(axis=1).astype(np.float64)
-    big = np.maximum(hi - m, m - lo)
-    q = np.ones(n, np.float64)
-    pos = big > 0
-    k = np.minimum(np.floor(np.log2(2147483646.0 / big[pos])), 1000.0)
-    q[pos] = 2.0 ** (-k)
+    m = np.empty(n, np.float64)
+    q = np.empty(n, np.float64)
+    for i in range(n):
+        m[i], q[i] = _centre(X[i])
     return m, q
 
 
@@ -105,7 +105,7 @@ def _kernels(T: int):
 
     float64 = np.float64
     int32 = np.int32
-    S = T + 10  # tile plus halo
+    S = T + SSIM_HALO  # tile plus halo
     NT = T * T
 
     @cuda.jit(device=True)
@@ -119,6 +119,26 @@ def _kernels(T: int):
         return (w5 * src[ty, tx + 5] + w4 * (src[ty, tx + 4] + src[ty, tx + 6])
                 + w3 * (src[ty, tx + 3] + src[ty, tx + 7]) + w2 * (src[ty, tx + 2] + src[ty, tx + 8])
                 + w1 * (src[ty, tx + 1] + src[ty, tx + 9]) + w0 * (src[ty, tx] + src[ty, tx + 10]))
+
+    @cuda.jit(device=True)
+    def _taps(w):
+        """The six distinct weights of the symmetric 11-tap window (w0 outermost, w5 the centre)."""
+        return w[0], w[1], w[2], w[3], w[4], w[5]
+
+    @cuda.jit(device=True)
+    def _halo_pixel(X, n, k, r0, c0, mn):
+        """The k-th pixel (row-major) of the S x S tile-plus-halo whose corner is (r0, c0) in image ``X[n]``.
+
+        Returns ``(rr, cc, v, inside)``: its place in the tile, its value centred by ``mn`` (0.0 outside the
+        image) and whether it lies inside the image.
+        """
+        rr = k // S
+        cc = k - rr * S
+        r = r0 + rr
+        c = c0 + cc
+        if r < X.shape[1] and c < X.shape[2]:
+            return rr, cc, float(X[n, r, c]) - mn, True
+        return rr, cc, 0.0, False
 
     @cuda.jit
     def stats_kernel(X, first, m, q, w, mu, var):
@@ -141,29 +161,18 @@ def _kernels(T: int):
         v2 = cuda.shared.array((T, S), float64)
         mn = m[n]
         for k in range(tid, S * S, NT):
-            rr = k // S
-            cc = k - rr * S
-            r = r0 + rr
-            c = c0 + cc
-            v = 0.0
-            if r < H and c < W:
-                v = float(X[n, r, c]) - mn
+            rr, cc, v, _ = _halo_pixel(X, n, k, r0, c0, mn)
             s1[rr, cc] = v
             s2[rr, cc] = v * v
         cuda.syncthreads()
-        w0 = w[0]
-        w1 = w[1]
-        w2 = w[2]
-        w3 = w[3]
-        w4 = w[4]
-        w5 = w[5]
+        w0, w1, w2, w3, w4, w5 = _taps(w)
         for cc in range(tx, S, T):
             v1[ty, cc] = _vpass(s1, ty, cc, w0, w1, w2, w3, w4, w5)
             v2[ty, cc] = _vpass(s2, ty, cc, w0, w1, w2, w3, w4, w5)
         cuda.syncthreads()
         r = r0 + ty
         c = c0 + tx
-        if r < H - 10 and c < W - 10:
+        if r < H - SSIM_HALO and c < W - SSIM_HALO:
             u = _hpass(v1, ty, tx, w0, w1, w2, w3, w4, w5)
             sq = _hpass(v2, ty, tx, w0, w1, w2, w3, w4, w5)
             qn = q[n]
@@ -188,8 +197,8 @@ def _kernels(T: int):
         tid = ty * T + tx
         H = A.shape[1]
         W = A.shape[2]
-        Hi = H - 10
-        Wi = W - 10
+        Hi = H - SSIM_HALO
+        Wi = W - SSIM_HALO
         by = cuda.blockIdx.y
         bx = cuda.blockIdx.x
         last_y = by == cuda.gridDim.y - 1
@@ -206,20 +215,9 @@ def _kernels(T: int):
         ia = pa[s]
         mav = ma[ia]
         for k in range(tid, S * S, NT):
-            rr = k // S
-            cc = k - rr * S
-            r = r0 + rr
-            c = c0 + cc
-            v = 0.0
-            if r < H and c < W:
-                v = float(A[ia, r, c]) - mav
+            rr, cc, v, _ = _halo_pixel(A, ia, k, r0, c0, mav)
             sa[rr, cc] = v
-        w0 = w[0]
-        w1 = w[1]
-        w2 = w[2]
-        w3 = w[3]
-        w4 = w[4]
-        w5 = w[5]
+        w0, w1, w2, w3, w4, w5 = _taps(w)
         r = r0 + ty
         c = c0 + tx
         inside = r < Hi and c < Wi
@@ -236,13 +234,9 @@ def _kernels(T: int):
             mbv = mb[j]
             se = 0.0
             for k in range(tid, S * S, NT):
-                rr = k // S
-                cc = k - rr * S
-                rg = r0 + rr
-                cg = c0 + cc
+                rr, cc, yv, inside_img = _halo_pixel(B, j, k, r0, c0, mbv)
                 v = 0.0
-                if rg < H and cg < W:
-                    yv = float(B[j, rg, cg]) - mbv
+                if inside_img:
                     xv = sa[rr, cc]
                     v = xv * yv
                     if (rr < T or last_y) and (cc < T or last_x):
@@ -330,8 +324,8 @@ class CudaPairScorer:
         self._B = cuda.to_device(B)
         self._mb = cuda.to_device(mb)
         self._qb = cuda.to_device(qb)
-        self._mub = cuda.device_array((M, H - 10, W - 10), np.int32)
-        self._varb = cuda.device_array((M, H - 10, W - 10), np.float32)
+        self._mub = cuda.device_array((M, H - SSIM_HALO, W - SSIM_HALO), np.int32)
+        self._varb = cuda.device_array((M, H - SSIM_HALO, W - SSIM_HALO), np.float32)
         self._compute_stats(self._B, self._mb, self._qb, self._mub, self._varb, M, 0)
         cuda.synchronize()
 
@@ -346,14 +340,14 @@ class CudaPairScorer:
             bufs = ([cuda.pinned_array((cap, H, W), dtype) for _ in range(2)],
                     [cuda.stream() for _ in range(2)],
                     [cuda.device_array((cap, H, W), dtype) for _ in range(2)],
-                    [cuda.device_array((cap, H - 10, W - 10), np.int32) for _ in range(2)],
-                    [cuda.device_array((cap, H - 10, W - 10), np.float32) for _ in range(2)])
+                    [cuda.device_array((cap, H - SSIM_HALO, W - SSIM_HALO), np.int32) for _ in range(2)],
+                    [cuda.device_array((cap, H - SSIM_HALO, W - SSIM_HALO), np.float32) for _ in range(2)])
             self._bufs = (cap, np.dtype(dtype), bufs)
         return self._bufs[2]
 
     def _grid_xy(self):
         H, W = self.shape[1:]
-        return (-(-(W - 10) // self.tile), -(-(H - 10) // self.tile))
+        return (-(-(W - SSIM_HALO) // self.tile), -(-(H - SSIM_HALO) // self.tile))
 
     def _compute_stats(self, X, m, q, mu, var, n, stream):
         gx, gy = self._grid_xy()
@@ -392,9 +386,7 @@ class CudaPairScorer:
         if P == 0:
             return ssim_out.astype(np.float32), mse_out.astype(np.float32)
         H, W = self.shape[1:]
-        r = self.data_range
-        c1 = (_K1 * r) ** 2
-        c2 = (_K2 * r) ** 2
+        c1, c2 = ssim_c1_c2(self.data_range)
         order = np.lexsort((pairs[:, 1], pairs[:, 0]))
         ia_sorted = pairs[order, 0]
         uniq, first_pos = np.unique(ia_sorted, return_index=True)
@@ -411,7 +403,7 @@ class CudaPairScorer:
                 return
             streams[slot].synchronize()
             p_lo, p_hi, hs, he = job
-            ssim_out[order[p_lo:p_hi]] = hs / ((H - 10) * (W - 10))
+            ssim_out[order[p_lo:p_hi]] = hs / ((H - SSIM_HALO) * (W - SSIM_HALO))
             mse_out[order[p_lo:p_hi]] = he / (H * W)
             pending[slot] = None
 

@@ -24,7 +24,7 @@ import functools
 import numpy as np
 
 from ._validate import as_images
-from .cuda_similarity import cuda_available, simulator
+from .cuda_similarity import _check_tile, cuda_available, simulator
 from .texture import LBP_METHODS, _check_params, _lut, _tables, lbp_n_bins
 
 __all__ = ["lbp_histograms_cuda", "MAX_GPU_BINS"]
@@ -142,9 +142,7 @@ def lbp_histograms_cuda(images, P: int = 8, R: float = 1.0, method: str = "unifo
     N, H, W = imgs.shape
     if H * W == 0:
         raise ValueError("images: images must not be empty")
-    t = int(tile)
-    if t < 1 or t & (t - 1) or t > 32:
-        raise ValueError(f"tile must be a power of two in 1..32, got {tile!r}")
+    t = _check_tile(tile)
     out = np.zeros((N, n_bins), np.float32)
     if N == 0:
         return out

@@ -55,22 +55,15 @@ import numpy as np
 from numba import njit, prange
 
 from ._validate import as_images, as_pairs, check_data_range, common_dtype, same_hw
+from .constants import FIXED_POINT_MAX, MAX_STEP_EXPONENT, SSIM_K1, SSIM_K2, SSIM_WIN, gaussian_window
 
 __all__ = ["ssim", "ssim_pairs", "mse_pairs", "psnr_pairs", "gaussian_window", "SSIM_WIN"]
 
-#: SSIM window size (11 taps: sigma 1.5, truncate 3.5 as skimage).
-SSIM_WIN = 11
+# SSIM_WIN (11 taps: sigma 1.5, truncate 3.5 as skimage), K1, K2 and gaussian_window come from kernels.constants,
+# the one definition shared with the CUDA kernels (kernels.cuda_similarity).
 _PAD = (SSIM_WIN - 1) // 2
-_K1 = 0.01
-_K2 = 0.03
-
-
-def gaussian_window(sigma: float = 1.5, truncate: float = 3.5) -> np.ndarray:
-    """1-D Gaussian taps exactly as ``scipy.ndimage._gaussian_kernel1d`` (float64)."""
-    radius = int(truncate * sigma + 0.5)
-    x = np.arange(-radius, radius + 1)
-    phi = np.exp(-0.5 / (sigma * sigma) * x**2)
-    return phi / phi.sum()
+_K1 = SSIM_K1
+_K2 = SSIM_K2
 
 
 # ----------------------------------------------------------------------------- SSIM kernels
@@ -108,7 +101,7 @@ def _centre(img):
     big = max(hi - m, m - lo)
     if big <= 0.0:
         return m, 1.0
-    k = min(np.floor(np.log2(2147483646.0 / big)), 1000.0)  # keep 1/q finite
+    k = min(np.floor(np.log2(FIXED_POINT_MAX / big)), MAX_STEP_EXPONENT)  # keep 1/q finite
     return m, 2.0 ** (-k)
 
 

@@ -132,3 +132,37 @@ def test_cuda_unavailable_is_a_clear_error_and_bad_params_rejected():
 
         with pytest.raises(RuntimeError, match="no CUDA device"):
             CudaPairScorer(np.zeros((1, 16, 16), np.uint8))
+
+
+def test_cuda_and_cpu_kernels_read_one_definition():
+    """kernels.constants is the one source of the SSIM definition for the CPU and the CUDA kernels: both modules
+    use its objects (not copies), the CUDA side centres images with the CPU kernel's own function, no kernel
+    source repeats the constants as literals, and the definition is scipy's / skimage's."""
+    import ast
+
+    from scipy.ndimage import _filters
+
+    import imprint.kernels.constants as C
+    import imprint.kernels.cuda_similarity as CS
+    import imprint.kernels.similarity as S
+
+    assert S.gaussian_window is C.gaussian_window and CS.gaussian_window is C.gaussian_window
+    assert S.SSIM_WIN is C.SSIM_WIN and CS.SSIM_WIN is C.SSIM_WIN and C.SSIM_WIN == 11 and C.SSIM_HALO == 10
+    assert (S._K1, S._K2) == (C.SSIM_K1, C.SSIM_K2) == (0.01, 0.03)
+    assert CS._centre is S._centre
+    np.testing.assert_array_equal(C.gaussian_window(), _filters._gaussian_kernel1d(1.5, 0, 5)[::-1])
+    assert C.ssim_c1_c2(255.0) == ((0.01 * 255) ** 2, (0.03 * 255) ** 2)
+    # the numbers live in constants.py only (numeric literals in the kernels' code, docstrings aside)
+    for name in ("similarity.py", "cuda_similarity.py", "cuda_texture.py"):
+        tree = ast.parse((ROOT / "kernels" / name).read_text())
+        nums = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and type(n.value) in (int, float)}
+        assert not nums & {0.01, 0.03, 2147483646.0, 2147483646, 1.5, 3.5, 1000.0}, (name, nums)
+    # centres() of a batch equals the CPU kernel's per-image centring (uint8 and float32 images)
+    rng = np.random.default_rng(0)
+    X = (rng.random((5, 13, 14)) * 200).astype(np.float32)
+    X[1] = 7.0  # a constant image: q = 1
+    for arr in (X, X.astype(np.uint8)):
+        m, q = CS.centres(arr)
+        for i in range(len(arr)):
+            assert (m[i], q[i]) == S._centre(arr[i])
+    assert q[1] == 1.0

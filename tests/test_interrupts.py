@@ -141,3 +141,18 @@ def test_not_installed_outside_the_main_thread():
     t.start()
     t.join()
     assert res == [False] and not I.installed()
+
+
+def test_request_noted_before_install_is_held_then_delivered_once(handler):
+    """The console entry's early handler notes a request before engine.interrupts is imported; request() hands it
+    over: held while install(hold=True) holds, raised at release(), and only once."""
+    I.uninstall()
+    assert I.install(hold=True)
+    I.request(signal.SIGINT)
+    assert I.requested() == signal.SIGINT
+    with pytest.raises(I.Interrupted) as e:
+        I.release()
+    assert e.value.args == (signal.SIGINT,)
+    I.check()  # delivered once: nothing more to raise
+    I.request(signal.SIGTERM)  # a later request neither replaces the first nor raises again
+    assert I.requested() == signal.SIGINT

@@ -114,14 +114,10 @@ def test_sigterm_is_a_clean_interrupt(sets, tmp_path, membership_ref, delay):
 #   startup - while cli.py imports click (before main() exists), import - while numba is first imported,
 #   stage - between reading the two image folders, compute - while the first pairwise SSIM kernel runs (Numba),
 #   write - as the first output file is written, exit - from an atexit callback, after the job.
-_LAUNCHER = r"""
+# Shared by the launchers: ``fire_at_import(name)`` sends the signal (``fire``) when module ``name`` is first imported.
+_FIRE_AT_IMPORT = r"""
 import importlib.abc, os, runpy, signal, sys, threading
-root, sig, at = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-sys.path.insert(0, root)
-sys.argv = ["imprint"] + sys.argv[4:]
-fire = lambda: os.kill(os.getpid(), sig)
-if at in ("startup", "import"):
-    module = {"startup": "click", "import": "numba"}[at]
+def fire_at_import(module):
     class Hook(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
             if name == module:
@@ -129,6 +125,15 @@ if at in ("startup", "import"):
                 fire()
             return None
     sys.meta_path.insert(0, Hook())
+"""
+
+_LAUNCHER = _FIRE_AT_IMPORT + r"""
+root, sig, at = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+sys.path.insert(0, root)
+sys.argv = ["imprint"] + sys.argv[4:]
+fire = lambda: os.kill(os.getpid(), sig)
+if at in ("startup", "import"):
+    fire_at_import({"startup": "click", "import": "numba"}[at])
 elif at != "exit":
     import imprint.engine.membership.evidence as ev, imprint.engine.outputs as outputs, imprint.engine.pipeline as pipeline
     mod, name = {"stage": (pipeline, "_load"),  # the real folder, read after the generated one (pixel store)
@@ -290,3 +295,120 @@ def test_attribution_resumes_from_finished_features(sets, tmp_path, monkeypatch)
     assert calls["n"] == 1
     assert (tmp_path / "o.csv").read_bytes() == (tmp_path / "ref.csv").read_bytes()
     assert not (tmp_path / ".o.csv.checkpoints").exists()
+
+
+# ------------------------------------------------------------------------- the console entry (imprint/__main__.py)
+# Runs ``python -m imprint`` (the console script's entry, imprint.__main__:main) and signals it at a chosen point:
+#   ready - the launcher blocks SIGINT/SIGTERM, tells the test it is up (one byte on stdout) and starts imprint; the
+#           test signals 0-30 ms later (the handler must be installed, and the mask lifted, before the heavy imports)
+#   imprint.engine.interrupts / click / imprint.engine.cli - when that module is first imported (the first: only the
+#           entry's early handler on the builtin _signal is in place)
+#   write - when the job's final output (its --out) is written, through engine.store.atomic_replace
+_ENTRY_LAUNCHER = _FIRE_AT_IMPORT + r"""
+root, sig, at, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+sys.path.insert(0, root)
+sys.argv = ["imprint"] + sys.argv[5:]
+fire = lambda: os.kill(os.getpid(), sig)
+if at == "ready":
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    os.write(1, b"R")
+elif at == "write":
+    import imprint.engine.store as store
+    orig = store.atomic_replace
+    def wrapped(path, *a, **k):
+        if os.path.abspath(os.fspath(path)) == os.path.abspath(out):
+            fire()
+        return orig(path, *a, **k)
+    store.atomic_replace = wrapped
+else:
+    fire_at_import(at)
+runpy.run_module("imprint", run_name="__main__", alter_sys=True)
+"""
+
+
+def _entry(tmp_path, sig, at, name, sets, out, **kw):
+    launcher = tmp_path / "entry.py"
+    launcher.write_text(_ENTRY_LAUNCHER)
+    return subprocess.Popen([sys.executable, str(launcher), str(ROOT), str(int(sig)), at, str(out),
+                             *_cmd(name, sets, out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+
+
+def test_entry_installs_the_handler_before_the_heavy_imports():
+    """The console entry routes SIGINT to engine.interrupts before click, numpy or the CLI module are imported."""
+    spy = r"""
+import runpy, signal, sys
+orig = signal.signal
+def spy(s, h):
+    if s == signal.SIGINT and not getattr(spy, "done", False):
+        spy.done = True
+        heavy = ("click", "numpy", "numba", "pyarrow", "imprint.engine.cli")
+        print("SPY", sorted(m for m in heavy if m in sys.modules), flush=True)
+    return orig(s, h)
+signal.signal = spy
+sys.argv = ["imprint", "--help"]
+runpy.run_module("imprint", run_name="__main__", alter_sys=True)
+"""
+    r = subprocess.run([sys.executable, "-c", spy], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0] == "SPY []", r.stdout[:300]
+    assert "Usage: imprint" in r.stdout  # and the CLI still runs
+    import tomllib  # the installed console script runs the same entry
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["imprint"] == "imprint.__main__:main"
+
+
+@pytest.mark.parametrize("sig,delay_ms", [(signal.SIGINT, 0), (signal.SIGINT, 10), (signal.SIGTERM, 20),
+                                          (signal.SIGINT, 30)])
+def test_signal_0_to_30_ms_after_start_is_the_one_line(sets, tmp_path, sig, delay_ms):
+    """Ctrl-C / SIGTERM 0-30 ms after imprint starts (while click, numpy and the CLI load): exit 130 and the one
+    line, never a traceback, never the job running on."""
+    out = tmp_path / "s.csv"
+    p = _entry(tmp_path, sig, "ready", "membership", sets, out)
+    assert p.stdout.read(1) == b"R"
+    time.sleep(delay_ms / 1000)
+    p.send_signal(sig)
+    _, err = p.communicate(timeout=120)
+    err = err.decode()
+    assert p.returncode == 130, (p.returncode, err)
+    assert err.strip() == MESSAGE, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("sig,at", [(signal.SIGINT, "imprint.engine.interrupts"), (signal.SIGINT, "click"),
+                                    (signal.SIGTERM, "imprint.engine.cli")])
+def test_signal_while_the_entry_imports_the_cli_is_the_one_line(sets, tmp_path, sig, at):
+    out = tmp_path / "s.csv"
+    p = _entry(tmp_path, sig, at, "membership", sets, out)
+    _, err = p.communicate(timeout=120)
+    err = err.decode()
+    assert p.returncode == 130, (p.returncode, err)
+    assert err.strip() == MESSAGE, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("name,suffix,companions", [("attribute", ".csv", (".details.csv", ".processing.csv")),
+                                                    ("pairs", ".parquet", ())])
+def test_attribution_and_pairs_finish_their_outputs_before_stopping(sets, tmp_path, name, suffix, companions):
+    """As membership: a stop request that arrives while the job writes its outputs waits for the whole set, so the
+    job stops with exit 130 and the one line, and leaves the complete outputs (equal to an uninterrupted run's),
+    no temporary file and no work folder."""
+    ref = tmp_path / "ref" / f"ref{suffix}"
+    ref.parent.mkdir()
+    r = subprocess.run([sys.executable, "-m", "imprint", *_cmd(name, sets, ref)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        d = tmp_path / sig.name
+        d.mkdir()
+        out = d / f"o{suffix}"
+        p = _entry(tmp_path, sig, "write", name, sets, out)
+        _, err = p.communicate(timeout=300)
+        err = err.decode()
+        assert p.returncode == 130, (p.returncode, err)
+        assert err.strip() == MESSAGE, err
+        assert out.read_bytes() == ref.read_bytes()
+        for c in companions:
+            got = Path(str(out.with_suffix("")) + c).read_bytes()
+            assert got == Path(str(ref.with_suffix("")) + c).read_bytes(), c
+        assert sorted(f for f in os.listdir(d) if f.endswith(".tmp") or f.startswith(".")) == []

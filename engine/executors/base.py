@@ -12,6 +12,7 @@ approximate FAISS factories are trained per shard on Ray).
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -66,11 +67,12 @@ def check_executor(executor: Any, address: str | None = None) -> str:
     return ex
 
 
-class Executor:
+class Executor(ABC):
     """Base class of the executors (:class:`~engine.executors.local.LocalExecutor`,
     :class:`~engine.executors.ray.RayExecutor`).
 
-    Subclasses implement the stage methods; the base class gives the context-manager protocol
+    Subclasses must implement every stage method (they are abstract: a subclass that misses one cannot be
+    instantiated, so a stage can never reach a missing method mid-job); the base class gives the context-manager protocol
     (``with RayExecutor() as ex: ...`` starts and releases resources) and a per-stage timing dict ``stats``.
     """
 
@@ -98,36 +100,36 @@ class Executor:
         return f"{type(self).__name__}()"
 
     # ------------------------------------------------------------------ stages
+    @abstractmethod
     def embed(self, images: np.ndarray, backbone: Any = "pixel", *, batch_size: int | None = None,
               progress: Callable[[int], Any] | None = None, **kwargs) -> np.ndarray:
         """:func:`engine.backbone.embed`: uint8 ``[N,H,W]`` -> float32 ``[N,d]``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def embed_files(self, folder: str, rel_paths: Sequence[str], backbone: Any, *, policy=None,
                     shard_size: int = 4096, batch_size: int | None = None,
                     on_skip: Callable | None = None) -> Iterator[tuple[np.ndarray, list, list]]:
         """Decode and embed files; yields ``(vectors float32[b,d], paths, hashes)`` per shard, in order."""
-        raise NotImplementedError
 
+    @abstractmethod
     def build_index(self, vectors: Any, *, metric: str = "l2", index: str = "auto", random_state: int = 0,
                     n_queries: int | None = None, k: int = 10, return_info: bool = False, **kwargs):
         """:func:`engine.search.build_index` (an index object this executor's :meth:`knn` accepts)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def knn(self, base: Any, queries: Any, k: int, *, metric: str = "l2", index: Any = "auto",
             exclude_self: bool = False, **kwargs):
         """:func:`engine.search.knn`: ``(dist float32[N,k], idx int64[N,k])``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def ssim_pairs(self, A: np.ndarray, B: np.ndarray, pairs: np.ndarray, data_range: float = 255.0) -> np.ndarray:
         """``kernels.ssim_pairs``: float32 ``[P]``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def mse_pairs(self, A: np.ndarray, B: np.ndarray, pairs: np.ndarray) -> np.ndarray:
         """``kernels.mse_pairs``: float32 ``[P]``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def extract_features(self, images: np.ndarray, groups: Sequence[str] | None = None, *,
                          batch: int = 512) -> tuple[np.ndarray, list]:
         """:func:`engine.features.extract`: ``(features float64[N,F], names)``."""
-        raise NotImplementedError

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# The ONE command a session passes to the device tool for issue 14 (benchmarks/gpu_check.py on a lent GPU).
+#
+# 1. Here, on the CPU machine, once (needs PyPI; downloads what the device image lacks into .whl/, git-ignored):
+#        bash scripts/gpu_device_check.sh --prepare
+# 2. Then one call of the device tool (run), from the repository root it sends:
+#        command:   bash scripts/gpu_device_check.sh
+#        carry:     [".whl"]
+#        timeout_s: 540
+#    It comes back with $OUT/gpu_check.json (rewritten after every section, so a cut-short run still has figures),
+#    $OUT/gpu_device_check.log, and the partial file of a section that was killed.  The check ends by itself in
+#    about 7.5 minutes (gpu_check's 420 s budget + 15 s grace + start-up; an outer `timeout` at 480 s), so with
+#    the machine's start it fits the session's 15 minutes of device time once.  Put the figures in
+#    benchmarks/RESULTS.md "GPU (issue 14)".
+#
+# What the device image has (device README, KINDS.md): Python 3.12 with numpy, numba, numba-cuda (CUDA 13),
+# onnxruntime (CPU build), pyarrow, scikit-learn, scipy, pillow, click, tqdm, onnx; no network.  So:
+#   * pair_kernels (Numba CUDA SSIM/MSE/LBP) runs on the GPU with what is there;
+#   * faiss is not installed: the CPU build travels as a wheel (imprint's search needs it); faiss-gpu-cu12 needs
+#     CUDA 12 cuBLAS (hundreds of MB, over the 64 MiB carry limit), so faiss_knn reports "skipped" with the reason;
+#   * onnxruntime-gpu (>= 200 MB) cannot travel either: the onnx section reports "skipped" with the reason;
+#   * pairs_e2e runs `imprint pairs --device auto`: pair kernels on the GPU, embedding and search on the CPU (the
+#     JSON says which device each stage used).
+# A GPU machine WITH the `gpu` extra pre-installed (IMPRINT_GPU=1 bash scripts/setup.sh) measures all four.
+#
+# Locally, the same script runs the simulated dry run:  OUT=/tmp/sim bash scripts/gpu_device_check.sh --simulate
+# Extra arguments go to benchmarks/gpu_check.py (e.g. --only pair_kernels, --budget 300).
+set -u
+cd "$(dirname "$0")/.." || exit 2
+PY=${PYTHON:-python3}
+
+if [ "${1:-}" = "--prepare" ]; then
+    set -e
+    FAISS_VERSION=${FAISS_VERSION:-1.15.1}
+    exclude=$(git rev-parse --git-path info/exclude)
+    grep -qx '/.whl/' "$exclude" 2>/dev/null || echo '/.whl/' >>"$exclude"
+    mkdir -p .whl
+    "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+        --platform manylinux2014_x86_64 -d .whl "faiss-cpu==$FAISS_VERSION"
+    ls -l .whl
+    tree_kb=$(git ls-files -z | xargs -0 du -ck 2>/dev/null | tail -1 | cut -f1)
+    whl_kb=$(du -sk .whl | cut -f1)
+    echo "travels: working tree ~${tree_kb} KiB + .whl ${whl_kb} KiB (limit 65536 KiB)"
+    [ $((tree_kb + whl_kb)) -lt 60000 ] || { echo "too large to travel" >&2; exit 1; }
+    echo 'now call the device tool: run(command="bash scripts/gpu_device_check.sh", carry=[".whl"], timeout_s=540)'
+    exit 0
+fi
+
+OUT=${OUT:-/tmp/gpu_check_out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+(
+    echo "== $(date -u +%FT%TZ) gpu_device_check on $(hostname)"
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 || echo "no nvidia-smi"
+    "$PY" -V
+    if ls .whl/*.whl >/dev/null 2>&1; then
+        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/imprint-site \
+            .whl/*.whl && export PYTHONPATH=/tmp/imprint-site${PYTHONPATH:+:$PYTHONPATH} \
+            || echo "installing the carried wheels failed: sections that need them will say so"
+    fi
+    "$PY" - <<'EOF'
+import importlib
+for m in ("numpy", "numba", "numba_cuda", "onnxruntime", "faiss", "pyarrow", "sklearn", "scipy", "PIL", "click", "onnx"):
+    try:
+        print(f"{m} {getattr(importlib.import_module(m), '__version__', '?')}")
+    except Exception as exc:
+        print(f"{m} MISSING ({type(exc).__name__}: {exc})")
+EOF
+    export IMPRINT_MODELS_DIR=${IMPRINT_MODELS_DIR:-$PWD/models/onnx}
+    # gpu_check ends by itself (budget + grace); this outer limit only guards against the unforeseen
+    timeout -k 10 480 "$PY" benchmarks/gpu_check.py --out "$OUT" --budget "${GPU_CHECK_BUDGET:-420}" "$@"
+    echo "== gpu_check exit status $?"
+) 2>&1 | tee "$OUT/gpu_device_check.log"
+test -s "$OUT/gpu_check.json"
