@@ -16,6 +16,7 @@ This is a measurement, not a tuning set: nothing in engine/ was chosen on it.
 Usage::
 
     python benchmarks/membership_unsupervised.py --quick          # 10 scenarios, 40 + 40 candidates, 400 generated
+    python benchmarks/membership_unsupervised.py --quick --n-members 60   # 120 candidates: the empirical null applies
     python benchmarks/membership_unsupervised.py [--real DIR] [--fillers DIR|dev|none] [--n-members 60] [--n-gen 1000]
 """
 
@@ -123,16 +124,15 @@ def main(argv=None):
     ap.add_argument("--real", default=DEV, help="folder of real PNGs (default: the dev corpus' real images)")
     ap.add_argument("--fillers", default="dev", help="folder of non-copy generated PNGs, 'dev' (gen_a+gen_b) or 'none'")
     ap.add_argument("--size", type=int, default=128)
-    ap.add_argument("--n-members", type=int, default=60)
-    ap.add_argument("--n-gen", type=int, default=1000)
+    ap.add_argument("--n-members", type=int, default=None, help="default 60 (--quick: 40)")
+    ap.add_argument("--n-gen", type=int, default=None, help="default 1000 (--quick: 400)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="10 scenarios, 40 members + 40 non-members, 400 generated")
     ap.add_argument("--dump", default=None, help="folder: save each scenario's scores, labels and real-pair null (.npz)")
     a = ap.parse_args(argv)
-    if a.quick:
-        for k, v in dict(n_members=40, n_gen=400).items():
-            if getattr(a, k) == ap.get_default(k):
-                setattr(a, k, v)
+    for k, v in dict(n_members=(40, 60), n_gen=(400, 1000)).items():   # explicitly given values win
+        if getattr(a, k) is None:
+            setattr(a, k, v[0] if a.quick else v[1])
     print(f"# unsupervised membership zoo: real={a.real} fillers={a.fillers} members={a.n_members} "
           f"(+ as many non-members) reference=none generated={a.n_gen} seed={a.seed}")
     print("| transform | strength | AUC | TPR@1%FPR | fpr:0.01 pairs null: recall / non-members flagged | "
