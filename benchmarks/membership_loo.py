@@ -4,7 +4,8 @@ For each dev generator X (gen_a, gen_b, gen_e): candidates = X's used + unused r
 generated = X's images, dev_sets = the two other dev generators (the weights are fitted on them
 only), reference = their unused images (what ``imprint membership --dev A --dev B`` passes).  X's
 labels are used only to score the result.  The same audit is also run without dev sets and
-reference ("unsupervised": the real-to-real null).  Every decision mode is applied to one
+reference ("unsupervised": the real-to-real null with the candidates' own location and scale,
+``empirical_null``; "unsupervised-pairs": the real-to-real null as it is, the state before the empirical null).  Every decision mode is applied to one
 evidence computation per setting (``cache_dir`` checkpoints are shared between modes).
 
 Metrics (sklearn.metrics): F1, accuracy, precision, recall, specificity, ROC AUC, TPR at 1% FPR,
@@ -18,6 +19,7 @@ Usage::
 
     python benchmarks/membership_loo.py [--corpus /work/shared/corpus/dev] [--boot 1000]
         [--decisions fpr:0.01,fdr:0.1,f1] [--gens gen_a,gen_b,gen_e] [--markdown]
+        [--settings dev+reference,unsupervised,unsupervised-pairs]
 """
 
 from __future__ import annotations
@@ -77,6 +79,8 @@ def main(argv=None):
     ap.add_argument("--decisions", default="fpr:0.01,fdr:0.1,f1")
     ap.add_argument("--gens", default=",".join(GENS))
     ap.add_argument("--markdown", action="store_true", help="print the table as markdown")
+    ap.add_argument("--settings", default="dev+reference,unsupervised,unsupervised-pairs",
+                    help="comma list of dev+reference, unsupervised (empirical null), unsupervised-pairs (no empirical null)")
     a = ap.parse_args(argv)
     root = os.path.join(a.corpus, "membership")
     data = {g: DevSet(g, load(f"{root}/{g}/generated"), load(f"{root}/{g}/real/used"),
@@ -89,9 +93,10 @@ def main(argv=None):
             real = np.concatenate([d.used, d.unused])
             y = np.r_[np.ones(len(d.used), int), np.zeros(len(d.unused), int)]
             ref = np.concatenate([o.unused for o in others])
-            for setting in ("dev+reference", "unsupervised"):
+            for setting in a.settings.split(","):
                 for dec in a.decisions.split(","):
-                    kw = dict(dev_sets=others, reference=ref) if setting == "dev+reference" else {}
+                    kw = (dict(dev_sets=others, reference=ref) if setting == "dev+reference"
+                          else dict(empirical=setting == "unsupervised"))
                     t0 = time.perf_counter()
                     res = audit_membership(d.generated, real, decision=dec, backbone=None, cache_dir=cache, **kw)
                     dt = time.perf_counter() - t0
@@ -99,6 +104,9 @@ def main(argv=None):
                     m = metric_values(y, res.score, used)
                     ci = bootstrap(y, res.score, used, a.boot)
                     ex = res.info.get("exchangeability", {})
+                    emp = res.info.get("empirical_null") or {}
+                    if emp.get("applied"):
+                        print(f"  empirical null: loc {emp['loc']:+.3f} scale {emp['scale']:.3f} pi0 {emp['pi0']:.3f}")
                     rows.append(dict(gen=g, setting=setting, decision=dec, m=m, ci=ci, n_used=int(y.sum()),
                                      n_unused=int((1 - y).sum()), flagged=int(used.sum()),
                                      unused_flagged=int(used[y == 0].sum()), null=res.info["null"],

@@ -7,6 +7,8 @@
   on exchangeable ones.
 * near-duplicates of candidates are removed from the null.
 * no labelled null (real-to-real pairs): planted copies found when members are half the real folder.
+* the empirical null (real-to-real shape, the candidates' location and scale): rates by simulation for
+  generators whose non-copies are further from / closer to patients than patients are to each other.
 * fewer than 20 reference images: decisions still respond to evidence, and say what they did.
 
 Fixtures are generated here (seeded, small CT-like phantoms).
@@ -17,15 +19,15 @@ import pytest
 from scipy import ndimage, stats
 
 from imprint.engine.errors import ImprintError
-from imprint.engine.membership import (audit_membership, conformal_pvalues, exchangeability_check, fdr_decision,
-                                       min_null_size, near_duplicates, null_threshold, nuisance_statistics,
-                                       parse_decision, real_pair_null)
+from imprint.engine.membership import (audit_membership, conformal_pvalues, empirical_null, exchangeability_check,
+                                       fdr_decision, min_null_size, near_duplicates, null_threshold,
+                                       nuisance_statistics, parse_decision, real_pair_null)
 
 H = 48
 
 
-def phantom(rng, h=H):
-    """A smooth CT-like axial slice: body ellipse, two dark lungs, texture, noise; uint8 [h, h]."""
+def phantom(rng, h=H, tex_amp=60.0):
+    """A smooth CT-like axial slice: body ellipse, two dark lungs, texture (amplitude ``tex_amp``), noise; uint8 [h, h]."""
     yy, xx = np.mgrid[0:h, 0:h].astype(np.float64) / h
     cy, cx = 0.5 + rng.normal(0, 0.03, 2)
     ay, ax = rng.uniform(0.25, 0.36), rng.uniform(0.36, 0.46)
@@ -36,14 +38,14 @@ def phantom(rng, h=H):
         by, bx = rng.uniform(0.12, 0.22), rng.uniform(0.08, 0.14)
         img = np.where(((yy - ly) / by) ** 2 + ((xx - lx) / bx) ** 2 < 1, rng.uniform(20, 50), img)
     tex = ndimage.gaussian_filter(rng.normal(0, 1, (h, h)), 1.5)
-    img = img + 60.0 * tex / tex.std() * body
+    img = img + tex_amp * tex / tex.std() * body
     img = ndimage.gaussian_filter(img, 0.7) + rng.normal(0, 2, (h, h))
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def phantoms(n, seed):
+def phantoms(n, seed, tex_amp=60.0):
     rng = np.random.default_rng(seed)
-    return np.stack([phantom(rng) for _ in range(n)])
+    return np.stack([phantom(rng, tex_amp=tex_amp) for _ in range(n)])
 
 
 def noisy(x, rng, sd=6.0):
@@ -279,6 +281,124 @@ def test_unsupervised_null_scene_flags_few():
     assert res.used.sum() <= 3
     res = audit_membership(phantoms(200, 60), phantoms(80, 61), backbone=None)
     assert res.used.mean() <= 0.05
+
+
+# ------------------------------------------------------------------------------------------ empirical null
+def _sim_rates(loc, scale, pi1, *, N=120, K=720, reps=100, seed=0, empirical=True):
+    """Scores on the real-pair null's scale: proxy null S ~ Gumbel (right-skewed), non-members
+    ``loc + scale * S``, a share ``pi1`` of members shifted up by ``scale * U(3, 8) + 1``.  Returns the mean
+    true FPR of ``fpr:0.01`` (closed form), the mean false-discovery proportion and false flags of
+    ``fdr:0.1``, and the members' recall under each."""
+    rng = np.random.default_rng(seed)
+    dist = stats.gumbel_r
+    fpr, fdp, false_flags, rec_fpr, rec_fdr = [], [], [], [], []
+    for _ in range(reps):
+        null = dist.rvs(size=K, random_state=rng)
+        n1 = int(pi1 * N)
+        s = loc + scale * dist.rvs(size=N, random_state=rng)
+        s[:n1] += scale * rng.uniform(3, 8, n1) + 1
+        e = empirical_null(s, null) if empirical else {"loc": 0.0, "scale": 1.0}
+        nn = e["loc"] + e["scale"] * null
+        t = null_threshold(nn, 0.01)["threshold"]
+        fpr.append(dist.sf((t - loc) / scale))
+        used, _ = fdr_decision(s, nn, 0.1)
+        fdp.append(used[n1:].sum() / max(used.sum(), 1))
+        false_flags.append(used[n1:].sum())
+        if n1:
+            rec_fpr.append(np.mean(s[:n1] > t))
+            rec_fdr.append(used[:n1].mean())
+    m = lambda v: float(np.mean(v)) if len(v) else float("nan")  # noqa: E731
+    return m(fpr), m(fdp), m(false_flags), m(rec_fpr), m(rec_fdr)
+
+
+def test_empirical_null_recovers_location_and_scale():
+    """No members: the fit returns the non-members' location and a wider scale; a narrower one only with
+    ``min_scale`` lowered (by default the null never narrows, and its upper tail then stays above the truth);
+    members planted in the upper quarter only move the fit up (the conservative side)."""
+    rng = np.random.default_rng(1)
+    null = rng.standard_t(6, 4000)
+    q99 = lambda f: f["loc"] + f["scale"] * np.quantile(null, 0.99)  # noqa: E731
+    s = -0.7 + 1.3 * rng.standard_t(6, 2000)
+    e = empirical_null(s, null)
+    assert e["applied"] and e["pi0"] >= 0.95
+    assert e["loc"] == pytest.approx(-0.7, abs=0.15) and e["scale"] == pytest.approx(1.3, abs=0.15)
+    narrow = -0.7 + 0.8 * rng.standard_t(6, 2000)
+    free = empirical_null(narrow, null, min_scale=0.0)
+    assert free["loc"] == pytest.approx(-0.7, abs=0.1) and free["scale"] == pytest.approx(0.8, abs=0.1)
+    floor = empirical_null(narrow, null)
+    assert floor["scale"] == 1.0 and q99(floor) > -0.7 + 0.8 * stats.t(6).ppf(0.99)
+    s2 = np.r_[s[:1500], rng.uniform(10, 16, 500)]         # a quarter members, all above the non-members
+    e2 = empirical_null(s2, null)
+    assert q99(e2) >= q99(e) - 0.1
+    small = empirical_null(s[:99], null)                    # below EMPIRICAL_NULL_MIN: the proxy as it is
+    assert not small["applied"] and small["loc"] == 0.0 and small["scale"] == 1.0 and "fewer than" in small["reason"]
+    with pytest.raises(ImprintError, match="quantiles"):
+        empirical_null(s, null, quantiles=(0.3, 0.2))
+
+
+@pytest.mark.parametrize("loc,scale", [(-0.8, 0.8), (1.0, 1.3)], ids=["further", "closer"])
+def test_empirical_null_rates_by_simulation(loc, scale):
+    """The stated rates of the empirical null, by simulation (N = 120 candidates, 100 draws each).
+    'further': non-members score lower and narrower than the proxy null (gen_e's non-copies; the null is
+    moved, not narrowed: conservative); 'closer':
+    higher and wider, where the proxy null alone is anti-conservative (checked: its FPR is > 2x ALPHA).
+    No members: mean FPR of fpr:0.01 <= 1.5 x ALPHA (the location/scale estimate's noise; measured 0.7-1.1 x),
+    fdr:0.1 mean false flags <= 1.5 (<= 3 required); half members: mean FPR <= ALPHA, FDR <= 0.1,
+    recall of fdr:0.1 >= 0.5."""
+    fpr0, fdp0, ff0, _, _ = _sim_rates(loc, scale, 0.0)
+    se = 3 * np.sqrt(0.01 * 0.99 / 100 / 120)                 # loose Monte-Carlo slack on a mean FPR
+    assert fpr0 <= 0.015 + se, fpr0
+    assert ff0 <= 1.5, ff0
+    fpr1, fdp1, ff1, rec_fpr, rec_fdr = _sim_rates(loc, scale, 0.5, seed=1)
+    assert fpr1 <= 0.01, fpr1
+    assert fdp1 <= 0.1, fdp1
+    assert rec_fdr >= 0.5, rec_fdr
+    assert rec_fpr > 0.0                                       # planted members are found by fpr too
+    if loc > 0:                                                # the proxy null alone fails here
+        fpr_proxy, _, ff_proxy, _, _ = _sim_rates(loc, scale, 0.0, empirical=False, reps=30)
+        assert fpr_proxy > 2 * 0.01 and fpr_proxy > 2 * fpr0 and ff_proxy > ff0, (fpr_proxy, fpr0, ff_proxy, ff0)
+
+
+def _further(n, seed):
+    """New patients further from every patient than patients are from each other (added noise)."""
+    rng = np.random.default_rng(seed)
+    return np.clip(phantoms(n, seed).astype(float) + rng.normal(0, 14, (n, H, H)), 0, 255).astype(np.uint8)
+
+
+def _closer(n, seed):
+    """New patients closer to every patient than patients are to each other (a third of the texture)."""
+    return phantoms(n, seed, tex_amp=20.0)
+
+
+@pytest.mark.parametrize("kind", ["further", "closer"])
+def test_unsupervised_empirical_null_on_generators_further_and_closer(kind, tmp_path):
+    """No labelled null, generators whose new patients are further / closer than patients are from each
+    other.  No copies: default flags <= 5%, fdr:0.1 at most 3.  Half the real folder copied (noise sd 20):
+    recall >= 0.5 and <= 5% of non-members flagged, for fpr:0.01 and fdr:0.1.  For the closer generator the
+    real-to-real null alone (empirical=False) flags > 5% of the non-members at fdr:0.1; the empirical null does not."""
+    make = _further if kind == "further" else _closer
+    rng = np.random.default_rng(50)
+    real = phantoms(100, 51)                               # >= EMPIRICAL_NULL_MIN candidates
+    members = np.arange(0, 100, 2)
+    y = np.zeros(100, int)
+    y[members] = 1
+    fresh = make(150, 52)
+    kw = dict(backbone=None, cache_dir=str(tmp_path))
+    none = audit_membership(fresh, real, **kw)
+    assert none.info["empirical_null"]["applied"] and "empirical null" in none.summary
+    assert "at most half the candidates are members" in none.info["guarantee"]
+    assert none.used.mean() <= 0.05
+    assert audit_membership(fresh, real, decision="fdr:0.1", **kw).used.sum() <= 3
+    gen = np.concatenate([fresh, noisy(real[members], rng, 20.0)])
+    for decision in ("fpr:0.01", "fdr:0.1"):
+        res = audit_membership(gen, real, decision=decision, **kw)
+        assert res.used[y == 1].mean() >= 0.5, (decision, res.info["empirical_null"])
+        assert res.used[y == 0].mean() <= 0.05, (decision, res.info["empirical_null"])
+    if kind == "closer":
+        loc = none.info["empirical_null"]["loc"]
+        assert loc > 0.3                                      # the null moved up: non-members score higher
+        proxy = audit_membership(gen, real, decision="fdr:0.1", empirical=False, **kw)
+        assert "empirical_null" not in proxy.info and proxy.used[y == 0].mean() > 0.05
 
 
 def test_too_few_reals_for_the_pair_null_is_a_one_line_error():

@@ -70,7 +70,7 @@ from __future__ import annotations
 from .common import DEFAULT_WEIGHTS, COMBINED_FEATURES, MAX_FEATURES, DevSet, MembershipResult  # noqa: F401
 from .evidence import zscore_images, anatomy_masks, compute_evidence  # noqa: F401
 from .calibrate import (robust_calibrate, fit_weights, near_duplicates, nuisance_statistics,  # noqa: F401
-                        exchangeability_check, real_pair_null)
+                        exchangeability_check, real_pair_null, empirical_null)
 from .decide import (null_threshold, min_null_size, estimate_used_share, f1_decision, fdr_decision,  # noqa: F401
                      conformal_pvalues, parse_decision)
 from .audit import audit_membership  # noqa: F401
@@ -96,6 +96,7 @@ __all__ = [
     "nuisance_statistics",
     "exchangeability_check",
     "real_pair_null",
+    "empirical_null",
 ]
 
 from . import common, evidence, calibrate, decide, audit  # noqa: F401,E402

@@ -16,7 +16,7 @@ from .common import COMBINED_FEATURES, DEFAULT_WEIGHTS, DevSet, MAX_FEATURES, Me
 from .common import ALWAYS_MAX_FEATURES, _ALWAYS_MAX_FLOOR
 from .evidence import _evidence  # noqa: F401
 from .calibrate import (NEAR_DUP_CORR, PAIR_FEATURES, _combine, _feature_matrix, exchangeability_check,  # noqa: F401
-                        fit_weights, near_duplicates, nuisance_statistics, real_pair_null, robust_calibrate)
+                        empirical_null, fit_weights, near_duplicates, nuisance_statistics, real_pair_null, robust_calibrate)
 from .decide import f1_decision, fdr_decision, null_threshold, parse_decision  # noqa: F401
 
 def _dev_training_rows(dev: DevSet, reference: np.ndarray | None, others_unused: list[np.ndarray],
@@ -54,7 +54,7 @@ def audit_membership(generated, real, *, dev_sets: Sequence[DevSet] = (), refere
                      decision: str = "fpr:0.01", random_state: int = 0,
                      progress: Callable[[int], object] | None = None, backbone: str | None = None,
                      k_gen: int = 10, k_real: int = 10, weights: dict | None = None,
-                     cache_dir: str | None = None, executor=None) -> MembershipResult:
+                     cache_dir: str | None = None, executor=None, empirical: bool = True) -> MembershipResult:
     """Score real images for membership in a generator's training set and decide used / unused.
 
     Parameters
@@ -81,6 +81,9 @@ def audit_membership(generated, real, *, dev_sets: Sequence[DevSet] = (), refere
                                   its inputs, so an interrupted run resumes from the finished stages
     executor : Executor or None   where the searches, pair kernels and embeddings run (engine.executors; default
                                   local); the results do not depend on it
+    empirical : bool              without a labelled null (real-to-real pairs): give the null the candidates' own
+                                  location and scale (:func:`empirical_null`; default True); False keeps the
+                                  real-to-real null as it is
 
     Returns
     -------
@@ -185,6 +188,11 @@ def audit_membership(generated, real, *, dev_sets: Sequence[DevSet] = (), refere
     score_all = robust_calibrate(raw, raw[null_mask])
     score = score_all[:nR]
     null_scores = score_all[null_mask]
+    emp = None
+    if null_kind == "real-pairs" and empirical:
+        # the real-to-real null fixes the shape; the candidates' lower quarter its location and scale
+        emp = empirical_null(score, null_scores)
+        null_scores = emp["loc"] + emp["scale"] * null_scores
 
     # ---- decision
     info: dict = {
@@ -215,12 +223,20 @@ def audit_membership(generated, real, *, dev_sets: Sequence[DevSet] = (), refere
     else:
         info["pair_null"] = {"shift": {n: float(v) for n, v in pn["_shift"].items() if n in names},
                              "theta": {n: float(v) for n, v in pn["_theta"].items() if n in names}}
+        if emp is not None:
+            info["empirical_null"] = emp
         info["guarantee"] = (f"null: real-to-real nearest-neighbour pairs of the {nR} real images, {int(null_mask.sum())} "
                              "random splits into pseudo-generated / pseudo-real parts (no labelled null"
                              + (f"; the {len(reference)} reference images are too few (< {_MIN_NULL})" if small_ref else "")
-                             + "); approximate: assumes a generated image that copied no patient is no closer to a real "
-                             "patient than another patient is (corrected for the number of generated images), "
-                             f"on evidence {', '.join(names)}")
+                             + (f"); empirical null: its shape from those pairs, its location {emp['loc']:+.2f} and scale "
+                                f"{emp['scale']:.2f} from the candidates' lower quarter; approximate: assumes at most half "
+                                "the candidates are members, members score above non-members, and non-members' scores "
+                                "have the pairs' shape up to location and scale"
+                                if emp is not None and emp["applied"] else
+                                "); approximate: assumes a generated image that copied no patient is no closer to a real "
+                                "patient than another patient is (corrected for the number of generated images)"
+                                + (f" ({emp['reason']})" if emp is not None else ""))
+                             + f", on evidence {', '.join(names)}")
     if n_ref_identical or n_ref_near:
         lines.append(f"Removed {n_ref_identical} identical and {n_ref_near} near-duplicate reference images of candidates "
                      f"(z-pixel correlation > {NEAR_DUP_CORR}, also mirrored) from the null.")

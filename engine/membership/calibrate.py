@@ -318,3 +318,128 @@ def real_pair_null(real: np.ndarray, n_generated: int, *, k: int = 32, splits: S
         out["_theta"][n] = theta
         out["_shift"][n] = float(np.mean(shift))
     return out
+
+
+#: candidate quantiles whose scores fix the empirical null's location and scale (:func:`empirical_null`): the
+#: candidates' lower quarter.  Chosen a priori from the assumption "at most half the candidates are members and
+#: members score above non-members": candidate quantile ``q <= 0.25`` then lies between the non-members' ``q`` and
+#: ``2q <= 0.5`` quantiles, i.e. in the non-members' lower half.  (The window (0.1, 0.5) was also tried on dev gen_e.)
+EMPIRICAL_NULL_QUANTILES = (0.05, 0.25)
+#: fewest candidates for which the empirical null is estimated (below: the proxy null is used as it is): the
+#: window then holds >= 20 candidates (a priori; a 40-candidate phantom scene gave 5/30 false flags at fdr:0.1)
+EMPIRICAL_NULL_MIN = 100
+#: smallest scale of the empirical null relative to the real-to-real null: the fit may move the null and widen
+#: it, never narrow it.  Set after a measurement: allowing any scale (e.g. 0.75 on dev gen_e, whose unsupervised
+#: recall it raised from 0.28 / 0.33 to 0.42 / 0.62 at fpr:0.01 / fdr:0.1) fitted 0.20 on the zoo's noise-16
+#: scenario, whose non-members have a compressed lower tail, and flagged 13 of 60 non-members at fdr:0.1
+#: (benchmarks/membership_unsupervised.py); the lower tail does not tell the upper tail's spread.
+EMPIRICAL_NULL_MIN_SCALE = 1.0
+#: fixed-point iterations of (pi0, loc, scale) in :func:`empirical_null`
+_PI0_ITER = 3
+
+
+def _lower_tail_fit(s: np.ndarray, nu_sorted: np.ndarray, qq: np.ndarray, pi0: float,
+                    min_scale: float) -> tuple[float, float]:
+    """Least-squares ``(loc, scale)`` through (null quantile at ``qq / pi0``, candidate quantile at ``qq``);
+    a slope below ``min_scale`` is replaced by ``min_scale`` with ``loc`` the median offset at that slope."""
+    xq = np.quantile(nu_sorted, np.clip(qq / pi0, 0.0, 1.0))
+    yq = np.quantile(s, qq)
+    scale = 0.0
+    if float(np.ptp(xq)) > 1e-12 and float(np.ptp(yq)) > 1e-12:
+        scale, loc = np.polyfit(xq, yq, 1)
+    if scale < min_scale:
+        scale = max(min_scale, 1e-3)
+        loc = float(np.median(yq - scale * xq))
+    return float(loc), float(scale)
+
+
+def _pi0_upper(x: np.ndarray, null: np.ndarray, confidence: float = 0.95) -> float:
+    """Upper confidence bound on the share of non-members: Storey's ``2 #{p > 0.5} / N`` (``p`` the conformal
+    p-values against ``null``, i.e. twice the share of candidates at or below the null's median) raised by
+    ``z`` binomial standard errors (``z`` the one-sided ``confidence`` quantile); kept in ``[0.5, 1]``.
+
+    Larger levels than the median were tried (the minimum of the bound over the fitted null's 50-99%
+    quantiles, Bonferroni): on a phantom scene whose proxy null has a heavier upper tail than the non-members
+    it drove ``pi0`` to 0.5 and 17 of 30 non-members were flagged at fdr:0.1; not kept."""
+    from scipy.special import ndtri
+
+    n = len(x)
+    share = float(np.mean(x <= np.median(null)))
+    se = math.sqrt(max(share * (1.0 - share), 1.0 / n) / n)
+    return float(np.clip(2.0 * (share + float(ndtri(confidence)) * se), 0.5, 1.0))
+
+
+def empirical_null(candidate_scores: np.ndarray, null_scores: np.ndarray, *,
+                   quantiles: tuple[float, float] = EMPIRICAL_NULL_QUANTILES, n_points: int = 9,
+                   min_candidates: int = EMPIRICAL_NULL_MIN, min_scale: float = EMPIRICAL_NULL_MIN_SCALE) -> dict:
+    """Efron-style empirical null: the proxy null's shape, the candidates' own location and scale.
+
+    A proxy null (the real-to-real pairs of :func:`real_pair_null`) says how a non-member's score is
+    distributed only up to how close the generator's non-copies come to patients, which differs from one
+    generator to the next: a generator whose new patients are further from every patient than patients are
+    from each other gives non-members lower scores than the proxy (conservative), a closer one higher
+    (anti-conservative).  The non-members' scores are modelled as ``loc + scale * S`` with ``S`` distributed
+    as the proxy null.  With ``pi0`` the share of non-members, the candidates' lower tail is
+    ``F_c(t) = pi0 * F_0(t)`` where no member scores, so the candidate quantile at ``q`` is the non-members'
+    quantile at ``q / pi0``: ``loc``, ``scale`` are the least-squares line through (proxy quantile at
+    ``q / pi0``, candidate quantile at ``q``) for ``n_points`` levels ``q`` evenly spaced in ``quantiles``
+    (Efron 2004, "Large-scale simultaneous hypothesis testing: the choice of a null hypothesis", matched on the
+    lower tail instead of the centre because members sit in the upper tail).  ``pi0`` is a 95% upper
+    confidence bound on Storey's estimate (:func:`_pi0_upper`) against the fitted null, iterated from
+    ``pi0 = 1`` three times and kept in ``[0.5, 1]`` (a noisy ``pi0`` below the truth would map the window to
+    too high null levels: anti-conservative).  The point estimate is used: its sampling noise makes the stated rates hold
+    on average rather than at 95% confidence (an upper bootstrap bound on the null's 99% quantile was tried and
+    cut the power by half on dev gen_e: not kept).
+
+    Assumptions: (i) at most half the candidates are members and members do not score below non-members
+    (stochastic order); contamination of the window by members then raises the candidate quantiles, more so
+    at the upper end of the window, and overestimates ``pi0``: both raise ``loc`` / ``scale``, i.e. err on
+    the conservative side.  (ii) The non-members' scores have the proxy null's shape up to location and
+    scale (the extrapolation from the lower quarter to the upper tail rests on it), with a spread no smaller
+    than the proxy's (``scale >= min_scale``, default 1: the null may move and widen, never narrow).  The decisions' stated
+    rates are approximate; they are checked by simulation in ``tests/test_membership_decide.py``.
+
+    Parameters
+    ----------
+    candidate_scores : float [N]   scores of the candidates (members and non-members mixed)
+    null_scores : float [K]        proxy-null scores (same units)
+    quantiles : (float, float)     window of candidate levels, ``0 < lo < hi < 1``
+    n_points : int                 levels in the window
+    min_candidates : int           below this ``N`` nothing is estimated (``applied`` False, ``loc`` 0, ``scale`` 1)
+    min_scale : float              smallest ``scale`` (:data:`EMPIRICAL_NULL_MIN_SCALE`; a fitted slope below it is
+                                   replaced by it, ``loc`` then the median offset over the window)
+
+    Returns
+    -------
+    dict
+        ``loc``, ``scale`` (float; apply as ``loc + scale * null_scores``), ``pi0`` (share of non-members
+        used), ``applied`` (bool),
+        ``quantiles``, ``n_candidates``, ``reason`` (why not applied, else "").
+    """
+    from .decide import conformal_pvalues
+
+    s = np.asarray(candidate_scores, np.float64)
+    s = s[np.isfinite(s)]
+    nu = np.sort(np.asarray(null_scores, np.float64)[np.isfinite(null_scores)])
+    lo, hi = float(quantiles[0]), float(quantiles[1])
+    out = {"loc": 0.0, "scale": 1.0, "pi0": 1.0, "applied": False,
+           "quantiles": [lo, hi], "n_candidates": int(len(s)), "reason": ""}
+    if not 0.0 < lo < hi < 1.0:
+        raise ImprintError(f"empirical null: quantiles must satisfy 0 < lo < hi < 1 (got {quantiles})")
+    if len(s) < min_candidates or len(nu) < min_candidates:
+        out["reason"] = (f"{len(s)} candidates / {len(nu)} null values: fewer than {min_candidates}, "
+                         "the proxy null is used as it is")
+        return out
+    qq = np.linspace(lo, hi, int(n_points))
+
+    def fit(x):
+        pi0 = 1.0
+        for _ in range(_PI0_ITER):
+            loc, scale = _lower_tail_fit(x, nu, qq, pi0, min_scale)
+            pi0 = _pi0_upper(x, loc + scale * nu)
+        loc, scale = _lower_tail_fit(x, nu, qq, pi0, min_scale)
+        return loc, scale, pi0
+
+    loc, scale, pi0 = fit(s)
+    out.update(loc=loc, scale=scale, pi0=pi0, applied=True)
+    return out
