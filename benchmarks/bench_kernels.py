@@ -114,13 +114,69 @@ def ssim_flops(h, w, n_pairs, n_images):
     return per_pair, per_image, per_pair + per_image * n_images / n_pairs
 
 
+def rerank_compare(args, argv) -> int:
+    """SSIM + MSE of a kNN-like shortlist: the previous pair kernel (``ssim_pairs`` before issue 15's rework,
+    kept as ``_ssim_pairs_f64(..., legacy=True)``) followed by ``mse_pairs``, against ``ssim_mse_pairs`` (one
+    pass); same images, same run, best of ``--repeat`` windows of at least 1 s each, wall and CPU time."""
+    import numba
+
+    import imprint.kernels as kernels
+    from imprint.engine.bench import best_time, load_note, md_table
+    from imprint.kernels.similarity import _mse_f64, _ssim_pairs_f64
+
+    n_real, n_gen, k = (int(v) for v in args.rerank.split("x"))
+    rng = np.random.default_rng(0)
+    real = make_images(rng, n_real, 128, 128)
+    gen = make_images(rng, n_gen, 128, 128)
+    pairs = np.stack([np.repeat(np.arange(n_real), k), rng.integers(0, n_gen, n_real * k)], 1).astype(np.int64)
+
+    def before():
+        return _ssim_pairs_f64(real, gen, pairs, 255.0, 2**30, legacy=True), _mse_f64(real, gen, pairs)
+
+    def after():
+        return kernels.ssim_mse_pairs(real, gen, pairs)
+
+    b, a = before(), after()  # compile / load the cache
+    err_s = float(np.abs(b[0] - a[0]).max())
+    same_mse = bool(np.array_equal(b[1].astype(np.float32), a[1]))
+    rows = []
+    for name, fn in (("previous: ssim_pairs kernel + mse_pairs", before), ("ssim_mse_pairs (one pass)", after)):
+        c0 = time.process_time()
+        t, _ = best_time(fn, min_window=1.0, repeats=args.repeat)
+        rows.append({"kernels": name, "wall s per 1k pairs": t / len(pairs) * 1e3, "pairs/s": len(pairs) / t,
+                     "_t": t, "_cpu_all": time.process_time() - c0})
+    ratio = rows[0]["_t"] / rows[1]["_t"]
+    for r in rows:
+        r.pop("_t"), r.pop("_cpu_all")
+    cmd = "python benchmarks/bench_kernels.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    text = (f"### Pair re-ranking kernels: previous vs one pass ({len(pairs):,} pairs, 128x128, {n_real:,} real x "
+            f"{k} of {n_gen:,} generated)\n\n"
+            f"Command: `{cmd}`. Same images and pairs, same run, best of {args.repeat} windows of at least 1 s "
+            f"each, Numba threads {numba.get_num_threads()}. Speed-up (previous / one pass): **x{ratio:.2f}**. "
+            f"max |SSIM difference| {err_s:.1e}; MSE identical: {same_mse}.\n" + load_note() + "\n\n"
+            + md_table(rows, ["kernels", "wall s per 1k pairs", "pairs/s"]))
+    print(text)
+    if args.write_results:
+        from imprint.engine.bench import write_results_block
+
+        write_results_block(args.write_results, "rerank-kernels", text)
+    return 0
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small workload (~1 min)")
     ap.add_argument("--threads", type=int, default=None, help="Numba threads (default: all)")
     ap.add_argument("--no-compile", action="store_true", help="skip the compile-time subprocesses")
     ap.add_argument("--repeat", type=int, default=3, help="best of N for each reference and candidate (default 3)")
+    ap.add_argument("--rerank", default=None, metavar="REALxGENxK",
+                    help="only compare the pair re-ranking kernels on the `imprint pairs` workload (128x128, each "
+                         "real image with K random generated partners), e.g. 2000x2000x50, and exit")
+    ap.add_argument("--write-results", default=None, metavar="RESULTS.md",
+                    help="with --rerank: replace this script's rerank block in RESULTS.md")
     args = ap.parse_args(argv)
+    if args.rerank:
+        return rerank_compare(args, argv)
 
     import numba
 

@@ -1,6 +1,11 @@
 """The full `imprint pairs` path at scale: embed, FAISS k-NN, SSIM/MSE re-ranking, Parquet output.
 
     .venv/bin/python benchmarks/bench_pairs.py --real 10000 --generated 10000 --k 100   # 1,000,000 pairs
+    .venv/bin/python benchmarks/bench_pairs.py --real 10000 --generated 10000 --k 100 --baseline /work/main
+
+With ``--baseline CHECKOUT`` every whole run happens in a fresh subprocess, alternating between this checkout's code
+and CHECKOUT's (same data, same arguments; each side's Numba cache is warmed first by an untimed tiny run), and
+the best of ``--repeats`` of each side is compared: the ratio is the before/after figure of a change.
 
 Synthetic CT-like 128x128 PNGs (smooth body/lung/blob phantoms with noise, a tenth of the generated set being
 noisy copies of real images) are written once to --data (default /tmp/imprint-bench-pairs) and reused. Prints the
@@ -49,6 +54,9 @@ def main() -> None:
     ap.add_argument("--data", default="/tmp/imprint-bench-pairs")
     ap.add_argument("--backbone", default="pixel")
     ap.add_argument("--repeats", type=int, default=2, help="whole runs; the fastest is reported (all are printed)")
+    ap.add_argument("--baseline", default=None, metavar="CHECKOUT",
+                    help="also time CHECKOUT's code (another git worktree of imprint), alternating whole runs in "
+                         "subprocesses, and report the ratio")
     ap.add_argument("--write-results", default=None, metavar="RESULTS.md",
                     help="replace this script's table block in RESULTS.md (benchmarks/RESULTS.md)")
     args = ap.parse_args()
@@ -58,6 +66,9 @@ def main() -> None:
     real_sample = ct_like(np.random.default_rng(1), 100, 128)
     make(data / "gen", args.generated, 2, copies_of=real_sample)
     t_make = time.perf_counter() - t0
+
+    if args.baseline:
+        return compare(args, data)
 
     from imprint.engine.ingest import IngestPolicy
     from imprint.engine.pairs import run_pairs
@@ -107,6 +118,81 @@ def main() -> None:
             f"Peak resident memory of the process: {peak:,.0f} MB; CPU time {cpu_all / len(runs):,.0f} s per run "
             f"(user+system, average). Target: 1M pairs in <= 30 s.\n"
             + load_note() + "\n\n" + md_table(rows, ["stage", "seconds", "rate"])))
+
+CHILD = r"""
+import json, resource, sys
+sys.path.insert(0, {root!r})
+from imprint.engine.ingest import IngestPolicy
+from imprint.engine.pairs import run_pairs
+s = run_pairs(real_dir={real!r}, gen_dir={gen!r}, k={k}, out={out!r}, backbone={backbone!r},
+              policy=IngestPolicy(size=(128, 128)))
+ru = resource.getrusage(resource.RUSAGE_SELF)
+print("RESULT " + json.dumps({{"seconds": s["seconds"], "timings": s["timings"], "n_pairs": s["n_pairs"],
+      "cpu_s": ru.ru_utime + ru.ru_stime, "peak_rss_mb": ru.ru_maxrss / 1024}}))
+"""
+
+
+def _child(root: str, real: Path, gen: Path, k: int, out: Path, backbone: str) -> dict:
+    import subprocess
+
+    code = CHILD.format(root=root, real=str(real), gen=str(gen), k=k, out=str(out), backbone=backbone)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
+    line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
+    if p.returncode != 0 or not line:
+        raise SystemExit(f"run with {root} failed:\n{p.stderr[-3000:]}")
+    return json.loads(line[0][7:])
+
+
+def compare(args, data: Path) -> None:
+    """Alternating whole runs of this checkout and ``args.baseline`` in subprocesses; best of each side."""
+    import subprocess
+
+    here = str(Path(__file__).resolve().parents[1])
+    sides = {"this checkout": here, "baseline": os.path.abspath(args.baseline)}
+    commits = {}
+    for name, root in sides.items():
+        r = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True).stdout.strip()
+        commits[name] = (r.stdout.strip() or "?") + ("+changes" if dirty else "")
+    tiny = data / "tiny"
+    make(tiny / "real", 40, 3)
+    make(tiny / "gen", 60, 4)
+    for name, root in sides.items():  # warm each side's Numba cache (compiled code is cached per checkout)
+        _child(root, tiny / "real", tiny / "gen", min(args.k, 60), tiny / "pairs.parquet", args.backbone)
+    runs: dict = {name: [] for name in sides}
+    for _ in range(max(1, args.repeats)):
+        for name, root in sides.items():
+            r = _child(root, data / "real", data / "gen", args.k, data / f"pairs-{name[0]}.parquet", args.backbone)
+            runs[name].append(r)
+            print(name, json.dumps({"seconds": round(r["seconds"], 2), "cpu_s": round(r["cpu_s"], 1),
+                                    **{k_: round(v, 2) for k_, v in r["timings"].items()}}), flush=True)
+    best = {name: min(v, key=lambda r: r["seconds"]) for name, v in runs.items()}
+    stages = list(best["this checkout"]["timings"])
+    rows = []
+    for st in stages + ["seconds", "cpu_s"]:
+        get = (lambda r: r["timings"][st]) if st in stages else (lambda r: r[st])
+        b, h = get(best["baseline"]), get(best["this checkout"])
+        rows.append({"stage": {"seconds": "**total wall**", "cpu_s": "CPU s (user+system)"}.get(st, st),
+                     "baseline s": b, "this checkout s": h, "baseline / this": b / h if h else float("nan")})
+    n = best["this checkout"]["n_pairs"]
+    from imprint.engine.bench import load_note, md_table
+
+    text = (f"### `imprint pairs` before/after, same run: {n:,} pairs ({args.real:,} real x {args.k} nearest of "
+            f"{args.generated:,} generated)\n\n"
+            f"Command: `python benchmarks/bench_pairs.py {' '.join(sys.argv[1:])}`. Whole runs in fresh "
+            f"subprocesses, alternating baseline ({commits['baseline']}) and this checkout "
+            f"({commits['this checkout']}), {args.repeats} each, same data; the fastest run of each side is shown "
+            f"(all totals: baseline {[round(r['seconds'], 1) for r in runs['baseline']]} s, this checkout "
+            f"{[round(r['seconds'], 1) for r in runs['this checkout']]} s). Peak RSS: baseline "
+            f"{best['baseline']['peak_rss_mb']:,.0f} MB, this checkout {best['this checkout']['peak_rss_mb']:,.0f} MB.\n"
+            + load_note() + "\n\n"
+            + md_table(rows, ["stage", "baseline s", "this checkout s", "baseline / this"]))
+    print(text)
+    if args.write_results:
+        from imprint.engine.bench import write_results_block
+
+        write_results_block(args.write_results, "pairs-compare", text)
 
 
 if __name__ == "__main__":

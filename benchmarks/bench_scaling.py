@@ -142,6 +142,10 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None)
     ap.add_argument("--from-json", default=None, help="take the measured rows from this --json output")
     ap.add_argument("--write-results", default=None, metavar="RESULTS.md")
+    ap.add_argument("--block", default="scaling",
+                    help="name of the RESULTS.md block to write (another name keeps the existing table)")
+    ap.add_argument("--title", default="Membership scaling: wall time and peak memory vs the generated and real "
+                    "set sizes", help="heading of the written block")
     ap.add_argument("--evidence-memory", action="store_true",
                     help="only trace the evidence's memory (one chunk vs a budget) and write that block")
     args = ap.parse_args(argv)
@@ -237,8 +241,8 @@ def main(argv=None) -> int:
                    "peak RSS MB (linear model)": num(e.get("peak_rss_mb_linear")),
                    "chunk": "", "load (1 min)": ""} for e in ext]
         cmd = "python benchmarks/bench_scaling.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        write_results_block(args.write_results, "scaling", (
-            "### Membership scaling: wall time and peak memory vs the generated and real set sizes\n\n"
+        write_results_block(args.write_results, args.block, (
+            f"### {args.title}\n\n"
             f"Command: `{cmd}`. 128x128 CT-like phantoms (5% of the generated images are noisy copies of real "
             "ones), no dev set, default decision; each size in a fresh process (peak RSS = its `ru_maxrss`). "
             f"Fitted exponents: time ~ G^{fmt_exp(a_t)}, peak RSS ~ G^{fmt_exp(a_m)} at R={r0:,}; "

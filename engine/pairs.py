@@ -104,6 +104,10 @@ def run_pairs(*, real_dir: str, gen_dir: str, k: int, out: str, backbone: str = 
                                 store_dir=store_dir, executor=ex)
         return {**summary, "executor": executor}
     ex, _ = resolve_executor(executor)  # the local executor or the executor object given
+    from imprint.kernels import ssim_mse_pairs
+
+    from .executors.local import LocalExecutor
+
     if store_dir is not None:
         sd = Path(store_dir)
         if sd.exists() and not sd.is_dir():
@@ -200,6 +204,10 @@ def run_pairs(*, real_dir: str, gen_dir: str, k: int, out: str, backbone: str = 
                     t0 = time.perf_counter()
                     if rerank and len(pairs) and scorer is not None:  # CUDA: generated set resident on the GPU
                         ss, mm = device_mod.ssim_mse_pairs(imgs, gen.images, pairs, scorer=scorer)
+                    elif rerank and len(pairs) and isinstance(ex, LocalExecutor):
+                        # one pass over the pixels for both scores (kernels.ssim_mse_pairs: the values of
+                        # ssim_pairs and mse_pairs)
+                        ss, mm = ssim_mse_pairs(imgs, gen.images, pairs)
                     elif rerank and len(pairs):
                         ss = ex.ssim_pairs(imgs, gen.images, pairs)
                         mm = ex.mse_pairs(imgs, gen.images, pairs)

@@ -11,6 +11,7 @@ Public API
 ----------
 ssim(a, b, data_range=255.0) -> float
 ssim_pairs(A, B, pairs, data_range=255.0) -> float32[P]
+ssim_mse_pairs(A, B, pairs, data_range=255.0) -> (float32[P], float32[P])
 mse_pairs(A, B, pairs) -> float32[P]
 psnr_pairs(A, B, pairs, data_range=255.0) -> float32[P]
 lbp(image, P=8, R=1.0, method="uniform") -> float64[H, W]
@@ -21,12 +22,13 @@ FINGERPRINT_FEATURE_NAMES : list[str] (length F)
 """
 
 from .fingerprint import FINGERPRINT_FEATURE_NAMES, fingerprint_features, noise_residuals
-from .similarity import mse_pairs, psnr_pairs, ssim, ssim_pairs
+from .similarity import mse_pairs, psnr_pairs, ssim, ssim_mse_pairs, ssim_pairs
 from .texture import lbp, lbp_histograms, lbp_n_bins
 
 __all__ = [
     "ssim",
     "ssim_pairs",
+    "ssim_mse_pairs",
     "mse_pairs",
     "psnr_pairs",
     "lbp",

@@ -46,6 +46,14 @@ float32 inputs agree with skimage run on the same values in float64 to ~1e-9
 
 When the B stats do not fit ``max_cache_bytes``, the distinct B images are
 processed in blocks and the A stats are recomputed per block.
+
+The pair kernel (:func:`_pair4`) also sums the squared differences of the
+pair while it forms the centred products, so :func:`ssim_mse_pairs` gives
+SSIM and MSE in one pass over the pixels (``imprint pairs``); it is written
+without per-row array views (explicit 2-D indexing), which cost about as much
+as the arithmetic in the previous kernel (:func:`_pair_into`, kept as the
+``legacy`` reference of ``benchmarks/bench_kernels.py --rerank``).  Same
+arithmetic, same constants: results equal the previous kernel's within 1e-9.
 """
 
 from __future__ import annotations
@@ -57,7 +65,7 @@ from numba import njit, prange
 from ._validate import as_images, as_pairs, check_data_range, common_dtype, same_hw
 from .constants import FIXED_POINT_MAX, MAX_STEP_EXPONENT, SSIM_K1, SSIM_K2, SSIM_WIN, gaussian_window
 
-__all__ = ["ssim", "ssim_pairs", "mse_pairs", "psnr_pairs", "gaussian_window", "SSIM_WIN"]
+__all__ = ["ssim", "ssim_pairs", "ssim_mse_pairs", "mse_pairs", "psnr_pairs", "gaussian_window", "SSIM_WIN"]
 
 # SSIM_WIN (11 taps: sigma 1.5, truncate 3.5 as skimage), K1, K2 and gaussian_window come from kernels.constants,
 # the one definition shared with the CUDA kernels (kernels.cuda_similarity).
@@ -432,17 +440,159 @@ def _pairs_grouped(A, B, pa, pb, sb, gstart, cbound, mub, varb, mb, qb, w, c1, c
                 out[p] = _pair_into(x, B[pb[p]], ma, mb[k], qa, qb[k], mua, vara, mub[k], varb[k], w, c1, c2, ring, tt)
 
 
+@njit(fastmath=True, error_model="numpy", cache=True)
+def _pair4(x, y, ma, mb, qa, qb, mua, vara, mub, varb, w, c1, c2, ring, ta, tb):
+    """Mean SSIM and the sum of squared differences ``sum((x - y)**2)`` of one pair.
+
+    The same arithmetic as :func:`_pair_into` (cross term ``G*((x-ma)(y-mb))`` in float64, vertical pass two
+    output rows per step from a 12-row ring of centred products, horizontal pass fused with the SSIM formula),
+    written as one function with explicit 2-D indexing: no array views are made per row (a view per row and
+    per tap cost about as much as the arithmetic).  The squared differences are summed in the product pass
+    (float64: exact for uint8, integers below 2**53).
+    ring : float64 [12, W]; ta, tb : float64 [W] scratch.  Returns ``(mean SSIM, SSE)``, float64.
+    """
+    H = x.shape[0]
+    W = x.shape[1]
+    Hi = H - 10
+    Wi = W - 10
+    w0 = w[0]
+    w1 = w[1]
+    w2 = w[2]
+    w3 = w[3]
+    w4 = w[4]
+    w5 = w[5]
+    qa2 = qa * qa
+    qb2 = qb * qb
+    sse = 0.0
+    acc = 0.0
+    nxt = 0  # next image row to enter the ring
+    i = 0
+    while i < Hi:
+        two = i + 1 < Hi
+        last = i + 11 if two else i + 10  # rows needed: up to i + 10 (+1 for the second output row)
+        while nxt <= last:
+            q = nxt % 12
+            rs = 0.0
+            for j in range(W):
+                xv = np.float64(x[nxt, j])
+                yv = np.float64(y[nxt, j])
+                ring[q, j] = (xv - ma) * (yv - mb)
+                d = xv - yv
+                rs += d * d
+            sse += rs
+            nxt += 1
+        r0 = i % 12
+        r1 = (i + 1) % 12
+        r2 = (i + 2) % 12
+        r3 = (i + 3) % 12
+        r4 = (i + 4) % 12
+        r5 = (i + 5) % 12
+        r6 = (i + 6) % 12
+        r7 = (i + 7) % 12
+        r8 = (i + 8) % 12
+        r9 = (i + 9) % 12
+        r10 = (i + 10) % 12
+        r11 = (i + 11) % 12
+        if two:
+            for j in range(W):
+                q1 = ring[r1, j]
+                q2 = ring[r2, j]
+                q3 = ring[r3, j]
+                q4 = ring[r4, j]
+                q5 = ring[r5, j]
+                q6 = ring[r6, j]
+                q7 = ring[r7, j]
+                q8 = ring[r8, j]
+                q9 = ring[r9, j]
+                q10 = ring[r10, j]
+                ta[j] = (
+                    w5 * q5 + w4 * (q4 + q6) + w3 * (q3 + q7) + w2 * (q2 + q8) + w1 * (q1 + q9)
+                    + w0 * (ring[r0, j] + q10)
+                )
+                tb[j] = (
+                    w5 * q6 + w4 * (q5 + q7) + w3 * (q4 + q8) + w2 * (q3 + q9) + w1 * (q2 + q10)
+                    + w0 * (q1 + ring[r11, j])
+                )
+        else:
+            for j in range(W):
+                ta[j] = (
+                    w5 * ring[r5, j] + w4 * (ring[r4, j] + ring[r6, j]) + w3 * (ring[r3, j] + ring[r7, j])
+                    + w2 * (ring[r2, j] + ring[r8, j]) + w1 * (ring[r1, j] + ring[r9, j])
+                    + w0 * (ring[r0, j] + ring[r10, j])
+                )
+        for o in range(2 if two else 1):
+            t = ta if o == 0 else tb
+            r = i + o
+            racc = 0.0
+            for j in range(Wi):
+                cxy = (
+                    w5 * t[j + 5]
+                    + w4 * (t[j + 4] + t[j + 6])
+                    + w3 * (t[j + 3] + t[j + 7])
+                    + w2 * (t[j + 2] + t[j + 8])
+                    + w1 * (t[j + 1] + t[j + 9])
+                    + w0 * (t[j] + t[j + 10])
+                )
+                mx = np.float64(mua[r, j]) * qa
+                my = np.float64(mub[r, j]) * qb
+                ux = mx + ma
+                uy = my + mb
+                cov = cxy - mx * my
+                num = (2.0 * ux * uy + c1) * (2.0 * cov + c2)
+                den = (ux * ux + uy * uy + c1) * (np.float64(vara[r, j]) * qa2 + np.float64(varb[r, j]) * qb2 + c2)
+                racc += num / den
+            acc += racc
+        i += 2
+    return acc / (Hi * Wi), sse
+
+
+@njit(parallel=True, cache=True)
+def _pairs_grouped4(A, B, pa, pb, sb, gstart, cbound, mub, varb, mb, qb, w, c1, c2, out, sse):
+    """:func:`_pairs_grouped` with :func:`_pair4` (SSIM and SSE of each pair in one pass).
+
+    out : float64[P] <- mean SSIM; sse : float64[P] <- ``sum((A - B)**2)`` (sorted order).
+    """
+    H = A.shape[1]
+    W = A.shape[2]
+    nch = cbound.shape[0] - 1
+    for ch in prange(nch):
+        mua = np.empty((H - 10, W - 10), np.int32)
+        vara = np.empty((H - 10, W - 10), np.float32)
+        ring1 = np.empty((11, W), np.float64)
+        ring2 = np.empty((11, W), np.float64)
+        t1 = np.empty(W, np.float64)
+        t2 = np.empty(W, np.float64)
+        ring = np.empty((12, W), np.float64)
+        ta = np.empty(W, np.float64)
+        tb = np.empty(W, np.float64)
+        for g in range(cbound[ch], cbound[ch + 1]):
+            s = gstart[g]
+            e = gstart[g + 1]
+            x = A[pa[s]]
+            ma, qa = _centre(x)
+            _stats_into(x, ma, qa, w, mua, vara, ring1, ring2, t1, t2)
+            for p in range(s, e):
+                k = sb[p]
+                v, d = _pair4(x, B[pb[p]], ma, mb[k], qa, qb[k], mua, vara, mub[k], varb[k], w, c1, c2, ring, ta, tb)
+                out[p] = v
+                sse[p] = d
+
+
 def _stats_bytes(h: int, w: int) -> int:
     """Bytes of stored stats per image (int32 fixed-point mean, float32 variance)."""
     return 8 * (h - 10) * (w - 10) + 16
 
 
-def _ssim_pairs_f64(A, B, pairs, data_range, max_cache_bytes):
-    """Validated core: returns float64[P]."""
+def _ssim_pairs_f64(A, B, pairs, data_range, max_cache_bytes, with_sse=False, legacy=False):
+    """Validated core: returns float64[P] (SSIM), or ``(SSIM, SSE)`` float64[P] each with ``with_sse``.
+
+    ``legacy`` runs the previous pair kernel (:func:`_pairs_grouped`, SSIM only: ``benchmarks/bench_kernels.py``
+    compares against it in the same run); otherwise :func:`_pairs_grouped4` gives SSIM and SSE in one pass."""
     n_pairs = pairs.shape[0]
     out = np.empty(n_pairs, np.float64)
+    sse_out = np.empty(n_pairs, np.float64)
     if n_pairs == 0:
-        return out
+        return (out, sse_out) if with_sse else out
     w = gaussian_window()
     c1 = (_K1 * data_range) ** 2
     c2 = (_K2 * data_range) ** 2
@@ -479,9 +629,14 @@ def _ssim_pairs_f64(A, B, pairs, data_range, max_cache_bytes):
         cbound = np.concatenate(([0], np.searchsorted(gstart[1:-1], targets, side="right"), [n_groups]))
         cbound = np.unique(cbound).astype(np.int64)
         res = np.empty(pa.size, np.float64)
-        _pairs_grouped(A, B, pa, pb, sb, gstart, cbound, mub, varb, mb, qb, w, c1, c2, res)
+        if legacy:
+            _pairs_grouped(A, B, pa, pb, sb, gstart, cbound, mub, varb, mb, qb, w, c1, c2, res)
+        else:
+            sse = np.empty(pa.size, np.float64)
+            _pairs_grouped4(A, B, pa, pb, sb, gstart, cbound, mub, varb, mb, qb, w, c1, c2, res, sse)
+            sse_out[order] = sse
         out[order] = res
-    return out
+    return (out, sse_out) if with_sse else out
 
 
 def _prep_stacks(A, B):
@@ -525,7 +680,31 @@ def ssim_pairs(A, B, pairs, data_range=255.0, *, max_cache_bytes=2**30) -> np.nd
     A, B = _prep_stacks(A, B)
     pairs = as_pairs(pairs, A.shape[0], B.shape[0])
     r = check_data_range(data_range)
-    return _ssim_pairs_f64(A, B, pairs, r, max_cache_bytes).astype(np.float32)
+    return _ssim_pairs_f64(A, B, pairs, r, max_cache_bytes, with_sse=True)[0].astype(np.float32)
+
+
+def ssim_mse_pairs(A, B, pairs, data_range=255.0, *, max_cache_bytes=2**30) -> tuple[np.ndarray, np.ndarray]:
+    """SSIM and MSE of each ``(A[i], B[j])`` pair in one pass over the pixels.
+
+    Parameters
+    ----------
+    A, B, pairs, data_range, max_cache_bytes
+        As :func:`ssim_pairs` (float64 stacks are cast to float32, and a uint8 stack paired with a float32 one
+        is converted to float32, as there).
+
+    Returns
+    -------
+    ssim : ndarray, float32, shape [P]
+        Equal to ``ssim_pairs(A, B, pairs, data_range)``.
+    mse : ndarray, float32, shape [P]
+        Equal to ``mse_pairs(A, B, pairs)`` for uint8 stacks (exact: the squared differences are integers summed
+        in float64 below 2**53) and for float32 stacks up to the order of the float64 summation.
+    """
+    A, B = _prep_stacks(A, B)
+    pairs = as_pairs(pairs, A.shape[0], B.shape[0])
+    r = check_data_range(data_range)
+    s, sse = _ssim_pairs_f64(A, B, pairs, r, max_cache_bytes, with_sse=True)
+    return s.astype(np.float32), (sse / (A.shape[1] * A.shape[2])).astype(np.float32)
 
 
 def ssim(a, b, data_range=255.0) -> float:
@@ -549,7 +728,7 @@ def ssim(a, b, data_range=255.0) -> float:
         raise ValueError(f"a and b must have the same shape, got {a.shape} and {b.shape}")
     r = check_data_range(data_range)
     A, B = common_dtype(a[None], b[None])
-    return float(_ssim_pairs_f64(A, B, np.zeros((1, 2), np.int64), r, 2**62)[0])
+    return float(_ssim_pairs_f64(A, B, np.zeros((1, 2), np.int64), r, 2**62, with_sse=True)[0][0])
 
 
 # ----------------------------------------------------------------------------- MSE / PSNR

@@ -20,6 +20,7 @@ from imprint.kernels import (
     noise_residuals,
     psnr_pairs,
     ssim,
+    ssim_mse_pairs,
     ssim_pairs,
 )
 
@@ -210,6 +211,45 @@ def test_ssim_errors():
         ssim_pairs(A, np.zeros((3, 20, 19), np.uint8), np.array([[0, 1]]))
     with pytest.raises(ValueError):
         ssim_pairs(A[:, :10], A[:, :10], np.array([[0, 1]]))
+
+
+@pytest.mark.parametrize("odd", [False, True])
+def test_ssim_mse_pairs_one_pass_equals_references(odd):
+    """The fused pass (SSIM and MSE of each pair) equals skimage's SSIM and MSE, the separate kernels and the
+    previous pair kernel, on a kNN-like shortlist (repeated images, both grouping directions, stats blocks,
+    an odd number of output rows)."""
+    from imprint.kernels.similarity import _ssim_pairs_f64
+
+    rng = np.random.default_rng(21)
+    h, w = (41, 37) if odd else (48, 44)
+    A = np.stack([ct_like(rng, h, w) for _ in range(6)])
+    B = np.stack([ct_like(rng, h, w) for _ in range(9)])
+    B[3] = A[2]  # an identical pair: SSIM 1, MSE 0
+    B[4] = np.clip(A[0].astype(int) + rng.integers(-3, 4, A[0].shape), 0, 255).astype(np.uint8)
+    pairs = np.stack([np.repeat(np.arange(6), 5), rng.integers(0, 9, 30)], 1)
+    pairs[:2] = [[2, 3], [0, 4]]
+    s, m = ssim_mse_pairs(A, B, pairs)
+    assert s.dtype == np.float32 and m.dtype == np.float32 and s.shape == m.shape == (30,)
+    ref_s = np.array([structural_similarity(A[i], B[j], data_range=255, gaussian_weights=True, sigma=1.5,
+                                            use_sample_covariance=False) for i, j in pairs])
+    ref_m = np.array([mean_squared_error(A[i], B[j]) for i, j in pairs])
+    np.testing.assert_allclose(s, ref_s, atol=1e-7)
+    assert abs(s[0] - 1.0) < 1e-7 and m[0] == 0.0 and s[1] > 0.9
+    np.testing.assert_array_equal(m, mse_pairs(A, B, pairs))  # uint8: exact on both paths
+    np.testing.assert_allclose(m, ref_m, rtol=1e-6)
+    np.testing.assert_array_equal(s, ssim_pairs(A, B, pairs))
+    old = _ssim_pairs_f64(A, B, pairs, 255.0, 2**30, legacy=True)
+    np.testing.assert_allclose(s, old, atol=1e-9)
+    # roles swapped (grouping by the other side) and tiny stats blocks give the same values
+    s2, m2 = ssim_mse_pairs(B, A, pairs[:, ::-1], max_cache_bytes=1)
+    np.testing.assert_allclose(s2, s, atol=1e-7)
+    np.testing.assert_array_equal(m2, m)
+    # float32 stacks: MSE up to the summation order
+    sf, mf = ssim_mse_pairs(A.astype(np.float32) + 0.25, B.astype(np.float32), pairs)
+    np.testing.assert_allclose(mf, mse_pairs(A.astype(np.float32) + 0.25, B.astype(np.float32), pairs), rtol=1e-6)
+    assert ssim_mse_pairs(A, B, np.zeros((0, 2), np.int64))[1].shape == (0,)
+    with pytest.raises(ValueError):
+        ssim_mse_pairs(A, B, np.array([[6, 0]]))
 
 
 # ----------------------------------------------------------------------------- MSE / PSNR

@@ -263,3 +263,35 @@ def test_results_block_is_replaced_not_duplicated(tmp_path):
     calls = []
     sec, _ = best_time(lambda: calls.append(time.sleep(0.01)), min_window=0.05, repeats=2)
     assert len(calls) >= 8 and 0.009 < sec < 0.05  # several calls per window, per-call time reported
+
+
+def test_registration_converts_only_the_images_it_uses():
+    """Registering a few pairs against a large set converts only the images in the pairs to float (the
+    generated set, memory-mapped in membership, was converted whole: 4 bytes per pixel of every image), and
+    gives exactly what the registration of the gathered images gives."""
+    import tracemalloc
+
+    from imprint.engine.membership.register import register_pairs, warp
+
+    rng = np.random.default_rng(5)
+    A = ct_like(rng, 6, 64)
+    big = np.repeat(ct_like(rng, 8, 64), 250, axis=0)  # 2,000 images: 8 MB uint8, 32 MB as float32
+    big[1234] = np.roll(A[2], 3, 1)                      # a shifted copy to register onto
+    pairs = np.array([[2, 1234], [0, 7], [5, 1999]])
+    register_pairs(A, big[:8], pairs % 8)  # compile the Numba kernels outside the traced call
+    tracemalloc.start()
+    got = register_pairs(A, big, pairs)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 8 * 2**20, peak / 2**20  # far below one float copy of the large set (32 MB)
+    used = np.unique(pairs[:, 1])
+    ref = register_pairs(A, big[used], np.stack([pairs[:, 0], np.searchsorted(used, pairs[:, 1])], 1))
+    for k in ref:
+        np.testing.assert_array_equal(got[k], ref[k], err_msg=k)
+    assert got["ncc"][0] > 0.95 and abs(abs(got["dx"][0]) - 3) < 0.5, (got["ncc"][0], got["dx"][0])  # planted copy found
+    # warp of a subset of rows equals warp of the gathered images (default fill per image)
+    rows = np.array([1500, 3, 1500])
+    o1, v1 = warp(big, rows, [0, 1, 0], [5.0, 0.0, -5.0], [1.0, 1.05, 1.0])
+    o2, v2 = warp(big[[3, 1500]], np.array([1, 0, 1]), [0, 1, 0], [5.0, 0.0, -5.0], [1.0, 1.05, 1.0])
+    np.testing.assert_array_equal(o1, o2)
+    np.testing.assert_array_equal(v1, v2)

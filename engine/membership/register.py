@@ -132,9 +132,15 @@ def warp(images: np.ndarray, rows, flip, angle, scale, dy=0.0, dx=0.0, *, fill=N
     out : float32 [K, H, W]
     valid : uint8 [K, H, W]   1 where the output pixel comes from inside the source
     """
+    rows = np.ascontiguousarray(np.atleast_1d(rows), np.int64)
+    if len(rows) < len(images):  # memory: only the images used are converted to float, never a whole large set
+        used, rows = np.unique(rows, return_inverse=True)
+        rows = np.ascontiguousarray(rows.reshape(-1), np.int64)
+        images = np.asarray(images)[used]
+        if fill is not None:
+            fill = np.asarray(fill, np.float32).reshape(-1)[used]
     src = np.ascontiguousarray(images, np.float32)
     n, h, w = src.shape
-    rows = np.ascontiguousarray(np.atleast_1d(rows), np.int64)
     k = len(rows)
     M = inverse_maps(h, w, np.broadcast_to(flip, (k,)), angle, scale, dy, dx)
     if fill is None:   # background: 2nd percentile of every 4th pixel (cheap)
@@ -466,7 +472,7 @@ def _refine_chunk(A, B, pairs, co):
         ang, sc = aa[sel], ss[sel]
         da, ds = da / 2, ds / 2
     # ---- full resolution: shift near the coarse one, sub-pixel parabola, compare on the overlap
-    Bf = np.asarray(B, np.float32)[pairs[:, 1]]
+    Bf = np.asarray(B[pairs[:, 1]], np.float32)  # memory: gather, then convert (not all of B)
     var, _ = warp(A, pairs[:, 0], flip, ang, sc)
     corr = _xcorr(_z(var), _z(Bf))
     cen = np.stack([np.round(dy), np.round(dx)], 1).astype(np.int64)
