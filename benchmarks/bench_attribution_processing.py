@@ -134,6 +134,8 @@ def main(argv=None):
     ap.add_argument("--no-auto", action="store_true", help="skip k=None runs")
     ap.add_argument("--baseline", action="store_true", help="also run processing_invariant=False")
     ap.add_argument("--timing", action="store_true", help="time 1,000 processed images")
+    ap.add_argument("--before", action="store_true", help="each condition twice in the same run: 'before' (the k "
+                    "rule and dev weighting of main before issue 19's k-auto fix) and 'after' (this code)")
     ap.add_argument("--only", default=None, help="comma-separated condition names")
     ap.add_argument("--alt", action="store_true", help="other samples: gen_a[200:400], gen_b[200:400], "
                     "model_3[100:], gen_e[200:400]; conditions release mix (seed 5) and harsh mix")
@@ -158,28 +160,34 @@ def main(argv=None):
     if a.alt and not a.only:
         conds = ["release mix", "harsh mix"]
     cache = tempfile.mkdtemp(prefix="bench_attr_proc_")
-    print(f"{'condition':22s} {'inv':>3s} {'k4':>6s} {'k4 dev':>7s} {'auto':>9s} {'auto dev':>9s} "
+    print(f"{'condition':22s} {'inv':>6s} {'k4':>6s} {'k4 dev':>7s} {'auto':>9s} {'auto dev':>9s} "
           f"{'jpeg%':>6s} {'s/run':>6s}", flush=True)
     rows = []
     for cond in conds:
         P = process(imgs, cond, seed=5 if a.alt else 1)
         det = PR.detect(P)
         jp = 100 * np.mean(det["jpeg"])
-        for inv in ((True, False) if a.baseline and cond in BASELINE else (True,)):
+        variants = [("yes", True)] + ([("no", False)] if a.baseline and cond in BASELINE else [])
+        if a.before:
+            variants = [("before", True), ("after", True)]
+        for tag, inv in variants:
             res = {}
             t = time.perf_counter()
             runs = 0
+            # "before": main's k rule (silhouette scan) and dev weights without processing copies, same run and cache
+            A.K_RULE, A.DEV_PROCESSING_AUGMENT = ("silhouette", False) if tag == "before" else ("pairs", True)
             for dev in (None, dev3):
                 for k in ((4,) if a.no_auto or not inv else (4, None)):
                     r = A.attribute(P, k, dev_sets=dev, random_state=0, cache_dir=cache, processing_invariant=inv)
                     res[(k, dev is not None)] = (r.k, ari(y, r.labels))
                     runs += 1
+            A.K_RULE, A.DEV_PROCESSING_AUGMENT = "pairs", True
             dt = (time.perf_counter() - t) / runs
 
             def auto(key):
                 return f"{res[key][1]:.3f}/k{res[key][0]}" if key in res else "-"
 
-            print(f"{cond:22s} {'yes' if inv else 'no':>3s} {res[(4, False)][1]:6.3f} {res[(4, True)][1]:7.3f} "
+            print(f"{cond:22s} {tag:>6s} {res[(4, False)][1]:6.3f} {res[(4, True)][1]:7.3f} "
                   f"{auto((None, False)):>9s} {auto((None, True)):>9s} {jp:6.1f} {dt:6.1f}", flush=True)
             rows.append((cond, inv, res, jp))
     if a.timing:
