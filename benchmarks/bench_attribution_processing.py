@@ -3,7 +3,7 @@
 Usage::
 
     nice .venv/bin/python benchmarks/bench_attribution_processing.py [--dev /work/shared/corpus/dev]
-        [--quick] [--no-auto] [--baseline] [--timing]
+        [--quick] [--no-auto] [--baseline] [--timing] [--before] [--alt] [--content-timing]
 
 Sets (made from the dev corpus; the attribution folders hold model_1..3, and the membership set gen_e is a
 fourth model of a family absent from the attribution folders; gen_a and gen_b are the same models as
@@ -24,6 +24,11 @@ Each condition processes every image the same way (or a seeded mix), then runs
 * ``harsh mix`` (with ``--alt``): a quarter each untouched, JPEG quality 50-95, resized by 0.5-0.9 and back
   (bilinear/bicubic/lanczos), both.  ``--alt`` clusters other samples of the same models (gen_a[200:400],
   gen_b[200:400], model_3[100:], gen_e[200:400]) with another mix seed.
+
+``--before`` runs every condition twice in the same run and feature cache: ``before`` (main's k-auto rule, the
+silhouette scan, and dev weights without processing copies: ``A.K_RULE = "silhouette"``,
+``A.DEV_PROCESSING_AUGMENT = False``) and ``after`` (this code).  ``--content-timing`` times the feature extraction
+with and without the content groups.
 
 ``--baseline`` adds k = 4 runs with ``processing_invariant=False`` (the method before issue 19) for the
 mix and the strongest settings, as the reference measured in the same run.  ``--detection`` only scores the

@@ -22,10 +22,13 @@ Method
    is clustered by average linkage into ``k`` groups.  Disagreeing views are out-voted, which made
    the result robust on every dev protocol we tried (see benchmarks/RESULTS.md, attribution).
    Per-image confidence = mean co-association with the members of its own cluster (in [0, 1]).
-6. **k=None**: k is scanned over ``2..k_max`` (same candidates) and chosen by the mean of the plain
-   silhouette and the cluster-balanced silhouette (mean over clusters of their mean silhouette, so a
-   small generator counts as much as a large one) of the consensus partition, measured on the
-   co-association distance ``1 - C`` (smallest k within 0.001 of the best).
+6. **k=None**: first the one-model test (:func:`_separation_test`, k = 1 below
+   :data:`ONE_MODEL_SEPARATION`); then k = 3, 4, ... is scanned (same candidates) and the scan stops at the first
+   consensus partition that has a pair of clusters failing that same test (:func:`_pair_separation`, on the
+   features before dev weighting) or a cluster under 10 images; the k before it is kept (:data:`K_RULE`
+   ``"pairs"``).  A split of one model, by content or by its release processing, fails the test, so processing
+   cannot add clusters.  The rule before issue 19 (``"silhouette"``: the mean of the plain and the cluster-balanced
+   silhouette of the consensus partition on ``1 - C``) is kept for the benchmarks' before/after.
 
 For more than ``max_consensus`` images the co-association matrix is built on a seeded subsample
 and the remaining images are assigned to the consensus cluster they co-associate with most.
@@ -824,7 +827,11 @@ def _attribute(images, k, *, dev_sets, random_state, progress, groups, backbones
                 macro, plain = runs[kk][1][2]
                 scan[kk] = 0.5 * (macro + plain)
                 scan_macro[kk], scan_plain[kk] = macro, plain
-                if pair_view is not None:
+                if pair_view is not None and kk == 2 and np.isfinite(sep):
+                    # k = 2 was already decided by the one-model test, in the (dev-weighted) space the clusters are
+                    # formed in; with four models a best two-way split is often not bimodal in the unweighted space
+                    pair_min[kk], pair_all[kk] = float(sep), {"0-1": float(sep)}
+                elif pair_view is not None:
                     pair_min[kk], pair_all[kk] = _pair_separation(pair_view, runs[kk][1][0][sub], seed)
                     if not (np.isfinite(pair_min[kk]) and pair_min[kk] >= ONE_MODEL_SEPARATION):
                         break  # this k splits a model (or leaves a cluster too small to test): stop
@@ -884,7 +891,7 @@ def _attribute(images, k, *, dev_sets, random_state, progress, groups, backbones
         "criterion": ("k=1 when the one-model test holds; otherwise k = 2, 3, ... is scanned and the largest k "
                       "before the first consensus partition with a pair of clusters (or a cluster under 10 images) that "
                       "fails the same held-out separation test (threshold above, on the features before dev weighting) "
-                      "is kept" if K_RULE == "pairs" else
+                      "is kept; k = 2 is the one-model test's decision" if K_RULE == "pairs" else
                       "k=1 when the one-model test holds; otherwise the mean of the plain and the "
                       "cluster-balanced silhouette (mean over clusters of the mean per-image silhouette) of the "
                       "consensus partition on co-association distance 1-C; smallest k within 0.001 of the best"),
