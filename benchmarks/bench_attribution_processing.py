@@ -26,7 +26,8 @@ Each condition processes every image the same way (or a seeded mix), then runs
   gen_b[200:400], model_3[100:], gen_e[200:400]) with another mix seed.
 
 ``--before`` runs every condition twice in the same run and feature cache: ``before`` (main's k-auto rule, the
-silhouette scan: ``A.K_RULE = "silhouette"``) and ``after`` (this code).  ``--content-timing`` times the feature extraction
+silhouette scan, and dev weights without processing copies: ``A.K_RULE = "silhouette"``,
+``A.DEV_PROCESSING_AUGMENT = False``) and ``after`` (this code).  ``--content-timing`` times the feature extraction
 with and without the content groups.
 
 ``--baseline`` adds k = 4 runs with ``processing_invariant=False`` (the method before issue 19) for the
@@ -198,13 +199,13 @@ def main(argv=None):
             t = time.perf_counter()
             runs = 0
             # "before": main's k rule (silhouette scan) and dev weights without processing copies, same run and cache
-            A.K_RULE = "silhouette" if tag == "before" else "pairs"
+            A.K_RULE, A.DEV_PROCESSING_AUGMENT = ("silhouette", False) if tag == "before" else ("pairs", True)
             for dev in (None, dev3):
                 for k in ((4,) if a.no_auto or not inv else (4, None)):
                     r = A.attribute(P, k, dev_sets=dev, random_state=0, cache_dir=cache, processing_invariant=inv)
                     res[(k, dev is not None)] = (r.k, ari(y, r.labels))
                     runs += 1
-            A.K_RULE = "pairs"
+            A.K_RULE, A.DEV_PROCESSING_AUGMENT = "pairs", True
             dt = (time.perf_counter() - t) / runs
 
             def auto(key):
