@@ -138,6 +138,8 @@ def main(argv=None):
     ap.add_argument("--no-auto", action="store_true", help="skip k=None runs of the old protocols")
     ap.add_argument("--only", default="", help="comma list of sections: one,shares,openset,old,time")
     ap.add_argument("--json", default=None, help="write all rows to this JSON file")
+    ap.add_argument("--protocols", default="", help="comma list: only these protocols of the 'old' section "
+                    "(e.g. plain3,plain3+dev,4:gen_e-unseen)")
     a = ap.parse_args(argv)
     only = set(filter(None, a.only.split(","))) or {"one", "shares", "openset", "old", "time"}
     R = a.dev
@@ -203,7 +205,10 @@ def main(argv=None):
         for lo in ("model_1", "model_2", "model_3"):
             P[f"4:lomo-{lo}"] = (four, {m: v for m, v in dev_all.items() if m != lo})
         P["5:+real"] = ({**four, "real": D["real_b"][:200]}, dev3)
+        keep = set(filter(None, a.protocols.split(",")))
         for name, (parts, dev) in P.items():
+            if keep and name not in keep:
+                continue
             for k in ((len(parts),) if a.no_auto else (len(parts), None)):
                 row = run_one(name, parts, dev, k, cache)
                 if k is not None:

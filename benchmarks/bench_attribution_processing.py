@@ -3,7 +3,7 @@
 Usage::
 
     nice .venv/bin/python benchmarks/bench_attribution_processing.py [--dev /work/shared/corpus/dev]
-        [--quick] [--no-auto] [--baseline] [--timing]
+        [--quick] [--no-auto] [--baseline] [--timing] [--before] [--alt] [--content-timing]
 
 Sets (made from the dev corpus; the attribution folders hold model_1..3, and the membership set gen_e is a
 fourth model of a family absent from the attribution folders; gen_a and gen_b are the same models as
@@ -24,6 +24,11 @@ Each condition processes every image the same way (or a seeded mix), then runs
 * ``harsh mix`` (with ``--alt``): a quarter each untouched, JPEG quality 50-95, resized by 0.5-0.9 and back
   (bilinear/bicubic/lanczos), both.  ``--alt`` clusters other samples of the same models (gen_a[200:400],
   gen_b[200:400], model_3[100:], gen_e[200:400]) with another mix seed.
+
+``--before`` runs every condition twice in the same run and feature cache: ``before`` (main's k-auto rule, the
+silhouette scan, and dev weights without processing copies: ``A.K_RULE = "silhouette"``,
+``A.DEV_PROCESSING_AUGMENT = False``) and ``after`` (this code).  ``--content-timing`` times the feature extraction
+with and without the content groups.
 
 ``--baseline`` adds k = 4 runs with ``processing_invariant=False`` (the method before issue 19) for the
 mix and the strongest settings, as the reference measured in the same run.  ``--detection`` only scores the
@@ -134,10 +139,14 @@ def main(argv=None):
     ap.add_argument("--no-auto", action="store_true", help="skip k=None runs")
     ap.add_argument("--baseline", action="store_true", help="also run processing_invariant=False")
     ap.add_argument("--timing", action="store_true", help="time 1,000 processed images")
+    ap.add_argument("--before", action="store_true", help="each condition twice in the same run: 'before' (the k "
+                    "rule and dev weighting of main before issue 19's k-auto fix) and 'after' (this code)")
     ap.add_argument("--only", default=None, help="comma-separated condition names")
     ap.add_argument("--alt", action="store_true", help="other samples: gen_a[200:400], gen_b[200:400], "
                     "model_3[100:], gen_e[200:400]; conditions release mix (seed 5) and harsh mix")
     ap.add_argument("--detection", action="store_true", help="only score the JPEG detector, then stop")
+    ap.add_argument("--content-timing", action="store_true", help="only time the feature extraction of 700 images "
+                    "with and without the content groups (hist, ispec), best of 3 each, then stop")
     a = ap.parse_args(argv)
     R = a.dev
     D = {f"model_{i}": load(f"{R}/attribution/model_{i}") for i in (1, 2, 3)}
@@ -145,6 +154,23 @@ def main(argv=None):
         D[f"gen_{g}"] = load(f"{R}/membership/gen_{g}/generated")
     if a.detection:
         detection(D)
+        return []
+    if a.content_timing:
+        from imprint.engine import features as F
+
+        X = np.concatenate([D["model_1"], D["model_2"], D["model_3"][100:], D["gen_e"][:200]])
+        gen = tuple(g for g in A.DEFAULT_GROUPS if g not in A.CONTENT_GROUPS)
+        best = {}
+        for _ in range(3):
+            for name, groups in (("all groups (before)", A.DEFAULT_GROUPS), ("without hist, ispec (after)", gen)):
+                t = time.perf_counter()
+                F.extract(X, groups)
+                best[name] = min(best.get(name, float("inf")), time.perf_counter() - t)
+        for name, v in best.items():
+            print(f"feature extraction, {len(X)} images, {name}: best of 3 {v:.2f} s", flush=True)
+        b, a_ = best.values()
+        print(f"saved {b - a_:.2f} s ({100 * (b - a_) / b:.0f} %) per extraction; attribution extracts the images, "
+              "up to 300 processed copies and each dev set", flush=True)
         return []
     parts = {"model_1": D["model_1"], "model_2": D["model_2"], "model_3": D["model_3"][100:],
              "gen_e": D["gen_e"][:200]}
@@ -158,28 +184,34 @@ def main(argv=None):
     if a.alt and not a.only:
         conds = ["release mix", "harsh mix"]
     cache = tempfile.mkdtemp(prefix="bench_attr_proc_")
-    print(f"{'condition':22s} {'inv':>3s} {'k4':>6s} {'k4 dev':>7s} {'auto':>9s} {'auto dev':>9s} "
+    print(f"{'condition':22s} {'inv':>6s} {'k4':>6s} {'k4 dev':>7s} {'auto':>9s} {'auto dev':>9s} "
           f"{'jpeg%':>6s} {'s/run':>6s}", flush=True)
     rows = []
     for cond in conds:
         P = process(imgs, cond, seed=5 if a.alt else 1)
         det = PR.detect(P)
         jp = 100 * np.mean(det["jpeg"])
-        for inv in ((True, False) if a.baseline and cond in BASELINE else (True,)):
+        variants = [("yes", True)] + ([("no", False)] if a.baseline and cond in BASELINE else [])
+        if a.before:
+            variants = [("before", True), ("after", True)]
+        for tag, inv in variants:
             res = {}
             t = time.perf_counter()
             runs = 0
+            # "before": main's k rule (silhouette scan) and dev weights without processing copies, same run and cache
+            A.K_RULE, A.DEV_PROCESSING_AUGMENT = ("silhouette", False) if tag == "before" else ("pairs", True)
             for dev in (None, dev3):
                 for k in ((4,) if a.no_auto or not inv else (4, None)):
                     r = A.attribute(P, k, dev_sets=dev, random_state=0, cache_dir=cache, processing_invariant=inv)
                     res[(k, dev is not None)] = (r.k, ari(y, r.labels))
                     runs += 1
+            A.K_RULE, A.DEV_PROCESSING_AUGMENT = "pairs", True
             dt = (time.perf_counter() - t) / runs
 
             def auto(key):
                 return f"{res[key][1]:.3f}/k{res[key][0]}" if key in res else "-"
 
-            print(f"{cond:22s} {'yes' if inv else 'no':>3s} {res[(4, False)][1]:6.3f} {res[(4, True)][1]:7.3f} "
+            print(f"{cond:22s} {tag:>6s} {res[(4, False)][1]:6.3f} {res[(4, True)][1]:7.3f} "
                   f"{auto((None, False)):>9s} {auto((None, True)):>9s} {jp:6.1f} {dt:6.1f}", flush=True)
             rows.append((cond, inv, res, jp))
     if a.timing:

@@ -22,10 +22,13 @@ Method
    is clustered by average linkage into ``k`` groups.  Disagreeing views are out-voted, which made
    the result robust on every dev protocol we tried (see benchmarks/RESULTS.md, attribution).
    Per-image confidence = mean co-association with the members of its own cluster (in [0, 1]).
-6. **k=None**: k is scanned over ``2..k_max`` (same candidates) and chosen by the mean of the plain
-   silhouette and the cluster-balanced silhouette (mean over clusters of their mean silhouette, so a
-   small generator counts as much as a large one) of the consensus partition, measured on the
-   co-association distance ``1 - C`` (smallest k within 0.001 of the best).
+6. **k=None**: first the one-model test (:func:`_separation_test`, k = 1 below
+   :data:`ONE_MODEL_SEPARATION`); then k = 3, 4, ... is scanned (same candidates) and the scan stops at the first
+   consensus partition that has a pair of clusters failing that same test (:func:`_pair_separation`, on the
+   features before dev weighting) or a cluster under 10 images; the k before it is kept (:data:`K_RULE`
+   ``"pairs"``).  A split of one model, by content or by its release processing, fails the test, so processing
+   cannot add clusters.  The rule before issue 19 (``"silhouette"``: the mean of the plain and the cluster-balanced
+   silhouette of the consensus partition on ``1 - C``) is kept for the benchmarks' before/after.
 
 For more than ``max_consensus`` images the co-association matrix is built on a seeded subsample
 and the remaining images are assigned to the consensus cluster they co-associate with most.
@@ -56,6 +59,15 @@ CONTENT_GROUPS = ("hist", "ispec")
 #: above which the images are taken to come from several models.  One Gaussian gives 2/pi = 0.64, two equal
 #: Gaussians 6 within-SDs apart give 0.90.  Dev corpus (in-sample): single models 0.68-0.80, pairs >= 0.99.
 ONE_MODEL_SEPARATION = 0.90
+#: k > 1 (issue 19): "pairs" scans k = 2, 3, ... and keeps the largest k before the first consensus partition with
+#: a pair of clusters that fails the one-model test (:func:`_pair_separation`); "silhouette" is the rule before it
+#: (best mean silhouette of the consensus partition on 1 - co-association), kept for the benchmarks' before/after.
+K_RULE = "pairs"
+#: With dev sets and the processing invariance, double the dev features with copies moved by the feature change of
+#: random processed pairs of the images (see ``_attribute``), so dev weights do not favour what processing changes.
+#: Measured (in-sample): without it the release mix with --dev gets k auto = 6 (ARI 0.776, model_1 split by resize
+#: history) instead of 4 (1.000); with it the "+real" stress protocol at k = 5 drops from 1.000 to 0.875.
+DEV_PROCESSING_AUGMENT = True
 #: open set: a cluster matches a dev model when its distance ratio is at most this factor times the 99th
 #: percentile of the ratios between random halves of the dev models themselves.
 OPEN_SET_MARGIN = 2.0
@@ -402,6 +414,35 @@ def _separation_test(V, seed, repeats=5):
     return float(np.median(vals)), [float(v) for v in vals]
 
 
+def _pca90(Z, masks, seed):
+    """The "all/pca90" view of ``Z`` [N, F]: PCA of the engine.features columns (no backbone), 90 % of the variance."""
+    own = np.ones(Z.shape[1], bool)
+    for g, m in masks.items():
+        if g.startswith("backbone:"):
+            own &= ~m
+    return _build_views(Z[:, own], {}, seed).get("all/pca90", _pca(Z[:, own], 10, True, seed))
+
+
+def _pair_separation(V, labels, seed, min_size=10):
+    """Held-out separation (:func:`_separation_test`) of every pair of clusters of ``labels`` in ``V``.
+
+    Returns the smallest pair score (NaN when no pair has ``min_size`` images on both sides) and the scores
+    ``{"a-b": float}``.
+    """
+    ks = np.unique(labels)
+    out = {}
+    for i, a in enumerate(ks):
+        for b in ks[i + 1:]:
+            ia, ib = np.flatnonzero(labels == a), np.flatnonzero(labels == b)
+            if min(ia.size, ib.size) < min_size:
+                out[f"{a}-{b}"] = float("nan")
+                continue
+            sel = np.concatenate([ia, ib])
+            out[f"{a}-{b}"] = _separation_test(V[sel], seed)[0]
+    vals = [v for v in out.values() if np.isfinite(v)]
+    return (min(vals) if vals else float("nan")), out
+
+
 def _robust_loc_var(x):
     """Per-column 10 %-trimmed mean and MAD-based variance of ``x`` [n, d] (robust to a few strays)."""
     from scipy.stats import trim_mean
@@ -586,7 +627,8 @@ def attribute(images, k, *, dev_sets=None, random_state=0, progress=None, groups
         clustering always runs here. The result does not depend on it.
     content_groups : sequence of str
         Feature groups that follow the image content rather than the generator (default
-        :data:`CONTENT_GROUPS`): left out of clustering and open-set matching (unless nothing else is left).
+        :data:`CONTENT_GROUPS`): left out of clustering and open-set matching, and not extracted (unless
+        nothing else is left).  Pass ``content_groups=()`` to cluster on them too.
     stability_resamples : int
         Subsampling resamples for the stability figure (0 to skip).
     processing_invariant : bool
@@ -638,8 +680,9 @@ def _processing_projection(images, X, names, groups, backbones, masks, seed, cac
     idx = np.tile(idx, reps)
     Xa, na = _extract_cached(augment(images[idx], seed), groups, backbones, {}, cache_dir, executor)
     if na != names or Xa.shape[0] != idx.size:
-        return None
-    return _F.NuisanceProjection.fit(X[idx], Xa, masks)
+        return None, None
+    nap = _F.NuisanceProjection.fit(X[idx], Xa, masks)
+    return nap, nap.transform(Xa) - nap.transform(X[idx])
 
 
 def _attribute(images, k, *, dev_sets, random_state, progress, groups, backbones, k_max, max_consensus,
@@ -677,6 +720,14 @@ def _attribute(images, k, *, dev_sets, random_state, progress, groups, backbones
     groups = tuple(groups)
     if "fingerprint" in groups and not _F.kernels_available("fingerprint_features"):
         groups = tuple(g for g in groups if g != "fingerprint")
+    # content groups are left out of clustering, so they are not extracted at all (as long as another
+    # engine.features group is left); the processing projection is block-diagonal per group, so the other groups'
+    # features are exactly those of a run that extracts everything
+    skipped = tuple(g for g in groups if g in content_groups)
+    if skipped and len(skipped) < len(groups):
+        groups = tuple(g for g in groups if g not in content_groups)
+    else:
+        skipped = ()
     say("features")
     backbones = tuple(backbones or ())
     bb_errors = {}
@@ -684,10 +735,11 @@ def _attribute(images, k, *, dev_sets, random_state, progress, groups, backbones
     backbones = tuple(b for b in backbones if b not in bb_errors)
     masks_all = _group_masks(names, groups, backbones)
     # processing invariance first, on every group (JPEG / resizing move the content groups too)
-    nap, X_raw = None, X  # X_raw: unprojected features, for the report's per-cluster spectra
+    nap, proc_delta, X_raw = None, None, X  # X_raw: unprojected features, for the report's per-cluster spectra
     if processing_invariant and n >= 2:
         say("processing invariance")
-        nap = _processing_projection(images, X, names, groups, backbones, masks_all, seed, cache_dir, executor)
+        nap, proc_delta = _processing_projection(images, X, names, groups, backbones, masks_all, seed, cache_dir,
+                                                 executor)
         if nap is not None:
             X = nap.transform(X)
     # generator columns: every group except the content ones (all columns if nothing else is left)
@@ -697,7 +749,7 @@ def _attribute(images, k, *, dev_sets, random_state, progress, groups, backbones
             gen &= ~masks_all[g]
     if not gen.any():
         gen[:] = True
-    dropped = [g for g in masks_all if g in content_groups and gen.sum() < X.shape[1]]
+    dropped = list(skipped) + [g for g in masks_all if g in content_groups and gen.sum() < X.shape[1]]
     masks = {g: m[gen] for g, m in masks_all.items() if g not in dropped}
     X = X[:, gen]
     X_raw = X_raw[:, gen]
@@ -723,8 +775,14 @@ def _attribute(images, k, *, dev_sets, random_state, progress, groups, backbones
             if nap is not None:
                 fd = nap.transform(fd)
             fd = fd[:, gen]
-            dev_feats.append(fd)
             dev_z[name] = (fd - mu) / sd
+            if proc_delta is not None and DEV_PROCESSING_AUGMENT:
+                # dev images as a release would have them: each dev image once as it is and once moved by the
+                # feature change of a random processed pair of the images (feature-space augmentation), so the
+                # dev weights and the LDA view do not favour the features processing changes
+                j = rng.integers(0, proc_delta.shape[0], fd.shape[0])
+                fd = np.concatenate([fd, fd + proc_delta[j][:, gen]])
+            dev_feats.append(fd)
             dev_info[name] = int(dev_sets[name].shape[0])
         wgt = _dev_weights(dev_feats, mu, sd)
         if wgt is not None:
@@ -745,6 +803,7 @@ def _attribute(images, k, *, dev_sets, random_state, progress, groups, backbones
         views = _build_views(Z, masks, seed, lda)
 
     scan, scan_macro, scan_plain = {}, {}, {}
+    pair_min, pair_all = {}, {}
     sep, sep_all = float("nan"), []
     cands = None
     if k is None:
@@ -760,19 +819,36 @@ def _attribute(images, k, *, dev_sets, random_state, progress, groups, backbones
             say("estimating k")
             hi = int(min(k_max, len(sub) - 1, n - 1))
             runs = {}
+            rule = K_RULE
+            # the pair test runs on the features before the dev weighting (Z0): the dev models' weights were learnt on
+            # unprocessed images and can favour what processing changes, so a processing split could pass it there
+            pair_view = _pca90(Z0[sub], masks, seed) if rule == "pairs" else None
             for kk in range(2, hi + 1):
                 c = _candidates(views, kk, seed)
                 runs[kk] = (c, _consensus(c, kk, sub))
                 macro, plain = runs[kk][1][2]
                 scan[kk] = 0.5 * (macro + plain)
                 scan_macro[kk], scan_plain[kk] = macro, plain
-            finite = {kk: v for kk, v in scan.items() if np.isfinite(v)}
-            if finite:
-                best = max(finite.values())
-                k = min(kk for kk, v in finite.items() if v >= best - 0.001)
-            else:  # no partition with two non-empty clusters (e.g. identical images)
-                k = min(runs) if runs else 1
-            cands, (labels, conf, sil, agree) = runs.get(k, (None, (None,) * 4))
+                if pair_view is not None and kk == 2 and np.isfinite(sep):
+                    # k = 2 was already decided by the one-model test, in the (dev-weighted) space the clusters are
+                    # formed in; with four models a best two-way split is often not bimodal in the unweighted space
+                    pair_min[kk], pair_all[kk] = float(sep), {"0-1": float(sep)}
+                elif pair_view is not None:
+                    pair_min[kk], pair_all[kk] = _pair_separation(pair_view, runs[kk][1][0][sub], seed)
+                    if not (np.isfinite(pair_min[kk]) and pair_min[kk] >= ONE_MODEL_SEPARATION):
+                        break  # this k splits a model (or leaves a cluster too small to test): stop
+            if pair_view is not None:
+                passed = [kk for kk in pair_min if np.isfinite(pair_min[kk]) and pair_min[kk] >= ONE_MODEL_SEPARATION]
+                k = max(passed) if passed else 1
+            else:
+                finite = {kk: v for kk, v in scan.items() if np.isfinite(v)}
+                if finite:
+                    best = max(finite.values())
+                    k = min(kk for kk, v in finite.items() if v >= best - 0.001)
+                else:  # no partition with two non-empty clusters (e.g. identical images)
+                    k = min(runs) if runs else 1
+            if k > 1:
+                cands, (labels, conf, sil, agree) = runs.get(k, (None, (None,) * 4))
 
     say("clustering")
     if cands is None:
@@ -809,11 +885,18 @@ def _attribute(images, k, *, dev_sets, random_state, progress, groups, backbones
             "one model when below the threshold",
         },
         "k_scan_silhouette": {str(kk): float(v) for kk, v in scan.items()},
+        "k_scan_pair_separation": {str(kk): float(v) for kk, v in pair_min.items()},
+        "k_scan_pairs": {str(kk): v for kk, v in pair_all.items()},
+        "k_rule": K_RULE,
         "k_scan_silhouette_balanced": {str(kk): float(v) for kk, v in scan_macro.items()},
         "k_scan_silhouette_plain": {str(kk): float(v) for kk, v in scan_plain.items()},
-        "criterion": "k=1 when the one-model test holds; otherwise the mean of the plain and the "
-        "cluster-balanced silhouette (mean over clusters of the mean per-image silhouette) of the consensus "
-        "partition on co-association distance 1-C; smallest k within 0.001 of the best",
+        "criterion": ("k=1 when the one-model test holds; otherwise k = 2, 3, ... is scanned and the largest k "
+                      "before the first consensus partition with a pair of clusters (or a cluster under 10 images) that "
+                      "fails the same held-out separation test (threshold above, on the features before dev weighting) "
+                      "is kept; k = 2 is the one-model test's decision" if K_RULE == "pairs" else
+                      "k=1 when the one-model test holds; otherwise the mean of the plain and the "
+                      "cluster-balanced silhouette (mean over clusters of the mean per-image silhouette) of the "
+                      "consensus partition on co-association distance 1-C; smallest k within 0.001 of the best"),
         "consensus_silhouette": sil[0],
         "consensus_silhouette_plain": sil[1],
         "n_candidates": len(cands),

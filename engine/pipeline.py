@@ -274,24 +274,29 @@ def run_membership(*, gen_dir: str, real_dir: str, out: str, dev_dirs: Sequence[
 
 
 # ---------------------------------------------------------------------------------------------- attribution
-_PROCESSING_HEADER = ["image", "cluster", "processing", "jpeg_quality", "jpeg_source", "jpeg_ghost"]
+_PROCESSING_HEADER = ["image", "cluster", "processing", "jpeg_quality", "jpeg_source", "jpeg_ghost", "resized",
+                      "resize_z"]
 
 
 def _processing_detected(imgs, labels: np.ndarray, k: int, out: str) -> tuple[dict, list]:
     """Issue 19: per-image detected processing (rows of ``<out>.processing.csv``) and a per-cluster summary.
 
     JPEG files report their quantisation-table quality; other files are checked for JPEG traces in their
-    pixels (engine.processing.jpeg_ghost).  Resampling is not detected.  Returns ``(summary, rows)``; the caller
-    writes the rows with its other outputs.
+    pixels (engine.processing.jpeg_ghost).  Resampling is judged within each cluster
+    (engine.processing.detect_resampling).  Returns ``(summary, rows)``; the caller writes the rows with its
+    other outputs.
     """
     from .ingest import jpeg_quality_of
-    from .processing import detect
+    from .processing import detect, detect_resampling
 
     q = [jpeg_quality_of(os.path.join(imgs.root, p)) for p in imgs.paths]
     det = detect(imgs.images, q)
+    resized, rz = detect_resampling(imgs.images, labels)
+    proc = [("jpeg+resized" if j else "resized") if r else p for p, j, r in zip(det["processing"], det["jpeg"], resized)]
     path = str(Path(out).with_suffix("")) + ".processing.csv"
-    rows = list(zip(imgs.paths, labels.tolist(), det["processing"],
-                    ["" if v is None else v for v in det["jpeg_quality"]], det["jpeg_source"], det["jpeg_ghost"]))
+    rows = list(zip(imgs.paths, labels.tolist(), proc,
+                    ["" if v is None else v for v in det["jpeg_quality"]], det["jpeg_source"], det["jpeg_ghost"],
+                    [int(v) for v in resized], ["" if not np.isfinite(v) else round(float(v), 3) for v in rz]))
     per = []
     for c in range(k):
         sel = np.flatnonzero(labels == c)
@@ -300,9 +305,12 @@ def _processing_detected(imgs, labels: np.ndarray, k: int, out: str) -> tuple[di
                     "jpeg": int(sum(det["jpeg"][i] for i in sel)),
                     "jpeg_files": int(sum(det["jpeg_source"][i] == "file" for i in sel)),
                     "jpeg_in_pixels": int(sum(det["jpeg_source"][i] == "pixels" for i in sel)),
-                    "median_jpeg_quality": float(np.median(qs)) if qs else None})
-    return {"per_cluster": per, "out": path, "n_jpeg": int(sum(det["jpeg"])),
-            "note": "JPEG: file quantisation tables, else JPEG ghost in the pixels; resampling is not detected"}, rows
+                    "median_jpeg_quality": float(np.median(qs)) if qs else None,
+                    "resized": int(resized[sel].sum())})
+    return {"per_cluster": per, "out": path, "n_jpeg": int(sum(det["jpeg"])), "n_resized": int(resized.sum()),
+            "note": "JPEG: file quantisation tables, else JPEG ghost in the pixels; resized: energy near the Nyquist "
+                    "frequency far below the image's own cluster (robust z > 3.5; partial power, and a cluster "
+                    "resized as a whole shows none)"}, rows
 
 
 def run_attribution(*, images_dir: str, k: int | None, out: str, dev_dir: str | None = None,
@@ -366,6 +374,9 @@ def run_attribution(*, images_dir: str, k: int | None, out: str, dev_dir: str | 
     summary = dict(att.summary, out=out, details_out=det_path, skip_report=skip_path, dev_models=dev_models,
                    timings=timings, processing=processing)
     summary["summary"] = attribution_line(summary, out)
+    if processing is not None:  # issue 19: the detected processing, per cluster in the report and processing.csv
+        summary["summary"] += (f"; processing detected: JPEG {processing['n_jpeg']}, resized "
+                               f"{processing['n_resized']} (per cluster: {processing['out']})")
     if report_dir is not None:
         summary["report"] = _report("attribution", report_dir, summary=summary, result=res, images=imgs,
                                     truth=truth)

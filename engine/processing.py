@@ -17,10 +17,16 @@ Detection
       overlapped completely between untouched and quality-70..95 images (generators have periodic
       textures of their own); the ghost separates them (see :data:`GHOST_THRESHOLD`).
     * :func:`detect`: both, per image, with one tag: ``jpeg`` or ``none``.
-    * Resampling (128 -> 96 -> 128) is **not** detected: a residual band-limit ratio and the periodicity of
-      the second derivative (Gallagher 2005) were measured on dev and overlapped with untouched images of
-      other generators.  Attribution does not rely on detection: it discounts processing whether or not it
-      was detected (:class:`engine.features.NuisanceProjection`).
+    * :func:`detect_resampling`: a resize history (down by a factor and back), judged *within a group of images
+      of one model* (an attribution cluster).  Per image, over all generators, it cannot be told: a band-limit
+      ratio, the periodicity of the second derivative (Gallagher 2005) and a re-resampling "ghost" all overlapped
+      between untouched images of some dev generators (which up-sample natively) and resized images of others.
+      Within one model the generator's own band limit is shared by all its images, so an image whose energy
+      near the Nyquist frequency falls far below its cluster's (robust z-score, :data:`RESAMPLE_Z`) was resized
+      after generation.  Power is partial (see benchmarks/RESULTS.md); a cluster whose images were *all*
+      resized the same way has nothing to compare with and shows none.
+      Attribution does not rely on detection: it discounts processing whether or not it was detected
+      (:class:`engine.features.NuisanceProjection`).
 """
 
 from __future__ import annotations
@@ -33,8 +39,11 @@ from PIL import Image
 __all__ = [
     "GHOST_THRESHOLD",
     "RESAMPLE_FILTERS",
+    "RESAMPLE_Z",
     "augment",
+    "band_limit_score",
     "detect",
+    "detect_resampling",
     "jpeg_ghost",
     "jpeg_quality_from_tables",
     "jpeg_roundtrip",
@@ -248,3 +257,84 @@ def detect(images, jpeg_quality=None):
         "jpeg_source": src,
         "processing": ["jpeg" if j else "none" for j in is_jpeg],
     }
+
+
+#: :func:`detect_resampling` flags an image whose :func:`band_limit_score` is more than this many robust standard
+#: deviations (1.4826 MAD) above its group's median.  Chosen on dev (in-sample): untouched images of model_1..3,
+#: gen_e and real images in groups with 40 % resized images: 0-2 % flagged at 3.5.
+RESAMPLE_Z = 3.5
+#: Groups smaller than this are not judged (the median and MAD of fewer images are too noisy).
+RESAMPLE_MIN_GROUP = 10
+
+
+def band_limit_score(images):
+    """How far each image's spectrum falls near the Nyquist frequency (a resize round trip band-limits it).
+
+    The Hann-windowed power spectrum is averaged over square rings (``max(|fx|, |fy|)``: resizing band-limits
+    each axis), and the score is the mean log10 power at 0.3-0.5 of the Nyquist frequency minus the mean log10
+    power above 0.9 of it.
+
+    Parameters
+    ----------
+    images : uint8 ndarray [N,H,W]
+
+    Returns
+    -------
+    float64 ndarray [N]
+        Larger means more band-limited.
+    """
+    a = np.asarray(images)
+    if a.ndim == 2:
+        a = a[None]
+    n, h, w = a.shape
+    nb = 32
+    win = np.outer(np.hanning(h), np.hanning(w))
+    fy = np.abs(np.fft.fftfreq(h))[:, None] * 2.0
+    fx = np.abs(np.fft.fftfreq(w))[None, :] * 2.0
+    ring = np.minimum((np.maximum(fy, fx) * nb).astype(np.int64), nb - 1).ravel()
+    cnt = np.maximum(np.bincount(ring, minlength=nb), 1)
+    mid = slice(int(0.3 * nb), int(0.5 * nb))
+    high = slice(int(0.9 * nb), nb)
+    out = np.empty(n)
+    for s in range(0, n, 256):  # blocks: bounded memory for large sets
+        x = a[s:s + 256].astype(np.float64)
+        x -= x.mean(axis=(1, 2), keepdims=True)
+        p = np.abs(np.fft.fft2(x * win)) ** 2
+        prof = np.stack([np.bincount(ring, weights=q.ravel(), minlength=nb) for q in p]) / cnt
+        lp = np.log10(prof + 1e-3)
+        out[s:s + 256] = lp[:, mid].mean(axis=1) - lp[:, high].mean(axis=1)
+    return out
+
+
+def detect_resampling(images, groups, z=RESAMPLE_Z, min_group=RESAMPLE_MIN_GROUP):
+    """Resize history of each image, judged against the other images of its group (one model's images).
+
+    Parameters
+    ----------
+    images : uint8 ndarray [N,H,W]
+    groups : int ndarray [N]
+        Group of each image (attribution clusters).
+    z : float
+        Robust z-score of :func:`band_limit_score` within the group above which an image is flagged.
+    min_group : int
+        Groups with fewer images are not judged (nothing flagged there).
+
+    Returns
+    -------
+    resized : bool ndarray [N]
+    score : float64 ndarray [N]
+        The robust z-score (NaN in groups too small to judge).
+    """
+    g = np.asarray(groups)
+    s = band_limit_score(images)
+    if g.shape != s.shape:
+        raise ValueError(f"groups has shape {g.shape} for {s.size} images")
+    zs = np.full(s.size, np.nan)
+    for c in np.unique(g):
+        sel = g == c
+        if sel.sum() < min_group:
+            continue
+        med = np.median(s[sel])
+        mad = 1.4826 * np.median(np.abs(s[sel] - med))
+        zs[sel] = (s[sel] - med) / max(mad, 1e-6)
+    return np.nan_to_num(zs, nan=-np.inf) > z, zs

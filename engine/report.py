@@ -497,11 +497,13 @@ def _attribution(d: Path, *, summary: dict, result, images, truth: Mapping[str, 
         rows = "".join(
             f"<tr><td>{p['cluster']}</td><td>{p['n']}</td><td>{p['jpeg']} ({100.0 * p['jpeg'] / max(p['n'], 1):.0f}%)"
             f"</td><td>{p['jpeg_files']}</td><td>{p['jpeg_in_pixels']}</td>"
-            f"<td>{'' if p['median_jpeg_quality'] is None else round(p['median_jpeg_quality'])}</td></tr>"
+            f"<td>{'' if p['median_jpeg_quality'] is None else round(p['median_jpeg_quality'])}</td>"
+            f"<td>{p.get('resized', 0)} ({100.0 * p.get('resized', 0) / max(p['n'], 1):.0f}%)</td></tr>"
             for p in proc["per_cluster"])
         parts.append("<h2>Detected processing per cluster</h2>")
         parts.append("<table><tr><th>cluster</th><th>images</th><th>JPEG</th><th>JPEG files</th>"
-                     f"<th>JPEG traces in pixels</th><th>median JPEG quality</th></tr>{rows}</table>")
+                     "<th>JPEG traces in pixels</th><th>median JPEG quality</th><th>resized</th></tr>"
+                     f"{rows}</table>")
         parts.append(f"<p class=note>{html.escape(str(proc.get('note', '')))}. Attribution discounts JPEG and "
                      "resizing whether or not they were detected; a cluster made only of processed images "
                      "deserves a second look.</p>")
