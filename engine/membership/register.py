@@ -645,10 +645,13 @@ def _cached_rows(fn, keys: list, cache: dict | None, name: str) -> dict:
 
 
 def _best_registered(A, B, cand: np.ndarray, cflip: np.ndarray, *, keys_a=None, keys_b=None,
-                     cache: dict | None = None, n_refine: int | None = None) -> tuple[np.ndarray, dict]:
-    """For every row ``r`` of ``cand [R, c]`` (indices into ``B``, -1 = none; ``cflip`` the flip to try
-    per candidate): the coarse-best candidate, then its refined registration.  Returns (best index
-    into B [R], :func:`register_pairs` dict [R]).  With ``cache`` (and content keys ``keys_a``,
+                     cache: dict | None = None, n_refine: int | None = None,
+                     restrict_flip: bool = False) -> tuple[np.ndarray, dict]:
+    """For every row ``r`` of ``cand [R, c]`` (indices into ``B``, -1 = none; ``cflip`` the flip the search
+    suggested per candidate, enforced only with ``restrict_flip``): the ``n_refine`` (default
+    :data:`N_REFINE`) coarse-best candidates are registered fully and the one with the highest NCC is
+    kept.  Returns (best index into B [R], :func:`register_pairs` dict [R]; ``ncc_lo``, ``ncc_lp`` and
+    ``iou`` are the highest among the refined candidates).  With ``cache`` (and content keys ``keys_a``,
     ``keys_b`` of the images) the coarse and refined results of every pair are memoised, so pools
     that share images (the target and the dev sets' pools share the reference) register them once."""
     if n_refine is None:
@@ -658,15 +661,17 @@ def _best_registered(A, B, cand: np.ndarray, cflip: np.ndarray, *, keys_a=None, 
     cols = cand.ravel()
     ok = cols >= 0
     pairs = np.stack([rows[ok], cols[ok]], 1)
-    fl = cflip.ravel()[ok].astype(np.int64)
+    # both flips are tried at the coarse stage unless restricted: the descriptors' flip guess is unreliable
+    # for a nearly left-right symmetric body
+    fl = cflip.ravel()[ok].astype(np.int64) if restrict_flip else np.full(len(pairs), -1, np.int64)
     use = cache is not None and keys_a is not None and keys_b is not None
     pk = [(keys_a[i], keys_b[j], int(f)) for (i, j), f in zip(pairs, fl)] if use else [None] * len(pairs)
-    co = _cached_rows(lambda sel: coarse_scores(A, B, pairs[sel], flip=fl[sel]), pk, cache if use else None,
-                      "reg_coarse")
+    co = _cached_rows(lambda sel: coarse_scores(A, B, pairs[sel], flip=fl[sel] if restrict_flip else None), pk,
+                      cache if use else None, "reg_coarse")
     score = np.full(R * c, -np.inf)
     score[ok] = co["coarse"]
     # a candidate found by several searches (same image, same flip) is refined once
-    key = np.where(ok, cols * 2 + cflip.ravel().astype(np.int64), -1).reshape(R, c)
+    key = np.where(ok, cols * 2 + (cflip.ravel().astype(np.int64) if restrict_flip else 0), -1).reshape(R, c)
     dup = np.zeros((R, c), bool)
     for t in range(1, c):
         dup[:, t] = (key[:, :t] == key[:, t:t + 1]).any(1)
