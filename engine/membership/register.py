@@ -20,10 +20,15 @@ Search (coarse to fine, only on shortlisted pairs so that it stays fast):
    search finds transformed copies that the pixel search misses.
 2. **Coarse** (~32 px): every flip x angle x scale variant of ``a`` (grid ``ANGLES`` x ``SCALES``) is
    cross-correlated with ``b`` by FFT (shift window +-``MAX_SHIFT`` of the side); best variant + shift.
-3. **Refine** (~64 px): three rounds of a 5-point angle/scale cross with halving steps (NCC at the
-   coarse shift).
-4. **Final** (full resolution): integer shift by FFT near the refined one, sub-pixel by a parabola
-   through the correlation peak; the warped ``a`` (bilinear) is compared with ``b`` on the valid overlap.
+   Both flips are tried for every candidate.  The :data:`N_REFINE` best candidates of each image go on.
+3. **Refine** (~64 px): :data:`_MID_ROUNDS` rounds of a 5-point angle/scale cross with halving steps,
+   every variant with its own sub-pixel shift (FFT correlation near the current shift), so that a shift
+   error of the coarse level is never traded for a spurious rotation or rescaling.
+4. **Final** (full resolution): :data:`_FULL_ROUNDS` angle/scale polish round(s) judged by the NCC on the
+   overlap, then the shift by FFT near the refined one, sub-pixel by a parabola through the correlation
+   peak; the warped ``a`` (bilinear) is compared with ``b`` on the valid overlap at 128, ~32 and ~16 px
+   (NCC) and by the overlap of their air-inside-body masks (IoU).  The refined candidate with the highest
+   full-resolution NCC is the image's registered match.
 
 Every function here is deterministic; the warp is a Numba kernel (bilinear, outside = invalid).
 """
@@ -768,9 +773,12 @@ def registered_evidence(G: np.ndarray, P: np.ndarray, pix_gen: np.ndarray, pix_r
     -------
     evidence : dict[str, float64 [N]]
         ``reg_ratio`` = ``-log((1 - ncc_G + 1e-3) / (1 - ncc_R + 1e-3))`` (full resolution),
-        ``reg_lo_ratio`` (the same at ~32 px), raw ``reg_ncc``, ``reg_ncc_lo``, ``reg_real_ncc``,
-        ``reg_real_ncc_lo`` and the best generated match's transform ``reg_flip``, ``reg_angle``,
-        ``reg_scale``, ``reg_dy``, ``reg_dx``, ``reg_gain``.
+        ``reg_lo_ratio`` (the same at ~32 px), ``reg_lp_ratio`` (the same at ~16 px: copied anatomy under
+        re-synthesised texture), ``reg_iou_ratio`` (``-log((1 - IoU_G + 0.01) / (1 - IoU_R + 0.01))`` of the
+        air-inside-body masks; reported, not combined: weak on the search diagnostic), the raw
+        ``reg_ncc``, ``reg_ncc_lo``, ``reg_ncc_lp``, ``reg_iou`` and their ``reg_real_*`` controls, and the
+        best generated match's transform ``reg_flip``, ``reg_angle``, ``reg_scale``, ``reg_dy``,
+        ``reg_dx``, ``reg_gain``.
     best : int64 [N]   index into G of the registered best match
     """
     kG = kP = None
