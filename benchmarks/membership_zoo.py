@@ -302,7 +302,7 @@ def recall_diag(args) -> None:
         # single registered evidence: AUC members vs non-members, TPR at the reference's 99th percentile
         ev, _ = reg.registered_evidence(gen, P, iG, iR)
         cells = []
-        for k in ("reg_ratio", "reg_lo_ratio", "reg_lp_ratio", "reg_iou_ratio"):
+        for k in ("reg_ratio", "reg_lo_ratio", "reg_lp_ratio"):
             v = ev[k]
             thr = np.quantile(v[2 * nm:], 0.99)
             cells.append(f"{k} {skm.roc_auc_score(y, v[:2 * nm]):.3f} / {np.mean(v[:nm] > thr):.2f}")

@@ -154,7 +154,7 @@ def test_planted_augmented_members_flagged_with_their_transform_in_the_csv(plant
 # ----------------------------------------------------------------------------------------- copied anatomy
 def test_copied_anatomy_with_resynthesised_texture_is_evidenced():
     """Copies = a member's low frequencies (Gaussian sigma 3) + another phantom's high frequencies, shifted
-    by 3 px: the low-pass registered ratio ``reg_lp_ratio`` (and the mask overlap, reported) must separate
+    by 3 px: the low-pass registered ratio ``reg_lp_ratio`` must separate
     them from non-members, against a control registered the same way."""
     rng = np.random.default_rng(8)
     real = phantoms(30, 60)
@@ -175,5 +175,5 @@ def test_copied_anatomy_with_resynthesised_texture_is_evidenced():
     # above the reference (the null) for most members
     thr = np.quantile(ev["reg_lp_ratio"][len(real):], 0.99)
     assert (ev["reg_lp_ratio"][: len(real)][y == 1] > thr).mean() >= 0.75
-    assert np.all((ev["reg_iou"] >= 0) & (ev["reg_iou"] <= 1))
-    assert np.median(ev["reg_iou"][:16]) > np.median(ev["reg_iou"][16:30])
+    # the raw low-pass NCC of members' registered matches beats their control (other patients)
+    assert np.median(ev["reg_ncc_lp"][:16] - ev["reg_real_ncc_lp"][:16]) > 0

@@ -27,7 +27,7 @@ Search (coarse to fine, only on shortlisted pairs so that it stays fast):
 4. **Final** (full resolution): :data:`_FULL_ROUNDS` angle/scale polish round(s) judged by the NCC on the
    overlap, then the shift by FFT near the refined one, sub-pixel by a parabola through the correlation
    peak; the warped ``a`` (bilinear) is compared with ``b`` on the valid overlap at 128, ~32 and ~16 px
-   (NCC) and by the overlap of their air-inside-body masks (IoU).  The refined candidate with the highest
+   (NCC).  The refined candidate with the highest
    full-resolution NCC is the image's registered match.
 
 Every function here is deterministic; the warp is a Numba kernel (bilinear, outside = invalid).
@@ -50,10 +50,10 @@ MAX_SHIFT = 0.14
 _LO_SIDE = 32
 #: Angle / scale refinement rounds at ~64 px (steps 4 deg / 0.04, halving) and then at full resolution
 #: (steps 1 deg / 0.01, 0.5 / 0.005), each candidate angle/scale with its own re-estimated shift.
-_MID_ROUNDS = 2
+_MID_ROUNDS = 3
 #: Candidates per pool image carried from the coarse stage to the full registration (the best refined
 #: one wins): the coarse grid (8 deg, 8% steps at 32 px) can rank a transformed copy below a look-alike.
-N_REFINE = 3
+N_REFINE = 2
 _FULL_ROUNDS = 2
 
 
@@ -357,7 +357,7 @@ def _masked_ncc(a: np.ndarray, b: np.ndarray, m: np.ndarray):
 
 
 # ----------------------------------------------------------------------------------------- registration
-_KEYS = ("coarse", "ncc", "ncc_lo", "ncc_lp", "iou", "flip", "angle", "scale", "dy", "dx", "gain")
+_KEYS = ("coarse", "ncc", "ncc_lo", "ncc_lp", "flip", "angle", "scale", "dy", "dx", "gain")
 
 
 def register_pairs(A: np.ndarray, B: np.ndarray, pairs: np.ndarray, *, flip=None, chunk: int = 1024) -> dict:
@@ -520,34 +520,12 @@ def _refine_chunk(A, B, pairs, co):
     f = max(1, min(h, w) // _LO_SIDE)
     vlo = downsample(valid.astype(np.float32), f) > 0.999
     ncc_lo, _ = _masked_ncc(downsample(reg, f), downsample(Bf, f), vlo)
-    # copied anatomy under re-synthesised texture: NCC at ~16 px (low-pass) and the overlap (IoU) of the
-    # air-inside-body masks (lungs / airways, two darkness levels) of the registered pair
+    # copied anatomy under re-synthesised texture: NCC at ~16 px (low-pass) of the registered pair
     f2 = max(1, min(h, w) // (_LO_SIDE // 2))
     v2 = downsample(valid.astype(np.float32), f2) > 0.999
     ncc_lp, _ = _masked_ncc(downsample(reg, f2), downsample(Bf, f2), v2)
-    iou = _mask_iou(reg, Bf, valid)
-    return {"coarse": co["coarse"], "ncc": ncc, "ncc_lo": ncc_lo, "ncc_lp": ncc_lp, "iou": iou, "flip": flip,
+    return {"coarse": co["coarse"], "ncc": ncc, "ncc_lo": ncc_lo, "ncc_lp": ncc_lp, "flip": flip,
             "angle": ang, "scale": sc, "dy": dy, "dx": dx, "gain": gain}
-
-
-#: Darkness levels (fractions of the Otsu threshold) of the air-inside-body masks compared by :func:`_mask_iou`.
-_IOU_LEVELS = (0.5, 1.0)
-
-
-def _mask_iou(a: np.ndarray, b: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Mean over :data:`_IOU_LEVELS` of the intersection-over-union, inside ``valid``, of the
-    air-inside-body masks (:func:`.evidence.anatomy_masks` at full resolution) of ``a`` and ``b``
-    [K, H, W] (float, grey levels); float64 [K] (1.0 where both masks are empty)."""
-    from .evidence import anatomy_masks
-
-    k, h, w = a.shape
-    u8 = lambda x: np.clip(np.rint(x), 0, 255).astype(np.uint8)  # noqa: E731
-    ma = anatomy_masks(u8(a), _IOU_LEVELS, size=max(h, w)).reshape(k, len(_IOU_LEVELS), -1) > 0.5
-    mb = anatomy_masks(u8(b), _IOU_LEVELS, size=max(h, w)).reshape(k, len(_IOU_LEVELS), -1) > 0.5
-    v = valid.reshape(k, 1, -1) > 0
-    inter = (ma & mb & v).sum(2)
-    union = ((ma | mb) & v).sum(2)
-    return np.where(union > 0, inter / np.maximum(union, 1), 1.0).mean(1).astype(np.float64)
 
 
 # ----------------------------------------------------------------------------------------- evidence
@@ -655,8 +633,8 @@ def _best_registered(A, B, cand: np.ndarray, cflip: np.ndarray, *, keys_a=None, 
     """For every row ``r`` of ``cand [R, c]`` (indices into ``B``, -1 = none; ``cflip`` the flip the search
     suggested per candidate, enforced only with ``restrict_flip``): the ``n_refine`` (default
     :data:`N_REFINE`) coarse-best candidates are registered fully and the one with the highest NCC is
-    kept.  Returns (best index into B [R], :func:`register_pairs` dict [R]; ``ncc_lo``, ``ncc_lp`` and
-    ``iou`` are the highest among the refined candidates).  With ``cache`` (and content keys ``keys_a``,
+    kept.  Returns (best index into B [R], :func:`register_pairs` dict [R]; ``ncc_lo`` and ``ncc_lp``
+    are the highest among the refined candidates).  With ``cache`` (and content keys ``keys_a``,
     ``keys_b`` of the images) the coarse and refined results of every pair are memoised, so pools
     that share images (the target and the dev sets' pools share the reference) register them once."""
     if n_refine is None:
@@ -706,7 +684,7 @@ def _best_registered(A, B, cand: np.ndarray, cflip: np.ndarray, *, keys_a=None, 
     best = cand[np.arange(R), top[np.arange(R), jj]]
     out = {k: np.asarray(v)[w] for k, v in rf.items()}
     out["ncc_lo"] = lo.reshape(R, m).max(1)
-    for k in ("ncc_lp", "iou"):
+    for k in ("ncc_lp",):
         v = np.full(R * m, -np.inf)
         v[sel] = rf[k]
         out[k] = v.reshape(R, m).max(1)
@@ -774,9 +752,8 @@ def registered_evidence(G: np.ndarray, P: np.ndarray, pix_gen: np.ndarray, pix_r
     evidence : dict[str, float64 [N]]
         ``reg_ratio`` = ``-log((1 - ncc_G + 1e-3) / (1 - ncc_R + 1e-3))`` (full resolution),
         ``reg_lo_ratio`` (the same at ~32 px), ``reg_lp_ratio`` (the same at ~16 px: copied anatomy under
-        re-synthesised texture), ``reg_iou_ratio`` (``-log((1 - IoU_G + 0.01) / (1 - IoU_R + 0.01))`` of the
-        air-inside-body masks; reported, not combined: weak on the search diagnostic), the raw
-        ``reg_ncc``, ``reg_ncc_lo``, ``reg_ncc_lp``, ``reg_iou`` and their ``reg_real_*`` controls, and the
+        re-synthesised texture), the raw ``reg_ncc``, ``reg_ncc_lo``, ``reg_ncc_lp`` and their
+        ``reg_real_*`` controls, and the
         best generated match's transform ``reg_flip``, ``reg_angle``, ``reg_scale``, ``reg_dy``,
         ``reg_dx``, ``reg_gain``.
     best : int64 [N]   index into G of the registered best match
@@ -795,8 +772,7 @@ def registered_evidence(G: np.ndarray, P: np.ndarray, pix_gen: np.ndarray, pix_r
         "reg_ratio": -np.log((1 - rg["ncc"] + eps) / (1 - rr["ncc"] + eps)),
         "reg_lo_ratio": -np.log((1 - rg["ncc_lo"] + eps) / (1 - rr["ncc_lo"] + eps)),
         "reg_lp_ratio": -np.log((1 - rg["ncc_lp"] + eps) / (1 - rr["ncc_lp"] + eps)),
-        "reg_iou_ratio": -np.log((1 - rg["iou"] + 1e-2) / (1 - rr["iou"] + 1e-2)),
-        "reg_ncc_lp": rg["ncc_lp"], "reg_iou": rg["iou"], "reg_real_ncc_lp": rr["ncc_lp"], "reg_real_iou": rr["iou"],
+        "reg_ncc_lp": rg["ncc_lp"], "reg_real_ncc_lp": rr["ncc_lp"],
         "reg_ncc": rg["ncc"], "reg_ncc_lo": rg["ncc_lo"],
         "reg_real_ncc": rr["ncc"], "reg_real_ncc_lo": rr["ncc_lo"],
         "reg_flip": rg["flip"].astype(np.float64), "reg_angle": rg["angle"], "reg_scale": rg["scale"],
