@@ -177,3 +177,17 @@ def test_copied_anatomy_with_resynthesised_texture_is_evidenced():
     assert (ev["reg_lp_ratio"][: len(real)][y == 1] > thr).mean() >= 0.75
     # the raw low-pass NCC of members' registered matches beats their control (other patients)
     assert np.median(ev["reg_ncc_lp"][:16] - ev["reg_real_ncc_lp"][:16]) > 0
+
+
+def test_masked_ncc_matches_numpy():
+    from imprint.engine.membership.register import _masked_ncc
+
+    rng = np.random.default_rng(9)
+    a = rng.normal(size=(4, 24, 24)).astype(np.float32)
+    b = (1.7 * a + rng.normal(size=a.shape)).astype(np.float32)
+    m = (rng.random(a.shape) > 0.4).astype(np.uint8)
+    ncc, gain = _masked_ncc(a, b, m)
+    for i in range(4):
+        k = m[i].astype(bool)
+        assert abs(ncc[i] - np.corrcoef(a[i][k], b[i][k])[0, 1]) < 1e-9
+        assert abs(gain[i] - np.polyfit(a[i][k], b[i][k], 1)[0]) < 1e-9

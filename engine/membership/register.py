@@ -336,23 +336,46 @@ def _subpixel_peak(corr: np.ndarray, center: np.ndarray, radius: int):
     return val, py + sy, px + sx
 
 
+@njit(parallel=True, cache=True)
+def _masked_ncc_kernel(a, b, m, ncc, gain):  # pragma: no cover - numba
+    k, n = a.shape
+    for i in prange(k):
+        cnt = 0.0
+        sa = 0.0
+        sb = 0.0
+        for j in range(n):
+            if m[i, j]:
+                cnt += 1.0
+                sa += a[i, j]
+                sb += b[i, j]
+        cnt = max(cnt, 1.0)
+        ma = sa / cnt
+        mb = sb / cnt
+        sab = 0.0
+        saa = 0.0
+        sbb = 0.0
+        for j in range(n):
+            if m[i, j]:
+                da = a[i, j] - ma
+                db = b[i, j] - mb
+                sab += da * db
+                saa += da * da
+                sbb += db * db
+        ncc[i] = sab / np.sqrt(max(saa * sbb, 1e-12))
+        gain[i] = sab / max(saa, 1e-12)
+
+
 def _masked_ncc(a: np.ndarray, b: np.ndarray, m: np.ndarray):
-    """Pearson correlation of ``a`` and ``b`` [K, h, w] over mask ``m`` and the least-squares gain
-    of ``b`` on ``a``; float64 [K] each."""
+    """Pearson correlation of ``a`` and ``b`` [K, h, w] over mask ``m`` (nonzero = inside) and the
+    least-squares gain of ``b`` on ``a``; float64 [K] each (two passes, float64 sums)."""
     k = len(m)
-    m = m.reshape(k, -1).astype(np.float32)
-    a = a.reshape(k, -1).astype(np.float32)
-    b = b.reshape(k, -1).astype(np.float32)
-    cnt = np.maximum(m.sum(1), 1.0)
-    ma = np.einsum("ij,ij->i", a, m) / cnt
-    mb = np.einsum("ij,ij->i", b, m) / cnt
-    da = (a - ma[:, None]) * m
-    db = (b - mb[:, None]) * m
-    sab = np.einsum("ij,ij->i", da, db).astype(np.float64)
-    saa = np.einsum("ij,ij->i", da, da).astype(np.float64)
-    sbb = np.einsum("ij,ij->i", db, db).astype(np.float64)
-    ncc = sab / np.sqrt(np.maximum(saa * sbb, 1e-12))
-    gain = sab / np.maximum(saa, 1e-12)
+    a = np.ascontiguousarray(np.asarray(a, np.float32).reshape(k, -1))
+    b = np.ascontiguousarray(np.asarray(b, np.float32).reshape(k, -1))
+    m = np.ascontiguousarray(np.asarray(m).reshape(k, -1) != 0)
+    ncc = np.zeros(k)
+    gain = np.zeros(k)
+    if k:
+        _masked_ncc_kernel(a, b, m, ncc, gain)
     return ncc, gain
 
 
@@ -643,6 +666,12 @@ def _best_registered(A, B, cand: np.ndarray, cflip: np.ndarray, *, keys_a=None, 
     rows = np.repeat(np.arange(R), c)
     cols = cand.ravel()
     ok = cols >= 0
+    # a candidate found by several searches is scored once (unless its suggested flip is enforced and differs)
+    key = np.where(ok, cols * 2 + (cflip.ravel().astype(np.int64) if restrict_flip else 0), -1).reshape(R, c)
+    dup = np.zeros((R, c), bool)
+    for t in range(1, c):
+        dup[:, t] = (key[:, :t] == key[:, t:t + 1]).any(1)
+    ok &= ~dup.ravel()
     pairs = np.stack([rows[ok], cols[ok]], 1)
     # both flips are tried at the coarse stage unless restricted: the descriptors' flip guess is unreliable
     # for a nearly left-right symmetric body
@@ -653,12 +682,7 @@ def _best_registered(A, B, cand: np.ndarray, cflip: np.ndarray, *, keys_a=None, 
                       cache if use else None, "reg_coarse")
     score = np.full(R * c, -np.inf)
     score[ok] = co["coarse"]
-    # a candidate found by several searches (same image, same flip) is refined once
-    key = np.where(ok, cols * 2 + (cflip.ravel().astype(np.int64) if restrict_flip else 0), -1).reshape(R, c)
-    dup = np.zeros((R, c), bool)
-    for t in range(1, c):
-        dup[:, t] = (key[:, :t] == key[:, t:t + 1]).any(1)
-    score = np.where(dup, -np.inf, score.reshape(R, c))
+    score = score.reshape(R, c)
     m = int(max(1, min(n_refine, c)))
     top = np.argsort(-score, axis=1, kind="stable")[:, :m]                       # [R, m] best coarse first
     pos = np.full(R * c, -1, np.int64)
