@@ -24,6 +24,7 @@ Usage::
 
     python benchmarks/membership_zoo.py --quick                 # a few minutes
     python benchmarks/membership_zoo.py [--real DIR] [--fillers DIR|none] [--n-members 60] [--n-gen 1000]
+    python benchmarks/membership_zoo.py --recall shift,augment:1 --real OTHER_DIR --seed 1   # search diagnostic
 """
 
 from __future__ import annotations
