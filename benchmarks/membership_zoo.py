@@ -24,6 +24,7 @@ Usage::
 
     python benchmarks/membership_zoo.py --quick                 # a few minutes
     python benchmarks/membership_zoo.py [--real DIR] [--fillers DIR|none] [--n-members 60] [--n-gen 1000]
+    python benchmarks/membership_zoo.py --recall shift,augment:1 --real OTHER_DIR --seed 1   # search diagnostic
 """
 
 from __future__ import annotations
@@ -177,46 +178,64 @@ def boot(y, s, used, n_boot, rng):
     return point, lo, hi
 
 
-def run(args) -> list[dict]:
-    rng = np.random.default_rng(args.seed)
+def load_inputs(args):
+    """(distinct real images uint8 [N, H, W], filler images uint8 [F, H, W] or None) of the arguments."""
     if args.real == DEV:
         real = np.concatenate([load_folder(f"{DEV}/membership/{g}/real/{p}", args.size)
                                for g in ("gen_a", "gen_b", "gen_e") for p in ("used", "unused")])
     else:
         real = load_folder(args.real, args.size)
     real = dedupe(real)
-    h, w = real.shape[1:]
+    h = real.shape[1]
     fill_imgs = None
     if args.fillers != "none":
         dirs = ([f"{DEV}/membership/gen_a/generated", f"{DEV}/membership/gen_b/generated"]
                 if args.fillers == "dev" else [args.fillers])
         fill_imgs = np.concatenate([load_folder(d, h) for d in dirs])
-    nm, nref = args.n_members, args.n_reference
-    need = 2 * nm + nref + 20
+    need = 2 * args.n_members + args.n_reference + 20
     if len(real) < need:
         raise SystemExit(f"need at least {need} distinct real images, found {len(real)}")
+    return real, fill_imgs
+
+
+def build_scenario(real, fn, strength, fill_imgs, nm, nref, n_gen, rng):
+    """One simulated generator (module docstring, steps 1-2).
+
+    Returns (generated uint8 [n_gen, H, W], candidates uint8 [2 nm, H, W] (members first), reference
+    uint8 [nref, H, W], labels int [2 nm], copy int64 [nm]: index into generated of each member's copy,
+    -1 when ``fn`` is None)."""
+    perm = rng.permutation(len(real))
+    mem, non, ref, rest = perm[:nm], perm[nm:2 * nm], perm[2 * nm:2 * nm + nref], perm[2 * nm + nref:]
+    copies = []
+    if fn is not None:
+        for i in mem:
+            y = fn(real[i].astype(np.float64), strength, rng)
+            copies.append(np.clip(np.rint(y + rng.normal(0, 2, y.shape)), 0, 255).astype(np.uint8))
+    n_fill = n_gen - len(copies)
+    if fill_imgs is not None:
+        fill = fill_imgs[rng.choice(len(fill_imgs), n_fill, replace=n_fill > len(fill_imgs))]
+    else:
+        a = real[rng.choice(rest, n_fill)].astype(np.float64)
+        b = real[rng.choice(rest, n_fill)].astype(np.float64)
+        fill = np.clip(np.rint(0.5 * (a + b) + rng.normal(0, 3, a.shape)), 0, 255).astype(np.uint8)
+    gen = np.concatenate([np.stack(copies), fill]) if copies else fill
+    order = rng.permutation(len(gen))
+    gen = gen[order]
+    copy = np.argsort(order)[:len(copies)] if copies else np.full(nm, -1, np.int64)
+    cand = np.concatenate([real[mem], real[non]])
+    y = np.r_[np.ones(nm, int), np.zeros(nm, int)]
+    return gen, cand, real[ref], y, copy
+
+
+def run(args) -> list[dict]:
+    rng = np.random.default_rng(args.seed)
+    real, fill_imgs = load_inputs(args)
+    nm, nref = args.n_members, args.n_reference
     rows = []
     for name, fn, strength in scenarios(args.quick, real):
-        perm = rng.permutation(len(real))
-        mem, non, ref, rest = perm[:nm], perm[nm:2 * nm], perm[2 * nm:2 * nm + nref], perm[2 * nm + nref:]
-        copies = []
-        if fn is not None:
-            for i in mem:
-                y = fn(real[i].astype(np.float64), strength, rng)
-                copies.append(np.clip(np.rint(y + rng.normal(0, 2, y.shape)), 0, 255).astype(np.uint8))
-        n_fill = args.n_gen - len(copies)
-        if fill_imgs is not None:
-            fill = fill_imgs[rng.choice(len(fill_imgs), n_fill, replace=n_fill > len(fill_imgs))]
-        else:
-            a = real[rng.choice(rest, n_fill)].astype(np.float64)
-            b = real[rng.choice(rest, n_fill)].astype(np.float64)
-            fill = np.clip(np.rint(0.5 * (a + b) + rng.normal(0, 3, a.shape)), 0, 255).astype(np.uint8)
-        gen = np.concatenate([np.stack(copies), fill]) if copies else fill
-        gen = gen[rng.permutation(len(gen))]
-        cand = np.concatenate([real[mem], real[non]])
-        y = np.r_[np.ones(nm, int), np.zeros(nm, int)]
+        gen, cand, ref, y, _ = build_scenario(real, fn, strength, fill_imgs, nm, nref, args.n_gen, rng)
         t0 = time.perf_counter()
-        res = audit_membership(gen, cand, reference=real[ref])
+        res = audit_membership(gen, cand, reference=ref)
         dt = time.perf_counter() - t0
         point, lo, hi = boot(y if fn is not None else np.zeros_like(y), res.score, res.used.astype(float),
                              args.boot, rng)
@@ -228,6 +247,74 @@ def run(args) -> list[dict]:
         rows.append(row)
         print(fmt(row), flush=True)
     return rows
+
+
+def recall_diag(args) -> None:
+    """Search diagnostic: for every member of a simulated generator, is its true copy among the
+    registration candidates (:func:`register.shortlists`), where does each search source rank it, is it
+    the registered best match, and what NCC does the registration give the true pair?  Run it with a
+    different ``--seed`` and ``--real`` folder than the zoo's measurement."""
+    from imprint.engine.membership import register as reg
+    from imprint.engine.membership.evidence import _knn, zscore_images
+
+    rng = np.random.default_rng(args.seed)
+    real, fill_imgs = load_inputs(args)
+    nm, nref = args.n_members, args.n_reference
+    want = [w for w in args.recall.split(",") if w]
+    print("| transform | strength | in shortlist | rank desc / spec / pix (median, 90%) | best = copy "
+          "| NCC true pair (median, 10%) | NCC best / control (members, median) | s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, fn, strength in scenarios(False, real):
+        if fn is None or not any(name.startswith(w.split(":")[0]) and (":" not in w or float(w.split(":")[1]) == strength)
+                                 for w in want):
+            continue
+        gen, cand, ref, y, copy = build_scenario(real, fn, strength, fill_imgs, nm, nref, args.n_gen, rng)
+        t0 = time.perf_counter()
+        P = np.concatenate([cand, ref])
+        zP = zscore_images(P).reshape(len(P), -1)
+        zG = zscore_images(gen).reshape(len(gen), -1)
+        _, iG = _knn(zG, zP, 10)
+        _, iR = _knn(zP, zP, 10, exclude_self=True)
+        cg, fcg, cr, fcr = reg.shortlists(gen, P, iG, iR)
+        m = np.arange(nm)
+        ins = (cg[m] == copy[:, None]).any(1)
+        # ranks of the true copy under each search source (brute force over all generated images)
+        dG, dP = reg.shortlist_descriptors(gen), reg.shortlist_descriptors(P[:nm])
+        fd = dG.reshape(len(gen), -1)
+        fdm = dG[:, :, ::-1].reshape(len(gen), -1)
+        q = dP.reshape(nm, -1)
+        dd = np.minimum(((q[:, None] - fd[None]) ** 2).sum(-1), ((q[:, None] - fdm[None]) ** 2).sum(-1))
+        sG, sP = reg.spectrum_descriptors(gen), reg.spectrum_descriptors(P[:nm])
+        ds = ((sP[:, None] - sG[None]) ** 2).sum(-1)
+        dpx = ((zP[:nm, None] - zG[None]) ** 2).sum(-1)
+
+        def rank(d):
+            return (d < d[m, copy][:, None]).sum(1)
+        ranks = [rank(d) for d in (dd, ds, dpx)]
+        best, rg = reg._best_registered(P, gen, cg, fcg)
+        _, rr = reg._best_registered(P, P, cr, fcr)
+        true = reg.register_pairs(P, gen, np.stack([m, copy], 1))
+        hit = best[m] == copy
+        rk = " / ".join(f"{np.median(r):.0f}, {np.percentile(r, 90):.0f}" for r in ranks)
+        print(f"| {name} | {strength:g} | {ins.mean():.2f} | {rk} | {hit.mean():.2f} | "
+              f"{np.median(true['ncc']):.3f}, {np.percentile(true['ncc'], 10):.3f} | "
+              f"{np.median(rg['ncc'][m]):.3f} / {np.median(rr['ncc'][m]):.3f} | {time.perf_counter() - t0:.0f} |",
+              flush=True)
+        # single registered evidence: AUC members vs non-members, TPR at the reference's 99th percentile
+        ev, _ = reg.registered_evidence(gen, P, iG, iR)
+        cells = []
+        for k in ("reg_ratio", "reg_lo_ratio", "reg_lp_ratio"):
+            v = ev[k]
+            thr = np.quantile(v[2 * nm:], 0.99)
+            cells.append(f"{k} {skm.roc_auc_score(y, v[:2 * nm]):.3f} / {np.mean(v[:nm] > thr):.2f}")
+        print("    single evidence AUC / TPR@ref-99%: " + "; ".join(cells), flush=True)
+        if args.verbose:
+            for j in np.flatnonzero(~hit):
+                print(f"    miss {j}: in shortlist {ins[j]}, ranks {[int(r[j]) for r in ranks]}, "
+                      f"picked ncc {rg['ncc'][j]:.3f} coarse {rg['coarse'][j]:.3f}; true ncc {true['ncc'][j]:.3f} "
+                      f"coarse {true['coarse'][j]:.3f} flip {true['flip'][j]} ang {true['angle'][j]:.1f} "
+                      f"sc {true['scale'][j]:.3f} shift {true['dy'][j]:.1f},{true['dx'][j]:.1f}; "
+                      f"control ncc {rr['ncc'][j]:.3f}")
 
 
 def fmt(r):
@@ -324,12 +411,18 @@ def main(argv=None):
     ap.add_argument("--store-dir", default=None, help="embedding stores reused across runs (--density-dev)")
     ap.add_argument("--timing", action="store_true", help="instead: the 1000 x 300 with 3 dev sets timing")
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--recall", default=None,
+                    help="instead: the search diagnostic for these transforms (comma-separated name prefixes)")
+    ap.add_argument("--verbose", action="store_true", help="--recall: one line per missed member")
     a = ap.parse_args(argv)
     if a.timing:
         timing(a)
         return
     if a.density_dev:
         density_dev(a)
+        return
+    if a.recall:
+        recall_diag(a)
         return
     if a.quick:   # smaller defaults; explicitly given values win
         for k, v in dict(n_members=40, n_reference=150, n_gen=400, boot=200).items():

@@ -28,17 +28,18 @@ DEFAULT_WEIGHTS: dict[str, float] = {
     "shape_ratio": 2.0,
     "reg_ratio": 0.1,
     "reg_lo_ratio": 0.1,
+    "reg_lp_ratio": 0.1,
 }
 COMBINED_FEATURES = tuple(DEFAULT_WEIGHTS)
 #: Continuous copy-strength evidence that may also decide alone (max rule in the combination);
 #: count-based evidence (share, hub, distinct) has too coarse a null to be used alone.
 MAX_FEATURES = ("pixel_nn_ratio", "pixel_knn_ratio", "mse_ratio", "ssim_ratio", "tile_ratio", "embed_ratio",
-                "reg_ratio", "reg_lo_ratio")
+                "reg_ratio", "reg_lo_ratio", "reg_lp_ratio")
 #: Evidence that always keeps its place in the max rule, whatever weight the dev fit gives it: the
 #: registered (transform-invariant) ratios find flipped / shifted / rotated copies that no other evidence
 #: sees, while dev generators that copy in place give them little weight in the sum (prior 0.1: on dev
 #: gen_e the in-place pixel and shape evidence carry the weighted sum; see benchmarks/RESULTS.md).
-ALWAYS_MAX_FEATURES = ("reg_ratio", "reg_lo_ratio")
+ALWAYS_MAX_FEATURES = ("reg_ratio", "reg_lo_ratio", "reg_lp_ratio")
 _ALWAYS_MAX_FLOOR = 1e-3
 
 _EPS = 1e-6

@@ -20,10 +20,15 @@ Search (coarse to fine, only on shortlisted pairs so that it stays fast):
    search finds transformed copies that the pixel search misses.
 2. **Coarse** (~32 px): every flip x angle x scale variant of ``a`` (grid ``ANGLES`` x ``SCALES``) is
    cross-correlated with ``b`` by FFT (shift window +-``MAX_SHIFT`` of the side); best variant + shift.
-3. **Refine** (~64 px): three rounds of a 5-point angle/scale cross with halving steps (NCC at the
-   coarse shift).
-4. **Final** (full resolution): integer shift by FFT near the refined one, sub-pixel by a parabola
-   through the correlation peak; the warped ``a`` (bilinear) is compared with ``b`` on the valid overlap.
+   Both flips are tried for every candidate.  The :data:`N_REFINE` best candidates of each image go on.
+3. **Refine** (~64 px): :data:`_MID_ROUNDS` rounds of a 5-point angle/scale cross with halving steps,
+   every variant with its own sub-pixel shift (FFT correlation near the current shift), so that a shift
+   error of the coarse level is never traded for a spurious rotation or rescaling.
+4. **Final** (full resolution): :data:`_FULL_ROUNDS` angle/scale polish round(s) judged by the NCC on the
+   overlap, then the shift by FFT near the refined one, sub-pixel by a parabola through the correlation
+   peak; the warped ``a`` (bilinear) is compared with ``b`` on the valid overlap at 128, ~32 and ~16 px
+   (NCC).  The refined candidate with the highest
+   full-resolution NCC is the image's registered match.
 
 Every function here is deterministic; the warp is a Numba kernel (bilinear, outside = invalid).
 """
@@ -43,6 +48,13 @@ SCALES = (0.92, 1.0, 1.08)
 #: Largest shift searched, as a fraction of the image side (the task's translations reach +-10%).
 MAX_SHIFT = 0.14
 _LO_SIDE = 32
+#: Angle / scale refinement rounds at ~64 px (steps 4 deg / 0.04, halving) and then at full resolution
+#: (steps 1 deg / 0.01, 0.5 / 0.005), each candidate angle/scale with its own re-estimated shift.
+_MID_ROUNDS = 3
+#: Candidates per pool image carried from the coarse stage to the full registration (the best refined
+#: one wins): the coarse grid (8 deg, 8% steps at 32 px) can rank a transformed copy below a look-alike.
+N_REFINE = 2
+_FULL_ROUNDS = 2
 
 
 # ----------------------------------------------------------------------------------------- warping
@@ -315,28 +327,66 @@ def _parabola(cm, c0, cp):
     return np.clip(off, -0.5, 0.5)
 
 
+def _subpixel_peak(corr: np.ndarray, center: np.ndarray, radius: int):
+    """Peak of circular correlation maps ``corr [K, h, w]`` within ``radius`` of ``center [K, 2]``,
+    refined to sub-pixel by a parabola per axis; returns (value [K], dy [K], dx [K]) (float64; the
+    value includes the parabola's height correction)."""
+    k, h, w = corr.shape
+    _, py, px = _window_max(corr, center, radius)
+    kk = np.arange(k)
+    c0 = corr[kk, py % h, px % w].astype(np.float64)
+    ym, yp = corr[kk, (py - 1) % h, px % w], corr[kk, (py + 1) % h, px % w]
+    xm, xp = corr[kk, py % h, (px - 1) % w], corr[kk, py % h, (px + 1) % w]
+    sy, sx = _parabola(ym, c0, yp), _parabola(xm, c0, xp)
+    val = c0 - 0.25 * (ym - yp) * sy - 0.25 * (xm - xp) * sx
+    return val, py + sy, px + sx
+
+
+@njit(parallel=True, cache=True)
+def _masked_ncc_kernel(a, b, m, ncc, gain):  # pragma: no cover - numba
+    k, n = a.shape
+    for i in prange(k):
+        cnt = 0.0
+        sa = 0.0
+        sb = 0.0
+        for j in range(n):
+            if m[i, j]:
+                cnt += 1.0
+                sa += a[i, j]
+                sb += b[i, j]
+        cnt = max(cnt, 1.0)
+        ma = sa / cnt
+        mb = sb / cnt
+        sab = 0.0
+        saa = 0.0
+        sbb = 0.0
+        for j in range(n):
+            if m[i, j]:
+                da = a[i, j] - ma
+                db = b[i, j] - mb
+                sab += da * db
+                saa += da * da
+                sbb += db * db
+        ncc[i] = sab / np.sqrt(max(saa * sbb, 1e-12))
+        gain[i] = sab / max(saa, 1e-12)
+
+
 def _masked_ncc(a: np.ndarray, b: np.ndarray, m: np.ndarray):
-    """Pearson correlation of ``a`` and ``b`` [K, h, w] over mask ``m`` and the least-squares gain
-    of ``b`` on ``a``; float64 [K] each."""
+    """Pearson correlation of ``a`` and ``b`` [K, h, w] over mask ``m`` (nonzero = inside) and the
+    least-squares gain of ``b`` on ``a``; float64 [K] each (two passes, float64 sums)."""
     k = len(m)
-    m = m.reshape(k, -1).astype(np.float32)
-    a = a.reshape(k, -1).astype(np.float32)
-    b = b.reshape(k, -1).astype(np.float32)
-    cnt = np.maximum(m.sum(1), 1.0)
-    ma = np.einsum("ij,ij->i", a, m) / cnt
-    mb = np.einsum("ij,ij->i", b, m) / cnt
-    da = (a - ma[:, None]) * m
-    db = (b - mb[:, None]) * m
-    sab = np.einsum("ij,ij->i", da, db).astype(np.float64)
-    saa = np.einsum("ij,ij->i", da, da).astype(np.float64)
-    sbb = np.einsum("ij,ij->i", db, db).astype(np.float64)
-    ncc = sab / np.sqrt(np.maximum(saa * sbb, 1e-12))
-    gain = sab / np.maximum(saa, 1e-12)
+    a = np.ascontiguousarray(np.asarray(a, np.float32).reshape(k, -1))
+    b = np.ascontiguousarray(np.asarray(b, np.float32).reshape(k, -1))
+    m = np.ascontiguousarray(np.asarray(m).reshape(k, -1) != 0)
+    ncc = np.zeros(k)
+    gain = np.zeros(k)
+    if k:
+        _masked_ncc_kernel(a, b, m, ncc, gain)
     return ncc, gain
 
 
 # ----------------------------------------------------------------------------------------- registration
-_KEYS = ("coarse", "ncc", "ncc_lo", "flip", "angle", "scale", "dy", "dx", "gain")
+_KEYS = ("coarse", "ncc", "ncc_lo", "ncc_lp", "flip", "angle", "scale", "dy", "dx", "gain")
 
 
 def register_pairs(A: np.ndarray, B: np.ndarray, pairs: np.ndarray, *, flip=None, chunk: int = 1024) -> dict:
@@ -458,37 +508,53 @@ def _refine_chunk(A, B, pairs, co):
     Am = downsample(A[ia], fm)
     Bm = _z(downsample(B[pairs[:, 1]], fm))
     da, ds = 4.0, 0.04
-    for _ in range(3):
+    for _ in range(_MID_ROUNDS):
         offs = [(0.0, 0.0), (-da, 0.0), (da, 0.0), (0.0, -ds), (0.0, ds)]
         C = len(offs)
         aa = np.repeat(ang, C) + np.tile([o[0] for o in offs], K)
         ss = np.repeat(sc, C) + np.tile([o[1] for o in offs], K)
-        # shifts at the mid level: the centre of a pixel block moves with the block
-        var, _ = warp(Am, np.repeat(inv_a, C), np.repeat(flip, C), aa, ss, np.repeat(dy / fm, C),
-                      np.repeat(dx / fm, C))
-        val = _ncc_full(var, np.repeat(Bm, C, axis=0)).reshape(K, C)
+        # every angle/scale variant gets its own best shift near the current one (FFT correlation at the
+        # mid level): judging a rotation at a shift quantised by the coarse level (4 px) would trade the
+        # shift error for a spurious rotation / rescaling
+        var, _ = warp(Am, np.repeat(inv_a, C), np.repeat(flip, C), aa, ss)
+        corr = _xcorr(_z(var), np.repeat(Bm, C, axis=0))
+        cen = np.stack([np.round(np.repeat(dy, C) / fm), np.round(np.repeat(dx, C) / fm)], 1).astype(np.int64)
+        val, py, px = _subpixel_peak(corr, cen, 2)
+        val = val.reshape(K, C)
         b = val.argmax(1)
         sel = np.arange(K) * C + b
         ang, sc = aa[sel], ss[sel]
+        dy, dx = py[sel] * float(fm), px[sel] * float(fm)
         da, ds = da / 2, ds / 2
-    # ---- full resolution: shift near the coarse one, sub-pixel parabola, compare on the overlap
+    # ---- full resolution: angle/scale polish round(s) judged by the NCC on the overlap at the (sub-pixel)
+    # mid-level shift, then the shift near it (FFT, sub-pixel parabola), then compare on the overlap
     Bf = np.asarray(B[pairs[:, 1]], np.float32)  # memory: gather, then convert (not all of B)
+    for _ in range(_FULL_ROUNDS):
+        offs = [(0.0, 0.0), (-da, 0.0), (da, 0.0), (0.0, -ds), (0.0, ds)]
+        C = len(offs)
+        aa = np.repeat(ang, C) + np.tile([o[0] for o in offs], K)
+        ss = np.repeat(sc, C) + np.tile([o[1] for o in offs], K)
+        reg, valid = warp(A, np.repeat(pairs[:, 0], C), np.repeat(flip, C), aa, ss, np.repeat(dy, C),
+                          np.repeat(dx, C))
+        val, _ = _masked_ncc(reg, np.repeat(Bf, C, axis=0), valid)
+        b = val.reshape(K, C).argmax(1)
+        sel = np.arange(K) * C + b
+        ang, sc = aa[sel], ss[sel]
+        da, ds = da / 2, ds / 2
     var, _ = warp(A, pairs[:, 0], flip, ang, sc)
-    corr = _xcorr(_z(var), _z(Bf))
     cen = np.stack([np.round(dy), np.round(dx)], 1).astype(np.int64)
-    _, py, px = _window_max(corr, cen, 2 * max(1, min(h, w) // _LO_SIDE))
-    kk = np.arange(K)
-    c0 = corr[kk, py % h, px % w]
-    sy = _parabola(corr[kk, (py - 1) % h, px % w], c0, corr[kk, (py + 1) % h, px % w])
-    sx = _parabola(corr[kk, py % h, (px - 1) % w], c0, corr[kk, py % h, (px + 1) % w])
-    dy, dx = py + sy, px + sx
+    _, dy, dx = _subpixel_peak(_xcorr(_z(var), _z(Bf)), cen, max(2, fm))
     reg, valid = warp(A, pairs[:, 0], flip, ang, sc, dy, dx)
     ncc, gain = _masked_ncc(reg, Bf, valid)
     f = max(1, min(h, w) // _LO_SIDE)
     vlo = downsample(valid.astype(np.float32), f) > 0.999
     ncc_lo, _ = _masked_ncc(downsample(reg, f), downsample(Bf, f), vlo)
-    return {"coarse": co["coarse"], "ncc": ncc, "ncc_lo": ncc_lo, "flip": flip, "angle": ang, "scale": sc,
-            "dy": dy, "dx": dx, "gain": gain}
+    # copied anatomy under re-synthesised texture: NCC at ~16 px (low-pass) of the registered pair
+    f2 = max(1, min(h, w) // (_LO_SIDE // 2))
+    v2 = downsample(valid.astype(np.float32), f2) > 0.999
+    ncc_lp, _ = _masked_ncc(downsample(reg, f2), downsample(Bf, f2), v2)
+    return {"coarse": co["coarse"], "ncc": ncc, "ncc_lo": ncc_lo, "ncc_lp": ncc_lp, "flip": flip,
+            "angle": ang, "scale": sc, "dy": dy, "dx": dx, "gain": gain}
 
 
 # ----------------------------------------------------------------------------------------- evidence
@@ -591,34 +657,101 @@ def _cached_rows(fn, keys: list, cache: dict | None, name: str) -> dict:
 
 
 def _best_registered(A, B, cand: np.ndarray, cflip: np.ndarray, *, keys_a=None, keys_b=None,
-                     cache: dict | None = None) -> tuple[np.ndarray, dict]:
-    """For every row ``r`` of ``cand [R, c]`` (indices into ``B``, -1 = none; ``cflip`` the flip to try
-    per candidate): the coarse-best candidate, then its refined registration.  Returns (best index
-    into B [R], :func:`register_pairs` dict [R]).  With ``cache`` (and content keys ``keys_a``,
+                     cache: dict | None = None, n_refine: int | None = None,
+                     restrict_flip: bool = False) -> tuple[np.ndarray, dict]:
+    """For every row ``r`` of ``cand [R, c]`` (indices into ``B``, -1 = none; ``cflip`` the flip the search
+    suggested per candidate, enforced only with ``restrict_flip``): the ``n_refine`` (default
+    :data:`N_REFINE`) coarse-best candidates are registered fully and the one with the highest NCC is
+    kept.  Returns (best index into B [R], :func:`register_pairs` dict [R]; ``ncc_lo`` and ``ncc_lp``
+    are the highest among the refined candidates).  With ``cache`` (and content keys ``keys_a``,
     ``keys_b`` of the images) the coarse and refined results of every pair are memoised, so pools
     that share images (the target and the dev sets' pools share the reference) register them once."""
+    if n_refine is None:
+        n_refine = N_REFINE
     R, c = cand.shape
     rows = np.repeat(np.arange(R), c)
     cols = cand.ravel()
     ok = cols >= 0
+    # a candidate found by several searches is scored once (unless its suggested flip is enforced and differs)
+    key = np.where(ok, cols * 2 + (cflip.ravel().astype(np.int64) if restrict_flip else 0), -1).reshape(R, c)
+    dup = np.zeros((R, c), bool)
+    for t in range(1, c):
+        dup[:, t] = (key[:, :t] == key[:, t:t + 1]).any(1)
+    ok &= ~dup.ravel()
     pairs = np.stack([rows[ok], cols[ok]], 1)
-    fl = cflip.ravel()[ok].astype(np.int64)
+    # both flips are tried at the coarse stage unless restricted: the descriptors' flip guess is unreliable
+    # for a nearly left-right symmetric body
+    fl = cflip.ravel()[ok].astype(np.int64) if restrict_flip else np.full(len(pairs), -1, np.int64)
     use = cache is not None and keys_a is not None and keys_b is not None
     pk = [(keys_a[i], keys_b[j], int(f)) for (i, j), f in zip(pairs, fl)] if use else [None] * len(pairs)
-    co = _cached_rows(lambda sel: coarse_scores(A, B, pairs[sel], flip=fl[sel]), pk, cache if use else None,
-                      "reg_coarse")
+    co = _cached_rows(lambda sel: coarse_scores(A, B, pairs[sel], flip=fl[sel] if restrict_flip else None), pk,
+                      cache if use else None, "reg_coarse")
     score = np.full(R * c, -np.inf)
     score[ok] = co["coarse"]
-    j = score.reshape(R, c).argmax(1)
+    score = score.reshape(R, c)
+    m = int(max(1, min(n_refine, c)))
+    top = np.argsort(-score, axis=1, kind="stable")[:, :m]                       # [R, m] best coarse first
     pos = np.full(R * c, -1, np.int64)
     pos[ok] = np.arange(ok.sum())
-    pick = pos[np.arange(R) * c + j]
-    best = cand[np.arange(R), j]
+    tp = pos[(np.arange(R)[:, None] * c + top).ravel()]                          # [R*m] index into pairs
+    tp[~np.isfinite(score[np.arange(R)[:, None], top]).ravel()] = -1
+    sel = np.flatnonzero(tp >= 0)
+    pick = tp[sel]
     cpick = {k: v[pick] for k, v in co.items()}
     rk = [pk[p] for p in pick]
-    rf = _cached_rows(lambda sel: refine(A, B, pairs[pick][sel], {k: v[sel] for k, v in cpick.items()}),
+    rf = _cached_rows(lambda s_: refine(A, B, pairs[pick][s_], {k: v[s_] for k, v in cpick.items()}),
                       rk, cache if use else None, "reg_refine")
-    return best, rf
+    # per row: the refined candidate with the highest full-resolution NCC (its transform is reported);
+    # ncc_lo is the highest low-resolution NCC among the refined candidates (a texture-resynthesised copy
+    # can lose at full resolution and win at low resolution)
+    ncc = np.full(R * m, -np.inf)
+    lo = np.full(R * m, -np.inf)
+    ncc[sel], lo[sel] = rf["ncc"], rf["ncc_lo"]
+    jj = ncc.reshape(R, m).argmax(1)
+    where = np.full(R * m, -1, np.int64)
+    where[sel] = np.arange(len(sel))
+    w = where[np.arange(R) * m + jj]
+    best = cand[np.arange(R), top[np.arange(R), jj]]
+    out = {k: np.asarray(v)[w] for k, v in rf.items()}
+    out["ncc_lo"] = lo.reshape(R, m).max(1)
+    for k in ("ncc_lp",):
+        v = np.full(R * m, -np.inf)
+        v[sel] = rf[k]
+        out[k] = v.reshape(R, m).max(1)
+    if np.any(w < 0):   # rows without any candidate (cannot happen with a non-empty base)
+        raise ValueError("a pool image has no registration candidate")
+    return best, out
+
+
+def shortlists(G: np.ndarray, P: np.ndarray, pix_gen: np.ndarray, pix_real: np.ndarray, *, k_reg: int = 6,
+               n_pix: int = 3, k_spec: int = 4, keys_gen=None, keys_pool=None, cache: dict | None = None):
+    """Registration candidates of every pool image: among the generated images and (the control) among
+    the other pool images, built the same way (see :func:`registered_evidence`).
+
+    Returns
+    -------
+    cg, fcg : int64 [N, C]   candidate indices into ``G`` (-1 = none) and the flip to try for each
+    cr, fcr : int64 [N, C]   the same among the other pool images (indices into ``P``, never the row itself)
+    """
+    kG, kP = keys_gen, keys_pool
+    dG = _memo_rows(shortlist_descriptors, G, kG, cache, "reg_desc")
+    dP = _memo_rows(shortlist_descriptors, P, kP, cache, "reg_desc")
+    kg = int(max(1, min(k_reg, len(G))))
+    kr = int(max(1, min(k_reg, len(P) - 1)))
+    pg = np.asarray(pix_gen, np.int64)[:, :n_pix]
+    pr = np.asarray(pix_real, np.int64)[:, :n_pix]
+    ig, fg = _desc_knn(dG, dP, kg)
+    ir, fr = _desc_knn(dP, dP, kr, exclude_self=True)
+    sG = _memo_rows(spectrum_descriptors, G, kG, cache, "reg_spec")
+    sP = _memo_rows(spectrum_descriptors, P, kP, cache, "reg_spec")
+    ks = int(max(1, min(k_spec, len(G))))
+    sg = _spec_knn(sG, sP, ks)
+    sr = _spec_knn(sP, sP, int(max(1, min(k_spec, len(P) - 1))), exclude_self=True)
+    cg = np.concatenate([ig, pg, sg], 1)
+    fcg = np.concatenate([fg, np.zeros_like(pg), _flip_by_descriptor(dP, dG, sg)], 1)
+    cr = np.concatenate([ir, pr, sr], 1)
+    fcr = np.concatenate([fr, np.zeros_like(pr), _flip_by_descriptor(dP, dP, sr)], 1)
+    return cg, fcg, cr, fcr
 
 
 def registered_evidence(G: np.ndarray, P: np.ndarray, pix_gen: np.ndarray, pix_real: np.ndarray, *,
@@ -648,9 +781,11 @@ def registered_evidence(G: np.ndarray, P: np.ndarray, pix_gen: np.ndarray, pix_r
     -------
     evidence : dict[str, float64 [N]]
         ``reg_ratio`` = ``-log((1 - ncc_G + 1e-3) / (1 - ncc_R + 1e-3))`` (full resolution),
-        ``reg_lo_ratio`` (the same at ~32 px), raw ``reg_ncc``, ``reg_ncc_lo``, ``reg_real_ncc``,
-        ``reg_real_ncc_lo`` and the best generated match's transform ``reg_flip``, ``reg_angle``,
-        ``reg_scale``, ``reg_dy``, ``reg_dx``, ``reg_gain``.
+        ``reg_lo_ratio`` (the same at ~32 px), ``reg_lp_ratio`` (the same at ~16 px: copied anatomy under
+        re-synthesised texture), the raw ``reg_ncc``, ``reg_ncc_lo``, ``reg_ncc_lp`` and their
+        ``reg_real_*`` controls, and the
+        best generated match's transform ``reg_flip``, ``reg_angle``, ``reg_scale``, ``reg_dy``,
+        ``reg_dx``, ``reg_gain``.
     best : int64 [N]   index into G of the registered best match
     """
     kG = kP = None
@@ -658,29 +793,16 @@ def registered_evidence(G: np.ndarray, P: np.ndarray, pix_gen: np.ndarray, pix_r
         from .common import _hashes
 
         kG, kP = _hashes(G), _hashes(P)
-    dG = _memo_rows(shortlist_descriptors, G, kG, cache, "reg_desc")
-    dP = _memo_rows(shortlist_descriptors, P, kP, cache, "reg_desc")
-    kg = int(max(1, min(k_reg, len(G))))
-    kr = int(max(1, min(k_reg, len(P) - 1)))
-    pg = np.asarray(pix_gen, np.int64)[:, :n_pix]
-    pr = np.asarray(pix_real, np.int64)[:, :n_pix]
-    ig, fg = _desc_knn(dG, dP, kg)
-    ir, fr = _desc_knn(dP, dP, kr, exclude_self=True)
-    sG = _memo_rows(spectrum_descriptors, G, kG, cache, "reg_spec")
-    sP = _memo_rows(spectrum_descriptors, P, kP, cache, "reg_spec")
-    ks = int(max(1, min(k_spec, len(G))))
-    sg = _spec_knn(sG, sP, ks)
-    sr = _spec_knn(sP, sP, int(max(1, min(k_spec, len(P) - 1))), exclude_self=True)
-    cg = np.concatenate([ig, pg, sg], 1)
-    fcg = np.concatenate([fg, np.zeros_like(pg), _flip_by_descriptor(dP, dG, sg)], 1)
-    cr = np.concatenate([ir, pr, sr], 1)
-    fcr = np.concatenate([fr, np.zeros_like(pr), _flip_by_descriptor(dP, dP, sr)], 1)
+    cg, fcg, cr, fcr = shortlists(G, P, pix_gen, pix_real, k_reg=k_reg, n_pix=n_pix, k_spec=k_spec,
+                                  keys_gen=kG, keys_pool=kP, cache=cache)
     bg, rg = _best_registered(P, G, cg, fcg, keys_a=kP, keys_b=kG, cache=cache)
     _, rr = _best_registered(P, P, cr, fcr, keys_a=kP, keys_b=kP, cache=cache)
     eps = 1e-3
     ev = {
         "reg_ratio": -np.log((1 - rg["ncc"] + eps) / (1 - rr["ncc"] + eps)),
         "reg_lo_ratio": -np.log((1 - rg["ncc_lo"] + eps) / (1 - rr["ncc_lo"] + eps)),
+        "reg_lp_ratio": -np.log((1 - rg["ncc_lp"] + eps) / (1 - rr["ncc_lp"] + eps)),
+        "reg_ncc_lp": rg["ncc_lp"], "reg_real_ncc_lp": rr["ncc_lp"],
         "reg_ncc": rg["ncc"], "reg_ncc_lo": rg["ncc_lo"],
         "reg_real_ncc": rr["ncc"], "reg_real_ncc_lo": rr["ncc_lo"],
         "reg_flip": rg["flip"].astype(np.float64), "reg_angle": rg["angle"], "reg_scale": rg["scale"],
