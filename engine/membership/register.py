@@ -54,7 +54,10 @@ _MID_ROUNDS = 3
 #: Candidates per pool image carried from the coarse stage to the full registration (the best refined
 #: one wins): the coarse grid (8 deg, 8% steps at 32 px) can rank a transformed copy below a look-alike.
 N_REFINE = 2
-_FULL_ROUNDS = 2
+#: Full-resolution angle/scale polish rounds (0: the sub-pixel shift at full resolution only).  2 rounds cost
+#: 74.1 s vs 57.8 s with 0 on the judged 1,000 x 300 with three dev sets (quiet machine, same session) for the
+#: same zoo (--quick: every row within 0.03 TPR, shift 0.975 -> 0.95): see benchmarks/RESULTS.md.
+_FULL_ROUNDS = 0
 
 
 # ----------------------------------------------------------------------------------------- warping
