@@ -33,7 +33,7 @@ from sklearn import metrics as skm
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from membership_zoo import DEV, dedupe, load_folder, scenarios, tpr_at  # noqa: E402
+from membership_zoo import DEV, load_real_and_fillers, scenarios, tpr_at  # noqa: E402
 
 from imprint.engine.membership import audit_membership  # noqa: E402
 
@@ -41,18 +41,7 @@ DECISIONS = ("fpr:0.01", "fdr:0.1")
 
 
 def build(args):
-    if args.real == DEV:
-        real = np.concatenate([load_folder(f"{DEV}/membership/{g}/real/{p}", args.size)
-                               for g in ("gen_a", "gen_b", "gen_e") for p in ("used", "unused")])
-    else:
-        real = load_folder(args.real, args.size)
-    real = dedupe(real)
-    fill_imgs = None
-    if args.fillers != "none":
-        dirs = ([f"{DEV}/membership/gen_a/generated", f"{DEV}/membership/gen_b/generated"]
-                if args.fillers == "dev" else [args.fillers])
-        fill_imgs = np.concatenate([load_folder(d, real.shape[1]) for d in dirs])
-    return real, fill_imgs
+    return load_real_and_fillers(args.real, args.fillers, args.size)
 
 
 def run(args) -> list[dict]:

@@ -178,20 +178,27 @@ def boot(y, s, used, n_boot, rng):
     return point, lo, hi
 
 
-def load_inputs(args):
-    """(distinct real images uint8 [N, H, W], filler images uint8 [F, H, W] or None) of the arguments."""
-    if args.real == DEV:
-        real = np.concatenate([load_folder(f"{DEV}/membership/{g}/real/{p}", args.size)
+def load_real_and_fillers(real_dir: str, fillers: str, size: int):
+    """(distinct real images uint8 [N, H, W], filler images uint8 [F, H, W] or None): ``real_dir`` (the dev
+    corpus' real images when it is :data:`DEV`) and ``fillers`` ('dev' = gen_a + gen_b, 'none', or a folder)."""
+    if real_dir == DEV:
+        real = np.concatenate([load_folder(f"{DEV}/membership/{g}/real/{p}", size)
                                for g in ("gen_a", "gen_b", "gen_e") for p in ("used", "unused")])
     else:
-        real = load_folder(args.real, args.size)
+        real = load_folder(real_dir, size)
     real = dedupe(real)
-    h = real.shape[1]
     fill_imgs = None
-    if args.fillers != "none":
+    if fillers != "none":
         dirs = ([f"{DEV}/membership/gen_a/generated", f"{DEV}/membership/gen_b/generated"]
-                if args.fillers == "dev" else [args.fillers])
-        fill_imgs = np.concatenate([load_folder(d, h) for d in dirs])
+                if fillers == "dev" else [fillers])
+        fill_imgs = np.concatenate([load_folder(d, real.shape[1]) for d in dirs])
+    return real, fill_imgs
+
+
+def load_inputs(args):
+    """(distinct real images uint8 [N, H, W], filler images uint8 [F, H, W] or None) of the arguments, checked
+    to be enough for the scenario sizes."""
+    real, fill_imgs = load_real_and_fillers(args.real, args.fillers, args.size)
     need = 2 * args.n_members + args.n_reference + 20
     if len(real) < need:
         raise SystemExit(f"need at least {need} distinct real images, found {len(real)}")
