@@ -37,6 +37,14 @@ def save_png(path, arr, mode=None):
     Image.fromarray(arr, mode=mode).save(path) if mode else Image.fromarray(arr).save(path)
 
 
+def write_folders(root, arrays: dict, name="{:03d}.png"):
+    """Write each ``{folder: uint8 [N, H, W]}`` as PNGs ``root/folder/000.png, ...``."""
+    for folder, imgs in arrays.items():
+        (root / folder).mkdir(parents=True)
+        for i, a in enumerate(imgs):
+            save_png(root / folder / name.format(i), a)
+
+
 def png_bomb(width=100000, height=100000) -> bytes:
     """A tiny PNG whose header declares width x height pixels."""
     def chunk(kind, data):

@@ -11,6 +11,7 @@ import pytest
 from scipy import ndimage, stats
 from sklearn.metrics import roc_auc_score
 
+from conftest import write_folders
 from imprint.engine.membership import audit_membership, compute_evidence
 from imprint.engine.membership.register import (register_pairs, shortlist_descriptors, warp, _desc_knn)
 
@@ -188,16 +189,11 @@ def test_pipeline_writes_the_registered_match(planted, tmp_path):
     import csv
     import json
 
-    from PIL import Image
-
     from imprint.engine.ingest import IngestPolicy
     from imprint.engine.pipeline import run_membership
 
     real, reference, gen, y, planted_kind = planted
-    for name, arr in (("real", real), ("gen", gen), ("ref", reference)):
-        (tmp_path / name).mkdir()
-        for i, a in enumerate(arr):
-            Image.fromarray(a).save(tmp_path / name / f"{i:03d}.png")
+    write_folders(tmp_path, {"real": real, "gen": gen, "ref": reference})
     out = tmp_path / "scores.csv"
     run_membership(gen_dir=str(tmp_path / "gen"), real_dir=str(tmp_path / "real"), out=str(out),
                    ref_dirs=[str(tmp_path / "ref")], report_dir=str(tmp_path / "rep"),

@@ -17,6 +17,7 @@ from sklearn.metrics import roc_auc_score
 from imprint.engine.membership import audit_membership, compute_evidence
 from imprint.engine.membership.register import _best_registered, register_pairs
 
+from conftest import write_folders
 from test_membership_evidence import phantom, u8
 
 H = 96   # a 12 px shift is 12.5% of the side, like the zoo's 12.8 px at 128 px
@@ -120,16 +121,11 @@ def planted():
 
 
 def test_planted_augmented_members_flagged_with_their_transform_in_the_csv(planted, tmp_path):
-    from PIL import Image
-
     from imprint.engine.ingest import IngestPolicy
     from imprint.engine.pipeline import run_membership
 
     real, reference, gen, y, truth = planted
-    for name, arr in (("real", real), ("gen", gen), ("ref", reference)):
-        (tmp_path / name).mkdir()
-        for i, a in enumerate(arr):
-            Image.fromarray(a).save(tmp_path / name / f"{i:03d}.png")
+    write_folders(tmp_path, {"real": real, "gen": gen, "ref": reference})
     out = tmp_path / "scores.csv"
     run_membership(gen_dir=str(tmp_path / "gen"), real_dir=str(tmp_path / "real"), out=str(out),
                    ref_dirs=[str(tmp_path / "ref")], policy=IngestPolicy(size=(H, H)))
