@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The ONE command a session passes to the device tool for issue 14 (benchmarks/gpu_check.py on a lent GPU).
 #
-# 1. Here, on the CPU machine, once (needs PyPI; downloads what the device image lacks into .whl/, git-ignored):
+# 1. Here, on the CPU machine, once (needs PyPI; downloads what the device image lacks or has broken -- faiss-cpu,
+#    and a numpy that its numba supports -- into .whl/, git-ignored):
 #        bash scripts/gpu_device_check.sh --prepare
 # 2. Then one call of the device tool (run), from the repository root it sends:
 #        command:   bash scripts/gpu_device_check.sh
@@ -38,6 +39,13 @@ if [ "${1:-}" = "--prepare" ]; then
     "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
         --platform manylinux2014_x86_64 -d .whl "faiss-cpu==$FAISS_VERSION"
+    # The device image pairs numba 0.68.0 with numpy 2.5.2, which numba does not support: compiling any kernel
+    # fails there ("module 'numpy' has no attribute 'row_stack'", seen 2026-11-29).  Carry the numpy this
+    # project's venv resolved next to its numba (2.4.x), which the image's compiled packages accept.
+    NUMPY_VERSION=${NUMPY_VERSION:-2.4.6}
+    "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+        --platform manylinux2014_x86_64 -d .whl "numpy==$NUMPY_VERSION"
     ls -l .whl
     tree_kb=$(git ls-files -z | xargs -0 du -ck 2>/dev/null | tail -1 | cut -f1)
     whl_kb=$(du -sk .whl | cut -f1)
