@@ -113,10 +113,17 @@ common_input = [
 ]
 
 
-def with_common(f):
-    for opt in reversed(common_input):
-        f = opt(f)
-    return f
+def _options(opts: list):
+    """A decorator applying click options ``opts`` in the order listed (as if stacked in that order)."""
+    def apply(f):
+        for opt in reversed(opts):
+            f = opt(f)
+        return f
+
+    return apply
+
+
+with_common = _options(common_input)
 
 
 executor_opts = [
@@ -128,10 +135,7 @@ executor_opts = [
 ]
 
 
-def with_executor(f):
-    for opt in reversed(executor_opts):
-        f = opt(f)
-    return f
+with_executor = _options(executor_opts)
 
 
 # ---------------------------------------------------------------------------------------------- the group
