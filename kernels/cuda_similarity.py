@@ -326,9 +326,11 @@ def _row_kernels(NT: int):
                 red[t] += red[t + half]
                 if op == 0:
                     red2[t] += red2[t + half]
-                else:
-                    red2[t] = min(red2[t], red2[t + half])
-                    red3[t] = max(red3[t], red3[t + half])
+                else:  # (no min/max builtins: Numba's CUDA target does not type them for two scalars)
+                    if red2[t + half] < red2[t]:
+                        red2[t] = red2[t + half]
+                    if red3[t + half] > red3[t]:
+                        red3[t] = red3[t + half]
             cuda.syncthreads()
             half //= 2
 
@@ -354,8 +356,10 @@ def _row_kernels(NT: int):
             for c in range(t, W, NT):
                 v = float64(X[n, r, c])
                 s += v
-                lo = min(lo, v)
-                hi = max(hi, v)
+                if v < lo:
+                    lo = v
+                if v > hi:
+                    hi = v
         rs[t] = s
         rlo[t] = lo
         rhi[t] = hi
@@ -363,14 +367,17 @@ def _row_kernels(NT: int):
         _tree(rs, rlo, rhi, t, 1)
         if t == 0:
             tm = rs[0] / (H * W)
-            mm = math.floor(tm)
+            mm = float64(math.floor(tm))  # math.floor gives an integer type in nopython code: keep floats
             d = tm - mm
             if d > 0.5 or (d == 0.5 and math.fmod(mm, 2.0) != 0.0):  # numpy's round: half to even
                 mm += 1.0
-            big = max(rhi[0] - mm, mm - rlo[0])
+            big = rhi[0] - mm
+            if mm - rlo[0] > big:
+                big = mm - rlo[0]
             qq = 1.0
             if big > 0.0:
-                kk = int(min(math.floor(math.log2(FPMAX / big)), MAXEXP))
+                kf = float64(math.floor(math.log2(FPMAX / big)))
+                kk = int(kf if kf < MAXEXP else MAXEXP)
                 if kk >= 0:
                     for _ in range(kk):
                         qq *= 0.5
@@ -404,7 +411,7 @@ def _row_kernels(NT: int):
         Hi = H - SSIM_HALO
         Wi = W - SSIM_HALO
         c = s * CW + t
-        cl = min(c, W - 1)  # threads past the image edge load a valid pixel; nobody reads what they write
+        cl = c if c < W else W - 1  # threads past the image edge load a valid pixel; nobody reads what they write
         ownf = 0.0
         if c < W and (t < CW or s == ns - 1):  # the input columns whose squared differences this thread sums
             ownf = 1.0
