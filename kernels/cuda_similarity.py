@@ -308,6 +308,7 @@ def _row_kernels(NT: int):
 
     float64 = np.float64
     float32 = np.float32
+    int32 = np.int32
     CW = NT - SSIM_HALO  # output columns per strip
     P2 = 1 << (NT - 1).bit_length()  # power of two >= NT (the reduction tree)
     g = gaussian_window()
@@ -386,6 +387,84 @@ def _row_kernels(NT: int):
                         qq *= 2.0
             m[n] = mm
             q[n] = qq
+
+    @cuda.jit(device=True)
+    def _cx(X, n, r, cl, mn):
+        """Centred pixel (r, cl) of image ``X[n]`` and its square."""
+        v = float64(X[n, r, cl]) - mn
+        return v, v * v
+
+    @cuda.jit
+    def stats_kernel(X, m, q, mu, var):
+        """Statistics of image ``X[n]`` (n = blockIdx.x) over column strip ``blockIdx.y`` into ``mu[n]``,
+        ``var[n]``: the CPU's ``_stats_into`` (same centring, same symmetric 11-tap passes in float64, vertical
+        then horizontal, same fixed-point rounding), walked down the rows like the pair kernel (two register
+        rings, one barrier per output row)."""
+        n = cuda.blockIdx.x
+        s = cuda.blockIdx.y
+        t = cuda.threadIdx.x
+        H = X.shape[1]
+        W = X.shape[2]
+        Hi = H - SSIM_HALO
+        Wi = W - SSIM_HALO
+        c = s * CW + t
+        cl = c if c < W else W - 1
+        outc = t < CW and c < Wi
+        s1 = cuda.shared.array((2, NT), float64)
+        s2 = cuda.shared.array((2, NT), float64)
+        mn = m[n]
+        qn = q[n]
+        iq = 1.0 / qn
+        iq2 = iq * iq
+        a0, b0 = _cx(X, n, 0, cl, mn)
+        a1, b1 = _cx(X, n, 1, cl, mn)
+        a2, b2 = _cx(X, n, 2, cl, mn)
+        a3, b3 = _cx(X, n, 3, cl, mn)
+        a4, b4 = _cx(X, n, 4, cl, mn)
+        a5, b5 = _cx(X, n, 5, cl, mn)
+        a6, b6 = _cx(X, n, 6, cl, mn)
+        a7, b7 = _cx(X, n, 7, cl, mn)
+        a8, b8 = _cx(X, n, 8, cl, mn)
+        a9, b9 = _cx(X, n, 9, cl, mn)
+        for i in range(Hi):
+            a10, b10 = _cx(X, n, i + SSIM_HALO, cl, mn)
+            b = i & 1
+            s1[b, t] = (W5 * a5 + W4 * (a4 + a6) + W3 * (a3 + a7) + W2 * (a2 + a8) + W1 * (a1 + a9)
+                        + W0 * (a0 + a10))
+            s2[b, t] = (W5 * b5 + W4 * (b4 + b6) + W3 * (b3 + b7) + W2 * (b2 + b8) + W1 * (b1 + b9)
+                        + W0 * (b0 + b10))
+            cuda.syncthreads()
+            if outc:
+                u = (W5 * s1[b, t + 5] + W4 * (s1[b, t + 4] + s1[b, t + 6]) + W3 * (s1[b, t + 3] + s1[b, t + 7])
+                     + W2 * (s1[b, t + 2] + s1[b, t + 8]) + W1 * (s1[b, t + 1] + s1[b, t + 9])
+                     + W0 * (s1[b, t] + s1[b, t + 10]))
+                sq = (W5 * s2[b, t + 5] + W4 * (s2[b, t + 4] + s2[b, t + 6]) + W3 * (s2[b, t + 3] + s2[b, t + 7])
+                      + W2 * (s2[b, t + 2] + s2[b, t + 8]) + W1 * (s2[b, t + 1] + s2[b, t + 9])
+                      + W0 * (s2[b, t] + s2[b, t + 10]))
+                uq = math.floor(u * iq + 0.5)
+                mu[n, i, c] = int32(uq)
+                uq = uq * qn
+                var[n, i, c] = (sq - uq * uq) * iq2
+            a0 = a1
+            a1 = a2
+            a2 = a3
+            a3 = a4
+            a4 = a5
+            a5 = a6
+            a6 = a7
+            a7 = a8
+            a8 = a9
+            a9 = a10
+            b0 = b1
+            b1 = b2
+            b2 = b3
+            b3 = b4
+            b4 = b5
+            b5 = b6
+            b6 = b7
+            b7 = b8
+            b8 = b9
+            b9 = b10
 
     @cuda.jit(device=True)
     def _prod(A, B, ia, j, r, cl, mav, mbv):
@@ -494,7 +573,7 @@ def _row_kernels(NT: int):
             ssum[p, s] = red[0]
             sse[p, s] = red2[0]
 
-    return centre_kernel, pair_kernel
+    return centre_kernel, stats_kernel, pair_kernel
 
 
 def _row_block(W: int, block=None) -> int:
@@ -566,7 +645,7 @@ class CudaPairScorer:
         self._block = _row_block(W, block)
         self._nstrips = -(-(W - SSIM_HALO) // (self._block - SSIM_HALO))
         if variant == "rows":
-            self._centre, self._pairs_rows = _row_kernels(self._block)
+            self._centre, self._stats_rows, self._pairs_rows = _row_kernels(self._block)
         self._w = cuda.to_device(gaussian_window())
         mb, qb = centres(B)
         self._B = cuda.to_device(B)
@@ -598,6 +677,9 @@ class CudaPairScorer:
         return (-(-(W - SSIM_HALO) // self.tile), -(-(H - SSIM_HALO) // self.tile))
 
     def _compute_stats(self, X, m, q, mu, var, n, stream):
+        if self.variant == "rows":
+            self._stats_rows[(n, self._nstrips), self._block, stream](X, m, q, mu, var)
+            return
         gx, gy = self._grid_xy()
         for first in range(0, n, _MAX_GRID_Z):
             nz = min(_MAX_GRID_Z, n - first)

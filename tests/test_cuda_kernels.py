@@ -65,7 +65,8 @@ _SCRIPT = textwrap.dedent(
         sc = CudaPairScorer(Br, tile=4, **kw)
         s, m = sc.score(Ar, pr)
         rec[name] = dict(ssim=s.tolist(), mse=m.tolist(), variant=sc.variant, block=sc._block,
-                         nstrips=sc._nstrips)
+                         nstrips=sc._nstrips, mub=sc._mub.copy_to_host().tolist(),
+                         varb=sc._varb.copy_to_host().tolist())
     out["rows_u8"] = dict(A=Ar.tolist(), B=Br.tolist(), pairs=pr.tolist(), **rec)
     # float32 on the rows kernel (centres from the host), one scorer reused for two calls
     sc = CudaPairScorer(Bf, data_range=4.0, tile=4, block=16)
@@ -84,7 +85,7 @@ _SCRIPT = textwrap.dedent(
     C[2] = 77                                          # constant: q = 1
     C[3] = 128
     C[3, 0, 0], C[3, 1, 1] = 0, 255                    # mean 128, largest deviation 128
-    ck, _ = _row_kernels(16)
+    ck = _row_kernels(16)[0]
     dm, dq = cuda.device_array(6, np.float64), cuda.device_array(6, np.float64)
     ck[6, 16](cuda.to_device(C), dm, dq)
     m_cpu, q_cpu = centres(C)
@@ -278,3 +279,61 @@ def test_cuda_variant_selection_and_kernel_rate(sim):
     assert CS._row_block(1000) == 256
     for v, r in sim["kernel_rate"].items():
         assert r["pairs"] == 3 and r["best_per_s"] > 0, v
+
+
+def test_cuda_rows_statistics_equal_cpu_statistics(sim):
+    """The rows statistics kernel stores the CPU kernel's fixed-point means and variances of the resident images
+    (two column strips and one)."""
+    from imprint.kernels.constants import gaussian_window
+    from imprint.kernels.similarity import _centre, _stats_into
+
+    B = np.array(sim["rows_u8"]["B"], np.uint8)
+    H, W = B.shape[1:]
+    for name in ("b16", "auto"):
+        mub = np.array(sim["rows_u8"][name]["mub"], np.int32)
+        varb = np.array(sim["rows_u8"][name]["varb"], np.float32)
+        for n in range(len(B)):
+            m, q = _centre(B[n])
+            mu = np.empty((H - 10, W - 10), np.int32)
+            var = np.empty((H - 10, W - 10), np.float32)
+            _stats_into(B[n], m, q, gaussian_window(), mu, var, np.empty((11, W)), np.empty((11, W)),
+                        np.empty(W), np.empty(W))
+            np.testing.assert_array_equal(mub[n], mu, err_msg=name)
+            np.testing.assert_allclose(varb[n], var, rtol=1e-6, atol=0, err_msg=name)
+        assert np.ptp(mub) > 0
+
+
+_PTX = """
+import sys
+import numba.cuda.dispatcher as D, types
+D.get_current_device = lambda: types.SimpleNamespace(compute_capability=(9, 0))  # no GPU here: compile for sm_90
+from numba import cuda, types as T
+from imprint.kernels.cuda_similarity import _row_kernels
+centre, stats, pair = _row_kernels(128)
+a = lambda t, n: T.Array(t, n, "C")
+img = a(T.uint8, 3)
+f64, i32 = a(T.float64, 1), a(T.int32, 1)
+out = [cuda.compile_ptx(centre.py_func, (img, f64, f64), cc=(9, 0))[0],
+       cuda.compile_ptx(stats.py_func, (img, f64, f64, a(T.int32, 3), a(T.float32, 3)), cc=(9, 0))[0],
+       cuda.compile_ptx(pair.py_func, (img, img, f64, f64, a(T.int32, 3), a(T.float32, 3), f64, f64, a(T.int32, 3),
+                                       a(T.float32, 3), i32, i32, T.float64, T.float32, a(T.float64, 2),
+                                       a(T.float64, 2)), cc=(9, 0))[0]]
+print("PTX" + "|".join(str(p.count(k)) for p in out for k in (".local", "bar.sync", "div.rn.f64")))
+"""
+
+
+def test_cuda_rows_kernels_compile_for_sm90():
+    """The simulator runs kernels as Python, so it cannot see what Numba's CUDA target refuses to type (two-scalar
+    ``min`` was one).  Compile the rows kernels to PTX for sm_90 (NVVM only, no GPU needed): no local memory
+    (register arrays spilled), no float64 division in the pair kernel, one barrier per row plus the reduction."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("NUMBA_ENABLE_CUDASIM", None)
+    r = subprocess.run([sys.executable, "-c", _PTX], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    if r.returncode != 0 and ("NVVM" in r.stderr or "libnvvm" in r.stderr.lower()):
+        pytest.skip("NVVM (the CUDA compiler library) is not installed here")
+    assert r.returncode == 0, r.stderr[-3000:]
+    c = [int(x) for x in [ln for ln in r.stdout.splitlines() if ln.startswith("PTX")][-1][3:].split("|")]
+    local = c[0::3]
+    assert local == [0, 0, 0]
+    assert c[3 * 2 + 2] == 0  # pair kernel: float32 ratios, no float64 division
+    assert c[3 * 1 + 1] == 1 and 1 <= c[3 * 2 + 1] <= 12  # stats: one barrier; pair: one per row + reduction
