@@ -337,3 +337,18 @@ def test_cuda_rows_kernels_compile_for_sm90():
     assert local == [0, 0, 0]
     assert c[3 * 2 + 2] == 0  # pair kernel: float32 ratios, no float64 division
     assert c[3 * 1 + 1] == 1 and 1 <= c[3 * 2 + 1] <= 12  # stats: one barrier; pair: one per row + reduction
+
+
+def test_cuda_batch_gather_into_pinned_buffers_is_exact(monkeypatch):
+    """The host copy of a streamed batch (one slice for consecutive ids, chunks on threads when large) gives
+    ``A[ids]`` for consecutive and scattered ids, on the threaded path and the single-thread one."""
+    from imprint.kernels import cuda_similarity as CS
+
+    rng = np.random.default_rng(2)
+    A = rng.integers(0, 256, (50, 13, 11), dtype=np.uint8)
+    for threshold in (0, 1 << 40):
+        monkeypatch.setattr(CS, "_COPY_PARALLEL_BYTES", threshold)
+        for ids in (np.arange(7, 40), np.sort(rng.choice(50, 23, replace=False)), np.array([3])):
+            out = np.zeros((ids.size, 13, 11), np.uint8)
+            CS._gather(A, ids, out)
+            np.testing.assert_array_equal(out, A[ids])
