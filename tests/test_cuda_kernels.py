@@ -68,6 +68,16 @@ _SCRIPT = textwrap.dedent(
                          nstrips=sc._nstrips, mub=sc._mub.copy_to_host().tolist(),
                          varb=sc._varb.copy_to_host().tolist())
     out["rows_u8"] = dict(A=Ar.tolist(), B=Br.tolist(), pairs=pr.tolist(), **rec)
+    # flat regions far from the image mean (where a float32 cross term would miss 1e-5, see
+    # benchmarks/ssim_float32_error.py): half black / half white, and a dark image with a bright band
+    F = np.zeros((2, 14, 18), np.uint8)
+    F[0, :, 9:] = 255
+    F[1, :, :4] = 255
+    G = F.copy()
+    G[0, 5:9, 7:11] = 128
+    G[1, :, :4] = 250
+    s, m = ssim_mse_pairs_cuda(F, G, np.array([[0, 0], [1, 1], [0, 1]]))
+    out["rows_flat"] = dict(A=F.tolist(), B=G.tolist(), ssim=s.tolist(), mse=m.tolist())
     # float32 on the rows kernel (centres from the host), one scorer reused for two calls
     sc = CudaPairScorer(Bf, data_range=4.0, tile=4, block=16)
     s1, m1 = sc.score(Af, pf)
@@ -352,3 +362,22 @@ def test_cuda_batch_gather_into_pinned_buffers_is_exact(monkeypatch):
             out = np.zeros((ids.size, 13, 11), np.uint8)
             CS._gather(A, ids, out)
             np.testing.assert_array_equal(out, A[ids])
+
+
+def test_cuda_rows_kernel_flat_regions_far_from_the_mean(sim):
+    """Images whose flat regions sit far from their mean (products up to 255^2 repeated over the map): the rows
+    kernel keeps the CPU's float64 cross term there, so it still matches the CPU kernel and skimage < 1e-5."""
+    from skimage.metrics import structural_similarity
+
+    from imprint.kernels import ssim_pairs
+
+    c = sim["rows_flat"]
+    A = np.array(c["A"], np.uint8)
+    B = np.array(c["B"], np.uint8)
+    pairs = np.array([[0, 0], [1, 1], [0, 1]])
+    np.testing.assert_allclose(c["ssim"], ssim_pairs(A, B, pairs), rtol=0, atol=1e-5)
+    for (i, j), s in zip(pairs, c["ssim"]):
+        ref = structural_similarity(A[i], B[j], data_range=255, gaussian_weights=True, sigma=1.5,
+                                    use_sample_covariance=False)
+        assert abs(s - ref) < 1e-5
+    assert c["ssim"][0] < 0.99 and c["ssim"][1] < 1.0  # the planted differences are seen
