@@ -309,7 +309,12 @@ def _row_kernels(NT: int):
     float64 = np.float64
     float32 = np.float32
     int32 = np.int32
+    uint64 = np.uint64
     CW = NT - SSIM_HALO  # output columns per strip
+    # unsigned constants for the pair kernel's offsets (uint64 mixed with a plain int literal would become float64)
+    U0, U1, U2, U3, U4, U5, U6, U7, U8, U9, U10 = (np.uint64(k) for k in range(SSIM_WIN))
+    NTU = np.uint64(NT)
+    NT2 = 2 * NT
     P2 = 1 << (NT - 1).bit_length()  # power of two >= NT (the reduction tree)
     g = gaussian_window()
     W0, W1, W2, W3, W4, W5 = (float(g[k]) for k in range(SSIM_RADIUS + 1))  # compile-time constants
@@ -467,26 +472,27 @@ def _row_kernels(NT: int):
             b9 = b10
 
     @cuda.jit(device=True)
-    def _prod(A, B, ia, j, r, cl, mav, mbv):
-        """Centred product and squared difference of pixel (r, cl) of the pair: (x - m_x)(y - m_y), (x - y)^2."""
-        xr = float64(A[ia, r, cl])
-        yr = float64(B[j, r, cl])
+    def _prod(xa, yb, o, mav, mbv):
+        """Centred product and squared difference of flat pixel ``o`` of the pair: (x - m_x)(y - m_y), (x - y)^2."""
+        xr = float64(xa[o])
+        yr = float64(yb[o])
         d = xr - yr
         return (xr - mav) * (yr - mbv), d * d
 
     @cuda.jit
-    def pair_kernel(A, B, ma, qa, mua, vara, mb, qb, mub, varb, pa, pb, c2, c1f, ssum, sse):
+    def pair_kernel(A, B, W, ma, qa, mua, vara, mb, qb, mub, varb, pa, pb, c2, c1f, ssum, sse):
         """SSIM-map sum and squared-error sum of pair ``p = blockIdx.x`` over column strip ``blockIdx.y``.
 
-        ``pa[p]``: slot of the A image in the streamed batch; ``pb[p]``: the resident B image.  Writes
-        ``ssum[p, strip]`` and ``sse[p, strip]`` (the host adds the strips).
+        Images come flattened: ``A`` [n, H*W], ``mua``/``vara`` [n, (H-10)*(W-10)] (likewise B), ``W`` the
+        width.  ``pa[p]``: slot of the A image in the streamed batch; ``pb[p]``: the resident B image.  Writes
+        ``ssum[p, strip]`` and ``sse[p, strip]`` (the host adds the strips).  Offsets are unsigned (uint64):
+        Numba then emits no negative-index fix-up, and each row costs one add per pointer.
         """
         p = cuda.blockIdx.x
         s = cuda.blockIdx.y
         ns = cuda.gridDim.y
         t = cuda.threadIdx.x
-        H = A.shape[1]
-        W = A.shape[2]
+        H = A.shape[1] // W
         Hi = H - SSIM_HALO
         Wi = W - SSIM_HALO
         c = s * CW + t
@@ -495,57 +501,80 @@ def _row_kernels(NT: int):
         if c < W and (t < CW or s == ns - 1):  # the input columns whose squared differences this thread sums
             ownf = 1.0
         outc = t < CW and c < Wi
-        sv = cuda.shared.array((2, NT), float64)
+        sv = cuda.shared.array(NT2, float64)  # two rows (a shape must be a compile-time constant)
         red = cuda.shared.array(NT, float64)
         red2 = cuda.shared.array(NT, float64)
         ia = pa[p]
         j = pb[p]
+        xa = A[ia]
+        yb = B[j]
+        mxa = mua[ia]
+        vxa = vara[ia]
+        myb = mub[j]
+        vyb = varb[j]
         mav = ma[ia]
         mbv = mb[j]
         qav = qa[ia]
         qbv = qb[j]
         qa2 = qav * qav
         qb2 = qbv * qbv
+        Wu = uint64(W)
+        Wiu = uint64(Wi)
+        o = uint64(cl)  # flat offset of this thread's pixel in the row being added
+        so = uint64(c if outc else 0)  # flat offset of its output pixel in the statistics
+        tu = uint64(t)
         se = 0.0
         acc = 0.0
         mx = 0.0
         my = 0.0
         vv = 0.0
-        p0, e = _prod(A, B, ia, j, 0, cl, mav, mbv)
+        p0, e = _prod(xa, yb, o, mav, mbv)
         se += e
-        p1, e = _prod(A, B, ia, j, 1, cl, mav, mbv)
+        o += Wu
+        p1, e = _prod(xa, yb, o, mav, mbv)
         se += e
-        p2, e = _prod(A, B, ia, j, 2, cl, mav, mbv)
+        o += Wu
+        p2, e = _prod(xa, yb, o, mav, mbv)
         se += e
-        p3, e = _prod(A, B, ia, j, 3, cl, mav, mbv)
+        o += Wu
+        p3, e = _prod(xa, yb, o, mav, mbv)
         se += e
-        p4, e = _prod(A, B, ia, j, 4, cl, mav, mbv)
+        o += Wu
+        p4, e = _prod(xa, yb, o, mav, mbv)
         se += e
-        p5, e = _prod(A, B, ia, j, 5, cl, mav, mbv)
+        o += Wu
+        p5, e = _prod(xa, yb, o, mav, mbv)
         se += e
-        p6, e = _prod(A, B, ia, j, 6, cl, mav, mbv)
+        o += Wu
+        p6, e = _prod(xa, yb, o, mav, mbv)
         se += e
-        p7, e = _prod(A, B, ia, j, 7, cl, mav, mbv)
+        o += Wu
+        p7, e = _prod(xa, yb, o, mav, mbv)
         se += e
-        p8, e = _prod(A, B, ia, j, 8, cl, mav, mbv)
+        o += Wu
+        p8, e = _prod(xa, yb, o, mav, mbv)
         se += e
-        p9, e = _prod(A, B, ia, j, 9, cl, mav, mbv)
+        o += Wu
+        p9, e = _prod(xa, yb, o, mav, mbv)
         se += e
+        o += Wu
         for i in range(Hi):
-            p10, e = _prod(A, B, ia, j, i + SSIM_HALO, cl, mav, mbv)
+            p10, e = _prod(xa, yb, o, mav, mbv)
             se += e
+            o += Wu
             if outc:  # this pixel's statistics: issued before the barrier, used after it
-                mx = float64(mua[ia, i, c]) * qav
-                my = float64(mub[j, i, c]) * qbv
-                vv = float64(vara[ia, i, c]) * qa2 + float64(varb[j, i, c]) * qb2
-            b = i & 1
-            sv[b, t] = (W5 * p5 + W4 * (p4 + p6) + W3 * (p3 + p7) + W2 * (p2 + p8) + W1 * (p1 + p9)
-                        + W0 * (p0 + p10))
-            cuda.syncthreads()  # one barrier per row: the row buffer alternates, so no second one is needed
+                mx = float64(mxa[so]) * qav
+                my = float64(myb[so]) * qbv
+                vv = float64(vxa[so]) * qa2 + float64(vyb[so]) * qb2
+            so += Wiu
+            sb = tu + (NTU if i & 1 else U0)  # the row buffer alternates: one barrier per row is enough
+            sv[sb] = (W5 * p5 + W4 * (p4 + p6) + W3 * (p3 + p7) + W2 * (p2 + p8) + W1 * (p1 + p9)
+                      + W0 * (p0 + p10))
+            cuda.syncthreads()
             if outc:
-                cxy = (W5 * sv[b, t + 5] + W4 * (sv[b, t + 4] + sv[b, t + 6]) + W3 * (sv[b, t + 3] + sv[b, t + 7])
-                       + W2 * (sv[b, t + 2] + sv[b, t + 8]) + W1 * (sv[b, t + 1] + sv[b, t + 9])
-                       + W0 * (sv[b, t] + sv[b, t + 10]))
+                cxy = (W5 * sv[sb + U5] + W4 * (sv[sb + U4] + sv[sb + U6]) + W3 * (sv[sb + U3] + sv[sb + U7])
+                       + W2 * (sv[sb + U2] + sv[sb + U8]) + W1 * (sv[sb + U1] + sv[sb + U9])
+                       + W0 * (sv[sb] + sv[sb + U10]))
                 cov = cxy - mx * my
                 ux = float32(mx + mav)
                 uy = float32(my + mbv)
@@ -832,9 +861,14 @@ class CudaPairScorer:
     def _launch_rows(self, sl, npair):
         """Queue the pair kernel over ``npair`` staged pairs on slot ``sl``'s stream (no copy back)."""
         c1, c2 = ssim_c1_c2(self.data_range)
+        M, H, W = self.shape
+        cap = sl["dA"].shape[0]
+        flat = (H * W, (H - SSIM_HALO) * (W - SSIM_HALO))
         self._pairs_rows[(npair, self._nstrips), self._block, sl["stream"]](
-            sl["dA"], self._B, sl["dm"], sl["dq"], sl["mu"], sl["var"], self._mb, self._qb, self._mub, self._varb,
-            sl["dpa"], sl["dpb"], c2, np.float32(c1), sl["dss"], sl["dse"])
+            sl["dA"].reshape(cap, flat[0]), self._B.reshape(M, flat[0]), W, sl["dm"], sl["dq"],
+            sl["mu"].reshape(cap, flat[1]), sl["var"].reshape(cap, flat[1]), self._mb, self._qb,
+            self._mub.reshape(M, flat[1]), self._varb.reshape(M, flat[1]), sl["dpa"], sl["dpb"], c2, np.float32(c1),
+            sl["dss"], sl["dse"])
 
     def _score_rows(self, A, pairs):
         P = pairs.shape[0]
