@@ -1,9 +1,10 @@
 """CUDA pair kernels (Numba CUDA): SSIM with MSE fused in the same pass.
 
-Same definition and numerics as the CPU kernels of :mod:`kernels.similarity` (skimage's Gaussian SSIM:
-11-tap window, sigma 1.5, population statistics, K1 = 0.01, K2 = 0.03, the map cropped by 5 pixels; MSE over
-all pixels), so results agree with :func:`kernels.similarity.ssim_pairs` / ``mse_pairs`` within 1e-5
-(measured ~1e-12 under the simulator: the same float64 filter order and fixed-point statistics).
+Same definition as the CPU kernels of :mod:`kernels.similarity` (skimage's Gaussian SSIM: 11-tap window,
+sigma 1.5, population statistics, K1 = 0.01, K2 = 0.03, the map cropped by 5 pixels; MSE over all pixels), so
+results agree with :func:`kernels.similarity.ssim_pairs` / ``mse_pairs`` within 1e-5: the ``tiled`` kernel to
+~1e-12 (the CPU's float64 arithmetic throughout), the ``rows`` kernel to <= ~6e-7 (float64 cross term and
+covariance as on the CPU, two bounded ratios in float32; see :func:`_row_kernels`).
 
 Layout
 ------
@@ -13,13 +14,17 @@ Layout
   ``var = G*(x-m)^2 - (q mu')^2`` stored as float32 in units of ``q^2`` -- 8 bytes per valid pixel.
 * **Streamed side** (``A``, the real images): distinct A images are sent in batches through two pinned host
   buffers and two CUDA streams (double buffering: the copy of batch i+1 overlaps the kernels of batch i);
-  their statistics are computed on the device per batch.
-* **Pair kernel**: pairs are grouped by their A image.  One block per (A image, output tile of T x T
-  pixels): A's centred tile plus its 10-pixel halo is loaded once into shared memory and stays there while
-  the block walks over all partners of that A image.  Per partner only the cross term ``G*((x-m_x)(y-m_y))``
-  is filtered (separable, float64, vertical then horizontal pass in shared memory), combined with the
-  stored statistics into the SSIM map, and block-reduced; the squared differences of the pixels the tile
-  owns are summed in the same pass (MSE).  Tile sums are added atomically per pair (float64).
+  their centres (uint8: on the device) and statistics are computed on the device per batch.
+* **Pair kernel, ``variant="rows"``** (the default): one block per (pair, column strip); each thread walks
+  one column down both images with the last 11 centred products in registers, one barrier per output row,
+  one block reduction per pair (see :func:`_row_kernels`).
+* **Pair kernel, ``variant="tiled"``** (the first design, kept for comparison): pairs are grouped by their A
+  image.  One block per (A image, output tile of T x T pixels): A's centred tile plus its 10-pixel halo is
+  loaded once into shared memory and stays there while the block walks over all partners of that A image.
+  Per partner only the cross term ``G*((x-m_x)(y-m_y))`` is filtered (separable, float64, vertical then
+  horizontal pass in shared memory), combined with the stored statistics into the SSIM map, and
+  block-reduced; the squared differences of the pixels the tile owns are summed in the same pass (MSE).
+  Tile sums are added atomically per pair (float64).
 
 The simulator (``NUMBA_ENABLE_CUDASIM=1``, set before :mod:`numba.cuda` is first imported) runs the same
 kernels in Python: that is how the tests prove them on machines without a GPU.
@@ -27,7 +32,8 @@ kernels in Python: that is how the tests prove them on machines without a GPU.
 Public API
 ----------
 cuda_available() -> bool
-CudaPairScorer(B, data_range=255.0, tile=16).score(A, pairs) -> (ssim float32[P], mse float32[P])
+CudaPairScorer(B, data_range=255.0, tile=16, variant="rows").score(A, pairs) -> (ssim float32[P], mse float32[P])
+CudaPairScorer(...).kernel_rate(A, pairs) -> pairs/s of the pair kernel alone (benchmarks)
 ssim_mse_pairs_cuda(A, B, pairs, data_range=255.0) -> (ssim float32[P], mse float32[P])
 ssim_pairs_cuda / mse_pairs_cuda (A, B, pairs, ...) -> float32[P]
 """
