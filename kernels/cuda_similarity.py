@@ -400,62 +400,82 @@ def _row_kernels(NT: int):
             q[n] = qq
 
     @cuda.jit(device=True)
-    def _cx(X, n, r, cl, mn):
-        """Centred pixel (r, cl) of image ``X[n]`` and its square."""
-        v = float64(X[n, r, cl]) - mn
+    def _cx(xa, o, mn):
+        """Centred flat pixel ``o`` of one image and its square."""
+        v = float64(xa[o]) - mn
         return v, v * v
 
     @cuda.jit
-    def stats_kernel(X, m, q, mu, var):
-        """Statistics of image ``X[n]`` (n = blockIdx.x) over column strip ``blockIdx.y`` into ``mu[n]``,
-        ``var[n]``: the CPU's ``_stats_into`` (same centring, same symmetric 11-tap passes in float64, vertical
-        then horizontal, same fixed-point rounding), walked down the rows like the pair kernel (two register
-        rings, one barrier per output row)."""
+    def stats_kernel(X, W, m, q, mu, var):
+        """Statistics of image ``X[n]`` (n = blockIdx.x; flattened [n, H*W], ``W`` the width) over column strip
+        ``blockIdx.y`` into ``mu[n]``, ``var[n]`` (flattened [n, (H-10)*(W-10)]): the CPU's ``_stats_into``
+        (same centring, same symmetric 11-tap passes in float64, vertical then horizontal, same fixed-point
+        rounding), walked down the rows like the pair kernel (two register rings, one barrier per output row,
+        unsigned offsets)."""
         n = cuda.blockIdx.x
         s = cuda.blockIdx.y
         t = cuda.threadIdx.x
-        H = X.shape[1]
-        W = X.shape[2]
+        H = X.shape[1] // W
         Hi = H - SSIM_HALO
         Wi = W - SSIM_HALO
         c = s * CW + t
         cl = c if c < W else W - 1
         outc = t < CW and c < Wi
-        s1 = cuda.shared.array((2, NT), float64)
-        s2 = cuda.shared.array((2, NT), float64)
+        s1 = cuda.shared.array(NT2, float64)
+        s2 = cuda.shared.array(NT2, float64)
+        xa = X[n]
+        mun = mu[n]
+        varn = var[n]
         mn = m[n]
         qn = q[n]
         iq = 1.0 / qn
         iq2 = iq * iq
-        a0, b0 = _cx(X, n, 0, cl, mn)
-        a1, b1 = _cx(X, n, 1, cl, mn)
-        a2, b2 = _cx(X, n, 2, cl, mn)
-        a3, b3 = _cx(X, n, 3, cl, mn)
-        a4, b4 = _cx(X, n, 4, cl, mn)
-        a5, b5 = _cx(X, n, 5, cl, mn)
-        a6, b6 = _cx(X, n, 6, cl, mn)
-        a7, b7 = _cx(X, n, 7, cl, mn)
-        a8, b8 = _cx(X, n, 8, cl, mn)
-        a9, b9 = _cx(X, n, 9, cl, mn)
+        Wu = uint64(W)
+        Wiu = uint64(Wi)
+        o = uint64(cl)
+        so = uint64(c if outc else 0)
+        tu = uint64(t)
+        a0, b0 = _cx(xa, o, mn)
+        o += Wu
+        a1, b1 = _cx(xa, o, mn)
+        o += Wu
+        a2, b2 = _cx(xa, o, mn)
+        o += Wu
+        a3, b3 = _cx(xa, o, mn)
+        o += Wu
+        a4, b4 = _cx(xa, o, mn)
+        o += Wu
+        a5, b5 = _cx(xa, o, mn)
+        o += Wu
+        a6, b6 = _cx(xa, o, mn)
+        o += Wu
+        a7, b7 = _cx(xa, o, mn)
+        o += Wu
+        a8, b8 = _cx(xa, o, mn)
+        o += Wu
+        a9, b9 = _cx(xa, o, mn)
+        o += Wu
         for i in range(Hi):
-            a10, b10 = _cx(X, n, i + SSIM_HALO, cl, mn)
-            b = i & 1
-            s1[b, t] = (W5 * a5 + W4 * (a4 + a6) + W3 * (a3 + a7) + W2 * (a2 + a8) + W1 * (a1 + a9)
-                        + W0 * (a0 + a10))
-            s2[b, t] = (W5 * b5 + W4 * (b4 + b6) + W3 * (b3 + b7) + W2 * (b2 + b8) + W1 * (b1 + b9)
-                        + W0 * (b0 + b10))
+            a10, b10 = _cx(xa, o, mn)
+            o += Wu
+            sb = tu + (NTU if i & 1 else U0)  # the row buffers alternate: one barrier per row
+            s1[sb] = (W5 * a5 + W4 * (a4 + a6) + W3 * (a3 + a7) + W2 * (a2 + a8) + W1 * (a1 + a9)
+                      + W0 * (a0 + a10))
+            s2[sb] = (W5 * b5 + W4 * (b4 + b6) + W3 * (b3 + b7) + W2 * (b2 + b8) + W1 * (b1 + b9)
+                      + W0 * (b0 + b10))
             cuda.syncthreads()
             if outc:
-                u = (W5 * s1[b, t + 5] + W4 * (s1[b, t + 4] + s1[b, t + 6]) + W3 * (s1[b, t + 3] + s1[b, t + 7])
-                     + W2 * (s1[b, t + 2] + s1[b, t + 8]) + W1 * (s1[b, t + 1] + s1[b, t + 9])
-                     + W0 * (s1[b, t] + s1[b, t + 10]))
-                sq = (W5 * s2[b, t + 5] + W4 * (s2[b, t + 4] + s2[b, t + 6]) + W3 * (s2[b, t + 3] + s2[b, t + 7])
-                      + W2 * (s2[b, t + 2] + s2[b, t + 8]) + W1 * (s2[b, t + 1] + s2[b, t + 9])
-                      + W0 * (s2[b, t] + s2[b, t + 10]))
+                u = (W5 * s1[sb + U5] + W4 * (s1[sb + U4] + s1[sb + U6]) + W3 * (s1[sb + U3] + s1[sb + U7])
+                     + W2 * (s1[sb + U2] + s1[sb + U8]) + W1 * (s1[sb + U1] + s1[sb + U9])
+                     + W0 * (s1[sb] + s1[sb + U10]))
+                sq = (W5 * s2[sb + U5] + W4 * (s2[sb + U4] + s2[sb + U6]) + W3 * (s2[sb + U3] + s2[sb + U7])
+                      + W2 * (s2[sb + U2] + s2[sb + U8]) + W1 * (s2[sb + U1] + s2[sb + U9])
+                      + W0 * (s2[sb] + s2[sb + U10]))
                 uq = math.floor(u * iq + 0.5)
-                mu[n, i, c] = int32(uq)
+                mun[so] = int32(uq)
                 uq = uq * qn
-                var[n, i, c] = (sq - uq * uq) * iq2
+                varn[so] = (sq - uq * uq) * iq2
+            so += Wiu
             a0 = a1
             a1 = a2
             a2 = a3
@@ -754,7 +774,11 @@ class CudaPairScorer:
 
     def _compute_stats(self, X, m, q, mu, var, n, stream):
         if self.variant == "rows":
-            self._stats_rows[(n, self._nstrips), self._block, stream](X, m, q, mu, var)
+            H, W = self.shape[1:]
+            cap = X.shape[0]
+            self._stats_rows[(n, self._nstrips), self._block, stream](
+                X.reshape(cap, H * W), W, m, q, mu.reshape(cap, (H - SSIM_HALO) * (W - SSIM_HALO)),
+                var.reshape(cap, (H - SSIM_HALO) * (W - SSIM_HALO)))
             return
         gx, gy = self._grid_xy()
         for first in range(0, n, _MAX_GRID_Z):

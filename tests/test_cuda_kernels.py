@@ -324,7 +324,8 @@ a = lambda t, n: T.Array(t, n, "C")
 img = a(T.uint8, 3)
 f64, i32 = a(T.float64, 1), a(T.int32, 1)
 out = [cuda.compile_ptx(centre.py_func, (img, f64, f64), cc=(9, 0))[0],
-       cuda.compile_ptx(stats.py_func, (img, f64, f64, a(T.int32, 3), a(T.float32, 3)), cc=(9, 0))[0],
+       cuda.compile_ptx(stats.py_func, (a(T.uint8, 2), T.int64, f64, f64, a(T.int32, 2), a(T.float32, 2)),
+                        cc=(9, 0))[0],
        cuda.compile_ptx(pair.py_func, (a(T.uint8, 2), a(T.uint8, 2), T.int64, f64, f64, a(T.int32, 2),
                                        a(T.float32, 2), f64, f64, a(T.int32, 2), a(T.float32, 2), i32, i32,
                                        T.float64, T.float32, a(T.float64, 2), a(T.float64, 2)), cc=(9, 0))[0]]
