@@ -190,7 +190,9 @@ def phantoms(n: int, size: int, seed: int) -> np.ndarray:
     for s in range(0, n, pool.shape[0]):
         e = min(n, s + pool.shape[0])
         shift = int(rng.integers(-3, 4))
-        noisy = np.roll(pool[: e - s], shift, axis=2).astype(np.int16) + rng.integers(-3, 4, (e - s, size, size))
+        # int8 noise, int16 sums: ~4x less memory traffic than int64 (the data set is made inside the time budget)
+        noisy = np.roll(pool[: e - s], shift, axis=2).astype(np.int16) + rng.integers(-3, 4, (e - s, size, size),
+                                                                                     dtype=np.int8)
         out[s:e] = np.clip(noisy, 0, 255).astype(np.uint8)
     return out
 
