@@ -584,10 +584,18 @@ def _row_kernels(NT: int):
         p9, e = _prod(xa, yb, o, mav, mbv)
         se += e
         o += Wu
+        xn = xa[o]  # row 10, raw: each iteration prefetches the next row's pixels (used one iteration later)
+        yn = yb[o]
         for i in range(Hi):
-            p10, e = _prod(xa, yb, o, mav, mbv)
-            se += e
-            o += Wu
+            xr = float64(xn)
+            yr = float64(yn)
+            if i + 1 < Hi:
+                o += Wu
+            xn = xa[o]
+            yn = yb[o]
+            d = xr - yr
+            se += d * d
+            p10 = (xr - mav) * (yr - mbv)
             if outc:  # this pixel's statistics: issued before the barrier, used after it
                 mx = float64(mxa[so]) * qav
                 my = float64(myb[so]) * qbv
