@@ -190,7 +190,9 @@ def phantoms(n: int, size: int, seed: int) -> np.ndarray:
     for s in range(0, n, pool.shape[0]):
         e = min(n, s + pool.shape[0])
         shift = int(rng.integers(-3, 4))
-        noisy = np.roll(pool[: e - s], shift, axis=2).astype(np.int16) + rng.integers(-3, 4, (e - s, size, size))
+        # int8 noise, int16 sums: ~4x less memory traffic than int64 (the data set is made inside the time budget)
+        noisy = np.roll(pool[: e - s], shift, axis=2).astype(np.int16) + rng.integers(-3, 4, (e - s, size, size),
+                                                                                     dtype=np.int8)
         out[s:e] = np.clip(noisy, 0, 255).astype(np.uint8)
     return out
 
@@ -202,12 +204,52 @@ def _timed(fn):
 
 
 # ----------------------------------------------------------------------------- sections
+def _variant_rates(ctx: Ctx, v: str, G, R, pairs, k: int, tile: int, until: float) -> tuple[dict, object]:
+    """One pair-kernel variant: end-to-end ``score()`` pairs/s (host work, copies and kernels) and the pair
+    kernel alone (``kernel_rate``), both best of ``repeats`` windows >= ``min_window`` s, sized by a probe."""
+    from imprint.kernels.cuda_similarity import CudaPairScorer
+
+    z = ctx.sizes
+    reps, win = z["repeats"], z["min_window"]
+    scorer, t_build = _timed(lambda: CudaPairScorer(G, tile=tile, variant=v))
+    _, t_compile = _timed(lambda: scorer.score(R[:1], pairs[:1]))  # first call compiles the kernels
+    # probe: one call on a tenth of the pairs gives the rate; a timed call then lasts <= call_s
+    probe = pairs[: max(k, (len(pairs) // 10) // k * k)]
+    # pairs are grouped k per real image in order: a prefix of them needs a prefix of R
+    _, t_probe = _timed(lambda: scorer.score(R[: len(probe) // k], probe))
+    est = len(probe) / max(t_probe, 1e-9)
+    n_call = int(min(len(pairs), max(k, est * min(z["call_s"], (until - time.time()) / 8)))) // k * k
+    sub = pairs[: max(k, n_call)]
+    rec = {"pairs_per_call": int(len(sub)), "scorer_build_s": t_build, "first_call_s": t_compile,
+           "probe_pairs_per_s": est, "scaled_down": bool(len(sub) < len(pairs))}
+    R_sub = R[: len(sub) // k]
+    gpu = best_rate(lambda: scorer.score(R_sub, sub), len(sub), time.time() + (until - time.time()) * 0.6, reps,
+                    win, warm=False)
+    rec.update(gpu_ssim_mse_pairs_per_s=gpu["best_per_s"], gpu_all_pairs_per_s=gpu["all_per_s"],
+               gpu_windows=gpu["windows"], seconds_for_1e9_pairs=1e9 / gpu["best_per_s"])
+    if time.time() + 2 * max(win, 0.05) < until:
+        kr = scorer.kernel_rate(R_sub, sub, min_window=win, repeats=reps)
+        rec.update(kernel_only_pairs_per_s=kr["best_per_s"], kernel_only_all_per_s=kr["all_per_s"],
+                   kernel_only_pairs_per_launch=kr["pairs"],
+                   host_and_copies_share=max(0.0, 1.0 - gpu["best_per_s"] / kr["best_per_s"]))
+    else:
+        rec["kernel_only"] = "skipped: time budget"
+    return rec, scorer
+
+
 def sec_pair_kernels(ctx: Ctx) -> dict:
-    """CUDA SSIM+MSE and LBP against the CPU kernels; sizes cut to what a probe says fits the share."""
+    """CUDA SSIM+MSE (every kernel variant) and LBP against the CPU kernels; sizes cut to what probes say fits.
+
+    Per image size: each variant of :mod:`kernels.cuda_similarity` (``VARIANTS``, the default first) is timed
+    end to end (``score``) and kernel-only (``kernel_rate``), then the CPU kernels on a subset, then every
+    variant's values are compared with the CPU's on that subset.  The top-level figures of a size are the
+    default variant's (what ``imprint pairs`` uses); ``variants`` holds each one's, ``speedup_vs_<variant>``
+    the default's end-to-end ratio to the others measured in the same run.
+    """
     import numba
 
     import imprint.kernels as K
-    from imprint.kernels.cuda_similarity import DEFAULT_TILE, CudaPairScorer
+    from imprint.kernels.cuda_similarity import DEFAULT_TILE, DEFAULT_VARIANT, VARIANTS
     from imprint.kernels.cuda_texture import lbp_histograms_cuda
 
     if not ctx.simulated:
@@ -220,39 +262,45 @@ def sec_pair_kernels(ctx: Ctx) -> dict:
     tile = z["tile"] or DEFAULT_TILE
     reps, win = z["repeats"], z["min_window"]
     configs = z["pair_configs"]
+    variants = [DEFAULT_VARIANT] + [v for v in VARIANTS if v != DEFAULT_VARIANT]
     ctx.put("tile", tile)
+    ctx.put("default_variant", DEFAULT_VARIANT)
     ctx.put("cpu_threads", numba.get_num_threads())
     for i, (size, n_gen, n_real, k, n_cpu) in enumerate(configs):
         key = f"{size}"
         left = ctx.left()
-        # the remaining configs and LBP share what is left
+        # the remaining configs and LBP share what is left (LBP: half a config's share)
         until = time.time() + left / (len(configs) - i + 0.5)
-        if left < 4 * max(win, 0.1):
+        if left < 6 * max(win, 0.1):
             ctx.put(key, {"skipped": "time budget"})
             continue
-        G = phantoms(n_gen, size, 1)
-        R = phantoms(n_real, size, 2)
+        (G, R), t_data = _timed(lambda: (phantoms(n_gen, size, 1), phantoms(n_real, size, 2)))
         rng = np.random.default_rng(3)
         pairs = np.stack([np.repeat(np.arange(n_real), k), rng.integers(0, n_gen, n_real * k)], 1)
-        scorer, t_build = _timed(lambda: CudaPairScorer(G, tile=tile))
-        _, t_compile = _timed(lambda: scorer.score(R[:1], pairs[:1]))  # first call compiles the kernels
-        # probe: one call on a tenth of the pairs gives the rate; a timed call then lasts <= call_s
-        probe = pairs[: max(k, (len(pairs) // 10) // k * k)]
-        # pairs are grouped k per real image in order: a prefix of them needs a prefix of R
-        _, t_probe = _timed(lambda: scorer.score(R[: len(probe) // k], probe))
-        est = len(probe) / max(t_probe, 1e-9)
-        n_call = int(min(len(pairs), max(k, est * min(z["call_s"], (until - time.time()) / 8)))) // k * k
-        sub_gpu = pairs[: max(k, n_call)]
-        rec = {"pairs_per_call": int(len(sub_gpu)), "generated_resident": n_gen, "real_streamed": n_real,
-               "scorer_build_s": t_build, "first_call_s": t_compile, "probe_pairs_per_s": est,
-               "scaled_down": bool(len(sub_gpu) < len(pairs))}
+        rec = {"generated_resident": n_gen, "real_streamed": n_real, "k": k, "data_generation_s": t_data,
+               "variants": {}}
         ctx.put(key, rec)
-        half = time.time() + (until - time.time()) / 2
-        R_gpu = R[: len(sub_gpu) // k]
-        gpu = best_rate(lambda: scorer.score(R_gpu, sub_gpu), len(sub_gpu), half, reps, win, warm=False)
-        rec.update(gpu_ssim_mse_pairs_per_s=gpu["best_per_s"], gpu_windows=gpu["windows"],
-                   seconds_for_1e9_pairs=1e9 / gpu["best_per_s"])
-        ctx.put(key, rec)
+        scorers = {}
+        # each variant gets an equal part of 80% of the size's share; the CPU kernels and the comparison the rest
+        for j, v in enumerate(variants):
+            v_until = time.time() + 0.8 * (until - time.time()) / (len(variants) - j)
+            if v_until - time.time() < 3 * max(win, 0.05):
+                rec["variants"][v] = {"skipped": "time budget"}
+                continue
+            try:
+                rec["variants"][v], scorers[v] = _variant_rates(ctx, v, G, R, pairs, k, tile, v_until)
+            except Exception as exc:  # noqa: BLE001 - one variant failing must not hide the others' figures
+                rec["variants"][v] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+            ctx.put(key, rec)
+        if DEFAULT_VARIANT in scorers:
+            rec.update({f: rec["variants"][DEFAULT_VARIANT][f] for f in (
+                "pairs_per_call", "scorer_build_s", "first_call_s", "probe_pairs_per_s", "scaled_down",
+                "gpu_ssim_mse_pairs_per_s", "gpu_windows", "seconds_for_1e9_pairs")})
+            for v in scorers:
+                if v != DEFAULT_VARIANT:
+                    rec[f"speedup_vs_{v}"] = (rec["gpu_ssim_mse_pairs_per_s"]
+                                              / rec["variants"][v]["gpu_ssim_mse_pairs_per_s"])
+            ctx.put(key, rec)
         # the CPU kernels on the same pairs (fewer: they are slower), then the comparison
         sub = pairs[:n_cpu]
         _, t_cpu = _timed(lambda: (K.ssim_pairs(R, G, sub), K.mse_pairs(R, G, sub)))  # compiles / loads cache
@@ -261,15 +309,23 @@ def sec_pair_kernels(ctx: Ctx) -> dict:
         sub = sub[:n_c]
         cpu = best_rate(lambda: (K.ssim_pairs(R, G, sub), K.mse_pairs(R, G, sub)), len(sub), until, reps, win,
                         warm=False)
-        s_gpu, m_gpu = scorer.score(R, sub)
         s_cpu = K.ssim_pairs(R, G, sub)
         m_cpu = K.mse_pairs(R, G, sub)
-        rec.update(cpu_ssim_plus_mse_pairs_per_s=cpu["best_per_s"], cpu_pairs_compared=int(len(sub)),
-                   speedup=gpu["best_per_s"] / cpu["best_per_s"],
-                   max_abs_diff_ssim=float(np.abs(s_gpu - s_cpu).max()),
-                   max_rel_diff_mse=float((np.abs(m_gpu - m_cpu) / np.maximum(m_cpu, 1e-9)).max()))
+        rec.update(cpu_ssim_plus_mse_pairs_per_s=cpu["best_per_s"], cpu_pairs_compared=int(len(sub)))
+        worst_s = worst_m = 0.0
+        for v, sc in scorers.items():
+            s_gpu, m_gpu = sc.score(R, sub)
+            vr = rec["variants"][v]
+            vr.update(max_abs_diff_ssim=float(np.abs(s_gpu - s_cpu).max()),
+                      max_rel_diff_mse=float((np.abs(m_gpu - m_cpu) / np.maximum(m_cpu, 1e-9)).max()),
+                      speedup_vs_cpu=vr["gpu_ssim_mse_pairs_per_s"] / cpu["best_per_s"])
+            worst_s = max(worst_s, vr["max_abs_diff_ssim"])
+            worst_m = max(worst_m, vr["max_rel_diff_mse"])
+        rec.update(max_abs_diff_ssim=worst_s, max_rel_diff_mse=worst_m)  # the worst over the variants
+        if "gpu_ssim_mse_pairs_per_s" in rec:
+            rec["speedup"] = rec["gpu_ssim_mse_pairs_per_s"] / cpu["best_per_s"]
         ctx.put(key, rec)
-        del scorer
+        del scorers
     lsize = z["lbp_size"]
     key = f"lbp_{lsize}"
     if ctx.left() < 2 * max(win, 0.1):

@@ -62,6 +62,17 @@ def test_cuda_gpu_check_simulated_dry_run_covers_every_section(tmp_path, pixel_m
                     "pairs_per_call", "cpu_pairs_compared", "scorer_build_s", "first_call_s", "probe_pairs_per_s"):
             assert rec[key] > 0, (size, key)
         assert rec["max_abs_diff_ssim"] < 1e-5 and rec["max_rel_diff_mse"] < 1e-6
+        # every kernel variant timed in the same run (end to end and kernel-only), each compared with the CPU
+        from imprint.kernels.cuda_similarity import DEFAULT_VARIANT, VARIANTS
+
+        assert pk["default_variant"] == DEFAULT_VARIANT and set(rec["variants"]) == set(VARIANTS)
+        for v, vr in rec["variants"].items():
+            for key in ("gpu_ssim_mse_pairs_per_s", "kernel_only_pairs_per_s", "seconds_for_1e9_pairs",
+                        "speedup_vs_cpu", "first_call_s"):
+                assert vr[key] > 0, (size, v, key)
+            assert vr["max_abs_diff_ssim"] < 1e-5 and vr["max_rel_diff_mse"] < 1e-6, (size, v)
+        assert rec["gpu_ssim_mse_pairs_per_s"] == rec["variants"][DEFAULT_VARIANT]["gpu_ssim_mse_pairs_per_s"]
+        assert all(rec[f"speedup_vs_{v}"] > 0 for v in VARIANTS if v != DEFAULT_VARIANT)
     assert pk["lbp_8"]["bit_equal"] is True and pk["lbp_8"]["gpu_images_per_s"] > 0
     # FAISS: the exact search over the whole base, and the engine's knn with re-ranking
     kn = doc["sections"]["faiss_knn"]
@@ -151,8 +162,10 @@ def test_cuda_gpu_device_check_script_runs_the_check_and_keeps_a_log(tmp_path):
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-2000:])
     log = (out / "gpu_device_check.log").read_text()
     assert "numpy " in log and "faiss " in log and "== gpu_check exit status 0" in log
+    # a --budget among the arguments sets the check's budget and the script's outer limit (budget + 60 s)
+    assert "gpu_check budget 60 s, outer limit 120 s" in log
     doc = json.loads((out / "gpu_check.json").read_text())
-    assert doc["simulated"] is True and list(doc["sections"]) == ["faiss_knn"]
+    assert doc["simulated"] is True and list(doc["sections"]) == ["faiss_knn"] and doc["budget_s"] == 60
     assert doc["sections"]["faiss_knn"]["result"]["complete"] is True
 
 
