@@ -51,10 +51,8 @@ One pair kernel (:func:`_pair`, driven by :func:`_pairs_grouped`) serves
 ``ssim_pairs``, ``ssim_mse_pairs`` and ``ssim``: it also sums the squared
 differences of the pair while it forms the centred products, so
 :func:`ssim_mse_pairs` gives SSIM and MSE in one pass over the pixels
-(``imprint pairs``).  The grouped image's terms of the SSIM formula
-(``2 mu'``, ``2 mu``, ``mu^2 + C1``, ``var + C2``) are formed once per group
-in float64 (:func:`_side_terms`) instead of once per pair.  Results equal the
-earlier kernels' within 1e-15 (reassociation only; MSE identical).
+(``imprint pairs``).  (Forming the grouped image's formula terms once per
+group in float64 was tried: no gain with 2 threads, so not kept.)
 """
 
 from __future__ import annotations
@@ -246,40 +244,16 @@ def _stats_into(img, m, step, w, mu, var, ring1, ring2, t1, t2):
 
 
 @njit(fastmath=True, error_model="numpy", cache=True)
-def _side_terms(mua, vara, ma, qa, c1, c2, amx2, aux2, ad1, ad2):
-    """The grouped image's per-pixel terms of the SSIM formula, once per group (float64 [H-10, W-10] each).
-
-    From its stored stats (:func:`_stats_into`): ``amx2 <- 2 mu'`` (centred mean), ``aux2 <- 2 mu``,
-    ``ad1 <- mu**2 + c1``, ``ad2 <- var + c2``; :func:`_pair` then reads these instead of converting and
-    combining the int32 / float32 stats for every partner.
-    """
-    qa2 = qa * qa
-    for r in range(mua.shape[0]):
-        for j in range(mua.shape[1]):
-            mx = np.float64(mua[r, j]) * qa
-            ux = mx + ma
-            amx2[r, j] = 2.0 * mx
-            aux2[r, j] = 2.0 * ux
-            ad1[r, j] = ux * ux + c1
-            ad2[r, j] = np.float64(vara[r, j]) * qa2 + c2
-
-
-@njit(fastmath=True, error_model="numpy", cache=True)
-def _pair(x, y, ma, mb, qb, amx2, aux2, ad1, ad2, mub, varb, w, w2, c1, c2, ring, ta, tb):
+def _pair(x, y, ma, mb, qa, qb, mua, vara, mub, varb, w, c1, c2, ring, ta, tb):
     """Mean SSIM and the sum of squared differences ``sum((x - y)**2)`` of one pair, in one pass over the pixels.
 
-    x : the grouped image, with its formula terms ``amx2, aux2, ad1, ad2`` (:func:`_side_terms`) and centring
-    constant ``ma``; y : the partner, with its stored stats ``mub`` (int32 fixed point, step ``qb``), ``varb``
-    (float32) and centring constant ``mb``; w : the 11 Gaussian taps, ``w2 = 2 w`` (exact: a power-of-two
-    scaling, so the horizontal pass yields ``2 G*(x'y')`` with the same rounding as ``G*(x'y')``).
-
     Only the cross term ``G*((x-ma)(y-mb))`` is filtered: the centred products are exact (integers for uint8)
-    and both separable symmetric passes run in float64; ``cov = G*(x'y') - mu'_x mu'_y`` in float64, so there is
-    no cancellation problem even in flat bright regions.  The vertical pass makes two output rows per step from
-    a 12-row ring of products (12 row loads for 2 rows instead of 22); the horizontal pass is fused with the
-    SSIM formula.  The squared differences are summed while the products are formed (float64: exact for uint8,
-    integers below 2**53).  Explicit 2-D indexing, no array views per row (a view per row and tap cost about
-    as much as the arithmetic).
+    and both separable symmetric 11-tap passes run in float64 (vertical pass two output rows per step from a
+    12-row ring of centred products, 12 row loads for 2 rows instead of 22; horizontal pass fused with the SSIM
+    formula); ``cov = G*(x'y') - mu'_x mu'_y`` in float64, so there is no cancellation problem even in flat
+    bright regions.  One function with explicit 2-D indexing: no array views are made per row (a view per row
+    and per tap cost about as much as the arithmetic).  The squared differences are summed in the product pass
+    (float64: exact for uint8, integers below 2**53).
     ring : float64 [12, W]; ta, tb : float64 [W] scratch.  Returns ``(mean SSIM, SSE)``, float64.
     """
     H = x.shape[0]
@@ -288,16 +262,11 @@ def _pair(x, y, ma, mb, qb, amx2, aux2, ad1, ad2, mub, varb, w, w2, c1, c2, ring
     Wi = W - 10
     w0 = w[0]
     w1 = w[1]
-    w2_ = w[2]
+    w2 = w[2]
     w3 = w[3]
     w4 = w[4]
     w5 = w[5]
-    v0 = w2[0]
-    v1 = w2[1]
-    v2 = w2[2]
-    v3 = w2[3]
-    v4 = w2[4]
-    v5 = w2[5]
+    qa2 = qa * qa
     qb2 = qb * qb
     sse = 0.0
     acc = 0.0
@@ -342,18 +311,18 @@ def _pair(x, y, ma, mb, qb, amx2, aux2, ad1, ad2, mub, varb, w, w2, c1, c2, ring
                 q9 = ring[r9, j]
                 q10 = ring[r10, j]
                 ta[j] = (
-                    w5 * q5 + w4 * (q4 + q6) + w3 * (q3 + q7) + w2_ * (q2 + q8) + w1 * (q1 + q9)
+                    w5 * q5 + w4 * (q4 + q6) + w3 * (q3 + q7) + w2 * (q2 + q8) + w1 * (q1 + q9)
                     + w0 * (ring[r0, j] + q10)
                 )
                 tb[j] = (
-                    w5 * q6 + w4 * (q5 + q7) + w3 * (q4 + q8) + w2_ * (q3 + q9) + w1 * (q2 + q10)
+                    w5 * q6 + w4 * (q5 + q7) + w3 * (q4 + q8) + w2 * (q3 + q9) + w1 * (q2 + q10)
                     + w0 * (q1 + ring[r11, j])
                 )
         else:
             for j in range(W):
                 ta[j] = (
                     w5 * ring[r5, j] + w4 * (ring[r4, j] + ring[r6, j]) + w3 * (ring[r3, j] + ring[r7, j])
-                    + w2_ * (ring[r2, j] + ring[r8, j]) + w1 * (ring[r1, j] + ring[r9, j])
+                    + w2 * (ring[r2, j] + ring[r8, j]) + w1 * (ring[r1, j] + ring[r9, j])
                     + w0 * (ring[r0, j] + ring[r10, j])
                 )
         for o in range(2 if two else 1):
@@ -361,19 +330,21 @@ def _pair(x, y, ma, mb, qb, amx2, aux2, ad1, ad2, mub, varb, w, w2, c1, c2, ring
             r = i + o
             racc = 0.0
             for j in range(Wi):
-                cxy2 = (  # 2 G*(x'y')
-                    v5 * t[j + 5]
-                    + v4 * (t[j + 4] + t[j + 6])
-                    + v3 * (t[j + 3] + t[j + 7])
-                    + v2 * (t[j + 2] + t[j + 8])
-                    + v1 * (t[j + 1] + t[j + 9])
-                    + v0 * (t[j] + t[j + 10])
+                cxy = (
+                    w5 * t[j + 5]
+                    + w4 * (t[j + 4] + t[j + 6])
+                    + w3 * (t[j + 3] + t[j + 7])
+                    + w2 * (t[j + 2] + t[j + 8])
+                    + w1 * (t[j + 1] + t[j + 9])
+                    + w0 * (t[j] + t[j + 10])
                 )
+                mx = np.float64(mua[r, j]) * qa
                 my = np.float64(mub[r, j]) * qb
+                ux = mx + ma
                 uy = my + mb
-                # (2 ux uy + c1)(2 cov + c2) / ((ux^2 + uy^2 + c1)(vx + vy + c2))
-                num = (aux2[r, j] * uy + c1) * (cxy2 - amx2[r, j] * my + c2)
-                den = (ad1[r, j] + uy * uy) * (ad2[r, j] + np.float64(varb[r, j]) * qb2)
+                cov = cxy - mx * my
+                num = (2.0 * ux * uy + c1) * (2.0 * cov + c2)
+                den = (ux * ux + uy * uy + c1) * (np.float64(vara[r, j]) * qa2 + np.float64(varb[r, j]) * qb2 + c2)
                 racc += num / den
             acc += racc
         i += 2
@@ -402,22 +373,17 @@ def _stats_batch(X, idx, w, mu, var, m, q, nch):
 def _pairs_grouped(A, B, pa, pb, sb, gstart, cbound, mub, varb, mb, qb, w, c1, c2, out, sse):
     """SSIM and SSE of pairs sorted by A image (:func:`_pair`).
 
-    Pairs ``gstart[g]:gstart[g+1]`` share the A image ``A[pa[gstart[g]]]``, whose stats and formula terms are
-    computed once into chunk-local buffers (cache resident); B stats come precomputed (slot ``sb[p]``).
-    Chunks of groups ``cbound[c]:cbound[c+1]`` run in parallel.
+    Pairs ``gstart[g]:gstart[g+1]`` share the A image ``A[pa[gstart[g]]]``, whose stats are computed once into
+    chunk-local buffers (cache resident); B stats come precomputed (slot ``sb[p]``).  Chunks of groups
+    ``cbound[c]:cbound[c+1]`` run in parallel.
     out : float64[P] <- mean SSIM; sse : float64[P] <- ``sum((A - B)**2)`` (sorted order).
     """
     H = A.shape[1]
     W = A.shape[2]
     nch = cbound.shape[0] - 1
-    w2 = 2.0 * w
     for ch in prange(nch):
         mua = np.empty((H - 10, W - 10), np.int32)
         vara = np.empty((H - 10, W - 10), np.float32)
-        amx2 = np.empty((H - 10, W - 10), np.float64)
-        aux2 = np.empty((H - 10, W - 10), np.float64)
-        ad1 = np.empty((H - 10, W - 10), np.float64)
-        ad2 = np.empty((H - 10, W - 10), np.float64)
         ring1 = np.empty((11, W), np.float64)
         ring2 = np.empty((11, W), np.float64)
         t1 = np.empty(W, np.float64)
@@ -431,11 +397,9 @@ def _pairs_grouped(A, B, pa, pb, sb, gstart, cbound, mub, varb, mb, qb, w, c1, c
             x = A[pa[s]]
             ma, qa = _centre(x)
             _stats_into(x, ma, qa, w, mua, vara, ring1, ring2, t1, t2)
-            _side_terms(mua, vara, ma, qa, c1, c2, amx2, aux2, ad1, ad2)
             for p in range(s, e):
                 k = sb[p]
-                v, d = _pair(x, B[pb[p]], ma, mb[k], qb[k], amx2, aux2, ad1, ad2, mub[k], varb[k], w, w2, c1, c2,
-                             ring, ta, tb)
+                v, d = _pair(x, B[pb[p]], ma, mb[k], qa, qb[k], mua, vara, mub[k], varb[k], w, c1, c2, ring, ta, tb)
                 out[p] = v
                 sse[p] = d
 
