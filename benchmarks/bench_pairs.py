@@ -57,9 +57,16 @@ def main() -> None:
     ap.add_argument("--baseline", default=None, metavar="CHECKOUT",
                     help="also time CHECKOUT's code (another git worktree of imprint), alternating whole runs in "
                          "subprocesses, and report the ratio")
+    ap.add_argument("--block", default=None, metavar="NAME",
+                    help="name of the RESULTS.md block to write (default: pairs, or pairs-compare with --baseline)")
+    ap.add_argument("--from-json", default=None, metavar="FILE",
+                    help="with --baseline runs saved by an earlier comparison (DATA/compare-runs.json): only "
+                         "rebuild and write the table")
     ap.add_argument("--write-results", default=None, metavar="RESULTS.md",
                     help="replace this script's table block in RESULTS.md (benchmarks/RESULTS.md)")
     args = ap.parse_args()
+    if args.from_json:
+        return render_compare(json.loads(Path(args.from_json).read_text()), args)
     data = Path(args.data)
     t0 = time.perf_counter()
     make(data / "real", args.real, 1)
@@ -110,7 +117,7 @@ def main() -> None:
             {"stage": "**total**", "seconds": s["seconds"], "rate": f"**{n / s['seconds']:,.0f} pairs/s**"},
         ]
         cmd = "python benchmarks/bench_pairs.py " + " ".join(sys.argv[1:])
-        write_results_block(args.write_results, "pairs", (
+        write_results_block(args.write_results, args.block or "pairs", (
             f"### `imprint pairs` end to end: {n:,} pairs ({s['n_real']:,} real x {s['k']} nearest of "
             f"{s['n_generated']:,} generated)\n\n"
             f"Command: `{cmd}`. Synthetic CT-like 128x128 PNGs written once (10% of the generated set are noisy "
@@ -143,8 +150,28 @@ def _child(root: str, real: Path, gen: Path, k: int, out: Path, backbone: str) -
     return json.loads(line[0][7:])
 
 
+def outputs_equal(a: Path, b: Path) -> dict:
+    """How two `imprint pairs` outputs of the same data differ: the same (real, generated, rank) rows, the largest
+    SSIM / distance difference, whether the MSE values are identical."""
+    import pyarrow.parquet as pq
+
+    ta, tb = pq.read_table(a), pq.read_table(b)
+    same_rows = ta.num_rows == tb.num_rows and all(
+        np.array_equal(ta.column(c).to_numpy(), tb.column(c).to_numpy()) for c in ("real_id", "generated_id", "rank"))
+    if not same_rows:
+        return {"same_pairs": False, "rows": [ta.num_rows, tb.num_rows]}
+    col = lambda t, c: t.column(c).to_numpy().astype(np.float64)  # noqa: E731
+    return {"same_pairs": True, "rows": ta.num_rows,
+            "max_abs_ssim_diff": float(np.abs(col(ta, "ssim") - col(tb, "ssim")).max()),
+            "max_abs_distance_diff": float(np.abs(col(ta, "distance") - col(tb, "distance")).max()),
+            "mse_identical": bool(np.array_equal(col(ta, "mse"), col(tb, "mse")))}
+
+
 def compare(args, data: Path) -> None:
-    """Alternating whole runs of this checkout and ``args.baseline`` in subprocesses; best of each side."""
+    """Alternating whole runs of this checkout and ``args.baseline`` in subprocesses; best of each side.
+
+    Every run's figures go to ``DATA/compare-runs.json`` as they come (``--from-json`` rebuilds the table from
+    it), and the two sides' outputs of the last round are compared row by row (``outputs_equal``)."""
     import subprocess
 
     here = str(Path(__file__).resolve().parents[1])
@@ -160,13 +187,25 @@ def compare(args, data: Path) -> None:
     make(tiny / "gen", 60, 4)
     for name, root in sides.items():  # warm each side's Numba cache (compiled code is cached per checkout)
         _child(root, tiny / "real", tiny / "gen", min(args.k, 60), tiny / "pairs.parquet", args.backbone)
-    runs: dict = {name: [] for name in sides}
+    saved = {"command": "python benchmarks/bench_pairs.py " + " ".join(sys.argv[1:]), "commits": commits,
+             "real": args.real, "generated": args.generated, "k": args.k, "repeats": args.repeats,
+             "runs": {name: [] for name in sides}}
     for _ in range(max(1, args.repeats)):
         for name, root in sides.items():
             r = _child(root, data / "real", data / "gen", args.k, data / f"pairs-{name[0]}.parquet", args.backbone)
-            runs[name].append(r)
+            r["load_average"] = os.getloadavg()
+            saved["runs"][name].append(r)
             print(name, json.dumps({"seconds": round(r["seconds"], 2), "cpu_s": round(r["cpu_s"], 1),
                                     **{k_: round(v, 2) for k_, v in r["timings"].items()}}), flush=True)
+            (data / "compare-runs.json").write_text(json.dumps(saved, indent=1))
+    saved["outputs"] = outputs_equal(data / "pairs-t.parquet", data / "pairs-b.parquet")
+    (data / "compare-runs.json").write_text(json.dumps(saved, indent=1))
+    render_compare(saved, args)
+
+
+def render_compare(saved: dict, args) -> None:
+    """The before/after table of a comparison (``saved``: what :func:`compare` wrote to compare-runs.json)."""
+    runs, commits = saved["runs"], saved["commits"]
     best = {name: min(v, key=lambda r: r["seconds"]) for name, v in runs.items()}
     stages = list(best["this checkout"]["timings"])
     rows = []
@@ -176,23 +215,35 @@ def compare(args, data: Path) -> None:
         rows.append({"stage": {"seconds": "**total wall**", "cpu_s": "CPU s (user+system)"}.get(st, st),
                      "baseline s": b, "this checkout s": h, "baseline / this": b / h if h else float("nan")})
     n = best["this checkout"]["n_pairs"]
+    out = saved.get("outputs")
+    if out is None:
+        same = "Outputs not compared."
+    elif out["same_pairs"]:
+        same = (f"Outputs of the two sides: the same {out['rows']:,} (real, generated, rank) rows; max |SSIM "
+                f"difference| {out['max_abs_ssim_diff']:.1e}, max |distance difference| "
+                f"{out['max_abs_distance_diff']:.1e}, MSE identical: {out['mse_identical']}.")
+    else:
+        same = f"**Outputs differ: not the same pairs** ({out['rows']} rows)."
     from imprint.engine.bench import load_note, md_table
 
-    text = (f"### `imprint pairs` before/after, same run: {n:,} pairs ({args.real:,} real x {args.k} nearest of "
-            f"{args.generated:,} generated)\n\n"
-            f"Command: `python benchmarks/bench_pairs.py {' '.join(sys.argv[1:])}`. Whole runs in fresh "
-            f"subprocesses, alternating baseline ({commits['baseline']}) and this checkout "
-            f"({commits['this checkout']}), {args.repeats} each, same data; the fastest run of each side is shown "
-            f"(all totals: baseline {[round(r['seconds'], 1) for r in runs['baseline']]} s, this checkout "
-            f"{[round(r['seconds'], 1) for r in runs['this checkout']]} s). Peak RSS: baseline "
-            f"{best['baseline']['peak_rss_mb']:,.0f} MB, this checkout {best['this checkout']['peak_rss_mb']:,.0f} MB.\n"
-            + load_note() + "\n\n"
+    cmd = saved["command"] + (f"` (table written by `python benchmarks/bench_pairs.py {' '.join(sys.argv[1:])}`"
+                              if getattr(args, "from_json", None) else "")
+    text = (f"### `imprint pairs` before/after, same run: {n:,} pairs ({saved['real']:,} real x {saved['k']} nearest "
+            f"of {saved['generated']:,} generated)\n\n"
+            f"Command: `{cmd}`. Whole runs in fresh subprocesses, alternating baseline ({commits['baseline']}) and "
+            f"this checkout ({commits['this checkout']}), {saved['repeats']} each, same data; the fastest run of "
+            f"each side is shown (all totals: baseline {[round(r['seconds'], 1) for r in runs['baseline']]} s, "
+            f"this checkout {[round(r['seconds'], 1) for r in runs['this checkout']]} s; CPU s: baseline "
+            f"{[round(r['cpu_s'], 1) for r in runs['baseline']]}, this checkout "
+            f"{[round(r['cpu_s'], 1) for r in runs['this checkout']]}). Peak RSS: baseline "
+            f"{best['baseline']['peak_rss_mb']:,.0f} MB, this checkout {best['this checkout']['peak_rss_mb']:,.0f} MB. "
+            f"{same}\n" + load_note() + "\n\n"
             + md_table(rows, ["stage", "baseline s", "this checkout s", "baseline / this"]))
     print(text)
     if args.write_results:
         from imprint.engine.bench import write_results_block
 
-        write_results_block(args.write_results, "pairs-compare", text)
+        write_results_block(args.write_results, args.block or "pairs-compare", text)
 
 
 if __name__ == "__main__":

@@ -47,13 +47,12 @@ float32 inputs agree with skimage run on the same values in float64 to ~1e-9
 When the B stats do not fit ``max_cache_bytes``, the distinct B images are
 processed in blocks and the A stats are recomputed per block.
 
-The pair kernel (:func:`_pair4`) also sums the squared differences of the
-pair while it forms the centred products, so :func:`ssim_mse_pairs` gives
-SSIM and MSE in one pass over the pixels (``imprint pairs``); it is written
-without per-row array views (explicit 2-D indexing), which cost about as much
-as the arithmetic in the previous kernel (:func:`_pair_into`, kept as the
-``legacy`` reference of ``benchmarks/bench_kernels.py --rerank``).  Same
-arithmetic, same constants: results equal the previous kernel's within 1e-9.
+One pair kernel (:func:`_pair`, driven by :func:`_pairs_grouped`) serves
+``ssim_pairs``, ``ssim_mse_pairs`` and ``ssim``: it also sums the squared
+differences of the pair while it forms the centred products, so
+:func:`ssim_mse_pairs` gives SSIM and MSE in one pass over the pixels
+(``imprint pairs``).  (Forming the grouped image's formula terms once per
+group in float64 was tried: no gain with 2 threads, so not kept.)
 """
 
 from __future__ import annotations
@@ -245,209 +244,15 @@ def _stats_into(img, m, step, w, mu, var, ring1, ring2, t1, t2):
 
 
 @njit(fastmath=True, error_model="numpy", cache=True)
-def _hcomb(t, mxr, myr, vxr, vyr, ma, mb, qa, qb, w, c1, c2):
-    """Horizontal 11-tap pass over the vertically filtered cross term ``t``
-    (float64 [W]) fused with the SSIM formula; returns the row's SSIM sum."""
-    Wi = mxr.shape[0]
-    qa2 = qa * qa
-    qb2 = qb * qb
-    w0 = w[0]
-    w1 = w[1]
-    w2 = w[2]
-    w3 = w[3]
-    w4 = w[4]
-    w5 = w[5]
-    # shifted views: loops index with the non-negative loop variable only
-    t0 = t[0:Wi]
-    t1 = t[1 : Wi + 1]
-    t2 = t[2 : Wi + 2]
-    t3 = t[3 : Wi + 3]
-    t4 = t[4 : Wi + 4]
-    t5 = t[5 : Wi + 5]
-    t6 = t[6 : Wi + 6]
-    t7 = t[7 : Wi + 7]
-    t8 = t[8 : Wi + 8]
-    t9 = t[9 : Wi + 9]
-    t10 = t[10 : Wi + 10]
-    racc = 0.0
-    for j in range(Wi):
-        cxy = (
-            w5 * t5[j]
-            + w4 * (t4[j] + t6[j])
-            + w3 * (t3[j] + t7[j])
-            + w2 * (t2[j] + t8[j])
-            + w1 * (t1[j] + t9[j])
-            + w0 * (t0[j] + t10[j])
-        )
-        mx = np.float64(mxr[j]) * qa
-        my = np.float64(myr[j]) * qb
-        ux = mx + ma
-        uy = my + mb
-        cov = cxy - mx * my
-        num = (2.0 * ux * uy + c1) * (2.0 * cov + c2)
-        den = (ux * ux + uy * uy + c1) * (np.float64(vxr[j]) * qa2 + np.float64(vyr[j]) * qb2 + c2)
-        racc += num / den
-    return racc
+def _pair(x, y, ma, mb, qa, qb, mua, vara, mub, varb, w, c1, c2, ring, ta, tb):
+    """Mean SSIM and the sum of squared differences ``sum((x - y)**2)`` of one pair, in one pass over the pixels.
 
-
-@njit(fastmath=True, error_model="numpy", cache=True)
-def _pair_into(x, y, ma, mb, qa, qb, mua, vara, mub, varb, w, c1, c2, ring, t):
-    """Mean SSIM of one pair given both images' stats (see :func:`_stats_into`).
-
-    Only the cross term ``G*((x-ma)(y-mb))`` is filtered (float64; the centred
-    products are exact); ``cov = G*(x'y') - mu'_x mu'_y`` in float64.  The
-    vertical pass produces two output rows per step from a 12-row ring of
-    products (12 row loads for 2 rows instead of 22).
-    ring : float64 [12, W], t : float64 [2, W] scratch.  Returns float64.
-    """
-    H = x.shape[0]
-    W = x.shape[1]
-    Hi = H - 10
-    w0 = w[0]
-    w1 = w[1]
-    w2 = w[2]
-    w3 = w[3]
-    w4 = w[4]
-    w5 = w[5]
-    ta = t[0]
-    tb = t[1]
-    for r in range(10):
-        xr = x[r]
-        yr = y[r]
-        g = ring[r]
-        for j in range(W):
-            g[j] = (np.float64(xr[j]) - ma) * (np.float64(yr[j]) - mb)
-    acc = 0.0
-    i = 0
-    while i + 1 < Hi:
-        # add product rows i+10, i+11
-        for rn in range(i + 10, i + 12):
-            xr = x[rn]
-            yr = y[rn]
-            g = ring[rn % 12]
-            for j in range(W):
-                g[j] = (np.float64(xr[j]) - ma) * (np.float64(yr[j]) - mb)
-        p0 = ring[i % 12]
-        p1 = ring[(i + 1) % 12]
-        p2 = ring[(i + 2) % 12]
-        p3 = ring[(i + 3) % 12]
-        p4 = ring[(i + 4) % 12]
-        p5 = ring[(i + 5) % 12]
-        p6 = ring[(i + 6) % 12]
-        p7 = ring[(i + 7) % 12]
-        p8 = ring[(i + 8) % 12]
-        p9 = ring[(i + 9) % 12]
-        p10 = ring[(i + 10) % 12]
-        p11 = ring[(i + 11) % 12]
-        for j in range(W):
-            q1 = p1[j]
-            q2 = p2[j]
-            q3 = p3[j]
-            q4 = p4[j]
-            q5 = p5[j]
-            q6 = p6[j]
-            q7 = p7[j]
-            q8 = p8[j]
-            q9 = p9[j]
-            q10 = p10[j]
-            ta[j] = (
-                w5 * q5 + w4 * (q4 + q6) + w3 * (q3 + q7) + w2 * (q2 + q8) + w1 * (q1 + q9) + w0 * (p0[j] + q10)
-            )
-            tb[j] = (
-                w5 * q6 + w4 * (q5 + q7) + w3 * (q4 + q8) + w2 * (q3 + q9) + w1 * (q2 + q10) + w0 * (q1 + p11[j])
-            )
-        acc += _hcomb(ta, mua[i], mub[i], vara[i], varb[i], ma, mb, qa, qb, w, c1, c2)
-        acc += _hcomb(tb, mua[i + 1], mub[i + 1], vara[i + 1], varb[i + 1], ma, mb, qa, qb, w, c1, c2)
-        i += 2
-    if i < Hi:  # last output row when Hi is odd
-        rn = i + 10
-        xr = x[rn]
-        yr = y[rn]
-        g = ring[rn % 12]
-        for j in range(W):
-            g[j] = (np.float64(xr[j]) - ma) * (np.float64(yr[j]) - mb)
-        p0 = ring[i % 12]
-        p1 = ring[(i + 1) % 12]
-        p2 = ring[(i + 2) % 12]
-        p3 = ring[(i + 3) % 12]
-        p4 = ring[(i + 4) % 12]
-        p5 = ring[(i + 5) % 12]
-        p6 = ring[(i + 6) % 12]
-        p7 = ring[(i + 7) % 12]
-        p8 = ring[(i + 8) % 12]
-        p9 = ring[(i + 9) % 12]
-        p10 = ring[(i + 10) % 12]
-        for j in range(W):
-            ta[j] = (
-                w5 * p5[j]
-                + w4 * (p4[j] + p6[j])
-                + w3 * (p3[j] + p7[j])
-                + w2 * (p2[j] + p8[j])
-                + w1 * (p1[j] + p9[j])
-                + w0 * (p0[j] + p10[j])
-            )
-        acc += _hcomb(ta, mua[i], mub[i], vara[i], varb[i], ma, mb, qa, qb, w, c1, c2)
-    return acc / (Hi * (W - 10))
-
-
-@njit(parallel=True, cache=True)
-def _stats_batch(X, idx, w, mu, var, m, q, nch):
-    """Stats of images ``X[idx[k]]`` into ``mu[k]``, ``var[k]``, ``m[k]``, ``q[k]`` (``nch`` parallel chunks)."""
-    K = idx.shape[0]
-    W = X.shape[2]
-    for ch in prange(nch):
-        ring1 = np.empty((11, W), np.float64)
-        ring2 = np.empty((11, W), np.float64)
-        t1 = np.empty(W, np.float64)
-        t2 = np.empty(W, np.float64)
-        for k in range(ch * K // nch, (ch + 1) * K // nch):
-            img = X[idx[k]]
-            mk, qk = _centre(img)
-            m[k] = mk
-            q[k] = qk
-            _stats_into(img, mk, qk, w, mu[k], var[k], ring1, ring2, t1, t2)
-
-
-@njit(parallel=True, cache=True)
-def _pairs_grouped(A, B, pa, pb, sb, gstart, cbound, mub, varb, mb, qb, w, c1, c2, out):
-    """SSIM of pairs sorted by A image.
-
-    Pairs ``gstart[g]:gstart[g+1]`` share the A image ``A[pa[gstart[g]]]``,
-    whose stats are computed once into chunk-local buffers (cache resident);
-    B stats come precomputed (slot ``sb[p]``).  Chunks of groups
-    ``cbound[c]:cbound[c+1]`` run in parallel.  out : float64[P] (sorted order).
-    """
-    H = A.shape[1]
-    W = A.shape[2]
-    nch = cbound.shape[0] - 1
-    for ch in prange(nch):
-        mua = np.empty((H - 10, W - 10), np.int32)
-        vara = np.empty((H - 10, W - 10), np.float32)
-        ring1 = np.empty((11, W), np.float64)
-        ring2 = np.empty((11, W), np.float64)
-        t1 = np.empty(W, np.float64)
-        t2 = np.empty(W, np.float64)
-        ring = np.empty((12, W), np.float64)
-        tt = np.empty((2, W), np.float64)
-        for g in range(cbound[ch], cbound[ch + 1]):
-            s = gstart[g]
-            e = gstart[g + 1]
-            x = A[pa[s]]
-            ma, qa = _centre(x)
-            _stats_into(x, ma, qa, w, mua, vara, ring1, ring2, t1, t2)
-            for p in range(s, e):
-                k = sb[p]
-                out[p] = _pair_into(x, B[pb[p]], ma, mb[k], qa, qb[k], mua, vara, mub[k], varb[k], w, c1, c2, ring, tt)
-
-
-@njit(fastmath=True, error_model="numpy", cache=True)
-def _pair4(x, y, ma, mb, qa, qb, mua, vara, mub, varb, w, c1, c2, ring, ta, tb):
-    """Mean SSIM and the sum of squared differences ``sum((x - y)**2)`` of one pair.
-
-    The same arithmetic as :func:`_pair_into` (cross term ``G*((x-ma)(y-mb))`` in float64, vertical pass two
-    output rows per step from a 12-row ring of centred products, horizontal pass fused with the SSIM formula),
-    written as one function with explicit 2-D indexing: no array views are made per row (a view per row and
-    per tap cost about as much as the arithmetic).  The squared differences are summed in the product pass
+    Only the cross term ``G*((x-ma)(y-mb))`` is filtered: the centred products are exact (integers for uint8)
+    and both separable symmetric 11-tap passes run in float64 (vertical pass two output rows per step from a
+    12-row ring of centred products, 12 row loads for 2 rows instead of 22; horizontal pass fused with the SSIM
+    formula); ``cov = G*(x'y') - mu'_x mu'_y`` in float64, so there is no cancellation problem even in flat
+    bright regions.  One function with explicit 2-D indexing: no array views are made per row (a view per row
+    and per tap cost about as much as the arithmetic).  The squared differences are summed in the product pass
     (float64: exact for uint8, integers below 2**53).
     ring : float64 [12, W]; ta, tb : float64 [W] scratch.  Returns ``(mean SSIM, SSE)``, float64.
     """
@@ -547,9 +352,30 @@ def _pair4(x, y, ma, mb, qa, qb, mua, vara, mub, varb, w, c1, c2, ring, ta, tb):
 
 
 @njit(parallel=True, cache=True)
-def _pairs_grouped4(A, B, pa, pb, sb, gstart, cbound, mub, varb, mb, qb, w, c1, c2, out, sse):
-    """:func:`_pairs_grouped` with :func:`_pair4` (SSIM and SSE of each pair in one pass).
+def _stats_batch(X, idx, w, mu, var, m, q, nch):
+    """Stats of images ``X[idx[k]]`` into ``mu[k]``, ``var[k]``, ``m[k]``, ``q[k]`` (``nch`` parallel chunks)."""
+    K = idx.shape[0]
+    W = X.shape[2]
+    for ch in prange(nch):
+        ring1 = np.empty((11, W), np.float64)
+        ring2 = np.empty((11, W), np.float64)
+        t1 = np.empty(W, np.float64)
+        t2 = np.empty(W, np.float64)
+        for k in range(ch * K // nch, (ch + 1) * K // nch):
+            img = X[idx[k]]
+            mk, qk = _centre(img)
+            m[k] = mk
+            q[k] = qk
+            _stats_into(img, mk, qk, w, mu[k], var[k], ring1, ring2, t1, t2)
 
+
+@njit(parallel=True, cache=True)
+def _pairs_grouped(A, B, pa, pb, sb, gstart, cbound, mub, varb, mb, qb, w, c1, c2, out, sse):
+    """SSIM and SSE of pairs sorted by A image (:func:`_pair`).
+
+    Pairs ``gstart[g]:gstart[g+1]`` share the A image ``A[pa[gstart[g]]]``, whose stats are computed once into
+    chunk-local buffers (cache resident); B stats come precomputed (slot ``sb[p]``).  Chunks of groups
+    ``cbound[c]:cbound[c+1]`` run in parallel.
     out : float64[P] <- mean SSIM; sse : float64[P] <- ``sum((A - B)**2)`` (sorted order).
     """
     H = A.shape[1]
@@ -573,7 +399,7 @@ def _pairs_grouped4(A, B, pa, pb, sb, gstart, cbound, mub, varb, mb, qb, w, c1, 
             _stats_into(x, ma, qa, w, mua, vara, ring1, ring2, t1, t2)
             for p in range(s, e):
                 k = sb[p]
-                v, d = _pair4(x, B[pb[p]], ma, mb[k], qa, qb[k], mua, vara, mub[k], varb[k], w, c1, c2, ring, ta, tb)
+                v, d = _pair(x, B[pb[p]], ma, mb[k], qa, qb[k], mua, vara, mub[k], varb[k], w, c1, c2, ring, ta, tb)
                 out[p] = v
                 sse[p] = d
 
@@ -583,11 +409,11 @@ def _stats_bytes(h: int, w: int) -> int:
     return 8 * (h - 10) * (w - 10) + 16
 
 
-def _ssim_pairs_f64(A, B, pairs, data_range, max_cache_bytes, with_sse=False, legacy=False):
+def _ssim_pairs_f64(A, B, pairs, data_range, max_cache_bytes, with_sse=False):
     """Validated core: returns float64[P] (SSIM), or ``(SSIM, SSE)`` float64[P] each with ``with_sse``.
 
-    ``legacy`` runs the previous pair kernel (:func:`_pairs_grouped`, SSIM only: ``benchmarks/bench_kernels.py``
-    compares against it in the same run); otherwise :func:`_pairs_grouped4` gives SSIM and SSE in one pass."""
+    One kernel (:func:`_pairs_grouped`) gives both in one pass; the SSE costs a subtraction and a multiply-add
+    per pixel, so ``ssim_pairs`` uses the same kernel and drops it."""
     n_pairs = pairs.shape[0]
     out = np.empty(n_pairs, np.float64)
     sse_out = np.empty(n_pairs, np.float64)
@@ -629,12 +455,9 @@ def _ssim_pairs_f64(A, B, pairs, data_range, max_cache_bytes, with_sse=False, le
         cbound = np.concatenate(([0], np.searchsorted(gstart[1:-1], targets, side="right"), [n_groups]))
         cbound = np.unique(cbound).astype(np.int64)
         res = np.empty(pa.size, np.float64)
-        if legacy:
-            _pairs_grouped(A, B, pa, pb, sb, gstart, cbound, mub, varb, mb, qb, w, c1, c2, res)
-        else:
-            sse = np.empty(pa.size, np.float64)
-            _pairs_grouped4(A, B, pa, pb, sb, gstart, cbound, mub, varb, mb, qb, w, c1, c2, res, sse)
-            sse_out[order] = sse
+        sse = np.empty(pa.size, np.float64)
+        _pairs_grouped(A, B, pa, pb, sb, gstart, cbound, mub, varb, mb, qb, w, c1, c2, res, sse)
+        sse_out[order] = sse
         out[order] = res
     return (out, sse_out) if with_sse else out
 

@@ -215,8 +215,8 @@ def test_ssim_errors():
 
 @pytest.mark.parametrize("odd", [False, True])
 def test_ssim_mse_pairs_one_pass_equals_references(odd):
-    """The fused pass (SSIM and MSE of each pair) equals skimage's SSIM and MSE, the separate kernels and the
-    previous pair kernel, on a kNN-like shortlist (repeated images, both grouping directions, stats blocks,
+    """The fused pass (SSIM and MSE of each pair) equals skimage's SSIM and MSE (float64 values to 2e-8) and the
+    separate kernels, on a kNN-like shortlist (repeated images, both grouping directions, stats blocks,
     an odd number of output rows)."""
     from imprint.kernels.similarity import _ssim_pairs_f64
 
@@ -238,8 +238,11 @@ def test_ssim_mse_pairs_one_pass_equals_references(odd):
     np.testing.assert_array_equal(m, mse_pairs(A, B, pairs))  # uint8: exact on both paths
     np.testing.assert_allclose(m, ref_m, rtol=1e-6)
     np.testing.assert_array_equal(s, ssim_pairs(A, B, pairs))
-    old = _ssim_pairs_f64(A, B, pairs, 255.0, 2**30, legacy=True)
-    np.testing.assert_allclose(s, old, atol=1e-9)
+    # the kernel's float64 values (before the float32 output) equal skimage's float64 computation to 2e-8
+    s64, sse64 = _ssim_pairs_f64(A, B, pairs, 255.0, 2**30, with_sse=True)
+    np.testing.assert_allclose(s64, ref_s, rtol=0, atol=2e-8)
+    exact_sse = [int(((A[i].astype(np.int64) - B[j]) ** 2).sum()) for i, j in pairs]
+    np.testing.assert_array_equal(sse64, exact_sse)  # integers summed exactly
     # roles swapped (grouping by the other side) and tiny stats blocks give the same values
     s2, m2 = ssim_mse_pairs(B, A, pairs[:, ::-1], max_cache_bytes=1)
     np.testing.assert_allclose(s2, s, atol=1e-7)
