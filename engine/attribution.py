@@ -63,6 +63,10 @@ ONE_MODEL_SEPARATION = 0.90
 #: a pair of clusters that fails the one-model test (:func:`_pair_separation`); "silhouette" is the rule before it
 #: (best mean silhouette of the consensus partition on 1 - co-association), kept for the benchmarks' before/after.
 K_RULE = "pairs"
+#: The k rules: "pairs" (issue 19, second round): the scan runs k = 2, 3, ... and k = 2 (the one-model test) failing
+#: does not stop it, only a failure at k >= 3 does; k = 1 when no k passes.  "pairs-gated" (the first round): the
+#: one-model test alone answers k = 1.  "silhouette": the rule before issue 19.
+K_RULES = ("pairs", "pairs-gated", "silhouette")
 #: With dev sets and the processing invariance, double the dev features with copies moved by the feature change of
 #: random processed pairs of the images (see ``_attribute``), so dev weights do not favour what processing changes.
 #: Measured (in-sample): without it the release mix with --dev gets k auto = 6 (ARI 0.776, model_1 split by resize
@@ -813,8 +817,8 @@ def _attribute(images, k, *, dev_sets, random_state, progress, groups, backbones
             say("testing one model against several")
             sep_view = views.get("all/pca90", views["all/pca-white"])
             sep, sep_all = _separation_test(sep_view[sub], seed)
-            if np.isfinite(sep) and sep < ONE_MODEL_SEPARATION:
-                k = 1
+            if np.isfinite(sep) and sep < ONE_MODEL_SEPARATION and K_RULE != "pairs":
+                k = 1  # "pairs-gated" / "silhouette": the two-way test alone decides k = 1
         if k is None:
             say("estimating k")
             hi = int(min(k_max, len(sub) - 1, n - 1))
@@ -822,7 +826,7 @@ def _attribute(images, k, *, dev_sets, random_state, progress, groups, backbones
             rule = K_RULE
             # the pair test runs on the features before the dev weighting (Z0): the dev models' weights were learnt on
             # unprocessed images and can favour what processing changes, so a processing split could pass it there
-            pair_view = _pca90(Z0[sub], masks, seed) if rule == "pairs" else None
+            pair_view = _pca90(Z0[sub], masks, seed) if rule in ("pairs", "pairs-gated") else None
             for kk in range(2, hi + 1):
                 c = _candidates(views, kk, seed)
                 runs[kk] = (c, _consensus(c, kk, sub))
@@ -833,6 +837,9 @@ def _attribute(images, k, *, dev_sets, random_state, progress, groups, backbones
                     # k = 2 was already decided by the one-model test, in the (dev-weighted) space the clusters are
                     # formed in; with four models a best two-way split is often not bimodal in the unweighted space
                     pair_min[kk], pair_all[kk] = float(sep), {"0-1": float(sep)}
+                    # "pairs" (issue 19): a failed two-way test does not end the search.  Three or more models often
+                    # have no bimodal best two-way split (two models on one side blur it), yet their k = 3 / 4
+                    # partitions pass every pair test; one model's k = 3 partition fails it (see _pair_separation)
                 elif pair_view is not None:
                     pair_min[kk], pair_all[kk] = _pair_separation(pair_view, runs[kk][1][0][sub], seed)
                     if not (np.isfinite(pair_min[kk]) and pair_min[kk] >= ONE_MODEL_SEPARATION):
@@ -893,7 +900,8 @@ def _attribute(images, k, *, dev_sets, random_state, progress, groups, backbones
         "criterion": ("k=1 when the one-model test holds; otherwise k = 2, 3, ... is scanned and the largest k "
                       "before the first consensus partition with a pair of clusters (or a cluster under 10 images) that "
                       "fails the same held-out separation test (threshold above, on the features before dev weighting) "
-                      "is kept; k = 2 is the one-model test's decision" if K_RULE == "pairs" else
+                      "is kept; k = 2 is the one-model test's decision" + (", and its failing does not stop the scan (k = 1 when "
+                      "no k passes)" if K_RULE == "pairs" else "") if K_RULE in ("pairs", "pairs-gated") else
                       "k=1 when the one-model test holds; otherwise the mean of the plain and the "
                       "cluster-balanced silhouette (mean over clusters of the mean per-image silhouette) of the "
                       "consensus partition on co-association distance 1-C; smallest k within 0.001 of the best"),
