@@ -245,6 +245,7 @@ def main(argv=None):
             # "before": main's k rule (silhouette scan) and dev weights without processing copies, same run and cache
             A.K_RULE, A.DEV_PROCESSING_AUGMENT = ((a.before_rule, a.before_rule != "silhouette") if tag == "before"
                                                   else ("pairs", True))
+            A.PAIR_TEST = "best-split" if tag == "before" else "labels"
             for dev in (None, dev3):
                 for k in ((4,) if a.no_auto or not inv else (4, None)):
                     if tag == "after" and k == 4 and a.before_rule != "silhouette":
@@ -253,7 +254,7 @@ def main(argv=None):
                     r = A.attribute(P, k, dev_sets=dev, random_state=0, cache_dir=cache, processing_invariant=inv)
                     res[(k, dev is not None)] = (r.k, ari(y, r.labels))
                     runs += 1
-            A.K_RULE, A.DEV_PROCESSING_AUGMENT = "pairs", True
+            A.K_RULE, A.DEV_PROCESSING_AUGMENT, A.PAIR_TEST = "pairs", True, "labels"
             dt = (time.perf_counter() - t) / max(runs, 1)
 
             def auto(key):

@@ -427,8 +427,48 @@ def _pca90(Z, masks, seed):
     return _build_views(Z[:, own], {}, seed).get("all/pca90", _pca(Z[:, own], 10, True, seed))
 
 
+def _labelled_separation(V, y, seed, repeats=5):
+    """Held-out separation of the two given groups ``y`` (0/1) [n] of ``V`` [n, d].
+
+    Like :func:`_separation_test`, but the direction is the shrinkage-LDA direction between the *given* groups on one
+    random half, and the other half is scored by the share of its projection's variance between its given groups
+    (held-out 1-D R^2 of the labels).  Two clusters that are two models score like the best split does; two
+    clusters that each mix the same models, or two halves of one model, score low even when their union is bimodal.
+    Returns the median over ``repeats`` x 2 half splits.
+    """
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+    n = V.shape[0]
+    rng = np.random.default_rng(seed)
+    vals = []
+    for r in range(repeats):
+        perm = rng.permutation(n)
+        a, b = perm[: n // 2], perm[n // 2:]
+        for tr, te in ((a, b), (b, a)):
+            if np.bincount(y[tr], minlength=2).min() < 2 or np.bincount(y[te], minlength=2).min() < 1:
+                vals.append(0.0)
+                continue
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    p = LinearDiscriminantAnalysis(solver="eigen", shrinkage="auto").fit(V[tr], y[tr]).transform(V[te])[:, 0]
+            except (ValueError, np.linalg.LinAlgError):
+                vals.append(0.0)
+                continue
+            tot = float(((p - p.mean()) ** 2).sum())
+            within = sum(float(((p[y[te] == c] - p[y[te] == c].mean()) ** 2).sum()) for c in (0, 1) if (y[te] == c).any())
+            vals.append(float(np.clip(1.0 - within / tot, 0.0, 1.0)) if tot > 1e-12 else 0.0)
+    return float(np.median(vals))
+
+
+#: Pair test of the k scan: "labels" (issue 19, second round: :func:`_labelled_separation`, the given clusters must be
+#: the two groups) or "best-split" (the first round: :func:`_separation_test` on the pair's union, which passes two
+#: clusters that each mix the same two models, because their union is bimodal).
+PAIR_TEST = "labels"
+
+
 def _pair_separation(V, labels, seed, min_size=10):
-    """Held-out separation (:func:`_separation_test`) of every pair of clusters of ``labels`` in ``V``.
+    """Held-out separation of every pair of clusters of ``labels`` in ``V`` (:data:`PAIR_TEST`).
 
     Returns the smallest pair score (NaN when no pair has ``min_size`` images on both sides) and the scores
     ``{"a-b": float}``.
@@ -442,7 +482,10 @@ def _pair_separation(V, labels, seed, min_size=10):
                 out[f"{a}-{b}"] = float("nan")
                 continue
             sel = np.concatenate([ia, ib])
-            out[f"{a}-{b}"] = _separation_test(V[sel], seed)[0]
+            if PAIR_TEST == "labels":
+                out[f"{a}-{b}"] = _labelled_separation(V[sel], np.repeat([0, 1], [ia.size, ib.size]), seed)
+            else:
+                out[f"{a}-{b}"] = _separation_test(V[sel], seed)[0]
     vals = [v for v in out.values() if np.isfinite(v)]
     return (min(vals) if vals else float("nan")), out
 
