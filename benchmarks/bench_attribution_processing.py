@@ -4,6 +4,7 @@ Usage::
 
     nice .venv/bin/python benchmarks/bench_attribution_processing.py [--dev /work/shared/corpus/dev]
         [--quick] [--no-auto] [--baseline] [--timing] [--before] [--alt] [--content-timing]
+        [--before-rule pairs-gated|silhouette] [--pair-test best-split|labels] [--resampling]
 
 Sets (made from the dev corpus; the attribution folders hold model_1..3, and the membership set gen_e is a
 fourth model of a family absent from the attribution folders; gen_a and gen_b are the same models as
@@ -25,9 +26,11 @@ Each condition processes every image the same way (or a seeded mix), then runs
   (bilinear/bicubic/lanczos), both.  ``--alt`` clusters other samples of the same models (gen_a[200:400],
   gen_b[200:400], model_3[100:], gen_e[200:400]) with another mix seed.
 
-``--before`` runs every condition twice in the same run and feature cache: ``before`` (main's k-auto rule, the
-silhouette scan, and dev weights without processing copies: ``A.K_RULE = "silhouette"``,
-``A.DEV_PROCESSING_AUGMENT = False``) and ``after`` (this code).  ``--content-timing`` times the feature extraction
+``--before`` runs every condition twice in the same run and feature cache: ``before`` and ``after`` (this code).
+``before`` is ``--before-rule``: ``pairs-gated`` (default; main before issue 19's second round: the two-way one-model
+test alone answers k = 1, pair test "best-split") or ``silhouette`` (the rule before issue 19, dev weights without
+processing copies).  ``--pair-test`` picks the after's pair test (engine.attribution.PAIR_TEST).  ``--resampling``
+scores the resampling detection (band-limit z alone vs with the p-map periodicity test) on 6 groups of 100 images.  ``--content-timing`` times the feature extraction
 with and without the content groups.
 
 ``--baseline`` adds k = 4 runs with ``processing_invariant=False`` (the method before issue 19) for the
@@ -176,6 +179,8 @@ def main(argv=None):
     ap.add_argument("--before-rule", default="pairs-gated", choices=("pairs-gated", "silhouette"),
                     help="the 'before' of --before: 'pairs-gated' (main before the second issue-19 round: the one-model "
                     "test alone answers k = 1) or 'silhouette' (the rule before issue 19, dev weights without copies)")
+    ap.add_argument("--pair-test", default="best-split", choices=("best-split", "labels"),
+                    help="the 'after' pair test of the k scan (engine.attribution.PAIR_TEST)")
     ap.add_argument("--only", default=None, help="comma-separated condition names")
     ap.add_argument("--alt", action="store_true", help="other samples: gen_a[200:400], gen_b[200:400], "
                     "model_3[100:], gen_e[200:400]; conditions release mix (seed 5) and harsh mix")
@@ -245,7 +250,7 @@ def main(argv=None):
             # "before": main's k rule (silhouette scan) and dev weights without processing copies, same run and cache
             A.K_RULE, A.DEV_PROCESSING_AUGMENT = ((a.before_rule, a.before_rule != "silhouette") if tag == "before"
                                                   else ("pairs", True))
-            A.PAIR_TEST = "best-split" if tag == "before" else "labels"
+            A.PAIR_TEST = "best-split" if tag == "before" else a.pair_test
             for dev in (None, dev3):
                 for k in ((4,) if a.no_auto or not inv else (4, None)):
                     if tag == "after" and k == 4 and a.before_rule != "silhouette":
@@ -254,7 +259,7 @@ def main(argv=None):
                     r = A.attribute(P, k, dev_sets=dev, random_state=0, cache_dir=cache, processing_invariant=inv)
                     res[(k, dev is not None)] = (r.k, ari(y, r.labels))
                     runs += 1
-            A.K_RULE, A.DEV_PROCESSING_AUGMENT, A.PAIR_TEST = "pairs", True, "labels"
+            A.K_RULE, A.DEV_PROCESSING_AUGMENT, A.PAIR_TEST = "pairs", True, "best-split"
             dt = (time.perf_counter() - t) / max(runs, 1)
 
             def auto(key):

@@ -27,6 +27,12 @@ Detection
       resized the same way has nothing to compare with and shows none.
       Attribution does not rely on detection: it discounts processing whether or not it was detected
       (:class:`engine.features.NuisanceProjection`).
+    * :func:`resampling_periodicity` (issue 19, second round), also used by :func:`detect_resampling`: the periodic
+      interpolation traces an up-sampling leaves (Popescu & Farid 2005; Kirchner 2008's fixed linear predictor and
+      p-map), as a peak of the p-map's row/column-mean spectrum above its group's median spectrum.  A generator's own
+      periodic traces are shared by its images and cancel.  It finds moderate factors (0.6-0.9) with bilinear or
+      bicubic filters, which the band-limit z misses; factor 0.5 (a half-pixel symmetric pattern) stays with the
+      band-limit z.
 """
 
 from __future__ import annotations
