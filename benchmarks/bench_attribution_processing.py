@@ -179,7 +179,7 @@ def main(argv=None):
     ap.add_argument("--before-rule", default="pairs-gated", choices=("pairs-gated", "silhouette"),
                     help="the 'before' of --before: 'pairs-gated' (main before the second issue-19 round: the one-model "
                     "test alone answers k = 1) or 'silhouette' (the rule before issue 19, dev weights without copies)")
-    ap.add_argument("--pair-test", default="best-split", choices=("best-split", "labels"),
+    ap.add_argument("--pair-test", default="best-split", choices=("best-split", "labels", "labels-proc"),
                     help="the 'after' pair test of the k scan (engine.attribution.PAIR_TEST)")
     ap.add_argument("--only", default=None, help="comma-separated condition names")
     ap.add_argument("--alt", action="store_true", help="other samples: gen_a[200:400], gen_b[200:400], "

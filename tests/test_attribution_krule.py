@@ -94,3 +94,24 @@ def test_false_split_rate_for_one_population(shape):
             pmin = A._pair_separation(V, lab, rep)[0]
             splits += int(sep >= A.ONE_MODEL_SEPARATION or pmin >= A.ONE_MODEL_SEPARATION)
     assert splits == 0
+
+
+def test_processing_aware_pair_test_fails_a_processing_split_and_passes_a_model_pair():
+    """Planted: one model whose processed half is moved along the processing direction u (a 'processing split'), and
+    two models that differ along a direction v that processing does not move.  With the processed pairs' scatter
+    counted as within-group noise (PAIR_TEST 'labels-proc'), the first fails and the second passes."""
+    rng = np.random.default_rng(8)
+    d, n = 5, 200
+    u = np.zeros(d)
+    u[0] = 1.0
+    v = np.zeros(d)
+    v[1] = 1.0
+    deltas = rng.uniform(4.0, 8.0, (300, 1)) * u  # feature changes of processed pairs: along u
+    S = deltas.T @ deltas / len(deltas)
+    y = np.repeat([0, 1], n // 2)
+    proc = rng.normal(size=(n, d)) + 8.0 * y[:, None] * u  # one model, half processed
+    models = rng.normal(size=(n, d)) + 8.0 * y[:, None] * v  # two models
+    with threadpool_limits(1):
+        assert A._labelled_separation(proc, y, 0) >= A.ONE_MODEL_SEPARATION  # planted: without it the split passes
+        assert A._labelled_separation(proc, y, 0, S_extra=S) < 0.5
+        assert A._labelled_separation(models, y, 0, S_extra=S) >= A.ONE_MODEL_SEPARATION
