@@ -4,6 +4,7 @@ Usage::
 
     nice .venv/bin/python benchmarks/bench_attribution_processing.py [--dev /work/shared/corpus/dev]
         [--quick] [--no-auto] [--baseline] [--timing] [--before] [--alt] [--content-timing]
+        [--before-rule pairs-gated|silhouette] [--pair-test best-split|labels] [--resampling]
 
 Sets (made from the dev corpus; the attribution folders hold model_1..3, and the membership set gen_e is a
 fourth model of a family absent from the attribution folders; gen_a and gen_b are the same models as
@@ -25,9 +26,11 @@ Each condition processes every image the same way (or a seeded mix), then runs
   (bilinear/bicubic/lanczos), both.  ``--alt`` clusters other samples of the same models (gen_a[200:400],
   gen_b[200:400], model_3[100:], gen_e[200:400]) with another mix seed.
 
-``--before`` runs every condition twice in the same run and feature cache: ``before`` (main's k-auto rule, the
-silhouette scan, and dev weights without processing copies: ``A.K_RULE = "silhouette"``,
-``A.DEV_PROCESSING_AUGMENT = False``) and ``after`` (this code).  ``--content-timing`` times the feature extraction
+``--before`` runs every condition twice in the same run and feature cache: ``before`` and ``after`` (this code).
+``before`` is ``--before-rule``: ``pairs-gated`` (default; main before issue 19's second round: the two-way one-model
+test alone answers k = 1, pair test "best-split") or ``silhouette`` (the rule before issue 19, dev weights without
+processing copies).  ``--pair-test`` picks the after's pair test (engine.attribution.PAIR_TEST).  ``--resampling``
+scores the resampling detection (band-limit z alone vs with the p-map periodicity test) on 6 groups of 100 images.  ``--content-timing`` times the feature extraction
 with and without the content groups.
 
 ``--baseline`` adds k = 4 runs with ``processing_invariant=False`` (the method before issue 19) for the
@@ -132,6 +135,38 @@ def detection(D):
         print(f"{cond:22s} {100 * np.mean(d['jpeg']):8.1f} {err:>18s} {ms:7.1f}", flush=True)
 
 
+def resampling(D, alpha=None):
+    """Resampling detection within groups (engine.processing.detect_resampling): 100 images each of model_1..3,
+    gen_e, gen_b (images 100:200) and 100 real images; 40 % of each group resized (factor x filter), per condition.
+    'before' = the band-limit z alone (periodic=False), 'after' = band-limit z or the p-map periodicity test."""
+    R_ = {name: D[name][100:200] for name in ("model_1", "model_2", "model_3", "gen_e", "gen_b")}
+    R_["real"] = D["real"][100:200]
+    rng = np.random.default_rng(0)
+    kw = {} if alpha is None else {"alpha": alpha}
+    print(f"{'group':8s} {'factor':>6s} {'filter':>9s} {'found before':>12s} {'found after':>11s} {'false before':>12s} "
+          f"{'false after':>11s}", flush=True)
+    tot = {"fb": [], "fa": [], "db": [], "da": []}
+    for name, X in R_.items():
+        g = np.zeros(len(X), np.int64)
+        for fac in (0.9, 0.75, 0.6, 0.5):
+            for filt in ("bilinear", "bicubic", "lanczos"):
+                pl = np.zeros(len(X), bool)
+                pl[rng.choice(len(X), int(0.4 * len(X)), replace=False)] = True
+                Y = np.stack([PR.resize_roundtrip(a, fac, filt) if p else a for a, p in zip(X, pl)])
+                before = PR.detect_resampling(Y, g, periodic=False)[0]
+                after = before | PR.resampling_periodicity(Y, g, **kw)[0]
+                row = (before[pl].mean(), after[pl].mean(), before[~pl].mean(), after[~pl].mean())
+                for key, v in zip(("db", "da", "fb", "fa"), row):
+                    tot[key].append(v)
+                print(f"{name:8s} {fac:6.2f} {filt:>9s} {row[0]:12.2f} {row[1]:11.2f} {row[2]:12.3f} {row[3]:11.3f}",
+                      flush=True)
+        f0 = PR.resampling_periodicity(X, g, **kw)[0]
+        print(f"{name:8s} untouched group (no image resized): periodicity flags {f0.mean():.3f}", flush=True)
+    print("mean over groups x conditions: found before %.3f after %.3f; false before %.4f after %.4f (max %.3f)"
+          % (np.mean(tot["db"]), np.mean(tot["da"]), np.mean(tot["fb"]), np.mean(tot["fa"]), np.max(tot["fa"])),
+          flush=True)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--dev", default="/work/shared/corpus/dev")
@@ -141,9 +176,17 @@ def main(argv=None):
     ap.add_argument("--timing", action="store_true", help="time 1,000 processed images")
     ap.add_argument("--before", action="store_true", help="each condition twice in the same run: 'before' (the k "
                     "rule and dev weighting of main before issue 19's k-auto fix) and 'after' (this code)")
+    ap.add_argument("--before-rule", default="pairs-gated", choices=("pairs-gated", "silhouette"),
+                    help="the 'before' of --before: 'pairs-gated' (main before the second issue-19 round: the one-model "
+                    "test alone answers k = 1) or 'silhouette' (the rule before issue 19, dev weights without copies)")
+    ap.add_argument("--pair-test", default="best-split", choices=("best-split", "labels", "labels-proc"),
+                    help="the 'after' pair test of the k scan (engine.attribution.PAIR_TEST)")
     ap.add_argument("--only", default=None, help="comma-separated condition names")
     ap.add_argument("--alt", action="store_true", help="other samples: gen_a[200:400], gen_b[200:400], "
                     "model_3[100:], gen_e[200:400]; conditions release mix (seed 5) and harsh mix")
+    ap.add_argument("--resampling", action="store_true", help="only score the resampling detection (before: "
+                    "band-limit z alone; after: with the p-map periodicity test) at nominal alpha 1e-2, 1e-4 and the "
+                    "default, then stop")
     ap.add_argument("--detection", action="store_true", help="only score the JPEG detector, then stop")
     ap.add_argument("--content-timing", action="store_true", help="only time the feature extraction of 700 images "
                     "with and without the content groups (hist, ispec), best of 3 each, then stop")
@@ -154,6 +197,12 @@ def main(argv=None):
         D[f"gen_{g}"] = load(f"{R}/membership/gen_{g}/generated")
     if a.detection:
         detection(D)
+        return []
+    if a.resampling:
+        D["real"] = load(f"{R}/membership/gen_b/real/unused")
+        for alpha in (1e-2, 1e-4, None):
+            print(f"--- periodicity alpha = {alpha if alpha is not None else PR.PERIODIC_ALPHA} (nominal)", flush=True)
+            resampling(D, alpha)
         return []
     if a.content_timing:
         from imprint.engine import features as F
@@ -199,14 +248,19 @@ def main(argv=None):
             t = time.perf_counter()
             runs = 0
             # "before": main's k rule (silhouette scan) and dev weights without processing copies, same run and cache
-            A.K_RULE, A.DEV_PROCESSING_AUGMENT = ("silhouette", False) if tag == "before" else ("pairs", True)
+            A.K_RULE, A.DEV_PROCESSING_AUGMENT = ((a.before_rule, a.before_rule != "silhouette") if tag == "before"
+                                                  else ("pairs", True))
+            A.PAIR_TEST = "best-split" if tag == "before" else a.pair_test
             for dev in (None, dev3):
                 for k in ((4,) if a.no_auto or not inv else (4, None)):
+                    if tag == "after" and k == 4 and a.before_rule != "silhouette":
+                        res[(k, dev is not None)] = rows[-1][2][(k, dev is not None)]  # k given: the rule plays no part
+                        continue
                     r = A.attribute(P, k, dev_sets=dev, random_state=0, cache_dir=cache, processing_invariant=inv)
                     res[(k, dev is not None)] = (r.k, ari(y, r.labels))
                     runs += 1
-            A.K_RULE, A.DEV_PROCESSING_AUGMENT = "pairs", True
-            dt = (time.perf_counter() - t) / runs
+            A.K_RULE, A.DEV_PROCESSING_AUGMENT, A.PAIR_TEST = "pairs", True, "best-split"
+            dt = (time.perf_counter() - t) / max(runs, 1)
 
             def auto(key):
                 return f"{res[key][1]:.3f}/k{res[key][0]}" if key in res else "-"

@@ -309,8 +309,9 @@ def _processing_detected(imgs, labels: np.ndarray, k: int, out: str) -> tuple[di
                     "resized": int(resized[sel].sum())})
     return {"per_cluster": per, "out": path, "n_jpeg": int(sum(det["jpeg"])), "n_resized": int(resized.sum()),
             "note": "JPEG: file quantisation tables, else JPEG ghost in the pixels; resized: energy near the Nyquist "
-                    "frequency far below the image's own cluster (robust z > 3.5; partial power, and a cluster "
-                    "resized as a whole shows none)"}, rows
+                    "frequency far below the image's own cluster (robust z > 3.5), or periodic interpolation traces "
+                    "above the cluster's (p-map spectrum); partial power, and a cluster resized as a whole shows "
+                    "none"}, rows
 
 
 def run_attribution(*, images_dir: str, k: int | None, out: str, dev_dir: str | None = None,

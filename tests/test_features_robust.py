@@ -221,7 +221,10 @@ def test_resampling_detection_finds_planted_resized_images(rng, factor, filt):
     y = np.stack([P.resize_roundtrip(v, factor, filt) if p else v for v, p in zip(x, planted)])
     flag, z = P.detect_resampling(y, np.zeros(40, np.int64))
     assert flag[planted].all()  # every resized image is found ...
-    assert not flag[~planted].any()  # ... and no untouched one
+    # ... and at most one untouched image of 28: the band-limit z alone flagged none; the periodicity test added to
+    # detect_resampling (issue 19, second round) flags about 1 % of untouched images (benchmarks/RESULTS.md)
+    assert flag[~planted].sum() <= 1
+    assert not P.detect_resampling(y, np.zeros(40, np.int64), periodic=False)[0][~planted].any()
     assert z.shape == (40,) and np.all(np.isfinite(z))
 
 
