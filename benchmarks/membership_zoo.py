@@ -34,6 +34,7 @@ import glob
 import hashlib
 import os
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -249,25 +250,45 @@ def run(args) -> list[dict]:
     rows = []
     for name, fn, strength in scenarios(args.quick, real):
         gen, cand, ref, y, _ = build_scenario(real, fn, strength, fill_imgs, nm, nref, args.n_gen, rng)
-        t0 = time.perf_counter()
-        res = audit_membership(gen, cand, reference=ref)
-        dt = time.perf_counter() - t0
-        point, lo, hi = boot(y if fn is not None else np.zeros_like(y), res.score, res.used.astype(float),
-                             args.boot, rng)
-        # fdr:0.1 on the same scores and null (what decision="fdr:0.1" does with this evidence)
-        fdr_used, _ = fdr_decision(res.score, res.null_scores, 0.1)
-        yy = y if fn is not None else np.zeros_like(y)
-        row = {"transform": name, "strength": strength, "auc": point[0], "auc_ci": (lo[0], hi[0]),
-               "tpr1": point[1], "tpr1_ci": (lo[1], hi[1]), "recall": point[2], "recall_ci": (lo[2], hi[2]),
-               "fpr": point[3], "fpr_ci": (lo[3], hi[3]), "seconds": dt,
-               "fdr_recall": float(fdr_used[yy == 1].mean()) if yy.max() > 0 else float("nan"),
-               "fdr_false": int(fdr_used[yy == 0].sum()), "n_non": int((yy == 0).sum()),
-               "threshold": float(res.threshold), "null_max": float(np.max(res.null_scores))}
-        if fn is None:   # no copies: every candidate is a non-member
-            row["fpr"] = float(res.used.mean())
-        rows.append(row)
-        print(fmt(row), flush=True)
+        if args.only and not any(name.startswith(w.partition(":")[0]) and (not w.partition(":")[2]
+                                                                           or float(w.partition(":")[2]) == strength)
+                                 for w in args.only.split(",")):
+            for _ in range(args.boot):     # the bootstrap's draws, so the next scenarios get a plain run's draws
+                rng.integers(0, len(y), len(y))
+            continue
+        rules = ("tail", "max") if args.compare else (None,)
+        with tempfile.TemporaryDirectory() as cache:
+            for rule in rules:
+                kw = {} if rule is None else dict(combine=rule, cache_dir=cache)
+                t0 = time.perf_counter()
+                res = audit_membership(gen, cand, reference=ref, **kw)
+                dt = time.perf_counter() - t0
+                # the main stream's bootstrap draws stay those of a plain run; the second rule gets its own stream
+                brng = rng if rule in (None, "tail") else np.random.default_rng([args.seed, len(rows)])
+                row = score_row(name, strength, fn, y, res, args.boot, brng, dt)
+                if rule is not None:
+                    row["transform"] = f"{name} [{rule}]"
+                rows.append(row)
+                print(fmt(row), flush=True)
     return rows
+
+
+def score_row(name, strength, fn, y, res, n_boot, rng, dt):
+    """Metrics of one audit (module docstring)."""
+    point, lo, hi = boot(y if fn is not None else np.zeros_like(y), res.score, res.used.astype(float),
+                         n_boot, rng)
+    # fdr:0.1 on the same scores and null (what decision="fdr:0.1" does with this evidence)
+    fdr_used, _ = fdr_decision(res.score, res.null_scores, 0.1)
+    yy = y if fn is not None else np.zeros_like(y)
+    row = {"transform": name, "strength": strength, "auc": point[0], "auc_ci": (lo[0], hi[0]),
+           "tpr1": point[1], "tpr1_ci": (lo[1], hi[1]), "recall": point[2], "recall_ci": (lo[2], hi[2]),
+           "fpr": point[3], "fpr_ci": (lo[3], hi[3]), "seconds": dt,
+           "fdr_recall": float(fdr_used[yy == 1].mean()) if yy.max() > 0 else float("nan"),
+           "fdr_false": int(fdr_used[yy == 0].sum()), "n_non": int((yy == 0).sum()),
+           "threshold": float(res.threshold), "null_max": float(np.max(res.null_scores))}
+    if fn is None:   # no copies: every candidate is a non-member
+        row["fpr"] = float(res.used.mean())
+    return row
 
 
 def recall_diag(args) -> None:
@@ -427,6 +448,12 @@ def main(argv=None):
     ap.add_argument("--boot", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="10 scenarios, 40 members, 150 reference, 400 generated")
+    ap.add_argument("--only", default=None,
+                    help="audit only these scenarios (comma-separated name prefixes, optionally :strength); the others "
+                         "are drawn and skipped, so every audited scenario gets the same draw as in a full run")
+    ap.add_argument("--compare", action="store_true",
+                    help="before/after in the same run: every scenario audited with combine='tail' (the default) and "
+                         "combine='max' (the rule before) on the same evidence (one evidence computation, cached)")
     ap.add_argument("--density-dev", action="store_true",
                     help="instead: compare feature spaces for the density-ratio evidence on the dev corpus")
     ap.add_argument("--density-backbones", default="fingerprint,effnet-lite0-128")

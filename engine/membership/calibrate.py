@@ -204,6 +204,52 @@ def _tail_p_sorted(v: np.ndarray, ns: np.ndarray, frac: float, _info: dict | Non
     return np.clip(np.nan_to_num(p, nan=1.0), _P_FLOOR, 1.0)
 
 
+def _gpd_fit_rows(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`gpd_fit` of every row of ``X`` (float [B, n], rows sorted ascending, positive, ``n >= 5``) at once."""
+    B, n = X.shape
+    m = 30 + int(np.sqrt(n))
+    bs = (1.0 - np.sqrt(m / (np.arange(1, m + 1) - 0.5)))[None, :] / (3.0 * X[:, max(int(n / 4 + 0.5) - 1, 0)])[:, None]
+    bs = bs + (1.0 / X[:, -1])[:, None]                                   # [B, m]
+    ks = np.log1p(-bs[:, :, None] * X[:, None, :]).mean(2)                # [B, m]
+    L = n * (np.log(-(bs / ks)) - ks - 1.0)
+    w = 1.0 / np.exp(L[:, None, :] - L[:, :, None]).sum(2)                # [B, m]
+    b = (bs * w).sum(1) / w.sum(1)
+    xi = np.log1p(-b[:, None] * X).mean(1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sigma = np.where(b != 0, -xi / b, X.mean(1))
+    bad = ~(np.isfinite(xi) & np.isfinite(sigma) & (sigma > 0))
+    xi = np.where(bad, 0.0, xi)
+    sigma = np.where(bad, np.maximum(X.mean(1), 1e-12), sigma)
+    return xi, sigma
+
+
+def _loo_tail_p(srt: np.ndarray, frac: float) -> np.ndarray:
+    """Leave-one-out :func:`tail_pvalues` of every value of a sorted null (float [K], ascending): value ``r``
+    against the other ``K - 1`` (the same as ``tail_pvalues(srt[r:r+1], np.delete(srt, r))``, batched)."""
+    K = len(srt)
+    p = (K - np.searchsorted(srt, srt, side="left")) / float(K)           # (1 + #{others >= x}) / K
+    q = int(np.floor((1.0 - frac) * (K - 1)))
+    # a value above srt[q] leaves the others' tail threshold at srt[q]; its exceedances are the others above it
+    u = float(srt[q])
+    e0 = int(np.searchsorted(srt, u, side="right"))
+    E = srt[e0:] - u
+    n = len(E)
+    if n - 1 < 5:
+        for r in range(e0, K):
+            p[r] = _tail_p_sorted(srt[r:r + 1], np.delete(srt, r), frac)[0]
+        return np.clip(p, _P_FLOOR, 1.0)
+    X = np.broadcast_to(E, (n, n))[~np.eye(n, dtype=bool)].reshape(n, n - 1)
+    xi, sigma = _gpd_fit_rows(X)
+    light = xi <= 0
+    xi = np.where(light, 0.0, xi)
+    sigma = np.where(light, X.mean(1), sigma)
+    p_u = (K - np.searchsorted(srt, u, side="left")) / float(K)
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        logs = np.where(light, -E / sigma, -np.log1p(xi * E / sigma) / np.where(light, 1.0, xi))
+    p[e0:] = np.minimum(p[e0:], p_u * np.exp(logs))
+    return np.clip(np.nan_to_num(p, nan=1.0), _P_FLOOR, 1.0)
+
+
 def calibrated_max(Z: np.ndarray, w: np.ndarray, use_max: np.ndarray, null_mask: np.ndarray, *,
                    frac: float = TAIL_FRACTION) -> tuple[np.ndarray, dict]:
     """Combined score with every channel on its own null's scale (the per-evidence calibrated max rule).
@@ -252,12 +298,7 @@ def calibrated_max(Z: np.ndarray, w: np.ndarray, use_max: np.ndarray, null_mask:
         # (simulated in tests/test_membership_decide.py: FPR violations 9.7% instead of <= 5% at K = 300)
         if K >= 2:
             order = np.argsort(cn, kind="stable")
-            srt = cn[order]
-            p[nidx] = (K - np.searchsorted(srt, cn, side="left")) / float(K)   # (1 + #{others >= x}) / K
-            # only values above the leave-one-out tail threshold can get a tail p-value (the others are exact above)
-            q = int(np.floor((1.0 - frac) * (K - 1)))
-            for r in range(max(q, 0), K):
-                p[nidx[order[r]]] = _tail_p_sorted(srt[r:r + 1], np.delete(srt, r), frac)[0]
+            p[nidx[order]] = _loo_tail_p(cn[order], frac)
         logp = np.minimum(logp, np.log(p))
         info["channels"].append(name)
         info["xi"].append(float(tail.get("xi", 0.0)))
