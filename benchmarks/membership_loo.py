@@ -83,12 +83,14 @@ def main(argv=None):
     ap.add_argument("--settings", default="dev+reference,unsupervised,unsupervised-pairs",
                     help="comma list of dev+reference, dev+reference-max (the max rule before the tail-calibrated one), "
                          "unsupervised (empirical null), unsupervised-pairs (no empirical null)")
+    ap.add_argument("--cache-dir", default=None, help="keep the evidence checkpoints here (a rerun re-decides only)")
     a = ap.parse_args(argv)
     root = os.path.join(a.corpus, "membership")
     data = {g: DevSet(g, load(f"{root}/{g}/generated"), load(f"{root}/{g}/real/used"),
                       load(f"{root}/{g}/real/unused")) for g in GENS}
     rows = []
-    with tempfile.TemporaryDirectory() as cache:
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = a.cache_dir or tmp
         for g in a.gens.split(","):
             d = data[g]
             others = [data[o] for o in GENS if o != g]

@@ -257,7 +257,8 @@ def run(args) -> list[dict]:
                 rng.integers(0, len(y), len(y))
             continue
         rules = ("tail", "max") if args.compare else (None,)
-        with tempfile.TemporaryDirectory() as cache:
+        with tempfile.TemporaryDirectory() as tmp:
+            cache = args.cache_dir or tmp
             for rule in rules:
                 kw = {} if rule is None else dict(combine=rule, cache_dir=cache)
                 t0 = time.perf_counter()
@@ -448,6 +449,8 @@ def main(argv=None):
     ap.add_argument("--boot", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="10 scenarios, 40 members, 150 reference, 400 generated")
+    ap.add_argument("--cache-dir", default=None,
+                    help="--compare: keep the evidence checkpoints here (content-keyed), so a rerun re-decides only")
     ap.add_argument("--only", default=None,
                     help="audit only these scenarios (comma-separated name prefixes, optionally :strength); the others "
                          "are drawn and skipped, so every audited scenario gets the same draw as in a full run")

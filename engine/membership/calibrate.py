@@ -225,9 +225,16 @@ def _gpd_fit_rows(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _loo_tail_p(srt: np.ndarray, frac: float) -> np.ndarray:
     """Leave-one-out :func:`tail_pvalues` of every value of a sorted null (float [K], ascending): value ``r``
-    against the other ``K - 1`` (the same as ``tail_pvalues(srt[r:r+1], np.delete(srt, r))``, batched)."""
+    against the other ``K - 1`` with a candidate's denominator ``K + 1`` (``K / (K + 1)`` times
+    ``tail_pvalues(srt[r:r+1], np.delete(srt, r))``, batched).
+
+    The ``K + 1`` counts the candidate being tested as one more value below: a candidate just above a channel's
+    null maximum then ties (``1 / (K + 1)``) with the null value that is that channel's maximum instead of beating
+    it (``1 / K``), as in full conformal inference where the null value would be compared with the candidate too.
+    Every difference from the full-conformal scores (the candidate left out of the null values' counts and tail
+    fits) makes the null values more extreme, i.e. the decisions more conservative."""
     K = len(srt)
-    p = (K - np.searchsorted(srt, srt, side="left")) / float(K)           # (1 + #{others >= x}) / K
+    p = (K - np.searchsorted(srt, srt, side="left")) / (K + 1.0)          # (1 + #{others >= x}) / (K + 1)
     q = int(np.floor((1.0 - frac) * (K - 1)))
     # a value above srt[q] leaves the others' tail threshold at srt[q]; its exceedances are the others above it
     u = float(srt[q])
@@ -236,14 +243,14 @@ def _loo_tail_p(srt: np.ndarray, frac: float) -> np.ndarray:
     n = len(E)
     if n - 1 < 5:
         for r in range(e0, K):
-            p[r] = _tail_p_sorted(srt[r:r + 1], np.delete(srt, r), frac)[0]
+            p[r] = _tail_p_sorted(srt[r:r + 1], np.delete(srt, r), frac)[0] * K / (K + 1.0)
         return np.clip(p, _P_FLOOR, 1.0)
     X = np.broadcast_to(E, (n, n))[~np.eye(n, dtype=bool)].reshape(n, n - 1)
     xi, sigma = _gpd_fit_rows(X)
     light = xi <= 0
     xi = np.where(light, 0.0, xi)
     sigma = np.where(light, X.mean(1), sigma)
-    p_u = (K - np.searchsorted(srt, u, side="left")) / float(K)
+    p_u = (K - np.searchsorted(srt, u, side="left")) / (K + 1.0)
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
         logs = np.where(light, -E / sigma, -np.log1p(xi * E / sigma) / np.where(light, 1.0, xi))
     p[e0:] = np.minimum(p[e0:], p_u * np.exp(logs))
