@@ -3,7 +3,8 @@
 For each dev generator X (gen_a, gen_b, gen_e): candidates = X's used + unused real images,
 generated = X's images, dev_sets = the two other dev generators (the weights are fitted on them
 only), reference = their unused images (what ``imprint membership --dev A --dev B`` passes).  X's
-labels are used only to score the result.  The same audit is also run without dev sets and
+labels are used only to score the result ("dev+reference-max": the same with ``combine="max"``, the
+combination rule before the tail-calibrated max rule).  The same audit is also run without dev sets and
 reference ("unsupervised": the real-to-real null with the candidates' own location and scale,
 ``empirical_null``; "unsupervised-pairs": the real-to-real null as it is, the state before the empirical null).  Every decision mode is applied to one
 evidence computation per setting (``cache_dir`` checkpoints are shared between modes).
@@ -80,13 +81,16 @@ def main(argv=None):
     ap.add_argument("--gens", default=",".join(GENS))
     ap.add_argument("--markdown", action="store_true", help="print the table as markdown")
     ap.add_argument("--settings", default="dev+reference,unsupervised,unsupervised-pairs",
-                    help="comma list of dev+reference, unsupervised (empirical null), unsupervised-pairs (no empirical null)")
+                    help="comma list of dev+reference, dev+reference-max (the max rule before the tail-calibrated one), "
+                         "unsupervised (empirical null), unsupervised-pairs (no empirical null)")
+    ap.add_argument("--cache-dir", default=None, help="keep the evidence checkpoints here (a rerun re-decides only)")
     a = ap.parse_args(argv)
     root = os.path.join(a.corpus, "membership")
     data = {g: DevSet(g, load(f"{root}/{g}/generated"), load(f"{root}/{g}/real/used"),
                       load(f"{root}/{g}/real/unused")) for g in GENS}
     rows = []
-    with tempfile.TemporaryDirectory() as cache:
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = a.cache_dir or tmp
         for g in a.gens.split(","):
             d = data[g]
             others = [data[o] for o in GENS if o != g]
@@ -95,8 +99,10 @@ def main(argv=None):
             ref = np.concatenate([o.unused for o in others])
             for setting in a.settings.split(","):
                 for dec in a.decisions.split(","):
-                    kw = (dict(dev_sets=others, reference=ref) if setting == "dev+reference"
+                    kw = (dict(dev_sets=others, reference=ref) if setting.startswith("dev+reference")
                           else dict(empirical=setting == "unsupervised"))
+                    if setting == "dev+reference-max":      # the combination rule before (same evidence, cached)
+                        kw["combine"] = "max"
                     t0 = time.perf_counter()
                     res = audit_membership(d.generated, real, decision=dec, backbone=None, cache_dir=cache, **kw)
                     dt = time.perf_counter() - t0

@@ -15,8 +15,8 @@ For every (transform, strength) scenario a simulated generator's output is built
 3. ``audit_membership(generated, candidates, reference=reference)`` (no dev sets: the zoo's real
    images are the dev corpus' real images, so dev sets would overlap the candidates) scores the
    candidates.  Metrics: ROC AUC, TPR at 1% FPR, recall and the non-members' flag rate at the
-   default decision ``fpr:0.01`` (``fdr:0.1`` is not on this branch), each with a bootstrap 95%
-   interval over the candidates (``--boot`` resamples).
+   default decision ``fpr:0.01``, each with a bootstrap 95% interval over the candidates (``--boot``
+   resamples); also recall and false flags of ``fdr:0.1`` on the same scores and null (point values).
 
 This is a measurement, not a tuning set: nothing in engine/ was chosen on it.
 
@@ -34,6 +34,7 @@ import glob
 import hashlib
 import os
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -43,6 +44,7 @@ from sklearn import metrics as skm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from imprint.engine.membership import audit_membership  # noqa: E402
+from imprint.engine.membership.decide import fdr_decision  # noqa: E402
 
 DEV = "/work/shared/corpus/dev"
 
@@ -121,9 +123,14 @@ def t_noise(x, s, rng):
 def make_resynth(donors):
     def t_resynth(x, s, rng):
         """Copied anatomy, re-synthesised texture: the image's low frequencies (Gaussian sigma ``s``)
-        plus another patient's high frequencies."""
-        d = donors[rng.integers(len(donors))].astype(np.float64)
+        plus another patient's high frequencies.  The donor is drawn from ``t_resynth.donors`` when
+        :func:`build_scenario` set it (the real images outside the candidates and the reference: a
+        donor among them would have its texture copied, i.e. be a partial member), else ``donors``."""
+        pool = getattr(t_resynth, "donors", None)
+        pool = donors if pool is None else pool
+        d = pool[rng.integers(len(pool))].astype(np.float64)
         return ndi.gaussian_filter(x, s) + (d - ndi.gaussian_filter(d, s))
+    t_resynth.uses_donors = True
     return t_resynth
 
 
@@ -214,6 +221,8 @@ def build_scenario(real, fn, strength, fill_imgs, nm, nref, n_gen, rng):
     perm = rng.permutation(len(real))
     mem, non, ref, rest = perm[:nm], perm[nm:2 * nm], perm[2 * nm:2 * nm + nref], perm[2 * nm + nref:]
     copies = []
+    if getattr(fn, "uses_donors", False):   # texture donors: never a candidate or a reference image
+        fn.donors = real[rest]
     if fn is not None:
         for i in mem:
             y = fn(real[i].astype(np.float64), strength, rng)
@@ -241,19 +250,46 @@ def run(args) -> list[dict]:
     rows = []
     for name, fn, strength in scenarios(args.quick, real):
         gen, cand, ref, y, _ = build_scenario(real, fn, strength, fill_imgs, nm, nref, args.n_gen, rng)
-        t0 = time.perf_counter()
-        res = audit_membership(gen, cand, reference=ref)
-        dt = time.perf_counter() - t0
-        point, lo, hi = boot(y if fn is not None else np.zeros_like(y), res.score, res.used.astype(float),
-                             args.boot, rng)
-        row = {"transform": name, "strength": strength, "auc": point[0], "auc_ci": (lo[0], hi[0]),
-               "tpr1": point[1], "tpr1_ci": (lo[1], hi[1]), "recall": point[2], "recall_ci": (lo[2], hi[2]),
-               "fpr": point[3], "fpr_ci": (lo[3], hi[3]), "seconds": dt}
-        if fn is None:   # no copies: every candidate is a non-member
-            row["fpr"] = float(res.used.mean())
-        rows.append(row)
-        print(fmt(row), flush=True)
+        if args.only and not any(name.startswith(w.partition(":")[0]) and (not w.partition(":")[2]
+                                                                           or float(w.partition(":")[2]) == strength)
+                                 for w in args.only.split(",")):
+            for _ in range(args.boot):     # the bootstrap's draws, so the next scenarios get a plain run's draws
+                rng.integers(0, len(y), len(y))
+            continue
+        rules = ("tail", "max") if args.compare else (None,)
+        with tempfile.TemporaryDirectory() as tmp:
+            cache = args.cache_dir or tmp
+            for rule in rules:
+                kw = {} if rule is None else dict(combine=rule, cache_dir=cache)
+                t0 = time.perf_counter()
+                res = audit_membership(gen, cand, reference=ref, **kw)
+                dt = time.perf_counter() - t0
+                # the main stream's bootstrap draws stay those of a plain run; the second rule gets its own stream
+                brng = rng if rule in (None, "tail") else np.random.default_rng([args.seed, len(rows)])
+                row = score_row(name, strength, fn, y, res, args.boot, brng, dt)
+                if rule is not None:
+                    row["transform"] = f"{name} [{rule}]"
+                rows.append(row)
+                print(fmt(row), flush=True)
     return rows
+
+
+def score_row(name, strength, fn, y, res, n_boot, rng, dt):
+    """Metrics of one audit (module docstring)."""
+    point, lo, hi = boot(y if fn is not None else np.zeros_like(y), res.score, res.used.astype(float),
+                         n_boot, rng)
+    # fdr:0.1 on the same scores and null (what decision="fdr:0.1" does with this evidence)
+    fdr_used, _ = fdr_decision(res.score, res.null_scores, 0.1)
+    yy = y if fn is not None else np.zeros_like(y)
+    row = {"transform": name, "strength": strength, "auc": point[0], "auc_ci": (lo[0], hi[0]),
+           "tpr1": point[1], "tpr1_ci": (lo[1], hi[1]), "recall": point[2], "recall_ci": (lo[2], hi[2]),
+           "fpr": point[3], "fpr_ci": (lo[3], hi[3]), "seconds": dt,
+           "fdr_recall": float(fdr_used[yy == 1].mean()) if yy.max() > 0 else float("nan"),
+           "fdr_false": int(fdr_used[yy == 0].sum()), "n_non": int((yy == 0).sum()),
+           "threshold": float(res.threshold), "null_max": float(np.max(res.null_scores))}
+    if fn is None:   # no copies: every candidate is a non-member
+        row["fpr"] = float(res.used.mean())
+    return row
 
 
 def recall_diag(args) -> None:
@@ -328,8 +364,9 @@ def fmt(r):
     def c(k):
         v, (lo, hi) = r[k], r[k + "_ci"]
         return "n/a" if not np.isfinite(v) else f"{v:.3f} [{lo:.2f}, {hi:.2f}]"
+    fr = "n/a" if not np.isfinite(r["fdr_recall"]) else f"{r['fdr_recall']:.3f}"
     return (f"| {r['transform']} | {r['strength']:g} | {c('auc')} | {c('tpr1')} | {c('recall')} | "
-            f"{r['fpr']:.3f} | {r['seconds']:.1f} |")
+            f"{r['fpr']:.3f} | {fr} | {r['fdr_false']}/{r['n_non']} | {r['seconds']:.1f} |")
 
 
 def density_dev(args) -> None:
@@ -412,6 +449,14 @@ def main(argv=None):
     ap.add_argument("--boot", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="10 scenarios, 40 members, 150 reference, 400 generated")
+    ap.add_argument("--cache-dir", default=None,
+                    help="--compare: keep the evidence checkpoints here (content-keyed), so a rerun re-decides only")
+    ap.add_argument("--only", default=None,
+                    help="audit only these scenarios (comma-separated name prefixes, optionally :strength); the others "
+                         "are drawn and skipped, so every audited scenario gets the same draw as in a full run")
+    ap.add_argument("--compare", action="store_true",
+                    help="before/after in the same run: every scenario audited with combine='tail' (the default) and "
+                         "combine='max' (the rule before) on the same evidence (one evidence computation, cached)")
     ap.add_argument("--density-dev", action="store_true",
                     help="instead: compare feature spaces for the density-ratio evidence on the dev corpus")
     ap.add_argument("--density-backbones", default="fingerprint,effnet-lite0-128")
@@ -438,8 +483,8 @@ def main(argv=None):
     print(f"# membership zoo: real={a.real} fillers={a.fillers} members={a.n_members} (+ as many non-members) "
           f"reference={a.n_reference} generated={a.n_gen} boot={a.boot} seed={a.seed}")
     print("| transform | strength | AUC [95% CI] | TPR@1%FPR [95% CI] | recall fpr:0.01 [95% CI] | "
-          "non-members flagged | audit s |")
-    print("|---|---|---|---|---|---|---|")
+          "non-members flagged | recall fdr:0.1 | false flags fdr:0.1 | audit s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     run(a)
 
 

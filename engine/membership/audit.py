@@ -17,6 +17,7 @@ from .common import ALWAYS_MAX_FEATURES, _ALWAYS_MAX_FLOOR
 from .evidence import _evidence  # noqa: F401
 from .calibrate import (NEAR_DUP_CORR, PAIR_FEATURES, _combine, _feature_matrix, exchangeability_check,  # noqa: F401
                         empirical_null, fit_weights, near_duplicates, nuisance_statistics, real_pair_null, robust_calibrate)
+from .calibrate import TAIL_MIN_NULL, calibrated_max
 from .decide import f1_decision, fdr_decision, null_threshold, parse_decision  # noqa: F401
 
 def _dev_training_rows(dev: DevSet, reference: np.ndarray | None, others_unused: list[np.ndarray],
@@ -54,7 +55,8 @@ def audit_membership(generated, real, *, dev_sets: Sequence[DevSet] = (), refere
                      decision: str = "fpr:0.01", random_state: int = 0,
                      progress: Callable[[int], object] | None = None, backbone: str | None = None,
                      k_gen: int = 10, k_real: int = 10, weights: dict | None = None,
-                     cache_dir: str | None = None, executor=None, empirical: bool = True) -> MembershipResult:
+                     cache_dir: str | None = None, executor=None, empirical: bool = True,
+                     combine: str = "tail") -> MembershipResult:
     """Score real images for membership in a generator's training set and decide used / unused.
 
     Parameters
@@ -84,6 +86,12 @@ def audit_membership(generated, real, *, dev_sets: Sequence[DevSet] = (), refere
     empirical : bool              without a labelled null (real-to-real pairs): give the null the candidates' own
                                   location and scale (:func:`empirical_null`; default True); False keeps the
                                   real-to-real null as it is
+    combine : "tail" or "max"     how the evidence channels are combined with a reference null of at least
+                                  ``TAIL_MIN_NULL`` images: "tail" (default) puts the weighted sum and every
+                                  max-rule channel on its own null's scale first (:func:`calibrated_max`: a
+                                  channel with a heavy-tailed null no longer sets the threshold); "max" is the
+                                  max of robust z-scores (:func:`_combine`, the rule before).  Without such a
+                                  null "max" is used.
 
     Returns
     -------
@@ -184,7 +192,14 @@ def audit_membership(generated, real, *, dev_sets: Sequence[DevSet] = (), refere
     # would otherwise drop it); its floor weight is negligible in the weighted sum
     w = np.where([n in ALWAYS_MAX_FEATURES and n not in (weights or {}) for n in names],
                  np.maximum(w, _ALWAYS_MAX_FLOOR), w)
-    raw = _combine(Z, w, use_max=mx)
+    if combine not in ("tail", "max"):
+        raise ImprintError(f"combine must be 'tail' or 'max' (got {combine!r})")
+    combine_used = "max"
+    if combine == "tail" and null_kind == "reference" and int(null_mask.sum()) >= TAIL_MIN_NULL:
+        raw, tail_info = calibrated_max(Z, w, mx, null_mask)
+        combine_used = "tail"
+    else:
+        raw = _combine(Z, w, use_max=mx)
     score_all = robust_calibrate(raw, raw[null_mask])
     score = score_all[:nR]
     null_scores = score_all[null_mask]
@@ -205,6 +220,7 @@ def audit_membership(generated, real, *, dev_sets: Sequence[DevSet] = (), refere
         "reference_removed": {"given": int(n_ref_given), "identical": int(n_ref_identical),
                               "near_duplicate": int(n_ref_near), "near_duplicate_corr": NEAR_DUP_CORR},
         "weights": {n: float(v) for n, v in zip(names, w)},
+        "combine": combine_used,
         "prior_weights": {n: float(v) for n, v in zip(names, w0)},
         "dev_sets": dev_info,
         "skipped_evidence": ev_info["skipped"],
