@@ -17,9 +17,13 @@ Search (coarse to fine, only on shortlisted pairs so that it stays fast):
    intensity-moment frame (centroid = origin, radius of gyration = unit), blurred and z-scored.  This
    is invariant to translation and to isotropic scale, tolerant to small rotations, and a horizontal
    flip of the image is the horizontal flip of its descriptor, so a flip-augmented nearest-neighbour
-   search finds transformed copies that the pixel search misses.
-2. **Coarse** (~32 px): every flip x angle x scale variant of ``a`` (grid ``ANGLES`` x ``SCALES``) is
-   cross-correlated with ``b`` by FFT (shift window +-``MAX_SHIFT`` of the side); best variant + shift.
+   search finds transformed copies that the pixel search misses.  The real image's descriptor is also
+   taken of 4 copies shifted by :data:`SHIFT_QUERY` of the side (a copy shifted that far loses part of
+   the body at the border, and so does the shifted query); Fourier magnitudes (shift/flip-invariant) and
+   8 px low-pass pixels (:data:`LP_SIDE`: anatomy under re-synthesised texture) add candidates
+   (:func:`shortlists`).
+2. **Coarse** (~32 px, blurred by :data:`COARSE_BLUR`): every flip x angle x scale variant of ``a`` (grid
+   ``ANGLES`` x ``SCALES``) is cross-correlated with ``b`` by FFT (shift window +-``MAX_SHIFT`` of the side); best variant + shift.
    Both flips are tried for every candidate.  The :data:`N_REFINE` best candidates of each image go on.
 3. **Refine** (~64 px): :data:`_MID_ROUNDS` rounds of a 5-point angle/scale cross with halving steps,
    every variant with its own sub-pixel shift (FFT correlation near the current shift), so that a shift
