@@ -12,7 +12,7 @@ member's true copy is known.  For each shortlist configuration this prints
 
 Configurations: ``before`` = main before issue 13's shortlist work (moment-frame 6-NN +- mirror, Fourier 4-NN,
 pixel 3-NN, no coarse blur: ``shortlists(..., n_lp=0, shift_queries=False)``, ``COARSE_BLUR = 0``); ``after`` =
-the defaults; ``sources only`` / ``blur only``: one of the two changes.
+the defaults (``COARSE_BLUR`` off); ``after + blur`` / ``blur only``: with ``COARSE_BLUR = 1``.
 
 Run it on other images and another seed than the zoo's measurement (the zoo: dev reals, seed 0)::
 
@@ -38,7 +38,7 @@ from imprint.engine.membership.evidence import _knn, zscore_images  # noqa: E402
 
 # (shortlists keyword arguments, register.COARSE_BLUR)
 CONFIGS = {"before": (dict(n_lp=0, shift_queries=False), 0.0), "after": ({}, reg.COARSE_BLUR),
-           "sources only": ({}, 0.0), "blur only": (dict(n_lp=0, shift_queries=False), reg.COARSE_BLUR)}
+           "after + blur": ({}, 1.0), "blur only": (dict(n_lp=0, shift_queries=False), 1.0)}
 
 
 def _want(name, strength, want):
