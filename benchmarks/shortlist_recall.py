@@ -38,7 +38,8 @@ from imprint.engine.membership.evidence import _knn, zscore_images  # noqa: E402
 
 # (shortlists keyword arguments, register.COARSE_BLUR)
 CONFIGS = {"before": (dict(n_lp=0, shift_queries=False), 0.0), "after": ({}, reg.COARSE_BLUR),
-           "after + blur": ({}, 1.0), "blur only": (dict(n_lp=0, shift_queries=False), 1.0)}
+           "after + blur": ({}, 1.0), "blur only": (dict(n_lp=0, shift_queries=False), 1.0),
+           "after + lp": (dict(n_lp=3), reg.COARSE_BLUR)}
 
 
 def _want(name, strength, want):

@@ -291,7 +291,7 @@ def test_planted_resynthesised_copies_are_shortlisted_by_the_low_pass_source():
     """Copied anatomy with re-synthesised texture (a member's Gaussian-sigma-3 low frequencies plus another
     phantom's high frequencies) among other phantoms: the low-pass source puts the copy in every member's
     shortlist; the registered low-pass evidence then ranks the members above the non-members."""
-    from imprint.engine.membership.register import lowpass_descriptors, shortlists, _desc_knn
+    from imprint.engine.membership.register import lowpass_descriptors, shortlists, _desc_knn  # noqa: F401
 
     rng = np.random.default_rng(13)
     real = phantoms(40, 90)
@@ -305,7 +305,7 @@ def test_planted_resynthesised_copies_are_shortlisted_by_the_low_pass_source():
     lp, _ = _desc_knn(lowpass_descriptors(gen), lowpass_descriptors(real[:20]), 3)
     assert (lp == slots[:, None]).any(1).mean() >= 0.95
     iG, iR = _pixel_lists(gen, pool)
-    cg, _, _, _ = shortlists(gen, pool, iG, iR)
+    cg, _, _, _ = shortlists(gen, pool, iG, iR, n_lp=3)
     assert (cg[:20] == slots[:, None]).any(1).mean() >= 0.95
     ev, _, _ = compute_evidence(gen, pool, backbone=None, shape=False, use_lbp=False)
     y = np.r_[np.ones(20, int), np.zeros(20, int)]

@@ -19,9 +19,9 @@ Search (coarse to fine, only on shortlisted pairs so that it stays fast):
    flip of the image is the horizontal flip of its descriptor, so a flip-augmented nearest-neighbour
    search finds transformed copies that the pixel search misses.  The real image's descriptor is also
    taken of 4 copies shifted by :data:`SHIFT_QUERY` of the side (a copy shifted that far loses part of
-   the body at the border, and so does the shifted query); Fourier magnitudes (shift/flip-invariant) and
-   8 px low-pass pixels (:data:`LP_SIDE`: anatomy under re-synthesised texture) add candidates
-   (:func:`shortlists`).
+   the body at the border, and so does the shifted query); Fourier magnitudes (shift/flip-invariant) add
+   candidates, and optionally 8 px low-pass pixels (:data:`LP_SIDE`: anatomy under re-synthesised texture;
+   off by default, see :func:`shortlists`).
 2. **Coarse** (~32 px, optionally blurred by :data:`COARSE_BLUR`): every flip x angle x scale variant of ``a`` (grid
    ``ANGLES`` x ``SCALES``) is cross-correlated with ``b`` by FFT (shift window +-``MAX_SHIFT`` of the side); best variant + shift.
    Both flips are tried for every candidate.  The :data:`N_REFINE` best candidates of each image go on.
@@ -868,7 +868,7 @@ def _best_registered(A, B, cand: np.ndarray, cflip: np.ndarray, *, keys_a=None, 
 
 
 def shortlists(G: np.ndarray, P: np.ndarray, pix_gen: np.ndarray, pix_real: np.ndarray, *, k_reg: int = 6,
-               n_pix: int = 3, k_spec: int = 4, n_lp: int = 3, shift_queries: bool = True,
+               n_pix: int = 3, k_spec: int = 4, n_lp: int = 0, shift_queries: bool = True,
                keys_gen=None, keys_pool=None, cache: dict | None = None):
     """Registration candidates of every pool image: among the generated images and (the control) among
     the other pool images, built the same way (see :func:`registered_evidence`).
@@ -877,8 +877,10 @@ def shortlists(G: np.ndarray, P: np.ndarray, pix_gen: np.ndarray, pix_real: np.n
     ``k_reg`` nearest under :func:`shortlist_descriptors` (with ``shift_queries``: a base row's distance is
     its smallest to the pool image's :func:`shifted_shortlist_descriptors`), ``n_pix`` given pixel-space
     neighbours, ``k_spec`` nearest under :func:`spectrum_descriptors` and ``n_lp`` nearest under
-    :func:`lowpass_descriptors`.  ``n_lp=0, shift_queries=False`` is the shortlist before issue 13's
-    shortlist work (benchmarks/shortlist_recall.py "before").
+    :func:`lowpass_descriptors` (default 0: on the search diagnostic it put 10% more re-synthesised copies in
+    the shortlist without raising their evidence, and cost ~19% more registration time; see
+    benchmarks/RESULTS.md).  ``shift_queries=False`` is the shortlist before issue 13's shortlist work
+    (benchmarks/shortlist_recall.py "before").
 
     Returns
     -------
@@ -920,7 +922,7 @@ def shortlists(G: np.ndarray, P: np.ndarray, pix_gen: np.ndarray, pix_real: np.n
 
 
 def registered_evidence(G: np.ndarray, P: np.ndarray, pix_gen: np.ndarray, pix_real: np.ndarray, *,
-                        k_reg: int = 6, n_pix: int = 3, k_spec: int = 4, n_lp: int = 3,
+                        k_reg: int = 6, n_pix: int = 3, k_spec: int = 4, n_lp: int = 0,
                         shift_queries: bool = True, cache: dict | None = None) -> tuple[dict, np.ndarray]:
     """Transform-invariant evidence of every pool image against the generated images.
 
