@@ -187,3 +187,128 @@ def test_masked_ncc_matches_numpy():
         k = m[i].astype(bool)
         assert abs(ncc[i] - np.corrcoef(a[i][k], b[i][k])[0, 1]) < 1e-9
         assert abs(gain[i] - np.polyfit(a[i][k], b[i][k], 1)[0]) < 1e-9
+
+
+# ----------------------------------------------------------------------------------------- shortlist recall
+def _pixel_lists(gen, pool, k=10):
+    from imprint.engine.membership.evidence import _knn, zscore_images
+
+    zP = zscore_images(pool).reshape(len(pool), -1)
+    zG = zscore_images(gen).reshape(len(gen), -1)
+    return _knn(zG, zP, k)[1], _knn(zP, zP, k, exclude_self=True)[1]
+
+
+def test_variant_descriptor_search_is_the_brute_force_minimum_over_variants_and_mirror():
+    """``_desc_knn`` with query variants [Q, V, s, s] returns, per query, the base rows in the order of their
+    smallest squared distance over the variants and the base's mirror (exact brute force), with the flip of
+    that smallest match; excluding the query itself in the within-set search."""
+    from imprint.engine.membership.register import _desc_knn
+
+    rng = np.random.default_rng(11)
+    base = rng.normal(size=(40, 6, 6)).astype(np.float32)
+    q = rng.normal(size=(7, 3, 6, 6)).astype(np.float32)
+    q[2, 1] = base[5, :, ::-1] + 0.01            # a planted mirrored match through variant 1
+    idx, fl = _desc_knn(base, q, 4)
+    d0 = ((q[:, :, None] - base[None, None]) ** 2).sum((-1, -2))                # [Q, V, N]
+    d1 = ((q[:, :, None] - base[None, None, :, :, ::-1]) ** 2).sum((-1, -2))
+    dmin = np.minimum(d0, d1).min(1)                                              # [Q, N]
+    for r in range(len(q)):
+        np.testing.assert_array_equal(idx[r], np.argsort(dmin[r], kind="stable")[:4])
+        for t, j in enumerate(idx[r]):
+            assert fl[r, t] == int(d1[r, :, j].min() < d0[r, :, j].min())
+    assert idx[2, 0] == 5 and fl[2, 0] == 1
+    # within-set search: never the query row itself
+    selfq = np.stack([base[:7], base[:7, :, ::-1]], 1)
+    sidx, _ = _desc_knn(base, selfq, 3, exclude_self=True)
+    assert not np.any(sidx == np.arange(7)[:, None])
+
+
+def test_shift_variants_are_exact_whole_pixel_shifts():
+    from imprint.engine.membership.register import shift_variants
+
+    x = phantoms(2, 70)
+    v = shift_variants(x, 0.125)                 # 12 px at 96 px
+    assert v.shape == (2, 5, H, H) and v.dtype == x.dtype
+    np.testing.assert_array_equal(v[:, 0], x)
+    np.testing.assert_array_equal(v[:, 1, 12:], x[:, :-12])
+    np.testing.assert_array_equal(v[:, 4, :, :-12], x[:, :, 12:])
+    bg = np.array([np.partition(xi.ravel()[::4], int(0.02 * (xi.size // 4 - 1)))[int(0.02 * (xi.size // 4 - 1))]
+                   for xi in x])
+    assert np.all(v[:, 1, :12] == bg[:, None, None]) and np.all(v[:, 3, :, :12] == bg[:, None, None])
+
+
+def strong(rng):
+    """Full-strength training augmentation with a border-cutting shift: flip, 12 px (12.5%) shift, 8 deg,
+    8% zoom in, gamma."""
+    a = rng.uniform(0, 2 * np.pi)
+    return dict(flip=int(rng.integers(2)), angle=float(rng.choice([-8.0, 8.0])), scale=1.08,
+                dy=12 * np.sin(a), dx=12 * np.cos(a), gamma=float(rng.choice([0.75, 1.33])))
+
+
+@pytest.fixture(scope="module")
+def planted_strong():
+    """40 candidates (20 members), 60 reference, 200 generated: 20 strongly augmented copies (:func:`strong`)
+    among the generator's own samples (other phantoms, i.e. look-alikes of every patient)."""
+    rng = np.random.default_rng(12)
+    real = phantoms(40, 80)
+    reference = phantoms(60, 81)
+    gen = phantoms(200, 82)
+    slots = rng.choice(len(gen), 20, replace=False)
+    for m, s in enumerate(slots):
+        gen[s] = u8(augment(real[m].astype(np.float64), **strong(rng)) + rng.normal(0, 2, (H, H)))
+    y = np.r_[np.ones(20, int), np.zeros(20, int)]
+    return real, reference, gen, y, slots
+
+
+def test_planted_strongly_augmented_copies_are_shortlisted_and_registered(planted_strong):
+    from imprint.engine.membership.register import shortlists
+
+    real, reference, gen, y, slots = planted_strong
+    pool = np.concatenate([real, reference])
+    iG, iR = _pixel_lists(gen, pool)
+    cg, _, cr, _ = shortlists(gen, pool, iG, iR)
+    found = (cg[:20] == slots[:, None]).any(1)
+    # 18/20 (the shortlist before the shift-augmented queries and the low-pass source found 17/20)
+    assert found.mean() >= 0.9, np.flatnonzero(~found)
+    assert not np.any(cr == np.arange(len(pool))[:, None])           # the control never lists the image itself
+    ev = compute_evidence(gen, pool, backbone=None, shape=False, use_lbp=False)[0]
+    best = ev["reg_match"][:20].astype(int)
+    assert (best == slots).mean() >= 0.85, np.flatnonzero(best != slots)
+    assert roc_auc_score(y, ev["reg_ratio"][:40]) >= 0.9
+    thr = np.quantile(ev["reg_ratio"][40:], 0.99)
+    assert (ev["reg_ratio"][:20] > thr).mean() >= 0.8
+
+
+def test_planted_strongly_augmented_members_are_flagged(planted_strong):
+    real, reference, gen, y, _ = planted_strong
+    res = audit_membership(gen, real, reference=reference)
+    assert roc_auc_score(y, res.score) >= 0.9          # 0.94: the 3 members whose copy is not registered
+    assert res.used[y == 1].mean() >= 0.8, res.used[y == 1]
+    assert res.used[y == 0].sum() <= 1
+
+
+def test_planted_resynthesised_copies_are_shortlisted_by_the_low_pass_source():
+    """Copied anatomy with re-synthesised texture (a member's Gaussian-sigma-3 low frequencies plus another
+    phantom's high frequencies) among other phantoms: the low-pass source puts the copy in every member's
+    shortlist; the registered low-pass evidence then ranks the members above the non-members."""
+    from imprint.engine.membership.register import lowpass_descriptors, shortlists, _desc_knn  # noqa: F401
+
+    rng = np.random.default_rng(13)
+    real = phantoms(40, 90)
+    reference = phantoms(40, 91)
+    donors = phantoms(20, 92).astype(np.float64)
+    gen = phantoms(160, 93)
+    slots = rng.choice(len(gen), 20, replace=False)
+    for m, (s, d) in enumerate(zip(slots, donors)):
+        gen[s] = u8(ndimage.gaussian_filter(real[m].astype(np.float64), 3) + d - ndimage.gaussian_filter(d, 3))
+    pool = np.concatenate([real, reference])
+    lp, _ = _desc_knn(lowpass_descriptors(gen), lowpass_descriptors(real[:20]), 3)
+    assert (lp == slots[:, None]).any(1).mean() >= 0.95
+    iG, iR = _pixel_lists(gen, pool)
+    cg, _, _, _ = shortlists(gen, pool, iG, iR, n_lp=3)
+    assert (cg[:20] == slots[:, None]).any(1).mean() >= 0.95
+    ev, _, _ = compute_evidence(gen, pool, backbone=None, shape=False, use_lbp=False)
+    y = np.r_[np.ones(20, int), np.zeros(20, int)]
+    assert roc_auc_score(y, ev["reg_lp_ratio"][:40]) >= 0.95
+    thr = np.quantile(ev["reg_lp_ratio"][40:], 0.99)
+    assert (ev["reg_lp_ratio"][:20] > thr).mean() >= 0.75
