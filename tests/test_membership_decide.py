@@ -601,3 +601,38 @@ def test_audit_flags_flipped_copies_with_twin_reference_images(tmp_path):
     assert res.used[:n1].sum() >= old.used[:n1].sum()
     with pytest.raises(ImprintError):
         audit_membership(gen, cand, reference=ref, backbone=None, combine="mean")
+
+
+def test_f1_evidence_pvalue_is_valid_by_simulation_and_finds_a_few_strong_members():
+    """The f1 rule's evidence test (exact beta-binomial count over the null threshold) is a valid p-value
+    when no candidate is a member, whatever the threshold's position: simulated P(p <= u) <= u (+ 3
+    binomial standard errors) at u = 0.01, 0.05, 0.2, for the null's maximum (K = 300, the exact fpr:0.01
+    threshold) and a lower order statistic (K = 120).  And a planted case the previous Binomial(N, alpha)
+    tail missed: 4 of 60 candidates above a 300-image null's maximum is evidence (p < 1e-3) and the rule
+    flags a strict subset, the 4 planted members among them."""
+    from imprint.engine.membership.decide import evidence_pvalue, f1_decision, null_threshold
+
+    rng = np.random.default_rng(7)
+    reps, N = 4000, 60
+    for K, dist in ((300, "t3"), (120, "normal")):
+        draw = (lambda n: rng.standard_t(3, n)) if dist == "t3" else (lambda n: rng.normal(size=n))
+        ps = np.empty(reps)
+        for r in range(reps):
+            null, cand = draw(K), draw(N)
+            th = null_threshold(null, 0.01)
+            thr = th["threshold"] if th["exact"] else th["fallback"]
+            ps[r] = evidence_pvalue(int((cand > thr).sum()), N, null, thr)
+        for u in (0.01, 0.05, 0.2):
+            rate = float((ps <= u).mean())
+            assert rate <= u + 3 * np.sqrt(u * (1 - u) / reps), (K, dist, u, rate)
+        assert (ps < 1).any()   # the test does respond (not a constant 1)
+
+    null = rng.normal(size=300)
+    scores = np.concatenate([rng.normal(size=56), null.max() + 1.0 + rng.random(4)])
+    th = null_threshold(null, 0.01)
+    assert evidence_pvalue(4, 60, null, th["threshold"]) < 1e-3
+    from scipy.stats import binom
+    assert binom.sf(3, 60, 0.01) > 1e-3   # what the previous test required: it would have said "no evidence"
+    used, info = f1_decision(scores, null)
+    assert info["evidence"] is True and 4 <= used.sum() < 60
+    assert used[-4:].all()

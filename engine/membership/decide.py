@@ -118,7 +118,8 @@ def f1_decision(scores: np.ndarray, null: np.ndarray, *, alpha_evidence: float =
     """Expected-F1-optimal flags from null-calibrated scores.
 
     1. Evidence test: ``h`` candidates above the ``alpha_evidence`` null threshold; evidence when
-       ``h >= min_hits`` and ``P(Binomial(N, alpha_evidence) >= h) < evidence_p``.
+       ``h >= min_hits`` and the exact p-value of ``h`` under exchangeability, ``evidence_pvalue``
+       (beta-binomial), is below ``evidence_p``.
     2. Without evidence: flag all (expected-F1 optimal for any unknown share of used images).
     3. With evidence: posterior ``q_i = 1 - pi0 / f(p_i)`` from a monotone (isotonic) density of
        the candidates' p-values and Storey's ``pi0``; choose the top-``k`` set maximising
@@ -128,7 +129,6 @@ def f1_decision(scores: np.ndarray, null: np.ndarray, *, alpha_evidence: float =
     -------
     used : int8 [N], info : dict (``pi1``, ``evidence``, ``expected_f1``, ``k``, ``threshold``)
     """
-    from scipy.stats import binom
     from sklearn.isotonic import IsotonicRegression
 
     s = np.asarray(scores, np.float64)
@@ -137,10 +137,11 @@ def f1_decision(scores: np.ndarray, null: np.ndarray, *, alpha_evidence: float =
     # a null too small for an exact alpha_evidence level: test at the level its maximum guarantees
     thr, a_ev = (th["threshold"], alpha_evidence) if th["exact"] else (th["fallback"], th["fallback_alpha"])
     h = int((s > thr).sum())
-    p_ev = float(binom.sf(h - 1, N, a_ev)) if h > 0 else 1.0
+    p_ev = evidence_pvalue(h, N, null, thr)
     p = _pvalues(s, null)
     pi1 = estimate_used_share(p)
-    info = {"evidence_hits": h, "evidence_pvalue": p_ev, "evidence_alpha": float(a_ev), "pi1_storey": pi1}
+    info = {"evidence_hits": h, "evidence_pvalue": p_ev, "evidence_alpha": float(a_ev), "pi1_storey": pi1,
+            "evidence_test": "exact beta-binomial count over the null threshold (exchangeable null)"}
     if h < min_hits or p_ev >= evidence_p:
         info.update(evidence=False, k=N, rule="flag all: no significant evidence of membership "
                     "(expected-F1-optimal for an unknown share of used images)")
@@ -172,6 +173,43 @@ def f1_decision(scores: np.ndarray, null: np.ndarray, *, alpha_evidence: float =
                 rule="two-group model on null-calibrated p-values, top-k maximising expected F1",
                 threshold=float(s[o[kbest - 1]]))
     return used, info
+
+
+def evidence_pvalue(hits: int, n_candidates: int, null: np.ndarray, threshold: float) -> float:
+    """Exact p-value of ``hits`` candidates above ``threshold`` when no candidate is a member.
+
+    If the ``N`` candidates and the ``K`` null scores are exchangeable (no member among the candidates),
+    and ``j`` null scores lie above ``threshold``, the share of the score distribution above the null's
+    ``(K - j)``-th order statistic is ``Beta(j + 1, K - j)`` and, given it, the count of candidates above
+    is binomial: the count is ``BetaBinomial(N, j + 1, K - j)``.  ``threshold`` at or above that order
+    statistic only lowers the count, so ``P(H >= hits)`` under this law is a valid (exact for continuous
+    scores at an order statistic) p-value for "no member".  It replaces the earlier ``Binomial(N, alpha)``
+    tail, which was valid only when the threshold's own rate held (95% confidence), i.e. at level
+    ``0.05 + evidence_p`` overall, and less powerful.
+
+    Parameters
+    ----------
+    hits : int
+        Candidates with a score strictly above ``threshold``.
+    n_candidates : int
+    null : float [K]
+    threshold : float (finite)
+
+    Returns
+    -------
+    float in (0, 1]
+    """
+    from scipy.stats import betabinom
+
+    if hits <= 0:
+        return 1.0
+    nl = np.asarray(null, np.float64)
+    nl = nl[np.isfinite(nl)]
+    K = len(nl)
+    j = int((nl > threshold).sum())
+    if K == 0 or j >= K:
+        return 1.0
+    return float(betabinom.sf(hits - 1, int(n_candidates), j + 1, K - j))
 
 
 def conformal_pvalues(scores: np.ndarray, null: np.ndarray) -> np.ndarray:
