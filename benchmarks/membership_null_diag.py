@@ -36,14 +36,6 @@ from imprint.engine.membership import audit_membership  # noqa: E402
 from imprint.engine.membership.common import MAX_FEATURES  # noqa: E402
 
 
-def _wanted(name, strength, only):
-    for w in only:
-        n, _, s = w.partition(":")
-        if name.startswith(n) and (not s or float(s) == strength):
-            return True
-    return False
-
-
 def _zcorr(a, b):
     a = (a - a.mean()) / (a.std() + 1e-9)
     b = (b - b.mean()) / (b.std() + 1e-9)
@@ -145,7 +137,7 @@ def run(args):
                                                      args.n_gen, rng)
         for _ in range(args.boot):       # the zoo's bootstrap draws, so later scenarios get the same draw
             rng.integers(0, len(y), len(y))
-        if not _wanted(name, strength, only):
+        if not zoo.scenario_wanted(name, strength, only):
             continue
         audit_mod._evidence = cap
         try:

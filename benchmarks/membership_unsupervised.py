@@ -33,7 +33,7 @@ from sklearn import metrics as skm
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from membership_zoo import DEV, load_real_and_fillers, scenarios, tpr_at  # noqa: E402
+from membership_zoo import DEV, build_scenario, load_real_and_fillers, scenarios, tpr_at  # noqa: E402
 
 from imprint.engine.membership import audit_membership  # noqa: E402
 
@@ -53,24 +53,10 @@ def run(args) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as cache:
         for name, fn, strength in scenarios(args.quick, real):
-            perm = rng.permutation(len(real))
-            mem, non, rest = perm[:nm], perm[nm:2 * nm], perm[2 * nm:]
-            copies = []
-            if fn is not None:
-                for i in mem:
-                    y_ = fn(real[i].astype(np.float64), strength, rng)
-                    copies.append(np.clip(np.rint(y_ + rng.normal(0, 2, y_.shape)), 0, 255).astype(np.uint8))
-            n_fill = args.n_gen - len(copies)
-            if fill_imgs is not None:
-                fill = fill_imgs[rng.choice(len(fill_imgs), n_fill, replace=n_fill > len(fill_imgs))]
-            else:
-                a = real[rng.choice(rest, n_fill)].astype(np.float64)
-                b = real[rng.choice(rest, n_fill)].astype(np.float64)
-                fill = np.clip(np.rint(0.5 * (a + b) + rng.normal(0, 3, a.shape)), 0, 255).astype(np.uint8)
-            gen = np.concatenate([np.stack(copies), fill]) if copies else fill
-            gen = gen[rng.permutation(len(gen))]
-            cand = np.concatenate([real[mem], real[non]])
-            y = np.r_[np.ones(nm, int), np.zeros(nm, int)] if fn is not None else np.zeros(2 * nm, int)
+            # the zoo's builder (no reference: nref 0), so texture donors never come from the candidates
+            gen, cand, _, y, _ = build_scenario(real, fn, strength, fill_imgs, nm, 0, args.n_gen, rng)
+            if fn is None:
+                y = np.zeros(2 * nm, int)   # a non-memorising generator: no candidate is a member
             row = {"transform": name, "strength": strength}
             for emp in (False, True):
                 for dec in DECISIONS:

@@ -212,6 +212,15 @@ def load_inputs(args):
     return real, fill_imgs
 
 
+def scenario_wanted(name: str, strength: float, only) -> bool:
+    """Is scenario ``(name, strength)`` selected by ``only``, a list of ``NAME_PREFIX[:STRENGTH]``?"""
+    for w in only:
+        prefix, _, st = w.partition(":")
+        if name.startswith(prefix) and (not st or float(st) == strength):
+            return True
+    return False
+
+
 def build_scenario(real, fn, strength, fill_imgs, nm, nref, n_gen, rng):
     """One simulated generator (module docstring, steps 1-2).
 
@@ -250,9 +259,7 @@ def run(args) -> list[dict]:
     rows = []
     for name, fn, strength in scenarios(args.quick, real):
         gen, cand, ref, y, _ = build_scenario(real, fn, strength, fill_imgs, nm, nref, args.n_gen, rng)
-        if args.only and not any(name.startswith(w.partition(":")[0]) and (not w.partition(":")[2]
-                                                                           or float(w.partition(":")[2]) == strength)
-                                 for w in args.only.split(",")):
+        if args.only and not scenario_wanted(name, strength, args.only.split(",")):
             for _ in range(args.boot):     # the bootstrap's draws, so the next scenarios get a plain run's draws
                 rng.integers(0, len(y), len(y))
             continue

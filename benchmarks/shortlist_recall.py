@@ -42,14 +42,6 @@ CONFIGS = {"before": (dict(n_lp=0, shift_queries=False), 0.0), "after": ({}, reg
            "after + lp": (dict(n_lp=3), reg.COARSE_BLUR)}
 
 
-def _want(name, strength, want):
-    for w in want:
-        key, _, s = w.partition(":")
-        if name.startswith(key) and (not s or float(s) == strength):
-            return True
-    return False
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--real", default="/work/shared/corpus/dev/attribution")
@@ -74,7 +66,7 @@ def main(argv=None):
           "| reg_lo_ratio | reg_lp_ratio | s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, fn, strength in mz.scenarios(False, real):
-        if fn is None or not _want(name, strength, want):
+        if fn is None or not mz.scenario_wanted(name, strength, want):
             continue
         gen, cand, ref, y, copy = mz.build_scenario(real, fn, strength, fill, nm, a.n_reference, a.n_gen, rng)
         P = np.concatenate([cand, ref])
