@@ -385,6 +385,17 @@ def _r2_two_groups(p):
     return float(np.clip(1.0 - np.min(w1 + w2) / tot, 0.0, 1.0))
 
 
+def _half_splits(n, repeats, seed):
+    """Yield ``(repeat, train, test)``: ``repeats`` random halvings of ``range(n)``, each half used once as the
+    training half (the held-out split of :func:`_separation_test` and :func:`_labelled_separation`)."""
+    rng = np.random.default_rng(seed)
+    for r in range(repeats):
+        perm = rng.permutation(n)
+        a, b = perm[: n // 2], perm[n // 2:]
+        yield r, a, b
+        yield r, b, a
+
+
 def _separation_test(V, seed, repeats=5):
     """Held-out two-group separation of ``V`` [N, d] (the k = 1 test).
 
@@ -400,23 +411,19 @@ def _separation_test(V, seed, repeats=5):
     n = V.shape[0]
     if n < 10:
         return float("nan"), []
-    rng = np.random.default_rng(seed)
     vals = []
-    for r in range(repeats):
-        perm = rng.permutation(n)
-        a, b = perm[: n // 2], perm[n // 2:]
-        for tr, te in ((a, b), (b, a)):
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    lab = KMeans(2, n_init=5, random_state=seed + r).fit_predict(V[tr])
-                    if np.bincount(lab, minlength=2).min() < 2:
-                        vals.append(0.0)
-                        continue
-                    proj = LinearDiscriminantAnalysis(solver="eigen", shrinkage="auto").fit(V[tr], lab).transform(V[te])
-                vals.append(_r2_two_groups(proj[:, 0]))
-            except (ValueError, np.linalg.LinAlgError):  # degenerate (e.g. identical images)
-                vals.append(0.0)
+    for r, tr, te in _half_splits(n, repeats, seed):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                lab = KMeans(2, n_init=5, random_state=seed + r).fit_predict(V[tr])
+                if np.bincount(lab, minlength=2).min() < 2:
+                    vals.append(0.0)
+                    continue
+                proj = LinearDiscriminantAnalysis(solver="eigen", shrinkage="auto").fit(V[tr], lab).transform(V[te])
+            vals.append(_r2_two_groups(proj[:, 0]))
+        except (ValueError, np.linalg.LinAlgError):  # degenerate (e.g. identical images)
+            vals.append(0.0)
     return float(np.median(vals)), [float(v) for v in vals]
 
 
@@ -451,33 +458,29 @@ def _labelled_separation(V, y, seed, repeats=5, S_extra=None):
     from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
     n = V.shape[0]
-    rng = np.random.default_rng(seed)
     vals = []
-    for r in range(repeats):
-        perm = rng.permutation(n)
-        a, b = perm[: n // 2], perm[n // 2:]
-        for tr, te in ((a, b), (b, a)):
-            if np.bincount(y[tr], minlength=2).min() < 2 or np.bincount(y[te], minlength=2).min() < 1:
-                vals.append(0.0)
-                continue
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    if S_extra is None:
-                        p = LinearDiscriminantAnalysis(solver="eigen", shrinkage="auto").fit(V[tr], y[tr]).transform(
-                            V[te])[:, 0]
-                    else:  # processing scatter counted as within-group noise: a processing split cannot pass
-                        w_ = _fisher_direction(V[tr], y[tr], S_extra)
-                        p = V[te] @ w_
-            except (ValueError, np.linalg.LinAlgError):
-                vals.append(0.0)
-                continue
-            tot = float(((p - p.mean()) ** 2).sum())
-            within = sum(float(((p[y[te] == c] - p[y[te] == c].mean()) ** 2).sum()) for c in (0, 1) if (y[te] == c).any())
-            if S_extra is not None:  # the spread processing would add along the direction counts as within-group
-                extra = len(te) * float(w_ @ S_extra @ w_)
-                within, tot = within + extra, tot + extra
-            vals.append(float(np.clip(1.0 - within / tot, 0.0, 1.0)) if tot > 1e-12 else 0.0)
+    for _, tr, te in _half_splits(n, repeats, seed):
+        if np.bincount(y[tr], minlength=2).min() < 2 or np.bincount(y[te], minlength=2).min() < 1:
+            vals.append(0.0)
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if S_extra is None:
+                    p = LinearDiscriminantAnalysis(solver="eigen", shrinkage="auto").fit(V[tr], y[tr]).transform(
+                        V[te])[:, 0]
+                else:  # processing scatter counted as within-group noise: a processing split cannot pass
+                    w_ = _fisher_direction(V[tr], y[tr], S_extra)
+                    p = V[te] @ w_
+        except (ValueError, np.linalg.LinAlgError):
+            vals.append(0.0)
+            continue
+        tot = float(((p - p.mean()) ** 2).sum())
+        within = sum(float(((p[y[te] == c] - p[y[te] == c].mean()) ** 2).sum()) for c in (0, 1) if (y[te] == c).any())
+        if S_extra is not None:  # the spread processing would add along the direction counts as within-group
+            extra = len(te) * float(w_ @ S_extra @ w_)
+            within, tot = within + extra, tot + extra
+        vals.append(float(np.clip(1.0 - within / tot, 0.0, 1.0)) if tot > 1e-12 else 0.0)
     return float(np.median(vals))
 
 
