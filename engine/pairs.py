@@ -81,8 +81,8 @@ def run_pairs(*, real_dir: str, gen_dir: str, k: int, out: str, backbone: str = 
 
     from .backbone import load_backbone
     from .ingest import discover, iter_batches
-    from .pipeline import (_check_dir, _check_out, _load, _NullReporter, _outputs_together, _skip_report,
-                           _sigterm_as_interrupt, _strict)
+    from .pipeline import (_check_dir, _check_new_dir, _check_out, _load, _NullReporter, _outputs_together,
+                           _skip_report, _sigterm_as_interrupt, _strict)
     from . import device as device_mod
     from .store import atomic_write_text
 
@@ -109,11 +109,7 @@ def run_pairs(*, real_dir: str, gen_dir: str, k: int, out: str, backbone: str = 
     from .executors.local import LocalExecutor
 
     if store_dir is not None:
-        sd = Path(store_dir)
-        if sd.exists() and not sd.is_dir():
-            raise ImprintError(f"--store-dir: {store_dir} is not a folder")
-        if not sd.resolve().parent.is_dir():
-            raise ImprintError(f"--store-dir: folder {sd.resolve().parent} does not exist")
+        _check_new_dir(store_dir, "--store-dir")
     bb = load_backbone(backbone)
     t = {"read_generated_s": 0.0, "embed_s": 0.0, "index_s": 0.0, "read_real_s": 0.0, "search_s": 0.0,
          "rerank_s": 0.0, "write_s": 0.0}

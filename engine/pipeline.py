@@ -80,13 +80,19 @@ def _check_out(out: str, what: str = "--out") -> None:
         raise ImprintError(f"{what}: folder {parent} is not writable")
 
 
-def _check_report_dir(report_dir: str) -> None:
-    p = Path(report_dir)
+def _check_new_dir(path: str, what: str) -> None:
+    """An output folder that may not exist yet (``--report``, ``--store-dir``): one-line error when the path is a
+    file or its parent folder is missing."""
+    p = Path(path)
     if p.exists() and not p.is_dir():
-        raise ImprintError(f"--report: {report_dir} exists and is not a folder")
+        raise ImprintError(f"{what}: {path} exists and is not a folder")
     parent = p.resolve().parent
     if not parent.is_dir():
-        raise ImprintError(f"--report: folder {parent} does not exist")
+        raise ImprintError(f"{what}: folder {parent} does not exist")
+
+
+def _check_report_dir(report_dir: str) -> None:
+    _check_new_dir(report_dir, "--report")
 
 
 def parse_decision(decision: str) -> str:
@@ -215,11 +221,7 @@ def run_membership(*, gen_dir: str, real_dir: str, out: str, dev_dirs: Sequence[
         _check_report_dir(report_dir)
     budget = _memory_budget_bytes(memory_budget_gb)
     if store_dir is not None:
-        sd = Path(store_dir)
-        if sd.exists() and not sd.is_dir():
-            raise ImprintError(f"--store-dir: {store_dir} is not a folder")
-        if not sd.resolve().parent.is_dir():
-            raise ImprintError(f"--store-dir: folder {sd.resolve().parent} does not exist")
+        _check_new_dir(store_dir, "--store-dir")
 
     skips: list = []
     timings: dict[str, float] = {}
