@@ -254,8 +254,9 @@ def audit_membership(generated, real, *, dev_sets: Sequence[DevSet] = (), refere
                              + (f"); empirical null: its shape from those pairs, its location {emp['loc']:+.2f} and scale "
                                 f"{emp['scale']:.2f} from the candidates' lower quarter; approximate: assumes at most half "
                                 "the candidates are members, members score above non-members, and non-members' scores "
-                                "have the pairs' shape up to location and scale (checked by simulation; the fpr rule's 95% "
-                                "confidence and fdr's Q hold under that model)"
+                                "have the pairs' shape up to location and scale; under that model fpr:ALPHA keeps the EXPECTED "
+                                "share of non-members flagged <= ALPHA (not at 95% confidence: the location and scale are "
+                                "estimated) and fdr:Q its FDR (tests/test_membership_unsupervised.py)"
                                 if emp is not None and emp["applied"] else
                                 "); approximate: assumes a generated image that copied no patient is no closer to a real "
                                 "patient than another patient is (corrected for the number of generated images)"
