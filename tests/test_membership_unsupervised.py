@@ -73,6 +73,29 @@ def test_registered_pair_null_sees_a_transformed_twin_in_the_real_folder():
     assert abs(np.median(px[twin_in_a]) - np.median(px[~twin_in_a])) < 0.5 * (v[twin_in_a].min() - v[~twin_in_a].max())
 
 
+def test_pair_null_on_a_subset_of_images_is_the_full_null_restricted(tmp_path):
+    """``max_images`` (the cost bound on large folders) keeps a random subset of the images as non-members, with
+    the splits and neighbours over every image: its rows are exactly the full null's rows of those images (one
+    split share, so no size-correction slope differs).  The checkpointed null reads back identical."""
+    from imprint.engine.membership.calibrate import PAIR_FEATURES, real_pair_null_cached
+
+    real = phantoms(30, 60, h=48)
+    kw = dict(splits=(0.5,), repeats=2, register=True, random_state=4)
+    full = real_pair_null(real, 29, **kw)
+    sub = real_pair_null(real, 29, max_images=12, **kw)
+    imgs = np.unique(sub["_images"])
+    assert len(imgs) == 12 and len(sub["_images"]) == 24 and len(full["_images"]) == 60
+    rows = np.flatnonzero(np.isin(full["_images"], imgs))
+    for n in PAIR_FEATURES + PAIR_REG_FEATURES:
+        np.testing.assert_allclose(sub[n], full[n][rows], rtol=1e-12, err_msg=n)
+    first = real_pair_null_cached(real, 29, cache_dir=str(tmp_path), **kw)
+    again = real_pair_null_cached(real, 29, cache_dir=str(tmp_path), **kw)
+    assert len(list(tmp_path.glob("pairnull-*.npz"))) == 1 and again["_theta"] == first["_theta"]
+    for n in PAIR_FEATURES + PAIR_REG_FEATURES + ("_images",):
+        np.testing.assert_array_equal(again[n], first[n])
+        np.testing.assert_allclose(first[n], full[n], rtol=1e-12)
+
+
 # ------------------------------------------------------------------------------------- the guarantee, simulated
 NAMES = ("pixel_nn_ratio", "mse_ratio", "shape_ratio") + PAIR_REG_FEATURES
 

@@ -203,7 +203,7 @@ def audit_membership(generated, real, *, dev_sets: Sequence[DevSet] = (), refere
         # the same combination rule as with a reference, on the real-to-real null (registered channels
         # included); then the empirical null: the candidates' lower quarter gives its location and scale
         score, null_scores, pinfo = pair_null_scores(Z, null_mask, w, mx, combine=combine, empirical=empirical,
-                                                     null_groups=np.arange(int(null_mask.sum())) % nR)
+                                                     null_groups=pn["_images"])
         combine_used, emp = pinfo["combine"], pinfo["empirical_null"]
     else:
         if combine == "tail" and int(null_mask.sum()) >= TAIL_MIN_NULL:

@@ -324,6 +324,10 @@ PAIR_FEATURES = ("pixel_nn_ratio", "mse_ratio", "shape_ratio")
 #: the transform-invariant (registered) evidence's real-to-real analogue (:func:`real_pair_null` with
 #: ``register=True``): each real image registered onto its shortlisted other reals, as if they were generated
 PAIR_REG_FEATURES = ("reg_ratio", "reg_lo_ratio", "reg_lp_ratio")
+#: most real images that play the non-member in :func:`real_pair_null` (a random subset above it): bounds the
+#: registered null's cost (~8 refined registrations per image) on large folders; 6 rows each = 12,000 null rows
+#: (a priori: ample for an fpr:0.01 order statistic and the tail fits; no dev folder reaches it)
+PAIR_NULL_MAX_IMAGES = 2000
 
 
 def near_duplicates(null_images: np.ndarray, candidates: np.ndarray, *, corr: float = NEAR_DUP_CORR,
@@ -453,20 +457,22 @@ def _pair_reg_candidates(real: np.ndarray, idx: np.ndarray, keys: list, cache: d
 
 
 def _pair_reg_values(real: np.ndarray, cand: np.ndarray, cflip: np.ndarray, inA: np.ndarray, keys: list,
-                     cache: dict, eps: float = 1e-3) -> dict:
+                     cache: dict, eps: float = 1e-3, only: np.ndarray | None = None) -> dict:
     """One split's registered null values: every real image registered (:func:`.register._best_registered`,
     the evidence's own rule: the coarse-best candidates refined, the best NCC kept) onto its candidates in
     part A (playing the generated images) and in part B (the other reals); ``-log((1 - ncc_A + eps) /
     (1 - ncc_B + eps))`` at full resolution, ~32 px and ~16 px, as in
     :func:`.register.registered_evidence`.  NaN where a part holds no candidate.  Registrations are
-    memoised in ``cache`` (content keys), so the splits share them with each other and with the evidence."""
+    memoised in ``cache`` (content keys), so the splits share them with each other and with the evidence.
+    ``only`` (bool [R] or None): register only these images (the others' values are NaN)."""
     from .register import _best_registered
 
     R = len(real)
     best = {}
     for part in (True, False):
         c = np.where((cand >= 0) & (inA[np.maximum(cand, 0)] == part), cand, -1)
-        rows = np.flatnonzero((c >= 0).any(1))
+        has = (c >= 0).any(1) if only is None else ((c >= 0).any(1) & only)
+        rows = np.flatnonzero(has)
         v = {k: np.full(R, np.nan) for k in ("ncc", "ncc_lo", "ncc_lp")}
         if len(rows):
             _, out = _best_registered(real[rows], real, c[rows], cflip[rows], keys_a=[keys[r] for r in rows],
@@ -483,7 +489,8 @@ def _pair_reg_values(real: np.ndarray, cand: np.ndarray, cflip: np.ndarray, inA:
 
 def real_pair_null(real: np.ndarray, n_generated: int, *, k: int = 32, splits: Sequence[float] = (0.25, 0.5, 0.75),
                    repeats: int = 2, random_state: int = 0, cache: dict | None = None, register: bool = False,
-                   k_reg: int = 6, n_pix: int = 3, k_spec: int = 4) -> dict:
+                   k_reg: int = 6, n_pix: int = 3, k_spec: int = 4,
+                   max_images: int | None = None) -> dict:
     """Null evidence from pairs of different patients in the real folder (no labelled null needed).
 
     Each real image ``x`` plays a non-member: the other real images are split at random into a
@@ -512,11 +519,15 @@ def real_pair_null(real: np.ndarray, n_generated: int, *, k: int = 32, splits: S
                             registered onto its shortlisted other reals (:func:`_pair_reg_candidates`, the
                             evidence's shortlists and registration), the best of part A over the best of part B
     k_reg, n_pix, k_spec : int   the evidence's registration shortlist sizes (:func:`.register.registered_evidence`)
+    max_images : int or None     at most this many real images play the non-member (a seeded random subset; the
+                            splits and neighbours still range over every real image), so the registered null's cost
+                            is bounded on large folders (default :data:`PAIR_NULL_MAX_IMAGES`; None: that default)
 
     Returns
     -------
-    dict[str, float64 [R * len(splits) * repeats]] for every name in :data:`PAIR_FEATURES` (and
-    :data:`PAIR_REG_FEATURES` with ``register``; the rows
+    dict[str, float64 [R' * len(splits) * repeats]] (``R' = min(R, max_images)``) for every name in
+    :data:`PAIR_FEATURES` (and :data:`PAIR_REG_FEATURES` with ``register``), ``"_images"`` (int [rows]: the real
+    image of every row); the rows
     of one split are consecutive; row ``r`` of a split is real image ``r % R``), ``"_theta"`` and
     ``"_shift"`` (name -> float: the slope and the mean shift applied).
     """
@@ -544,6 +555,11 @@ def real_pair_null(real: np.ndarray, n_generated: int, *, k: int = 32, splits: S
     dist["shape_ratio"] = (np.clip(a.astype(np.float64), 0, None) / dim + 1.0 / dim, ia)
 
     feats = PAIR_FEATURES + (PAIR_REG_FEATURES if register else ())
+    cap = PAIR_NULL_MAX_IMAGES if max_images is None else int(max_images)
+    only = None
+    if R > cap:
+        only = np.zeros(R, bool)
+        only[np.random.default_rng([random_state, 1]).choice(R, cap, replace=False)] = True
     if register:
         from .common import _hashes
 
@@ -560,7 +576,7 @@ def real_pair_null(real: np.ndarray, n_generated: int, *, k: int = 32, splits: S
         for _ in range(int(repeats)):
             inA = rng.random(R) < p
             if register:
-                for n, v in _pair_reg_values(real, cand, cflip, inA, keys, cache).items():
+                for n, v in _pair_reg_values(real, cand, cflip, inA, keys, cache, only=only).items():
                     vals[n].append(v)
             for n, (dd, ii) in dist.items():
                 a_mask = inA[ii]                                       # [R, kk]: neighbour in part A
@@ -571,11 +587,12 @@ def real_pair_null(real: np.ndarray, n_generated: int, *, k: int = 32, splits: S
                 v[ok] = -np.log(dd[rows[ok], ja[ok]] / dd[rows[ok], jb[ok]])
                 vals[n].append(v)
             logit.append(np.full(R, math.log(p / (1.0 - p))))
-    logit = np.concatenate(logit)
+    keep = np.tile(np.ones(R, bool) if only is None else only, len(logit))
+    logit = np.concatenate(logit)[keep]
     target = math.log(max(int(n_generated), 1) / (R - 1.0))
-    out: dict = {"_theta": {}, "_shift": {}}
+    out: dict = {"_theta": {}, "_shift": {}, "_images": np.tile(np.arange(R), len(keep) // R)[keep]}
     for n in feats:
-        v = np.concatenate(vals[n])
+        v = np.concatenate(vals[n])[keep]
         ok = np.isfinite(v)
         lv = np.unique(logit)
         med = np.array([trim_mean(v[ok & (logit == l)], 0.1) for l in lv])
@@ -826,7 +843,7 @@ def real_pair_null_cached(real: np.ndarray, n_generated: int, *, cache_dir: str 
     from ..store import atomic_write_bytes
 
     key = {k_: v for k_, v in kw.items() if k_ != "cache"}
-    key.update(n_generated=int(n_generated), version=1)
+    key.update(n_generated=int(n_generated), version=2)
     h = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode())
     a = np.ascontiguousarray(real)
     h.update(f"{a.dtype}{a.shape}".encode())
@@ -843,7 +860,7 @@ def real_pair_null_cached(real: np.ndarray, n_generated: int, *, cache_dir: str 
     out = real_pair_null(real, n_generated, **kw)
     Path(cache_dir).mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
-    np.savez(buf, meta=np.array(json.dumps({k_: v for k_, v in out.items() if k_.startswith("_")})),
-             **{f"v_{k_}": np.asarray(v) for k_, v in out.items() if not k_.startswith("_")})
+    np.savez(buf, meta=np.array(json.dumps({k_: v for k_, v in out.items() if k_ in ("_theta", "_shift")})),
+             **{f"v_{k_}": np.asarray(v) for k_, v in out.items() if k_ not in ("_theta", "_shift")})
     atomic_write_bytes(path, buf.getvalue())
     return out
