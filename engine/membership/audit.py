@@ -245,7 +245,8 @@ def audit_membership(generated, real, *, dev_sets: Sequence[DevSet] = (), refere
     else:
         info["pair_null"] = {"shift": {n: float(v) for n, v in pn["_shift"].items() if n in names},
                              "theta": {n: float(v) for n, v in pn["_theta"].items() if n in names},
-                             "registered": bool(reg_null), "icc": float(pinfo["null_icc"])}
+                             "registered": bool(reg_null),
+                             "icc": float(pinfo["null_icc"]) if np.isfinite(pinfo["null_icc"]) else None}
         if emp is not None:
             info["empirical_null"] = emp
         info["guarantee"] = (f"null: real-to-real nearest-neighbour pairs of the {nR} real images, {int(null_mask.sum())} "
