@@ -82,7 +82,9 @@ def main(argv=None):
     ap.add_argument("--markdown", action="store_true", help="print the table as markdown")
     ap.add_argument("--settings", default="dev+reference,unsupervised,unsupervised-pairs",
                     help="comma list of dev+reference, dev+reference-max (the max rule before the tail-calibrated one), "
-                         "unsupervised (empirical null), unsupervised-pairs (no empirical null)")
+                         "unsupervised (empirical null), unsupervised-pairs (no empirical null), unsupervised-noreg "
+                         "(no registered evidence in the real-to-real null), unsupervised-max (the max rule), "
+                         "unsupervised-before (both: the unsupervised mode before branch uns5)")
     ap.add_argument("--cache-dir", default=None, help="keep the evidence checkpoints here (a rerun re-decides only)")
     a = ap.parse_args(argv)
     root = os.path.join(a.corpus, "membership")
@@ -103,6 +105,11 @@ def main(argv=None):
                           else dict(empirical=setting == "unsupervised"))
                     if setting == "dev+reference-max":      # the combination rule before (same evidence, cached)
                         kw["combine"] = "max"
+                    if setting.startswith("unsupervised-"):   # variants of the unsupervised mode (issue 13, uns5)
+                        kw["empirical"] = setting != "unsupervised-pairs"
+                        kw.update({"unsupervised-noreg": dict(pair_register=False),
+                                   "unsupervised-max": dict(combine="max"),
+                                   "unsupervised-before": dict(pair_register=False, combine="max")}.get(setting, {}))
                     t0 = time.perf_counter()
                     res = audit_membership(d.generated, real, decision=dec, backbone=None, cache_dir=cache, **kw)
                     dt = time.perf_counter() - t0

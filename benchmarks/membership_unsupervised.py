@@ -5,11 +5,17 @@ with no reference: per scenario the real images are split at random into members
 non-members (members = half the candidates, the case the unsupervised null must handle), generated =
 one transformed copy of every member (+ noise sigma 2) mixed with non-copies (``--fillers``: the dev
 corpus' gen_a / gen_b images by default) up to ``--n-gen`` images.  ``audit_membership(generated,
-candidates)`` is run with the real-to-real null as it is (``empirical=False``, the state before the
-empirical null) and with the empirical null (``empirical=True``, the default), each at ``fpr:0.01`` and
-``fdr:0.1``; the evidence is computed once per scenario (shared ``cache_dir``).  Reported: ROC AUC
-(the same for both nulls), TPR at 1% FPR, recall and non-members flagged per decision; point values
-(no bootstrap: 40 + 40 candidates per scenario give intervals of about +-0.15 on recall).
+candidates)`` is run in two configurations on the same evidence (shared ``cache_dir``), each at
+``fpr:0.01`` and ``fdr:0.1``:
+
+* ``before``: ``pair_register=False, combine="max"`` - the unsupervised mode before branch uns5 (the
+  real-to-real null of the pixel / MSE / shape evidence only, the max rule, the empirical null); identical
+  to main before uns5 (checked on dev: the same figures as main's own run);
+* ``after``: the defaults - the registered evidence gets its real-to-real null too, the tail-calibrated
+  max rule, the empirical null.
+
+Reported: ROC AUC and TPR at 1% FPR of each, recall and non-members flagged per decision; point values
+(no bootstrap: 60 + 60 candidates per scenario give intervals of about +-0.12 on recall).
 
 This is a measurement, not a tuning set: nothing in engine/ was chosen on it.
 
@@ -17,6 +23,7 @@ Usage::
 
     python benchmarks/membership_unsupervised.py --quick          # 10 scenarios, 40 + 40 candidates, 400 generated
     python benchmarks/membership_unsupervised.py --quick --n-members 60   # 120 candidates: the empirical null applies
+    python benchmarks/membership_unsupervised.py --quick --n-members 60 --cache-dir /tmp/unsz --only flip,shift
     python benchmarks/membership_unsupervised.py [--real DIR] [--fillers DIR|dev|none] [--n-members 60] [--n-gen 1000]
 """
 
@@ -38,6 +45,8 @@ from membership_zoo import DEV, build_scenario, load_real_and_fillers, scenarios
 from imprint.engine.membership import audit_membership  # noqa: E402
 
 DECISIONS = ("fpr:0.01", "fdr:0.1")
+#: the unsupervised mode before branch uns5 and now (see the module docstring)
+CONFIGS = {"before": dict(pair_register=False, combine="max"), "after": {}}
 
 
 def build(args):
@@ -51,31 +60,34 @@ def run(args) -> list[dict]:
     if len(real) < 2 * nm + 20:
         raise SystemExit(f"need at least {2 * nm + 20} distinct real images, found {len(real)}")
     rows = []
-    with tempfile.TemporaryDirectory() as cache:
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = args.cache_dir or tmp
         for name, fn, strength in scenarios(args.quick, real):
+            if args.only and not any(o in name for o in args.only.split(",")):
+                build_scenario(real, fn, strength, fill_imgs, nm, 0, args.n_gen, rng)   # same draws as a full run
+                continue
             # the zoo's builder (no reference: nref 0), so texture donors never come from the candidates
             gen, cand, _, y, _ = build_scenario(real, fn, strength, fill_imgs, nm, 0, args.n_gen, rng)
             if fn is None:
                 y = np.zeros(2 * nm, int)   # a non-memorising generator: no candidate is a member
             row = {"transform": name, "strength": strength}
-            for emp in (False, True):
+            for conf, ckw in CONFIGS.items():
                 for dec in DECISIONS:
                     t0 = time.perf_counter()
-                    res = audit_membership(gen, cand, decision=dec, empirical=emp, cache_dir=cache)
+                    res = audit_membership(gen, cand, decision=dec, cache_dir=cache, **ckw)
                     used = np.asarray(res.used, int)
-                    if args.dump and not emp and dec == DECISIONS[0]:
+                    if args.dump and dec == DECISIONS[0]:
                         os.makedirs(args.dump, exist_ok=True)
-                        np.savez(os.path.join(args.dump, f"{len(rows):02d}.npz"), score=res.score, y=y,
+                        np.savez(os.path.join(args.dump, f"{len(rows):02d}-{conf}.npz"), score=res.score, y=y,
                                  null=res.null_scores)
-                    key = ("emp" if emp else "pairs") + "_" + dec
-                    row[key] = {"recall": float(used[y == 1].mean()) if y.any() else float("nan"),
-                                "nonmem_flagged": int(used[y == 0].sum()), "n_nonmem": int((y == 0).sum()),
-                                "seconds": time.perf_counter() - t0}
-                    if emp and res.info.get("empirical_null"):
+                    row[conf + "_" + dec] = {"recall": float(used[y == 1].mean()) if y.any() else float("nan"),
+                                             "nonmem_flagged": int(used[y == 0].sum()),
+                                             "n_nonmem": int((y == 0).sum()), "seconds": time.perf_counter() - t0}
+                    if conf == "after" and res.info.get("empirical_null"):
                         e = res.info["empirical_null"]
                         row["emp_fit"] = (e["loc"], e["scale"], e["pi0"])
-                    row["auc"] = float(skm.roc_auc_score(y, res.score)) if y.any() else float("nan")
-                    row["tpr1"] = tpr_at(y, res.score) if y.any() else float("nan")
+                    row[conf + "_auc"] = float(skm.roc_auc_score(y, res.score)) if y.any() else float("nan")
+                    row[conf + "_tpr1"] = tpr_at(y, res.score) if y.any() else float("nan")
             rows.append(row)
             print(fmt(row), flush=True)
     return rows
@@ -86,12 +98,14 @@ def fmt(r) -> str:
         v = r[k]
         rec = "n/a" if not np.isfinite(v["recall"]) else f"{v['recall']:.2f}"
         return f"{rec} / {v['nonmem_flagged']}/{v['n_nonmem']}"
-    auc = "n/a" if not np.isfinite(r["auc"]) else f"{r['auc']:.3f}"
-    tpr = "n/a" if not np.isfinite(r["tpr1"]) else f"{r['tpr1']:.2f}"
+    def num(k, f):
+        return "n/a" if not np.isfinite(r[k]) else format(r[k], f)
     fit = r.get("emp_fit")
     fit = f"{fit[0]:+.2f} / {fit[1]:.2f} / {fit[2]:.2f}" if fit else "-"
-    return (f"| {r['transform']} | {r['strength']:g} | {auc} | {tpr} | " + " | ".join(
-        cell(k) for k in ("pairs_fpr:0.01", "emp_fpr:0.01", "pairs_fdr:0.1", "emp_fdr:0.1")) + f" | {fit} |")
+    return (f"| {r['transform']} | {r['strength']:g} | {num('before_auc', '.3f')} / {num('after_auc', '.3f')} | "
+            f"{num('before_tpr1', '.2f')} / {num('after_tpr1', '.2f')} | " + " | ".join(
+                cell(k) for k in ("before_fpr:0.01", "after_fpr:0.01", "before_fdr:0.1", "after_fdr:0.1"))
+            + f" | {fit} |")
 
 
 def main(argv=None):
@@ -104,14 +118,16 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="10 scenarios, 40 members + 40 non-members, 400 generated")
     ap.add_argument("--dump", default=None, help="folder: save each scenario's scores, labels and real-pair null (.npz)")
+    ap.add_argument("--cache-dir", default=None, help="keep the evidence / real-to-real null checkpoints here")
+    ap.add_argument("--only", default=None, help="comma list: run only scenarios whose name contains one of these")
     a = ap.parse_args(argv)
     for k, v in dict(n_members=(40, 60), n_gen=(400, 1000)).items():   # explicitly given values win
         if getattr(a, k) is None:
             setattr(a, k, v[0] if a.quick else v[1])
     print(f"# unsupervised membership zoo: real={a.real} fillers={a.fillers} members={a.n_members} "
           f"(+ as many non-members) reference=none generated={a.n_gen} seed={a.seed}")
-    print("| transform | strength | AUC | TPR@1%FPR | fpr:0.01 pairs null: recall / non-members flagged | "
-          "fpr:0.01 empirical null | fdr:0.1 pairs null | fdr:0.1 empirical null | empirical loc / scale / pi0 |")
+    print("| transform | strength | AUC before / after | TPR@1%FPR before / after | fpr:0.01 before: recall / "
+          "non-members flagged | fpr:0.01 after | fdr:0.1 before | fdr:0.1 after | after: empirical loc / scale / pi0 |")
     print("|---|---|---|---|---|---|---|---|---|")
     run(a)
 

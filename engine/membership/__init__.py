@@ -58,7 +58,10 @@ Pipeline
 6. **Null.**  The reference images, minus near-duplicates of candidates (z-pixel correlation > 0.98, also
    mirrored: :func:`near_duplicates`), checked for exchangeability with the candidates on nuisance statistics
    (:func:`exchangeability_check`).  With fewer than 20 of them (or none) the null is built from pairs of
-   different patients in the real folder (:func:`real_pair_null`), whatever the share of members.
+   different patients in the real folder (:func:`real_pair_null`), whatever the share of members; the registered
+   evidence gets such a null too (each real image registered onto its shortlisted other reals), and the same
+   tail-calibrated rule combines the channels against it (:func:`calibrate.pair_null_scores`), then the empirical
+   null (:func:`empirical_null`): ``fpr:ALPHA`` then bounds the expected share of non-members flagged.
 7. **Decision.**  ``fpr:ALPHA`` flags a candidate only when its score exceeds an exact order statistic of the
    null scores (:func:`null_threshold`: P(a non-member is flagged) <= ALPHA at 95% confidence; a null smaller
    than :func:`min_null_size` falls back to its maximum and states the rate that holds).  ``fdr:Q`` applies

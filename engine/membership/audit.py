@@ -18,6 +18,7 @@ from .evidence import _evidence  # noqa: F401
 from .calibrate import (NEAR_DUP_CORR, PAIR_FEATURES, _combine, _feature_matrix, exchangeability_check,  # noqa: F401
                         empirical_null, fit_weights, near_duplicates, nuisance_statistics, real_pair_null, robust_calibrate)
 from .calibrate import TAIL_MIN_NULL, calibrated_max
+from .calibrate import PAIR_REG_FEATURES, pair_null_matrix, pair_null_scores, real_pair_null_cached
 from .decide import f1_decision, fdr_decision, null_threshold, parse_decision  # noqa: F401
 
 def _dev_training_rows(dev: DevSet, reference: np.ndarray | None, others_unused: list[np.ndarray],
@@ -56,7 +57,7 @@ def audit_membership(generated, real, *, dev_sets: Sequence[DevSet] = (), refere
                      progress: Callable[[int], object] | None = None, backbone: str | None = None,
                      k_gen: int = 10, k_real: int = 10, weights: dict | None = None,
                      cache_dir: str | None = None, executor=None, empirical: bool = True,
-                     combine: str = "tail") -> MembershipResult:
+                     combine: str = "tail", pair_register: bool = True) -> MembershipResult:
     """Score real images for membership in a generator's training set and decide used / unused.
 
     Parameters
@@ -91,7 +92,11 @@ def audit_membership(generated, real, *, dev_sets: Sequence[DevSet] = (), refere
                                   max-rule channel on its own null's scale first (:func:`calibrated_max`: a
                                   channel with a heavy-tailed null no longer sets the threshold); "max" is the
                                   max of robust z-scores (:func:`_combine`, the rule before).  Without such a
-                                  null "max" is used.
+                                  null "max" is used.  Without a labelled null the real-to-real null rows
+                                  (at least ``TAIL_MIN_NULL``) play that null (:func:`pair_null_scores`).
+    pair_register : bool          without a labelled null: give the registered evidence (``reg_*``) its own
+                                  real-to-real null (:func:`real_pair_null` with ``register=True``) and use it
+                                  (default True); False leaves it out, as before
 
     Returns
     -------
@@ -152,14 +157,12 @@ def audit_membership(generated, real, *, dev_sets: Sequence[DevSet] = (), refere
     else:
         # no labelled null: pairs of different patients in the real folder (real_pair_null)
         null_kind = "real-pairs"
-        names = [n for n in names if n in PAIR_FEATURES]
-        pn = real_pair_null(R, len(G), cache=kw["_cache"])
-        Zc, Zn = [], []
-        for n in names:
-            Zc.append(robust_calibrate(ev[n], pn[n]))
-            Zn.append(robust_calibrate(pn[n], pn[n]))
-        Z = np.concatenate([np.stack(Zc, 1), np.stack(Zn, 1)])
-        null_mask = np.r_[np.zeros(nR, bool), np.ones(len(Zn[0]), bool)]
+        # the registered (transform-invariant) evidence gets its real-to-real null too (each real image registered
+        # onto its shortlisted other reals), so flipped / shifted / rotated copies are found without a reference
+        reg_null = pair_register and any(n in ev for n in PAIR_REG_FEATURES)
+        names = [n for n in names if n in PAIR_FEATURES or (reg_null and n in PAIR_REG_FEATURES)]
+        pn = real_pair_null_cached(R, len(G), cache_dir=cache_dir, cache=kw["_cache"], register=reg_null)
+        Z, null_mask = pair_null_matrix({n: ev[n][:nR] for n in names}, pn, names)
     w0 = np.array([prior[n] for n in names], np.float64)
     mx = np.array([n in MAX_FEATURES for n in names])
 
@@ -195,19 +198,22 @@ def audit_membership(generated, real, *, dev_sets: Sequence[DevSet] = (), refere
     if combine not in ("tail", "max"):
         raise ImprintError(f"combine must be 'tail' or 'max' (got {combine!r})")
     combine_used = "max"
-    if combine == "tail" and null_kind == "reference" and int(null_mask.sum()) >= TAIL_MIN_NULL:
-        raw, tail_info = calibrated_max(Z, w, mx, null_mask)
-        combine_used = "tail"
-    else:
-        raw = _combine(Z, w, use_max=mx)
-    score_all = robust_calibrate(raw, raw[null_mask])
-    score = score_all[:nR]
-    null_scores = score_all[null_mask]
     emp = None
-    if null_kind == "real-pairs" and empirical:
-        # the real-to-real null fixes the shape; the candidates' lower quarter its location and scale
-        emp = empirical_null(score, null_scores)
-        null_scores = emp["loc"] + emp["scale"] * null_scores
+    if null_kind == "real-pairs":
+        # the same combination rule as with a reference, on the real-to-real null (registered channels
+        # included); then the empirical null: the candidates' lower quarter gives its location and scale
+        score, null_scores, pinfo = pair_null_scores(Z, null_mask, w, mx, combine=combine, empirical=empirical,
+                                                     null_groups=pn["_images"])
+        combine_used, emp = pinfo["combine"], pinfo["empirical_null"]
+    else:
+        if combine == "tail" and int(null_mask.sum()) >= TAIL_MIN_NULL:
+            raw, tail_info = calibrated_max(Z, w, mx, null_mask)
+            combine_used = "tail"
+        else:
+            raw = _combine(Z, w, use_max=mx)
+        score_all = robust_calibrate(raw, raw[null_mask])
+        score = score_all[:nR]
+        null_scores = score_all[null_mask]
 
     # ---- decision
     info: dict = {
@@ -238,7 +244,9 @@ def audit_membership(generated, real, *, dev_sets: Sequence[DevSet] = (), refere
             lines.append(exch["message"])
     else:
         info["pair_null"] = {"shift": {n: float(v) for n, v in pn["_shift"].items() if n in names},
-                             "theta": {n: float(v) for n, v in pn["_theta"].items() if n in names}}
+                             "theta": {n: float(v) for n, v in pn["_theta"].items() if n in names},
+                             "registered": bool(reg_null),
+                             "icc": float(pinfo["null_icc"]) if np.isfinite(pinfo["null_icc"]) else None}
         if emp is not None:
             info["empirical_null"] = emp
         info["guarantee"] = (f"null: real-to-real nearest-neighbour pairs of the {nR} real images, {int(null_mask.sum())} "
@@ -247,12 +255,16 @@ def audit_membership(generated, real, *, dev_sets: Sequence[DevSet] = (), refere
                              + (f"); empirical null: its shape from those pairs, its location {emp['loc']:+.2f} and scale "
                                 f"{emp['scale']:.2f} from the candidates' lower quarter; approximate: assumes at most half "
                                 "the candidates are members, members score above non-members, and non-members' scores "
-                                "have the pairs' shape up to location and scale"
+                                "have the pairs' shape up to location and scale; under that model fpr:ALPHA keeps the EXPECTED "
+                                "share of non-members flagged <= ALPHA (not at 95% confidence: the location and scale are "
+                                "estimated) and fdr:Q its FDR (tests/test_membership_unsupervised.py)"
                                 if emp is not None and emp["applied"] else
                                 "); approximate: assumes a generated image that copied no patient is no closer to a real "
                                 "patient than another patient is (corrected for the number of generated images)"
                                 + (f" ({emp['reason']})" if emp is not None else ""))
-                             + f", on evidence {', '.join(names)}")
+                             + f", on evidence {', '.join(names)}"
+                             + (" (the registered evidence's null: each real image registered onto its nearest other reals)"
+                                if reg_null else ""))
     if n_ref_identical or n_ref_near:
         lines.append(f"Removed {n_ref_identical} identical and {n_ref_near} near-duplicate reference images of candidates "
                      f"(z-pixel correlation > {NEAR_DUP_CORR}, also mirrored) from the null.")

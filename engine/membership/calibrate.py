@@ -321,6 +321,13 @@ NEAR_DUP_CORR = 0.98
 EXCHANGE_ALPHA = 0.01
 #: evidence with a real-to-real analogue (:func:`real_pair_null`), used when there is no labelled null
 PAIR_FEATURES = ("pixel_nn_ratio", "mse_ratio", "shape_ratio")
+#: the transform-invariant (registered) evidence's real-to-real analogue (:func:`real_pair_null` with
+#: ``register=True``): each real image registered onto its shortlisted other reals, as if they were generated
+PAIR_REG_FEATURES = ("reg_ratio", "reg_lo_ratio", "reg_lp_ratio")
+#: most real images that play the non-member in :func:`real_pair_null` (a random subset above it): bounds the
+#: registered null's cost (~8 refined registrations per image) on large folders; 6 rows each = 12,000 null rows
+#: (a priori: ample for an fpr:0.01 order statistic and the tail fits; no dev folder reaches it)
+PAIR_NULL_MAX_IMAGES = 2000
 
 
 def near_duplicates(null_images: np.ndarray, candidates: np.ndarray, *, corr: float = NEAR_DUP_CORR,
@@ -429,8 +436,61 @@ def exchangeability_check(null_stats: dict, cand_stats: dict, *, alpha: float = 
     return out
 
 
+def _pair_reg_candidates(real: np.ndarray, idx: np.ndarray, keys: list, cache: dict, *, k_reg: int, n_pix: int,
+                         k_spec: int, share: float) -> tuple[np.ndarray, np.ndarray]:
+    """Registration candidates of every real image among the OTHER real images, built by the evidence's own
+    :func:`.register.shortlists` (moment-frame descriptors with shifted queries, z-pixel neighbours, spectra),
+    each source enlarged by ``1 / share`` so that the part of a split holding a share ``share`` of the other
+    reals still gets about as many candidates as the evidence's shortlist among the generated images.
+
+    Returns ``cand`` int64 [R, C] (indices into ``real``, -1 = none, never the row itself) and ``flip`` [R, C]."""
+    from .register import shortlists
+
+    grow = 1.0 / max(min(share, 1.0), 1e-3)
+    R = len(real)
+    kr = int(min(R - 1, math.ceil(k_reg * grow)))
+    ks = int(min(R - 1, math.ceil(k_spec * grow)))
+    npx = int(min(idx.shape[1], math.ceil(n_pix * grow)))
+    _, _, cr, fcr = shortlists(real, real, idx, idx, k_reg=kr, n_pix=npx, k_spec=ks, keys_gen=keys,
+                               keys_pool=keys, cache=cache)
+    return cr, fcr
+
+
+def _pair_reg_values(real: np.ndarray, cand: np.ndarray, cflip: np.ndarray, inA: np.ndarray, keys: list,
+                     cache: dict, eps: float = 1e-3, only: np.ndarray | None = None) -> dict:
+    """One split's registered null values: every real image registered (:func:`.register._best_registered`,
+    the evidence's own rule: the coarse-best candidates refined, the best NCC kept) onto its candidates in
+    part A (playing the generated images) and in part B (the other reals); ``-log((1 - ncc_A + eps) /
+    (1 - ncc_B + eps))`` at full resolution, ~32 px and ~16 px, as in
+    :func:`.register.registered_evidence`.  NaN where a part holds no candidate.  Registrations are
+    memoised in ``cache`` (content keys), so the splits share them with each other and with the evidence.
+    ``only`` (bool [R] or None): register only these images (the others' values are NaN)."""
+    from .register import _best_registered
+
+    R = len(real)
+    best = {}
+    for part in (True, False):
+        c = np.where((cand >= 0) & (inA[np.maximum(cand, 0)] == part), cand, -1)
+        has = (c >= 0).any(1) if only is None else ((c >= 0).any(1) & only)
+        rows = np.flatnonzero(has)
+        v = {k: np.full(R, np.nan) for k in ("ncc", "ncc_lo", "ncc_lp")}
+        if len(rows):
+            _, out = _best_registered(real[rows], real, c[rows], cflip[rows], keys_a=[keys[r] for r in rows],
+                                      keys_b=keys, cache=cache)
+            for k in v:
+                v[k][rows] = out[k]
+        best[part] = v
+    a, b = best[True], best[False]
+    with np.errstate(invalid="ignore"):
+        return {"reg_ratio": -np.log((1 - a["ncc"] + eps) / (1 - b["ncc"] + eps)),
+                "reg_lo_ratio": -np.log((1 - a["ncc_lo"] + eps) / (1 - b["ncc_lo"] + eps)),
+                "reg_lp_ratio": -np.log((1 - a["ncc_lp"] + eps) / (1 - b["ncc_lp"] + eps))}
+
+
 def real_pair_null(real: np.ndarray, n_generated: int, *, k: int = 32, splits: Sequence[float] = (0.25, 0.5, 0.75),
-                   repeats: int = 2, random_state: int = 0, cache: dict | None = None) -> dict:
+                   repeats: int = 2, random_state: int = 0, cache: dict | None = None, register: bool = False,
+                   k_reg: int = 6, n_pix: int = 3, k_spec: int = 4,
+                   max_images: int | None = None) -> dict:
     """Null evidence from pairs of different patients in the real folder (no labelled null needed).
 
     Each real image ``x`` plays a non-member: the other real images are split at random into a
@@ -454,10 +514,20 @@ def real_pair_null(real: np.ndarray, n_generated: int, *, k: int = 32, splits: S
     splits : shares ``p`` of the other reals playing the generated part
     repeats : random splits per share
     random_state : int
+    cache : dict or None    memo shared with the evidence (anatomy masks, registrations)
+    register : bool         also the transform-invariant evidence (:data:`PAIR_REG_FEATURES`): every real image
+                            registered onto its shortlisted other reals (:func:`_pair_reg_candidates`, the
+                            evidence's shortlists and registration), the best of part A over the best of part B
+    k_reg, n_pix, k_spec : int   the evidence's registration shortlist sizes (:func:`.register.registered_evidence`)
+    max_images : int or None     at most this many real images play the non-member (a seeded random subset; the
+                            splits and neighbours still range over every real image), so the registered null's cost
+                            is bounded on large folders (default :data:`PAIR_NULL_MAX_IMAGES`; None: that default)
 
     Returns
     -------
-    dict[str, float64 [R * len(splits) * repeats]] for every name in :data:`PAIR_FEATURES` (the rows
+    dict[str, float64 [R' * len(splits) * repeats]] (``R' = min(R, max_images)``) for every name in
+    :data:`PAIR_FEATURES` (and :data:`PAIR_REG_FEATURES` with ``register``), ``"_images"`` (int [rows]: the real
+    image of every row); the rows
     of one split are consecutive; row ``r`` of a split is real image ``r % R``), ``"_theta"`` and
     ``"_shift"`` (name -> float: the slope and the mean shift applied).
     """
@@ -484,13 +554,30 @@ def real_pair_null(real: np.ndarray, n_generated: int, *, k: int = 32, splits: S
     dim = float(masks.shape[1])
     dist["shape_ratio"] = (np.clip(a.astype(np.float64), 0, None) / dim + 1.0 / dim, ia)
 
+    feats = PAIR_FEATURES + (PAIR_REG_FEATURES if register else ())
+    cap = PAIR_NULL_MAX_IMAGES if max_images is None else int(max_images)
+    only = None
+    if R > cap:
+        only = np.zeros(R, bool)
+        only[np.random.default_rng([random_state, 1]).choice(R, cap, replace=False)] = True
+    if register:
+        from .common import _hashes
+
+        cache = cache if cache is not None else {}
+        keys = _hashes(real)
+        share = min(min(splits), 1.0 - max(splits))
+        cand, cflip = _pair_reg_candidates(real, idx, keys, cache, k_reg=k_reg, n_pix=n_pix, k_spec=k_spec,
+                                           share=share)
     rng = np.random.default_rng(random_state)
-    vals = {n: [] for n in PAIR_FEATURES}
+    vals = {n: [] for n in feats}
     logit = []
     rows = np.arange(R)
     for p in splits:
         for _ in range(int(repeats)):
             inA = rng.random(R) < p
+            if register:
+                for n, v in _pair_reg_values(real, cand, cflip, inA, keys, cache, only=only).items():
+                    vals[n].append(v)
             for n, (dd, ii) in dist.items():
                 a_mask = inA[ii]                                       # [R, kk]: neighbour in part A
                 ja = np.where(a_mask.any(1), a_mask.argmax(1), -1)
@@ -500,11 +587,12 @@ def real_pair_null(real: np.ndarray, n_generated: int, *, k: int = 32, splits: S
                 v[ok] = -np.log(dd[rows[ok], ja[ok]] / dd[rows[ok], jb[ok]])
                 vals[n].append(v)
             logit.append(np.full(R, math.log(p / (1.0 - p))))
-    logit = np.concatenate(logit)
+    keep = np.tile(np.ones(R, bool) if only is None else only, len(logit))
+    logit = np.concatenate(logit)[keep]
     target = math.log(max(int(n_generated), 1) / (R - 1.0))
-    out: dict = {"_theta": {}, "_shift": {}}
-    for n in PAIR_FEATURES:
-        v = np.concatenate(vals[n])
+    out: dict = {"_theta": {}, "_shift": {}, "_images": np.tile(np.arange(R), len(keep) // R)[keep]}
+    for n in feats:
+        v = np.concatenate(vals[n])[keep]
         ok = np.isfinite(v)
         lv = np.unique(logit)
         med = np.array([trim_mean(v[ok & (logit == l)], 0.1) for l in lv])
@@ -640,4 +728,139 @@ def empirical_null(candidate_scores: np.ndarray, null_scores: np.ndarray, *,
 
     loc, scale, pi0 = fit(s)
     out.update(loc=loc, scale=scale, pi0=pi0, applied=True)
+    return out
+
+
+# ----------------------------------------------------------------------------------------- unsupervised scores
+def pair_null_matrix(evidence: dict, pair_null: dict, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Evidence matrix of the candidates stacked over the real-to-real null rows, every channel as a robust
+    z-score against its own real-to-real null (:func:`real_pair_null`).
+
+    Parameters
+    ----------
+    evidence : dict[str, float [N]]       the candidates' evidence
+    pair_null : dict[str, float [K]]      :func:`real_pair_null` output
+    names : sequence of str               channels (each in both dicts)
+
+    Returns
+    -------
+    Z : float64 [N + K, F]     candidates first, then the null rows
+    null_mask : bool [N + K]   True on the null rows
+    """
+    Zc, Zn = [], []
+    for n in names:
+        Zc.append(robust_calibrate(evidence[n], pair_null[n]))
+        Zn.append(robust_calibrate(pair_null[n], pair_null[n]))
+    N = len(Zc[0]) if Zc else 0
+    K = len(Zn[0]) if Zn else 0
+    Z = np.concatenate([np.stack(Zc, 1), np.stack(Zn, 1)]) if names else np.zeros((N + K, 0))
+    return Z, np.r_[np.zeros(N, bool), np.ones(K, bool)]
+
+
+def _intraclass_correlation(values: np.ndarray, groups: np.ndarray) -> float:
+    """One-way ANOVA intraclass correlation of ``values`` grouped by ``groups`` (equal group sizes assumed
+    for the estimator, clipped to [0, 1]; NaN when not estimable)."""
+    v = np.asarray(values, np.float64)
+    g = np.asarray(groups)
+    ok = np.isfinite(v)
+    v, g = v[ok], g[ok]
+    ug, inv = np.unique(g, return_inverse=True)
+    if len(ug) < 2 or len(v) <= len(ug):
+        return float("nan")
+    m = len(v) / len(ug)
+    means = np.bincount(inv, v) / np.bincount(inv)
+    msb = m * np.sum((means - v.mean()) ** 2) / (len(ug) - 1)
+    msw = np.sum((v - means[inv]) ** 2) / (len(v) - len(ug))
+    den = msb + (m - 1) * msw
+    return float(np.clip((msb - msw) / den, 0.0, 1.0)) if den > 0 else float("nan")
+
+
+def pair_null_scores(Z: np.ndarray, null_mask: np.ndarray, w: np.ndarray, use_max: np.ndarray, *,
+                     combine: str = "tail", empirical: bool = True, fit_rows: np.ndarray | None = None,
+                     null_groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Scores of the unsupervised mode (no labelled null): candidates and real-to-real null rows combined by
+    the same rule as with a reference, then the empirical null.
+
+    1. ``combine="tail"`` (with at least :data:`TAIL_MIN_NULL` null rows): :func:`calibrated_max`, every
+       channel (the weighted sum and each max-rule channel, the registered ones included) on its own
+       real-to-real null's scale; ``"max"``: :func:`_combine` (the rule before).
+    2. The combined score as a robust z-score against the null rows.
+    3. ``empirical``: :func:`empirical_null` on the candidates' scores (``fit_rows``, default every candidate
+       row) moves / widens the null scores.
+
+    Parameters
+    ----------
+    Z : float [P, F]            :func:`pair_null_matrix` (or any candidates + null stack)
+    null_mask : bool [P]        the null rows
+    w : float [F]               weights (>= 0)
+    use_max : bool [F]          channels that may decide alone
+    combine : "tail" or "max"
+    empirical : bool
+    fit_rows : bool [P] or None  rows whose scores fit the empirical null (default: every non-null row); the
+                                 other non-null rows are scored without shaping it (used by the simulation)
+    null_groups : int [K] or None  the real image of every null row: only for ``info["null_icc"]``
+
+    Returns
+    -------
+    score : float64 [P - K]     the non-null rows' scores, in order
+    null_scores : float64 [K]   the null's scores after the empirical null (what the decisions compare with)
+    info : dict                 ``combine`` (the rule used), ``empirical_null`` (:func:`empirical_null` output or
+                                None), ``null_icc`` (intraclass correlation of the null scores within a real image)
+    """
+    Z = np.asarray(Z, np.float64)
+    null_mask = np.asarray(null_mask, bool)
+    if combine not in ("tail", "max"):
+        raise ImprintError(f"combine must be 'tail' or 'max' (got {combine!r})")
+    used = "max"
+    if combine == "tail" and int(null_mask.sum()) >= TAIL_MIN_NULL:
+        raw, _ = calibrated_max(Z, w, use_max, null_mask)
+        used = "tail"
+    else:
+        raw = _combine(Z, w, use_max=use_max)
+    sa = robust_calibrate(raw, raw[null_mask])
+    null_scores = sa[null_mask]
+    fit = ~null_mask if fit_rows is None else (np.asarray(fit_rows, bool) & ~null_mask)
+    emp = None
+    if empirical:
+        emp = empirical_null(sa[fit], null_scores)
+        null_scores = emp["loc"] + emp["scale"] * null_scores
+    icc = _intraclass_correlation(sa[null_mask], null_groups) if null_groups is not None else float("nan")
+    return sa[~null_mask], np.asarray(null_scores, np.float64), {"combine": used, "empirical_null": emp,
+                                                                 "null_icc": icc}
+
+
+def real_pair_null_cached(real: np.ndarray, n_generated: int, *, cache_dir: str | None = None, **kw) -> dict:
+    """:func:`real_pair_null`, checkpointed in ``cache_dir`` (when given) under a hash of its inputs (``.npz``,
+    read back with ``allow_pickle=False``; written atomically), so repeated audits of one real folder (every
+    decision mode, an interrupted run) compute the registered null once."""
+    if cache_dir is None:
+        return real_pair_null(real, n_generated, **kw)
+    import hashlib
+    import io
+    import json
+    from pathlib import Path
+
+    from ..store import atomic_write_bytes
+
+    key = {k_: v for k_, v in kw.items() if k_ != "cache"}
+    key.update(n_generated=int(n_generated), version=2)
+    h = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode())
+    a = np.ascontiguousarray(real)
+    h.update(f"{a.dtype}{a.shape}".encode())
+    h.update(memoryview(a).cast("B"))
+    path = Path(cache_dir) / f"pairnull-{h.hexdigest()[:40]}.npz"
+    if path.exists():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                out = {n[2:]: np.array(z[n]) for n in z.files if n.startswith("v_")}
+                out.update(json.loads(str(z["meta"])))
+                return out
+        except (OSError, ValueError, KeyError):
+            pass  # unreadable checkpoint: recompute
+    out = real_pair_null(real, n_generated, **kw)
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    np.savez(buf, meta=np.array(json.dumps({k_: v for k_, v in out.items() if k_ in ("_theta", "_shift")})),
+             **{f"v_{k_}": np.asarray(v) for k_, v in out.items() if k_ not in ("_theta", "_shift")})
+    atomic_write_bytes(path, buf.getvalue())
     return out
