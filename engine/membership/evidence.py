@@ -258,6 +258,7 @@ def _evidence(generated: np.ndarray, pool: np.ndarray, *, _cache_dir=None, **kw)
     from ..store import atomic_write_bytes
 
     key = {k_: v for k_, v in kw.items() if k_ not in ("progress", "_cache", "executor")}
+    key.setdefault("anatomy", True)   # checkpoints written before the anatomy evidence existed are not reused
     h = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode())
     for a in (generated, pool):
         a = np.ascontiguousarray(a)
