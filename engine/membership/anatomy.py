@@ -91,7 +91,7 @@ def anatomy_features(images: np.ndarray, *, mirror: bool = False) -> np.ndarray:
     return np.ascontiguousarray(f, np.float32)
 
 
-def _best_ncc(base_chunks, queries: np.ndarray, n_base: int, *, exclude=None, executor=None):
+def _best_ncc(base_chunks, queries: np.ndarray, *, exclude=None, executor=None):
     """Highest dot product of every query row with the base rows (searched by L2 on unit vectors, then
     recomputed by the caller); ``exclude`` [Q] = a base row never returned for that query (-1: none).
     Returns the index of the nearest base row, int64 [Q] (-1: none)."""
@@ -139,9 +139,9 @@ def anatomy_evidence(G: np.ndarray, P: np.ndarray, *, chunk: int = 4096, executo
         for c0 in range(0, len(G), chunk):
             yield c0, anatomy_features(np.asarray(G[c0:c0 + chunk]))
 
-    ig = _best_ncc(gen_chunks(), q, len(G), executor=executor)
+    ig = _best_ncc(gen_chunks(), q, executor=executor)
     self_ = np.r_[np.arange(n), np.arange(n)]
-    ir = _best_ncc(iter([(0, fP)]), q, n, exclude=self_, executor=executor)
+    ir = _best_ncc(iter([(0, fP)]), q, exclude=self_, executor=executor)
 
     def ncc_of(idx, base_fn):
         out = np.full(2 * n, -1.0)
@@ -153,7 +153,10 @@ def anatomy_evidence(G: np.ndarray, P: np.ndarray, *, chunk: int = 4096, executo
             out[rows] = np.einsum("ij,ij->i", q[rows].astype(np.float64), fb[inv].astype(np.float64))
         return out
 
-    ncc_g2 = ncc_of(ig, lambda u: anatomy_features(np.asarray(G[u])))
+    def gen_features(u):   # the matched generated images, in blocks (bounded memory for a large pool)
+        return np.concatenate([anatomy_features(np.asarray(G[u[b:b + chunk]])) for b in range(0, len(u), chunk)])
+
+    ncc_g2 = ncc_of(ig, gen_features)
     ncc_r2 = ncc_of(ir, lambda u: fP[u])
     flip = (ncc_g2[n:] > ncc_g2[:n]).astype(np.int64)
     ncc_g = np.maximum(ncc_g2[:n], ncc_g2[n:])
