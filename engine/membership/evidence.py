@@ -258,6 +258,7 @@ def _evidence(generated: np.ndarray, pool: np.ndarray, *, _cache_dir=None, **kw)
     from ..store import atomic_write_bytes
 
     key = {k_: v for k_, v in kw.items() if k_ not in ("progress", "_cache", "executor")}
+    key.setdefault("anatomy", True)   # checkpoints written before the anatomy evidence existed are not reused
     h = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode())
     for a in (generated, pool):
         a = np.ascontiguousarray(a)
@@ -285,7 +286,8 @@ def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10
                      progress: Callable[[int], object] | None = None,
                      shape: bool = True, register: bool = True, k_reg: int = 6,
                      density: str | None = None, store_dir: str | None = None,
-                     _cache: dict | None = None, executor=None) -> tuple[dict, np.ndarray, dict]:
+                     _cache: dict | None = None, executor=None,
+                     anatomy: bool = True) -> tuple[dict, np.ndarray, dict]:
     """Per-image membership evidence of every pool image against one generated set.
 
     Parameters
@@ -321,6 +323,9 @@ def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10
         Called with an increment after each stage.
     executor : Executor or None
         Where the k-NN searches, pair kernels and embeddings run (:mod:`engine.executors`; default local).
+    anatomy : bool
+        Compute ``anat_ratio`` (:func:`.anatomy.anatomy_evidence`: NCC of Gaussian low-passed images,
+        in place or mirrored: copied anatomy under re-synthesised texture).
 
     Returns
     -------
@@ -499,6 +504,14 @@ def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10
         info["timings"]["register_s"] = time.perf_counter() - t1
     else:
         info["skipped"]["reg_ratio"] = "registration not requested"
+    if anatomy:
+        t1 = time.perf_counter()
+        from .anatomy import anatomy_evidence
+
+        ev.update(anatomy_evidence(G, P, chunk=chunk, executor=executor))
+        info["timings"]["anatomy_s"] = time.perf_counter() - t1
+    else:
+        info["skipped"]["anat_ratio"] = "anatomy evidence not requested"
     if density:
         t1 = time.perf_counter()
         try:
