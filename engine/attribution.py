@@ -29,7 +29,9 @@ Method
    is kept, k = 1 when none did (:data:`K_RULE` ``"pairs"``).  A failed two-way test does not stop the scan: three
    or more models often have no bimodal best two-way split while their k = 3 / 4 partitions pass (issue 19,
    second round; ``"pairs-gated"`` is the first round's rule, where the two-way test alone answered k = 1).  A split of one model, by content or by its release processing, fails the test, so processing
-   cannot add clusters.  The rule before issue 19 (``"silhouette"``: the mean of the plain and the cluster-balanced
+   cannot add clusters.  Third round: the pair test is "both" (:data:`PAIR_TEST`: the union is bimodal *and* the two
+   clusters are its groups), and the k = 1 decision has a stated error rate (:data:`ONE_MODEL_ALPHA`: P(k > 1 | one
+   model) <= 0.05 for log-concave features, bound for the two-way test, simulated for the whole decision).  The rule before issue 19 (``"silhouette"``: the mean of the plain and the cluster-balanced
    silhouette of the consensus partition on ``1 - C``) is kept for the benchmarks' before/after.
 
 For more than ``max_consensus`` images the co-association matrix is built on a seeded subsample
@@ -1074,6 +1076,7 @@ def _attribute(images, k, *, dev_sets, random_state, progress, groups, backbones
         "k_scan_pair_separation": {str(kk): float(v) for kk, v in pair_min.items()},
         "k_scan_pairs": {str(kk): v for kk, v in pair_all.items()},
         "k_rule": K_RULE,
+        "pair_test": PAIR_TEST,
         "k_scan_silhouette_balanced": {str(kk): float(v) for kk, v in scan_macro.items()},
         "k_scan_silhouette_plain": {str(kk): float(v) for kk, v in scan_plain.items()},
         "criterion": ("k=1 when the one-model test holds; otherwise k = 2, 3, ... is scanned and the largest k "
@@ -1125,7 +1128,9 @@ def _attribute(images, k, *, dev_sets, random_state, progress, groups, backbones
     summary = (f"attribution: {n} images in {k} clusters{' (k estimated)' if info['k_estimated'] else ''}, sizes "
                f"{[int(s) for s in sizes]}, mean confidence {conf.mean():.2f}, stability (mean ARI over "
                f"{stab['n_resamples']} resamples) {stab['mean_ari']:.2f}{named}, "
-               f"{len(cands)} candidate clusterings (mean ARI to consensus {info['mean_candidate_ari']:.2f})")
+               f"{len(cands)} candidate clusterings (mean ARI to consensus {info['mean_candidate_ari']:.2f})"
+               + (f"; k = 1 decision: P(one model split) <= {ONE_MODEL_ALPHA:g} (log-concave features, simulated)"
+                  if info["k_estimated"] else ""))
     return AttributionResult(labels=relab, k=int(k), confidence=conf, info=_jsonable(info), summary=summary,
                              features=Z, cluster_dev_model=list(dev_model), cluster_confidence=cl_conf,
                              stability=_jsonable(stab))
