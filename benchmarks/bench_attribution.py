@@ -101,6 +101,9 @@ def dev_accuracy(r, parts, dev):
     return out
 
 
+PAIRED = False
+
+
 def run_one(name, parts, dev, k, cache, seed=0, one_model=False):
     """attribute() on the concatenated groups; returns a result row (and prints it).
 
@@ -108,6 +111,15 @@ def run_one(name, parts, dev, k, cache, seed=0, one_model=False):
     imgs = np.concatenate(list(parts.values()))
     y = np.concatenate([np.full(len(v), i) for i, v in enumerate(parts.values())])
     t = time.perf_counter()
+    if PAIRED and k is None:  # main's pair test and this code's from one run (bench_attribution_processing)
+        from bench_attribution_processing import paired_attribute
+
+        mk, ml, tk, tl = paired_attribute(imgs, dev_sets=dev, random_state=seed, cache_dir=cache, stability_resamples=0)
+        sm = float(mk == 1) if one_model else ari(y, ml)
+        st = (float(tk == 1) if one_model else ari(y, tl)) if tl is not None else float("nan")
+        print(f"{name:26s} k auto main/this: k {mk} -> {tk}, {'k==1' if one_model else 'ARI'} {sm:.3f} -> {st:.3f} "
+              f"{time.perf_counter() - t:.1f}s", flush=True)
+        return {"protocol": name, "k_asked": "auto", "k_main": mk, "k_this": tk, "score_main": sm, "score_this": st}
     r = A.attribute(imgs, k, dev_sets=dev, random_state=seed, cache_dir=cache)
     dt = time.perf_counter() - t
     s = float(r.k == 1) if one_model else ari(y, r.labels)
@@ -140,7 +152,17 @@ def main(argv=None):
     ap.add_argument("--json", default=None, help="write all rows to this JSON file")
     ap.add_argument("--protocols", default="", help="comma list: only these protocols of the 'old' section "
                     "(e.g. plain3,plain3+dev,4:gen_e-unseen)")
+    ap.add_argument("--rule", default="this", choices=("this", "main"), help="'main': the k scan of main after issue "
+                    "19's second round (pair test 'best-split', 2-means direction search without whitening), for a "
+                    "before/after with the same command")
+    ap.add_argument("--cache", default=None, help="feature cache folder kept between runs (default: a new temp dir)")
+    ap.add_argument("--paired", action="store_true", help="k auto runs give main's and this code's pair test from one "
+                    "run (bench_attribution_processing.paired_attribute; no stability resamples)")
     a = ap.parse_args(argv)
+    global PAIRED
+    PAIRED = a.paired
+    if a.rule == "main":
+        A.PAIR_TEST, A.SEPARATION_WHITEN = "best-split", False
     only = set(filter(None, a.only.split(","))) or {"one", "shares", "openset", "old", "time"}
     R = a.dev
     t = time.perf_counter()
@@ -151,7 +173,8 @@ def main(argv=None):
     print(f"loaded dev corpus in {time.perf_counter() - t:.1f}s")
     import tempfile
 
-    cache = tempfile.mkdtemp(prefix="bench_attr_")
+    cache = a.cache or tempfile.mkdtemp(prefix="bench_attr_")
+    os.makedirs(cache, exist_ok=True)
     rows = []
     rng = np.random.default_rng(0)
 
@@ -211,7 +234,7 @@ def main(argv=None):
                 continue
             for k in ((len(parts),) if a.no_auto else (len(parts), None)):
                 row = run_one(name, parts, dev, k, cache)
-                if k is not None:
+                if k is not None and "ari" in row:
                     imgs = np.concatenate(list(parts.values()))
                     y = np.concatenate([np.full(len(v), i) for i, v in enumerate(parts.values())])
                     row["ari_ref"] = ari(y, baseline(imgs, len(parts)))
@@ -240,7 +263,8 @@ def main(argv=None):
                          "ari": ari(yb, r.labels), "time_s": dt, "baseline_s": dref})
     import shutil
 
-    shutil.rmtree(cache, ignore_errors=True)
+    if not a.cache:
+        shutil.rmtree(cache, ignore_errors=True)
     if a.json:
         import json
 

@@ -4,7 +4,8 @@ Usage::
 
     nice .venv/bin/python benchmarks/bench_attribution_processing.py [--dev /work/shared/corpus/dev]
         [--quick] [--no-auto] [--baseline] [--timing] [--before] [--alt] [--content-timing]
-        [--before-rule pairs-gated|silhouette] [--pair-test best-split|labels] [--resampling]
+        [--before-rule pairs-gated|silhouette|main] [--pair-test both|best-split|labels|labels-proc] [--resampling]
+        [--paired] [--auto-only] [--cache DIR] [--k1-sim N]
 
 Sets (made from the dev corpus; the attribution folders hold model_1..3, and the membership set gen_e is a
 fourth model of a family absent from the attribution folders; gen_a and gen_b are the same models as
@@ -117,6 +118,83 @@ QUICK = ["clean", "jpeg 70", "resize 0.7", "resize 0.7 + jpeg 70", "release mix"
 BASELINE = ["jpeg 50", "resize 0.5", "release mix"]
 
 
+PAIR0, SEP_WHITEN = A.PAIR_TEST, A.SEPARATION_WHITEN  # this code's defaults (the "after")
+
+
+def paired_attribute(images, **kw):
+    """k auto under main's pair test ("best-split") and this code's ("both") from ONE attribute() run.
+
+    The two rules see the same candidates and consensus partitions at every k (they do not depend on the pair test),
+    and "both" fails every pair "best-split" fails, so its scan stops at or before main's.  Each pair test of the
+    scan is evaluated under both rules; main's answer drives the run, and this code's k is the largest k that passed
+    before its first failure.  Exact for the default k rule ("pairs"); the whitened direction search must be off.
+    Returns ``(main_k, main_labels, this_k, this_labels)`` (``this_labels`` is None when this code stops at k = 2,
+    whose partition is not recorded: rerun then).
+    """
+    rec = {}
+    orig = A._pair_separation
+
+    def both_rules(V, labels, seed, min_size=10, S_proc=None, early_stop=False):
+        A.PAIR_TEST = "both"
+        try:
+            ok_this = orig(V, labels, seed, min_size, S_proc)[2]
+        finally:
+            A.PAIR_TEST = "best-split"
+        out = orig(V, labels, seed, min_size, S_proc)
+        rec[int(labels.max()) + 1] = (labels.copy(), bool(ok_this))
+        return out
+
+    A._pair_separation, A.PAIR_TEST, A.SEPARATION_WHITEN, A.K_RULE = both_rules, "best-split", False, "pairs"
+    try:
+        r = A.attribute(images, None, **kw)
+    finally:
+        A._pair_separation, A.PAIR_TEST, A.SEPARATION_WHITEN = orig, PAIR0, SEP_WHITEN
+    sep, thr = r.info["one_model_test"]["separation"], r.info["one_model_test"]["threshold"]
+    passed = [2] if sep is not None and sep >= thr else []
+    for kk in sorted(rec):
+        if not rec[kk][1]:
+            break
+        passed.append(kk)
+    this_k = max(passed) if passed else 1
+    if this_k == r.k:
+        return r.k, r.labels, this_k, r.labels
+    this_labels = np.zeros(len(images), np.int64) if this_k == 1 else rec[this_k][0] if this_k in rec else None
+    return r.k, r.labels, this_k, this_labels
+
+
+def k1_simulation(n_sets, seed=0):
+    """False-split rate of the k = 1 decision on simulated one-model sets (before / after: pair test "best-split" /
+    "both").
+
+    The same generator as tests/test_attribution_k1.py (log-concave shapes, n 20-200, 3-8 features, every other set
+    released: half the rows moved along 1-2 processing directions that the projection is fitted on), run ``n_sets``
+    times; prints the split count with its one-sided 95 % Clopper-Pearson upper bound.
+    """
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+    from scipy.stats import beta
+    from threadpoolctl import threadpool_limits
+
+    import test_attribution_k1 as T
+
+    for whiten in (False,):
+        A.SEPARATION_WHITEN = whiten
+        for pair_test in ("best-split", "both"):
+            A.PAIR_TEST = pair_test
+            r = np.random.default_rng(seed)
+            splits, found, t0 = 0, 0, time.perf_counter()
+            with threadpool_limits(1):
+                for rep in range(n_sets):
+                    shape, processed = T.SHAPES[rep % len(T.SHAPES)], bool(rep % 2)
+                    n, d = int(r.choice([20, 30, 48, 80, 140, 200])), int(r.integers(3, 9))
+                    X = T._draw(r, shape, (n, d)) * r.uniform(0.3, 3.0, d)
+                    V = T._released(r, X) if processed else X
+                    splits += T._splits((V - V.mean(axis=0)) / (V.std(axis=0) + 1e-12), rep)
+            ub = 1.0 if splits >= n_sets else float(beta.ppf(0.95, splits + 1, n_sets - splits))
+            print(f"whiten={whiten} pair_test={pair_test}: one-model sets split {splits}/{n_sets} "
+                  f"(95 % upper bound {ub:.4f}; alpha {A.ONE_MODEL_ALPHA}), {time.perf_counter() - t0:.0f} s", flush=True)
+    A.SEPARATION_WHITEN, A.PAIR_TEST = SEP_WHITEN, PAIR0
+
+
 def detection(D):
     """JPEG detection on dev (model_1..3, gen_e: 100 images each): flagged share and quality error per condition."""
     X = np.concatenate([D["model_1"][:100], D["model_2"][:100], D["model_3"][:100], D["gen_e"][:100]])
@@ -176,10 +254,22 @@ def main(argv=None):
     ap.add_argument("--timing", action="store_true", help="time 1,000 processed images")
     ap.add_argument("--before", action="store_true", help="each condition twice in the same run: 'before' (the k "
                     "rule and dev weighting of main before issue 19's k-auto fix) and 'after' (this code)")
-    ap.add_argument("--before-rule", default="pairs-gated", choices=("pairs-gated", "silhouette"),
+    ap.add_argument("--before-rule", default="pairs-gated", choices=("pairs-gated", "silhouette", "main"),
                     help="the 'before' of --before: 'pairs-gated' (main before the second issue-19 round: the one-model "
-                    "test alone answers k = 1) or 'silhouette' (the rule before issue 19, dev weights without copies)")
-    ap.add_argument("--pair-test", default="best-split", choices=("best-split", "labels", "labels-proc"),
+                    "test alone answers k = 1), 'silhouette' (the rule before issue 19, dev weights without copies) or "
+                    "'main' (main after the second round: k rule 'pairs', pair test 'best-split', 2-means direction "
+                    "search without whitening)")
+    ap.add_argument("--mix-seed", type=int, default=None, help="seed of the random mixes (default 1, 5 with --alt)")
+    ap.add_argument("--paired", action="store_true", help="k auto only, main's pair test and this code's from one "
+                    "run per setting (paired_attribute: exact, the consensus partitions do not depend on the pair "
+                    "test)")
+    ap.add_argument("--auto-only", action="store_true", help="skip the k = 4 runs (k given does not depend on the k "
+                    "rule, the pair test or the direction search)")
+    ap.add_argument("--cache", default=None, help="feature cache folder kept between runs (default: a new temp dir)")
+    ap.add_argument("--k1-sim", type=int, default=0, help="only simulate the k = 1 decision's false-split rate on this "
+                    "many one-model sets (log-concave shapes, unprocessed / released), and the planted two-model "
+                    "power, then stop")
+    ap.add_argument("--pair-test", default="both", choices=("both", "best-split", "labels", "labels-proc"),
                     help="the 'after' pair test of the k scan (engine.attribution.PAIR_TEST)")
     ap.add_argument("--only", default=None, help="comma-separated condition names")
     ap.add_argument("--alt", action="store_true", help="other samples: gen_a[200:400], gen_b[200:400], "
@@ -191,6 +281,9 @@ def main(argv=None):
     ap.add_argument("--content-timing", action="store_true", help="only time the feature extraction of 700 images "
                     "with and without the content groups (hist, ispec), best of 3 each, then stop")
     a = ap.parse_args(argv)
+    if a.k1_sim:
+        k1_simulation(a.k1_sim)
+        return []
     R = a.dev
     D = {f"model_{i}": load(f"{R}/attribution/model_{i}") for i in (1, 2, 3)}
     for g in "abe":
@@ -232,14 +325,28 @@ def main(argv=None):
     conds = a.only.split(",") if a.only else (QUICK if a.quick else CONDITIONS)
     if a.alt and not a.only:
         conds = ["release mix", "harsh mix"]
-    cache = tempfile.mkdtemp(prefix="bench_attr_proc_")
+    cache = a.cache or tempfile.mkdtemp(prefix="bench_attr_proc_")
+    os.makedirs(cache, exist_ok=True)
     print(f"{'condition':22s} {'inv':>6s} {'k4':>6s} {'k4 dev':>7s} {'auto':>9s} {'auto dev':>9s} "
           f"{'jpeg%':>6s} {'s/run':>6s}", flush=True)
     rows = []
     for cond in conds:
-        P = process(imgs, cond, seed=5 if a.alt else 1)
+        P = process(imgs, cond, seed=a.mix_seed if a.mix_seed is not None else 5 if a.alt else 1)
         det = PR.detect(P)
         jp = 100 * np.mean(det["jpeg"])
+        if a.paired:
+            t = time.perf_counter()
+            cells = []
+            for dev in (None, dev3):
+                mk, ml, tk, tl = paired_attribute(P, dev_sets=dev, random_state=0, cache_dir=cache)
+                if tl is None:  # this code stopped at k = 2: run it
+                    r = A.attribute(P, None, dev_sets=dev, random_state=0, cache_dir=cache)
+                    tk, tl = r.k, r.labels
+                cells += [f"{ari(y, ml):.3f}/k{mk}", f"{ari(y, tl):.3f}/k{tk}"]
+            print(f"{cond:22s} main/this: auto {cells[0]} -> {cells[1]}   auto dev {cells[2]} -> {cells[3]}   "
+                  f"jpeg% {jp:.1f}  {(time.perf_counter() - t) / 2:.0f} s/run", flush=True)
+            rows.append((cond, cells))
+            continue
         variants = [("yes", True)] + ([("no", False)] if a.baseline and cond in BASELINE else [])
         if a.before:
             variants = [("before", True), ("after", True)]
@@ -248,24 +355,29 @@ def main(argv=None):
             t = time.perf_counter()
             runs = 0
             # "before": main's k rule (silhouette scan) and dev weights without processing copies, same run and cache
-            A.K_RULE, A.DEV_PROCESSING_AUGMENT = ((a.before_rule, a.before_rule != "silhouette") if tag == "before"
+            brule = "pairs" if a.before_rule == "main" else a.before_rule
+            A.K_RULE, A.DEV_PROCESSING_AUGMENT = ((brule, brule != "silhouette") if tag == "before"
                                                   else ("pairs", True))
             A.PAIR_TEST = "best-split" if tag == "before" else a.pair_test
+            A.SEPARATION_WHITEN = SEP_WHITEN if tag != "before" else False
             for dev in (None, dev3):
-                for k in ((4,) if a.no_auto or not inv else (4, None)):
+                for k in ((4,) if a.no_auto or not inv else ((None,) if a.auto_only else (4, None))):
                     if tag == "after" and k == 4 and a.before_rule != "silhouette":
                         res[(k, dev is not None)] = rows[-1][2][(k, dev is not None)]  # k given: the rule plays no part
                         continue
                     r = A.attribute(P, k, dev_sets=dev, random_state=0, cache_dir=cache, processing_invariant=inv)
                     res[(k, dev is not None)] = (r.k, ari(y, r.labels))
                     runs += 1
-            A.K_RULE, A.DEV_PROCESSING_AUGMENT, A.PAIR_TEST = "pairs", True, "best-split"
+            A.K_RULE, A.DEV_PROCESSING_AUGMENT, A.PAIR_TEST, A.SEPARATION_WHITEN = "pairs", True, PAIR0, SEP_WHITEN
             dt = (time.perf_counter() - t) / max(runs, 1)
 
             def auto(key):
                 return f"{res[key][1]:.3f}/k{res[key][0]}" if key in res else "-"
 
-            print(f"{cond:22s} {tag:>6s} {res[(4, False)][1]:6.3f} {res[(4, True)][1]:7.3f} "
+            def given(key):
+                return f"{res[key][1]:.3f}" if key in res else "-"
+
+            print(f"{cond:22s} {tag:>6s} {given((4, False)):>6s} {given((4, True)):>7s} "
                   f"{auto((None, False)):>9s} {auto((None, True)):>9s} {jp:6.1f} {dt:6.1f}", flush=True)
             rows.append((cond, inv, res, jp))
     if a.timing:

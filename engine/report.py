@@ -481,6 +481,8 @@ def _attribution(d: Path, *, summary: dict, result, images, truth: Mapping[str, 
     if t1.get("separation") is not None:
         head += (f" One-model test: held-out separation {t1['separation']:.3f} (one model below "
                  f"{t1.get('threshold')}).")
+        if t1.get("error_rate"):
+            head += f" Stated error rate: {t1['error_rate']}."
     if oc:
         removed = sum((info.get("dev_overlap_removed") or {}).values())
         head += (f" Known models: {', '.join(info.get('known_models') or []) or 'none'}; new model clusters: "

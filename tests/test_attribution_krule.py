@@ -4,8 +4,8 @@ On the dev sets (benchmarks/RESULTS.md) four processed models had no bimodal bes
 ("pairs-gated") answered k = 1, while their k = 3 and 4 partitions passed every pair test.  The new rule ("pairs") scans
 on.  The price is more chances to split one model, so the false-split rate for one population is simulated (Gaussian,
 Laplace, uniform and skewed populations).  An optional pair test requires the two clusters to *be* the two groups
-(:func:`engine.attribution._labelled_separation`; planted: clusters that each mix two models); it is not the default
-(see engine.attribution.PAIR_TEST).
+(:func:`engine.attribution._labelled_separation`; planted: clusters that each mix two models); the default pair test
+("both", third round) requires it and a bimodal union (see engine.attribution.PAIR_TEST).
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ def _three_on_a_line(rng, n=60, d=3):
 
 
 def test_pair_test_requires_the_clusters_to_be_the_groups():
-    """Planted: two clusters that each hold half of two models.  Their union is bimodal, so the default pair test (best
-    split of the union) passes them (a known gap, see engine.attribution.PAIR_TEST); the labelled test fails them, and
-    passes the true pair."""
+    """Planted: two clusters that each hold half of two models.  Their union is bimodal, so the second round's pair test
+    (best split of the union) passed them; the labelled test fails them, and so does the default "both" (the union
+    must be bimodal *and* the clusters must be its groups), which passes the true pairs."""
     rng = np.random.default_rng(3)
     F, y = _three_on_a_line(rng)
     two = y < 2  # models 0 and 1 (12 SDs apart)
@@ -54,7 +54,8 @@ def test_pair_test_requires_the_clusters_to_be_the_groups():
         lab = np.full(len(y), 2)
         lab[two] = mixed
         default = A.PAIR_TEST
-        for rule, passes in (("best-split", True), ("labels", False)):  # best-split (the default): a known gap
+        assert default == "both"
+        for rule, passes in (("best-split", True), ("labels", False), ("both", False)):  # best-split: the old gap
             A.PAIR_TEST = rule
             try:
                 pmin = A._pair_separation(F, lab, 0)[0]
