@@ -19,8 +19,9 @@ Search (coarse to fine, only on shortlisted pairs so that it stays fast):
    flip of the image is the horizontal flip of its descriptor, so a flip-augmented nearest-neighbour
    search finds transformed copies that the pixel search misses.  The real image's descriptor is also
    taken of 4 copies shifted by :data:`SHIFT_QUERY` of the side (a copy shifted that far loses part of
-   the body at the border, and so does the shifted query); Fourier magnitudes (shift/flip-invariant) add
-   candidates, and optionally 8 px low-pass pixels (:data:`LP_SIDE`: anatomy under re-synthesised texture;
+   the body at the border, and so does the shifted query); Fourier magnitudes (shift/flip-invariant), queried
+   with rotated and rescaled copies of the real image (:func:`rotscale_spectrum_descriptors`: a copy that was
+   flipped, shifted, rotated *and* rescaled at once), add candidates, and optionally 8 px low-pass pixels (:data:`LP_SIDE`: anatomy under re-synthesised texture;
    off by default, see :func:`shortlists`).
 2. **Coarse** (~32 px, optionally blurred by :data:`COARSE_BLUR`): every flip x angle x scale variant of ``a`` (grid
    ``ANGLES`` x ``SCALES``) is cross-correlated with ``b`` by FFT (shift window +-``MAX_SHIFT`` of the side); best variant + shift.
@@ -363,6 +364,43 @@ def shifted_shortlist_descriptors(images: np.ndarray, size: int = 24) -> np.ndar
         return np.zeros((0, 5, size, size), np.float32)
     v = shift_variants(images)
     return shortlist_descriptors(v.reshape((-1,) + v.shape[2:]), size).reshape(n, v.shape[1], size, size)
+
+
+#: Rotation x scale variants of every pool image's spectrum query (:func:`rotscale_spectrum_descriptors`): the
+#: coarse grid's angles and scales (the task's stated ranges, +-10 deg and +-10%; not tuned on data).
+SPEC_ANGLES = ANGLES
+SPEC_SCALES = SCALES
+
+
+def rotscale_spectrum_descriptors(images: np.ndarray) -> np.ndarray:
+    """:func:`spectrum_descriptors` of rotated and rescaled copies of every image (the grid
+    :data:`SPEC_ANGLES` x :data:`SPEC_SCALES`, about the image centre, bilinear; variant 0 = the image itself).
+
+    The Fourier magnitude is invariant to a shift and (averaged with its mirror) to a flip, but a rotation
+    rotates it and a rescaling rescales it (the Fourier-Mellin relations), so a copy that a generator's
+    augmentation flipped, shifted, rotated *and* rescaled is near one of these variants of its source.  The
+    moment-frame descriptor (:func:`shortlist_descriptors`) normalises rotation by the body's major axis and
+    scale by its radius, which a border-cutting shift combined with a rotation moves; this source does not
+    depend on the body's outline.
+
+    Parameters
+    ----------
+    images : uint8 or float [N, H, W]
+
+    Returns
+    -------
+    float32 [N, V, D]   ``V = len(SPEC_ANGLES) * len(SPEC_SCALES)``, ``D`` as :func:`spectrum_descriptors`
+    """
+    x = np.asarray(images)
+    n = len(x)
+    grid = [(0.0, 1.0)] + [(a, s) for a in SPEC_ANGLES for s in SPEC_SCALES if (a, s) != (0.0, 1.0)]
+    V = len(grid)
+    if n == 0:
+        return spectrum_descriptors(np.zeros((0,) + x.shape[1:], np.float32)).reshape(0, V, -1)
+    rows = np.repeat(np.arange(n), V)
+    var, _ = warp(x, rows, 0, np.tile([g[0] for g in grid], n), np.tile([g[1] for g in grid], n))
+    d = spectrum_descriptors(var)
+    return d.reshape(n, V, d.shape[1])
 
 
 def lowpass_descriptors(images: np.ndarray, side: int = LP_SIDE) -> np.ndarray:
@@ -733,9 +771,33 @@ def _desc_knn(base_desc: np.ndarray, query_desc: np.ndarray, k: int, *, exclude_
 
 
 def _spec_knn(base: np.ndarray, query: np.ndarray, k: int, *, exclude_self: bool = False) -> np.ndarray:
-    """Nearest ``base`` rows of every query under :func:`spectrum_descriptors`: int64 [Q, k] (-1 padded)."""
+    """Nearest ``base`` rows of every query under :func:`spectrum_descriptors`: int64 [Q, k] (-1 padded).
+
+    ``query`` is [Q, D], or [Q, V, D] for ``V`` variants of every query (:func:`rotscale_spectrum_descriptors`):
+    a base row's distance is then its smallest over the variants."""
     from imprint.engine.search import knn
 
+    if query.ndim == 3:
+        nq, V = query.shape[:2]
+        kk = int(min(k + 1, len(base)))
+        dist, idx = knn(np.ascontiguousarray(base, np.float32),
+                        np.ascontiguousarray(query.reshape(nq * V, -1), np.float32), kk,
+                        metric="l2", index="auto", use_gpu="auto")
+        idx = np.asarray(idx, np.int64).reshape(nq, V * kk)
+        order = np.argsort(np.asarray(dist, np.float64).reshape(nq, V * kk), axis=1, kind="stable")
+        idx = np.take_along_axis(idx, order, 1)
+        out = np.full((nq, k), -1, np.int64)
+        for r in range(nq):
+            seen: list[int] = []
+            for j in idx[r]:
+                j = int(j)
+                if j < 0 or (exclude_self and j == r) or j in seen:
+                    continue
+                seen.append(j)
+                if len(seen) == k:
+                    break
+            out[r, :len(seen)] = seen
+        return out
     kk = int(min(k + (1 if exclude_self else 0), len(base)))
     _, idx = knn(np.ascontiguousarray(base, np.float32), np.ascontiguousarray(query, np.float32), kk,
                  metric="l2", index="auto", use_gpu="auto")
@@ -869,14 +931,16 @@ def _best_registered(A, B, cand: np.ndarray, cflip: np.ndarray, *, keys_a=None, 
 
 def shortlists(G: np.ndarray, P: np.ndarray, pix_gen: np.ndarray, pix_real: np.ndarray, *, k_reg: int = 6,
                n_pix: int = 3, k_spec: int = 4, n_lp: int = 0, shift_queries: bool = True,
-               keys_gen=None, keys_pool=None, cache: dict | None = None):
+               keys_gen=None, keys_pool=None, cache: dict | None = None, rotscale_spec: bool = True):
     """Registration candidates of every pool image: among the generated images and (the control) among
     the other pool images, built the same way (see :func:`registered_evidence`).
 
     Sources (each searched with the mirrored base as well where a flip is not already invariant):
     ``k_reg`` nearest under :func:`shortlist_descriptors` (with ``shift_queries``: a base row's distance is
     its smallest to the pool image's :func:`shifted_shortlist_descriptors`), ``n_pix`` given pixel-space
-    neighbours, ``k_spec`` nearest under :func:`spectrum_descriptors` and ``n_lp`` nearest under
+    neighbours, ``k_spec`` nearest under :func:`spectrum_descriptors` (with ``rotscale_spec``, the default:
+    the smallest distance over the pool image's rotation x scale variants, :func:`rotscale_spectrum_descriptors`;
+    ``False`` is the shortlist before branch aug5) and ``n_lp`` nearest under
     :func:`lowpass_descriptors` (default 0: on the search diagnostic it put 10% more re-synthesised copies in
     the shortlist without raising their evidence, and cost ~19% more registration time; see
     benchmarks/RESULTS.md).  ``shift_queries=False`` is the shortlist before issue 13's shortlist work
@@ -902,9 +966,12 @@ def shortlists(G: np.ndarray, P: np.ndarray, pix_gen: np.ndarray, pix_real: np.n
     ir, fr = _desc_knn(dP0, dP, kr, exclude_self=True)
     sG = _memo_rows(spectrum_descriptors, G, kG, cache, "reg_spec")
     sP = _memo_rows(spectrum_descriptors, P, kP, cache, "reg_spec")
+    # the pool images' spectrum queries: with ``rotscale_spec`` every rotation x scale variant of the image
+    # (a base row's distance is its smallest over the variants; variant 0 = the plain query)
+    sQ = _memo_rows(rotscale_spectrum_descriptors, P, kP, cache, "reg_spec_rs") if rotscale_spec else sP
     ks = int(max(1, min(k_spec, len(G))))
-    sg = _spec_knn(sG, sP, ks)
-    sr = _spec_knn(sP, sP, int(max(1, min(k_spec, len(P) - 1))), exclude_self=True)
+    sg = _spec_knn(sG, sQ, ks)
+    sr = _spec_knn(sP, sQ, int(max(1, min(k_spec, len(P) - 1))), exclude_self=True)
     cg = [ig, pg, sg]
     fcg = [fg, np.zeros_like(pg), _flip_by_descriptor(dP0, dG, sg)]
     cr = [ir, pr, sr]
