@@ -396,7 +396,8 @@ def rotscale_spectrum_descriptors(images: np.ndarray) -> np.ndarray:
     grid = [(0.0, 1.0)] + [(a, s) for a in SPEC_ANGLES for s in SPEC_SCALES if (a, s) != (0.0, 1.0)]
     V = len(grid)
     if n == 0:
-        return spectrum_descriptors(np.zeros((0,) + x.shape[1:], np.float32)).reshape(0, V, -1)
+        D = spectrum_descriptors(np.zeros((1,) + x.shape[1:], np.float32)).shape[1]
+        return np.zeros((0, V, D), np.float32)
     rows = np.repeat(np.arange(n), V)
     var, _ = warp(x, rows, 0, np.tile([g[0] for g in grid], n), np.tile([g[1] for g in grid], n))
     d = spectrum_descriptors(var)
