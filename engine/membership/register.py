@@ -64,6 +64,13 @@ COARSE_BLUR = 0.0
 #: Angle / scale refinement rounds at ~64 px (steps 4 deg / 0.04, halving) and then at full resolution
 #: (steps 1 deg / 0.01, 0.5 / 0.005), each candidate angle/scale with its own re-estimated shift.
 _MID_ROUNDS = 3
+#: Rounds of the multi-start polish at ~32 px (:func:`polish_lo`, steps 4 deg / 0.04 then 2 deg / 0.02) given to
+#: the :data:`N_POLISH` x :data:`N_REFINE` coarse-best candidates of each image, both flips, before the
+#: :data:`N_REFINE` best go to the full registration (0: off, the ranking before branch aug5).  Chosen from the
+#: grid's geometry (two halvings reach the refinement's first step), not tuned on data.
+_LO_ROUNDS = 2
+#: Coarse-best candidates per refined candidate that get the polish (2: twice :data:`N_REFINE`).
+N_POLISH = 2
 #: Candidates per pool image carried from the coarse stage to the full registration (the best refined
 #: one wins): the coarse grid (8 deg, 8% steps at 32 px) can rank a transformed copy below a look-alike.
 N_REFINE = 2
@@ -534,15 +541,17 @@ def register_pairs(A: np.ndarray, B: np.ndarray, pairs: np.ndarray, *, flip=None
 
 def coarse_scores(A: np.ndarray, B: np.ndarray, pairs: np.ndarray, *, flip=None, chunk: int = 1024) -> dict:
     """Coarse stage only (~32 px grid search over flip x ``ANGLES`` x ``SCALES``, FFT shift search);
-    keys ``coarse``, ``flip``, ``angle``, ``scale``, ``dy``, ``dx`` (shifts in full-resolution pixels).
-    ``flip`` (int [K] or None) restricts the flip per pair."""
+    keys ``coarse``, ``flip``, ``angle``, ``scale``, ``dy``, ``dx`` (shifts in full-resolution pixels), and
+    ``coarse_alt``, ``angle_alt``, ``scale_alt``, ``dy_alt``, ``dx_alt``: the best variant of the *other* flip
+    (the same as the best when ``flip`` restricts it).  ``flip`` (int [K] or None) restricts the flip per pair."""
     from scipy import fft as sfft
 
     A = np.asarray(A)
     B = np.asarray(B)
     pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
     K = len(pairs)
-    res = {k: np.zeros(K) for k in ("coarse", "flip", "angle", "scale", "dy", "dx")}
+    res = {k: np.zeros(K) for k in ("coarse", "flip", "angle", "scale", "dy", "dx", "coarse_alt", "angle_alt",
+                                     "scale_alt", "dy_alt", "dx_alt")}
     if K == 0:
         return res
     h, w = A.shape[1:]
@@ -592,6 +601,19 @@ def coarse_scores(A: np.ndarray, B: np.ndarray, pairs: np.ndarray, *, flip=None,
         res["scale"][sl] = np.asarray([grid[b][1] for b in g])
         res["dy"][sl] = dy[sel] * f
         res["dx"][sl] = dx[sel] * f
+        # the other flip's best variant (a start for the multi-start polish, :func:`polish_lo`)
+        if fl_all is None:
+            other = 1 - fl
+            balt = other * V + val.reshape(n, 2, V)[np.arange(n), other].argmax(1)
+        else:
+            balt = best
+        salt = np.arange(n) * nv + balt
+        galt = balt % V
+        res["coarse_alt"][sl] = val[np.arange(n), balt]
+        res["angle_alt"][sl] = np.asarray([grid[b][0] for b in galt])
+        res["scale_alt"][sl] = np.asarray([grid[b][1] for b in galt])
+        res["dy_alt"][sl] = dy[salt] * f
+        res["dx_alt"][sl] = dx[salt] * f
     return res
 
 
@@ -644,6 +666,83 @@ def _coarse_blur(x: np.ndarray) -> np.ndarray:
 def _ncc_full(a: np.ndarray, bz: np.ndarray) -> np.ndarray:
     """Full-frame NCC of stacks ``a`` [K, h, w] (any scale) with z-scored ``bz``."""
     return (_z(a) * bz).reshape(len(a), -1).mean(1)
+
+
+def polish_lo(A: np.ndarray, B: np.ndarray, pairs: np.ndarray, co: dict, *, rounds: int | None = None,
+              chunk: int = 1024) -> dict:
+    """Multi-start polish of :func:`coarse_scores` estimates at the coarse resolution (~32 px), used to re-rank
+    the candidates before the (expensive) full registration.
+
+    The coarse grid's steps (8 deg, 8%) leave a copy rotated / rescaled half-way between grid points up to
+    4 deg / 4% misaligned, which at 32 px can rank it below an untransformed look-alike; and the coarse flip
+    can be wrong for a nearly left-right symmetric body.  So every pair is started from its best variant of
+    *each* flip (``co``'s best and ``*_alt``) and given :data:`_LO_ROUNDS` rounds of the 5-point angle/scale
+    cross (steps 4 deg / 0.04, halving), every variant with its own sub-pixel shift (FFT correlation near the
+    current shift, as in :func:`refine`); the better start wins.
+
+    Parameters
+    ----------
+    A, B : uint8 or float [N, H, W]
+    pairs : int [K, 2]
+    co : dict of arrays [K]   :func:`coarse_scores`'s output
+
+    Returns
+    -------
+    dict of float64 arrays [K]: ``coarse`` (the polished low-resolution NCC), ``flip``, ``angle``, ``scale``,
+    ``dy``, ``dx`` (full-resolution pixels)
+    """
+    rounds = _LO_ROUNDS if rounds is None else rounds
+    A = np.asarray(A)
+    B = np.asarray(B)
+    pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
+    K = len(pairs)
+    out = {k: np.zeros(K) for k in ("coarse", "flip", "angle", "scale", "dy", "dx")}
+    if K == 0:
+        return out
+    h, w = A.shape[1:]
+    f = max(1, min(h, w) // _LO_SIDE)
+    for s0 in range(0, K, chunk):
+        sl = slice(s0, min(K, s0 + chunk))
+        pp = pairs[sl]
+        n = len(pp)
+        c = {k: np.asarray(v, np.float64)[sl] for k, v in co.items()}
+        # two starts per pair: the best variant of the coarse flip and of the other flip
+        fl = np.r_[c["flip"], 1 - c["flip"]].astype(np.int64)
+        ang = np.r_[c["angle"], c["angle_alt"]]
+        sc = np.r_[c["scale"], c["scale_alt"]]
+        dy = np.r_[c["dy"], c["dy_alt"]] / f
+        dx = np.r_[c["dx"], c["dx_alt"]] / f
+        val = np.r_[c["coarse"], c["coarse_alt"]]
+        ia, inv_a = np.unique(pp[:, 0], return_inverse=True)
+        Al = downsample(A[ia], f)
+        Bl = _z(downsample(B[pp[:, 1]], f))
+        ia2 = np.r_[inv_a, inv_a]
+        Bl2 = np.concatenate([Bl, Bl])
+        S = 2 * n
+        da, ds = 4.0, 0.04
+        for _ in range(rounds):
+            offs = [(0.0, 0.0), (-da, 0.0), (da, 0.0), (0.0, -ds), (0.0, ds)]
+            C = len(offs)
+            aa = np.repeat(ang, C) + np.tile([o[0] for o in offs], S)
+            ss = np.repeat(sc, C) + np.tile([o[1] for o in offs], S)
+            var, _ = warp(Al, np.repeat(ia2, C), np.repeat(fl, C), aa, ss)
+            corr = _xcorr(_z(var), np.repeat(Bl2, C, axis=0))
+            cen = np.stack([np.round(np.repeat(dy, C)), np.round(np.repeat(dx, C))], 1).astype(np.int64)
+            v, py, px = _subpixel_peak(corr, cen, 1)
+            v = v.reshape(S, C)
+            b = v.argmax(1)
+            sel = np.arange(S) * C + b
+            ang, sc, dy, dx, val = aa[sel], ss[sel], py[sel], px[sel], v[np.arange(S), b]
+            da, ds = da / 2, ds / 2
+        win = np.where(val[n:] > val[:n], 1, 0)            # 1: the other flip's start won
+        k = np.arange(n) + win * n
+        out["coarse"][sl] = val[k]
+        out["flip"][sl] = fl[k]
+        out["angle"][sl] = ang[k]
+        out["scale"][sl] = sc[k]
+        out["dy"][sl] = dy[k] * f
+        out["dx"][sl] = dx[k] * f
+    return out
 
 
 def refine(A: np.ndarray, B: np.ndarray, pairs: np.ndarray, co: dict, *, chunk: int = 1024) -> dict:
@@ -897,9 +996,26 @@ def _best_registered(A, B, cand: np.ndarray, cflip: np.ndarray, *, keys_a=None, 
     score[ok] = co["coarse"]
     score = score.reshape(R, c)
     m = int(max(1, min(n_refine, c)))
-    top = np.argsort(-score, axis=1, kind="stable")[:, :m]                       # [R, m] best coarse first
     pos = np.full(R * c, -1, np.int64)
     pos[ok] = np.arange(ok.sum())
+    if _LO_ROUNDS > 0 and not restrict_flip:
+        # multi-start polish (both flips, ~32 px) of the N_POLISH * m coarse-best candidates, then re-rank
+        mp = int(min(c, N_POLISH * m))
+        tp0 = np.argsort(-score, axis=1, kind="stable")[:, :mp]
+        fin = np.isfinite(score[np.arange(R)[:, None], tp0]).ravel()
+        pidx = pos[(np.arange(R)[:, None] * c + tp0).ravel()][fin]
+        po = _cached_rows(lambda s_: polish_lo(A, B, pairs[pidx][s_], {k: v[pidx][s_] for k, v in co.items()}),
+                          [pk[p] for p in pidx], cache if use else None, "reg_polish")
+        co = {k: np.asarray(v, np.float64).copy() for k, v in co.items()}
+        for k in ("coarse", "flip", "angle", "scale", "dy", "dx"):
+            co[k][pidx] = po[k]
+        score = np.full(R * c, -np.inf)
+        score[ok] = co["coarse"]
+        score = score.reshape(R, c)
+        keep = np.zeros((R, c), bool)
+        keep[np.arange(R)[:, None], tp0] = True
+        score = np.where(keep, score, -np.inf)                   # only polished candidates compete
+    top = np.argsort(-score, axis=1, kind="stable")[:, :m]                       # [R, m] best coarse first
     tp = pos[(np.arange(R)[:, None] * c + top).ravel()]                          # [R*m] index into pairs
     tp[~np.isfinite(score[np.arange(R)[:, None], top]).ravel()] = -1
     sel = np.flatnonzero(tp >= 0)
