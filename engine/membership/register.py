@@ -717,7 +717,10 @@ def polish_lo(A: np.ndarray, B: np.ndarray, pairs: np.ndarray, co: dict, *, roun
         Al = downsample(A[ia], f)
         Bl = _z(downsample(B[pp[:, 1]], f))
         ia2 = np.r_[inv_a, inv_a]
-        Bl2 = np.concatenate([Bl, Bl])
+        from scipy import fft as sfft
+
+        hl, wl = Bl.shape[1:]
+        fb = sfft.rfft2(Bl, workers=-1)                   # once per pair (both starts, every variant share it)
         S = 2 * n
         da, ds = 4.0, 0.04
         for _ in range(rounds):
@@ -726,7 +729,9 @@ def polish_lo(A: np.ndarray, B: np.ndarray, pairs: np.ndarray, co: dict, *, roun
             aa = np.repeat(ang, C) + np.tile([o[0] for o in offs], S)
             ss = np.repeat(sc, C) + np.tile([o[1] for o in offs], S)
             var, _ = warp(Al, np.repeat(ia2, C), np.repeat(fl, C), aa, ss)
-            corr = _xcorr(_z(var), np.repeat(Bl2, C, axis=0))
+            fa = sfft.rfft2(_z(var), workers=-1).reshape(2, n, C, hl, -1)
+            corr = sfft.irfft2(np.conj(fa) * fb[None, :, None], s=(hl, wl), workers=-1)
+            corr = corr.reshape(S * C, hl, wl).astype(np.float32) / float(hl * wl)
             cen = np.stack([np.round(np.repeat(dy, C)), np.round(np.repeat(dx, C))], 1).astype(np.int64)
             v, py, px = _subpixel_peak(corr, cen, 1)
             v = v.reshape(S, C)
