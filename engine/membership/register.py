@@ -25,7 +25,8 @@ Search (coarse to fine, only on shortlisted pairs so that it stays fast):
    off by default, see :func:`shortlists`).
 2. **Coarse** (~32 px, optionally blurred by :data:`COARSE_BLUR`): every flip x angle x scale variant of ``a`` (grid
    ``ANGLES`` x ``SCALES``) is cross-correlated with ``b`` by FFT (shift window +-``MAX_SHIFT`` of the side); best variant + shift.
-   Both flips are tried for every candidate.  The :data:`N_REFINE` best candidates of each image go on.
+   Both flips are tried for every candidate.  The ``N_POLISH * N_REFINE`` best are polished at ~32 px from the
+   best variant of each flip (:func:`polish_lo`) and re-ranked; the :data:`N_REFINE` best go on.
 3. **Refine** (~64 px): :data:`_MID_ROUNDS` rounds of a 5-point angle/scale cross with halving steps,
    every variant with its own sub-pixel shift (FFT correlation near the current shift), so that a shift
    error of the coarse level is never traded for a spurious rotation or rescaling.
