@@ -312,3 +312,107 @@ def test_planted_resynthesised_copies_are_shortlisted_by_the_low_pass_source():
     assert roc_auc_score(y, ev["reg_lp_ratio"][:40]) >= 0.95
     thr = np.quantile(ev["reg_lp_ratio"][40:], 0.99)
     assert (ev["reg_lp_ratio"][:20] > thr).mean() >= 0.75
+
+
+# ----------------------------------------------------------------------------------------- combined augmentation
+def combined_random(rng):
+    """The zoo's combined training augmentation at full strength, every parameter random: flip (50%), rotation
+    5-10 deg and rescaling 5-10% (either sign), a shift of 5-10% of the side in a random direction, gamma."""
+    a = rng.uniform(0, 2 * np.pi)
+    m = rng.uniform(0.05, 0.10) * H
+
+    def sg():
+        return float(rng.choice([-1, 1]))
+    return dict(flip=int(rng.integers(2)), angle=sg() * rng.uniform(5, 10), scale=1 + sg() * rng.uniform(0.05, 0.10),
+                dy=m * np.sin(a), dx=m * np.cos(a), gamma=float(np.exp(sg() * rng.uniform(0.1, 0.3))))
+
+
+@pytest.fixture(scope="module")
+def planted_combined():
+    """60 candidates (30 members), 80 reference, 300 generated phantoms (look-alikes of every patient): every
+    member's copy is flipped / rotated / rescaled / shifted / gamma-changed at once (:func:`combined_random`)."""
+    rng = np.random.default_rng(14)
+    nm = 30
+    real = phantoms(2 * nm, 114)
+    reference = phantoms(80, 214)
+    gen = phantoms(300, 314)
+    slots = rng.choice(len(gen), nm, replace=False)
+    truth = []
+    for m, s in enumerate(slots):
+        p = combined_random(rng)
+        truth.append(p)
+        gen[s] = u8(augment(real[m].astype(np.float64), **p) + rng.normal(0, 2, (H, H)))
+    y = np.r_[np.ones(nm, int), np.zeros(nm, int)]
+    return real, reference, gen, y, slots, truth
+
+
+def test_rotscale_spectrum_variant_zero_is_the_plain_spectrum():
+    from imprint.engine.membership.register import rotscale_spectrum_descriptors, spectrum_descriptors
+
+    x = phantoms(3, 71)
+    d = rotscale_spectrum_descriptors(x)
+    assert d.shape[:2] == (3, 9) and d.dtype == np.float32
+    np.testing.assert_allclose(d[:, 0], spectrum_descriptors(x), atol=1e-5)
+    assert rotscale_spectrum_descriptors(x[:0]).shape == (0, 9, d.shape[2])
+
+
+def test_planted_combined_augmentation_is_found_registered_and_flagged(planted_combined):
+    """Combined augmentation (flip + rotation + scale + shift + gamma together): the rotation x scale spectrum
+    queries find the copies that neither the plain spectrum nor a pixel search finds; the registration recovers
+    the transform that was applied, and the audit flags the members."""
+    from imprint.engine.membership.register import (_spec_knn, rotscale_spectrum_descriptors, shortlists,
+                                                    spectrum_descriptors)
+
+    real, reference, gen, y, slots, truth = planted_combined
+    nm = len(slots)
+    sG = spectrum_descriptors(gen)
+    sQ = rotscale_spectrum_descriptors(real[:nm])
+    rs = (_spec_knn(sG, sQ, 4) == slots[:, None]).any(1)
+    plain = (_spec_knn(sG, sQ[:, 0], 4) == slots[:, None]).any(1)
+    assert rs.mean() >= 0.9, np.flatnonzero(~rs)                         # measured 1.0
+    assert plain.mean() <= 0.5                                           # the plain spectrum: 0.17 (why it is needed)
+    pool = np.concatenate([real, reference])
+    iG, iR = _pixel_lists(gen, pool)
+    cg, _, _, _ = shortlists(gen, pool, iG, iR)
+    found = (cg[:nm] == slots[:, None]).any(1)
+    assert found.mean() >= 0.96, np.flatnonzero(~found)                 # 30/30 (29/30 allowed)
+    ev = compute_evidence(gen, pool, backbone=None, shape=False, use_lbp=False)[0]
+    best = ev["reg_match"][:nm].astype(int)
+    hit = best == slots
+    assert hit.mean() >= 0.9, np.flatnonzero(~hit)
+    T = np.array([[p["flip"], p["angle"], p["scale"], p["dy"], p["dx"]] for p in truth])[hit]
+    assert np.all(ev["reg_flip"][:nm][hit] == T[:, 0])
+    assert np.max(np.abs(ev["reg_angle"][:nm][hit] - T[:, 1])) <= 2.0          # measured <= 1.0 deg
+    assert np.max(np.abs(ev["reg_scale"][:nm][hit] - T[:, 2])) <= 0.03         # measured <= 0.012
+    err = np.hypot(ev["reg_dy"][:nm][hit] - T[:, 3], ev["reg_dx"][:nm][hit] - T[:, 4])
+    assert np.max(err) <= 1.5, err                                            # measured <= 0.2 px
+    res = audit_membership(gen, real, reference=reference)
+    assert roc_auc_score(y, res.score) >= 0.95
+    assert res.used[y == 1].mean() >= 0.9, np.flatnonzero(~res.used[y == 1].astype(bool))
+    assert res.used[y == 0].sum() <= 1
+
+
+def test_polish_recovers_half_grid_transforms_and_never_lowers_the_coarse_score():
+    """A copy rotated / rescaled half-way between the coarse grid's points (4 deg, 4%) is polished to its transform
+    at ~32 px (before the full registration), from the better of both flips' starts; the polished score is never
+    below the coarse best of either flip (each start's first round contains that start)."""
+    from imprint.engine.membership.register import coarse_scores, polish_lo
+
+    rng = np.random.default_rng(21)
+    real = phantoms(6, 72)
+    params = [dict(flip=i % 2, angle=4.0 if i < 3 else -4.0, scale=1.04 if i % 3 else 0.96,
+                   dy=float(rng.uniform(-6, 6)), dx=float(rng.uniform(-6, 6)), gamma=1.0) for i in range(6)]
+    gen = np.stack([u8(augment(real[i].astype(np.float64), **p) + rng.normal(0, 2, (H, H)))
+                    for i, p in enumerate(params)])
+    pairs = np.stack([np.arange(6), np.arange(6)], 1)
+    co = coarse_scores(real, gen, pairs)
+    po = polish_lo(real, gen, pairs, co)
+    assert np.all(po["coarse"] >= np.maximum(co["coarse"], co["coarse_alt"]) - 1e-6)
+    T = np.array([[p["flip"], p["angle"], p["scale"]] for p in params])
+    np.testing.assert_array_equal(po["flip"], T[:, 0])
+    # the polish is a ranking step: within the full refinement's first step (4 deg / 0.04), closer than the grid
+    assert np.max(np.abs(po["angle"] - T[:, 1])) <= 2.0 + 1e-9, po["angle"]
+    assert np.max(np.abs(po["scale"] - T[:, 2])) <= 0.02 + 1e-9, po["scale"]
+    err_p = np.abs(po["angle"] - T[:, 1]) + 100 * np.abs(po["scale"] - T[:, 2])
+    err_c = np.abs(co["angle"] - T[:, 1]) + 100 * np.abs(co["scale"] - T[:, 2])
+    assert err_p.mean() < err_c.mean(), (err_p, err_c)

@@ -19,12 +19,14 @@ Search (coarse to fine, only on shortlisted pairs so that it stays fast):
    flip of the image is the horizontal flip of its descriptor, so a flip-augmented nearest-neighbour
    search finds transformed copies that the pixel search misses.  The real image's descriptor is also
    taken of 4 copies shifted by :data:`SHIFT_QUERY` of the side (a copy shifted that far loses part of
-   the body at the border, and so does the shifted query); Fourier magnitudes (shift/flip-invariant) add
-   candidates, and optionally 8 px low-pass pixels (:data:`LP_SIDE`: anatomy under re-synthesised texture;
+   the body at the border, and so does the shifted query); Fourier magnitudes (shift/flip-invariant), queried
+   with rotated and rescaled copies of the real image (:func:`rotscale_spectrum_descriptors`: a copy that was
+   flipped, shifted, rotated *and* rescaled at once), add candidates, and optionally 8 px low-pass pixels (:data:`LP_SIDE`: anatomy under re-synthesised texture;
    off by default, see :func:`shortlists`).
 2. **Coarse** (~32 px, optionally blurred by :data:`COARSE_BLUR`): every flip x angle x scale variant of ``a`` (grid
    ``ANGLES`` x ``SCALES``) is cross-correlated with ``b`` by FFT (shift window +-``MAX_SHIFT`` of the side); best variant + shift.
-   Both flips are tried for every candidate.  The :data:`N_REFINE` best candidates of each image go on.
+   Both flips are tried for every candidate.  The ``N_POLISH * N_REFINE`` best are polished at ~32 px from the
+   best variant of each flip (:func:`polish_lo`) and re-ranked; the :data:`N_REFINE` best go on.
 3. **Refine** (~64 px): :data:`_MID_ROUNDS` rounds of a 5-point angle/scale cross with halving steps,
    every variant with its own sub-pixel shift (FFT correlation near the current shift), so that a shift
    error of the coarse level is never traded for a spurious rotation or rescaling.
@@ -63,6 +65,13 @@ COARSE_BLUR = 0.0
 #: Angle / scale refinement rounds at ~64 px (steps 4 deg / 0.04, halving) and then at full resolution
 #: (steps 1 deg / 0.01, 0.5 / 0.005), each candidate angle/scale with its own re-estimated shift.
 _MID_ROUNDS = 3
+#: Rounds of the multi-start polish at ~32 px (:func:`polish_lo`, steps 4 deg / 0.04 then 2 deg / 0.02) given to
+#: the :data:`N_POLISH` x :data:`N_REFINE` coarse-best candidates of each image, both flips, before the
+#: :data:`N_REFINE` best go to the full registration (0: off, the ranking before branch aug5).  Chosen from the
+#: grid's geometry (two halvings reach the refinement's first step), not tuned on data.
+_LO_ROUNDS = 2
+#: Coarse-best candidates per refined candidate that get the polish (2: twice :data:`N_REFINE`).
+N_POLISH = 2
 #: Candidates per pool image carried from the coarse stage to the full registration (the best refined
 #: one wins): the coarse grid (8 deg, 8% steps at 32 px) can rank a transformed copy below a look-alike.
 N_REFINE = 2
@@ -365,6 +374,44 @@ def shifted_shortlist_descriptors(images: np.ndarray, size: int = 24) -> np.ndar
     return shortlist_descriptors(v.reshape((-1,) + v.shape[2:]), size).reshape(n, v.shape[1], size, size)
 
 
+#: Rotation x scale variants of every pool image's spectrum query (:func:`rotscale_spectrum_descriptors`): the
+#: coarse grid's angles and scales (the task's stated ranges, +-10 deg and +-10%; not tuned on data).
+SPEC_ANGLES = ANGLES
+SPEC_SCALES = SCALES
+
+
+def rotscale_spectrum_descriptors(images: np.ndarray) -> np.ndarray:
+    """:func:`spectrum_descriptors` of rotated and rescaled copies of every image (the grid
+    :data:`SPEC_ANGLES` x :data:`SPEC_SCALES`, about the image centre, bilinear; variant 0 = the image itself).
+
+    The Fourier magnitude is invariant to a shift and (averaged with its mirror) to a flip, but a rotation
+    rotates it and a rescaling rescales it (the Fourier-Mellin relations), so a copy that a generator's
+    augmentation flipped, shifted, rotated *and* rescaled is near one of these variants of its source.  The
+    moment-frame descriptor (:func:`shortlist_descriptors`) normalises rotation by the body's major axis and
+    scale by its radius, which a border-cutting shift combined with a rotation moves; this source does not
+    depend on the body's outline.
+
+    Parameters
+    ----------
+    images : uint8 or float [N, H, W]
+
+    Returns
+    -------
+    float32 [N, V, D]   ``V = len(SPEC_ANGLES) * len(SPEC_SCALES)``, ``D`` as :func:`spectrum_descriptors`
+    """
+    x = np.asarray(images)
+    n = len(x)
+    grid = [(0.0, 1.0)] + [(a, s) for a in SPEC_ANGLES for s in SPEC_SCALES if (a, s) != (0.0, 1.0)]
+    V = len(grid)
+    if n == 0:
+        D = spectrum_descriptors(np.zeros((1,) + x.shape[1:], np.float32)).shape[1]
+        return np.zeros((0, V, D), np.float32)
+    rows = np.repeat(np.arange(n), V)
+    var, _ = warp(x, rows, 0, np.tile([g[0] for g in grid], n), np.tile([g[1] for g in grid], n))
+    d = spectrum_descriptors(var)
+    return d.reshape(n, V, d.shape[1])
+
+
 def lowpass_descriptors(images: np.ndarray, side: int = LP_SIDE) -> np.ndarray:
     """Z-scored images area-averaged to about ``side`` px (anatomy only): float32 [N, side', side'].
 
@@ -495,15 +542,17 @@ def register_pairs(A: np.ndarray, B: np.ndarray, pairs: np.ndarray, *, flip=None
 
 def coarse_scores(A: np.ndarray, B: np.ndarray, pairs: np.ndarray, *, flip=None, chunk: int = 1024) -> dict:
     """Coarse stage only (~32 px grid search over flip x ``ANGLES`` x ``SCALES``, FFT shift search);
-    keys ``coarse``, ``flip``, ``angle``, ``scale``, ``dy``, ``dx`` (shifts in full-resolution pixels).
-    ``flip`` (int [K] or None) restricts the flip per pair."""
+    keys ``coarse``, ``flip``, ``angle``, ``scale``, ``dy``, ``dx`` (shifts in full-resolution pixels), and
+    ``coarse_alt``, ``angle_alt``, ``scale_alt``, ``dy_alt``, ``dx_alt``: the best variant of the *other* flip
+    (the same as the best when ``flip`` restricts it).  ``flip`` (int [K] or None) restricts the flip per pair."""
     from scipy import fft as sfft
 
     A = np.asarray(A)
     B = np.asarray(B)
     pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
     K = len(pairs)
-    res = {k: np.zeros(K) for k in ("coarse", "flip", "angle", "scale", "dy", "dx")}
+    res = {k: np.zeros(K) for k in ("coarse", "flip", "angle", "scale", "dy", "dx", "coarse_alt", "angle_alt",
+                                     "scale_alt", "dy_alt", "dx_alt")}
     if K == 0:
         return res
     h, w = A.shape[1:]
@@ -553,6 +602,19 @@ def coarse_scores(A: np.ndarray, B: np.ndarray, pairs: np.ndarray, *, flip=None,
         res["scale"][sl] = np.asarray([grid[b][1] for b in g])
         res["dy"][sl] = dy[sel] * f
         res["dx"][sl] = dx[sel] * f
+        # the other flip's best variant (a start for the multi-start polish, :func:`polish_lo`)
+        if fl_all is None:
+            other = 1 - fl
+            balt = other * V + val.reshape(n, 2, V)[np.arange(n), other].argmax(1)
+        else:
+            balt = best
+        salt = np.arange(n) * nv + balt
+        galt = balt % V
+        res["coarse_alt"][sl] = val[np.arange(n), balt]
+        res["angle_alt"][sl] = np.asarray([grid[b][0] for b in galt])
+        res["scale_alt"][sl] = np.asarray([grid[b][1] for b in galt])
+        res["dy_alt"][sl] = dy[salt] * f
+        res["dx_alt"][sl] = dx[salt] * f
     return res
 
 
@@ -605,6 +667,88 @@ def _coarse_blur(x: np.ndarray) -> np.ndarray:
 def _ncc_full(a: np.ndarray, bz: np.ndarray) -> np.ndarray:
     """Full-frame NCC of stacks ``a`` [K, h, w] (any scale) with z-scored ``bz``."""
     return (_z(a) * bz).reshape(len(a), -1).mean(1)
+
+
+def polish_lo(A: np.ndarray, B: np.ndarray, pairs: np.ndarray, co: dict, *, rounds: int | None = None,
+              chunk: int = 1024) -> dict:
+    """Multi-start polish of :func:`coarse_scores` estimates at the coarse resolution (~32 px), used to re-rank
+    the candidates before the (expensive) full registration.
+
+    The coarse grid's steps (8 deg, 8%) leave a copy rotated / rescaled half-way between grid points up to
+    4 deg / 4% misaligned, which at 32 px can rank it below an untransformed look-alike; and the coarse flip
+    can be wrong for a nearly left-right symmetric body.  So every pair is started from its best variant of
+    *each* flip (``co``'s best and ``*_alt``) and given :data:`_LO_ROUNDS` rounds of the 5-point angle/scale
+    cross (steps 4 deg / 0.04, halving), every variant with its own sub-pixel shift (FFT correlation near the
+    current shift, as in :func:`refine`); the better start wins.
+
+    Parameters
+    ----------
+    A, B : uint8 or float [N, H, W]
+    pairs : int [K, 2]
+    co : dict of arrays [K]   :func:`coarse_scores`'s output
+
+    Returns
+    -------
+    dict of float64 arrays [K]: ``coarse`` (the polished low-resolution NCC), ``flip``, ``angle``, ``scale``,
+    ``dy``, ``dx`` (full-resolution pixels)
+    """
+    rounds = _LO_ROUNDS if rounds is None else rounds
+    A = np.asarray(A)
+    B = np.asarray(B)
+    pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
+    K = len(pairs)
+    out = {k: np.zeros(K) for k in ("coarse", "flip", "angle", "scale", "dy", "dx")}
+    if K == 0:
+        return out
+    h, w = A.shape[1:]
+    f = max(1, min(h, w) // _LO_SIDE)
+    for s0 in range(0, K, chunk):
+        sl = slice(s0, min(K, s0 + chunk))
+        pp = pairs[sl]
+        n = len(pp)
+        c = {k: np.asarray(v, np.float64)[sl] for k, v in co.items()}
+        # two starts per pair: the best variant of the coarse flip and of the other flip
+        fl = np.r_[c["flip"], 1 - c["flip"]].astype(np.int64)
+        ang = np.r_[c["angle"], c["angle_alt"]]
+        sc = np.r_[c["scale"], c["scale_alt"]]
+        dy = np.r_[c["dy"], c["dy_alt"]] / f
+        dx = np.r_[c["dx"], c["dx_alt"]] / f
+        val = np.r_[c["coarse"], c["coarse_alt"]]
+        ia, inv_a = np.unique(pp[:, 0], return_inverse=True)
+        Al = downsample(A[ia], f)
+        Bl = _z(downsample(B[pp[:, 1]], f))
+        ia2 = np.r_[inv_a, inv_a]
+        from scipy import fft as sfft
+
+        hl, wl = Bl.shape[1:]
+        fb = sfft.rfft2(Bl, workers=-1)                   # once per pair (both starts, every variant share it)
+        S = 2 * n
+        da, ds = 4.0, 0.04
+        for _ in range(rounds):
+            offs = [(0.0, 0.0), (-da, 0.0), (da, 0.0), (0.0, -ds), (0.0, ds)]
+            C = len(offs)
+            aa = np.repeat(ang, C) + np.tile([o[0] for o in offs], S)
+            ss = np.repeat(sc, C) + np.tile([o[1] for o in offs], S)
+            var, _ = warp(Al, np.repeat(ia2, C), np.repeat(fl, C), aa, ss)
+            fa = sfft.rfft2(_z(var), workers=-1).reshape(2, n, C, hl, -1)
+            corr = sfft.irfft2(np.conj(fa) * fb[None, :, None], s=(hl, wl), workers=-1)
+            corr = corr.reshape(S * C, hl, wl).astype(np.float32) / float(hl * wl)
+            cen = np.stack([np.round(np.repeat(dy, C)), np.round(np.repeat(dx, C))], 1).astype(np.int64)
+            v, py, px = _subpixel_peak(corr, cen, 1)
+            v = v.reshape(S, C)
+            b = v.argmax(1)
+            sel = np.arange(S) * C + b
+            ang, sc, dy, dx, val = aa[sel], ss[sel], py[sel], px[sel], v[np.arange(S), b]
+            da, ds = da / 2, ds / 2
+        win = np.where(val[n:] > val[:n], 1, 0)            # 1: the other flip's start won
+        k = np.arange(n) + win * n
+        out["coarse"][sl] = val[k]
+        out["flip"][sl] = fl[k]
+        out["angle"][sl] = ang[k]
+        out["scale"][sl] = sc[k]
+        out["dy"][sl] = dy[k] * f
+        out["dx"][sl] = dx[k] * f
+    return out
 
 
 def refine(A: np.ndarray, B: np.ndarray, pairs: np.ndarray, co: dict, *, chunk: int = 1024) -> dict:
@@ -733,9 +877,33 @@ def _desc_knn(base_desc: np.ndarray, query_desc: np.ndarray, k: int, *, exclude_
 
 
 def _spec_knn(base: np.ndarray, query: np.ndarray, k: int, *, exclude_self: bool = False) -> np.ndarray:
-    """Nearest ``base`` rows of every query under :func:`spectrum_descriptors`: int64 [Q, k] (-1 padded)."""
+    """Nearest ``base`` rows of every query under :func:`spectrum_descriptors`: int64 [Q, k] (-1 padded).
+
+    ``query`` is [Q, D], or [Q, V, D] for ``V`` variants of every query (:func:`rotscale_spectrum_descriptors`):
+    a base row's distance is then its smallest over the variants."""
     from imprint.engine.search import knn
 
+    if query.ndim == 3:
+        nq, V = query.shape[:2]
+        kk = int(min(k + 1, len(base)))
+        dist, idx = knn(np.ascontiguousarray(base, np.float32),
+                        np.ascontiguousarray(query.reshape(nq * V, -1), np.float32), kk,
+                        metric="l2", index="auto", use_gpu="auto")
+        idx = np.asarray(idx, np.int64).reshape(nq, V * kk)
+        order = np.argsort(np.asarray(dist, np.float64).reshape(nq, V * kk), axis=1, kind="stable")
+        idx = np.take_along_axis(idx, order, 1)
+        out = np.full((nq, k), -1, np.int64)
+        for r in range(nq):
+            seen: list[int] = []
+            for j in idx[r]:
+                j = int(j)
+                if j < 0 or (exclude_self and j == r) or j in seen:
+                    continue
+                seen.append(j)
+                if len(seen) == k:
+                    break
+            out[r, :len(seen)] = seen
+        return out
     kk = int(min(k + (1 if exclude_self else 0), len(base)))
     _, idx = knn(np.ascontiguousarray(base, np.float32), np.ascontiguousarray(query, np.float32), kk,
                  metric="l2", index="auto", use_gpu="auto")
@@ -834,9 +1002,26 @@ def _best_registered(A, B, cand: np.ndarray, cflip: np.ndarray, *, keys_a=None, 
     score[ok] = co["coarse"]
     score = score.reshape(R, c)
     m = int(max(1, min(n_refine, c)))
-    top = np.argsort(-score, axis=1, kind="stable")[:, :m]                       # [R, m] best coarse first
     pos = np.full(R * c, -1, np.int64)
     pos[ok] = np.arange(ok.sum())
+    if _LO_ROUNDS > 0 and not restrict_flip:
+        # multi-start polish (both flips, ~32 px) of the N_POLISH * m coarse-best candidates, then re-rank
+        mp = int(min(c, N_POLISH * m))
+        tp0 = np.argsort(-score, axis=1, kind="stable")[:, :mp]
+        fin = np.isfinite(score[np.arange(R)[:, None], tp0]).ravel()
+        pidx = pos[(np.arange(R)[:, None] * c + tp0).ravel()][fin]
+        po = _cached_rows(lambda s_: polish_lo(A, B, pairs[pidx][s_], {k: v[pidx][s_] for k, v in co.items()}),
+                          [pk[p] for p in pidx], cache if use else None, "reg_polish")
+        co = {k: np.asarray(v, np.float64).copy() for k, v in co.items()}
+        for k in ("coarse", "flip", "angle", "scale", "dy", "dx"):
+            co[k][pidx] = po[k]
+        score = np.full(R * c, -np.inf)
+        score[ok] = co["coarse"]
+        score = score.reshape(R, c)
+        keep = np.zeros((R, c), bool)
+        keep[np.arange(R)[:, None], tp0] = True
+        score = np.where(keep, score, -np.inf)                   # only polished candidates compete
+    top = np.argsort(-score, axis=1, kind="stable")[:, :m]                       # [R, m] best coarse first
     tp = pos[(np.arange(R)[:, None] * c + top).ravel()]                          # [R*m] index into pairs
     tp[~np.isfinite(score[np.arange(R)[:, None], top]).ravel()] = -1
     sel = np.flatnonzero(tp >= 0)
@@ -869,14 +1054,16 @@ def _best_registered(A, B, cand: np.ndarray, cflip: np.ndarray, *, keys_a=None, 
 
 def shortlists(G: np.ndarray, P: np.ndarray, pix_gen: np.ndarray, pix_real: np.ndarray, *, k_reg: int = 6,
                n_pix: int = 3, k_spec: int = 4, n_lp: int = 0, shift_queries: bool = True,
-               keys_gen=None, keys_pool=None, cache: dict | None = None):
+               keys_gen=None, keys_pool=None, cache: dict | None = None, rotscale_spec: bool = True):
     """Registration candidates of every pool image: among the generated images and (the control) among
     the other pool images, built the same way (see :func:`registered_evidence`).
 
     Sources (each searched with the mirrored base as well where a flip is not already invariant):
     ``k_reg`` nearest under :func:`shortlist_descriptors` (with ``shift_queries``: a base row's distance is
     its smallest to the pool image's :func:`shifted_shortlist_descriptors`), ``n_pix`` given pixel-space
-    neighbours, ``k_spec`` nearest under :func:`spectrum_descriptors` and ``n_lp`` nearest under
+    neighbours, ``k_spec`` nearest under :func:`spectrum_descriptors` (with ``rotscale_spec``, the default:
+    the smallest distance over the pool image's rotation x scale variants, :func:`rotscale_spectrum_descriptors`;
+    ``False`` is the shortlist before branch aug5) and ``n_lp`` nearest under
     :func:`lowpass_descriptors` (default 0: on the search diagnostic it put 10% more re-synthesised copies in
     the shortlist without raising their evidence, and cost ~19% more registration time; see
     benchmarks/RESULTS.md).  ``shift_queries=False`` is the shortlist before issue 13's shortlist work
@@ -902,9 +1089,12 @@ def shortlists(G: np.ndarray, P: np.ndarray, pix_gen: np.ndarray, pix_real: np.n
     ir, fr = _desc_knn(dP0, dP, kr, exclude_self=True)
     sG = _memo_rows(spectrum_descriptors, G, kG, cache, "reg_spec")
     sP = _memo_rows(spectrum_descriptors, P, kP, cache, "reg_spec")
+    # the pool images' spectrum queries: with ``rotscale_spec`` every rotation x scale variant of the image
+    # (a base row's distance is its smallest over the variants; variant 0 = the plain query)
+    sQ = _memo_rows(rotscale_spectrum_descriptors, P, kP, cache, "reg_spec_rs") if rotscale_spec else sP
     ks = int(max(1, min(k_spec, len(G))))
-    sg = _spec_knn(sG, sP, ks)
-    sr = _spec_knn(sP, sP, int(max(1, min(k_spec, len(P) - 1))), exclude_self=True)
+    sg = _spec_knn(sG, sQ, ks)
+    sr = _spec_knn(sP, sQ, int(max(1, min(k_spec, len(P) - 1))), exclude_self=True)
     cg = [ig, pg, sg]
     fcg = [fg, np.zeros_like(pg), _flip_by_descriptor(dP0, dG, sg)]
     cr = [ir, pr, sr]
