@@ -767,8 +767,13 @@ _ROW_BLOCK = 512  # images per call of a per-image function: bounded memory for 
 def _rows_blocked(fn, images, rows=None) -> np.ndarray:
     """``fn`` (a per-image function) over ``images[rows]`` in blocks of :data:`_ROW_BLOCK` images, so a large
     generated set (e.g. memory-mapped from the pixel store) is never converted to float all at once."""
+    from imprint.engine.pixelstore import release_pages
+
     idx = np.arange(len(images)) if rows is None else np.asarray(rows, np.int64)
-    out = [fn(np.asarray(images[idx[s:s + _ROW_BLOCK]])) for s in range(0, len(idx), _ROW_BLOCK)]
+    out = []
+    for s in range(0, len(idx), _ROW_BLOCK):
+        out.append(fn(np.asarray(images[idx[s:s + _ROW_BLOCK]])))
+        release_pages(images)  # issue 15: a pass over a memory-mapped set leaves no resident pages behind
     return np.concatenate(out) if out else fn(np.asarray(images[idx]))
 
 
