@@ -577,11 +577,25 @@ def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10
     best_g = np.full((nP, nT), np.inf)
     best_r = np.full((nP, nT), np.inf)
     tblock = max(1, min(pblock, pchunk))
+    # the pool's z-scored tiles are kept when they fit half the budget (each is a partner of ~k_real others),
+    # else made per block and the real partners' tiles remade where they are needed
+    keep = 4 * hw * nP <= _memory_budget() // 2
+    tPall = None
+    if keep:
+        tPall = np.empty((nP, nT, (P.shape[1] // tiles) * (P.shape[2] // tiles)), np.float32)
+        for b0 in range(0, nP, tblock):
+            t = _tiles_of(P[b0:b0 + tblock])
+            content[b0:b0 + tblock] = t.std(2) > 4.0    # not flat background (8-bit grey levels)
+            tPall[b0:b0 + tblock] = _tz(t)
+        _release(P)
     for b0 in range(0, nP, tblock):                     # per block of pool images; partners' tiles gathered
         b1 = min(nP, b0 + tblock)
-        tPb = _tiles_of(P[b0:b1])
-        content[b0:b1] = tPb.std(2) > 4.0               # not flat background (8-bit grey levels)
-        tPb = _tz(tPb)
+        if keep:
+            tPb = tPall[b0:b1]
+        else:
+            tPb = _tiles_of(P[b0:b1])
+            content[b0:b1] = tPb.std(2) > 4.0
+            tPb = _tz(tPb)
         ug, loc = np.unique(iG[b0:b1], return_inverse=True)
         tGb = _tz(_tiles_of(G[ug]))                     # tiles of the shortlisted generated images only
         loc = loc.reshape(b1 - b0, k_gen)
@@ -589,12 +603,13 @@ def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10
             best_g[b0:b1] = np.minimum(best_g[b0:b1], ((tPb - tGb[loc[:, j]]) ** 2).mean(2))
         del tGb
         ur, loc = np.unique(iR[b0:b1], return_inverse=True)
-        tRb = _tz(_tiles_of(P[ur]))
+        tRb = tPall[ur] if keep else _tz(_tiles_of(P[ur]))
         loc = loc.reshape(b1 - b0, k_real)
         for j in range(k_real):
             best_r[b0:b1] = np.minimum(best_r[b0:b1], ((tPb - tRb[loc[:, j]]) ** 2).mean(2))
         del tRb, tPb
         _release(G, P)
+    del tPall
     lr = np.log((best_g + 1e-2) / (best_r + 1e-2))
     lr = np.where(content, lr, np.inf)
     m = min(3, lr.shape[1])
