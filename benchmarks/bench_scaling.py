@@ -123,6 +123,60 @@ def evidence_memory(n_real: int = 300, gens=(600, 2400), budget_gb: float = 0.3)
     return out
 
 
+def stage_kernels(n_real: int = 1000, n_gen: int = 1024, repeats: int = 3) -> list[dict]:
+    """Same-run before/after of the two membership hot spots changed in issue 15's fourth pass, on 128x128 phantoms:
+    z-scoring uint8 images (numpy float path vs the compiled uint8 path) and the real x generated pixel search
+    (two engine.search.knn calls, one per direction, vs one both-way product, knn_l2_both); best of ``repeats``
+    windows of at least 1 s each (engine.bench.best_time); outputs compared."""
+    from conftest import ct_like
+    from imprint.engine.bench import best_time
+    from imprint.engine.membership.evidence import _zscore_u8, zscore_images
+    from imprint.engine.search import knn
+    from imprint.engine.search.pairwise import knn_l2_both
+
+    rng = np.random.default_rng(0)
+    P = ct_like(rng, n_real, 128)
+    G = ct_like(rng, n_gen, 128)
+    rows = []
+    ref = zscore_images(P.astype(np.float32))
+    same = bool(np.array_equal(ref, _zscore_u8(P)))
+    t_np, _ = best_time(lambda: zscore_images(P.astype(np.float32)), min_window=1.0, repeats=repeats)
+    t_u8, _ = best_time(lambda: _zscore_u8(P), min_window=1.0, repeats=repeats)
+    rows.append({"stage": f"z-score {n_real} uint8 images", "before": "numpy float64 mean/std", "before s": t_np,
+                 "after": "compiled uint8 (exact integer sums)", "after s": t_u8, "before / after": t_np / t_u8,
+                 "outputs equal": same})
+    fP = zscore_images(P).reshape(n_real, -1)
+    fG = zscore_images(G).reshape(n_gen, -1)
+
+    def two():
+        return knn(fG, fP, 10), knn(fP, fG, 2)
+
+    def one():
+        return knn_l2_both(lambda r: fP[r], n_real, lambda r: fG[r], n_gen, 10, 2, a_block=1024, b_block=1024)
+
+    (a1, a2), b = two(), one()
+    # exact reference: float64 brute force, (distance, index) order; rows whose neighbour lists differ from it
+    D = (np.einsum("ij,ij->i", fP.astype(np.float64), fP.astype(np.float64))[:, None]
+         + np.einsum("ij,ij->i", fG.astype(np.float64), fG.astype(np.float64))[None, :]
+         - 2.0 * (fP.astype(np.float64) @ fG.astype(np.float64).T))
+    refA = np.lexsort((np.broadcast_to(np.arange(n_gen), D.shape), D), axis=1)[:, :10]
+    refB = np.lexsort((np.broadcast_to(np.arange(n_real), D.T.shape), D.T), axis=1)[:, :2]
+    wrong_two = int((a1[1] != refA).any(1).sum() + (a2[1] != refB).any(1).sum())
+    wrong_one = int((b[1] != refA).any(1).sum() + (b[3] != refB).any(1).sum())
+    same = (f"rows differing from float64 brute force: before {wrong_two}, after {wrong_one} "
+            f"(of {n_real + n_gen}); outputs identical: "
+            f"{all(np.array_equal(x, y) for x, y in zip((a1[0], a1[1], a2[0], a2[1]), b))}")
+    t_two, _ = best_time(two, min_window=1.0, repeats=repeats)
+    t_one, _ = best_time(one, min_window=1.0, repeats=repeats)
+    rows.append({"stage": f"pixel k-NN {n_real} real x {n_gen} generated, 16,384-d, both directions",
+                 "before": "two engine.search.knn calls (Flat)", "before s": t_two,
+                 "after": "knn_l2_both (one product per block)", "after s": t_one, "before / after": t_two / t_one,
+                 "outputs equal": same})
+    for r in rows:
+        print(json.dumps(r), flush=True)
+    return rows
+
+
 def fit_exponent(xs, ys) -> float | None:
     """Least-squares slope of log(y) on log(x) (None with fewer than two distinct x)."""
     xs, ys = np.asarray(xs, float), np.asarray(ys, float)
@@ -148,9 +202,25 @@ def main(argv=None) -> int:
                     "set sizes", help="heading of the written block")
     ap.add_argument("--fit-at", default=None, metavar="R,G",
                     help="fit the G exponent at this R and the R exponent at this G (default: the most common)")
+    ap.add_argument("--stage-kernels", action="store_true",
+                    help="only time the z-scoring and the both-way pixel search before/after (same run) and write that block")
     ap.add_argument("--evidence-memory", action="store_true",
                     help="only trace the evidence's memory (one chunk vs a budget) and write that block")
     args = ap.parse_args(argv)
+    if args.stage_kernels:
+        rows = stage_kernels()
+        if args.write_results:
+            from imprint.engine.bench import load_note, md_table, write_results_block
+
+            cmd = "python benchmarks/bench_scaling.py " + " ".join(argv if argv is not None else sys.argv[1:])
+            write_results_block(args.write_results, "stage-kernels-scale5", (
+                "### Membership hot spots before/after, same run (issue 15, scale5)\n\n"
+                f"Command: `{cmd}`. 128x128 phantoms; best of 3 windows of at least 1 s each per side, same process; "
+                "'outputs equal' compares the arrays bit for bit (the k-NN rows also with an exact float64 brute force: "
+                "FAISS's Flat search picks its candidates in float32 and can miss a neighbour within rounding of the "
+                "k-th; knn_l2_both keeps 8 extra float32 candidates before the exact re-ranking).\n" + load_note() + "\n\n"
+                + md_table(rows, list(rows[0]))))
+        return 0
     if args.evidence_memory:
         rows = evidence_memory()
         if args.write_results:

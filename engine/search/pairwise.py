@@ -40,7 +40,7 @@ def _merge(bd, bi, d, i, k):
     return np.take_along_axis(D, o, 1), np.take_along_axis(I, o, 1)
 
 
-def _exact(fq: np.ndarray, cand: np.ndarray, feats: Feats, k: int, rows_per: int):
+def _exact(fq: np.ndarray, cand: np.ndarray, feats: Feats | None, k: int, rows_per: int, base=None):
     """Exact float64 re-ranking of ``cand`` [n, c] (rows of the other set) for queries ``fq`` [n, d]: the k best by
     (float64 distance, index), distances cast to float32, as :func:`engine.search.knn` returns them."""
     from .block import _sort_rows
@@ -49,12 +49,17 @@ def _exact(fq: np.ndarray, cand: np.ndarray, feats: Feats, k: int, rows_per: int
     n = len(cand)
     dist = np.full((n, k), np.inf, np.float32)
     idx = np.full((n, k), -1, np.int64)
-    for s in range(0, n, rows_per):
+    if base is not None:   # the other set's features are in memory: no gathering
+        rows_per = n
+    for s in range(0, n, max(1, rows_per)):
         c = cand[s:s + rows_per]
         ok = c >= 0
-        u, loc = np.unique(np.where(ok, c, 0), return_inverse=True)
-        loc = np.where(ok, loc.reshape(c.shape), -1)
-        d64 = l2_pairs(np.ascontiguousarray(feats(u), np.float32), fq[s:s + rows_per], loc)
+        if base is not None:
+            d64 = l2_pairs(base, fq[s:s + rows_per], np.where(ok, c, -1))
+        else:
+            u, loc = np.unique(np.where(ok, c, 0), return_inverse=True)
+            loc = np.where(ok, loc.reshape(c.shape), -1)
+            d64 = l2_pairs(np.ascontiguousarray(feats(u), np.float32), fq[s:s + rows_per], loc)
         d, i = _sort_rows(d64, np.where(ok, c, -1))
         m = min(k, d.shape[1])
         dist[s:s + len(c), :m] = d[:, :m]
@@ -100,16 +105,21 @@ def knn_l2_both(feats_a: Feats, n_a: int, feats_b: Feats, n_b: int, k_a: int, k_
     run_d = run_i = None                            # float32 candidates of every A row [n_a, <=ca]
     dB = np.empty((n_b, kb), np.float32)
     iB = np.empty((n_b, kb), np.int64)
-    cached: dict = {}
+    FA = NA = None
+    if cache_a or n_a <= a_block:   # every A feature made once, into one array (also the exact re-ranking's base)
+        first = np.ascontiguousarray(feats_a(np.arange(0, min(n_a, a_block))), np.float32)
+        FA = np.empty((n_a, first.shape[1]), np.float32)
+        FA[:len(first)] = first
+        del first
+        for s0 in range(a_block, n_a, a_block):
+            FA[s0:s0 + a_block] = feats_a(np.arange(s0, min(n_a, s0 + a_block)))
+        NA = np.einsum("ij,ij->i", FA, FA, dtype=np.float64).astype(np.float32)
 
     def a_feats(s, e):
-        if s in cached:
-            return cached[s]
+        if FA is not None:
+            return FA[s:e], NA[s:e]
         f = np.ascontiguousarray(feats_a(np.arange(s, e)), np.float32)
-        na = np.einsum("ij,ij->i", f, f, dtype=np.float64).astype(np.float32)
-        if cache_a or n_a <= a_block:
-            cached[s] = (f, na)
-        return f, na
+        return f, np.einsum("ij,ij->i", f, f, dtype=np.float64).astype(np.float32)
 
     for b0 in range(0, n_b, b_block):
         b1 = min(n_b, b0 + b_block)
@@ -132,7 +142,8 @@ def knn_l2_both(feats_a: Feats, n_a: int, feats_b: Feats, n_b: int, k_a: int, k_
             del D
         d_new, i_new = np.concatenate(ad), np.concatenate(ai)
         run_d, run_i = _merge(run_d, run_i, d_new, i_new, ca)
-        dB[b0:b1], iB[b0:b1] = _exact(fb, cbi, feats_a, kb, max(1, a_block // max(1, cb)))
+        dB[b0:b1], iB[b0:b1] = _exact(fb, cbi, feats_a, kb, max(1, a_block // max(1, cb)), base=FA)
+        one_b = fb if n_b <= b_block else None     # a single B block: the A rows' re-ranking reads it directly
         del fb
         if after_block is not None:
             after_block()
@@ -141,7 +152,7 @@ def knn_l2_both(feats_a: Feats, n_a: int, feats_b: Feats, n_b: int, k_a: int, k_
     for a0 in range(0, n_a, a_block):
         a1 = min(n_a, a0 + a_block)
         fa, _ = a_feats(a0, a1)
-        dA[a0:a1], iA[a0:a1] = _exact(fa, run_i[a0:a1], feats_b, ka, max(1, b_block // max(1, ca)))
+        dA[a0:a1], iA[a0:a1] = _exact(fa, run_i[a0:a1], feats_b, ka, max(1, b_block // max(1, ca)), base=one_b)
         if after_block is not None:
             after_block()
     return dA, iA, dB, iB
