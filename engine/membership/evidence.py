@@ -16,7 +16,8 @@ from .common import _EPS, _check_stack, _hashes  # noqa: F401
 
 # ----------------------------------------------------------------------------------------- memory budget
 # The generated set is processed in chunks sized from a memory budget, so the evidence's working memory does
-# not grow with the number of generated images (issue 15). Every per-chunk computation is independent per image
+# not grow with the number of generated images (issue 15); the real pool is walked in blocks sized the same way
+# (its z-scores, tiles and masks are made per block or kept compact, the R x R searches go block by block). Every per-chunk computation is independent per image
 # and the k-NN results are merged exactly (distance, then index), so the evidence does not depend on the chunk
 # size (tests/test_streaming.py).
 import contextlib
@@ -413,7 +414,8 @@ def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10
     generated : uint8 [M, H, W]
     pool : uint8 [P, H, W]
         All real images (candidates and known non-members); each is compared with ``generated``
-        and with the *other* pool images.
+        and with the *other* pool images.  Like ``generated`` it may be memory-mapped: it is read in blocks of
+        ``generated_chunk(P, H*W)`` images (``info["pool_chunk"]``).
     k_gen, k_real : int
         Shortlist sizes (nearest generated / nearest other real images) re-ranked by the pixel
         kernels.
@@ -624,10 +626,15 @@ def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10
         t1 = time.perf_counter()
         # the pool's masks are kept as compact counts and expanded per block of pool images
         cP, mscale = _cached_mask_counts(P, _cache)
-        mP_rows = lambda r: cP[np.asarray(r)] * mscale  # noqa: E731
+        if 4 * cP.shape[1] * nP <= _memory_budget() // 2:   # the float masks fit half the budget: made once
+            mP = cP * mscale
+            mP_rows, mblock = (lambda r: mP[np.asarray(r)]), nP  # noqa: E731
+        else:
+            mP_rows, mblock = (lambda r: cP[np.asarray(r)] * mscale), pchunk  # noqa: E731
         # generated masks per chunk, not cached (the cache would hold every generated image's masks)
-        a, _ = _knn_chunked(G, mP_rows, 1, anatomy_masks, chunk, executor=executor, qblock=(pchunk, nP))
-        b, _ = _knn_self(mP_rows, nP, 1, pchunk, executor=executor)
+        a, _ = _knn_chunked(G, mP_rows, 1, anatomy_masks, chunk, executor=executor, qblock=(mblock, nP))
+        b, _ = _knn_self(mP_rows, nP, 1, mblock, executor=executor)
+        mP = None
         a, b = a.astype(np.float64), b.astype(np.float64)
         dim = float(cP.shape[1])
         ev["shape_nn_dist"] = a[:, 0].astype(np.float64) / dim
