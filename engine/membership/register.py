@@ -493,19 +493,34 @@ def register_pairs(A: np.ndarray, B: np.ndarray, pairs: np.ndarray, *, flip=None
     return refine(A, B, pairs, co, chunk=chunk)
 
 
+#: Real images whose coarse variants (2 flips x 9 angle/scale, ~32 px, float32 and their spectra: ~240 KB per
+#: image) are held at once; the stage is walked in blocks of them (issue 15: 10,000 real images took ~2.3 GB).
+_COARSE_A_BLOCK = 1024
+
+
 def coarse_scores(A: np.ndarray, B: np.ndarray, pairs: np.ndarray, *, flip=None, chunk: int = 1024) -> dict:
     """Coarse stage only (~32 px grid search over flip x ``ANGLES`` x ``SCALES``, FFT shift search);
     keys ``coarse``, ``flip``, ``angle``, ``scale``, ``dy``, ``dx`` (shifts in full-resolution pixels).
     ``flip`` (int [K] or None) restricts the flip per pair."""
     from scipy import fft as sfft
 
-    A = np.asarray(A)
-    B = np.asarray(B)
     pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
     K = len(pairs)
     res = {k: np.zeros(K) for k in ("coarse", "flip", "angle", "scale", "dy", "dx")}
     if K == 0:
         return res
+    ua = np.unique(pairs[:, 0])
+    if len(ua) > _COARSE_A_BLOCK:  # issue 15 (memory only): the variants of at most _COARSE_A_BLOCK images at once
+        blk = np.searchsorted(ua, pairs[:, 0]) // _COARSE_A_BLOCK
+        fl = None if flip is None else np.asarray(flip, np.int64).reshape(-1)
+        for b in np.unique(blk):
+            sel = np.flatnonzero(blk == b)
+            r = coarse_scores(A, B, pairs[sel], flip=None if fl is None else fl[sel], chunk=chunk)
+            for k in res:
+                res[k][sel] = r[k]
+        return res
+    A = np.asarray(A)
+    B = np.asarray(B)
     h, w = A.shape[1:]
     f = max(1, min(h, w) // _LO_SIDE)
     ia, inv_a = np.unique(pairs[:, 0], return_inverse=True)
