@@ -321,14 +321,14 @@ def main(argv=None) -> int:
                   "wall s": x["wall_s"], "CPU s": x.get("cpu_s", ""), "peak RSS MB": x["peak_rss_mb"],
                   "wall s (linear model)": "", "peak RSS MB (linear model)": "", "wall s (cost model)": "",
                   "peak RSS MB (cost model)": "", "chunk": x.get("chunk") or "",
-                  "load (1 min)": f"{x['load'][0]:.1f}"} for x in rows]
+                  "load (1 min)": f"{x['load'][0]:.1f}", "commit": x.get("commit", "")} for x in rows]
         table += [{"real": f"{e['real']:,}", "generated": f"{e['generated']:,}", "measured": "**extrapolated**",
                    "wall s": e["wall_s"], "CPU s": "", "peak RSS MB": e["peak_rss_mb"],
                    "wall s (linear model)": num(e.get("wall_s_linear")),
                    "peak RSS MB (linear model)": num(e.get("peak_rss_mb_linear")),
                    "wall s (cost model)": num(e.get("wall_s_cost_model")),
                    "peak RSS MB (cost model)": num(e.get("peak_rss_mb_cost_model")),
-                   "chunk": "", "load (1 min)": ""} for e in ext]
+                   "chunk": "", "load (1 min)": "", "commit": ""} for e in ext]
         cmd = "python benchmarks/bench_scaling.py " + " ".join(argv if argv is not None else sys.argv[1:])
         write_results_block(args.write_results, args.block, (
             f"### {args.title}\n\n"
