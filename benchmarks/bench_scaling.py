@@ -49,7 +49,7 @@ ru = resource.getrusage(resource.RUSAGE_SELF)
 print("RESULT " + json.dumps({{"wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
       "sampled_peak_mb": peak[0] / 2**20, "after_imports_mb": base / 2**20, "timings": s["timings"],
       "n_real": s["n_real"], "n_generated": s["n_generated"], "n_flagged": s["n_flagged"],
-      "chunk": s.get("generated_chunk")}}))
+      "chunk": s.get("generated_chunk"), "stages": (s.get("info") or {{}}).get("timings")}}))
 """
 
 
@@ -123,6 +123,60 @@ def evidence_memory(n_real: int = 300, gens=(600, 2400), budget_gb: float = 0.3)
     return out
 
 
+def stage_kernels(n_real: int = 1000, n_gen: int = 1024, repeats: int = 3) -> list[dict]:
+    """Same-run before/after of the two membership hot spots changed in issue 15's fourth pass, on 128x128 phantoms:
+    z-scoring uint8 images (numpy float path vs the compiled uint8 path) and the real x generated pixel search
+    (two engine.search.knn calls, one per direction, vs one both-way product, knn_l2_both); best of ``repeats``
+    windows of at least 1 s each (engine.bench.best_time); outputs compared."""
+    from conftest import ct_like
+    from imprint.engine.bench import best_time
+    from imprint.engine.membership.evidence import _zscore_u8, zscore_images
+    from imprint.engine.search import knn
+    from imprint.engine.search.pairwise import knn_l2_both
+
+    rng = np.random.default_rng(0)
+    P = ct_like(rng, n_real, 128)
+    G = ct_like(rng, n_gen, 128)
+    rows = []
+    ref = zscore_images(P.astype(np.float32))
+    same = bool(np.array_equal(ref, _zscore_u8(P)))
+    t_np, _ = best_time(lambda: zscore_images(P.astype(np.float32)), min_window=1.0, repeats=repeats)
+    t_u8, _ = best_time(lambda: _zscore_u8(P), min_window=1.0, repeats=repeats)
+    rows.append({"stage": f"z-score {n_real} uint8 images", "before": "numpy float64 mean/std", "before s": t_np,
+                 "after": "compiled uint8 (exact integer sums)", "after s": t_u8, "before / after": t_np / t_u8,
+                 "outputs equal": same})
+    fP = zscore_images(P).reshape(n_real, -1)
+    fG = zscore_images(G).reshape(n_gen, -1)
+
+    def two():
+        return knn(fG, fP, 10), knn(fP, fG, 2)
+
+    def one():
+        return knn_l2_both(lambda r: fP[r], n_real, lambda r: fG[r], n_gen, 10, 2, a_block=1024, b_block=1024)
+
+    (a1, a2), b = two(), one()
+    # exact reference: float64 brute force, (distance, index) order; rows whose neighbour lists differ from it
+    D = (np.einsum("ij,ij->i", fP.astype(np.float64), fP.astype(np.float64))[:, None]
+         + np.einsum("ij,ij->i", fG.astype(np.float64), fG.astype(np.float64))[None, :]
+         - 2.0 * (fP.astype(np.float64) @ fG.astype(np.float64).T))
+    refA = np.lexsort((np.broadcast_to(np.arange(n_gen), D.shape), D), axis=1)[:, :10]
+    refB = np.lexsort((np.broadcast_to(np.arange(n_real), D.T.shape), D.T), axis=1)[:, :2]
+    wrong_two = int((a1[1] != refA).any(1).sum() + (a2[1] != refB).any(1).sum())
+    wrong_one = int((b[1] != refA).any(1).sum() + (b[3] != refB).any(1).sum())
+    same = (f"rows differing from float64 brute force: before {wrong_two}, after {wrong_one} "
+            f"(of {n_real + n_gen}); outputs identical: "
+            f"{all(np.array_equal(x, y) for x, y in zip((a1[0], a1[1], a2[0], a2[1]), b))}")
+    t_two, _ = best_time(two, min_window=1.0, repeats=repeats)
+    t_one, _ = best_time(one, min_window=1.0, repeats=repeats)
+    rows.append({"stage": f"pixel k-NN {n_real} real x {n_gen} generated, 16,384-d, both directions",
+                 "before": "two engine.search.knn calls (Flat)", "before s": t_two,
+                 "after": "knn_l2_both (one product per block)", "after s": t_one, "before / after": t_two / t_one,
+                 "outputs equal": same})
+    for r in rows:
+        print(json.dumps(r), flush=True)
+    return rows
+
+
 def fit_exponent(xs, ys) -> float | None:
     """Least-squares slope of log(y) on log(x) (None with fewer than two distinct x)."""
     xs, ys = np.asarray(xs, float), np.asarray(ys, float)
@@ -146,9 +200,27 @@ def main(argv=None) -> int:
                     help="name of the RESULTS.md block to write (another name keeps the existing table)")
     ap.add_argument("--title", default="Membership scaling: wall time and peak memory vs the generated and real "
                     "set sizes", help="heading of the written block")
+    ap.add_argument("--fit-at", default=None, metavar="R,G",
+                    help="fit the G exponent at this R and the R exponent at this G (default: the most common)")
+    ap.add_argument("--stage-kernels", action="store_true",
+                    help="only time the z-scoring and the both-way pixel search before/after (same run) and write that block")
     ap.add_argument("--evidence-memory", action="store_true",
                     help="only trace the evidence's memory (one chunk vs a budget) and write that block")
     args = ap.parse_args(argv)
+    if args.stage_kernels:
+        rows = stage_kernels()
+        if args.write_results:
+            from imprint.engine.bench import load_note, md_table, write_results_block
+
+            cmd = "python benchmarks/bench_scaling.py " + " ".join(argv if argv is not None else sys.argv[1:])
+            write_results_block(args.write_results, "stage-kernels-scale5", (
+                "### Membership hot spots before/after, same run (issue 15, scale5)\n\n"
+                f"Command: `{cmd}`. 128x128 phantoms; best of 3 windows of at least 1 s each per side, same process; "
+                "'outputs equal' compares the arrays bit for bit (the k-NN rows also with an exact float64 brute force: "
+                "FAISS's Flat search picks its candidates in float32 and can miss a neighbour within rounding of the "
+                "k-th; knn_l2_both keeps 8 extra float32 candidates before the exact re-ranking).\n" + load_note() + "\n\n"
+                + md_table(rows, list(rows[0]))))
+        return 0
     if args.evidence_memory:
         rows = evidence_memory()
         if args.write_results:
@@ -182,6 +254,8 @@ def main(argv=None) -> int:
     gs = [x["generated"] for x in rows]
     r0 = max(set(rs), key=rs.count)
     g0 = max(set(gs), key=gs.count)
+    if args.fit_at:
+        r0, g0 = (int(v) for v in args.fit_at.split(","))
     atG = sorted((x for x in rows if x["real"] == r0), key=lambda x: x["generated"])
     atR = sorted((x for x in rows if x["generated"] == g0), key=lambda x: x["real"])
     a_t = fit_exponent([x["generated"] for x in atG], [x["wall_s"] for x in atG])
@@ -193,6 +267,14 @@ def main(argv=None) -> int:
     b_t_use = b_t if b_t is not None else 1.0
     b_m_use = b_m if b_m is not None else 1.0
     ran = {(x["real"], x["generated"]) for x in rows}
+    # cost model over every measured row: wall = c0 + c1*R + c2*G + c3*R*G (the exact searches are ~R*G, the
+    # per-image stages ~R or ~G), RSS = m0 + m1*R + m2*G; least squares, only with more rows than parameters
+    cm_t = cm_m = None
+    if len(rows) >= 5:
+        R_ = np.array([x["real"] for x in rows], float)
+        G_ = np.array([x["generated"] for x in rows], float)
+        cm_t = np.linalg.lstsq(np.c_[np.ones_like(R_), R_, G_, R_ * G_], [x["wall_s"] for x in rows], rcond=None)[0]
+        cm_m = np.linalg.lstsq(np.c_[np.ones_like(R_), R_, G_], [x["peak_rss_mb"] for x in rows], rcond=None)[0]
     ext = []
     ref = max(atG, key=lambda x: x["generated"]) if atG else rows[-1]
     for s in args.extrapolate.split(","):
@@ -216,9 +298,13 @@ def main(argv=None) -> int:
                 slope_r = np.polyfit([x["real"] for x in atR], [x["peak_rss_mb"] for x in atR], 1)[0]
             lin_m = cm + am * g + slope_r * (r - r0)
         ext.append({"real": r, "generated": g, "wall_s": ref["wall_s"] * ft, "peak_rss_mb": ref["peak_rss_mb"] * fm,
-                    "wall_s_linear": lin_t, "peak_rss_mb_linear": lin_m})
+                    "wall_s_linear": lin_t, "peak_rss_mb_linear": lin_m,
+                    "wall_s_cost_model": None if cm_t is None else float(cm_t @ [1, r, g, r * g]),
+                    "peak_rss_mb_cost_model": None if cm_m is None else float(cm_m @ [1, r, g])})
     out = {"rows": rows, "exponents": {"time_vs_generated": a_t, "rss_vs_generated": a_m, "time_vs_real": b_t,
-                                       "rss_vs_real": b_m}, "extrapolated": ext}
+                                       "rss_vs_real": b_m}, "extrapolated": ext,
+           "cost_model": None if cm_t is None else {"wall_s": [float(v) for v in cm_t],
+                                                    "peak_rss_mb": [float(v) for v in cm_m]}}
     print(json.dumps(out["exponents"]))
     for e in ext:
         print(f"extrapolated {e['real']}x{e['generated']}: {e['wall_s']:.0f} s, {e['peak_rss_mb']:.0f} MB")
@@ -233,13 +319,16 @@ def main(argv=None) -> int:
             return "" if v is None else v
         table = [{"real": f"{x['real']:,}", "generated": f"{x['generated']:,}", "measured": "yes",
                   "wall s": x["wall_s"], "CPU s": x.get("cpu_s", ""), "peak RSS MB": x["peak_rss_mb"],
-                  "wall s (linear model)": "", "peak RSS MB (linear model)": "", "chunk": x.get("chunk") or "",
-                  "load (1 min)": f"{x['load'][0]:.1f}"} for x in rows]
+                  "wall s (linear model)": "", "peak RSS MB (linear model)": "", "wall s (cost model)": "",
+                  "peak RSS MB (cost model)": "", "chunk": x.get("chunk") or "",
+                  "load (1 min)": f"{x['load'][0]:.1f}", "commit": x.get("commit", "")} for x in rows]
         table += [{"real": f"{e['real']:,}", "generated": f"{e['generated']:,}", "measured": "**extrapolated**",
                    "wall s": e["wall_s"], "CPU s": "", "peak RSS MB": e["peak_rss_mb"],
                    "wall s (linear model)": num(e.get("wall_s_linear")),
                    "peak RSS MB (linear model)": num(e.get("peak_rss_mb_linear")),
-                   "chunk": "", "load (1 min)": ""} for e in ext]
+                   "wall s (cost model)": num(e.get("wall_s_cost_model")),
+                   "peak RSS MB (cost model)": num(e.get("peak_rss_mb_cost_model")),
+                   "chunk": "", "load (1 min)": "", "commit": ""} for e in ext]
         cmd = "python benchmarks/bench_scaling.py " + " ".join(argv if argv is not None else sys.argv[1:])
         write_results_block(args.write_results, args.block, (
             f"### {args.title}\n\n"
@@ -253,8 +342,13 @@ def main(argv=None) -> int:
             "largest measured size (optimistic: at these sizes fixed costs such as JIT compilation flatten the "
             "exponents); the linear-model columns fit `c + a*G` at the smallest R and scale by R (time) or add the "
             "measured per-real-image memory (RSS), closer to the cost model (exact searches linear in G), but "
-            "they still leave out the R x R search, quadratic in R. RSS counts the memory-mapped generated pixels "
-            "that were touched (16 KB per image, file-backed pages the OS can drop).\n"
+            "they still leave out the R x R search, quadratic in R. "
+            + ("" if cm_t is None else
+               f"The cost-model columns fit every measured row: wall = {cm_t[0]:.3g} + {cm_t[1]:.3g}*R + {cm_t[2]:.3g}*G "
+               f"+ {cm_t[3]:.3g}*R*G s, peak RSS = {cm_m[0]:.3g} + {cm_m[1]:.3g}*R + {cm_m[2]:.3g}*G MB (least "
+               "squares; a projection, not a measurement). ")
+            + "Pages of the memory-mapped pixel stores are released after each pass (issue 15, scale5), so RSS no "
+            "longer counts every touched generated image.\n"
             + load_note() + "\n\n" + md_table(table, list(table[0]))))
     return 0
 

@@ -542,7 +542,7 @@ def audit_loaded(gen: "ImageSet", real: "ImageSet", dev_sets: Sequence[tuple], r
 
     t0 = time.perf_counter()
     with open_executor(executor, address) as ex:
-        res = _audit(gen.images, real.images[uniq_rows], dev_sets=devs, reference=reference, decision=decision,
+        res = _audit(gen.images, real.images if n_dups == 0 else real.images[uniq_rows], dev_sets=devs, reference=reference, decision=decision,
                      random_state=seed, progress=progress, cache_dir=None if cache_dir is None else str(cache_dir),
                      executor=ex)
         ex_name = ex.name

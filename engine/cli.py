@@ -163,10 +163,10 @@ def cli(verbose: bool) -> None:
                    "accusation) or 'f1' (maximise expected F1).")
 @click.option("--report", "report_dir", default=None, metavar="DIR", help="Write an HTML report into this folder.")
 @click.option("--memory-budget", "memory_budget", type=float, default=None, metavar="GB",
-              help="Memory for the generated-image chunks of the evidence (default $IMPRINT_MAX_MEMORY_GB, else 2); "
-                   "changes no result.")
+              help="Memory for the generated- and real-image blocks of the evidence (default $IMPRINT_MAX_MEMORY_GB, "
+                   "else 2); changes no result.")
 @click.option("--store-dir", "store_dir", default=None, metavar="DIR",
-              help="Keep the decoded generated images in a pixel store here; later runs decode only new files.")
+              help="Keep the decoded generated and real images in pixel stores here; later runs decode only new files.")
 @with_executor
 @with_common
 def membership(gen_dir, real_dir, out, dev_dirs, ref_dirs, decision, report_dir, memory_budget, store_dir, executor,

@@ -193,8 +193,8 @@ def run_membership(*, gen_dir: str, real_dir: str, out: str, dev_dirs: Sequence[
     reads the folders with progress bars and writes the outputs. ``executor`` is ``"local"``, ``"ray"``
     (``address``) or an :class:`~engine.executors.Executor` object.
 
-    The generated folder is decoded once into a uint8 pixel store (``engine.pixelstore``) and read from it
-    memory-mapped; the evidence processes it in chunks sized for ``memory_budget_gb`` (default
+    The generated and real folders are decoded once into uint8 pixel stores (``engine.pixelstore``) and read
+    from them memory-mapped; the evidence processes it in chunks sized for ``memory_budget_gb`` (default
     ``$IMPRINT_MAX_MEMORY_GB``, else 2 GiB), so memory does not grow with the generated set. The budget changes
     no result. With ``store_dir`` the pixel store is kept there (``STORE_DIR/generated-<hash of the folder
     path>``) and a later run over the same folder decodes only new or changed files; otherwise it lives in the
@@ -230,7 +230,8 @@ def run_membership(*, gen_dir: str, real_dir: str, out: str, dev_dirs: Sequence[
         cache_dir = Path(out).with_name(f".{Path(out).name}.checkpoints")
         gen = _load_stored(gen_dir, policy, "generated", rep, skips,
                            _pixel_store_path(gen_dir, store_dir, cache_dir, "generated"))
-        real = _load(real_dir, policy, "real", rep, skips)
+        real = _load_stored(real_dir, policy, "real", rep, skips,  # memory-mapped too (issue 15)
+                            _pixel_store_path(real_dir, store_dir, cache_dir, "real"))
         devs = []
         refs = []
         for d in dev_dirs:

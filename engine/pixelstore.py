@@ -169,3 +169,60 @@ def default_store_dir(folder: str | os.PathLike) -> Path:
     base = Path(os.environ.get("IMPRINT_CACHE_DIR") or Path.home() / ".cache" / "imprint")
     key = hashlib.sha256(os.path.abspath(folder).encode("utf-8", "surrogateescape")).hexdigest()[:24]
     return base / "pixels" / key
+
+
+# ---------------------------------------------------------------------------------------------- resident pages
+_MADV_DONTNEED = 4
+
+
+def _readonly_file_mapping(start: int, end: int) -> bool:
+    """True when ``[start, end)`` lies inside one read-only, file-backed mapping of this process (Linux)."""
+    try:
+        with open("/proc/self/maps") as fh:
+            for line in fh:
+                parts = line.split(None, 5)
+                lo, hi = (int(v, 16) for v in parts[0].split("-"))
+                if lo <= start and end <= hi:
+                    path = parts[5].strip() if len(parts) > 5 else ""
+                    return parts[1][1] == "-" and parts[4] != "0" and path.startswith("/")
+    except (OSError, ValueError, IndexError):
+        return False
+    return False
+
+
+def release_pages(images) -> bool:
+    """Drop this process's resident pages of a read-only memory-mapped image array (e.g. :meth:`PixelStore.images`).
+
+    Pages of a read-only file mapping that were touched count in the resident set (and the peak RSS) until the
+    OS reclaims them; ``madvise(MADV_DONTNEED)`` unmaps them at once (they stay in the page cache, and the next
+    access reads them back), so a pass over a large memory-mapped set costs no resident memory.  Anything else
+    (an in-memory array, a writeable or anonymous mapping, another OS) is left alone.
+
+    Parameters
+    ----------
+    images : numpy array or None
+
+    Returns
+    -------
+    bool
+        Whether pages were released.
+    """
+    import ctypes
+    import mmap
+    import sys
+
+    a = images
+    if not isinstance(a, np.ndarray) or a.size == 0 or a.flags.writeable or a.flags.owndata \
+            or not sys.platform.startswith("linux"):
+        return False
+    start = a.__array_interface__["data"][0]
+    end = start + a.nbytes
+    page = mmap.PAGESIZE
+    lo, hi = start - start % page, -(-end // page) * page
+    if not _readonly_file_mapping(lo, hi):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), _MADV_DONTNEED) == 0
+    except (OSError, AttributeError):  # pragma: no cover - no libc madvise
+        return False

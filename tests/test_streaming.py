@@ -27,9 +27,10 @@ def _noisy_copy(rng, img):
 
 @pytest.fixture(scope="module")
 def planted():
-    """40 real images; 150 generated of which 8 are noisy copies of real 0..7."""
+    """90 real images (more than the smallest budget's 64-image block: the real set is streamed too); 150
+    generated of which 8 are noisy copies of real 0..7."""
     rng = np.random.default_rng(11)
-    real = ct_like(rng, 40)
+    real = ct_like(rng, 90)
     gen = ct_like(rng, 150)
     for j in range(8):
         gen[17 * j + 3] = _noisy_copy(rng, real[j])
@@ -44,6 +45,7 @@ def test_chunked_evidence_equals_unchunked_and_finds_copies(planted):
     with memory_budget(1 << 40):  # one chunk
         ev_l, near_l, info_l = compute_evidence(gen, real, backbone=None)
     assert info_s["generated_chunk"] == 64 and info_l["generated_chunk"] == len(gen)
+    assert info_s["pool_chunk"] == 64 < len(real) and info_l["pool_chunk"] == len(real)  # two real blocks
     assert sorted(ev_s) == sorted(ev_l)
     for k in ev_s:
         np.testing.assert_array_equal(ev_s[k], ev_l[k], err_msg=k)
@@ -295,3 +297,87 @@ def test_registration_converts_only_the_images_it_uses():
     o2, v2 = warp(big[[3, 1500]], np.array([1, 0, 1]), [0, 1, 0], [5.0, 0.0, -5.0], [1.0, 1.05, 1.0])
     np.testing.assert_array_equal(o1, o2)
     np.testing.assert_array_equal(v1, v2)
+
+
+def test_both_way_knn_equals_two_exact_searches():
+    """knn_l2_both (one float32 product per block pair, exact float64 re-ranking) returns what two
+    engine.search.knn calls return, for any block sizes, with planted exact duplicates (ties broken by index)."""
+    from imprint.engine.membership.evidence import zscore_images
+    from imprint.engine.search import knn
+    from imprint.engine.search.pairwise import knn_l2_both
+
+    rng = np.random.default_rng(8)
+    A = zscore_images(ct_like(rng, 70, 32)).reshape(70, -1)
+    B = zscore_images(ct_like(rng, 95, 32)).reshape(95, -1)
+    B[40] = B[41] = A[3]                     # two exact copies of one A row: a tie at distance 0
+    B[60] = A[10] + 0.01
+    rA = knn(B, A, 7)
+    rB = knn(A, B, 2)
+    for ab, bb, cache in ((70, 95, False), (16, 13, False), (9, 64, True), (1, 7, False)):
+        dA, iA, dB, iB = knn_l2_both(lambda r: A[r], 70, lambda r: B[r], 95, 7, 2, a_block=ab, b_block=bb,
+                                     cache_a=cache)
+        np.testing.assert_array_equal(iA, rA[1])
+        np.testing.assert_array_equal(dA, rA[0])
+        np.testing.assert_array_equal(iB, rB[1])
+        np.testing.assert_array_equal(dB, rB[0])
+    assert list(iA[3, :2]) == [40, 41] and dA[3, 0] == 0 and iA[10, 0] == 60
+    # fewer rows than k: padded like knn
+    dA, iA, dB, iB = knn_l2_both(lambda r: A[r], 70, lambda r: B[r][:3], 3, 5, 2, a_block=8, b_block=2)
+    assert iA.shape == (70, 3) and set(iA[0]) == {0, 1, 2}
+
+
+def test_compiled_uint8_zscores_equal_numpy():
+    """The compiled uint8 z-scoring (remade per block for the streamed real set) equals the numpy float path bit
+    for bit, on phantoms, noise, a constant and a two-level image."""
+    from imprint.engine.membership.evidence import zscore_images
+
+    rng = np.random.default_rng(4)
+    x = np.concatenate([ct_like(rng, 300), rng.integers(0, 256, (300, 64, 64), dtype=np.uint8)])
+    x[0] = 9
+    x[1, :, :32], x[1, :, 32:] = 0, 255
+    ref = zscore_images(x.astype(np.float32))        # the numpy path (float input)
+    got = zscore_images(x)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, ref)
+    assert (got[0] == 0).all() and np.allclose(got[1].std(), 1, atol=1e-6)
+
+
+def test_release_pages_drops_only_read_only_file_mappings(tmp_path):
+    from imprint.engine.pixelstore import release_pages
+
+    rng = np.random.default_rng(6)
+    imgs = ct_like(rng, 20)
+    d = tmp_path / "f"
+    d.mkdir()
+    for i, im in enumerate(imgs):
+        save_png(d / f"{i:02d}.png", im)
+    st, paths, _ = ingest_folder(d, tmp_path / "px", POL)
+    arr, _, _ = st.images()
+    assert int(arr.sum(dtype=np.int64)) == int(imgs.sum(dtype=np.int64))   # pages touched
+    assert release_pages(arr) is True
+    np.testing.assert_array_equal(arr, imgs)                               # read back from the file
+    mem = imgs.copy()
+    view = mem[2:5]
+    view.flags.writeable = False
+    assert release_pages(mem) is False and release_pages(view) is False    # anonymous memory: never dropped
+    np.testing.assert_array_equal(mem, imgs)
+
+
+def test_coarse_registration_in_real_blocks_is_identical(monkeypatch):
+    """The coarse registration stage walks the real images in blocks (their 18 variants and spectra were held for
+    every real image at once: ~2.3 GB at 10,000); blocks of 16 give exactly the single-block scores."""
+    import imprint.engine.membership.register as R
+
+    rng = np.random.default_rng(1)
+    A, B = ct_like(rng, 120), ct_like(rng, 90)
+    B[7] = np.roll(A[5], 3, 1)[:, ::-1]                     # a flipped, shifted copy to find
+    pairs = np.stack([rng.integers(0, 120, 400), rng.integers(0, 90, 400)], 1)
+    pairs[0] = [5, 7]
+    for fl in (None, rng.integers(0, 2, 400)):
+        whole = R.coarse_scores(A, B, pairs, flip=fl, chunk=128)
+        monkeypatch.setattr(R, "_COARSE_A_BLOCK", 16)
+        blocks = R.coarse_scores(A, B, pairs, flip=fl, chunk=128)
+        monkeypatch.setattr(R, "_COARSE_A_BLOCK", 1024)
+        for k in whole:
+            np.testing.assert_array_equal(blocks[k], whole[k], err_msg=k)
+    assert whole["coarse"][0] > 0.9 and R.coarse_scores(A, B, pairs[:1])["flip"][0] == 1   # the copy registers

@@ -356,14 +356,19 @@ def near_duplicates(null_images: np.ndarray, candidates: np.ndarray, *, corr: fl
     K = len(null_images)
     if K == 0 or len(candidates) == 0:
         return np.zeros(K, bool), np.full(K, -1.0)
-    zc = zscore_images(candidates).reshape(len(candidates), -1)
+    from .evidence import generated_chunk
+
     zn = zscore_images(null_images)
-    npix = float(zc.shape[1])
+    npix = float(zn.shape[1] * zn.shape[2])
     best = np.full(K, np.inf)
     views = [zn, zn[:, :, ::-1]] if mirror else [zn]
-    for v in views:
-        d, _ = _knn(zc, np.ascontiguousarray(v.reshape(K, -1)), 1)
-        best = np.minimum(best, d[:, 0].astype(np.float64) / npix)
+    views = [np.ascontiguousarray(v.reshape(K, -1)) for v in views]
+    step = generated_chunk(len(candidates), zn.shape[1] * zn.shape[2])   # candidates by blocks (issue 15)
+    for c0 in range(0, len(candidates), step):
+        zc = zscore_images(np.asarray(candidates[c0:c0 + step])).reshape(-1, zn.shape[1] * zn.shape[2])
+        for v in views:
+            d, _ = _knn(zc, v, 1)
+            best = np.minimum(best, d[:, 0].astype(np.float64) / npix)
     c = 1.0 - best / 2.0
     return c > corr, c
 
@@ -383,6 +388,9 @@ def nuisance_statistics(images: np.ndarray) -> dict:
     from .evidence import _otsu_thresholds
 
     x = np.asarray(images)
+    if len(x) > 4096:   # by blocks: no float64 copy of a large (memory-mapped) set (issue 15)
+        parts = [nuisance_statistics(x[s:s + 4096]) for s in range(0, len(x), 4096)]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     f = x.reshape(len(x), -1)
     t = _otsu_thresholds(x) if len(x) else np.zeros(0)
     return {"brightness": f.mean(1, dtype=np.float64), "contrast": f.std(1, dtype=np.float64),
@@ -534,24 +542,24 @@ def real_pair_null(real: np.ndarray, n_generated: int, *, k: int = 32, splits: S
     from scipy.stats import trim_mean
 
     from .common import _EPS
-    from .evidence import _cached_masks, _knn, _pair_mse, zscore_images
+    from .evidence import _cached_mask_counts, _knn_self, _pair_mse, _zrows, generated_chunk
 
     R = len(real)
     if R < 5:
         raise ImprintError(f"without a reference of >= 20 known non-members the null comes from pairs of real images, "
                            f"which needs at least 5 real images (got {R}); pass --reference")
     kk = int(min(max(2, k), R - 1))
-    z = zscore_images(real).reshape(R, -1)
-    npix = float(z.shape[1])
-    d, idx = _knn(z, z, kk, exclude_self=True)
+    npix = float(real.shape[1] * real.shape[2])
+    block = generated_chunk(R, real.shape[1] * real.shape[2])   # issue 15: the R x R searches go by blocks
+    d, idx = _knn_self(_zrows(real), R, kk, block)
     dist = {"pixel_nn_ratio": (d.astype(np.float64) / npix + _EPS, idx)}
     pairs = np.stack([np.repeat(np.arange(R), kk), idx.ravel()], 1).astype(np.int64)
     mse = _pair_mse(real, real, pairs).reshape(R, kk) + _EPS
     o = np.argsort(mse, 1, kind="stable")
     dist["mse_ratio"] = (np.take_along_axis(mse, o, 1), np.take_along_axis(idx, o, 1))
-    masks = _cached_masks(np.ascontiguousarray(real), cache)
-    a, ia = _knn(masks, masks, kk, exclude_self=True)
-    dim = float(masks.shape[1])
+    counts, mscale = _cached_mask_counts(real, cache)
+    a, ia = _knn_self(lambda r: counts[np.asarray(r)] * mscale, R, kk, block)
+    dim = float(counts.shape[1])
     dist["shape_ratio"] = (np.clip(a.astype(np.float64), 0, None) / dim + 1.0 / dim, ia)
 
     feats = PAIR_FEATURES + (PAIR_REG_FEATURES if register else ())

@@ -16,7 +16,8 @@ from .common import _EPS, _check_stack, _hashes  # noqa: F401
 
 # ----------------------------------------------------------------------------------------- memory budget
 # The generated set is processed in chunks sized from a memory budget, so the evidence's working memory does
-# not grow with the number of generated images (issue 15). Every per-chunk computation is independent per image
+# not grow with the number of generated images (issue 15); the real pool is walked in blocks sized the same way
+# (its z-scores, tiles and masks are made per block or kept compact, the R x R searches go block by block). Every per-chunk computation is independent per image
 # and the k-NN results are merged exactly (distance, then index), so the evidence does not depend on the chunk
 # size (tests/test_streaming.py).
 import contextlib
@@ -68,14 +69,87 @@ def _merge_topk(best_d, best_i, d, i, k):
     return np.take_along_axis(D, order, 1), np.take_along_axis(I, order, 1)
 
 
-def _knn_chunked(G, query_feats, k, feat, chunk, metric="l2", executor=None):
-    """k-NN of ``query_feats`` among ``feat(G[c0:c1])`` over chunks of G, merged exactly."""
-    bd = bi = None
+def _knn_chunked(G, query_feats, k, feat, chunk, metric="l2", executor=None, qblock=None):
+    """k-NN of ``query_feats`` among ``feat(G[c0:c1])`` over chunks of G, merged exactly.
+
+    ``query_feats`` is an array, or a callable ``rows -> features`` with ``qblock`` rows per call (the queries
+    are then never held whole: a large real set's features are made per block)."""
+    if callable(query_feats):
+        nq = int(qblock[1])
+        qb = int(max(1, qblock[0]))
+        qf, blocks = query_feats, [(b0, min(nq, b0 + qb)) for b0 in range(0, nq, qb)]
+    else:
+        nq = len(query_feats)
+        qf, blocks = (lambda r: query_feats[r[0]:r[-1] + 1]), [(0, nq)]
+    bd = np.full((nq, k), np.inf, np.float32)
+    bi = np.full((nq, k), -1, np.int64)
+    one = len(blocks) == 1
+    fq0 = qf(np.arange(0, nq)) if one and nq else None
     for c0 in range(0, len(G), chunk):
         f = feat(np.asarray(G[c0:c0 + chunk]))
-        d, i = _knn(f, query_feats, min(k, len(f)), metric=metric, executor=executor)
-        bd, bi = _merge_topk(bd, bi, d, np.where(i >= 0, i + c0, -1), k)
+        for b0, b1 in blocks:
+            fq = fq0 if one else qf(np.arange(b0, b1))
+            d, i = _knn(f, fq, min(k, len(f)), metric=metric, executor=executor)
+            bd[b0:b1], bi[b0:b1] = _merge_topk(bd[b0:b1], bi[b0:b1], d, np.where(i >= 0, i + c0, -1), k)
+        _release(G)
     return bd, bi
+
+
+def _release(*arrays) -> None:
+    """Drop the resident pages of memory-mapped (pixel store) arrays after a pass over them."""
+    from imprint.engine.pixelstore import release_pages
+
+    for a in arrays:
+        release_pages(a)
+
+
+def _zrows(X):
+    """``rows -> z-scored pixels of X[rows]`` (float32 [len(rows), H*W]): features made per block, not held."""
+    def f(rows):
+        rows = np.asarray(rows, np.int64)
+        if len(rows) and rows[-1] - rows[0] == len(rows) - 1 and np.all(np.diff(rows) == 1):
+            x = np.asarray(X[rows[0]:rows[-1] + 1])
+        else:
+            x = np.asarray(X[rows])
+        return zscore_images(x).reshape(len(rows), -1)
+    return f
+
+
+def _knn_self(feats, n: int, k: int, block: int, *, metric: str = "l2", executor=None):
+    """k-NN of every row among the *other* rows of one set whose features come per block (``feats(rows)``):
+    the search of :func:`_knn` with ``exclude_self=True``, over blocks of ``block`` rows, merged exactly (the
+    set's features are never held whole)."""
+    k = int(min(k, n - 1))
+    if n <= block:
+        f = feats(np.arange(n))
+        return _knn(f, f, k, exclude_self=True, metric=metric, executor=executor)
+    bd = np.full((n, k), np.inf, np.float32)
+    bi = np.full((n, k), -1, np.int64)
+    for q0 in range(0, n, block):
+        q1 = min(n, q0 + block)
+        fq = feats(np.arange(q0, q1))
+        for b0 in range(0, n, block):
+            b1 = min(n, b0 + block)
+            fb = fq if b0 == q0 else feats(np.arange(b0, b1))
+            d, i = _knn(fb, fq, min(k, b1 - b0 - (b0 == q0)), exclude_self=b0 == q0, metric=metric,
+                        executor=executor)
+            bd[q0:q1], bi[q0:q1] = _merge_topk(bd[q0:q1], bi[q0:q1], d, np.where(i >= 0, i + b0, -1), k)
+    return bd, bi
+
+
+def _both_way_local(executor) -> bool:
+    """Whether the pixel search may run as one both-way product (:func:`engine.search.pairwise.knn_l2_both`):
+    on the local executor and the CPU (elsewhere the executor's / GPU's own k-NN is used)."""
+    from imprint.engine.executors import LocalExecutor
+
+    if executor is not None and type(executor) is not LocalExecutor:
+        return False
+    try:
+        from imprint.engine.search import gpu as _g
+
+        return not _g._resolve_gpu("auto")
+    except Exception:
+        return True
 
 def zscore_images(images: np.ndarray) -> np.ndarray:
     """Per-image intensity normalisation.
@@ -89,12 +163,29 @@ def zscore_images(images: np.ndarray) -> np.ndarray:
     float32 [N, H, W]
         Each image minus its mean, divided by its standard deviation (constant images stay 0).
     """
+    a = np.asarray(images)
+    if a.dtype == np.uint8 and a.ndim == 3 and a.size and a.shape[1] * a.shape[2] < (1 << 24):
+        return _zscore_u8(a)
     x = np.asarray(images, dtype=np.float32)
     flat = x.reshape(len(x), -1)
     mu = flat.mean(1, dtype=np.float64).astype(np.float32)
     sd = flat.std(1, dtype=np.float64).astype(np.float32)
     sd = np.where(sd > 1e-6, sd, np.float32(1.0))
     return ((x - mu[:, None, None]) / sd[:, None, None]).astype(np.float32)
+
+
+def _zscore_u8(a: np.ndarray) -> np.ndarray:
+    """:func:`zscore_images` of uint8 images in one compiled pass per image (issue 15: the streamed real set's
+    z-scores are remade per block).  The integer sums are exact, so the mean is numpy's; the variance is the
+    exact one, ``(n*sum(x^2) - sum(x)^2) / n^2``, rounded once (numpy's two-pass float64 value differs from it
+    by ~1e-16 relative, which the float32 cast of the standard deviation hides except on a rounding boundary);
+    the float32 subtraction and division are numpy's (tests/test_streaming.py checks equality on images)."""
+    from ._zscore import zscore_u8_into
+
+    n, h, w = a.shape
+    out = np.empty((n, h, w), np.float32)
+    zscore_u8_into(np.ascontiguousarray(a).reshape(n, h * w), out.reshape(n, h * w))
+    return out
 
 
 def _knn(base: np.ndarray, queries: np.ndarray, k: int, *, exclude_self: bool = False,
@@ -178,16 +269,30 @@ def anatomy_masks(images: np.ndarray, levels: Sequence[float] = (0.25, 0.5, 0.75
     -------
     float32 [N, len(levels) * (H // f) * (W // f)]
     """
+    counts, scale = _anatomy_counts(images, levels, size)
+    return counts * scale
+
+
+def _mask_count_dtype(f: int):
+    return np.uint8 if f * f <= 255 else np.uint16
+
+
+def _anatomy_counts(images: np.ndarray, levels: Sequence[float] = (0.25, 0.5, 0.75, 1.0),
+                    size: int = 64) -> tuple[np.ndarray, np.float32]:
+    """:func:`anatomy_masks` as integer counts of mask pixels per down-sampled pixel (uint8, or uint16 for a
+    factor above 15) and the float32 scale ``1 / f**2``: ``counts * scale`` is :func:`anatomy_masks` bit for
+    bit, at a quarter of its memory (the real set's masks are kept in this form)."""
     from scipy import ndimage as ndi
 
     X = np.asarray(images)
     n, h, w = X.shape
     f = max(1, min(h, w) // max(1, int(size)))
     hh, ww = h // f, w // f
+    scale = np.float32(1.0 / (f * f))
     T = _otsu_thresholds(X)
-    out = np.zeros((n, len(levels), hh, ww), np.float32)
+    out = np.zeros((n, len(levels), hh, ww), _mask_count_dtype(f))
     if n == 0:
-        return out.reshape(0, -1)
+        return out.reshape(0, -1), scale
     # all images at once: a 3-D stack with a purely in-plane (4-connected) structure, padded with an
     # empty slice at both ends so that only each image's own border counts as "outside"
     st = np.zeros((3, 3, 3), bool)
@@ -227,22 +332,36 @@ def anatomy_masks(images: np.ndarray, levels: Sequence[float] = (0.25, 0.5, 0.75
             for dy in range(f):                            # area average by strided sums
                 for dx in range(f):
                     acc += m[:, dy: hh * f: f, dx: ww * f: f]
-            out[c0:c0 + nc, j] = acc * np.float32(1.0 / (f * f))
-    return out.reshape(n, -1)
+            out[c0:c0 + nc, j] = acc
+    return out.reshape(n, -1), scale
 
 
 def _cached_masks(images: np.ndarray, cache: dict | None) -> np.ndarray:
     """:func:`anatomy_masks` of every image, memoised per image content in ``cache``."""
+    counts, scale = _cached_mask_counts(images, cache)
+    return counts * scale if len(counts) else np.zeros((0, 0), np.float32)
+
+
+def _cached_mask_counts(images: np.ndarray, cache: dict | None) -> tuple[np.ndarray, np.float32]:
+    """:func:`_anatomy_counts` of every image (memoised per image content in ``cache``, as compact counts),
+    computed in blocks so that a large (memory-mapped) set is never converted whole."""
+    n = len(images)
     if cache is None:
-        return anatomy_masks(images)
-    store = cache.setdefault("anatomy_masks", {})
+        parts = [_anatomy_counts(np.asarray(images[s:s + 512])) for s in range(0, n, 512)]
+        if not parts:
+            return _anatomy_counts(np.asarray(images))
+        return np.concatenate([p[0] for p in parts]), parts[0][1]
+    store = cache.setdefault("anatomy_mask_counts", {})
     keys = _hashes(images)
     todo = [i for i, k in enumerate(keys) if k not in store]
-    if todo:
-        new = anatomy_masks(images[todo])
-        for i, row in zip(todo, new):
-            store[keys[i]] = row
-    return np.stack([store[k] for k in keys]) if keys else np.zeros((0, 0), np.float32)
+    for s in range(0, len(todo), 512):
+        sel = todo[s:s + 512]
+        new, scale = _anatomy_counts(np.asarray(images[sel]))
+        for i, row in zip(sel, new):
+            store[keys[i]] = (row, scale)
+    if not keys:
+        return np.zeros((0, 0), np.uint8), np.float32(1.0)
+    return np.stack([store[k][0] for k in keys]), store[keys[0]][1]
 
 
 # ----------------------------------------------------------------------------------------- evidence
@@ -263,7 +382,9 @@ def _evidence(generated: np.ndarray, pool: np.ndarray, *, _cache_dir=None, **kw)
     for a in (generated, pool):
         a = np.ascontiguousarray(a)
         h.update(f"{a.dtype}{a.shape}".encode())
-        h.update(memoryview(a).cast("B"))  # no copy of a memory-mapped generated set
+        for s0 in range(0, len(a), 4096):  # no copy of a memory-mapped set, and its pages released as read
+            h.update(memoryview(np.ascontiguousarray(a[s0:s0 + 4096])).cast("B"))
+            _release(a)
     path = Path(_cache_dir) / f"evidence-{h.hexdigest()[:40]}.npz"
     if path.exists():
         try:
@@ -295,7 +416,8 @@ def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10
     generated : uint8 [M, H, W]
     pool : uint8 [P, H, W]
         All real images (candidates and known non-members); each is compared with ``generated``
-        and with the *other* pool images.
+        and with the *other* pool images.  Like ``generated`` it may be memory-mapped: it is read in blocks of
+        ``generated_chunk(P, H*W)`` images (``info["pool_chunk"]``).
     k_gen, k_real : int
         Shortlist sizes (nearest generated / nearest other real images) re-ranked by the pixel
         kernels.
@@ -349,23 +471,45 @@ def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10
     k_gen = int(max(1, min(k_gen, nG)))
     k_real = int(max(1, min(k_real, nP - 1)))
 
-    zP = zscore_images(P)
-    npix = float(zP.shape[1] * zP.shape[2])
-    fP = zP.reshape(nP, -1)
-    chunk = generated_chunk(nG, P.shape[1] * P.shape[2])
+    hw = P.shape[1] * P.shape[2]
+    npix = float(hw)
+    chunk = generated_chunk(nG, hw)
+    pchunk = generated_chunk(nP, hw)        # real (pool) images per block: the real set is streamed too
     info["generated_chunk"] = chunk
+    info["pool_chunk"] = pchunk
+    zP_rows, zG_rows = _zrows(P), _zrows(G)
 
-    # pool -> generated (merged over chunks of G) and generated -> pool (independent per generated image)
-    dG = iG = None
-    dGP = np.empty((nG, min(2, nP)), np.float32)
-    iGP = np.empty((nG, min(2, nP)), np.int64)
-    for c0 in range(0, nG, chunk):
-        fGc = zscore_images(np.asarray(G[c0:c0 + chunk])).reshape(-1, fP.shape[1])
-        d, i = _knn(fGc, fP, min(k_gen, len(fGc)), executor=executor)
-        dG, iG = _merge_topk(dG, iG, d, np.where(i >= 0, i + c0, -1), k_gen)
-        dGP[c0:c0 + len(fGc)], iGP[c0:c0 + len(fGc)] = _knn(fP, fGc, min(2, nP), executor=executor)
-        del fGc
-    dR, iR = _knn(fP, fP, k_real, exclude_self=True, executor=executor)    # pool -> other pool
+    # pool -> generated (k_gen nearest) and generated -> pool (2 nearest): one distance matrix, block by block
+    kq = min(2, nP)
+    if _both_way_local(executor):
+        from imprint.engine.search.pairwise import knn_l2_both
+
+        # the pool's z-scores are kept between generated chunks when they fit half the budget, else remade
+        dG, iG, dGP, iGP = knn_l2_both(zP_rows, nP, zG_rows, nG, k_gen, kq, a_block=pchunk, b_block=chunk,
+                                       cache_a=4 * hw * nP <= _memory_budget() // 2,
+                                       after_block=lambda: _release(G, P))
+    else:  # another executor / the GPU: its own k-NN, both ways, over blocks of both sets
+        dG = np.full((nP, k_gen), np.inf, np.float32)
+        iG = np.full((nP, k_gen), -1, np.int64)
+        dGP = np.empty((nG, kq), np.float32)
+        iGP = np.empty((nG, kq), np.int64)
+        one = nP <= pchunk
+        fP1 = zP_rows(np.arange(nP)) if one else None
+        for c0 in range(0, nG, chunk):
+            fGc = zG_rows(np.arange(c0, min(nG, c0 + chunk)))
+            dq = np.full((len(fGc), kq), np.inf, np.float32)
+            iq = np.full((len(fGc), kq), -1, np.int64)
+            for b0 in range(0, nP, pchunk):
+                b1 = min(nP, b0 + pchunk)
+                fPb = fP1 if one else zP_rows(np.arange(b0, b1))
+                d, i = _knn(fGc, fPb, min(k_gen, len(fGc)), executor=executor)
+                dG[b0:b1], iG[b0:b1] = _merge_topk(dG[b0:b1], iG[b0:b1], d, np.where(i >= 0, i + c0, -1), k_gen)
+                d, i = _knn(fPb, fGc, min(kq, len(fPb)), executor=executor)
+                dq, iq = _merge_topk(dq, iq, d, np.where(i >= 0, i + b0, -1), kq)
+            dGP[c0:c0 + len(fGc)], iGP[c0:c0 + len(fGc)] = dq, iq
+            del fGc
+            _release(G, P)
+    dR, iR = _knn_self(zP_rows, nP, k_real, pchunk, executor=executor)    # pool -> other pool
     dG = dG.astype(np.float64) / npix
     dR = dR.astype(np.float64) / npix
     dGP = dGP.astype(np.float64) / npix
@@ -403,12 +547,22 @@ def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10
         ug, loc = np.unique(iG[b0:b1], return_inverse=True)
         Gb = np.asarray(G[ug])
         pb = np.stack([np.repeat(np.arange(b1 - b0), k_gen), loc.ravel()], 1).astype(np.int64)
-        mse_g[b0:b1] = _pair_mse(P[b0:b1], Gb, pb, executor).reshape(-1, k_gen).min(1)
-        ssim_g[b0:b1] = _pair_ssim(zP[b0:b1], zscore_images(Gb), pb, data_range, executor).reshape(-1, k_gen).max(1)
+        Pb = np.asarray(P[b0:b1])
+        mse_g[b0:b1] = _pair_mse(Pb, Gb, pb, executor).reshape(-1, k_gen).min(1)
+        ssim_g[b0:b1] = _pair_ssim(zscore_images(Pb), zscore_images(Gb), pb, data_range, executor).reshape(-1, k_gen).max(1)
+        _release(G, P)
     mse_r = _pair_mse(P, P, pr, executor).reshape(nP, k_real).min(1)
     ev["mse_nn"] = mse_g
     ev["mse_ratio"] = _neg_log_ratio(mse_g, mse_r)
-    ssim_r = _pair_ssim(zP, zP, pr, data_range, executor).reshape(nP, k_real).max(1)
+    ssim_r = np.empty(nP)
+    for b0 in range(0, nP, pchunk):                     # real partners gathered per block of pool images
+        b1 = min(nP, b0 + pchunk)
+        ur, loc = np.unique(iR[b0:b1], return_inverse=True)
+        pb = np.stack([np.repeat(np.arange(b1 - b0), k_real), loc.ravel()], 1).astype(np.int64)
+        ssim_r[b0:b1] = _pair_ssim(zP_rows(np.arange(b0, b1)).reshape(-1, *P.shape[1:]),
+                                   zP_rows(ur).reshape(-1, *P.shape[1:]), pb, data_range,
+                                   executor).reshape(-1, k_real).max(1)
+    _release(P)
     ev["ssim_nn"] = ssim_g
     ev["ssim_ratio"] = _neg_log_ratio(np.clip(1 - ssim_g, 0, None), np.clip(1 - ssim_r, 0, None))
     info["timings"]["rerank_s"] = time.perf_counter() - t1
@@ -417,27 +571,52 @@ def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10
     # tile-wise (partial copies): every tile is z-scored on its own, so a copied region matches
     # exactly even when the rest of the image (and hence the global normalisation) differs
     t1 = time.perf_counter()
-    tP = _tiles(P.astype(np.float32), tiles)            # [P, T, D]
-    content = tP.std(2) > 4.0                           # not flat background (8-bit grey levels)
-
     def _tz(t):
         mu = t.mean(2, keepdims=True)
         sd = t.std(2, keepdims=True)
         return (t - mu) / np.maximum(sd, 4.0)
 
-    tP = _tz(tP)
-    best_g = np.full((nP, tP.shape[1]), np.inf)
-    best_r = np.full((nP, tP.shape[1]), np.inf)
-    for b0 in range(0, nP, pblock):                     # tiles of the shortlisted generated images only
-        b1 = min(nP, b0 + pblock)
+    def _tiles_of(x):                                   # [n, T, D] raw float tiles of uint8 images
+        return _tiles(np.asarray(x).astype(np.float32), tiles)
+
+    nT = tiles * tiles
+    content = np.empty((nP, nT), bool)
+    best_g = np.full((nP, nT), np.inf)
+    best_r = np.full((nP, nT), np.inf)
+    tblock = max(1, min(pblock, pchunk))
+    # the pool's z-scored tiles are kept when they fit half the budget (each is a partner of ~k_real others),
+    # else made per block and the real partners' tiles remade where they are needed
+    keep = 4 * hw * nP <= _memory_budget() // 2
+    tPall = None
+    if keep:
+        tPall = np.empty((nP, nT, (P.shape[1] // tiles) * (P.shape[2] // tiles)), np.float32)
+        for b0 in range(0, nP, tblock):
+            t = _tiles_of(P[b0:b0 + tblock])
+            content[b0:b0 + tblock] = t.std(2) > 4.0    # not flat background (8-bit grey levels)
+            tPall[b0:b0 + tblock] = _tz(t)
+        _release(P)
+    for b0 in range(0, nP, tblock):                     # per block of pool images; partners' tiles gathered
+        b1 = min(nP, b0 + tblock)
+        if keep:
+            tPb = tPall[b0:b1]
+        else:
+            tPb = _tiles_of(P[b0:b1])
+            content[b0:b1] = tPb.std(2) > 4.0
+            tPb = _tz(tPb)
         ug, loc = np.unique(iG[b0:b1], return_inverse=True)
-        tGb = _tz(_tiles(np.asarray(G[ug]).astype(np.float32), tiles))
+        tGb = _tz(_tiles_of(G[ug]))                     # tiles of the shortlisted generated images only
         loc = loc.reshape(b1 - b0, k_gen)
         for j in range(k_gen):
-            best_g[b0:b1] = np.minimum(best_g[b0:b1], ((tP[b0:b1] - tGb[loc[:, j]]) ** 2).mean(2))
+            best_g[b0:b1] = np.minimum(best_g[b0:b1], ((tPb - tGb[loc[:, j]]) ** 2).mean(2))
         del tGb
-    for j in range(k_real):
-        best_r = np.minimum(best_r, ((tP - tP[iR[:, j]]) ** 2).mean(2))
+        ur, loc = np.unique(iR[b0:b1], return_inverse=True)
+        tRb = tPall[ur] if keep else _tz(_tiles_of(P[ur]))
+        loc = loc.reshape(b1 - b0, k_real)
+        for j in range(k_real):
+            best_r[b0:b1] = np.minimum(best_r[b0:b1], ((tPb - tRb[loc[:, j]]) ** 2).mean(2))
+        del tRb, tPb
+        _release(G, P)
+    del tPall
     lr = np.log((best_g + 1e-2) / (best_r + 1e-2))
     lr = np.where(content, lr, np.inf)
     m = min(3, lr.shape[1])
@@ -450,12 +629,19 @@ def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10
     # anatomy shape: multi-level air-inside-body masks (lungs / airways), compared like the pixels
     if shape:
         t1 = time.perf_counter()
-        mP = _cached_masks(P, _cache)
+        # the pool's masks are kept as compact counts and expanded per block of pool images
+        cP, mscale = _cached_mask_counts(P, _cache)
+        if 4 * cP.shape[1] * nP <= _memory_budget() // 2:   # the float masks fit half the budget: made once
+            mP = cP * mscale
+            mP_rows, mblock = (lambda r: mP[np.asarray(r)]), nP  # noqa: E731
+        else:
+            mP_rows, mblock = (lambda r: cP[np.asarray(r)] * mscale), pchunk  # noqa: E731
         # generated masks per chunk, not cached (the cache would hold every generated image's masks)
-        a, _ = _knn_chunked(G, mP, 1, anatomy_masks, chunk, executor=executor)
-        b, _ = _knn(mP, mP, 1, exclude_self=True, executor=executor)
+        a, _ = _knn_chunked(G, mP_rows, 1, anatomy_masks, chunk, executor=executor, qblock=(mblock, nP))
+        b, _ = _knn_self(mP_rows, nP, 1, mblock, executor=executor)
+        mP = None
         a, b = a.astype(np.float64), b.astype(np.float64)
-        dim = float(mP.shape[1])
+        dim = float(cP.shape[1])
         ev["shape_nn_dist"] = a[:, 0].astype(np.float64) / dim
         # floor: ~ one down-sampled mask pixel in one level differing completely
         floor = 1.0 / dim
@@ -488,7 +674,9 @@ def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10
     if use_lbp:
         import imprint.kernels as kernels
 
-        hP = np.sqrt(np.asarray(kernels.lbp_histograms(P), np.float32))
+        hP = np.concatenate([np.sqrt(np.asarray(kernels.lbp_histograms(np.asarray(P[s0:s0 + 4096])), np.float32))
+                             for s0 in range(0, nP, 4096)])
+        _release(P)
         a, _ = _knn_chunked(G, hP, 1, lambda g: np.sqrt(np.asarray(kernels.lbp_histograms(g), np.float32)),
                             chunk, executor=executor)
         b, _ = _knn(hP, hP, 1, exclude_self=True, executor=executor)

@@ -540,6 +540,11 @@ def register_pairs(A: np.ndarray, B: np.ndarray, pairs: np.ndarray, *, flip=None
     return refine(A, B, pairs, co, chunk=chunk)
 
 
+#: Real images whose coarse variants (2 flips x 9 angle/scale, ~32 px, float32 and their spectra: ~240 KB per
+#: image) are held at once; the stage is walked in blocks of them (issue 15: 10,000 real images took ~2.3 GB).
+_COARSE_A_BLOCK = 1024
+
+
 def coarse_scores(A: np.ndarray, B: np.ndarray, pairs: np.ndarray, *, flip=None, chunk: int = 1024) -> dict:
     """Coarse stage only (~32 px grid search over flip x ``ANGLES`` x ``SCALES``, FFT shift search);
     keys ``coarse``, ``flip``, ``angle``, ``scale``, ``dy``, ``dx`` (shifts in full-resolution pixels), and
@@ -547,14 +552,24 @@ def coarse_scores(A: np.ndarray, B: np.ndarray, pairs: np.ndarray, *, flip=None,
     (the same as the best when ``flip`` restricts it).  ``flip`` (int [K] or None) restricts the flip per pair."""
     from scipy import fft as sfft
 
-    A = np.asarray(A)
-    B = np.asarray(B)
     pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
     K = len(pairs)
     res = {k: np.zeros(K) for k in ("coarse", "flip", "angle", "scale", "dy", "dx", "coarse_alt", "angle_alt",
                                      "scale_alt", "dy_alt", "dx_alt")}
     if K == 0:
         return res
+    ua = np.unique(pairs[:, 0])
+    if len(ua) > _COARSE_A_BLOCK:  # issue 15 (memory only): the variants of at most _COARSE_A_BLOCK images at once
+        blk = np.searchsorted(ua, pairs[:, 0]) // _COARSE_A_BLOCK
+        fl = None if flip is None else np.asarray(flip, np.int64).reshape(-1)
+        for b in np.unique(blk):
+            sel = np.flatnonzero(blk == b)
+            r = coarse_scores(A, B, pairs[sel], flip=None if fl is None else fl[sel], chunk=chunk)
+            for k in res:
+                res[k][sel] = r[k]
+        return res
+    A = np.asarray(A)
+    B = np.asarray(B)
     h, w = A.shape[1:]
     f = max(1, min(h, w) // _LO_SIDE)
     ia, inv_a = np.unique(pairs[:, 0], return_inverse=True)
@@ -935,8 +950,13 @@ _ROW_BLOCK = 512  # images per call of a per-image function: bounded memory for 
 def _rows_blocked(fn, images, rows=None) -> np.ndarray:
     """``fn`` (a per-image function) over ``images[rows]`` in blocks of :data:`_ROW_BLOCK` images, so a large
     generated set (e.g. memory-mapped from the pixel store) is never converted to float all at once."""
+    from imprint.engine.pixelstore import release_pages
+
     idx = np.arange(len(images)) if rows is None else np.asarray(rows, np.int64)
-    out = [fn(np.asarray(images[idx[s:s + _ROW_BLOCK]])) for s in range(0, len(idx), _ROW_BLOCK)]
+    out = []
+    for s in range(0, len(idx), _ROW_BLOCK):
+        out.append(fn(np.asarray(images[idx[s:s + _ROW_BLOCK]])))
+        release_pages(images)  # issue 15: a pass over a memory-mapped set leaves no resident pages behind
     return np.concatenate(out) if out else fn(np.asarray(images[idx]))
 
 

@@ -12,47 +12,43 @@ import numpy as np
 from numba import njit, prange
 
 
+@njit(inline="always", fastmath={"reassoc", "contract"})
+def _sq_l2(qi, b):  # pragma: no cover - numba
+    acc = 0.0
+    for t in range(qi.shape[0]):
+        v = np.float64(qi[t]) - np.float64(b[t])
+        acc += v * v
+    return acc
+
+
+@njit(inline="always", fastmath={"reassoc", "contract"})
+def _cos_dist(qi, b):  # pragma: no cover - numba
+    bb = 0.0
+    qb = 0.0
+    for t in range(qi.shape[0]):
+        v = np.float64(b[t])
+        bb += v * v
+        qb += v * np.float64(qi[t])
+    nb = np.sqrt(bb)
+    if nb == 0.0:
+        nb = 1.0
+    return min(max(1.0 - qb / nb, 0.0), 2.0)
+
+
 @njit(parallel=True, cache=True, fastmath={"reassoc", "contract"})
-def _l2_pairs(base, q, idx, out):  # pragma: no cover - numba
+def _pairs(base, q, idx, cosine, out):  # pragma: no cover - numba
+    """``out[i, j]`` = distance of ``q[i]`` and ``base[idx[i, j]]`` (squared L2, or cosine when ``cosine``)."""
     n, kk = idx.shape
-    d = q.shape[1]
     for i in prange(n):
         qi = q[i]
         for j in range(kk):
             r = idx[i, j]
             if r < 0:
                 out[i, j] = np.inf
-                continue
-            b = base[r]
-            acc = 0.0
-            for t in range(d):
-                v = np.float64(qi[t]) - np.float64(b[t])
-                acc += v * v
-            out[i, j] = acc
-
-
-@njit(parallel=True, cache=True, fastmath={"reassoc", "contract"})
-def _cos_pairs(base, q, idx, out):  # pragma: no cover - numba
-    n, kk = idx.shape
-    d = q.shape[1]
-    for i in prange(n):
-        qi = q[i]
-        for j in range(kk):
-            r = idx[i, j]
-            if r < 0:
-                out[i, j] = np.inf
-                continue
-            b = base[r]
-            bb = 0.0
-            qb = 0.0
-            for t in range(d):
-                v = np.float64(b[t])
-                bb += v * v
-                qb += v * np.float64(qi[t])
-            nb = np.sqrt(bb)
-            if nb == 0.0:
-                nb = 1.0
-            out[i, j] = min(max(1.0 - qb / nb, 0.0), 2.0)
+            elif cosine:
+                out[i, j] = _cos_dist(qi, base[r])
+            else:
+                out[i, j] = _sq_l2(qi, base[r])
 
 
 def cosine_pairs(base: np.ndarray, q: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -60,7 +56,7 @@ def cosine_pairs(base: np.ndarray, q: np.ndarray, idx: np.ndarray) -> np.ndarray
     zero base rows give 1); shapes as :func:`l2_pairs`."""
     base, q, idx, out = _prep(base, q, idx)
     if idx.size:
-        _cos_pairs(base, q, idx, out)
+        _pairs(base, q, idx, True, out)
     return out
 
 
@@ -86,5 +82,5 @@ def l2_pairs(base: np.ndarray, q: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """
     base, q, idx, out = _prep(base, q, idx)
     if idx.size:
-        _l2_pairs(base, q, idx, out)
+        _pairs(base, q, idx, False, out)
     return out
