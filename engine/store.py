@@ -131,6 +131,39 @@ def _fsync_dir(d: Path) -> None:
         os.close(fd)
 
 
+# Arrow strings must be valid UTF-8, but a POSIX file name is any bytes: Python hands undecodable bytes over as lone
+# surrogates (PEP 383), which pyarrow refuses.  Such a path is stored as NUL + the hex of its bytes (NUL can never
+# occur in a path, so the form cannot collide with a real name) and decoded back when read: every other path is
+# stored as it is.
+_RAW_PATH = "\x00"
+
+
+def _path_to_store(p: str) -> str:
+    if p.isascii():
+        return p
+    try:
+        p.encode("utf-8")
+        return p
+    except UnicodeEncodeError:
+        return _RAW_PATH + os.fsencode(p).hex()
+
+
+def _path_from_store(s: str) -> str:
+    return os.fsdecode(bytes.fromhex(s[1:])) if s[:1] == _RAW_PATH else s
+
+
+def _paths_to_store(paths) -> list:
+    return [_path_to_store(p) for p in paths]
+
+
+def _paths_from_store(col) -> list:
+    """The path column (pa.Array / ChunkedArray) as Python paths."""
+    out = col.to_pylist()
+    if any(s[:1] == _RAW_PATH for s in out):
+        out = [_path_from_store(s) for s in out]
+    return out
+
+
 @dataclass
 class StoreView:
     """Vectors and keys of a store.
@@ -310,7 +343,7 @@ class EmbeddingStore:
         flat = pa.array(vectors.reshape(-1), type=self._value_type())
         table = pa.table(
             {
-                "path": pa.array(list(paths), type=pa.string()),
+                "path": pa.array(_paths_to_store(paths), type=pa.string()),
                 "sha256": pa.array(list(hashes), type=pa.string()),
                 "vector": pa.FixedSizeListArray.from_arrays(flat, self.dim),
                 "size": pa.array(size, pa.int64()),
@@ -362,7 +395,7 @@ class EmbeddingStore:
         """Yield ``(vectors, paths, hashes)`` per shard; vectors are zero-copy views of the memory map."""
         for s in self.manifest["shards"]:
             t = self._open_shard(s["file"])
-            yield self._vectors_of(t), t.column("path").to_pylist(), t.column("sha256").to_pylist()
+            yield self._vectors_of(t), _paths_from_store(t.column("path")), t.column("sha256").to_pylist()
 
     def _index(self) -> dict:
         """Latest row of every path, vectorised over all shards (cached until the manifest changes).
@@ -415,13 +448,13 @@ class EmbeddingStore:
     def keys(self) -> dict[str, str]:
         """Latest ``path -> sha256`` of every row."""
         idx = self._index()
-        return dict(zip(idx["unique"].to_pylist(), self._column(idx, "sha256", idx["last"]).to_pylist()))
+        return dict(zip(_paths_from_store(idx["unique"]), self._column(idx, "sha256", idx["last"]).to_pylist()))
 
     def stats(self) -> dict[str, tuple[str, int, int]]:
         """Latest ``path -> (sha256, size, mtime_ns)`` of every row (-1 where unknown)."""
         idx = self._index()
         last = idx["last"]
-        return dict(zip(idx["unique"].to_pylist(),
+        return dict(zip(_paths_from_store(idx["unique"]),
                         zip(self._column(idx, "sha256", last).to_pylist(),
                             self._column(idx, "size", last, -1).to_pylist(),
                             self._column(idx, "mtime_ns", last, -1).to_pylist())))
@@ -434,7 +467,7 @@ class EmbeddingStore:
         import pyarrow.compute as pc
 
         idx = self._index()
-        pos = pc.index_in(pa.array(list(paths), pa.string()), value_set=idx["unique"])
+        pos = pc.index_in(pa.array(_paths_to_store(paths), pa.string()), value_set=idx["unique"])
         if pos.null_count:
             miss = np.asarray(pos.is_null().to_numpy(zero_copy_only=False))
             first = list(paths)[int(np.argmax(miss))]
@@ -451,9 +484,10 @@ class EmbeddingStore:
         if paths is None:
             if len(idx["tables"]) == 1 and len(idx["last"]) == idx["n_rows"]:
                 t = idx["tables"][0]
-                return StoreView(self._vectors_of(t), t.column("path").to_pylist(), t.column("sha256").to_pylist())
+                return StoreView(self._vectors_of(t), _paths_from_store(t.column("path")),
+                                 t.column("sha256").to_pylist())
             rows = idx["last"]
-            wanted = idx["unique"].to_pylist()
+            wanted = _paths_from_store(idx["unique"])
         else:
             wanted = list(paths)
             rows = self.rows_of(wanted)
@@ -471,7 +505,7 @@ class EmbeddingStore:
         idx = self._index()
         rows = idx["last"]
         if sort_paths:
-            names = idx["unique"].to_pylist()
+            names = _paths_from_store(idx["unique"])  # the folder's sorted order, so images() is zero-copy
             order = np.array(sorted(range(len(names)), key=names.__getitem__), np.int64)
             if len(self.manifest["shards"]) <= 1 and np.array_equal(order, np.arange(len(order))) \
                     and len(rows) == idx["n_rows"]:

@@ -136,7 +136,7 @@ if at in ("startup", "import"):
     fire_at_import({"startup": "click", "import": "numba"}[at])
 elif at != "exit":
     import imprint.engine.membership.evidence as ev, imprint.engine.outputs as outputs, imprint.engine.pipeline as pipeline
-    mod, name = {"stage": (pipeline, "_load"),  # the real folder, read after the generated one (pixel store)
+    mod, name = {"stage": (pipeline, "_load_stored"),  # 2nd call: the real folder, read after the generated one
                   "compute": (ev, "_pair_ssim"), "write": (outputs, "write_csv")}[at]
     orig, calls = getattr(mod, name), []
     def wrapped(*a, **k):
@@ -145,7 +145,7 @@ elif at != "exit":
             t = threading.Timer(0.02, fire)
             t.daemon = True
             t.start()
-        elif (at == "stage" and len(calls) == 1) or (at == "write" and len(calls) == 1):
+        elif (at == "stage" and len(calls) == 2) or (at == "write" and len(calls) == 1):
             fire()
         return orig(*a, **k)
 if at == "exit":  # after the job, while the interpreter shuts down

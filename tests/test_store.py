@@ -53,6 +53,26 @@ def test_shards_latest_row_wins_and_compact(tmp_path):
     assert len(list((tmp_path / "s").glob("shard-*.arrow"))) == 1
 
 
+def test_non_utf8_file_names_round_trip(tmp_path):
+    """POSIX names that are not UTF-8 (lone surrogates in Python) are stored, found and read back as they were."""
+    odd = os.fsdecode(b"caf\xe9.png")          # '\udce9' inside: pyarrow refuses such strings as they are
+    lit = "\\x00 not-escaped \u00e9.png"        # a real name that looks like the escape form stays itself
+    st = EmbeddingStore.open_or_create(tmp_path / "s", BB, 4)
+    p, h, v = _rows(3, 4)
+    paths = [p[0], odd, lit]
+    st.append(paths, h, v)
+    st.append([odd], ["new"], v[:1] + 1)         # a second shard: the latest row of the odd name wins
+    again = EmbeddingStore.open(tmp_path / "s")
+    assert set(again.keys()) == set(paths) and again.keys()[odd] == "new"
+    view = again.read([odd, lit])
+    assert view.paths == [odd, lit]
+    np.testing.assert_array_equal(view.vectors, np.stack([v[0] + 1, v[2]]))
+    again.compact(sort_paths=True)
+    view = EmbeddingStore.open(tmp_path / "s").read()
+    assert view.paths == sorted(paths) and dict(zip(view.paths, view.hashes))[odd] == "new"
+    assert [x[1] for x in EmbeddingStore.open(tmp_path / "s").iter_shards()] == [sorted(paths)]
+
+
 def test_refuses_other_backbone(tmp_path):
     EmbeddingStore.open_or_create(tmp_path / "s", BB, 8)
     with pytest.raises(ImprintError, match="refusing to mix"):

@@ -80,9 +80,11 @@ def anatomy_features(images: np.ndarray, *, mirror: bool = False) -> np.ndarray:
     Kh, Kw = _sampled_gaussian(h, w)
     if mirror:
         Kw = Kw[:, ::-1]
-    # separable filter and sampling as two 2-D matrix products (== gaussian_filter(...)[:, o::step, o::step])
-    t = (x.reshape(n * h, w) @ Kw.T).reshape(n, h, -1)                   # [n, h, w']
-    low = (Kh @ t.transpose(1, 0, 2).reshape(h, -1)).reshape(len(Kh), n, -1).transpose(1, 0, 2)
+    # separable filter and sampling as two matrix products per image (== gaussian_filter(...)[:, o::step, o::step]).
+    # Stacked matmul runs one small GEMM per image, so an image's features do not depend on how many images share
+    # the call (one GEMM over the whole batch did: float32 blocking changed the last bits with the batch size, and
+    # streamed / chunked runs must write the same outputs as whole ones).
+    low = Kh @ (x @ Kw.T)                                                # [n, h', w']
     f = low.reshape(n, -1).astype(np.float64)
     f -= f.mean(1, keepdims=True)
     nrm = np.linalg.norm(f, axis=1, keepdims=True)
