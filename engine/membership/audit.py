@@ -17,7 +17,7 @@ from .common import ALWAYS_MAX_FEATURES, _ALWAYS_MAX_FLOOR
 from .evidence import _evidence  # noqa: F401
 from .calibrate import (NEAR_DUP_CORR, PAIR_FEATURES, _combine, _feature_matrix, exchangeability_check,  # noqa: F401
                         empirical_null, fit_weights, near_duplicates, nuisance_statistics, real_pair_null, robust_calibrate)
-from .calibrate import TAIL_MIN_NULL, calibrated_max
+from .calibrate import combined_scores
 from .calibrate import PAIR_REG_FEATURES, pair_null_matrix, pair_null_scores, real_pair_null_cached
 from .decide import f1_decision, fdr_decision, null_threshold, parse_decision  # noqa: F401
 
@@ -206,12 +206,7 @@ def audit_membership(generated, real, *, dev_sets: Sequence[DevSet] = (), refere
                                                      null_groups=pn["_images"])
         combine_used, emp = pinfo["combine"], pinfo["empirical_null"]
     else:
-        if combine == "tail" and int(null_mask.sum()) >= TAIL_MIN_NULL:
-            raw, tail_info = calibrated_max(Z, w, mx, null_mask)
-            combine_used = "tail"
-        else:
-            raw = _combine(Z, w, use_max=mx)
-        score_all = robust_calibrate(raw, raw[null_mask])
+        score_all, combine_used = combined_scores(Z, w, mx, null_mask, combine)
         score = score_all[:nR]
         null_scores = score_all[null_mask]
 

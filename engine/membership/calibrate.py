@@ -783,6 +783,29 @@ def _intraclass_correlation(values: np.ndarray, groups: np.ndarray) -> float:
     return float(np.clip((msb - msw) / den, 0.0, 1.0)) if den > 0 else float("nan")
 
 
+
+def combined_scores(Z: np.ndarray, w: np.ndarray, use_max: np.ndarray, null_mask: np.ndarray,
+                    combine: str = "tail") -> tuple[np.ndarray, str]:
+    """The combination rule, then the robust z-score against the null rows (the null shared by every mode).
+
+    ``combine="tail"`` uses :func:`calibrated_max` when the null has at least ``TAIL_MIN_NULL`` rows, else (and
+    with ``"max"``) the weighted sum / max rule :func:`_combine`.
+
+    Returns
+    -------
+    score : float64 [P]   every row's score (null rows included)
+    used : str            the rule applied, ``"tail"`` or ``"max"``
+    """
+    if combine not in ("tail", "max"):
+        raise ImprintError(f"combine must be 'tail' or 'max' (got {combine!r})")
+    if combine == "tail" and int(null_mask.sum()) >= TAIL_MIN_NULL:
+        raw, _ = calibrated_max(Z, w, use_max, null_mask)
+        used = "tail"
+    else:
+        raw = _combine(Z, w, use_max=use_max)
+        used = "max"
+    return robust_calibrate(raw, raw[null_mask]), used
+
 def pair_null_scores(Z: np.ndarray, null_mask: np.ndarray, w: np.ndarray, use_max: np.ndarray, *,
                      combine: str = "tail", empirical: bool = True, fit_rows: np.ndarray | None = None,
                      null_groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -817,15 +840,7 @@ def pair_null_scores(Z: np.ndarray, null_mask: np.ndarray, w: np.ndarray, use_ma
     """
     Z = np.asarray(Z, np.float64)
     null_mask = np.asarray(null_mask, bool)
-    if combine not in ("tail", "max"):
-        raise ImprintError(f"combine must be 'tail' or 'max' (got {combine!r})")
-    used = "max"
-    if combine == "tail" and int(null_mask.sum()) >= TAIL_MIN_NULL:
-        raw, _ = calibrated_max(Z, w, use_max, null_mask)
-        used = "tail"
-    else:
-        raw = _combine(Z, w, use_max=use_max)
-    sa = robust_calibrate(raw, raw[null_mask])
+    sa, used = combined_scores(Z, w, use_max, null_mask, combine)
     null_scores = sa[null_mask]
     fit = ~null_mask if fit_rows is None else (np.asarray(fit_rows, bool) & ~null_mask)
     emp = None
