@@ -101,7 +101,11 @@ def main(argv=None):
     ap.add_argument("--ks", default="4,auto")
     ap.add_argument("--cache", default=None)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--projected-scale", default=None, choices=("after", "before"),
+                    help="engine.attribution.PROJECTED_SCALE for this run (default: the code's; issue 19, fourth round)")
     a = ap.parse_args(argv)
+    if a.projected_scale and hasattr(A, "PROJECTED_SCALE"):
+        A.PROJECTED_SCALE = a.projected_scale
     print(f"code: {os.path.dirname(os.path.dirname(A.__file__))}", flush=True)
     R = a.dev
     D = {f"model_{i}": load(f"{R}/attribution/model_{i}") for i in (1, 2, 3)}

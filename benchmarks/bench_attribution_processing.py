@@ -280,7 +280,11 @@ def main(argv=None):
     ap.add_argument("--detection", action="store_true", help="only score the JPEG detector, then stop")
     ap.add_argument("--content-timing", action="store_true", help="only time the feature extraction of 700 images "
                     "with and without the content groups (hist, ispec), best of 3 each, then stop")
+    ap.add_argument("--projected-scale", default=None, choices=("after", "before"),
+                    help="engine.attribution.PROJECTED_SCALE for this run (default: the code's; issue 19, fourth round)")
     a = ap.parse_args(argv)
+    if a.projected_scale and hasattr(A, "PROJECTED_SCALE"):
+        A.PROJECTED_SCALE = a.projected_scale
     if a.k1_sim:
         k1_simulation(a.k1_sim)
         return []
