@@ -39,14 +39,22 @@ DEFAULT_SIZE = (128, 128)
 DEFAULT_MAX_PIXELS = 8192 * 8192
 
 
+def env_memory_bytes() -> int | None:
+    """$IMPRINT_MAX_MEMORY_GB in bytes, or None when unset (one clear error when it is not a number)."""
+    env = os.environ.get("IMPRINT_MAX_MEMORY_GB")
+    if not env:
+        return None
+    try:
+        return int(float(env) * 2**30)
+    except ValueError:
+        raise ImprintError(f"IMPRINT_MAX_MEMORY_GB must be a number (got {env!r})") from None
+
+
 def _default_max_memory() -> int:
     """Bytes of decoded images one run may hold in memory: $IMPRINT_MAX_MEMORY_GB, else half of the RAM."""
-    env = os.environ.get("IMPRINT_MAX_MEMORY_GB")
-    if env:
-        try:
-            return int(float(env) * 2**30)
-        except ValueError:
-            raise ImprintError(f"IMPRINT_MAX_MEMORY_GB must be a number (got {env!r})") from None
+    env = env_memory_bytes()
+    if env is not None:
+        return env
     try:
         return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2)
     except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX

@@ -7,6 +7,7 @@ import csv
 import os
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -251,7 +252,7 @@ def test_threaded_decode_matches_serial_in_order_with_skips(tmp_path):
     assert set(reasons) == {"bad.png", "empty.png"}
 
 
-def test_results_block_is_replaced_not_duplicated(tmp_path):
+def test_results_block_is_replaced_not_duplicated(tmp_path, monkeypatch):
     from imprint.engine.bench import best_time, write_results_block
 
     md = tmp_path / "RESULTS.md"
@@ -262,9 +263,21 @@ def test_results_block_is_replaced_not_duplicated(tmp_path):
     text = md.read_text()
     assert text.count("<!-- bench:x begin -->") == 1 and "| 2 |" in text and "| 1 |" not in text
     assert "hand-written intro" in text and "other" in text
+    # a fake clock (each call "takes" 10 ms, the second window 20 ms) so the check does not depend on the load
+    import imprint.engine.bench as bench_mod
+
+    now = [0.0]
+    per_call = iter([0.01] * 5 + [0.02] * 3)
+    monkeypatch.setattr(bench_mod, "time", SimpleNamespace(perf_counter=lambda: now[0]))
     calls = []
-    sec, _ = best_time(lambda: calls.append(time.sleep(0.01)), min_window=0.05, repeats=2)
-    assert len(calls) >= 8 and 0.009 < sec < 0.05  # several calls per window, per-call time reported
+
+    def fn():
+        calls.append(1)
+        now[0] += next(per_call)
+
+    sec, _ = best_time(fn, min_window=0.05, repeats=2)
+    # several calls per window (5, then 3), the best window's per-call time reported
+    assert len(calls) == 8 and abs(sec - 0.01) < 1e-12
 
 
 def test_registration_converts_only_the_images_it_uses():

@@ -22,7 +22,6 @@ from .common import _EPS, _check_stack, _hashes  # noqa: F401
 # size (tests/test_streaming.py).
 import contextlib
 import contextvars
-import os
 
 _BUDGET: contextvars.ContextVar = contextvars.ContextVar("imprint_memory_budget", default=None)
 DEFAULT_MEMORY_BUDGET = 2 * 2**30
@@ -43,13 +42,10 @@ def _memory_budget() -> int:
     b = _BUDGET.get()
     if b is not None:
         return int(b)
-    env = os.environ.get("IMPRINT_MAX_MEMORY_GB")
-    if env:
-        try:
-            return int(float(env) * 2**30)
-        except ValueError:
-            raise ImprintError(f"IMPRINT_MAX_MEMORY_GB must be a number (got {env!r})") from None
-    return DEFAULT_MEMORY_BUDGET
+    from imprint.engine.ingest import env_memory_bytes
+
+    env = env_memory_bytes()
+    return DEFAULT_MEMORY_BUDGET if env is None else env
 
 
 def generated_chunk(n: int, hw: int) -> int:
