@@ -84,7 +84,9 @@ def main(argv=None):
                     help="comma list of dev+reference, dev+reference-max (the max rule before the tail-calibrated one), "
                          "unsupervised (empirical null), unsupervised-pairs (no empirical null), unsupervised-noreg "
                          "(no registered evidence in the real-to-real null), unsupervised-max (the max rule), "
-                         "unsupervised-before (both: the unsupervised mode before branch uns5)")
+                         "unsupervised-before (both: the unsupervised mode before branch uns5), unsupervised-uns5 "
+                         "(no anatomy evidence in the real-to-real null: main before branch uns6), unsupervised-channel "
+                         "(the per-channel empirical null), unsupervised-channel-noanat")
     ap.add_argument("--cache-dir", default=None, help="keep the evidence checkpoints here (a rerun re-decides only)")
     a = ap.parse_args(argv)
     root = os.path.join(a.corpus, "membership")
@@ -107,7 +109,10 @@ def main(argv=None):
                         kw["combine"] = "max"
                     if setting.startswith("unsupervised-"):   # variants of the unsupervised mode (issue 13, uns5)
                         kw["empirical"] = setting != "unsupervised-pairs"
-                        kw.update({"unsupervised-noreg": dict(pair_register=False),
+                        kw.update({"unsupervised-channel": dict(empirical="channel"),          # uns6
+                                   "unsupervised-uns5": dict(pair_anatomy=False),               # main before uns6
+                                   "unsupervised-channel-noanat": dict(empirical="channel", pair_anatomy=False),
+                                   "unsupervised-noreg": dict(pair_register=False),
                                    "unsupervised-max": dict(combine="max"),
                                    "unsupervised-before": dict(pair_register=False, combine="max")}.get(setting, {}))
                     t0 = time.perf_counter()

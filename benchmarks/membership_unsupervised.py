@@ -8,11 +8,13 @@ corpus' gen_a / gen_b images by default) up to ``--n-gen`` images.  ``audit_memb
 candidates)`` is run in two configurations on the same evidence (shared ``cache_dir``), each at
 ``fpr:0.01`` and ``fdr:0.1``:
 
-* ``before``: ``pair_register=False, combine="max"`` - the unsupervised mode before branch uns5 (the
-  real-to-real null of the pixel / MSE / shape evidence only, the max rule, the empirical null); identical
-  to main before uns5 (checked on dev: the same figures as main's own run);
-* ``after``: the defaults - the registered evidence gets its real-to-real null too, the tail-calibrated
-  max rule, the empirical null.
+* ``before``: ``pair_anatomy=False`` - the unsupervised mode before branch uns6 (the anatomy evidence
+  ``anat_ratio`` has no real-to-real null, so it is left out);
+* ``after``: the defaults - the anatomy evidence gets its real-to-real null too;
+* ``channel``: the defaults with ``empirical="channel"`` (the per-channel empirical null, opt-in).
+
+``--configs uns5`` runs branch uns5's pair instead (before: ``pair_register=False, combine="max"``; after: its
+defaults, i.e. ``pair_anatomy=False`` now).
 
 Reported: ROC AUC and TPR at 1% FPR of each, recall and non-members flagged per decision; point values
 (no bootstrap: 60 + 60 candidates per scenario give intervals of about +-0.12 on recall).
@@ -45,8 +47,11 @@ from membership_zoo import DEV, build_scenario, load_real_and_fillers, scenarios
 from imprint.engine.membership import audit_membership  # noqa: E402
 
 DECISIONS = ("fpr:0.01", "fdr:0.1")
-#: the unsupervised mode before branch uns5 and now (see the module docstring)
-CONFIGS = {"before": dict(pair_register=False, combine="max"), "after": {}}
+#: the unsupervised mode before branch uns6 (main: no anatomy evidence in the real-to-real null) and now, plus the
+#: per-channel empirical null (``empirical="channel"``, opt-in) as an extra column
+CONFIGS = {"before": dict(pair_anatomy=False), "after": {}, "channel": dict(empirical="channel")}
+#: the configurations before branch uns6 (branch uns5's before / after), ``--configs uns5``
+CONFIGS_UNS5 = {"before": dict(pair_register=False, combine="max"), "after": dict(pair_anatomy=False)}
 
 
 def build(args):
@@ -71,7 +76,7 @@ def run(args) -> list[dict]:
             if fn is None:
                 y = np.zeros(2 * nm, int)   # a non-memorising generator: no candidate is a member
             row = {"transform": name, "strength": strength}
-            for conf, ckw in CONFIGS.items():
+            for conf, ckw in (CONFIGS_UNS5 if args.configs == "uns5" else CONFIGS).items():
                 for dec in DECISIONS:
                     t0 = time.perf_counter()
                     res = audit_membership(gen, cand, decision=dec, cache_dir=cache, **ckw)
@@ -102,10 +107,14 @@ def fmt(r) -> str:
         return "n/a" if not np.isfinite(r[k]) else format(r[k], f)
     fit = r.get("emp_fit")
     fit = f"{fit[0]:+.2f} / {fit[1]:.2f} / {fit[2]:.2f}" if fit else "-"
+    extra = ""
+    if "channel_auc" in r:
+        extra = (f" {num('channel_auc', '.3f')} / {num('channel_tpr1', '.2f')} | {cell('channel_fpr:0.01')} | "
+                 f"{cell('channel_fdr:0.1')} |")
     return (f"| {r['transform']} | {r['strength']:g} | {num('before_auc', '.3f')} / {num('after_auc', '.3f')} | "
             f"{num('before_tpr1', '.2f')} / {num('after_tpr1', '.2f')} | " + " | ".join(
                 cell(k) for k in ("before_fpr:0.01", "after_fpr:0.01", "before_fdr:0.1", "after_fdr:0.1"))
-            + f" | {fit} |")
+            + f" | {fit} |" + extra)
 
 
 def main(argv=None):
@@ -119,6 +128,9 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="10 scenarios, 40 members + 40 non-members, 400 generated")
     ap.add_argument("--dump", default=None, help="folder: save each scenario's scores, labels and real-pair null (.npz)")
     ap.add_argument("--cache-dir", default=None, help="keep the evidence / real-to-real null checkpoints here")
+    ap.add_argument("--configs", default="uns6", choices=("uns6", "uns5"),
+                    help="uns6: before = main before branch uns6 (no anatomy pair null), after = defaults, + the "
+                         "per-channel empirical null; uns5: branch uns5's before / after")
     ap.add_argument("--only", default=None, help="comma list: run only scenarios whose name contains one of these")
     a = ap.parse_args(argv)
     for k, v in dict(n_members=(40, 60), n_gen=(400, 1000)).items():   # explicitly given values win
@@ -127,8 +139,9 @@ def main(argv=None):
     print(f"# unsupervised membership zoo: real={a.real} fillers={a.fillers} members={a.n_members} "
           f"(+ as many non-members) reference=none generated={a.n_gen} seed={a.seed}")
     print("| transform | strength | AUC before / after | TPR@1%FPR before / after | fpr:0.01 before: recall / "
-          "non-members flagged | fpr:0.01 after | fdr:0.1 before | fdr:0.1 after | after: empirical loc / scale / pi0 |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "non-members flagged | fpr:0.01 after | fdr:0.1 before | fdr:0.1 after | after: empirical loc / scale / pi0 |"
+          + (" channel: AUC / TPR@1% | channel fpr:0.01 | channel fdr:0.1 |" if a.configs == "uns6" else ""))
+    print("|---|---|---|---|---|---|---|---|---|" + ("---|---|---|" if a.configs == "uns6" else ""))
     run(a)
 
 

@@ -19,6 +19,7 @@ from .calibrate import (NEAR_DUP_CORR, PAIR_FEATURES, _combine, _feature_matrix,
                         empirical_null, fit_weights, near_duplicates, nuisance_statistics, real_pair_null, robust_calibrate)
 from .calibrate import combined_scores
 from .calibrate import PAIR_REG_FEATURES, pair_null_matrix, pair_null_scores, real_pair_null_cached
+from .calibrate import PAIR_ANAT_FEATURES
 from .decide import f1_decision, fdr_decision, null_threshold, parse_decision  # noqa: F401
 
 def _dev_training_rows(dev: DevSet, reference: np.ndarray | None, others_unused: list[np.ndarray],
@@ -56,8 +57,9 @@ def audit_membership(generated, real, *, dev_sets: Sequence[DevSet] = (), refere
                      decision: str = "fpr:0.01", random_state: int = 0,
                      progress: Callable[[int], object] | None = None, backbone: str | None = None,
                      k_gen: int = 10, k_real: int = 10, weights: dict | None = None,
-                     cache_dir: str | None = None, executor=None, empirical: bool = True,
-                     combine: str = "tail", pair_register: bool = True) -> MembershipResult:
+                     cache_dir: str | None = None, executor=None, empirical: bool | str = True,
+                     combine: str = "tail", pair_register: bool = True,
+                     pair_anatomy: bool = True) -> MembershipResult:
     """Score real images for membership in a generator's training set and decide used / unused.
 
     Parameters
@@ -84,9 +86,11 @@ def audit_membership(generated, real, *, dev_sets: Sequence[DevSet] = (), refere
                                   its inputs, so an interrupted run resumes from the finished stages
     executor : Executor or None   where the searches, pair kernels and embeddings run (engine.executors; default
                                   local); the results do not depend on it
-    empirical : bool              without a labelled null (real-to-real pairs): give the null the candidates' own
-                                  location and scale (:func:`empirical_null`; default True); False keeps the
-                                  real-to-real null as it is
+    empirical : bool or str       without a labelled null (real-to-real pairs): give the null the candidates' own
+                                  location and scale (:func:`empirical_null`, which may move and widen it; default
+                                  True = "widen"); "channel": first every evidence channel on its own location and
+                                  scale, which may also narrow (:func:`calibrate.channel_null`), then "widen";
+                                  False / "none" keeps the real-to-real null as it is
     combine : "tail" or "max"     how the evidence channels are combined with a reference null of at least
                                   ``TAIL_MIN_NULL`` images: "tail" (default) puts the weighted sum and every
                                   max-rule channel on its own null's scale first (:func:`calibrated_max`: a
@@ -97,6 +101,9 @@ def audit_membership(generated, real, *, dev_sets: Sequence[DevSet] = (), refere
     pair_register : bool          without a labelled null: give the registered evidence (``reg_*``) its own
                                   real-to-real null (:func:`real_pair_null` with ``register=True``) and use it
                                   (default True); False leaves it out, as before
+    pair_anatomy : bool           without a labelled null: the same for the anatomy evidence (``anat_ratio``: its
+                                  real-to-real null compares each real image's low-pass with its nearest other
+                                  reals'; default True); False leaves it out (the state before branch uns6)
 
     Returns
     -------
@@ -160,8 +167,21 @@ def audit_membership(generated, real, *, dev_sets: Sequence[DevSet] = (), refere
         # the registered (transform-invariant) evidence gets its real-to-real null too (each real image registered
         # onto its shortlisted other reals), so flipped / shifted / rotated copies are found without a reference
         reg_null = pair_register and any(n in ev for n in PAIR_REG_FEATURES)
-        names = [n for n in names if n in PAIR_FEATURES or (reg_null and n in PAIR_REG_FEATURES)]
+        # and the anatomy evidence (each real image's low-pass NCC with its nearest other reals)
+        anat_null = pair_anatomy and any(n in ev for n in PAIR_ANAT_FEATURES)
+        names = [n for n in names if n in PAIR_FEATURES or (reg_null and n in PAIR_REG_FEATURES)
+                 or (anat_null and n in PAIR_ANAT_FEATURES)]
         pn = real_pair_null_cached(R, len(G), cache_dir=cache_dir, cache=kw["_cache"], register=reg_null)
+        if anat_null:
+            # its own (cheap) checkpoint, so the registered null's checkpoint is shared with audits without it; the
+            # splits are drawn from the same seed in the same order, so its rows are the same images and splits
+            pa = real_pair_null_cached(R, len(G), cache_dir=cache_dir, cache=kw["_cache"], anatomy=True)
+            if not np.array_equal(pa["_images"], pn["_images"]):
+                raise ImprintError("internal: the anatomy pair null's rows differ from the registered null's")
+            pn = dict(pn, _theta=dict(pn["_theta"]), _shift=dict(pn["_shift"]))
+            for n in PAIR_ANAT_FEATURES:
+                pn[n] = pa[n]
+                pn["_theta"][n], pn["_shift"][n] = pa["_theta"][n], pa["_shift"][n]
         Z, null_mask = pair_null_matrix({n: ev[n][:nR] for n in names}, pn, names)
     w0 = np.array([prior[n] for n in names], np.float64)
     mx = np.array([n in MAX_FEATURES for n in names])
@@ -205,6 +225,7 @@ def audit_membership(generated, real, *, dev_sets: Sequence[DevSet] = (), refere
         score, null_scores, pinfo = pair_null_scores(Z, null_mask, w, mx, combine=combine, empirical=empirical,
                                                      null_groups=pn["_images"])
         combine_used, emp = pinfo["combine"], pinfo["empirical_null"]
+        chan = pinfo.get("channel_null")
     else:
         score_all, combine_used = combined_scores(Z, w, mx, null_mask, combine)
         score = score_all[:nR]
@@ -240,10 +261,12 @@ def audit_membership(generated, real, *, dev_sets: Sequence[DevSet] = (), refere
     else:
         info["pair_null"] = {"shift": {n: float(v) for n, v in pn["_shift"].items() if n in names},
                              "theta": {n: float(v) for n, v in pn["_theta"].items() if n in names},
-                             "registered": bool(reg_null),
+                             "registered": bool(reg_null), "anatomy": bool(anat_null),
                              "icc": float(pinfo["null_icc"]) if np.isfinite(pinfo["null_icc"]) else None}
         if emp is not None:
             info["empirical_null"] = emp
+        if chan is not None:
+            info["channel_null"] = dict(chan, names=list(names))
         info["guarantee"] = (f"null: real-to-real nearest-neighbour pairs of the {nR} real images, {int(null_mask.sum())} "
                              "random splits into pseudo-generated / pseudo-real parts (no labelled null"
                              + (f"; the {len(reference)} reference images are too few (< {_MIN_NULL})" if small_ref else "")
@@ -257,6 +280,9 @@ def audit_membership(generated, real, *, dev_sets: Sequence[DevSet] = (), refere
                                 "); approximate: assumes a generated image that copied no patient is no closer to a real "
                                 "patient than another patient is (corrected for the number of generated images)"
                                 + (f" ({emp['reason']})" if emp is not None else ""))
+                             + ("; every evidence channel first on its own location and scale from the candidates "
+                                "(channel null, scales " + ", ".join(f"{v:.2f}" for v in chan["scale"]) + ")"
+                                if chan is not None and chan["applied"] else "")
                              + f", on evidence {', '.join(names)}"
                              + (" (the registered evidence's null: each real image registered onto its nearest other reals)"
                                 if reg_null else ""))

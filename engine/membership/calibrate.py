@@ -324,6 +324,9 @@ PAIR_FEATURES = ("pixel_nn_ratio", "mse_ratio", "shape_ratio")
 #: the transform-invariant (registered) evidence's real-to-real analogue (:func:`real_pair_null` with
 #: ``register=True``): each real image registered onto its shortlisted other reals, as if they were generated
 PAIR_REG_FEATURES = ("reg_ratio", "reg_lo_ratio", "reg_lp_ratio")
+#: the anatomy evidence's real-to-real analogue (:func:`real_pair_null` with ``anatomy=True``): the best Gaussian
+#: low-pass NCC (in place or mirrored, :mod:`.anatomy`) of a real image with part A over that with part B
+PAIR_ANAT_FEATURES = ("anat_ratio",)
 #: most real images that play the non-member in :func:`real_pair_null` (a random subset above it): bounds the
 #: registered null's cost (~8 refined registrations per image) on large folders; 6 rows each = 12,000 null rows
 #: (a priori: ample for an fpr:0.01 order statistic and the tail fits; no dev folder reaches it)
@@ -495,10 +498,41 @@ def _pair_reg_values(real: np.ndarray, cand: np.ndarray, cflip: np.ndarray, inA:
                 "reg_lp_ratio": -np.log((1 - a["ncc_lp"] + eps) / (1 - b["ncc_lp"] + eps))}
 
 
+def _pair_anat_neighbours(real: np.ndarray, k: int, block: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` other real images closest in anatomy (:func:`.anatomy.anatomy_features`: Gaussian low-pass NCC,
+    the better of in place and mirrored, exactly the evidence's ``anat_real_ncc`` comparison), every image.
+
+    Returns ``d`` float64 [R, k] = ``max(1 - ncc, 0) + 1e-3`` ascending (the anatomy ratio's distance, so that
+    ``-log(d_A / d_B)`` is ``anat_ratio``'s formula) and ``idx`` int64 [R, k] (never the row itself)."""
+    from .anatomy import _EPS_NCC, anatomy_features
+
+    R = len(real)
+    k = int(min(k, R - 1))
+    F = np.concatenate([anatomy_features(np.asarray(real[s:s + block])) for s in range(0, R, block)])
+    Fm = np.concatenate([anatomy_features(np.asarray(real[s:s + block]), mirror=True) for s in range(0, R, block)])
+    d = np.empty((R, k))
+    idx = np.empty((R, k), np.int64)
+    for q0 in range(0, R, block):
+        q1 = min(R, q0 + block)
+        S = np.maximum(F[q0:q1] @ F.T, Fm[q0:q1] @ F.T)                   # float32 shortlist
+        S[np.arange(q1 - q0), np.arange(q0, q1)] = -np.inf
+        kk = min(R - 1, k + 8)
+        part = np.argpartition(-S, kk - 1, axis=1)[:, :kk]
+        rows = np.arange(q0, q1)[:, None]
+        fb = F[part].astype(np.float64)                                      # float64, as the evidence's NCC
+        ncc = np.maximum(np.einsum("rd,rkd->rk", F[q0:q1].astype(np.float64), fb),
+                         np.einsum("rd,rkd->rk", Fm[q0:q1].astype(np.float64), fb))
+        ncc[part == rows] = -np.inf
+        o = np.argsort(-ncc, 1, kind="stable")[:, :k]
+        idx[q0:q1] = np.take_along_axis(part, o, 1)
+        d[q0:q1] = np.clip(1.0 - np.take_along_axis(ncc, o, 1), 0, None) + _EPS_NCC
+    return d, idx
+
+
 def real_pair_null(real: np.ndarray, n_generated: int, *, k: int = 32, splits: Sequence[float] = (0.25, 0.5, 0.75),
                    repeats: int = 2, random_state: int = 0, cache: dict | None = None, register: bool = False,
                    k_reg: int = 6, n_pix: int = 3, k_spec: int = 4,
-                   max_images: int | None = None) -> dict:
+                   max_images: int | None = None, anatomy: bool = False) -> dict:
     """Null evidence from pairs of different patients in the real folder (no labelled null needed).
 
     Each real image ``x`` plays a non-member: the other real images are split at random into a
@@ -527,6 +561,9 @@ def real_pair_null(real: np.ndarray, n_generated: int, *, k: int = 32, splits: S
                             registered onto its shortlisted other reals (:func:`_pair_reg_candidates`, the
                             evidence's shortlists and registration), the best of part A over the best of part B
     k_reg, n_pix, k_spec : int   the evidence's registration shortlist sizes (:func:`.register.registered_evidence`)
+    anatomy : bool          also the anatomy evidence (:data:`PAIR_ANAT_FEATURES`): the best low-pass NCC with part A
+                            over the best with part B, among each image's ``k`` nearest other reals in anatomy
+                            (:func:`_pair_anat_neighbours`)
     max_images : int or None     at most this many real images play the non-member (a seeded random subset; the
                             splits and neighbours still range over every real image), so the registered null's cost
                             is bounded on large folders (default :data:`PAIR_NULL_MAX_IMAGES`; None: that default)
@@ -534,7 +571,8 @@ def real_pair_null(real: np.ndarray, n_generated: int, *, k: int = 32, splits: S
     Returns
     -------
     dict[str, float64 [R' * len(splits) * repeats]] (``R' = min(R, max_images)``) for every name in
-    :data:`PAIR_FEATURES` (and :data:`PAIR_REG_FEATURES` with ``register``), ``"_images"`` (int [rows]: the real
+    :data:`PAIR_FEATURES` (and :data:`PAIR_REG_FEATURES` with ``register``, :data:`PAIR_ANAT_FEATURES` with
+    ``anatomy``), ``"_images"`` (int [rows]: the real
     image of every row); the rows
     of one split are consecutive; row ``r`` of a split is real image ``r % R``), ``"_theta"`` and
     ``"_shift"`` (name -> float: the slope and the mean shift applied).
@@ -561,8 +599,10 @@ def real_pair_null(real: np.ndarray, n_generated: int, *, k: int = 32, splits: S
     a, ia = _knn_self(lambda r: counts[np.asarray(r)] * mscale, R, kk, block)
     dim = float(counts.shape[1])
     dist["shape_ratio"] = (np.clip(a.astype(np.float64), 0, None) / dim + 1.0 / dim, ia)
+    if anatomy:
+        dist["anat_ratio"] = _pair_anat_neighbours(real, kk)
 
-    feats = PAIR_FEATURES + (PAIR_REG_FEATURES if register else ())
+    feats = PAIR_FEATURES + (PAIR_REG_FEATURES if register else ()) + (PAIR_ANAT_FEATURES if anatomy else ())
     cap = PAIR_NULL_MAX_IMAGES if max_images is None else int(max_images)
     only = None
     if R > cap:
@@ -806,18 +846,89 @@ def combined_scores(Z: np.ndarray, w: np.ndarray, use_max: np.ndarray, null_mask
         used = "max"
     return robust_calibrate(raw, raw[null_mask]), used
 
+#: smallest per-channel scale of :func:`channel_null` relative to the real-to-real null (the channel's null may
+#: narrow to half its spread, no further).  Chosen a priori, not on data: a bound on how far the lower-window fit
+#: may extrapolate; the simulation in tests/test_membership_unsupervised.py (a "narrower" generator at 0.6)
+#: checks the rates inside it.
+CHANNEL_NULL_MIN_SCALE = 0.5
+#: candidate quantiles of :func:`channel_null`'s fit (see there)
+CHANNEL_NULL_QUANTILES = (0.1, 0.4)
+#: values of ``empirical`` in :func:`pair_null_scores` / ``audit_membership``
+EMPIRICAL_MODES = ("channel", "widen", "none")
+
+
+def channel_null(Zc: np.ndarray, Zn: np.ndarray, *, fit_rows: np.ndarray | None = None,
+                 min_scale: float = CHANNEL_NULL_MIN_SCALE,
+                 quantiles: tuple[float, float] = CHANNEL_NULL_QUANTILES) -> tuple[np.ndarray, dict]:
+    """Per-channel empirical null: every evidence channel of the candidates re-expressed on the real-to-real
+    null's scale after its own location and scale (the null may move, widen and narrow).
+
+    How close a generator's non-copies come to patients differs from one generator to the next and from one
+    channel to the next (a generator whose new patients are alike sits further from every patient in pixels
+    than in anatomy, say).  The model: a non-member's channel ``j`` is ``loc_j + scale_j * S_j`` with ``S_j``
+    distributed as channel ``j`` of a real-to-real null row (the channels' dependence unchanged).  Each
+    ``(loc_j, scale_j)`` is :func:`empirical_null`'s lower-window fit on channel ``j`` alone (the candidates'
+    5-25% quantiles against the null's quantiles at those levels over ``pi0``, ``pi0`` a 95% upper bound; with
+    at most half the candidates members and members not scoring below non-members, the window lies in the
+    non-members' lower half), with ``scale_j >= min_scale``.  The candidates' channels become
+    ``(Z - loc_j) / scale_j``, which under the model are distributed as the null rows' channels, so the
+    combination rule (:func:`calibrated_max`) and its calibration against the null rows apply unchanged.
+
+    Why per channel and before the combination: the combined score ``-Phi^-1(min_c p_c)`` is not a location /
+    scale family in the channels' shifts.  A generator further from patients in every channel compresses the
+    combined score's lower tail more than its upper tail, so a combined-score fit from the lower tail is
+    anti-conservative there (benchmarks/RESULTS.md, memuns: the zoo's noise-16 row fitted 0.20 and flagged 13
+    of 60 non-members); on one channel the location / scale model is what a change of distance scale does to
+    a log distance ratio.
+
+    Parameters
+    ----------
+    Zc : float [N, F]            candidates' channels (robust z-scores against the null rows)
+    Zn : float [K, F]            the real-to-real null rows' channels
+    fit_rows : bool [N] or None  candidates that fit the null (default all); every row is transformed
+    min_scale : float            :data:`CHANNEL_NULL_MIN_SCALE`
+
+    Returns
+    -------
+    Zc' : float64 [N, F]         ``(Zc - loc) / scale`` per channel (unchanged where the fit does not apply)
+    info : dict                  ``loc``, ``scale``, ``pi0`` (lists, one per channel), ``applied`` (bool),
+                                 ``reason``
+    """
+    Zc = np.asarray(Zc, np.float64)
+    Zn = np.asarray(Zn, np.float64)
+    fit = np.ones(len(Zc), bool) if fit_rows is None else np.asarray(fit_rows, bool)
+    out = Zc.copy()
+    info: dict = {"loc": [], "scale": [], "pi0": [], "applied": False, "reason": ""}
+    for j in range(Zc.shape[1]):
+        e = empirical_null(Zc[fit, j], Zn[:, j], min_scale=min_scale, quantiles=quantiles)
+        if not e["applied"]:
+            info["reason"] = e["reason"]
+            return Zc.copy(), dict(info, loc=[0.0] * Zc.shape[1], scale=[1.0] * Zc.shape[1],
+                                   pi0=[1.0] * Zc.shape[1])
+        out[:, j] = (Zc[:, j] - e["loc"]) / e["scale"]
+        info["loc"].append(float(e["loc"]))
+        info["scale"].append(float(e["scale"]))
+        info["pi0"].append(float(e["pi0"]))
+    info["applied"] = True
+    return np.clip(out, -_Z_CAP, _Z_CAP), info
+
+
 def pair_null_scores(Z: np.ndarray, null_mask: np.ndarray, w: np.ndarray, use_max: np.ndarray, *,
-                     combine: str = "tail", empirical: bool = True, fit_rows: np.ndarray | None = None,
+                     combine: str = "tail", empirical: bool | str = True, fit_rows: np.ndarray | None = None,
                      null_groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """Scores of the unsupervised mode (no labelled null): candidates and real-to-real null rows combined by
     the same rule as with a reference, then the empirical null.
 
+    0. ``empirical="channel"``: :func:`channel_null` first puts every candidate channel on
+       the null rows' scale after its own location and scale (which may narrow).
     1. ``combine="tail"`` (with at least :data:`TAIL_MIN_NULL` null rows): :func:`calibrated_max`, every
        channel (the weighted sum and each max-rule channel, the registered ones included) on its own
        real-to-real null's scale; ``"max"``: :func:`_combine` (the rule before).
     2. The combined score as a robust z-score against the null rows.
-    3. ``empirical``: :func:`empirical_null` on the candidates' scores (``fit_rows``, default every candidate
-       row) moves / widens the null scores.
+    3. ``"widen"`` (default, ``True``) or ``"channel"``: :func:`empirical_null` on the candidates'
+       combined scores (``fit_rows``, default every candidate row) moves / widens the null scores (never
+       narrows; after step 0 it only corrects what the per-channel model missed).  ``"none"`` / ``False``:
+       the real-to-real null as it is.
 
     Parameters
     ----------
@@ -826,7 +937,7 @@ def pair_null_scores(Z: np.ndarray, null_mask: np.ndarray, w: np.ndarray, use_ma
     w : float [F]               weights (>= 0)
     use_max : bool [F]          channels that may decide alone
     combine : "tail" or "max"
-    empirical : bool
+    empirical : bool or str     "widen" (= True), "channel" or "none" (= False), see above
     fit_rows : bool [P] or None  rows whose scores fit the empirical null (default: every non-null row); the
                                  other non-null rows are scored without shaping it (used by the simulation)
     null_groups : int [K] or None  the real image of every null row: only for ``info["null_icc"]``
@@ -836,20 +947,29 @@ def pair_null_scores(Z: np.ndarray, null_mask: np.ndarray, w: np.ndarray, use_ma
     score : float64 [P - K]     the non-null rows' scores, in order
     null_scores : float64 [K]   the null's scores after the empirical null (what the decisions compare with)
     info : dict                 ``combine`` (the rule used), ``empirical_null`` (:func:`empirical_null` output or
-                                None), ``null_icc`` (intraclass correlation of the null scores within a real image)
+                                None), ``channel_null`` (:func:`channel_null` info or None), ``null_icc``
+                                (intraclass correlation of the null scores within a real image)
     """
+    mode = ("widen" if empirical else "none") if isinstance(empirical, (bool, np.bool_)) else empirical
+    if mode not in EMPIRICAL_MODES:
+        raise ImprintError(f"empirical must be True, False or one of {', '.join(EMPIRICAL_MODES)} (got {empirical!r})")
     Z = np.asarray(Z, np.float64)
     null_mask = np.asarray(null_mask, bool)
+    fit = ~null_mask if fit_rows is None else (np.asarray(fit_rows, bool) & ~null_mask)
+    chan = None
+    if mode == "channel":
+        Z = Z.copy()
+        cand = ~null_mask
+        Z[cand], chan = channel_null(Z[cand], Z[null_mask], fit_rows=fit[cand])
     sa, used = combined_scores(Z, w, use_max, null_mask, combine)
     null_scores = sa[null_mask]
-    fit = ~null_mask if fit_rows is None else (np.asarray(fit_rows, bool) & ~null_mask)
     emp = None
-    if empirical:
+    if mode != "none":
         emp = empirical_null(sa[fit], null_scores)
         null_scores = emp["loc"] + emp["scale"] * null_scores
     icc = _intraclass_correlation(sa[null_mask], null_groups) if null_groups is not None else float("nan")
     return sa[~null_mask], np.asarray(null_scores, np.float64), {"combine": used, "empirical_null": emp,
-                                                                 "null_icc": icc}
+                                                                 "channel_null": chan, "null_icc": icc}
 
 
 def real_pair_null_cached(real: np.ndarray, n_generated: int, *, cache_dir: str | None = None, **kw) -> dict:
