@@ -74,3 +74,17 @@ def test_register_pairs_finds_a_planted_transform():
     assert r["flip"][0] == 1 and r["ncc"][0] > 0.95
     assert abs(r["angle"][0] - 5.0) < 1.5 and abs(r["scale"][0] - 1.04) < 0.02
     assert abs(r["dy"][0] - 6.0) < 1.0 and abs(r["dx"][0] + 4.0) < 1.0
+
+
+def test_z_compiled_normalisation_equals_the_numpy_passes():
+    rng = np.random.default_rng(4)
+    for shape in ((40, 64, 64), (3, 128, 128), (6, 1, 1)):
+        x = (rng.normal(size=shape) * 50 + 100).astype(np.float32)
+        x[0] = 7.0                                      # a flat image: unit scale
+        flat = x.reshape(len(x), -1)
+        mu = flat.mean(1, dtype=np.float64)
+        sd = np.sqrt(np.maximum(np.einsum("ij,ij->i", flat, flat, dtype=np.float64) / flat.shape[1] - mu * mu, 0))
+        sd = np.where(sd > 1e-6, sd, 1.0)
+        ref = (x - mu[:, None, None].astype(np.float32)) * (1.0 / sd)[:, None, None].astype(np.float32)
+        got = R._z(x)
+        assert got.dtype == np.float32 and np.array_equal(got, ref)
