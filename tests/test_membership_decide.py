@@ -636,3 +636,47 @@ def test_f1_evidence_pvalue_is_valid_by_simulation_and_finds_a_few_strong_member
     used, info = f1_decision(scores, null)
     assert info["evidence"] is True and 4 <= used.sum() < 60
     assert used[-4:].all()
+
+
+def test_f1_multi_threshold_evidence_is_valid_by_simulation_and_finds_members_under_an_extreme_null_score():
+    """The f1 rule's evidence test over several null thresholds (the fpr:0.01 threshold and the null's upper
+    1%, 5%, 10% quantiles, weighted Bonferroni) keeps its level when no candidate is a member: simulated
+    P(p <= u) <= u (+ 3 binomial standard errors) at u = 0.001, 0.01, 0.05, 0.2 for heavy-tailed and Gaussian
+    scores, null sizes 300 (fpr threshold = the null's maximum), 120 (too small for fpr:0.01: its maximum) and
+    460, 60 or 200 candidates.  Then the planted case the single threshold missed (the demo's pattern): one
+    extreme null score and 15 of 60 candidates between the null's 97th percentile and its maximum: the old test
+    (tails=()) says "no evidence" and flags all 60; the new one finds evidence and flags the planted members."""
+    from imprint.engine.membership.decide import f1_decision, null_threshold, tail_count_evidence
+
+    rng = np.random.default_rng(11)
+    reps = 1500
+    for K, N, dist in ((300, 60, "t3"), (120, 60, "normal"), (460, 200, "t3")):
+        draw = (lambda n: rng.standard_t(3, n)) if dist == "t3" else (lambda n: rng.normal(size=n))
+        ps = np.empty(reps)
+        for r in range(reps):
+            null, cand = draw(K), draw(N)
+            th = null_threshold(null, 0.01)
+            ev = tail_count_evidence(cand, null, th["threshold"] if th["exact"] else th["fallback"])
+            assert len(ev["counts"]) >= 3 and abs(sum(c[3] for c in ev["counts"]) - 1.0) < 1e-12
+            ps[r] = ev["pvalue"]
+        for u in (0.001, 0.01, 0.05, 0.2):
+            rate = float((ps <= u).mean())
+            assert rate <= u + 3 * np.sqrt(u * (1 - u) / reps), (K, N, dist, u, rate)
+        assert (ps <= 0.2).mean() > 0.02   # it responds to chance excesses (not a constant 1)
+
+    # planted: one extreme null score, 15 members just under it
+    null = rng.normal(size=300)
+    null[np.argmax(null)] = 6.0
+    q97 = float(np.quantile(null, 0.97))
+    members = q97 + (5.5 - q97) * rng.random(15)
+    scores = np.concatenate([rng.normal(size=45), members])
+    old, old_info = f1_decision(scores, null, tails=())
+    assert not old_info["evidence"] and old.all()           # the single threshold (the null's maximum) sees 0 hits
+    used, info = f1_decision(scores, null)
+    assert info["evidence"] is True and info["evidence_pvalue"] < 1e-3
+    assert used[45:].sum() >= 13 and used.sum() <= 20      # the planted members, few others
+    # the sparse case keeps its power: 4 of 60 above a 300-image null's maximum (p = 7.1e-4 alone, 8.9e-4 here)
+    null = rng.normal(size=300)
+    scores = np.concatenate([rng.normal(size=56), null.max() + 1.0 + rng.random(4)])
+    used, info = f1_decision(scores, null)
+    assert info["evidence"] is True and used[-4:].all() and used.sum() < 60

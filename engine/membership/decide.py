@@ -113,13 +113,28 @@ def estimate_used_share(p: np.ndarray, lam: float = 0.5) -> float:
     return float(np.clip(1.0 - pi0, 0.0, 1.0))
 
 
+#: Upper null quantiles whose order statistics join the ``f1`` rule's evidence test (besides the
+#: ``alpha_evidence`` threshold): counts above the null's 1%, 5% and 10% tails (weighted Bonferroni).
+#: Chosen a priori (the levels the brief named), not tuned on data.
+EVIDENCE_TAILS = (0.01, 0.05, 0.1)
+#: Share of the evidence test's level kept on the ``alpha_evidence`` threshold's count (the test before
+#: branch spd6); the tails share the rest (weighted Bonferroni).  A priori: the sparse case's bar moves
+#: from p < 1e-3 to p < 8e-4, not tuned on data.
+EVIDENCE_FIRST_WEIGHT = 0.8
+
+
 def f1_decision(scores: np.ndarray, null: np.ndarray, *, alpha_evidence: float = 0.01,
-                min_hits: int = 3, evidence_p: float = 1e-3) -> tuple[np.ndarray, dict]:
+                min_hits: int = 3, evidence_p: float = 1e-3,
+                tails: Sequence[float] | None = None) -> tuple[np.ndarray, dict]:
     """Expected-F1-optimal flags from null-calibrated scores.
 
-    1. Evidence test: ``h`` candidates above the ``alpha_evidence`` null threshold; evidence when
-       ``h >= min_hits`` and the exact p-value of ``h`` under exchangeability, ``evidence_pvalue``
-       (beta-binomial), is below ``evidence_p``.
+    1. Evidence test (:func:`tail_count_evidence`): the candidates above the ``alpha_evidence`` null
+       threshold and above the null's upper ``tails`` quantiles (default :data:`EVIDENCE_TAILS`) are
+       counted; each count's exact p-value under exchangeability (beta-binomial,
+       :func:`evidence_pvalue`) is combined by a weighted Bonferroni (:data:`EVIDENCE_FIRST_WEIGHT` on the
+       ``alpha_evidence`` count).  Evidence when the combined p-value is below ``evidence_p`` and the
+       count that attains it is at least ``min_hits``.
+       ``tails=()`` is the single-threshold test before (branch spd6).
     2. Without evidence: flag all (expected-F1 optimal for any unknown share of used images).
     3. With evidence: posterior ``q_i = 1 - pi0 / f(p_i)`` from a monotone (isotonic) density of
        the candidates' p-values and Storey's ``pi0``; choose the top-``k`` set maximising
@@ -136,12 +151,17 @@ def f1_decision(scores: np.ndarray, null: np.ndarray, *, alpha_evidence: float =
     th = null_threshold(null, alpha_evidence)
     # a null too small for an exact alpha_evidence level: test at the level its maximum guarantees
     thr, a_ev = (th["threshold"], alpha_evidence) if th["exact"] else (th["fallback"], th["fallback_alpha"])
-    h = int((s > thr).sum())
-    p_ev = evidence_pvalue(h, N, null, thr)
+    ev = tail_count_evidence(s, null, thr, EVIDENCE_TAILS if tails is None else tails)
+    h, p_ev = ev["hits"], ev["pvalue"]
     p = _pvalues(s, null)
     pi1 = estimate_used_share(p)
-    info = {"evidence_hits": h, "evidence_pvalue": p_ev, "evidence_alpha": float(a_ev), "pi1_storey": pi1,
-            "evidence_test": "exact beta-binomial count over the null threshold (exchangeable null)"}
+    info = {"evidence_hits": int((s > thr).sum()), "evidence_pvalue": p_ev, "evidence_alpha": float(a_ev),
+            "pi1_storey": pi1, "evidence_threshold": ev["threshold"], "evidence_best_hits": h,
+            "evidence_counts": ev["counts"],
+            "evidence_test": (f"exact beta-binomial counts over {len(ev['counts'])} null threshold(s) "
+                              f"(the fpr threshold, weight {EVIDENCE_FIRST_WEIGHT:g}, and the null's upper "
+                              + ", ".join(f"{a:g}" for a in (EVIDENCE_TAILS if tails is None else tails))
+                              + " quantiles), weighted Bonferroni; exchangeable null")}
     if h < min_hits or p_ev >= evidence_p:
         info.update(evidence=False, k=N, rule="flag all: no significant evidence of membership "
                     "(expected-F1-optimal for an unknown share of used images)")
@@ -173,6 +193,62 @@ def f1_decision(scores: np.ndarray, null: np.ndarray, *, alpha_evidence: float =
                 rule="two-group model on null-calibrated p-values, top-k maximising expected F1",
                 threshold=float(s[o[kbest - 1]]))
     return used, info
+
+
+def tail_count_evidence(scores: np.ndarray, null: np.ndarray, threshold: float,
+                        tails: Sequence[float] = EVIDENCE_TAILS, first_weight: float = EVIDENCE_FIRST_WEIGHT) -> dict:
+    """Exact-level test of "no candidate is a member" from tail counts at several null thresholds.
+
+    The thresholds are ``threshold`` (the ``f1`` rule passes the exact ``fpr:0.01`` one: the null's
+    maximum for 299 to ~470 null scores) and, for every ``a`` in ``tails``, the null's order statistic
+    with ``floor(a K)`` of the ``K`` null scores above it (its upper ``a`` quantile).  At each threshold
+    ``t`` the count of candidates strictly above it has the exact tail p-value ``p_t``
+    (:func:`evidence_pvalue`, beta-binomial) when the candidates and the null are exchangeable.  The
+    combined p-value is the weighted Bonferroni ``min_t p_t / w_t`` (capped at 1) with ``w = first_weight``
+    for ``threshold`` and ``(1 - first_weight) / len(tails)`` for each tail (weights of thresholds that
+    coincide add up); since ``sum w = 1`` it is a valid p-value for any dependence between the counts:
+    ``P(min_t p_t / w_t <= u) <= sum_t P(p_t <= u w_t) <= u``.  The single threshold (``tails=()``) sees
+    only the few extreme members: a large share of members just under an extreme null score went unseen,
+    which the 1-10% tails count; ``first_weight`` keeps most of the level on the extreme count, so the
+    sparse case (a few members far above every null score) loses little (its bar moves from ``u`` to
+    ``first_weight * u``).
+
+    Parameters
+    ----------
+    scores : float [N]   candidate scores
+    null : float [K]     null scores (non-finite values are ignored)
+    threshold : float    the first threshold (``+inf`` or NaN: left out, the tails share the weight)
+    tails : sequence of float in (0, 1)
+    first_weight : float in (0, 1]
+
+    Returns
+    -------
+    dict
+        ``pvalue`` (float in (0, 1]), ``hits`` and ``threshold`` (the count and threshold attaining it),
+        ``counts`` (list of ``(threshold, hits, p, weight)`` per threshold; ``p`` uncorrected).
+    """
+    s = np.asarray(scores, np.float64)
+    nl = np.asarray(null, np.float64)
+    nl = np.sort(nl[np.isfinite(nl)])
+    K, N = len(nl), len(s)
+    w: dict[float, float] = {}
+    first = bool(np.isfinite(threshold))
+    if first:
+        w[float(threshold)] = float(first_weight) if len(tails) else 1.0
+    wt = (1.0 - w.get(float(threshold), 0.0)) / len(tails) if len(tails) else 0.0
+    for a in tails:
+        j = int(math.floor(float(a) * K))
+        if 0 <= j < K:
+            w[float(nl[K - 1 - j])] = w.get(float(nl[K - 1 - j]), 0.0) + wt
+    counts = []
+    for t in sorted(w, reverse=True):
+        h = int((s > t).sum())
+        counts.append((t, h, evidence_pvalue(h, N, nl, t), w[t]))
+    if not counts:
+        return {"pvalue": 1.0, "hits": 0, "threshold": float("inf"), "counts": []}
+    b = min(range(len(counts)), key=lambda i: counts[i][2] / counts[i][3])
+    return {"pvalue": float(min(1.0, counts[b][2] / counts[b][3])), "hits": counts[b][1],
+            "threshold": counts[b][0], "counts": counts}
 
 
 def evidence_pvalue(hits: int, n_candidates: int, null: np.ndarray, threshold: float) -> float:

@@ -203,13 +203,29 @@ def downsample(images: np.ndarray, f: int) -> np.ndarray:
     return (y * np.float32(1.0 / (f * f))).reshape(n, hh, ww)
 
 
+@njit(parallel=True, cache=True)
+def _shift_scale(x, m, s, out):  # pragma: no cover - numba
+    """``out[i] = (x[i] - m[i]) * s[i]`` in float32, rounded after each operation as numpy does."""
+    n, k = x.shape
+    for i in prange(n):
+        mi = m[i]
+        si = s[i]
+        for j in range(k):
+            out[i, j] = (x[i, j] - mi) * si
+
+
 def _z(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, np.float32)
     flat = x.reshape(len(x), -1)
     mu = flat.mean(1, dtype=np.float64)
     sd = np.sqrt(np.maximum(np.einsum("ij,ij->i", flat, flat, dtype=np.float64) / flat.shape[1] - mu * mu, 0))
     sd = np.where(sd > 1e-6, sd, 1.0)
-    return (x - mu[:, None, None].astype(np.float32)) * (1.0 / sd)[:, None, None].astype(np.float32)
+    # (x - mu) * (1 / sd) in float32 in one compiled pass (the same values as the two numpy passes)
+    out = np.empty(x.shape, np.float32)
+    if x.size:
+        _shift_scale(np.ascontiguousarray(flat), mu.astype(np.float32), (1.0 / sd).astype(np.float32),
+                     out.reshape(len(x), -1))
+    return out
 
 
 # ----------------------------------------------------------------------------------------- shortlist
@@ -448,6 +464,71 @@ def _xcorr(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     return sfft.irfft2(np.conj(fa) * fb, s=(h, w), workers=-1).astype(np.float32) / float(h * w)
 
 
+def _spectrum(B: np.ndarray) -> np.ndarray:
+    """``rfft2`` of a stack [K, h, w] (what :func:`_xcorr` computes of its second argument)."""
+    from scipy import fft as sfft
+
+    return sfft.rfft2(B, workers=-1)
+
+
+def _xcorr_spec(A: np.ndarray, fb: np.ndarray, C: int, center_y: np.ndarray, radius: int) -> np.ndarray:
+    """:func:`_xcorr` of ``A [K*C, h, w]`` with ``np.repeat(B, C, axis=0)`` given ``fb = _spectrum(B)``
+    ([K, h, w//2+1]), on the rows :func:`_subpixel_peak` reads within ``radius`` of ``center_y [K*C]``
+    (:func:`_corr_near`): the same values there, without transforming every target ``C`` times."""
+    from scipy import fft as sfft
+
+    h, w = A.shape[1:]
+    fa = sfft.rfft2(A, workers=-1)
+    spec = (np.conj(fa).reshape((len(fb), C) + fb.shape[1:]) * fb[:, None]).reshape(fa.shape)
+    return _corr_near(spec, h, w, center_y, radius)
+
+
+def _irfft2_rows(spec: np.ndarray, h: int, w: int, rows: np.ndarray) -> np.ndarray:
+    """``irfft2(spec, s=(h, w))`` at some rows only (the shift windows that the registration reads).
+
+    pocketfft's ``irfft2`` is a complex inverse transform along the rows (axis -2, unscaled) followed by a
+    real inverse transform along the last axis that applies the normalisation ``1 / (h w)``; here the second
+    pass runs only on the wanted rows.  For power-of-two ``h`` and ``w`` (128 px images and their 64 / 32 px
+    levels) the normalisation is exact in any order, so the values equal ``irfft2``'s bit for bit (checked in
+    tests/test_register_speed.py); other sizes fall back to the full ``irfft2``.
+
+    Parameters
+    ----------
+    spec : complex [..., h, w//2+1]
+    h, w : int
+    rows : int [r] (every map the same rows) or [K, r] with ``K = prod(spec.shape[:-2])`` (per map); taken mod ``h``
+
+    Returns
+    -------
+    float [K, r, w] (float32 for complex64 spectra)
+    """
+    from scipy import fft as sfft
+
+    K = int(np.prod(spec.shape[:-2]))
+    spec = spec.reshape((K,) + spec.shape[-2:])
+    rows = np.asarray(rows, np.int64) % h
+    pow2 = h & (h - 1) == 0 and w & (w - 1) == 0
+    if not pow2:
+        full = sfft.irfft2(spec, s=(h, w), workers=-1)
+        return full[:, rows] if rows.ndim == 1 else full[np.arange(K)[:, None], rows]
+    colt = sfft.ifft(spec, axis=-2, norm="forward", workers=-1)          # the first pass, unscaled
+    sub = colt[:, rows] if rows.ndim == 1 else colt[np.arange(K)[:, None], rows]
+    out = sfft.irfft(sub, n=w, axis=-1, norm="forward", workers=-1)     # the second pass on those rows
+    return out * out.dtype.type(1.0 / (h * w))
+
+
+def _corr_near(spec: np.ndarray, h: int, w: int, center_y: np.ndarray, radius: int) -> np.ndarray:
+    """Correlation maps ``irfft2(spec, s=(h, w)).astype(float32) / (h w)`` [K, h, w] computed only on the rows
+    within ``radius + 1`` of ``center_y [K]`` (what :func:`_subpixel_peak` reads at that radius: the window and
+    the parabola's neighbours); the other rows are 0 and never read."""
+    K = int(np.prod(spec.shape[:-2]))
+    rows = np.asarray(center_y, np.int64).reshape(K, 1) + np.arange(-radius - 1, radius + 2)
+    part = _irfft2_rows(spec, h, w, rows).astype(np.float32) / float(h * w)
+    corr = np.zeros((K, h, w), np.float32)
+    corr[np.arange(K)[:, None], rows % h] = part
+    return corr
+
+
 def _parabola(cm, c0, cp):
     den = cm - 2 * c0 + cp
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -599,12 +680,13 @@ def coarse_scores(A: np.ndarray, B: np.ndarray, pairs: np.ndarray, *, flip=None,
         spec = np.empty((n, nv) + fb.shape[1:], np.result_type(fa.dtype, fb.dtype))
         _cross_spectra(fa.reshape(na, 2 * V, *fa.shape[3:]), np.ascontiguousarray(inv_a[sl], np.int64), voff,
                        fb, np.ascontiguousarray(inv_b[sl], np.int64), spec)
-        corr = sfft.irfft2(spec, s=(hl, wl), workers=-1).reshape(n * nv, hl, wl)
+        # only the window's rows of the correlation maps (the same values as the full irfft2)
+        corr = _irfft2_rows(spec, hl, wl, idy)                          # [n * nv, len(idy), wl]
         del spec
         val = np.empty(n * nv, corr.dtype)
         jy = np.empty(n * nv, np.int64)
         jx = np.empty(n * nv, np.int64)
-        _window_argmax(np.ascontiguousarray(corr), idy, val, jy, jx)
+        _window_argmax_rows(np.ascontiguousarray(corr), idy, val, jy, jx)
         dy, dx = idy[jy], idy[jx]
         val = val.reshape(n, nv) / float(hl * wl)
         best = val.argmax(1)
@@ -661,6 +743,27 @@ def _window_argmax(corr, idy, val, jy, jx):  # pragma: no cover - numba
             y = idy[a] % h
             for b in range(nd):
                 c = corr[i, y, idy[b] % w]
+                if c > best:
+                    best = c
+                    by = a
+                    bx = b
+        val[i] = best
+        jy[i] = by
+        jx[i] = bx
+
+
+@njit(parallel=True, cache=True)
+def _window_argmax_rows(corr, idy, val, jy, jx):  # pragma: no cover - numba
+    """:func:`_window_argmax` on maps holding only the window's rows: ``corr[m, a]`` is row ``idy[a]``."""
+    m, _, w = corr.shape
+    nd = len(idy)
+    for i in prange(m):
+        best = -np.inf
+        by = 0
+        bx = 0
+        for a in range(nd):
+            for b in range(nd):
+                c = corr[i, a, idy[b] % w]
                 if c > best:
                     best = c
                     by = a
@@ -746,9 +849,8 @@ def polish_lo(A: np.ndarray, B: np.ndarray, pairs: np.ndarray, co: dict, *, roun
             ss = np.repeat(sc, C) + np.tile([o[1] for o in offs], S)
             var, _ = warp(Al, np.repeat(ia2, C), np.repeat(fl, C), aa, ss)
             fa = sfft.rfft2(_z(var), workers=-1).reshape(2, n, C, hl, -1)
-            corr = sfft.irfft2(np.conj(fa) * fb[None, :, None], s=(hl, wl), workers=-1)
-            corr = corr.reshape(S * C, hl, wl).astype(np.float32) / float(hl * wl)
             cen = np.stack([np.round(np.repeat(dy, C)), np.round(np.repeat(dx, C))], 1).astype(np.int64)
+            corr = _corr_near(np.conj(fa) * fb[None, :, None], hl, wl, cen[:, 0], 1)
             v, py, px = _subpixel_peak(corr, cen, 1)
             v = v.reshape(S, C)
             b = v.argmax(1)
@@ -794,6 +896,7 @@ def _refine_chunk(A, B, pairs, co):
     ia, inv_a = np.unique(pairs[:, 0], return_inverse=True)
     Am = downsample(A[ia], fm)
     Bm = _z(downsample(B[pairs[:, 1]], fm))
+    fbm = _spectrum(Bm)      # once per pair, shared by every round and variant (the same values as before)
     da, ds = 4.0, 0.04
     for _ in range(_MID_ROUNDS):
         offs = [(0.0, 0.0), (-da, 0.0), (da, 0.0), (0.0, -ds), (0.0, ds)]
@@ -804,8 +907,8 @@ def _refine_chunk(A, B, pairs, co):
         # mid level): judging a rotation at a shift quantised by the coarse level (4 px) would trade the
         # shift error for a spurious rotation / rescaling
         var, _ = warp(Am, np.repeat(inv_a, C), np.repeat(flip, C), aa, ss)
-        corr = _xcorr(_z(var), np.repeat(Bm, C, axis=0))
         cen = np.stack([np.round(np.repeat(dy, C) / fm), np.round(np.repeat(dx, C) / fm)], 1).astype(np.int64)
+        corr = _xcorr_spec(_z(var), fbm, C, cen[:, 0], 2)
         val, py, px = _subpixel_peak(corr, cen, 2)
         val = val.reshape(K, C)
         b = val.argmax(1)
@@ -830,7 +933,7 @@ def _refine_chunk(A, B, pairs, co):
         da, ds = da / 2, ds / 2
     var, _ = warp(A, pairs[:, 0], flip, ang, sc)
     cen = np.stack([np.round(dy), np.round(dx)], 1).astype(np.int64)
-    _, dy, dx = _subpixel_peak(_xcorr(_z(var), _z(Bf)), cen, max(2, fm))
+    _, dy, dx = _subpixel_peak(_xcorr_spec(_z(var), _spectrum(_z(Bf)), 1, cen[:, 0], max(2, fm)), cen, max(2, fm))
     reg, valid = warp(A, pairs[:, 0], flip, ang, sc, dy, dx)
     ncc, gain = _masked_ncc(reg, Bf, valid)
     f = max(1, min(h, w) // _LO_SIDE)
