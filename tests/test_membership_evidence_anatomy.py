@@ -230,3 +230,28 @@ def test_planted_resynthesised_transformed_members_are_flagged(planted_transform
     assert res.used[y == 1].mean() >= 0.85, res.used[y == 1]
     # stated rate 5% of 20 non-members: 1 expected; more than 2 has probability 0.075 under the guarantee
     assert res.used[y == 0].sum() <= 2, res.used[y == 0]
+
+
+def test_anatomy_pair_values_equal_the_evidence_on_the_split():
+    """The real-pair null's values (part A playing the generated images) equal :func:`anatomy_evidence` run on
+    that split, in place and with the registered candidates."""
+    from imprint.engine.membership.anatomy import anatomy_pair_values
+
+    rng = np.random.default_rng(51)
+    real = family(30, 52)
+    real[3] = u8(_transformed(resynth(real[20], real[21], 2.0), rng)[0])   # a transformed look-alike pair
+    inA = np.zeros(30, bool)
+    inA[rng.choice(30, 12, replace=False)] = True
+    cand = np.stack([rng.choice(np.delete(np.arange(30), i), 6, replace=False) for i in range(30)])
+    for c in (None, cand):
+        v = anatomy_pair_values(real, inA, c)
+        for i in (0, 3, 20, 29):       # x in part B: the evidence of x against A, control = B without x
+            A = np.flatnonzero(inA & (np.arange(30) != i))
+            B = np.r_[i, np.flatnonzero(~inA & (np.arange(30) != i))]   # x first
+            sl = None
+            if c is not None:
+                ca = np.array([[np.searchsorted(A, j) if (j in A) else -1 for j in c[i]]])
+                cb = np.array([[int(np.flatnonzero(B == j)[0]) if (j in B) else -1 for j in c[i]]])
+                sl = (np.vstack([ca, np.full((len(B) - 1, 6), -1)]), np.vstack([cb, np.full((len(B) - 1, 6), -1)]))
+            ev = anatomy_evidence(real[A], real[B], shortlist=sl)
+            assert abs(v[i] - ev["anat_ratio"][0]) < 1e-6, (i, c is None, v[i], ev["anat_ratio"][0])

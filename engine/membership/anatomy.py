@@ -331,3 +331,54 @@ def anatomy_evidence(G: np.ndarray, P: np.ndarray, *, chunk: int = 4096, executo
     ratio = -np.log((np.clip(1.0 - ncc_g, 0, None) + _EPS_NCC) / (np.clip(1.0 - ncc_r, 0, None) + _EPS_NCC))
     return {"anat_ratio": ratio, "anat_ncc": ncc_g, "anat_real_ncc": ncc_r,
             "anat_match": match.astype(np.float64), "anat_flip": flip.astype(np.float64), **ev}
+
+
+def anatomy_pair_values(real: np.ndarray, inA: np.ndarray, cand: np.ndarray | None = None, *,
+                        only: np.ndarray | None = None, block: int = 512) -> np.ndarray:
+    """``anat_ratio`` of a real-to-real split, for a null made of pairs of real images (the unsupervised mode).
+
+    Every real image ``x`` plays a non-member: the other real images in part ``A`` (``inA``) play the generated
+    images and those in part ``B`` the other pool images, and the value is :func:`anatomy_evidence`'s
+    ``-log((1 - ncc_A + 1e-3) / (1 - ncc_B + 1e-3))``, with ``ncc_A`` (``ncc_B``) the best low-pass NCC of
+    ``x`` with an image of the part: searched exhaustively in place and mirrored, and, with ``cand``,
+    registered on the low-pass grids over ``x``'s candidates in that part (:func:`registered_anatomy`), as
+    the evidence does over the registration shortlists.  So a null built from these values is computed the
+    same way as the evidence it calibrates (for :mod:`.calibrate`'s real-pair null; not wired there yet).
+
+    Parameters
+    ----------
+    real : uint8 [R, H, W]
+    inA : bool [R]                  part A (the rest is part B); ``x`` itself is never its own partner
+    cand : int [R, C] or None       registration candidates of every image among the real images (-1: none),
+                                    e.g. :func:`.register.shortlists`' control candidates; None: in place only
+    only : bool [R] or None         compute these rows only (the others are NaN)
+    block : int                     rows of the R x R similarity computed at once (memory)
+
+    Returns
+    -------
+    float64 [R]   NaN where a part holds no other image (or outside ``only``)
+    """
+    R = len(real)
+    inA = np.asarray(inA, bool)
+    rows = np.arange(R) if only is None else np.flatnonzero(np.asarray(only, bool))
+    low = _lowpass_rows(real)
+    f = _unit_rows(low)
+    fm = anatomy_features(real, mirror=True)
+    best = {True: np.full(R, -np.inf), False: np.full(R, -np.inf)}
+    for b0 in range(0, len(rows), block):
+        r = rows[b0:b0 + block]
+        s = np.maximum(f[r].astype(np.float64) @ f.T.astype(np.float64), fm[r].astype(np.float64) @ f.T.astype(np.float64))
+        s[np.arange(len(r)), r] = -np.inf                      # never the image itself
+        for part in (True, False):
+            best[part][r] = np.where(inA[None, :] == part, s, -np.inf).max(1)
+    if cand is not None:
+        cand = np.asarray(cand, np.int64)
+        for part in (True, False):
+            c = np.where((cand >= 0) & (inA[np.maximum(cand, 0)] == part), cand, -1)[rows]
+            rg = registered_anatomy(low[rows], low, c, exclude=rows)
+            best[part][rows] = np.maximum(best[part][rows], rg["ncc"])
+    out = np.full(R, np.nan)
+    a, b = best[True][rows], best[False][rows]
+    ok = np.isfinite(a) & np.isfinite(b)
+    out[rows[ok]] = -np.log((np.clip(1.0 - a[ok], 0, None) + _EPS_NCC) / (np.clip(1.0 - b[ok], 0, None) + _EPS_NCC))
+    return out
