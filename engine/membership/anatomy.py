@@ -144,6 +144,9 @@ def _best_ncc(base_chunks, queries: np.ndarray, *, exclude=None, executor=None):
     return best
 
 
+#: Whether :func:`.evidence.compute_evidence` registers the registration shortlists on the low-pass grids (with
+#: ``register=True``); False gives the in-place / mirrored channel of branch resyn5 (benchmarks compare the two).
+REGISTERED = True
 #: Coarse-best shortlist candidates per pool image that get the low-pass polish and the registered NCC
 #: (:func:`registered_anatomy`).  2, as :data:`.register.N_REFINE` (a priori, not compared on data).
 N_POLISH = 2

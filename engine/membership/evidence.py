@@ -697,10 +697,11 @@ def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10
         info["skipped"]["reg_ratio"] = "registration not requested"
     if anatomy:
         t1 = time.perf_counter()
+        from . import anatomy as _anat
         from .anatomy import anatomy_evidence
 
         sl = None
-        if register:   # the registration's own shortlists (memoised descriptors), registered on the low-pass grids
+        if register and _anat.REGISTERED:   # the registration's own shortlists (memoised descriptors), registered on the low-pass grids
             from .common import _hashes
             from .register import shortlists
 
