@@ -8,7 +8,7 @@ the same-run ratio is the figure to use.
 
 Usage::
 
-    python benchmarks/membership_anatomy_timing.py [--repeat 2]
+    python benchmarks/membership_anatomy_timing.py [--repeat 2] [--registered]
 """
 
 from __future__ import annotations
@@ -32,7 +32,11 @@ from imprint.engine.membership import audit as audit_mod  # noqa: E402
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--registered", action="store_true",
+                    help="instead: the anatomy evidence registered on the shortlist (on) vs in place only (off, "
+                         "anatomy.REGISTERED = False: the channel before branch resyn6)")
     a = ap.parse_args(argv)
+    from imprint.engine.membership import anatomy as anat_mod
     gens = ("gen_a", "gen_b", "gen_e")
     d = {g: {p: load_folder(f"{DEV}/membership/{g}/{p}", 128) for p in ("generated", "real/used", "real/unused")}
          for g in gens}
@@ -44,7 +48,10 @@ def main(argv=None):
     try:
         for _ in range(a.repeat):
             for on in (False, True):
-                audit_mod._evidence = functools.partial(orig, anatomy=on)
+                if a.registered:
+                    anat_mod.REGISTERED = on
+                else:
+                    audit_mod._evidence = functools.partial(orig, anatomy=on)
                 t0 = time.perf_counter()
                 audit_membership(d["gen_b"]["generated"], real, dev_sets=devs, reference=ref)
                 dt = time.perf_counter() - t0
@@ -52,6 +59,7 @@ def main(argv=None):
                 print(f"anatomy {'on ' if on else 'off'}: {dt:.1f} s", flush=True)
     finally:
         audit_mod._evidence = orig
+        anat_mod.REGISTERED = True
     print(f"best of {a.repeat}: anatomy on {best[True]:.1f} s, off {best[False]:.1f} s, ratio on/off "
           f"{best[True] / best[False]:.3f}; load average {os.getloadavg()[0]:.1f}")
 

@@ -143,6 +143,26 @@ def t_augment(x, s, rng):
     return t_gamma(x, 0.3 * s, rng)
 
 
+def t_geom(x, s, rng):
+    """The geometric part of :func:`t_augment` (random flip, rotation, scale, shift; no intensity change)."""
+    if rng.random() < 0.5:
+        x = x[:, ::-1]
+    x = t_scale(t_rotate(x, 10 * s, rng), 0.1 * s, rng)
+    return t_shift(x, 0.1 * s, rng)
+
+
+def make_resynth_then(resynth, sigma, geo, geo_scale=1.0):
+    """Copied anatomy with re-synthesised texture (``resynth`` at Gaussian ``sigma``), then the geometric
+    transform ``geo`` at the scenario's strength times ``geo_scale``: a latent generator that re-synthesises
+    texture and whose training images were augmented (issue 13, branch resyn6).  Texture donors are those
+    :func:`build_scenario` gives ``resynth`` (never a candidate or a reference image)."""
+    def t_resynth_geo(x, s, rng):
+        return geo(resynth(x, sigma, rng), s * geo_scale, rng)
+    t_resynth_geo.uses_donors = True
+    t_resynth_geo.resynth = resynth
+    return t_resynth_geo
+
+
 def scenarios(quick: bool, donors):
     rs = make_resynth(donors)
     full = [("none (non-memorising)", None, 0), ("identity", lambda x, s, r: x, 0),
@@ -153,11 +173,20 @@ def scenarios(quick: bool, donors):
             ("lowres factor", t_lowres, 2), ("lowres factor", t_lowres, 4),
             ("noise sigma", t_noise, 8), ("noise sigma", t_noise, 16),
             ("resynth sigma", rs, 1.5), ("resynth sigma", rs, 3.0),
-            ("augment (all)", t_augment, 0.5), ("augment (all)", t_augment, 1.0)]
+            ("augment (all)", t_augment, 0.5), ("augment (all)", t_augment, 1.0),
+            # re-synthesised texture, then a geometric transform (branch resyn6); appended last, so every scenario
+            # above keeps its draw for a given seed.  Strength = the geometric transform's, as in its own row.
+            ("resynth 3 + flip", make_resynth_then(rs, 3.0, t_flip), 1),
+            ("resynth 3 + shift", make_resynth_then(rs, 3.0, t_shift), 0.10),
+            ("resynth 3 + rotate deg", make_resynth_then(rs, 3.0, t_rotate), 10),
+            ("resynth 3 + scale", make_resynth_then(rs, 3.0, t_scale), 0.10),
+            ("resynth 1.5 + geom (all)", make_resynth_then(rs, 1.5, t_geom), 1.0),
+            ("resynth 3 + geom (all)", make_resynth_then(rs, 3.0, t_geom), 0.5),
+            ("resynth 3 + geom (all)", make_resynth_then(rs, 3.0, t_geom), 1.0)]
     if quick:
         keep = {("none (non-memorising)", 0), ("flip", 1), ("shift", 0.10), ("rotate deg", 10), ("scale", 0.10),
                 ("gamma |log g|", 0.4), ("lowres factor", 4), ("noise sigma", 16), ("resynth sigma", 3.0),
-                ("augment (all)", 1.0)}
+                ("augment (all)", 1.0), ("resynth 3 + shift", 0.10), ("resynth 3 + geom (all)", 1.0)}
         full = [s for s in full if (s[0], s[2]) in keep]
     return full
 
@@ -231,7 +260,7 @@ def build_scenario(real, fn, strength, fill_imgs, nm, nref, n_gen, rng):
     mem, non, ref, rest = perm[:nm], perm[nm:2 * nm], perm[2 * nm:2 * nm + nref], perm[2 * nm + nref:]
     copies = []
     if getattr(fn, "uses_donors", False):   # texture donors: never a candidate or a reference image
-        fn.donors = real[rest]
+        getattr(fn, "resynth", fn).donors = real[rest]
     if fn is not None:
         for i in mem:
             y = fn(real[i].astype(np.float64), strength, rng)

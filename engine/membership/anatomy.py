@@ -19,8 +19,16 @@ recall-calibrated index of :mod:`engine.search` at scale) in place and mirrored:
 
     anat_ratio = -log((1 - ncc_G + 1e-3) / (1 - ncc_R + 1e-3))
 
-Geometric transforms are the registration's job (``reg_*`` in :mod:`.register`); this channel covers
-copies in place or mirrored.
+Copies that are also flipped, shifted, rotated or rescaled (a generator that re-synthesises texture *and*
+was trained with augmentation; branch resyn6): besides the exhaustive in-place / mirrored search, every pool
+image's registration shortlist (:func:`.register.shortlists`, the candidates the transform-invariant evidence
+registers, among the generated images and, for the control, among the other pool images) is registered on the
+low-pass grids themselves (:func:`registered_anatomy`: the coarse flip x angle x scale x shift search of
+:func:`.register.coarse_scores` and the polish of :func:`.register.polish_lo`, both on the 32 x 32 low-pass
+grids, so texture never decides the transform), and the NCC of the registered low-pass images on their
+overlap competes with the in-place value.  ``ncc_G`` and ``ncc_R`` are each the best of both, so the control
+gets exactly the same search and the ratio stays calibrated against reference images, which go through the
+same computation (they are pool images).
 """
 
 from __future__ import annotations
@@ -57,6 +65,31 @@ def _sampled_gaussian(h: int, w: int):
     return out[0], out[1]
 
 
+def anatomy_lowpass(images: np.ndarray, *, mirror: bool = False) -> np.ndarray:
+    """The anatomy low-pass grids: Gaussian-filtered (sigma :func:`lowpass_sigma`, ``mode="nearest"``) and
+    sampled every ``step = max(1, round(sigma))`` pixels from ``step // 2``.
+
+    Parameters
+    ----------
+    images : uint8 or float [N, H, W]
+    mirror : bool   grids of the horizontally mirrored images
+
+    Returns
+    -------
+    float32 [N, ceil((H - step//2) / step), ceil((W - step//2) / step)]   (32 x 32 at 64, 96 or 128 px)
+    """
+    x = np.asarray(images, np.float32)
+    n, h, w = x.shape
+    Kh, Kw = _sampled_gaussian(h, w)
+    if mirror:
+        Kw = Kw[:, ::-1]
+    # separable filter and sampling as two matrix products per image (== gaussian_filter(...)[:, o::step, o::step]).
+    # Stacked matmul runs one small GEMM per image, so an image's features do not depend on how many images share
+    # the call (one GEMM over the whole batch did: float32 blocking changed the last bits with the batch size, and
+    # streamed / chunked runs must write the same outputs as whole ones).
+    return Kh @ (x @ Kw.T)                                               # [n, h', w']
+
+
 def anatomy_features(images: np.ndarray, *, mirror: bool = False) -> np.ndarray:
     """Unit-norm, zero-mean low-pass images (the anatomy), for Pearson correlation by a dot product.
 
@@ -75,16 +108,12 @@ def anatomy_features(images: np.ndarray, *, mirror: bool = False) -> np.ndarray:
     float32 [N, ceil((H - step//2) / step) * ceil((W - step//2) / step)]
         A constant image (low-pass standard deviation < 1e-3 grey levels) gives a zero row.
     """
-    x = np.asarray(images, np.float32)
-    n, h, w = x.shape
-    Kh, Kw = _sampled_gaussian(h, w)
-    if mirror:
-        Kw = Kw[:, ::-1]
-    # separable filter and sampling as two matrix products per image (== gaussian_filter(...)[:, o::step, o::step]).
-    # Stacked matmul runs one small GEMM per image, so an image's features do not depend on how many images share
-    # the call (one GEMM over the whole batch did: float32 blocking changed the last bits with the batch size, and
-    # streamed / chunked runs must write the same outputs as whole ones).
-    low = Kh @ (x @ Kw.T)                                                # [n, h', w']
+    return _unit_rows(anatomy_lowpass(images, mirror=mirror))
+
+
+def _unit_rows(low: np.ndarray) -> np.ndarray:
+    """Low-pass grids [n, h', w'] -> centred unit-norm rows (:func:`anatomy_features`), float32 [n, h' * w']."""
+    n = len(low)
     f = low.reshape(n, -1).astype(np.float64)
     f -= f.mean(1, keepdims=True)
     nrm = np.linalg.norm(f, axis=1, keepdims=True)
@@ -115,7 +144,112 @@ def _best_ncc(base_chunks, queries: np.ndarray, *, exclude=None, executor=None):
     return best
 
 
-def anatomy_evidence(G: np.ndarray, P: np.ndarray, *, chunk: int = 4096, executor=None) -> dict:
+#: Whether :func:`.evidence.compute_evidence` registers the registration shortlists on the low-pass grids (with
+#: ``register=True``); False gives the in-place / mirrored channel of branch resyn5 (benchmarks compare the two).
+REGISTERED = True
+#: Coarse-best shortlist candidates per pool image that get the low-pass polish and the registered NCC
+#: (:func:`registered_anatomy`).  2, as :data:`.register.N_REFINE` (a priori, not compared on data).
+N_POLISH = 2
+#: Polish rounds on the low-pass grids (steps 4 deg / 0.04, then 2 deg / 0.02: :func:`.register.polish_lo`'s).
+POLISH_ROUNDS = 2
+
+
+def _masked_ncc(a: np.ndarray, b: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """Pearson correlation of ``a`` and ``b`` [K, h, w] over the mask ``m`` (nonzero = inside); float64 [K]
+    (0 where either side is constant on the mask)."""
+    k = len(a)
+    a = np.asarray(a, np.float64).reshape(k, -1)
+    b = np.asarray(b, np.float64).reshape(k, -1)
+    w = (np.asarray(m).reshape(k, -1) != 0).astype(np.float64)
+    cnt = np.maximum(w.sum(1, keepdims=True), 1.0)
+    da = (a - (a * w).sum(1, keepdims=True) / cnt) * w
+    db = (b - (b * w).sum(1, keepdims=True) / cnt) * w
+    saa, sbb, sab = (da * da).sum(1), (db * db).sum(1), (da * db).sum(1)
+    return np.where((saa > 1e-12) & (sbb > 1e-12), sab / np.sqrt(np.maximum(saa * sbb, 1e-24)), 0.0)
+
+
+def registered_anatomy(lowA: np.ndarray, lowB: np.ndarray, cand: np.ndarray, *, exclude=None,
+                       n_polish: int = N_POLISH, rounds: int = POLISH_ROUNDS) -> dict:
+    """Best registered low-pass NCC of every ``lowA`` grid with its candidates in ``lowB``.
+
+    Every (row, candidate) pair is registered on the low-pass grids themselves: the coarse flip x angle x scale
+    grid with an FFT shift search (:func:`.register.coarse_scores`; at 32 x 32 it works on the grids as given),
+    then the ``n_polish`` coarse-best candidates of the row get ``rounds`` rounds of the multi-start
+    angle / scale polish with sub-pixel shifts (:func:`.register.polish_lo`), and the registered ``lowA`` grid
+    (bilinear, :func:`.register.warp`) is compared with the candidate's on their overlap (Pearson NCC).  The
+    low-pass grids hold no texture, so texture never decides the transform or the candidate.
+
+    Parameters
+    ----------
+    lowA : float32 [R, h, w]       low-pass grids (:func:`anatomy_lowpass`) of the images to transform
+    lowB : float32 [M, h, w]       low-pass grids of the candidates' images
+    cand : int [R, C]              candidate indices into ``lowB`` per row (-1 = none; duplicates scored once)
+    exclude : int [R] or None      a ``lowB`` row never used for that row (the image itself, for the control)
+    n_polish, rounds : int         see above
+
+    Returns
+    -------
+    dict[str, float64 [R]]
+        ``ncc`` (-1 where the row has no candidate), ``match`` (index into ``lowB``, -1: none), ``flip``,
+        ``angle`` (degrees), ``scale``, ``dy``, ``dx`` (grid pixels) of the best registered candidate.
+    """
+    from .register import coarse_scores, polish_lo, warp
+
+    cand = np.asarray(cand, np.int64)
+    R, c = cand.shape if cand.ndim == 2 else (len(lowA), 0)
+    out = {"ncc": np.full(R, -1.0), "match": np.full(R, -1.0)}
+    out.update({k: np.zeros(R) for k in ("flip", "angle", "scale", "dy", "dx")})
+    if R == 0 or c == 0:
+        return out
+    key = cand.copy()
+    if exclude is not None:
+        key[key == np.asarray(exclude, np.int64)[:, None]] = -1
+    for t in range(1, c):                                   # a candidate found by several sources: scored once
+        key[:, t] = np.where((key[:, :t] == key[:, t:t + 1]).any(1), -1, key[:, t])
+    ok = (key >= 0).ravel()
+    if not ok.any():
+        return out
+    pairs = np.stack([np.repeat(np.arange(R), c)[ok], key.ravel()[ok]], 1)
+    lowA = np.ascontiguousarray(lowA, np.float32)
+    lowB = np.ascontiguousarray(lowB, np.float32)
+    # the coarse search on the 32 x 32 grids themselves (a 16 x 16 search was cheaper but its 1-px shift error is
+    # 2 grid px, outside the polish's +-1 px peak window: on a scratch draw, seed 11, true copy matched 0.62 vs 0.75)
+    co = coarse_scores(lowA, lowB, pairs)
+    score = np.full(R * c, -np.inf)
+    score[ok] = co["coarse"]
+    score = score.reshape(R, c)
+    pos = np.full(R * c, -1, np.int64)
+    pos[ok] = np.arange(len(pairs))
+    m = int(max(1, min(n_polish, c)))
+    top = np.argsort(-score, axis=1, kind="stable")[:, :m]
+    fin = np.isfinite(score[np.arange(R)[:, None], top]).ravel()
+    pidx = pos[(np.arange(R)[:, None] * c + top).ravel()][fin]
+    po = polish_lo(lowA, lowB, pairs[pidx], {k: np.asarray(v)[pidx] for k, v in co.items()}, rounds=rounds)
+    pa, pb = pairs[pidx, 0], pairs[pidx, 1]
+    reg, valid = warp(lowA, pa, po["flip"], po["angle"], po["scale"], po["dy"], po["dx"])
+    ncc = _masked_ncc(reg, lowB[pb], valid)
+    # per row: the polished candidate with the highest registered NCC (first on ties)
+    order = np.lexsort((-ncc, pa))
+    first = order[np.r_[True, pa[order][1:] != pa[order][:-1]]]
+    r = pa[first]
+    out["ncc"][r] = ncc[first]
+    out["match"][r] = pb[first]
+    for k in ("flip", "angle", "scale", "dy", "dx"):
+        out[k][r] = np.asarray(po[k], np.float64)[first]
+    return out
+
+
+def _lowpass_rows(X: np.ndarray, rows=None, chunk: int = 4096) -> np.ndarray:
+    """:func:`anatomy_lowpass` of ``X[rows]`` (default every row) in blocks of ``chunk`` (a memory-mapped set is
+    never converted whole)."""
+    idx = np.arange(len(X)) if rows is None else np.asarray(rows, np.int64)
+    if len(idx) == 0:
+        return np.zeros((0,) + anatomy_lowpass(np.zeros((1,) + X.shape[1:], np.uint8)).shape[1:], np.float32)
+    return np.concatenate([anatomy_lowpass(np.asarray(X[idx[b:b + chunk]])) for b in range(0, len(idx), chunk)])
+
+
+def anatomy_evidence(G: np.ndarray, P: np.ndarray, *, chunk: int = 4096, executor=None,
+                     shortlist: tuple | None = None) -> dict:
     """Anatomy (low-pass) evidence of every pool image against the generated images.
 
     Parameters
@@ -124,22 +258,40 @@ def anatomy_evidence(G: np.ndarray, P: np.ndarray, *, chunk: int = 4096, executo
     P : uint8 [N, H, W]   the real pool (candidates and reference), ``N >= 2``
     chunk : int           generated images per chunk
     executor : Executor or None   where the k-NN searches run (default local)
+    shortlist : (int [N, C], int [N, C']) or None
+        Registration candidates of every pool image among ``G`` and (the control) among the other pool images,
+        as :func:`.register.shortlists` returns them; with it, each is also registered on the low-pass grids
+        (:func:`registered_anatomy`) and the registered NCC competes with the in-place one on both sides.
 
     Returns
     -------
     dict[str, float64 [N]]
         ``anat_ratio`` (see the module docstring), ``anat_ncc`` (best low-pass NCC with a generated image,
-        in place or mirrored), ``anat_real_ncc`` (the same with another pool image), ``anat_match`` (index
-        into ``G`` of the best generated image) and ``anat_flip`` (1 where the mirrored pool image matched).
+        in place, mirrored or registered), ``anat_real_ncc`` (the same with another pool image), ``anat_match``
+        (index into ``G`` of the best generated image) and ``anat_flip`` (1 where the mirrored pool image
+        matched); with ``shortlist`` also ``anat_reg_ncc`` / ``anat_real_reg_ncc`` (the registered values alone)
+        and the best match's transform ``anat_angle``, ``anat_scale``, ``anat_dy``, ``anat_dx`` (full-resolution
+        pixels; 0 / 1 / 0 / 0 where the in-place search won).
     """
     n = len(P)
-    fP = anatomy_features(P)
+    lowP = _lowpass_rows(P, chunk=chunk)
+    fP = _unit_rows(lowP)
     fPm = anatomy_features(P, mirror=True)
     q = np.concatenate([fP, fPm])                                  # [2N, D]: in place, then mirrored
+    if shortlist is not None:
+        cg, cr = (np.asarray(a, np.int64) for a in shortlist)
+        ug, inv = np.unique(cg[cg >= 0], return_inverse=True)     # only the shortlisted generated images' grids
+        lowG = np.zeros((len(ug),) + lowP.shape[1:], np.float32)
+    else:
+        ug = np.zeros(0, np.int64)
 
     def gen_chunks():
         for c0 in range(0, len(G), chunk):
-            yield c0, anatomy_features(np.asarray(G[c0:c0 + chunk]))
+            low = anatomy_lowpass(np.asarray(G[c0:c0 + chunk]))
+            a, b = np.searchsorted(ug, [c0, c0 + len(low)])
+            if b > a:   # keep the grids of the shortlisted ones (the registered search below)
+                lowG[a:b] = low[ug[a:b] - c0]
+            yield c0, _unit_rows(low)
 
     ig = _best_ncc(gen_chunks(), q, executor=executor)
     self_ = np.r_[np.arange(n), np.arange(n)]
@@ -164,6 +316,72 @@ def anatomy_evidence(G: np.ndarray, P: np.ndarray, *, chunk: int = 4096, executo
     ncc_g = np.maximum(ncc_g2[:n], ncc_g2[n:])
     ncc_r = np.maximum(ncc_r2[:n], ncc_r2[n:])
     match = np.where(flip == 1, ig[n:], ig[:n])
+    ev = {}
+    if shortlist is not None:
+        cgl = np.full(cg.shape, -1, np.int64)
+        cgl[cg >= 0] = inv
+        rg = registered_anatomy(lowP, lowG, cgl)
+        rr = registered_anatomy(lowP, lowP, cr, exclude=np.arange(n))
+        step = max(1, int(round(lowpass_sigma(*P.shape[1:]))))
+        win = rg["ncc"] > ncc_g
+        ncc_g = np.where(win, rg["ncc"], ncc_g)
+        match = np.where(win, ug[np.maximum(rg["match"], 0).astype(np.int64)], match)
+        flip = np.where(win, rg["flip"], flip).astype(np.int64)
+        ncc_r = np.maximum(ncc_r, rr["ncc"])
+        ev = {"anat_reg_ncc": rg["ncc"], "anat_real_reg_ncc": rr["ncc"],
+              "anat_angle": np.where(win, rg["angle"], 0.0), "anat_scale": np.where(win, rg["scale"], 1.0),
+              "anat_dy": np.where(win, rg["dy"] * step, 0.0), "anat_dx": np.where(win, rg["dx"] * step, 0.0)}
     ratio = -np.log((np.clip(1.0 - ncc_g, 0, None) + _EPS_NCC) / (np.clip(1.0 - ncc_r, 0, None) + _EPS_NCC))
     return {"anat_ratio": ratio, "anat_ncc": ncc_g, "anat_real_ncc": ncc_r,
-            "anat_match": match.astype(np.float64), "anat_flip": flip.astype(np.float64)}
+            "anat_match": match.astype(np.float64), "anat_flip": flip.astype(np.float64), **ev}
+
+
+def anatomy_pair_values(real: np.ndarray, inA: np.ndarray, cand: np.ndarray | None = None, *,
+                        only: np.ndarray | None = None, block: int = 512) -> np.ndarray:
+    """``anat_ratio`` of a real-to-real split, for a null made of pairs of real images (the unsupervised mode).
+
+    Every real image ``x`` plays a non-member: the other real images in part ``A`` (``inA``) play the generated
+    images and those in part ``B`` the other pool images, and the value is :func:`anatomy_evidence`'s
+    ``-log((1 - ncc_A + 1e-3) / (1 - ncc_B + 1e-3))``, with ``ncc_A`` (``ncc_B``) the best low-pass NCC of
+    ``x`` with an image of the part: searched exhaustively in place and mirrored, and, with ``cand``,
+    registered on the low-pass grids over ``x``'s candidates in that part (:func:`registered_anatomy`), as
+    the evidence does over the registration shortlists.  So a null built from these values is computed the
+    same way as the evidence it calibrates (for :mod:`.calibrate`'s real-pair null; not wired there yet).
+
+    Parameters
+    ----------
+    real : uint8 [R, H, W]
+    inA : bool [R]                  part A (the rest is part B); ``x`` itself is never its own partner
+    cand : int [R, C] or None       registration candidates of every image among the real images (-1: none),
+                                    e.g. :func:`.register.shortlists`' control candidates; None: in place only
+    only : bool [R] or None         compute these rows only (the others are NaN)
+    block : int                     rows of the R x R similarity computed at once (memory)
+
+    Returns
+    -------
+    float64 [R]   NaN where a part holds no other image (or outside ``only``)
+    """
+    R = len(real)
+    inA = np.asarray(inA, bool)
+    rows = np.arange(R) if only is None else np.flatnonzero(np.asarray(only, bool))
+    low = _lowpass_rows(real)
+    f = _unit_rows(low)
+    fm = anatomy_features(real, mirror=True)
+    best = {True: np.full(R, -np.inf), False: np.full(R, -np.inf)}
+    for b0 in range(0, len(rows), block):
+        r = rows[b0:b0 + block]
+        s = np.maximum(f[r].astype(np.float64) @ f.T.astype(np.float64), fm[r].astype(np.float64) @ f.T.astype(np.float64))
+        s[np.arange(len(r)), r] = -np.inf                      # never the image itself
+        for part in (True, False):
+            best[part][r] = np.where(inA[None, :] == part, s, -np.inf).max(1)
+    if cand is not None:
+        cand = np.asarray(cand, np.int64)
+        for part in (True, False):
+            c = np.where((cand >= 0) & (inA[np.maximum(cand, 0)] == part), cand, -1)[rows]
+            rg = registered_anatomy(low[rows], low, c, exclude=rows)
+            best[part][rows] = np.maximum(best[part][rows], rg["ncc"])
+    out = np.full(R, np.nan)
+    a, b = best[True][rows], best[False][rows]
+    ok = np.isfinite(a) & np.isfinite(b)
+    out[rows[ok]] = -np.log((np.clip(1.0 - a[ok], 0, None) + _EPS_NCC) / (np.clip(1.0 - b[ok], 0, None) + _EPS_NCC))
+    return out

@@ -374,6 +374,8 @@ def _evidence(generated: np.ndarray, pool: np.ndarray, *, _cache_dir=None, **kw)
 
     key = {k_: v for k_, v in kw.items() if k_ not in ("progress", "_cache", "executor")}
     key.setdefault("anatomy", True)   # checkpoints written before the anatomy evidence existed are not reused
+    if key["anatomy"]:                # ... nor those before it was registered on the shortlist (branch resyn6)
+        key["anatomy"] = "registered-lowpass"
     h = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode())
     for a in (generated, pool):
         a = np.ascontiguousarray(a)
@@ -443,7 +445,8 @@ def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10
         Where the k-NN searches, pair kernels and embeddings run (:mod:`engine.executors`; default local).
     anatomy : bool
         Compute ``anat_ratio`` (:func:`.anatomy.anatomy_evidence`: NCC of Gaussian low-passed images,
-        in place or mirrored: copied anatomy under re-synthesised texture).
+        in place or mirrored and, with ``register``, registered on the registration's shortlists: copied
+        anatomy under re-synthesised texture, also flipped / shifted / rotated / rescaled).
 
     Returns
     -------
@@ -690,9 +693,18 @@ def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10
         info["skipped"]["reg_ratio"] = "registration not requested"
     if anatomy:
         t1 = time.perf_counter()
+        from . import anatomy as _anat
         from .anatomy import anatomy_evidence
 
-        ev.update(anatomy_evidence(G, P, chunk=chunk, executor=executor))
+        sl = None
+        if register and _anat.REGISTERED:   # the registration's own shortlists (memoised descriptors), registered on the low-pass grids
+            from .common import _hashes
+            from .register import shortlists
+
+            kG, kP = (_hashes(G), _hashes(P)) if _cache is not None else (None, None)
+            cg, _, cr, _ = shortlists(G, P, iG, iR, k_reg=k_reg, keys_gen=kG, keys_pool=kP, cache=_cache)
+            sl = (cg, cr)
+        ev.update(anatomy_evidence(G, P, chunk=chunk, executor=executor, shortlist=sl))
         info["timings"]["anatomy_s"] = time.perf_counter() - t1
     else:
         info["skipped"]["anat_ratio"] = "anatomy evidence not requested"
