@@ -257,7 +257,8 @@ def test_anatomy_pair_null_equals_brute_force():
     real = family(30, 31)
     real[1] = u8(resynth(real[0][:, ::-1], real[2], 2.0) + rng.normal(0, 2, real[0].shape))
     R = len(real)
-    pn = real_pair_null(real, 40, k=R - 1, splits=(0.5,), repeats=3, random_state=6, anatomy=True)
+    pn = real_pair_null(real, 40, k=R - 1, splits=(0.5,), repeats=3, random_state=6, anatomy=True,
+                        anatomy_register=False)
     assert pn["anat_ratio"].shape == (3 * R,) and pn["_theta"]["anat_ratio"] == 0.0
     f, fm = _ref_features(real), _ref_features(real[:, :, ::-1])
     ncc = np.maximum(np.corrcoef(f)[:R, :R], np.corrcoef(np.concatenate([fm, f]))[:R, R:])
@@ -272,6 +273,38 @@ def test_anatomy_pair_null_equals_brute_force():
         want.append(-np.log((np.clip(1 - a, 0, None) + 1e-3) / (np.clip(1 - b, 0, None) + 1e-3)))
     np.testing.assert_allclose(pn["anat_ratio"], np.concatenate(want), rtol=1e-6, atol=1e-6)
 
+
+def test_registered_anatomy_pair_null_is_the_evidences_rule_on_each_split():
+    """With the low-pass registration (the default, as the evidence's ``anatomy.REGISTERED``) each null row is
+    :func:`anatomy_pair_values` on its split with the registration's shortlisted real candidates, i.e. the
+    evidence's own ``anat_ratio`` with part A playing the generated images (that function is tested against
+    :func:`anatomy_evidence` in test_membership_evidence_anatomy.py), up to the per-share size correction.  A real
+    image's rotated / shifted / mirrored twin with re-synthesised texture gets a clearly higher value than the
+    in-place null gives it where the twin plays a generated image."""
+    from test_membership_evidence_anatomy import _transformed, family, resynth
+
+    from imprint.engine.membership import calibrate as cal
+    from imprint.engine.membership.anatomy import anatomy_pair_values
+    from imprint.engine.membership.common import _hashes
+    from imprint.engine.membership.evidence import _knn_self, _zrows
+
+    rng = np.random.default_rng(9)
+    real = family(36, 37)
+    real[1] = u8(_transformed(resynth(real[0], real[2], 2.0), rng)[0])
+    R = len(real)
+    shares = (0.25, 0.5, 0.75)
+    kw = dict(k=8, splits=shares, repeats=2, random_state=4, anatomy=True)
+    pn = real_pair_null(real, 50, **kw)
+    flat = real_pair_null(real, 50, anatomy_register=False, **kw)
+    _, idx = _knn_self(_zrows(real), R, 8, R)
+    cand, _ = cal._pair_reg_candidates(real, idx, _hashes(real), {}, k_reg=6, n_pix=3, k_spec=4, share=0.25)
+    draw = np.random.default_rng(4)
+    raw = np.stack([anatomy_pair_values(real, draw.random(R) < p, cand) for p in shares for _ in range(2)])
+    assert np.isfinite(raw).all()
+    d = pn["anat_ratio"].reshape(6, R) - raw          # the size correction: one constant per split
+    assert np.allclose(d, d[:, :1], atol=1e-9), d.std(1)
+    rows0 = np.flatnonzero(pn["_images"] == 0)
+    assert (pn["anat_ratio"][rows0] - flat["anat_ratio"][rows0]).max() > 0.5
 
 def test_planted_resynthesised_copies_flagged_without_a_reference(tmp_path):
     """No reference: half of 120 look-alike patients have their anatomy copied under another patient's texture

@@ -385,3 +385,92 @@ def anatomy_pair_values(real: np.ndarray, inA: np.ndarray, cand: np.ndarray | No
     ok = np.isfinite(a) & np.isfinite(b)
     out[rows[ok]] = -np.log((np.clip(1.0 - a[ok], 0, None) + _EPS_NCC) / (np.clip(1.0 - b[ok], 0, None) + _EPS_NCC))
     return out
+
+
+def anatomy_pair_values_splits(real: np.ndarray, inAs, cand: np.ndarray | None = None, *,
+                               only: np.ndarray | None = None, block: int = 512) -> list:
+    """:func:`anatomy_pair_values` for several splits of one real folder, sharing the work that does not depend
+    on the split: the low-pass grids, each block of the R x R low-pass similarities, every (image, candidate)
+    pair's coarse registration, and the polish and registered NCC of every pair any split needs.  Each split's
+    values equal ``anatomy_pair_values(real, inA, cand, only=only)`` (the same candidates in each part, the same
+    coarse-best ``N_POLISH`` per part, ties to the earlier candidate), at about one split's cost.
+
+    Parameters
+    ----------
+    real : uint8 [R, H, W]
+    inAs : sequence of bool [R]     part A of each split
+    cand, only, block : as in :func:`anatomy_pair_values`
+
+    Returns
+    -------
+    list of float64 [R], one per split (NaN where a part holds no other image, or outside ``only``)
+    """
+    from .register import coarse_scores, polish_lo, warp
+
+    inAs = [np.asarray(a, bool) for a in inAs]
+    S = len(inAs)
+    R = len(real)
+    rows = np.arange(R) if only is None else np.flatnonzero(np.asarray(only, bool))
+    low = _lowpass_rows(real)
+    f = _unit_rows(low)
+    fm = anatomy_features(real, mirror=True)
+    best = [{True: np.full(R, -np.inf), False: np.full(R, -np.inf)} for _ in range(S)]
+    for b0 in range(0, len(rows), block):
+        r = rows[b0:b0 + block]
+        s = np.maximum(f[r].astype(np.float64) @ f.T.astype(np.float64), fm[r].astype(np.float64) @ f.T.astype(np.float64))
+        s[np.arange(len(r)), r] = -np.inf                      # never the image itself
+        for si, inA in enumerate(inAs):
+            for part in (True, False):
+                best[si][part][r] = np.where(inA[None, :] == part, s, -np.inf).max(1)
+    if cand is not None and len(rows):
+        for bs in best:                       # registered_anatomy's NCC of a row without candidates is -1
+            for part in (True, False):
+                bs[part][rows] = np.maximum(bs[part][rows], -1.0)
+        cand = np.asarray(cand, np.int64)[rows]
+        c = cand.shape[1]
+        # registered_anatomy's candidate key: the image itself never, a candidate found twice scored once (first)
+        key = cand.copy()
+        key[key == rows[:, None]] = -1
+        for t in range(1, c):
+            key[:, t] = np.where((key[:, :t] == key[:, t:t + 1]).any(1), -1, key[:, t])
+        ok = key >= 0
+        pr, pc = np.nonzero(ok)
+        pairs = np.stack([rows[pr], key[pr, pc]], 1)
+        if len(pairs):
+            lowf = np.ascontiguousarray(low, np.float32)
+            co = coarse_scores(lowf, lowf, pairs)                 # split-independent
+            score = np.full((len(rows), c), -np.inf)
+            score[pr, pc] = co["coarse"]
+            pos = np.full((len(rows), c), -1, np.int64)
+            pos[pr, pc] = np.arange(len(pairs))
+            m = int(max(1, min(N_POLISH, c)))
+            picks = []                                             # (split, part, top [n, m]) per split and part
+            need = np.zeros(len(pairs), bool)
+            for si, inA in enumerate(inAs):
+                for part in (True, False):
+                    sc = np.where(ok & (inA[np.maximum(key, 0)] == part), score, -np.inf)
+                    top = np.argsort(-sc, axis=1, kind="stable")[:, :m]
+                    fin = np.isfinite(np.take_along_axis(sc, top, 1))
+                    p = np.where(fin, np.take_along_axis(pos, top, 1), -1)
+                    need[p[p >= 0]] = True
+                    picks.append((si, part, p))
+            nid = np.flatnonzero(need)
+            po = polish_lo(lowf, lowf, pairs[nid], {k: np.asarray(v)[nid] for k, v in co.items()},
+                           rounds=POLISH_ROUNDS)
+            reg, valid = warp(lowf, pairs[nid, 0], po["flip"], po["angle"], po["scale"], po["dy"], po["dx"])
+            ncc_all = np.full(len(pairs), -np.inf)
+            ncc_all[nid] = _masked_ncc(reg, lowf[pairs[nid, 1]], valid)
+            for si, part, p in picks:
+                v = np.where(p >= 0, ncc_all[np.maximum(p, 0)], -np.inf).max(1)
+                has = (p >= 0).any(1)
+                cur = best[si][part]
+                cur[rows[has]] = np.maximum(cur[rows[has]], v[has])
+    out = []
+    for si in range(S):
+        o = np.full(R, np.nan)
+        a, b = best[si][True][rows], best[si][False][rows]
+        good = np.isfinite(a) & np.isfinite(b)
+        o[rows[good]] = -np.log((np.clip(1.0 - a[good], 0, None) + _EPS_NCC)
+                                / (np.clip(1.0 - b[good], 0, None) + _EPS_NCC))
+        out.append(o)
+    return out

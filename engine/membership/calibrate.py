@@ -325,7 +325,8 @@ PAIR_FEATURES = ("pixel_nn_ratio", "mse_ratio", "shape_ratio")
 #: ``register=True``): each real image registered onto its shortlisted other reals, as if they were generated
 PAIR_REG_FEATURES = ("reg_ratio", "reg_lo_ratio", "reg_lp_ratio")
 #: the anatomy evidence's real-to-real analogue (:func:`real_pair_null` with ``anatomy=True``): the best Gaussian
-#: low-pass NCC (in place or mirrored, :mod:`.anatomy`) of a real image with part A over that with part B
+#: low-pass NCC (in place or mirrored, and registered on the low-pass grids over the shortlisted candidates,
+#: :func:`.anatomy.anatomy_pair_values`) of a real image with part A over that with part B
 PAIR_ANAT_FEATURES = ("anat_ratio",)
 #: most real images that play the non-member in :func:`real_pair_null` (a random subset above it): bounds the
 #: registered null's cost (~8 refined registrations per image) on large folders; 6 rows each = 12,000 null rows
@@ -498,41 +499,11 @@ def _pair_reg_values(real: np.ndarray, cand: np.ndarray, cflip: np.ndarray, inA:
                 "reg_lp_ratio": -np.log((1 - a["ncc_lp"] + eps) / (1 - b["ncc_lp"] + eps))}
 
 
-def _pair_anat_neighbours(real: np.ndarray, k: int, block: int = 128) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` other real images closest in anatomy (:func:`.anatomy.anatomy_features`: Gaussian low-pass NCC,
-    the better of in place and mirrored, exactly the evidence's ``anat_real_ncc`` comparison), every image.
-
-    Returns ``d`` float64 [R, k] = ``max(1 - ncc, 0) + 1e-3`` ascending (the anatomy ratio's distance, so that
-    ``-log(d_A / d_B)`` is ``anat_ratio``'s formula) and ``idx`` int64 [R, k] (never the row itself)."""
-    from .anatomy import _EPS_NCC, anatomy_features
-
-    R = len(real)
-    k = int(min(k, R - 1))
-    F = np.concatenate([anatomy_features(np.asarray(real[s:s + block])) for s in range(0, R, block)])
-    Fm = np.concatenate([anatomy_features(np.asarray(real[s:s + block]), mirror=True) for s in range(0, R, block)])
-    d = np.empty((R, k))
-    idx = np.empty((R, k), np.int64)
-    for q0 in range(0, R, block):
-        q1 = min(R, q0 + block)
-        S = np.maximum(F[q0:q1] @ F.T, Fm[q0:q1] @ F.T)                   # float32 shortlist
-        S[np.arange(q1 - q0), np.arange(q0, q1)] = -np.inf
-        kk = min(R - 1, k + 8)
-        part = np.argpartition(-S, kk - 1, axis=1)[:, :kk]
-        rows = np.arange(q0, q1)[:, None]
-        fb = F[part].astype(np.float64)                                      # float64, as the evidence's NCC
-        ncc = np.maximum(np.einsum("rd,rkd->rk", F[q0:q1].astype(np.float64), fb),
-                         np.einsum("rd,rkd->rk", Fm[q0:q1].astype(np.float64), fb))
-        ncc[part == rows] = -np.inf
-        o = np.argsort(-ncc, 1, kind="stable")[:, :k]
-        idx[q0:q1] = np.take_along_axis(part, o, 1)
-        d[q0:q1] = np.clip(1.0 - np.take_along_axis(ncc, o, 1), 0, None) + _EPS_NCC
-    return d, idx
-
-
 def real_pair_null(real: np.ndarray, n_generated: int, *, k: int = 32, splits: Sequence[float] = (0.25, 0.5, 0.75),
                    repeats: int = 2, random_state: int = 0, cache: dict | None = None, register: bool = False,
                    k_reg: int = 6, n_pix: int = 3, k_spec: int = 4,
-                   max_images: int | None = None, anatomy: bool = False) -> dict:
+                   max_images: int | None = None, anatomy: bool = False,
+                   anatomy_register: bool | None = None) -> dict:
     """Null evidence from pairs of different patients in the real folder (no labelled null needed).
 
     Each real image ``x`` plays a non-member: the other real images are split at random into a
@@ -563,7 +534,10 @@ def real_pair_null(real: np.ndarray, n_generated: int, *, k: int = 32, splits: S
     k_reg, n_pix, k_spec : int   the evidence's registration shortlist sizes (:func:`.register.registered_evidence`)
     anatomy : bool          also the anatomy evidence (:data:`PAIR_ANAT_FEATURES`): the best low-pass NCC with part A
                             over the best with part B, among each image's ``k`` nearest other reals in anatomy
-                            (:func:`_pair_anat_neighbours`)
+                            (:func:`.anatomy.anatomy_pair_values`, exhaustive over each part)
+    anatomy_register : bool or None   the anatomy null also registers each image on the low-pass grids over its
+                            shortlisted other reals (:func:`_pair_reg_candidates`), as the evidence does with
+                            :data:`.anatomy.REGISTERED` (None: follow that flag)
     max_images : int or None     at most this many real images play the non-member (a seeded random subset; the
                             splits and neighbours still range over every real image), so the registered null's cost
                             is bounded on large folders (default :data:`PAIR_NULL_MAX_IMAGES`; None: that default)
@@ -599,8 +573,6 @@ def real_pair_null(real: np.ndarray, n_generated: int, *, k: int = 32, splits: S
     a, ia = _knn_self(lambda r: counts[np.asarray(r)] * mscale, R, kk, block)
     dim = float(counts.shape[1])
     dist["shape_ratio"] = (np.clip(a.astype(np.float64), 0, None) / dim + 1.0 / dim, ia)
-    if anatomy:
-        dist["anat_ratio"] = _pair_anat_neighbours(real, kk)
 
     feats = PAIR_FEATURES + (PAIR_REG_FEATURES if register else ()) + (PAIR_ANAT_FEATURES if anatomy else ())
     cap = PAIR_NULL_MAX_IMAGES if max_images is None else int(max_images)
@@ -608,7 +580,11 @@ def real_pair_null(real: np.ndarray, n_generated: int, *, k: int = 32, splits: S
     if R > cap:
         only = np.zeros(R, bool)
         only[np.random.default_rng([random_state, 1]).choice(R, cap, replace=False)] = True
-    if register:
+    if anatomy_register is None:
+        from . import anatomy as _anatomy_mod
+
+        anatomy_register = _anatomy_mod.REGISTERED
+    if register or (anatomy and anatomy_register):
         from .common import _hashes
 
         cache = cache if cache is not None else {}
@@ -617,24 +593,33 @@ def real_pair_null(real: np.ndarray, n_generated: int, *, k: int = 32, splits: S
         cand, cflip = _pair_reg_candidates(real, idx, keys, cache, k_reg=k_reg, n_pix=n_pix, k_spec=k_spec,
                                            share=share)
     rng = np.random.default_rng(random_state)
+    inAs = [rng.random(R) < p for p in splits for _ in range(int(repeats))]      # the splits, in their old order
+    if anatomy:
+        # the evidence's own anat_ratio (anatomy.anatomy_pair_values: the best in-place / mirrored low-pass NCC
+        # over each part, and with anatomy.REGISTERED the low-pass registration over the part's shortlisted
+        # candidates), every split at once (the split-independent work shared)
+        from .anatomy import anatomy_pair_values_splits
+
+        anat_vals = anatomy_pair_values_splits(real, inAs, cand if anatomy_register else None, only=only)
     vals = {n: [] for n in feats}
     logit = []
     rows = np.arange(R)
-    for p in splits:
-        for _ in range(int(repeats)):
-            inA = rng.random(R) < p
-            if register:
-                for n, v in _pair_reg_values(real, cand, cflip, inA, keys, cache, only=only).items():
-                    vals[n].append(v)
-            for n, (dd, ii) in dist.items():
-                a_mask = inA[ii]                                       # [R, kk]: neighbour in part A
-                ja = np.where(a_mask.any(1), a_mask.argmax(1), -1)
-                jb = np.where((~a_mask).any(1), (~a_mask).argmax(1), -1)
-                v = np.full(R, np.nan)
-                ok = (ja >= 0) & (jb >= 0)
-                v[ok] = -np.log(dd[rows[ok], ja[ok]] / dd[rows[ok], jb[ok]])
+    shares = [p for p in splits for _ in range(int(repeats))]
+    for si, (p, inA) in enumerate(zip(shares, inAs)):
+        if anatomy:
+            vals["anat_ratio"].append(anat_vals[si])
+        if register:
+            for n, v in _pair_reg_values(real, cand, cflip, inA, keys, cache, only=only).items():
                 vals[n].append(v)
-            logit.append(np.full(R, math.log(p / (1.0 - p))))
+        for n, (dd, ii) in dist.items():
+            a_mask = inA[ii]                                       # [R, kk]: neighbour in part A
+            ja = np.where(a_mask.any(1), a_mask.argmax(1), -1)
+            jb = np.where((~a_mask).any(1), (~a_mask).argmax(1), -1)
+            v = np.full(R, np.nan)
+            ok = (ja >= 0) & (jb >= 0)
+            v[ok] = -np.log(dd[rows[ok], ja[ok]] / dd[rows[ok], jb[ok]])
+            vals[n].append(v)
+        logit.append(np.full(R, math.log(p / (1.0 - p))))
     keep = np.tile(np.ones(R, bool) if only is None else only, len(logit))
     logit = np.concatenate(logit)[keep]
     target = math.log(max(int(n_generated), 1) / (R - 1.0))
@@ -986,7 +971,7 @@ def real_pair_null_cached(real: np.ndarray, n_generated: int, *, cache_dir: str 
     from ..store import atomic_write_bytes
 
     key = {k_: v for k_, v in kw.items() if k_ != "cache"}
-    key.update(n_generated=int(n_generated), version=2)
+    key.update(n_generated=int(n_generated), version=3)  # 3: the anatomy null registered
     h = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode())
     a = np.ascontiguousarray(real)
     h.update(f"{a.dtype}{a.shape}".encode())
