@@ -114,3 +114,16 @@ def test_desc_knn_blocks_equal_the_single_search(monkeypatch, variants):
         np.testing.assert_array_equal(a, b)
     assert (blk[0][:30, 0] == np.arange(30)).all()  # every query's own noisy copy comes first
     assert self_blk[0][11, 0] == 10 and self_blk[1][11, 0] == 1
+
+
+def test_gpd_fit_rows_in_blocks_equals_one_block():
+    """calibrate._gpd_fit_rows fits row blocks (bounded memory, issue 15): the same fits as one block."""
+    from imprint.engine.membership import calibrate
+
+    rng = np.random.default_rng(5)
+    X = np.sort(rng.exponential(1.0, (300, 2000)), 1) + 1e-3      # 300 x 75 x 2000 float64 > 32 MB: blocked
+    xi, sigma = calibrate._gpd_fit_rows(X)
+    xi1, sigma1 = calibrate._gpd_fit_block(X)
+    np.testing.assert_array_equal(xi, xi1)
+    np.testing.assert_array_equal(sigma, sigma1)
+    assert np.all(np.abs(xi) < 0.3) and np.all(np.abs(sigma - 1) < 0.3)   # exponential tails: xi ~ 0, sigma ~ 1
