@@ -38,6 +38,22 @@ def sample():
     while True:
         peak[0] = max(peak[0], rss()); time.sleep(0.1)
 threading.Thread(target=sample, daemon=True).start()
+MON = {monitor!r}
+def monitor():  # every 20 s: elapsed, CPU-s, RSS, peak, load and the innermost imprint frames of the main thread
+    import traceback
+    main_id = threading.main_thread().ident
+    t00 = time.perf_counter()
+    while True:
+        time.sleep(20)
+        fr = sys._current_frames().get(main_id)
+        st = [f"{{f.name}}" for f in traceback.extract_stack(fr) if "/engine/" in f.filename][-4:] if fr else []
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        with open(MON, "a") as fh:
+            fh.write(json.dumps({{"t": round(time.perf_counter() - t00), "cpu_s": round(ru.ru_utime + ru.ru_stime),
+                                 "rss_mb": round(rss() / 2**20), "peak_mb": round(peak[0] / 2**20),
+                                 "load": os.getloadavg()[0], "stack": st}}) + "\n")
+if MON:
+    threading.Thread(target=monitor, daemon=True).start()
 from imprint.engine.pipeline import run_membership
 from imprint.engine.ingest import IngestPolicy
 base = rss()
@@ -75,7 +91,7 @@ def make_folder(folder: Path, n: int, seed: int, copies_of: np.ndarray | None = 
         Image.fromarray(im).save(folder / f"{i:07d}.png", compress_level=1)
 
 
-def run_size(data: Path, n_real: int, n_gen: int, budget: float | None) -> dict:
+def run_size(data: Path, n_real: int, n_gen: int, budget: float | None, monitor: str | None = None) -> dict:
     from PIL import Image
 
     real_dir = data / f"real{n_real}"
@@ -84,7 +100,8 @@ def run_size(data: Path, n_real: int, n_gen: int, budget: float | None) -> dict:
     gen_dir = data / f"gen{n_gen}-r{n_real}"
     make_folder(gen_dir, n_gen, 2, copies_of=sample)
     out = data / f"scores-{n_real}x{n_gen}.csv"
-    code = CHILD.format(root=str(ROOT), gen=str(gen_dir), real=str(real_dir), out=str(out), budget=budget)
+    code = CHILD.format(root=str(ROOT), gen=str(gen_dir), real=str(real_dir), out=str(out), budget=budget,
+                       monitor=None if monitor is None else f"{monitor}.{n_real}x{n_gen}")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(ROOT))
     line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
     if p.returncode != 0 or not line:
@@ -177,6 +194,58 @@ def stage_kernels(n_real: int = 1000, n_gen: int = 1024, repeats: int = 3) -> li
     return rows
 
 
+def bound_search(sizes, data: Path, repeats: int = 2) -> list[dict]:
+    """Same-run before/after of the membership pixel search (issue 15, scale6): the both-way product
+    (``knn_l2_both``, every R x G distance at 16,384-d) against the lower-bound-pruned exact search
+    (``knn_l2_both_bound``), on the scaling benchmark's phantom folders, z-scored as membership does, in the
+    blocks membership uses (2 GiB budget).  Alternating sides, ``repeats`` runs each, best wall and best CPU-s
+    (``time.process_time``: all threads) per side; outputs compared bit for bit."""
+    from PIL import Image
+
+    from imprint.engine.membership.evidence import generated_chunk, zscore_images
+    from imprint.engine.search.pairwise import knn_l2_both, knn_l2_both_bound
+
+    rows = []
+    for n_real, n_gen in sizes:
+        real_dir, gen_dir = data / "real10000", data / "gen10000-r10000"
+        make_folder(real_dir, 10000, 1)
+        sample = np.stack([np.asarray(Image.open(real_dir / f"{i:07d}.png")) for i in range(0, 400, 2)])
+        make_folder(gen_dir, 10000, 2, copies_of=sample)
+        P = np.stack([np.asarray(Image.open(real_dir / f"{i:07d}.png")) for i in range(n_real)])
+        G = np.stack([np.asarray(Image.open(gen_dir / f"{i % 10000:07d}.png")) for i in range(n_gen)])
+        if n_gen > 10000:   # beyond the folder: shifted copies (distinct images)
+            for i in range(10000, n_gen):
+                G[i] = np.roll(G[i], (i // 10000, -(i // 10000)), (0, 1))
+        zp = lambda r: zscore_images(P[r]).reshape(len(r), -1)  # noqa: E731
+        zg = lambda r: zscore_images(G[r]).reshape(len(r), -1)  # noqa: E731
+        chunk = generated_chunk(n_gen, 128 * 128)
+        pchunk = generated_chunk(n_real, 128 * 128)
+        st: dict = {}
+        sides = {
+            "before": lambda: knn_l2_both(zp, n_real, zg, n_gen, 10, 2, a_block=pchunk, b_block=chunk, cache_a=True),
+            "after": lambda: knn_l2_both_bound(zp, n_real, zg, n_gen, 10, 2, shape=(128, 128), b_block=chunk,
+                                               a_block=pchunk, stats=st),
+        }
+        best = {k: [np.inf, np.inf] for k in sides}
+        outs = {}
+        for _ in range(repeats):
+            for name, fn in sides.items():
+                t0, c0 = time.perf_counter(), time.process_time()
+                outs[name] = fn()
+                best[name][0] = min(best[name][0], time.perf_counter() - t0)
+                best[name][1] = min(best[name][1], time.process_time() - c0)
+                print(name, n_real, n_gen, best[name], flush=True)
+        same = all(np.array_equal(a, b) for a, b in zip(outs["before"], outs["after"]))
+        rows.append({"real x generated": f"{n_real:,} x {n_gen:,}", "before wall s": best["before"][0],
+                     "after wall s": best["after"][0], "wall ratio": best["before"][0] / best["after"][0],
+                     "before CPU s": best["before"][1], "after CPU s": best["after"][1],
+                     "CPU ratio": best["before"][1] / best["after"][1],
+                     "exact share": st["exact"] / st["pairs"], "outputs identical": same,
+                     "load (1 min)": f"{os.getloadavg()[0]:.1f}"})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def fit_exponent(xs, ys) -> float | None:
     """Least-squares slope of log(y) on log(x) (None with fewer than two distinct x)."""
     xs, ys = np.asarray(xs, float), np.asarray(ys, float)
@@ -194,6 +263,9 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default="/tmp/imprint-bench-scaling")
     ap.add_argument("--memory-budget", type=float, default=None, help="GB, passed to run_membership")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--monitor", default=None, metavar="PREFIX",
+                    help="the child appends a JSON line every 20 s (elapsed, CPU-s, RSS, stage) to PREFIX.RxG, "
+                    "so a run that cannot finish still shows how far it got")
     ap.add_argument("--from-json", default=None, help="take the measured rows from this --json output")
     ap.add_argument("--write-results", default=None, metavar="RESULTS.md")
     ap.add_argument("--block", default="scaling",
@@ -206,7 +278,26 @@ def main(argv=None) -> int:
                     help="only time the z-scoring and the both-way pixel search before/after (same run) and write that block")
     ap.add_argument("--evidence-memory", action="store_true",
                     help="only trace the evidence's memory (one chunk vs a budget) and write that block")
+    ap.add_argument("--bound-search", default=None, metavar="RxG,...",
+                    help="only time the pixel search before/after the lower-bound pruning (same run) and write that block")
     args = ap.parse_args(argv)
+    if args.bound_search:
+        sizes = [tuple(int(v) for v in x.split("x")) for x in args.bound_search.split(",") if x]
+        rows = bound_search(sizes, Path(args.data))
+        if args.write_results:
+            from imprint.engine.bench import load_note, md_table, write_results_block
+
+            cmd = "python benchmarks/bench_scaling.py " + " ".join(argv if argv is not None else sys.argv[1:])
+            write_results_block(args.write_results, "bound-search-scale6", (
+                "### Membership pixel search before/after the lower-bound pruning, same run (issue 15, scale6)\n\n"
+                f"Command: `{cmd}`. The scaling benchmark's 128x128 phantoms (real10000, gen10000-r10000; generated "
+                "rows beyond 10,000 are shifted copies), z-scored; k = 10 generated per real, 2 real per generated; "
+                "blocks of the 2 GiB budget. before = `knn_l2_both` (every distance from a float32 product at "
+                "16,384-d, exact float64 re-ranking), after = `knn_l2_both_bound` (4,096-d block-projection lower "
+                "bound, exact float64 distances only where the bound does not rule a pair out). Alternating "
+                "sides, 2 runs each, best wall and best CPU-s (all threads) per side; 'exact share' = pairs given "
+                "an exact distance / R x G.\n" + load_note() + "\n\n" + md_table(rows, list(rows[0]))))
+        return 0
     if args.stage_kernels:
         rows = stage_kernels()
         if args.write_results:
@@ -245,7 +336,7 @@ def main(argv=None) -> int:
         sizes = []
     for r, g in sizes:
         t0 = time.perf_counter()
-        res = run_size(data, r, g, args.memory_budget)
+        res = run_size(data, r, g, args.memory_budget, args.monitor)
         res.update(real=r, generated=g, load=os.getloadavg(), bench_s=time.perf_counter() - t0)
         rows.append(res)
         print(json.dumps(res), flush=True)

@@ -205,7 +205,19 @@ def _tail_p_sorted(v: np.ndarray, ns: np.ndarray, frac: float, _info: dict | Non
 
 
 def _gpd_fit_rows(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`gpd_fit` of every row of ``X`` (float [B, n], rows sorted ascending, positive, ``n >= 5``) at once."""
+    """:func:`gpd_fit` of every row of ``X`` (float [B, n], rows sorted ascending, positive, ``n >= 5``) at once,
+    in blocks of rows whose ``[b, m, n]`` float64 temporaries stay near 32 MB (every row is fitted on its own, so
+    the result does not depend on the blocks; issue 15: one block of 2,400 exceedances took ~7 GB)."""
+    B, n = X.shape
+    m = 30 + int(np.sqrt(n))
+    step = int(max(1, (32 << 20) // (8 * m * max(n, 1))))
+    if B > step:
+        parts = [_gpd_fit_block(X[b0:b0 + step]) for b0 in range(0, B, step)]
+        return np.concatenate([a for a, _ in parts]), np.concatenate([b for _, b in parts])
+    return _gpd_fit_block(X)
+
+
+def _gpd_fit_block(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     B, n = X.shape
     m = 30 + int(np.sqrt(n))
     bs = (1.0 - np.sqrt(m / (np.arange(1, m + 1) - 0.5)))[None, :] / (3.0 * X[:, max(int(n / 4 + 0.5) - 1, 0)])[:, None]

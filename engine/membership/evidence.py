@@ -133,6 +133,12 @@ def _knn_self(feats, n: int, k: int, block: int, *, metric: str = "l2", executor
     return bd, bi
 
 
+# Block side of the lower-bound projection that prunes the exact pixel search (engine.search.pairwise.
+# knn_l2_both_bound; 0 = the plain both-way product).  2: 4x fewer dimensions in the bound's product; on 128x128
+# phantoms ~4% of the pairs then need an exact distance (4: ~18%), benchmarks/RESULTS.md "Issue 15, scale6".
+PIXEL_BOUND_FACTOR = 2
+
+
 def _both_way_local(executor) -> bool:
     """Whether the pixel search may run as one both-way product (:func:`engine.search.pairwise.knn_l2_both`):
     on the local executor and the CPU (elsewhere the executor's / GPU's own k-NN is used)."""
@@ -481,12 +487,21 @@ def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10
     # pool -> generated (k_gen nearest) and generated -> pool (2 nearest): one distance matrix, block by block
     kq = min(2, nP)
     if _both_way_local(executor):
-        from imprint.engine.search.pairwise import knn_l2_both
+        from imprint.engine.search.pairwise import knn_l2_both, knn_l2_both_bound
 
         # the pool's z-scores are kept between generated chunks when they fit half the budget, else remade
-        dG, iG, dGP, iGP = knn_l2_both(zP_rows, nP, zG_rows, nG, k_gen, kq, a_block=pchunk, b_block=chunk,
-                                       cache_a=4 * hw * nP <= _memory_budget() // 2,
-                                       after_block=lambda: _release(G, P))
+        cache_pool = 4 * hw * nP <= _memory_budget() // 2
+        if cache_pool and PIXEL_BOUND_FACTOR and P.shape[1] % PIXEL_BOUND_FACTOR == 0 \
+                and P.shape[2] % PIXEL_BOUND_FACTOR == 0:
+            # the same exact lists, most exact distances skipped by a provable lower bound (issue 15, scale6)
+            st: dict = {}
+            dG, iG, dGP, iGP = knn_l2_both_bound(zP_rows, nP, zG_rows, nG, k_gen, kq, shape=P.shape[1:],
+                                                 b_block=chunk, a_block=pchunk, factor=PIXEL_BOUND_FACTOR,
+                                                 after_block=lambda: _release(G, P), stats=st)
+            info["pixel_search"] = st
+        else:
+            dG, iG, dGP, iGP = knn_l2_both(zP_rows, nP, zG_rows, nG, k_gen, kq, a_block=pchunk, b_block=chunk,
+                                           cache_a=cache_pool, after_block=lambda: _release(G, P))
     else:  # another executor / the GPU: its own k-NN, both ways, over blocks of both sets
         dG = np.full((nP, k_gen), np.inf, np.float32)
         iG = np.full((nP, k_gen), -1, np.int64)

@@ -948,6 +948,42 @@ def _refine_chunk(A, B, pairs, co):
 
 
 # ----------------------------------------------------------------------------------------- evidence
+# Base rows per block of :func:`_desc_knn` (issue 15, scale6): the base and its mirrored copy, and the search
+# index's own copy of both, are held one block at a time (~4 x 2.3 KB per row of the block instead of per row of
+# the generated set).  Up to this size the search is the single call it always was (same result).
+_DESC_BLOCK = 25_000
+
+
+def _desc_knn_blocks(fb: np.ndarray, base_desc: np.ndarray, q: np.ndarray, kk: int):
+    """The ``kk`` nearest rows of ``[base; mirrored base]`` (indices into that 2N-row stack) of every query,
+    searched one block of ``_DESC_BLOCK`` base rows (and their mirrors) at a time and merged by (distance, index).
+
+    Returns float32 [Q, kk] distances and int64 [Q, kk] indices (-1 / inf padded).  Each block is searched with
+    ``index="auto"`` as the whole stack was (exact below ``AUTO_MIN_M_APPROX`` rows, a recall-calibrated IVF index
+    above it), so for a base above ``_DESC_BLOCK`` rows the approximate search's candidates differ from those
+    of one index over everything (both recall-calibrated)."""
+    from imprint.engine.search import knn
+    from imprint.engine.search.block import _sort_rows
+
+    nb = len(fb)
+    bd = bi = None
+    for s0 in range(0, nb, _DESC_BLOCK):
+        s1 = min(nb, s0 + _DESC_BLOCK)
+        m = s1 - s0
+        blk = np.ascontiguousarray(np.concatenate([fb[s0:s1], base_desc[s0:s1, :, ::-1].reshape(m, -1)]),
+                                   np.float32)
+        d, i = knn(blk, q, int(min(kk, len(blk))), metric="l2", index="auto", use_gpu="auto")
+        del blk
+        i = np.asarray(i, np.int64)
+        gi = np.where(i < 0, -1, np.where(i < m, i + s0, i - m + s0 + nb))    # index into the 2N-row stack
+        d = np.asarray(d, np.float64)
+        if bd is not None:
+            d, gi = np.concatenate([bd, d], 1), np.concatenate([bi, gi], 1)
+        d, gi = _sort_rows(np.where(gi < 0, np.inf, d), gi)
+        bd, bi = d[:, :kk], gi[:, :kk]
+    return bd.astype(np.float32), bi
+
+
 def _desc_knn(base_desc: np.ndarray, query_desc: np.ndarray, k: int, *, exclude_self: bool = False):
     """Nearest ``base`` rows of every query under the descriptor distance, a flip of the base allowed.
 
@@ -969,11 +1005,16 @@ def _desc_knn(base_desc: np.ndarray, query_desc: np.ndarray, k: int, *, exclude_
     nb = len(base_desc)
     nq = len(query_desc)
     fb = base_desc.reshape(nb, -1)
-    both = np.ascontiguousarray(np.concatenate([fb, base_desc[:, :, ::-1].reshape(nb, -1)]), np.float32)
+    both = (np.ascontiguousarray(np.concatenate([fb, base_desc[:, :, ::-1].reshape(nb, -1)]), np.float32)
+            if nb <= _DESC_BLOCK else fb)
     V = query_desc.shape[1] if query_desc.ndim == 4 else 1
     q = np.ascontiguousarray(query_desc.reshape(nq * V, -1), np.float32)
-    kk = int(min(2 * k + 2, len(both)))
-    dist, idx = knn(both, q, kk, metric="l2", index="auto", use_gpu="auto")
+    kk = int(min(2 * k + 2, 2 * nb))
+    if nb <= _DESC_BLOCK:
+        dist, idx = knn(both, q, kk, metric="l2", index="auto", use_gpu="auto")
+    else:
+        del both
+        dist, idx = _desc_knn_blocks(fb, base_desc, q, kk)
     idx = np.asarray(idx, np.int64).reshape(nq, V * kk)
     if V > 1:   # every base row's best distance over the variants: merge the variants' lists by distance
         order = np.argsort(np.asarray(dist, np.float64).reshape(nq, V * kk), axis=1, kind="stable")

@@ -84,3 +84,69 @@ def l2_pairs(base: np.ndarray, q: np.ndarray, idx: np.ndarray) -> np.ndarray:
     if idx.size:
         _pairs(base, q, idx, False, out)
     return out
+
+
+@njit(parallel=True, cache=True, fastmath={"reassoc", "contract"})
+def _l2_rows(base, qall, qrows, idx, out):  # pragma: no cover - numba
+    """``out[i, j]`` = squared L2 of ``qall[qrows[i]]`` and ``base[idx[i, j]]`` (``inf`` where ``idx < 0``): the
+    arithmetic of :func:`_pairs` (same per-pair function), with the query rows read in place, not gathered."""
+    n, kk = idx.shape
+    for i in prange(n):
+        qi = qall[qrows[i]]
+        for j in range(kk):
+            r = idx[i, j]
+            if r < 0:
+                out[i, j] = np.inf
+            else:
+                out[i, j] = _sq_l2(qi, base[r])
+
+
+def l2_rows(base: np.ndarray, qall: np.ndarray, qrows: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """:func:`l2_pairs` of the queries ``qall[qrows]`` without copying them (bit-identical values).
+
+    Parameters
+    ----------
+    base : float32 [M, d]
+    qall : float32 [N0, d]
+    qrows : int [N]    rows of ``qall`` used as queries
+    idx : int [N, k]   rows of ``base``; ``-1`` gives ``inf``
+
+    Returns
+    -------
+    float64 [N, k]
+    """
+    base = np.ascontiguousarray(base, np.float32)
+    qall = np.ascontiguousarray(qall, np.float32)
+    idx = np.ascontiguousarray(idx, np.int64)
+    out = np.empty(idx.shape, np.float64)
+    if idx.size:
+        _l2_rows(base, qall, np.ascontiguousarray(qrows, np.int64), idx, out)
+    return out
+
+
+@njit(parallel=True, cache=True)
+def _block_proj(x, h, w, f, out):  # pragma: no cover - numba
+    n = x.shape[0]
+    wl = w // f
+    inv = np.float32(1.0) / np.float32(f)
+    for i in prange(n):
+        o = out[i]
+        for t in range(o.shape[0]):
+            o[t] = 0.0
+        for y in range(h):
+            base = (y // f) * wl
+            for xx in range(w):
+                o[base + xx // f] += x[i, y * w + xx]
+        for t in range(o.shape[0]):
+            o[t] *= inv
+
+
+def block_project_rows(x: np.ndarray, shape: tuple[int, int], factor: int) -> np.ndarray:
+    """Block sums / ``factor`` of flattened float32 images ``x`` [n, H*W] -> float32 [n, (H/f)*(W/f)]
+    (the coordinates of the orthogonal projection onto ``factor x factor`` block-constant images)."""
+    h, w = shape
+    x = np.ascontiguousarray(x, np.float32)
+    out = np.empty((len(x), (h // factor) * (w // factor)), np.float32)
+    if len(x):
+        _block_proj(x, int(h), int(w), int(factor), out)
+    return out

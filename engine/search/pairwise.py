@@ -156,3 +156,190 @@ def knn_l2_both(feats_a: Feats, n_a: int, feats_b: Feats, n_b: int, k_a: int, k_
         if after_block is not None:
             after_block()
     return dA, iA, dB, iB
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Exact both-way k-NN pruned by a lower bound (issue 15, scale6)
+def block_project(f: np.ndarray, shape: tuple[int, int], factor: int) -> np.ndarray:
+    """Orthogonal projection of flattened images onto the piecewise-constant ``factor x factor`` blocks.
+
+    Coordinates in an orthonormal basis of that subspace (block sum / ``factor``), so for any rows ``x, y``:
+    ``||P x - P y|| <= ||x - y||`` and ``||x||^2 = ||P x||^2 + ||x - P^T P x||^2``.
+
+    Parameters
+    ----------
+    f : float32 [n, H*W]
+    shape : (H, W), both divisible by ``factor``
+    factor : int
+
+    Returns
+    -------
+    float32 [n, (H/factor) * (W/factor)]
+    """
+    from .exact import block_project_rows
+
+    return block_project_rows(f, shape, factor)
+
+
+def _lower_bound(la, nla, ra, fa2, lb, nlb, rb, fb2, dl):
+    """Float32 lower bound [na, nb] of the squared distances of rows whose projections are ``la``/``lb``
+    (squared projected norms ``nl*``, residual norms ``r*``, squared full norms ``f*2``): ``||Pa-Pb||^2 +
+    (|Qa|-|Qb|)^2`` minus a rounding slack that covers the float32 product (``dl * 2^-22`` relative to the
+    squared norms, about 4x the worst-case error bound of a length-``dl`` float32 dot product)."""
+    L = la @ lb.T
+    L *= np.float32(-2.0)
+    L += nla[:, None]
+    L += nlb[None, :]
+    L += np.square(ra[:, None] - rb[None, :])
+    slack = np.float32(dl * 2.0 ** -22 + 1e-6)
+    L -= slack * (fa2[:, None] + fb2[None, :])
+    return L
+
+
+def _eval_mask(E, M, fb, FA):
+    """Fill ``E[i, j]`` (float64 [na, nb], NaN = not computed) with exact squared L2 of ``FA[i]`` and ``fb[j]``
+    wherever ``M`` is set and ``E`` is still NaN (queries grouped by A row: every A row is read once)."""
+    from .exact import l2_rows
+
+    M = M & np.isnan(E)
+    rows = np.flatnonzero(M.any(1))
+    if not len(rows):
+        return 0
+    sub = M[rows]
+    cnt = sub.sum(1)
+    width = int(cnt.max())
+    idx = np.full((len(rows), width), -1, np.int64)
+    r_, c_ = np.nonzero(sub)
+    pos = np.arange(len(r_)) - np.repeat(np.cumsum(cnt) - cnt, cnt)
+    idx[r_, pos] = c_
+    d = l2_rows(fb, FA, rows, idx)
+    E[rows[r_], c_] = d[r_, pos]
+    return int(len(r_))
+
+
+def _topk_from(E, k, offset=0):
+    """Exact k best (float64 distance, index) of every row of ``E`` among its computed (non-NaN) entries;
+    -1 / inf padded."""
+    D = np.where(np.isnan(E), np.inf, E)
+    I = np.broadcast_to(np.arange(E.shape[1], dtype=np.int64) + offset, E.shape)
+    I = np.where(np.isnan(E), -1, I)
+    kk = min(k, E.shape[1])
+    if E.shape[1] > kk:
+        sel = np.argpartition(D, kk - 1, axis=1)[:, :kk]
+        # keep every entry tied with the k-th so the (distance, index) order is decided exactly
+        kth = np.take_along_axis(D, sel, 1).max(1)
+        ties = (D <= kth[:, None]).sum(1)
+        if (ties > kk).any():
+            w = int(ties.max())
+            sel = np.argsort(D, axis=1, kind="stable")[:, :w]
+        D, I = np.take_along_axis(D, sel, 1), np.take_along_axis(I, sel, 1)
+    return _sort_rows_k(D, I, kk)
+
+
+def _sort_rows_k(D, I, k):
+    from .block import _sort_rows
+
+    d, i = _sort_rows(D, I)
+    return d[:, :k], i[:, :k]
+
+
+def knn_l2_both_bound(feats_a: Feats, n_a: int, feats_b: Feats, n_b: int, k_a: int, k_b: int, *,
+                      shape: tuple[int, int], b_block: int, a_block: int = 2048, factor: int = 2,
+                      after_block: Callable[[], object] | None = None, stats: dict | None = None):
+    """:func:`knn_l2_both`'s exact result, with most exact distances skipped by a provable lower bound.
+
+    Every row is an image of ``shape`` (flattened).  With ``P`` the orthogonal projection onto ``factor x factor``
+    block-constant images (:func:`block_project`, ``factor**2`` times fewer dimensions) and ``Q = I - P``:
+    ``||x - y||^2 = ||P(x-y)||^2 + ||Q(x-y)||^2 >= ||Px - Py||^2 + (||Qx|| - ||Qy||)^2``.  The bound is
+    computed for every pair from one float32 product in the low dimension (minus a rounding slack); the exact
+    float64 distance (the kernel :func:`knn_l2_both` re-ranks with, bit-identical values) is computed only for
+
+    1. every row's ``k`` best pairs by the bound within each ``B`` block, which gives an upper bound ``U`` on the
+       row's k-th distance (A rows: their running k-th over the blocks seen so far), then
+    2. every pair whose bound is ``<= U``; any other pair is provably farther than the k-th.
+
+    So the result is the exact k-NN in (float64 distance, index) order, as :func:`knn_l2_both` returns it
+    (equal to it whenever its float32 candidate margin holds), distances cast to float32.  All of A's features
+    are held (``4 * d * n_a`` bytes): A's rows are read in place by the exact kernel.
+
+    Parameters
+    ----------
+    feats_a, feats_b, n_a, n_b, k_a, k_b, after_block
+        As :func:`knn_l2_both`.
+    shape : (H, W)
+        Image shape of a row; both divisible by ``factor``.
+    b_block : int
+        B rows per block (the bound matrix is ``4 * n_a * b_block`` bytes, the exact-distance matrix twice that).
+    a_block : int
+        A rows per low-dimensional product.
+    factor : int
+        Block side of the projection.
+    stats : dict or None
+        Filled with ``pairs`` (R x G), ``exact`` (exact distances computed) and ``low_dim``.
+
+    Returns
+    -------
+    dA, iA, dB, iB : as :func:`knn_l2_both`
+    """
+    h, w = shape
+    if h % factor or w % factor:
+        raise ValueError(f"image shape {shape} is not divisible by {factor}")
+    ka, kb = int(min(k_a, n_b)), int(min(k_b, n_a))
+    dl = (h // factor) * (w // factor)
+    FA = np.empty((n_a, h * w), np.float32)
+    for s0 in range(0, n_a, a_block):
+        FA[s0:s0 + a_block] = feats_a(np.arange(s0, min(n_a, s0 + a_block)))
+    LA = block_project(FA, shape, factor)
+    fa2 = np.einsum("ij,ij->i", FA, FA, dtype=np.float64)
+    nla64 = np.einsum("ij,ij->i", LA, LA, dtype=np.float64)
+    ra = np.sqrt(np.maximum(fa2 - nla64, 0.0)).astype(np.float32)
+    nla, fa2 = nla64.astype(np.float32), fa2.astype(np.float32)
+    rd = np.full((n_a, ka), np.inf)                 # running exact k best of every A row (float64)
+    ri = np.full((n_a, ka), -1, np.int64)
+    dB = np.empty((n_b, kb), np.float32)
+    iB = np.empty((n_b, kb), np.int64)
+    n_exact = 0
+    for b0 in range(0, n_b, int(max(1, b_block))):
+        b1 = min(n_b, b0 + int(max(1, b_block)))
+        fb = np.ascontiguousarray(feats_b(np.arange(b0, b1)), np.float32)
+        lb = block_project(fb, shape, factor)
+        fb2 = np.einsum("ij,ij->i", fb, fb, dtype=np.float64)
+        nlb64 = np.einsum("ij,ij->i", lb, lb, dtype=np.float64)
+        rb = np.sqrt(np.maximum(fb2 - nlb64, 0.0)).astype(np.float32)
+        nlb, fb2 = nlb64.astype(np.float32), fb2.astype(np.float32)
+        L = np.empty((n_a, b1 - b0), np.float32)
+        for a0 in range(0, n_a, a_block):
+            a1 = min(n_a, a0 + a_block)
+            L[a0:a1] = _lower_bound(LA[a0:a1], nla[a0:a1], ra[a0:a1], fa2[a0:a1], lb, nlb, rb, fb2, dl)
+        E = np.full(L.shape, np.nan)
+        # round 1: every A row's ka best and every B row's kb best by the bound
+        M = np.zeros(L.shape, bool)
+        np.put_along_axis(M, _select(L, ka), True, 1)
+        np.put_along_axis(M.T, _select(L.T, kb), True, 1)
+        n_exact += _eval_mask(E, M, fb, FA)
+        # upper bounds on the k-th distances: A rows with their running lists, B rows within this block
+        d1, _ = _topk_from(E, ka)
+        Ua = _kth_merged(rd, d1, ka)
+        Ub = _topk_from(E.T, kb)[0][:, -1]
+        # round 2: every pair whose bound does not exceed its row's or its column's upper bound
+        M = (L <= Ua.astype(np.float64)[:, None]) | (L <= Ub[None, :])
+        n_exact += _eval_mask(E, M, fb, FA)
+        d2, i2 = _topk_from(E, ka, offset=b0)
+        D = np.concatenate([rd, d2], 1)
+        I = np.concatenate([ri, i2], 1)
+        rd, ri = _sort_rows_k(D, I, ka)
+        db, ib = _topk_from(E.T, kb)
+        dB[b0:b1], iB[b0:b1] = db.astype(np.float32), ib
+        del fb, L, E, M
+        if after_block is not None:
+            after_block()
+    if stats is not None:
+        stats.update(pairs=int(n_a) * int(n_b), exact=n_exact, low_dim=dl)
+    return rd.astype(np.float32), ri, dB, iB
+
+
+def _kth_merged(rd, d1, k):
+    """k-th smallest of the union of two sorted-ascending float64 lists per row (inf when fewer than k)."""
+    D = np.concatenate([rd, d1], 1)
+    D.sort(axis=1)
+    return D[:, k - 1]
