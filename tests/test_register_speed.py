@@ -52,9 +52,11 @@ def test_window_argmax_rows_equals_the_full_map_search():
     corr = rng.normal(size=(50, 32, 32)).astype(np.float32)
     corr[3, 0, 0] = corr[3, 1, 1] = 9.0               # a tie: the first maximum in row-major window order wins
     idy = np.r_[0:6, -5:0].astype(np.int64)
-    out_full = [np.empty(50, np.float32), np.empty(50, np.int64), np.empty(50, np.int64)]
+    # the full-map search, in numpy: argmax over the idy x idy window of each map (row-major, first maximum)
+    win = corr[:, idy % 32][:, :, idy % 32].reshape(50, -1)
+    flat = win.argmax(1)
+    out_full = [win[np.arange(50), flat], flat // len(idy), flat % len(idy)]
     out_rows = [np.empty(50, np.float32), np.empty(50, np.int64), np.empty(50, np.int64)]
-    R._window_argmax(corr, idy, *out_full)
     R._window_argmax_rows(np.ascontiguousarray(corr[:, idy % 32]), idy, *out_rows)
     for x, y in zip(out_full, out_rows):
         assert np.array_equal(x, y)

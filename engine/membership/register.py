@@ -730,31 +730,10 @@ def _cross_spectra(fa, ia, voff, fb, ib, out):  # pragma: no cover - numba
 
 
 @njit(parallel=True, cache=True)
-def _window_argmax(corr, idy, val, jy, jx):  # pragma: no cover - numba
-    """Max of every circular map ``corr[m]`` over the shifts ``idy x idy`` (row-major order, first maximum
-    wins, as ``argmax`` over that window); the indices into ``idy`` of the maximum."""
-    m, h, w = corr.shape
-    nd = len(idy)
-    for i in prange(m):
-        best = -np.inf
-        by = 0
-        bx = 0
-        for a in range(nd):
-            y = idy[a] % h
-            for b in range(nd):
-                c = corr[i, y, idy[b] % w]
-                if c > best:
-                    best = c
-                    by = a
-                    bx = b
-        val[i] = best
-        jy[i] = by
-        jx[i] = bx
-
-
-@njit(parallel=True, cache=True)
 def _window_argmax_rows(corr, idy, val, jy, jx):  # pragma: no cover - numba
-    """:func:`_window_argmax` on maps holding only the window's rows: ``corr[m, a]`` is row ``idy[a]``."""
+    """Max of every circular map over the shifts ``idy x idy`` (row-major order, first maximum wins, as
+    ``argmax`` over that window), from maps holding only the window's rows: ``corr[m, a]`` is row ``idy[a]``;
+    the indices into ``idy`` of the maximum."""
     m, _, w = corr.shape
     nd = len(idy)
     for i in prange(m):
