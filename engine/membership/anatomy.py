@@ -346,7 +346,8 @@ def anatomy_pair_values(real: np.ndarray, inA: np.ndarray, cand: np.ndarray | No
     ``x`` with an image of the part: searched exhaustively in place and mirrored, and, with ``cand``,
     registered on the low-pass grids over ``x``'s candidates in that part (:func:`registered_anatomy`), as
     the evidence does over the registration shortlists.  So a null built from these values is computed the
-    same way as the evidence it calibrates (for :mod:`.calibrate`'s real-pair null; not wired there yet).
+    same way as the evidence it calibrates (:mod:`.calibrate`'s real-pair null uses
+    :func:`anatomy_pair_values_splits`, of which this is one split).
 
     Parameters
     ----------
@@ -361,39 +362,17 @@ def anatomy_pair_values(real: np.ndarray, inA: np.ndarray, cand: np.ndarray | No
     -------
     float64 [R]   NaN where a part holds no other image (or outside ``only``)
     """
-    R = len(real)
-    inA = np.asarray(inA, bool)
-    rows = np.arange(R) if only is None else np.flatnonzero(np.asarray(only, bool))
-    low = _lowpass_rows(real)
-    f = _unit_rows(low)
-    fm = anatomy_features(real, mirror=True)
-    best = {True: np.full(R, -np.inf), False: np.full(R, -np.inf)}
-    for b0 in range(0, len(rows), block):
-        r = rows[b0:b0 + block]
-        s = np.maximum(f[r].astype(np.float64) @ f.T.astype(np.float64), fm[r].astype(np.float64) @ f.T.astype(np.float64))
-        s[np.arange(len(r)), r] = -np.inf                      # never the image itself
-        for part in (True, False):
-            best[part][r] = np.where(inA[None, :] == part, s, -np.inf).max(1)
-    if cand is not None:
-        cand = np.asarray(cand, np.int64)
-        for part in (True, False):
-            c = np.where((cand >= 0) & (inA[np.maximum(cand, 0)] == part), cand, -1)[rows]
-            rg = registered_anatomy(low[rows], low, c, exclude=rows)
-            best[part][rows] = np.maximum(best[part][rows], rg["ncc"])
-    out = np.full(R, np.nan)
-    a, b = best[True][rows], best[False][rows]
-    ok = np.isfinite(a) & np.isfinite(b)
-    out[rows[ok]] = -np.log((np.clip(1.0 - a[ok], 0, None) + _EPS_NCC) / (np.clip(1.0 - b[ok], 0, None) + _EPS_NCC))
-    return out
+    return anatomy_pair_values_splits(real, [inA], cand, only=only, block=block)[0]
 
 
 def anatomy_pair_values_splits(real: np.ndarray, inAs, cand: np.ndarray | None = None, *,
                                only: np.ndarray | None = None, block: int = 512) -> list:
     """:func:`anatomy_pair_values` for several splits of one real folder, sharing the work that does not depend
     on the split: the low-pass grids, each block of the R x R low-pass similarities, every (image, candidate)
-    pair's coarse registration, and the polish and registered NCC of every pair any split needs.  Each split's
-    values equal ``anatomy_pair_values(real, inA, cand, only=only)`` (the same candidates in each part, the same
-    coarse-best ``N_POLISH`` per part, ties to the earlier candidate), at about one split's cost.
+    pair's coarse registration, and the polish and registered NCC of every pair any split needs.  Each split
+    follows :func:`registered_anatomy`'s rule (the same candidates in each part, the same coarse-best
+    ``N_POLISH`` per part, ties to the earlier candidate; equal bit for bit to it in a check when this was
+    written, and tested against :func:`anatomy_evidence`), at about one split's cost.
 
     Parameters
     ----------
