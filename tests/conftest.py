@@ -28,6 +28,19 @@ def ct_like(rng, n, size=64):
     return out
 
 
+def copying_generator(rng, used, n_gen):
+    """Generated images of a generator that copies: even indices are ``used`` images in turn with uniform noise
+    in [-3, 3], odd ones fresh ``ct_like`` slices of the same side (uint8 [n_gen, H, W] as a list)."""
+    gen = []
+    for i in range(n_gen):
+        if i % 2 == 0:
+            src = used[(i // 2) % len(used)].astype(np.int16) + rng.integers(-3, 4, used.shape[1:])
+            gen.append(np.clip(src, 0, 255).astype(np.uint8))
+        else:
+            gen.append(ct_like(rng, 1, used.shape[-1])[0])
+    return gen
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

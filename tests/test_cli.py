@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import ct_like, save_png
+from conftest import copying_generator, ct_like, save_png
 from imprint.engine.cli import cli, main
 
 DEMO = Path(__file__).resolve().parents[1] / "engine" / "data" / "demo"
@@ -45,13 +45,7 @@ def small_membership(tmp_path_factory):
     def build(d, n_real=20, n_gen=60):
         reals = ct_like(rng, n_real)
         used = reals[: n_real // 2]
-        gen = []
-        for i in range(n_gen):
-            if i % 2 == 0:
-                src = used[(i // 2) % len(used)].astype(np.int16) + rng.integers(-3, 4, used.shape[1:])
-                gen.append(np.clip(src, 0, 255).astype(np.uint8))
-            else:
-                gen.append(ct_like(rng, 1)[0])
+        gen = copying_generator(rng, used, n_gen)
         for sub in ("generated", "real/used", "real/unused"):
             (d / sub).mkdir(parents=True)
         for i, g in enumerate(gen):

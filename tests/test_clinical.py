@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ct_like, save_png
+from conftest import copying_generator, ct_like, save_png
 
 pydicom = pytest.importorskip("pydicom")
 nib = pytest.importorskip("nibabel")
@@ -251,13 +251,7 @@ def test_nifti_axial_slices_in_display_orientation(tmp_path, slices):
 def _membership_set(root, rng, n_real=24, n_gen=40):
     reals = ct_like(rng, n_real)
     used = reals[: n_real // 3]
-    gen = []
-    for i in range(n_gen):
-        if i % 2 == 0:
-            src = used[(i // 2) % len(used)].astype(np.int16) + rng.integers(-3, 4, used.shape[1:])
-            gen.append(np.clip(src, 0, 255).astype(np.uint8))
-        else:
-            gen.append(ct_like(rng, 1)[0])
+    gen = copying_generator(rng, used, n_gen)
     (root / "gen").mkdir(parents=True)
     for i, g in enumerate(gen):
         save_png(root / "gen" / f"g{i:03d}.png", g)
