@@ -32,7 +32,10 @@ Method
    second round; ``"pairs-gated"`` is the first round's rule, where the two-way test alone answered k = 1).  A split of one model, by content or by its release processing, fails the test, so processing
    cannot add clusters.  Third round: the pair test is "both" (:data:`PAIR_TEST`: the union is bimodal *and* the two
    clusters are its groups), and the k = 1 decision has a stated error rate (:data:`ONE_MODEL_ALPHA`: P(k > 1 | one
-   model) <= 0.05 for log-concave features, bound for the two-way test, simulated for the whole decision).  The rule before issue 19 (``"silhouette"``: the mean of the plain and the cluster-balanced
+   model) <= 0.05 for log-concave features, bound for the two-way test, simulated for the whole decision).  Fifth round:
+   the pair test is "floor" (:data:`PAIR_TEST`): the clusters are the union's two groups *and* stay separated after a
+   common harsh processing of every image (:func:`_floor_images`), judged against the log-concave bound, so one model
+   split by its release history fails while two models the union's best split could not see pass.  The rule before issue 19 (``"silhouette"``: the mean of the plain and the cluster-balanced
    silhouette of the consensus partition on ``1 - C``) is kept for the benchmarks' before/after.
 
 For more than ``max_consensus`` images the co-association matrix is built on a seeded subsample
