@@ -578,7 +578,7 @@ def _labelled_separation(V, y, seed, repeats=5, S_extra=None):
     return float(np.median(vals))
 
 
-#: Pair test of the k scan: "both" (issue 19, third round; the default): the pair passes only when the union of the two
+#: Pair test of the k scan: "both" (issue 19, third round; the default until the fifth round, now "floor", below): the pair passes only when the union of the two
 #: clusters is bimodal ("best-split") *and* the two clusters are its two groups ("labels"), i.e. the smaller of the two
 #: scores.  The union's internal structure (best-split) rejects a split of one model, by content or by processing
 #: history (it is not bimodal in the unweighted space); the labelled test rejects two clusters that each mix the same
