@@ -101,16 +101,29 @@ def main(argv=None):
     ap.add_argument("--ks", default="4,auto")
     ap.add_argument("--cache", default=None)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--mix", default="release", choices=("release", "rj", "real"),
+                    help="harsher cells (issue 19, fifth round): 'rj' = every image resized 0.5 (bicubic) and JPEG 50; "
+                    "'real' = the release mix with 200 real images (gen_b/real/unused[:100] + gen_e/real/unused[:60] + "
+                    "gen_a/real/unused[:40]) added as a fifth group (k given = 5)")
+    ap.add_argument("--pair-test", default=None, help="engine.attribution.PAIR_TEST for this run ('both' = main before "
+                    "the fifth round, 'floor' = after)")
     ap.add_argument("--projected-scale", default=None, choices=("after", "before"),
                     help="engine.attribution.PROJECTED_SCALE for this run (default: the code's; issue 19, fourth round)")
     a = ap.parse_args(argv)
     if a.projected_scale and hasattr(A, "PROJECTED_SCALE"):
         A.PROJECTED_SCALE = a.projected_scale
+    if a.pair_test:
+        A.PAIR_TEST = a.pair_test
+    print(f"pair test {A.PAIR_TEST}, mix {a.mix}", flush=True)
     print(f"code: {os.path.dirname(os.path.dirname(A.__file__))}", flush=True)
     R = a.dev
     D = {f"model_{i}": load(f"{R}/attribution/model_{i}") for i in (1, 2, 3)}
     for g in "abe":
         D[f"gen_{g}"] = load(f"{R}/membership/gen_{g}/generated")
+    if a.mix == "real":
+        D["real"] = np.concatenate([load(f"{R}/membership/gen_b/real/unused")[:100],
+                                    load(f"{R}/membership/gen_e/real/unused")[:60],
+                                    load(f"{R}/membership/gen_a/real/unused")[:40]])
     dev_all = {"model_1": D["gen_a"][:200], "model_2": D["gen_b"][:200], "model_3": D["model_3"][:100]}
     seeds = [int(s) for s in a.seeds.split(",")]
     folds = a.folds.split(",")
@@ -118,12 +131,20 @@ def main(argv=None):
     cells = []
     for s in seeds:
         parts = sample(D, s)
+        if a.mix == "real":
+            parts["real"] = D["real"]
         imgs = np.concatenate(list(parts.values()))
-        y = np.repeat(np.arange(4), [len(v) for v in parts.values()])
-        P, tags = release(imgs, s)
+        y = np.repeat(np.arange(len(parts)), [len(v) for v in parts.values()])
+        if a.mix == "rj":
+            P = np.stack([PR.jpeg_roundtrip(PR.resize_roundtrip(x, 0.5, "bicubic"), 50) for x in imgs])
+            tags = np.array(["rj"] * len(imgs))
+        else:
+            P, tags = release(imgs, s)
         for fold in folds:
             dev = {m: v for m, v in dev_all.items() if m != fold}
             for k in ks:
+                if k is not None and a.mix == "real":
+                    k = 5
                 t = time.perf_counter()
                 r = A.attribute(P, k, dev_sets=dev, random_state=0, cache_dir=a.cache)
                 # processing must not decide a cluster: ARI between the clusters and the processing tags
@@ -134,7 +155,7 @@ def main(argv=None):
                 print(json.dumps(cell), flush=True)
     print("\nsummary: mean / min / 95 % bootstrap interval of the mean over cells", flush=True)
     for k in ks:
-        kk = "auto" if k is None else k
+        kk = "auto" if k is None else (5 if a.mix == "real" else k)
         for fold in folds + ["all"]:
             v = [c["ari"] for c in cells if c["k"] == kk and (fold == "all" or c["fold"] == fold)]
             if v:

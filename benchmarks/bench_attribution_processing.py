@@ -269,7 +269,7 @@ def main(argv=None):
     ap.add_argument("--k1-sim", type=int, default=0, help="only simulate the k = 1 decision's false-split rate on this "
                     "many one-model sets (log-concave shapes, unprocessed / released), and the planted two-model "
                     "power, then stop")
-    ap.add_argument("--pair-test", default="both", choices=("both", "best-split", "labels", "labels-proc"),
+    ap.add_argument("--pair-test", default=A.PAIR_TEST, choices=A.PAIR_TESTS,
                     help="the 'after' pair test of the k scan (engine.attribution.PAIR_TEST)")
     ap.add_argument("--only", default=None, help="comma-separated condition names")
     ap.add_argument("--alt", action="store_true", help="other samples: gen_a[200:400], gen_b[200:400], "

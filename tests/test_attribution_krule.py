@@ -54,8 +54,8 @@ def test_pair_test_requires_the_clusters_to_be_the_groups():
         lab = np.full(len(y), 2)
         lab[two] = mixed
         default = A.PAIR_TEST
-        assert default == "both"
-        for rule, passes in (("best-split", True), ("labels", False), ("both", False)):  # best-split: the old gap
+        assert default == "floor"  # issue 19, fifth round: the labelled test plus the processing floor
+        for rule, passes in (("best-split", True), ("labels", False), ("both", False), ("floor", False)):  # best-split: the old gap
             A.PAIR_TEST = rule
             try:
                 pmin = A._pair_separation(F, lab, 0)[0]
