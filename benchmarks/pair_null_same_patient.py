@@ -11,7 +11,7 @@ check is on the images themselves, per dev generator's real folder (used + unuse
 
 1. **Are there pairs much closer than the rest?**  Z-scored pixel correlation of every real image with every
    other (in place and mirrored, the best of the two): the nearest other real's correlation (quantiles, the 5
-   largest), the number of pairs above 0.9 / 0.95, and how many images have a neighbour closer (in ``1 - corr``)
+   largest distinct values), the number of pairs above 0.9 / 0.95, and how many images have a neighbour closer (in ``1 - corr``)
    than ``f`` times their own ``k``-th neighbour (the a priori "too close to be another patient" rules a
    series-grouping null would use).
 2. **Where does the null's upper tail come from?**  The unsupervised audit (defaults) is run; its null rows
@@ -81,7 +81,7 @@ def run_one(g: str, root: str, cache: str) -> None:
     up = c[np.triu_indices(R, 1)]
     print(f"\n## {g}: {R} real images ({len(used)} used + {len(unused)} unused), {len(gen)} generated")
     print(f"1. nearest other real's correlation: q50 {np.quantile(s[:, 0], .5):.3f}, q90 {np.quantile(s[:, 0], .9):.3f}, "
-          f"q99 {np.quantile(s[:, 0], .99):.3f}; 5 largest {np.round(np.sort(s[:, 0])[::-1][:10:2], 3).tolist()}; "
+          f"q99 {np.quantile(s[:, 0], .99):.3f}; 5 largest distinct {np.unique(np.round(s[:, 0], 3))[::-1][:5].tolist()}; "
           f"pairs > 0.9: {int((up > 0.9).sum())}, > 0.95: {int((up > 0.95).sum())} of {len(up)}")
     for k in (2, 5, 10):
         cnt = [int(((1 - s[:, 0]) < f * (1 - s[:, k - 1])).sum()) for f in (0.5, 0.67)]
