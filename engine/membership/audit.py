@@ -262,7 +262,17 @@ def audit_membership(generated, real, *, dev_sets: Sequence[DevSet] = (), refere
         info["pair_null"] = {"shift": {n: float(v) for n, v in pn["_shift"].items() if n in names},
                              "theta": {n: float(v) for n, v in pn["_theta"].items() if n in names},
                              "registered": bool(reg_null), "anatomy": bool(anat_null),
-                             "icc": float(pinfo["null_icc"]) if np.isfinite(pinfo["null_icc"]) else None}
+                             "icc": float(pinfo["null_icc"]) if np.isfinite(pinfo["null_icc"]) else None,
+                             "series": pn.get("_series")}
+        ser = pn.get("_series")
+        if ser is not None and not ser.get("reason"):
+            # series (several slices of one patient) found from the images alone; each image's own series is left
+            # out of its null neighbours, so the null measures how close two different patients get
+            lines.append(f"Series: {ser['n_series']} groups of near-identical slices ({ser['n_grouped']} of {nR} real "
+                         f"images, largest {ser['largest']}) found in the real folder from the images alone (a pair "
+                         f"closer than {ser['factor']:.2f}x an image's {ser['k']}th-neighbour distance; P(any false "
+                         f"grouping of distinct patients) <= {ser['alpha']:g} under the locally uniform model)"
+                         + ("; the null leaves out each image's own series." if ser["n_series"] else "."))
         if emp is not None:
             info["empirical_null"] = emp
         if chan is not None:
