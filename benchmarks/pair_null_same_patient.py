@@ -122,7 +122,7 @@ def run_one(g: str, root: str, cache: str) -> None:
               f"{np.median(Zc[y, j]):+.2f} | {np.mean(Zn[top].argmax(1) == j):.2f} |")
 
 
-def series_folder(seed: int, n_pat: int = 40, per: int = 3, h: int = 64):
+def series_folder(seed: int, n_pat: int = 40, per: int = 3, h: int = 64, share: float = 0.5):
     """Real folder of series and a generator copying every slice of half the patients (see the module doc).
 
     Returns real uint8 [n_pat * per, h, h], patient int [n], member int [n], generated uint8 [150 + copies, h, h]."""
@@ -141,16 +141,16 @@ def series_folder(seed: int, n_pat: int = 40, per: int = 3, h: int = 64):
             real.append(u8(x + 4.0 * tex / tex.std() + rng.normal(0, 2, (h, h))))
             pat.append(p)
     real, pat = np.stack(real), np.array(pat)
-    y = np.isin(pat, np.arange(0, n_pat, 2)).astype(int)
+    y = np.isin(pat, np.arange(0, n_pat, 2)[:int(round(share * n_pat))]).astype(int)
     copies = [u8(real[i].astype(np.float64) + rng.normal(0, 3, (h, h))) for i in np.flatnonzero(y)]
-    gen = np.concatenate([np.stack([phantom(rng, h) for _ in range(150)]), np.stack(copies)])
+    gen = np.concatenate([np.stack([phantom(rng, h) for _ in range(150)])] + ([np.stack(copies)] if copies else []))
     return real, pat, y, gen[rng.permutation(len(gen))]
 
 
-def run_series(seed: int, cache: str) -> None:
+def run_series(seed: int, cache: str, share: float = 0.5) -> None:
     from sklearn.metrics import roc_auc_score
 
-    real, pat, y, gen = series_folder(seed)
+    real, pat, y, gen = series_folder(seed, share=share)
     R = len(real)
     c = pair_correlations(real)
     same = (pat[:, None] == pat[None]) & ~np.eye(R, dtype=bool)
@@ -159,9 +159,17 @@ def run_series(seed: int, cache: str) -> None:
           f"{np.median(np.where(same, -np.inf, c).max(1)):.3f}")
     out = {}
     for dec in ("fpr:0.01", "fdr:0.1"):
-        out[dec] = audit_membership(gen, real, decision=dec, cache_dir=cache)
+        out[dec] = audit_membership(gen, real, decision=dec, cache_dir=cache, pair_series=False)
+    for dec in ("fpr:0.01", "fdr:0.1"):                # series-aware null (uns7's fix)
+        out[dec + " series-aware"] = audit_membership(gen, real, decision=dec, cache_dir=cache)
+    ser = out["fpr:0.01 series-aware"].info["pair_null"]["series"]
+    sg = real_pair_null_cached(real, len(gen), cache_dir=cache, register=True)["_groups"]
+    same_g = (sg[:, None] == sg[None]) & ~np.eye(R, dtype=bool)
+    print(f"   series found: {ser['n_series']} ({ser['n_grouped']} images, factor {ser['factor']:.3f}, exponent "
+          f"{ser['exponent']:.2f}); same-patient pairs grouped {int((same_g & same).sum()) // 2} of "
+          f"{int(same.sum()) // 2}, pairs of two patients grouped {int((same_g & ~same).sum()) // 2}")
     ns = out["fpr:0.01"].null_scores
-    pn = real_pair_null_cached(real, len(gen), cache_dir=cache, register=True)
+    pn = real_pair_null_cached(real, len(gen), cache_dir=cache, register=True, series=False)
     # the splits as real_pair_null draws them (its defaults: random_state 0, shares 0.25 / 0.5 / 0.75, 2 repeats)
     draw = np.random.default_rng(0)
     in_a = np.stack([draw.random(R) < p for p in (0.25, 0.5, 0.75) for _ in range(2)])
@@ -172,8 +180,8 @@ def run_series(seed: int, cache: str) -> None:
           f"{sib_a.mean():.2f} of all rows")
     for dec, r in out.items():
         u = np.asarray(r.used, bool)
-        print(f"   {dec}: recall {u[y == 1].mean():.2f}, others flagged {int(u[y == 0].sum())}/{int((y == 0).sum())}, "
-              f"AUC {roc_auc_score(y, r.score):.3f}")
+        print(f"   {dec}: recall {u[y == 1].mean() if y.any() else float('nan'):.2f}, others flagged {int(u[y == 0].sum())}/{int((y == 0).sum())}, "
+              f"AUC {roc_auc_score(y, r.score) if 0 < y.sum() < len(y) else float('nan'):.3f}")
 
 
 def main(argv=None):
@@ -182,12 +190,13 @@ def main(argv=None):
     ap.add_argument("--gens", default="gen_e,gen_a,gen_b")
     ap.add_argument("--cache-dir", default=None, help="evidence / pair-null checkpoints (shared with membership_loo.py)")
     ap.add_argument("--series-seeds", default="", help="comma list of seeds: the simulated series folders (default none)")
+    ap.add_argument("--series-share", type=float, default=0.5, help="share of the series' patients copied (0: none)")
     a = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         for g in filter(None, a.gens.split(",")):
             run_one(g, os.path.join(a.corpus, "membership"), a.cache_dir or tmp)
         for sd in filter(None, a.series_seeds.split(",")):
-            run_series(int(sd), a.cache_dir or tmp)
+            run_series(int(sd), a.cache_dir or tmp, a.series_share)
 
 
 if __name__ == "__main__":

@@ -110,7 +110,8 @@ def _channels(rng, n, df=5):
     return z / np.sqrt(rng.chisquare(df, (n, 1)) / df)
 
 
-def _null_model_fpr(rng, *, loc, scale, empirical, R=100, n_fresh=2000, icc=0.2, reps=6, pi1=0.0):
+def _null_model_fpr(rng, *, loc, scale, empirical, R=100, n_fresh=2000, icc=0.2, reps=6, pi1=0.0,
+                    series_null=0.0, series_cand=0.0):
     """One simulated audit: ``R`` real images, each with ``reps`` null rows (correlated ``icc`` within the image,
     as real_pair_null's splits are), ``R`` candidates whose non-members' channels are ``loc + scale * S`` (S
     distributed as a null row), and ``n_fresh`` more non-members scored by the same fitted rule without shaping it:
@@ -118,10 +119,22 @@ def _null_model_fpr(rng, *, loc, scale, empirical, R=100, n_fresh=2000, icc=0.2,
     a non-member draw plus a copy's evidence, +2..6 on the registered channels (every copy) and, for half of
     them (copies in place), on the in-place channels too.  Returns the FPR, the fdr:0.1 flags among the
     non-member candidates, the null's within-image correlation, the members' recall at fpr:0.01 and the
-    false share among the fdr:0.1 flags."""
+    false share among the fdr:0.1 flags.
+
+    Series folders (several slices per patient): a share ``series_null`` of the real images keep a slice of their own
+    patient in their null neighbours (the series the grouping missed): in each of their rows that slice plays a
+    generated image with probability 1/2 (every channel +2..5) or a real one (every channel -2..5); a share
+    ``series_cand`` of the candidates (members and non-members) have a slice of their own patient among the real
+    images, so their nearest real is that slice (every channel -1..4)."""
     img = _channels(rng, R)
     null = np.concatenate([np.sqrt(icc) * img + np.sqrt(1 - icc) * _channels(rng, R) for _ in range(reps)])
+    if series_null:
+        sib = np.tile(rng.random(R) < series_null, reps)
+        null[sib] += np.where(rng.random((int(sib.sum()), 1)) < 0.5, 1.0, -1.0) * rng.uniform(2.0, 5.0, (int(sib.sum()), 1))
     cand = loc + scale * _channels(rng, R + n_fresh)
+    if series_cand:
+        cs = rng.random(R + n_fresh) < series_cand
+        cand[cs] -= rng.uniform(1.0, 4.0, (int(cs.sum()), 1))
     nm = int(round(pi1 * R))
     sh = rng.uniform(2.0, 6.0, (nm, 1))
     cand[:nm, 3:] += sh
@@ -464,3 +477,33 @@ def test_planted_series_copies_flagged_without_a_reference(tmp_path):
     before = audit_membership(gen, real, pair_series=False, **kw)
     assert before.info["pair_null"]["series"] is None
     assert before.used[y == 1].mean() < res.used[y == 1].mean() - 0.3, (before.used[y == 1].mean(), res.used[y == 1].mean())
+
+
+@pytest.mark.parametrize("empirical", ["widen", pytest.param("channel", marks=pytest.mark.xfail(
+    strict=True, reason="the opt-in per-channel null (which may narrow) breaks fdr:0.1's bound on series folders: "
+                        "5 of 20 no-member folders flagged, up to 22 (benchmarks/RESULTS.md, uns7); the default holds"))])
+def test_unsupervised_decision_false_positive_rate_with_series_by_simulation(empirical):
+    """The simulation above (exchangeable generator) on series folders, with 0, 25% and 50% members: after the
+    series-aware null (:func:`calibrate.series_groups` finds 60-80% of the same-patient pairs of the planted series
+    folders), 30% of the real images still have a slice of their own patient among their null neighbours, and 80%
+    of the candidates have one among the real images.  The stated bounds hold: mean FPR of fpr:0.01 <= 0.01,
+    P(FPR > 0.02) <= 5%, fdr:0.1 with no member P(any flag) <= 0.1, with members mean false share <= 0.1 (each with
+    its Monte-Carlo slack).  A channel-level model of what series do to the evidence (members' recall is not asserted:
+    the model's shifts are arbitrary); the images themselves are checked by the planted series test and
+    benchmarks/pair_null_same_patient.py."""
+    rng = np.random.default_rng([99, len(empirical)])
+    reps = 10
+    mc = 3 * np.sqrt(0.01 / 2000 / (4 * reps))
+    fprs = []
+    for pi1 in (0.0, 0.25, 0.5):
+        res = np.array([_null_model_fpr(rng, loc=0.0, scale=1.0, empirical=empirical, pi1=pi1, series_null=0.3,
+                                        series_cand=0.8) for _ in range(2 * reps if pi1 == 0 else reps)])
+        fpr, flags, icc, rec, fdp = res.T
+        fprs.append(fpr)
+        if pi1 == 0:
+            assert np.mean(flags > 0) <= 0.1 + 2 * np.sqrt(0.1 * 0.9 / len(flags)), flags
+        else:
+            assert fdp.mean() <= 0.1 + 2 * fdp.std() / np.sqrt(len(fdp)), (pi1, fdp)
+    fpr = np.concatenate(fprs)
+    assert fpr.mean() <= 0.01 + mc, fpr.mean()
+    assert np.mean(fpr > 0.02) <= 0.05 + 2 * np.sqrt(0.05 * 0.95 / len(fpr)), np.sort(fpr)[-5:]
