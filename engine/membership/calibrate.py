@@ -483,8 +483,8 @@ def series_groups(d: np.ndarray, idx: np.ndarray, *, k: int = SERIES_K, alpha: f
     patients has a neighbour closer than ``f * D_k`` with probability ``u = 1 - (1 - f ** a) ** (k - 1)``.
     ``u = alpha / R`` fixes ``f``; a link joins ``i`` and ``j`` when ``j`` is among ``i``'s ``k - 1`` nearest and
     ``D_ij < f * D_i,k`` (``i`` sees ``j`` as too close to be another patient).  By the union bound over the
-    images a folder of distinct patients holds any link with probability <= ``alpha``.  Series are the connected components of the
-    links (single linkage: adjacent slices chain a longer series).
+    images a folder of distinct patients holds any link with probability <= ``alpha``.  Series are the
+    connected components of the links (single linkage: adjacent slices chain a longer series).
 
     Parameters
     ----------
@@ -498,8 +498,8 @@ def series_groups(d: np.ndarray, idx: np.ndarray, *, k: int = SERIES_K, alpha: f
     -------
     groups : int64 [R]   series label of every image (``0..G-1``; an image alone is its own series)
     info : dict          ``n_series`` (series of >= 2 images), ``n_grouped`` (images in them), ``largest``,
-                         ``n_links``, ``exponent`` (``a``), ``factor`` (``f``), ``k``, ``alpha``, ``reason``
-                         (why nothing was grouped, else "")
+                         ``n_links``, ``exponent`` (``a``; None when not measured), ``factor`` (``f``), ``k``,
+                         ``alpha``, ``reason`` (why nothing was grouped, else "")
     """
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
@@ -507,7 +507,7 @@ def series_groups(d: np.ndarray, idx: np.ndarray, *, k: int = SERIES_K, alpha: f
     d = np.asarray(d, np.float64)
     idx = np.asarray(idx, np.int64)
     R = len(d)
-    info = {"n_series": 0, "n_grouped": 0, "largest": 1 if R else 0, "n_links": 0, "exponent": float("nan"),
+    info = {"n_series": 0, "n_grouped": 0, "largest": 1 if R else 0, "n_links": 0, "exponent": None,
             "factor": 0.0, "k": int(k), "alpha": float(alpha), "reason": ""}
     groups = np.arange(R, dtype=np.int64)
     if R < 2 * k + 1 or d.shape[1] < 2 * k:
@@ -1098,6 +1098,36 @@ def pair_null_scores(Z: np.ndarray, null_mask: np.ndarray, w: np.ndarray, use_ma
                                                                  "channel_null": chan, "null_icc": icc}
 
 
+def _series_groups_cached(real: np.ndarray, cache_dir: str | None) -> tuple[np.ndarray, dict]:
+    """:func:`real_series_groups`, checkpointed in ``cache_dir`` (``series-<hash>.npz`` keyed by the images and the
+    constants; read with ``allow_pickle=False``, written atomically) so repeated audits of one folder search once."""
+    if cache_dir is None:
+        return real_series_groups(real)
+    import hashlib
+    import io
+    import json
+    from pathlib import Path
+
+    from ..store import atomic_write_bytes
+
+    a = np.ascontiguousarray(real)
+    h = hashlib.sha256(f"series-v1 {SERIES_K} {SERIES_ALPHA} {a.dtype}{a.shape}".encode())
+    h.update(memoryview(a).cast("B"))
+    path = Path(cache_dir) / f"series-{h.hexdigest()[:40]}.npz"
+    if path.exists():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return np.array(z["groups"], np.int64), json.loads(str(z["info"]))
+        except (OSError, ValueError, KeyError):
+            pass  # unreadable checkpoint: recompute
+    groups, info = real_series_groups(real)
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    np.savez(buf, groups=groups, info=np.array(json.dumps(info)))
+    atomic_write_bytes(path, buf.getvalue())
+    return groups, info
+
+
 def real_pair_null_cached(real: np.ndarray, n_generated: int, *, cache_dir: str | None = None, **kw) -> dict:
     """:func:`real_pair_null`, checkpointed in ``cache_dir`` (when given) under a hash of its inputs (``.npz``,
     read back with ``allow_pickle=False``; written atomically), so repeated audits of one real folder (every
@@ -1109,7 +1139,7 @@ def real_pair_null_cached(real: np.ndarray, n_generated: int, *, cache_dir: str 
     the grouping's info (None when not searched)."""
     ginfo = None
     if kw.get("series", True) and kw.get("groups") is None:
-        groups, ginfo = real_series_groups(real)
+        groups, ginfo = _series_groups_cached(real, cache_dir)
         kw = dict(kw, groups=groups)
     if kw.get("groups") is not None and len(np.unique(kw["groups"])) == len(real):
         kw = {k_: v for k_, v in kw.items() if k_ not in ("groups", "series")}
