@@ -474,6 +474,7 @@ def test_planted_series_copies_flagged_without_a_reference(tmp_path):
     assert roc_auc_score(y, res.score) >= 0.95
     assert res.used[y == 1].mean() >= 0.5, res.used[y == 1].mean()
     assert res.used[y == 0].mean() <= 0.05, res.used[y == 0].sum()
+    assert len(list(tmp_path.glob("series-*.npz"))) == 1      # the grouping is checkpointed with the null
     before = audit_membership(gen, real, pair_series=False, **kw)
     assert before.info["pair_null"]["series"] is None
     assert before.used[y == 1].mean() < res.used[y == 1].mean() - 0.3, (before.used[y == 1].mean(), res.used[y == 1].mean())
