@@ -140,6 +140,12 @@ def _membership(d: Path, *, summary: dict, result, real, gen, truth: Mapping[str
                      f"Candidates far to the right of it carry evidence of membership.</p>")
         facts_json["null_scores"] = {"n": int(null.size), "median": float(np.median(null)),
                                      "q99": float(np.quantile(null, 0.99)), "max": float(null.max())}
+    ser = (info.get("pair_null") or {}).get("series") if isinstance(info.get("pair_null"), dict) else None
+    if ser and not ser.get("reason"):        # issue 13 (uns7): series found in the real folder, left out of the null
+        facts_json["series"] = {k: ser[k] for k in ("n_series", "n_grouped", "largest", "factor", "alpha")}
+        parts.append(f"<p class=note>Series (several slices of one patient) found in the real folder from the images "
+                     f"alone: {int(ser['n_series'])} ({int(ser['n_grouped'])} images); each image's own series is "
+                     f"left out of its real-to-real null.</p>")
     parts.append(f"<p class=note>Decision: {html.escape(str(summary.get('decision')))}; "
                  f"{int(used.sum())} of {len(used)} images flagged. "
                  f"{html.escape(str(getattr(result, 'summary', '')))}</p>")

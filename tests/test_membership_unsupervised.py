@@ -110,7 +110,8 @@ def _channels(rng, n, df=5):
     return z / np.sqrt(rng.chisquare(df, (n, 1)) / df)
 
 
-def _null_model_fpr(rng, *, loc, scale, empirical, R=100, n_fresh=2000, icc=0.2, reps=6, pi1=0.0):
+def _null_model_fpr(rng, *, loc, scale, empirical, R=100, n_fresh=2000, icc=0.2, reps=6, pi1=0.0,
+                    series_null=0.0, series_cand=0.0):
     """One simulated audit: ``R`` real images, each with ``reps`` null rows (correlated ``icc`` within the image,
     as real_pair_null's splits are), ``R`` candidates whose non-members' channels are ``loc + scale * S`` (S
     distributed as a null row), and ``n_fresh`` more non-members scored by the same fitted rule without shaping it:
@@ -118,10 +119,22 @@ def _null_model_fpr(rng, *, loc, scale, empirical, R=100, n_fresh=2000, icc=0.2,
     a non-member draw plus a copy's evidence, +2..6 on the registered channels (every copy) and, for half of
     them (copies in place), on the in-place channels too.  Returns the FPR, the fdr:0.1 flags among the
     non-member candidates, the null's within-image correlation, the members' recall at fpr:0.01 and the
-    false share among the fdr:0.1 flags."""
+    false share among the fdr:0.1 flags.
+
+    Series folders (several slices per patient): a share ``series_null`` of the real images keep a slice of their own
+    patient in their null neighbours (the series the grouping missed): in each of their rows that slice plays a
+    generated image with probability 1/2 (every channel +2..5) or a real one (every channel -2..5); a share
+    ``series_cand`` of the candidates (members and non-members) have a slice of their own patient among the real
+    images, so their nearest real is that slice (every channel -1..4)."""
     img = _channels(rng, R)
     null = np.concatenate([np.sqrt(icc) * img + np.sqrt(1 - icc) * _channels(rng, R) for _ in range(reps)])
+    if series_null:
+        sib = np.tile(rng.random(R) < series_null, reps)
+        null[sib] += np.where(rng.random((int(sib.sum()), 1)) < 0.5, 1.0, -1.0) * rng.uniform(2.0, 5.0, (int(sib.sum()), 1))
     cand = loc + scale * _channels(rng, R + n_fresh)
+    if series_cand:
+        cs = rng.random(R + n_fresh) < series_cand
+        cand[cs] -= rng.uniform(1.0, 4.0, (int(cs.sum()), 1))
     nm = int(round(pi1 * R))
     sh = rng.uniform(2.0, 6.0, (nm, 1))
     cand[:nm, 3:] += sh
@@ -369,3 +382,129 @@ def test_in_place_copies_among_a_collapsed_generator_flagged_without_a_reference
             r = audit_membership(gen, real, decision=dec, empirical=emp, **kw)
             assert r.used[y == 1].mean() >= 0.5, (emp, dec, r.used[y == 1].mean())
             assert r.used[y == 0].mean() <= 0.05, (emp, dec, r.used[y == 0].sum())
+
+
+# ------------------------------------------------------------------------------------- series: several slices per patient
+def series_folder(seed, *, n_pat=30, per=3, h=64, n_new=60, share=0.5):
+    """A real folder of series: ``n_pat`` CT-like phantom patients x ``per`` slices (the patient's image shifted by
+    ~0.5 px, new 1.5 px-smooth texture and noise: slice-to-slice correlation ~0.97 against ~0.8 between patients),
+    and a generator that copied every slice of a share ``share`` of the patients in place (noise sd 3) among
+    ``n_new`` new patients of its own.  Returns real uint8 [n_pat * per, h, h], patient int [..], member int [..],
+    generated uint8 [n_new + copies, h, h] (shuffled)."""
+    rng = np.random.default_rng(seed)
+    real, pat = [], []
+    for p in range(n_pat):
+        base = phantom(rng, h).astype(np.float64)
+        for _ in range(per):
+            x = ndimage.shift(base, rng.normal(0, 0.5, 2), order=1, mode="nearest")
+            tex = ndimage.gaussian_filter(rng.normal(0, 1, (h, h)), 1.5)
+            real.append(u8(x + 4.0 * tex / tex.std() + rng.normal(0, 2, (h, h))))
+            pat.append(p)
+    real, pat = np.stack(real), np.array(pat)
+    y = np.isin(pat, rng.permutation(n_pat)[:int(round(share * n_pat))]).astype(int)
+    gen = [phantom(rng, h) for _ in range(n_new)]
+    gen += [u8(real[i].astype(np.float64) + rng.normal(0, 3, (h, h))) for i in np.flatnonzero(y)]
+    gen = np.stack(gen)
+    return real, pat, y, gen[rng.permutation(len(gen))]
+
+
+def _distinct_folder_links(seed, n=60, h=32):
+    from imprint.engine.membership.calibrate import real_series_groups
+
+    rng = np.random.default_rng([seed, 77])
+    return real_series_groups(np.stack([phantom(rng, h) for _ in range(n)]))[1]["n_links"]
+
+
+def test_series_groups_planted_series_grouped_distinct_patients_not():
+    """:func:`calibrate.series_groups`: (1) in folders of planted series (3 slices per patient) no group ever joins two
+    patients, and most same-patient pairs are grouped (>= 60%; ~75-80% measured: the bound is strict); (2) the stated
+    bound: in folders of distinct patients the probability of ANY false link is <= SERIES_ALPHA (0.05), checked by
+    simulation over 120 folders of 60 phantom patients (+ 2 Monte-Carlo standard errors); (3) too few images: nothing
+    grouped, with the reason."""
+    from imprint.engine.membership.calibrate import SERIES_ALPHA, real_series_groups
+
+    for seed in (0, 1):
+        real, pat, _, _ = series_folder(seed)
+        g, info = real_series_groups(real)
+        same = pat[:, None] == pat[None]
+        gg = g[:, None] == g[None]
+        off = ~np.eye(len(pat), dtype=bool)
+        assert not (gg & ~same).any(), info                  # no group spans two patients
+        assert (gg & same & off).sum() >= 0.6 * (same & off).sum(), info
+        assert info["n_series"] >= 20 and info["largest"] == 3 and 0 < info["factor"] < 1
+    links = np.array([_distinct_folder_links(s) for s in range(120)])
+    assert np.mean(links > 0) <= SERIES_ALPHA + 2 * np.sqrt(SERIES_ALPHA * (1 - SERIES_ALPHA) / len(links)), links
+    g, info = real_series_groups(phantoms(15, 3, h=32))
+    assert (g == np.arange(15)).all() and info["n_series"] == 0 and info["reason"]
+
+
+def test_pair_null_leaves_out_the_own_series_and_is_unchanged_without_series():
+    """``real_pair_null``: with series, no neighbour of a null row is a slice of its own patient (the rows of an image
+    whose sibling plays a generated image are no longer the heavy tail: the null's q99 drops); without series (distinct
+    patients) ``series=True`` gives the null of ``series=False`` bit for bit."""
+    from imprint.engine.membership.calibrate import PAIR_FEATURES
+
+    real, pat, _, _ = series_folder(2)
+    kw = dict(splits=(0.25, 0.5, 0.75), repeats=2, anatomy=True, anatomy_register=False)
+    on = real_pair_null(real, 100, **kw)
+    off = real_pair_null(real, 100, series=False, **kw)
+    g = on["_groups"]
+    assert len(np.unique(g)) < len(g) and (off["_groups"] == np.arange(len(g))).all()
+    for n in PAIR_FEATURES + ("anat_ratio",):
+        assert np.quantile(on[n], 0.99) < np.quantile(off[n], 0.99) - 0.3, n
+    distinct = phantoms(40, 8, h=48)
+    a = real_pair_null(distinct, 50, **kw)
+    b = real_pair_null(distinct, 50, series=False, **kw)
+    assert (a["_groups"] == np.arange(40)).all()
+    for n in PAIR_FEATURES + ("anat_ratio",):
+        np.testing.assert_array_equal(a[n], b[n])
+
+
+def test_planted_series_copies_flagged_without_a_reference(tmp_path):
+    """A real folder of series (40 phantom patients x 3 slices, the design of benchmarks/pair_null_same_patient.py),
+    every slice of half the patients copied in place with light noise among 150 new patients, no reference: at the default decision (fpr:0.01) >= 50% of the members are
+    flagged and <= 5% of the others, and the summary states the series found.  The state before (``pair_series=False``:
+    every other slice counts as another patient, so the null's upper tail is same-patient pairs) finds far fewer
+    (the benchmark's 40 x 3 folders: 0.20-0.23 recall at AUC 1.000, benchmarks/RESULTS.md uns7)."""
+    real, pat, y, gen = series_folder(3, n_pat=40, n_new=150)
+    kw = dict(backbone=None, cache_dir=str(tmp_path))
+    res = audit_membership(gen, real, **kw)
+    ser = res.info["pair_null"]["series"]
+    assert ser["n_series"] >= 20 and "Series:" in res.summary
+    assert roc_auc_score(y, res.score) >= 0.95
+    assert res.used[y == 1].mean() >= 0.5, res.used[y == 1].mean()
+    assert res.used[y == 0].mean() <= 0.05, res.used[y == 0].sum()
+    assert len(list(tmp_path.glob("series-*.npz"))) == 1      # the grouping is checkpointed with the null
+    before = audit_membership(gen, real, pair_series=False, **kw)
+    assert before.info["pair_null"]["series"] is None
+    assert before.used[y == 1].mean() < res.used[y == 1].mean() - 0.3, (before.used[y == 1].mean(), res.used[y == 1].mean())
+
+
+@pytest.mark.parametrize("empirical", ["widen", pytest.param("channel", marks=pytest.mark.xfail(
+    strict=True, reason="the opt-in per-channel null (which may narrow) breaks fdr:0.1's bound on series folders: "
+                        "5 of 20 no-member folders flagged, up to 22 (benchmarks/RESULTS.md, uns7); the default holds"))])
+def test_unsupervised_decision_false_positive_rate_with_series_by_simulation(empirical):
+    """The simulation above (exchangeable generator) on series folders, with 0, 25% and 50% members: after the
+    series-aware null (:func:`calibrate.series_groups` finds 60-80% of the same-patient pairs of the planted series
+    folders), 30% of the real images still have a slice of their own patient among their null neighbours, and 80%
+    of the candidates have one among the real images.  The stated bounds hold: mean FPR of fpr:0.01 <= 0.01,
+    P(FPR > 0.02) <= 5%, fdr:0.1 with no member P(any flag) <= 0.1, with members mean false share <= 0.1 (each with
+    its Monte-Carlo slack).  A channel-level model of what series do to the evidence (members' recall is not asserted:
+    the model's shifts are arbitrary); the images themselves are checked by the planted series test and
+    benchmarks/pair_null_same_patient.py."""
+    rng = np.random.default_rng([99, len(empirical)])
+    reps = 10
+    mc = 3 * np.sqrt(0.01 / 2000 / (4 * reps))
+    fprs = []
+    for pi1 in (0.0, 0.25, 0.5):
+        res = np.array([_null_model_fpr(rng, loc=0.0, scale=1.0, empirical=empirical, pi1=pi1, series_null=0.3,
+                                        series_cand=0.8) for _ in range(2 * reps if pi1 == 0 else reps)])
+        fpr, flags, icc, rec, fdp = res.T
+        fprs.append(fpr)
+        if pi1 == 0:
+            assert np.mean(flags > 0) <= 0.1 + 2 * np.sqrt(0.1 * 0.9 / len(flags)), flags
+        else:
+            assert fdp.mean() <= 0.1 + 2 * fdp.std() / np.sqrt(len(fdp)), (pi1, fdp)
+    fpr = np.concatenate(fprs)
+    assert fpr.mean() <= 0.01 + mc, fpr.mean()
+    assert np.mean(fpr > 0.02) <= 0.05 + 2 * np.sqrt(0.05 * 0.95 / len(fpr)), np.sort(fpr)[-5:]

@@ -366,7 +366,8 @@ def anatomy_pair_values(real: np.ndarray, inA: np.ndarray, cand: np.ndarray | No
 
 
 def anatomy_pair_values_splits(real: np.ndarray, inAs, cand: np.ndarray | None = None, *,
-                               only: np.ndarray | None = None, block: int = 512) -> list:
+                               only: np.ndarray | None = None, block: int = 512,
+                               groups: np.ndarray | None = None) -> list:
     """:func:`anatomy_pair_values` for several splits of one real folder, sharing the work that does not depend
     on the split: the low-pass grids, each block of the R x R low-pass similarities, every (image, candidate)
     pair's coarse registration, and the polish and registered NCC of every pair any split needs.  Each split
@@ -379,6 +380,8 @@ def anatomy_pair_values_splits(real: np.ndarray, inAs, cand: np.ndarray | None =
     real : uint8 [R, H, W]
     inAs : sequence of bool [R]     part A of each split
     cand, only, block : as in :func:`anatomy_pair_values`
+    groups : int [R] or None        series labels (:func:`.calibrate.series_groups`): an image's own series is
+                                    never searched, like the image itself (``cand`` must exclude it too)
 
     Returns
     -------
@@ -398,6 +401,8 @@ def anatomy_pair_values_splits(real: np.ndarray, inAs, cand: np.ndarray | None =
         r = rows[b0:b0 + block]
         s = np.maximum(f[r].astype(np.float64) @ f.T.astype(np.float64), fm[r].astype(np.float64) @ f.T.astype(np.float64))
         s[np.arange(len(r)), r] = -np.inf                      # never the image itself
+        if groups is not None:                                 # nor its own series
+            s[np.asarray(groups)[r][:, None] == np.asarray(groups)[None, :]] = -np.inf
         for si, inA in enumerate(inAs):
             for part in (True, False):
                 best[si][part][r] = np.where(inA[None, :] == part, s, -np.inf).max(1)

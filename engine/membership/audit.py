@@ -59,7 +59,7 @@ def audit_membership(generated, real, *, dev_sets: Sequence[DevSet] = (), refere
                      k_gen: int = 10, k_real: int = 10, weights: dict | None = None,
                      cache_dir: str | None = None, executor=None, empirical: bool | str = True,
                      combine: str = "tail", pair_register: bool = True,
-                     pair_anatomy: bool = True) -> MembershipResult:
+                     pair_anatomy: bool = True, pair_series: bool = True) -> MembershipResult:
     """Score real images for membership in a generator's training set and decide used / unused.
 
     Parameters
@@ -104,6 +104,10 @@ def audit_membership(generated, real, *, dev_sets: Sequence[DevSet] = (), refere
     pair_anatomy : bool           without a labelled null: the same for the anatomy evidence (``anat_ratio``: its
                                   real-to-real null compares each real image's low-pass with its nearest other
                                   reals'; default True); False leaves it out (the state before branch uns6)
+    pair_series : bool            without a labelled null: group the real folder into series (several slices of one
+                                  patient, from the images alone: :func:`calibrate.series_groups`) and leave each
+                                  image's own series out of its real-to-real null (default True); False: every
+                                  other real image counts as another patient (the state before branch uns7)
 
     Returns
     -------
@@ -171,11 +175,13 @@ def audit_membership(generated, real, *, dev_sets: Sequence[DevSet] = (), refere
         anat_null = pair_anatomy and any(n in ev for n in PAIR_ANAT_FEATURES)
         names = [n for n in names if n in PAIR_FEATURES or (reg_null and n in PAIR_REG_FEATURES)
                  or (anat_null and n in PAIR_ANAT_FEATURES)]
-        pn = real_pair_null_cached(R, len(G), cache_dir=cache_dir, cache=kw["_cache"], register=reg_null)
+        pn = real_pair_null_cached(R, len(G), cache_dir=cache_dir, cache=kw["_cache"], register=reg_null,
+                                   series=pair_series)
         if anat_null:
             # its own (cheap) checkpoint, so the registered null's checkpoint is shared with audits without it; the
             # splits are drawn from the same seed in the same order, so its rows are the same images and splits
-            pa = real_pair_null_cached(R, len(G), cache_dir=cache_dir, cache=kw["_cache"], anatomy=True)
+            pa = real_pair_null_cached(R, len(G), cache_dir=cache_dir, cache=kw["_cache"], anatomy=True,
+                                       series=pair_series, groups=pn.get("_groups") if pair_series else None)
             if not np.array_equal(pa["_images"], pn["_images"]):
                 raise ImprintError("internal: the anatomy pair null's rows differ from the registered null's")
             pn = dict(pn, _theta=dict(pn["_theta"]), _shift=dict(pn["_shift"]))
@@ -262,7 +268,17 @@ def audit_membership(generated, real, *, dev_sets: Sequence[DevSet] = (), refere
         info["pair_null"] = {"shift": {n: float(v) for n, v in pn["_shift"].items() if n in names},
                              "theta": {n: float(v) for n, v in pn["_theta"].items() if n in names},
                              "registered": bool(reg_null), "anatomy": bool(anat_null),
-                             "icc": float(pinfo["null_icc"]) if np.isfinite(pinfo["null_icc"]) else None}
+                             "icc": float(pinfo["null_icc"]) if np.isfinite(pinfo["null_icc"]) else None,
+                             "series": pn.get("_series")}
+        ser = pn.get("_series")
+        if ser is not None and not ser.get("reason"):
+            # series (several slices of one patient) found from the images alone; each image's own series is left
+            # out of its null neighbours, so the null measures how close two different patients get
+            lines.append(f"Series: {ser['n_series']} groups of near-identical slices ({ser['n_grouped']} of {nR} real "
+                         f"images, largest {ser['largest']}) found in the real folder from the images alone (a pair "
+                         f"closer than {ser['factor']:.2f}x an image's {ser['k']}th-neighbour distance; P(any false "
+                         f"grouping of distinct patients) <= {ser['alpha']:g} under the locally uniform model)"
+                         + ("; the null leaves out each image's own series." if ser["n_series"] else "."))
         if emp is not None:
             info["empirical_null"] = emp
         if chan is not None:

@@ -460,6 +460,110 @@ def exchangeability_check(null_stats: dict, cand_stats: dict, *, alpha: float = 
     return out
 
 
+#: reference neighbour rank of :func:`series_groups`: a pair is "too close to be two patients" against each
+#: image's ``SERIES_K``-th nearest other real (so series of up to ``SERIES_K - 1`` slices leave that reference
+#: among other patients; longer series still chain through their adjacent slices).  A priori.
+SERIES_K = 10
+#: probability, under the locally uniform model of :func:`series_groups`, that a real folder of distinct patients
+#: holds ANY false link (a union bound over its images).  A priori; checked by simulation in
+#: tests/test_membership_unsupervised.py and on the dev corpus (benchmarks/RESULTS.md, uns7).
+SERIES_ALPHA = 0.05
+
+
+def series_groups(d: np.ndarray, idx: np.ndarray, *, k: int = SERIES_K, alpha: float = SERIES_ALPHA
+                  ) -> tuple[np.ndarray, dict]:
+    """Group a real folder into series (several slices of one patient) from the images alone, no metadata.
+
+    Model (the one behind :func:`real_pair_null`'s size correction): around an image, the other patients are
+    locally uniform in a space of intrinsic dimension ``m``, so the volumes ``V_j ~ D_j ** a`` (``D_j`` the
+    squared distance to the ``j``-th nearest other image, ``a = m / 2``) are the arrival times of a Poisson
+    process.  Then ``V_k / V_2k ~ Beta(k, k)``, whose median is 1/2, so ``a`` is measured from the folder as
+    ``log 2 / median_i log(D_i,2k / D_i,k)`` (ranks ``k..2k`` lie beyond any series shorter than ``k``, and the
+    median over images resists the rest); and ``(D_1 / D_k) ** a ~ Beta(1, k - 1)``, so an image of distinct
+    patients has a neighbour closer than ``f * D_k`` with probability ``u = 1 - (1 - f ** a) ** (k - 1)``.
+    ``u = alpha / R`` fixes ``f``; a link joins ``i`` and ``j`` when ``j`` is among ``i``'s ``k - 1`` nearest and
+    ``D_ij < f * D_i,k`` (``i`` sees ``j`` as too close to be another patient).  By the union bound over the
+    images a folder of distinct patients holds any link with probability <= ``alpha``.  Series are the
+    connected components of the links (single linkage: adjacent slices chain a longer series).
+
+    Parameters
+    ----------
+    d : float [R, K]     squared distances to each image's ``K >= 2k`` nearest other images, ascending per row
+                         (z-scored pixels: proportional to ``1 - correlation``)
+    idx : int [R, K]     their indices (into the same folder)
+    k : int              reference rank (:data:`SERIES_K`)
+    alpha : float        probability of any false link in a folder of distinct patients (:data:`SERIES_ALPHA`)
+
+    Returns
+    -------
+    groups : int64 [R]   series label of every image (``0..G-1``; an image alone is its own series)
+    info : dict          ``n_series`` (series of >= 2 images), ``n_grouped`` (images in them), ``largest``,
+                         ``n_links``, ``exponent`` (``a``; None when not measured), ``factor`` (``f``), ``k``,
+                         ``alpha``, ``reason`` (why nothing was grouped, else "")
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    d = np.asarray(d, np.float64)
+    idx = np.asarray(idx, np.int64)
+    R = len(d)
+    info = {"n_series": 0, "n_grouped": 0, "largest": 1 if R else 0, "n_links": 0, "exponent": None,
+            "factor": 0.0, "k": int(k), "alpha": float(alpha), "reason": ""}
+    groups = np.arange(R, dtype=np.int64)
+    if R < 2 * k + 1 or d.shape[1] < 2 * k:
+        info["reason"] = f"{R} images, {d.shape[1] if d.ndim == 2 else 0} neighbours: fewer than {2 * k + 1} / {2 * k}"
+        return groups, info
+    o = np.argsort(d, 1, kind="stable")
+    d, idx = np.take_along_axis(d, o, 1), np.take_along_axis(idx, o, 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lr = np.log(d[:, 2 * k - 1] / d[:, k - 1])
+    lr = lr[np.isfinite(lr)]
+    med = float(np.median(lr)) if len(lr) else 0.0
+    if not med > 0:
+        info["reason"] = "the neighbour distances do not grow with rank (ties)"
+        return groups, info
+    a = math.log(2.0) / med
+    u = -math.expm1(math.log1p(-alpha / R) / (k - 1))
+    f = u ** (1.0 / a)
+    ref = d[:, k - 1]
+    near = d[:, :k - 1]
+    nb = idx[:, :k - 1]
+    ok = (nb >= 0) & (near < f * ref[:, None])
+    i, j = np.nonzero(ok)
+    info.update(exponent=float(a), factor=float(f))
+    if len(i):
+        g = coo_matrix((np.ones(len(i)), (i, nb[i, j])), shape=(R, R))
+        _, groups = connected_components(g, directed=False)
+        groups = groups.astype(np.int64)
+        size = np.bincount(groups)
+        info.update(n_series=int((size > 1).sum()), n_grouped=int(size[size > 1].sum()), largest=int(size.max()),
+                    n_links=int(len({(min(p, q), max(p, q)) for p, q in zip(i.tolist(), nb[i, j].tolist())})))
+    return groups, info
+
+
+def real_series_groups(real: np.ndarray, **kw) -> tuple[np.ndarray, dict]:
+    """:func:`series_groups` of a real folder (uint8 [R, H, W]) from its exact z-scored pixel neighbours (in place,
+    the ``2 k`` nearest other images).  Returns ``groups`` int64 [R] and ``info`` as there."""
+    from .evidence import _knn_self, _zrows, generated_chunk
+
+    R = len(real)
+    k = int(kw.get("k", SERIES_K))
+    if R < 2 * k + 1:
+        return series_groups(np.zeros((R, 0)), np.zeros((R, 0), np.int64), **kw)
+    d, idx = _knn_self(_zrows(real), R, 2 * k, generated_chunk(R, real.shape[1] * real.shape[2]))
+    return series_groups(d, idx, **kw)
+
+
+def _without_own_series(d: np.ndarray, idx: np.ndarray, groups: np.ndarray | None, k: int):
+    """Each row's neighbour list (ascending ``d`` [R, K], ``idx`` [R, K]) without its own series' images,
+    cut to ``k`` columns (``K >= k`` + the largest series - 1 keeps ``k`` others).  ``groups`` None: cut only."""
+    if groups is None:
+        return d[:, :k], idx[:, :k]
+    own = groups[np.maximum(idx, 0)] == groups[:, None]
+    o = np.argsort(own, 1, kind="stable")                  # others first, in their order
+    return np.take_along_axis(d, o, 1)[:, :k], np.take_along_axis(idx, o, 1)[:, :k]
+
+
 def _pair_reg_candidates(real: np.ndarray, idx: np.ndarray, keys: list, cache: dict, *, k_reg: int, n_pix: int,
                          k_spec: int, share: float) -> tuple[np.ndarray, np.ndarray]:
     """Registration candidates of every real image among the OTHER real images, built by the evidence's own
@@ -515,7 +619,8 @@ def real_pair_null(real: np.ndarray, n_generated: int, *, k: int = 32, splits: S
                    repeats: int = 2, random_state: int = 0, cache: dict | None = None, register: bool = False,
                    k_reg: int = 6, n_pix: int = 3, k_spec: int = 4,
                    max_images: int | None = None, anatomy: bool = False,
-                   anatomy_register: bool | None = None) -> dict:
+                   anatomy_register: bool | None = None, series: bool = True,
+                   groups: np.ndarray | None = None) -> dict:
     """Null evidence from pairs of different patients in the real folder (no labelled null needed).
 
     Each real image ``x`` plays a non-member: the other real images are split at random into a
@@ -550,6 +655,11 @@ def real_pair_null(real: np.ndarray, n_generated: int, *, k: int = 32, splits: S
     anatomy_register : bool or None   the anatomy null also registers each image on the low-pass grids over its
                             shortlisted other reals (:func:`_pair_reg_candidates`), as the evidence does with
                             :data:`.anatomy.REGISTERED` (None: follow that flag)
+    series : bool           exclude each image's own series (several slices of one patient, found from the images
+                            by :func:`series_groups`) from every neighbour list, registration candidate list and the
+                            anatomy search, so the null measures how close two DIFFERENT patients get (default
+                            True; with no series found the null is the one before, bit for bit)
+    groups : int [R] or None  series labels to use instead of :func:`series_groups` (``series`` must be True)
     max_images : int or None     at most this many real images play the non-member (a seeded random subset; the
                             splits and neighbours still range over every real image), so the registered null's cost
                             is bounded on large folders (default :data:`PAIR_NULL_MAX_IMAGES`; None: that default)
@@ -561,7 +671,8 @@ def real_pair_null(real: np.ndarray, n_generated: int, *, k: int = 32, splits: S
     ``anatomy``), ``"_images"`` (int [rows]: the real
     image of every row); the rows
     of one split are consecutive; row ``r`` of a split is real image ``r % R``), ``"_theta"`` and
-    ``"_shift"`` (name -> float: the slope and the mean shift applied).
+    ``"_shift"`` (name -> float: the slope and the mean shift applied), ``"_groups"`` (int64 [R]: the series
+    label of every real image; every image its own when ``series`` is False).
     """
     from scipy.stats import trim_mean
 
@@ -575,14 +686,28 @@ def real_pair_null(real: np.ndarray, n_generated: int, *, k: int = 32, splits: S
     kk = int(min(max(2, k), R - 1))
     npix = float(real.shape[1] * real.shape[2])
     block = generated_chunk(R, real.shape[1] * real.shape[2])   # issue 15: the R x R searches go by blocks
-    d, idx = _knn_self(_zrows(real), R, kk, block)
+    ks = SERIES_K
+    grp_info = None
+    if series and groups is None:
+        d, idx = _knn_self(_zrows(real), R, max(kk, min(2 * ks, R - 1)), block)
+        groups, grp_info = series_groups(d, idx, k=ks)
+    groups = None if groups is None else np.asarray(groups, np.int64)
+    if groups is not None and len(groups) != R:
+        raise ImprintError(f"groups must label every real image ({len(groups)} labels for {R} images)")
+    gmax = int(np.bincount(np.unique(groups, return_inverse=True)[1]).max()) if groups is not None else 1
+    if gmax == 1:
+        groups = None                                      # no series: the lists as before
+    kx = int(min(kk + gmax - 1, R - 1))                    # room for the own series' images, then dropped
+    if grp_info is None or d.shape[1] < kx:
+        d, idx = _knn_self(_zrows(real), R, kx, block)
+    d, idx = _without_own_series(d, idx, groups, kk)
     dist = {"pixel_nn_ratio": (d.astype(np.float64) / npix + _EPS, idx)}
     pairs = np.stack([np.repeat(np.arange(R), kk), idx.ravel()], 1).astype(np.int64)
     mse = _pair_mse(real, real, pairs).reshape(R, kk) + _EPS
     o = np.argsort(mse, 1, kind="stable")
     dist["mse_ratio"] = (np.take_along_axis(mse, o, 1), np.take_along_axis(idx, o, 1))
     counts, mscale = _cached_mask_counts(real, cache)
-    a, ia = _knn_self(lambda r: counts[np.asarray(r)] * mscale, R, kk, block)
+    a, ia = _without_own_series(*_knn_self(lambda r: counts[np.asarray(r)] * mscale, R, kx, block), groups, kk)
     dim = float(counts.shape[1])
     dist["shape_ratio"] = (np.clip(a.astype(np.float64), 0, None) / dim + 1.0 / dim, ia)
 
@@ -604,6 +729,8 @@ def real_pair_null(real: np.ndarray, n_generated: int, *, k: int = 32, splits: S
         share = min(min(splits), 1.0 - max(splits))
         cand, cflip = _pair_reg_candidates(real, idx, keys, cache, k_reg=k_reg, n_pix=n_pix, k_spec=k_spec,
                                            share=share)
+        if groups is not None:                             # never a slice of the image's own series
+            cand = np.where((cand >= 0) & (groups[np.maximum(cand, 0)] == groups[:, None]), -1, cand)
     rng = np.random.default_rng(random_state)
     inAs = [rng.random(R) < p for p in splits for _ in range(int(repeats))]      # the splits, in their old order
     if anatomy:
@@ -612,7 +739,8 @@ def real_pair_null(real: np.ndarray, n_generated: int, *, k: int = 32, splits: S
         # candidates), every split at once (the split-independent work shared)
         from .anatomy import anatomy_pair_values_splits
 
-        anat_vals = anatomy_pair_values_splits(real, inAs, cand if anatomy_register else None, only=only)
+        anat_vals = anatomy_pair_values_splits(real, inAs, cand if anatomy_register else None, only=only,
+                                               **({} if groups is None else {"groups": groups}))
     vals = {n: [] for n in feats}
     logit = []
     rows = np.arange(R)
@@ -635,7 +763,8 @@ def real_pair_null(real: np.ndarray, n_generated: int, *, k: int = 32, splits: S
     keep = np.tile(np.ones(R, bool) if only is None else only, len(logit))
     logit = np.concatenate(logit)[keep]
     target = math.log(max(int(n_generated), 1) / (R - 1.0))
-    out: dict = {"_theta": {}, "_shift": {}, "_images": np.tile(np.arange(R), len(keep) // R)[keep]}
+    out: dict = {"_theta": {}, "_shift": {}, "_images": np.tile(np.arange(R), len(keep) // R)[keep],
+                 "_groups": np.arange(R, dtype=np.int64) if groups is None else groups}
     for n in feats:
         v = np.concatenate(vals[n])[keep]
         ok = np.isfinite(v)
@@ -969,12 +1098,11 @@ def pair_null_scores(Z: np.ndarray, null_mask: np.ndarray, w: np.ndarray, use_ma
                                                                  "channel_null": chan, "null_icc": icc}
 
 
-def real_pair_null_cached(real: np.ndarray, n_generated: int, *, cache_dir: str | None = None, **kw) -> dict:
-    """:func:`real_pair_null`, checkpointed in ``cache_dir`` (when given) under a hash of its inputs (``.npz``,
-    read back with ``allow_pickle=False``; written atomically), so repeated audits of one real folder (every
-    decision mode, an interrupted run) compute the registered null once."""
+def _series_groups_cached(real: np.ndarray, cache_dir: str | None) -> tuple[np.ndarray, dict]:
+    """:func:`real_series_groups`, checkpointed in ``cache_dir`` (``series-<hash>.npz`` keyed by the images and the
+    constants; read with ``allow_pickle=False``, written atomically) so repeated audits of one folder search once."""
     if cache_dir is None:
-        return real_pair_null(real, n_generated, **kw)
+        return real_series_groups(real)
     import hashlib
     import io
     import json
@@ -982,8 +1110,55 @@ def real_pair_null_cached(real: np.ndarray, n_generated: int, *, cache_dir: str 
 
     from ..store import atomic_write_bytes
 
-    key = {k_: v for k_, v in kw.items() if k_ != "cache"}
+    a = np.ascontiguousarray(real)
+    h = hashlib.sha256(f"series-v1 {SERIES_K} {SERIES_ALPHA} {a.dtype}{a.shape}".encode())
+    h.update(memoryview(a).cast("B"))
+    path = Path(cache_dir) / f"series-{h.hexdigest()[:40]}.npz"
+    if path.exists():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return np.array(z["groups"], np.int64), json.loads(str(z["info"]))
+        except (OSError, ValueError, KeyError):
+            pass  # unreadable checkpoint: recompute
+    groups, info = real_series_groups(real)
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    np.savez(buf, groups=groups, info=np.array(json.dumps(info)))
+    atomic_write_bytes(path, buf.getvalue())
+    return groups, info
+
+
+def real_pair_null_cached(real: np.ndarray, n_generated: int, *, cache_dir: str | None = None, **kw) -> dict:
+    """:func:`real_pair_null`, checkpointed in ``cache_dir`` (when given) under a hash of its inputs (``.npz``,
+    read back with ``allow_pickle=False``; written atomically), so repeated audits of one real folder (every
+    decision mode, an interrupted run) compute the registered null once.
+
+    The series (:func:`real_series_groups`, with ``series`` True, the default) are found first; when there is none
+    the null equals the one before series were excluded, and so does its checkpoint's key (version 3), so
+    checkpoints of folders without series stay valid.  ``out["_groups"]`` holds the labels, ``out["_series"]``
+    the grouping's info (None when not searched)."""
+    ginfo = None
+    if kw.get("series", True) and kw.get("groups") is None:
+        groups, ginfo = _series_groups_cached(real, cache_dir)
+        kw = dict(kw, groups=groups)
+    if kw.get("groups") is not None and len(np.unique(kw["groups"])) == len(real):
+        kw = {k_: v for k_, v in kw.items() if k_ not in ("groups", "series")}
+        kw["series"] = False                               # nothing to exclude: the null before, bit for bit
+    if cache_dir is None:
+        out = real_pair_null(real, n_generated, **kw)
+        out["_series"] = ginfo
+        return out
+    import hashlib
+    import io
+    import json
+    from pathlib import Path
+
+    from ..store import atomic_write_bytes
+
+    key = {k_: v for k_, v in kw.items() if k_ not in ("cache", "series", "groups")}
     key.update(n_generated=int(n_generated), version=3)  # 3: the anatomy null registered
+    if kw.get("groups") is not None:                       # 4: each image's own series excluded
+        key.update(version=4, groups=np.asarray(kw["groups"]).tolist())
     h = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode())
     a = np.ascontiguousarray(real)
     h.update(f"{a.dtype}{a.shape}".encode())
@@ -994,6 +1169,9 @@ def real_pair_null_cached(real: np.ndarray, n_generated: int, *, cache_dir: str 
             with np.load(path, allow_pickle=False) as z:
                 out = {n[2:]: np.array(z[n]) for n in z.files if n.startswith("v_")}
                 out.update(json.loads(str(z["meta"])))
+                out["_groups"] = (np.asarray(kw["groups"], np.int64) if kw.get("groups") is not None
+                                  else np.arange(len(real), dtype=np.int64))
+                out["_series"] = ginfo
                 return out
         except (OSError, ValueError, KeyError):
             pass  # unreadable checkpoint: recompute
@@ -1001,6 +1179,7 @@ def real_pair_null_cached(real: np.ndarray, n_generated: int, *, cache_dir: str 
     Path(cache_dir).mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     np.savez(buf, meta=np.array(json.dumps({k_: v for k_, v in out.items() if k_ in ("_theta", "_shift")})),
-             **{f"v_{k_}": np.asarray(v) for k_, v in out.items() if k_ not in ("_theta", "_shift")})
+             **{f"v_{k_}": np.asarray(v) for k_, v in out.items() if k_ not in ("_theta", "_shift", "_groups")})
     atomic_write_bytes(path, buf.getvalue())
+    out["_series"] = ginfo
     return out
