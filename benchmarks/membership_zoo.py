@@ -16,7 +16,8 @@ For every (transform, strength) scenario a simulated generator's output is built
    images are the dev corpus' real images, so dev sets would overlap the candidates) scores the
    candidates.  Metrics: ROC AUC, TPR at 1% FPR, recall and the non-members' flag rate at the
    default decision ``fpr:0.01``, each with a bootstrap 95% interval over the candidates (``--boot``
-   resamples); also recall and false flags of ``fdr:0.1`` on the same scores and null (point values).
+   resamples); also recall and false flags of ``fdr:0.1`` and the F1 of ``f1`` on the same scores and null
+   (point values; for the scenario with no member, the share of candidates ``f1`` flags).
 
 This is a measurement, not a tuning set: nothing in engine/ was chosen on it.
 
@@ -44,7 +45,7 @@ from sklearn import metrics as skm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from imprint.engine.membership import audit_membership  # noqa: E402
-from imprint.engine.membership.decide import fdr_decision  # noqa: E402
+from imprint.engine.membership.decide import f1_decision, fdr_decision  # noqa: E402
 
 DEV = "/work/shared/corpus/dev"
 
@@ -323,6 +324,9 @@ def score_row(name, strength, fn, y, res, n_boot, rng, dt):
            "fdr_recall": float(fdr_used[yy == 1].mean()) if yy.max() > 0 else float("nan"),
            "fdr_false": int(fdr_used[yy == 0].sum()), "n_non": int((yy == 0).sum()),
            "threshold": float(res.threshold), "null_max": float(np.max(res.null_scores))}
+    # decision f1 on the same scores and null (its F1; with no member, the share of candidates it flags)
+    f1_used, _ = f1_decision(res.score, res.null_scores)
+    row["f1"] = (float(skm.f1_score(yy, f1_used, zero_division=0)) if yy.max() > 0 else float(f1_used.mean()))
     if fn is None:   # no copies: every candidate is a non-member
         row["fpr"] = float(res.used.mean())
     return row
@@ -402,7 +406,7 @@ def fmt(r):
         return "n/a" if not np.isfinite(v) else f"{v:.3f} [{lo:.2f}, {hi:.2f}]"
     fr = "n/a" if not np.isfinite(r["fdr_recall"]) else f"{r['fdr_recall']:.3f}"
     return (f"| {r['transform']} | {r['strength']:g} | {c('auc')} | {c('tpr1')} | {c('recall')} | "
-            f"{r['fpr']:.3f} | {fr} | {r['fdr_false']}/{r['n_non']} | {r['seconds']:.1f} |")
+            f"{r['fpr']:.3f} | {fr} | {r['fdr_false']}/{r['n_non']} | {r['f1']:.3f} | {r['seconds']:.1f} |")
 
 
 def density_dev(args) -> None:
@@ -519,8 +523,8 @@ def main(argv=None):
     print(f"# membership zoo: real={a.real} fillers={a.fillers} members={a.n_members} (+ as many non-members) "
           f"reference={a.n_reference} generated={a.n_gen} boot={a.boot} seed={a.seed}")
     print("| transform | strength | AUC [95% CI] | TPR@1%FPR [95% CI] | recall fpr:0.01 [95% CI] | "
-          "non-members flagged | recall fdr:0.1 | false flags fdr:0.1 | audit s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "non-members flagged | recall fdr:0.1 | false flags fdr:0.1 | F1 (f1; no members: share flagged) | audit s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     run(a)
 
 

@@ -148,7 +148,9 @@ def test_fpr_control_on_a_null_set():
     if res.used.sum() == 0:
         assert res.summary.startswith("No evidence of membership")
     f1 = audit_membership(gen, real, reference=ref, backbone=None, decision="f1")
-    assert f1.used.all() and f1.info["f1"]["evidence"] is False
+    # no evidence: the f1 rule flags only what fpr:0.01 would (branch f17; it flagged all before)
+    assert f1.info["f1"]["evidence"] is False and f1.used.sum() <= 2
+    assert f1.summary.startswith("No significant evidence of membership")
 
 
 def test_null_threshold_is_conservative():
@@ -189,7 +191,11 @@ def test_storey_and_f1_decision():
     y = np.r_[np.zeros(100), np.ones(100)]
     from sklearn.metrics import f1_score
     assert info["evidence"] and f1_score(y, used) > 0.9
-    used0, info0 = f1_decision(rng.standard_normal(200), null)
+    cand0 = rng.standard_normal(200)
+    used0, info0 = f1_decision(cand0, null)
+    assert not info0["evidence"] and used0.sum() <= 4
+    assert used0.sum() == (cand0 > info0["threshold"]).sum()          # the fpr:0.01 threshold's flags
+    used0, info0 = f1_decision(cand0, null, no_evidence="all")        # the rule before branch f17
     assert used0.all() and not info0["evidence"]
 
 

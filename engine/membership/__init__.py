@@ -66,9 +66,10 @@ Pipeline
    null scores (:func:`null_threshold`: P(a non-member is flagged) <= ALPHA at 95% confidence; a null smaller
    than :func:`min_null_size` falls back to its maximum and states the rate that holds).  ``fdr:Q`` applies
    Benjamini-Hochberg to conformal p-values (:func:`fdr_decision`).  ``f1`` estimates the share of used images
-   from the null-calibrated p-values (Storey) and picks the cut that maximises the expected F1; without
-   significant evidence it flags every image (with an unknown share ``p`` of used images that gives
-   F1 = 2p/(1+p), the best achievable without evidence).  ``info["guarantee"]`` states which null and guarantee
+   from the null-calibrated p-values (a one-standard-error lower bound on Storey's), the posterior member
+   probabilities from the isotonic candidate-versus-null density ratio, and picks the cut that maximises the
+   expected F1; without significant evidence it flags only what ``fpr:0.01`` would (before branch f17 it flagged
+   every image: F1 = 2p/(1+p) for an unknown share ``p``, but an accusation of every image when none was used).  ``info["guarantee"]`` states which null and guarantee
    applied.
 """
 

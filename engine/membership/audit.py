@@ -353,6 +353,10 @@ def audit_membership(generated, real, *, dev_sets: Sequence[DevSet] = (), refere
         if f.get("evidence"):
             summary = (f"Estimated share of used images {f['pi1']:.2f} (Storey {f['pi1_storey']:.2f}); "
                        f"flagged the top {nflag}/{nR} maximising expected F1 ({f['expected_f1']:.2f}).")
+        elif f.get("no_evidence") == "fpr":
+            summary = (f"No significant evidence of membership (evidence test p = {f['evidence_pvalue']:.2g}); "
+                       f"flagged only the {nflag}/{nR} real images above the null's fpr:{f['alpha']:.3g} "
+                       "threshold, so a generator that copied nobody gets few flags.")
         else:
             summary = ("No significant evidence of membership; assuming an unknown share of used images, "
                        f"the expected-F1-optimal answer flags all {nR} images.")

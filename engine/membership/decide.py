@@ -123,52 +123,118 @@ EVIDENCE_TAILS = (0.01, 0.05, 0.1)
 EVIDENCE_FIRST_WEIGHT = 0.8
 
 
-def f1_decision(scores: np.ndarray, null: np.ndarray, *, alpha_evidence: float = 0.01,
-                min_hits: int = 3, evidence_p: float = 1e-3,
-                tails: Sequence[float] | None = None) -> tuple[np.ndarray, dict]:
-    """Expected-F1-optimal flags from null-calibrated scores.
+#: What the ``f1`` rule does when its evidence test finds nothing: ``"fpr"`` flags only the candidates above
+#: the ``alpha_evidence`` null threshold (the ``fpr:0.01`` rule: a non-member is flagged with probability
+#: <= 0.01 at 95% confidence, so a generator that copied nobody gets few flags); ``"all"`` is the rule before
+#: branch f17 (flag every candidate: expected-F1-optimal for an unknown share of used images, but it accuses
+#: every candidate when nothing is a member).
+NO_EVIDENCE = "fpr"
+#: How the ``f1`` rule's top-k step estimates the posterior member probabilities: ``"ratio"`` (branch f17)
+#: from the isotonic candidate-versus-null density ratio in the score domain (:func:`member_posterior`);
+#: ``"binned"`` the rule before (an isotonic fit of a 10-bin histogram of the candidates' p-values).
+POSTERIOR = "ratio"
+#: How the ``f1`` rule's top-k step estimates the member share (:func:`member_share`): ``"storey-lcb"`` (branch
+#: f17), Storey's estimate at ``lambda = 0.5`` lowered by :data:`SHARE_LCB_Z` standard errors; ``"storey"``
+#: the point estimate (the rule before).  Chosen on simulations (tests/test_membership_decide.py): expected F1
+#: loses little when the share is underestimated (null-like candidates only get a smaller posterior) and much
+#: when it is overestimated (non-members get posterior mass and are flagged), and Storey's estimate from 60
+#: candidates has a standard error of about 0.13.
+SHARE = "storey-lcb"
+#: Standard errors subtracted from Storey's share (``"storey-lcb"``): one, an a-priori round value (a one-sided
+#: ~84% lower confidence bound under the normal approximation), not tuned on data.
+SHARE_LCB_Z = 1.0
 
-    1. Evidence test (:func:`tail_count_evidence`): the candidates above the ``alpha_evidence`` null
-       threshold and above the null's upper ``tails`` quantiles (default :data:`EVIDENCE_TAILS`) are
-       counted; each count's exact p-value under exchangeability (beta-binomial,
-       :func:`evidence_pvalue`) is combined by a weighted Bonferroni (:data:`EVIDENCE_FIRST_WEIGHT` on the
-       ``alpha_evidence`` count).  Evidence when the combined p-value is below ``evidence_p`` and the
-       count that attains it is at least ``min_hits``.
-       ``tails=()`` is the single-threshold test before (branch spd6).
-    2. Without evidence: flag all (expected-F1 optimal for any unknown share of used images).
-    3. With evidence: posterior ``q_i = 1 - pi0 / f(p_i)`` from a monotone (isotonic) density of
-       the candidates' p-values and Storey's ``pi0``; choose the top-``k`` set maximising
-       ``2 sum_{i<=k} q_i / (k + sum_i q_i)``.
+
+def member_share(p: np.ndarray, method: str = "storey", n_null: int | None = None) -> float:
+    """Share of members among candidates from their conformal p-values.
+
+    Parameters
+    ----------
+    p : float [N]
+        Conformal p-values against the null (:func:`conformal_pvalues`).
+    n_null : int, needed by ``"storey-lcb"``
+        Size ``K`` of the null the p-values came from.
+    method : {"storey", "storey-lcb", "storey-boot"}
+        ``"storey"``: :func:`estimate_used_share` at ``lambda = 0.5``.  ``"storey-lcb"``: that estimate
+        ``1 - 2 F`` (``F`` the share of p-values above 0.5) minus :data:`SHARE_LCB_Z` standard errors,
+        ``se = sqrt(F (1 - F) / N + (2 F)^2 / (4 K)) / 0.5`` (the candidates' binomial count, plus the null
+        median's sampling error through the density ratio ``2 F`` at the median; delta method).
+        ``"storey-boot"``: Storey, Taylor &
+        Siegmund (2004): ``lambda`` on the grid 0.05, 0.10, ..., 0.95 minimising the bootstrap mean squared
+        error (200 resamples, fixed seed) against the smallest ``pi0(lambda)``.
 
     Returns
     -------
-    used : int8 [N], info : dict (``pi1``, ``evidence``, ``expected_f1``, ``k``, ``threshold``)
+    float in [0, 1]
+        Both are lower estimates of the member share (members whose p-values look uniform are not counted).
+    """
+    p = np.asarray(p, np.float64)
+    if p.size == 0:
+        return 0.0
+    if method == "storey":
+        return estimate_used_share(p)
+    if method == "storey-lcb":
+        if n_null is None:
+            raise ValueError("share method 'storey-lcb' needs n_null")
+        F = float(np.mean(p > 0.5))
+        se = math.sqrt(F * (1.0 - F) / p.size + (2.0 * F) ** 2 * 0.25 / max(int(n_null), 1)) / 0.5
+        return float(np.clip(1.0 - 2.0 * F - SHARE_LCB_Z * se, 0.0, 1.0))
+    if method != "storey-boot":
+        raise ValueError(f"unknown share method {method!r}")
+    lams = np.arange(1, 20) * 0.05
+    pi0 = np.array([np.mean(p > lam) / (1.0 - lam) for lam in lams])
+    rng = np.random.default_rng(0)
+    pb = p[rng.integers(0, p.size, (200, p.size))]
+    mse = np.array([np.mean(((pb > lam).mean(1) / (1.0 - lam) - pi0.min()) ** 2) for lam in lams])
+    return float(np.clip(1.0 - pi0[int(np.argmin(mse))], 0.0, 1.0))
+
+
+def member_posterior(scores: np.ndarray, null: np.ndarray, pi0: float) -> np.ndarray:
+    """Posterior member probabilities of a two-group model, from the candidate-versus-null density ratio.
+
+    The candidates' score density is ``f = pi0 f0 + (1 - pi0) f1`` with ``f0`` the null's; the posterior of
+    candidate ``i`` is ``1 - pi0 f0(s_i) / f(s_i)``.  The ratio ``f / f0`` is estimated without bins: an
+    isotonic (increasing, pool-adjacent-violators) regression of the indicator "is a candidate" on the pooled
+    null and candidate scores, each sample weighted so the two groups weigh the same, gives
+    ``c(s) = f / (f + f0)``, so ``f / f0 = c / (1 - c)``.  Monotone in the score because members score higher
+    (a monotone likelihood ratio, the assumption that ranks by score at all); it is the two-sample
+    nonparametric maximum-likelihood fit under that constraint (equivalently a Grenander density of the
+    candidates' null-quantile transform), with no bins or bandwidth to choose.
+
+    Parameters
+    ----------
+    scores : float [N]   candidate scores
+    null : float [K]     null scores (non-finite values ignored)
+    pi0 : float in (0, 1]
+
+    Returns
+    -------
+    float64 [N] in [0, 1]
     """
     from sklearn.isotonic import IsotonicRegression
 
     s = np.asarray(scores, np.float64)
-    N = len(s)
-    th = null_threshold(null, alpha_evidence)
-    # a null too small for an exact alpha_evidence level: test at the level its maximum guarantees
-    thr, a_ev = (th["threshold"], alpha_evidence) if th["exact"] else (th["fallback"], th["fallback_alpha"])
-    ev = tail_count_evidence(s, null, thr, EVIDENCE_TAILS if tails is None else tails)
-    h, p_ev = ev["hits"], ev["pvalue"]
-    p = _pvalues(s, null)
-    pi1 = estimate_used_share(p)
-    info = {"evidence_hits": int((s > thr).sum()), "evidence_pvalue": p_ev, "evidence_alpha": float(a_ev),
-            "pi1_storey": pi1, "evidence_threshold": ev["threshold"], "evidence_best_hits": h,
-            "evidence_counts": ev["counts"],
-            "evidence_test": (f"exact beta-binomial counts over {len(ev['counts'])} null threshold(s) "
-                              f"(the fpr threshold, weight {EVIDENCE_FIRST_WEIGHT:g}, and the null's upper "
-                              + ", ".join(f"{a:g}" for a in (EVIDENCE_TAILS if tails is None else tails))
-                              + " quantiles), weighted Bonferroni; exchangeable null")}
-    if h < min_hits or p_ev >= evidence_p:
-        info.update(evidence=False, k=N, rule="flag all: no significant evidence of membership "
-                    "(expected-F1-optimal for an unknown share of used images)")
-        return np.ones(N, np.int8), info
-    # monotone decreasing density of p-values: isotonic fit of the ECDF slope on a grid
-    order = np.argsort(p, kind="stable")
-    ps = p[order]
+    nl = np.asarray(null, np.float64)
+    nl = nl[np.isfinite(nl)]
+    N, K = len(s), len(nl)
+    if N == 0 or K == 0:
+        return np.zeros(N)
+    sf = np.where(np.isfinite(s), s, np.where(s > 0, np.finfo(np.float64).max, -np.finfo(np.float64).max))
+    z = np.r_[nl, sf]
+    lab = np.r_[np.zeros(K), np.ones(N)]
+    w = np.r_[np.full(K, 0.5 / K), np.full(N, 0.5 / N)]
+    c = IsotonicRegression(increasing=True, y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(z, lab, sample_weight=w)
+    ci = c.predict(sf)
+    ratio = ci / np.maximum(1.0 - ci, 1e-12)
+    return np.clip(1.0 - float(pi0) / np.maximum(ratio, 1e-12), 0.0, 1.0)
+
+
+def _binned_posterior(p: np.ndarray, pi0: float) -> np.ndarray:
+    """The top-k step's posterior before branch f17: an isotonic fit of a histogram of the p-values."""
+    from sklearn.isotonic import IsotonicRegression
+
+    N = len(p)
+    ps = np.sort(p)
     nb = max(10, int(np.sqrt(N)))
     edges = np.quantile(ps, np.linspace(0, 1, nb + 1))
     edges[0], edges[-1] = 0.0, 1.0
@@ -179,18 +245,105 @@ def f1_decision(scores: np.ndarray, null: np.ndarray, *, alpha_evidence: float =
     mids = 0.5 * (edges[1:] + edges[:-1])
     iso = IsotonicRegression(increasing=False, y_min=1e-9, out_of_bounds="clip").fit(mids, dens, sample_weight=np.maximum(width, 1e-9))
     fp = iso.predict(p)
-    pi0 = float(np.clip(1.0 - pi1, 1e-3, 1.0))
-    q = np.clip(1.0 - pi0 / np.maximum(fp, 1e-9), 0.0, 1.0)
-    # expected F1 for each top-k by score
-    o = np.argsort(-s, kind="stable")
+    return np.clip(1.0 - pi0 / np.maximum(fp, 1e-9), 0.0, 1.0)
+
+
+def expected_f1_topk(scores: np.ndarray, q: np.ndarray) -> tuple[int, float]:
+    """The ``k`` maximising the expected F1 ``2 sum_{i<=k} q_(i) / (k + sum_i q_i)`` of flagging the top-``k`` by score.
+
+    Parameters
+    ----------
+    scores : float [N]
+    q : float [N]   posterior member probabilities
+
+    Returns
+    -------
+    (k, expected_f1) : (int in [1, N], float)
+    """
+    o = np.argsort(-np.asarray(scores, np.float64), kind="stable")
     cq = np.cumsum(q[o])
-    k = np.arange(1, N + 1)
-    ef1 = 2 * cq / (k + q.sum())
+    ef1 = 2 * cq / (np.arange(1, len(q) + 1) + q.sum())
     kbest = int(np.argmax(ef1)) + 1
+    return kbest, float(ef1[kbest - 1])
+
+
+def f1_decision(scores: np.ndarray, null: np.ndarray, *, alpha_evidence: float = 0.01,
+                min_hits: int = 3, evidence_p: float = 1e-3,
+                tails: Sequence[float] | None = None, share: str | None = None,
+                posterior: str | None = None, no_evidence: str | None = None) -> tuple[np.ndarray, dict]:
+    """Expected-F1-optimal flags from null-calibrated scores.
+
+    1. Evidence test (:func:`tail_count_evidence`): the candidates above the ``alpha_evidence`` null
+       threshold and above the null's upper ``tails`` quantiles (default :data:`EVIDENCE_TAILS`) are
+       counted; each count's exact p-value under exchangeability (beta-binomial,
+       :func:`evidence_pvalue`) is combined by a weighted Bonferroni (:data:`EVIDENCE_FIRST_WEIGHT` on the
+       ``alpha_evidence`` count).  Evidence when the combined p-value is below ``evidence_p`` and the
+       count that attains it is at least ``min_hits``.
+       ``tails=()`` is the single-threshold test before (branch spd6).
+    2. Without evidence (``no_evidence``, default :data:`NO_EVIDENCE`): ``"fpr"`` flags the candidates above
+       the ``alpha_evidence`` null threshold (the ``fpr:0.01`` rule; usually none), ``"all"`` flags every
+       candidate (expected-F1 optimal for an unknown share, the rule before branch f17).
+    3. With evidence: ``pi0 = 1 - member_share(p, share)`` from the conformal p-values (default :data:`SHARE`,
+       a lower confidence bound on Storey's share), posterior member
+       probabilities ``q`` (``posterior``, default :data:`POSTERIOR`: :func:`member_posterior`, the isotonic
+       density ratio; ``"binned"``: the histogram fit before), and the top-``k`` by score maximising the
+       expected F1 (:func:`expected_f1_topk`).
+
+    Parameters
+    ----------
+    scores : float [N]
+    null : float [K]
+    share : {"storey-lcb", "storey", "storey-boot"} or None   see :func:`member_share` (default :data:`SHARE`)
+    posterior : {"ratio", "binned"} or None
+    no_evidence : {"fpr", "all"} or None
+
+    Returns
+    -------
+    used : int8 [N], info : dict (``pi1`` (the posterior's mean), ``pi1_storey``, ``share_method``,
+    ``evidence``, ``expected_f1``, ``k``, ``threshold``, ``rule``, the evidence test's counts)
+    """
+    posterior = POSTERIOR if posterior is None else posterior
+    share = SHARE if share is None else share
+    no_evidence = NO_EVIDENCE if no_evidence is None else no_evidence
+    if posterior not in ("ratio", "binned") or no_evidence not in ("fpr", "all"):
+        raise ValueError(f"posterior must be 'ratio' or 'binned', no_evidence 'fpr' or 'all' (got {posterior!r}, {no_evidence!r})")
+    s = np.asarray(scores, np.float64)
+    N = len(s)
+    th = null_threshold(null, alpha_evidence)
+    # a null too small for an exact alpha_evidence level: test at the level its maximum guarantees
+    thr, a_ev = (th["threshold"], alpha_evidence) if th["exact"] else (th["fallback"], th["fallback_alpha"])
+    ev = tail_count_evidence(s, null, thr, EVIDENCE_TAILS if tails is None else tails)
+    h, p_ev = ev["hits"], ev["pvalue"]
+    p = _pvalues(s, null)
+    pi1 = member_share(p, share, n_null=int(np.isfinite(np.asarray(null, np.float64)).sum()))
+    info = {"evidence_hits": int((s > thr).sum()), "evidence_pvalue": p_ev, "evidence_alpha": float(a_ev),
+            "pi1_storey": estimate_used_share(p), "pi1_share": pi1, "share_method": share,
+            "posterior": posterior, "evidence_threshold": ev["threshold"], "evidence_best_hits": h,
+            "evidence_counts": ev["counts"],
+            "evidence_test": (f"exact beta-binomial counts over {len(ev['counts'])} null threshold(s) "
+                              f"(the fpr threshold, weight {EVIDENCE_FIRST_WEIGHT:g}, and the null's upper "
+                              + ", ".join(f"{a:g}" for a in (EVIDENCE_TAILS if tails is None else tails))
+                              + " quantiles), weighted Bonferroni; exchangeable null")}
+    if h < min_hits or p_ev >= evidence_p:
+        if no_evidence == "all":
+            info.update(evidence=False, k=N, no_evidence="all",
+                        rule="flag all: no significant evidence of membership "
+                        "(expected-F1-optimal for an unknown share of used images)")
+            return np.ones(N, np.int8), info
+        used = (s > thr).astype(np.int8)
+        info.update(evidence=False, k=int(used.sum()), no_evidence="fpr", alpha=float(a_ev),
+                    threshold=float(thr) if np.isfinite(thr) else float("inf"),
+                    rule=f"no significant evidence of membership: flagged only the candidates above the null's "
+                    f"{1 - a_ev:.1%} threshold (fpr:{a_ev:.3g})")
+        return used, info
+    pi0 = float(np.clip(1.0 - pi1, 1e-3, 1.0))
+    q = member_posterior(s, null, pi0) if posterior == "ratio" else _binned_posterior(p, pi0)
+    kbest, ef1 = expected_f1_topk(s, q)
+    o = np.argsort(-s, kind="stable")
     used = np.zeros(N, np.int8)
     used[o[:kbest]] = 1
-    info.update(evidence=True, k=kbest, expected_f1=float(ef1[kbest - 1]), pi1=float(q.sum() / N),
-                rule="two-group model on null-calibrated p-values, top-k maximising expected F1",
+    info.update(evidence=True, k=kbest, expected_f1=ef1, pi1=float(q.sum() / N),
+                rule="two-group model on null-calibrated scores, top-k maximising expected F1",
                 threshold=float(s[o[kbest - 1]]))
     return used, info
 
