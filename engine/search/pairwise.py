@@ -264,8 +264,11 @@ def knn_l2_both_bound(feats_a: Feats, n_a: int, feats_b: Feats, n_b: int, k_a: i
 
     Parameters
     ----------
-    feats_a, feats_b, n_a, n_b, k_a, k_b, after_block
+    feats_a, feats_b, n_a, n_b, k_a, after_block
         As :func:`knn_l2_both`.
+    k_b : int
+        Neighbours in A kept for every B row; 0 skips that direction (``dB``, ``iB`` are then ``[n_b, 0]``):
+        only the pairs that may enter an A row's list get an exact distance.
     shape : (H, W)
         Image shape of a row; both divisible by ``factor``.
     b_block : int
@@ -315,21 +318,24 @@ def knn_l2_both_bound(feats_a: Feats, n_a: int, feats_b: Feats, n_b: int, k_a: i
         # round 1: every A row's ka best and every B row's kb best by the bound
         M = np.zeros(L.shape, bool)
         np.put_along_axis(M, _select(L, ka), True, 1)
-        np.put_along_axis(M.T, _select(L.T, kb), True, 1)
+        if kb:
+            np.put_along_axis(M.T, _select(L.T, kb), True, 1)
         n_exact += _eval_mask(E, M, fb, FA)
         # upper bounds on the k-th distances: A rows with their running lists, B rows within this block
         d1, _ = _topk_from(E, ka)
         Ua = _kth_merged(rd, d1, ka)
-        Ub = _topk_from(E.T, kb)[0][:, -1]
         # round 2: every pair whose bound does not exceed its row's or its column's upper bound
-        M = (L <= Ua.astype(np.float64)[:, None]) | (L <= Ub[None, :])
+        M = L <= Ua.astype(np.float64)[:, None]
+        if kb:
+            M |= L <= _topk_from(E.T, kb)[0][:, -1][None, :]
         n_exact += _eval_mask(E, M, fb, FA)
         d2, i2 = _topk_from(E, ka, offset=b0)
         D = np.concatenate([rd, d2], 1)
         I = np.concatenate([ri, i2], 1)
         rd, ri = _sort_rows_k(D, I, ka)
-        db, ib = _topk_from(E.T, kb)
-        dB[b0:b1], iB[b0:b1] = db.astype(np.float32), ib
+        if kb:
+            db, ib = _topk_from(E.T, kb)
+            dB[b0:b1], iB[b0:b1] = db.astype(np.float32), ib
         del fb, L, E, M
         if after_block is not None:
             after_block()
