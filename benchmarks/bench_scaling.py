@@ -194,12 +194,26 @@ def stage_kernels(n_real: int = 1000, n_gen: int = 1024, repeats: int = 3) -> li
     return rows
 
 
-def bound_search(sizes, data: Path, repeats: int = 2) -> list[dict]:
+def _pairwise_of(checkout: str):
+    """``engine/search/pairwise.py`` of another checkout, loaded as a module of this package (its relative imports
+    resolve to this checkout's ``exact`` / ``block``), for same-run before/after timings."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("imprint.engine.search._pairwise_before",
+                                                  Path(checkout) / "engine" / "search" / "pairwise.py")
+    mod = importlib.util.module_from_spec(spec)
+    mod.__package__ = "imprint.engine.search"
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def bound_search(sizes, data: Path, repeats: int = 2, before: str | None = None) -> list[dict]:
     """Same-run before/after of the membership pixel search (issue 15, scale6): the both-way product
     (``knn_l2_both``, every R x G distance at 16,384-d) against the lower-bound-pruned exact search
     (``knn_l2_both_bound``), on the scaling benchmark's phantom folders, z-scored as membership does, in the
     blocks membership uses (2 GiB budget).  Alternating sides, ``repeats`` runs each, best wall and best CPU-s
-    (``time.process_time``: all threads) per side; outputs compared bit for bit."""
+    (``time.process_time``: all threads) per side; outputs compared bit for bit.  With ``before`` (a checkout),
+    'before' is that checkout's ``knn_l2_both_bound`` instead of ``knn_l2_both`` (issue 15, scale7)."""
     from PIL import Image
 
     from imprint.engine.membership.evidence import generated_chunk, zscore_images
@@ -221,8 +235,11 @@ def bound_search(sizes, data: Path, repeats: int = 2) -> list[dict]:
         chunk = generated_chunk(n_gen, 128 * 128)
         pchunk = generated_chunk(n_real, 128 * 128)
         st: dict = {}
+        old = _pairwise_of(before).knn_l2_both_bound if before else None
         sides = {
-            "before": lambda: knn_l2_both(zp, n_real, zg, n_gen, 10, 2, a_block=pchunk, b_block=chunk, cache_a=True),
+            "before": (lambda: old(zp, n_real, zg, n_gen, 10, 2, shape=(128, 128), b_block=chunk, a_block=pchunk))
+            if before else
+            (lambda: knn_l2_both(zp, n_real, zg, n_gen, 10, 2, a_block=pchunk, b_block=chunk, cache_a=True)),
             "after": lambda: knn_l2_both_bound(zp, n_real, zg, n_gen, 10, 2, shape=(128, 128), b_block=chunk,
                                                a_block=pchunk, stats=st),
         }
@@ -403,7 +420,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ingest-memory", default=None, metavar="FOLDER",
                     help="only measure decoding FOLDER into a pixel store and opening it, --before's code and this "
                     "checkout's, each in a fresh process, and write that block")
-    ap.add_argument("--before", default=None, metavar="CHECKOUT", help="the 'before' code for --ingest-memory")
+    ap.add_argument("--before", default=None, metavar="CHECKOUT",
+                    help="the 'before' code for --ingest-memory and --bound-search (its knn_l2_both_bound)")
     args = ap.parse_args(argv)
     cmd_line = "python benchmarks/bench_scaling.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.ingest_memory:
@@ -441,8 +459,22 @@ def main(argv=None) -> int:
         return 0
     if args.bound_search:
         sizes = [tuple(int(v) for v in x.split("x")) for x in args.bound_search.split(",") if x]
-        rows = bound_search(sizes, Path(args.data))
-        if args.write_results:
+        rows = bound_search(sizes, Path(args.data), before=args.before)
+        if args.write_results and args.before:
+            from imprint.engine.bench import load_note, md_table, write_results_block
+
+            write_results_block(args.write_results, "bound-search-scale7", (
+                "### Membership pixel search: the bound-pruned search before/after its sparse bookkeeping, same run "
+                "(issue 15, scale7)\n\n"
+                f"Command: `{cmd_line}`. The scaling benchmark's 128x128 phantoms (real10000, gen10000-r10000; "
+                "generated rows beyond 10,000 are shifted copies), z-scored; k = 10 generated per real, 2 real per "
+                "generated; blocks of the 2 GiB budget. before = `knn_l2_both_bound` of the --before checkout (a "
+                "dense float64 matrix of each block's exact distances, NaN where not computed, and five dense passes "
+                "over it per block), after = this checkout's (the computed distances kept as a list of pairs; the "
+                "same bound, the same exact kernel). Alternating sides, 2 runs each, best wall and best CPU-s (all "
+                "threads) per side; 'exact share' = pairs given an exact distance / R x G.\n"
+                + load_note() + "\n\n" + md_table(rows, list(rows[0]))))
+        elif args.write_results:
             from imprint.engine.bench import load_note, md_table, write_results_block
 
             cmd = "python benchmarks/bench_scaling.py " + " ".join(argv if argv is not None else sys.argv[1:])
