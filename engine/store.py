@@ -543,9 +543,9 @@ class EmbeddingStore:
         zero-copy memory map (a shard of several record batches would be concatenated into one copy on every read).
 
         Rows are in order of first appearance, or sorted by path with ``sort_paths``. Memory: one block of
-        ``block`` rows, whatever the store's size: pyarrow writes the batch with an untouched private anonymous
-        mapping standing in for the vector values (its pages read as the kernel's zero page, so they cost no
-        resident memory), then the values are written into the file at their offset, ``block`` rows at a time,
+        ``block`` rows, whatever the store's size: pyarrow writes the batch with an untouched read-only private
+        anonymous mapping standing in for the vector values (its pages read as the kernel's zero page, so they cost
+        no resident memory), then the values are written into the file at their offset, ``block`` rows at a time,
         and the source shards' pages are released after each block. The file is fsync'ed and renamed only after
         that, so a reader never sees the placeholder.
         """
@@ -565,7 +565,7 @@ class EmbeddingStore:
         item = np.dtype(self._np_dtype()).itemsize
         nbytes = n * dim * item
         if nbytes and hasattr(mmap, "MAP_PRIVATE"):
-            holder = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+            holder = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, prot=mmap.PROT_READ)
         else:
             holder = np.zeros(nbytes, np.uint8)
         values = pa.Array.from_buffers(self._value_type(), n * dim, [None, pa.py_buffer(holder)])
