@@ -265,7 +265,7 @@ def knn_l2_both_bound(feats_a: Feats, n_a: int, feats_b: Feats, n_b: int, k_a: i
     shape : (H, W)
         Image shape of a row; both divisible by ``factor``.
     b_block : int
-        B rows per block (the bound matrix is ``4 * n_a * b_block`` bytes, the exact-distance matrix twice that).
+        B rows per block (the bound matrix is ``4 * n_a * b_block`` bytes, plus two boolean masks of that shape).
     a_block : int
         A rows per low-dimensional product.
     factor : int
