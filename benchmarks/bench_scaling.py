@@ -194,12 +194,26 @@ def stage_kernels(n_real: int = 1000, n_gen: int = 1024, repeats: int = 3) -> li
     return rows
 
 
-def bound_search(sizes, data: Path, repeats: int = 2) -> list[dict]:
+def _pairwise_of(checkout: str):
+    """``engine/search/pairwise.py`` of another checkout, loaded as a module of this package (its relative imports
+    resolve to this checkout's ``exact`` / ``block``), for same-run before/after timings."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("imprint.engine.search._pairwise_before",
+                                                  Path(checkout) / "engine" / "search" / "pairwise.py")
+    mod = importlib.util.module_from_spec(spec)
+    mod.__package__ = "imprint.engine.search"
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def bound_search(sizes, data: Path, repeats: int = 2, before: str | None = None) -> list[dict]:
     """Same-run before/after of the membership pixel search (issue 15, scale6): the both-way product
     (``knn_l2_both``, every R x G distance at 16,384-d) against the lower-bound-pruned exact search
     (``knn_l2_both_bound``), on the scaling benchmark's phantom folders, z-scored as membership does, in the
     blocks membership uses (2 GiB budget).  Alternating sides, ``repeats`` runs each, best wall and best CPU-s
-    (``time.process_time``: all threads) per side; outputs compared bit for bit."""
+    (``time.process_time``: all threads) per side; outputs compared bit for bit.  With ``before`` (a checkout),
+    'before' is that checkout's ``knn_l2_both_bound`` instead of ``knn_l2_both`` (issue 15, scale7)."""
     from PIL import Image
 
     from imprint.engine.membership.evidence import generated_chunk, zscore_images
@@ -221,8 +235,11 @@ def bound_search(sizes, data: Path, repeats: int = 2) -> list[dict]:
         chunk = generated_chunk(n_gen, 128 * 128)
         pchunk = generated_chunk(n_real, 128 * 128)
         st: dict = {}
+        old = _pairwise_of(before).knn_l2_both_bound if before else None
         sides = {
-            "before": lambda: knn_l2_both(zp, n_real, zg, n_gen, 10, 2, a_block=pchunk, b_block=chunk, cache_a=True),
+            "before": (lambda: old(zp, n_real, zg, n_gen, 10, 2, shape=(128, 128), b_block=chunk, a_block=pchunk))
+            if before else
+            (lambda: knn_l2_both(zp, n_real, zg, n_gen, 10, 2, a_block=pchunk, b_block=chunk, cache_a=True)),
             "after": lambda: knn_l2_both_bound(zp, n_real, zg, n_gen, 10, 2, shape=(128, 128), b_block=chunk,
                                                a_block=pchunk, stats=st),
         }
@@ -242,6 +259,123 @@ def bound_search(sizes, data: Path, repeats: int = 2) -> list[dict]:
                      "CPU ratio": best["before"][1] / best["after"][1],
                      "exact share": st["exact"] / st["pairs"], "outputs identical": same,
                      "load (1 min)": f"{os.getloadavg()[0]:.1f}"})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+INGEST_CHILD = r"""
+import json, os, resource, sys, time
+sys.path.insert(0, {root!r})
+from imprint.engine.pixelstore import load_images
+from imprint.engine.ingest import IngestPolicy
+def status():
+    d = {{}}
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(("VmRSS", "RssAnon", "RssFile")):
+                k, v = line.split(":"); d[k] = int(v.split()[0]) / 1024
+    return d
+t0, c0 = time.perf_counter(), time.process_time()
+s = load_images({folder!r}, {store!r}, IngestPolicy(size=(128, 128)))
+wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+st = status()
+print("RESULT " + json.dumps({{"wall_s": wall, "cpu_s": cpu, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+      "rss_after_mb": st["VmRSS"], "anon_after_mb": st["RssAnon"], "n": len(s.paths),
+      "zero_copy": bool(not s.images.flags.owndata and not s.images.flags.writeable and st["RssAnon"] * 2**20 < s.images.nbytes)}}))
+"""
+
+
+def ingest_memory(folder: Path, before_root: str, work: Path) -> list[dict]:
+    """Same-run before/after of decoding a folder into a pixel store and opening it (issue 15, scale7): each side
+    in a fresh process on a fresh store (``before_root``'s code, then this checkout's), peak RSS (``ru_maxrss``)
+    and the resident / anonymous memory once the images are open; then the two stores' rows (paths, sha256,
+    size, mtime, pixels) are compared."""
+    import shutil
+
+    from imprint.engine.pixelstore import PixelStore
+
+    rows, stores = [], {}
+    for name, root in (("before", before_root), ("after", str(ROOT))):
+        store = work / f"ingest-{name}"
+        shutil.rmtree(store, ignore_errors=True)
+        code = INGEST_CHILD.format(root=root, folder=str(folder), store=str(store))
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(work))
+        line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
+        if p.returncode != 0 or not line:
+            raise SystemExit(f"ingest ({name}) failed:\n{p.stderr[-3000:]}")
+        r = json.loads(line[0][7:])
+        print(name, json.dumps(r), flush=True)
+        stores[name] = store
+        rows.append({"code": f"{name} ({root})", "images": f"{r['n']:,}", "wall s": r["wall_s"], "CPU s": r["cpu_s"],
+                     "peak RSS MB": r["peak_rss_mb"], "RSS after open MB": r["rss_after_mb"],
+                     "anonymous after open MB": r["anon_after_mb"], "images zero-copy": r["zero_copy"],
+                     "load (1 min)": f"{os.getloadavg()[0]:.1f}"})
+    a, b = (PixelStore.open(stores[k]) for k in ("before", "after"))
+    same = a.stats() == b.stats()
+    va, vb = a.read(), b.read()
+    same = same and va.paths == vb.paths and va.hashes == vb.hashes
+    for s0 in range(0, len(va.paths), 4096):
+        same = same and bool(np.array_equal(va.vectors[s0:s0 + 4096], vb.vectors[s0:s0 + 4096]))
+    for r in rows:
+        r["stores' rows identical"] = same
+    for k in stores.values():
+        shutil.rmtree(k, ignore_errors=True)
+    return rows
+
+
+def shape_search(sizes, data: Path, repeats: int = 2) -> list[dict]:
+    """Same-run before/after of the membership shape stage's mask search (issue 15, scale7): FAISS Flat over the
+    generated masks chunk by chunk plus the real -> real search (``_knn_chunked`` + ``_knn_self``, the code
+    before) against the lower-bound-pruned exact search (``evidence._shape_search_bound``), on the scaling
+    benchmark's phantom folders, in the blocks membership uses (2 GiB budget).  Both sides make the generated
+    images' masks per chunk (part of the stage); the real masks (counts) are made once, outside the timing.
+    Alternating sides, ``repeats`` runs each, best wall and best CPU-s per side; distances compared bit for bit."""
+    from PIL import Image
+
+    from imprint.engine.membership import evidence as E
+
+    rows = []
+    for n_real, n_gen in sizes:
+        real_dir, gen_dir = data / "real10000", data / "gen10000-r10000"
+        make_folder(real_dir, 10000, 1)
+        sample = np.stack([np.asarray(Image.open(real_dir / f"{i:07d}.png")) for i in range(0, 400, 2)])
+        make_folder(gen_dir, 10000, 2, copies_of=sample)
+        P = np.stack([np.asarray(Image.open(real_dir / f"{i:07d}.png")) for i in range(n_real)])
+        G = np.stack([np.asarray(Image.open(gen_dir / f"{i % 10000:07d}.png")) for i in range(n_gen)])
+        if n_gen > 10000:   # beyond the folder: shifted copies (distinct images)
+            for i in range(10000, n_gen):
+                G[i] = np.roll(G[i], (i // 10000, -(i // 10000)), (0, 1))
+        chunk = E.generated_chunk(n_gen, 128 * 128)
+        pchunk = E.generated_chunk(n_real, 128 * 128)
+        cP, scale = E._anatomy_counts(P)
+        shp = E._mask_shape(P.shape[1:], cP.shape[1])
+        info: dict = {}
+
+        def before():
+            mP = cP * scale
+            a, _ = E._knn_chunked(G, mP, 1, E.anatomy_masks, chunk)
+            b, _ = E._knn_self(lambda r: mP[np.asarray(r)], n_real, 1, n_real)
+            return a, b
+
+        sides = {"before": before,
+                 "after": lambda: E._shape_search_bound(G, cP, scale, shp, chunk, pchunk, info)}
+        best = {k: [np.inf, np.inf] for k in sides}
+        outs = {}
+        for _ in range(repeats):
+            for name, fn in sides.items():
+                t0, c0 = time.perf_counter(), time.process_time()
+                outs[name] = fn()
+                best[name][0] = min(best[name][0], time.perf_counter() - t0)
+                best[name][1] = min(best[name][1], time.process_time() - c0)
+                print(name, n_real, n_gen, best[name], flush=True)
+        same = all(np.array_equal(a, b) for a, b in zip(outs["before"], outs["after"]))
+        sg, sr = info["shape_search"]["generated"], info["shape_search"]["real"]
+        rows.append({"real x generated": f"{n_real:,} x {n_gen:,}", "before wall s": best["before"][0],
+                     "after wall s": best["after"][0], "wall ratio": best["before"][0] / best["after"][0],
+                     "before CPU s": best["before"][1], "after CPU s": best["after"][1],
+                     "CPU ratio": best["before"][1] / best["after"][1],
+                     "exact share R x G": sg["exact"] / sg["pairs"], "exact share R x R": sr["exact"] / sr["pairs"],
+                     "distances identical": same, "load (1 min)": f"{os.getloadavg()[0]:.1f}"})
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -280,11 +414,67 @@ def main(argv=None) -> int:
                     help="only trace the evidence's memory (one chunk vs a budget) and write that block")
     ap.add_argument("--bound-search", default=None, metavar="RxG,...",
                     help="only time the pixel search before/after the lower-bound pruning (same run) and write that block")
+    ap.add_argument("--shape-search", default=None, metavar="RxG,...",
+                    help="only time the shape stage's mask search before/after the lower-bound pruning (same run) "
+                    "and write that block")
+    ap.add_argument("--ingest-memory", default=None, metavar="FOLDER",
+                    help="only measure decoding FOLDER into a pixel store and opening it, --before's code and this "
+                    "checkout's, each in a fresh process, and write that block")
+    ap.add_argument("--before", default=None, metavar="CHECKOUT",
+                    help="the 'before' code for --ingest-memory and --bound-search (its knn_l2_both_bound)")
     args = ap.parse_args(argv)
+    cmd_line = "python benchmarks/bench_scaling.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.ingest_memory:
+        rows = ingest_memory(Path(args.ingest_memory), args.before or str(ROOT), Path(args.data))
+        if args.write_results:
+            from imprint.engine.bench import load_note, md_table, write_results_block
+
+            write_results_block(args.write_results, "ingest-memory-scale7", (
+                "### Pixel-store ingest and open: peak and resident memory before/after, same run (issue 15, scale7)\n\n"
+                f"Command: `{cmd_line}`. `pixelstore.load_images` (decode on the thread pool, append shards, compact "
+                "into one shard, open the images) on a fresh store, each side in a fresh process. 'RSS after open' "
+                "/ 'anonymous after open': the process's resident / anonymous memory once the images are open (a "
+                "zero-copy memory map adds neither until pages are read). Before, the compacted shard held record "
+                "batches of 4,096 rows and opening it concatenated them into one anonymous copy of the whole set; "
+                "after, compaction writes one record batch. 'stores' rows identical': paths, sha256, size, mtime "
+                "and every pixel of the two stores compared (the files differ in their record-batch framing).\n"
+                + load_note() + "\n\n" + md_table(rows, list(rows[0]))))
+        return 0
+    if args.shape_search:
+        sizes = [tuple(int(v) for v in x.split("x")) for x in args.shape_search.split(",") if x]
+        rows = shape_search(sizes, Path(args.data))
+        if args.write_results:
+            from imprint.engine.bench import load_note, md_table, write_results_block
+
+            write_results_block(args.write_results, "shape-search-scale7", (
+                "### Membership shape-mask search before/after the lower-bound pruning, same run (issue 15, scale7)\n\n"
+                f"Command: `{cmd_line}`. The scaling benchmark's 128x128 phantoms (real10000, gen10000-r10000); the "
+                "shape stage's search: every real image's nearest generated mask and nearest other real mask "
+                "(16,384-d: 4 levels x 64 x 64). before = FAISS Flat per generated chunk + the real x real search "
+                "(`_knn_chunked`, `_knn_self`), after = `evidence._shape_search_bound` (`knn_l2_both_bound` with "
+                "k_b = 0: a 4,096-d 2x2-block lower bound, exact distances only where it does not rule a pair "
+                "out). Both sides make the generated masks per chunk (part of the stage). Alternating sides, 2 "
+                "runs each, best wall and best CPU-s (all threads) per side.\n"
+                + load_note() + "\n\n" + md_table(rows, list(rows[0]))))
+        return 0
     if args.bound_search:
         sizes = [tuple(int(v) for v in x.split("x")) for x in args.bound_search.split(",") if x]
-        rows = bound_search(sizes, Path(args.data))
-        if args.write_results:
+        rows = bound_search(sizes, Path(args.data), before=args.before)
+        if args.write_results and args.before:
+            from imprint.engine.bench import load_note, md_table, write_results_block
+
+            write_results_block(args.write_results, "bound-search-scale7", (
+                "### Membership pixel search: the bound-pruned search before/after its sparse bookkeeping, same run "
+                "(issue 15, scale7)\n\n"
+                f"Command: `{cmd_line}`. The scaling benchmark's 128x128 phantoms (real10000, gen10000-r10000; "
+                "generated rows beyond 10,000 are shifted copies), z-scored; k = 10 generated per real, 2 real per "
+                "generated; blocks of the 2 GiB budget. before = `knn_l2_both_bound` of the --before checkout (a "
+                "dense float64 matrix of each block's exact distances, NaN where not computed, and five dense passes "
+                "over it per block), after = this checkout's (the computed distances kept as a list of pairs; the "
+                "same bound, the same exact kernel). Alternating sides, 2 runs each, best wall and best CPU-s (all "
+                "threads) per side; 'exact share' = pairs given an exact distance / R x G.\n"
+                + load_note() + "\n\n" + md_table(rows, list(rows[0]))))
+        elif args.write_results:
             from imprint.engine.bench import load_note, md_table, write_results_block
 
             cmd = "python benchmarks/bench_scaling.py " + " ".join(argv if argv is not None else sys.argv[1:])

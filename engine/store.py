@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import mmap
 import os
 import time
 from dataclasses import dataclass
@@ -353,9 +354,10 @@ class EmbeddingStore:
         )
         return self._commit_shard([table.to_batches()], int(vectors.shape[0]))
 
-    def _commit_shard(self, batch_groups, rows: int) -> str:
+    def _commit_shard(self, batch_groups, rows: int, fill=None) -> str:
         """Stream record batches into a new shard file (temporary name, fsync, rename; no in-memory copy of the
-        whole file), then commit it in the manifest."""
+        whole file), then commit it in the manifest. ``fill(tmp)``, when given, edits the written file in place
+        before it is fsync'ed and renamed (:meth:`compact`)."""
         seq = int(self.manifest["next_shard"])
         name = f"shard-{seq:06d}.arrow"
         with atomic_replace(self.root / name) as tmp:
@@ -364,6 +366,8 @@ class EmbeddingStore:
                     for group in batch_groups:
                         for b in group:
                             writer.write_batch(b)
+            if fill is not None:
+                fill(tmp)
         self.manifest["shards"].append({"file": name, "rows": int(rows)})
         self.manifest["next_shard"] = seq + 1
         self._write_manifest()
@@ -380,16 +384,38 @@ class EmbeddingStore:
 
     @staticmethod
     def _vectors_of(table: pa.Table) -> np.ndarray:
-        col = table.column("vector")
-        if col.num_chunks != 1:
-            col = pa.chunked_array([pa.concat_arrays(col.chunks)])
-        arr = col.chunk(0)
-        dim = arr.type.list_size
-        values = arr.values
-        if arr.offset:
-            values = values.slice(arr.offset * dim, len(arr) * dim)
-        flat = values.to_numpy(zero_copy_only=True)
-        return flat.reshape(len(arr), dim)
+        """The vector column as one (n, d) array: a zero-copy view of the memory map when the column is one record
+        batch (every shard this store writes since issue 15's seventh pass), else one concatenated copy."""
+        parts = EmbeddingStore._vector_chunks(table)
+        if len(parts) == 1:
+            return parts[0][1]
+        if not parts:
+            dim = table.schema.field("vector").type.list_size
+            return np.zeros((0, dim), table.schema.field("vector").type.value_type.to_pandas_dtype())
+        return np.concatenate([v for _, v in parts])
+
+    @staticmethod
+    def _vector_chunks(table: pa.Table) -> list[tuple[int, np.ndarray]]:
+        """``(first row, zero-copy (m, d) view)`` of every non-empty record batch of the vector column."""
+        out, r0 = [], 0
+        for arr in table.column("vector").chunks:
+            if len(arr) == 0:
+                continue
+            dim = arr.type.list_size
+            values = arr.values
+            if arr.offset:
+                values = values.slice(arr.offset * dim, len(arr) * dim)
+            out.append((r0, values.to_numpy(zero_copy_only=True)[:len(arr) * dim].reshape(len(arr), dim)))
+            r0 += len(arr)
+        return out
+
+    def _release_shards(self, idx: dict) -> None:
+        """Drop the resident pages of every shard's memory-mapped vectors (after a pass over them)."""
+        from .pixelstore import release_pages
+
+        for t in idx["tables"]:
+            for _, v in self._vector_chunks(t):
+                release_pages(v)
 
     def iter_shards(self) -> Iterator[tuple[np.ndarray, list[str], list[str]]]:
         """Yield ``(vectors, paths, hashes)`` per shard; vectors are zero-copy views of the memory map."""
@@ -436,13 +462,24 @@ class EmbeddingStore:
         return col.take(pa.array(rows, pa.int64()))
 
     def _gather(self, idx: dict, rows: np.ndarray) -> np.ndarray:
-        """Vectors at global ``rows`` (one NumPy gather per shard)."""
+        """Vectors at global ``rows`` (one NumPy gather per record batch of each shard, no copy of a shard)."""
         out = np.empty((len(rows), self.dim), dtype=self._np_dtype())
         shard = np.searchsorted(idx["offsets"], rows, side="right") - 1
         for si, t in enumerate(idx["tables"]):
             sel = np.nonzero(shard == si)[0]
-            if len(sel):
-                out[sel] = self._vectors_of(t)[rows[sel] - idx["offsets"][si]]
+            if not len(sel):
+                continue
+            local = rows[sel] - idx["offsets"][si]
+            parts = self._vector_chunks(t)
+            if len(parts) == 1:
+                out[sel] = parts[0][1][local]
+                continue
+            starts = np.array([r0 for r0, _ in parts], np.int64)
+            ci = np.searchsorted(starts, local, side="right") - 1
+            for c, (r0, v) in enumerate(parts):
+                m = np.nonzero(ci == c)[0]
+                if len(m):
+                    out[sel[m]] = v[local[m] - r0]
         return out
 
     def keys(self) -> dict[str, str]:
@@ -494,34 +531,73 @@ class EmbeddingStore:
         hashes = self._column(idx, "sha256", rows).to_pylist()
         return StoreView(self._gather(idx, rows), wanted, hashes)
 
-    def compact(self, *, sort_paths: bool = False, block: int = 4096) -> None:
-        """Rewrite the store as a single shard (latest row per path), so :meth:`read` is zero-copy.
-
-        Rows are streamed in blocks of ``block`` (memory: one block, whatever the store's size), in order of
-        first appearance, or sorted by path with ``sort_paths``.
-        """
-        if len(self.manifest["shards"]) <= 1 and not sort_paths:
-            return
+    def is_zero_copy(self) -> bool:
+        """Whether :meth:`read` returns a zero-copy memory map: at most one shard, its vectors in one record batch,
+        no path repeated."""
         idx = self._index()
+        return len(idx["tables"]) <= 1 and len(idx["last"]) == idx["n_rows"] \
+            and all(len(self._vector_chunks(t)) <= 1 for t in idx["tables"])
+
+    def compact(self, *, sort_paths: bool = False, block: int = 4096) -> None:
+        """Rewrite the store as a single shard of one record batch (latest row per path), so :meth:`read` is a
+        zero-copy memory map (a shard of several record batches would be concatenated into one copy on every read).
+
+        Rows are in order of first appearance, or sorted by path with ``sort_paths``. Memory: one block of
+        ``block`` rows, whatever the store's size: pyarrow writes the batch with an untouched read-only private
+        anonymous mapping standing in for the vector values (its pages read as the kernel's zero page, so they cost
+        no resident memory), then the values are written into the file at their offset, ``block`` rows at a time,
+        and the source shards' pages are released after each block. The file is fsync'ed and renamed only after
+        that, so a reader never sees the placeholder.
+        """
+        idx = self._index()
+        single = self.is_zero_copy()
+        if single and not sort_paths:
+            return
         rows = idx["last"]
         if sort_paths:
             names = _paths_from_store(idx["unique"])  # the folder's sorted order, so images() is zero-copy
             order = np.array(sorted(range(len(names)), key=names.__getitem__), np.int64)
-            if len(self.manifest["shards"]) <= 1 and np.array_equal(order, np.arange(len(order))) \
-                    and len(rows) == idx["n_rows"]:
+            if single and np.array_equal(order, np.arange(len(order))):
                 return
             rows = rows[order]
         schema = self.schema()
+        n, dim = len(rows), self.dim
+        item = np.dtype(self._np_dtype()).itemsize
+        nbytes = n * dim * item
+        if nbytes and hasattr(mmap, "MAP_PRIVATE"):
+            holder = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, prot=mmap.PROT_READ)
+        else:
+            holder = np.zeros(nbytes, np.uint8)
+        values = pa.Array.from_buffers(self._value_type(), n * dim, [None, pa.py_buffer(holder)])
+        batch = pa.RecordBatch.from_arrays(
+            [self._column(idx, "path", rows).combine_chunks(), self._column(idx, "sha256", rows).combine_chunks(),
+             pa.FixedSizeListArray.from_arrays(values, dim),
+             self._column(idx, "size", rows, -1).combine_chunks(),
+             self._column(idx, "mtime_ns", rows, -1).combine_chunks()], schema=schema)
+        del values
 
-        def batches():
-            for s0 in range(0, len(rows), block):
-                r = rows[s0:s0 + block]
-                flat = pa.array(self._gather(idx, r).reshape(-1), type=self._value_type())
-                cols = [self._column(idx, "path", r).combine_chunks(), self._column(idx, "sha256", r).combine_chunks(),
-                        pa.FixedSizeListArray.from_arrays(flat, self.dim),
-                        self._column(idx, "size", r, -1).combine_chunks(),
-                        self._column(idx, "mtime_ns", r, -1).combine_chunks()]
-                yield pa.RecordBatch.from_arrays(cols, schema=schema)
+        def fill(tmp: Path) -> None:
+            """Write the real vectors over the placeholder's bytes in the (not yet renamed) file."""
+            src = pa.memory_map(str(tmp), "r")
+            try:
+                base = src.read_buffer(1).address
+                src.seek(0)
+                col = pa.ipc.open_file(src).get_batch(0).column(2)
+                child = col.values
+                off = child.buffers()[1].address - base + child.offset * item
+                del col, child
+            finally:
+                src.close()
+            fd = os.open(tmp, os.O_WRONLY)
+            try:
+                for s0 in range(0, n, block):
+                    mv = memoryview(np.ascontiguousarray(self._gather(idx, rows[s0:s0 + block]))).cast("B")
+                    pos, done = off + s0 * dim * item, 0
+                    while done < len(mv):
+                        done += os.pwrite(fd, mv[done:], pos + done)
+                    self._release_shards(idx)
+            finally:
+                os.close(fd)
 
         old_entries = list(self.manifest["shards"])
         old = [s["file"] for s in old_entries]
@@ -529,7 +605,7 @@ class EmbeddingStore:
         # commit, the previous manifest still lists the old, intact shards and the new file is an orphan.
         self.manifest["shards"] = []
         try:
-            self._commit_shard([batches()], len(rows))
+            self._commit_shard([[batch]], n, fill=fill if nbytes else None)
         except BaseException:
             self.manifest["shards"] = old_entries
             raise
@@ -538,3 +614,4 @@ class EmbeddingStore:
                 (self.root / f).unlink()
             except OSError:
                 pass
+        self._cache = None  # unmap the old shards now

@@ -127,3 +127,53 @@ def test_gpd_fit_rows_in_blocks_equals_one_block():
     np.testing.assert_array_equal(xi, xi1)
     np.testing.assert_array_equal(sigma, sigma1)
     assert np.all(np.abs(xi) < 0.3) and np.all(np.abs(sigma - 1) < 0.3)   # exponential tails: xi ~ 0, sigma ~ 1
+
+
+@pytest.mark.parametrize("b_block,ka", [(300, 1), (41, 2)])
+def test_bound_search_one_direction_equals_brute_force(b_block, ka):
+    """k_b = 0 (issue 15, scale7: the shape-mask search needs only real -> generated): the A lists equal brute
+    force and the two-way search's, and fewer exact distances are computed than with k_b = 2."""
+    fa, fb = _sets()
+    st0: dict = {}
+    st2: dict = {}
+    dA, iA, dB, iB = knn_l2_both_bound(lambda r: fa[r], len(fa), lambda r: fb[r], len(fb), ka, 0,
+                                       shape=(32, 32), b_block=b_block, stats=st0)
+    two = knn_l2_both_bound(lambda r: fa[r], len(fa), lambda r: fb[r], len(fb), ka, 2, shape=(32, 32),
+                            b_block=b_block, stats=st2)
+    DA, IA = _brute(fa, fb, ka)
+    np.testing.assert_array_equal(iA, IA)
+    np.testing.assert_allclose(dA, DA, rtol=1e-6, atol=1e-3)
+    np.testing.assert_array_equal(dA, two[0])
+    np.testing.assert_array_equal(iA, two[1])
+    assert dB.shape == (len(fb), 0) and iB.shape == (len(fb), 0)
+    assert (dA[:12, 0] == 0).all() and (iA[:12, 0] == 25 * np.arange(12)).all()   # planted copies G[::25] = P[:12]
+    assert st0["exact"] < st2["exact"]
+
+
+def test_shape_stage_bound_search_equals_faiss_and_brute_force():
+    """The shape stage's bound-pruned mask search (issue 15, scale7) gives bit for bit the distances of the FAISS
+    Flat search it replaces (mask values are multiples of 1/4: every float32 sum is exact) and of a float64
+    brute force, with a planted copy and an exact duplicate among the real images."""
+    from imprint.engine.membership import evidence as E
+
+    rng = np.random.default_rng(6)
+    P = ct_like(rng, 40, 128)
+    G = ct_like(rng, 90, 128)
+    G[5] = P[7]                                    # a generated copy of real 7: mask distance 0
+    P[12] = P[13]                                  # duplicated real images: nearest other real at 0
+    cP, scale = E._anatomy_counts(P)
+    shp = E._mask_shape(P.shape[1:], cP.shape[1])
+    assert shp == (256, 64)
+    info: dict = {}
+    a, b = E._shape_search_bound(G, cP, scale, shp, chunk=32, pchunk=16, info=info)
+    mP, mG = cP * scale, E.anatomy_masks(G)
+    a_old, _ = E._knn_chunked(G, mP, 1, E.anatomy_masks, 32)
+    b_old, _ = E._knn_self(lambda r: mP[np.asarray(r)], len(P), 1, 16)
+    np.testing.assert_array_equal(a, a_old)
+    np.testing.assert_array_equal(b, b_old)
+    np.testing.assert_array_equal(a[:, 0], _brute(mP, mG, 1)[0][:, 0].astype(np.float32))
+    D = ((mP[:, None].astype(np.float64) - mP[None]) ** 2).sum(2)
+    np.fill_diagonal(D, np.inf)
+    np.testing.assert_array_equal(b[:, 0], D.min(1).astype(np.float32))
+    assert a[7, 0] == 0.0 and b[12, 0] == 0.0 and b[13, 0] == 0.0 and (b[:12, 0] > 0).all()
+    assert info["shape_search"]["generated"]["exact"] < info["shape_search"]["generated"]["pairs"]

@@ -157,3 +157,50 @@ def test_shards_readable_by_pandas_polars_duckdb(tmp_path):
     duckdb = pytest.importorskip("duckdb")
     rows = duckdb.sql("SELECT path, vector[1] AS v0 FROM t ORDER BY path").fetchall()
     assert [r[0] for r in rows] == p and np.allclose([r[1] for r in rows], v[:, 0])
+
+
+def test_compact_writes_one_record_batch_read_zero_copy(tmp_path):
+    """Issue 15 (scale7): compaction in small blocks writes one record batch, so the compacted store reads back as a
+    zero-copy, read-only memory map (a store of several record batches was concatenated into one anonymous copy
+    on every read: 1.6 GB resident at 100,000 images); the rows equal pyarrow's own latest-row-per-path table."""
+    from imprint.engine.pixelstore import release_pages
+
+    st = EmbeddingStore.open_or_create(tmp_path / "s", BB, 6)
+    shards = []
+    for seed, n in ((1, 7), (2, 5), (3, 9)):
+        p, h, v = _rows(n, 6, seed=seed, prefix="x")
+        p = [f"{q[:-4]}-{seed % 2}.png" for q in p]     # seeds 1 and 3 share paths: seed 3's rows win
+        st.append(p, h, v, stats=(np.arange(n) + 100 * seed, np.full(n, 5 + seed)))
+        shards.append(pa.ipc.open_file(pa.memory_map(str(st.root / st.manifest["shards"][-1]["file"]))).read_all())
+    # reference: concatenate the shards, keep each path's last row, sort by path (pyarrow alone)
+    allt = pa.concat_tables(shards).to_pandas()
+    ref = allt.drop_duplicates("path", keep="last").sort_values("path").reset_index(drop=True)
+    st.compact(sort_paths=True, block=4)                   # 4-row blocks: several blocks per shard
+    again = EmbeddingStore.open(tmp_path / "s")
+    (name,) = [s["file"] for s in again.manifest["shards"]]
+    with pa.ipc.open_file(pa.memory_map(str(again.root / name))) as rd:
+        assert rd.num_record_batches == 1
+        got = rd.read_all().to_pandas()
+    assert got["path"].tolist() == ref["path"].tolist()
+    assert got["sha256"].tolist() == ref["sha256"].tolist()
+    assert got["size"].tolist() == ref["size"].tolist() and got["mtime_ns"].tolist() == ref["mtime_ns"].tolist()
+    np.testing.assert_array_equal(np.stack(got["vector"].to_numpy()), np.stack(ref["vector"].to_numpy()))
+    assert again.is_zero_copy()
+    view = again.read()
+    assert not view.vectors.flags.owndata and not view.vectors.flags.writeable
+    assert release_pages(view.vectors)                     # a read-only file mapping, not an anonymous copy
+    # a store compacted the old way (one shard of several record batches) is detected and gathered per batch
+    old = EmbeddingStore.open_or_create(tmp_path / "o", BB, 6)
+    p, h, v = _rows(10, 6, seed=4)
+    t = pa.Table.from_batches([pa.RecordBatch.from_arrays(
+        [pa.array(p[a:b]), pa.array(h[a:b]),
+         pa.FixedSizeListArray.from_arrays(pa.array(v[a:b].ravel(), pa.float32()), 6),
+         pa.array(np.full(b - a, -1)), pa.array(np.full(b - a, -1))], schema=old.schema())
+        for a, b in ((0, 4), (4, 8), (8, 10))])
+    old._commit_shard([t.to_batches()], 10)
+    old = EmbeddingStore.open(tmp_path / "o")
+    assert not old.is_zero_copy()
+    np.testing.assert_array_equal(old.read([p[9], p[0], p[5]]).vectors, v[[9, 0, 5]])
+    old.compact()
+    assert EmbeddingStore.open(tmp_path / "o").is_zero_copy()
+    np.testing.assert_array_equal(EmbeddingStore.open(tmp_path / "o").read().vectors, v)

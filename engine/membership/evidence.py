@@ -366,6 +366,53 @@ def _cached_mask_counts(images: np.ndarray, cache: dict | None) -> tuple[np.ndar
     return np.stack([store[k][0] for k in keys]), store[keys[0]][1]
 
 
+def _mask_shape(image_shape, dim: int):
+    """The anatomy masks' rows as a 2-D image (levels stacked vertically, ``(levels * H/f, W/f)``) when the
+    block-projection bound applies to it (both sides divisible by ``PIXEL_BOUND_FACTOR``), else None."""
+    f = max(1, min(image_shape) // 64)                  # anatomy_masks' down-sampling factor (size=64)
+    ww = image_shape[1] // f
+    if not PIXEL_BOUND_FACTOR or ww == 0 or dim % ww:
+        return None
+    shp = (dim // ww, ww)
+    return shp if shp[0] % PIXEL_BOUND_FACTOR == 0 and shp[1] % PIXEL_BOUND_FACTOR == 0 else None
+
+
+def _shape_search_bound(G, cP, mscale, mshape, chunk: int, pchunk: int, info: dict):
+    """Exact nearest anatomy-mask distances, real -> generated and real -> other real, by
+    :func:`engine.search.pairwise.knn_l2_both_bound` (one direction, ``k_b = 0``).
+
+    Mask values are multiples of ``mscale`` (1/4 at 128 px), so every squared distance and every float32 partial
+    sum of the old FAISS Flat search is exact: the distances equal the FAISS search's bit for bit; only the pairs
+    the bound cannot rule out get an exact distance.
+
+    Returns
+    -------
+    a : float32 [P, 1]  squared mask distance of every real image to its nearest generated image
+    b : float32 [P, 1]  ... to its nearest other real image
+    """
+    from imprint.engine.search.pairwise import knn_l2_both_bound
+
+    nP, nG = len(cP), len(G)
+
+    def m_rows(r):
+        return cP[np.asarray(r)] * mscale
+
+    def g_rows(r):
+        return anatomy_masks(np.asarray(G[int(r[0]):int(r[-1]) + 1]))
+
+    st_g: dict = {}
+    a, _, _, _ = knn_l2_both_bound(m_rows, nP, g_rows, nG, 1, 0, shape=mshape, b_block=chunk, a_block=pchunk,
+                                   factor=PIXEL_BOUND_FACTOR, after_block=lambda: _release(G), stats=st_g)
+    st_r: dict = {}
+    dr, ir, _, _ = knn_l2_both_bound(m_rows, nP, m_rows, nP, 2, 0, shape=mshape, b_block=chunk, a_block=pchunk,
+                                     factor=PIXEL_BOUND_FACTOR, stats=st_r)
+    # nearest *other* real image: the first of the two best that is not the row itself (a duplicate ties at 0)
+    own = ir[:, 0] == np.arange(nP)
+    b = np.where(own, dr[:, 1], dr[:, 0])[:, None].astype(np.float32)
+    info["shape_search"] = {"generated": st_g, "real": st_r}
+    return a, b
+
+
 # ----------------------------------------------------------------------------------------- evidence
 def _evidence(generated: np.ndarray, pool: np.ndarray, *, _cache_dir=None, **kw):
     """:func:`compute_evidence`, checkpointed in ``_cache_dir`` (when given) under a hash of its inputs."""
@@ -645,15 +692,20 @@ def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10
         t1 = time.perf_counter()
         # the pool's masks are kept as compact counts and expanded per block of pool images
         cP, mscale = _cached_mask_counts(P, _cache)
-        if 4 * cP.shape[1] * nP <= _memory_budget() // 2:   # the float masks fit half the budget: made once
-            mP = cP * mscale
-            mP_rows, mblock = (lambda r: mP[np.asarray(r)]), nP  # noqa: E731
+        mshape = _mask_shape(P.shape[1:], cP.shape[1])
+        if mshape is not None and 4 * cP.shape[1] * nP <= _memory_budget() // 2 and _both_way_local(executor):
+            # exact search pruned by the block-projection lower bound (issue 15, scale7): the same distances
+            a, b = _shape_search_bound(G, cP, mscale, mshape, chunk, pchunk, info)
         else:
-            mP_rows, mblock = (lambda r: cP[np.asarray(r)] * mscale), pchunk  # noqa: E731
-        # generated masks per chunk, not cached (the cache would hold every generated image's masks)
-        a, _ = _knn_chunked(G, mP_rows, 1, anatomy_masks, chunk, executor=executor, qblock=(mblock, nP))
-        b, _ = _knn_self(mP_rows, nP, 1, mblock, executor=executor)
-        mP = None
+            if 4 * cP.shape[1] * nP <= _memory_budget() // 2:   # the float masks fit half the budget: made once
+                mP = cP * mscale
+                mP_rows, mblock = (lambda r: mP[np.asarray(r)]), nP  # noqa: E731
+            else:
+                mP_rows, mblock = (lambda r: cP[np.asarray(r)] * mscale), pchunk  # noqa: E731
+            # generated masks per chunk, not cached (the cache would hold every generated image's masks)
+            a, _ = _knn_chunked(G, mP_rows, 1, anatomy_masks, chunk, executor=executor, qblock=(mblock, nP))
+            b, _ = _knn_self(mP_rows, nP, 1, mblock, executor=executor)
+            mP = None
         a, b = a.astype(np.float64), b.astype(np.float64)
         dim = float(cP.shape[1])
         ev["shape_nn_dist"] = a[:, 0].astype(np.float64) / dim

@@ -196,44 +196,37 @@ def _lower_bound(la, nla, ra, fa2, lb, nlb, rb, fb2, dl):
     return L
 
 
-def _eval_mask(E, M, fb, FA):
-    """Fill ``E[i, j]`` (float64 [na, nb], NaN = not computed) with exact squared L2 of ``FA[i]`` and ``fb[j]``
-    wherever ``M`` is set and ``E`` is still NaN (queries grouped by A row: every A row is read once)."""
+def _eval_pairs(fb, FA, r, c):
+    """Exact float64 squared L2 of ``FA[r[j]]`` and ``fb[c[j]]`` for every pair ``j`` (``r`` sorted ascending, as
+    ``np.nonzero`` returns it; pairs grouped by A row, so every A row is read once), by
+    :func:`engine.search.exact.l2_rows`, the kernel :func:`knn_l2_both` re-ranks with (bit-identical values)."""
     from .exact import l2_rows
 
-    M = M & np.isnan(E)
-    rows = np.flatnonzero(M.any(1))
-    if not len(rows):
-        return 0
-    sub = M[rows]
-    cnt = sub.sum(1)
-    width = int(cnt.max())
-    idx = np.full((len(rows), width), -1, np.int64)
-    r_, c_ = np.nonzero(sub)
-    pos = np.arange(len(r_)) - np.repeat(np.cumsum(cnt) - cnt, cnt)
-    idx[r_, pos] = c_
-    d = l2_rows(fb, FA, rows, idx)
-    E[rows[r_], c_] = d[r_, pos]
-    return int(len(r_))
+    if not len(r):
+        return np.zeros(0)
+    rows, start, cnt = np.unique(r, return_index=True, return_counts=True)
+    grp = np.repeat(np.arange(len(rows)), cnt)
+    pos = np.arange(len(r)) - np.repeat(start, cnt)
+    idx = np.full((len(rows), int(cnt.max())), -1, np.int64)
+    idx[grp, pos] = c
+    return l2_rows(fb, FA, rows, idx)[grp, pos]
 
 
-def _topk_from(E, k, offset=0):
-    """Exact k best (float64 distance, index) of every row of ``E`` among its computed (non-NaN) entries;
-    -1 / inf padded."""
-    D = np.where(np.isnan(E), np.inf, E)
-    I = np.broadcast_to(np.arange(E.shape[1], dtype=np.int64) + offset, E.shape)
-    I = np.where(np.isnan(E), -1, I)
-    kk = min(k, E.shape[1])
-    if E.shape[1] > kk:
-        sel = np.argpartition(D, kk - 1, axis=1)[:, :kk]
-        # keep every entry tied with the k-th so the (distance, index) order is decided exactly
-        kth = np.take_along_axis(D, sel, 1).max(1)
-        ties = (D <= kth[:, None]).sum(1)
-        if (ties > kk).any():
-            w = int(ties.max())
-            sel = np.argsort(D, axis=1, kind="stable")[:, :w]
-        D, I = np.take_along_axis(D, sel, 1), np.take_along_axis(I, sel, 1)
-    return _sort_rows_k(D, I, kk)
+def _topk_sparse(r, c, d, n, k, offset=0):
+    """k best (float64 distance, then index) of every row ``0..n-1`` among the sparse entries ``(r, c, d)``:
+    float64 [n, k] and int64 [n, k] (``c + offset``), inf / -1 padded.  Issue 15, scale7: the search kept a dense
+    float64 matrix of the block's exact distances (NaN where not computed) and made five dense passes over it per
+    block; only a few percent of its entries are computed, so they are now kept as a list."""
+    D = np.full((n, k), np.inf)
+    I = np.full((n, k), -1, np.int64)
+    if len(r) and k:
+        o = np.lexsort((c, d, r))
+        r, c, d = r[o], c[o], d[o]
+        rank = np.arange(len(r)) - np.searchsorted(r, r, side="left")
+        keep = rank < k
+        D[r[keep], rank[keep]] = d[keep]
+        I[r[keep], rank[keep]] = c[keep] + offset
+    return D, I
 
 
 def _sort_rows_k(D, I, k):
@@ -264,12 +257,15 @@ def knn_l2_both_bound(feats_a: Feats, n_a: int, feats_b: Feats, n_b: int, k_a: i
 
     Parameters
     ----------
-    feats_a, feats_b, n_a, n_b, k_a, k_b, after_block
+    feats_a, feats_b, n_a, n_b, k_a, after_block
         As :func:`knn_l2_both`.
+    k_b : int
+        Neighbours in A kept for every B row; 0 skips that direction (``dB``, ``iB`` are then ``[n_b, 0]``):
+        only the pairs that may enter an A row's list get an exact distance.
     shape : (H, W)
         Image shape of a row; both divisible by ``factor``.
     b_block : int
-        B rows per block (the bound matrix is ``4 * n_a * b_block`` bytes, the exact-distance matrix twice that).
+        B rows per block (the bound matrix is ``4 * n_a * b_block`` bytes, plus two boolean masks of that shape).
     a_block : int
         A rows per low-dimensional product.
     factor : int
@@ -311,26 +307,34 @@ def knn_l2_both_bound(feats_a: Feats, n_a: int, feats_b: Feats, n_b: int, k_a: i
         for a0 in range(0, n_a, a_block):
             a1 = min(n_a, a0 + a_block)
             L[a0:a1] = _lower_bound(LA[a0:a1], nla[a0:a1], ra[a0:a1], fa2[a0:a1], lb, nlb, rb, fb2, dl)
-        E = np.full(L.shape, np.nan)
+        nb_ = b1 - b0
         # round 1: every A row's ka best and every B row's kb best by the bound
-        M = np.zeros(L.shape, bool)
-        np.put_along_axis(M, _select(L, ka), True, 1)
-        np.put_along_axis(M.T, _select(L.T, kb), True, 1)
-        n_exact += _eval_mask(E, M, fb, FA)
+        done = np.zeros(L.shape, bool)
+        np.put_along_axis(done, _select(L, ka), True, 1)
+        if kb:
+            np.put_along_axis(done.T, _select(L.T, kb), True, 1)
+        r1, c1 = np.nonzero(done)
+        d1_ = _eval_pairs(fb, FA, r1, c1)
         # upper bounds on the k-th distances: A rows with their running lists, B rows within this block
-        d1, _ = _topk_from(E, ka)
+        d1, _ = _topk_sparse(r1, c1, d1_, n_a, ka)
         Ua = _kth_merged(rd, d1, ka)
-        Ub = _topk_from(E.T, kb)[0][:, -1]
         # round 2: every pair whose bound does not exceed its row's or its column's upper bound
-        M = (L <= Ua.astype(np.float64)[:, None]) | (L <= Ub[None, :])
-        n_exact += _eval_mask(E, M, fb, FA)
-        d2, i2 = _topk_from(E, ka, offset=b0)
+        M = L <= Ua.astype(np.float64)[:, None]
+        if kb:
+            M |= L <= _topk_sparse(c1, r1, d1_, nb_, kb)[0][:, -1][None, :]
+        M &= ~done
+        r2, c2 = np.nonzero(M)
+        d2_ = _eval_pairs(fb, FA, r2, c2)
+        n_exact += len(r1) + len(r2)
+        r_, c_, d_ = np.concatenate([r1, r2]), np.concatenate([c1, c2]), np.concatenate([d1_, d2_])
+        d2, i2 = _topk_sparse(r_, c_, d_, n_a, ka, offset=b0)
         D = np.concatenate([rd, d2], 1)
         I = np.concatenate([ri, i2], 1)
         rd, ri = _sort_rows_k(D, I, ka)
-        db, ib = _topk_from(E.T, kb)
-        dB[b0:b1], iB[b0:b1] = db.astype(np.float32), ib
-        del fb, L, E, M
+        if kb:
+            db, ib = _topk_sparse(c_, r_, d_, nb_, kb)
+            dB[b0:b1], iB[b0:b1] = db.astype(np.float32), ib
+        del fb, L, M, done
         if after_block is not None:
             after_block()
     if stats is not None:
