@@ -25,6 +25,7 @@ Usage::
     python benchmarks/membership_zoo.py --quick                 # a few minutes
     python benchmarks/membership_zoo.py [--real DIR] [--fillers DIR|none] [--n-members 60] [--n-gen 1000]
     python benchmarks/membership_zoo.py --recall shift,augment:1 --real OTHER_DIR --seed 1   # search diagnostic
+    python benchmarks/membership_zoo.py --recall "resynth 3 +,shift" --shortlist-only --seed 7  # candidates only
 """
 
 from __future__ import annotations
@@ -340,9 +341,14 @@ def recall_diag(args) -> None:
     real, fill_imgs = load_inputs(args)
     nm, nref = args.n_members, args.n_reference
     want = [w for w in args.recall.split(",") if w]
-    print("| transform | strength | in shortlist | rank desc / spec / pix (median, 90%) | best = copy "
-          "| NCC true pair (median, 10%) | NCC best / control (members, median) | s |")
-    print("|---|---|---|---|---|---|---|---|")
+    if args.shortlist_only:
+        print("| transform | strength | copy in registration shortlist | low-pass frame / spectrum / both "
+              "| in the anatomy candidates (union) | candidates per image | s |")
+        print("|---|---|---|---|---|---|---|")
+    else:
+        print("| transform | strength | in shortlist | rank desc / spec / pix (median, 90%) | best = copy "
+              "| NCC true pair (median, 10%) | NCC best / control (members, median) | s |")
+        print("|---|---|---|---|---|---|---|---|")
     for name, fn, strength in scenarios(False, real):
         if fn is None or not any(name.startswith(w.split(":")[0]) and (":" not in w or float(w.split(":")[1]) == strength)
                                  for w in want):
@@ -357,6 +363,15 @@ def recall_diag(args) -> None:
         cg, fcg, cr, fcr = reg.shortlists(gen, P, iG, iR)
         m = np.arange(nm)
         ins = (cg[m] == copy[:, None]).any(1)
+        # the anatomy evidence's candidates: the shortlist and the low-pass source (branch short7)
+        lg = reg.lowpass_candidates(gen, P[:nm])[0]
+        lpf = (lg[:, :reg.LP_K_FRAME] == copy[:, None]).any(1)
+        lps = (lg[:, reg.LP_K_FRAME:] == copy[:, None]).any(1)
+        if args.shortlist_only:
+            print(f"| {name} | {strength:g} | {ins.mean():.2f} | {lpf.mean():.2f} / {lps.mean():.2f} / "
+                  f"{(lpf | lps).mean():.2f} | **{(ins | lpf | lps).mean():.2f}** | {cg.shape[1]} + {lg.shape[1]} | "
+                  f"{time.perf_counter() - t0:.0f} |", flush=True)
+            continue
         # ranks of the true copy under each search source (brute force over all generated images)
         dG, dP = reg.shortlist_descriptors(gen), reg.shortlist_descriptors(P[:nm])
         fd = dG.reshape(len(gen), -1)
@@ -502,6 +517,9 @@ def main(argv=None):
     ap.add_argument("--recall", default=None,
                     help="instead: the search diagnostic for these transforms (comma-separated name prefixes)")
     ap.add_argument("--verbose", action="store_true", help="--recall: one line per missed member")
+    ap.add_argument("--shortlist-only", action="store_true",
+                    help="--recall: only whether the true copy is among the candidates (the registration shortlist, "
+                         "the low-pass source, their union), no registration (fast)")
     a = ap.parse_args(argv)
     if a.timing:
         timing(a)

@@ -147,6 +147,12 @@ def _best_ncc(base_chunks, queries: np.ndarray, *, exclude=None, executor=None):
 #: Whether :func:`.evidence.compute_evidence` registers the registration shortlists on the low-pass grids (with
 #: ``register=True``); False gives the in-place / mirrored channel of branch resyn5 (benchmarks compare the two).
 REGISTERED = True
+#: Whether the anatomy evidence's candidates (with :data:`REGISTERED`) are the registration shortlist *and* the
+#: low-pass source :func:`.register.lowpass_candidates` (branch short7: a copy whose texture was re-synthesised and
+#: which was also shifted or rotated is often missing from the registration shortlist); the real-to-real null
+#: (:func:`.calibrate.real_pair_null`) unions the same source (:func:`.register.lowpass_pair_candidates`).
+#: False: the candidates of branch resyn6.
+LOWPASS_CANDIDATES = True
 #: Coarse-best shortlist candidates per pool image that get the low-pass polish and the registered NCC
 #: (:func:`registered_anatomy`).  2, as :data:`.register.N_REFINE` (a priori, not compared on data).
 N_POLISH = 2

@@ -612,7 +612,14 @@ def real_pair_null(real: np.ndarray, n_generated: int, *, k: int = 32, splits: S
         # candidates), every split at once (the split-independent work shared)
         from .anatomy import anatomy_pair_values_splits
 
-        anat_vals = anatomy_pair_values_splits(real, inAs, cand if anatomy_register else None, only=only)
+        from . import anatomy as _anatomy_lp
+
+        acand = cand if anatomy_register else None
+        if anatomy_register and _anatomy_lp.LOWPASS_CANDIDATES:   # the evidence's low-pass source too (short7)
+            from .register import lowpass_pair_candidates
+
+            acand = np.concatenate([cand, lowpass_pair_candidates(real, keys, cache, share=share)], 1)
+        anat_vals = anatomy_pair_values_splits(real, inAs, acand, only=only)
     vals = {n: [] for n in feats}
     logit = []
     rows = np.arange(R)
@@ -984,6 +991,10 @@ def real_pair_null_cached(real: np.ndarray, n_generated: int, *, cache_dir: str 
 
     key = {k_: v for k_, v in kw.items() if k_ != "cache"}
     key.update(n_generated=int(n_generated), version=3)  # 3: the anatomy null registered
+    from . import anatomy as _anatomy_lp
+
+    if _anatomy_lp.LOWPASS_CANDIDATES:
+        key["version"] = 4   # 4: ... over the low-pass candidate source too (short7)
     h = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode())
     a = np.ascontiguousarray(real)
     h.update(f"{a.dtype}{a.shape}".encode())
