@@ -470,6 +470,9 @@ def timing(args) -> None:
     real = np.concatenate([d["gen_b"]["real/used"][:150], d["gen_b"]["real/unused"][:150]])
     ref = np.concatenate([d[g]["real/unused"] for g in gens])
     orig = audit_mod._evidence
+    if getattr(args, "lowpass_compare", False):
+        lowpass_compare(args, d, devs, real, ref)
+        return
     out = {}
     for label, reg in (("registration on", True), ("registration off", False)):
         audit_mod._evidence = functools.partial(orig, register=reg)
@@ -487,6 +490,30 @@ def timing(args) -> None:
               flush=True)
     print(f"ratio on/off: {out['registration on'] / out['registration off']:.2f}; load average "
           f"{os.getloadavg()[0]:.1f}")
+
+
+def lowpass_compare(args, d, devs, real, ref) -> None:
+    """``--timing --lowpass-compare``: the judged case with the anatomy evidence's low-pass candidate source
+    (``anatomy.LOWPASS_CANDIDATES``, branch short7) off (= the candidates before it) and on, alternating in one
+    process, best of ``--repeat`` each (registration on, no evidence cache between runs)."""
+    from imprint.engine.membership import anatomy as anat_mod
+
+    best = {False: np.inf, True: np.inf}
+    keep = anat_mod.LOWPASS_CANDIDATES
+    try:
+        for _ in range(args.repeat):
+            for on in (False, True):
+                anat_mod.LOWPASS_CANDIDATES = on
+                t0 = time.perf_counter()
+                res = audit_membership(d["gen_b"]["generated"], real, dev_sets=devs, reference=ref)
+                dt = time.perf_counter() - t0
+                best[on] = min(best[on], dt)
+                print(f"low-pass candidates {'on ' if on else 'off'}: {dt:.1f} s (anatomy_s of the target "
+                      f"{res.info['timings'].get('anatomy_s', 0):.1f} s)", flush=True)
+    finally:
+        anat_mod.LOWPASS_CANDIDATES = keep
+    print(f"best of {args.repeat}: off {best[False]:.1f} s, on {best[True]:.1f} s, ratio on/off "
+          f"{best[True] / best[False]:.3f}; load average {os.getloadavg()[0]:.1f}")
 
 
 def main(argv=None):
@@ -514,6 +541,9 @@ def main(argv=None):
     ap.add_argument("--store-dir", default=None, help="embedding stores reused across runs (--density-dev)")
     ap.add_argument("--timing", action="store_true", help="instead: the 1000 x 300 with 3 dev sets timing")
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--lowpass-compare", action="store_true",
+                    help="--timing: the low-pass candidate source off vs on (same run, alternating) instead of "
+                         "registration on vs off")
     ap.add_argument("--recall", default=None,
                     help="instead: the search diagnostic for these transforms (comma-separated name prefixes)")
     ap.add_argument("--verbose", action="store_true", help="--recall: one line per missed member")
