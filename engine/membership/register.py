@@ -1269,6 +1269,35 @@ LP_K_SPEC = 2
 LP_SPEC_KEEP = 4
 
 
+def lowpass_grid(images: np.ndarray) -> np.ndarray:
+    """A cheap stand-in for the anatomy low-pass grid (:func:`.anatomy.anatomy_lowpass`: Gaussian sigma = side / 32
+    sampled every ``f = round(sigma)`` px) for the candidate descriptors: an ``f x f`` area average, then a
+    Gaussian of the remaining width (variance ``sigma**2 - (f**2 - 1) / 12`` px^2) on the ``f``-times smaller
+    grid.  Each image's grid depends on that image only (no batch-size effect).
+
+    Parameters
+    ----------
+    images : uint8 or float [N, H, W]
+
+    Returns
+    -------
+    float32 [N, H // f, W // f]   (32 x 32 at 128 px)
+    """
+    from scipy import ndimage as ndi
+
+    from .anatomy import lowpass_sigma
+
+    x = np.asarray(images, np.float32)
+    n, h, w = x.shape
+    sig = lowpass_sigma(h, w)
+    f = max(1, int(round(sig)))
+    rest = math.sqrt(max(sig * sig - (f * f - 1) / 12.0, 0.0)) / f
+    small = downsample(x, f) if f > 1 else x
+    if n == 0 or rest <= 0:
+        return np.ascontiguousarray(small, np.float32)
+    return np.ascontiguousarray(ndi.gaussian_filter(small, (0, rest, rest), mode="nearest"), np.float32)
+
+
 def _grid_spectrum(low: np.ndarray, keep: int = LP_SPEC_KEEP) -> np.ndarray:
     """Flip- and shift-invariant Fourier magnitudes of grids [N, h, w] (as :func:`spectrum_descriptors`, on the
     grids as given): float32 [N, keep * keep]."""
@@ -1287,8 +1316,8 @@ def _grid_spectrum(low: np.ndarray, keep: int = LP_SPEC_KEEP) -> np.ndarray:
 
 
 def lowpass_frame_descriptors(images: np.ndarray, *, shifted: bool = False) -> np.ndarray:
-    """:func:`shortlist_descriptors` of the anatomy low-pass grids (:func:`.anatomy.anatomy_lowpass`, Gaussian
-    sigma = side / 32 sampled every sigma px: 32 x 32), so texture re-synthesised on top of a copied anatomy
+    """:func:`shortlist_descriptors` of the low-pass grids (:func:`lowpass_grid`, about the anatomy evidence's
+    Gaussian sigma = side / 32 sampled every sigma px: 32 x 32), so texture re-synthesised on top of a copied anatomy
     does not move the descriptor; with ``shifted`` of the grids' :func:`shift_variants` (the query side).
 
     Parameters
@@ -1300,17 +1329,15 @@ def lowpass_frame_descriptors(images: np.ndarray, *, shifted: bool = False) -> n
     -------
     float32 [N, 24, 24], or [N, 5, 24, 24] with ``shifted``
     """
-    from .anatomy import anatomy_lowpass
-
     x = np.asarray(images)
     if len(x) == 0:
         return np.zeros((0, 5, 24, 24) if shifted else (0, 24, 24), np.float32)
-    low = anatomy_lowpass(x)
+    low = lowpass_grid(x)
     return shifted_shortlist_descriptors(low) if shifted else shortlist_descriptors(low)
 
 
 def lowpass_spectrum_descriptors(images: np.ndarray, *, rotscale: bool = False) -> np.ndarray:
-    """:func:`_grid_spectrum` of the anatomy low-pass grids (shift- and flip-invariant); with ``rotscale`` of
+    """:func:`_grid_spectrum` of the low-pass grids (:func:`lowpass_grid`; shift- and flip-invariant); with ``rotscale`` of
     every grid rotated and rescaled over :data:`SPEC_ANGLES` x :data:`SPEC_SCALES` (bilinear about the grid's
     centre; variant 0 = the grid itself), as :func:`rotscale_spectrum_descriptors` does at full resolution.
 
@@ -1323,18 +1350,24 @@ def lowpass_spectrum_descriptors(images: np.ndarray, *, rotscale: bool = False) 
     -------
     float32 [N, D], or [N, V, D] with ``rotscale`` (``D = LP_SPEC_KEEP ** 2``, ``V = 9``)
     """
-    from .anatomy import anatomy_lowpass
-
     x = np.asarray(images)
     grid = [(0.0, 1.0)] + [(a, s) for a in SPEC_ANGLES for s in SPEC_SCALES if (a, s) != (0.0, 1.0)]
     V = len(grid) if rotscale else 1
     D = LP_SPEC_KEEP ** 2
     if len(x) == 0:
         return np.zeros((0, V, D) if rotscale else (0, D), np.float32)
-    low = np.ascontiguousarray(anatomy_lowpass(x), np.float32)
-    if not rotscale:
-        return _grid_spectrum(low)
-    n = len(low)
+    low = lowpass_grid(x)
+    return _grid_rotscale_spectrum(low) if rotscale else _grid_spectrum(low)
+
+
+def _grid_rotscale_spectrum(low: np.ndarray) -> np.ndarray:
+    """:func:`_grid_spectrum` of every grid [N, h, w] rotated and rescaled over :data:`SPEC_ANGLES` x
+    :data:`SPEC_SCALES` (variant 0 = the grid itself): float32 [N, V, D]."""
+    grid = [(0.0, 1.0)] + [(a, s) for a in SPEC_ANGLES for s in SPEC_SCALES if (a, s) != (0.0, 1.0)]
+    low = np.ascontiguousarray(low, np.float32)
+    n, V = len(low), len(grid)
+    if n == 0:
+        return np.zeros((0, V, LP_SPEC_KEEP ** 2), np.float32)
     var, _ = warp(low, np.repeat(np.arange(n), V), 0, np.tile([g[0] for g in grid], n),
                   np.tile([g[1] for g in grid], n))
     d = _grid_spectrum(var)
@@ -1347,7 +1380,7 @@ def lowpass_candidates(G: np.ndarray | None, P: np.ndarray, *, k_frame: int = LP
 
     The registration shortlist (:func:`shortlists`) describes whole images, so a copy whose texture was
     re-synthesised *and* which was shifted or rotated is often not on it.  This source describes only the
-    anatomy low-pass grid (:func:`.anatomy.anatomy_lowpass`, the grid the anatomy evidence registers): the
+    low-pass grid (:func:`lowpass_grid`, about the grid the anatomy evidence registers): the
     ``k_frame`` nearest under :func:`lowpass_frame_descriptors` (moment frame: translation / scale normalised,
     the mirrored base searched too, the pool image's shifted copies as queries) and the ``k_spec`` nearest under
     :func:`lowpass_spectrum_descriptors` (Fourier magnitude: shift- and flip-invariant, the pool image's
@@ -1372,10 +1405,12 @@ def lowpass_candidates(G: np.ndarray | None, P: np.ndarray, *, k_frame: int = LP
     n = len(P)
     c = int(k_frame) + int(k_spec)
     none = np.full((n, c), -1, np.int64)
-    dP = _memo_rows(lambda x: lowpass_frame_descriptors(x, shifted=True), P, kP, cache, "lp_frame_shift")
+    # every descriptor from the images' low-pass grids (:func:`lowpass_grid`), each computed once per image (memoised)
+    lowP = _memo_rows(lowpass_grid, P, kP, cache, "lp_grid")
+    dP = _memo_rows(shifted_shortlist_descriptors, lowP, kP, cache, "lp_frame_shift")
     dP0 = np.ascontiguousarray(dP[:, 0])
-    sP = _memo_rows(lowpass_spectrum_descriptors, P, kP, cache, "lp_spec")
-    sQ = _memo_rows(lambda x: lowpass_spectrum_descriptors(x, rotscale=True), P, kP, cache, "lp_spec_rs")
+    sQ = _memo_rows(_grid_rotscale_spectrum, lowP, kP, cache, "lp_spec_rs")
+    sP = np.ascontiguousarray(sQ[:, 0])                 # variant 0 = the grid itself
 
     def search(dB, sB, m, self_):
         if m == 0:
@@ -1393,8 +1428,9 @@ def lowpass_candidates(G: np.ndarray | None, P: np.ndarray, *, k_frame: int = LP
     if G is None or len(G) == 0:
         cg, fcg = none.copy(), np.zeros((n, c), np.int64)
     else:
-        dG = _memo_rows(lowpass_frame_descriptors, G, keys_gen, cache, "lp_frame")
-        sG = _memo_rows(lowpass_spectrum_descriptors, G, keys_gen, cache, "lp_spec")
+        lowG = _memo_rows(lowpass_grid, G, keys_gen, cache, "lp_grid")
+        dG = _memo_rows(shortlist_descriptors, lowG, keys_gen, cache, "lp_frame")
+        sG = _memo_rows(_grid_spectrum, lowG, keys_gen, cache, "lp_spec")
         cg, fcg = search(dG, sG, len(G), False)
     cr, fcr = search(dP0, sP, n - 1, True)
     return cg, fcg, cr, fcr
