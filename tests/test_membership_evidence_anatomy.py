@@ -320,3 +320,25 @@ def test_offlist_resynthesised_transformed_members_are_flagged(planted_offlist):
     assert res.used[y == 1].mean() >= 0.8, res.used[y == 1]
     # stated rate 5% of 20 non-members: 1 expected; more than 2 has probability 0.075 under the guarantee
     assert res.used[y == 0].sum() <= 2, res.used[y == 0]
+
+
+def test_anatomy_pair_values_with_part_a_only_candidates_equal_the_evidence():
+    """``a_only``: the last columns of the candidates count in part A (playing the generated images) only, as the
+    evidence's low-pass candidates count among the generated images but not in its control (branch short7)."""
+    from imprint.engine.membership.anatomy import anatomy_pair_values
+
+    rng = np.random.default_rng(53)
+    real = family(30, 54)
+    real[3] = u8(_transformed(resynth(real[20], real[21], 2.0), rng)[0])
+    inA = np.zeros(30, bool)
+    inA[rng.choice(30, 12, replace=False)] = True
+    cand = np.stack([rng.choice(np.delete(np.arange(30), i), 6, replace=False) for i in range(30)])
+    v = anatomy_pair_values(real, inA, cand, a_only=2)
+    for i in (0, 3, 20, 29):
+        A = np.flatnonzero(inA & (np.arange(30) != i))
+        B = np.r_[i, np.flatnonzero(~inA & (np.arange(30) != i))]
+        ca = np.array([[np.searchsorted(A, j) if (j in A) else -1 for j in cand[i]]])
+        cb = np.array([[int(np.flatnonzero(B == j)[0]) if (j in B) else -1 for j in cand[i][:4]]])
+        sl = (np.vstack([ca, np.full((len(B) - 1, 6), -1)]), np.vstack([cb, np.full((len(B) - 1, 4), -1)]))
+        ev = anatomy_evidence(real[A], real[B], shortlist=sl)
+        assert abs(v[i] - ev["anat_ratio"][0]) < 1e-6, (i, v[i], ev["anat_ratio"][0])

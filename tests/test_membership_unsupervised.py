@@ -301,10 +301,13 @@ def test_registered_anatomy_pair_null_is_the_evidences_rule_on_each_split():
     from imprint.engine.membership import anatomy as anat_mod
     from imprint.engine.membership.register import lowpass_pair_candidates
 
-    if anat_mod.LOWPASS_CANDIDATES:   # the evidence's low-pass candidate source too (branch short7)
-        cand = np.concatenate([cand, lowpass_pair_candidates(real, _hashes(real), {}, share=0.25)], 1)
+    a_only = 0
+    if anat_mod.LOWPASS_CANDIDATES:   # the evidence's low-pass candidate source too, in part A only (branch short7)
+        lp = lowpass_pair_candidates(real, _hashes(real), {}, share=0.25)
+        cand, a_only = np.concatenate([cand, lp], 1), lp.shape[1]
     draw = np.random.default_rng(4)
-    raw = np.stack([anatomy_pair_values(real, draw.random(R) < p, cand) for p in shares for _ in range(2)])
+    raw = np.stack([anatomy_pair_values(real, draw.random(R) < p, cand, a_only=a_only) for p in shares
+                    for _ in range(2)])
     assert np.isfinite(raw).all()
     d = pn["anat_ratio"].reshape(6, R) - raw          # the size correction: one constant per split
     assert np.allclose(d, d[:, :1], atol=1e-9), d.std(1)

@@ -614,12 +614,15 @@ def real_pair_null(real: np.ndarray, n_generated: int, *, k: int = 32, splits: S
 
         from . import anatomy as _anatomy_lp
 
-        acand = cand if anatomy_register else None
-        if anatomy_register and _anatomy_lp.LOWPASS_CANDIDATES:   # the evidence's low-pass source too (short7)
+        acand, a_only = (cand if anatomy_register else None), 0
+        if anatomy_register and _anatomy_lp.LOWPASS_CANDIDATES:
+            # the evidence's low-pass source too (short7), as the evidence uses it: in part A (playing the
+            # generated images) only, not in the control part
             from .register import lowpass_pair_candidates
 
-            acand = np.concatenate([cand, lowpass_pair_candidates(real, keys, cache, share=share)], 1)
-        anat_vals = anatomy_pair_values_splits(real, inAs, acand, only=only)
+            lp = lowpass_pair_candidates(real, keys, cache, share=share)
+            acand, a_only = np.concatenate([cand, lp], 1), lp.shape[1]
+        anat_vals = anatomy_pair_values_splits(real, inAs, acand, only=only, a_only=a_only)
     vals = {n: [] for n in feats}
     logit = []
     rows = np.arange(R)

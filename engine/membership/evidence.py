@@ -721,11 +721,15 @@ def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10
 
             kG, kP = (_hashes(G), _hashes(P)) if _cache is not None else (None, None)
             cg, _, cr, _ = shortlists(G, P, iG, iR, k_reg=k_reg, keys_gen=kG, keys_pool=kP, cache=_cache)
-            if _anat.LOWPASS_CANDIDATES:   # + the low-pass source (issue 13, short7), the control built the same way
+            if _anat.LOWPASS_CANDIDATES:
+                # + the low-pass source (issue 13, short7) among the generated images, for every pool image alike
+                # (reference images included, so the calibration holds); the control keeps the shortlist: more
+                # control candidates raised every member's control NCC among look-alikes and lost in-place copies
+                # (tests/test_membership_evidence_anatomy.py's planted re-synthesis: 0.35 flagged instead of >= 0.85)
                 from .register import lowpass_candidates
 
-                lg, _, lr, _ = lowpass_candidates(G, P, keys_gen=kG, keys_pool=kP, cache=_cache)
-                cg, cr = np.concatenate([cg, lg], 1), np.concatenate([cr, lr], 1)
+                lg = lowpass_candidates(G, P, keys_gen=kG, keys_pool=kP, cache=_cache)[0]
+                cg = np.concatenate([cg, lg], 1)
             sl = (cg, cr)
         ev.update(anatomy_evidence(G, P, chunk=chunk, executor=executor, shortlist=sl))
         info["timings"]["anatomy_s"] = time.perf_counter() - t1
