@@ -26,6 +26,7 @@ Usage::
     python benchmarks/membership_zoo.py --quick                 # a few minutes
     python benchmarks/membership_zoo.py [--real DIR] [--fillers DIR|none] [--n-members 60] [--n-gen 1000]
     python benchmarks/membership_zoo.py --recall shift,augment:1 --real OTHER_DIR --seed 1   # search diagnostic
+    python benchmarks/membership_zoo.py --recall "resynth 3 +,shift" --shortlist-only --seed 7  # candidates only
 """
 
 from __future__ import annotations
@@ -344,9 +345,14 @@ def recall_diag(args) -> None:
     real, fill_imgs = load_inputs(args)
     nm, nref = args.n_members, args.n_reference
     want = [w for w in args.recall.split(",") if w]
-    print("| transform | strength | in shortlist | rank desc / spec / pix (median, 90%) | best = copy "
-          "| NCC true pair (median, 10%) | NCC best / control (members, median) | s |")
-    print("|---|---|---|---|---|---|---|---|")
+    if args.shortlist_only:
+        print("| transform | strength | copy in registration shortlist | low-pass frame / spectrum / both "
+              "| in the anatomy candidates (union) | candidates per image | s |")
+        print("|---|---|---|---|---|---|---|")
+    else:
+        print("| transform | strength | in shortlist | rank desc / spec / pix (median, 90%) | best = copy "
+              "| NCC true pair (median, 10%) | NCC best / control (members, median) | s |")
+        print("|---|---|---|---|---|---|---|---|")
     for name, fn, strength in scenarios(False, real):
         if fn is None or not any(name.startswith(w.split(":")[0]) and (":" not in w or float(w.split(":")[1]) == strength)
                                  for w in want):
@@ -361,6 +367,15 @@ def recall_diag(args) -> None:
         cg, fcg, cr, fcr = reg.shortlists(gen, P, iG, iR)
         m = np.arange(nm)
         ins = (cg[m] == copy[:, None]).any(1)
+        # the anatomy evidence's candidates: the shortlist and the low-pass source (branch short7)
+        lg = reg.lowpass_candidates(gen, P[:nm])[0]
+        lpf = (lg[:, :reg.LP_K_FRAME] == copy[:, None]).any(1)
+        lps = (lg[:, reg.LP_K_FRAME:] == copy[:, None]).any(1)
+        if args.shortlist_only:
+            print(f"| {name} | {strength:g} | {ins.mean():.2f} | {lpf.mean():.2f} / {lps.mean():.2f} / "
+                  f"{(lpf | lps).mean():.2f} | **{(ins | lpf | lps).mean():.2f}** | {cg.shape[1]} + {lg.shape[1]} | "
+                  f"{time.perf_counter() - t0:.0f} |", flush=True)
+            continue
         # ranks of the true copy under each search source (brute force over all generated images)
         dG, dP = reg.shortlist_descriptors(gen), reg.shortlist_descriptors(P[:nm])
         fd = dG.reshape(len(gen), -1)
@@ -459,6 +474,9 @@ def timing(args) -> None:
     real = np.concatenate([d["gen_b"]["real/used"][:150], d["gen_b"]["real/unused"][:150]])
     ref = np.concatenate([d[g]["real/unused"] for g in gens])
     orig = audit_mod._evidence
+    if getattr(args, "lowpass_compare", False):
+        lowpass_compare(args, d, devs, real, ref)
+        return
     out = {}
     for label, reg in (("registration on", True), ("registration off", False)):
         audit_mod._evidence = functools.partial(orig, register=reg)
@@ -476,6 +494,30 @@ def timing(args) -> None:
               flush=True)
     print(f"ratio on/off: {out['registration on'] / out['registration off']:.2f}; load average "
           f"{os.getloadavg()[0]:.1f}")
+
+
+def lowpass_compare(args, d, devs, real, ref) -> None:
+    """``--timing --lowpass-compare``: the judged case with the anatomy evidence's low-pass candidate source
+    (``anatomy.LOWPASS_CANDIDATES``, branch short7) off (= the candidates before it) and on, alternating in one
+    process, best of ``--repeat`` each (registration on, no evidence cache between runs)."""
+    from imprint.engine.membership import anatomy as anat_mod
+
+    best = {False: np.inf, True: np.inf}
+    keep = anat_mod.LOWPASS_CANDIDATES
+    try:
+        for _ in range(args.repeat):
+            for on in (False, True):
+                anat_mod.LOWPASS_CANDIDATES = on
+                t0 = time.perf_counter()
+                res = audit_membership(d["gen_b"]["generated"], real, dev_sets=devs, reference=ref)
+                dt = time.perf_counter() - t0
+                best[on] = min(best[on], dt)
+                print(f"low-pass candidates {'on ' if on else 'off'}: {dt:.1f} s (anatomy_s of the target "
+                      f"{res.info['timings'].get('anatomy_s', 0):.1f} s)", flush=True)
+    finally:
+        anat_mod.LOWPASS_CANDIDATES = keep
+    print(f"best of {args.repeat}: off {best[False]:.1f} s, on {best[True]:.1f} s, ratio on/off "
+          f"{best[True] / best[False]:.3f}; load average {os.getloadavg()[0]:.1f}")
 
 
 def main(argv=None):
@@ -503,9 +545,15 @@ def main(argv=None):
     ap.add_argument("--store-dir", default=None, help="embedding stores reused across runs (--density-dev)")
     ap.add_argument("--timing", action="store_true", help="instead: the 1000 x 300 with 3 dev sets timing")
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--lowpass-compare", action="store_true",
+                    help="--timing: the low-pass candidate source off vs on (same run, alternating) instead of "
+                         "registration on vs off")
     ap.add_argument("--recall", default=None,
                     help="instead: the search diagnostic for these transforms (comma-separated name prefixes)")
     ap.add_argument("--verbose", action="store_true", help="--recall: one line per missed member")
+    ap.add_argument("--shortlist-only", action="store_true",
+                    help="--recall: only whether the true copy is among the candidates (the registration shortlist, "
+                         "the low-pass source, their union), no registration (fast)")
     a = ap.parse_args(argv)
     if a.timing:
         timing(a)

@@ -255,3 +255,90 @@ def test_anatomy_pair_values_equal_the_evidence_on_the_split():
                 sl = (np.vstack([ca, np.full((len(B) - 1, 6), -1)]), np.vstack([cb, np.full((len(B) - 1, 6), -1)]))
             ev = anatomy_evidence(real[A], real[B], shortlist=sl)
             assert abs(v[i] - ev["anat_ratio"][0]) < 1e-6, (i, c is None, v[i], ev["anat_ratio"][0])
+
+
+# ----------------------------------------------------------------------------------------- low-pass candidate source
+@pytest.fixture(scope="module")
+def planted_offlist():
+    """Re-synthesised (sigma 2.5 px at 64 px) and then mirrored / rotated 3-6 deg / shifted 5-10% copies of 20
+    members among 400 look-alike generated images: the registration shortlist (:func:`.register.shortlists`,
+    whole-image descriptors) misses 6 of the 20 copies here, so the anatomy registration on it never sees them;
+    the low-pass candidate source (:func:`.register.lowpass_candidates`, branch short7) brings them in."""
+    rng = np.random.default_rng(71)
+    real = family(40, 72)
+    reference = family(80, 73)
+    donors = family(20, 74)
+    gen = family(400, 75)
+    slots = rng.choice(len(gen), 20, replace=False)
+    for m, s in enumerate(slots):
+        gen[s] = u8(_transformed(resynth(real[m], donors[m], 2.5), rng)[0] + rng.normal(0, 2, (H, H)))
+    y = np.r_[np.ones(20, int), np.zeros(20, int)]
+    return real, reference, gen, y, slots
+
+
+def test_lowpass_candidates_bring_offlist_copies_in_and_they_are_found(planted_offlist, monkeypatch):
+    from imprint.engine.membership import anatomy as anat_mod
+    from imprint.engine.membership import register as reg
+    from imprint.engine.membership.evidence import _knn, zscore_images
+
+    real, reference, gen, y, slots = planted_offlist
+    pool = np.concatenate([real, reference])
+    zP = zscore_images(pool).reshape(len(pool), -1)
+    zG = zscore_images(gen).reshape(len(gen), -1)
+    _, iG = _knn(zG, zP, 10)
+    _, iR = _knn(zP, zP, 10, exclude_self=True)
+    cg, _, cr, _ = reg.shortlists(gen, pool, iG, iR)
+    lg, flg, lr, _ = reg.lowpass_candidates(gen, pool)
+    on_list = (cg[:20] == slots[:, None]).any(1)
+    on_lp = (lg[:20] == slots[:, None]).any(1)
+    assert on_list.sum() <= 16, on_list                        # the shortlist misses copies (else the test is moot)
+    assert (on_list | on_lp).sum() >= 18                       # the union holds them
+    assert on_lp[~on_list].mean() >= 0.6
+    # the control candidates: other pool images only, never the row itself, the same number per row
+    assert lg.shape == lr.shape == (len(pool), reg.LP_K_FRAME + reg.LP_K_SPEC)
+    assert (lr != np.arange(len(pool))[:, None]).all() and (lr >= 0).all() and (lr < len(pool)).all()
+    assert set(np.unique(flg)) <= {0, 1}
+
+    ev, _, _ = compute_evidence(gen, pool, backbone=None, shape=False, use_lbp=False)
+    a = ev["anat_ratio"]
+    thr = np.max(a[40:])                                       # above every reference image
+    assert (ev["anat_match"][:20] == slots).mean() >= 0.85
+    assert (a[:20] > thr).mean() >= 0.8
+    assert (a[20:40] > thr).sum() <= 1
+    # with the registration shortlist alone (main before branch short7) fewer copies are matched and found
+    monkeypatch.setattr(anat_mod, "LOWPASS_CANDIDATES", False)
+    ev0, _, _ = compute_evidence(gen, pool, backbone=None, shape=False, use_lbp=False)
+    a0 = ev0["anat_ratio"]
+    assert (ev0["anat_match"][:20] == slots).mean() <= 0.75
+    assert (a0[:20] > np.max(a0[40:])).mean() < (a[:20] > thr).mean()
+
+
+def test_offlist_resynthesised_transformed_members_are_flagged(planted_offlist):
+    real, reference, gen, y, _ = planted_offlist
+    res = audit_membership(gen, real, reference=reference, decision="fpr:0.05")
+    assert roc_auc_score(y, res.score) >= 0.95
+    assert res.used[y == 1].mean() >= 0.8, res.used[y == 1]
+    # stated rate 5% of 20 non-members: 1 expected; more than 2 has probability 0.075 under the guarantee
+    assert res.used[y == 0].sum() <= 2, res.used[y == 0]
+
+
+def test_anatomy_pair_values_with_part_a_only_candidates_equal_the_evidence():
+    """``a_only``: the last columns of the candidates count in part A (playing the generated images) only, as the
+    evidence's low-pass candidates count among the generated images but not in its control (branch short7)."""
+    from imprint.engine.membership.anatomy import anatomy_pair_values
+
+    rng = np.random.default_rng(53)
+    real = family(30, 54)
+    real[3] = u8(_transformed(resynth(real[20], real[21], 2.0), rng)[0])
+    inA = np.zeros(30, bool)
+    inA[rng.choice(30, 12, replace=False)] = True
+    cand = np.stack([rng.choice(np.delete(np.arange(30), i), 6, replace=False) for i in range(30)])
+    v = anatomy_pair_values(real, inA, cand, a_only=2)
+    for i in (0, 3, 20, 29):
+        A = np.flatnonzero(inA & (np.arange(30) != i))
+        B = np.r_[i, np.flatnonzero(~inA & (np.arange(30) != i))]
+        ca = np.array([[np.searchsorted(A, j) if (j in A) else -1 for j in cand[i]]])
+        cb = np.array([[int(np.flatnonzero(B == j)[0]) if (j in B) else -1 for j in cand[i][:4]]])
+        sl = (np.vstack([ca, np.full((len(B) - 1, 6), -1)]), np.vstack([cb, np.full((len(B) - 1, 4), -1)]))
+        ev = anatomy_evidence(real[A], real[B], shortlist=sl)
+        assert abs(v[i] - ev["anat_ratio"][0]) < 1e-6, (i, v[i], ev["anat_ratio"][0])

@@ -416,3 +416,31 @@ def test_polish_recovers_half_grid_transforms_and_never_lowers_the_coarse_score(
     err_p = np.abs(po["angle"] - T[:, 1]) + 100 * np.abs(po["scale"] - T[:, 2])
     err_c = np.abs(co["angle"] - T[:, 1]) + 100 * np.abs(co["scale"] - T[:, 2])
     assert err_p.mean() < err_c.mean(), (err_p, err_c)
+
+
+def test_lowpass_grid_and_its_descriptors():
+    """:func:`register.lowpass_grid` is close to the anatomy evidence's exact low-pass grid (scipy's Gaussian,
+    sampled every sigma px); its Fourier-magnitude descriptor is unchanged by a whole-grid-pixel circular shift
+    and by a mirror; variant 0 of the rotation x scale queries is the plain descriptor; the moment-frame
+    descriptor of a mirrored image is the mirrored descriptor."""
+    from imprint.engine.membership import register as reg
+    from imprint.engine.membership.anatomy import anatomy_lowpass
+
+    x = phantoms(6, 81).astype(np.float64)
+    g, a = reg.lowpass_grid(x), anatomy_lowpass(x)
+    assert g.shape == a.shape == (6, 32, 32)                   # 96 px: sigma 3, every 3 px
+    for i in range(6):                                         # same anatomy (offsets differ by < 1 grid px)
+        assert np.corrcoef(g[i].ravel(), a[i].ravel())[0, 1] > 0.98
+    d = reg._grid_spectrum(g)
+    assert np.allclose(reg._grid_spectrum(np.roll(g, (3, -5), axis=(1, 2))), d, atol=1e-5)
+    assert np.allclose(reg._grid_spectrum(g[:, :, ::-1]), d, atol=1e-5)
+    rs = reg.lowpass_spectrum_descriptors(x, rotscale=True)
+    assert rs.shape == (6, 9, reg.LP_SPEC_KEEP ** 2)
+    assert np.allclose(rs[:, 0], reg.lowpass_spectrum_descriptors(x), atol=1e-6)
+    f, fm = reg.lowpass_frame_descriptors(x), reg.lowpass_frame_descriptors(x[:, :, ::-1].copy())
+    assert np.mean(np.abs(fm - f[:, :, ::-1])) < 0.15 * np.mean(np.abs(f))
+    assert reg.lowpass_frame_descriptors(x, shifted=True).shape == (6, 5, 24, 24)
+    # empty inputs and a pool of one image
+    assert reg.lowpass_frame_descriptors(x[:0]).shape == (0, 24, 24)
+    cg, _, cr, _ = reg.lowpass_candidates(x[:3].astype(np.uint8), x[:1].astype(np.uint8))
+    assert (cr == -1).all() and ((cg >= 0) & (cg < 3) | (cg == -1)).all() and (cg[:, 0] >= 0).all()

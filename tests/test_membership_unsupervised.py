@@ -311,8 +311,16 @@ def test_registered_anatomy_pair_null_is_the_evidences_rule_on_each_split():
     flat = real_pair_null(real, 50, anatomy_register=False, **kw)
     _, idx = _knn_self(_zrows(real), R, 8, R)
     cand, _ = cal._pair_reg_candidates(real, idx, _hashes(real), {}, k_reg=6, n_pix=3, k_spec=4, share=0.25)
+    from imprint.engine.membership import anatomy as anat_mod
+    from imprint.engine.membership.register import lowpass_pair_candidates
+
+    a_only = 0
+    if anat_mod.LOWPASS_CANDIDATES:   # the evidence's low-pass candidate source too, in part A only (branch short7)
+        lp = lowpass_pair_candidates(real, _hashes(real), {}, share=0.25)
+        cand, a_only = np.concatenate([cand, lp], 1), lp.shape[1]
     draw = np.random.default_rng(4)
-    raw = np.stack([anatomy_pair_values(real, draw.random(R) < p, cand) for p in shares for _ in range(2)])
+    raw = np.stack([anatomy_pair_values(real, draw.random(R) < p, cand, a_only=a_only) for p in shares
+                    for _ in range(2)])
     assert np.isfinite(raw).all()
     d = pn["anat_ratio"].reshape(6, R) - raw          # the size correction: one constant per split
     assert np.allclose(d, d[:, :1], atol=1e-9), d.std(1)

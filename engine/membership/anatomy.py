@@ -147,6 +147,12 @@ def _best_ncc(base_chunks, queries: np.ndarray, *, exclude=None, executor=None):
 #: Whether :func:`.evidence.compute_evidence` registers the registration shortlists on the low-pass grids (with
 #: ``register=True``); False gives the in-place / mirrored channel of branch resyn5 (benchmarks compare the two).
 REGISTERED = True
+#: Whether the anatomy evidence's candidates (with :data:`REGISTERED`) are the registration shortlist *and* the
+#: low-pass source :func:`.register.lowpass_candidates` (branch short7: a copy whose texture was re-synthesised and
+#: which was also shifted or rotated is often missing from the registration shortlist); the real-to-real null
+#: (:func:`.calibrate.real_pair_null`) unions the same source (:func:`.register.lowpass_pair_candidates`).
+#: False: the candidates of branch resyn6.
+LOWPASS_CANDIDATES = True
 #: Coarse-best shortlist candidates per pool image that get the low-pass polish and the registered NCC
 #: (:func:`registered_anatomy`).  2, as :data:`.register.N_REFINE` (a priori, not compared on data).
 N_POLISH = 2
@@ -337,7 +343,7 @@ def anatomy_evidence(G: np.ndarray, P: np.ndarray, *, chunk: int = 4096, executo
 
 
 def anatomy_pair_values(real: np.ndarray, inA: np.ndarray, cand: np.ndarray | None = None, *,
-                        only: np.ndarray | None = None, block: int = 512) -> np.ndarray:
+                        only: np.ndarray | None = None, block: int = 512, a_only: int = 0) -> np.ndarray:
     """``anat_ratio`` of a real-to-real split, for a null made of pairs of real images (the unsupervised mode).
 
     Every real image ``x`` plays a non-member: the other real images in part ``A`` (``inA``) play the generated
@@ -357,16 +363,19 @@ def anatomy_pair_values(real: np.ndarray, inA: np.ndarray, cand: np.ndarray | No
                                     e.g. :func:`.register.shortlists`' control candidates; None: in place only
     only : bool [R] or None         compute these rows only (the others are NaN)
     block : int                     rows of the R x R similarity computed at once (memory)
+    a_only : int                    the last ``a_only`` columns of ``cand`` are candidates in part A only (the
+                                    evidence's low-pass candidates among the generated images, which its
+                                    control does not get; branch short7)
 
     Returns
     -------
     float64 [R]   NaN where a part holds no other image (or outside ``only``)
     """
-    return anatomy_pair_values_splits(real, [inA], cand, only=only, block=block)[0]
+    return anatomy_pair_values_splits(real, [inA], cand, only=only, block=block, a_only=a_only)[0]
 
 
 def anatomy_pair_values_splits(real: np.ndarray, inAs, cand: np.ndarray | None = None, *,
-                               only: np.ndarray | None = None, block: int = 512,
+                               only: np.ndarray | None = None, block: int = 512, a_only: int = 0,
                                groups: np.ndarray | None = None) -> list:
     """:func:`anatomy_pair_values` for several splits of one real folder, sharing the work that does not depend
     on the split: the low-pass grids, each block of the R x R low-pass similarities, every (image, candidate)
@@ -379,7 +388,7 @@ def anatomy_pair_values_splits(real: np.ndarray, inAs, cand: np.ndarray | None =
     ----------
     real : uint8 [R, H, W]
     inAs : sequence of bool [R]     part A of each split
-    cand, only, block : as in :func:`anatomy_pair_values`
+    cand, only, block, a_only : as in :func:`anatomy_pair_values`
     groups : int [R] or None        series labels (:func:`.calibrate.series_groups`): an image's own series is
                                     never searched, like the image itself (``cand`` must exclude it too)
 
@@ -430,9 +439,10 @@ def anatomy_pair_values_splits(real: np.ndarray, inAs, cand: np.ndarray | None =
             m = int(max(1, min(N_POLISH, c)))
             picks = []                                             # (split, part, top [n, m]) per split and part
             need = np.zeros(len(pairs), bool)
+            b_ok = np.arange(c) < c - int(a_only)                  # columns a part-B candidate may come from
             for si, inA in enumerate(inAs):
                 for part in (True, False):
-                    sc = np.where(ok & (inA[np.maximum(key, 0)] == part), score, -np.inf)
+                    sc = np.where(ok & (inA[np.maximum(key, 0)] == part) & (part | b_ok[None, :]), score, -np.inf)
                     top = np.argsort(-sc, axis=1, kind="stable")[:, :m]
                     fin = np.isfinite(np.take_along_axis(sc, top, 1))
                     p = np.where(fin, np.take_along_axis(pos, top, 1), -1)

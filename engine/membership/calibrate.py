@@ -739,7 +739,19 @@ def real_pair_null(real: np.ndarray, n_generated: int, *, k: int = 32, splits: S
         # candidates), every split at once (the split-independent work shared)
         from .anatomy import anatomy_pair_values_splits
 
-        anat_vals = anatomy_pair_values_splits(real, inAs, cand if anatomy_register else None, only=only,
+        from . import anatomy as _anatomy_lp
+
+        acand, a_only = (cand if anatomy_register else None), 0
+        if anatomy_register and _anatomy_lp.LOWPASS_CANDIDATES:
+            # the evidence's low-pass source too (short7), as the evidence uses it: in part A (playing the
+            # generated images) only, not in the control part
+            from .register import lowpass_pair_candidates
+
+            lp = lowpass_pair_candidates(real, keys, cache, share=share)
+            if groups is not None:                         # never a slice of the image's own series (uns7)
+                lp = np.where((lp >= 0) & (groups[np.maximum(lp, 0)] == groups[:, None]), -1, lp)
+            acand, a_only = np.concatenate([cand, lp], 1), lp.shape[1]
+        anat_vals = anatomy_pair_values_splits(real, inAs, acand, only=only, a_only=a_only,
                                                **({} if groups is None else {"groups": groups}))
     vals = {n: [] for n in feats}
     logit = []
@@ -1157,8 +1169,12 @@ def real_pair_null_cached(real: np.ndarray, n_generated: int, *, cache_dir: str 
 
     key = {k_: v for k_, v in kw.items() if k_ not in ("cache", "series", "groups")}
     key.update(n_generated=int(n_generated), version=3)  # 3: the anatomy null registered
-    if kw.get("groups") is not None:                       # 4: each image's own series excluded
-        key.update(version=4, groups=np.asarray(kw["groups"]).tolist())
+    from . import anatomy as _anatomy_lp
+
+    if _anatomy_lp.LOWPASS_CANDIDATES:
+        key["version"] = 4   # 4: ... over the low-pass candidate source too (short7)
+    if kw.get("groups") is not None:                       # each image's own series excluded (uns7)
+        key.update(series_excluded=True, groups=np.asarray(kw["groups"]).tolist())
     h = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode())
     a = np.ascontiguousarray(real)
     h.update(f"{a.dtype}{a.shape}".encode())

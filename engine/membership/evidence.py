@@ -429,6 +429,9 @@ def _evidence(generated: np.ndarray, pool: np.ndarray, *, _cache_dir=None, **kw)
     key.setdefault("anatomy", True)   # checkpoints written before the anatomy evidence existed are not reused
     if key["anatomy"]:                # ... nor those before it was registered on the shortlist (branch resyn6)
         key["anatomy"] = "registered-lowpass"
+        from . import anatomy as _anat   # ... nor those before its low-pass candidate source (branch short7)
+        if _anat.LOWPASS_CANDIDATES:
+            key["anatomy"] = "registered-lowpass+lowpass-candidates"
     h = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode())
     for a in (generated, pool):
         a = np.ascontiguousarray(a)
@@ -770,6 +773,15 @@ def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10
 
             kG, kP = (_hashes(G), _hashes(P)) if _cache is not None else (None, None)
             cg, _, cr, _ = shortlists(G, P, iG, iR, k_reg=k_reg, keys_gen=kG, keys_pool=kP, cache=_cache)
+            if _anat.LOWPASS_CANDIDATES:
+                # + the low-pass source (issue 13, short7) among the generated images, for every pool image alike
+                # (reference images included, so the calibration holds); the control keeps the shortlist: more
+                # control candidates raised every member's control NCC among look-alikes and lost in-place copies
+                # (tests/test_membership_evidence_anatomy.py's planted re-synthesis: 0.35 flagged instead of >= 0.85)
+                from .register import lowpass_candidates
+
+                lg = lowpass_candidates(G, P, keys_gen=kG, keys_pool=kP, cache=_cache)[0]
+                cg = np.concatenate([cg, lg], 1)
             sl = (cg, cr)
         ev.update(anatomy_evidence(G, P, chunk=chunk, executor=executor, shortlist=sl))
         info["timings"]["anatomy_s"] = time.perf_counter() - t1

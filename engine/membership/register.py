@@ -1254,6 +1254,199 @@ def shortlists(G: np.ndarray, P: np.ndarray, pix_gen: np.ndarray, pix_real: np.n
     return (np.concatenate(cg, 1), np.concatenate(fcg, 1), np.concatenate(cr, 1), np.concatenate(fcr, 1))
 
 
+# ----------------------------------------------------------------------------------------- low-pass candidates
+#: Low-pass candidate source (issue 13, branch short7): candidates per pool image under the moment-frame
+#: descriptor of its anatomy low-pass grid (:func:`lowpass_frame_descriptors`, shifted queries) and under the
+#: Fourier magnitude of that grid (:func:`lowpass_spectrum_descriptors`, rotation x scale queries).  Chosen on a
+#: scratch draw (``benchmarks/membership_zoo.py --recall ... --seed 7``, not a zoo seed; see benchmarks/RESULTS.md):
+#: 3 + 2 candidates put the copy in the union for 0.88-1.00 of re-synthesised + transformed members (the
+#: registration shortlist alone: 0.75-0.98); more added at most 0.02.
+LP_K_FRAME = 3
+LP_K_SPEC = 2
+#: Lowest ``LP_SPEC_KEEP x LP_SPEC_KEEP`` spatial frequencies of the 32 x 32 low-pass grid kept by
+#: :func:`lowpass_spectrum_descriptors` (0-3 cycles per image: what a texture re-synthesis at sigma 3 px leaves
+#: intact; 6 and 8 found fewer copies on the scratch draw).
+LP_SPEC_KEEP = 4
+
+
+def lowpass_grid(images: np.ndarray) -> np.ndarray:
+    """A cheap stand-in for the anatomy low-pass grid (:func:`.anatomy.anatomy_lowpass`: Gaussian sigma = side / 32
+    sampled every ``f = round(sigma)`` px) for the candidate descriptors: an ``f x f`` area average, then a
+    Gaussian of the remaining width (variance ``sigma**2 - (f**2 - 1) / 12`` px^2) on the ``f``-times smaller
+    grid.  Each image's grid depends on that image only (no batch-size effect).
+
+    Parameters
+    ----------
+    images : uint8 or float [N, H, W]
+
+    Returns
+    -------
+    float32 [N, H // f, W // f]   (32 x 32 at 128 px)
+    """
+    from scipy import ndimage as ndi
+
+    from .anatomy import lowpass_sigma
+
+    x = np.asarray(images, np.float32)
+    n, h, w = x.shape
+    sig = lowpass_sigma(h, w)
+    f = max(1, int(round(sig)))
+    rest = math.sqrt(max(sig * sig - (f * f - 1) / 12.0, 0.0)) / f
+    small = downsample(x, f) if f > 1 else x
+    if n == 0 or rest <= 0:
+        return np.ascontiguousarray(small, np.float32)
+    return np.ascontiguousarray(ndi.gaussian_filter(small, (0, rest, rest), mode="nearest"), np.float32)
+
+
+def _grid_spectrum(low: np.ndarray, keep: int = LP_SPEC_KEEP) -> np.ndarray:
+    """Flip- and shift-invariant Fourier magnitudes of grids [N, h, w] (as :func:`spectrum_descriptors`, on the
+    grids as given): float32 [N, keep * keep]."""
+    x = np.asarray(low, np.float64)
+    n = len(x)
+    x = x - x.mean((1, 2), keepdims=True)
+    x = x / np.maximum(x.std((1, 2), keepdims=True), 1e-6)
+    F = np.abs(np.fft.rfft2(x))
+    hs = F.shape[1]
+    k = min(keep, F.shape[2], hs // 2)
+    pos = F[:, :k, :k]
+    neg = F[:, (hs - np.arange(k)) % hs, :k]
+    d = np.log1p(0.5 * (pos + neg)).reshape(n, -1)
+    d = d - d.mean(1, keepdims=True)
+    return (d / np.maximum(d.std(1, keepdims=True), 1e-6)).astype(np.float32)
+
+
+def lowpass_frame_descriptors(images: np.ndarray, *, shifted: bool = False) -> np.ndarray:
+    """:func:`shortlist_descriptors` of the low-pass grids (:func:`lowpass_grid`, about the anatomy evidence's
+    Gaussian sigma = side / 32 sampled every sigma px: 32 x 32), so texture re-synthesised on top of a copied anatomy
+    does not move the descriptor; with ``shifted`` of the grids' :func:`shift_variants` (the query side).
+
+    Parameters
+    ----------
+    images : uint8 or float [N, H, W]
+    shifted : bool
+
+    Returns
+    -------
+    float32 [N, 24, 24], or [N, 5, 24, 24] with ``shifted``
+    """
+    x = np.asarray(images)
+    if len(x) == 0:
+        return np.zeros((0, 5, 24, 24) if shifted else (0, 24, 24), np.float32)
+    low = lowpass_grid(x)
+    return shifted_shortlist_descriptors(low) if shifted else shortlist_descriptors(low)
+
+
+def lowpass_spectrum_descriptors(images: np.ndarray, *, rotscale: bool = False) -> np.ndarray:
+    """:func:`_grid_spectrum` of the low-pass grids (:func:`lowpass_grid`; shift- and flip-invariant); with ``rotscale`` of
+    every grid rotated and rescaled over :data:`SPEC_ANGLES` x :data:`SPEC_SCALES` (bilinear about the grid's
+    centre; variant 0 = the grid itself), as :func:`rotscale_spectrum_descriptors` does at full resolution.
+
+    Parameters
+    ----------
+    images : uint8 or float [N, H, W]
+    rotscale : bool
+
+    Returns
+    -------
+    float32 [N, D], or [N, V, D] with ``rotscale`` (``D = LP_SPEC_KEEP ** 2``, ``V = 9``)
+    """
+    x = np.asarray(images)
+    grid = [(0.0, 1.0)] + [(a, s) for a in SPEC_ANGLES for s in SPEC_SCALES if (a, s) != (0.0, 1.0)]
+    V = len(grid) if rotscale else 1
+    D = LP_SPEC_KEEP ** 2
+    if len(x) == 0:
+        return np.zeros((0, V, D) if rotscale else (0, D), np.float32)
+    low = lowpass_grid(x)
+    return _grid_rotscale_spectrum(low) if rotscale else _grid_spectrum(low)
+
+
+def _grid_rotscale_spectrum(low: np.ndarray) -> np.ndarray:
+    """:func:`_grid_spectrum` of every grid [N, h, w] rotated and rescaled over :data:`SPEC_ANGLES` x
+    :data:`SPEC_SCALES` (variant 0 = the grid itself): float32 [N, V, D]."""
+    grid = [(0.0, 1.0)] + [(a, s) for a in SPEC_ANGLES for s in SPEC_SCALES if (a, s) != (0.0, 1.0)]
+    low = np.ascontiguousarray(low, np.float32)
+    n, V = len(low), len(grid)
+    if n == 0:
+        return np.zeros((0, V, LP_SPEC_KEEP ** 2), np.float32)
+    var, _ = warp(low, np.repeat(np.arange(n), V), 0, np.tile([g[0] for g in grid], n),
+                  np.tile([g[1] for g in grid], n))
+    d = _grid_spectrum(var)
+    return d.reshape(n, V, d.shape[1])
+
+
+def lowpass_candidates(G: np.ndarray | None, P: np.ndarray, *, k_frame: int = LP_K_FRAME, k_spec: int = LP_K_SPEC,
+                       keys_gen=None, keys_pool=None, cache: dict | None = None):
+    """Low-pass registration candidates of every pool image, for the anatomy evidence (issue 13, short7).
+
+    The registration shortlist (:func:`shortlists`) describes whole images, so a copy whose texture was
+    re-synthesised *and* which was shifted or rotated is often not on it.  This source describes only the
+    low-pass grid (:func:`lowpass_grid`, about the grid the anatomy evidence registers): the
+    ``k_frame`` nearest under :func:`lowpass_frame_descriptors` (moment frame: translation / scale normalised,
+    the mirrored base searched too, the pool image's shifted copies as queries) and the ``k_spec`` nearest under
+    :func:`lowpass_spectrum_descriptors` (Fourier magnitude: shift- and flip-invariant, the pool image's
+    rotation x scale variants as queries), searched among the generated images and, built the same way (the
+    control), among the other pool images.  Union it with :func:`shortlists`' candidates.
+
+    Parameters
+    ----------
+    G : uint8 [M, H, W] or None     generated images (None: the control candidates only)
+    P : uint8 [N, H, W]             the pool (candidates and reference)
+    k_frame, k_spec : int           candidates per source
+    keys_gen, keys_pool : list or None   content keys of the images (memoised descriptors in ``cache``)
+    cache : dict or None
+
+    Returns
+    -------
+    cg, fcg : int64 [N, k_frame + k_spec]   candidate indices into ``G`` (-1 = none; all -1 without ``G``) and
+                                            the flip the descriptors suggest
+    cr, fcr : int64 [N, k_frame + k_spec]   the same among the other pool images (never the row itself)
+    """
+    kP = keys_pool
+    n = len(P)
+    c = int(k_frame) + int(k_spec)
+    none = np.full((n, c), -1, np.int64)
+    # every descriptor from the images' low-pass grids (:func:`lowpass_grid`), each computed once per image (memoised)
+    lowP = _memo_rows(lowpass_grid, P, kP, cache, "lp_grid")
+    dP = _memo_rows(shifted_shortlist_descriptors, lowP, kP, cache, "lp_frame_shift")
+    dP0 = np.ascontiguousarray(dP[:, 0])
+    sQ = _memo_rows(_grid_rotscale_spectrum, lowP, kP, cache, "lp_spec_rs")
+    sP = np.ascontiguousarray(sQ[:, 0])                 # variant 0 = the grid itself
+
+    def search(dB, sB, m, self_):
+        if m == 0:
+            return none.copy(), np.zeros((n, c), np.int64)
+        kf = int(max(1, min(k_frame, m)))
+        ks = int(max(1, min(k_spec, m)))
+        i1, f1 = _desc_knn(dB, dP, kf, exclude_self=self_) if k_frame > 0 else (none[:, :0], none[:, :0])
+        i2 = _spec_knn(sB, sQ, ks, exclude_self=self_) if k_spec > 0 else none[:, :0]
+        f2 = _flip_by_descriptor(dP0, dB, i2) if k_spec > 0 else none[:, :0]
+        ci, cf = none.copy(), np.zeros((n, c), np.int64)
+        ci[:, :i1.shape[1]], cf[:, :i1.shape[1]] = i1, f1
+        ci[:, k_frame:k_frame + i2.shape[1]], cf[:, k_frame:k_frame + i2.shape[1]] = i2, f2
+        return ci, cf
+
+    if G is None or len(G) == 0:
+        cg, fcg = none.copy(), np.zeros((n, c), np.int64)
+    else:
+        lowG = _memo_rows(lowpass_grid, G, keys_gen, cache, "lp_grid")
+        dG = _memo_rows(shortlist_descriptors, lowG, keys_gen, cache, "lp_frame")
+        sG = _memo_rows(_grid_spectrum, lowG, keys_gen, cache, "lp_spec")
+        cg, fcg = search(dG, sG, len(G), False)
+    cr, fcr = search(dP0, sP, n - 1, True)
+    return cg, fcg, cr, fcr
+
+
+def lowpass_pair_candidates(real: np.ndarray, keys=None, cache: dict | None = None, *, share: float = 1.0):
+    """:func:`lowpass_candidates` among the real images themselves, each source enlarged by ``1 / share`` (as the
+    real-pair null's registration candidates are, :func:`.calibrate._pair_reg_candidates`), for the anatomy
+    real-to-real null: int64 [R, C] indices into ``real`` (-1 = none, never the row itself)."""
+    grow = 1.0 / max(min(share, 1.0), 1e-3)
+    R = len(real)
+    kf = int(min(max(R - 1, 0), math.ceil(LP_K_FRAME * grow)))
+    ks = int(min(max(R - 1, 0), math.ceil(LP_K_SPEC * grow)))
+    return lowpass_candidates(None, real, k_frame=kf, k_spec=ks, keys_pool=keys, cache=cache)[2]
+
+
 def registered_evidence(G: np.ndarray, P: np.ndarray, pix_gen: np.ndarray, pix_real: np.ndarray, *,
                         k_reg: int = 6, n_pix: int = 3, k_spec: int = 4, n_lp: int = 0,
                         shift_queries: bool = True, cache: dict | None = None) -> tuple[dict, np.ndarray]:
