@@ -158,6 +158,10 @@ def audit_membership(generated, real, *, dev_sets: Sequence[DevSet] = (), refere
     use_ref = reference is not None and len(reference) >= _MIN_NULL
     pool = np.concatenate([R, reference]) if use_ref else R
     nref = len(pool) - nR
+    # the anatomy evidence's low-pass candidate source (short7) only with a reference: without one, the real-to-real
+    # null would need it too, and there it raised the null more than the copies' evidence (the planted re-synthesis
+    # of tests/test_membership_unsupervised.py: recall 0.30 with it, >= 0.6 without); the dev sets follow the target
+    kw["anatomy_lowpass"] = None if use_ref else False
     ev, nearest, ev_info = _evidence(G, pool, **kw)
     null_mask = np.zeros(len(pool), bool)
     names = [n for n in COMBINED_FEATURES if n in ev]
@@ -181,6 +185,7 @@ def audit_membership(generated, real, *, dev_sets: Sequence[DevSet] = (), refere
             # its own (cheap) checkpoint, so the registered null's checkpoint is shared with audits without it; the
             # splits are drawn from the same seed in the same order, so its rows are the same images and splits
             pa = real_pair_null_cached(R, len(G), cache_dir=cache_dir, cache=kw["_cache"], anatomy=True,
+                                       anatomy_lowpass=False,
                                        series=pair_series, groups=pn.get("_groups") if pair_series else None)
             if not np.array_equal(pa["_images"], pn["_images"]):
                 raise ImprintError("internal: the anatomy pair null's rows differ from the registered null's")

@@ -620,7 +620,7 @@ def real_pair_null(real: np.ndarray, n_generated: int, *, k: int = 32, splits: S
                    k_reg: int = 6, n_pix: int = 3, k_spec: int = 4,
                    max_images: int | None = None, anatomy: bool = False,
                    anatomy_register: bool | None = None, series: bool = True,
-                   groups: np.ndarray | None = None) -> dict:
+                   groups: np.ndarray | None = None, anatomy_lowpass: bool | None = None) -> dict:
     """Null evidence from pairs of different patients in the real folder (no labelled null needed).
 
     Each real image ``x`` plays a non-member: the other real images are split at random into a
@@ -660,6 +660,9 @@ def real_pair_null(real: np.ndarray, n_generated: int, *, k: int = 32, splits: S
                             anatomy search, so the null measures how close two DIFFERENT patients get (default
                             True; with no series found the null is the one before, bit for bit)
     groups : int [R] or None  series labels to use instead of :func:`series_groups` (``series`` must be True)
+    anatomy_lowpass : bool or None  the anatomy null's part A also searches the low-pass candidates
+                            (:func:`.register.lowpass_pair_candidates`), as the evidence does with the same flag;
+                            None follows ``anatomy.LOWPASS_CANDIDATES``
     max_images : int or None     at most this many real images play the non-member (a seeded random subset; the
                             splits and neighbours still range over every real image), so the registered null's cost
                             is bounded on large folders (default :data:`PAIR_NULL_MAX_IMAGES`; None: that default)
@@ -742,7 +745,7 @@ def real_pair_null(real: np.ndarray, n_generated: int, *, k: int = 32, splits: S
         from . import anatomy as _anatomy_lp
 
         acand, a_only = (cand if anatomy_register else None), 0
-        if anatomy_register and _anatomy_lp.LOWPASS_CANDIDATES:
+        if anatomy_register and (_anatomy_lp.LOWPASS_CANDIDATES if anatomy_lowpass is None else anatomy_lowpass):
             # the evidence's low-pass source too (short7), as the evidence uses it: in part A (playing the
             # generated images) only, not in the control part
             from .register import lowpass_pair_candidates
@@ -1167,11 +1170,11 @@ def real_pair_null_cached(real: np.ndarray, n_generated: int, *, cache_dir: str 
 
     from ..store import atomic_write_bytes
 
-    key = {k_: v for k_, v in kw.items() if k_ not in ("cache", "series", "groups")}
+    key = {k_: v for k_, v in kw.items() if k_ not in ("cache", "series", "groups", "anatomy_lowpass")}
     key.update(n_generated=int(n_generated), version=3)  # 3: the anatomy null registered
     from . import anatomy as _anatomy_lp
 
-    if _anatomy_lp.LOWPASS_CANDIDATES:
+    if _anatomy_lp.LOWPASS_CANDIDATES if kw.get("anatomy_lowpass") is None else kw["anatomy_lowpass"]:
         key["version"] = 4   # 4: ... over the low-pass candidate source too (short7)
     if kw.get("groups") is not None:                       # each image's own series excluded (uns7)
         key.update(series_excluded=True, groups=np.asarray(kw["groups"]).tolist())

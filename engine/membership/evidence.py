@@ -425,12 +425,12 @@ def _evidence(generated: np.ndarray, pool: np.ndarray, *, _cache_dir=None, **kw)
 
     from ..store import atomic_write_bytes
 
-    key = {k_: v for k_, v in kw.items() if k_ not in ("progress", "_cache", "executor")}
+    key = {k_: v for k_, v in kw.items() if k_ not in ("progress", "_cache", "executor", "anatomy_lowpass")}
     key.setdefault("anatomy", True)   # checkpoints written before the anatomy evidence existed are not reused
     if key["anatomy"]:                # ... nor those before it was registered on the shortlist (branch resyn6)
         key["anatomy"] = "registered-lowpass"
         from . import anatomy as _anat   # ... nor those before its low-pass candidate source (branch short7)
-        if _anat.LOWPASS_CANDIDATES:
+        if _anat.LOWPASS_CANDIDATES if kw.get("anatomy_lowpass") is None else kw["anatomy_lowpass"]:
             key["anatomy"] = "registered-lowpass+lowpass-candidates"
     h = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode())
     for a in (generated, pool):
@@ -462,7 +462,7 @@ def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10
                      shape: bool = True, register: bool = True, k_reg: int = 6,
                      density: str | None = None, store_dir: str | None = None,
                      _cache: dict | None = None, executor=None,
-                     anatomy: bool = True) -> tuple[dict, np.ndarray, dict]:
+                     anatomy: bool = True, anatomy_lowpass: bool | None = None) -> tuple[dict, np.ndarray, dict]:
     """Per-image membership evidence of every pool image against one generated set.
 
     Parameters
@@ -503,6 +503,11 @@ def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10
         Compute ``anat_ratio`` (:func:`.anatomy.anatomy_evidence`: NCC of Gaussian low-passed images,
         in place or mirrored and, with ``register``, registered on the registration's shortlists: copied
         anatomy under re-synthesised texture, also flipped / shifted / rotated / rescaled).
+    anatomy_lowpass : bool or None
+        Add the low-pass candidate source (:func:`.register.lowpass_candidates`) to the registered anatomy
+        search; None follows ``anatomy.LOWPASS_CANDIDATES``.  :func:`.audit.audit_membership` turns it off
+        without a reference, because its real-to-real null would have to include it too and that raised the
+        null more than the copies (tests/test_membership_unsupervised.py's planted re-synthesis).
 
     Returns
     -------
@@ -773,7 +778,7 @@ def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10
 
             kG, kP = (_hashes(G), _hashes(P)) if _cache is not None else (None, None)
             cg, _, cr, _ = shortlists(G, P, iG, iR, k_reg=k_reg, keys_gen=kG, keys_pool=kP, cache=_cache)
-            if _anat.LOWPASS_CANDIDATES:
+            if _anat.LOWPASS_CANDIDATES if anatomy_lowpass is None else anatomy_lowpass:
                 # + the low-pass source (issue 13, short7) among the generated images, for every pool image alike
                 # (reference images included, so the calibration holds); the control keeps the shortlist: more
                 # control candidates raised every member's control NCC among look-alikes and lost in-place copies
