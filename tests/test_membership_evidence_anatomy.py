@@ -276,8 +276,7 @@ def planted_offlist():
     return real, reference, gen, y, slots
 
 
-def test_lowpass_candidates_bring_offlist_copies_in_and_they_are_found(planted_offlist, monkeypatch):
-    from imprint.engine.membership import anatomy as anat_mod
+def test_lowpass_candidates_bring_offlist_copies_in_and_they_are_found(planted_offlist):
     from imprint.engine.membership import register as reg
     from imprint.engine.membership.evidence import _knn, zscore_images
 
@@ -299,21 +298,23 @@ def test_lowpass_candidates_bring_offlist_copies_in_and_they_are_found(planted_o
     assert (lr != np.arange(len(pool))[:, None]).all() and (lr >= 0).all() and (lr < len(pool)).all()
     assert set(np.unique(flg)) <= {0, 1}
 
-    ev, _, _ = compute_evidence(gen, pool, backbone=None, shape=False, use_lbp=False)
+    ev, _, _ = compute_evidence(gen, pool, backbone=None, shape=False, use_lbp=False, anatomy_lowpass=True)
     a = ev["anat_ratio"]
     thr = np.max(a[40:])                                       # above every reference image
     assert (ev["anat_match"][:20] == slots).mean() >= 0.85
     assert (a[:20] > thr).mean() >= 0.8
     assert (a[20:40] > thr).sum() <= 1
     # with the registration shortlist alone (main before branch short7) fewer copies are matched and found
-    monkeypatch.setattr(anat_mod, "LOWPASS_CANDIDATES", False)
-    ev0, _, _ = compute_evidence(gen, pool, backbone=None, shape=False, use_lbp=False)
+    ev0, _, _ = compute_evidence(gen, pool, backbone=None, shape=False, use_lbp=False, anatomy_lowpass=False)
     a0 = ev0["anat_ratio"]
     assert (ev0["anat_match"][:20] == slots).mean() <= 0.75
     assert (a0[:20] > np.max(a0[40:])).mean() < (a[:20] > thr).mean()
 
 
-def test_offlist_resynthesised_transformed_members_are_flagged(planted_offlist):
+def test_offlist_resynthesised_transformed_members_are_flagged(planted_offlist, monkeypatch):
+    from imprint.engine.membership import anatomy as anat_mod
+
+    monkeypatch.setattr(anat_mod, "LOWPASS_CANDIDATES", True)   # opt-in (off by default for the speed target)
     real, reference, gen, y, _ = planted_offlist
     res = audit_membership(gen, real, reference=reference, decision="fpr:0.05")
     assert roc_auc_score(y, res.score) >= 0.95

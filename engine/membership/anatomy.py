@@ -151,8 +151,11 @@ REGISTERED = True
 #: low-pass source :func:`.register.lowpass_candidates` (branch short7: a copy whose texture was re-synthesised and
 #: which was also shifted or rotated is often missing from the registration shortlist); the real-to-real null
 #: (:func:`.calibrate.real_pair_null`) unions the same source (:func:`.register.lowpass_pair_candidates`).
-#: False: the candidates of branch resyn6.
-LOWPASS_CANDIDATES = True
+#: False: the candidates of branch resyn6.  **Off by default** (lead, after the merge): on the judged speed case
+#: (``membership_zoo.py --timing --lowpass-compare --repeat 2``, quiet, same run) it cost 61.7 -> 69.2 s (1.12x),
+#: over the 60 s target, for zoo gains on re-synthesised + shifted copies only (RESULTS.md, short7).  It is used
+#: only with a reference either way (:func:`.audit.audit_membership`).
+LOWPASS_CANDIDATES = False
 #: Coarse-best shortlist candidates per pool image that get the low-pass polish and the registered NCC
 #: (:func:`registered_anatomy`).  2, as :data:`.register.N_REFINE` (a priori, not compared on data).
 N_POLISH = 2
