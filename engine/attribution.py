@@ -45,6 +45,7 @@ Everything is deterministic for a given ``random_state``.
 
 from __future__ import annotations
 
+import functools
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -421,7 +422,21 @@ def _r2_two_groups(p):
     return float(np.clip(1.0 - np.min(w1 + w2) / tot, 0.0, 1.0))
 
 
-_THRESHOLD_CACHE = {}
+@functools.lru_cache(maxsize=None)
+def _uniform_split_quantile(m: int, alpha: float) -> float:
+    """The (1 - 0.6 alpha) quantile of the best-split R^2 (:func:`_r2_two_groups`) of ``m`` i.i.d. uniform values,
+    from 20,000 seeded draws (1.0 below 4 values); shared by :func:`_one_model_threshold` and
+    :func:`_floor_threshold`, memoised per ``(m, alpha)``.  (int, float) -> float."""
+    if m < 4:
+        q = 1.0
+    else:
+        x = np.sort(np.random.default_rng(12345).uniform(size=(20000, m)), axis=1)
+        x -= x.mean(axis=1, keepdims=True)
+        c, c2 = np.cumsum(x, axis=1), np.cumsum(x * x, axis=1)
+        i = np.arange(1, m)
+        w = (c2[:, :-1] - c[:, :-1] ** 2 / i) + ((c2[:, -1:] - c2[:, :-1]) - (c[:, -1:] - c[:, :-1]) ** 2 / (m - i))
+        q = float(np.quantile(1.0 - w.min(axis=1) / c2[:, -1], 1.0 - 0.6 * alpha))
+    return q
 
 
 def _one_model_threshold(n, alpha=None):
@@ -436,19 +451,7 @@ def _one_model_threshold(n, alpha=None):
     m = int(n) // 2
     if m > 100:  # the uniform's quantile falls with m; it is below 0.85 at m = 100 for any alpha >= 1e-3
         return float(ONE_MODEL_SEPARATION)
-    key = (m, alpha)
-    if key not in _THRESHOLD_CACHE:
-        if m < 4:
-            q = 1.0
-        else:
-            x = np.sort(np.random.default_rng(12345).uniform(size=(20000, m)), axis=1)
-            x -= x.mean(axis=1, keepdims=True)
-            c, c2 = np.cumsum(x, axis=1), np.cumsum(x * x, axis=1)
-            i = np.arange(1, m)
-            w = (c2[:, :-1] - c[:, :-1] ** 2 / i) + ((c2[:, -1:] - c2[:, :-1]) - (c[:, -1:] - c[:, :-1]) ** 2 / (m - i))
-            q = float(np.quantile(1.0 - w.min(axis=1) / c2[:, -1], 1.0 - 0.6 * alpha))
-        _THRESHOLD_CACHE[key] = max(float(ONE_MODEL_SEPARATION), q)
-    return _THRESHOLD_CACHE[key]
+    return max(float(ONE_MODEL_SEPARATION), _uniform_split_quantile(m, alpha))
 
 
 def _half_splits(n, repeats, seed):
@@ -621,9 +624,6 @@ def _floor_images(images):
     return out
 
 
-_LC_CACHE = {}
-
-
 def _floor_threshold(n, alpha=None):
     """Log-concave bound for the floor half of the pair test "floor": the (1 - 0.6 alpha) quantile of the best-split
     R^2 (:func:`_r2_two_groups`) of ``min(n // 2, 100)`` i.i.d. uniform values (the least favourable log-concave shape;
@@ -632,19 +632,7 @@ def _floor_threshold(n, alpha=None):
     split.  No 0.90 floor here (unlike :func:`_one_model_threshold`): about 0.80 at n >= 200.  int -> float."""
     alpha = ONE_MODEL_ALPHA if alpha is None else float(alpha)
     m = min(int(n) // 2, 100)
-    key = (m, alpha)
-    if key not in _LC_CACHE:
-        if m < 4:
-            q = 1.0
-        else:
-            x = np.sort(np.random.default_rng(12345).uniform(size=(20000, m)), axis=1)
-            x -= x.mean(axis=1, keepdims=True)
-            c, c2 = np.cumsum(x, axis=1), np.cumsum(x * x, axis=1)
-            i = np.arange(1, m)
-            w = (c2[:, :-1] - c[:, :-1] ** 2 / i) + ((c2[:, -1:] - c2[:, :-1]) - (c[:, -1:] - c[:, :-1]) ** 2 / (m - i))
-            q = float(np.quantile(1.0 - w.min(axis=1) / c2[:, -1], 1.0 - 0.6 * alpha))
-        _LC_CACHE[key] = q
-    return _LC_CACHE[key]
+    return _uniform_split_quantile(m, alpha)
 
 
 def _pca90_fit(Z, seed):
