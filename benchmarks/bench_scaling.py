@@ -207,6 +207,24 @@ def _pairwise_of(checkout: str):
     return mod
 
 
+def _phantom_sets(data: Path, n_real: int, n_gen: int) -> tuple[np.ndarray, np.ndarray]:
+    """The search benchmarks' inputs: the first ``n_real`` of the 10,000 phantom real images and ``n_gen`` generated
+    ones (a folder of 10,000 with copies of 200 reals; beyond it, shifted copies, distinct images), uint8
+    [n, 128, 128] each.  The folders under ``data`` are made once."""
+    from PIL import Image
+
+    real_dir, gen_dir = data / "real10000", data / "gen10000-r10000"
+    make_folder(real_dir, 10000, 1)
+    sample = np.stack([np.asarray(Image.open(real_dir / f"{i:07d}.png")) for i in range(0, 400, 2)])
+    make_folder(gen_dir, 10000, 2, copies_of=sample)
+    P = np.stack([np.asarray(Image.open(real_dir / f"{i:07d}.png")) for i in range(n_real)])
+    G = np.stack([np.asarray(Image.open(gen_dir / f"{i % 10000:07d}.png")) for i in range(n_gen)])
+    if n_gen > 10000:   # beyond the folder: shifted copies (distinct images)
+        for i in range(10000, n_gen):
+            G[i] = np.roll(G[i], (i // 10000, -(i // 10000)), (0, 1))
+    return P, G
+
+
 def bound_search(sizes, data: Path, repeats: int = 2, before: str | None = None) -> list[dict]:
     """Same-run before/after of the membership pixel search (issue 15, scale6): the both-way product
     (``knn_l2_both``, every R x G distance at 16,384-d) against the lower-bound-pruned exact search
@@ -214,22 +232,12 @@ def bound_search(sizes, data: Path, repeats: int = 2, before: str | None = None)
     blocks membership uses (2 GiB budget).  Alternating sides, ``repeats`` runs each, best wall and best CPU-s
     (``time.process_time``: all threads) per side; outputs compared bit for bit.  With ``before`` (a checkout),
     'before' is that checkout's ``knn_l2_both_bound`` instead of ``knn_l2_both`` (issue 15, scale7)."""
-    from PIL import Image
-
     from imprint.engine.membership.evidence import generated_chunk, zscore_images
     from imprint.engine.search.pairwise import knn_l2_both, knn_l2_both_bound
 
     rows = []
     for n_real, n_gen in sizes:
-        real_dir, gen_dir = data / "real10000", data / "gen10000-r10000"
-        make_folder(real_dir, 10000, 1)
-        sample = np.stack([np.asarray(Image.open(real_dir / f"{i:07d}.png")) for i in range(0, 400, 2)])
-        make_folder(gen_dir, 10000, 2, copies_of=sample)
-        P = np.stack([np.asarray(Image.open(real_dir / f"{i:07d}.png")) for i in range(n_real)])
-        G = np.stack([np.asarray(Image.open(gen_dir / f"{i % 10000:07d}.png")) for i in range(n_gen)])
-        if n_gen > 10000:   # beyond the folder: shifted copies (distinct images)
-            for i in range(10000, n_gen):
-                G[i] = np.roll(G[i], (i // 10000, -(i // 10000)), (0, 1))
+        P, G = _phantom_sets(data, n_real, n_gen)
         zp = lambda r: zscore_images(P[r]).reshape(len(r), -1)  # noqa: E731
         zg = lambda r: zscore_images(G[r]).reshape(len(r), -1)  # noqa: E731
         chunk = generated_chunk(n_gen, 128 * 128)
@@ -330,21 +338,11 @@ def shape_search(sizes, data: Path, repeats: int = 2) -> list[dict]:
     benchmark's phantom folders, in the blocks membership uses (2 GiB budget).  Both sides make the generated
     images' masks per chunk (part of the stage); the real masks (counts) are made once, outside the timing.
     Alternating sides, ``repeats`` runs each, best wall and best CPU-s per side; distances compared bit for bit."""
-    from PIL import Image
-
     from imprint.engine.membership import evidence as E
 
     rows = []
     for n_real, n_gen in sizes:
-        real_dir, gen_dir = data / "real10000", data / "gen10000-r10000"
-        make_folder(real_dir, 10000, 1)
-        sample = np.stack([np.asarray(Image.open(real_dir / f"{i:07d}.png")) for i in range(0, 400, 2)])
-        make_folder(gen_dir, 10000, 2, copies_of=sample)
-        P = np.stack([np.asarray(Image.open(real_dir / f"{i:07d}.png")) for i in range(n_real)])
-        G = np.stack([np.asarray(Image.open(gen_dir / f"{i % 10000:07d}.png")) for i in range(n_gen)])
-        if n_gen > 10000:   # beyond the folder: shifted copies (distinct images)
-            for i in range(10000, n_gen):
-                G[i] = np.roll(G[i], (i // 10000, -(i // 10000)), (0, 1))
+        P, G = _phantom_sets(data, n_real, n_gen)
         chunk = E.generated_chunk(n_gen, 128 * 128)
         pchunk = E.generated_chunk(n_real, 128 * 128)
         cP, scale = E._anatomy_counts(P)
