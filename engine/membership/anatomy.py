@@ -156,6 +156,12 @@ REGISTERED = True
 #: over the 60 s target, for zoo gains on re-synthesised + shifted copies only (RESULTS.md, short7).  It is used
 #: only with a reference either way (:func:`.audit.audit_membership`).
 LOWPASS_CANDIDATES = False
+
+
+def lowpass_on(flag: bool | None) -> bool:
+    """Whether the low-pass candidate source is used: ``flag``, or :data:`LOWPASS_CANDIDATES` when it is None (the
+    ``anatomy_lowpass`` argument of :func:`.evidence.compute_evidence` and :func:`.calibrate.real_pair_null`)."""
+    return LOWPASS_CANDIDATES if flag is None else bool(flag)
 #: Coarse-best shortlist candidates per pool image that get the low-pass polish and the registered NCC
 #: (:func:`registered_anatomy`).  2, as :data:`.register.N_REFINE` (a priori, not compared on data).
 N_POLISH = 2

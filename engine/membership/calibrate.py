@@ -745,7 +745,7 @@ def real_pair_null(real: np.ndarray, n_generated: int, *, k: int = 32, splits: S
         from . import anatomy as _anatomy_lp
 
         acand, a_only = (cand if anatomy_register else None), 0
-        if anatomy_register and (_anatomy_lp.LOWPASS_CANDIDATES if anatomy_lowpass is None else anatomy_lowpass):
+        if anatomy_register and _anatomy_lp.lowpass_on(anatomy_lowpass):
             # the evidence's low-pass source too (short7), as the evidence uses it: in part A (playing the
             # generated images) only, not in the control part
             from .register import lowpass_pair_candidates
@@ -1174,7 +1174,7 @@ def real_pair_null_cached(real: np.ndarray, n_generated: int, *, cache_dir: str 
     key.update(n_generated=int(n_generated), version=3)  # 3: the anatomy null registered
     from . import anatomy as _anatomy_lp
 
-    if _anatomy_lp.LOWPASS_CANDIDATES if kw.get("anatomy_lowpass") is None else kw["anatomy_lowpass"]:
+    if _anatomy_lp.lowpass_on(kw.get("anatomy_lowpass")):
         key["version"] = 4   # 4: ... over the low-pass candidate source too (short7)
     if kw.get("groups") is not None:                       # each image's own series excluded (uns7)
         key.update(series_excluded=True, groups=np.asarray(kw["groups"]).tolist())

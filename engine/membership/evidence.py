@@ -430,7 +430,7 @@ def _evidence(generated: np.ndarray, pool: np.ndarray, *, _cache_dir=None, **kw)
     if key["anatomy"]:                # ... nor those before it was registered on the shortlist (branch resyn6)
         key["anatomy"] = "registered-lowpass"
         from . import anatomy as _anat   # ... nor those before its low-pass candidate source (branch short7)
-        if _anat.LOWPASS_CANDIDATES if kw.get("anatomy_lowpass") is None else kw["anatomy_lowpass"]:
+        if _anat.lowpass_on(kw.get("anatomy_lowpass")):
             key["anatomy"] = "registered-lowpass+lowpass-candidates"
     h = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode())
     for a in (generated, pool):
@@ -778,7 +778,7 @@ def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10
 
             kG, kP = (_hashes(G), _hashes(P)) if _cache is not None else (None, None)
             cg, _, cr, _ = shortlists(G, P, iG, iR, k_reg=k_reg, keys_gen=kG, keys_pool=kP, cache=_cache)
-            if _anat.LOWPASS_CANDIDATES if anatomy_lowpass is None else anatomy_lowpass:
+            if _anat.lowpass_on(anatomy_lowpass):
                 # + the low-pass source (issue 13, short7) among the generated images, for every pool image alike
                 # (reference images included, so the calibration holds); the control keeps the shortlist: more
                 # control candidates raised every member's control NCC among look-alikes and lost in-place copies
