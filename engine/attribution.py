@@ -35,7 +35,10 @@ Method
    model) <= 0.05 for log-concave features, bound for the two-way test, simulated for the whole decision).  Fifth round:
    the pair test is "floor" (:data:`PAIR_TEST`): the clusters are the union's two groups *and* stay separated after a
    common harsh processing of every image (:func:`_floor_images`), judged against the log-concave bound, so one model
-   split by its release history fails while two models the union's best split could not see pass.  The rule before issue 19 (``"silhouette"``: the mean of the plain and the cluster-balanced
+   split by its release history fails while two models the union's best split could not see pass.  Sixth round: when
+   the two-way test fails, the k = 2 consensus partition also gets the pair test (:data:`K2_PAIR_ROUTE`), on every
+   engine.features column (:data:`K2_PAIR_VIEW`) rather than the 90 %-variance PCA, so a trace the processing
+   projection shrank is still seen at k = 2.  The rule before issue 19 (``"silhouette"``: the mean of the plain and the cluster-balanced
    silhouette of the consensus partition on ``1 - C``) is kept for the benchmarks' before/after.
 
 For more than ``max_consensus`` images the co-association matrix is built on a seeded subsample
@@ -595,6 +598,9 @@ def _labelled_separation(V, y, seed, repeats=5, S_extra=None):
 #: processed pairs' scatter to the within-cluster scatter (direction and held-out R^2): too strict on dev (release mix
 #: and half jpeg 1.000 -> 0.809, k = 3; resize 0.5 + jpeg 50 0.809 -> 1.000).
 PAIR_TEST = "floor"
+#: k = 2 (issue 19, sixth round): when the two-way one-model test fails, the k = 2 consensus partition is still given
+#: the pair test (labelled and floor, as at k >= 3), so k = 2 has two routes.  False: the two-way test alone (before).
+K2_PAIR_ROUTE = True
 PAIR_TESTS = ("both", "best-split", "labels", "labels-proc", "floor")
 #: Pair test "floor" (issue 19, fifth round): two clusters are two models when (1) they are the two groups of their
 #: union (:func:`_labelled_separation` >= the one-model threshold, as in "both") and (2) they *stay* separated after
@@ -633,6 +639,37 @@ def _floor_threshold(n, alpha=None):
     alpha = ONE_MODEL_ALPHA if alpha is None else float(alpha)
     m = min(int(n) // 2, 100)
     return _uniform_split_quantile(m, alpha)
+
+
+#: The pair test's coordinates for k >= 3 (issue 19, sixth round): "pca90" (the default, as before) is the "all/pca90"
+#: view of the features before dev weighting; "full" is those features themselves (every engine.features column,
+#: centred); "all" adds the backbone columns.  Measured on dev (in-sample, benchmarks/RESULTS.md, sixth round): "full"
+#: at k >= 3 re-opens the history split (release mix with dev: k auto 1.000 k4 -> 0.776 k6), so it is used only by
+#: the k = 2 pair route (:data:`K2_PAIR_VIEW`).
+PAIR_VIEW = "pca90"
+#: The k = 2 pair route's coordinates (:data:`K2_PAIR_ROUTE`): "full" keeps a trace that carries under 10 % of the
+#: variance after the processing projection (the two planted sets that were strict xfails).
+K2_PAIR_VIEW = "full"
+
+
+def _own_columns(masks, n_cols, kind):
+    """Columns of the pair view ``kind``: every column for "all", else the engine.features ones (no backbone)."""
+    own = np.ones(n_cols, bool)
+    if kind != "all":
+        for g, m in masks.items():
+            if g.startswith("backbone:"):
+                own &= ~m
+    return own
+
+
+def _pair_view(Z, masks, seed, kind=None):
+    """The pair test's coordinates of ``Z`` [N, F] (``kind`` "pca90", "full" or "all"; default :data:`PAIR_VIEW`):
+    float64 [N, d]."""
+    kind = PAIR_VIEW if kind is None else kind
+    if kind == "pca90":
+        return _pca90(Z, masks, seed)
+    own = _own_columns(masks, Z.shape[1], kind)
+    return Z[:, own] - Z[:, own].mean(axis=0)
 
 
 def _pca90_fit(Z, seed):
@@ -937,11 +974,12 @@ def _processing_projection(images, X, names, groups, backbones, masks, seed, cac
 
 
 def _floor_pair_view(images, Z0, names, groups, backbones, masks, nap, gen, mu, sd, const, seed, cache_dir,
-                     executor=None):
-    """The pair view ("all/pca90" of ``Z0`` [n, F]) of ``images`` [n, H, W] after the processing floor
-    (:func:`_floor_images`): their features go through the same processing projection ``nap``, column selection
-    ``gen``, standardisation (``mu``, ``sd``; columns ``const`` zeroed) and PCA as the images'.  float64 [n, d] in the
-    pair view's coordinates, or None when the floor images' features do not line up (a backbone failed on them)."""
+                     executor=None, kinds=("pca90",)):
+    """The pair views (:func:`_pair_view` of ``Z0`` [n, F], one per entry of ``kinds``) of ``images`` [n, H, W] after
+    the processing floor (:func:`_floor_images`): their features go through the same processing projection ``nap``,
+    column selection ``gen``, standardisation (``mu``, ``sd``; columns ``const`` zeroed) and PCA as the images'.
+    Returns {kind: float64 [n, d]} in each pair view's coordinates, or None when the floor images' features do not
+    line up (a backbone failed on them)."""
     Xf, nf = _extract_cached(_floor_images(images), groups, backbones, {}, cache_dir, executor)
     if nf != names or Xf.shape[0] != images.shape[0]:
         return None
@@ -949,12 +987,15 @@ def _floor_pair_view(images, Z0, names, groups, backbones, masks, nap, gen, mu, 
         Xf = nap.transform(Xf)
     Zf = (Xf[:, gen] - mu) / sd
     Zf[:, const] = 0.0
-    own = np.ones(Z0.shape[1], bool)
-    for g, m in masks.items():
-        if g.startswith("backbone:"):
-            own &= ~m
-    _, to_view = _pca90_fit(Z0[:, own], seed)
-    return to_view(Zf[:, own])
+    out = {}
+    for kind in kinds:
+        own = _own_columns(masks, Z0.shape[1], kind)
+        if kind == "pca90":
+            _, to_view = _pca90_fit(Z0[:, own], seed)
+            out[kind] = to_view(Zf[:, own])
+        else:
+            out[kind] = Zf[:, own] - Z0[:, own].mean(axis=0)
+    return out
 
 
 def _attribute(images, k, *, dev_sets, random_state, progress, groups, backbones, k_max, max_consensus,
@@ -1106,12 +1147,14 @@ def _attribute(images, k, *, dev_sets, random_state, progress, groups, backbones
             rule = K_RULE
             # the pair test runs on the features before the dev weighting (Z0): the dev models' weights were learnt on
             # unprocessed images and can favour what processing changes, so a processing split could pass it there
-            pair_view = _pca90(Z0[sub], masks, seed) if rule in ("pairs", "pairs-gated") else None
-            floor_view, floor_scores = None, {}
+            pair_view = _pair_view(Z0[sub], masks, seed) if rule in ("pairs", "pairs-gated") else None
+            floor_view, floor_views, floor_scores = None, None, {}
             if pair_view is not None and PAIR_TEST == "floor":
                 say("processing floor")
-                floor_view = _floor_pair_view(images[sub], Z0[sub], names, groups, backbones, masks, nap, gen, mu, sd,
-                                              X.std(axis=0) <= 1e-9, seed, cache_dir, executor)
+                kinds = (PAIR_VIEW,) + ((K2_PAIR_VIEW,) if K2_PAIR_ROUTE and K2_PAIR_VIEW != PAIR_VIEW else ())
+                floor_views = _floor_pair_view(images[sub], Z0[sub], names, groups, backbones, masks, nap, gen, mu,
+                                               sd, X.std(axis=0) <= 1e-9, seed, cache_dir, executor, kinds=kinds)
+                floor_view = floor_views[PAIR_VIEW] if floor_views else None
             S_proc = None
             if pair_view is not None and PAIR_TEST == "labels-proc" and proc_delta is not None:
                 # the processed pairs' feature changes, in the pair view's coordinates (the view is linear in Z0)
@@ -1134,6 +1177,18 @@ def _attribute(images, k, *, dev_sets, random_state, progress, groups, backbones
                     # formed in; with four models a best two-way split is often not bimodal in the unweighted space
                     pair_min[kk], pair_all[kk] = float(sep), {"0-1": float(sep)}
                     pair_ok[kk] = bool(sep >= thr1)
+                    if not pair_ok[kk] and K2_PAIR_ROUTE and K_RULE == "pairs" and PAIR_TEST == "floor":
+                        # issue 19, sixth round: the k = 2 consensus partition gets the pair test too (labelled and
+                        # floor), as every k >= 3 partition does; a trace the processing projection shrank can leave
+                        # the unsupervised best two-way split under the threshold while the two clusters are still
+                        # the union's two groups (tests/test_features_robust.py)
+                        floor_scores[kk] = {}
+                        v2, a2, ok2 = _pair_separation(_pair_view(Z0[sub], masks, seed, K2_PAIR_VIEW),
+                                                       runs[kk][1][0][sub], seed,
+                                                       V_floor=floor_views.get(K2_PAIR_VIEW) if floor_views else None,
+                                                       floor_out=floor_scores[kk])
+                        if ok2:
+                            pair_min[kk], pair_all[kk], pair_ok[kk] = v2, {**a2, "two-way": float(sep)}, True
                     # "pairs" (issue 19): a failed two-way test does not end the search.  Three or more models often
                     # have no bimodal best two-way split (two models on one side blur it), yet their k = 3 / 4
                     # partitions pass every pair test; one model's k = 3 partition fails it (see _pair_separation)

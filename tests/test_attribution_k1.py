@@ -52,10 +52,16 @@ def _released(rng, X, cols=None):
 
 
 def _splits(V, seed):
-    """Does either route of the k scan split these images?  (two-way test, or an all-pairs-passing k = 3 partition)"""
+    """Does any route of the k scan split these images?  (two-way test, a k = 2 partition that passes the pair test
+    (issue 19, sixth round: ``K2_PAIR_ROUTE``; its labelled half alone, which passes whenever labelled + floor does),
+    or an all-pairs-passing k = 3 partition)"""
     thr = A._one_model_threshold(V.shape[0])
     if A._separation_test(V, seed)[0] >= thr:
         return True
+    if A.K2_PAIR_ROUTE:
+        lab2 = KMeans(2, n_init=3, random_state=seed).fit_predict(V)
+        if A._pair_separation(V, lab2, seed, early_stop=True)[2]:
+            return True
     lab = KMeans(3, n_init=3, random_state=seed).fit_predict(V)
     return bool(A._pair_separation(V, lab, seed, early_stop=True)[2])
 
