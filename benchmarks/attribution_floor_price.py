@@ -75,6 +75,8 @@ def main(argv=None):
     ap.add_argument("--dev-modes", default="dev")
     ap.add_argument("--pair-test", default=None)
     ap.add_argument("--pair-view", default=None, help="engine.attribution.PAIR_VIEW for this run (sixth round)")
+    ap.add_argument("--floor-waiver", default=None, choices=("on", "off"),
+                    help="engine.attribution.FLOOR_WAIVER for this run (sixth round; default: the code's)")
     ap.add_argument("--cache", default=None)
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
@@ -82,7 +84,10 @@ def main(argv=None):
         A.PAIR_TEST = a.pair_test
     if a.pair_view:
         A.PAIR_VIEW = a.pair_view
-    print(f"code: {os.path.dirname(os.path.dirname(A.__file__))}; pair test {A.PAIR_TEST}, pair view {getattr(A, 'PAIR_VIEW', 'pca90')}", flush=True)
+    if a.floor_waiver:
+        A.FLOOR_WAIVER = a.floor_waiver == "on"
+    print(f"code: {os.path.dirname(os.path.dirname(A.__file__))}; pair test {A.PAIR_TEST}, pair view {getattr(A, 'PAIR_VIEW', 'pca90')}, "
+          f"floor waiver {getattr(A, 'FLOOR_WAIVER', False)}", flush=True)
     R = a.dev
     D = {f"model_{i}": load(f"{R}/attribution/model_{i}") for i in (1, 2, 3)}
     for g in "abe":

@@ -2,8 +2,8 @@
 
 Planted: feature columns that processing moves together with a strong shared component keep only a small leftover
 after the projection; re-standardising each column to unit variance (the default, "after") blows those leftovers up
-into strong directions that hide two models 10 SDs apart (a strict xfail until the sixth round; now found by the pair
-test on every column and the k = 2 pair route).  Scaling by the columns' SD
+into strong directions that hide two models 10 SDs apart (a strict xfail of the default; the opt-in k = 2 pair route of
+the sixth round finds them).  Scaling by the columns' SD
 before the projection ("before") keeps the projection orthogonal, and the models must be found.
 """
 
@@ -69,10 +69,20 @@ def test_model_hidden_by_restandardisation_is_found_with_the_pre_projection_scal
     assert abs(np.corrcoef(r.labels, y)[0, 1]) > 0.95
 
 
+@pytest.mark.xfail(strict=True, reason="known gap of the default (issue 19, fourth round): the re-standardised "
+                   "leftovers of the projection out-vote the models in the two-way test and k auto answers 1; "
+                   "'before' fixes it but costs the dev release mix; the opt-in K2_PAIR_ROUTE fixes it (test below) "
+                   "but splits gen_a's 1000 dev images (benchmarks/RESULTS.md, sixth round)")
 def test_model_hidden_by_restandardisation_is_found_by_default(monkeypatch):
-    """Was a strict xfail (fourth / fifth round: the two-way test answered k = 1).  Sixth round: the pair test runs on
-    every engine.features column (``PAIR_VIEW = "full"``) and k = 2's consensus partition gets it too
-    (``K2_PAIR_ROUTE``), so the models are found under the default scale."""
+    X, y, U = _planted(0)
+    r = _run(monkeypatch, X, U, 0, scale=A.PROJECTED_SCALE)
+    assert r.k == 2, r.info["one_model_test"]
+
+
+def test_model_hidden_by_restandardisation_is_found_by_the_k2_pair_route(monkeypatch):
+    """Opt-in ``K2_PAIR_ROUTE`` (sixth round): the k = 2 consensus partition gets the pair test on every column, and the
+    hidden models are found under the default scale although the two-way test fails."""
+    monkeypatch.setattr(A, "K2_PAIR_ROUTE", True)
     X, y, U = _planted(0)
     r = _run(monkeypatch, X, U, 0, scale=A.PROJECTED_SCALE)
     assert r.k == 2, r.info["one_model_test"]
@@ -80,18 +90,10 @@ def test_model_hidden_by_restandardisation_is_found_by_default(monkeypatch):
     assert r.info["one_model_test"]["separation"] < r.info["one_model_test"]["threshold"]  # found by the new route
 
 
-def test_model_hidden_by_restandardisation_is_missed_by_the_old_route(monkeypatch):
-    """The planted failure is real: with the pair view and k = 2 route before the sixth round, k auto answers 1."""
-    monkeypatch.setattr(A, "PAIR_VIEW", "pca90")
-    monkeypatch.setattr(A, "K2_PAIR_ROUTE", False)
-    X, y, U = _planted(0)
-    r = _run(monkeypatch, X, U, 0, scale=A.PROJECTED_SCALE)
-    assert r.k == 1
-
-
 @pytest.mark.parametrize("seed", [5, 6])
 def test_one_model_with_processed_column_pairs_stays_one_by_default(monkeypatch, seed):
-    """The null of the new k = 2 route: one model, the default scale, the same processed column pairs: k = 1."""
+    """The null of the opt-in k = 2 route: one model, the default scale, the same processed column pairs: k = 1."""
+    monkeypatch.setattr(A, "K2_PAIR_ROUTE", True)
     X, _, U = _planted(seed, two=False)
     r = _run(monkeypatch, X, U, seed, scale=A.PROJECTED_SCALE)
     assert r.k == 1, (r.info["one_model_test"], r.info["k_scan_pairs"])
