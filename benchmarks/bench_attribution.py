@@ -158,9 +158,13 @@ def main(argv=None):
     ap.add_argument("--cache", default=None, help="feature cache folder kept between runs (default: a new temp dir)")
     ap.add_argument("--paired", action="store_true", help="k auto runs give main's and this code's pair test from one "
                     "run (bench_attribution_processing.paired_attribute; no stability resamples)")
+    ap.add_argument("--floor-waiver", default=None, choices=("on", "off"),
+                    help="engine.attribution.FLOOR_WAIVER for this run (issue 19, sixth round; default: the code's)")
     ap.add_argument("--projected-scale", default=None, choices=("after", "before"),
                     help="engine.attribution.PROJECTED_SCALE for this run (default: the code's; issue 19, fourth round)")
     a = ap.parse_args(argv)
+    if a.floor_waiver and hasattr(A, "FLOOR_WAIVER"):
+        A.FLOOR_WAIVER = a.floor_waiver == "on"
     if a.projected_scale and hasattr(A, "PROJECTED_SCALE"):
         A.PROJECTED_SCALE = a.projected_scale
     global PAIRED

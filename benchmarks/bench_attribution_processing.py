@@ -271,6 +271,8 @@ def main(argv=None):
                     "power, then stop")
     ap.add_argument("--pair-test", default=A.PAIR_TEST, choices=A.PAIR_TESTS,
                     help="the 'after' pair test of the k scan (engine.attribution.PAIR_TEST)")
+    ap.add_argument("--floor-waiver", default=None, choices=("on", "off"),
+                    help="engine.attribution.FLOOR_WAIVER for this run (issue 19, sixth round; default: the code's)")
     ap.add_argument("--only", default=None, help="comma-separated condition names")
     ap.add_argument("--alt", action="store_true", help="other samples: gen_a[200:400], gen_b[200:400], "
                     "model_3[100:], gen_e[200:400]; conditions release mix (seed 5) and harsh mix")
@@ -283,6 +285,8 @@ def main(argv=None):
     ap.add_argument("--projected-scale", default=None, choices=("after", "before"),
                     help="engine.attribution.PROJECTED_SCALE for this run (default: the code's; issue 19, fourth round)")
     a = ap.parse_args(argv)
+    if a.floor_waiver and hasattr(A, "FLOOR_WAIVER"):
+        A.FLOOR_WAIVER = a.floor_waiver == "on"
     if a.projected_scale and hasattr(A, "PROJECTED_SCALE"):
         A.PROJECTED_SCALE = a.projected_scale
     if a.k1_sim:
