@@ -18,6 +18,7 @@ Usage::
 
     python benchmarks/membership_combine_diag.py --cache-dir /tmp/comb8/loo [--gens gen_e] [--settings dev+reference]
         [--rules max,tail,...] [--members tail:max]
+    python benchmarks/membership_combine_diag.py --zoo-capture /tmp/zoo_s0.npz [--zoo-seed 0]   # then load_captures()
 """
 
 from __future__ import annotations
@@ -91,8 +92,7 @@ def zoo_capture(path: str, seed: int, quick: bool = True) -> None:
         rows = mz.run(ns)
         names = [f"{r['transform']} {r['strength']}" for r in rows]
     finally:
-        mz.build_scenario, _audit.combined_scores = orig_build, cs
-        _audit.combined_scores = orig_cs
+        mz.build_scenario, _audit.combined_scores = orig_build, orig_cs
     arrs = {}
     for i, (nm, g) in enumerate(zip(names, got)):
         for k, v in g.items():
@@ -125,7 +125,9 @@ def main(argv=None):
     ap.add_argument("--gens", default="gen_e")
     ap.add_argument("--settings", default="dev+reference")
     ap.add_argument("--rules", default=",".join(cal.COMBINE_RULES))
-    ap.add_argument("--zoo-capture", default=None, help="run the zoo (--quick) and save its combination inputs here")
+    ap.add_argument("--zoo-capture", default=None,
+                    help="run the zoo's --quick scenarios (same draws as membership_zoo.py --quick) and save every "
+                         "scenario's combination inputs and labels here (.npz)")
     ap.add_argument("--zoo-seed", type=int, default=0)
     ap.add_argument("--members", default="", help="A:B: list members that rank lower under rule B than under A")
     a = ap.parse_args(argv)
