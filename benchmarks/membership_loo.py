@@ -4,7 +4,8 @@ For each dev generator X (gen_a, gen_b, gen_e): candidates = X's used + unused r
 generated = X's images, dev_sets = the two other dev generators (the weights are fitted on them
 only), reference = their unused images (what ``imprint membership --dev A --dev B`` passes).  X's
 labels are used only to score the result ("dev+reference-max": the same with ``combine="max"``, the
-combination rule before the tail-calibrated max rule).  The same audit is also run without dev sets and
+combination rule before the tail-calibrated max rule; "dev+reference-tail": ``combine="tail"``, the plain min-p of
+the tail-calibrated channels, the default before branch comb8's ``"tail-split"``).  The same audit is also run without dev sets and
 reference ("unsupervised": the real-to-real null with the candidates' own location and scale,
 ``empirical_null``; "unsupervised-pairs": the real-to-real null as it is, the state before the empirical null).  Every decision mode is applied to one
 evidence computation per setting (``cache_dir`` checkpoints are shared between modes).
@@ -20,7 +21,7 @@ Usage::
 
     python benchmarks/membership_loo.py [--corpus /work/shared/corpus/dev] [--boot 1000]
         [--decisions fpr:0.01,fdr:0.1,f1] [--gens gen_a,gen_b,gen_e] [--markdown]
-        [--settings dev+reference,unsupervised,unsupervised-pairs]
+        [--settings dev+reference,dev+reference-tail,unsupervised,unsupervised-pairs]
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ def main(argv=None):
     ap.add_argument("--markdown", action="store_true", help="print the table as markdown")
     ap.add_argument("--settings", default="dev+reference,unsupervised,unsupervised-pairs",
                     help="comma list of dev+reference, dev+reference-max (the max rule before the tail-calibrated one), "
+                         "dev+reference-tail (the plain min-p of the tail-calibrated channels: the default before comb8), "
                          "unsupervised (empirical null), unsupervised-pairs (no empirical null), unsupervised-noreg "
                          "(no registered evidence in the real-to-real null), unsupervised-max (the max rule), "
                          "unsupervised-before (both: the unsupervised mode before branch uns5), unsupervised-uns5 "
@@ -107,6 +109,8 @@ def main(argv=None):
                           else dict(empirical=setting == "unsupervised"))
                     if setting == "dev+reference-max":      # the combination rule before (same evidence, cached)
                         kw["combine"] = "max"
+                    if setting == "dev+reference-tail":     # the default before branch comb8 (same evidence, cached)
+                        kw["combine"] = "tail"
                     if setting.startswith("unsupervised-"):   # variants of the unsupervised mode (issue 13, uns5)
                         kw["empirical"] = setting != "unsupervised-pairs"
                         kw.update({"unsupervised-channel": dict(empirical="channel"),          # uns6

@@ -132,7 +132,7 @@ def test_planted_resynthesised_copies_are_found_by_the_anatomy_channel(planted):
 def test_planted_resynthesised_members_are_flagged(planted):
     real, reference, gen, y, _ = planted
     res = audit_membership(gen, real, reference=reference, decision="fpr:0.05")
-    assert res.info["combine"] == "tail"
+    assert res.info["combine"] == "tail-split"
     assert roc_auc_score(y, res.score) >= 0.95
     assert res.used[y == 1].mean() >= 0.85, res.used[y == 1]
     assert res.used[y == 0].sum() <= 2, res.used[y == 0]

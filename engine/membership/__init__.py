@@ -53,8 +53,10 @@ Pipeline
    (:func:`fit_weights`), so that dev sets without signal leave the prior unchanged.
    With a reference null of >= 50 images the weighted sum and each evidence that may decide alone get a
    p-value against their own null values (conformal, generalised-Pareto upper tail, leave-one-out for the
-   null's own values: :func:`calibrate.calibrated_max`), and the score is the probit of the smallest, so a
-   channel whose null has a heavy tail cannot lift the threshold above copies seen by another channel.
+   null's own values: :func:`calibrate.calibrated_max`), and the score is the probit of their weighted min-p
+   (half the level on the weighted sum, the rest shared by the single channels: ``combine="tail-split"``), so a
+   channel whose null has a heavy tail cannot lift the threshold above copies seen by another channel, and
+   noise in ~10 single channels does not outrank copies that the weighted sum carries.
 6. **Null.**  The reference images, minus near-duplicates of candidates (z-pixel correlation > 0.98, also
    mirrored: :func:`near_duplicates`), checked for exchangeability with the candidates on nuisance statistics
    (:func:`exchangeability_check`).  With fewer than 20 of them (or none) the null is built from pairs of

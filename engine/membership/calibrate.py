@@ -269,18 +269,26 @@ def _loo_tail_p(srt: np.ndarray, frac: float) -> np.ndarray:
     return np.clip(np.nan_to_num(p, nan=1.0), _P_FLOOR, 1.0)
 
 
-def calibrated_max(Z: np.ndarray, w: np.ndarray, use_max: np.ndarray, null_mask: np.ndarray, *,
-                   frac: float = TAIL_FRACTION) -> tuple[np.ndarray, dict]:
-    """Combined score with every channel on its own null's scale (the per-evidence calibrated max rule).
+#: a-priori share of the ``"tail-split"`` rule's level on the weighted sum (the dense alternative: a copy seen by many
+#: channels at once, as an in-place copier's is); the max-rule channels (the sparse alternatives: one kind of copy)
+#: share the rest equally.  Equal prior mass on the two alternatives, not tuned on data (benchmarks/RESULTS.md,
+#: "comb8"); ``None`` gives every channel the same share (the ``"tail"`` rule, branch dec4).
+SUM_SHARE = 0.5
+#: level at which :func:`channel_enrichment` counts small p-values (the default decision's level, ``fpr:0.01``; a
+#: priori, not tuned); ``None`` switches the enrichment off (shares = the a-priori split)
+ENRICH_LEVEL = 0.01
 
-    :func:`_combine` takes the larger of the weighted sum and the strongest single evidence on robust
-    z-scores; a channel with a heavy-tailed null (count evidence in the sum, a rare close anatomy match)
-    then puts one null image far above every other, and with a 300-image null that one image is the
-    ``fpr:0.01`` threshold (benchmarks/RESULTS.md, "Decision gap").  Here the weighted sum and each
-    max-rule channel (``use_max`` with positive weight) get :func:`tail_pvalues` against their own null
-    values, and the score is the probit of the smallest: ``-Phi^-1(min_c p_c)``.  The decision rules still
-    calibrate this score on its own null (the reference), so the guarantees keep their form; multiplicity
-    over the channels is in that null.
+
+def channel_pvalues(Z: np.ndarray, w: np.ndarray, use_max: np.ndarray, null_mask: np.ndarray, *,
+                    frac: float = TAIL_FRACTION) -> tuple[np.ndarray, list, list]:
+    """Upper-tail p-value of every channel of the tail-calibrated rules, for every row.
+
+    The channels are the weighted sum ``Z w / ||w||`` and every max-rule column (``use_max`` with positive weight).
+    A candidate row's p-value is :func:`tail_pvalues` against the channel's null rows; a null row's is the
+    leave-one-out value (:func:`_loo_tail_p`: its tail model fitted without it, denominator ``K + 1``), so null rows
+    are scored by tail models they did not shape, as candidates are (else the null's outliers shape their own
+    heavier tail, score lower than a candidate at the same value would, and the threshold is too low; simulated in
+    tests/test_membership_decide.py: FPR violations 9.7% instead of <= 5% at K = 300).
 
     Parameters
     ----------
@@ -292,36 +300,159 @@ def calibrated_max(Z: np.ndarray, w: np.ndarray, use_max: np.ndarray, null_mask:
 
     Returns
     -------
-    score : float64 [P]       ``-Phi^-1(min p)``, at most ~37 (p floored at 1e-300)
-    info : dict               ``channels`` (names: "sum" or column indices), per-channel tail shape ``xi``
+    P : float64 [P, C]        p-values in [1e-300, 1]; column 0 is the weighted sum
+    channels : list [C]       ``"sum"``, then the column indices of the max-rule channels
+    xi : list [C]             each channel's fitted tail shape (0: exponential)
     """
-    from scipy.special import ndtri
-
     Z = np.asarray(Z, np.float64)
     null_mask = np.asarray(null_mask, bool)
     nrm = float(np.linalg.norm(w))
     cols = [("sum", Z @ (w / nrm) if nrm > 0 else np.zeros(len(Z)))]
     m = np.asarray(use_max, bool) & (np.asarray(w) > 0)
     cols += [(int(j), Z[:, j]) for j in np.flatnonzero(m)]
-    logp = np.full(len(Z), 0.0)
-    info: dict = {"channels": [], "xi": []}
     nidx = np.flatnonzero(null_mask)
     K = len(nidx)
-    for name, c in cols:
+    P = np.ones((len(Z), len(cols)))
+    names, xis = [], []
+    for k, (name, c) in enumerate(cols):
         tail: dict = {}
         cn = c[nidx]
         p = tail_pvalues(c, cn, frac=frac, _info=tail)
-        # the null's own values, each against the OTHER null values (leave one out): a candidate is scored by a
-        # tail model it did not shape, so a null value must be too, else the null's outliers shape their own
-        # (heavier) tail, score lower than a candidate at the same value would, and the threshold is too low
-        # (simulated in tests/test_membership_decide.py: FPR violations 9.7% instead of <= 5% at K = 300)
         if K >= 2:
             order = np.argsort(cn, kind="stable")
             p[nidx[order]] = _loo_tail_p(cn[order], frac)
-        logp = np.minimum(logp, np.log(p))
-        info["channels"].append(name)
-        info["xi"].append(float(tail.get("xi", 0.0)))
-    score = -ndtri(np.clip(np.exp(logp), _P_FLOOR, 1.0 - 1e-12))
+        P[:, k] = p
+        names.append(name)
+        xis.append(float(tail.get("xi", 0.0)))
+    return P, names, xis
+
+
+def channel_enrichment(P: np.ndarray, level: float = ENRICH_LEVEL) -> np.ndarray:
+    """How much more often each channel's p-value is small than chance says, over ALL rows (candidates and null alike,
+    unlabelled): ``E_c = (1 + #{rows: p_c <= level}) / (1 + n level)``.
+
+    A symmetric function of the rows, so scoring every row with shares built from it treats a null row and a
+    non-member candidate alike (the decisions' exchangeability).  Under no members ``E_c ~ 1`` in every channel; the
+    channels that carry the members' copies (the weighted sum for an in-place copier, a registered or anatomy channel
+    for transformed copies) are enriched by the members.
+
+    Parameters
+    ----------
+    P : float [n, C]   per-channel p-values (:func:`channel_pvalues`)
+    level : float in (0, 1)
+
+    Returns
+    -------
+    float64 [C]  (> 0)
+    """
+    P = np.asarray(P, np.float64)
+    return (1.0 + (P <= level).sum(0)) / (1.0 + len(P) * float(level))
+
+
+def split_shares(P: np.ndarray, sum_share: float = SUM_SHARE, level: float | None = ENRICH_LEVEL) -> np.ndarray:
+    """Shares of the level for :func:`split_pvalue`: the a-priori split (``sum_share`` on the weighted sum, column 0;
+    the rest equally on the ``C - 1`` single channels) times ``max(1, E_c)`` (:func:`channel_enrichment`, ``level``
+    None: 1), normalised to sum 1.  A channel whose p-values are no more often small than chance keeps its a-priori
+    share relative to the others; one that carries copies gets proportionally more.
+
+    Parameters
+    ----------
+    P : float [n, C]; sum_share : float in (0, 1); level : float or None
+
+    Returns
+    -------
+    float64 [C], positive, summing to 1
+    """
+    C = P.shape[1]
+    if C == 1:
+        return np.ones(1)
+    if not 0.0 < float(sum_share) < 1.0:
+        raise ImprintError(f"sum_share must be in (0, 1) (got {sum_share!r})")
+    v = np.r_[float(sum_share), np.full(C - 1, (1.0 - float(sum_share)) / (C - 1))]
+    if level is not None:
+        v = v * np.maximum(1.0, channel_enrichment(P, level))
+    return v / v.sum()
+
+
+def split_pvalue(P: np.ndarray, shares: np.ndarray) -> np.ndarray:
+    """Weighted min-p of every row: ``t = min_c p_c / v_c``, returned as ``1 - prod_c (1 - min(1, v_c t))``.
+
+    ``t`` is the weighted Bonferroni statistic (``P(t <= x) <= x`` for valid ``p_c`` under any dependence); the
+    product form is a monotone, continuous map of it (exact under independent channels, ``~ t`` in the tail), so the
+    score has no point mass at 1 where several channels are unremarkable.  The decisions calibrate the score on the
+    null rows' own joint distribution, so neither the Bonferroni bound nor independence is relied on.
+
+    Parameters
+    ----------
+    P : float [N, C]       per-channel p-values (:func:`channel_pvalues`)
+    shares : float [C]     positive shares of the level, summing to 1
+
+    Returns
+    -------
+    float64 [N] in [1e-300, 1]
+    """
+    P = np.asarray(P, np.float64)
+    v = np.asarray(shares, np.float64)
+    t = (P / v).min(1)
+    with np.errstate(divide="ignore"):
+        lg = np.log1p(-np.minimum(1.0, np.outer(t, v))).sum(1)
+    return np.clip(-np.expm1(lg), _P_FLOOR, 1.0)
+
+
+def calibrated_max(Z: np.ndarray, w: np.ndarray, use_max: np.ndarray, null_mask: np.ndarray, *,
+                   frac: float = TAIL_FRACTION, sum_share: float | None = None,
+                   enrich_level: float | None = ENRICH_LEVEL) -> tuple[np.ndarray, dict]:
+    """Combined score with every channel on its own null's scale (the per-evidence calibrated max rule).
+
+    :func:`_combine` takes the larger of the weighted sum and the strongest single evidence on robust
+    z-scores; a channel with a heavy-tailed null (count evidence in the sum, a rare close anatomy match)
+    then puts one null image far above every other, and with a 300-image null that one image is the
+    ``fpr:0.01`` threshold (benchmarks/RESULTS.md, "Decision gap").  Here the weighted sum and each
+    max-rule channel (``use_max`` with positive weight) get :func:`tail_pvalues` against their own null
+    values (:func:`channel_pvalues`), and the score is the probit of a combined p-value:
+
+    * ``sum_share=None`` (the ``"tail"`` rule): the smallest, ``-Phi^-1(min_c p_c)``: every channel the same share;
+    * ``sum_share=a`` (the ``"tail-split"`` rule): :func:`split_pvalue` with the shares of :func:`split_shares`:
+      a priori ``a`` on the weighted sum and ``(1 - a) / m`` on each of the ``m`` max-rule channels, each times its
+      enrichment in small p-values over all rows (``enrich_level``; a symmetric function of the rows, so null rows
+      and candidates are scored by the same function).  With equal shares the min-p rule ranks a candidate carried
+      by the sum (several channels moderately strong, as an in-place copier's members are) below non-members whose
+      smallest of ~10 noisy channels is smaller by chance (multiplicity in the bulk: dev gen_e AUC 0.96 -> 0.935,
+      benchmarks/RESULTS.md "comb8"); the a-priori split alone would in turn cost transformed copies carried by
+      one registered / anatomy channel, which the enrichment gives back their share; a channel far beyond its null
+      still decides alone.
+
+    The decision rules calibrate this score on its own null (the reference), so the guarantees keep their form;
+    multiplicity over the channels is in that null.
+
+    Parameters
+    ----------
+    Z : float [P, F]          calibrated evidence of the pool (candidates and null)
+    w : float [F]             weights (>= 0)
+    use_max : bool [F]        channels that may decide alone
+    null_mask : bool [P]      rows that are the null
+    frac : float              :data:`TAIL_FRACTION`
+    sum_share : float in (0, 1) or None
+    enrich_level : float or None   :data:`ENRICH_LEVEL` (with ``sum_share``)
+
+    Returns
+    -------
+    score : float64 [P]       ``-Phi^-1(p)``, at most ~37 (p floored at 1e-300)
+    info : dict               ``channels`` (names: "sum" or column indices), per-channel tail shape ``xi``,
+                              ``shares`` (the level's share of each channel)
+    """
+    from scipy.special import ndtri
+
+    P, names, xis = channel_pvalues(Z, w, use_max, null_mask, frac=frac)
+    C = P.shape[1]
+    if sum_share is None or C == 1:
+        shares = np.full(C, 1.0 / C)
+        p = P.min(1)
+    else:
+        shares = split_shares(P, sum_share, enrich_level)
+        p = split_pvalue(P, shares)
+    score = -ndtri(np.clip(p, _P_FLOOR, 1.0 - 1e-12))
+    info = {"channels": names, "xi": xis, "shares": [float(v) for v in shares]}
     return np.asarray(score, np.float64), info
 
 
@@ -965,23 +1096,33 @@ def _intraclass_correlation(values: np.ndarray, groups: np.ndarray) -> float:
 
 
 
+#: values of ``combine`` (:func:`combined_scores`, ``audit_membership``): ``"tail-split"`` (default, branch comb8),
+#: ``"tail"`` (branch dec4: every channel the same share) and ``"max"`` (the rule before dec4)
+COMBINE_RULES = ("tail-split", "tail", "max")
+
+
 def combined_scores(Z: np.ndarray, w: np.ndarray, use_max: np.ndarray, null_mask: np.ndarray,
-                    combine: str = "tail") -> tuple[np.ndarray, str]:
+                    combine: str = "tail-split") -> tuple[np.ndarray, str]:
     """The combination rule, then the robust z-score against the null rows (the null shared by every mode).
 
-    ``combine="tail"`` uses :func:`calibrated_max` when the null has at least ``TAIL_MIN_NULL`` rows, else (and
-    with ``"max"``) the weighted sum / max rule :func:`_combine`.
+    ``combine="tail-split"`` (:func:`calibrated_max` with ``sum_share=SUM_SHARE``) and ``"tail"`` (equal shares)
+    apply when the null has at least ``TAIL_MIN_NULL`` rows, else (and with ``"max"``) the weighted sum / max rule
+    :func:`_combine`.  Candidates and null rows go through the same function of their channels (exchangeability).
+
+    Parameters
+    ----------
+    Z : float [P, F]; w : float [F]; use_max : bool [F]; null_mask : bool [P]; combine : one of COMBINE_RULES
 
     Returns
     -------
     score : float64 [P]   every row's score (null rows included)
-    used : str            the rule applied, ``"tail"`` or ``"max"``
+    used : str            the rule applied, ``"tail-split"``, ``"tail"`` or ``"max"``
     """
-    if combine not in ("tail", "max"):
-        raise ImprintError(f"combine must be 'tail' or 'max' (got {combine!r})")
-    if combine == "tail" and int(null_mask.sum()) >= TAIL_MIN_NULL:
-        raw, _ = calibrated_max(Z, w, use_max, null_mask)
-        used = "tail"
+    if combine not in COMBINE_RULES:
+        raise ImprintError(f"combine must be one of {', '.join(COMBINE_RULES)} (got {combine!r})")
+    if combine in ("tail", "tail-split") and int(null_mask.sum()) >= TAIL_MIN_NULL:
+        raw, _ = calibrated_max(Z, w, use_max, null_mask, sum_share=SUM_SHARE if combine == "tail-split" else None)
+        used = combine
     else:
         raw = _combine(Z, w, use_max=use_max)
         used = "max"
@@ -1062,9 +1203,10 @@ def pair_null_scores(Z: np.ndarray, null_mask: np.ndarray, w: np.ndarray, use_ma
 
     0. ``empirical="channel"``: :func:`channel_null` first puts every candidate channel on
        the null rows' scale after its own location and scale (which may narrow).
-    1. ``combine="tail"`` (with at least :data:`TAIL_MIN_NULL` null rows): :func:`calibrated_max`, every
-       channel (the weighted sum and each max-rule channel, the registered ones included) on its own
-       real-to-real null's scale; ``"max"``: :func:`_combine` (the rule before).
+    1. ``combine="tail"`` (default; the audit uses it here also when asked for ``"tail-split"``, see
+       ``audit_membership``) or ``"tail-split"`` (with at least :data:`TAIL_MIN_NULL` null rows):
+       :func:`calibrated_max`, every channel (the weighted sum and each max-rule channel, the registered ones
+       included) on its own real-to-real null's scale; ``"max"``: :func:`_combine` (the rule before).
     2. The combined score as a robust z-score against the null rows.
     3. ``"widen"`` (default, ``True``) or ``"channel"``: :func:`empirical_null` on the candidates'
        combined scores (``fit_rows``, default every candidate row) moves / widens the null scores (never
@@ -1077,7 +1219,7 @@ def pair_null_scores(Z: np.ndarray, null_mask: np.ndarray, w: np.ndarray, use_ma
     null_mask : bool [P]        the null rows
     w : float [F]               weights (>= 0)
     use_max : bool [F]          channels that may decide alone
-    combine : "tail" or "max"
+    combine : one of :data:`COMBINE_RULES`
     empirical : bool or str     "widen" (= True), "channel" or "none" (= False), see above
     fit_rows : bool [P] or None  rows whose scores fit the empirical null (default: every non-null row); the
                                  other non-null rows are scored without shaping it (used by the simulation)
