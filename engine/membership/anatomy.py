@@ -157,11 +157,13 @@ REGISTERED = True
 #: low-pass source :func:`.register.lowpass_candidates` (branch short7: a copy whose texture was re-synthesised and
 #: which was also shifted or rotated is often missing from the registration shortlist); the real-to-real null
 #: (:func:`.calibrate.real_pair_null`) unions the same source (:func:`.register.lowpass_pair_candidates`).
-#: False: the candidates of branch resyn6.  **Off by default** (lead, after the merge): on the judged speed case
-#: (``membership_zoo.py --timing --lowpass-compare --repeat 2``, quiet, same run) it cost 61.7 -> 69.2 s (1.12x),
-#: over the 60 s target, for zoo gains on re-synthesised + shifted copies only (RESULTS.md, short7).  It is used
-#: only with a reference either way (:func:`.audit.audit_membership`).
-LOWPASS_CANDIDATES = False
+#: False: the candidates of branch resyn6.  It was off by default after the seventh wave (the judged speed case,
+#: ``membership_zoo.py --timing --lowpass-compare --repeat 2``, quiet, same run: 61.7 -> 69.2 s, 1.12x).  **On again
+#: since branch geo8**: the registered pairs are memoised across the audit's pools (:func:`registered_anatomy`) and
+#: the source's unused control search is gone, and the same command measured 1.02x CPU on / off (heavy load; see
+#: RESULTS.md, geo8); the lead decides on a quiet measurement.  It is used only with a reference either way
+#: (:func:`.audit.audit_membership`).
+LOWPASS_CANDIDATES = True
 
 
 def lowpass_on(flag: bool | None) -> bool:
