@@ -200,9 +200,10 @@ _PO_KEYS = ("ncc", "flip", "angle", "scale", "dy", "dx")
 
 
 def _memo_pairs(fn, pairs: np.ndarray, keys_a, keys_b, cache: dict | None, name: str, fields) -> dict:
-    """``fn(sel) -> dict of arrays [len(sel)]`` (``sel``: indices into ``pairs`` [K, 2]) memoised per pair of image contents (``(keys_a[i], keys_b[j])``) in
-    ``cache[name]`` as float tuples, so pools that share images (the target and the dev sets' pools share the
-    reference, and a dev set may be the target's generator) register each pair once; the per-pair computations
+    """``fn(sel) -> dict of arrays [len(sel)]`` (``sel``: indices into ``pairs`` [K, 2]) memoised per pair of image
+    contents (``(keys_a[i], keys_b[j])``) in ``cache[name]`` as float tuples, so pools that share images (the target
+    and the dev sets' pools share the reference, and a dev set may be the target's generator) register each pair
+    once; the per-pair computations
     (:func:`.register.coarse_scores`, :func:`.register.polish_lo`, the masked NCC) do not depend on which other
     pairs share the call, so the values are those of an uncached call."""
     if cache is None or keys_a is None or keys_b is None or len(pairs) == 0:
@@ -270,7 +271,8 @@ def registered_anatomy(lowA: np.ndarray, lowB: np.ndarray, cand: np.ndarray, *, 
     lowB = np.ascontiguousarray(lowB, np.float32)
     # the coarse search on the 32 x 32 grids themselves (a 16 x 16 search was cheaper but its 1-px shift error is
     # 2 grid px, outside the polish's +-1 px peak window: on a scratch draw, seed 11, true copy matched 0.62 vs 0.75)
-    co = _memo_pairs(lambda t: coarse_scores(lowA, lowB, pairs[t]), pairs, keys_a, keys_b, cache, "anat_coarse", _CO_KEYS)
+    co = _memo_pairs(lambda t: coarse_scores(lowA, lowB, pairs[t]), pairs, keys_a, keys_b, cache, "anat_coarse",
+                     _CO_KEYS)
     score = np.full(R * c, -np.inf)
     score[ok] = co["coarse"]
     score = score.reshape(R, c)
