@@ -86,8 +86,14 @@ def anatomy_lowpass(images: np.ndarray, *, mirror: bool = False) -> np.ndarray:
     # separable filter and sampling as two matrix products per image (== gaussian_filter(...)[:, o::step, o::step]).
     # Stacked matmul runs one small GEMM per image, so an image's features do not depend on how many images share
     # the call (one GEMM over the whole batch did: float32 blocking changed the last bits with the batch size, and
-    # streamed / chunked runs must write the same outputs as whole ones).
-    return Kh @ (x @ Kw.T)                                               # [n, h', w']
+    # streamed / chunked runs must write the same outputs as whole ones).  The per-image GEMMs are tiny, so BLAS runs
+    # them on one thread (branch geo8): its threads cost more than they save here (1,000 images at 128 px: 0.036
+    # against 0.128 CPU-s, 0.08 against 0.34 s wall, and far more under load, where its idle threads spin), and the
+    # grids no longer depend on the machine's thread count (the last float32 bits did; 1e-5 grey levels).
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, user_api="blas"):
+        return Kh @ (x @ Kw.T)                                           # [n, h', w']
 
 
 def anatomy_features(images: np.ndarray, *, mirror: bool = False) -> np.ndarray:
@@ -151,11 +157,13 @@ REGISTERED = True
 #: low-pass source :func:`.register.lowpass_candidates` (branch short7: a copy whose texture was re-synthesised and
 #: which was also shifted or rotated is often missing from the registration shortlist); the real-to-real null
 #: (:func:`.calibrate.real_pair_null`) unions the same source (:func:`.register.lowpass_pair_candidates`).
-#: False: the candidates of branch resyn6.  **Off by default** (lead, after the merge): on the judged speed case
-#: (``membership_zoo.py --timing --lowpass-compare --repeat 2``, quiet, same run) it cost 61.7 -> 69.2 s (1.12x),
-#: over the 60 s target, for zoo gains on re-synthesised + shifted copies only (RESULTS.md, short7).  It is used
-#: only with a reference either way (:func:`.audit.audit_membership`).
-LOWPASS_CANDIDATES = False
+#: False: the candidates of branch resyn6.  It was off by default after the seventh wave (the judged speed case,
+#: ``membership_zoo.py --timing --lowpass-compare --repeat 2``, quiet, same run: 61.7 -> 69.2 s, 1.12x).  **On again
+#: since branch geo8**: the registered pairs are memoised across the audit's pools (:func:`registered_anatomy`) and
+#: the source's unused control search is gone, and the same command measured 1.02x CPU on / off (heavy load; see
+#: RESULTS.md, geo8); the lead decides on a quiet measurement.  It is used only with a reference either way
+#: (:func:`.audit.audit_membership`).
+LOWPASS_CANDIDATES = True
 
 
 def lowpass_on(flag: bool | None) -> bool:
@@ -163,8 +171,12 @@ def lowpass_on(flag: bool | None) -> bool:
     ``anatomy_lowpass`` argument of :func:`.evidence.compute_evidence` and :func:`.calibrate.real_pair_null`)."""
     return LOWPASS_CANDIDATES if flag is None else bool(flag)
 #: Coarse-best shortlist candidates per pool image that get the low-pass polish and the registered NCC
-#: (:func:`registered_anatomy`).  2, as :data:`.register.N_REFINE` (a priori, not compared on data).
-N_POLISH = 2
+#: (:func:`registered_anatomy`).  Was 2, as :data:`.register.N_REFINE` (a priori).  5 since branch geo8: on a scratch
+#: draw (``membership_zoo.py --recall "resynth 3 + geom (all):1" --anatomy --seed 11``, not a zoo seed) every member
+#: whose copy was a candidate but not the chosen match (5 of 54) had the copy at coarse rank 3-5 (a rotation / scale
+#: between the coarse grid's points), and its registered NCC, once polished, beat the chosen look-alike's.  The
+#: control and the reference rows get the same number (calibration); a changed value re-keys the checkpoints.
+N_POLISH = 5
 #: Polish rounds on the low-pass grids (steps 4 deg / 0.04, then 2 deg / 0.02: :func:`.register.polish_lo`'s).
 POLISH_ROUNDS = 2
 
@@ -183,8 +195,34 @@ def _masked_ncc(a: np.ndarray, b: np.ndarray, m: np.ndarray) -> np.ndarray:
     return np.where((saa > 1e-12) & (sbb > 1e-12), sab / np.sqrt(np.maximum(saa * sbb, 1e-24)), 0.0)
 
 
+_CO_KEYS = ("coarse", "flip", "angle", "scale", "dy", "dx", "coarse_alt", "angle_alt", "scale_alt", "dy_alt", "dx_alt")
+_PO_KEYS = ("ncc", "flip", "angle", "scale", "dy", "dx")
+
+
+def _memo_pairs(fn, pairs: np.ndarray, keys_a, keys_b, cache: dict | None, name: str, fields) -> dict:
+    """``fn(sel) -> dict of arrays [len(sel)]`` (``sel``: indices into ``pairs`` [K, 2]) memoised per pair of image
+    contents (``(keys_a[i], keys_b[j])``) in ``cache[name]`` as float tuples, so pools that share images (the target
+    and the dev sets' pools share the reference, and a dev set may be the target's generator) register each pair
+    once; the per-pair computations
+    (:func:`.register.coarse_scores`, :func:`.register.polish_lo`, the masked NCC) do not depend on which other
+    pairs share the call, so the values are those of an uncached call."""
+    if cache is None or keys_a is None or keys_b is None or len(pairs) == 0:
+        return fn(np.arange(len(pairs)))
+    store = cache.setdefault(name, {})
+    kk = [(keys_a[a], keys_b[b]) for a, b in pairs]
+    miss = [t for t, k in enumerate(kk) if k not in store]
+    if miss:
+        r = fn(np.asarray(miss, np.int64))
+        cols = [np.asarray(r[f], np.float64) for f in fields]
+        for j, t in enumerate(miss):
+            store[kk[t]] = tuple(float(c[j]) for c in cols)
+    vals = np.array([store[k] for k in kk], np.float64).reshape(len(kk), len(fields))
+    return {f: vals[:, i] for i, f in enumerate(fields)}
+
+
 def registered_anatomy(lowA: np.ndarray, lowB: np.ndarray, cand: np.ndarray, *, exclude=None,
-                       n_polish: int = N_POLISH, rounds: int = POLISH_ROUNDS) -> dict:
+                       n_polish: int | None = None, rounds: int = POLISH_ROUNDS, keys_a=None, keys_b=None,
+                       cache: dict | None = None) -> dict:
     """Best registered low-pass NCC of every ``lowA`` grid with its candidates in ``lowB``.
 
     Every (row, candidate) pair is registered on the low-pass grids themselves: the coarse flip x angle x scale
@@ -200,7 +238,10 @@ def registered_anatomy(lowA: np.ndarray, lowB: np.ndarray, cand: np.ndarray, *, 
     lowB : float32 [M, h, w]       low-pass grids of the candidates' images
     cand : int [R, C]              candidate indices into ``lowB`` per row (-1 = none; duplicates scored once)
     exclude : int [R] or None      a ``lowB`` row never used for that row (the image itself, for the control)
-    n_polish, rounds : int         see above
+    n_polish, rounds : int         see above (``n_polish`` None: :data:`N_POLISH`)
+    keys_a, keys_b : list or None  content keys of the ``lowA`` / ``lowB`` rows' images; with ``cache`` every pair's
+                                   coarse and polished values are memoised there (same result, branch geo8)
+    cache : dict or None
 
     Returns
     -------
@@ -210,6 +251,7 @@ def registered_anatomy(lowA: np.ndarray, lowB: np.ndarray, cand: np.ndarray, *, 
     """
     from .register import coarse_scores, polish_lo, warp
 
+    n_polish = N_POLISH if n_polish is None else n_polish
     cand = np.asarray(cand, np.int64)
     R, c = cand.shape if cand.ndim == 2 else (len(lowA), 0)
     out = {"ncc": np.full(R, -1.0), "match": np.full(R, -1.0)}
@@ -229,7 +271,8 @@ def registered_anatomy(lowA: np.ndarray, lowB: np.ndarray, cand: np.ndarray, *, 
     lowB = np.ascontiguousarray(lowB, np.float32)
     # the coarse search on the 32 x 32 grids themselves (a 16 x 16 search was cheaper but its 1-px shift error is
     # 2 grid px, outside the polish's +-1 px peak window: on a scratch draw, seed 11, true copy matched 0.62 vs 0.75)
-    co = coarse_scores(lowA, lowB, pairs)
+    co = _memo_pairs(lambda t: coarse_scores(lowA, lowB, pairs[t]), pairs, keys_a, keys_b, cache, "anat_coarse",
+                     _CO_KEYS)
     score = np.full(R * c, -np.inf)
     score[ok] = co["coarse"]
     score = score.reshape(R, c)
@@ -239,10 +282,16 @@ def registered_anatomy(lowA: np.ndarray, lowB: np.ndarray, cand: np.ndarray, *, 
     top = np.argsort(-score, axis=1, kind="stable")[:, :m]
     fin = np.isfinite(score[np.arange(R)[:, None], top]).ravel()
     pidx = pos[(np.arange(R)[:, None] * c + top).ravel()][fin]
-    po = polish_lo(lowA, lowB, pairs[pidx], {k: np.asarray(v)[pidx] for k, v in co.items()}, rounds=rounds)
+
+    def polished(t):   # the polish and registered NCC of pairs[pidx[t]]
+        pp = pairs[pidx[t]]
+        po = polish_lo(lowA, lowB, pp, {k: np.asarray(v)[pidx[t]] for k, v in co.items()}, rounds=rounds)
+        reg, valid = warp(lowA, pp[:, 0], po["flip"], po["angle"], po["scale"], po["dy"], po["dx"])
+        return dict(po, ncc=_masked_ncc(reg, lowB[pp[:, 1]], valid))
+
     pa, pb = pairs[pidx, 0], pairs[pidx, 1]
-    reg, valid = warp(lowA, pa, po["flip"], po["angle"], po["scale"], po["dy"], po["dx"])
-    ncc = _masked_ncc(reg, lowB[pb], valid)
+    po = _memo_pairs(polished, pairs[pidx], keys_a, keys_b, cache, f"anat_polish{rounds}", _PO_KEYS)
+    ncc = po["ncc"]
     # per row: the polished candidate with the highest registered NCC (first on ties)
     order = np.lexsort((-ncc, pa))
     first = order[np.r_[True, pa[order][1:] != pa[order][:-1]]]
@@ -264,7 +313,7 @@ def _lowpass_rows(X: np.ndarray, rows=None, chunk: int = 4096) -> np.ndarray:
 
 
 def anatomy_evidence(G: np.ndarray, P: np.ndarray, *, chunk: int = 4096, executor=None,
-                     shortlist: tuple | None = None) -> dict:
+                     shortlist: tuple | None = None, keys_gen=None, keys_pool=None, cache: dict | None = None) -> dict:
     """Anatomy (low-pass) evidence of every pool image against the generated images.
 
     Parameters
@@ -287,6 +336,11 @@ def anatomy_evidence(G: np.ndarray, P: np.ndarray, *, chunk: int = 4096, executo
         matched); with ``shortlist`` also ``anat_reg_ncc`` / ``anat_real_reg_ncc`` (the registered values alone)
         and the best match's transform ``anat_angle``, ``anat_scale``, ``anat_dy``, ``anat_dx`` (full-resolution
         pixels; 0 / 1 / 0 / 0 where the in-place search won).
+
+    keys_gen, keys_pool : list or None, and cache : dict or None
+        Content keys of ``G`` and ``P`` and a memo shared across calls: the registered pairs' values are memoised
+        per pair of images (:func:`registered_anatomy`), so pools that share images register them once (the same
+        values as without it).
     """
     n = len(P)
     lowP = _lowpass_rows(P, chunk=chunk)
@@ -335,8 +389,9 @@ def anatomy_evidence(G: np.ndarray, P: np.ndarray, *, chunk: int = 4096, executo
     if shortlist is not None:
         cgl = np.full(cg.shape, -1, np.int64)
         cgl[cg >= 0] = inv
-        rg = registered_anatomy(lowP, lowG, cgl)
-        rr = registered_anatomy(lowP, lowP, cr, exclude=np.arange(n))
+        kg = None if keys_gen is None else [keys_gen[int(u)] for u in ug]
+        rg = registered_anatomy(lowP, lowG, cgl, keys_a=keys_pool, keys_b=kg, cache=cache)
+        rr = registered_anatomy(lowP, lowP, cr, exclude=np.arange(n), keys_a=keys_pool, keys_b=keys_pool, cache=cache)
         step = max(1, int(round(lowpass_sigma(*P.shape[1:]))))
         win = rg["ncc"] > ncc_g
         ncc_g = np.where(win, rg["ncc"], ncc_g)

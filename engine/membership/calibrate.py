@@ -1318,6 +1318,8 @@ def real_pair_null_cached(real: np.ndarray, n_generated: int, *, cache_dir: str 
 
     if _anatomy_lp.lowpass_on(kw.get("anatomy_lowpass")):
         key["version"] = 4   # 4: ... over the low-pass candidate source too (short7)
+    if kw.get("anatomy") and _anatomy_lp.N_POLISH != 2:     # its polish over more coarse-best candidates (geo8)
+        key["anatomy_polish"] = _anatomy_lp.N_POLISH
     if kw.get("groups") is not None:                       # each image's own series excluded (uns7)
         key.update(series_excluded=True, groups=np.asarray(kw["groups"]).tolist())
     h = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode())

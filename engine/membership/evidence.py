@@ -432,6 +432,8 @@ def _evidence(generated: np.ndarray, pool: np.ndarray, *, _cache_dir=None, **kw)
         from . import anatomy as _anat   # ... nor those before its low-pass candidate source (branch short7)
         if _anat.lowpass_on(kw.get("anatomy_lowpass")):
             key["anatomy"] = "registered-lowpass+lowpass-candidates"
+        if _anat.N_POLISH != 2:       # ... nor those polished over fewer coarse-best candidates (branch geo8)
+            key["anatomy"] += f"+polish{_anat.N_POLISH}"
     h = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode())
     for a in (generated, pool):
         a = np.ascontiguousarray(a)
@@ -772,6 +774,7 @@ def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10
         from .anatomy import anatomy_evidence
 
         sl = None
+        kG = kP = None
         if register and _anat.REGISTERED:   # the registration's own shortlists (memoised descriptors), registered on the low-pass grids
             from .common import _hashes
             from .register import shortlists
@@ -785,10 +788,11 @@ def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10
                 # (tests/test_membership_evidence_anatomy.py's planted re-synthesis: 0.35 flagged instead of >= 0.85)
                 from .register import lowpass_candidates
 
-                lg = lowpass_candidates(G, P, keys_gen=kG, keys_pool=kP, cache=_cache)[0]
+                lg = lowpass_candidates(G, P, keys_gen=kG, keys_pool=kP, cache=_cache, control=False)[0]
                 cg = np.concatenate([cg, lg], 1)
             sl = (cg, cr)
-        ev.update(anatomy_evidence(G, P, chunk=chunk, executor=executor, shortlist=sl))
+        ev.update(anatomy_evidence(G, P, chunk=chunk, executor=executor, shortlist=sl, keys_gen=kG, keys_pool=kP,
+                                   cache=_cache))
         info["timings"]["anatomy_s"] = time.perf_counter() - t1
     else:
         info["skipped"]["anat_ratio"] = "anatomy evidence not requested"

@@ -1375,7 +1375,7 @@ def _grid_rotscale_spectrum(low: np.ndarray) -> np.ndarray:
 
 
 def lowpass_candidates(G: np.ndarray | None, P: np.ndarray, *, k_frame: int = LP_K_FRAME, k_spec: int = LP_K_SPEC,
-                       keys_gen=None, keys_pool=None, cache: dict | None = None):
+                       keys_gen=None, keys_pool=None, cache: dict | None = None, control: bool = True):
     """Low-pass registration candidates of every pool image, for the anatomy evidence (issue 13, short7).
 
     The registration shortlist (:func:`shortlists`) describes whole images, so a copy whose texture was
@@ -1394,6 +1394,8 @@ def lowpass_candidates(G: np.ndarray | None, P: np.ndarray, *, k_frame: int = LP
     k_frame, k_spec : int           candidates per source
     keys_gen, keys_pool : list or None   content keys of the images (memoised descriptors in ``cache``)
     cache : dict or None
+    control : bool                  also search among the other pool images (False: ``cr`` / ``fcr`` are all -1 / 0;
+                                    the anatomy evidence uses the generated side only, branch geo8)
 
     Returns
     -------
@@ -1432,7 +1434,7 @@ def lowpass_candidates(G: np.ndarray | None, P: np.ndarray, *, k_frame: int = LP
         dG = _memo_rows(shortlist_descriptors, lowG, keys_gen, cache, "lp_frame")
         sG = _memo_rows(_grid_spectrum, lowG, keys_gen, cache, "lp_spec")
         cg, fcg = search(dG, sG, len(G), False)
-    cr, fcr = search(dP0, sP, n - 1, True)
+    cr, fcr = search(dP0, sP, n - 1, True) if control else (none.copy(), np.zeros((n, c), np.int64))
     return cg, fcg, cr, fcr
 
 
