@@ -1139,8 +1139,15 @@ def _memo_rows(fn, images: np.ndarray, keys, cache: dict | None, name: str) -> n
     store = cache.setdefault(name, {})
     miss = [i for i, k in enumerate(keys) if k not in store]
     if miss:
-        for i, row in zip(miss, _rows_blocked(fn, images, miss)):
+        new = _rows_blocked(fn, images, miss)
+        new.setflags(write=False)            # the memo holds views of it: never written in place
+        for i, row in zip(miss, new):
             store[keys[i]] = row
+        if len(miss) == len(keys):
+            # issue 15, scale8: every row was new, so ``new`` holds them in order (an image repeated in ``keys`` has
+            # the same row each time: a per-image function of its content); no second copy (np.stack below) of
+            # e.g. the 100,000 generated images' descriptors (~230 MB) for as long as the memo lives
+            return new
     return np.stack([store[k] for k in keys])
 
 
@@ -1267,6 +1274,20 @@ def shortlists(G: np.ndarray, P: np.ndarray, pix_gen: np.ndarray, pix_real: np.n
     cr, fcr : int64 [N, C]   the same among the other pool images (indices into ``P``, never the row itself)
     """
     kG, kP = keys_gen, keys_pool
+    memo = key = None
+    if cache is not None and kG is not None and kP is not None:
+        # issue 15, scale8: the anatomy evidence asks for the shortlists the registration just built; their
+        # descriptor searches over the generated set (~100 CPU-s at 10k x 100k) are not redone
+        import hashlib
+
+        h = hashlib.sha256(repr((k_reg, n_pix, k_spec, n_lp, shift_queries, rotscale_spec, len(kG), len(kP))).encode())
+        for part in ("\0".join(map(str, kG)), "\0".join(map(str, kP))):
+            h.update(part.encode())
+        for a in (pix_gen, pix_real):
+            h.update(np.ascontiguousarray(np.asarray(a, np.int64)[:, :n_pix]).tobytes())
+        memo, key = cache.setdefault("reg_shortlists", {}), h.hexdigest()
+        if key in memo:
+            return tuple(a.copy() for a in memo[key])
     dG = _memo_rows(shortlist_descriptors, G, kG, cache, "reg_desc")
     if shift_queries:
         dP = _memo_rows(shifted_shortlist_descriptors, P, kP, cache, "reg_desc_shift")   # [N, 5, s, s]
@@ -1300,7 +1321,10 @@ def shortlists(G: np.ndarray, P: np.ndarray, pix_gen: np.ndarray, pix_real: np.n
         fcg.append(flg)
         cr.append(lr)
         fcr.append(flr)
-    return (np.concatenate(cg, 1), np.concatenate(fcg, 1), np.concatenate(cr, 1), np.concatenate(fcr, 1))
+    out = (np.concatenate(cg, 1), np.concatenate(fcg, 1), np.concatenate(cr, 1), np.concatenate(fcr, 1))
+    if memo is not None:
+        memo[key] = tuple(a.copy() for a in out)
+    return out
 
 
 # ----------------------------------------------------------------------------------------- low-pass candidates
