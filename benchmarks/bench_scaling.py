@@ -378,6 +378,67 @@ def shape_search(sizes, data: Path, repeats: int = 2) -> list[dict]:
     return rows
 
 
+def _anatomy_of(checkout: str):
+    """``engine/membership/anatomy.py`` of another checkout, loaded as a module of this package (its relative
+    imports resolve to this checkout's ``evidence`` / ``register``), for same-run before/after timings."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("imprint.engine.membership._anatomy_before",
+                                                  Path(checkout) / "engine" / "membership" / "anatomy.py")
+    mod = importlib.util.module_from_spec(spec)
+    mod.__package__ = "imprint.engine.membership"
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def anatomy_search(sizes, data: Path, before: str, repeats: int = 2) -> list[dict]:
+    """Same-run before/after of the anatomy evidence's search over the generated images (issue 15, scale8):
+    ``anatomy_evidence`` without the registered shortlist (the low-pass grids of every image, every pool image's
+    nearest generated grid in place and mirrored, its nearest other pool grid, the matched NCC), the ``before``
+    checkout's module against this one's, on the scaling benchmark's phantoms, chunks of the 2 GiB budget.
+    Alternating sides, ``repeats`` runs each, best wall and best CPU-s per side; the outputs compared."""
+    from imprint.engine.membership import anatomy as after_mod
+    from imprint.engine.membership.evidence import generated_chunk
+
+    old = _anatomy_of(before)
+    rows = []
+    for n_real, n_gen in sizes:
+        P, G = _phantom_sets(data, n_real, n_gen)
+        chunk = generated_chunk(n_gen, 128 * 128)
+        st: dict = {}
+        orig = after_mod._nearest_generated
+
+        def counted(*a, **k):
+            return orig(*a, **k, stats=st)
+
+        sides = {"before": lambda: old.anatomy_evidence(G, P, chunk=chunk),
+                 "after": lambda: after_mod.anatomy_evidence(G, P, chunk=chunk)}
+        best = {k: [np.inf, np.inf] for k in sides}
+        outs = {}
+        after_mod._nearest_generated = counted
+        try:
+            for _ in range(repeats):
+                for name, fn in sides.items():
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    outs[name] = fn()
+                    best[name][0] = min(best[name][0], time.perf_counter() - t0)
+                    best[name][1] = min(best[name][1], time.process_time() - c0)
+                    print(name, n_real, n_gen, best[name], flush=True)
+        finally:
+            after_mod._nearest_generated = orig
+        b, a = outs["before"], outs["after"]
+        rows.append({"real x generated": f"{n_real:,} x {n_gen:,}", "before wall s": best["before"][0],
+                     "after wall s": best["after"][0], "wall ratio": best["before"][0] / best["after"][0],
+                     "before CPU s": best["before"][1], "after CPU s": best["after"][1],
+                     "CPU ratio": best["before"][1] / best["after"][1],
+                     "exact share": st["exact"] / st["pairs"],
+                     "nearest generated identical": bool(np.array_equal(b["anat_match"], a["anat_match"])),
+                     "max abs diff anat_ratio": float(np.abs(b["anat_ratio"] - a["anat_ratio"]).max()),
+                     "load (1 min)": f"{os.getloadavg()[0]:.1f}"})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def fit_exponent(xs, ys) -> float | None:
     """Least-squares slope of log(y) on log(x) (None with fewer than two distinct x)."""
     xs, ys = np.asarray(xs, float), np.asarray(ys, float)
@@ -418,6 +479,9 @@ def main(argv=None) -> int:
     ap.add_argument("--ingest-memory", default=None, metavar="FOLDER",
                     help="only measure decoding FOLDER into a pixel store and opening it, --before's code and this "
                     "checkout's, each in a fresh process, and write that block")
+    ap.add_argument("--anatomy-search", default=None, metavar="RxG,...",
+                    help="only time the anatomy evidence's search over the generated images, --before's anatomy.py "
+                    "against this checkout's (same run), and write that block")
     ap.add_argument("--before", default=None, metavar="CHECKOUT",
                     help="the 'before' code for --ingest-memory and --bound-search (its knn_l2_both_bound)")
     args = ap.parse_args(argv)
@@ -436,6 +500,27 @@ def main(argv=None) -> int:
                 "batches of 4,096 rows and opening it concatenated them into one anonymous copy of the whole set; "
                 "after, compaction writes one record batch. 'stores' rows identical': paths, sha256, size, mtime "
                 "and every pixel of the two stores compared (the files differ in their record-batch framing).\n"
+                + load_note() + "\n\n" + md_table(rows, list(rows[0]))))
+        return 0
+    if args.anatomy_search:
+        sizes = [tuple(int(v) for v in x.split("x")) for x in args.anatomy_search.split(",") if x]
+        rows = anatomy_search(sizes, Path(args.data), args.before or "/work/main")
+        if args.write_results:
+            from imprint.engine.bench import load_note, md_table, write_results_block
+
+            write_results_block(args.write_results, "anatomy-search-scale8", (
+                "### Membership anatomy stage: the search over the generated images before/after, same run "
+                "(issue 15, scale8)\n\n"
+                f"Command: `{cmd_line}`. The scaling benchmark's 128x128 phantoms (real10000, gen10000-r10000; "
+                "generated rows beyond 10,000 are shifted copies); `anatomy_evidence` without the registered "
+                "shortlist (the part that grows with the generated set: the 32x32 low-pass grids of every image, "
+                "every pool image's nearest generated grid in place and mirrored, its nearest other pool grid, the "
+                "matched NCC); chunks of the 2 GiB budget. before = the --before checkout's `anatomy.py` (grids "
+                "from per-image products on the threaded BLAS, FAISS Flat per generated chunk), after = this "
+                "checkout's (the products on one BLAS thread, the exact search pruned by a 2x2-block lower bound, "
+                "`knn_l2_both_bound` with k_b = 0). Alternating sides, 2 runs each, best wall and best CPU-s (all "
+                "threads) per side; 'exact share' = pairs given an exact distance / (2 x real x generated); "
+                "'max abs diff anat_ratio': the grids' last bits changed with the thread count.\n"
                 + load_note() + "\n\n" + md_table(rows, list(rows[0]))))
         return 0
     if args.shape_search:

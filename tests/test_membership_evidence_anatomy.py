@@ -96,6 +96,43 @@ def test_anatomy_evidence_equals_brute_force_over_all_pairs():
     del rng
 
 
+def test_nearest_generated_bound_search_equals_brute_force(monkeypatch):
+    """The anatomy evidence's R x G search (issue 15, scale8): the lower-bound-pruned exact search returns every
+    query's nearest generated grid in (float64 distance, index) order, equal to a float64 brute force, with
+    planted copies (in place and mirrored), exact duplicates in the generated set (the lower index wins), a
+    constant image and several blocks; most pairs get no exact distance; the whole evidence equals the FAISS
+    path's (``BOUND_FACTOR = 0``)."""
+    from imprint.engine.membership import anatomy as A
+
+    G = np.concatenate([family(70, 13), family(50, 14)])
+    P = family(30, 15)
+    G[17] = u8(resynth(P[4], G[18], 2.0))                     # an in-place re-synthesised copy
+    G[90] = u8(resynth(P[9], G[91], 2.0)[:, ::-1])            # a mirrored one
+    G[40] = G[100]                                            # exact duplicates: index 40 must win
+    G[41] = G[101] = P[12]                                    # and a verbatim copy, twice
+    G[60] = 128                                               # a constant image (a zero feature row)
+    P[20] = 90                                                # and a constant query
+    q = np.concatenate([anatomy_features(P), anatomy_features(P, mirror=True)])
+    fg = anatomy_features(G)
+    grid = A.anatomy_lowpass(P[:1]).shape[1:]
+    st: dict = {}
+    got = A._nearest_generated(lambda a, b: fg[a:b], len(G), q, grid, chunk=32, stats=st)
+    d = ((q.astype(np.float64)[:, None, :] - fg.astype(np.float64)[None]) ** 2).sum(-1)
+    ref = np.array([np.flatnonzero(row == row.min())[0] for row in d])   # lowest index among the minima
+    np.testing.assert_array_equal(got, ref)
+    assert got[4] == 17 and got[30 + 9] == 90 and got[12] == 41
+    assert st["exact"] < 0.5 * st["pairs"], st                 # the bound rules most pairs out
+    faiss_path = A._nearest_generated(lambda a, b: fg[a:b], len(G), q, grid, chunk=32, factor=0)
+    np.testing.assert_array_equal(faiss_path, ref)
+    rng = np.random.default_rng(3)
+    sl = (rng.integers(0, len(G), (30, 4)), rng.integers(0, 30, (30, 4)))
+    ev = anatomy_evidence(G, P, chunk=32, shortlist=sl)
+    monkeypatch.setattr(A, "BOUND_FACTOR", 0)
+    ev0 = anatomy_evidence(G, P, chunk=32, shortlist=sl)
+    for k in ev:
+        np.testing.assert_array_equal(ev[k], ev0[k], err_msg=k)
+
+
 # ----------------------------------------------------------------------------------------- planted copies
 @pytest.fixture(scope="module")
 def planted():

@@ -444,3 +444,37 @@ def test_lowpass_grid_and_its_descriptors():
     assert reg.lowpass_frame_descriptors(x[:0]).shape == (0, 24, 24)
     cg, _, cr, _ = reg.lowpass_candidates(x[:3].astype(np.uint8), x[:1].astype(np.uint8))
     assert (cr == -1).all() and ((cg >= 0) & (cg < 3) | (cg == -1)).all() and (cg[:, 0] >= 0).all()
+
+
+def test_shortlists_are_memoised_in_the_cache(monkeypatch):
+    """The anatomy evidence asks for the registration's shortlists again (issue 15, scale8: their descriptor
+    searches over 100k generated images were redone, ~100 CPU-s): with a cache and content keys the second call
+    returns the same arrays without searching; other pixel lists or sizes are searched afresh."""
+    import imprint.engine.membership.register as R
+    from conftest import ct_like
+
+    rng = np.random.default_rng(8)
+    G, P = ct_like(rng, 40, 64), ct_like(rng, 12, 64)
+    G[5] = np.roll(P[2], 2, 1)
+    kG, kP = [f"g{i}" for i in range(40)], [f"p{i}" for i in range(12)]
+    pg, pr = rng.integers(0, 40, (12, 3)), (np.arange(12)[:, None] + rng.integers(1, 12, (12, 3))) % 12
+    calls = []
+    orig = R._desc_knn
+    monkeypatch.setattr(R, "_desc_knn", lambda *a, **k: calls.append(1) or orig(*a, **k))
+    cache: dict = {}
+    first = R.shortlists(G, P, pg, pr, k_reg=4, keys_gen=kG, keys_pool=kP, cache=cache)
+    n = len(calls)
+    assert n > 0
+    again = R.shortlists(G, P, pg, pr, k_reg=4, keys_gen=kG, keys_pool=kP, cache=cache)
+    assert len(calls) == n                                        # nothing searched again
+    ref = R.shortlists(G, P, pg, pr, k_reg=4)                     # no cache: computed afresh
+    for a, b, c in zip(first, again, ref):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
+    again[0][:] = -7                                              # the memo hands out copies
+    np.testing.assert_array_equal(R.shortlists(G, P, pg, pr, k_reg=4, keys_gen=kG, keys_pool=kP, cache=cache)[0],
+                                  first[0])
+    R.shortlists(G, P, pg[::-1], pr, k_reg=4, keys_gen=kG, keys_pool=kP, cache=cache)
+    R.shortlists(G, P, pg, pr, k_reg=3, keys_gen=kG, keys_pool=kP, cache=cache)
+    assert len(calls) == 4 * n                                    # the uncached call and these two searched
+    assert 5 in first[0][2]                                       # the planted copy is shortlisted

@@ -86,14 +86,23 @@ def anatomy_lowpass(images: np.ndarray, *, mirror: bool = False) -> np.ndarray:
     # separable filter and sampling as two matrix products per image (== gaussian_filter(...)[:, o::step, o::step]).
     # Stacked matmul runs one small GEMM per image, so an image's features do not depend on how many images share
     # the call (one GEMM over the whole batch did: float32 blocking changed the last bits with the batch size, and
-    # streamed / chunked runs must write the same outputs as whole ones).  The per-image GEMMs are tiny, so BLAS runs
-    # them on one thread (branch geo8): its threads cost more than they save here (1,000 images at 128 px: 0.036
-    # against 0.128 CPU-s, 0.08 against 0.34 s wall, and far more under load, where its idle threads spin), and the
-    # grids no longer depend on the machine's thread count (the last float32 bits did; 1e-5 grey levels).
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(1, user_api="blas"):
+    # streamed / chunked runs must write the same outputs as whole ones).  On one BLAS thread (issue 15, scale8; also geo8):
+    # the threaded library split every 128 x 128 x 32 product over its threads, ~15x the CPU time on 2 cores (and
+    # more under load), and its last bits depended on the number of threads, i.e. on the machine.
+    with _one_blas_thread():
         return Kh @ (x @ Kw.T)                                           # [n, h', w']
+
+
+@functools.lru_cache(maxsize=1)
+def _blas_controller():
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+def _one_blas_thread():
+    """Context in which the BLAS runs one thread (the small per-image products of :func:`anatomy_lowpass`)."""
+    return _blas_controller().limit(limits=1, user_api="blas")
 
 
 def anatomy_features(images: np.ndarray, *, mirror: bool = False) -> np.ndarray:
@@ -148,6 +157,62 @@ def _best_ncc(base_chunks, queries: np.ndarray, *, exclude=None, executor=None):
         first = np.argmax(cand >= 0, axis=1)
         best = np.where((cand >= 0).any(1), cand[np.arange(Q), first], -1)
     return best
+
+
+#: Block side of the lower-bound projection that prunes the exact search of every pool image's nearest generated
+#: low-pass grid (:func:`_nearest_generated`; 0 = FAISS Flat per chunk, the search before issue 15's scale8).
+BOUND_FACTOR = 2
+
+
+def _nearest_generated(gen_rows, n_gen: int, q: np.ndarray, grid: tuple, *, chunk: int, executor=None,
+                       factor: int | None = None, stats: dict | None = None) -> np.ndarray:
+    """Nearest generated row of every query under L2 on the unit anatomy features (= the highest NCC), the
+    R x G search of :func:`anatomy_evidence` (issue 15, scale8).
+
+    On the local executor / CPU it is the exact search pruned by a lower bound of
+    :func:`engine.search.pairwise.knn_l2_both_bound` (one direction, ``k_b = 0``): a float32 product in the
+    ``factor x factor`` block projection of the grids bounds every distance from below, and exact float64
+    distances are computed only for the pairs the bound does not rule out, so the result is the exact nearest row
+    in (float64 distance, index) order (tests/test_membership_evidence_anatomy.py, against brute force).
+    Elsewhere (another executor, a GPU, a grid not divisible by ``factor``, ``factor`` 0) it is the FAISS search
+    per chunk it was (:func:`_best_ncc`).  The low-pass grids are smooth, so 2 x 2 blocks keep almost all of
+    their energy and few pairs need an exact distance (``stats``: ``pairs``, ``exact``).
+
+    Parameters
+    ----------
+    gen_rows : callable ``(c0, c1) -> float32 [c1 - c0, D]``   features of generated rows ``c0..c1-1``, asked for
+        once each, in order, in blocks of ``chunk``
+    n_gen : int
+    q : float32 [Q, D]      query features (``D = grid[0] * grid[1]``)
+    grid : (h, w)           the low-pass grid's shape
+    chunk : int             generated rows per block
+    factor : int or None    block side of the bound (default :data:`BOUND_FACTOR`)
+    stats : dict or None    filled with ``pairs`` and ``exact`` (exact distances computed) on the pruned path
+
+    Returns
+    -------
+    int64 [Q]   index of the nearest generated row (-1: none)
+    """
+    factor = BOUND_FACTOR if factor is None else int(factor)
+    h, w = (int(v) for v in grid)
+    Q = len(q)
+    if n_gen == 0 or Q == 0:
+        return np.full(Q, -1, np.int64)
+    from .evidence import _both_way_local
+
+    if factor and h % factor == 0 and w % factor == 0 and _both_way_local(executor):
+        from imprint.engine.search.pairwise import knn_l2_both_bound
+
+        qa = np.ascontiguousarray(q, np.float32)
+        st: dict = {}
+        _, i, _, _ = knn_l2_both_bound(lambda r: qa[r[0]:r[-1] + 1], Q,
+                                       lambda r: gen_rows(int(r[0]), int(r[-1]) + 1), n_gen, 1, 0,
+                                       shape=(h, w), b_block=int(chunk), a_block=4096, factor=factor, stats=st)
+        if stats is not None:
+            stats.update(st)
+        return np.asarray(i[:, 0], np.int64)
+    return _best_ncc(((c0, gen_rows(c0, min(n_gen, c0 + chunk))) for c0 in range(0, n_gen, chunk)), q,
+                     executor=executor)
 
 
 #: Whether :func:`.evidence.compute_evidence` registers the registration shortlists on the low-pass grids (with
@@ -354,15 +419,17 @@ def anatomy_evidence(G: np.ndarray, P: np.ndarray, *, chunk: int = 4096, executo
     else:
         ug = np.zeros(0, np.int64)
 
-    def gen_chunks():
-        for c0 in range(0, len(G), chunk):
-            low = anatomy_lowpass(np.asarray(G[c0:c0 + chunk]))
-            a, b = np.searchsorted(ug, [c0, c0 + len(low)])
-            if b > a:   # keep the grids of the shortlisted ones (the registered search below)
-                lowG[a:b] = low[ug[a:b] - c0]
-            yield c0, _unit_rows(low)
+    from imprint.engine.pixelstore import release_pages
 
-    ig = _best_ncc(gen_chunks(), q, executor=executor)
+    def gen_rows(c0, c1):
+        low = anatomy_lowpass(np.asarray(G[c0:c1]))
+        release_pages(G)   # issue 15, scale8: a pass over the memory-mapped set left 1.6 GB resident at 100k
+        a, b = np.searchsorted(ug, [c0, c0 + len(low)])
+        if b > a:   # keep the grids of the shortlisted ones (the registered search below)
+            lowG[a:b] = low[ug[a:b] - c0]
+        return _unit_rows(low)
+
+    ig = _nearest_generated(gen_rows, len(G), q, lowP.shape[1:], chunk=chunk, executor=executor)
     self_ = np.r_[np.arange(n), np.arange(n)]
     ir = _best_ncc(iter([(0, fP)]), q, exclude=self_, executor=executor)
 

@@ -114,4 +114,10 @@ def _check_stack(a, name: str, min_n: int = 1) -> np.ndarray:
 
 
 def _hashes(a: np.ndarray) -> list[str]:
-    return [hashlib.sha1(x.tobytes()).hexdigest() for x in a]
+    from imprint.engine.pixelstore import release_pages
+
+    out: list[str] = []
+    for s in range(0, len(a), 4096):   # issue 15, scale8: a memory-mapped set's pages are not left resident
+        out += [hashlib.sha1(x.tobytes()).hexdigest() for x in a[s:s + 4096]]
+        release_pages(a)
+    return out

@@ -655,8 +655,8 @@ def coarse_scores(A: np.ndarray, B: np.ndarray, pairs: np.ndarray, *, flip=None,
     f = max(1, min(h, w) // _LO_SIDE)
     ia, inv_a = np.unique(pairs[:, 0], return_inverse=True)
     ib, inv_b = np.unique(pairs[:, 1], return_inverse=True)
-    alo = _coarse_blur(downsample(A[ia], f))
-    blo = _z(_coarse_blur(downsample(B[ib], f)))
+    alo = _coarse_rows(A, ia, f)
+    blo = _coarse_rows(B, ib, f, z=True)
     hl, wl = alo.shape[1:]
     grid = [(an, sc) for an in ANGLES for sc in SCALES]
     V = len(grid)
@@ -713,6 +713,51 @@ def coarse_scores(A: np.ndarray, B: np.ndarray, pairs: np.ndarray, *, flip=None,
         res["dy_alt"][sl] = dy[salt] * f
         res["dx_alt"][sl] = dx[salt] * f
     return res
+
+
+#: At most this many images are converted to float at once when the coarse stage gathers its rows (issue 15,
+#: scale8: at 10k x 100k the ~13,000 shortlisted generated images of one block of real images were converted
+#: whole, ~0.85 GB of float32 plus ~1 GB of their memory-mapped pages: the 5.8 GB peak); fewer under a small
+#: memory budget (:func:`_coarse_row_block`).  Every row is computed on its own: the values do not depend on it.
+_COARSE_ROW_BLOCK = 512
+
+
+def _coarse_row_block(hw: int) -> int:
+    """Rows per float conversion in :func:`_coarse_rows`: 1/64 of the memory budget
+    (:func:`.evidence.memory_budget`) over ~16 bytes per pixel in flight (the float32 copy and the down-sampling's
+    temporaries), between 8 and :data:`_COARSE_ROW_BLOCK` (512 rows of 128 x 128 at the 2 GiB default)."""
+    from .evidence import _memory_budget
+
+    return int(max(8, min(_COARSE_ROW_BLOCK, (_memory_budget() // 64) // (16 * max(1, int(hw))))))
+
+
+def _coarse_rows(X: np.ndarray, idx: np.ndarray, f: int, *, z: bool = False) -> np.ndarray:
+    """``_coarse_blur(downsample(X[idx], f))`` (z-scored per row with ``z``) in blocks of
+    :func:`_coarse_row_block` rows, releasing the pages of a memory-mapped ``X`` after each block (working memory
+    bounded by the block, whatever ``len(idx)``; the same values as one conversion of all rows).
+
+    Parameters
+    ----------
+    X : uint8 or float [N, H, W]   images (may be memory-mapped)
+    idx : int [n]                  rows of ``X``
+    f : int                        down-sampling factor
+    z : bool                       z-score every row (:func:`_z`)
+
+    Returns
+    -------
+    float32 [n, H // f, W // f]
+    """
+    from imprint.engine.pixelstore import release_pages
+
+    idx = np.asarray(idx, np.int64)
+    h, w = X.shape[1:]
+    out = np.empty((len(idx), h // max(1, f), w // max(1, f)), np.float32)
+    blk = _coarse_row_block(h * w)
+    for s in range(0, len(idx), blk):
+        lo = _coarse_blur(downsample(X[idx[s:s + blk]], f))
+        out[s:s + len(lo)] = _z(lo) if z else lo
+        release_pages(X)
+    return out
 
 
 @njit(parallel=True, cache=True)
@@ -789,6 +834,8 @@ def polish_lo(A: np.ndarray, B: np.ndarray, pairs: np.ndarray, co: dict, *, roun
     dict of float64 arrays [K]: ``coarse`` (the polished low-resolution NCC), ``flip``, ``angle``, ``scale``,
     ``dy``, ``dx`` (full-resolution pixels)
     """
+    from imprint.engine.pixelstore import release_pages
+
     rounds = _LO_ROUNDS if rounds is None else rounds
     A = np.asarray(A)
     B = np.asarray(B)
@@ -844,6 +891,8 @@ def polish_lo(A: np.ndarray, B: np.ndarray, pairs: np.ndarray, co: dict, *, roun
         out["scale"][sl] = sc[k]
         out["dy"][sl] = dy[k] * f
         out["dx"][sl] = dx[k] * f
+        release_pages(A)            # issue 15: the chunk's memory-mapped pages are not kept resident
+        release_pages(B)
     return out
 
 
@@ -1090,8 +1139,15 @@ def _memo_rows(fn, images: np.ndarray, keys, cache: dict | None, name: str) -> n
     store = cache.setdefault(name, {})
     miss = [i for i, k in enumerate(keys) if k not in store]
     if miss:
-        for i, row in zip(miss, _rows_blocked(fn, images, miss)):
+        new = _rows_blocked(fn, images, miss)
+        new.setflags(write=False)            # the memo holds views of it: never written in place
+        for i, row in zip(miss, new):
             store[keys[i]] = row
+        if len(miss) == len(keys):
+            # issue 15, scale8: every row was new, so ``new`` holds them in order (an image repeated in ``keys`` has
+            # the same row each time: a per-image function of its content); no second copy (np.stack below) of
+            # e.g. the 100,000 generated images' descriptors (~230 MB) for as long as the memo lives
+            return new
     return np.stack([store[k] for k in keys])
 
 
@@ -1218,6 +1274,20 @@ def shortlists(G: np.ndarray, P: np.ndarray, pix_gen: np.ndarray, pix_real: np.n
     cr, fcr : int64 [N, C]   the same among the other pool images (indices into ``P``, never the row itself)
     """
     kG, kP = keys_gen, keys_pool
+    memo = key = None
+    if cache is not None and kG is not None and kP is not None:
+        # issue 15, scale8: the anatomy evidence asks for the shortlists the registration just built; their
+        # descriptor searches over the generated set (~100 CPU-s at 10k x 100k) are not redone
+        import hashlib
+
+        h = hashlib.sha256(repr((k_reg, n_pix, k_spec, n_lp, shift_queries, rotscale_spec, len(kG), len(kP))).encode())
+        for part in ("\0".join(map(str, kG)), "\0".join(map(str, kP))):
+            h.update(part.encode())
+        for a in (pix_gen, pix_real):
+            h.update(np.ascontiguousarray(np.asarray(a, np.int64)[:, :n_pix]).tobytes())
+        memo, key = cache.setdefault("reg_shortlists", {}), h.hexdigest()
+        if key in memo:
+            return tuple(a.copy() for a in memo[key])
     dG = _memo_rows(shortlist_descriptors, G, kG, cache, "reg_desc")
     if shift_queries:
         dP = _memo_rows(shifted_shortlist_descriptors, P, kP, cache, "reg_desc_shift")   # [N, 5, s, s]
@@ -1251,7 +1321,10 @@ def shortlists(G: np.ndarray, P: np.ndarray, pix_gen: np.ndarray, pix_real: np.n
         fcg.append(flg)
         cr.append(lr)
         fcr.append(flr)
-    return (np.concatenate(cg, 1), np.concatenate(fcg, 1), np.concatenate(cr, 1), np.concatenate(fcr, 1))
+    out = (np.concatenate(cg, 1), np.concatenate(fcg, 1), np.concatenate(cr, 1), np.concatenate(fcr, 1))
+    if memo is not None:
+        memo[key] = tuple(a.copy() for a in out)
+    return out
 
 
 # ----------------------------------------------------------------------------------------- low-pass candidates

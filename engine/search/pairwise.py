@@ -25,6 +25,8 @@ def _select(D: np.ndarray, k: int) -> np.ndarray:
     """Column positions of the ``k`` smallest entries of every row of ``D`` (unordered)."""
     if D.shape[1] <= k:
         return np.broadcast_to(np.arange(D.shape[1]), D.shape).copy()
+    if k == 1:   # one pass instead of a partition (issue 15, scale8: the anatomy search's k = 1)
+        return D.argmin(axis=1)[:, None]
     return np.argpartition(D, k - 1, axis=1)[:, :k]
 
 
@@ -309,11 +311,16 @@ def knn_l2_both_bound(feats_a: Feats, n_a: int, feats_b: Feats, n_b: int, k_a: i
             L[a0:a1] = _lower_bound(LA[a0:a1], nla[a0:a1], ra[a0:a1], fa2[a0:a1], lb, nlb, rb, fb2, dl)
         nb_ = b1 - b0
         # round 1: every A row's ka best and every B row's kb best by the bound
-        done = np.zeros(L.shape, bool)
-        np.put_along_axis(done, _select(L, ka), True, 1)
         if kb:
+            done = np.zeros(L.shape, bool)
+            np.put_along_axis(done, _select(L, ka), True, 1)
             np.put_along_axis(done.T, _select(L.T, kb), True, 1)
-        r1, c1 = np.nonzero(done)
+            r1, c1 = np.nonzero(done)
+        else:   # one direction: the pairs straight from the selection (grouped by row, as _eval_pairs needs)
+            done = None
+            sel = _select(L, ka)                                   # [n_a, min(ka, block)]
+            r1 = np.repeat(np.arange(n_a), sel.shape[1])
+            c1 = sel.ravel()
         d1_ = _eval_pairs(fb, FA, r1, c1)
         # upper bounds on the k-th distances: A rows with their running lists, B rows within this block
         d1, _ = _topk_sparse(r1, c1, d1_, n_a, ka)
@@ -322,7 +329,10 @@ def knn_l2_both_bound(feats_a: Feats, n_a: int, feats_b: Feats, n_b: int, k_a: i
         M = L <= Ua.astype(np.float64)[:, None]
         if kb:
             M |= L <= _topk_sparse(c1, r1, d1_, nb_, kb)[0][:, -1][None, :]
-        M &= ~done
+        if done is not None:
+            M &= ~done
+        else:
+            M[r1, c1] = False
         r2, c2 = np.nonzero(M)
         d2_ = _eval_pairs(fb, FA, r2, c2)
         n_exact += len(r1) + len(r2)
