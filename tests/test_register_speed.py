@@ -90,3 +90,67 @@ def test_z_compiled_normalisation_equals_the_numpy_passes():
         ref = (x - mu[:, None, None].astype(np.float32)) * (1.0 / sd)[:, None, None].astype(np.float32)
         got = R._z(x)
         assert got.dtype == np.float32 and np.array_equal(got, ref)
+
+
+# ---- the evidence pools on threads (issue 13, branch spd8): the same outputs as one pool after the other
+def _small_audit_inputs():
+    from conftest import copying_generator, ct_like
+
+    rng = np.random.default_rng(5)
+    used, unused, ref = ct_like(rng, 14, 48), ct_like(rng, 14, 48), ct_like(rng, 24, 48)   # 48 px: not a power of 2
+    gen = np.stack(copying_generator(rng, used, 40))
+    from imprint.engine.membership import DevSet
+
+    d_used, d_unused = ct_like(rng, 12, 48), ct_like(rng, 12, 48)
+    dev_a = DevSet("a", np.stack(copying_generator(rng, d_used, 30)), d_used, d_unused)
+    dev_t = DevSet("t", gen, used[:7], unused[:7])          # shares the target's generated set (memo order)
+    return gen, np.concatenate([used, unused]), ref, [dev_a, dev_t]
+
+
+def _outputs(res):
+    out = {"score": res.score, "used": res.used, "null": res.null_scores, "nearest": res.nearest}
+    out.update({f"ev_{k}": v for k, v in res.evidence.items()})
+    out.update({f"cal_{k}": v for k, v in res.calibrated.items()})
+    out["weights"] = np.array(list(res.info["weights"].values()))
+    return out
+
+
+def test_pools_on_threads_give_the_serial_outputs_bit_for_bit(monkeypatch):
+    from imprint.engine.membership import audit as A
+
+    gen, real, ref, devs = _small_audit_inputs()
+    runs = {}
+    orig = A._pool_threads
+    for nt in (1, 2):
+        monkeypatch.setattr(A, "POOL_THREADS", nt)
+        taken = []
+        monkeypatch.setattr(A, "_pool_threads", lambda jobs, ex: taken.append(orig(jobs, ex)) or taken[-1])
+        ticks = []
+        res = A.audit_membership(gen, real, dev_sets=devs, reference=ref, progress=ticks.append)
+        assert taken == [nt] and len(ticks) >= 3 * 4        # every pool ticked through the caller's callback
+        runs[nt] = _outputs(res)
+    assert runs[1].keys() == runs[2].keys()
+    for k in runs[1]:
+        assert np.array_equal(runs[1][k], runs[2][k], equal_nan=True), k
+    assert runs[2]["used"][:14].sum() > runs[2]["used"][14:].sum()   # it is an audit that finds the copies
+
+
+def test_pool_threads_stop_on_an_error_in_one_pool(monkeypatch):
+    from imprint.engine.errors import ImprintError
+    from imprint.engine.membership import audit as A
+
+    gen, real, ref, devs = _small_audit_inputs()
+    monkeypatch.setattr(A, "POOL_THREADS", 2)
+    calls = []
+    orig = A._evidence
+
+    def failing(g, p, **kw):
+        calls.append(len(p))
+        if len(calls) == 2:
+            raise ImprintError("planted failure")
+        return orig(g, p, **kw)
+
+    monkeypatch.setattr(A, "_evidence", failing)
+    with pytest.raises(ImprintError, match="planted failure"):
+        A.audit_membership(gen, real, dev_sets=devs, reference=ref)
+

@@ -82,7 +82,7 @@ _FULL_ROUNDS = 0
 
 
 # ----------------------------------------------------------------------------------------- warping
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _affine_sample(src, rows, M, out_h, out_w, fill, out, valid):  # pragma: no cover - numba
     n = rows.shape[0]
     H, W = src.shape[1], src.shape[2]
@@ -203,7 +203,7 @@ def downsample(images: np.ndarray, f: int) -> np.ndarray:
     return (y * np.float32(1.0 / (f * f))).reshape(n, hh, ww)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _shift_scale(x, m, s, out):  # pragma: no cover - numba
     """``out[i] = (x[i] - m[i]) * s[i]`` in float32, rounded after each operation as numpy does."""
     n, k = x.shape
@@ -551,7 +551,7 @@ def _subpixel_peak(corr: np.ndarray, center: np.ndarray, radius: int):
     return val, py + sy, px + sx
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _masked_ncc_kernel(a, b, m, ncc, gain):  # pragma: no cover - numba
     k, n = a.shape
     for i in prange(k):
@@ -715,7 +715,7 @@ def coarse_scores(A: np.ndarray, B: np.ndarray, pairs: np.ndarray, *, flip=None,
     return res
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _cross_spectra(fa, ia, voff, fb, ib, out):  # pragma: no cover - numba
     """``out[k, v] = conj(fa[ia[k], voff[k] + v]) * fb[ib[k]]`` for every pair ``k`` and variant ``v``."""
     n, nv, hh, ww = out.shape
@@ -729,7 +729,7 @@ def _cross_spectra(fa, ia, voff, fb, ib, out):  # pragma: no cover - numba
                     out[k, v, y, x] = np.conj(fa[a, o + v, y, x]) * fb[b, y, x]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _window_argmax_rows(corr, idy, val, jy, jx):  # pragma: no cover - numba
     """Max of every circular map over the shifts ``idy x idy`` (row-major order, first maximum wins, as
     ``argmax`` over that window), from maps holding only the window's rows: ``corr[m, a]`` is row ``idy[a]``;
