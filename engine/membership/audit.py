@@ -102,29 +102,24 @@ def _pool_threads(jobs, executor) -> int:
     return int(POOL_THREADS)
 
 
-class _Cancelled(Exception):
-    pass
-
-
 def _pool_evidence(jobs, kw: dict, executor) -> list:
     """``_evidence(generated, pool, **kw)`` of every job ``(name, generated, pool)``, in the jobs' order.
 
     With more than one thread (:func:`_pool_threads`) the pools run on a thread pool, the first job (the target)
     first and the jobs whose generated set is the first job's last (their pairs with the target's pool images are
-    then in the shared memo).  An error or an interrupt stops the other pools at their next progress tick."""
+    then in the shared memo).  On an error or an interrupt in one pool, the pools already running finish (and
+    write their checkpoints with ``cache_dir``, so a re-run resumes from them), those not started are cancelled,
+    and the error is raised."""
     nt = _pool_threads(jobs, executor)
     if nt <= 1:
         return [_evidence(g, p, **kw) for _, g, p in jobs]
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    stop = threading.Event()
     lock = threading.Lock()
     user_tick = kw.get("progress")
 
     def tick(n=1):
-        if stop.is_set():
-            raise _Cancelled()
         if user_tick is not None:
             with lock:
                 user_tick(n)
@@ -144,7 +139,6 @@ def _pool_evidence(jobs, kw: dict, executor) -> list:
         for i in order:
             out[i] = futs[i].result()
     except BaseException:
-        stop.set()
         ex.shutdown(wait=True, cancel_futures=True)
         raise
     ex.shutdown(wait=True)
