@@ -154,3 +154,29 @@ def test_pool_threads_stop_on_an_error_in_one_pool(monkeypatch):
     with pytest.raises(ImprintError, match="planted failure"):
         A.audit_membership(gen, real, dev_sets=devs, reference=ref)
 
+
+
+def test_shortlists_memo_returns_the_computed_lists_and_skips_the_searches(monkeypatch):
+    from conftest import ct_like
+
+    from imprint.engine.membership.common import _hashes
+
+    rng = np.random.default_rng(9)
+    G, P = ct_like(rng, 30, 40), ct_like(rng, 21, 40)          # odd counts, 40 px
+    iG = rng.integers(0, 30, size=(21, 5))
+    iR = np.stack([(np.arange(21) + s) % 21 for s in (1, 2, 3, 4, 5)], 1)
+    fresh = R.shortlists(G, P, iG, iR)                          # no memo: the full computation
+    cache = {}
+    kw = dict(keys_gen=_hashes(G), keys_pool=_hashes(P), cache=cache)
+    first = R.shortlists(G, P, iG, iR, **kw)
+    calls = []
+    orig = R._desc_knn
+    monkeypatch.setattr(R, "_desc_knn", lambda *a, **k: calls.append(1) or orig(*a, **k))
+    second = R.shortlists(G, P, iG, iR, **kw)
+    assert calls == []                                          # the searches were not repeated
+    for x, y, z in zip(fresh, first, second):
+        assert np.array_equal(x, y) and np.array_equal(x, z)
+    second[0][:] = -7                                           # a caller's edit does not reach the memo
+    assert np.array_equal(R.shortlists(G, P, iG, iR, **kw)[0], fresh[0])
+    other = R.shortlists(G, P, iG[:, ::-1].copy(), iR, **kw)    # other pixel neighbours: computed, not the memo
+    assert calls and np.array_equal(other[0], R.shortlists(G, P, iG[:, ::-1].copy(), iR)[0])

@@ -1218,6 +1218,24 @@ def shortlists(G: np.ndarray, P: np.ndarray, pix_gen: np.ndarray, pix_real: np.n
     cr, fcr : int64 [N, C]   the same among the other pool images (indices into ``P``, never the row itself)
     """
     kG, kP = keys_gen, keys_pool
+    memo = None
+    if cache is not None and kG is not None and kP is not None:
+        # the whole result memoised (issue 13, branch spd8): the anatomy evidence asks for the registration's own
+        # shortlists again (evidence.py), and the searches below would be repeated on the same inputs
+        import hashlib
+
+        h = hashlib.sha1(repr((len(G), len(P), int(k_reg), int(n_pix), int(k_spec), int(n_lp), bool(shift_queries),
+                               bool(rotscale_spec))).encode())
+        for part in (kG, kP):
+            h.update("\0".join(map(str, part)).encode())
+        for a in (np.asarray(pix_gen, np.int64)[:, :n_pix], np.asarray(pix_real, np.int64)[:, :n_pix]):
+            h.update(repr(a.shape).encode())
+            h.update(np.ascontiguousarray(a).tobytes())
+        memo = cache.setdefault("reg_shortlists", {})
+        hit = memo.get(h.hexdigest())
+        if hit is not None:
+            return tuple(a.copy() for a in hit)
+        memo_key = h.hexdigest()
     dG = _memo_rows(shortlist_descriptors, G, kG, cache, "reg_desc")
     if shift_queries:
         dP = _memo_rows(shifted_shortlist_descriptors, P, kP, cache, "reg_desc_shift")   # [N, 5, s, s]
@@ -1251,7 +1269,10 @@ def shortlists(G: np.ndarray, P: np.ndarray, pix_gen: np.ndarray, pix_real: np.n
         fcg.append(flg)
         cr.append(lr)
         fcr.append(flr)
-    return (np.concatenate(cg, 1), np.concatenate(fcg, 1), np.concatenate(cr, 1), np.concatenate(fcr, 1))
+    out = (np.concatenate(cg, 1), np.concatenate(fcg, 1), np.concatenate(cr, 1), np.concatenate(fcr, 1))
+    if memo is not None:
+        memo[memo_key] = tuple(a.copy() for a in out)
+    return out
 
 
 # ----------------------------------------------------------------------------------------- low-pass candidates
