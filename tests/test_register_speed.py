@@ -90,3 +90,93 @@ def test_z_compiled_normalisation_equals_the_numpy_passes():
         ref = (x - mu[:, None, None].astype(np.float32)) * (1.0 / sd)[:, None, None].astype(np.float32)
         got = R._z(x)
         assert got.dtype == np.float32 and np.array_equal(got, ref)
+
+
+# ---- the evidence pools on threads (issue 13, branch spd8): the same outputs as one pool after the other
+def _small_audit_inputs():
+    from conftest import copying_generator, ct_like
+
+    rng = np.random.default_rng(5)
+    used, unused, ref = ct_like(rng, 14, 48), ct_like(rng, 14, 48), ct_like(rng, 24, 48)   # 48 px: not a power of 2
+    gen = np.stack(copying_generator(rng, used, 40))
+    from imprint.engine.membership import DevSet
+
+    d_used, d_unused = ct_like(rng, 12, 48), ct_like(rng, 12, 48)
+    dev_a = DevSet("a", np.stack(copying_generator(rng, d_used, 30)), d_used, d_unused)
+    dev_t = DevSet("t", gen, used[:7], unused[:7])          # shares the target's generated set (memo order)
+    return gen, np.concatenate([used, unused]), ref, [dev_a, dev_t]
+
+
+def _outputs(res):
+    out = {"score": res.score, "used": res.used, "null": res.null_scores, "nearest": res.nearest}
+    out.update({f"ev_{k}": v for k, v in res.evidence.items()})
+    out.update({f"cal_{k}": v for k, v in res.calibrated.items()})
+    out["weights"] = np.array(list(res.info["weights"].values()))
+    return out
+
+
+def test_pools_on_threads_give_the_serial_outputs_bit_for_bit(monkeypatch):
+    from imprint.engine.membership import audit as A
+
+    gen, real, ref, devs = _small_audit_inputs()
+    runs = {}
+    orig = A._pool_threads
+    for nt in (1, 2):
+        monkeypatch.setattr(A, "POOL_THREADS", nt)
+        taken = []
+        monkeypatch.setattr(A, "_pool_threads", lambda jobs, ex: taken.append(orig(jobs, ex)) or taken[-1])
+        ticks = []
+        res = A.audit_membership(gen, real, dev_sets=devs, reference=ref, progress=ticks.append)
+        assert taken == [nt] and len(ticks) >= 3 * 4        # every pool ticked through the caller's callback
+        runs[nt] = _outputs(res)
+    assert runs[1].keys() == runs[2].keys()
+    for k in runs[1]:
+        assert np.array_equal(runs[1][k], runs[2][k], equal_nan=True), k
+    assert runs[2]["used"][:14].sum() > runs[2]["used"][14:].sum()   # it is an audit that finds the copies
+
+
+def test_pool_threads_stop_on_an_error_in_one_pool(monkeypatch):
+    from imprint.engine.errors import ImprintError
+    from imprint.engine.membership import audit as A
+
+    gen, real, ref, devs = _small_audit_inputs()
+    monkeypatch.setattr(A, "POOL_THREADS", 2)
+    calls = []
+    orig = A._evidence
+
+    def failing(g, p, **kw):
+        calls.append(len(p))
+        if len(calls) == 2:
+            raise ImprintError("planted failure")
+        return orig(g, p, **kw)
+
+    monkeypatch.setattr(A, "_evidence", failing)
+    with pytest.raises(ImprintError, match="planted failure"):
+        A.audit_membership(gen, real, dev_sets=devs, reference=ref)
+
+
+
+def test_shortlists_memo_returns_the_computed_lists_and_skips_the_searches(monkeypatch):
+    from conftest import ct_like
+
+    from imprint.engine.membership.common import _hashes
+
+    rng = np.random.default_rng(9)
+    G, P = ct_like(rng, 30, 40), ct_like(rng, 21, 40)          # odd counts, 40 px
+    iG = rng.integers(0, 30, size=(21, 5))
+    iR = np.stack([(np.arange(21) + s) % 21 for s in (1, 2, 3, 4, 5)], 1)
+    fresh = R.shortlists(G, P, iG, iR)                          # no memo: the full computation
+    cache = {}
+    kw = dict(keys_gen=_hashes(G), keys_pool=_hashes(P), cache=cache)
+    first = R.shortlists(G, P, iG, iR, **kw)
+    calls = []
+    orig = R._desc_knn
+    monkeypatch.setattr(R, "_desc_knn", lambda *a, **k: calls.append(1) or orig(*a, **k))
+    second = R.shortlists(G, P, iG, iR, **kw)
+    assert calls == []                                          # the searches were not repeated
+    for x, y, z in zip(fresh, first, second):
+        assert np.array_equal(x, y) and np.array_equal(x, z)
+    second[0][:] = -7                                           # a caller's edit does not reach the memo
+    assert np.array_equal(R.shortlists(G, P, iG, iR, **kw)[0], fresh[0])
+    other = R.shortlists(G, P, iG[:, ::-1].copy(), iR, **kw)    # other pixel neighbours: computed, not the memo
+    assert calls and np.array_equal(other[0], R.shortlists(G, P, iG[:, ::-1].copy(), iR)[0])

@@ -22,8 +22,9 @@ from .calibrate import PAIR_REG_FEATURES, pair_null_matrix, pair_null_scores, re
 from .calibrate import PAIR_ANAT_FEATURES
 from .decide import f1_decision, fdr_decision, null_threshold, parse_decision  # noqa: F401
 
-def _dev_training_rows(dev: DevSet, reference: np.ndarray | None, others_unused: list[np.ndarray],
-                       names: Sequence[str], kw: dict):
+def _dev_pool(dev: DevSet, reference: np.ndarray | None, others_unused: list[np.ndarray]):
+    """A dev set's evidence pool: (used, unused, pool uint8 [P, H, W]; candidates first, then the reference part
+    with the candidates' identical and near-duplicate images removed), or None without both used and unused."""
     used = _check_stack(dev.used, f"dev set {dev.name!r} used", 0)
     unused = _check_stack(dev.unused, f"dev set {dev.name!r} unused", 0)
     cand = np.concatenate([used, unused])
@@ -40,17 +41,108 @@ def _dev_training_rows(dev: DevSet, reference: np.ndarray | None, others_unused:
     ref = np.stack(ref_list) if ref_list else np.zeros((0,) + cand.shape[1:], np.uint8)
     if len(ref):
         ref = ref[~near_duplicates(ref, cand)[0]]
-    pool = np.concatenate([cand, ref])
-    ev, _, _ = _evidence(dev.generated, pool, **kw)
-    nc = len(cand)
+    return used, unused, np.concatenate([cand, ref])
+
+
+def _dev_rows(prep, ev: dict, names: Sequence[str]):
+    """The dev set's training rows (calibrated features [n_cand, len(names)], labels) from its pool's evidence."""
+    used, unused, pool = prep
+    nc = len(used) + len(unused)
     null_mask = np.zeros(len(pool), bool)
-    if len(ref) >= _MIN_NULL:
+    if len(pool) - nc >= _MIN_NULL:
         null_mask[nc:] = True
     else:
         null_mask[:nc] = True
     Z = _feature_matrix(ev, null_mask, names)[:nc]
     y = np.r_[np.ones(len(used)), np.zeros(len(unused))]
     return Z, y
+
+
+def _dev_training_rows(dev: DevSet, reference: np.ndarray | None, others_unused: list[np.ndarray],
+                       names: Sequence[str], kw: dict):
+    prep = _dev_pool(dev, reference, others_unused)
+    if prep is None:
+        return None
+    ev, _, _ = _evidence(dev.generated, prep[2], **kw)
+    return _dev_rows(prep, ev, names)
+
+
+#: Evidence pools (the target's and every dev set's) computed at once, on threads (issue 13, branch spd8): the
+#: pools are independent, and while one runs single-threaded numpy / Python the other keeps the second core busy.
+#: 1 = one after the other (the order before).  The outputs do not depend on it (every pool's evidence is the same
+#: whichever pool filled the shared per-image / per-pair memo first: tests/test_register_speed.py).
+POOL_THREADS = 2
+#: Largest pool (generated + pool images, times pixels per image) run beside another one: above it the pools run
+#: one after the other, so that two pools' working memory never sit side by side for a large audit (issue 15).
+POOL_THREADS_MAX_PIXELS = 64 * 2**20
+
+
+def _pool_threads(jobs, executor) -> int:
+    """Threads for the evidence pools: :data:`POOL_THREADS` on the local executor with a thread-safe Numba
+    threading layer (omp / tbb; the workqueue layer aborts on concurrent parallel launches) and pools below
+    :data:`POOL_THREADS_MAX_PIXELS`; else 1."""
+    if POOL_THREADS <= 1 or len(jobs) < 2:
+        return 1
+    from imprint.engine.executors import LocalExecutor
+
+    if executor is not None and type(executor) is not LocalExecutor:
+        return 1
+    if max((len(g) + len(p)) * int(np.prod(np.shape(p)[1:])) for _, g, p in jobs) > POOL_THREADS_MAX_PIXELS:
+        return 1
+    try:
+        from .register import _z
+
+        _z(np.zeros((1, 2, 2), np.float32))       # a parallel kernel has run, so the layer is chosen
+        import numba
+
+        if numba.threading_layer() not in ("omp", "tbb"):
+            return 1
+    except Exception:
+        return 1
+    return int(POOL_THREADS)
+
+
+def _pool_evidence(jobs, kw: dict, executor) -> list:
+    """``_evidence(generated, pool, **kw)`` of every job ``(name, generated, pool)``, in the jobs' order.
+
+    With more than one thread (:func:`_pool_threads`) the pools run on a thread pool, the first job (the target)
+    first and the jobs whose generated set is the first job's last (their pairs with the target's pool images are
+    then in the shared memo).  On an error or an interrupt in one pool, the pools already running finish (and
+    write their checkpoints with ``cache_dir``, so a re-run resumes from them), those not started are cancelled,
+    and the error is raised."""
+    nt = _pool_threads(jobs, executor)
+    if nt <= 1:
+        return [_evidence(g, p, **kw) for _, g, p in jobs]
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    lock = threading.Lock()
+    user_tick = kw.get("progress")
+
+    def tick(n=1):
+        if user_tick is not None:
+            with lock:
+                user_tick(n)
+
+    kw = dict(kw, progress=tick)
+    g0 = np.asarray(jobs[0][1])
+
+    def same_gen(g):
+        g = np.asarray(g)
+        return g.shape == g0.shape and np.array_equal(g, g0)
+
+    order = [0] + sorted(range(1, len(jobs)), key=lambda i: (same_gen(jobs[i][1]), i))
+    out: list = [None] * len(jobs)
+    ex = ThreadPoolExecutor(max_workers=nt, thread_name_prefix="imprint-pool")
+    try:
+        futs = {i: ex.submit(_evidence, jobs[i][1], jobs[i][2], **kw) for i in order}
+        for i in order:
+            out[i] = futs[i].result()
+    except BaseException:
+        ex.shutdown(wait=True, cancel_futures=True)
+        raise
+    ex.shutdown(wait=True)
+    return out
 
 
 def audit_membership(generated, real, *, dev_sets: Sequence[DevSet] = (), reference=None,
@@ -166,7 +258,13 @@ def audit_membership(generated, real, *, dev_sets: Sequence[DevSet] = (), refere
     # null would need it too, and there it raised the null more than the copies' evidence (the planted re-synthesis
     # of tests/test_membership_unsupervised.py: recall 0.30 with it, >= 0.6 without); the dev sets follow the target
     kw["anatomy_lowpass"] = None if use_ref else False
-    ev, nearest, ev_info = _evidence(G, pool, **kw)
+    # the dev sets' pools, computed with the target's (their evidence does not depend on the target's)
+    dev_sets = list(dev_sets)
+    dev_preps = [_dev_pool(d, reference, [np.asarray(o.unused) for o in dev_sets if o is not d]) for d in dev_sets]
+    jobs = [("target", G, pool)] + [(d.name, d.generated, p[2]) for d, p in zip(dev_sets, dev_preps) if p is not None]
+    pool_ev = _pool_evidence(jobs, kw, executor)
+    ev, nearest, ev_info = pool_ev[0]
+    dev_ev = iter(pool_ev[1:])
     null_mask = np.zeros(len(pool), bool)
     names = [n for n in COMBINED_FEATURES if n in ev]
     if use_ref:
@@ -206,9 +304,8 @@ def audit_membership(generated, real, *, dev_sets: Sequence[DevSet] = (), refere
     dev_info = {}
     if dev_sets:
         Xs, ys, gs = [], [], []
-        for gi, d in enumerate(dev_sets):
-            others = [np.asarray(o.unused) for o in dev_sets if o is not d]
-            rows = _dev_training_rows(d, reference, others, names, kw)
+        for gi, (d, prep) in enumerate(zip(dev_sets, dev_preps)):
+            rows = None if prep is None else _dev_rows(prep, next(dev_ev)[0], names)
             if rows is None:
                 dev_info[d.name] = "skipped (needs used and unused images)"
                 continue

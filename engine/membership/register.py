@@ -82,7 +82,7 @@ _FULL_ROUNDS = 0
 
 
 # ----------------------------------------------------------------------------------------- warping
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _affine_sample(src, rows, M, out_h, out_w, fill, out, valid):  # pragma: no cover - numba
     n = rows.shape[0]
     H, W = src.shape[1], src.shape[2]
@@ -203,7 +203,7 @@ def downsample(images: np.ndarray, f: int) -> np.ndarray:
     return (y * np.float32(1.0 / (f * f))).reshape(n, hh, ww)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _shift_scale(x, m, s, out):  # pragma: no cover - numba
     """``out[i] = (x[i] - m[i]) * s[i]`` in float32, rounded after each operation as numpy does."""
     n, k = x.shape
@@ -551,7 +551,7 @@ def _subpixel_peak(corr: np.ndarray, center: np.ndarray, radius: int):
     return val, py + sy, px + sx
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _masked_ncc_kernel(a, b, m, ncc, gain):  # pragma: no cover - numba
     k, n = a.shape
     for i in prange(k):
@@ -760,7 +760,7 @@ def _coarse_rows(X: np.ndarray, idx: np.ndarray, f: int, *, z: bool = False) -> 
     return out
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _cross_spectra(fa, ia, voff, fb, ib, out):  # pragma: no cover - numba
     """``out[k, v] = conj(fa[ia[k], voff[k] + v]) * fb[ib[k]]`` for every pair ``k`` and variant ``v``."""
     n, nv, hh, ww = out.shape
@@ -774,7 +774,7 @@ def _cross_spectra(fa, ia, voff, fb, ib, out):  # pragma: no cover - numba
                     out[k, v, y, x] = np.conj(fa[a, o + v, y, x]) * fb[b, y, x]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _window_argmax_rows(corr, idy, val, jy, jx):  # pragma: no cover - numba
     """Max of every circular map over the shifts ``idy x idy`` (row-major order, first maximum wins, as
     ``argmax`` over that window), from maps holding only the window's rows: ``corr[m, a]`` is row ``idy[a]``;
@@ -1274,20 +1274,24 @@ def shortlists(G: np.ndarray, P: np.ndarray, pix_gen: np.ndarray, pix_real: np.n
     cr, fcr : int64 [N, C]   the same among the other pool images (indices into ``P``, never the row itself)
     """
     kG, kP = keys_gen, keys_pool
-    memo = key = None
+    memo = None
     if cache is not None and kG is not None and kP is not None:
-        # issue 15, scale8: the anatomy evidence asks for the shortlists the registration just built; their
-        # descriptor searches over the generated set (~100 CPU-s at 10k x 100k) are not redone
+        # the whole result memoised (issue 13, branch spd8): the anatomy evidence asks for the registration's own
+        # shortlists again (evidence.py), and the searches below would be repeated on the same inputs
         import hashlib
 
-        h = hashlib.sha256(repr((k_reg, n_pix, k_spec, n_lp, shift_queries, rotscale_spec, len(kG), len(kP))).encode())
-        for part in ("\0".join(map(str, kG)), "\0".join(map(str, kP))):
-            h.update(part.encode())
-        for a in (pix_gen, pix_real):
-            h.update(np.ascontiguousarray(np.asarray(a, np.int64)[:, :n_pix]).tobytes())
-        memo, key = cache.setdefault("reg_shortlists", {}), h.hexdigest()
-        if key in memo:
-            return tuple(a.copy() for a in memo[key])
+        h = hashlib.sha1(repr((len(G), len(P), int(k_reg), int(n_pix), int(k_spec), int(n_lp), bool(shift_queries),
+                               bool(rotscale_spec))).encode())
+        for part in (kG, kP):
+            h.update("\0".join(map(str, part)).encode())
+        for a in (np.asarray(pix_gen, np.int64)[:, :n_pix], np.asarray(pix_real, np.int64)[:, :n_pix]):
+            h.update(repr(a.shape).encode())
+            h.update(np.ascontiguousarray(a).tobytes())
+        memo = cache.setdefault("reg_shortlists", {})
+        hit = memo.get(h.hexdigest())
+        if hit is not None:
+            return tuple(a.copy() for a in hit)
+        memo_key = h.hexdigest()
     dG = _memo_rows(shortlist_descriptors, G, kG, cache, "reg_desc")
     if shift_queries:
         dP = _memo_rows(shifted_shortlist_descriptors, P, kP, cache, "reg_desc_shift")   # [N, 5, s, s]
@@ -1323,7 +1327,7 @@ def shortlists(G: np.ndarray, P: np.ndarray, pix_gen: np.ndarray, pix_real: np.n
         fcr.append(flr)
     out = (np.concatenate(cg, 1), np.concatenate(fcg, 1), np.concatenate(cr, 1), np.concatenate(fcr, 1))
     if memo is not None:
-        memo[key] = tuple(a.copy() for a in out)
+        memo[memo_key] = tuple(a.copy() for a in out)
     return out
 
 
