@@ -225,6 +225,22 @@ def _phantom_sets(data: Path, n_real: int, n_gen: int) -> tuple[np.ndarray, np.n
     return P, G
 
 
+def _best_of_sides(sides: dict, repeats: int, tag) -> tuple[dict, dict]:
+    """Run every side of ``sides`` (name -> no-argument callable) ``repeats`` times, alternating, in this process.
+
+    Returns ``best`` (name -> [best wall s, best process CPU s]) and ``outs`` (name -> the last run's output)."""
+    best = {k: [np.inf, np.inf] for k in sides}
+    outs = {}
+    for _ in range(repeats):
+        for name, fn in sides.items():
+            t0, c0 = time.perf_counter(), time.process_time()
+            outs[name] = fn()
+            best[name][0] = min(best[name][0], time.perf_counter() - t0)
+            best[name][1] = min(best[name][1], time.process_time() - c0)
+            print(name, *tag, best[name], flush=True)
+    return best, outs
+
+
 def bound_search(sizes, data: Path, repeats: int = 2, before: str | None = None) -> list[dict]:
     """Same-run before/after of the membership pixel search (issue 15, scale6): the both-way product
     (``knn_l2_both``, every R x G distance at 16,384-d) against the lower-bound-pruned exact search
@@ -251,15 +267,7 @@ def bound_search(sizes, data: Path, repeats: int = 2, before: str | None = None)
             "after": lambda: knn_l2_both_bound(zp, n_real, zg, n_gen, 10, 2, shape=(128, 128), b_block=chunk,
                                                a_block=pchunk, stats=st),
         }
-        best = {k: [np.inf, np.inf] for k in sides}
-        outs = {}
-        for _ in range(repeats):
-            for name, fn in sides.items():
-                t0, c0 = time.perf_counter(), time.process_time()
-                outs[name] = fn()
-                best[name][0] = min(best[name][0], time.perf_counter() - t0)
-                best[name][1] = min(best[name][1], time.process_time() - c0)
-                print(name, n_real, n_gen, best[name], flush=True)
+        best, outs = _best_of_sides(sides, repeats, (n_real, n_gen))
         same = all(np.array_equal(a, b) for a, b in zip(outs["before"], outs["after"]))
         rows.append({"real x generated": f"{n_real:,} x {n_gen:,}", "before wall s": best["before"][0],
                      "after wall s": best["after"][0], "wall ratio": best["before"][0] / best["after"][0],
@@ -357,15 +365,7 @@ def shape_search(sizes, data: Path, repeats: int = 2) -> list[dict]:
 
         sides = {"before": before,
                  "after": lambda: E._shape_search_bound(G, cP, scale, shp, chunk, pchunk, info)}
-        best = {k: [np.inf, np.inf] for k in sides}
-        outs = {}
-        for _ in range(repeats):
-            for name, fn in sides.items():
-                t0, c0 = time.perf_counter(), time.process_time()
-                outs[name] = fn()
-                best[name][0] = min(best[name][0], time.perf_counter() - t0)
-                best[name][1] = min(best[name][1], time.process_time() - c0)
-                print(name, n_real, n_gen, best[name], flush=True)
+        best, outs = _best_of_sides(sides, repeats, (n_real, n_gen))
         same = all(np.array_equal(a, b) for a, b in zip(outs["before"], outs["after"]))
         sg, sr = info["shape_search"]["generated"], info["shape_search"]["real"]
         rows.append({"real x generated": f"{n_real:,} x {n_gen:,}", "before wall s": best["before"][0],
@@ -413,17 +413,9 @@ def anatomy_search(sizes, data: Path, before: str, repeats: int = 2) -> list[dic
 
         sides = {"before": lambda: old.anatomy_evidence(G, P, chunk=chunk),
                  "after": lambda: after_mod.anatomy_evidence(G, P, chunk=chunk)}
-        best = {k: [np.inf, np.inf] for k in sides}
-        outs = {}
         after_mod._nearest_generated = counted
         try:
-            for _ in range(repeats):
-                for name, fn in sides.items():
-                    t0, c0 = time.perf_counter(), time.process_time()
-                    outs[name] = fn()
-                    best[name][0] = min(best[name][0], time.perf_counter() - t0)
-                    best[name][1] = min(best[name][1], time.process_time() - c0)
-                    print(name, n_real, n_gen, best[name], flush=True)
+            best, outs = _best_of_sides(sides, repeats, (n_real, n_gen))
         finally:
             after_mod._nearest_generated = orig
         b, a = outs["before"], outs["after"]
