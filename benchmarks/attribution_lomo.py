@@ -32,16 +32,9 @@ import sys
 import time
 
 
-def _code_path(argv):
-    for i, a in enumerate(argv):
-        if a == "--code" and i + 1 < len(argv):
-            return argv[i + 1]
-        if a.startswith("--code="):
-            return a.split("=", 1)[1]
-    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+from _codepath import code_path  # noqa: E402  (this folder is sys.path[0] when run as a script)
 
-
-sys.path.insert(0, os.path.abspath(_code_path(sys.argv)))
+sys.path.insert(0, os.path.abspath(code_path(sys.argv)))
 
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
