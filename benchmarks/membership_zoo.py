@@ -333,13 +333,26 @@ def score_row(name, strength, fn, y, res, n_boot, rng, dt):
     return row
 
 
+
+def _pool_pixel_neighbours(gen, cand, ref):
+    """The registration's inputs for a scenario: the pool ``P`` (candidates then reference) and the 10 pixel
+    neighbours (z-scored L2) of every generated image among ``P`` (``iG``) and of every pool image among the others
+    (``iR``), as the audit computes them."""
+    from imprint.engine.membership.evidence import _knn, zscore_images
+
+    P = np.concatenate([cand, ref])
+    zP = zscore_images(P).reshape(len(P), -1)
+    zG = zscore_images(gen).reshape(len(gen), -1)
+    _, iG = _knn(zG, zP, 10)
+    _, iR = _knn(zP, zP, 10, exclude_self=True)
+    return P, iG, iR
+
 def recall_diag(args) -> None:
     """Search diagnostic: for every member of a simulated generator, is its true copy among the
     registration candidates (:func:`register.shortlists`), where does each search source rank it, is it
     the registered best match, and what NCC does the registration give the true pair?  Run it with a
     different ``--seed`` and ``--real`` folder than the zoo's measurement."""
     from imprint.engine.membership import register as reg
-    from imprint.engine.membership.evidence import _knn, zscore_images
 
     rng = np.random.default_rng(args.seed)
     real, fill_imgs = load_inputs(args)
@@ -359,11 +372,7 @@ def recall_diag(args) -> None:
             continue
         gen, cand, ref, y, copy = build_scenario(real, fn, strength, fill_imgs, nm, nref, args.n_gen, rng)
         t0 = time.perf_counter()
-        P = np.concatenate([cand, ref])
-        zP = zscore_images(P).reshape(len(P), -1)
-        zG = zscore_images(gen).reshape(len(gen), -1)
-        _, iG = _knn(zG, zP, 10)
-        _, iR = _knn(zP, zP, 10, exclude_self=True)
+        P, iG, iR = _pool_pixel_neighbours(gen, cand, ref)
         cg, fcg, cr, fcr = reg.shortlists(gen, P, iG, iR)
         m = np.arange(nm)
         ins = (cg[m] == copy[:, None]).any(1)
@@ -426,7 +435,6 @@ def anatomy_diag(args) -> None:
     ``audit_membership`` run with the low-pass source on."""
     from imprint.engine.membership import anatomy as anat
     from imprint.engine.membership import register as reg
-    from imprint.engine.membership.evidence import _knn, zscore_images
 
     rng = np.random.default_rng(args.seed)
     real, fill_imgs = load_inputs(args)
@@ -438,11 +446,7 @@ def anatomy_diag(args) -> None:
             continue
         gen, cand, ref, y, copy = build_scenario(real, fn, strength, fill_imgs, nm, nref, args.n_gen, rng)
         t0 = time.perf_counter()
-        P = np.concatenate([cand, ref])
-        zP = zscore_images(P).reshape(len(P), -1)
-        zG = zscore_images(gen).reshape(len(gen), -1)
-        _, iG = _knn(zG, zP, 10)
-        _, iR = _knn(zP, zP, 10, exclude_self=True)
+        P, iG, iR = _pool_pixel_neighbours(gen, cand, ref)
         cg = reg.shortlists(gen, P, iG, iR)[0][:nm]
         lg = reg.lowpass_candidates(gen, P[:nm])[0]
         un = np.concatenate([cg, lg], 1)
