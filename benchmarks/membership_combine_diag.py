@@ -10,7 +10,14 @@ null rows), weights and max-rule mask are captured at the point where the audit 
 * per channel (the weighted sum "sum" and every max-rule channel): its own AUC, TPR@1%FPR among the candidates, and
   how many members / non-members it gives the smallest p-value (which channel "carries" them under ``tail``);
 * per rule: AUC, TPR@1%FPR, recall and unused flagged at ``fpr:0.01`` / ``fdr:0.1`` on the rule's own null;
-* with ``--members``: for every member that ranks lower under rule B than under rule A, the channel values.
+* with ``--members``: for every member that ranks lower under rule B than under rule A, the channel values;
+* with ``--decompose`` (meant for ``--settings unsupervised``; issue 13, branch uns9): where the ``fpr:0.01`` recall is
+  lost.  Each channel's members / non-members against the null rows (robust z medians, the non-members' and the null's
+  upper quantiles), then the recall (and unused flagged) of the audit's own score at: the exact threshold (95%
+  order statistic, Gaussian check included), the order statistic alone, the null's point 99% and 95% quantiles, the
+  non-members' maximum (an oracle: TPR at the first false flag) and the null moved to the non-members' true median (an
+  oracle location: exact threshold and point 99% quantile); and the ``tail-split`` rule with the point mass
+  at p = 1 removed (channel p-values continued below each channel's null minimum, :func:`_continuous_below_min`).
 
 All dev figures are in-sample for the constants chosen on dev (gen_e is the only memorising dev generator).
 
@@ -18,6 +25,8 @@ Usage::
 
     python benchmarks/membership_combine_diag.py --cache-dir /tmp/comb8/loo [--gens gen_e] [--settings dev+reference]
         [--rules max,tail,...] [--members tail:max]
+    python benchmarks/membership_combine_diag.py --cache-dir /tmp/loo --gens gen_e,gen_a,gen_b --settings unsupervised \
+        --rules tail --decompose
     python benchmarks/membership_combine_diag.py --zoo-capture /tmp/zoo_s0.npz [--zoo-seed 0]   # then load_captures()
 """
 
@@ -118,6 +127,67 @@ def decisions(sc: np.ndarray, ns: np.ndarray, y: np.ndarray) -> dict:
                 rec_fdr=u2[y == 1].mean(), fp_fdr=int(u2[y == 0].sum()))
 
 
+def _continuous_below_min(P: np.ndarray, cols: list, null: np.ndarray) -> np.ndarray:
+    """Per-channel p-values (float [n, C]) with the conformal point mass at p = 1 removed: a value below its channel's
+    null minimum gets ``1 - exp(-(min - x)) / (K + 1)`` (strictly inside the top bin, decreasing in how far below it
+    lies) instead of 1, so the ``tail-split`` score of a generator far from every patient has no tie for the empirical
+    null's lower-quarter fit to read (RESULTS.md comb8: gen_a's 78% tied candidates).  Diagnostic only."""
+    Q = np.array(P, np.float64)
+    K = int(null.sum())
+    for k, v in enumerate(cols):
+        mn = float(v[null].min())
+        below = v < mn
+        Q[below, k] = 1.0 - np.exp(-(mn - v[below])) / (K + 1.0)
+    return Q
+
+
+def decompose(Z, w, mx, null, y, names) -> None:
+    """``--decompose``: where the unsupervised ``fpr:0.01`` recall is lost (module docstring)."""
+    from scipy.special import ndtri
+
+    cand = ~null
+    nrm = float(np.linalg.norm(w))
+    P, ch, _ = cal.channel_pvalues(Z, w, mx, null)
+    cols = [Z @ (w / nrm)] + [Z[:, j] for j in ch[1:]]
+    print(f"{'channel':16s} {'z med mem':>9s} {'z med non':>9s} {'non q95':>7s} {'null q95':>8s} {'null q99':>8s} "
+          f"{'p<=.01 mem/non':>14s}")
+    for k, v in enumerate(cols):
+        nm = "sum" if k == 0 else names[ch[k]]
+        vc, vn = v[cand], v[null]
+        print(f"{nm:16s} {np.median(vc[y == 1]):+9.2f} {np.median(vc[y == 0]):+9.2f} {np.quantile(vc[y == 0], .95):+7.2f} "
+              f"{np.quantile(vn, .95):+8.2f} {np.quantile(vn, .99):+8.2f} "
+              f"{(P[cand][y == 1, k] <= .01).mean():7.2f}/{(P[cand][y == 0, k] <= .01).mean():.2f}")
+    sc, ns, info = cal.pair_null_scores(Z, null, w, mx, combine="tail", empirical=True)
+    th = null_threshold(ns, 0.01)
+    s1, s0 = sc[y == 1], sc[y == 0]
+    cut = {"exact threshold (default)": th["threshold"] if th["exact"] else th["fallback"],
+           "order statistic alone": th["empirical"] if th["exact"] else float(np.max(ns)),
+           "null point q99": float(np.quantile(ns, .99)), "null point q95": float(np.quantile(ns, .95)),
+           "non-members' max (oracle)": float(s0.max())}
+    e = info["empirical_null"] or {}
+    print(f"tail rule, empirical null loc {e.get('loc', 0):+.2f} scale {e.get('scale', 1):.2f}; "
+          f"null rows {len(ns)}, allowed exceedances {th['allowed_exceedances']}")
+    # oracle location: the null moved so that its median is the non-members' (the labels, which no audit has)
+    raw = (ns - e.get("loc", 0.0)) / e.get("scale", 1.0)
+    orc = raw + (np.median(s0) - np.median(raw))
+    tho = null_threshold(orc, 0.01)
+    cut["oracle location, exact"] = tho["threshold"] if tho["exact"] else tho["fallback"]
+    cut["oracle location, point q99"] = float(np.quantile(orc, .99))
+    for k, t in cut.items():
+        print(f"  fpr:0.01 at {k:27s} {t:+6.2f}: recall {(s1 > t).mean():.2f}, unused flagged {int((s0 > t).sum())}/{len(s0)}")
+    print(f"  (oracle location offset {np.median(s0) - np.median(raw):+.2f}; non-members' q95 - q50 "
+          f"{np.quantile(s0, .95) - np.median(s0):.2f}, null's {np.quantile(raw, .95) - np.median(raw):.2f}; q99 - q50 "
+          f"{np.quantile(s0, .99) - np.median(s0):.2f} / {np.quantile(raw, .99) - np.median(raw):.2f})")
+    Q = _continuous_below_min(P, cols, null)
+    raw = -ndtri(np.clip(cal.split_pvalue(Q, cal.split_shares(Q)), 1e-300, 1 - 1e-15))
+    s = cal.robust_calibrate(raw, raw[null])
+    en = cal.empirical_null(s[cand], s[null])
+    r = decisions(s[cand], en["loc"] + en["scale"] * s[null], y)
+    print(f"tail-split, point mass removed: AUC {r['AUC']:.3f} TPR@1% {r['TPR1']:.3f}  fpr:0.01 recall {r['rec_fpr']:.3f} "
+          f"({r['fp_fpr']}/{len(s0)})  fdr:0.1 recall {r['rec_fdr']:.3f} ({r['fp_fdr']}/{len(s0)}); empirical null loc "
+          f"{en['loc']:+.2f}")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--corpus", default="/work/shared/corpus/dev")
@@ -129,6 +199,8 @@ def main(argv=None):
                     help="run the zoo's --quick scenarios (same draws as membership_zoo.py --quick) and save every "
                          "scenario's combination inputs and labels here (.npz)")
     ap.add_argument("--zoo-seed", type=int, default=0)
+    ap.add_argument("--decompose", action="store_true",
+                    help="unsupervised settings: where the fpr:0.01 recall is lost (module docstring)")
     ap.add_argument("--members", default="", help="A:B: list members that rank lower under rule B than under A")
     a = ap.parse_args(argv)
     if a.zoo_capture:
@@ -180,6 +252,8 @@ def main(argv=None):
                 r = decisions(sc, ns, y)
                 print(f"rule {rule:10s} AUC {r['AUC']:.3f} TPR@1% {r['TPR1']:.3f}  fpr:0.01 recall {r['rec_fpr']:.3f} "
                       f"({r['fp_fpr']}/{int((y == 0).sum())})  fdr:0.1 recall {r['rec_fdr']:.3f} ({r['fp_fdr']}/{int((y == 0).sum())})")
+            if a.decompose and c.get("pair"):
+                decompose(Z, w, mx, null, y, names)
             if a.members:
                 ra, rb = a.members.split(":")
                 rank = {r: (-out[r]).argsort().argsort() for r in (ra, rb)}

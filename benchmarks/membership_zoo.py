@@ -18,6 +18,8 @@ For every (transform, strength) scenario a simulated generator's output is built
    default decision ``fpr:0.01``, each with a bootstrap 95% interval over the candidates (``--boot``
    resamples); also recall and false flags of ``fdr:0.1`` and the F1 of ``f1`` on the same scores and null
    (point values; for the scenario with no member, the share of candidates ``f1`` flags).
+   ``--setting unsupervised`` passes no reference (the same draws, the reference left unused): the audit's
+   real-to-real null of the candidates themselves, members half of them (issue 13, branch uns9).
 
 This is a measurement, not a tuning set: nothing in engine/ was chosen on it.
 
@@ -300,7 +302,8 @@ def run(args) -> list[dict]:
             for rule in rules:
                 kw = {} if rule is None else dict(combine=rule, cache_dir=cache)
                 t0 = time.perf_counter()
-                res = audit_membership(gen, cand, reference=ref, **kw)
+                res = audit_membership(gen, cand, reference=None if getattr(args, "setting", "reference") ==
+                                       "unsupervised" else ref, **kw)
                 dt = time.perf_counter() - t0
                 # the main stream's bootstrap draws stay those of a plain run; the second rule gets its own stream
                 brng = rng if rule in (None, "tail") else np.random.default_rng([args.seed, len(rows)])
@@ -629,6 +632,8 @@ def main(argv=None):
     ap.add_argument("--n-gen", type=int, default=1000)
     ap.add_argument("--boot", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--setting", default="reference", choices=("reference", "unsupervised"),
+                    help="unsupervised: no reference (the real-to-real null of the candidates), same draws")
     ap.add_argument("--quick", action="store_true", help="10 scenarios, 40 members, 150 reference, 400 generated")
     ap.add_argument("--cache-dir", default=None,
                     help="--compare: keep the evidence checkpoints here (content-keyed), so a rerun re-decides only")
