@@ -648,6 +648,10 @@ def _floor_images(images):
 #: Measured on dev (in-sample, benchmarks/RESULTS.md, sixth round).
 FLOOR_WAIVER = False
 HISTORY_ALPHA = 0.05
+#: Seventh round: the resampling evidence of :func:`_history_explains` also judges every image of the pair against the
+#: cluster with more high-frequency energy (:func:`engine.processing.resampling_against`), so a resize-only history of
+#: half the union is flagged (the union-median detectors see 0-5 % of it).
+HISTORY_AGAINST = True
 
 
 def _history_explains(images, ia, ib, cache=None):
@@ -671,8 +675,13 @@ def _history_explains(images, ia, ib, cache=None):
     u = images[sel]
     rs, _ = _P.detect_resampling(u, np.zeros(sel.size, np.int64))
     bl = _P.band_limit_score(u)
-    ra, rb = int(rs[: ia.size].sum()), int(rs[ia.size:].sum())
     a_low = np.median(bl[: ia.size]) >= np.median(bl[ia.size:])  # a is the cluster with less high-frequency energy
+    if HISTORY_AGAINST:  # seventh round: judged against the other cluster, so a history of half the union is seen
+        ref = np.zeros(sel.size, bool)
+        ref[ia.size:] = a_low
+        ref[: ia.size] = not a_low
+        rs = rs | _P.resampling_against(u, ref)[0]
+    ra, rb = int(rs[: ia.size].sum()), int(rs[ia.size:].sum())
     tab = [[ra, ia.size - ra], [rb, ib.size - rb]] if a_low else [[rb, ib.size - rb], [ra, ia.size - ra]]
     p_r = float(fisher_exact(tab, alternative="greater")[1]) if ra + rb else 1.0
     info = {"p_jpeg": p_j, "p_resampled": p_r, "jpeg": [ja / ia.size, jb / ib.size],
