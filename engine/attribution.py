@@ -1348,6 +1348,8 @@ def _attribute(images, k, *, dev_sets, random_state, progress, groups, backbones
         "k_scan_pairs_history": ({str(kk): v for kk, v in hist_scores.items() if v}
                                  if not k_given and PAIR_TEST == "floor" else {}),
         "floor_waiver": FLOOR_WAIVER,
+        "history_against": HISTORY_AGAINST,
+        "k2_pair_route": {"on": K2_PAIR_ROUTE, "floor_at_one_model_threshold": K2_FLOOR_STRICT},
         "k_scan_silhouette_balanced": {str(kk): float(v) for kk, v in scan_macro.items()},
         "k_scan_silhouette_plain": {str(kk): float(v) for kk, v in scan_plain.items()},
         "criterion": ("k=1 when the one-model test holds; otherwise k = 2, 3, ... is scanned and the largest k "
