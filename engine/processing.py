@@ -557,6 +557,7 @@ def resampling_against(images, reference, z=AGAINST_Z, min_ref=RESAMPLE_MIN_GROU
     Parameters
     ----------
     images : uint8 ndarray [N,H,W]
+        H, W >= 32 (smaller images have too few frequency blocks: nothing is flagged).
     reference : bool ndarray [N]
         The reference images (at least ``min_ref``; else nothing is flagged).
     z : float
@@ -570,7 +571,13 @@ def resampling_against(images, reference, z=AGAINST_Z, min_ref=RESAMPLE_MIN_GROU
         The robust z of each image's deficit (NaN without enough reference images).
     """
     ref = np.asarray(reference, bool)
-    L, fmax = _block_log_spectra(images)
+    a = np.asarray(images)
+    if a.ndim != 3 or min(a.shape[1:]) < 4 * AGAINST_BLOCK * 2:  # too few frequency blocks to have both bands
+        n = a.shape[0] if a.ndim >= 1 else 0
+        if ref.shape != (n,):
+            raise ValueError(f"reference has shape {ref.shape} for {n} images")
+        return np.zeros(n, bool), np.full(n, np.nan)
+    L, fmax = _block_log_spectra(a)
     if ref.shape != (L.shape[0],):
         raise ValueError(f"reference has shape {ref.shape} for {L.shape[0]} images")
     if ref.sum() < min_ref:

@@ -98,3 +98,5 @@ def test_resampling_against_flags_the_resized_half_only():
     with pytest.raises(ValueError):
         P.resampling_against(b, ref[:10])
     assert not P.resampling_against(b, np.arange(48) < 5)[0].any()  # too few reference images: nothing judged
+    tiny = P.resampling_against(b[:, :8, :8], ref)  # too few frequency blocks: nothing judged, no warning or error
+    assert not tiny[0].any() and np.isnan(tiny[1]).all()
