@@ -33,6 +33,11 @@ Detection
       periodic traces are shared by its images and cancel.  It finds moderate factors (0.6-0.9) with bilinear or
       bicubic filters, which the band-limit z misses; factor 0.5 (a half-pixel symmetric pattern) stays with the
       band-limit z.
+    * :func:`resampling_against` (issue 19, seventh round): the same question for a cluster *pair* that may be one
+      model split by its release history, where half the group may be resized (the group-median detectors above then
+      see 0-5 %): every image is judged against the other cluster (the one with more high-frequency energy) by the
+      drop of its high band (0.6-1.0 of Nyquist) relative to its low band (0.1-0.4), block medians over the 2-D
+      spectrum, so a trace at one frequency (a checkerboard) does not count.  Used by the attribution floor waiver.
 """
 
 from __future__ import annotations
