@@ -54,7 +54,10 @@ import time
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _codepath import code_path  # noqa: E402
+
+sys.path.insert(0, os.path.abspath(code_path(sys.argv)))  # --code DIR: another checkout's imprint (seventh round)
 
 from sklearn.metrics import adjusted_rand_score as ari  # noqa: E402
 
@@ -106,6 +109,9 @@ def process(images, kind, seed=0):
                 out[i] = PR.jpeg_roundtrip(PR.resize_roundtrip(a, f, filt), q)
         elif kind == "half jpeg":
             out[i] = PR.jpeg_roundtrip(a, 75) if i % 2 else a
+        elif kind == "half resize":  # a resize-only history of half of each model (issue 19, seventh round)
+            out[i] = PR.resize_roundtrip(a, (0.6, 0.75, 0.5)[(i // 2) % 3],
+                                         ("bicubic", "bilinear", "lanczos")[(i // 2) % 3]) if i % 2 else a
         else:
             raise ValueError(kind)
     return out
@@ -113,7 +119,7 @@ def process(images, kind, seed=0):
 
 CONDITIONS = (["clean"] + [f"jpeg {q}" for q in (95, 70, 50)] + [f"resize {f}" for f in (0.9, 0.7, 0.5)]
               + [f"resize {f} + jpeg {q}" for f, q in ((0.7, 70), (0.5, 50))]
-              + ["release mix", "half jpeg"])
+              + ["release mix", "half jpeg", "half resize"])
 QUICK = ["clean", "jpeg 70", "resize 0.7", "resize 0.7 + jpeg 70", "release mix", "half jpeg"]
 BASELINE = ["jpeg 50", "resize 0.5", "release mix"]
 
@@ -247,6 +253,7 @@ def resampling(D, alpha=None):
 
 def main(argv=None):
     ap = argparse.ArgumentParser()
+    ap.add_argument("--code", default=None, help="checkout whose imprint code is measured (default: this one)")
     ap.add_argument("--dev", default="/work/shared/corpus/dev")
     ap.add_argument("--quick", action="store_true", help=f"only {QUICK}")
     ap.add_argument("--no-auto", action="store_true", help="skip k=None runs")

@@ -37,7 +37,9 @@ Method
    common harsh processing of every image (:func:`_floor_images`), judged against the log-concave bound, so one model
    split by its release history fails while two models the union's best split could not see pass.  Sixth round
    (opt-in, :data:`K2_PAIR_ROUTE`): when the two-way test fails, the k = 2 consensus partition also gets the pair test
-   on every engine.features column (:data:`K2_PAIR_VIEW`); off by default (it splits a one-model dev set).  The rule before issue 19 (``"silhouette"``: the mean of the plain and the cluster-balanced
+   on every engine.features column (:data:`K2_PAIR_VIEW`); seventh round: on by default, its floor half at the one-model
+   threshold (:data:`K2_FLOOR_STRICT`; the sixth round's floor bound split a one-model dev set), and the floor's veto
+   waived unless detected processing explains the split (:data:`FLOOR_WAIVER`, default since the seventh round).  The rule before issue 19 (``"silhouette"``: the mean of the plain and the cluster-balanced
    silhouette of the consensus partition on ``1 - C``) is kept for the benchmarks' before/after.
 
 For more than ``max_consensus`` images the co-association matrix is built on a seeded subsample
@@ -597,14 +599,23 @@ def _labelled_separation(V, y, seed, repeats=5, S_extra=None):
 #: processed pairs' scatter to the within-cluster scatter (direction and held-out R^2): too strict on dev (release mix
 #: and half jpeg 1.000 -> 0.809, k = 3; resize 0.5 + jpeg 50 0.809 -> 1.000).
 PAIR_TEST = "floor"
-#: k = 2 (issue 19, sixth round, opt-in): when the two-way one-model test fails, the k = 2 consensus partition is still
+#: k = 2 (issue 19, sixth round; on by default since the seventh): when the two-way one-model test fails, the k = 2 consensus partition is still
 #: given the pair test (labelled and floor, as at k >= 3) on :data:`K2_PAIR_VIEW`, so k = 2 has two routes.  It finds
 #: the two planted sets that are strict xfails of the default (tests/test_features_robust.py,
 #: tests/test_attribution_scale.py), but on dev it splits one model: gen_a's 1000 images, k auto 1 -> 2 (ARI 0; the
-#: labelled held-out R^2 on ~300 columns is not bounded like the two-way test's: the k = 2 labels were formed on all
-#: the images, the test half included, and in many dimensions a content split stays linearly separable on held-out
-#: rows).  So it is off by default (in-sample, benchmarks/RESULTS.md, sixth round).
-K2_PAIR_ROUTE = False
+#: labelled held-out R^2 is not bounded like the two-way test's), so it was off in the sixth round.  Seventh round:
+#: the cause is not a label leak (labels formed on the training half only score the same, 0.910) but gen_a's features,
+#: which are not log-concave (:data:`K2_FLOOR_STRICT`); with the route's floor at the one-model threshold gen_a stays
+#: at k = 1 and the route is on by default (in-sample, benchmarks/RESULTS.md, seventh round).
+K2_PAIR_ROUTE = True
+#: The k = 2 pair route's floor half at the one-model threshold (0.90) instead of :func:`_floor_threshold` (~0.80;
+#: issue 19, seventh round).  At k = 2 no two-way test backs the partition, so the separation must survive the floor at
+#: the level the two-way test itself needs.  Under one log-concave model the floor R^2 is bounded by ~0.80 anyway, so
+#: the stated level only tightens.  Why: dev gen_a (1000 images of one model) is not log-concave in these features (its
+#: two-way test is 0.87 on pca90 and 0.90 on every column, spread over resid, rspec and fingerprint), its k = 2
+#: partition scores 0.906 labelled and 0.861 after the floor; a training-half-only labelling does not change that
+#: (0.910): the split is a real two-mode structure, not a label leak (benchmarks/RESULTS.md, seventh round; in-sample).
+K2_FLOOR_STRICT = True
 PAIR_TESTS = ("both", "best-split", "labels", "labels-proc", "floor")
 #: Pair test "floor" (issue 19, fifth round): two clusters are two models when (1) they are the two groups of their
 #: union (:func:`_labelled_separation` >= the one-model threshold, as in "both") and (2) they *stay* separated after
@@ -642,12 +653,17 @@ def _floor_images(images):
 #: clusters, two-sided; resampling flags more frequent in the cluster with less high-frequency energy, the higher
 #: median :func:`engine.processing.band_limit_score`, one-sided: a generator's own periodic trace is flagged in the
 #: cluster that *has* more high frequencies).  Otherwise the veto is waived: two generators whose only difference is
-#: a high-frequency trace the floor erases (a period-2 checkerboard, a flat noise spectrum) stay apart.  Opt-in: a
-#: resize-only history is not detected when half the union was resized (the detectors' group median is then half
-#: resized; tests/test_attribution_waiver.py, strict xfail), so the waiver would re-open that history split.
-#: Measured on dev (in-sample, benchmarks/RESULTS.md, sixth round).
-FLOOR_WAIVER = False
+#: a high-frequency trace the floor erases (a period-2 checkerboard) stay apart.  Opt-in in the sixth round (a
+#: resize-only history of half the union was not detected: the detectors' group median was half resized); default
+#: since the seventh, where :data:`HISTORY_AGAINST` judges every image against the other cluster.  A flat added noise
+#: on a model whose own spectrum falls near Nyquist reads as a resize (a second-order statistic cannot tell them
+#: apart), so the veto stands there as before.  Measured on dev (in-sample, benchmarks/RESULTS.md, seventh round).
+FLOOR_WAIVER = True
 HISTORY_ALPHA = 0.05
+#: Seventh round: the resampling evidence of :func:`_history_explains` also judges every image of the pair against the
+#: cluster with more high-frequency energy (:func:`engine.processing.resampling_against`), so a resize-only history of
+#: half the union is flagged (the union-median detectors see 0-5 % of it).
+HISTORY_AGAINST = True
 
 
 def _history_explains(images, ia, ib, cache=None):
@@ -671,8 +687,13 @@ def _history_explains(images, ia, ib, cache=None):
     u = images[sel]
     rs, _ = _P.detect_resampling(u, np.zeros(sel.size, np.int64))
     bl = _P.band_limit_score(u)
-    ra, rb = int(rs[: ia.size].sum()), int(rs[ia.size:].sum())
     a_low = np.median(bl[: ia.size]) >= np.median(bl[ia.size:])  # a is the cluster with less high-frequency energy
+    if HISTORY_AGAINST:  # seventh round: judged against the other cluster, so a history of half the union is seen
+        ref = np.zeros(sel.size, bool)
+        ref[ia.size:] = a_low
+        ref[: ia.size] = not a_low
+        rs = rs | _P.resampling_against(u, ref)[0]
+    ra, rb = int(rs[: ia.size].sum()), int(rs[ia.size:].sum())
     tab = [[ra, ia.size - ra], [rb, ib.size - rb]] if a_low else [[rb, ib.size - rb], [ra, ia.size - ra]]
     p_r = float(fisher_exact(tab, alternative="greater")[1]) if ra + rb else 1.0
     info = {"p_jpeg": p_j, "p_resampled": p_r, "jpeg": [ja / ia.size, jb / ib.size],
@@ -734,7 +755,7 @@ def _pca90_fit(Z, seed):
 
 
 def _pair_separation(V, labels, seed, min_size=10, S_proc=None, early_stop=False, V_floor=None, floor_out=None,
-                     images=None, history_out=None, history_cache=None):
+                     images=None, history_out=None, history_cache=None, floor_threshold=None):
     """Held-out separation of every pair of clusters of ``labels`` in ``V`` (:data:`PAIR_TEST`).
 
     Returns the smallest pair score (NaN when no pair has ``min_size`` images on both sides), the scores
@@ -745,7 +766,10 @@ def _pair_separation(V, labels, seed, min_size=10, S_proc=None, early_stop=False
     score.  Without ``V_floor`` the test "floor" is the labelled test alone.  ``images`` (uint8 [N, H, W], the rows of
     ``V``; :data:`FLOOR_WAIVER`): a floor veto stands only when :func:`_history_explains` the pair's split;
     ``history_out`` (dict or None) receives its evidence per vetoed pair, ``history_cache`` its per-image JPEG flags.
+    ``floor_threshold`` (callable n -> float, default :func:`_floor_threshold`): the floor half's threshold (the k = 2
+    pair route uses :func:`_one_model_threshold`, :data:`K2_FLOOR_STRICT`).
     """
+    floor_thr = _floor_threshold if floor_threshold is None else floor_threshold
     ks = np.unique(labels)
     out = {}
     ok = True
@@ -768,7 +792,7 @@ def _pair_separation(V, labels, seed, min_size=10, S_proc=None, early_stop=False
                     vf = _labelled_separation(V_floor[sel], yy, seed)
                     if floor_out is not None:
                         floor_out[f"{a}-{b}"] = vf
-                    if vf < _floor_threshold(sel.size):
+                    if vf < floor_thr(sel.size):
                         waive = False
                         if FLOOR_WAIVER and images is not None:
                             hist, hinfo = _history_explains(images, ia, ib, history_cache)
@@ -1247,7 +1271,9 @@ def _attribute(images, k, *, dev_sets, random_state, progress, groups, backbones
                         v2, a2, ok2 = _pair_separation(_pair_view(Z0[sub], masks, seed, K2_PAIR_VIEW),
                                                        runs[kk][1][0][sub], seed,
                                                        V_floor=floor_views.get(K2_PAIR_VIEW) if floor_views else None,
-                                                       floor_out=floor_scores[kk])
+                                                       floor_out=floor_scores[kk],
+                                                       floor_threshold=_one_model_threshold if K2_FLOOR_STRICT
+                                                       else None)
                         if ok2:
                             pair_min[kk], pair_all[kk], pair_ok[kk] = v2, {**a2, "two-way": float(sep)}, True
                     # "pairs" (issue 19): a failed two-way test does not end the search.  Three or more models often
@@ -1322,6 +1348,8 @@ def _attribute(images, k, *, dev_sets, random_state, progress, groups, backbones
         "k_scan_pairs_history": ({str(kk): v for kk, v in hist_scores.items() if v}
                                  if not k_given and PAIR_TEST == "floor" else {}),
         "floor_waiver": FLOOR_WAIVER,
+        "history_against": HISTORY_AGAINST,
+        "k2_pair_route": {"on": K2_PAIR_ROUTE, "floor_at_one_model_threshold": K2_FLOOR_STRICT},
         "k_scan_silhouette_balanced": {str(kk): float(v) for kk, v in scan_macro.items()},
         "k_scan_silhouette_plain": {str(kk): float(v) for kk, v in scan_plain.items()},
         "criterion": ("k=1 when the one-model test holds; otherwise k = 2, 3, ... is scanned and the largest k "

@@ -33,6 +33,11 @@ Detection
       periodic traces are shared by its images and cancel.  It finds moderate factors (0.6-0.9) with bilinear or
       bicubic filters, which the band-limit z misses; factor 0.5 (a half-pixel symmetric pattern) stays with the
       band-limit z.
+    * :func:`resampling_against` (issue 19, seventh round): the same question for a cluster *pair* that may be one
+      model split by its release history, where half the group may be resized (the group-median detectors above then
+      see 0-5 %): every image is judged against the other cluster (the one with more high-frequency energy) by the
+      drop of its high band (0.6-1.0 of Nyquist) relative to its low band (0.1-0.4), block medians over the 2-D
+      spectrum, so a trace at one frequency (a checkerboard) does not count.  Used by the attribution floor waiver.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ __all__ = [
     "band_limit_score",
     "detect",
     "detect_resampling",
+    "resampling_against",
     "periodic_threshold",
     "pmap_spectrum",
     "resampling_periodicity",
@@ -494,3 +500,98 @@ def detect_resampling(images, groups, z=RESAMPLE_Z, min_group=RESAMPLE_MIN_GROUP
     if periodic and min(a.shape[-2:]) >= 16:
         flag |= resampling_periodicity(images, g, min_group=min_group)[0]
     return flag, zs
+
+
+#: :func:`resampling_against` flags an image whose high-band deficit is more than this many robust standard deviations
+#: (1.4826 MAD) above the reference images' own deficits.  A priori (as :data:`RESAMPLE_Z`), not tuned on dev.
+AGAINST_Z = 3.5
+#: Bands of :func:`resampling_against`, in units of the Nyquist frequency on the square rings ``max(|fx|, |fy|)``:
+#: the low band a resize by 0.5-0.9 keeps, and the high band it cuts.
+AGAINST_LOW = (0.1, 0.4)
+AGAINST_HIGH = (0.6, 1.0)
+#: Side of the 2-D frequency blocks (in FFT bins) whose log powers are compared.
+AGAINST_BLOCK = 4
+
+
+def _block_log_spectra(images, block=AGAINST_BLOCK):
+    """Log10 Hann-windowed power of each image on ``block`` x ``block`` blocks of the folded frequency quadrant.
+
+    Returns ``(L [N, B] float64, fmax [B] float64)``: the blocks' mean log power and the square-ring frequency
+    ``max(|fx|, |fy|)`` of their centres in units of the Nyquist frequency (the DC block is left out)."""
+    a = np.asarray(images)
+    if a.ndim == 2:
+        a = a[None]
+    n, h, w = a.shape
+    win = np.outer(np.hanning(h), np.hanning(w))
+    fy = np.abs(np.fft.fftfreq(h)) * 2.0
+    fx = np.abs(np.fft.fftfreq(w)) * 2.0
+    by = np.minimum((fy * (h // 2) / block).astype(np.int64), max(1, (h // 2) // block) - 1)
+    bx = np.minimum((fx * (w // 2) / block).astype(np.int64), max(1, (w // 2) // block) - 1)
+    nbx = int(bx.max()) + 1
+    idx = (by[:, None] * nbx + bx[None, :]).ravel()
+    nb = int(idx.max()) + 1
+    cnt = np.maximum(np.bincount(idx, minlength=nb), 1)
+    cy = np.bincount(idx, weights=np.broadcast_to(fy[:, None], (h, w)).ravel(), minlength=nb) / cnt
+    cx = np.bincount(idx, weights=np.broadcast_to(fx[None, :], (h, w)).ravel(), minlength=nb) / cnt
+    fmax = np.maximum(cy, cx)
+    out = np.empty((n, nb))
+    for s in range(0, n, 256):
+        x = a[s:s + 256].astype(np.float64)
+        x -= x.mean(axis=(1, 2), keepdims=True)
+        p = np.log10(np.abs(np.fft.fft2(x * win)) ** 2 + 1e-3)
+        out[s:s + 256] = np.stack([np.bincount(idx, weights=q.ravel(), minlength=nb) for q in p]) / cnt
+    keep = np.arange(nb) != idx[0]
+    return out[:, keep], fmax[keep]
+
+
+def resampling_against(images, reference, z=AGAINST_Z, min_ref=RESAMPLE_MIN_GROUP):
+    """Resize history of each image judged against *reference* images of the same model that were not resized.
+
+    Built for the floor waiver (issue 19, seventh round): when a pair of clusters might be one model split by its
+    release history, the cluster with more high-frequency energy is the reference and every image of the pair is
+    compared with it, so a history that covers half the pair (where :func:`detect_resampling`'s group median is half
+    resized) is still seen.  Per image, the log power on 2-D frequency blocks minus the reference's median, frequency
+    by frequency (the model's own spectral shape cancels); the *deficit* is the median of that difference over the
+    blocks of the low band (:data:`AGAINST_LOW`, which a resize by 0.5-0.9 keeps) minus its median over the high band
+    (:data:`AGAINST_HIGH`, which it cuts).  A resize lowers every high block; a trace at a few frequencies (a
+    period-2 checkerboard: one block) moves the high band's *median* by nothing, so it is not flagged.  A flat added
+    noise is: its deficit on a model whose own spectrum falls near the Nyquist frequency is the shape of a gentle
+    low-pass (measured in benchmarks/RESULTS.md); a second-order statistic cannot tell the two apart.  The score is
+    the robust z of the deficit against the reference images' own deficits (median, 1.4826 MAD).
+
+    Parameters
+    ----------
+    images : uint8 ndarray [N,H,W]
+        H, W >= 32 (smaller images have too few frequency blocks: nothing is flagged).
+    reference : bool ndarray [N]
+        The reference images (at least ``min_ref``; else nothing is flagged).
+    z : float
+        Flag above this robust z.
+    min_ref : int
+
+    Returns
+    -------
+    flag : bool ndarray [N]
+    score : float64 ndarray [N]
+        The robust z of each image's deficit (NaN without enough reference images).
+    """
+    ref = np.asarray(reference, bool)
+    a = np.asarray(images)
+    if a.ndim != 3 or min(a.shape[1:]) < 4 * AGAINST_BLOCK * 2:  # too few frequency blocks to have both bands
+        n = a.shape[0] if a.ndim >= 1 else 0
+        if ref.shape != (n,):
+            raise ValueError(f"reference has shape {ref.shape} for {n} images")
+        return np.zeros(n, bool), np.full(n, np.nan)
+    L, fmax = _block_log_spectra(a)
+    if ref.shape != (L.shape[0],):
+        raise ValueError(f"reference has shape {ref.shape} for {L.shape[0]} images")
+    if ref.sum() < min_ref:
+        return np.zeros(L.shape[0], bool), np.full(L.shape[0], np.nan)
+    d = L - np.median(L[ref], axis=0)
+    low = (fmax >= AGAINST_LOW[0]) & (fmax < AGAINST_LOW[1])
+    high = (fmax >= AGAINST_HIGH[0]) & (fmax <= AGAINST_HIGH[1])
+    deficit = np.median(d[:, low], axis=1) - np.median(d[:, high], axis=1)
+    med = np.median(deficit[ref])
+    mad = 1.4826 * np.median(np.abs(deficit[ref] - med))
+    score = (deficit - med) / max(mad, 1e-6)
+    return score > z, score

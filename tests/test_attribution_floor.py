@@ -95,8 +95,24 @@ def _encode(n):
     return im
 
 
-def _planted(monkeypatch, F, F_floor):
-    """attribute() sees ``F`` [N, d] for the images and ``F_floor`` for their floor copies (pixel (0, 2) marks them)."""
+def _encode_ct(n, resized, seed=0):
+    """n distinct 64x64 CT-like images (white noise SD 3), the row index in pixels (0, 0) and (0, 1); the rows
+    ``resized`` (bool [n]) resized by 0.6 and back (bicubic), so a release history is in the pixels too (what the
+    floor waiver, on by default since issue 19's seventh round, looks for)."""
+    from conftest import ct_like
+    from imprint.engine.processing import resize_roundtrip
+
+    rng = np.random.default_rng(seed)
+    im = np.clip(np.rint(ct_like(rng, n, 64).astype(np.float32) + rng.normal(0, 3, (n, 64, 64))), 0, 255)
+    im = im.astype(np.uint8)
+    im[resized] = np.stack([resize_roundtrip(v, 0.6, "bicubic") for v in im[resized]])
+    im[:, 0, 0], im[:, 0, 1], im[:, 0, 2] = np.arange(n) % 256, np.arange(n) // 256, 0
+    return im
+
+
+def _planted(monkeypatch, F, F_floor, images=None):
+    """attribute() sees ``F`` [N, d] for the images and ``F_floor`` for their floor copies (pixel (0, 2) marks them).
+    ``images`` (uint8 [N, H, W] carrying the row index as :func:`_encode` does; default :func:`_encode`)."""
     names = [f"resid.f{i}" for i in range(F.shape[1])]
 
     def fake(images, groups, backbones=(), errors=None, executor=None):
@@ -111,7 +127,7 @@ def _planted(monkeypatch, F, F_floor):
 
     monkeypatch.setattr(A, "_extract", fake)
     monkeypatch.setattr(A, "_floor_images", floor)
-    return _encode(F.shape[0])
+    return _encode(F.shape[0]) if images is None else images
 
 
 def _run(images, rule):
@@ -126,7 +142,9 @@ def _run(images, rule):
 def test_one_model_processed_half_and_half_stays_one_cluster(monkeypatch):
     """Three models; model 0's images are half 'resized' (its trace features moved 7 SDs: the release erased part of
     its fingerprint).  The labelled test alone passes model 0's two halves (k = 4); the floor brings both halves to the
-    same state, so "floor" keeps model 0 whole (k = 3, the true partition)."""
+    same state, so "floor" keeps model 0 whole (k = 3, the true partition).  The history is in the pixels too (half of
+    model 0's images resized 0.6 and back): the floor waiver (default since the seventh round) finds it in the pair's
+    resized half (``processing.resampling_against``) and keeps the veto."""
     rng = np.random.default_rng(21)
     n, d = 60, 6
     y = np.repeat([0, 1, 2], n)
@@ -137,13 +155,17 @@ def test_one_model_processed_half_and_half_stays_one_cluster(monkeypatch):
     F = X.copy()
     F[hist, 2] += 7.0  # the history, in base features
     F_floor = X + 0.3 * rng.normal(size=X.shape)  # after the floor every image is 'resized': no history left
-    images = _planted(monkeypatch, F, F_floor)
+    images = _planted(monkeypatch, F, F_floor, _encode_ct(3 * n, hist))
     with threadpool_limits(1):
         labels_only = _run(images, "labels")
         floor = _run(images, "floor")
     assert labels_only.k == 4  # the planted trap: the history passes the labelled test
     assert floor.k == 3 and ari(y, floor.labels) == 1.0
     assert any(v < A._floor_threshold(2 * n) for v in floor.info["k_scan_pairs_floor"]["4"].values())
+    if A.FLOOR_WAIVER:  # the veto stood because the resize was detected, not because the waiver was off
+        hist4 = floor.info["k_scan_pairs_history"]["4"]
+        assert hist4 and not any(v["veto_waived"] for v in hist4.values()), hist4
+        assert any(v["p_resampled"] < A.HISTORY_ALPHA for v in hist4.values()), hist4
 
 
 def test_two_models_at_the_old_threshold_are_kept_apart(monkeypatch):

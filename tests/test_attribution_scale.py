@@ -2,8 +2,8 @@
 
 Planted: feature columns that processing moves together with a strong shared component keep only a small leftover
 after the projection; re-standardising each column to unit variance (the default, "after") blows those leftovers up
-into strong directions that hide two models 10 SDs apart (a strict xfail of the default; the opt-in k = 2 pair route of
-the sixth round finds them).  Scaling by the columns' SD
+into strong directions that hide two models 10 SDs apart (a strict xfail of the default until the seventh round; the k = 2
+pair route, default since then, finds them).  Scaling by the columns' SD
 before the projection ("before") keeps the projection orthogonal, and the models must be found.
 """
 
@@ -69,25 +69,15 @@ def test_model_hidden_by_restandardisation_is_found_with_the_pre_projection_scal
     assert abs(np.corrcoef(r.labels, y)[0, 1]) > 0.95
 
 
-@pytest.mark.xfail(strict=True, reason="known gap of the default (issue 19, fourth round): the re-standardised "
-                   "leftovers of the projection out-vote the models in the two-way test and k auto answers 1; "
-                   "'before' fixes it but costs the dev release mix; the opt-in K2_PAIR_ROUTE fixes it (test below) "
-                   "but splits gen_a's 1000 dev images (benchmarks/RESULTS.md, sixth round)")
 def test_model_hidden_by_restandardisation_is_found_by_default(monkeypatch):
-    X, y, U = _planted(0)
-    r = _run(monkeypatch, X, U, 0, scale=A.PROJECTED_SCALE)
-    assert r.k == 2, r.info["one_model_test"]
-
-
-def test_model_hidden_by_restandardisation_is_found_by_the_k2_pair_route(monkeypatch):
-    """Opt-in ``K2_PAIR_ROUTE`` (sixth round): the k = 2 consensus partition gets the pair test on every column, and the
-    hidden models are found under the default scale although the two-way test fails."""
-    monkeypatch.setattr(A, "K2_PAIR_ROUTE", True)
+    """A strict xfail until the seventh round of issue 19: the re-standardised leftovers of the projection out-vote the
+    models in the two-way test; the k = 2 pair route (default since the seventh round) gets the k = 2 consensus
+    partition the pair test on every column, and the hidden models are found under the default scale."""
     X, y, U = _planted(0)
     r = _run(monkeypatch, X, U, 0, scale=A.PROJECTED_SCALE)
     assert r.k == 2, r.info["one_model_test"]
     assert abs(np.corrcoef(r.labels, y)[0, 1]) > 0.95
-    assert r.info["one_model_test"]["separation"] < r.info["one_model_test"]["threshold"]  # found by the new route
+    assert r.info["one_model_test"]["separation"] < r.info["one_model_test"]["threshold"]  # found by the route
 
 
 @pytest.mark.parametrize("seed", [5, 6])

@@ -99,25 +99,16 @@ def test_two_models_half_processed_follow_the_models(two_models):
     assert r.info["processing_invariance"]["removed"]
 
 
-@pytest.mark.xfail(strict=True, reason="known gap (issue 19): the one trace of these two synthetic models is the "
-                   "amplitude of a random-phase period-8 texture, a feature resizing (factor 0.5-0.9) rescales; the "
-                   "processing projection removes most of it, the two-way test scores 0.83 < 0.90 and k = 2 has no "
-                   "other route.  The opt-in K2_PAIR_ROUTE finds it (test below) but splits gen_a's 1000 dev images "
-                   "(benchmarks/RESULTS.md, sixth round)")
 def test_two_models_half_processed_k_auto(two_models):
-    X, ym, yp = two_models
-    ra = A.attribute(X, None, backbones=(), k_max=4)
-    assert ra.k == 2 and ari(ym, ra.labels) >= 0.95
-
-
-def test_two_models_half_processed_k_auto_with_the_k2_pair_route(two_models, monkeypatch):
-    """The opt-in k = 2 pair route (issue 19, sixth round): the k = 2 consensus partition gets the pair test on every
-    engine.features column (labelled 0.93, floor 0.94), and the two models are found although the two-way test fails."""
-    monkeypatch.setattr(A, "K2_PAIR_ROUTE", True)
+    """A strict xfail until the seventh round of issue 19.  The one trace of these two synthetic models is the amplitude
+    of a random-phase period-8 texture, a feature resizing rescales; the processing projection removes most of it and
+    the two-way test scores 0.83 < 0.90.  The k = 2 pair route (on by default since the seventh round, its floor at
+    the one-model threshold) finds them: the k = 2 consensus partition passes the labelled test and the floor."""
     X, ym, yp = two_models
     ra = A.attribute(X, None, backbones=(), k_max=4, stability_resamples=0)
+    assert A.K2_PAIR_ROUTE and A.K2_FLOOR_STRICT
     assert ra.k == 2 and ari(ym, ra.labels) >= 0.95
-    assert ra.info["one_model_test"]["separation"] < ra.info["one_model_test"]["threshold"]  # the new route found it
+    assert ra.info["one_model_test"]["separation"] < ra.info["one_model_test"]["threshold"]  # the route found it
 
 
 def test_one_model_half_processed_is_not_split_by_processing(two_models):
