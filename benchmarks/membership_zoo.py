@@ -27,6 +27,7 @@ Usage::
     python benchmarks/membership_zoo.py [--real DIR] [--fillers DIR|none] [--n-members 60] [--n-gen 1000]
     python benchmarks/membership_zoo.py --recall shift,augment:1 --real OTHER_DIR --seed 1   # search diagnostic
     python benchmarks/membership_zoo.py --recall "resynth 3 +,shift" --shortlist-only --seed 7  # candidates only
+    python benchmarks/membership_zoo.py --lowpass-queries-cost --repeat 2   # cost of the rotated low-pass queries
 """
 
 from __future__ import annotations
