@@ -29,6 +29,7 @@ Usage::
     python benchmarks/membership_zoo.py [--real DIR] [--fillers DIR|none] [--n-members 60] [--n-gen 1000]
     python benchmarks/membership_zoo.py --recall shift,augment:1 --real OTHER_DIR --seed 1   # search diagnostic
     python benchmarks/membership_zoo.py --recall "resynth 3 +,shift" --shortlist-only --seed 7  # candidates only
+    python benchmarks/membership_zoo.py --lowpass-queries-cost --repeat 2   # cost of the rotated low-pass queries
 """
 
 from __future__ import annotations
@@ -622,6 +623,47 @@ def lowpass_compare(args, d, devs, real, ref) -> None:
           f"ratio {cpu[True] / cpu[False]:.3f}; load average {os.getloadavg()[0]:.1f}")
 
 
+def lowpass_queries_cost(args) -> None:
+    """``--lowpass-queries-cost``: the cost of the low-pass source's rotated frame queries (branch geo9) in the judged
+    case's four pools (the target = gen_b's generated images and 300 of its reals rotated 90 degrees as in
+    ``--fresh-target``, and the dev sets gen_a, gen_b, gen_e; each pool = its reals + the 460 reference images):
+    :func:`register.lowpass_candidates` over the four pools with one memo (as one audit runs it), with
+    ``LP_FRAME_ANGLES = ()`` (the queries before) and the default, alternating, best of ``--repeat`` each (CPU-s of
+    the process, all threads, and wall).  The rest of the audit is unchanged by the queries except which
+    candidates (the same number) are registered."""
+    from imprint.engine.membership import register as reg
+    from imprint.engine.membership.common import _hashes
+
+    gens = ("gen_a", "gen_b", "gen_e")
+    d = {g: {p: load_folder(f"{DEV}/membership/{g}/{p}", args.size) for p in ("generated", "real/used", "real/unused")}
+         for g in gens}
+    ref = np.concatenate([d[g]["real/unused"] for g in gens])
+    real = np.concatenate([d["gen_b"]["real/used"][:150], d["gen_b"]["real/unused"][:150]])
+    pools = [(np.ascontiguousarray(np.rot90(d["gen_b"]["generated"], 1, axes=(1, 2))),
+              np.concatenate([np.ascontiguousarray(np.rot90(real, 1, axes=(1, 2))), ref]))]
+    pools += [(d[g]["generated"], np.concatenate([d[g]["real/used"], d[g]["real/unused"], ref])) for g in gens]
+    keys = [(_hashes(G), _hashes(P)) for G, P in pools]
+    keep = reg.LP_FRAME_ANGLES
+    best = {}
+    try:
+        for _ in range(args.repeat):
+            for label, angs in (("before (shifted queries)", ()), ("geo9 (+ rotated queries)", keep)):
+                reg.LP_FRAME_ANGLES = angs
+                cache: dict = {}
+                t0, c0 = time.perf_counter(), time.process_time()
+                for (G, P), (kG, kP) in zip(pools, keys):
+                    reg.lowpass_candidates(G, P, keys_gen=kG, keys_pool=kP, cache=cache, control=False)
+                dt, dc = time.perf_counter() - t0, time.process_time() - c0
+                b = best.setdefault(label, [np.inf, np.inf])
+                b[0], b[1] = min(b[0], dt), min(b[1], dc)
+                print(f"{label}: {dt:.2f} s wall, {dc:.2f} CPU-s", flush=True)
+    finally:
+        reg.LP_FRAME_ANGLES = keep
+    (l0, b0), (l1, b1) = best.items()
+    print(f"best of {args.repeat}: {l0} {b0[0]:.2f} s / {b0[1]:.2f} CPU-s; {l1} {b1[0]:.2f} s / {b1[1]:.2f} CPU-s; "
+          f"extra {b1[1] - b0[1]:+.2f} CPU-s (ratio {b1[1] / b0[1]:.3f}); load average {os.getloadavg()[0]:.1f}")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--real", default=DEV, help="folder of real PNGs (default: the dev corpus' real images)")
@@ -655,6 +697,9 @@ def main(argv=None):
     ap.add_argument("--lowpass-compare", action="store_true",
                     help="--timing: the low-pass candidate source off vs on (same run, alternating) instead of "
                          "registration on vs off")
+    ap.add_argument("--lowpass-queries-cost", action="store_true",
+                    help="instead: the low-pass source over the judged case's four pools with and without its rotated "
+                         "frame queries (branch geo9), same run, best of --repeat, CPU-s")
     ap.add_argument("--recall", default=None,
                     help="instead: the search diagnostic for these transforms (comma-separated name prefixes)")
     ap.add_argument("--verbose", action="store_true", help="--recall: one line per missed member")
@@ -667,6 +712,9 @@ def main(argv=None):
     a = ap.parse_args(argv)
     if a.timing:
         timing(a)
+        return
+    if a.lowpass_queries_cost:
+        lowpass_queries_cost(a)
         return
     if a.density_dev:
         density_dev(a)

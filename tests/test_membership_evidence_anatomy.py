@@ -417,3 +417,56 @@ def test_registered_pairs_memoised_across_pools_give_the_uncached_values():
     lg2, flg2, lr2, fr2 = reg.lowpass_candidates(G, P, control=False)
     assert np.array_equal(lg, lg2) and np.array_equal(flg, flg2)
     assert (lr2 == -1).all() and (fr2 == 0).all() and (lr >= 0).all()
+
+
+# ----------------------------------------------------------------------------------------- rotated frame queries (geo9)
+def _rotated(x, rng, h=H):
+    """Mirror (half of them) and a rotation of 6-10 deg in either direction (bilinear, border continued)."""
+    y = x[:, ::-1] if rng.random() < 0.5 else x
+    return ndimage.rotate(y, float(rng.choice([-1, 1]) * rng.uniform(6, 10)), reshape=False, order=1, mode="nearest")
+
+
+def test_lowpass_frame_queries_find_rotated_copies_and_equal_brute_force(monkeypatch):
+    """Re-synthesised copies of 20 members, mirrored (half) and rotated 6-10 deg, among 300 look-alikes.  The
+    moment frame normalises shift and scale, not rotation: with the plain and shifted queries only (main before
+    branch geo9, ``LP_FRAME_ANGLES = ()``) the frame source misses copies (14 of 20 found when this was written);
+    the rotated queries bring them in (17), and the source is the exact nearest-neighbour search over the query
+    variants and the mirrored base (brute force)."""
+    from imprint.engine.membership import register as reg
+
+    rng = np.random.default_rng(81)
+    real, reference, donors, gen = family(40, 82), family(40, 83), family(20, 84), family(300, 85)
+    slots = rng.choice(len(gen), 20, replace=False)
+    for m, s in enumerate(slots):
+        gen[s] = u8(_rotated(resynth(real[m], donors[m], 2.5), rng) + rng.normal(0, 2, (H, H)))
+    pool = np.concatenate([real, reference])
+    k = reg.LP_K_FRAME
+    lg, flg, _, _ = reg.lowpass_candidates(gen, pool, control=False)
+    found = (lg[:20, :k] == slots[:, None]).any(1)
+    with monkeypatch.context() as mp:
+        mp.setattr(reg, "LP_FRAME_ANGLES", ())
+        lg0 = reg.lowpass_candidates(gen, pool, control=False)[0]
+    found0 = (lg0[:20, :k] == slots[:, None]).any(1)
+    assert found0.sum() <= 15, found0                      # main's queries miss rotated copies (else the test is moot)
+    assert found.sum() >= 17 and found.sum() >= found0.sum() + 2, (found.sum(), found0.sum())
+    assert (lg[:20] == slots[:, None]).any(1).sum() >= 19   # with the spectrum source
+    # the queries: variant 0 = the grid, 1-4 its shifted copies, then the grid rotated by every LP_FRAME_ANGLES angle
+    low = reg.lowpass_grid(pool)
+    q = reg.lowpass_frame_queries(low)
+    assert q.shape == (len(pool), 5 + len(reg.LP_FRAME_ANGLES), 24, 24)
+    np.testing.assert_array_equal(q[:, :5], reg.shifted_shortlist_descriptors(low))
+    for v, a in enumerate(reg.LP_FRAME_ANGLES):
+        rot, _ = reg.warp(low, np.arange(len(low)), 0, np.full(len(low), a), np.ones(len(low)))
+        np.testing.assert_allclose(q[:, 5 + v], reg.shortlist_descriptors(rot), atol=1e-6)
+    # brute force: a generated image's distance is its smallest over the query variants and its mirror
+    base = reg.shortlist_descriptors(reg.lowpass_grid(gen)).astype(np.float64)
+    b0 = base.reshape(len(gen), -1)
+    b1 = base[:, :, ::-1].reshape(len(gen), -1)
+    qq = q.astype(np.float64).reshape(len(pool), q.shape[1], -1)
+    d0 = ((qq[:, :, None] - b0[None, None]) ** 2).sum(-1).min(1)
+    d1 = ((qq[:, :, None] - b1[None, None]) ** 2).sum(-1).min(1)
+    d = np.minimum(d0, d1)
+    want = np.argsort(d, axis=1, kind="stable")[:, :k]
+    np.testing.assert_array_equal(np.sort(lg[:, :k], 1), np.sort(want, 1))
+    np.testing.assert_array_equal(flg[:, :k], (np.take_along_axis(d1, lg[:, :k], 1)
+                                               < np.take_along_axis(d0, lg[:, :k], 1)).astype(np.int64))

@@ -1318,6 +1318,9 @@ def real_pair_null_cached(real: np.ndarray, n_generated: int, *, cache_dir: str 
 
     if _anatomy_lp.lowpass_on(kw.get("anatomy_lowpass")):
         key["version"] = 4   # 4: ... over the low-pass candidate source too (short7)
+        from .register import LP_FRAME_ANGLES   # its rotated frame queries (geo9)
+        if LP_FRAME_ANGLES:
+            key["lowpass_frame_angles"] = list(LP_FRAME_ANGLES)
     if kw.get("anatomy") and _anatomy_lp.N_POLISH != 2:     # its polish over more coarse-best candidates (geo8)
         key["anatomy_polish"] = _anatomy_lp.N_POLISH
     if kw.get("groups") is not None:                       # each image's own series excluded (uns7)

@@ -432,6 +432,9 @@ def _evidence(generated: np.ndarray, pool: np.ndarray, *, _cache_dir=None, **kw)
         from . import anatomy as _anat   # ... nor those before its low-pass candidate source (branch short7)
         if _anat.lowpass_on(kw.get("anatomy_lowpass")):
             key["anatomy"] = "registered-lowpass+lowpass-candidates"
+            from .register import LP_FRAME_ANGLES   # ... nor those before its rotated frame queries (branch geo9)
+            if LP_FRAME_ANGLES:
+                key["anatomy"] += "+rot" + ",".join(f"{a:g}" for a in LP_FRAME_ANGLES)
         if _anat.N_POLISH != 2:       # ... nor those polished over fewer coarse-best candidates (branch geo8)
             key["anatomy"] += f"+polish{_anat.N_POLISH}"
     h = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode())

@@ -1340,6 +1340,12 @@ def shortlists(G: np.ndarray, P: np.ndarray, pix_gen: np.ndarray, pix_real: np.n
 #: registration shortlist alone: 0.75-0.98); more added at most 0.02.
 LP_K_FRAME = 3
 LP_K_SPEC = 2
+#: Rotations (degrees) of the pool image's low-pass grid added to the moment-frame queries of the low-pass source
+#: (:func:`lowpass_frame_queries`, issue 13, branch geo9): the moment frame normalises translation and scale but not
+#: rotation, and a copy rotated by 6-10 degrees (and rescaled / shifted / flipped with it) ranked 5th-120th under
+#: the plain and shifted queries on a scratch draw (``--seed 11``, resynth 3 + geom (all)).  The coarse grid's
+#: non-zero angles (:data:`ANGLES`: the task's +-10 degrees), as the spectrum queries use; not tuned on data.
+LP_FRAME_ANGLES = tuple(a for a in ANGLES if a != 0.0)
 #: Lowest ``LP_SPEC_KEEP x LP_SPEC_KEEP`` spatial frequencies of the 32 x 32 low-pass grid kept by
 #: :func:`lowpass_spectrum_descriptors` (0-3 cycles per image: what a texture re-synthesis at sigma 3 px leaves
 #: intact; 6 and 8 found fewer copies on the scratch draw).
@@ -1413,6 +1419,37 @@ def lowpass_frame_descriptors(images: np.ndarray, *, shifted: bool = False) -> n
     return shifted_shortlist_descriptors(low) if shifted else shortlist_descriptors(low)
 
 
+def lowpass_frame_queries(low: np.ndarray) -> np.ndarray:
+    """The low-pass source's moment-frame queries of grids ``low`` [N, h, w] (:func:`lowpass_grid`): the
+    :func:`shifted_shortlist_descriptors` (variant 0 = the grid itself, then its 4 shifted copies) and the
+    descriptors of the grid rotated by every :data:`LP_FRAME_ANGLES` angle about its centre (bilinear,
+    :func:`warp`, the background level filled in).  A base row's distance is its smallest over the variants
+    (:func:`_desc_knn`), and the mirrored base is searched too, so a copy flipped *and* rotated is reached by
+    the opposite rotation.
+
+    Parameters
+    ----------
+    low : float32 [N, h, w]
+
+    Returns
+    -------
+    float32 [N, 5 + len(LP_FRAME_ANGLES), 24, 24]
+    """
+    low = np.ascontiguousarray(low, np.float32)
+    n = len(low)
+    V = 5 + len(LP_FRAME_ANGLES)
+    if n == 0:
+        return np.zeros((0, V, 24, 24), np.float32)
+    sh = shifted_shortlist_descriptors(low)
+    if not LP_FRAME_ANGLES:
+        return sh
+    na = len(LP_FRAME_ANGLES)
+    rot, _ = warp(low, np.repeat(np.arange(n), na), 0, np.tile(np.asarray(LP_FRAME_ANGLES, np.float64), n),
+                  np.ones(n * na))
+    rd = shortlist_descriptors(rot).reshape(n, na, *sh.shape[2:])
+    return np.ascontiguousarray(np.concatenate([sh, rd], 1), np.float32)
+
+
 def lowpass_spectrum_descriptors(images: np.ndarray, *, rotscale: bool = False) -> np.ndarray:
     """:func:`_grid_spectrum` of the low-pass grids (:func:`lowpass_grid`; shift- and flip-invariant); with ``rotscale`` of
     every grid rotated and rescaled over :data:`SPEC_ANGLES` x :data:`SPEC_SCALES` (bilinear about the grid's
@@ -1459,7 +1496,7 @@ def lowpass_candidates(G: np.ndarray | None, P: np.ndarray, *, k_frame: int = LP
     re-synthesised *and* which was shifted or rotated is often not on it.  This source describes only the
     low-pass grid (:func:`lowpass_grid`, about the grid the anatomy evidence registers): the
     ``k_frame`` nearest under :func:`lowpass_frame_descriptors` (moment frame: translation / scale normalised,
-    the mirrored base searched too, the pool image's shifted copies as queries) and the ``k_spec`` nearest under
+    the mirrored base searched too, the pool image's shifted and rotated copies as queries, :func:`lowpass_frame_queries`) and the ``k_spec`` nearest under
     :func:`lowpass_spectrum_descriptors` (Fourier magnitude: shift- and flip-invariant, the pool image's
     rotation x scale variants as queries), searched among the generated images and, built the same way (the
     control), among the other pool images.  Union it with :func:`shortlists`' candidates.
@@ -1486,7 +1523,8 @@ def lowpass_candidates(G: np.ndarray | None, P: np.ndarray, *, k_frame: int = LP
     none = np.full((n, c), -1, np.int64)
     # every descriptor from the images' low-pass grids (:func:`lowpass_grid`), each computed once per image (memoised)
     lowP = _memo_rows(lowpass_grid, P, kP, cache, "lp_grid")
-    dP = _memo_rows(shifted_shortlist_descriptors, lowP, kP, cache, "lp_frame_shift")
+    # the pool images' frame queries: the grid, its shifted copies and (branch geo9) its rotated copies
+    dP = _memo_rows(lowpass_frame_queries, lowP, kP, cache, f"lp_frame_q{len(LP_FRAME_ANGLES)}")
     dP0 = np.ascontiguousarray(dP[:, 0])
     sQ = _memo_rows(_grid_rotscale_spectrum, lowP, kP, cache, "lp_spec_rs")
     sP = np.ascontiguousarray(sQ[:, 0])                 # variant 0 = the grid itself
