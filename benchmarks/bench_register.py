@@ -152,7 +152,8 @@ def main(argv=None) -> None:
     rows += [(f"register.{s} (all four pools)", b["stages"][s], f["stages"][s]) for s in STAGES]
     lines = [f"### {a.title}", "",
              f"Command: `python benchmarks/bench_register.py --before DIR --repeat {a.repeat}"
-             + (f" --write-results {a.write_results}" if a.write_results else "")
+             + (f" --write-results {os.path.relpath(a.write_results, HERE)}" if a.write_results else "")
+             + (" --fresh-target" if a.fresh_target else "")
              + (f" --block {a.block}`" if a.block != "judged-speed-spd6" else "`")
              + ". 1,000 generated x 300 real, three dev sets, registration on; each side in its own process on its own "
              f"code, alternating, best of {a.repeat} totals (the stage columns are that run's). Outputs (scores, "
