@@ -115,11 +115,14 @@ def _outputs(res):
     return out
 
 
-def test_pools_on_threads_give_the_serial_outputs_bit_for_bit(monkeypatch):
+@pytest.mark.parametrize("shares", [False, True])
+def test_pools_on_threads_give_the_serial_outputs_bit_for_bit(monkeypatch, shares):
     import numba
 
     from imprint.engine.membership import _threads
     from imprint.engine.membership import audit as A
+
+    monkeypatch.setattr(_threads, "SHARES", shares)
 
     gen, real, ref, devs = _small_audit_inputs()
     runs = {}
@@ -140,7 +143,7 @@ def test_pools_on_threads_give_the_serial_outputs_bit_for_bit(monkeypatch):
         res = A.audit_membership(gen, real, dev_sets=devs, reference=ref, progress=ticks.append)
         monkeypatch.setattr(A, "_evidence", orig_ev)
         assert taken == [nt] and len(ticks) >= 3 * 4        # every pool ticked through the caller's callback
-        if nt == 1:
+        if nt == 1 or not _threads.SHARES:
             assert shares == [(numba.get_num_threads(), -1)] * 3
         else:       # two pools side by side share the threads; a pool alone at the end may take them all
             assert len(shares) == 3 and all(f == n and n <= max(1, numba.get_num_threads() // 2) for n, f in shares[:2])
@@ -199,12 +202,14 @@ def test_shortlists_memo_returns_the_computed_lists_and_skips_the_searches(monke
 
 
 # ---- branch spd9: the pools' thread shares and polish_lo's shared variants
-def test_pool_share_divides_the_threads_between_running_pools_and_restores_them():
+def test_pool_share_divides_the_threads_between_running_pools_and_restores_them(monkeypatch):
     import threading
 
     import numba
 
     from imprint.engine.membership import _threads
+
+    monkeypatch.setattr(_threads, "SHARES", True)
 
     total = numba.get_num_threads()
     if total < 2:

@@ -18,6 +18,11 @@ from __future__ import annotations
 import threading
 from contextlib import contextmanager
 
+#: Thread shares on (True) or off (False: each pool's kernels and FFTs use all threads, main's behaviour before
+#: spd9).  Off by default: under load 16-22 the shares did not lower the judged case's CPU-s in 3 same-run rounds
+#: (benchmarks/RESULTS.md, branch spd9); a quiet A/B is pending.  The outputs are the same either way.
+SHARES = False
+
 _local = threading.local()
 _lock = threading.Lock()
 _state = {"pending": 0, "slots": 1, "total": 1}
@@ -74,6 +79,9 @@ def pool_share():
     finished, so its share goes to the pools still running at their next :func:`rebalance`."""
     import numba
 
+    if not SHARES:
+        yield
+        return
     before = numba.get_num_threads()
     _local.in_pool = True
     try:

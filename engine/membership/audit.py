@@ -134,8 +134,8 @@ def _pool_evidence(jobs, kw: dict, executor) -> list:
 
     order = [0] + sorted(range(1, len(jobs)), key=lambda i: (same_gen(jobs[i][1]), i))
     out: list = [None] * len(jobs)
-    # issue 13, spd9: each pool's share of the threads for its Numba kernels and FFTs (not 2 x 2 threads on 2
-    # cores); the same values (_threads' notes)
+    # issue 13, spd9: with _threads.SHARES (off by default) each pool's share of the threads for its Numba kernels
+    # and FFTs (not 2 x 2 threads on 2 cores); the same values either way (_threads' notes)
     _threads.start_pools(len(jobs), nt, _threads.total_threads())
 
     def run(g, p):
