@@ -351,7 +351,7 @@ def _pair(x, y, ma, mb, qa, qb, mua, vara, mub, varb, w, c1, c2, ring, ta, tb):
     return acc / (Hi * Wi), sse
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _stats_batch(X, idx, w, mu, var, m, q, nch):
     """Stats of images ``X[idx[k]]`` into ``mu[k]``, ``var[k]``, ``m[k]``, ``q[k]`` (``nch`` parallel chunks)."""
     K = idx.shape[0]
@@ -369,7 +369,7 @@ def _stats_batch(X, idx, w, mu, var, m, q, nch):
             _stats_into(img, mk, qk, w, mu[k], var[k], ring1, ring2, t1, t2)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _pairs_grouped(A, B, pa, pb, sb, gstart, cbound, mub, varb, mb, qb, w, c1, c2, out, sse):
     """SSIM and SSE of pairs sorted by A image (:func:`_pair`).
 
@@ -555,7 +555,7 @@ def ssim(a, b, data_range=255.0) -> float:
 
 
 # ----------------------------------------------------------------------------- MSE / PSNR
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _mse_kernel_u8(A, B, ia, ib, out):
     P = ia.shape[0]
     H = A.shape[1]
@@ -573,7 +573,7 @@ def _mse_kernel_u8(A, B, ia, ib, out):
         out[p] = tot / (H * W)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _mse_kernel_f(A, B, ia, ib, out):
     P = ia.shape[0]
     H = A.shape[1]

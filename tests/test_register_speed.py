@@ -115,8 +115,14 @@ def _outputs(res):
     return out
 
 
-def test_pools_on_threads_give_the_serial_outputs_bit_for_bit(monkeypatch):
+@pytest.mark.parametrize("shares", [False, True])
+def test_pools_on_threads_give_the_serial_outputs_bit_for_bit(monkeypatch, shares):
+    import numba
+
+    from imprint.engine.membership import _threads
     from imprint.engine.membership import audit as A
+
+    monkeypatch.setattr(_threads, "SHARES", shares)
 
     gen, real, ref, devs = _small_audit_inputs()
     runs = {}
@@ -126,8 +132,21 @@ def test_pools_on_threads_give_the_serial_outputs_bit_for_bit(monkeypatch):
         taken = []
         monkeypatch.setattr(A, "_pool_threads", lambda jobs, ex: taken.append(orig(jobs, ex)) or taken[-1])
         ticks = []
+        shares = []
+        orig_ev = A._evidence
+
+        def recording(g, p, **kw):       # each pool's thread share (branch spd9): Numba threads, FFT workers
+            shares.append((numba.get_num_threads(), _threads.fft_workers()))
+            return orig_ev(g, p, **kw)
+
+        monkeypatch.setattr(A, "_evidence", recording)
         res = A.audit_membership(gen, real, dev_sets=devs, reference=ref, progress=ticks.append)
+        monkeypatch.setattr(A, "_evidence", orig_ev)
         assert taken == [nt] and len(ticks) >= 3 * 4        # every pool ticked through the caller's callback
+        if nt == 1 or not _threads.SHARES:
+            assert shares == [(numba.get_num_threads(), -1)] * 3
+        else:       # two pools side by side share the threads; a pool alone at the end may take them all
+            assert len(shares) == 3 and all(f == n and n <= max(1, numba.get_num_threads() // 2) for n, f in shares[:2])
         runs[nt] = _outputs(res)
     assert runs[1].keys() == runs[2].keys()
     for k in runs[1]:
@@ -180,3 +199,65 @@ def test_shortlists_memo_returns_the_computed_lists_and_skips_the_searches(monke
     assert np.array_equal(R.shortlists(G, P, iG, iR, **kw)[0], fresh[0])
     other = R.shortlists(G, P, iG[:, ::-1].copy(), iR, **kw)    # other pixel neighbours: computed, not the memo
     assert calls and np.array_equal(other[0], R.shortlists(G, P, iG[:, ::-1].copy(), iR)[0])
+
+
+# ---- branch spd9: the pools' thread shares and polish_lo's shared variants
+def test_pool_share_divides_the_threads_between_running_pools_and_restores_them(monkeypatch):
+    import threading
+
+    import numba
+
+    from imprint.engine.membership import _threads
+
+    monkeypatch.setattr(_threads, "SHARES", True)
+
+    total = numba.get_num_threads()
+    if total < 2:
+        pytest.skip("needs 2 Numba threads")
+    inside, one_left, seen = threading.Barrier(2), threading.Event(), {}
+
+    _threads.start_pools(2, 2, total)
+
+    def pool(name):
+        with _threads.pool_share():
+            inside.wait(timeout=30)                  # both pools running: half each
+            seen[name, "both"] = (numba.get_num_threads(), _threads.fft_workers())
+            inside.wait(timeout=30)
+            if name == "b":
+                one_left.wait(timeout=30)
+                _threads.rebalance()                 # pool a has finished: b takes the threads back
+                seen[name, "alone"] = (numba.get_num_threads(), _threads.fft_workers())
+        seen[name, "after"] = (numba.get_num_threads(), _threads.fft_workers())
+        if name == "a":
+            one_left.set()
+
+    ts = [threading.Thread(target=pool, args=(n,)) for n in "ab"]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(timeout=60)
+    half = total // 2
+    assert seen["a", "both"] == (half, half) and seen["b", "both"] == (half, half)
+    assert seen["b", "alone"] == (total, total)
+    assert seen["a", "after"] == (total, -1) and seen["b", "after"] == (total, -1)
+    _threads.rebalance()                             # outside a pool: nothing changes
+    assert (numba.get_num_threads(), _threads.fft_workers()) == (total, -1)
+
+
+def test_polish_lo_computes_shared_variants_once_with_the_per_pair_values(monkeypatch):
+    from conftest import ct_like
+
+    rng = np.random.default_rng(3)
+    A_, B_ = ct_like(rng, 4, 64), ct_like(rng, 9, 64)
+    pairs = np.stack([rng.integers(0, 4, 18), np.arange(18) % 9], 1)       # 4 generated images, 18 pairs
+    co = R.coarse_scores(A_, B_, pairs)
+    rows = []
+    orig = R.warp
+    monkeypatch.setattr(R, "warp", lambda im, r, *a, **k: rows.append(len(np.atleast_1d(r))) or orig(im, r, *a, **k))
+    got = R.polish_lo(A_, B_, pairs, co)
+    assert sum(rows) < 2 * len(pairs) * 5 * R._LO_ROUNDS       # fewer warps than pairs x starts x variants
+    monkeypatch.setattr(R, "warp", orig)
+    one = [R.polish_lo(A_, B_, pairs[i:i + 1], {k: np.asarray(v)[i:i + 1] for k, v in co.items()})
+           for i in range(len(pairs))]                           # pair by pair: no variant shared
+    for k in got:
+        assert np.array_equal(got[k], np.concatenate([o[k] for o in one])), k

@@ -5,7 +5,7 @@ import numpy as np
 from numba import njit, prange
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def zscore_u8_into(x, out):  # pragma: no cover - numba
     """``out[i] = (float32(x[i]) - mu_i) / sd_i`` with float32 ``mu_i``, ``sd_i`` (sd <= 1e-6 -> 1) from exact
     integer sums; ``x`` uint8 [N, D], ``out`` float32 [N, D]."""

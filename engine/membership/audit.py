@@ -14,6 +14,7 @@ from imprint.engine.errors import ImprintError
 
 from .common import COMBINED_FEATURES, DEFAULT_WEIGHTS, DevSet, MAX_FEATURES, MembershipResult, _MIN_NULL, _check_stack, _hashes  # noqa: F401
 from .common import ALWAYS_MAX_FEATURES, _ALWAYS_MAX_FLOOR
+from . import _threads
 from .evidence import _evidence  # noqa: F401
 from .calibrate import (NEAR_DUP_CORR, PAIR_FEATURES, _combine, _feature_matrix, exchangeability_check,  # noqa: F401
                         empirical_null, fit_weights, near_duplicates, nuisance_statistics, real_pair_null, robust_calibrate)
@@ -133,9 +134,17 @@ def _pool_evidence(jobs, kw: dict, executor) -> list:
 
     order = [0] + sorted(range(1, len(jobs)), key=lambda i: (same_gen(jobs[i][1]), i))
     out: list = [None] * len(jobs)
+    # issue 13, spd9: with _threads.SHARES (off by default) each pool's share of the threads for its Numba kernels
+    # and FFTs (not 2 x 2 threads on 2 cores); the same values either way (_threads' notes)
+    _threads.start_pools(len(jobs), nt, _threads.total_threads())
+
+    def run(g, p):
+        with _threads.pool_share():
+            return _evidence(g, p, **kw)
+
     ex = ThreadPoolExecutor(max_workers=nt, thread_name_prefix="imprint-pool")
     try:
-        futs = {i: ex.submit(_evidence, jobs[i][1], jobs[i][2], **kw) for i in order}
+        futs = {i: ex.submit(run, jobs[i][1], jobs[i][2]) for i in order}
         for i in order:
             out[i] = futs[i].result()
     except BaseException:

@@ -46,6 +46,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from . import _threads
+
 #: Coarse grid (degrees, factors).  Chosen from the task statement's ranges (rotations up to +-10 deg,
 #: scale +-10%), not tuned on data; the refinement (three halving rounds) covers the gaps.  (A cheaper grid
 #: without scale variants lost scaled copies in the zoo: see benchmarks/RESULTS.md.)
@@ -459,16 +461,16 @@ def _xcorr(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     from scipy import fft as sfft
 
     h, w = A.shape[1:]
-    fa = sfft.rfft2(A, workers=-1)
-    fb = sfft.rfft2(B, workers=-1)
-    return sfft.irfft2(np.conj(fa) * fb, s=(h, w), workers=-1).astype(np.float32) / float(h * w)
+    fa = sfft.rfft2(A, workers=_threads.fft_workers())
+    fb = sfft.rfft2(B, workers=_threads.fft_workers())
+    return sfft.irfft2(np.conj(fa) * fb, s=(h, w), workers=_threads.fft_workers()).astype(np.float32) / float(h * w)
 
 
 def _spectrum(B: np.ndarray) -> np.ndarray:
     """``rfft2`` of a stack [K, h, w] (what :func:`_xcorr` computes of its second argument)."""
     from scipy import fft as sfft
 
-    return sfft.rfft2(B, workers=-1)
+    return sfft.rfft2(B, workers=_threads.fft_workers())
 
 
 def _xcorr_spec(A: np.ndarray, fb: np.ndarray, C: int, center_y: np.ndarray, radius: int) -> np.ndarray:
@@ -478,7 +480,7 @@ def _xcorr_spec(A: np.ndarray, fb: np.ndarray, C: int, center_y: np.ndarray, rad
     from scipy import fft as sfft
 
     h, w = A.shape[1:]
-    fa = sfft.rfft2(A, workers=-1)
+    fa = sfft.rfft2(A, workers=_threads.fft_workers())
     spec = (np.conj(fa).reshape((len(fb), C) + fb.shape[1:]) * fb[:, None]).reshape(fa.shape)
     return _corr_near(spec, h, w, center_y, radius)
 
@@ -509,11 +511,11 @@ def _irfft2_rows(spec: np.ndarray, h: int, w: int, rows: np.ndarray) -> np.ndarr
     rows = np.asarray(rows, np.int64) % h
     pow2 = h & (h - 1) == 0 and w & (w - 1) == 0
     if not pow2:
-        full = sfft.irfft2(spec, s=(h, w), workers=-1)
+        full = sfft.irfft2(spec, s=(h, w), workers=_threads.fft_workers())
         return full[:, rows] if rows.ndim == 1 else full[np.arange(K)[:, None], rows]
-    colt = sfft.ifft(spec, axis=-2, norm="forward", workers=-1)          # the first pass, unscaled
+    colt = sfft.ifft(spec, axis=-2, norm="forward", workers=_threads.fft_workers())          # the first pass, unscaled
     sub = colt[:, rows] if rows.ndim == 1 else colt[np.arange(K)[:, None], rows]
-    out = sfft.irfft(sub, n=w, axis=-1, norm="forward", workers=-1)     # the second pass on those rows
+    out = sfft.irfft(sub, n=w, axis=-1, norm="forward", workers=_threads.fft_workers())     # the second pass on those rows
     return out * out.dtype.type(1.0 / (h * w))
 
 
@@ -666,13 +668,14 @@ def coarse_scores(A: np.ndarray, B: np.ndarray, pairs: np.ndarray, *, flip=None,
     ga = np.tile([g[0] for g in grid] * 2, na)
     gs = np.tile([g[1] for g in grid] * 2, na)
     var, _ = warp(alo, rows, gf, ga, gs)
-    fa = sfft.rfft2(_z(var).reshape(na, 2, V, hl, wl), workers=-1)      # [na, 2, V, hl, wl//2+1]
-    fb = sfft.rfft2(blo, workers=-1)
+    fa = sfft.rfft2(_z(var).reshape(na, 2, V, hl, wl), workers=_threads.fft_workers())      # [na, 2, V, hl, wl//2+1]
+    fb = sfft.rfft2(blo, workers=_threads.fft_workers())
     rad = int(math.ceil(MAX_SHIFT * min(hl, wl)))
     fl_all = None if flip is None else np.asarray(flip, np.int64).reshape(-1)
     idy = np.r_[0:rad + 1, -rad:0].astype(np.int64)
     nv = 2 * V if fl_all is None else V
     for s0 in range(0, K, chunk):
+        _threads.rebalance()     # issue 13, spd9: a finished pool's threads go to the pools still running
         sl = slice(s0, min(K, s0 + chunk))
         n = sl.stop - sl.start
         voff = np.zeros(n, np.int64) if fl_all is None else fl_all[sl] * V
@@ -847,6 +850,7 @@ def polish_lo(A: np.ndarray, B: np.ndarray, pairs: np.ndarray, co: dict, *, roun
     h, w = A.shape[1:]
     f = max(1, min(h, w) // _LO_SIDE)
     for s0 in range(0, K, chunk):
+        _threads.rebalance()     # issue 13, spd9: a finished pool's threads go to the pools still running
         sl = slice(s0, min(K, s0 + chunk))
         pp = pairs[sl]
         n = len(pp)
@@ -865,7 +869,7 @@ def polish_lo(A: np.ndarray, B: np.ndarray, pairs: np.ndarray, co: dict, *, roun
         from scipy import fft as sfft
 
         hl, wl = Bl.shape[1:]
-        fb = sfft.rfft2(Bl, workers=-1)                   # once per pair (both starts, every variant share it)
+        fb = sfft.rfft2(Bl, workers=_threads.fft_workers())                   # once per pair (both starts, every variant share it)
         S = 2 * n
         da, ds = 4.0, 0.04
         for _ in range(rounds):
@@ -873,8 +877,13 @@ def polish_lo(A: np.ndarray, B: np.ndarray, pairs: np.ndarray, co: dict, *, roun
             C = len(offs)
             aa = np.repeat(ang, C) + np.tile([o[0] for o in offs], S)
             ss = np.repeat(sc, C) + np.tile([o[1] for o in offs], S)
-            var, _ = warp(Al, np.repeat(ia2, C), np.repeat(fl, C), aa, ss)
-            fa = sfft.rfft2(_z(var), workers=-1).reshape(2, n, C, hl, -1)
+            # pairs sharing a generated image and a start warp the same variants (spd8 counted 1.30x): warp,
+            # z-score and transform each distinct (image, flip, angle, scale) once (every one is computed per row,
+            # so the values are the same as row by row)
+            key = np.stack([np.repeat(ia2, C).astype(np.float64), np.repeat(fl, C).astype(np.float64), aa, ss], 1)
+            ukey, uinv = np.unique(key, axis=0, return_inverse=True)
+            var, _ = warp(Al, ukey[:, 0].astype(np.int64), ukey[:, 1].astype(np.int64), ukey[:, 2], ukey[:, 3])
+            fa = sfft.rfft2(_z(var), workers=_threads.fft_workers())[uinv.reshape(-1)].reshape(2, n, C, hl, -1)
             cen = np.stack([np.round(np.repeat(dy, C)), np.round(np.repeat(dx, C))], 1).astype(np.int64)
             corr = _corr_near(np.conj(fa) * fb[None, :, None], hl, wl, cen[:, 0], 1)
             v, py, px = _subpixel_peak(corr, cen, 1)
@@ -905,6 +914,7 @@ def refine(A: np.ndarray, B: np.ndarray, pairs: np.ndarray, co: dict, *, chunk: 
     K = len(pairs)
     out = {k: np.zeros(K) for k in _KEYS}
     for s0 in range(0, K, chunk):
+        _threads.rebalance()     # issue 13, spd9: a finished pool's threads go to the pools still running
         sl = slice(s0, min(K, s0 + chunk))
         part = _refine_chunk(A, B, pairs[sl], {k: np.asarray(v)[sl] for k, v in co.items()})
         for k in _KEYS:

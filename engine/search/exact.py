@@ -35,7 +35,7 @@ def _cos_dist(qi, b):  # pragma: no cover - numba
     return min(max(1.0 - qb / nb, 0.0), 2.0)
 
 
-@njit(parallel=True, cache=True, fastmath={"reassoc", "contract"})
+@njit(parallel=True, cache=True, fastmath={"reassoc", "contract"}, nogil=True)
 def _pairs(base, q, idx, cosine, out):  # pragma: no cover - numba
     """``out[i, j]`` = distance of ``q[i]`` and ``base[idx[i, j]]`` (squared L2, or cosine when ``cosine``)."""
     n, kk = idx.shape
@@ -86,7 +86,7 @@ def l2_pairs(base: np.ndarray, q: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return out
 
 
-@njit(parallel=True, cache=True, fastmath={"reassoc", "contract"})
+@njit(parallel=True, cache=True, fastmath={"reassoc", "contract"}, nogil=True)
 def _l2_rows(base, qall, qrows, idx, out):  # pragma: no cover - numba
     """``out[i, j]`` = squared L2 of ``qall[qrows[i]]`` and ``base[idx[i, j]]`` (``inf`` where ``idx < 0``): the
     arithmetic of :func:`_pairs` (same per-pair function), with the query rows read in place, not gathered."""
@@ -124,7 +124,7 @@ def l2_rows(base: np.ndarray, qall: np.ndarray, qrows: np.ndarray, idx: np.ndarr
     return out
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _block_proj(x, h, w, f, out):  # pragma: no cover - numba
     n = x.shape[0]
     wl = w // f
