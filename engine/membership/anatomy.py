@@ -264,6 +264,10 @@ _CO_KEYS = ("coarse", "flip", "angle", "scale", "dy", "dx", "coarse_alt", "angle
 _PO_KEYS = ("ncc", "flip", "angle", "scale", "dy", "dx")
 
 
+# Pairs per block of the anatomy polish and its registered NCC (issue 15; memory only, the values are per pair).
+POLISH_BLOCK = 4096
+
+
 def _memo_pairs(fn, pairs: np.ndarray, keys_a, keys_b, cache: dict | None, name: str, fields) -> dict:
     """``fn(sel) -> dict of arrays [len(sel)]`` (``sel``: indices into ``pairs`` [K, 2]) memoised per pair of image
     contents (``(keys_a[i], keys_b[j])``) in ``cache[name]`` as float tuples, so pools that share images (the target
@@ -348,11 +352,20 @@ def registered_anatomy(lowA: np.ndarray, lowB: np.ndarray, cand: np.ndarray, *, 
     fin = np.isfinite(score[np.arange(R)[:, None], top]).ravel()
     pidx = pos[(np.arange(R)[:, None] * c + top).ravel()][fin]
 
-    def polished(t):   # the polish and registered NCC of pairs[pidx[t]]
+    def polished_block(t):   # the polish and registered NCC of pairs[pidx[t]]
         pp = pairs[pidx[t]]
         po = polish_lo(lowA, lowB, pp, {k: np.asarray(v)[pidx[t]] for k, v in co.items()}, rounds=rounds)
         reg, valid = warp(lowA, pp[:, 0], po["flip"], po["angle"], po["scale"], po["dy"], po["dx"])
         return dict(po, ncc=_masked_ncc(reg, lowB[pp[:, 1]], valid))
+
+    def polished(t):
+        # issue 15: in blocks of POLISH_BLOCK pairs, so the registered grids, their masks and the NCC's float64
+        # temporaries are held for one block (at 10k real images the whole set's were a ~1.6 GB spike); every value
+        # is per pair, so the blocks give the same values as one call
+        if len(t) <= POLISH_BLOCK:
+            return polished_block(t)
+        parts = [polished_block(t[s:s + POLISH_BLOCK]) for s in range(0, len(t), POLISH_BLOCK)]
+        return {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in parts[0]}
 
     pa, pb = pairs[pidx, 0], pairs[pidx, 1]
     po = _memo_pairs(polished, pairs[pidx], keys_a, keys_b, cache, f"anat_polish{rounds}", _PO_KEYS)
