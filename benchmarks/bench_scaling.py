@@ -248,9 +248,10 @@ def bound_search(sizes, data: Path, repeats: int = 2, before: str | None = None)
     blocks membership uses (2 GiB budget).  Alternating sides, ``repeats`` runs each, best wall and best CPU-s
     (``time.process_time``: all threads) per side; outputs compared bit for bit.  With ``before`` (a checkout),
     'before' is that checkout's ``knn_l2_both_bound`` instead of ``knn_l2_both`` (issue 15, scale7)."""
-    from imprint.engine.membership.evidence import generated_chunk, zscore_images
+    from imprint.engine.membership.evidence import _bound_params, generated_chunk, zscore_images
     from imprint.engine.search.pairwise import knn_l2_both, knn_l2_both_bound
 
+    fac, reg = _bound_params((128, 128))         # membership's choice (issue 15, scale9: 4 x 4 blocks + residuals)
     rows = []
     for n_real, n_gen in sizes:
         P, G = _phantom_sets(data, n_real, n_gen)
@@ -265,7 +266,7 @@ def bound_search(sizes, data: Path, repeats: int = 2, before: str | None = None)
             if before else
             (lambda: knn_l2_both(zp, n_real, zg, n_gen, 10, 2, a_block=pchunk, b_block=chunk, cache_a=True)),
             "after": lambda: knn_l2_both_bound(zp, n_real, zg, n_gen, 10, 2, shape=(128, 128), b_block=chunk,
-                                               a_block=pchunk, stats=st),
+                                               a_block=pchunk, stats=st, factor=fac, region=reg),
         }
         best, outs = _best_of_sides(sides, repeats, (n_real, n_gen))
         same = all(np.array_equal(a, b) for a, b in zip(outs["before"], outs["after"]))
@@ -273,7 +274,7 @@ def bound_search(sizes, data: Path, repeats: int = 2, before: str | None = None)
                      "after wall s": best["after"][0], "wall ratio": best["before"][0] / best["after"][0],
                      "before CPU s": best["before"][1], "after CPU s": best["after"][1],
                      "CPU ratio": best["before"][1] / best["after"][1],
-                     "exact share": st["exact"] / st["pairs"], "outputs identical": same,
+                     "exact share": st["exact"] / st["pairs"], "bound dims": st["low_dim"], "outputs identical": same,
                      "load (1 min)": f"{os.getloadavg()[0]:.1f}"})
         print(json.dumps(rows[-1]), flush=True)
     return rows
@@ -339,7 +340,7 @@ def ingest_memory(folder: Path, before_root: str, work: Path) -> list[dict]:
     return rows
 
 
-def shape_search(sizes, data: Path, repeats: int = 2) -> list[dict]:
+def shape_search(sizes, data: Path, repeats: int = 2, before: str | None = None) -> list[dict]:
     """Same-run before/after of the membership shape stage's mask search (issue 15, scale7): FAISS Flat over the
     generated masks chunk by chunk plus the real -> real search (``_knn_chunked`` + ``_knn_self``, the code
     before) against the lower-bound-pruned exact search (``evidence._shape_search_bound``), on the scaling
@@ -357,13 +358,25 @@ def shape_search(sizes, data: Path, repeats: int = 2) -> list[dict]:
         shp = E._mask_shape(P.shape[1:], cP.shape[1])
         info: dict = {}
 
-        def before():
+        def faiss():
             mP = cP * scale
             a, _ = E._knn_chunked(G, mP, 1, E.anatomy_masks, chunk)
             b, _ = E._knn_self(lambda r: mP[np.asarray(r)], n_real, 1, n_real)
             return a, b
 
-        sides = {"before": before,
+        def bound_before():
+            # this checkout's stage with the --before checkout's knn_l2_both_bound and its fixed 2 x 2 bound
+            # (issue 15, scale9: before = main's scale7 search)
+            import imprint.engine.search.pairwise as pw
+
+            old, mine = _pairwise_of(before).knn_l2_both_bound, pw.knn_l2_both_bound
+            pw.knn_l2_both_bound = lambda *a, factor=2, region=0, **k: old(*a, factor=2, **k)  # noqa: E731
+            try:
+                return E._shape_search_bound(G, cP, scale, shp, chunk, pchunk, {})
+            finally:
+                pw.knn_l2_both_bound = mine
+
+        sides = {"before": bound_before if before else faiss,
                  "after": lambda: E._shape_search_bound(G, cP, scale, shp, chunk, pchunk, info)}
         best, outs = _best_of_sides(sides, repeats, (n_real, n_gen))
         same = all(np.array_equal(a, b) for a, b in zip(outs["before"], outs["after"]))
@@ -517,8 +530,23 @@ def main(argv=None) -> int:
         return 0
     if args.shape_search:
         sizes = [tuple(int(v) for v in x.split("x")) for x in args.shape_search.split(",") if x]
-        rows = shape_search(sizes, Path(args.data))
-        if args.write_results:
+        rows = shape_search(sizes, Path(args.data), before=args.before)
+        if args.write_results and args.before:
+            from imprint.engine.bench import load_note, md_table, write_results_block
+
+            write_results_block(args.write_results, "shape-search-scale9", (
+                "### Membership shape-mask search: the pruned search before/after the per-block residual bound, same "
+                "run (issue 15, scale9)\n\n"
+                f"Command: `{cmd_line}`. The scaling benchmark's 128x128 phantoms (real10000, gen10000-r10000; "
+                "generated rows beyond 10,000 are shifted copies); `evidence._shape_search_bound` (every real "
+                "image's nearest generated mask and nearest other real mask, 16,384-d: 4 levels x 64 x 64). before "
+                "= with the --before checkout's `knn_l2_both_bound` (2x2 blocks + one residual norm: a 4,097-d "
+                "bound), after = this checkout's (4x4 blocks + the residual norm of every block: 2,048-d, tighter; "
+                "the A rows' first-round picks only while their lists are not full). Both sides make the generated "
+                "masks per chunk (most of the stage now). Alternating sides, best wall and best CPU-s (all "
+                "threads) per side; 'exact share' = pairs given an exact distance / pairs.\n"
+                + load_note() + "\n\n" + md_table(rows, list(rows[0]))))
+        elif args.write_results:
             from imprint.engine.bench import load_note, md_table, write_results_block
 
             write_results_block(args.write_results, "shape-search-scale7", (
@@ -538,16 +566,18 @@ def main(argv=None) -> int:
         if args.write_results and args.before:
             from imprint.engine.bench import load_note, md_table, write_results_block
 
-            write_results_block(args.write_results, "bound-search-scale7", (
-                "### Membership pixel search: the bound-pruned search before/after its sparse bookkeeping, same run "
-                "(issue 15, scale7)\n\n"
+            write_results_block(args.write_results, "bound-search-scale9", (
+                "### Membership pixel search: the pruned search before/after the per-block residual bound, same run "
+                "(issue 15, scale9)\n\n"
                 f"Command: `{cmd_line}`. The scaling benchmark's 128x128 phantoms (real10000, gen10000-r10000; "
                 "generated rows beyond 10,000 are shifted copies), z-scored; k = 10 generated per real, 2 real per "
-                "generated; blocks of the 2 GiB budget. before = `knn_l2_both_bound` of the --before checkout (a "
-                "dense float64 matrix of each block's exact distances, NaN where not computed, and five dense passes "
-                "over it per block), after = this checkout's (the computed distances kept as a list of pairs; the "
-                "same bound, the same exact kernel). Alternating sides, 2 runs each, best wall and best CPU-s (all "
-                "threads) per side; 'exact share' = pairs given an exact distance / R x G.\n"
+                "generated; blocks of the 2 GiB budget. before = `knn_l2_both_bound` of the --before checkout "
+                "(2x2 blocks + one residual norm: a 4,097-d bound; every A row's 10 best by the bound get an exact "
+                "distance in every block), after = this checkout's (4x4 blocks + the residual norm of every block: "
+                "2,048-d and tighter; first-round picks for A rows only while their lists are not full; the slack "
+                "folded into per-row terms; the B rows' picks read in row order). The same exact kernel. "
+                "Alternating sides, best wall and best CPU-s (all threads) per side; 'exact share' = pairs given "
+                "an exact distance / R x G ('after' side).\n"
                 + load_note() + "\n\n" + md_table(rows, list(rows[0]))))
         elif args.write_results:
             from imprint.engine.bench import load_note, md_table, write_results_block
