@@ -54,6 +54,40 @@ def monitor():  # every 20 s: elapsed, CPU-s, RSS, peak, load and the innermost 
                                  "load": os.getloadavg()[0], "stack": st}}) + "\n")
 if MON:
     threading.Thread(target=monitor, daemon=True).start()
+STAGES = {stages!r}
+stage_acc = {{}}
+def stage_of():  # the stage of the highest priority whose function is on any thread's stack (pools run on threads)
+    names = set()
+    for fr in sys._current_frames().values():
+        f = fr
+        while f is not None:
+            names.add(f.f_code.co_name)
+            f = f.f_back
+    for fn, st in STAGE_OF:
+        if fn in names:
+            return st
+    return "other"
+STAGE_OF = [("real_pair_null_cached", "pair null (registration + anatomy of real pairs)"),
+            ("_shape_search_bound", "shape (generated masks + mask search)"), ("anatomy_masks", "shape (generated masks + mask search)"),
+            ("registered_evidence", "registration"), ("anatomy_evidence", "anatomy"), ("shortlists", "anatomy"),
+            ("knn_l2_both_bound", "pixel search (R x G both ways)"), ("knn_l2_both", "pixel search (R x G both ways)"),
+            ("_knn_self", "other k-NN (R x R, LBP, ...)"), ("_knn_chunked", "other k-NN (R x R, LBP, ...)"),
+            ("_pair_mse", "re-ranking (MSE / SSIM) + tiles"), ("_pair_ssim", "re-ranking (MSE / SSIM) + tiles"),
+            ("_tiles_of", "re-ranking (MSE / SSIM) + tiles"), ("load_images", "decode + open the stores"),
+            ("audit_membership", "calibration, decision, other"), ("compute_evidence", "evidence, other")]
+def stages():  # every 0.1 s: the process CPU-s since the last sample and the resident memory, to the current stage
+    last = time.process_time()
+    while True:
+        time.sleep(0.1)
+        st = stage_of()
+        now = time.process_time()
+        a = stage_acc.setdefault(st, {{"cpu_s": 0.0, "wall_s": 0.0, "peak_rss_mb": 0.0}})
+        a["cpu_s"] += now - last
+        a["wall_s"] += 0.1
+        a["peak_rss_mb"] = max(a["peak_rss_mb"], rss() / 2**20)
+        last = now
+if STAGES:
+    threading.Thread(target=stages, daemon=True).start()
 from imprint.engine.pipeline import run_membership
 from imprint.engine.ingest import IngestPolicy
 base = rss()
@@ -65,7 +99,8 @@ ru = resource.getrusage(resource.RUSAGE_SELF)
 print("RESULT " + json.dumps({{"wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
       "sampled_peak_mb": peak[0] / 2**20, "after_imports_mb": base / 2**20, "timings": s["timings"],
       "n_real": s["n_real"], "n_generated": s["n_generated"], "n_flagged": s["n_flagged"],
-      "chunk": s.get("generated_chunk"), "stages": (s.get("info") or {{}}).get("timings")}}))
+      "chunk": s.get("generated_chunk"), "stages": (s.get("info") or {{}}).get("timings"),
+      "stage_cpu": stage_acc}}))
 """
 
 
@@ -91,7 +126,8 @@ def make_folder(folder: Path, n: int, seed: int, copies_of: np.ndarray | None = 
         Image.fromarray(im).save(folder / f"{i:07d}.png", compress_level=1)
 
 
-def run_size(data: Path, n_real: int, n_gen: int, budget: float | None, monitor: str | None = None) -> dict:
+def run_size(data: Path, n_real: int, n_gen: int, budget: float | None, monitor: str | None = None,
+             stages: bool = False, root: Path | None = None, tag: str = "") -> dict:
     from PIL import Image
 
     real_dir = data / f"real{n_real}"
@@ -99,9 +135,9 @@ def run_size(data: Path, n_real: int, n_gen: int, budget: float | None, monitor:
     sample = np.stack([np.asarray(Image.open(real_dir / f"{i:07d}.png")) for i in range(0, min(n_real, 400), 2)])
     gen_dir = data / f"gen{n_gen}-r{n_real}"
     make_folder(gen_dir, n_gen, 2, copies_of=sample)
-    out = data / f"scores-{n_real}x{n_gen}.csv"
-    code = CHILD.format(root=str(ROOT), gen=str(gen_dir), real=str(real_dir), out=str(out), budget=budget,
-                       monitor=None if monitor is None else f"{monitor}.{n_real}x{n_gen}")
+    out = data / f"scores-{n_real}x{n_gen}{tag}.csv"
+    code = CHILD.format(root=str(root or ROOT), gen=str(gen_dir), real=str(real_dir), out=str(out), budget=budget,
+                        monitor=None if monitor is None else f"{monitor}.{n_real}x{n_gen}", stages=bool(stages))
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(ROOT))
     line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
     if p.returncode != 0 or not line:
@@ -444,6 +480,52 @@ def anatomy_search(sizes, data: Path, before: str, repeats: int = 2) -> list[dic
     return rows
 
 
+def stage_table(sizes, data: Path, before: str | None = None, budget: float | None = None) -> list[dict]:
+    """Per-stage CPU-s and peak RSS of ``imprint membership`` (``run_membership``) at each ``(R, G)`` (issue 15,
+    scale9): each side in a fresh process on fresh stores (its own checkpoint folder); a sampler thread reads every
+    0.1 s the process CPU time and VmRSS and gives them to the stage whose function is on a thread's stack
+    (``STAGE_OF`` in the child; the pools run on threads).  With ``before`` (a checkout) that code runs first, then
+    this checkout's.  Stage borders are +-0.1 s; the CPU-s of a stage are all threads'."""
+    import shutil
+
+    sides = ([("before", Path(before))] if before else []) + [("after", ROOT)]
+    rows = []
+    for n_real, n_gen in sizes:
+        res = {}
+        for name, root in sides:
+            tag = f"-stages-{name}"
+            ck = data / f".scores-{n_real}x{n_gen}{tag}.csv.checkpoints"
+            if ck.exists():
+                shutil.rmtree(ck)
+            res[name] = run_size(data, n_real, n_gen, budget, stages=True, root=root, tag=tag)
+            print(name, n_real, n_gen, json.dumps(res[name]["stage_cpu"]), flush=True)
+        names = []
+        for r in res.values():
+            names += [k for k in r["stage_cpu"] if k not in names]
+        for st in names + ["total"]:
+            row = {"real x generated": f"{n_real:,} x {n_gen:,}", "stage": st}
+            for name, _ in sides:
+                r = res[name]
+                a = r["stage_cpu"].get(st, {"cpu_s": 0.0, "peak_rss_mb": 0.0})
+                if st == "total":
+                    a = {"cpu_s": r["cpu_s"], "peak_rss_mb": r["peak_rss_mb"], "wall_s": r["wall_s"]}
+                row[f"{name} CPU s"] = a["cpu_s"]
+                row[f"{name} peak RSS MB"] = a["peak_rss_mb"]
+                if st == "total":
+                    row[f"{name} wall s"] = a["wall_s"]
+            if before:
+                row["CPU ratio"] = row["before CPU s"] / row["after CPU s"] if row["after CPU s"] > 0.05 else None
+            row["load (1 min)"] = f"{os.getloadavg()[0]:.1f}"
+            rows.append(row)
+    cols = []
+    for r in rows:
+        cols += [k for k in r if k not in cols]
+    for r in rows:
+        for c in cols:
+            r.setdefault(c, "")
+    return rows
+
+
 def fit_exponent(xs, ys) -> float | None:
     """Least-squares slope of log(y) on log(x) (None with fewer than two distinct x)."""
     xs, ys = np.asarray(xs, float), np.asarray(ys, float)
@@ -487,6 +569,9 @@ def main(argv=None) -> int:
     ap.add_argument("--anatomy-search", default=None, metavar="RxG,...",
                     help="only time the anatomy evidence's search over the generated images, --before's anatomy.py "
                     "against this checkout's (same run), and write that block")
+    ap.add_argument("--stages", default=None, metavar="RxG,...",
+                    help="only run membership at these sizes (and with --before, that checkout's code first, each in a "
+                    "fresh process on fresh stores) and write the per-stage CPU-s / peak RSS table")
     ap.add_argument("--before", default=None, metavar="CHECKOUT",
                     help="the 'before' code for --ingest-memory and --bound-search (its knn_l2_both_bound)")
     args = ap.parse_args(argv)
@@ -526,6 +611,24 @@ def main(argv=None) -> int:
                 "`knn_l2_both_bound` with k_b = 0). Alternating sides, 2 runs each, best wall and best CPU-s (all "
                 "threads) per side; 'exact share' = pairs given an exact distance / (2 x real x generated); "
                 "'max abs diff anat_ratio': the grids' last bits changed with the thread count.\n"
+                + load_note() + "\n\n" + md_table(rows, list(rows[0]))))
+        return 0
+    if args.stages:
+        sizes = [tuple(int(v) for v in x.split("x")) for x in args.stages.split(",") if x]
+        rows = stage_table(sizes, Path(args.data), before=args.before, budget=args.memory_budget)
+        print(json.dumps(rows))
+        if args.write_results:
+            from imprint.engine.bench import load_note, md_table, write_results_block
+
+            write_results_block(args.write_results, "stages-scale9", (
+                "### Membership per stage: CPU-s and peak RSS, before/after in fresh processes (issue 15, scale9)\n\n"
+                f"Command: `{cmd_line}`. `run_membership` on the scaling benchmark's phantom folders (made under "
+                "--data), each side in a fresh process on fresh stores (decoding included). A sampler thread gives "
+                "every 0.1 s the process CPU-s (all threads) and VmRSS to the stage whose function is on a thread's "
+                "stack (stage borders +-0.1 s; 'peak RSS' = the largest VmRSS sampled in the stage; 'total' = "
+                "getrusage CPU-s, ru_maxrss and wall). before = the --before checkout's code, after = this "
+                "checkout's. The two sides ran one after the other, not interleaved: CPU-s are the figures to "
+                "compare, wall times depend on the load.\n"
                 + load_note() + "\n\n" + md_table(rows, list(rows[0]))))
         return 0
     if args.shape_search:
