@@ -385,6 +385,15 @@ def shape_search(sizes, data: Path, repeats: int = 2, before: str | None = None)
     Alternating sides, ``repeats`` runs each, best wall and best CPU-s per side; distances compared bit for bit."""
     from imprint.engine.membership import evidence as E
 
+    E_before = None
+    if before:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("imprint.engine.membership._evidence_before",
+                                                      Path(before) / "engine" / "membership" / "evidence.py")
+        E_before = importlib.util.module_from_spec(spec)
+        E_before.__package__ = "imprint.engine.membership"
+        spec.loader.exec_module(E_before)
     rows = []
     for n_real, n_gen in sizes:
         P, G = _phantom_sets(data, n_real, n_gen)
@@ -401,14 +410,14 @@ def shape_search(sizes, data: Path, repeats: int = 2, before: str | None = None)
             return a, b
 
         def bound_before():
-            # this checkout's stage with the --before checkout's knn_l2_both_bound and its fixed 2 x 2 bound
-            # (issue 15, scale9: before = main's scale7 search)
+            # the --before checkout's stage (its evidence.py: masks and search call) with its knn_l2_both_bound
+            # (issue 15, scale9: before = main's scale7 search and mask code)
             import imprint.engine.search.pairwise as pw
 
             old, mine = _pairwise_of(before).knn_l2_both_bound, pw.knn_l2_both_bound
-            pw.knn_l2_both_bound = lambda *a, factor=2, region=0, **k: old(*a, factor=2, **k)  # noqa: E731
+            pw.knn_l2_both_bound = old
             try:
-                return E._shape_search_bound(G, cP, scale, shp, chunk, pchunk, {})
+                return E_before._shape_search_bound(G, cP, scale, shp, chunk, pchunk, {})
             finally:
                 pw.knn_l2_both_bound = mine
 
@@ -643,10 +652,11 @@ def main(argv=None) -> int:
                 f"Command: `{cmd_line}`. The scaling benchmark's 128x128 phantoms (real10000, gen10000-r10000; "
                 "generated rows beyond 10,000 are shifted copies); `evidence._shape_search_bound` (every real "
                 "image's nearest generated mask and nearest other real mask, 16,384-d: 4 levels x 64 x 64). before "
-                "= with the --before checkout's `knn_l2_both_bound` (2x2 blocks + one residual norm: a 4,097-d "
-                "bound), after = this checkout's (4x4 blocks + the residual norm of every block: 2,048-d, tighter; "
-                "the A rows' first-round picks only while their lists are not full). Both sides make the generated "
-                "masks per chunk (most of the stage now). Alternating sides, best wall and best CPU-s (all "
+                "= the --before checkout's `evidence.py` and `knn_l2_both_bound` (2x2 blocks + one residual norm: a "
+                "4,097-d bound), after = this checkout's (4x4 blocks + the residual norm of every block: 2,048-d, "
+                "tighter; the A rows' first-round picks only while their lists are not full; the masks' label "
+                "slices from the running maximum label instead of a nonzero over the stack). Both sides make the "
+                "generated masks per chunk (most of the stage now). Alternating sides, best wall and best CPU-s (all "
                 "threads) per side; 'exact share' = pairs given an exact distance / pairs.\n"
                 + load_note() + "\n\n" + md_table(rows, list(rows[0]))))
         elif args.write_results:
