@@ -535,6 +535,75 @@ def stage_table(sizes, data: Path, before: str | None = None, budget: float | No
     return rows
 
 
+def _dict_cached_rows(fn, keys, cache, name):
+    """register._cached_rows before issue 15, scale9 (a dict of floats per pair), for --row-memo."""
+    n = len(keys)
+    store = cache.setdefault(name, {})
+    miss = [i for i, k in enumerate(keys) if k not in store]
+    if miss:
+        res = fn(np.asarray(miss, np.int64))
+        for t, i in enumerate(miss):
+            store[keys[i]] = {k: float(v[t]) for k, v in res.items()}
+    fields = next(iter(store.values())).keys() if store else ()
+    return {f: np.array([store[k][f] for k in keys], np.float64) for f in fields} if n else {}
+
+
+def row_memo(n_pairs: int, repeats: int = 2) -> list[dict]:
+    """The registration's per-pair memo (``register._cached_rows``) before/after numpy columns (issue 15, scale9):
+    ``n_pairs`` pair keys shaped like the audit's (two 64-hex content keys and a flip), 11 float fields (the
+    refine step's), stored then read back twice (a second pool); best CPU-s of ``repeats`` alternating runs per
+    side, and the memory the memo holds afterwards (tracemalloc, measured in a separate pass)."""
+    import gc
+    import tracemalloc
+
+    from imprint.engine.membership import register
+
+    rng = np.random.default_rng(0)
+    ka = [f"{x:064x}" for x in rng.integers(0, 2**62, 10000)]
+    kb = [f"{x:064x}" for x in rng.integers(0, 2**62, 100000)]
+    code = rng.permutation(np.unique(rng.integers(0, len(ka) * len(kb), int(n_pairs * 1.01))))[:n_pairs]
+    ia, ib = code // len(kb), code % len(kb)        # distinct pairs: every key has its own values
+    n_pairs = len(code)
+    keys = [(ka[i], kb[j], -1) for i, j in zip(ia, ib)]
+    fields = ["ncc", "ncc_lo", "ncc_lp", "flip", "angle", "scale", "dy", "dx", "gain", "mse", "ssim"]
+    vals = {f: rng.standard_normal(n_pairs) for f in fields}
+
+    def fn(sel):
+        return {f: v[sel] for f, v in vals.items()}
+
+    sides = {"before": lambda c: _dict_cached_rows(fn, keys, c, "m"),
+             "after": lambda c: register._cached_rows(fn, keys, c, "m")}
+
+    def run(name):
+        c: dict = {}
+        a = sides[name](c)
+        b = sides[name](c)
+        return c, a, b
+
+    best = {k: np.inf for k in sides}
+    outs = {}
+    for _ in range(repeats):
+        for name in sides:
+            gc.collect()
+            c0 = time.process_time()
+            outs[name] = run(name)[1:]
+            best[name] = min(best[name], time.process_time() - c0)
+    mem = {}
+    for name in sides:
+        gc.collect()
+        tracemalloc.start()
+        c, _, _ = run(name)
+        mem[name] = tracemalloc.get_traced_memory()[0] / 2**20
+        tracemalloc.stop()
+        del c
+    same = all(np.array_equal(outs["before"][j][f], outs["after"][j][f]) for j in range(2) for f in fields)
+    return [{"pairs": f"{n_pairs:,}", "fields": len(fields), "before CPU s": best["before"],
+             "after CPU s": best["after"], "CPU ratio": best["before"] / best["after"],
+             "before memo MB": mem["before"], "after memo MB": mem["after"],
+             "memory ratio": mem["before"] / mem["after"], "outputs identical": same,
+             "load (1 min)": f"{os.getloadavg()[0]:.1f}"}]
+
+
 def fit_exponent(xs, ys) -> float | None:
     """Least-squares slope of log(y) on log(x) (None with fewer than two distinct x)."""
     xs, ys = np.asarray(xs, float), np.asarray(ys, float)
@@ -581,6 +650,8 @@ def main(argv=None) -> int:
     ap.add_argument("--stages", default=None, metavar="RxG,...",
                     help="only run membership at these sizes (and with --before, that checkout's code first, each in a "
                     "fresh process on fresh stores) and write the per-stage CPU-s / peak RSS table")
+    ap.add_argument("--row-memo", default=None, type=int, metavar="PAIRS",
+                    help="only time the registration's per-pair memo (dict of floats vs numpy columns) and write that block")
     ap.add_argument("--before", default=None, metavar="CHECKOUT",
                     help="the 'before' code for --ingest-memory and --bound-search (its knn_l2_both_bound)")
     args = ap.parse_args(argv)
@@ -620,6 +691,21 @@ def main(argv=None) -> int:
                 "`knn_l2_both_bound` with k_b = 0). Alternating sides, 2 runs each, best wall and best CPU-s (all "
                 "threads) per side; 'exact share' = pairs given an exact distance / (2 x real x generated); "
                 "'max abs diff anat_ratio': the grids' last bits changed with the thread count.\n"
+                + load_note() + "\n\n" + md_table(rows, list(rows[0]))))
+        return 0
+    if args.row_memo:
+        rows = row_memo(args.row_memo)
+        print(json.dumps(rows))
+        if args.write_results:
+            from imprint.engine.bench import load_note, md_table, write_results_block
+
+            write_results_block(args.write_results, "row-memo-scale9", (
+                "### Registration's per-pair memo: dict of floats vs numpy columns, same run (issue 15, scale9)\n\n"
+                f"Command: `{cmd_line}`. `register._cached_rows` as before (a dict of Python floats per pair key) "
+                "and after (`_RowMemo`: key -> row, one float64 array per field), on pair keys shaped like the "
+                "audit's (two 64-hex content keys and a flip; 11 fields, as the refine step's): store, then read "
+                "back twice. Best CPU-s of 2 alternating runs per side; 'memo MB' = memory held after the runs "
+                "(tracemalloc, keys included, separate pass).\n"
                 + load_note() + "\n\n" + md_table(rows, list(rows[0]))))
         return 0
     if args.stages:
