@@ -54,6 +54,40 @@ def monitor():  # every 20 s: elapsed, CPU-s, RSS, peak, load and the innermost 
                                  "load": os.getloadavg()[0], "stack": st}}) + "\n")
 if MON:
     threading.Thread(target=monitor, daemon=True).start()
+STAGES = {stages!r}
+stage_acc = {{}}
+def stage_of():  # the stage of the highest priority whose function is on any thread's stack (pools run on threads)
+    names = set()
+    for fr in sys._current_frames().values():
+        f = fr
+        while f is not None:
+            names.add(f.f_code.co_name)
+            f = f.f_back
+    for fn, st in STAGE_OF:
+        if fn in names:
+            return st
+    return "other"
+STAGE_OF = [("real_pair_null_cached", "pair null (registration + anatomy of real pairs)"),
+            ("_shape_search_bound", "shape (generated masks + mask search)"), ("anatomy_masks", "shape (generated masks + mask search)"),
+            ("registered_evidence", "registration"), ("anatomy_evidence", "anatomy"), ("shortlists", "anatomy"),
+            ("knn_l2_both_bound", "pixel search (R x G both ways)"), ("knn_l2_both", "pixel search (R x G both ways)"),
+            ("_knn_self", "other k-NN (R x R, LBP, ...)"), ("_knn_chunked", "other k-NN (R x R, LBP, ...)"),
+            ("_pair_mse", "re-ranking (MSE / SSIM) + tiles"), ("_pair_ssim", "re-ranking (MSE / SSIM) + tiles"),
+            ("_tiles_of", "re-ranking (MSE / SSIM) + tiles"), ("load_images", "decode + open the stores"),
+            ("audit_membership", "calibration, decision, other"), ("compute_evidence", "evidence, other")]
+def stages():  # every 0.1 s: the process CPU-s since the last sample and the resident memory, to the current stage
+    last = time.process_time()
+    while True:
+        time.sleep(0.1)
+        st = stage_of()
+        now = time.process_time()
+        a = stage_acc.setdefault(st, {{"cpu_s": 0.0, "wall_s": 0.0, "peak_rss_mb": 0.0}})
+        a["cpu_s"] += now - last
+        a["wall_s"] += 0.1
+        a["peak_rss_mb"] = max(a["peak_rss_mb"], rss() / 2**20)
+        last = now
+if STAGES:
+    threading.Thread(target=stages, daemon=True).start()
 from imprint.engine.pipeline import run_membership
 from imprint.engine.ingest import IngestPolicy
 base = rss()
@@ -65,7 +99,8 @@ ru = resource.getrusage(resource.RUSAGE_SELF)
 print("RESULT " + json.dumps({{"wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
       "sampled_peak_mb": peak[0] / 2**20, "after_imports_mb": base / 2**20, "timings": s["timings"],
       "n_real": s["n_real"], "n_generated": s["n_generated"], "n_flagged": s["n_flagged"],
-      "chunk": s.get("generated_chunk"), "stages": (s.get("info") or {{}}).get("timings")}}))
+      "chunk": s.get("generated_chunk"), "stages": (s.get("info") or {{}}).get("timings"),
+      "stage_cpu": stage_acc}}))
 """
 
 
@@ -91,7 +126,8 @@ def make_folder(folder: Path, n: int, seed: int, copies_of: np.ndarray | None = 
         Image.fromarray(im).save(folder / f"{i:07d}.png", compress_level=1)
 
 
-def run_size(data: Path, n_real: int, n_gen: int, budget: float | None, monitor: str | None = None) -> dict:
+def run_size(data: Path, n_real: int, n_gen: int, budget: float | None, monitor: str | None = None,
+             stages: bool = False, root: Path | None = None, tag: str = "") -> dict:
     from PIL import Image
 
     real_dir = data / f"real{n_real}"
@@ -99,9 +135,9 @@ def run_size(data: Path, n_real: int, n_gen: int, budget: float | None, monitor:
     sample = np.stack([np.asarray(Image.open(real_dir / f"{i:07d}.png")) for i in range(0, min(n_real, 400), 2)])
     gen_dir = data / f"gen{n_gen}-r{n_real}"
     make_folder(gen_dir, n_gen, 2, copies_of=sample)
-    out = data / f"scores-{n_real}x{n_gen}.csv"
-    code = CHILD.format(root=str(ROOT), gen=str(gen_dir), real=str(real_dir), out=str(out), budget=budget,
-                       monitor=None if monitor is None else f"{monitor}.{n_real}x{n_gen}")
+    out = data / f"scores-{n_real}x{n_gen}{tag}.csv"
+    code = CHILD.format(root=str(root or ROOT), gen=str(gen_dir), real=str(real_dir), out=str(out), budget=budget,
+                        monitor=None if monitor is None else f"{monitor}.{n_real}x{n_gen}", stages=bool(stages))
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(ROOT))
     line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
     if p.returncode != 0 or not line:
@@ -248,9 +284,10 @@ def bound_search(sizes, data: Path, repeats: int = 2, before: str | None = None)
     blocks membership uses (2 GiB budget).  Alternating sides, ``repeats`` runs each, best wall and best CPU-s
     (``time.process_time``: all threads) per side; outputs compared bit for bit.  With ``before`` (a checkout),
     'before' is that checkout's ``knn_l2_both_bound`` instead of ``knn_l2_both`` (issue 15, scale7)."""
-    from imprint.engine.membership.evidence import generated_chunk, zscore_images
+    from imprint.engine.membership.evidence import _bound_params, generated_chunk, zscore_images
     from imprint.engine.search.pairwise import knn_l2_both, knn_l2_both_bound
 
+    fac, reg = _bound_params((128, 128))         # membership's choice (issue 15, scale9: 4 x 4 blocks + residuals)
     rows = []
     for n_real, n_gen in sizes:
         P, G = _phantom_sets(data, n_real, n_gen)
@@ -265,7 +302,7 @@ def bound_search(sizes, data: Path, repeats: int = 2, before: str | None = None)
             if before else
             (lambda: knn_l2_both(zp, n_real, zg, n_gen, 10, 2, a_block=pchunk, b_block=chunk, cache_a=True)),
             "after": lambda: knn_l2_both_bound(zp, n_real, zg, n_gen, 10, 2, shape=(128, 128), b_block=chunk,
-                                               a_block=pchunk, stats=st),
+                                               a_block=pchunk, stats=st, factor=fac, region=reg),
         }
         best, outs = _best_of_sides(sides, repeats, (n_real, n_gen))
         same = all(np.array_equal(a, b) for a, b in zip(outs["before"], outs["after"]))
@@ -273,7 +310,7 @@ def bound_search(sizes, data: Path, repeats: int = 2, before: str | None = None)
                      "after wall s": best["after"][0], "wall ratio": best["before"][0] / best["after"][0],
                      "before CPU s": best["before"][1], "after CPU s": best["after"][1],
                      "CPU ratio": best["before"][1] / best["after"][1],
-                     "exact share": st["exact"] / st["pairs"], "outputs identical": same,
+                     "exact share": st["exact"] / st["pairs"], "bound dims": st["low_dim"], "outputs identical": same,
                      "load (1 min)": f"{os.getloadavg()[0]:.1f}"})
         print(json.dumps(rows[-1]), flush=True)
     return rows
@@ -339,7 +376,7 @@ def ingest_memory(folder: Path, before_root: str, work: Path) -> list[dict]:
     return rows
 
 
-def shape_search(sizes, data: Path, repeats: int = 2) -> list[dict]:
+def shape_search(sizes, data: Path, repeats: int = 2, before: str | None = None) -> list[dict]:
     """Same-run before/after of the membership shape stage's mask search (issue 15, scale7): FAISS Flat over the
     generated masks chunk by chunk plus the real -> real search (``_knn_chunked`` + ``_knn_self``, the code
     before) against the lower-bound-pruned exact search (``evidence._shape_search_bound``), on the scaling
@@ -348,6 +385,15 @@ def shape_search(sizes, data: Path, repeats: int = 2) -> list[dict]:
     Alternating sides, ``repeats`` runs each, best wall and best CPU-s per side; distances compared bit for bit."""
     from imprint.engine.membership import evidence as E
 
+    E_before = None
+    if before:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("imprint.engine.membership._evidence_before",
+                                                      Path(before) / "engine" / "membership" / "evidence.py")
+        E_before = importlib.util.module_from_spec(spec)
+        E_before.__package__ = "imprint.engine.membership"
+        spec.loader.exec_module(E_before)
     rows = []
     for n_real, n_gen in sizes:
         P, G = _phantom_sets(data, n_real, n_gen)
@@ -357,13 +403,25 @@ def shape_search(sizes, data: Path, repeats: int = 2) -> list[dict]:
         shp = E._mask_shape(P.shape[1:], cP.shape[1])
         info: dict = {}
 
-        def before():
+        def faiss():
             mP = cP * scale
             a, _ = E._knn_chunked(G, mP, 1, E.anatomy_masks, chunk)
             b, _ = E._knn_self(lambda r: mP[np.asarray(r)], n_real, 1, n_real)
             return a, b
 
-        sides = {"before": before,
+        def bound_before():
+            # the --before checkout's stage (its evidence.py: masks and search call) with its knn_l2_both_bound
+            # (issue 15, scale9: before = main's scale7 search and mask code)
+            import imprint.engine.search.pairwise as pw
+
+            old, mine = _pairwise_of(before).knn_l2_both_bound, pw.knn_l2_both_bound
+            pw.knn_l2_both_bound = old
+            try:
+                return E_before._shape_search_bound(G, cP, scale, shp, chunk, pchunk, {})
+            finally:
+                pw.knn_l2_both_bound = mine
+
+        sides = {"before": bound_before if before else faiss,
                  "after": lambda: E._shape_search_bound(G, cP, scale, shp, chunk, pchunk, info)}
         best, outs = _best_of_sides(sides, repeats, (n_real, n_gen))
         same = all(np.array_equal(a, b) for a, b in zip(outs["before"], outs["after"]))
@@ -431,6 +489,121 @@ def anatomy_search(sizes, data: Path, before: str, repeats: int = 2) -> list[dic
     return rows
 
 
+def stage_table(sizes, data: Path, before: str | None = None, budget: float | None = None) -> list[dict]:
+    """Per-stage CPU-s and peak RSS of ``imprint membership`` (``run_membership``) at each ``(R, G)`` (issue 15,
+    scale9): each side in a fresh process on fresh stores (its own checkpoint folder); a sampler thread reads every
+    0.1 s the process CPU time and VmRSS and gives them to the stage whose function is on a thread's stack
+    (``STAGE_OF`` in the child; the pools run on threads).  With ``before`` (a checkout) that code runs first, then
+    this checkout's.  Stage borders are +-0.1 s; the CPU-s of a stage are all threads'."""
+    import shutil
+
+    sides = ([("before", Path(before))] if before else []) + [("after", ROOT)]
+    rows = []
+    for n_real, n_gen in sizes:
+        res = {}
+        for name, root in sides:
+            tag = f"-stages-{name}"
+            ck = data / f".scores-{n_real}x{n_gen}{tag}.csv.checkpoints"
+            if ck.exists():
+                shutil.rmtree(ck)
+            res[name] = run_size(data, n_real, n_gen, budget, stages=True, root=root, tag=tag)
+            print(name, n_real, n_gen, json.dumps(res[name]["stage_cpu"]), flush=True)
+        names = []
+        for r in res.values():
+            names += [k for k in r["stage_cpu"] if k not in names]
+        for st in names + ["total"]:
+            row = {"real x generated": f"{n_real:,} x {n_gen:,}", "stage": st}
+            for name, _ in sides:
+                r = res[name]
+                a = r["stage_cpu"].get(st, {"cpu_s": 0.0, "peak_rss_mb": 0.0})
+                if st == "total":
+                    a = {"cpu_s": r["cpu_s"], "peak_rss_mb": r["peak_rss_mb"], "wall_s": r["wall_s"]}
+                row[f"{name} CPU s"] = a["cpu_s"]
+                row[f"{name} peak RSS MB"] = a["peak_rss_mb"]
+                if st == "total":
+                    row[f"{name} wall s"] = a["wall_s"]
+            if before:
+                row["CPU ratio"] = row["before CPU s"] / row["after CPU s"] if row["after CPU s"] > 0.05 else None
+            row["load (1 min)"] = f"{os.getloadavg()[0]:.1f}"
+            rows.append(row)
+    cols = []
+    for r in rows:
+        cols += [k for k in r if k not in cols]
+    for r in rows:
+        for c in cols:
+            r.setdefault(c, "")
+    return rows
+
+
+def _dict_cached_rows(fn, keys, cache, name):
+    """register._cached_rows before issue 15, scale9 (a dict of floats per pair), for --row-memo."""
+    n = len(keys)
+    store = cache.setdefault(name, {})
+    miss = [i for i, k in enumerate(keys) if k not in store]
+    if miss:
+        res = fn(np.asarray(miss, np.int64))
+        for t, i in enumerate(miss):
+            store[keys[i]] = {k: float(v[t]) for k, v in res.items()}
+    fields = next(iter(store.values())).keys() if store else ()
+    return {f: np.array([store[k][f] for k in keys], np.float64) for f in fields} if n else {}
+
+
+def row_memo(n_pairs: int, repeats: int = 2) -> list[dict]:
+    """The registration's per-pair memo (``register._cached_rows``) before/after numpy columns (issue 15, scale9):
+    ``n_pairs`` pair keys shaped like the audit's (two 64-hex content keys and a flip), 11 float fields (the
+    refine step's), stored then read back twice (a second pool); best CPU-s of ``repeats`` alternating runs per
+    side, and the memory the memo holds afterwards (tracemalloc, measured in a separate pass)."""
+    import gc
+    import tracemalloc
+
+    from imprint.engine.membership import register
+
+    rng = np.random.default_rng(0)
+    ka = [f"{x:064x}" for x in rng.integers(0, 2**62, 10000)]
+    kb = [f"{x:064x}" for x in rng.integers(0, 2**62, 100000)]
+    code = rng.permutation(np.unique(rng.integers(0, len(ka) * len(kb), int(n_pairs * 1.01))))[:n_pairs]
+    ia, ib = code // len(kb), code % len(kb)        # distinct pairs: every key has its own values
+    n_pairs = len(code)
+    keys = [(ka[i], kb[j], -1) for i, j in zip(ia, ib)]
+    fields = ["ncc", "ncc_lo", "ncc_lp", "flip", "angle", "scale", "dy", "dx", "gain", "mse", "ssim"]
+    vals = {f: rng.standard_normal(n_pairs) for f in fields}
+
+    def fn(sel):
+        return {f: v[sel] for f, v in vals.items()}
+
+    sides = {"before": lambda c: _dict_cached_rows(fn, keys, c, "m"),
+             "after": lambda c: register._cached_rows(fn, keys, c, "m")}
+
+    def run(name):
+        c: dict = {}
+        a = sides[name](c)
+        b = sides[name](c)
+        return c, a, b
+
+    best = {k: np.inf for k in sides}
+    outs = {}
+    for _ in range(repeats):
+        for name in sides:
+            gc.collect()
+            c0 = time.process_time()
+            outs[name] = run(name)[1:]
+            best[name] = min(best[name], time.process_time() - c0)
+    mem = {}
+    for name in sides:
+        gc.collect()
+        tracemalloc.start()
+        c, _, _ = run(name)
+        mem[name] = tracemalloc.get_traced_memory()[0] / 2**20
+        tracemalloc.stop()
+        del c
+    same = all(np.array_equal(outs["before"][j][f], outs["after"][j][f]) for j in range(2) for f in fields)
+    return [{"pairs": f"{n_pairs:,}", "fields": len(fields), "before CPU s": best["before"],
+             "after CPU s": best["after"], "CPU ratio": best["before"] / best["after"],
+             "before memo MB": mem["before"], "after memo MB": mem["after"],
+             "memory ratio": mem["before"] / mem["after"], "outputs identical": same,
+             "load (1 min)": f"{os.getloadavg()[0]:.1f}"}]
+
+
 def fit_exponent(xs, ys) -> float | None:
     """Least-squares slope of log(y) on log(x) (None with fewer than two distinct x)."""
     xs, ys = np.asarray(xs, float), np.asarray(ys, float)
@@ -474,6 +647,11 @@ def main(argv=None) -> int:
     ap.add_argument("--anatomy-search", default=None, metavar="RxG,...",
                     help="only time the anatomy evidence's search over the generated images, --before's anatomy.py "
                     "against this checkout's (same run), and write that block")
+    ap.add_argument("--stages", default=None, metavar="RxG,...",
+                    help="only run membership at these sizes (and with --before, that checkout's code first, each in a "
+                    "fresh process on fresh stores) and write the per-stage CPU-s / peak RSS table")
+    ap.add_argument("--row-memo", default=None, type=int, metavar="PAIRS",
+                    help="only time the registration's per-pair memo (dict of floats vs numpy columns) and write that block")
     ap.add_argument("--before", default=None, metavar="CHECKOUT",
                     help="the 'before' code for --ingest-memory and --bound-search (its knn_l2_both_bound)")
     args = ap.parse_args(argv)
@@ -515,10 +693,59 @@ def main(argv=None) -> int:
                 "'max abs diff anat_ratio': the grids' last bits changed with the thread count.\n"
                 + load_note() + "\n\n" + md_table(rows, list(rows[0]))))
         return 0
+    if args.row_memo:
+        rows = row_memo(args.row_memo)
+        print(json.dumps(rows))
+        if args.write_results:
+            from imprint.engine.bench import load_note, md_table, write_results_block
+
+            write_results_block(args.write_results, "row-memo-scale9", (
+                "### Registration's per-pair memo: dict of floats vs numpy columns, same run (issue 15, scale9)\n\n"
+                f"Command: `{cmd_line}`. `register._cached_rows` as before (a dict of Python floats per pair key) "
+                "and after (`_RowMemo`: key -> row, one float64 array per field), on pair keys shaped like the "
+                "audit's (two 64-hex content keys and a flip; 11 fields, as the refine step's): store, then read "
+                "back twice. Best CPU-s of 2 alternating runs per side; 'memo MB' = memory held after the runs "
+                "(tracemalloc, keys included, separate pass).\n"
+                + load_note() + "\n\n" + md_table(rows, list(rows[0]))))
+        return 0
+    if args.stages:
+        sizes = [tuple(int(v) for v in x.split("x")) for x in args.stages.split(",") if x]
+        rows = stage_table(sizes, Path(args.data), before=args.before, budget=args.memory_budget)
+        print(json.dumps(rows))
+        if args.write_results:
+            from imprint.engine.bench import load_note, md_table, write_results_block
+
+            write_results_block(args.write_results, "stages-scale9", (
+                "### Membership per stage: CPU-s and peak RSS, before/after in fresh processes (issue 15, scale9)\n\n"
+                f"Command: `{cmd_line}`. `run_membership` on the scaling benchmark's phantom folders (made under "
+                "--data), each side in a fresh process on fresh stores (decoding included). A sampler thread gives "
+                "every 0.1 s the process CPU-s (all threads) and VmRSS to the stage whose function is on a thread's "
+                "stack (stage borders +-0.1 s; 'peak RSS' = the largest VmRSS sampled in the stage; 'total' = "
+                "getrusage CPU-s, ru_maxrss and wall). before = the --before checkout's code, after = this "
+                "checkout's. The two sides ran one after the other, not interleaved: CPU-s are the figures to "
+                "compare, wall times depend on the load.\n"
+                + load_note() + "\n\n" + md_table(rows, list(rows[0]))))
+        return 0
     if args.shape_search:
         sizes = [tuple(int(v) for v in x.split("x")) for x in args.shape_search.split(",") if x]
-        rows = shape_search(sizes, Path(args.data))
-        if args.write_results:
+        rows = shape_search(sizes, Path(args.data), before=args.before)
+        if args.write_results and args.before:
+            from imprint.engine.bench import load_note, md_table, write_results_block
+
+            write_results_block(args.write_results, "shape-search-scale9", (
+                "### Membership shape-mask search: the pruned search before/after the per-block residual bound, same "
+                "run (issue 15, scale9)\n\n"
+                f"Command: `{cmd_line}`. The scaling benchmark's 128x128 phantoms (real10000, gen10000-r10000; "
+                "generated rows beyond 10,000 are shifted copies); `evidence._shape_search_bound` (every real "
+                "image's nearest generated mask and nearest other real mask, 16,384-d: 4 levels x 64 x 64). before "
+                "= the --before checkout's `evidence.py` and `knn_l2_both_bound` (2x2 blocks + one residual norm: a "
+                "4,097-d bound), after = this checkout's (4x4 blocks + the residual norm of every block: 2,048-d, "
+                "tighter; the A rows' first-round picks only while their lists are not full; the masks' label "
+                "slices from the running maximum label instead of a nonzero over the stack). Both sides make the "
+                "generated masks per chunk (most of the stage now). Alternating sides, best wall and best CPU-s (all "
+                "threads) per side; 'exact share' = pairs given an exact distance / pairs.\n"
+                + load_note() + "\n\n" + md_table(rows, list(rows[0]))))
+        elif args.write_results:
             from imprint.engine.bench import load_note, md_table, write_results_block
 
             write_results_block(args.write_results, "shape-search-scale7", (
@@ -538,16 +765,18 @@ def main(argv=None) -> int:
         if args.write_results and args.before:
             from imprint.engine.bench import load_note, md_table, write_results_block
 
-            write_results_block(args.write_results, "bound-search-scale7", (
-                "### Membership pixel search: the bound-pruned search before/after its sparse bookkeeping, same run "
-                "(issue 15, scale7)\n\n"
+            write_results_block(args.write_results, "bound-search-scale9", (
+                "### Membership pixel search: the pruned search before/after the per-block residual bound, same run "
+                "(issue 15, scale9)\n\n"
                 f"Command: `{cmd_line}`. The scaling benchmark's 128x128 phantoms (real10000, gen10000-r10000; "
                 "generated rows beyond 10,000 are shifted copies), z-scored; k = 10 generated per real, 2 real per "
-                "generated; blocks of the 2 GiB budget. before = `knn_l2_both_bound` of the --before checkout (a "
-                "dense float64 matrix of each block's exact distances, NaN where not computed, and five dense passes "
-                "over it per block), after = this checkout's (the computed distances kept as a list of pairs; the "
-                "same bound, the same exact kernel). Alternating sides, 2 runs each, best wall and best CPU-s (all "
-                "threads) per side; 'exact share' = pairs given an exact distance / R x G.\n"
+                "generated; blocks of the 2 GiB budget. before = `knn_l2_both_bound` of the --before checkout "
+                "(2x2 blocks + one residual norm: a 4,097-d bound; every A row's 10 best by the bound get an exact "
+                "distance in every block), after = this checkout's (4x4 blocks + the residual norm of every block: "
+                "2,048-d and tighter; first-round picks for A rows only while their lists are not full; the slack "
+                "folded into per-row terms; the B rows' picks read in row order). The same exact kernel. "
+                "Alternating sides, best wall and best CPU-s (all threads) per side; 'exact share' = pairs given "
+                "an exact distance / R x G ('after' side).\n"
                 + load_note() + "\n\n" + md_table(rows, list(rows[0]))))
         elif args.write_results:
             from imprint.engine.bench import load_note, md_table, write_results_block

@@ -178,3 +178,63 @@ def test_shape_stage_bound_search_equals_faiss_and_brute_force():
     np.testing.assert_array_equal(b[:, 0], D.min(1).astype(np.float32))
     assert a[7, 0] == 0.0 and b[12, 0] == 0.0 and b[13, 0] == 0.0 and (b[:12, 0] > 0).all()
     assert info["shape_search"]["generated"]["exact"] < info["shape_search"]["generated"]["pairs"]
+
+
+@pytest.mark.parametrize("factor,region,b_block,ka,kb", [
+    (4, 4, 300, 10, 2), (2, 4, 64, 7, 3), (2, 2, 41, 1, 1), (4, 8, 300, 3, 0), (8, 16, 33, 10, 2)])
+def test_bound_search_residual_areas_equal_brute_force(factor, region, b_block, ka, kb):
+    """The per-area residual bound (issue 15, scale9) keeps the lists exact: brute force, and bit for bit the
+    one-residual bound's lists, with planted copies, an exact tie and a noisy copy; it is tighter (fewer exact
+    distances than the one-residual bound at the same blocks)."""
+    fa, fb = _sets()
+    st: dict = {}
+    st0: dict = {}
+    out = knn_l2_both_bound(lambda r: fa[r], len(fa), lambda r: fb[r], len(fb), ka, kb, shape=(32, 32),
+                            b_block=b_block, a_block=37, factor=factor, region=region, stats=st)
+    ref = knn_l2_both_bound(lambda r: fa[r], len(fa), lambda r: fb[r], len(fb), ka, kb, shape=(32, 32),
+                            b_block=b_block, factor=factor, region=0, stats=st0)
+    for x, y in zip(out, ref):
+        np.testing.assert_array_equal(x, y)
+    dA, iA, dB, iB = out
+    DA, IA = _brute(fa, fb, ka)
+    np.testing.assert_array_equal(iA, IA)
+    np.testing.assert_allclose(dA, DA, rtol=1e-6, atol=1e-3)
+    if kb:
+        np.testing.assert_array_equal(iB, _brute(fb, fa, kb)[1])
+    assert (dA[:12, 0] == 0).all() and (iA[:12, 0] == 25 * np.arange(12)).all()
+    assert st["exact"] <= st0["exact"]
+    if factor <= 4:   # 8 x 8 blocks of a 32 x 32 image are too coarse to rule out anything: exact everywhere
+        assert st["exact"] < st["pairs"]
+
+
+def test_residual_area_projection_is_a_lower_bound():
+    """``block_project_res``: ||u - v||^2 <= ||x - y||^2 for every pair, ||u||^2 = ||x||^2, tighter than the
+    one-residual vector, and its first coordinates are :func:`block_project`'s."""
+    from imprint.engine.search.pairwise import block_project_res
+
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((8, 24 * 16)).astype(np.float32)
+    x[1] = x[0] + 0.01 * rng.standard_normal(x.shape[1]).astype(np.float32)
+    u = block_project_res(x, (24, 16), 4, 8).astype(np.float64)
+    u0 = block_project_res(x, (24, 16), 4, 0).astype(np.float64)
+    assert u.shape == (8, 24 + 6) and u0.shape == (8, 25)
+    np.testing.assert_allclose(u[:, :24], block_project(x, (24, 16), 4), rtol=1e-5, atol=1e-5)
+    xx = x.astype(np.float64)
+    np.testing.assert_allclose((u ** 2).sum(1), (xx ** 2).sum(1), rtol=1e-5)
+    d = ((xx[:, None] - xx[None]) ** 2).sum(2)
+    du = ((u[:, None] - u[None]) ** 2).sum(2)
+    du0 = ((u0[:, None] - u0[None]) ** 2).sum(2)
+    assert (du <= d + 1e-3).all() and (du >= du0 - 1e-3).all() and (du > du0 + 1e-2).any()
+    with pytest.raises(ValueError):
+        block_project_res(x, (24, 16), 4, 6)
+
+
+def test_col_smallest_equals_sorted_columns():
+    from imprint.engine.search.exact import col_smallest
+
+    rng = np.random.default_rng(8)
+    L = rng.standard_normal((300, 150)).astype(np.float32)
+    for k in (1, 2, 5):
+        got = np.sort(col_smallest(L, k), 1)
+        ref = np.sort(np.argsort(L, 0, kind="stable")[:k].T, 1)
+        np.testing.assert_array_equal(got, ref)

@@ -137,6 +137,27 @@ def _knn_self(feats, n: int, k: int, block: int, *, metric: str = "l2", executor
 # knn_l2_both_bound; 0 = the plain both-way product).  2: 4x fewer dimensions in the bound's product; on 128x128
 # phantoms ~4% of the pairs then need an exact distance (4: ~18%), benchmarks/RESULTS.md "Issue 15, scale6".
 PIXEL_BOUND_FACTOR = 2
+# Side of the residual areas of that bound (issue 15, scale9): the bound adds, for every area, the norm of the
+# image's part orthogonal to the blocks, so it is tighter for a few more dimensions (0: one area, the scale6
+# bound).  Where both sides are divisible by 4, 4 x 4 blocks with one residual per block (2 x 1,024 dimensions on
+# 128 x 128) replace 2 x 2 blocks with one residual (4,097): half the product and fewer exact distances on the
+# scaling phantoms (benchmarks/RESULTS.md "Issue 15, eighth pass").  The lists are exact whatever the choice.
+PIXEL_BOUND_REGION = 4
+
+
+def _bound_params(shape) -> tuple[int, int] | None:
+    """``(factor, region)`` of the pruned exact search for images of ``shape`` (H, W), or None where it does not
+    apply: ``(PIXEL_BOUND_REGION, PIXEL_BOUND_REGION)`` when both sides are divisible by it, else
+    ``(PIXEL_BOUND_FACTOR, 0)`` when they are divisible by that."""
+    h, w = int(shape[0]), int(shape[1])
+    if not PIXEL_BOUND_FACTOR:
+        return None
+    r = int(PIXEL_BOUND_REGION)
+    if r and r % PIXEL_BOUND_FACTOR == 0 and h % r == 0 and w % r == 0:
+        return r, r
+    if h % PIXEL_BOUND_FACTOR == 0 and w % PIXEL_BOUND_FACTOR == 0:
+        return PIXEL_BOUND_FACTOR, 0
+    return None
 
 
 def _both_way_local(executor) -> bool:
@@ -279,6 +300,26 @@ def _mask_count_dtype(f: int):
     return np.uint8 if f * f <= 255 else np.uint16
 
 
+def _label_slices(lab: np.ndarray, nl: int) -> np.ndarray:
+    """Slice (axis 0) of every label of an in-plane labelling ``lab`` [z, h, w] (labels 1..nl; entry 0 unused):
+    int64 [nl + 1].  ``ndimage.label`` numbers components in raster order, so the labels of a slice follow those
+    of the slices before it: the slice of label ``l`` is the first whose running maximum label reaches ``l``
+    (issue 15, scale9: replaces a ``nonzero`` over the whole stack).  The order is checked (each slice's smallest
+    label above the previous slices' largest) and the per-pixel path is used otherwise."""
+    flat = lab.reshape(len(lab), -1)
+    mx = flat.max(1)
+    big = np.iinfo(lab.dtype).max
+    mn = np.where(flat > 0, flat, big).min(1)
+    cm = np.maximum.accumulate(mx)
+    has = mx > 0
+    prev = np.concatenate([[0], cm[:-1]])
+    if np.all(mn[has] > prev[has]):
+        return np.searchsorted(cm, np.arange(nl + 1), side="left").astype(np.int64)
+    first = np.zeros(nl + 1, np.int64)
+    first[lab[lab > 0]] = np.nonzero(lab)[0]
+    return first
+
+
 def _anatomy_counts(images: np.ndarray, levels: Sequence[float] = (0.25, 0.5, 0.75, 1.0),
                     size: int = 64) -> tuple[np.ndarray, np.float32]:
     """:func:`anatomy_masks` as integer counts of mask pixels per down-sampled pixel (uint8, or uint16 for a
@@ -310,9 +351,7 @@ def _anatomy_counts(images: np.ndarray, levels: Sequence[float] = (0.25, 0.5, 0.
         sizes = np.bincount(lab.ravel(), minlength=nl + 1)
         sizes[0] = 0
         # slice of every label, then the largest label per slice (first one on ties)
-        first = np.zeros(nl + 1, np.int64)
-        zz = np.nonzero(lab)[0]
-        first[lab[lab > 0]] = zz
+        first = _label_slices(lab, nl)
         labels = np.arange(1, nl + 1, dtype=np.int64)
         key = sizes[1:].astype(np.int64) * (nl + 1) + (nl - labels)   # larger size, then lower label
         bestkey = np.full(nc + 2, -1, np.int64)
@@ -400,12 +439,13 @@ def _shape_search_bound(G, cP, mscale, mshape, chunk: int, pchunk: int, info: di
     def g_rows(r):
         return anatomy_masks(np.asarray(G[int(r[0]):int(r[-1]) + 1]))
 
+    fac, reg = _bound_params(mshape)
     st_g: dict = {}
     a, _, _, _ = knn_l2_both_bound(m_rows, nP, g_rows, nG, 1, 0, shape=mshape, b_block=chunk, a_block=pchunk,
-                                   factor=PIXEL_BOUND_FACTOR, after_block=lambda: _release(G), stats=st_g)
+                                   factor=fac, region=reg, after_block=lambda: _release(G), stats=st_g)
     st_r: dict = {}
     dr, ir, _, _ = knn_l2_both_bound(m_rows, nP, m_rows, nP, 2, 0, shape=mshape, b_block=chunk, a_block=pchunk,
-                                     factor=PIXEL_BOUND_FACTOR, stats=st_r)
+                                     factor=fac, region=reg, stats=st_r)
     # nearest *other* real image: the first of the two best that is not the row itself (a duplicate ties at 0)
     own = ir[:, 0] == np.arange(nP)
     b = np.where(own, dr[:, 1], dr[:, 0])[:, None].astype(np.float32)
@@ -551,12 +591,12 @@ def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10
 
         # the pool's z-scores are kept between generated chunks when they fit half the budget, else remade
         cache_pool = 4 * hw * nP <= _memory_budget() // 2
-        if cache_pool and PIXEL_BOUND_FACTOR and P.shape[1] % PIXEL_BOUND_FACTOR == 0 \
-                and P.shape[2] % PIXEL_BOUND_FACTOR == 0:
+        bp = _bound_params(P.shape[1:])
+        if cache_pool and bp is not None:
             # the same exact lists, most exact distances skipped by a provable lower bound (issue 15, scale6)
             st: dict = {}
             dG, iG, dGP, iGP = knn_l2_both_bound(zP_rows, nP, zG_rows, nG, k_gen, kq, shape=P.shape[1:],
-                                                 b_block=chunk, a_block=pchunk, factor=PIXEL_BOUND_FACTOR,
+                                                 b_block=chunk, a_block=pchunk, factor=bp[0], region=bp[1],
                                                  after_block=lambda: _release(G, P), stats=st)
             info["pixel_search"] = st
         else:

@@ -1161,20 +1161,82 @@ def _memo_rows(fn, images: np.ndarray, keys, cache: dict | None, name: str) -> n
     return np.stack([store[k] for k in keys])
 
 
+class _RowMemo:
+    """Per-pair float64 results of one registration step, memoised by pair key as numpy columns (issue 15, scale9:
+    :func:`_cached_rows` kept a dict of 6-11 Python floats per pair, ~0.6-1 kB each, ~330,000 pairs at 10k real
+    images; now a key -> row index and one float64 array per field).  Thread-safe: the evidence pools share the
+    memo from two threads (``audit.POOL_THREADS``)."""
+
+    def __init__(self):
+        import threading
+
+        self._row: dict = {}
+        self._cols: dict = {}
+        self._n = 0
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return self._n
+
+    def missing(self, keys) -> list:
+        """Positions in ``keys`` whose key is not memoised."""
+        row = self._row
+        return [i for i, k in enumerate(keys) if k not in row]
+
+    def add(self, keys, res: dict) -> None:
+        """Memoise row ``t`` of every array of ``res`` under ``keys[t]`` (a key already present keeps its row:
+        the values are a function of the pair's content)."""
+        if not res:
+            return
+        with self._lock:
+            new, seen = [], set()
+            for t, k in enumerate(keys):
+                if k not in self._row and k not in seen:
+                    seen.add(k)
+                    new.append(t)
+            if not new:
+                return
+            n0, n1 = self._n, self._n + len(new)
+            if not self._cols:
+                self._cols = {f: np.empty(max(1024, n1), np.float64) for f in res}
+            cap = len(next(iter(self._cols.values())))
+            if n1 > cap:
+                cap = max(n1, 2 * cap)
+                grown = {}
+                for f, col in self._cols.items():
+                    g = np.empty(cap, np.float64)
+                    g[:n0] = col[:n0]
+                    grown[f] = g
+                self._cols = grown
+            sel = np.asarray(new, np.int64)
+            for f, col in self._cols.items():
+                col[n0:n1] = np.asarray(res[f], np.float64)[sel]
+            for j, t in enumerate(new):
+                self._row[keys[t]] = n0 + j
+            self._n = n1
+
+    def get(self, keys) -> dict:
+        """float64 [len(keys)] per field, in ``keys`` order (every key memoised)."""
+        with self._lock:
+            rows = np.fromiter((self._row[k] for k in keys), np.int64, len(keys))
+            return {f: col[rows] for f, col in self._cols.items()}
+
+
 def _cached_rows(fn, keys: list, cache: dict | None, name: str) -> dict:
     """``fn(rows) -> dict of arrays`` for the rows whose ``keys`` are not in ``cache[name]`` yet; every
-    row's values (float64 dict) from the cache afterwards (no cache: ``fn`` on all rows)."""
+    row's values (float64 arrays) from the cache afterwards (no cache: ``fn`` on all rows).  The memo is a
+    :class:`_RowMemo` (numpy columns)."""
     n = len(keys)
     if cache is None:
         return fn(np.arange(n))
-    store = cache.setdefault(name, {})
-    miss = [i for i, k in enumerate(keys) if k not in store]
+    store = cache.get(name)
+    if not isinstance(store, _RowMemo):
+        store = cache.setdefault(name, _RowMemo())
+    miss = store.missing(keys)
     if miss:
         res = fn(np.asarray(miss, np.int64))
-        for t, i in enumerate(miss):
-            store[keys[i]] = {k: float(v[t]) for k, v in res.items()}
-    fields = next(iter(store.values())).keys() if store else ()
-    return {f: np.array([store[k][f] for k in keys], np.float64) for f in fields} if n else {}
+        store.add([keys[i] for i in miss], res)
+    return store.get(keys) if n and len(store) else {}
 
 
 def _best_registered(A, B, cand: np.ndarray, cflip: np.ndarray, *, keys_a=None, keys_b=None,

@@ -150,3 +150,102 @@ def block_project_rows(x: np.ndarray, shape: tuple[int, int], factor: int) -> np
     if len(x):
         _block_proj(x, int(h), int(w), int(factor), out)
     return out
+
+
+@njit(parallel=True, cache=True)
+def _block_proj_res(x, h, w, f, r, out, sq):  # pragma: no cover - numba
+    """Per image: block sums / ``f`` (float64 sums) into ``out[:, :nbl]``, the residual norm of every ``r x r``
+    region (sqrt of the sum over its ``f x f`` blocks of ``sum x^2 - (sum x)^2 / f^2``, float64, clipped at 0)
+    into ``out[:, nbl:]``, and ``sum x^2`` into ``sq``.  One pass over the pixels, row by row."""
+    n = x.shape[0]
+    wl = w // f
+    nbl = (h // f) * wl
+    rw = w // r
+    g = r // f
+    ff = np.float64(f * f)
+    for i in prange(n):
+        S = np.zeros(nbl)
+        Q = np.zeros(nbl)
+        for y in range(h):
+            base = (y // f) * wl
+            row = x[i, y * w:(y + 1) * w]
+            for bx in range(wl):
+                s_ = 0.0
+                q_ = 0.0
+                for dx in range(f):
+                    v = np.float64(row[bx * f + dx])
+                    s_ += v
+                    q_ += v * v
+                S[base + bx] += s_
+                Q[base + bx] += q_
+        o = out[i]
+        for t in range(nbl, o.shape[0]):
+            o[t] = 0.0
+        tot = 0.0
+        for by in range(h // f):
+            for bx in range(wl):
+                j = by * wl + bx
+                s = S[j]
+                o[j] = s / f
+                q = Q[j] - s * s / ff
+                tot += Q[j]
+                if q > 0.0:
+                    o[nbl + (by // g) * rw + bx // g] += q
+        for t in range(nbl, o.shape[0]):
+            o[t] = np.sqrt(o[t])
+        sq[i] = tot
+
+
+def block_project_res_rows(x: np.ndarray, shape: tuple[int, int], factor: int, region: int):
+    """Block sums / ``factor`` of flattened float32 images ``x`` [n, H*W], followed by the residual norm of every
+    ``region x region`` area -> float32 [n, (H/f)*(W/f) + (H/region)*(W/region)], and the squared norms of the
+    rows (float64 [n]) (issue 15, scale9)."""
+    h, w = shape
+    x = np.ascontiguousarray(x, np.float32)
+    nbl = (h // factor) * (w // factor)
+    out64 = np.empty((len(x), nbl + (h // region) * (w // region)), np.float64)
+    sq = np.empty(len(x), np.float64)
+    if len(x):
+        _block_proj_res(x, int(h), int(w), int(factor), int(region), out64, sq)
+    return out64.astype(np.float32), sq
+
+
+@njit(parallel=True, cache=True)
+def _col_smallest(L, k, out):  # pragma: no cover - numba
+    """``out[j]`` = rows of the ``k`` smallest entries of column ``j`` of ``L`` (unordered; ties: any), read row
+    by row (C order) over strips of 64 columns."""
+    n, m = L.shape
+    ns = (m + 63) // 64
+    for s in prange(ns):
+        c0 = s * 64
+        c1 = min(m, c0 + 64)
+        bv = np.full((c1 - c0, k), np.inf, np.float32)
+        bi = np.zeros((c1 - c0, k), np.int64)
+        for t in range(c1 - c0):
+            for q in range(k):
+                bi[t, q] = q
+        for r in range(n):
+            for c in range(c0, c1):
+                v = L[r, c]
+                t = c - c0
+                if v < bv[t, k - 1]:
+                    q = k - 1
+                    while q > 0 and bv[t, q - 1] > v:
+                        bv[t, q] = bv[t, q - 1]
+                        bi[t, q] = bi[t, q - 1]
+                        q -= 1
+                    bv[t, q] = v
+                    bi[t, q] = r
+        for t in range(c1 - c0):
+            for q in range(k):
+                out[c0 + t, q] = bi[t, q]
+
+
+def col_smallest(L: np.ndarray, k: int) -> np.ndarray:
+    """Rows of the ``k`` smallest entries of every column of a float32 matrix ``L`` [n, m] (n >= k) -> int64
+    [m, k], unordered: the column selection of the bound search without a transposed partition (issue 15, scale9)."""
+    L = np.ascontiguousarray(L, np.float32)
+    out = np.empty((L.shape[1], int(k)), np.int64)
+    if L.size and k:
+        _col_smallest(L, int(k), out)
+    return out

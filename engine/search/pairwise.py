@@ -30,6 +30,16 @@ def _select(D: np.ndarray, k: int) -> np.ndarray:
     return np.argpartition(D, k - 1, axis=1)[:, :k]
 
 
+def _col_select(L: np.ndarray, k: int) -> np.ndarray:
+    """Row positions of the ``k`` smallest entries of every column of ``L`` [n, m] -> [m, k] (unordered): the
+    transposed :func:`_select`, read in ``L``'s row order (:func:`engine.search.exact.col_smallest`)."""
+    if L.shape[0] <= k:
+        return np.broadcast_to(np.arange(L.shape[0]), (L.shape[1], L.shape[0])).copy()
+    from .exact import col_smallest
+
+    return col_smallest(L, k)
+
+
 def _merge(bd, bi, d, i, k):
     """Keep the ``k`` smallest float32 candidates of two aligned candidate lists (unordered)."""
     if bd is None:
@@ -183,18 +193,60 @@ def block_project(f: np.ndarray, shape: tuple[int, int], factor: int) -> np.ndar
     return block_project_rows(f, shape, factor)
 
 
-def _lower_bound(la, nla, ra, fa2, lb, nlb, rb, fb2, dl):
-    """Float32 lower bound [na, nb] of the squared distances of rows whose projections are ``la``/``lb``
-    (squared projected norms ``nl*``, residual norms ``r*``, squared full norms ``f*2``): ``||Pa-Pb||^2 +
-    (|Qa|-|Qb|)^2`` minus a rounding slack that covers the float32 product (``dl * 2^-22`` relative to the
-    squared norms, about 4x the worst-case error bound of a length-``dl`` float32 dot product)."""
-    L = la @ lb.T
-    L *= np.float32(-2.0)
-    L += nla[:, None]
-    L += nlb[None, :]
-    L += np.square(ra[:, None] - rb[None, :])
-    slack = np.float32(dl * 2.0 ** -22 + 1e-6)
-    L -= slack * (fa2[:, None] + fb2[None, :])
+def block_project_res(f: np.ndarray, shape: tuple[int, int], factor: int, region: int = 0) -> np.ndarray:
+    """:func:`block_project`'s coordinates followed by the norms of the residual ``Q x = x - P^T P x`` over
+    ``region x region`` areas (issue 15, scale9).
+
+    For any rows ``x, y`` with augmented vectors ``u, v``: ``||u - v||^2 = ||Px - Py||^2 + sum_r (||Q_r x|| -
+    ||Q_r y||)^2 <= ||Px - Py||^2 + ||Qx - Qy||^2 = ||x - y||^2`` (the residual splits over the areas, which are
+    unions of blocks, and the reverse triangle inequality holds in every area), and ``||u||^2 = ||x||^2``.
+    Smaller areas give a tighter bound for a few more dimensions; ``region = 0`` is one area (the whole image).
+
+    Parameters
+    ----------
+    f : float32 [n, H*W]
+    shape : (H, W)
+    factor : int
+        Block side of the projection; ``H`` and ``W`` divisible by it.
+    region : int
+        Side of the residual areas: a multiple of ``factor`` dividing ``H`` and ``W``; 0 for the whole image.
+
+    Returns
+    -------
+    float32 [n, (H/factor) * (W/factor) + n_areas]
+    """
+    return _augment(f, shape, factor, region)[0]
+
+
+def _augment(f, shape, factor, region):
+    """:func:`block_project_res` of ``f`` and the squared norms of its rows (float64 [n])."""
+    from .exact import block_project_res_rows, block_project_rows
+
+    h, w = shape
+    if region and (region % factor or h % region or w % region):
+        raise ValueError(f"residual area {region} must be a multiple of {factor} and divide {shape}")
+    if region:
+        return block_project_res_rows(f, shape, factor, region)
+    lp = block_project_rows(f, shape, factor)
+    f2 = np.einsum("ij,ij->i", f, f, dtype=np.float64)
+    res = np.sqrt(np.maximum(f2 - np.einsum("ij,ij->i", lp, lp, dtype=np.float64), 0.0))
+    return np.concatenate([lp, res.astype(np.float32)[:, None]], 1), f2
+
+
+def _bound_terms(l, f2, dl):
+    """Per-row terms of :func:`_lower_bound`: ``||l||^2`` minus the rounding slack (``dl * 2^-22`` relative to the
+    squared full norm ``f2``, about 4x the worst-case error bound of a length-``dl`` float32 dot product), float32."""
+    nl = np.einsum("ij,ij->i", l, l, dtype=np.float64)
+    return (nl - (dl * 2.0 ** -22 + 1e-6) * np.asarray(f2, np.float64)).astype(np.float32)
+
+
+def _lower_bound(la2, ta, lb, tb):
+    """Float32 lower bound [na, nb] of the squared distances of rows whose augmented vectors
+    (:func:`block_project_res`) are ``la2 = -2 la`` / ``lb``: ``||la - lb||^2`` minus a rounding slack folded
+    into the per-row terms ``ta`` / ``tb`` (:func:`_bound_terms`): one product and two passes."""
+    L = la2 @ lb.T
+    L += ta[:, None]
+    L += tb[None, :]
     return L
 
 
@@ -239,23 +291,27 @@ def _sort_rows_k(D, I, k):
 
 
 def knn_l2_both_bound(feats_a: Feats, n_a: int, feats_b: Feats, n_b: int, k_a: int, k_b: int, *,
-                      shape: tuple[int, int], b_block: int, a_block: int = 2048, factor: int = 2,
+                      shape: tuple[int, int], b_block: int, a_block: int = 2048, factor: int = 2, region: int = 0,
                       after_block: Callable[[], object] | None = None, stats: dict | None = None):
     """:func:`knn_l2_both`'s exact result, with most exact distances skipped by a provable lower bound.
 
     Every row is an image of ``shape`` (flattened).  With ``P`` the orthogonal projection onto ``factor x factor``
     block-constant images (:func:`block_project`, ``factor**2`` times fewer dimensions) and ``Q = I - P``:
-    ``||x - y||^2 = ||P(x-y)||^2 + ||Q(x-y)||^2 >= ||Px - Py||^2 + (||Qx|| - ||Qy||)^2``.  The bound is
-    computed for every pair from one float32 product in the low dimension (minus a rounding slack); the exact
-    float64 distance (the kernel :func:`knn_l2_both` re-ranks with, bit-identical values) is computed only for
+    ``||x - y||^2 = ||P(x-y)||^2 + ||Q(x-y)||^2 >= ||Px - Py||^2 + sum_r (||Q_r x|| - ||Q_r y||)^2`` over
+    ``region x region`` areas ``r`` (:func:`block_project_res`; one area, the whole image, with ``region = 0``).
+    The bound is computed for every pair from one float32 product in the low dimension (minus a rounding slack);
+    the exact float64 distance (the kernel :func:`knn_l2_both` re-ranks with, bit-identical values) is computed
+    only for
 
-    1. every row's ``k`` best pairs by the bound within each ``B`` block, which gives an upper bound ``U`` on the
-       row's k-th distance (A rows: their running k-th over the blocks seen so far), then
+    1. the ``k`` best pairs by the bound, within each ``B`` block, of every B row and of every A row whose running
+       list (over the blocks seen so far) is not yet full, which gives an upper bound ``U`` on every row's k-th
+       distance (A rows: their running k-th), then
     2. every pair whose bound is ``<= U``; any other pair is provably farther than the k-th.
 
     So the result is the exact k-NN in (float64 distance, index) order, as :func:`knn_l2_both` returns it
-    (equal to it whenever its float32 candidate margin holds), distances cast to float32.  All of A's features
-    are held (``4 * d * n_a`` bytes): A's rows are read in place by the exact kernel.
+    (equal to it whenever its float32 candidate margin holds), distances cast to float32, whatever ``factor``,
+    ``region`` and the blocks.  All of A's features are held (``4 * d * n_a`` bytes): A's rows are read in place
+    by the exact kernel.
 
     Parameters
     ----------
@@ -272,6 +328,8 @@ def knn_l2_both_bound(feats_a: Feats, n_a: int, feats_b: Feats, n_b: int, k_a: i
         A rows per low-dimensional product.
     factor : int
         Block side of the projection.
+    region : int
+        Side of the residual areas of the bound (a multiple of ``factor`` dividing both sides; 0: one area).
     stats : dict or None
         Filled with ``pairs`` (R x G), ``exact`` (exact distances computed) and ``low_dim``.
 
@@ -283,15 +341,13 @@ def knn_l2_both_bound(feats_a: Feats, n_a: int, feats_b: Feats, n_b: int, k_a: i
     if h % factor or w % factor:
         raise ValueError(f"image shape {shape} is not divisible by {factor}")
     ka, kb = int(min(k_a, n_b)), int(min(k_b, n_a))
-    dl = (h // factor) * (w // factor)
     FA = np.empty((n_a, h * w), np.float32)
     for s0 in range(0, n_a, a_block):
         FA[s0:s0 + a_block] = feats_a(np.arange(s0, min(n_a, s0 + a_block)))
-    LA = block_project(FA, shape, factor)
-    fa2 = np.einsum("ij,ij->i", FA, FA, dtype=np.float64)
-    nla64 = np.einsum("ij,ij->i", LA, LA, dtype=np.float64)
-    ra = np.sqrt(np.maximum(fa2 - nla64, 0.0)).astype(np.float32)
-    nla, fa2 = nla64.astype(np.float32), fa2.astype(np.float32)
+    LA, fa2 = _augment(FA, shape, factor, region)
+    dl = LA.shape[1]
+    ta = _bound_terms(LA, fa2, dl)
+    LA *= np.float32(-2.0)                          # exact (a power of two)
     rd = np.full((n_a, ka), np.inf)                 # running exact k best of every A row (float64)
     ri = np.full((n_a, ka), -1, np.int64)
     dB = np.empty((n_b, kb), np.float32)
@@ -300,35 +356,38 @@ def knn_l2_both_bound(feats_a: Feats, n_a: int, feats_b: Feats, n_b: int, k_a: i
     for b0 in range(0, n_b, int(max(1, b_block))):
         b1 = min(n_b, b0 + int(max(1, b_block)))
         fb = np.ascontiguousarray(feats_b(np.arange(b0, b1)), np.float32)
-        lb = block_project(fb, shape, factor)
-        fb2 = np.einsum("ij,ij->i", fb, fb, dtype=np.float64)
-        nlb64 = np.einsum("ij,ij->i", lb, lb, dtype=np.float64)
-        rb = np.sqrt(np.maximum(fb2 - nlb64, 0.0)).astype(np.float32)
-        nlb, fb2 = nlb64.astype(np.float32), fb2.astype(np.float32)
+        lb, fb2 = _augment(fb, shape, factor, region)
+        tb = _bound_terms(lb, fb2, dl)
         L = np.empty((n_a, b1 - b0), np.float32)
         for a0 in range(0, n_a, a_block):
             a1 = min(n_a, a0 + a_block)
-            L[a0:a1] = _lower_bound(LA[a0:a1], nla[a0:a1], ra[a0:a1], fa2[a0:a1], lb, nlb, rb, fb2, dl)
+            L[a0:a1] = _lower_bound(LA[a0:a1], ta[a0:a1], lb, tb)
         nb_ = b1 - b0
-        # round 1: every A row's ka best and every B row's kb best by the bound
+        # round 1: the ka best by the bound of every A row whose running list is not full (issue 15, scale9:
+        # a full list's k-th is already an upper bound, and a block rarely improves it) and every B row's kb best
+        open_ = np.flatnonzero(~np.isfinite(rd[:, -1])) if ka else np.zeros(0, np.int64)
         if kb:
             done = np.zeros(L.shape, bool)
-            np.put_along_axis(done, _select(L, ka), True, 1)
-            np.put_along_axis(done.T, _select(L.T, kb), True, 1)
+            if len(open_):
+                sel = _select(L[open_], ka)
+                done[np.repeat(open_, sel.shape[1]), sel.ravel()] = True
+            np.put_along_axis(done.T, _col_select(L, kb), True, 1)
             r1, c1 = np.nonzero(done)
         else:   # one direction: the pairs straight from the selection (grouped by row, as _eval_pairs needs)
             done = None
-            sel = _select(L, ka)                                   # [n_a, min(ka, block)]
-            r1 = np.repeat(np.arange(n_a), sel.shape[1])
+            sel = _select(L[open_], ka) if len(open_) else np.zeros((0, 0), np.int64)
+            r1 = np.repeat(open_, sel.shape[1])
             c1 = sel.ravel()
         d1_ = _eval_pairs(fb, FA, r1, c1)
         # upper bounds on the k-th distances: A rows with their running lists, B rows within this block
         d1, _ = _topk_sparse(r1, c1, d1_, n_a, ka)
         Ua = _kth_merged(rd, d1, ka)
         # round 2: every pair whose bound does not exceed its row's or its column's upper bound
-        M = L <= Ua.astype(np.float64)[:, None]
+        M = L <= Ua.astype(np.float32)[:, None]   # L is float32: the same test as in float64, without a copy
+        Ub = None
         if kb:
-            M |= L <= _topk_sparse(c1, r1, d1_, nb_, kb)[0][:, -1][None, :]
+            Ub = _topk_sparse(c1, r1, d1_, nb_, kb)[0][:, -1]
+            M |= L <= Ub.astype(np.float32)[None, :]
         if done is not None:
             M &= ~done
         else:
@@ -337,12 +396,15 @@ def knn_l2_both_bound(feats_a: Feats, n_a: int, feats_b: Feats, n_b: int, k_a: i
         d2_ = _eval_pairs(fb, FA, r2, c2)
         n_exact += len(r1) + len(r2)
         r_, c_, d_ = np.concatenate([r1, r2]), np.concatenate([c1, c2]), np.concatenate([d1_, d2_])
-        d2, i2 = _topk_sparse(r_, c_, d_, n_a, ka, offset=b0)
+        # only pairs within a row's (column's) upper bound can enter its list (ties kept: <=)
+        ka_ = d_ <= Ua[r_]
+        d2, i2 = _topk_sparse(r_[ka_], c_[ka_], d_[ka_], n_a, ka, offset=b0)
         D = np.concatenate([rd, d2], 1)
         I = np.concatenate([ri, i2], 1)
         rd, ri = _sort_rows_k(D, I, ka)
         if kb:
-            db, ib = _topk_sparse(c_, r_, d_, nb_, kb)
+            kb_ = d_ <= Ub[c_]
+            db, ib = _topk_sparse(c_[kb_], r_[kb_], d_[kb_], nb_, kb)
             dB[b0:b1], iB[b0:b1] = db.astype(np.float32), ib
         del fb, L, M, done
         if after_block is not None:
