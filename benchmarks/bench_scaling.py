@@ -535,19 +535,6 @@ def stage_table(sizes, data: Path, before: str | None = None, budget: float | No
     return rows
 
 
-def _dict_cached_rows(fn, keys, cache, name):
-    """register._cached_rows before issue 15, scale9 (a dict of floats per pair), for --row-memo."""
-    n = len(keys)
-    store = cache.setdefault(name, {})
-    miss = [i for i, k in enumerate(keys) if k not in store]
-    if miss:
-        res = fn(np.asarray(miss, np.int64))
-        for t, i in enumerate(miss):
-            store[keys[i]] = {k: float(v[t]) for k, v in res.items()}
-    fields = next(iter(store.values())).keys() if store else ()
-    return {f: np.array([store[k][f] for k in keys], np.float64) for f in fields} if n else {}
-
-
 def row_memo(n_pairs: int, repeats: int = 2) -> list[dict]:
     """The registration's per-pair memo (``register._cached_rows``) before/after numpy columns (issue 15, scale9):
     ``n_pairs`` pair keys shaped like the audit's (two 64-hex content keys and a flip), 11 float fields (the
@@ -557,6 +544,7 @@ def row_memo(n_pairs: int, repeats: int = 2) -> list[dict]:
     import tracemalloc
 
     from imprint.engine.membership import register
+    from test_register_memo import _old_cached_rows     # the dict memo before scale9 (the tests' reference)
 
     rng = np.random.default_rng(0)
     ka = [f"{x:064x}" for x in rng.integers(0, 2**62, 10000)]
@@ -571,7 +559,7 @@ def row_memo(n_pairs: int, repeats: int = 2) -> list[dict]:
     def fn(sel):
         return {f: v[sel] for f, v in vals.items()}
 
-    sides = {"before": lambda c: _dict_cached_rows(fn, keys, c, "m"),
+    sides = {"before": lambda c: _old_cached_rows(fn, keys, c, "m"),
              "after": lambda c: register._cached_rows(fn, keys, c, "m")}
 
     def run(name):

@@ -10,7 +10,7 @@ from imprint.engine.membership import register
 
 
 def _old_cached_rows(fn, keys, cache, name):
-    """The per-pair dict memo before scale9 (reference)."""
+    """The per-pair dict memo before scale9 (reference; also the "before" side of `bench_scaling.py --row-memo`)."""
     n = len(keys)
     if cache is None:
         return fn(np.arange(n))
