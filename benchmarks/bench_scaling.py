@@ -600,6 +600,13 @@ def fit_exponent(xs, ys) -> float | None:
     return float(np.polyfit(np.log(xs), np.log(ys), 1)[0])
 
 
+def _write_block(path: str, block: str, rows: list[dict], text: str) -> None:
+    """Write the RESULTS.md block ``block``: ``text``, the machine's load note and ``rows`` as a table."""
+    from imprint.engine.bench import load_note, md_table, write_results_block
+
+    write_results_block(path, block, text + load_note() + "\n\n" + md_table(rows, list(rows[0])))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="1000x1000,1000x3000,1000x12000",
@@ -647,9 +654,7 @@ def main(argv=None) -> int:
     if args.ingest_memory:
         rows = ingest_memory(Path(args.ingest_memory), args.before or str(ROOT), Path(args.data))
         if args.write_results:
-            from imprint.engine.bench import load_note, md_table, write_results_block
-
-            write_results_block(args.write_results, "ingest-memory-scale7", (
+            _write_block(args.write_results, "ingest-memory-scale7", rows, (
                 "### Pixel-store ingest and open: peak and resident memory before/after, same run (issue 15, scale7)\n\n"
                 f"Command: `{cmd_line}`. `pixelstore.load_images` (decode on the thread pool, append shards, compact "
                 "into one shard, open the images) on a fresh store, each side in a fresh process. 'RSS after open' "
@@ -657,16 +662,13 @@ def main(argv=None) -> int:
                 "zero-copy memory map adds neither until pages are read). Before, the compacted shard held record "
                 "batches of 4,096 rows and opening it concatenated them into one anonymous copy of the whole set; "
                 "after, compaction writes one record batch. 'stores' rows identical': paths, sha256, size, mtime "
-                "and every pixel of the two stores compared (the files differ in their record-batch framing).\n"
-                + load_note() + "\n\n" + md_table(rows, list(rows[0]))))
+                "and every pixel of the two stores compared (the files differ in their record-batch framing).\n"))
         return 0
     if args.anatomy_search:
         sizes = [tuple(int(v) for v in x.split("x")) for x in args.anatomy_search.split(",") if x]
         rows = anatomy_search(sizes, Path(args.data), args.before or "/work/main")
         if args.write_results:
-            from imprint.engine.bench import load_note, md_table, write_results_block
-
-            write_results_block(args.write_results, "anatomy-search-scale8", (
+            _write_block(args.write_results, "anatomy-search-scale8", rows, (
                 "### Membership anatomy stage: the search over the generated images before/after, same run "
                 "(issue 15, scale8)\n\n"
                 f"Command: `{cmd_line}`. The scaling benchmark's 128x128 phantoms (real10000, gen10000-r10000; "
@@ -678,32 +680,26 @@ def main(argv=None) -> int:
                 "checkout's (the products on one BLAS thread, the exact search pruned by a 2x2-block lower bound, "
                 "`knn_l2_both_bound` with k_b = 0). Alternating sides, 2 runs each, best wall and best CPU-s (all "
                 "threads) per side; 'exact share' = pairs given an exact distance / (2 x real x generated); "
-                "'max abs diff anat_ratio': the grids' last bits changed with the thread count.\n"
-                + load_note() + "\n\n" + md_table(rows, list(rows[0]))))
+                "'max abs diff anat_ratio': the grids' last bits changed with the thread count.\n"))
         return 0
     if args.row_memo:
         rows = row_memo(args.row_memo)
         print(json.dumps(rows))
         if args.write_results:
-            from imprint.engine.bench import load_note, md_table, write_results_block
-
-            write_results_block(args.write_results, "row-memo-scale9", (
+            _write_block(args.write_results, "row-memo-scale9", rows, (
                 "### Registration's per-pair memo: dict of floats vs numpy columns, same run (issue 15, scale9)\n\n"
                 f"Command: `{cmd_line}`. `register._cached_rows` as before (a dict of Python floats per pair key) "
                 "and after (`_RowMemo`: key -> row, one float64 array per field), on pair keys shaped like the "
                 "audit's (two 64-hex content keys and a flip; 11 fields, as the refine step's): store, then read "
                 "back twice. Best CPU-s of 2 alternating runs per side; 'memo MB' = memory held after the runs "
-                "(tracemalloc, keys included, separate pass).\n"
-                + load_note() + "\n\n" + md_table(rows, list(rows[0]))))
+                "(tracemalloc, keys included, separate pass).\n"))
         return 0
     if args.stages:
         sizes = [tuple(int(v) for v in x.split("x")) for x in args.stages.split(",") if x]
         rows = stage_table(sizes, Path(args.data), before=args.before, budget=args.memory_budget)
         print(json.dumps(rows))
         if args.write_results:
-            from imprint.engine.bench import load_note, md_table, write_results_block
-
-            write_results_block(args.write_results, "stages-scale9", (
+            _write_block(args.write_results, "stages-scale9", rows, (
                 "### Membership per stage: CPU-s and peak RSS, before/after in fresh processes (issue 15, scale9)\n\n"
                 f"Command: `{cmd_line}`. `run_membership` on the scaling benchmark's phantom folders (made under "
                 "--data), each side in a fresh process on fresh stores (decoding included). A sampler thread gives "
@@ -711,16 +707,13 @@ def main(argv=None) -> int:
                 "stack (stage borders +-0.1 s; 'peak RSS' = the largest VmRSS sampled in the stage; 'total' = "
                 "getrusage CPU-s, ru_maxrss and wall). before = the --before checkout's code, after = this "
                 "checkout's. The two sides ran one after the other, not interleaved: CPU-s are the figures to "
-                "compare, wall times depend on the load.\n"
-                + load_note() + "\n\n" + md_table(rows, list(rows[0]))))
+                "compare, wall times depend on the load.\n"))
         return 0
     if args.shape_search:
         sizes = [tuple(int(v) for v in x.split("x")) for x in args.shape_search.split(",") if x]
         rows = shape_search(sizes, Path(args.data), before=args.before)
         if args.write_results and args.before:
-            from imprint.engine.bench import load_note, md_table, write_results_block
-
-            write_results_block(args.write_results, "shape-search-scale9", (
+            _write_block(args.write_results, "shape-search-scale9", rows, (
                 "### Membership shape-mask search: the pruned search before/after the per-block residual bound, same "
                 "run (issue 15, scale9)\n\n"
                 f"Command: `{cmd_line}`. The scaling benchmark's 128x128 phantoms (real10000, gen10000-r10000; "
@@ -731,12 +724,9 @@ def main(argv=None) -> int:
                 "tighter; the A rows' first-round picks only while their lists are not full; the masks' label "
                 "slices from the running maximum label instead of a nonzero over the stack). Both sides make the "
                 "generated masks per chunk (most of the stage now). Alternating sides, best wall and best CPU-s (all "
-                "threads) per side; 'exact share' = pairs given an exact distance / pairs.\n"
-                + load_note() + "\n\n" + md_table(rows, list(rows[0]))))
+                "threads) per side; 'exact share' = pairs given an exact distance / pairs.\n"))
         elif args.write_results:
-            from imprint.engine.bench import load_note, md_table, write_results_block
-
-            write_results_block(args.write_results, "shape-search-scale7", (
+            _write_block(args.write_results, "shape-search-scale7", rows, (
                 "### Membership shape-mask search before/after the lower-bound pruning, same run (issue 15, scale7)\n\n"
                 f"Command: `{cmd_line}`. The scaling benchmark's 128x128 phantoms (real10000, gen10000-r10000); the "
                 "shape stage's search: every real image's nearest generated mask and nearest other real mask "
@@ -744,16 +734,13 @@ def main(argv=None) -> int:
                 "(`_knn_chunked`, `_knn_self`), after = `evidence._shape_search_bound` (`knn_l2_both_bound` with "
                 "k_b = 0: a 4,096-d 2x2-block lower bound, exact distances only where it does not rule a pair "
                 "out). Both sides make the generated masks per chunk (part of the stage). Alternating sides, 2 "
-                "runs each, best wall and best CPU-s (all threads) per side.\n"
-                + load_note() + "\n\n" + md_table(rows, list(rows[0]))))
+                "runs each, best wall and best CPU-s (all threads) per side.\n"))
         return 0
     if args.bound_search:
         sizes = [tuple(int(v) for v in x.split("x")) for x in args.bound_search.split(",") if x]
         rows = bound_search(sizes, Path(args.data), before=args.before)
         if args.write_results and args.before:
-            from imprint.engine.bench import load_note, md_table, write_results_block
-
-            write_results_block(args.write_results, "bound-search-scale9", (
+            _write_block(args.write_results, "bound-search-scale9", rows, (
                 "### Membership pixel search: the pruned search before/after the per-block residual bound, same run "
                 "(issue 15, scale9)\n\n"
                 f"Command: `{cmd_line}`. The scaling benchmark's 128x128 phantoms (real10000, gen10000-r10000; "
@@ -764,50 +751,38 @@ def main(argv=None) -> int:
                 "2,048-d and tighter; first-round picks for A rows only while their lists are not full; the slack "
                 "folded into per-row terms; the B rows' picks read in row order). The same exact kernel. "
                 "Alternating sides, best wall and best CPU-s (all threads) per side; 'exact share' = pairs given "
-                "an exact distance / R x G ('after' side).\n"
-                + load_note() + "\n\n" + md_table(rows, list(rows[0]))))
+                "an exact distance / R x G ('after' side).\n"))
         elif args.write_results:
-            from imprint.engine.bench import load_note, md_table, write_results_block
-
-            cmd = "python benchmarks/bench_scaling.py " + " ".join(argv if argv is not None else sys.argv[1:])
-            write_results_block(args.write_results, "bound-search-scale6", (
+            _write_block(args.write_results, "bound-search-scale6", rows, (
                 "### Membership pixel search before/after the lower-bound pruning, same run (issue 15, scale6)\n\n"
-                f"Command: `{cmd}`. The scaling benchmark's 128x128 phantoms (real10000, gen10000-r10000; generated "
+                f"Command: `{cmd_line}`. The scaling benchmark's 128x128 phantoms (real10000, gen10000-r10000; generated "
                 "rows beyond 10,000 are shifted copies), z-scored; k = 10 generated per real, 2 real per generated; "
                 "blocks of the 2 GiB budget. before = `knn_l2_both` (every distance from a float32 product at "
                 "16,384-d, exact float64 re-ranking), after = `knn_l2_both_bound` (4,096-d block-projection lower "
                 "bound, exact float64 distances only where the bound does not rule a pair out). Alternating "
                 "sides, 2 runs each, best wall and best CPU-s (all threads) per side; 'exact share' = pairs given "
-                "an exact distance / R x G.\n" + load_note() + "\n\n" + md_table(rows, list(rows[0]))))
+                "an exact distance / R x G.\n"))
         return 0
     if args.stage_kernels:
         rows = stage_kernels()
         if args.write_results:
-            from imprint.engine.bench import load_note, md_table, write_results_block
-
-            cmd = "python benchmarks/bench_scaling.py " + " ".join(argv if argv is not None else sys.argv[1:])
-            write_results_block(args.write_results, "stage-kernels-scale5", (
+            _write_block(args.write_results, "stage-kernels-scale5", rows, (
                 "### Membership hot spots before/after, same run (issue 15, scale5)\n\n"
-                f"Command: `{cmd}`. 128x128 phantoms; best of 3 windows of at least 1 s each per side, same process; "
+                f"Command: `{cmd_line}`. 128x128 phantoms; best of 3 windows of at least 1 s each per side, same process; "
                 "'outputs equal' compares the arrays bit for bit (the k-NN rows also with an exact float64 brute force: "
                 "FAISS's Flat search picks its candidates in float32 and can miss a neighbour within rounding of the "
-                "k-th; knn_l2_both keeps 8 extra float32 candidates before the exact re-ranking).\n" + load_note() + "\n\n"
-                + md_table(rows, list(rows[0]))))
+                "k-th; knn_l2_both keeps 8 extra float32 candidates before the exact re-ranking).\n"))
         return 0
     if args.evidence_memory:
         rows = evidence_memory()
         if args.write_results:
-            from imprint.engine.bench import load_note, md_table, write_results_block
-
-            cmd = "python benchmarks/bench_scaling.py " + " ".join(argv if argv is not None else sys.argv[1:])
-            write_results_block(args.write_results, "evidence-memory", (
+            _write_block(args.write_results, "evidence-memory", rows, (
                 "### Where the membership evidence's memory goes (tracemalloc)\n\n"
-                f"Command: `{cmd}`. `compute_evidence` on 128x128 phantoms; peak of the NumPy/Python allocations "
+                f"Command: `{cmd_line}`. `compute_evidence` on 128x128 phantoms; peak of the NumPy/Python allocations "
                 "(FAISS's internal copy of each indexed chunk, 64 KB per image, is not traced). 'One chunk' holds the "
                 "float z-scores and masks of every generated image at once (the code before issue 15 held, in "
                 "addition, float tiles of every generated image, so it needed more); with a budget the generated "
-                "set is walked in chunks and the evidence is identical (tests/test_streaming.py). Seconds are under the machine's load, not a speed comparison.\n"
-                + load_note() + "\n\n" + md_table(rows, list(rows[0]))))
+                "set is walked in chunks and the evidence is identical (tests/test_streaming.py). Seconds are under the machine's load, not a speed comparison.\n"))
         return 0
     data = Path(args.data)
     data.mkdir(parents=True, exist_ok=True)
@@ -884,8 +859,6 @@ def main(argv=None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
     if args.write_results:
-        from imprint.engine.bench import load_note, md_table, write_results_block
-
         def fmt_exp(v):
             return "n/a" if v is None else f"{v:.2f}"
         def num(v):
@@ -902,10 +875,9 @@ def main(argv=None) -> int:
                    "wall s (cost model)": num(e.get("wall_s_cost_model")),
                    "peak RSS MB (cost model)": num(e.get("peak_rss_mb_cost_model")),
                    "chunk": "", "load (1 min)": "", "commit": ""} for e in ext]
-        cmd = "python benchmarks/bench_scaling.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        write_results_block(args.write_results, args.block, (
+        _write_block(args.write_results, args.block, table, (
             f"### {args.title}\n\n"
-            f"Command: `{cmd}`. 128x128 CT-like phantoms (5% of the generated images are noisy copies of real "
+            f"Command: `{cmd_line}`. 128x128 CT-like phantoms (5% of the generated images are noisy copies of real "
             "ones), no dev set, default decision; each size in a fresh process (peak RSS = its `ru_maxrss`). "
             f"Fitted exponents: time ~ G^{fmt_exp(a_t)}, peak RSS ~ G^{fmt_exp(a_m)} at R={r0:,}; "
             f"time ~ R^{fmt_exp(b_t)}, RSS ~ R^{fmt_exp(b_m)} at G={g0:,}"
@@ -921,8 +893,7 @@ def main(argv=None) -> int:
                f"+ {cm_t[3]:.3g}*R*G s, peak RSS = {cm_m[0]:.3g} + {cm_m[1]:.3g}*R + {cm_m[2]:.3g}*G MB (least "
                "squares; a projection, not a measurement). ")
             + "Pages of the memory-mapped pixel stores are released after each pass (issue 15, scale5), so RSS no "
-            "longer counts every touched generated image.\n"
-            + load_note() + "\n\n" + md_table(table, list(table[0]))))
+            "longer counts every touched generated image.\n"))
     return 0
 
 
