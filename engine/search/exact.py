@@ -152,7 +152,7 @@ def block_project_rows(x: np.ndarray, shape: tuple[int, int], factor: int) -> np
     return out
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _block_proj_res(x, h, w, f, r, out, sq):  # pragma: no cover - numba
     """Per image: block sums / ``f`` (float64 sums) into ``out[:, :nbl]``, the residual norm of every ``r x r``
     region (sqrt of the sum over its ``f x f`` blocks of ``sum x^2 - (sum x)^2 / f^2``, float64, clipped at 0)
@@ -210,7 +210,7 @@ def block_project_res_rows(x: np.ndarray, shape: tuple[int, int], factor: int, r
     return out64.astype(np.float32), sq
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _col_smallest(L, k, out):  # pragma: no cover - numba
     """``out[j]`` = rows of the ``k`` smallest entries of column ``j`` of ``L`` (unordered; ties: any), read row
     by row (C order) over strips of 64 columns."""
