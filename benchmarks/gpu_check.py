@@ -453,6 +453,21 @@ def sec_onnx(ctx: Ctx) -> dict:
             continue
         r["session_speedup"] = r["cuda_session_images_per_s"] / r["cpu_session_images_per_s"]
         ctx.put(name, r)
+        # the same images through both providers: the CUDA embedding must be the CPU one (fp16 within its
+        # precision), else the speed is of a different model
+        try:
+            m = min(64, z["n_cpu"])
+            e_g = embed(imgs[:m], load_backbone(name, providers=gpu_prov), batch_size=min(m, z["batch_gpu"]))
+            e_c = embed(imgs[:m], load_backbone(name, providers="cpu"), batch_size=min(m, z["batch_cpu"]))
+            e_g, e_c = e_g.astype(np.float64), e_c.astype(np.float64)
+            cos = (e_g * e_c).sum(1) / np.maximum(np.linalg.norm(e_g, axis=1) * np.linalg.norm(e_c, axis=1), 1e-30)
+            r["agreement_images"] = int(m)
+            r["max_abs_diff_vs_cpu"] = float(np.abs(e_g - e_c).max())
+            r["max_rel_diff_vs_cpu"] = float(np.abs(e_g - e_c).max() / max(np.abs(e_c).max(), 1e-30))
+            r["min_cosine_vs_cpu"] = float(cos.min())
+        except Exception as exc:  # noqa: BLE001 - recorded, the speed figures stand
+            r["agreement_error"] = f"{type(exc).__name__}: {exc}"[:300]
+        ctx.put(name, r)
     return ctx.result
 
 

@@ -38,6 +38,7 @@ __all__ = [
     "default_providers",
     "preprocess",
     "auto_batch_size",
+    "preload_cuda_libraries",
 ]
 
 _PROVIDER_ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
@@ -53,6 +54,44 @@ def _ort():
     except ImportError as exc:  # pragma: no cover - hard dependency
         raise ImprintError(f"onnxruntime is not installed: {exc}") from None
     return ort
+
+
+_PRELOADED: dict = {}
+
+
+def preload_cuda_libraries(ort=None) -> str:
+    """Load the CUDA and cuDNN libraries that onnxruntime-gpu's CUDA provider needs, once per process.
+
+    On Linux the CUDA provider (``libonnxruntime_providers_cuda.so``) has no run path: it finds ``libcudart``,
+    ``libcublas`` and cuDNN only on the loader's path, so with the pip ``nvidia-*`` wheels of the ``gpu`` extra
+    and no ``LD_LIBRARY_PATH`` every CUDA session silently falls back to the CPU.  onnxruntime >= 1.21 ships
+    ``onnxruntime.preload_dlls()``, which loads them from the nvidia packages beside it.  Called before every
+    CUDA session (and by :func:`engine.device.onnx_cuda_trial`); a no-op when
+    the build has no CUDA provider or no ``preload_dlls``.  Its messages (it prints) are kept, not shown.
+
+    Returns
+    -------
+    str
+        ``""`` when the libraries were preloaded (or nothing needed doing), else what ``preload_dlls`` said.
+    """
+    if "done" in _PRELOADED:
+        return _PRELOADED["done"]
+    ort = _ort() if ort is None else ort
+    said = ""
+    fn = getattr(ort, "preload_dlls", None)
+    if fn is not None and "CUDAExecutionProvider" in ort.get_available_providers():
+        import contextlib
+        import io
+
+        buf = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(buf):
+                fn(cuda=True, cudnn=True)
+        except Exception as exc:  # noqa: BLE001 - a failed preload only means the session may fall back
+            buf.write(f"preload_dlls failed: {type(exc).__name__}: {exc}")
+        said = " ".join(buf.getvalue().split())[:300]
+    _PRELOADED["done"] = said
+    return said
 
 
 def _cores() -> int:
@@ -168,6 +207,8 @@ class Backbone:
             raise ImprintError(f"backbone {spec.name} is not built; run `imprint models build`")
         self.spec = spec
         provs = default_providers() if providers is None else _normalise_providers(providers)
+        if "CUDAExecutionProvider" in provs:
+            preload_cuda_libraries(ort)
         so = ort.SessionOptions()
         so.intra_op_num_threads = int(threads) if threads else _cores()
         so.inter_op_num_threads = 1

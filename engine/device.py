@@ -127,6 +127,9 @@ def onnx_cuda_trial() -> tuple[bool, str]:
             return False, f"onnxruntime is not installed ({exc})"
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             return False, "this onnxruntime build has no CUDAExecutionProvider (install the `gpu` extra)"
+        from imprint.engine.backbone import preload_cuda_libraries
+
+        said = preload_cuda_libraries(ort)
         try:
             so = ort.SessionOptions()
             so.log_severity_level = 4
@@ -134,7 +137,8 @@ def onnx_cuda_trial() -> tuple[bool, str]:
                                         providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
             if sess.get_providers()[:1] != ["CUDAExecutionProvider"]:
                 return False, ("onnxruntime lists CUDA but the session fell back to the CPU (CUDA/cuDNN "
-                               "libraries missing or no GPU)")
+                               "libraries missing or no GPU" + (f"; preload_dlls: {said[:160]}" if said else "")
+                               + ")")
             y = sess.run(None, {"x": np.ones((1, 4), np.float32)})[0]
             if not np.array_equal(y, np.full((1, 4), 2, np.float32)):
                 return False, "the CUDA trial session returned a wrong result"

@@ -221,3 +221,47 @@ def test_gpu_check_on_a_cpu_machine_exits_at_once_with_gpu_false(tmp_path):
 
 
 # The section driver, the time budget and the simulated dry run of every section: tests/test_gpu_check_cuda.py
+
+
+def test_cuda_libraries_preloaded_once_before_a_cuda_session_quietly(monkeypatch, capsys, tmp_path):
+    """onnxruntime-gpu's CUDA provider has no run path on Linux: without ``preload_dlls`` (or LD_LIBRARY_PATH)
+    a `gpu` extra install silently runs on the CPU.  The trial and every CUDA backbone preload first, once,
+    and what ``preload_dlls`` prints (or raises) ends up in the reason, not on stdout."""
+    _fake_cuda_listed(monkeypatch)
+    import onnxruntime as ort
+
+    from imprint.engine import backbone as B
+
+    calls = []
+
+    def fake_preload(cuda=True, cudnn=True, msvc=True, directory=None):
+        calls.append((cuda, cudnn))
+        print("Failed to load libcudart.so.13: not found")
+
+    monkeypatch.setattr(ort, "preload_dlls", fake_preload, raising=False)
+    monkeypatch.setattr(B, "_PRELOADED", {})
+    ok, why = D.onnx_cuda_trial()
+    assert not ok and "fell back" in why and "libcudart.so.13" in why
+    assert calls == [(True, True)]
+    assert "libcudart" not in capsys.readouterr().out
+    # once per process: a second call does not preload again
+    assert "libcudart.so.13" in B.preload_cuda_libraries(ort) and calls == [(True, True)]
+
+    def raising_preload(**kw):
+        raise RuntimeError("Invalid parameter of directory")
+
+    monkeypatch.setattr(ort, "preload_dlls", raising_preload, raising=False)
+    monkeypatch.setattr(B, "_PRELOADED", {})
+    assert "Invalid parameter" in B.preload_cuda_libraries(ort)
+    # a CPU-only request never preloads
+    monkeypatch.setattr(B, "_PRELOADED", {})
+    monkeypatch.setattr(ort, "preload_dlls", fake_preload, raising=False)
+    calls.clear()
+    f = tmp_path / "add.onnx"
+    f.write_bytes(D._tiny_onnx())
+
+    class _Spec:
+        name, onnx_path, input_size, channels = "tiny", str(f), (1, 4), 1
+
+    bb = B.Backbone(_Spec(), providers=["cpu"])
+    assert bb.providers == ["CPUExecutionProvider"] and calls == []
