@@ -113,7 +113,9 @@ if [ -n "$PAYLOAD" ]; then
         for i in $(seq 1 "$n"); do cat "/tmp/xfer/p$i"; done >/tmp/xfer/payload.tar.zst
         got=$(sha256sum /tmp/xfer/payload.tar.zst | cut -d' ' -f1)
         [ "$got" = "$sha" ] || { echo "payload sha256 $got, expected $sha"; exit 1; }
-        zstd -q -d --long=27 -c /tmp/xfer/payload.tar.zst | tar -xf - -C /tmp/payload
+        # the device image has no zstd program: pyarrow's zstd codec streams it (window 2^27 = the decoder's default
+        # limit, hence --long=27 when packing)
+        "$PY" -c "import pyarrow as pa, tarfile; s = pa.CompressedInputStream(pa.OSFile('/tmp/xfer/payload.tar.zst'), 'zstd'); tarfile.open(fileobj=s, mode='r|').extractall('/tmp/payload', filter='data')"
         rm -f /tmp/xfer/payload.tar.zst
         purelib=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
         echo "image site-packages: $purelib; nvidia: $(ls "$purelib/nvidia" 2>/dev/null | tr '\n' ' ')"

@@ -82,6 +82,29 @@ def test_preprocess_effnet_convention():
     np.testing.assert_allclose(preprocess(const, spec), (200 - 127.0) / 128.0, atol=1e-6)
 
 
+def test_threaded_preprocessing_is_the_same_array_bit_for_bit(monkeypatch):
+    """embed() preprocesses on several threads when the session is on a GPU; the split is per image, so every
+    spec's result (bilinear 128 -> 224 with three channels, area resize of odd sizes, native size) is the
+    one-thread array exactly, for batches that split evenly, unevenly, and too small to split."""
+    rng = np.random.default_rng(21)
+    cases = [(BUILTIN["effnet-lite0"], rng.integers(0, 256, (37, 128, 128), dtype=np.uint8)),
+             (BUILTIN["pixel"], rng.integers(0, 256, (50, 131, 97), dtype=np.uint8)),
+             (BUILTIN["fingerprint"], rng.integers(0, 256, (33, 64, 64), dtype=np.uint8)),
+             (BUILTIN["effnet-lite0"], rng.integers(0, 256, (5, 128, 128), dtype=np.uint8))]
+    for spec, imgs in cases:
+        one = preprocess(imgs, spec)
+        for w in (2, 3, 8):
+            many = preprocess(imgs, spec, workers=w)
+            assert many.dtype == one.dtype and many.shape == one.shape
+            assert np.array_equal(many, one), (spec.name, imgs.shape, w)
+    # the split really happens (a batch of 37 on 3 workers runs two slices on the pool)
+    calls = []
+    real = eb._preprocess1
+    monkeypatch.setattr(eb, "_preprocess1", lambda b, sp: calls.append(b.shape[0]) or real(b, sp))
+    preprocess(cases[0][1], cases[0][0], workers=3)
+    assert sorted(calls) == [12, 12, 13]
+
+
 def test_auto_batch_size():
     assert auto_batch_size(BUILTIN["effnet-lite0"]) == 8
     assert auto_batch_size(BUILTIN["effnet-lite0-128"]) == 32
@@ -145,11 +168,11 @@ def test_pipeline_propagates_producer_errors(models_dir, images, monkeypatch):
     real = eb.preprocess
     calls = []
 
-    def flaky(batch, spec):
+    def flaky(batch, spec, workers=1):
         calls.append(len(batch))
         if len(calls) == 3:
             raise RuntimeError("boom in preprocessing")
-        return real(batch, spec)
+        return real(batch, spec, workers=workers)
 
     monkeypatch.setattr(eb, "preprocess", flaky)
     with pytest.raises(RuntimeError, match="boom"):
