@@ -7,8 +7,11 @@ session then silently falls back to the CPU.  So each stage gets a *trial*:
 
 * onnxruntime: a session on a one-node graph with ``[CUDAExecutionProvider, CPUExecutionProvider]``; CUDA
   counts only if ``session.get_providers()[0] == "CUDAExecutionProvider"`` and one run succeeds;
-* FAISS: ``faiss.get_num_gpus() > 0`` and the process's single ``StandardGpuResources`` can be created (it is
-  kept and reused by :mod:`engine.search` -- one resources object per process);
+* FAISS: ``faiss.get_num_gpus() > 0``, then a four-vector GPU search in a child process (a faiss-gpu build
+  without kernels for this GPU aborts the whole process on its first search -- the PyPI faiss-gpu-cu12 1.14.1
+  wheel on an H200: "CUDA error 209 no kernel image is available for execution on the device", SIGABRT,
+  2026-11-30 -- so the job must not be the one to find out), then the same search in this process with its
+  single ``StandardGpuResources`` (kept and reused by :mod:`engine.search` -- one resources object per process);
 * Numba CUDA: ``numba.cuda.is_available()`` and a one-thread kernel compiles and runs.
 
 ``--device`` (job commands) / :func:`set_device`:
@@ -175,6 +178,9 @@ def faiss_gpu_trial() -> tuple[bool, str]:
         try:
             if int(fn()) < 1:
                 return False, "faiss-gpu sees no GPU"
+            ok, why = _faiss_gpu_child_trial()
+            if not ok:
+                return False, why
             res = gpu_resources()
             idx = faiss.GpuIndexFlatL2(res, 4)
             idx.add(np.eye(4, dtype=np.float32))
@@ -186,6 +192,43 @@ def faiss_gpu_trial() -> tuple[bool, str]:
         return True, ""
 
     return _cached("faiss", run)
+
+
+#: what the child process runs (a module constant so that a test can plant an abort)
+_FAISS_CHILD_CODE = (
+    "import numpy as np, faiss\n"
+    "res = faiss.StandardGpuResources()\n"
+    "idx = faiss.GpuIndexFlatL2(res, 4)\n"
+    "idx.add(np.eye(4, dtype=np.float32))\n"
+    "_, i = idx.search(np.eye(4, dtype=np.float32)[:1], 1)\n"
+    "print('imprint-faiss-trial', int(i[0, 0]))\n")
+FAISS_CHILD_TIMEOUT_S = 120.0
+
+
+def _faiss_gpu_child_trial() -> tuple[bool, str]:
+    """The FAISS GPU trial search in a child process: ``(ok, reason)``; an abort or a hang there is a reason."""
+    import subprocess
+    import sys
+
+    try:
+        r = subprocess.run([sys.executable, "-c", _FAISS_CHILD_CODE], capture_output=True, text=True,
+                           timeout=FAISS_CHILD_TIMEOUT_S, env=os.environ.copy())
+    except subprocess.TimeoutExpired:
+        return False, f"FAISS GPU trial search did not finish in {FAISS_CHILD_TIMEOUT_S:.0f} s (child process)"
+    except OSError as exc:
+        return False, f"FAISS GPU trial could not start a child process: {_short(exc)}"
+    if r.returncode == 0 and "imprint-faiss-trial 0" in r.stdout:
+        return True, ""
+    lines = [ln.strip() for ln in (r.stderr or "").splitlines() if ln.strip()]
+    hint = next((ln for ln in reversed(lines) if "error" in ln.lower() or "assert" in ln.lower()),
+                lines[-1] if lines else "")
+    if "no kernel image" in hint:
+        hint = ("this faiss-gpu build has no kernels for this GPU's architecture (" +
+                hint[hint.find("CUDA error"):][:120] + ")" if "CUDA error" in hint else hint)
+    how = f"exit status {r.returncode}" if r.returncode >= 0 else f"killed by signal {-r.returncode}"
+    if r.returncode == 0:
+        how = "wrong result"
+    return False, f"FAISS GPU trial search failed in a child process ({how}): {hint[:200]}".rstrip(": ")
 
 
 def numba_cuda_trial() -> tuple[bool, str]:

@@ -119,10 +119,12 @@ if [ -n "$PAYLOAD" ]; then
         rm -f /tmp/xfer/payload.tar.zst
         purelib=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
         echo "image site-packages: $purelib; nvidia: $(ls "$purelib/nvidia" 2>/dev/null | tr '\n' ' ')"
-        "$PY" -m pip uninstall -q -y onnxruntime || true
-        cp -r /tmp/payload/ort/* "$purelib/"
+        if [ -d /tmp/payload/ort ]; then
+            "$PY" -m pip uninstall -q -y onnxruntime || true
+            cp -r /tmp/payload/ort/* "$purelib/"
+        fi
         mkdir -p .whl && cp /tmp/payload/*.whl .whl/
-        echo "payload unpacked: onnxruntime-gpu into $purelib, $(ls /tmp/payload/models | tr '\n' ' ')"
+        echo "payload unpacked: $(ls /tmp/payload | tr '\n' ' ')"
     ) 2>&1 | tee "$OUT/payload.log"
     [ -d /tmp/payload/models ] && export IMPRINT_MODELS_DIR=/tmp/payload/models
 fi

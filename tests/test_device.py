@@ -265,3 +265,43 @@ def test_cuda_libraries_preloaded_once_before_a_cuda_session_quietly(monkeypatch
 
     bb = B.Backbone(_Spec(), providers=["cpu"])
     assert bb.providers == ["CPUExecutionProvider"] and calls == []
+
+
+def _fake_faiss_gpu(monkeypatch):
+    """faiss that says it has GPU support and one GPU (a faiss-gpu build), in this process only."""
+    import types
+
+    fake = types.ModuleType("faiss")
+    fake.get_num_gpus = lambda: 1
+    fake.StandardGpuResources = object
+    monkeypatch.setitem(sys.modules, "faiss", fake)
+
+
+def test_faiss_gpu_build_that_aborts_is_a_reason_not_a_crash(monkeypatch):
+    """The PyPI faiss-gpu-cu12 1.14.1 wheel has no kernels for an H200: its first GPU search aborts the process
+    (SIGABRT, "CUDA error 209 no kernel image ...", seen on the device 2026-11-30).  The trial search runs in a
+    child first, so a job under --device auto puts FAISS on the CPU with the reason, and --device cuda is one
+    line; planted here with a child that prints FAISS's message and aborts."""
+    _fake_faiss_gpu(monkeypatch)
+    monkeypatch.setattr(D, "_FAISS_CHILD_CODE", (
+        "import os, sys\n"
+        "sys.stderr.write(\"Faiss assertion 'err__ == cudaSuccess' failed in void faiss::gpu::runL2Norm at "
+        "L2Norm.cu:257; details: CUDA error 209 no kernel image is available for execution on the device\\n\")\n"
+        "sys.stderr.flush()\n"
+        "os.abort()\n"))
+    ok, why = D.faiss_gpu_trial()
+    assert not ok
+    assert "no kernels for this GPU" in why and "CUDA error 209" in why and "signal 6" in why and "\n" not in why
+    dev = D.resolve("auto")
+    assert dev.faiss == "cpu" and "CUDA error 209" in dev.reasons["faiss"]
+    with pytest.raises(ImprintError) as ei:
+        D.resolve("cuda")
+    assert "\n" not in str(ei.value) and "faiss" in str(ei.value).lower()
+
+
+def test_faiss_gpu_trial_child_that_hangs_times_out(monkeypatch):
+    _fake_faiss_gpu(monkeypatch)
+    monkeypatch.setattr(D, "_FAISS_CHILD_CODE", "import time\ntime.sleep(60)\n")
+    monkeypatch.setattr(D, "FAISS_CHILD_TIMEOUT_S", 2.0)
+    ok, why = D.faiss_gpu_trial()
+    assert not ok and "did not finish in 2 s" in why

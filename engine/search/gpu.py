@@ -62,6 +62,14 @@ def _resolve_gpu(use_gpu: Any) -> bool:
     if isinstance(use_gpu, (bool, np.bool_)):
         if use_gpu and _gpu_count() == 0:
             raise ImprintError("use_gpu=True but FAISS sees no GPU (install faiss-gpu or use use_gpu='auto')")
+        if use_gpu:
+            # the same trial as "auto" (cached per process): a faiss-gpu build without kernels for this GPU aborts
+            # the process on its first search, so it must fail here, as one line, instead
+            from imprint.engine.device import faiss_gpu_trial
+
+            ok, why = faiss_gpu_trial()
+            if not ok:
+                raise ImprintError(f"use_gpu=True but FAISS cannot search on this GPU: {why}")
         return bool(use_gpu)
     raise ImprintError(f"use_gpu must be 'auto', True or False, got {use_gpu!r}")
 
