@@ -663,6 +663,10 @@ HISTORY_ALPHA = 0.05
 #: Seventh round: the resampling evidence of :func:`_history_explains` also judges every image of the pair against the
 #: cluster with more high-frequency energy (:func:`engine.processing.resampling_against`), so a resize-only history of
 #: half the union is flagged (the union-median detectors see 0-5 % of it).
+#: Eighth round: copied adjacent lines (:func:`engine.processing.duplicate_lines`, an area / nearest-neighbour resize)
+#: count as resampling evidence too, and when the clusters' median counts differ by
+#: :data:`engine.processing.DUP_MIN` the cluster with more copies is the resized side; the detector inputs are computed
+#: once per image for the whole k scan (:func:`_history_features`).
 HISTORY_AGAINST = True
 
 
