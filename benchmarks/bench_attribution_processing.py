@@ -112,6 +112,8 @@ def process(images, kind, seed=0):
         elif kind == "half resize":  # a resize-only history of half of each model (issue 19, seventh round)
             out[i] = PR.resize_roundtrip(a, (0.6, 0.75, 0.5)[(i // 2) % 3],
                                          ("bicubic", "bilinear", "lanczos")[(i // 2) % 3]) if i % 2 else a
+        elif kind == "half box":  # an area-filter history of half of each model (issue 19, eighth round)
+            out[i] = PR.resize_roundtrip(a, (0.75, 0.9)[(i // 2) % 2], "box") if i % 2 else a
         else:
             raise ValueError(kind)
     return out
@@ -119,7 +121,7 @@ def process(images, kind, seed=0):
 
 CONDITIONS = (["clean"] + [f"jpeg {q}" for q in (95, 70, 50)] + [f"resize {f}" for f in (0.9, 0.7, 0.5)]
               + [f"resize {f} + jpeg {q}" for f, q in ((0.7, 70), (0.5, 50))]
-              + ["release mix", "half jpeg", "half resize"])
+              + ["release mix", "half jpeg", "half resize", "half box"])
 QUICK = ["clean", "jpeg 70", "resize 0.7", "resize 0.7 + jpeg 70", "release mix", "half jpeg"]
 BASELINE = ["jpeg 50", "resize 0.5", "release mix"]
 

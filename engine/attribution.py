@@ -663,36 +663,76 @@ HISTORY_ALPHA = 0.05
 #: Seventh round: the resampling evidence of :func:`_history_explains` also judges every image of the pair against the
 #: cluster with more high-frequency energy (:func:`engine.processing.resampling_against`), so a resize-only history of
 #: half the union is flagged (the union-median detectors see 0-5 % of it).
+#: Eighth round: copied adjacent lines (:func:`engine.processing.duplicate_lines`, an area / nearest-neighbour resize)
+#: count as resampling evidence too, and when the clusters' median counts differ by
+#: :data:`engine.processing.DUP_MIN` the cluster with more copies is the resized side; the detector inputs are computed
+#: once per image for the whole k scan (:func:`_history_features`).
 HISTORY_AGAINST = True
+
+
+def _history_features(images, sel, cache):
+    """Per-image detector inputs of :func:`_history_explains` for rows ``sel`` (int [m]) of ``images`` (uint8
+    [n, H, W]), computed once per image and kept in ``cache`` (dict) for every later pair (issue 19, eighth round:
+    before, the resampling detectors ran on each vetoed pair's union again).  Returns ``(jpeg int8 [m], feats dict of
+    [m, ...] arrays as engine.processing.resampling_features gives them)``."""
+    from imprint.engine import processing as _P
+
+    n = images.shape[0]
+    if "jpeg" not in cache:
+        cache["jpeg"] = np.full(n, -1, np.int8)
+    jf = cache["jpeg"]
+    todo = sel[jf[sel] < 0]
+    if todo.size:
+        jf[todo] = np.asarray(_P.detect(images[todo])["jpeg"], bool).astype(np.int8)
+    if "resampling" not in cache:
+        cache["resampling"], cache["resampling_done"] = {}, np.zeros(n, bool)
+    rf, done = cache["resampling"], cache["resampling_done"]
+    todo = sel[~done[sel]]
+    if todo.size:
+        f = _P.resampling_features(images[todo])
+        for key, v in f.items():
+            if key.endswith("_freqs") or key.endswith("_fmax"):
+                rf[key] = v
+            elif v is not None:
+                if key not in rf:
+                    rf[key] = np.zeros((n,) + v.shape[1:], v.dtype)
+                rf[key][todo] = v
+            else:
+                rf[key] = None
+        done[todo] = True
+    feats = {key: (v if v is None or key.endswith("_freqs") or key.endswith("_fmax") else v[sel])
+             for key, v in rf.items()}
+    return jf[sel], feats
 
 
 def _history_explains(images, ia, ib, cache=None):
     """Does the split ``ia`` | ``ib`` (row indices into ``images`` uint8 [n, H, W]) coincide with a detected processing
     history?  Returns ``(bool, {"p_jpeg": float, "p_resampled": float, "jpeg": [rate_a, rate_b],
-    "resampled": [rate_a, rate_b]})``.  ``cache`` (dict or None) keeps the per-image JPEG flags between pairs."""
+    "resampled": [rate_a, rate_b]})``.  ``cache`` (dict or None) keeps the per-image detector inputs (JPEG flags,
+    spectra, p-maps, copied lines) between pairs (:func:`_history_features`): the answer is the same with or without
+    it (tests/test_attribution_waiver.py)."""
     from scipy.stats import fisher_exact
 
     from imprint.engine import processing as _P
 
     cache = {} if cache is None else cache
-    if "jpeg" not in cache:
-        cache["jpeg"] = np.full(images.shape[0], -1, np.int8)
-    jf = cache["jpeg"]
     sel = np.concatenate([ia, ib])
-    todo = sel[jf[sel] < 0]
-    if todo.size:
-        jf[todo] = np.asarray(_P.detect(images[todo])["jpeg"], bool).astype(np.int8)
-    ja, jb = int(jf[ia].sum()), int(jf[ib].sum())
+    jsel, f = _history_features(images, sel, cache)
+    ja, jb = int(jsel[: ia.size].sum()), int(jsel[ia.size:].sum())
     p_j = float(fisher_exact([[ja, ia.size - ja], [jb, ib.size - jb]])[1]) if ja + jb else 1.0
-    u = images[sel]
-    rs, _ = _P.detect_resampling(u, np.zeros(sel.size, np.int64))
-    bl = _P.band_limit_score(u)
-    a_low = np.median(bl[: ia.size]) >= np.median(bl[ia.size:])  # a is the cluster with less high-frequency energy
+    pm = (f["pmap"], f["pmap_freqs"]) if f["pmap"] is not None else None
+    rs, _ = _P._detect_resampling_from(f["band"], pm, np.zeros(sel.size, np.int64))
+    bl, dup = f["band"], f["dup"]
+    da, db = float(np.median(dup[: ia.size])), float(np.median(dup[ia.size:]))
+    if HISTORY_AGAINST and abs(da - db) >= _P.DUP_MIN:  # eighth round: copied lines mark the resized side (an area
+        a_low = da > db  # resize keeps much of the high band, so the band-limit score may not)
+    else:
+        a_low = np.median(bl[: ia.size]) >= np.median(bl[ia.size:])  # a: the cluster with less high-frequency energy
     if HISTORY_AGAINST:  # seventh round: judged against the other cluster, so a history of half the union is seen
         ref = np.zeros(sel.size, bool)
         ref[ia.size:] = a_low
         ref[: ia.size] = not a_low
-        rs = rs | _P.resampling_against(u, ref)[0]
+        rs = rs | _P._against_from(f["blocks"], f["blocks_fmax"], f["dup"], ref)[0]
     ra, rb = int(rs[: ia.size].sum()), int(rs[ia.size:].sum())
     tab = [[ra, ia.size - ra], [rb, ib.size - rb]] if a_low else [[rb, ib.size - rb], [ra, ia.size - ra]]
     p_r = float(fisher_exact(tab, alternative="greater")[1]) if ra + rb else 1.0

@@ -38,6 +38,11 @@ Detection
       see 0-5 %): every image is judged against the other cluster (the one with more high-frequency energy) by the
       drop of its high band (0.6-1.0 of Nyquist) relative to its low band (0.1-0.4), block medians over the 2-D
       spectrum, so a trace at one frequency (a checkerboard) does not count.  Used by the attribution floor waiver.
+    * :func:`duplicate_lines` (issue 19, eighth round), also used by :func:`resampling_against`: adjacent rows and
+      columns that are exact copies.  Pillow's area (box) filter up-samples like nearest neighbour, so a box resize by
+      0.75-0.9 and back keeps much of the high band (the spectral tests miss it) but repeats about (1 - f) of the lines;
+      untouched, JPEG'd, checkerboard and noisy images of every dev set have none.  :func:`resampling_features` gives
+      the per-image inputs of these detectors once, for many groups of the same images.
 """
 
 from __future__ import annotations
@@ -56,7 +61,9 @@ __all__ = [
     "band_limit_score",
     "detect",
     "detect_resampling",
+    "duplicate_lines",
     "resampling_against",
+    "resampling_features",
     "periodic_threshold",
     "pmap_spectrum",
     "resampling_periodicity",
@@ -440,8 +447,13 @@ def resampling_periodicity(images, groups, alpha=PERIODIC_ALPHA, min_group=RESAM
     peak_freq : float64 ndarray [N]
         Frequency (cycles per pixel) of the largest deviation.
     """
-    g = np.asarray(groups)
     L, freqs = pmap_spectrum(images)
+    return _periodicity_from(L, freqs, groups, alpha, min_group)
+
+
+def _periodicity_from(L, freqs, groups, alpha=PERIODIC_ALPHA, min_group=RESAMPLE_MIN_GROUP):
+    """:func:`resampling_periodicity` from the images' :func:`pmap_spectrum` ``L`` [N, B] and ``freqs`` [B]."""
+    g = np.asarray(groups)
     if g.shape != (L.shape[0],):
         raise ValueError(f"groups has shape {g.shape} for {L.shape[0]} images")
     thr = periodic_threshold(alpha, L.shape[1])
@@ -483,8 +495,16 @@ def detect_resampling(images, groups, z=RESAMPLE_Z, min_group=RESAMPLE_MIN_GROUP
     score : float64 ndarray [N]
         The band-limit robust z-score (NaN in groups too small to judge).
     """
+    a = np.asarray(images)
+    s = band_limit_score(a)
+    pm = pmap_spectrum(a) if periodic and min(a.shape[-2:]) >= 16 else None
+    return _detect_resampling_from(s, pm, groups, z, min_group)
+
+
+def _detect_resampling_from(s, pm, groups, z=RESAMPLE_Z, min_group=RESAMPLE_MIN_GROUP):
+    """:func:`detect_resampling` from the images' :func:`band_limit_score` ``s`` [N] and their :func:`pmap_spectrum`
+    ``pm`` (``(L [N, B], freqs [B])``, or None: no periodicity test)."""
     g = np.asarray(groups)
-    s = band_limit_score(images)
     if g.shape != s.shape:
         raise ValueError(f"groups has shape {g.shape} for {s.size} images")
     zs = np.full(s.size, np.nan)
@@ -496,9 +516,8 @@ def detect_resampling(images, groups, z=RESAMPLE_Z, min_group=RESAMPLE_MIN_GROUP
         mad = 1.4826 * np.median(np.abs(s[sel] - med))
         zs[sel] = (s[sel] - med) / max(mad, 1e-6)
     flag = np.nan_to_num(zs, nan=-np.inf) > z
-    a = np.asarray(images)
-    if periodic and min(a.shape[-2:]) >= 16:
-        flag |= resampling_periodicity(images, g, min_group=min_group)[0]
+    if pm is not None:
+        flag |= _periodicity_from(pm[0], pm[1], g, min_group=min_group)[0]
     return flag, zs
 
 
@@ -544,7 +563,82 @@ def _block_log_spectra(images, block=AGAINST_BLOCK):
     return out[:, keep], fmax[keep]
 
 
-def resampling_against(images, reference, z=AGAINST_Z, min_ref=RESAMPLE_MIN_GROUP):
+#: :func:`duplicate_lines`: a row or column counts as a copy of its neighbour when every pixel differs by at most this
+#: (grey levels; nearest-neighbour up-sampling copies exactly) ...
+DUP_TOL = 0
+#: ... and both lines span at least this many grey levels (flat background lines are equal in any image).
+DUP_MIN_RANGE = 8
+#: :func:`resampling_against` also flags an image with at least this many more duplicated lines than the reference's
+#: median (issue 19, eighth round).  A priori: an area (box) or nearest-neighbour resize by a factor f and back copies
+#: about (1 - f) of the lines of each axis, 26 of 2 x 127 at f = 0.9 on 128 px, 6 at f = 0.98; untouched,
+#: JPEG'd, checkerboard and noise images of every dev set have none (benchmarks/RESULTS.md, eighth round).
+DUP_MIN = 4
+
+
+def duplicate_lines(images, tol=DUP_TOL, min_range=DUP_MIN_RANGE):
+    """Number of adjacent rows and columns of each image that are copies of each other (nearest-neighbour traces).
+
+    Pillow's area (``BOX``) filter up-samples like nearest neighbour: resizing by a factor f < 1 and back with it
+    repeats about (1 - f) of the rows and of the columns exactly, at a non-integer period.  The high band of such an
+    image keeps much of its energy (the copies are steps), so the spectral tests miss factors 0.75-0.9; copied lines
+    do not occur in a generator's output or a camera's (two lines of 128 noisy pixels that agree to the grey level).
+
+    Parameters
+    ----------
+    images : uint8 ndarray [N,H,W]
+    tol : int
+        Largest absolute difference of two lines counted as copies.
+    min_range : int
+        Lines spanning fewer grey levels (flat background) are not counted.
+
+    Returns
+    -------
+    int64 ndarray [N]
+        Copied adjacent pairs, rows and columns together.
+    """
+    a = np.asarray(images)
+    if a.ndim == 2:
+        a = a[None]
+    n = a.shape[0]
+    out = np.zeros(n, np.int64)
+    for s in range(0, n, 256):
+        x = a[s:s + 256].astype(np.int16)
+        for ax in (1, 2):  # ax: the axis along a line (1: columns are the lines, compared across axis 2)
+            other = 3 - ax
+            if x.shape[other] < 2:
+                continue
+            d = np.abs(np.diff(x, axis=other)).max(axis=ax)
+            rng = x.max(axis=ax) - x.min(axis=ax)
+            has = np.minimum(rng[:, :-1], rng[:, 1:]) >= min_range
+            out[s:s + 256] += ((d <= tol) & has).sum(axis=1)
+    return out
+
+
+def resampling_features(images):
+    """Per-image inputs of :func:`detect_resampling` and :func:`resampling_against`, computed once and reusable for
+    any group of these images (the attribution floor waiver judges many cluster pairs of the same images).
+
+    Parameters
+    ----------
+    images : uint8 ndarray [N,H,W]
+
+    Returns
+    -------
+    dict
+        ``band`` float64 [N] (:func:`band_limit_score`), ``pmap`` float64 [N, B] and ``pmap_freqs`` [B]
+        (:func:`pmap_spectrum`; None for images under 16 px), ``blocks`` float64 [N, B2] and ``blocks_fmax`` [B2]
+        (the block log spectra of :func:`resampling_against`; None for images under 32 px) and ``dup`` int64 [N]
+        (:func:`duplicate_lines`).
+    """
+    a = np.asarray(images)
+    small = a.ndim != 3 or min(a.shape[1:]) < 4 * AGAINST_BLOCK * 2
+    pm = pmap_spectrum(a) if a.ndim == 3 and min(a.shape[1:]) >= 16 else (None, None)
+    bl = (None, None) if small else _block_log_spectra(a)
+    return {"band": band_limit_score(a), "pmap": pm[0], "pmap_freqs": pm[1], "blocks": bl[0], "blocks_fmax": bl[1],
+            "dup": duplicate_lines(a)}
+
+
+def resampling_against(images, reference, z=AGAINST_Z, min_ref=RESAMPLE_MIN_GROUP, duplicates=True):
     """Resize history of each image judged against *reference* images of the same model that were not resized.
 
     Built for the floor waiver (issue 19, seventh round): when a pair of clusters might be one model split by its
@@ -557,41 +651,53 @@ def resampling_against(images, reference, z=AGAINST_Z, min_ref=RESAMPLE_MIN_GROU
     period-2 checkerboard: one block) moves the high band's *median* by nothing, so it is not flagged.  A flat added
     noise is: its deficit on a model whose own spectrum falls near the Nyquist frequency is the shape of a gentle
     low-pass (measured in benchmarks/RESULTS.md); a second-order statistic cannot tell the two apart.  The score is
-    the robust z of the deficit against the reference images' own deficits (median, 1.4826 MAD).
+    the robust z of the deficit against the reference images' own deficits (median, 1.4826 MAD).  Eighth round
+    (``duplicates``): an image with :data:`DUP_MIN` more copied adjacent lines (:func:`duplicate_lines`) than the
+    reference's median is flagged too: area (box) and nearest-neighbour resizes by 0.75-0.9 keep the high band.
 
     Parameters
     ----------
     images : uint8 ndarray [N,H,W]
-        H, W >= 32 (smaller images have too few frequency blocks: nothing is flagged).
+        H, W >= 32 for the spectral test (smaller images have too few frequency blocks: only copied lines count).
     reference : bool ndarray [N]
         The reference images (at least ``min_ref``; else nothing is flagged).
     z : float
         Flag above this robust z.
     min_ref : int
+    duplicates : bool
+        Also flag copied lines (eighth round).
 
     Returns
     -------
     flag : bool ndarray [N]
     score : float64 ndarray [N]
-        The robust z of each image's deficit (NaN without enough reference images).
+        The robust z of each image's deficit (NaN without enough reference images or frequency blocks).
     """
-    ref = np.asarray(reference, bool)
     a = np.asarray(images)
-    if a.ndim != 3 or min(a.shape[1:]) < 4 * AGAINST_BLOCK * 2:  # too few frequency blocks to have both bands
-        n = a.shape[0] if a.ndim >= 1 else 0
-        if ref.shape != (n,):
-            raise ValueError(f"reference has shape {ref.shape} for {n} images")
-        return np.zeros(n, bool), np.full(n, np.nan)
-    L, fmax = _block_log_spectra(a)
-    if ref.shape != (L.shape[0],):
-        raise ValueError(f"reference has shape {ref.shape} for {L.shape[0]} images")
+    n = a.shape[0] if a.ndim >= 1 else 0
+    if np.asarray(reference).shape != (n,):
+        raise ValueError(f"reference has shape {np.asarray(reference).shape} for {n} images")
+    f = resampling_features(a) if a.ndim == 3 else {"blocks": None, "blocks_fmax": None, "dup": np.zeros(n, np.int64)}
+    return _against_from(f["blocks"], f["blocks_fmax"], f["dup"] if duplicates else None, reference, z, min_ref)
+
+
+def _against_from(L, fmax, dup, reference, z=AGAINST_Z, min_ref=RESAMPLE_MIN_GROUP):
+    """:func:`resampling_against` from the block log spectra ``L`` [N, B] / ``fmax`` [B] (None: too small) and the
+    copied-line counts ``dup`` [N] (None: not used)."""
+    ref = np.asarray(reference, bool)
+    n = ref.shape[0]
+    flag, score = np.zeros(n, bool), np.full(n, np.nan)
     if ref.sum() < min_ref:
-        return np.zeros(L.shape[0], bool), np.full(L.shape[0], np.nan)
-    d = L - np.median(L[ref], axis=0)
-    low = (fmax >= AGAINST_LOW[0]) & (fmax < AGAINST_LOW[1])
-    high = (fmax >= AGAINST_HIGH[0]) & (fmax <= AGAINST_HIGH[1])
-    deficit = np.median(d[:, low], axis=1) - np.median(d[:, high], axis=1)
-    med = np.median(deficit[ref])
-    mad = 1.4826 * np.median(np.abs(deficit[ref] - med))
-    score = (deficit - med) / max(mad, 1e-6)
-    return score > z, score
+        return flag, score
+    if L is not None:
+        d = L - np.median(L[ref], axis=0)
+        low = (fmax >= AGAINST_LOW[0]) & (fmax < AGAINST_LOW[1])
+        high = (fmax >= AGAINST_HIGH[0]) & (fmax <= AGAINST_HIGH[1])
+        deficit = np.median(d[:, low], axis=1) - np.median(d[:, high], axis=1)
+        med = np.median(deficit[ref])
+        mad = 1.4826 * np.median(np.abs(deficit[ref] - med))
+        score = (deficit - med) / max(mad, 1e-6)
+        flag = score > z
+    if dup is not None:
+        flag = flag | (dup - np.median(dup[ref]) >= DUP_MIN)
+    return flag, score
