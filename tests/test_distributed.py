@@ -141,8 +141,10 @@ def cluster():
         c.shutdown()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def ex(cluster):
+    """One started RayExecutor for the module's executor tests (its actors start once: each start imports imprint in
+    both workers); opening and closing executors is exercised by the pipeline, API and embedding tests below."""
     from imprint.engine.executors import RayExecutor
 
     e = RayExecutor()  # uses the connection of the test process
@@ -202,9 +204,12 @@ def test_pair_kernels_and_features_equal_local(ex):
     rng = np.random.default_rng(2)
     A = ct_like(rng, 20); B = ct_like(rng, 15)
     pairs = np.stack([rng.integers(0, 20, 300), rng.integers(0, 15, 300)], 1).astype(np.int64)
-    ex.pairs_chunk = 64  # several chunks
-    np.testing.assert_array_equal(ex.ssim_pairs(A, B, pairs), kernels.ssim_pairs(A, B, pairs))
-    np.testing.assert_array_equal(ex.mse_pairs(A, B, pairs), kernels.mse_pairs(A, B, pairs))
+    chunk, ex.pairs_chunk = ex.pairs_chunk, 64  # several chunks (the executor is the module's: restored below)
+    try:
+        np.testing.assert_array_equal(ex.ssim_pairs(A, B, pairs), kernels.ssim_pairs(A, B, pairs))
+        np.testing.assert_array_equal(ex.mse_pairs(A, B, pairs), kernels.mse_pairs(A, B, pairs))
+    finally:
+        ex.pairs_chunk = chunk
     f0, n0 = F.extract(A, ("hist", "resid", "lbp"), batch=4)
     f1, n1 = ex.extract_features(A, ("hist", "resid", "lbp"), batch=4)
     assert n1 == n0
