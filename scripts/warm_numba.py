@@ -12,10 +12,13 @@ Usage::
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout's imprint
 
 
 def _images(rng, n, h=32):
