@@ -27,14 +27,22 @@ def _images(rng, n, h=32):
     return np.clip(body + rng.normal(0, 20, (n, h, h)), 0, 255).astype(np.uint8)
 
 
+def _readonly(x):
+    """A read-only copy: Numba compiles read-only arrays (Ray's object store, memory-mapped stores) apart."""
+    x = x.copy()
+    x.setflags(write=False)
+    return x
+
+
 def kernels() -> None:
-    """The pair, LBP and fingerprint kernels of imprint.kernels, for uint8, float32 and float64 inputs."""
+    """The pair, LBP and fingerprint kernels of imprint.kernels, for uint8, float32 and float64 inputs, and read-only
+    uint8 / float32 ones (what the Ray workers get)."""
     import imprint.kernels as K
 
     rng = np.random.default_rng(0)
     u8 = _images(rng, 4)
     pairs = np.array([[0, 1], [2, 3], [1, 1]], np.int64)
-    for x in (u8, u8.astype(np.float32), u8.astype(np.float64)):
+    for x in (u8, u8.astype(np.float32), u8.astype(np.float64), _readonly(u8), _readonly(u8.astype(np.float32))):
         K.ssim_pairs(x, x, pairs)
         K.mse_pairs(x, x, pairs)
         K.ssim_mse_pairs(x, x, pairs)
@@ -46,7 +54,8 @@ def kernels() -> None:
 
 
 def engine() -> None:
-    """The search, z-score and registration kernels, through small audits (unsupervised and with a reference)."""
+    """The search, z-score and registration kernels, through small audits (unsupervised and with a reference), and
+    the exact search on read-only arrays."""
     from imprint.engine.membership import audit_membership
     from imprint.engine.search import knn
 
@@ -58,6 +67,7 @@ def engine() -> None:
     for metric in ("l2", "cosine"):
         v = rng.normal(size=(40, 8)).astype(np.float32)
         knn(v, v[:5], 3, metric=metric, index="Flat")
+        knn(_readonly(v), _readonly(v[:5]), 3, metric=metric, index="Flat")
 
 
 PARTS = {"kernels": kernels, "engine": engine}
