@@ -91,7 +91,7 @@ MIN_SIDE = 16
 _LOG_FLOOR = 1e-10
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", nogil=True)
 def _med9(a0, a1, a2, a3, a4, a5, a6, a7, a8):
     # Paeth / Devillard 19-exchange median-of-9 network
     a1, a2 = min(a1, a2), max(a1, a2)
@@ -115,7 +115,7 @@ def _med9(a0, a1, a2, a3, a4, a5, a6, a7, a8):
     return min(a4, a2)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _residual_batch(images, out):
     N = images.shape[0]
     H = images.shape[1]
@@ -136,7 +136,7 @@ def _residual_batch(images, out):
                 out[n, r, c] = np.float32(img[r, c]) - m
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _moments_batch(res, out):
     """out[n] = log10 std, skew, excess kurtosis, acf h1 v1 d1 h2 v2."""
     N = res.shape[0]

@@ -79,7 +79,7 @@ def _sample_offsets(P: int, R: float):
     return np.ascontiguousarray(rp), np.ascontiguousarray(cp)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _axis_table(n, offs):
     """floor, ceil and fraction of ``k + offs[i]`` for k in 0..n-1 (float64, as skimage)."""
     P = offs.shape[0]
@@ -96,7 +96,7 @@ def _axis_table(n, offs):
     return lo, hi, fr
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _popcount(v):
     v = v - ((v >> 1) & 0x5555555555555555)
     v = (v & 0x3333333333333333) + ((v >> 2) & 0x3333333333333333)
@@ -104,7 +104,7 @@ def _popcount(v):
     return (v * 0x0101010101010101) >> 56
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _map_code(v, P, method):
     """Map a raw LBP code (bit i set when sample i >= centre) to ``method``'s code.
 
@@ -144,7 +144,7 @@ def _map_code(v, P, method):
     return 1 + (n_ones - 1) * P + rot_index
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _code_lut(P, method):
     """Lookup table raw code -> method code for all ``2**P`` raw codes (P <= 16)."""
     n = 1 << P
@@ -154,7 +154,7 @@ def _code_lut(P, method):
     return lut
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _raw_codes_row(pad, m, r, P, kind, drow0, drow1, dcol0, dcol1, rfr, frT, omfrT, code):
     """Raw LBP codes (int32, bit i = ``sample_i - centre >= 0``) of image row ``r``.
 
@@ -199,7 +199,7 @@ def _raw_codes_row(pad, m, r, P, kind, drow0, drow1, dcol0, dcol1, rfr, frT, omf
                     code[c] |= bit
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _raw_codes_row8(pad, m, r, drow0, drow1, dcol0, dcol1, rfr, frT, omfrT, code):
     """:func:`_raw_codes_row` specialised to P=8 with samples 0, 2, 4, 6 on the grid
     and 1, 3, 5, 7 interpolated (any integer R): one fused column loop builds
@@ -265,7 +265,7 @@ def _raw_codes_row8(pad, m, r, drow0, drow1, dcol0, dcol1, rfr, frT, omfrT, code
         code[c] = v
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _fill_pad(img, pad, m):
     rows = img.shape[0]
     cols = img.shape[1]
@@ -276,7 +276,7 @@ def _fill_pad(img, pad, m):
             pr[c + m] = np.float64(ir[c])
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _lbp_codes_image(img, P, method, m, kind, drow0, drow1, dcol0, dcol1, rfr, frT, omfrT, fast8, lut, out):
     """Method codes of one image into ``out`` (float64 [H, W])."""
     rows = img.shape[0]
@@ -298,7 +298,7 @@ def _lbp_codes_image(img, P, method, m, kind, drow0, drow1, dcol0, dcol1, rfr, f
                 o[c] = _map_code(np.int64(code[c]), P, method)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _lbp_hist_kernel(images, P, method, n_bins, m, kind, drow0, drow1, dcol0, dcol1, rfr, frT, omfrT, fast8, lut, raw, nch, out):
     """Normalised histograms of method codes, one image per task, no code image.
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run the whole test suite (sets up .venv first when it is missing).
-# Tests run on min(CPU cores, 4) pytest-xdist workers (IMPRINT_TEST_WORKERS=N overrides; 0 or 1 = one process).
+# Tests run on min(CPU cores, 4) pytest-xdist workers (IMPRINT_TEST_WORKERS=N overrides; 0 or 1 = one process),
+# after scripts/warm_numba.py has filled the Numba caches.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/imprint ]; then
@@ -17,5 +18,12 @@ fi
 PARALLEL=()
 if [ "$WORKERS" -gt 1 ] && .venv/bin/python -c "import xdist" >/dev/null 2>&1; then
   PARALLEL=(-n "$WORKERS" --dist loadfile)
+fi
+# Compile the Numba kernels into their on-disk caches once, in two processes at once, so that the test processes
+# (xdist workers, Ray workers, CLI subprocesses) load them instead of each compiling them (IMPRINT_WARM_NUMBA=0: skip).
+if [ "${IMPRINT_WARM_NUMBA:-1}" != 0 ]; then
+  .venv/bin/python scripts/warm_numba.py kernels &
+  .venv/bin/python scripts/warm_numba.py engine &
+  wait
 fi
 exec .venv/bin/python -m pytest -q --durations=30 "${PARALLEL[@]}" "$@"

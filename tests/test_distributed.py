@@ -141,8 +141,11 @@ def cluster():
         c.shutdown()
 
 
-@pytest.fixture
+@pytest.fixture(scope="class")
 def ex(cluster):
+    """One started RayExecutor for the executor tests of :class:`TestStartedExecutor` (its actors start once: each
+    start imports imprint in both workers).  Closed when the class ends: its actors hold every CPU slot of the
+    cluster, which the executors the tests below open need.  Opening and closing executors is exercised there."""
     from imprint.engine.executors import RayExecutor
 
     e = RayExecutor()  # uses the connection of the test process
@@ -167,48 +170,52 @@ def folders(tmp_path_factory):
     return d, real, gen.astype(np.uint8)
 
 
-def test_cluster_has_two_nodes_and_workers_spread(ex, cluster):
-    import ray
+class TestStartedExecutor:
+    """The executor's operations on one started RayExecutor (the class-scoped ``ex``)."""
 
-    pids = ray.get([a.pid.remote() for a in ex.workers()])
-    assert ex.num_workers == 2 and len(set(pids)) == 2
+    def test_cluster_has_two_nodes_and_workers_spread(self, ex, cluster):
+        import ray
 
+        pids = ray.get([a.pid.remote() for a in ex.workers()])
+        assert ex.num_workers == 2 and len(set(pids)) == 2
 
-@pytest.mark.parametrize("metric", ["l2", "cosine"])
-def test_knn_equals_local(ex, metric):
-    from imprint.engine.search import knn
+    @pytest.mark.parametrize("metric", ["l2", "cosine"])
+    def test_knn_equals_local(self, ex, metric):
+        from imprint.engine.search import knn
 
-    rng = np.random.default_rng(1)
-    base = rng.normal(size=(501, 24)).astype(np.float32)
-    q = rng.normal(size=(130, 24)).astype(np.float32)
-    d0, i0 = knn(base, q, 9, metric=metric, index="Flat")
-    d1, i1 = ex.knn(base, q, 9, metric=metric, index="Flat", batch_size=47)  # several query blocks
-    np.testing.assert_array_equal(i1, i0)
-    np.testing.assert_array_equal(d1, d0)
-    d0, i0 = knn(base, base, 5, metric=metric, index="Flat", exclude_self=True)
-    d1, i1 = ex.knn(base, base, 5, metric=metric, index="auto", exclude_self=True, batch_size=200)
-    np.testing.assert_array_equal(i1, i0)
-    np.testing.assert_array_equal(d1, d0)
-    h = ex.build_index(base, metric=metric, index="Flat")
-    assert h.info["shards"] == 2
-    d1, i1 = ex.knn(base, q[:7], 3, metric=metric, index=h)
-    np.testing.assert_array_equal(i1, knn(base, q[:7], 3, metric=metric, index="Flat")[1])
+        rng = np.random.default_rng(1)
+        base = rng.normal(size=(501, 24)).astype(np.float32)
+        q = rng.normal(size=(130, 24)).astype(np.float32)
+        d0, i0 = knn(base, q, 9, metric=metric, index="Flat")
+        d1, i1 = ex.knn(base, q, 9, metric=metric, index="Flat", batch_size=47)  # several query blocks
+        np.testing.assert_array_equal(i1, i0)
+        np.testing.assert_array_equal(d1, d0)
+        d0, i0 = knn(base, base, 5, metric=metric, index="Flat", exclude_self=True)
+        d1, i1 = ex.knn(base, base, 5, metric=metric, index="auto", exclude_self=True, batch_size=200)
+        np.testing.assert_array_equal(i1, i0)
+        np.testing.assert_array_equal(d1, d0)
+        h = ex.build_index(base, metric=metric, index="Flat")
+        assert h.info["shards"] == 2
+        d1, i1 = ex.knn(base, q[:7], 3, metric=metric, index=h)
+        np.testing.assert_array_equal(i1, knn(base, q[:7], 3, metric=metric, index="Flat")[1])
 
+    def test_pair_kernels_and_features_equal_local(self, ex):
+        import imprint.kernels as kernels
+        from imprint.engine import features as F
 
-def test_pair_kernels_and_features_equal_local(ex):
-    import imprint.kernels as kernels
-    from imprint.engine import features as F
-
-    rng = np.random.default_rng(2)
-    A = ct_like(rng, 20); B = ct_like(rng, 15)
-    pairs = np.stack([rng.integers(0, 20, 300), rng.integers(0, 15, 300)], 1).astype(np.int64)
-    ex.pairs_chunk = 64  # several chunks
-    np.testing.assert_array_equal(ex.ssim_pairs(A, B, pairs), kernels.ssim_pairs(A, B, pairs))
-    np.testing.assert_array_equal(ex.mse_pairs(A, B, pairs), kernels.mse_pairs(A, B, pairs))
-    f0, n0 = F.extract(A, ("hist", "resid", "lbp"), batch=4)
-    f1, n1 = ex.extract_features(A, ("hist", "resid", "lbp"), batch=4)
-    assert n1 == n0
-    np.testing.assert_array_equal(f1, f0)
+        rng = np.random.default_rng(2)
+        A = ct_like(rng, 20); B = ct_like(rng, 15)
+        pairs = np.stack([rng.integers(0, 20, 300), rng.integers(0, 15, 300)], 1).astype(np.int64)
+        chunk, ex.pairs_chunk = ex.pairs_chunk, 64  # several chunks (the executor is the class's: restored below)
+        try:
+            np.testing.assert_array_equal(ex.ssim_pairs(A, B, pairs), kernels.ssim_pairs(A, B, pairs))
+            np.testing.assert_array_equal(ex.mse_pairs(A, B, pairs), kernels.mse_pairs(A, B, pairs))
+        finally:
+            ex.pairs_chunk = chunk
+        f0, n0 = F.extract(A, ("hist", "resid", "lbp"), batch=4)
+        f1, n1 = ex.extract_features(A, ("hist", "resid", "lbp"), batch=4)
+        assert n1 == n0
+        np.testing.assert_array_equal(f1, f0)
 
 
 def _csv(path):

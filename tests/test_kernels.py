@@ -453,3 +453,37 @@ def test_fingerprint_constant_small_and_errors():
         fingerprint_features(np.zeros((32, 32), np.uint8))
     with pytest.raises(ValueError):
         fingerprint_features(np.full((1, 32, 32), np.nan, np.float32))
+
+
+# ----------------------------------------------------------------------------- GIL release (LBP / fingerprint)
+def test_lbp_and_fingerprint_kernels_release_the_gil_and_give_the_same_values_from_threads():
+    """The LBP / fingerprint Numba kernels called from Python are ``nogil`` (so two evidence pools on two threads
+    overlap there, as in kernels/similarity.py); four threads at once give the serial results bit for bit, and the
+    LBP histograms still equal scikit-image's codes counted."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from imprint.kernels import fingerprint as fp
+    from imprint.kernels import texture as tx
+
+    for disp in (tx._lbp_hist_kernel, tx._lbp_codes_image, tx._axis_table, tx._code_lut, fp._residual_batch,
+                 fp._moments_batch):
+        assert disp.targetoptions.get("nogil") is True, disp.py_func.__name__
+    rng = np.random.default_rng(12)
+    batches = [np.stack([ct_like(rng, 40, 36) for _ in range(6)]) for _ in range(4)]
+
+    def work(x):
+        return (lbp_histograms(x, 8, 1, "uniform"), lbp_histograms(x, 16, 2, "nri_uniform"), lbp(x[0], 8, 2, "ror"),
+                noise_residuals(x), fingerprint_features(x))
+
+    serial = [work(x) for x in batches]
+    with ThreadPoolExecutor(4) as pool:
+        threaded = list(pool.map(work, batches))
+    for s, t in zip(serial, threaded):
+        for a, b in zip(s, t):
+            np.testing.assert_array_equal(a, b)
+    for x, s in zip(batches, serial):
+        for n in range(len(x)):
+            codes = sk_lbp(x[n], 8, 1, "uniform")
+            np.testing.assert_allclose(s[0][n], np.bincount(codes.astype(int).ravel(), minlength=10) / codes.size,
+                                       atol=1e-7)
+        assert np.array_equal(s[2], sk_lbp(x[0], 8, 2, "ror"))

@@ -23,6 +23,7 @@ from imprint.engine.membership.calibrate import PAIR_REG_FEATURES, pair_null_mat
 from imprint.engine.membership.common import DEFAULT_WEIGHTS, MAX_FEATURES
 from imprint.engine.membership.decide import fdr_decision, null_threshold
 
+from conftest import series_folder
 from test_membership_evidence import phantom, u8
 
 H = 64
@@ -448,29 +449,6 @@ def test_in_place_copies_among_a_collapsed_generator_flagged_without_a_reference
 
 
 # ------------------------------------------------------------------------------------- series: several slices per patient
-def series_folder(seed, *, n_pat=30, per=3, h=64, n_new=60, share=0.5):
-    """A real folder of series: ``n_pat`` CT-like phantom patients x ``per`` slices (the patient's image shifted by
-    ~0.5 px, new 1.5 px-smooth texture and noise: slice-to-slice correlation ~0.97 against ~0.8 between patients),
-    and a generator that copied every slice of a share ``share`` of the patients in place (noise sd 3) among
-    ``n_new`` new patients of its own.  Returns real uint8 [n_pat * per, h, h], patient int [..], member int [..],
-    generated uint8 [n_new + copies, h, h] (shuffled)."""
-    rng = np.random.default_rng(seed)
-    real, pat = [], []
-    for p in range(n_pat):
-        base = phantom(rng, h).astype(np.float64)
-        for _ in range(per):
-            x = ndimage.shift(base, rng.normal(0, 0.5, 2), order=1, mode="nearest")
-            tex = ndimage.gaussian_filter(rng.normal(0, 1, (h, h)), 1.5)
-            real.append(u8(x + 4.0 * tex / tex.std() + rng.normal(0, 2, (h, h))))
-            pat.append(p)
-    real, pat = np.stack(real), np.array(pat)
-    y = np.isin(pat, rng.permutation(n_pat)[:int(round(share * n_pat))]).astype(int)
-    gen = [phantom(rng, h) for _ in range(n_new)]
-    gen += [u8(real[i].astype(np.float64) + rng.normal(0, 3, (h, h))) for i in np.flatnonzero(y)]
-    gen = np.stack(gen)
-    return real, pat, y, gen[rng.permutation(len(gen))]
-
-
 def _distinct_folder_links(seed, n=60, h=32):
     from imprint.engine.membership.calibrate import real_series_groups
 
