@@ -597,6 +597,37 @@ def pair_null_cost(sizes, data: Path, before: str | None = None) -> list[dict]:
     return rows
 
 
+def pair_lists(sizes, data: Path, n_query: int = 2000, k: int = 32) -> list[dict]:
+    """The pair null's z-pixel list search alone (issue 15, scale10): ``evidence._knn_self`` over every row of the
+    first ``R`` phantom reals against ``calibrate._knn_rows`` over ``n_query`` sampled rows (the images that play
+    the non-member), ``k`` neighbours each, same process, CPU-s (all threads) and whether the sampled rows' lists
+    are identical."""
+    from PIL import Image
+
+    from imprint.engine.membership.calibrate import _knn_rows
+    from imprint.engine.membership.evidence import _knn_self, _zrows, generated_chunk
+
+    real_dir = data / "real10000"
+    make_folder(real_dir, 10000, 1)
+    rows = []
+    for spec in sizes:
+        n = int(spec)
+        real = np.stack([np.asarray(Image.open(real_dir / f"{i:07d}.png").convert("L")) for i in range(n)])
+        block = generated_chunk(n, real.shape[1] * real.shape[2])
+        q = np.sort(np.random.default_rng([0, 1]).choice(n, min(n_query, n), replace=False))
+        t = time.process_time()
+        d0, i0 = _knn_self(_zrows(real), n, k, block)
+        a = time.process_time() - t
+        t = time.process_time()
+        d1, i1 = _knn_rows(_zrows(real), n, q, k, block)
+        b = time.process_time() - t
+        rows.append({"R": f"{n:,}", "all rows CPU s": a, f"{len(q):,} rows CPU s": b, "ratio": a / max(b, 1e-9),
+                     "lists identical": bool(np.array_equal(i0[q], i1) and np.array_equal(d0[q], d1)),
+                     "load (1 min)": f"{os.getloadavg()[0]:.1f}"})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def row_memo(n_pairs: int, repeats: int = 2) -> list[dict]:
     """The registration's per-pair memo (``register._cached_rows``) before/after numpy columns (issue 15, scale9):
     ``n_pairs`` pair keys shaped like the audit's (two 64-hex content keys and a flip), 11 float fields (the
@@ -711,6 +742,9 @@ def main(argv=None) -> int:
                     help="only time the unsupervised audit's real-to-real pair null (its two calls) on R phantom "
                          "real images, --before's code and this checkout's, each in a fresh process, and write that "
                          "block")
+    ap.add_argument("--pair-lists", default=None, metavar="R,...",
+                    help="only time the pair null's z-pixel list search over every real image against the 2,000 "
+                         "sampled ones (same process) and print the rows")
     ap.add_argument("--row-memo", default=None, type=int, metavar="PAIRS",
                     help="only time the registration's per-pair memo (dict of floats vs numpy columns) and write that block")
     ap.add_argument("--before", default=None, metavar="CHECKOUT",
@@ -759,6 +793,9 @@ def main(argv=None) -> int:
                 "audit's (two 64-hex content keys and a flip; 11 fields, as the refine step's): store, then read "
                 "back twice. Best CPU-s of 2 alternating runs per side; 'memo MB' = memory held after the runs "
                 "(tracemalloc, keys included, separate pass).\n"))
+        return 0
+    if args.pair_lists:
+        print(json.dumps(pair_lists([x for x in args.pair_lists.split(",") if x], Path(args.data))))
         return 0
     if args.pair_null:
         rows = pair_null_cost([x for x in args.pair_null.split(",") if x], Path(args.data), before=args.before)
