@@ -535,6 +535,99 @@ def stage_table(sizes, data: Path, before: str | None = None, budget: float | No
     return rows
 
 
+_PAIR_NULL_CHILD = r"""
+import json, os, resource, sys, time
+sys.path.insert(0, {root!r})
+import numpy as np
+from PIL import Image
+real = np.stack([np.asarray(Image.open(os.path.join({real_dir!r}, f"{{i:07d}}.png")).convert("L")) for i in range({n})])
+from imprint.engine.membership import calibrate as C
+cache = {{}}
+c0, w0 = time.process_time(), time.perf_counter()
+pn = C.real_pair_null_cached(real, {n_gen}, cache=cache, register=True, series=True)
+c1 = time.process_time()
+kw = {{"base": False}} if "base" in C.real_pair_null.__code__.co_varnames else {{}}
+pa = C.real_pair_null_cached(real, {n_gen}, cache=cache, anatomy=True, anatomy_lowpass=False, series=True,
+                             groups=pn.get("_groups"), **kw)
+c2, w2 = time.process_time(), time.perf_counter()
+np.savez({out!r}, images=pn["_images"], anat_ratio=pa["anat_ratio"],
+         **{{k: v for k, v in pn.items() if not k.startswith("_")}})
+print("RESULT " + json.dumps({{"registered_cpu_s": c1 - c0, "anatomy_cpu_s": c2 - c1, "cpu_s": c2 - c0,
+      "wall_s": w2 - w0, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+      "null_rows": int(len(pn["_images"]))}}))
+"""
+
+
+def pair_null_cost(sizes, data: Path, before: str | None = None) -> list[dict]:
+    """The unsupervised audit's real-to-real pair null alone (its two calls, as ``audit_membership`` makes them:
+    the registered null, then the anatomy null) on the first ``R`` of the 10,000 phantom real images, ``10 R``
+    generated (only their count enters), each side in a fresh process (issue 15, scale10): CPU-s of each call,
+    wall, peak RSS, and whether the null values are the same (max abs difference over every channel)."""
+    real_dir = data / "real10000"
+    make_folder(real_dir, 10000, 1)
+    sides = ([("before", Path(before))] if before else []) + [("after", ROOT)]
+    rows = []
+    for spec in sizes:
+        n = int(spec)
+        res, outs = {}, {}
+        for name, root in sides:
+            out = data / f"pairnull-{n}-{name}.npz"
+            code = _PAIR_NULL_CHILD.format(root=str(root), real_dir=str(real_dir), n=n, n_gen=10 * n, out=str(out))
+            r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(root))
+            line = [x for x in r.stdout.splitlines() if x.startswith("RESULT ")]
+            if r.returncode or not line:
+                raise SystemExit(f"{name} side failed at R={n}: {r.stderr[-2000:]}")
+            res[name] = json.loads(line[0][7:])
+            outs[name] = dict(np.load(out))
+            print(name, n, json.dumps(res[name]), flush=True)
+        row = {"real images": f"{n:,}", "null rows": res["after"]["null_rows"]}
+        for name, _ in sides:
+            for k in ("registered_cpu_s", "anatomy_cpu_s", "cpu_s", "peak_rss_mb"):
+                row[f"{name} {k.replace('_cpu_s', ' CPU s').replace('cpu_s', 'CPU s').replace('peak_rss_mb', 'peak RSS MB')}"] = res[name][k]
+        if before:
+            row["CPU ratio"] = res["before"]["cpu_s"] / max(res["after"]["cpu_s"], 1e-9)
+            a, b = outs["before"], outs["after"]
+            same_rows = np.array_equal(a["images"], b["images"])
+            diff = max(float(np.nanmax(np.abs(a[k] - b[k]))) for k in a if k != "images") if same_rows else float("nan")
+            nan_same = all(np.array_equal(np.isnan(a[k]), np.isnan(b[k])) for k in a if k != "images")
+            row["same rows"] = bool(same_rows and nan_same)
+            row["max abs difference"] = diff
+        row["load (1 min)"] = f"{os.getloadavg()[0]:.1f}"
+        rows.append(row)
+    return rows
+
+
+def pair_lists(sizes, data: Path, n_query: int = 2000, k: int = 32) -> list[dict]:
+    """The pair null's z-pixel list search alone (issue 15, scale10): ``evidence._knn_self`` over every row of the
+    first ``R`` phantom reals against ``calibrate._knn_rows`` over ``n_query`` sampled rows (the images that play
+    the non-member), ``k`` neighbours each, same process, CPU-s (all threads) and whether the sampled rows' lists
+    are identical."""
+    from PIL import Image
+
+    from imprint.engine.membership.calibrate import _knn_rows
+    from imprint.engine.membership.evidence import _knn_self, _zrows, generated_chunk
+
+    real_dir = data / "real10000"
+    make_folder(real_dir, 10000, 1)
+    rows = []
+    for spec in sizes:
+        n = int(spec)
+        real = np.stack([np.asarray(Image.open(real_dir / f"{i:07d}.png").convert("L")) for i in range(n)])
+        block = generated_chunk(n, real.shape[1] * real.shape[2])
+        q = np.sort(np.random.default_rng([0, 1]).choice(n, min(n_query, n), replace=False))
+        t = time.process_time()
+        d0, i0 = _knn_self(_zrows(real), n, k, block)
+        a = time.process_time() - t
+        t = time.process_time()
+        d1, i1 = _knn_rows(_zrows(real), n, q, k, block)
+        b = time.process_time() - t
+        rows.append({"R": f"{n:,}", "all rows CPU s": a, f"{len(q):,} rows CPU s": b, "ratio": a / max(b, 1e-9),
+                     "lists identical": bool(np.array_equal(i0[q], i1) and np.array_equal(d0[q], d1)),
+                     "load (1 min)": f"{os.getloadavg()[0]:.1f}"})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def row_memo(n_pairs: int, repeats: int = 2) -> list[dict]:
     """The registration's per-pair memo (``register._cached_rows``) before/after numpy columns (issue 15, scale9):
     ``n_pairs`` pair keys shaped like the audit's (two 64-hex content keys and a flip), 11 float fields (the
@@ -645,6 +738,13 @@ def main(argv=None) -> int:
     ap.add_argument("--stages", default=None, metavar="RxG,...",
                     help="only run membership at these sizes (and with --before, that checkout's code first, each in a "
                     "fresh process on fresh stores) and write the per-stage CPU-s / peak RSS table")
+    ap.add_argument("--pair-null", default=None, metavar="R,...",
+                    help="only time the unsupervised audit's real-to-real pair null (its two calls) on R phantom "
+                         "real images, --before's code and this checkout's, each in a fresh process, and write that "
+                         "block")
+    ap.add_argument("--pair-lists", default=None, metavar="R,...",
+                    help="only time the pair null's z-pixel list search over every real image against the 2,000 "
+                         "sampled ones (same process) and print the rows")
     ap.add_argument("--row-memo", default=None, type=int, metavar="PAIRS",
                     help="only time the registration's per-pair memo (dict of floats vs numpy columns) and write that block")
     ap.add_argument("--before", default=None, metavar="CHECKOUT",
@@ -694,13 +794,32 @@ def main(argv=None) -> int:
                 "back twice. Best CPU-s of 2 alternating runs per side; 'memo MB' = memory held after the runs "
                 "(tracemalloc, keys included, separate pass).\n"))
         return 0
+    if args.pair_lists:
+        print(json.dumps(pair_lists([x for x in args.pair_lists.split(",") if x], Path(args.data))))
+        return 0
+    if args.pair_null:
+        rows = pair_null_cost([x for x in args.pair_null.split(",") if x], Path(args.data), before=args.before)
+        print(json.dumps(rows))
+        if args.write_results:
+            _write_block(args.write_results, "pair-null-scale10", rows, (
+                "### The real-to-real pair null's cost, before/after in fresh processes (issue 15, scale10)\n\n"
+                f"Command: `{cmd_line}`. The unsupervised audit's pair null alone, its two calls as "
+                "`audit_membership` makes them (`real_pair_null_cached` with `register=True`, then the anatomy null; "
+                "no checkpoint folder), on the first R of the 10,000 phantom real images (128 x 128), 10 R "
+                "generated (only their count enters). before = the --before checkout's code, after = this "
+                "checkout's (with R > `PAIR_NULL_MAX_IMAGES` = 2,000 the per-image searches run for the 2,000 "
+                "sampled images only; the anatomy call skips the plain features and reuses the pixel lists). "
+                "CPU-s = process time of each call (all threads); the sides ran one after the other (or "
+                "concurrently), not interleaved. 'max abs difference' over every null channel, same rows.\n"))
+        return 0
     if args.stages:
         sizes = [tuple(int(v) for v in x.split("x")) for x in args.stages.split(",") if x]
         rows = stage_table(sizes, Path(args.data), before=args.before, budget=args.memory_budget)
         print(json.dumps(rows))
         if args.write_results:
-            _write_block(args.write_results, "stages-scale9", rows, (
-                "### Membership per stage: CPU-s and peak RSS, before/after in fresh processes (issue 15, scale9)\n\n"
+            _write_block(args.write_results, "stages-scale9" if args.block == "scaling" else args.block, rows, (
+                ("### Membership per stage: CPU-s and peak RSS, before/after in fresh processes (issue 15, scale9)"
+                 if args.block == "scaling" else f"### {args.title}") + "\n\n"
                 f"Command: `{cmd_line}`. `run_membership` on the scaling benchmark's phantom folders (made under "
                 "--data), each side in a fresh process on fresh stores (decoding included). A sampler thread gives "
                 "every 0.1 s the process CPU-s (all threads) and VmRSS to the stage whose function is on a thread's "

@@ -296,7 +296,7 @@ def audit_membership(generated, real, *, dev_sets: Sequence[DevSet] = (), refere
             # its own (cheap) checkpoint, so the registered null's checkpoint is shared with audits without it; the
             # splits are drawn from the same seed in the same order, so its rows are the same images and splits
             pa = real_pair_null_cached(R, len(G), cache_dir=cache_dir, cache=kw["_cache"], anatomy=True,
-                                       anatomy_lowpass=False,
+                                       anatomy_lowpass=False, base=False,   # its plain features: from pn
                                        series=pair_series, groups=pn.get("_groups") if pair_series else None)
             if not np.array_equal(pa["_images"], pn["_images"]):
                 raise ImprintError("internal: the anatomy pair null's rows differ from the registered null's")

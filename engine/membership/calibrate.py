@@ -685,14 +685,78 @@ def real_series_groups(real: np.ndarray, **kw) -> tuple[np.ndarray, dict]:
     return series_groups(d, idx, **kw)
 
 
-def _without_own_series(d: np.ndarray, idx: np.ndarray, groups: np.ndarray | None, k: int):
+def _without_own_series(d: np.ndarray, idx: np.ndarray, groups: np.ndarray | None, k: int,
+                        rows: np.ndarray | None = None):
     """Each row's neighbour list (ascending ``d`` [R, K], ``idx`` [R, K]) without its own series' images,
-    cut to ``k`` columns (``K >= k`` + the largest series - 1 keeps ``k`` others).  ``groups`` None: cut only."""
+    cut to ``k`` columns (``K >= k`` + the largest series - 1 keeps ``k`` others).  ``groups`` None: cut only.
+    ``rows`` (int [R] or None): the image of each list (None: list ``i`` is image ``i``)."""
     if groups is None:
         return d[:, :k], idx[:, :k]
-    own = groups[np.maximum(idx, 0)] == groups[:, None]
+    own = groups[np.maximum(idx, 0)] == groups[slice(None) if rows is None else np.asarray(rows)][:, None]
     o = np.argsort(own, 1, kind="stable")                  # others first, in their order
     return np.take_along_axis(d, o, 1)[:, :k], np.take_along_axis(idx, o, 1)[:, :k]
+
+
+#: issue 15 (scale10): with more real images than play the non-member (``max_images``), the pair null's per-image
+#: searches (the z-pixel and shape-mask neighbours, the raw-MSE pairs) run for those images only, against every real
+#: image, instead of for every real image (the other rows were computed, then dropped).  Same lists and values as
+#: the all-rows search up to float32 rounding in the search's distances (tests/test_pair_null_scale.py); False:
+#: every row, as before (the tests' reference).
+QUERY_ONLY = True
+
+
+def _knn_rows(feats, n: int, rows: np.ndarray, k: int, block: int):
+    """:func:`.evidence._knn_self` for the query ``rows`` only: the ``k`` nearest OTHER rows of a set of ``n``
+    (features per block, ``feats(rows) -> float32 [len(rows), D]``), searched one base block of ``block`` rows at
+    a time and merged exactly by (distance, index).  The row itself is dropped from its own list (``k + 1`` are
+    searched in the block that holds it).
+
+    Returns float32 [len(rows), k] squared distances (ascending) and int64 [len(rows), k] indices (-1 / inf padded).
+    """
+    from .evidence import _knn, _merge_topk
+
+    rows = np.asarray(rows, np.int64)
+    k = int(min(k, n - 1))
+    nq = len(rows)
+    bd = np.full((nq, k), np.inf, np.float32)
+    bi = np.full((nq, k), -1, np.int64)
+    for q0 in range(0, nq, block):
+        r = rows[q0:q0 + block]
+        fq = feats(r)
+        for b0 in range(0, n, block):
+            b1 = min(n, b0 + block)
+            fb = feats(np.arange(b0, b1))
+            inside = (r >= b0) & (r < b1)
+            kk = min(k + int(inside.any()), b1 - b0)
+            d, i = _knn(fb, fq, kk)
+            i = np.where(i >= 0, i + b0, -1)
+            own = i == r[:, None]                      # the row itself: pushed past the list's end, then cut
+            d = np.where(own, np.inf, d)
+            i = np.where(own, -1, i)
+            bd[q0:q0 + len(r)], bi[q0:q0 + len(r)] = _merge_topk(bd[q0:q0 + len(r)], bi[q0:q0 + len(r)], d, i, k)
+    return bd, bi
+
+
+def _pixel_knn_memo(real: np.ndarray, cache: dict | None, q: np.ndarray, kx: int, kk: int,
+                    groups: np.ndarray | None):
+    """The pair null's z-pixel neighbour lists memoised in ``cache`` (issue 15, scale10): the audit's two
+    :func:`real_pair_null` calls (registered, then anatomy) search the same lists.  Returns None without a cache,
+    else ``(hit or None, store, key)``; the key hashes the images' content keys, the query rows, ``kx``, ``kk`` and
+    the series labels."""
+    if cache is None:
+        return None
+    import hashlib
+
+    from .common import _hashes
+
+    h = hashlib.sha1(repr((len(real), tuple(real.shape[1:]), int(kx), int(kk))).encode())
+    h.update("\0".join(map(str, _hashes(real))).encode())
+    h.update(np.ascontiguousarray(q, np.int64).tobytes())
+    if groups is not None:
+        h.update(np.ascontiguousarray(groups, np.int64).tobytes())
+    store = cache.setdefault("pair_null_pixel_knn", {})
+    key = h.hexdigest()
+    return store.get(key), store, key
 
 
 def _pair_reg_candidates(real: np.ndarray, idx: np.ndarray, keys: list, cache: dict, *, k_reg: int, n_pix: int,
@@ -751,7 +815,8 @@ def real_pair_null(real: np.ndarray, n_generated: int, *, k: int = 32, splits: S
                    k_reg: int = 6, n_pix: int = 3, k_spec: int = 4,
                    max_images: int | None = None, anatomy: bool = False,
                    anatomy_register: bool | None = None, series: bool = True,
-                   groups: np.ndarray | None = None, anatomy_lowpass: bool | None = None) -> dict:
+                   groups: np.ndarray | None = None, anatomy_lowpass: bool | None = None,
+                   base: bool = True) -> dict:
     """Null evidence from pairs of different patients in the real folder (no labelled null needed).
 
     Each real image ``x`` plays a non-member: the other real images are split at random into a
@@ -794,6 +859,9 @@ def real_pair_null(real: np.ndarray, n_generated: int, *, k: int = 32, splits: S
     anatomy_lowpass : bool or None  the anatomy null's part A also searches the low-pass candidates
                             (:func:`.register.lowpass_pair_candidates`), as the evidence does with the same flag;
                             None follows ``anatomy.LOWPASS_CANDIDATES``
+    base : bool             also the plain features (:data:`PAIR_FEATURES`; default True).  False: only the
+                            registered / anatomy features asked for (the audit's anatomy-only call, whose plain
+                            features were computed and dropped; issue 15, scale10)
     max_images : int or None     at most this many real images play the non-member (a seeded random subset; the
                             splits and neighbours still range over every real image), so the registered null's cost
                             is bounded on large folders (default :data:`PAIR_NULL_MAX_IMAGES`; None: that default)
@@ -832,29 +900,52 @@ def real_pair_null(real: np.ndarray, n_generated: int, *, k: int = 32, splits: S
     if gmax == 1:
         groups = None                                      # no series: the lists as before
     kx = int(min(kk + gmax - 1, R - 1))                    # room for the own series' images, then dropped
-    if grp_info is None or d.shape[1] < kx:
-        d, idx = _knn_self(_zrows(real), R, kx, block)
-    d, idx = _without_own_series(d, idx, groups, kk)
-    dist = {"pixel_nn_ratio": (d.astype(np.float64) / npix + _EPS, idx)}
-    pairs = np.stack([np.repeat(np.arange(R), kk), idx.ravel()], 1).astype(np.int64)
-    mse = _pair_mse(real, real, pairs).reshape(R, kk) + _EPS
-    o = np.argsort(mse, 1, kind="stable")
-    dist["mse_ratio"] = (np.take_along_axis(mse, o, 1), np.take_along_axis(idx, o, 1))
-    counts, mscale = _cached_mask_counts(real, cache)
-    a, ia = _without_own_series(*_knn_self(lambda r: counts[np.asarray(r)] * mscale, R, kx, block), groups, kk)
-    dim = float(counts.shape[1])
-    dist["shape_ratio"] = (np.clip(a.astype(np.float64), 0, None) / dim + 1.0 / dim, ia)
-
-    feats = PAIR_FEATURES + (PAIR_REG_FEATURES if register else ()) + (PAIR_ANAT_FEATURES if anatomy else ())
     cap = PAIR_NULL_MAX_IMAGES if max_images is None else int(max_images)
     only = None
     if R > cap:
         only = np.zeros(R, bool)
         only[np.random.default_rng([random_state, 1]).choice(R, cap, replace=False)] = True
+    # the rows whose lists are searched: the images that play the non-member (issue 15, scale10: QUERY_ONLY)
+    q = np.arange(R) if only is None or not QUERY_ONLY else np.flatnonzero(only)
     if anatomy_register is None:
         from . import anatomy as _anatomy_mod
 
         anatomy_register = _anatomy_mod.REGISTERED
+    need_pix = base or register or (anatomy and anatomy_register)
+    if need_pix:
+        memo = _pixel_knn_memo(real, cache, q, kx, kk, groups)
+        if memo is not None and memo[0] is not None:
+            d, idx = memo[0]
+        else:
+            if grp_info is not None and d.shape[1] >= kx:
+                d, idx = d[q], idx[q]
+            elif len(q) == R:
+                d, idx = _knn_self(_zrows(real), R, kx, block)
+            else:
+                d, idx = _knn_rows(_zrows(real), R, q, kx, block)
+            d, idx = _without_own_series(d, idx, groups, kk, rows=q)
+            if memo is not None:
+                memo[1][memo[2]] = (d, idx)
+    dist = {}
+    if base:
+        dist["pixel_nn_ratio"] = (d.astype(np.float64) / npix + _EPS, idx)
+        pairs = np.stack([np.repeat(q, kk), idx.ravel()], 1).astype(np.int64)
+        mse = _pair_mse(real, real, pairs).reshape(len(q), kk) + _EPS
+        o = np.argsort(mse, 1, kind="stable")
+        dist["mse_ratio"] = (np.take_along_axis(mse, o, 1), np.take_along_axis(idx, o, 1))
+        counts, mscale = _cached_mask_counts(real, cache)
+        cfeat = lambda r: counts[np.asarray(r)] * mscale  # noqa: E731
+        sk = _knn_self(cfeat, R, kx, block) if len(q) == R else _knn_rows(cfeat, R, q, kx, block)
+        a, ia = _without_own_series(*sk, groups, kk, rows=q)
+        dim = float(counts.shape[1])
+        dist["shape_ratio"] = (np.clip(a.astype(np.float64), 0, None) / dim + 1.0 / dim, ia)
+    if need_pix and len(q) < R:                            # every row's list for the candidates (-1: not searched)
+        full = np.full((R, idx.shape[1]), -1, np.int64)
+        full[q] = idx
+        idx = full
+
+    feats = ((PAIR_FEATURES if base else ()) + (PAIR_REG_FEATURES if register else ())
+             + (PAIR_ANAT_FEATURES if anatomy else ()))
     if register or (anatomy and anatomy_register):
         from .common import _hashes
 
@@ -898,12 +989,13 @@ def real_pair_null(real: np.ndarray, n_generated: int, *, k: int = 32, splits: S
             for n, v in _pair_reg_values(real, cand, cflip, inA, keys, cache, only=only).items():
                 vals[n].append(v)
         for n, (dd, ii) in dist.items():
-            a_mask = inA[ii]                                       # [R, kk]: neighbour in part A
+            a_mask = inA[ii]                                       # [len(q), kk]: neighbour in part A
             ja = np.where(a_mask.any(1), a_mask.argmax(1), -1)
             jb = np.where((~a_mask).any(1), (~a_mask).argmax(1), -1)
             v = np.full(R, np.nan)
             ok = (ja >= 0) & (jb >= 0)
-            v[ok] = -np.log(dd[rows[ok], ja[ok]] / dd[rows[ok], jb[ok]])
+            rq = rows[:len(q)]
+            v[q[ok]] = -np.log(dd[rq[ok], ja[ok]] / dd[rq[ok], jb[ok]])
             vals[n].append(v)
         logit.append(np.full(R, math.log(p / (1.0 - p))))
     keep = np.tile(np.ones(R, bool) if only is None else only, len(logit))

@@ -734,6 +734,24 @@ def _coarse_row_block(hw: int) -> int:
     return int(max(8, min(_COARSE_ROW_BLOCK, (_memory_budget() // 64) // (16 * max(1, int(hw))))))
 
 
+#: Bytes in flight per registered pair and pixel in :func:`refine` (5 angle/scale variants at full resolution: the
+#: warped stack, the partner's repeated float32 copy, the validity masks, the NCC's float64 temporaries): 37.5-37.9
+#: measured with tracemalloc at 64 and 256 pairs of 128 x 128 images (issue 15, scale10), rounded up.
+_REFINE_BYTES_PER_PX = 40
+#: Most pairs per :func:`refine` chunk (the chunk before issue 15, scale10: ~0.6 GB in flight at 128 x 128).
+_REFINE_CHUNK = 1024
+
+
+def refine_chunk(hw: int) -> int:
+    """Pairs per :func:`refine` chunk in the evidence's registration (:func:`_best_registered`): 1/8 of the memory
+    budget (:func:`.evidence.memory_budget`) over :data:`_REFINE_BYTES_PER_PX` per pixel, between 16 and
+    :data:`_REFINE_CHUNK` (409 pairs of 128 x 128 at the 2 GiB default, ~0.26 GB in flight).  Every pair is refined
+    on its own: the values do not depend on the chunk (tests/test_pair_null_scale.py)."""
+    from .evidence import _memory_budget
+
+    return int(max(16, min(_REFINE_CHUNK, (_memory_budget() // 8) // (_REFINE_BYTES_PER_PX * max(1, int(hw))))))
+
+
 def _coarse_rows(X: np.ndarray, idx: np.ndarray, f: int, *, z: bool = False) -> np.ndarray:
     """``_coarse_blur(downsample(X[idx], f))`` (z-scored per row with ``z``) in blocks of
     :func:`_coarse_row_block` rows, releasing the pages of a memory-mapped ``X`` after each block (working memory
@@ -1299,7 +1317,8 @@ def _best_registered(A, B, cand: np.ndarray, cflip: np.ndarray, *, keys_a=None, 
     pick = tp[sel]
     cpick = {k: v[pick] for k, v in co.items()}
     rk = [pk[p] for p in pick]
-    rf = _cached_rows(lambda s_: refine(A, B, pairs[pick][s_], {k: v[s_] for k, v in cpick.items()}),
+    rch = refine_chunk(int(np.prod(np.shape(A)[1:])))     # issue 15, scale10: sized from the memory budget
+    rf = _cached_rows(lambda s_: refine(A, B, pairs[pick][s_], {k: v[s_] for k, v in cpick.items()}, chunk=rch),
                       rk, cache if use else None, "reg_refine")
     # per row: the refined candidate with the highest full-resolution NCC (its transform is reported);
     # ncc_lo is the highest low-resolution NCC among the refined candidates (a texture-resynthesised copy

@@ -1,0 +1,124 @@
+"""Issue 15 (scale10): the real-to-real pair null's cost on large real folders, and refine's chunk from the budget.
+
+- :func:`calibrate._knn_rows` (the neighbour lists of some rows of a set among its other rows) against brute force;
+- with ``max_images`` below the folder size, the per-image searches run for the sampled images only
+  (``calibrate.QUERY_ONLY``) and give the null of the all-rows search (a planted series is still left out);
+- the audit's anatomy-only call (``base=False``) reuses the registered call's pixel lists and gives the same values;
+- ``register.refine``'s chunk follows the memory budget and the registration's values do not depend on it.
+"""
+
+import numpy as np
+import pytest
+
+from conftest import ct_like
+from imprint.engine.membership import calibrate
+from imprint.engine.membership import register as reg
+from imprint.engine.membership.calibrate import PAIR_FEATURES, _knn_rows, real_pair_null
+from imprint.engine.membership.evidence import _zrows, memory_budget
+
+
+def _brute(F, rows, k):
+    D = ((F[rows, None, :].astype(np.float64) - F[None, :, :]) ** 2).sum(-1)
+    D[np.arange(len(rows)), rows] = np.inf                 # never the row itself
+    o = np.argsort(D, 1, kind="stable")[:, :k]
+    return np.take_along_axis(D, o, 1), o
+
+
+@pytest.mark.parametrize("block", [7, 16, 200])
+def test_knn_rows_matches_brute_force(block):
+    rng = np.random.default_rng(1)
+    F = rng.normal(size=(70, 12)).astype(np.float32)
+    rows = np.sort(rng.choice(70, 23, replace=False))
+    d, i = _knn_rows(lambda r: F[np.asarray(r)], 70, rows, 6, block)
+    bd, bi = _brute(F, rows, 6)
+    np.testing.assert_array_equal(i, bi)
+    np.testing.assert_allclose(d, bd, rtol=1e-4, atol=1e-4)
+    assert not (i == rows[:, None]).any()
+
+
+def _folder(n=40, size=32, seed=3):
+    rng = np.random.default_rng(seed)
+    real = ct_like(rng, n, size)
+    for j in (1, 2):                                       # a planted series: two near-identical slices of image 0
+        real[j] = np.clip(real[0].astype(np.int16) + rng.integers(-2, 3, real[0].shape), 0, 255).astype(np.uint8)
+    return real
+
+
+def test_subset_queries_give_the_all_rows_null(monkeypatch):
+    """``max_images`` < R: the sampled images' lists searched alone (QUERY_ONLY) equal the all-rows search's."""
+    real = _folder()
+    kw = dict(splits=(0.25, 0.75), repeats=2, random_state=2, max_images=15, k=8)
+    calls = []
+    orig = calibrate._knn_rows
+    monkeypatch.setattr(calibrate, "_knn_rows", lambda *a, **k: calls.append(len(a[2])) or orig(*a, **k))
+    new = real_pair_null(real, 80, **kw)
+    assert calls and all(c == 15 for c in calls)          # only the 15 sampled images were searched
+    assert new["_groups"][1] == new["_groups"][0] == new["_groups"][2]   # the series was found ...
+    monkeypatch.setattr(calibrate, "QUERY_ONLY", False)
+    old = real_pair_null(real, 80, **kw)
+    np.testing.assert_array_equal(new["_images"], old["_images"])
+    assert len(np.unique(new["_images"])) == 15
+    for n in PAIR_FEATURES:
+        assert np.isfinite(new[n]).all()
+        np.testing.assert_allclose(new[n], old[n], rtol=1e-6, atol=1e-9, err_msg=n)
+        assert new["_theta"][n] == pytest.approx(old["_theta"][n], rel=1e-6, abs=1e-12)
+
+
+def test_series_left_out_of_subset_lists():
+    """... and left out of the sampled images' lists: image 0's pixel ratio is that of other patients."""
+    real = _folder()
+    d, i = _knn_rows(_zrows(real), len(real), np.array([0]), 5, 16)
+    assert set(i[0, :2].tolist()) == {1, 2}                # its own series is nearest
+    groups = np.zeros(len(real), np.int64)
+    groups[3:] = np.arange(1, len(real) - 2)
+    dd, ii = calibrate._without_own_series(d, i, groups, 3, rows=np.array([0]))
+    assert not np.isin(ii, [0, 1, 2]).any() and np.all(np.diff(dd[0]) >= 0)
+
+
+def test_anatomy_call_reuses_the_pixel_lists(monkeypatch):
+    """The audit's second call (anatomy only, ``base=False``) searches no pixel lists (memoised from the first
+    call) and gives the anatomy values of a full call."""
+    real = _folder(n=24, size=48, seed=4)
+    kw = dict(splits=(0.25, 0.75), repeats=1, random_state=5, max_images=14, k=8, anatomy_register=True,
+              anatomy_lowpass=False)
+    cache = {}
+    first = real_pair_null(real, 50, cache=cache, register=False, anatomy=True, **kw)
+    assert len(cache["pair_null_pixel_knn"]) == 1
+    searched = []
+    with monkeypatch.context() as m:
+        m.setattr(calibrate, "_knn_rows", lambda *a, **k: searched.append(1))
+        second = real_pair_null(real, 50, cache=cache, anatomy=True, base=False, **kw)
+    assert not searched
+    assert set(second) >= {"anat_ratio", "_images"} and not set(PAIR_FEATURES) & set(second)
+    np.testing.assert_array_equal(second["_images"], first["_images"])
+    assert np.isfinite(first["anat_ratio"]).all()
+    np.testing.assert_array_equal(second["anat_ratio"], first["anat_ratio"])
+    fresh = real_pair_null(real, 50, cache={}, anatomy=True, base=False, **kw)
+    np.testing.assert_array_equal(fresh["anat_ratio"], first["anat_ratio"])
+
+
+def test_refine_chunk_follows_the_budget_and_values_do_not_depend_on_it(monkeypatch):
+    hw = 128 * 128
+    with memory_budget(2 * 2**30):
+        assert reg.refine_chunk(hw) == (2 * 2**30 // 8) // (reg._REFINE_BYTES_PER_PX * hw)
+    with memory_budget(64 * 2**20):
+        small = reg.refine_chunk(hw)
+    with memory_budget(64 * 2**30):
+        large = reg.refine_chunk(hw)
+    assert small == 16 and large == reg._REFINE_CHUNK
+    rng = np.random.default_rng(7)
+    real = ct_like(rng, 12, 32)
+    cand = np.stack([np.roll(np.arange(12), -s) for s in (1, 2, 3)], 1)
+    cflip = np.zeros_like(cand)
+    chunks = []
+    orig = reg.refine
+    monkeypatch.setattr(reg, "refine", lambda *a, **k: chunks.append(k.get("chunk")) or orig(*a, **k))
+    monkeypatch.setattr(reg, "_REFINE_BYTES_PER_PX", 40 * 1024)  # so that a small budget gives chunks of 16 pairs
+    out = {}
+    for b in (2**20, 2**40):
+        with memory_budget(b):
+            out[b] = reg._best_registered(real, real, cand, cflip, n_refine=2)
+    assert chunks[0] == 16 and chunks[-1] == reg._REFINE_CHUNK
+    for k in out[2**20][1]:
+        np.testing.assert_array_equal(np.asarray(out[2**20][1][k]), np.asarray(out[2**40][1][k]), err_msg=k)
+    np.testing.assert_array_equal(out[2**20][0], out[2**40][0])
