@@ -527,7 +527,8 @@ def test_shifted_rotated_rescaled_resynthesised_copies_found_with_the_frame_left
     (sigma 3) and the zoo's strongest combined geometry (half mirrored, rotated 5-10 deg, rescaled 5-10%, shifted
     5-10% of the side, border continued), among 80 generated look-alikes (the demo's dev_a generated images);
     every pool image gets the copy or random look-alikes as registration candidates; null = 120 other slices.
-    With the whole overlap (main, ``NCC_FRAME = 0``) the copies' registered low-pass NCC loses at the grid's frame,
+    With the whole overlap (main and the default, ``NCC_FRAME = 0``) the copies' registered low-pass NCC loses at the
+    grid's frame,
     where the copy's low-pass is the filter's padding: 25 of 30 members score above every null image (measured when
     written); with the frame left out 27 of 30, and the true pairs' 90th-percentile 1 - NCC falls 0.0100 -> 0.0090."""
     from imprint.engine.membership import anatomy
@@ -599,8 +600,11 @@ def _old_pairnull_key(lowpass, angles, n_polish, anatomy_flag):
 
 def test_checkpoint_tag_gives_the_keys_both_builders_gave(monkeypatch):
     """Review item (geo10): one :func:`anatomy.checkpoint_tag` for the evidence's and the pair null's anatomy key
-    fragments.  With the registered NCC's frame at 0 (the values before geo10) both keys equal the old builders'
-    in every combination, so those checkpoints stay valid; the frame re-keys both."""
+    fragments.  With the registered NCC's frame at 0 (the default: the values before geo10) both keys equal the old
+    builders' in every combination, so those checkpoints stay valid; a frame re-keys both."""
+    from imprint.engine.membership import anatomy as anatomy_default
+
+    assert anatomy_default.NCC_FRAME == 0               # the default keeps the keys (and values) of main
     from imprint.engine.membership import anatomy, register
 
     def pairnull(lp, an):

@@ -268,8 +268,12 @@ def _masked_ncc(a: np.ndarray, b: np.ndarray, m: np.ndarray) -> np.ndarray:
 #: differ although the anatomy agrees: on two scratch draws (``membership_zoo`` seeds 11 and 13, not zoo seeds),
 #: resynth 3 + geom (all) 1, the true pairs' low tail (1 - NCC at the 90th percentile) came from it (RESULTS.md, geo10).
 #: Every registered pair - generated candidates, the control, the reference rows, the real-to-real null - is
-#: compared on the same interior, so the calibration holds.
-NCC_FRAME = 1
+#: compared on the same interior, so the calibration holds.  **Opt-in (0) for now**: with 1, zoo seed 2 (full size)
+#: resynth 3 + geom (all) 1 rose (AUC 0.936 -> 0.943, ``fpr:0.01`` recall 0.500 -> 0.633) and the flip row's TPR@1%
+#: 0.55 -> 0.65, but ``--quick`` seed 0's resynth sigma 3 ``fpr:0.01`` recall fell 0.700 -> 0.375 (its threshold is
+#: the maximum of 150 reference scores; AUC and TPR@1% unchanged) and geom 0.5's TPR@1% 0.800 -> 0.767: the lead
+#: decides on a quiet, larger measurement (RESULTS.md, geo10).  A value != 0 re-keys the checkpoints.
+NCC_FRAME = 0
 
 
 def registered_ncc(reg: np.ndarray, low_b: np.ndarray, valid: np.ndarray, frame: int | None = None) -> np.ndarray:
