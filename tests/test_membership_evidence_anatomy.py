@@ -493,3 +493,140 @@ def test_lowpass_frame_queries_find_rotated_copies_and_equal_brute_force(monkeyp
     np.testing.assert_array_equal(np.sort(lg[:, :k], 1), np.sort(want, 1))
     np.testing.assert_array_equal(flg[:, :k], (np.take_along_axis(d1, lg[:, :k], 1)
                                                < np.take_along_axis(d0, lg[:, :k], 1)).astype(np.int64))
+
+
+# ----------------------------------------------------------------------------------------- branch geo10
+def test_registered_ncc_leaves_the_frame_out_equal_corrcoef():
+    """:func:`anatomy.registered_ncc` is numpy's Pearson correlation over the overlap minus the grid's outer frame."""
+    from imprint.engine.membership.anatomy import registered_ncc
+
+    rng = np.random.default_rng(61)
+    a, b = rng.normal(size=(5, 12, 10)), rng.normal(size=(5, 12, 10))
+    b[:3] += 1.5 * a[:3]
+    b[:, 0, :] += 40 * rng.normal(size=(5, 10))                # the frame disagrees wildly: left out, no effect
+    valid = rng.random((5, 12, 10)) > 0.2
+    for fr in (0, 1, 2):
+        inner = np.zeros((12, 10), bool)
+        inner[fr:12 - fr, fr:10 - fr] = True
+        want = [np.corrcoef(a[i][valid[i] & inner], b[i][valid[i] & inner])[0, 1] for i in range(5)]
+        assert np.allclose(registered_ncc(a, b, valid.astype(np.uint8), frame=fr), want, atol=1e-12)
+    assert registered_ncc(a, b, valid, frame=1)[0] > registered_ncc(a, b, valid, frame=0)[0] + 0.2
+
+
+def _demo_reference(part="reference"):
+    from pathlib import Path
+
+    from PIL import Image
+
+    d = Path(__file__).resolve().parents[1] / "engine" / "data" / "demo" / "membership" / part
+    return np.stack([np.array(Image.open(f).convert("L")) for f in sorted(d.glob("*.png"))])
+
+
+def test_shifted_rotated_rescaled_resynthesised_copies_found_with_the_frame_left_out(monkeypatch):
+    """Planted (branch geo10): 30 real CT slices (the demo sample, 128 px) copied with re-synthesised texture
+    (sigma 3) and the zoo's strongest combined geometry (half mirrored, rotated 5-10 deg, rescaled 5-10%, shifted
+    5-10% of the side, border continued), among 80 generated look-alikes (the demo's dev_a generated images);
+    every pool image gets the copy or random look-alikes as registration candidates; null = 120 other slices.
+    With the whole overlap (main and the default, ``NCC_FRAME = 0``) the copies' registered low-pass NCC loses at the
+    grid's frame,
+    where the copy's low-pass is the filter's padding: 25 of 30 members score above every null image (measured when
+    written); with the frame left out 27 of 30, and the true pairs' 90th-percentile 1 - NCC falls 0.0100 -> 0.0090."""
+    from imprint.engine.membership import anatomy
+
+    ref = _demo_reference()
+    rng = np.random.default_rng(2)
+    perm = rng.permutation(len(ref))
+    nm = 30
+    mem, non, nul, don = perm[:nm], perm[nm:2 * nm], perm[2 * nm:2 * nm + 120], perm[2 * nm + 120:]
+
+    def geom(x):
+        h = x.shape[0]
+        if rng.random() < 0.5:
+            x = x[:, ::-1]
+        x = ndimage.rotate(x, float(rng.choice([-1, 1]) * rng.uniform(5, 10)), reshape=False, order=1, mode="nearest")
+        f = 1 + float(rng.choice([-1, 1]) * rng.uniform(0.05, 0.1))
+        c = np.array([(h - 1) / 2] * 2)
+        x = ndimage.affine_transform(x, np.eye(2) / f, offset=c - c / f, order=1, mode="nearest")
+        m, t = rng.uniform(0.05, 0.1) * h, rng.uniform(0, 2 * np.pi)
+        return ndimage.shift(x, (m * np.sin(t), m * np.cos(t)), order=1, mode="nearest")
+
+    copies = np.stack([u8(geom(resynth(ref[i], ref[rng.choice(don)], 3.0)) + rng.normal(0, 2, ref.shape[1:]))
+                       for i in mem])
+    fill = _demo_reference("dev_a/generated")             # look-alikes: another model's outputs
+    gen = np.concatenate([copies, fill])
+    pool = np.concatenate([ref[mem], ref[non], ref[nul]])
+    n = len(pool)
+    cg = np.stack([rng.choice(np.arange(nm, len(gen)), 6, replace=False) for _ in range(n)])
+    cg[:nm, 0] = np.arange(nm)
+    cr = np.stack([rng.choice(np.setdiff1d(np.arange(n), [i]), 6, replace=False) for i in range(n)])
+    out = {}
+    for fr in (0, 1):
+        monkeypatch.setattr(anatomy, "NCC_FRAME", fr)
+        ev = anatomy_evidence(gen, pool, shortlist=(cg, cr))
+        a = ev["anat_ratio"]
+        thr = a[2 * nm:].max()
+        out[fr] = ((a[:nm] > thr).sum(), (a[nm:2 * nm] > thr).sum(), np.percentile(1 - ev["anat_ncc"][:nm], 90),
+                   (ev["anat_match"][:nm] == np.arange(nm)).mean())
+    (m0, f0, q0, h0), (m1, f1, q1, h1) = out[0], out[1]
+    assert h0 == h1 == 1.0                              # the copy is the match either way: the NCC is what changed
+    assert m1 >= 27 and m1 >= m0 + 2, out               # found: main 25 of 30
+    assert f1 <= 1, out                                 # non-members above every null image: 0 when written
+    assert q1 < 0.95 * q0, out
+
+
+def _old_evidence_anatomy_key(lowpass, angles, n_polish):
+    """The evidence checkpoint key's anatomy entry as evidence._evidence built it before geo10 (reference)."""
+    k = "registered-lowpass"
+    if lowpass:
+        k = "registered-lowpass+lowpass-candidates"
+        if angles:
+            k += "+rot" + ",".join(f"{a:g}" for a in angles)
+    if n_polish != 2:
+        k += f"+polish{n_polish}"
+    return k
+
+
+def _old_pairnull_key(lowpass, angles, n_polish, anatomy_flag):
+    """The pair null's key entries as calibrate.real_pair_null_cached built them before geo10 (reference)."""
+    key = {"version": 3}
+    if lowpass:
+        key["version"] = 4
+        if angles:
+            key["lowpass_frame_angles"] = list(angles)
+    if anatomy_flag and n_polish != 2:
+        key["anatomy_polish"] = n_polish
+    return key
+
+
+def test_checkpoint_tag_gives_the_keys_both_builders_gave(monkeypatch):
+    """Review item (geo10): one :func:`anatomy.checkpoint_tag` for the evidence's and the pair null's anatomy key
+    fragments.  With the registered NCC's frame at 0 (the default: the values before geo10) both keys equal the old
+    builders' in every combination, so those checkpoints stay valid; a frame re-keys both."""
+    from imprint.engine.membership import anatomy as anatomy_default
+
+    assert anatomy_default.NCC_FRAME == 0               # the default keeps the keys (and values) of main
+    from imprint.engine.membership import anatomy, register
+
+    def pairnull(lp, an):
+        key = {"version": 3}
+        tag = anatomy.checkpoint_tag(lp, form="pairnull")
+        at = tag.pop("_anatomy")
+        key.update(tag)
+        if an:
+            key.update(at)
+        return key
+
+    monkeypatch.setattr(anatomy, "NCC_FRAME", 0)
+    for angles in ((), (-8.0, 8.0)):
+        monkeypatch.setattr(register, "LP_FRAME_ANGLES", angles)
+        for n_polish in (2, 5):
+            monkeypatch.setattr(anatomy, "N_POLISH", n_polish)
+            for lp in (False, True):
+                assert anatomy.checkpoint_tag(lp, form="evidence") == _old_evidence_anatomy_key(lp, angles, n_polish)
+                for an in (False, True):
+                    assert pairnull(lp, an) == _old_pairnull_key(lp, angles, n_polish, an)
+    monkeypatch.setattr(anatomy, "NCC_FRAME", 1)
+    assert anatomy.checkpoint_tag(True, form="evidence").endswith("+frame1")
+    assert pairnull(True, True)["anatomy_frame"] == 1 and "anatomy_frame" not in pairnull(True, False)
+    with pytest.raises(ValueError):
+        anatomy.checkpoint_tag(True, form="other")

@@ -260,6 +260,101 @@ def _masked_ncc(a: np.ndarray, b: np.ndarray, m: np.ndarray) -> np.ndarray:
     return np.where((saa > 1e-12) & (sbb > 1e-12), sab / np.sqrt(np.maximum(saa * sbb, 1e-24)), 0.0)
 
 
+#: Width (low-pass grid pixels) of the grid's outer frame left out of the registered NCC (:func:`registered_ncc`;
+#: 0: the whole overlap, the NCC before branch geo10).  A priori, not tuned: the grid is sampled every
+#: ``round(sigma)`` pixels, so one grid pixel is one sigma of the low-pass Gaussian, and within about one sigma of the
+#: image frame a grid value is made of the filter's padding (``mode="nearest"``: the frame's pixels repeated).  Where
+#: registration moved the other image's *interior* there (a shifted / rotated / rescaled copy), the two values
+#: differ although the anatomy agrees: on two scratch draws (``membership_zoo`` seeds 11 and 13, not zoo seeds),
+#: resynth 3 + geom (all) 1, the true pairs' low tail (1 - NCC at the 90th percentile) came from it (RESULTS.md, geo10).
+#: Every registered pair - generated candidates, the control, the reference rows, the real-to-real null - is
+#: compared on the same interior, so the calibration holds.  **Opt-in (0) for now**: with 1, zoo seed 2 (full size)
+#: resynth 3 + geom (all) 1 rose (AUC 0.936 -> 0.943, ``fpr:0.01`` recall 0.500 -> 0.633) and the flip row's TPR@1%
+#: 0.55 -> 0.65, but ``--quick`` seed 0's resynth sigma 3 ``fpr:0.01`` recall fell 0.700 -> 0.375 (its threshold is
+#: the maximum of 150 reference scores; AUC and TPR@1% unchanged) and geom 0.5's TPR@1% 0.800 -> 0.767: the lead
+#: decides on a quiet, larger measurement (RESULTS.md, geo10).  A value != 0 re-keys the checkpoints.
+NCC_FRAME = 0
+
+
+def registered_ncc(reg: np.ndarray, low_b: np.ndarray, valid: np.ndarray, frame: int | None = None) -> np.ndarray:
+    """NCC of registered low-pass grids on their overlap, the outer ``frame`` grid pixels left out.
+
+    Parameters
+    ----------
+    reg : float32 [K, h, w]     the transformed grids (:func:`.register.warp` of :func:`anatomy_lowpass` grids)
+    low_b : float32 [K, h, w]   the grids they were registered onto
+    valid : uint8 or bool [K, h, w]   1 where ``reg`` came from inside its source grid (the overlap)
+    frame : int or None         width of the left-out frame (None: :data:`NCC_FRAME`; clipped so that at least the
+                                centre pixel stays)
+
+    Returns
+    -------
+    float64 [K]   Pearson correlation over ``valid`` minus the frame (0 where either side is constant there)
+    """
+    frame = NCC_FRAME if frame is None else int(frame)
+    m = np.asarray(valid) != 0
+    if frame > 0 and m.ndim == 3:
+        h, w = m.shape[1:]
+        fy, fx = min(frame, (h - 1) // 2), min(frame, (w - 1) // 2)
+        inner = np.zeros((h, w), bool)
+        inner[fy:h - fy, fx:w - fx] = True
+        m = m & inner[None]
+    return _masked_ncc(reg, low_b, m)
+
+
+def checkpoint_tag(lowpass: bool | None, *, form: str):
+    """The anatomy evidence's version fragments of a checkpoint key: one place for every key that holds them.
+
+    An anatomy change that alters its values adds its fragment here once; the target / dev-pool evidence
+    (:func:`.evidence._evidence`) and the real-to-real pair null (:func:`.calibrate.real_pair_null_cached`) both take
+    their fragments from this function, in the forms their keys had before it existed, so checkpoints of an
+    unchanged version keep their keys (tests/test_membership_evidence_anatomy.py checks them against the old
+    builders).
+
+    Parameters
+    ----------
+    lowpass : bool or None   the ``anatomy_lowpass`` flag (None: :data:`LOWPASS_CANDIDATES`)
+    form : {"evidence", "pairnull"}
+        "evidence": the string of the evidence key's ``anatomy`` entry when the anatomy evidence is computed
+        (``"registered-lowpass"``, then ``+lowpass-candidates``, ``+rot...``, ``+polishN``, ``+frameN``);
+        "pairnull": a dict of the entries of the pair null's key (``version`` 4 and ``lowpass_frame_angles`` from
+        the low-pass source) with, under ``"_anatomy"``, those its anatomy values add (``anatomy_polish``,
+        ``anatomy_frame``; the caller adds them only with ``anatomy=True``)
+
+    Returns
+    -------
+    str or dict
+    """
+    from .register import LP_FRAME_ANGLES
+
+    lp = lowpass_on(lowpass)
+    if form == "evidence":
+        tag = "registered-lowpass"                      # registered on the shortlist (branch resyn6)
+        if lp:
+            tag += "+lowpass-candidates"                # its low-pass candidate source (short7)
+            if LP_FRAME_ANGLES:                         # its rotated frame queries (geo9)
+                tag += "+rot" + ",".join(f"{a:g}" for a in LP_FRAME_ANGLES)
+        if N_POLISH != 2:                               # polished over more coarse-best candidates (geo8)
+            tag += f"+polish{N_POLISH}"
+        if NCC_FRAME:                                   # the registered NCC without the grid's frame (geo10)
+            tag += f"+frame{NCC_FRAME}"
+        return tag
+    if form == "pairnull":
+        out: dict = {}
+        if lp:
+            out["version"] = 4                          # over the low-pass candidate source too (short7)
+            if LP_FRAME_ANGLES:                         # its rotated frame queries (geo9)
+                out["lowpass_frame_angles"] = list(LP_FRAME_ANGLES)
+        anat: dict = {}
+        if N_POLISH != 2:                               # geo8
+            anat["anatomy_polish"] = N_POLISH
+        if NCC_FRAME:                                   # geo10
+            anat["anatomy_frame"] = NCC_FRAME
+        out["_anatomy"] = anat
+        return out
+    raise ValueError(f"form must be 'evidence' or 'pairnull' (got {form!r})")
+
+
 _CO_KEYS = ("coarse", "flip", "angle", "scale", "dy", "dx", "coarse_alt", "angle_alt", "scale_alt", "dy_alt", "dx_alt")
 _PO_KEYS = ("ncc", "flip", "angle", "scale", "dy", "dx")
 
@@ -356,7 +451,7 @@ def registered_anatomy(lowA: np.ndarray, lowB: np.ndarray, cand: np.ndarray, *, 
         pp = pairs[pidx[t]]
         po = polish_lo(lowA, lowB, pp, {k: np.asarray(v)[pidx[t]] for k, v in co.items()}, rounds=rounds)
         reg, valid = warp(lowA, pp[:, 0], po["flip"], po["angle"], po["scale"], po["dy"], po["dx"])
-        return dict(po, ncc=_masked_ncc(reg, lowB[pp[:, 1]], valid))
+        return dict(po, ncc=registered_ncc(reg, lowB[pp[:, 1]], valid))
 
     def polished(t):
         # issue 15: in blocks of POLISH_BLOCK pairs, so the registered grids, their masks and the NCC's float64
@@ -597,7 +692,7 @@ def anatomy_pair_values_splits(real: np.ndarray, inAs, cand: np.ndarray | None =
                            rounds=POLISH_ROUNDS)
             reg, valid = warp(lowf, pairs[nid, 0], po["flip"], po["angle"], po["scale"], po["dy"], po["dx"])
             ncc_all = np.full(len(pairs), -np.inf)
-            ncc_all[nid] = _masked_ncc(reg, lowf[pairs[nid, 1]], valid)
+            ncc_all[nid] = registered_ncc(reg, lowf[pairs[nid, 1]], valid)
             for si, part, p in picks:
                 v = np.where(p >= 0, ncc_all[np.maximum(p, 0)], -np.inf).max(1)
                 has = (p >= 0).any(1)

@@ -1408,13 +1408,11 @@ def real_pair_null_cached(real: np.ndarray, n_generated: int, *, cache_dir: str 
     key.update(n_generated=int(n_generated), version=3)  # 3: the anatomy null registered
     from . import anatomy as _anatomy_lp
 
-    if _anatomy_lp.lowpass_on(kw.get("anatomy_lowpass")):
-        key["version"] = 4   # 4: ... over the low-pass candidate source too (short7)
-        from .register import LP_FRAME_ANGLES   # its rotated frame queries (geo9)
-        if LP_FRAME_ANGLES:
-            key["lowpass_frame_angles"] = list(LP_FRAME_ANGLES)
-    if kw.get("anatomy") and _anatomy_lp.N_POLISH != 2:     # its polish over more coarse-best candidates (geo8)
-        key["anatomy_polish"] = _anatomy_lp.N_POLISH
+    tag = _anatomy_lp.checkpoint_tag(kw.get("anatomy_lowpass"), form="pairnull")   # short7, geo9; geo8, geo10
+    anat_tag = tag.pop("_anatomy")
+    key.update(tag)
+    if kw.get("anatomy"):
+        key.update(anat_tag)
     if kw.get("groups") is not None:                       # each image's own series excluded (uns7)
         key.update(series_excluded=True, groups=np.asarray(kw["groups"]).tolist())
     h = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode())

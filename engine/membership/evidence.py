@@ -467,16 +467,9 @@ def _evidence(generated: np.ndarray, pool: np.ndarray, *, _cache_dir=None, **kw)
 
     key = {k_: v for k_, v in kw.items() if k_ not in ("progress", "_cache", "executor", "anatomy_lowpass")}
     key.setdefault("anatomy", True)   # checkpoints written before the anatomy evidence existed are not reused
-    if key["anatomy"]:                # ... nor those before it was registered on the shortlist (branch resyn6)
-        key["anatomy"] = "registered-lowpass"
-        from . import anatomy as _anat   # ... nor those before its low-pass candidate source (branch short7)
-        if _anat.lowpass_on(kw.get("anatomy_lowpass")):
-            key["anatomy"] = "registered-lowpass+lowpass-candidates"
-            from .register import LP_FRAME_ANGLES   # ... nor those before its rotated frame queries (branch geo9)
-            if LP_FRAME_ANGLES:
-                key["anatomy"] += "+rot" + ",".join(f"{a:g}" for a in LP_FRAME_ANGLES)
-        if _anat.N_POLISH != 2:       # ... nor those polished over fewer coarse-best candidates (branch geo8)
-            key["anatomy"] += f"+polish{_anat.N_POLISH}"
+    if key["anatomy"]:                # ... nor those before it was registered on the shortlist (branch resyn6), nor
+        from . import anatomy as _anat  # those of an older anatomy version (anatomy.checkpoint_tag, every fragment)
+        key["anatomy"] = _anat.checkpoint_tag(kw.get("anatomy_lowpass"), form="evidence")
     h = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode())
     for a in (generated, pool):
         a = np.ascontiguousarray(a)
