@@ -261,3 +261,151 @@ def test_polish_lo_computes_shared_variants_once_with_the_per_pair_values(monkey
            for i in range(len(pairs))]                           # pair by pair: no variant shared
     for k in got:
         assert np.array_equal(got[k], np.concatenate([o[k] for o in one])), k
+
+
+# ---- branch spd10: refine / polish_lo compute every target image once per chunk and keep the centre variant
+def _ref_polish_lo(A, B, pairs, co, rounds):
+    """polish_lo before spd10 (main 2026-11-30, da2c3d6), one chunk: per-pair target spectra, every variant of
+    every round warped (distinct ones once), the reference for the values."""
+    from scipy import fft as sfft
+
+    h, w = A.shape[1:]
+    f = max(1, min(h, w) // R._LO_SIDE)
+    n = len(pairs)
+    c = {k: np.asarray(v, np.float64) for k, v in co.items()}
+    fl = np.r_[c["flip"], 1 - c["flip"]].astype(np.int64)
+    ang, sc = np.r_[c["angle"], c["angle_alt"]], np.r_[c["scale"], c["scale_alt"]]
+    dy, dx = np.r_[c["dy"], c["dy_alt"]] / f, np.r_[c["dx"], c["dx_alt"]] / f
+    val = np.r_[c["coarse"], c["coarse_alt"]]
+    ia, inv_a = np.unique(pairs[:, 0], return_inverse=True)
+    Al = R.downsample(A[ia], f)
+    Bl = R._z(R.downsample(B[pairs[:, 1]], f))
+    ia2 = np.r_[inv_a, inv_a]
+    hl, wl = Bl.shape[1:]
+    fb = sfft.rfft2(Bl)
+    S = 2 * n
+    da, ds = 4.0, 0.04
+    for _ in range(rounds):
+        offs = [(0.0, 0.0), (-da, 0.0), (da, 0.0), (0.0, -ds), (0.0, ds)]
+        C = len(offs)
+        aa = np.repeat(ang, C) + np.tile([o[0] for o in offs], S)
+        ss = np.repeat(sc, C) + np.tile([o[1] for o in offs], S)
+        var, _ = R.warp(Al, np.repeat(ia2, C), np.repeat(fl, C), aa, ss)
+        fa = sfft.rfft2(R._z(var)).reshape(2, n, C, hl, -1)
+        cen = np.stack([np.round(np.repeat(dy, C)), np.round(np.repeat(dx, C))], 1).astype(np.int64)
+        v, py, px = R._subpixel_peak(R._corr_near(np.conj(fa) * fb[None, :, None], hl, wl, cen[:, 0], 1), cen, 1)
+        v = v.reshape(S, C)
+        b = v.argmax(1)
+        sel = np.arange(S) * C + b
+        ang, sc, dy, dx, val = aa[sel], ss[sel], py[sel], px[sel], v[np.arange(S), b]
+        da, ds = da / 2, ds / 2
+    k = np.arange(n) + np.where(val[n:] > val[:n], 1, 0) * n
+    return {"coarse": val[k], "flip": fl[k], "angle": ang[k], "scale": sc[k], "dy": dy[k] * f, "dx": dx[k] * f}
+
+
+def _ref_refine_chunk(A, B, pairs, co):
+    """register._refine_chunk before spd10 (main da2c3d6): per-pair target levels and spectra, all 5 variants of
+    every mid-level round warped and transformed."""
+    h, w = A.shape[1:]
+    K = len(pairs)
+    flip = co["flip"].astype(np.int64)
+    ang, sc = co["angle"].astype(np.float64), co["scale"].astype(np.float64)
+    dy, dx = co["dy"].astype(np.float64), co["dx"].astype(np.float64)
+    fm = max(1, min(h, w) // (2 * R._LO_SIDE))
+    ia, inv_a = np.unique(pairs[:, 0], return_inverse=True)
+    Am = R.downsample(A[ia], fm)
+    fbm = R._spectrum(R._z(R.downsample(B[pairs[:, 1]], fm)))
+    da, ds = 4.0, 0.04
+    for _ in range(R._MID_ROUNDS):
+        offs = [(0.0, 0.0), (-da, 0.0), (da, 0.0), (0.0, -ds), (0.0, ds)]
+        C = len(offs)
+        aa = np.repeat(ang, C) + np.tile([o[0] for o in offs], K)
+        ss = np.repeat(sc, C) + np.tile([o[1] for o in offs], K)
+        var, _ = R.warp(Am, np.repeat(inv_a, C), np.repeat(flip, C), aa, ss)
+        cen = np.stack([np.round(np.repeat(dy, C) / fm), np.round(np.repeat(dx, C) / fm)], 1).astype(np.int64)
+        val, py, px = R._subpixel_peak(R._xcorr_spec(R._z(var), fbm, C, cen[:, 0], 2), cen, 2)
+        b = val.reshape(K, C).argmax(1)
+        sel = np.arange(K) * C + b
+        ang, sc = aa[sel], ss[sel]
+        dy, dx = py[sel] * float(fm), px[sel] * float(fm)
+        da, ds = da / 2, ds / 2
+    Bf = np.asarray(B[pairs[:, 1]], np.float32)
+    var, _ = R.warp(A, pairs[:, 0], flip, ang, sc)
+    cen = np.stack([np.round(dy), np.round(dx)], 1).astype(np.int64)
+    _, dy, dx = R._subpixel_peak(R._xcorr_spec(R._z(var), R._spectrum(R._z(Bf)), 1, cen[:, 0], max(2, fm)), cen,
+                                 max(2, fm))
+    reg, valid = R.warp(A, pairs[:, 0], flip, ang, sc, dy, dx)
+    ncc, gain = R._masked_ncc(reg, Bf, valid)
+    f = max(1, min(h, w) // R._LO_SIDE)
+    ncc_lo, _ = R._masked_ncc(R.downsample(reg, f), R.downsample(Bf, f),
+                              R.downsample(valid.astype(np.float32), f) > 0.999)
+    f2 = max(1, min(h, w) // (R._LO_SIDE // 2))
+    ncc_lp, _ = R._masked_ncc(R.downsample(reg, f2), R.downsample(Bf, f2),
+                              R.downsample(valid.astype(np.float32), f2) > 0.999)
+    return {"coarse": co["coarse"], "ncc": ncc, "ncc_lo": ncc_lo, "ncc_lp": ncc_lp, "flip": flip,
+            "angle": ang, "scale": sc, "dy": dy, "dx": dx, "gain": gain}
+
+
+def _shared_pairs(rng, side):
+    """Real images A and targets B whose pairs share targets (5 targets for 24 pairs) and real images (4), as a
+    pool's candidates do, with a planted transformed copy so that the registration has something to find."""
+    from conftest import ct_like
+
+    A_ = ct_like(rng, 4, side)
+    cp, _ = R.warp(A_, [2], 1, 6.0, 1.05, 5.0, -3.0)
+    B_ = np.concatenate([ct_like(rng, 4, side), np.clip(cp + rng.normal(0, 2, cp.shape), 0, 255).astype(np.uint8)])
+    pairs = np.stack([np.arange(24) % 4, rng.integers(0, 5, 24)], 1)
+    pairs[:4] = [[2, 4], [2, 4], [0, 4], [2, 1]]          # the copy's pair, repeated; another image on the copy
+    return A_, B_, pairs
+
+
+def _count_variant_spectra(monkeypatch) -> list:
+    """Record how many variants every call of register._variant_spectra computes (its ``keep`` rows)."""
+    seen = []
+    orig = R._variant_spectra
+
+    def rec(X, inv, flip, aa, ss, keep=None):
+        seen.append(len(aa) if keep is None else int(np.sum(keep)))
+        return orig(X, inv, flip, aa, ss, keep)
+
+    monkeypatch.setattr(R, "_variant_spectra", rec)
+    return seen
+
+
+def test_polish_lo_equals_the_per_pair_computation_before_spd10(monkeypatch):
+    rng = np.random.default_rng(11)
+    A_, B_, pairs = _shared_pairs(rng, 128)
+    co = R.coarse_scores(A_, B_, pairs)
+    spectra = _count_variant_spectra(monkeypatch)
+    got = R.polish_lo(A_, B_, pairs, co)
+    ref = _ref_polish_lo(A_, B_, pairs, co, R._LO_ROUNDS)
+    assert set(got) == set(ref)
+    for k in ref:
+        assert np.array_equal(got[k], ref[k]), k
+    S = 2 * len(pairs)
+    assert spectra == [S * 5] + [S * 4] * (R._LO_ROUNDS - 1)      # the centre of later rounds is kept, not redone
+    assert got["flip"][0] == 1 and got["coarse"][0] > 0.9           # the planted copy is registered
+    # the same on the anatomy's 32 x 32 float grids (f = 1)
+    lowA, lowB = R.lowpass_grid(A_), R.lowpass_grid(B_)
+    co = R.coarse_scores(lowA, lowB, pairs)
+    got, ref = R.polish_lo(lowA, lowB, pairs, co), _ref_polish_lo(lowA, lowB, pairs, co, R._LO_ROUNDS)
+    for k in ref:
+        assert np.array_equal(got[k], ref[k]), k
+
+
+def test_refine_equals_the_per_pair_computation_before_spd10(monkeypatch):
+    rng = np.random.default_rng(12)
+    A_, B_, pairs = _shared_pairs(rng, 128)
+    co = R.polish_lo(A_, B_, pairs, R.coarse_scores(A_, B_, pairs))
+    spectra = _count_variant_spectra(monkeypatch)
+    got = R.refine(A_, B_, pairs, co, chunk=10)                     # 3 chunks, the last one short
+    ref = {k: [] for k in R._KEYS}
+    for s in range(0, len(pairs), 10):
+        part = _ref_refine_chunk(A_, B_, pairs[s:s + 10], {k: np.asarray(v)[s:s + 10] for k, v in co.items()})
+        for k in R._KEYS:
+            ref[k].append(np.asarray(part[k]))
+    for k in R._KEYS:
+        assert np.array_equal(got[k], np.concatenate(ref[k]).astype(got[k].dtype)), k
+    # the mid-level centre of rounds 2.. is the previous pick, kept: 5 then 4 variants per pair and round
+    assert spectra == [n * c for n in (10, 10, 4) for c in [5] + [4] * (R._MID_ROUNDS - 1)]
+    assert got["flip"][0] == 1 and got["ncc"][0] > 0.95 and abs(got["angle"][0] - 6.0) < 1.5

@@ -882,14 +882,18 @@ def polish_lo(A: np.ndarray, B: np.ndarray, pairs: np.ndarray, co: dict, *, roun
         val = np.r_[c["coarse"], c["coarse_alt"]]
         ia, inv_a = np.unique(pp[:, 0], return_inverse=True)
         Al = downsample(A[ia], f)
-        Bl = _z(downsample(B[pp[:, 1]], f))
         ia2 = np.r_[inv_a, inv_a]
         from scipy import fft as sfft
 
+        # once per distinct target image (issue 13, spd10: a chunk's pairs share them 4-7x on the judged case; each
+        # is computed per row), then gathered per start: both starts and every variant share it
+        ib, inv_b = np.unique(pp[:, 1], return_inverse=True)
+        Bl = _z(downsample(B[ib], f))
         hl, wl = Bl.shape[1:]
-        fb = sfft.rfft2(Bl, workers=_threads.fft_workers())                   # once per pair (both starts, every variant share it)
+        fb = sfft.rfft2(Bl, workers=_threads.fft_workers())[np.r_[inv_b, inv_b]]        # [S, hl, wl//2+1]
         S = 2 * n
         da, ds = 4.0, 0.04
+        fa_c = None
         for _ in range(rounds):
             offs = [(0.0, 0.0), (-da, 0.0), (da, 0.0), (0.0, -ds), (0.0, ds)]
             C = len(offs)
@@ -897,17 +901,19 @@ def polish_lo(A: np.ndarray, B: np.ndarray, pairs: np.ndarray, co: dict, *, roun
             ss = np.repeat(sc, C) + np.tile([o[1] for o in offs], S)
             # pairs sharing a generated image and a start warp the same variants (spd8 counted 1.30x): warp,
             # z-score and transform each distinct (image, flip, angle, scale) once (every one is computed per row,
-            # so the values are the same as row by row)
-            key = np.stack([np.repeat(ia2, C).astype(np.float64), np.repeat(fl, C).astype(np.float64), aa, ss], 1)
-            ukey, uinv = np.unique(key, axis=0, return_inverse=True)
-            var, _ = warp(Al, ukey[:, 0].astype(np.int64), ukey[:, 1].astype(np.int64), ukey[:, 2], ukey[:, 3])
-            fa = sfft.rfft2(_z(var), workers=_threads.fft_workers())[uinv.reshape(-1)].reshape(2, n, C, hl, -1)
+            # so the values are the same as row by row; :func:`_variant_spectra`); after the first round the centre
+            # is the previous round's pick, whose spectrum is kept (issue 13, spd10)
+            keep = None if fa_c is None else np.tile(np.r_[False, np.ones(C - 1, bool)], S)
+            fa = _variant_spectra(Al, np.repeat(ia2, C), np.repeat(fl, C), aa, ss, keep).reshape(S, C, hl, -1)
+            if fa_c is not None:
+                fa[:, 0] = fa_c
             cen = np.stack([np.round(np.repeat(dy, C)), np.round(np.repeat(dx, C))], 1).astype(np.int64)
-            corr = _corr_near(np.conj(fa) * fb[None, :, None], hl, wl, cen[:, 0], 1)
+            corr = _corr_near((np.conj(fa) * fb[:, None]).reshape((S * C,) + fa.shape[2:]), hl, wl, cen[:, 0], 1)
             v, py, px = _subpixel_peak(corr, cen, 1)
             v = v.reshape(S, C)
             b = v.argmax(1)
             sel = np.arange(S) * C + b
+            fa_c = fa[np.arange(S), b]
             ang, sc, dy, dx, val = aa[sel], ss[sel], py[sel], px[sel], v[np.arange(S), b]
             da, ds = da / 2, ds / 2
         win = np.where(val[n:] > val[:n], 1, 0)            # 1: the other flip's start won
@@ -941,6 +947,40 @@ def refine(A: np.ndarray, B: np.ndarray, pairs: np.ndarray, co: dict, *, chunk: 
     return out
 
 
+def _variant_spectra(X: np.ndarray, inv: np.ndarray, flip: np.ndarray, aa: np.ndarray, ss: np.ndarray,
+                     keep: np.ndarray | None = None) -> np.ndarray:
+    """``rfft2(_z(warp(X, inv, flip, aa, ss)))`` of every row, each distinct (image, flip, angle, scale) warped,
+    z-scored and transformed once, then gathered (issue 13, spd10; polish_lo's dedup of spd9 as a function).  Every
+    one is computed per row (the warp, the z-score and each transform), so the values are those of the row-by-row
+    computation, bit for bit.
+
+    Parameters
+    ----------
+    X : float32 [N, h, w]        images to warp
+    inv, flip : int [K]          row of ``X`` and flip per variant
+    aa, ss : float64 [K]         angle (degrees) and scale per variant
+    keep : bool [K] or None      rows to compute (the others are left 0); None: all
+
+    Returns
+    -------
+    complex64 [K, h, w // 2 + 1]   (for float32 ``X``)
+    """
+    from scipy import fft as sfft
+
+    K = len(aa)
+    rows = np.arange(K) if keep is None else np.flatnonzero(keep)
+    key = np.stack([np.asarray(inv, np.float64)[rows], np.asarray(flip, np.float64)[rows],
+                    np.asarray(aa, np.float64)[rows], np.asarray(ss, np.float64)[rows]], 1)
+    ukey, uinv = np.unique(key, axis=0, return_inverse=True)
+    var, _ = warp(X, ukey[:, 0].astype(np.int64), ukey[:, 1].astype(np.int64), ukey[:, 2], ukey[:, 3])
+    fu = sfft.rfft2(_z(var), workers=_threads.fft_workers())
+    if keep is None:
+        return fu[uinv.reshape(-1)]
+    out = np.zeros((K,) + fu.shape[1:], fu.dtype)
+    out[rows] = fu[uinv.reshape(-1)]
+    return out
+
+
 def _refine_chunk(A, B, pairs, co):
     h, w = A.shape[1:]
     K = len(pairs)
@@ -950,10 +990,14 @@ def _refine_chunk(A, B, pairs, co):
     # ---- refine at ~64 px: three rounds of a 5-point angle/scale cross (NCC at the current shift)
     fm = max(1, min(h, w) // (2 * _LO_SIDE))
     ia, inv_a = np.unique(pairs[:, 0], return_inverse=True)
+    # issue 13, spd10: every target image's levels and spectra once per distinct image, then gathered per pair (a
+    # chunk's pairs share their generated / other-pool images 2.5-5x on the judged case; each is computed per row)
+    ib, inv_b = np.unique(pairs[:, 1], return_inverse=True)
     Am = downsample(A[ia], fm)
-    Bm = _z(downsample(B[pairs[:, 1]], fm))
-    fbm = _spectrum(Bm)      # once per pair, shared by every round and variant (the same values as before)
+    hm, wm = Am.shape[1:]
+    fbm = _spectrum(_z(downsample(B[ib], fm)))[inv_b]     # per pair, shared by every round and variant
     da, ds = 4.0, 0.04
+    fa_c = None          # each pair's current (centre) variant's spectrum: the previous round's pick
     for _ in range(_MID_ROUNDS):
         offs = [(0.0, 0.0), (-da, 0.0), (da, 0.0), (0.0, -ds), (0.0, ds)]
         C = len(offs)
@@ -961,20 +1005,28 @@ def _refine_chunk(A, B, pairs, co):
         ss = np.repeat(sc, C) + np.tile([o[1] for o in offs], K)
         # every angle/scale variant gets its own best shift near the current one (FFT correlation at the
         # mid level): judging a rotation at a shift quantised by the coarse level (4 px) would trade the
-        # shift error for a spurious rotation / rescaling
-        var, _ = warp(Am, np.repeat(inv_a, C), np.repeat(flip, C), aa, ss)
+        # shift error for a spurious rotation / rescaling.  issue 13, spd10: the distinct variants only
+        # (:func:`_variant_spectra`), and after the first round the centre is the previous round's pick, whose
+        # spectrum is kept (the same warp of the same parameters: the same values)
+        keep = None if fa_c is None else np.tile(np.r_[False, np.ones(C - 1, bool)], K)
+        fa = _variant_spectra(Am, np.repeat(inv_a, C), np.repeat(flip, C), aa, ss, keep).reshape(K, C, hm, -1)
+        if fa_c is not None:
+            fa[:, 0] = fa_c
         cen = np.stack([np.round(np.repeat(dy, C) / fm), np.round(np.repeat(dx, C) / fm)], 1).astype(np.int64)
-        corr = _xcorr_spec(_z(var), fbm, C, cen[:, 0], 2)
+        corr = _corr_near((np.conj(fa) * fbm[:, None]).reshape((K * C,) + fa.shape[2:]), hm, wm, cen[:, 0], 2)
         val, py, px = _subpixel_peak(corr, cen, 2)
         val = val.reshape(K, C)
         b = val.argmax(1)
         sel = np.arange(K) * C + b
+        fa_c = fa[np.arange(K), b]
         ang, sc = aa[sel], ss[sel]
         dy, dx = py[sel] * float(fm), px[sel] * float(fm)
         da, ds = da / 2, ds / 2
+    del fa, fa_c, fbm
     # ---- full resolution: angle/scale polish round(s) judged by the NCC on the overlap at the (sub-pixel)
     # mid-level shift, then the shift near it (FFT, sub-pixel parabola), then compare on the overlap
-    Bf = np.asarray(B[pairs[:, 1]], np.float32)  # memory: gather, then convert (not all of B)
+    Bu = np.asarray(B[ib], np.float32)  # memory: gather, then convert (not all of B); distinct targets (spd10)
+    Bf = Bu[inv_b]
     for _ in range(_FULL_ROUNDS):
         offs = [(0.0, 0.0), (-da, 0.0), (da, 0.0), (0.0, -ds), (0.0, ds)]
         C = len(offs)
@@ -989,16 +1041,17 @@ def _refine_chunk(A, B, pairs, co):
         da, ds = da / 2, ds / 2
     var, _ = warp(A, pairs[:, 0], flip, ang, sc)
     cen = np.stack([np.round(dy), np.round(dx)], 1).astype(np.int64)
-    _, dy, dx = _subpixel_peak(_xcorr_spec(_z(var), _spectrum(_z(Bf)), 1, cen[:, 0], max(2, fm)), cen, max(2, fm))
+    _, dy, dx = _subpixel_peak(_xcorr_spec(_z(var), _spectrum(_z(Bu))[inv_b], 1, cen[:, 0], max(2, fm)), cen,
+                               max(2, fm))
     reg, valid = warp(A, pairs[:, 0], flip, ang, sc, dy, dx)
     ncc, gain = _masked_ncc(reg, Bf, valid)
     f = max(1, min(h, w) // _LO_SIDE)
     vlo = downsample(valid.astype(np.float32), f) > 0.999
-    ncc_lo, _ = _masked_ncc(downsample(reg, f), downsample(Bf, f), vlo)
+    ncc_lo, _ = _masked_ncc(downsample(reg, f), downsample(Bu, f)[inv_b], vlo)
     # copied anatomy under re-synthesised texture: NCC at ~16 px (low-pass) of the registered pair
     f2 = max(1, min(h, w) // (_LO_SIDE // 2))
     v2 = downsample(valid.astype(np.float32), f2) > 0.999
-    ncc_lp, _ = _masked_ncc(downsample(reg, f2), downsample(Bf, f2), v2)
+    ncc_lp, _ = _masked_ncc(downsample(reg, f2), downsample(Bu, f2)[inv_b], v2)
     return {"coarse": co["coarse"], "ncc": ncc, "ncc_lo": ncc_lo, "ncc_lp": ncc_lp, "flip": flip,
             "angle": ang, "scale": sc, "dy": dy, "dx": dx, "gain": gain}
 
