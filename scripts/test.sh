@@ -22,8 +22,6 @@ fi
 # Compile the Numba kernels into their on-disk caches once, in two processes at once, so that the test processes
 # (xdist workers, Ray workers, CLI subprocesses) load them instead of each compiling them (IMPRINT_WARM_NUMBA=0: skip).
 if [ "${IMPRINT_WARM_NUMBA:-1}" != 0 ]; then
-  .venv/bin/python scripts/warm_numba.py kernels &
-  .venv/bin/python scripts/warm_numba.py engine &
-  wait
+  .venv/bin/python scripts/warm_numba.py
 fi
 exec .venv/bin/python -m pytest -q --durations=30 "${PARALLEL[@]}" "$@"
