@@ -700,6 +700,11 @@ def _write_block(path: str, block: str, rows: list[dict], text: str) -> None:
     write_results_block(path, block, text + load_note() + "\n\n" + md_table(rows, list(rows[0])))
 
 
+
+def _sizes(text: str) -> list[tuple[int, ...]]:
+    """``"RxG,RxG"`` -> ``[(R, G), ...]`` (the size lists of --sizes, --stages and the search options)."""
+    return [tuple(int(v) for v in x.split("x")) for x in text.split(",") if x]
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="1000x1000,1000x3000,1000x12000",
@@ -765,7 +770,7 @@ def main(argv=None) -> int:
                 "and every pixel of the two stores compared (the files differ in their record-batch framing).\n"))
         return 0
     if args.anatomy_search:
-        sizes = [tuple(int(v) for v in x.split("x")) for x in args.anatomy_search.split(",") if x]
+        sizes = _sizes(args.anatomy_search)
         rows = anatomy_search(sizes, Path(args.data), args.before or "/work/main")
         if args.write_results:
             _write_block(args.write_results, "anatomy-search-scale8", rows, (
@@ -813,7 +818,7 @@ def main(argv=None) -> int:
                 "concurrently), not interleaved. 'max abs difference' over every null channel, same rows.\n"))
         return 0
     if args.stages:
-        sizes = [tuple(int(v) for v in x.split("x")) for x in args.stages.split(",") if x]
+        sizes = _sizes(args.stages)
         rows = stage_table(sizes, Path(args.data), before=args.before, budget=args.memory_budget)
         print(json.dumps(rows))
         if args.write_results:
@@ -829,7 +834,7 @@ def main(argv=None) -> int:
                 "compare, wall times depend on the load.\n"))
         return 0
     if args.shape_search:
-        sizes = [tuple(int(v) for v in x.split("x")) for x in args.shape_search.split(",") if x]
+        sizes = _sizes(args.shape_search)
         rows = shape_search(sizes, Path(args.data), before=args.before)
         if args.write_results and args.before:
             _write_block(args.write_results, "shape-search-scale9", rows, (
@@ -856,7 +861,7 @@ def main(argv=None) -> int:
                 "runs each, best wall and best CPU-s (all threads) per side.\n"))
         return 0
     if args.bound_search:
-        sizes = [tuple(int(v) for v in x.split("x")) for x in args.bound_search.split(",") if x]
+        sizes = _sizes(args.bound_search)
         rows = bound_search(sizes, Path(args.data), before=args.before)
         if args.write_results and args.before:
             _write_block(args.write_results, "bound-search-scale9", rows, (
@@ -905,7 +910,7 @@ def main(argv=None) -> int:
         return 0
     data = Path(args.data)
     data.mkdir(parents=True, exist_ok=True)
-    sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",") if s]
+    sizes = _sizes(args.sizes)
     rows = []
     if args.from_json:  # re-fit and re-write from measured rows of an earlier run (nothing is re-measured)
         rows = json.loads(Path(args.from_json).read_text())["rows"]

@@ -225,9 +225,8 @@ def _faiss_gpu_child_trial() -> tuple[bool, str]:
     if "no kernel image" in hint:
         hint = ("this faiss-gpu build has no kernels for this GPU's architecture (" +
                 hint[hint.find("CUDA error"):][:120] + ")" if "CUDA error" in hint else hint)
-    how = f"exit status {r.returncode}" if r.returncode >= 0 else f"killed by signal {-r.returncode}"
-    if r.returncode == 0:
-        how = "wrong result"
+    how = ("wrong result" if r.returncode == 0 else f"exit status {r.returncode}" if r.returncode > 0
+           else f"killed by signal {-r.returncode}")
     return False, f"FAISS GPU trial search failed in a child process ({how}): {hint[:200]}".rstrip(": ")
 
 
