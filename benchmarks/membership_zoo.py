@@ -760,6 +760,8 @@ def main(argv=None):
     ap.add_argument("--only", default=None,
                     help="audit only these scenarios (comma-separated name prefixes, optionally :strength); the others "
                          "are drawn and skipped, so every audited scenario gets the same draw as in a full run")
+    ap.add_argument("--ncc-local", action="store_true",
+                    help="audit with the opt-in piecewise-rigid registered anatomy NCC (anatomy.NCC_LOCAL, branch elas11)")
     ap.add_argument("--compare", action="store_true",
                     help="before/after in the same run: every scenario audited with combine='tail' (the default) and "
                          "combine='max' (the rule before) on the same evidence (one evidence computation, cached)")
@@ -788,6 +790,9 @@ def main(argv=None):
                     help="--recall: the anatomy evidence's choice among its candidates (is the copy chosen, coarse rank, "
                          "true-pair vs chosen NCC, anat_ratio vs the combined score; one audit per scenario)")
     a = ap.parse_args(argv)
+    if a.ncc_local:
+        from imprint.engine.membership import anatomy as _anat
+        _anat.NCC_LOCAL = True
     if a.timing:
         timing(a)
         return
@@ -808,7 +813,8 @@ def main(argv=None):
             if getattr(a, k) == ap.get_default(k):
                 setattr(a, k, v)
     print(f"# membership zoo: real={a.real} fillers={a.fillers} members={a.n_members} (+ as many non-members) "
-          f"reference={a.n_reference} generated={a.n_gen} boot={a.boot} seed={a.seed}")
+          f"reference={a.n_reference} generated={a.n_gen} boot={a.boot} seed={a.seed}"
+          + (" anatomy.NCC_LOCAL=True" if a.ncc_local else ""))
     print("| transform | strength | AUC [95% CI] | TPR@1%FPR [95% CI] | recall fpr:0.01 [95% CI] | "
           "non-members flagged | recall fdr:0.1 | false flags fdr:0.1 | F1 (f1; no members: share flagged) | audit s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
