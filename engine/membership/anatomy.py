@@ -308,7 +308,11 @@ def registered_ncc(reg: np.ndarray, low_b: np.ndarray, valid: np.ndarray, frame:
 #: piecewise-rigid one (:func:`local_ncc`: every tile of the registered grid moved by its own small shift), for copies
 #: that were deformed non-rigidly (elastic deformation, the standard medical augmentation; issue 13, branch elas11).
 #: Every registered pair goes through it - generated candidates, the control, the reference rows, the real-to-real
-#: pair null - so the calibration holds.  A value != False re-keys the checkpoints.
+#: pair null - so the calibration holds.  A value != False re-keys the checkpoints.  **Opt-in (off)**: on zoo seed 2
+#: (full size, same session as main) it left elastic RMS 4 px unchanged (AUC 0.870, TPR@1% 0.367), raised elastic 2 +
+#: geom 0.5 (AUC 0.947 -> 0.955, TPR@1% 0.733 -> 0.783) and resynth 3 + geom 1 (``fpr:0.01`` recall 0.400 -> 0.483),
+#: but lowered resynth sigma 3 (TPR@1% 0.933 -> 0.867, ``fpr:0.01`` recall 0.517 -> 0.183: look-alikes and the null
+#: gain too), and it adds ~3.3 CPU-s (~4%) to the judged speed case (RESULTS.md, elas11).
 NCC_LOCAL = False
 #: Tiles per side of :func:`local_ncc` (4: 8 x 8 grid pixels = 32 image pixels at 128 px, two to four times the
 #: smoothing sigma of typical elastic fields, 8-16 px per 128 px) and the largest per-tile shift (grid pixels; 1 =
