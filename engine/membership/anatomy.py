@@ -327,8 +327,9 @@ def local_ncc(reg: np.ndarray, low_b: np.ndarray, m: np.ndarray, tiles: int | No
 
     The grid is cut into ``tiles x tiles`` tiles; every tile of ``reg`` is moved by the whole-pixel shift in
     ``[-shift, shift]^2`` that maximises its own NCC with ``low_b`` over the mask (the unshifted tile first; a shift
-    wins only if strictly better; a tile needs half its pixels inside the mask), and the Pearson correlation of the
-    assembled grid with ``low_b`` over the assembled mask is returned (float64 [K]; the rigid NCC's scale).
+    wins only if strictly better; a tile needs half its pixels inside the mask; rows / columns past the last whole
+    tile stay unshifted), and the Pearson correlation of the assembled grid with ``low_b`` over the assembled mask is
+    returned (float64 [K]; the rigid NCC's scale).  Cost: ~0.16 ms CPU per 32 x 32 pair (numpy), ~8x the rigid NCC.
 
     Parameters
     ----------
