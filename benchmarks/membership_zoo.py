@@ -168,6 +168,77 @@ def make_resynth_then(resynth, sigma, geo, geo_scale=1.0):
     return t_resynth_geo
 
 
+def t_elastic(x, s, rng):
+    """Non-rigid (elastic) deformation, the standard medical-image augmentation: a smooth random displacement
+    field (white noise per axis, Gaussian-filtered with sigma drawn in [8, 16] px per 128 px, then scaled so that the
+    displacement's RMS length is ``s`` px per 128 px), applied with bilinear ``map_coordinates`` (issue 13, branch
+    elas11).  A priori strengths: U-Net (Ronneberger et al. 2015) draws 10 px SD displacements on a coarse 3 x 3
+    grid of 572 px tiles (~2.2 px per 128 px per axis); batchgenerators / nnU-Net smooth their field with sigma
+    9-13 px; ``s`` = 2 is that setting, 4 twice it."""
+    h, w = x.shape
+    f = h / 128.0
+    sig = rng.uniform(8, 16) * f
+    d = np.stack([ndi.gaussian_filter(rng.standard_normal((h, w)), sig, mode="reflect") for _ in range(2)])
+    d *= s * f / max(float(np.sqrt((d ** 2).sum(0).mean())), 1e-12)
+    yy, xx = np.meshgrid(np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64), indexing="ij")
+    return ndi.map_coordinates(x, [yy + d[0], xx + d[1]], order=1, mode="nearest")
+
+
+def make_elastic_then(amp, geo):
+    """Elastic deformation of RMS ``amp`` px, then the geometric transform ``geo`` at the scenario's strength (an
+    augmentation pipeline with both; the strength is the geometric one's, as in the resynth + geom rows)."""
+    def t_elastic_geo(x, s, rng):
+        return geo(t_elastic(x, amp, rng), s, rng)
+    return t_elastic_geo
+
+
+def _other_member(x, rng):
+    """A member image other than ``x`` (``build_scenario`` sets ``_other_member.members`` to the members)."""
+    pool = _other_member.members
+    while True:
+        o = pool[rng.integers(len(pool))]
+        if len(pool) < 2 or not np.array_equal(o, x):
+            return o.astype(np.float64)
+
+
+def t_blend(x, s, rng):
+    """A two-image blend, as diffusion models emit: ``alpha x + (1 - alpha) o`` with ``alpha`` in [s, s + 0.2] on the
+    member and ``o`` another *member* (both images were trained on, so both are members; the member's own weight is
+    the larger one)."""
+    a = rng.uniform(s, s + 0.2)
+    return a * x + (1 - a) * _other_member(x, rng)
+
+
+t_blend.uses_members = True
+
+
+def make_patch_mix(donors):
+    def t_patch(x, s, rng):
+        """A patch mix (stitched parts of training images): the upper or the left part of the member, a share in
+        [s, s + 0.2] of the rows / columns, and the rest from a *donor outside the candidates and the reference*
+        (as for ``t_resynth``): a candidate whose smaller part were copied would be a partial member, so only the
+        image whose anatomy fills most of the copy is labelled a member and every other candidate stays a clean
+        non-member."""
+        pool = getattr(t_patch, "donors", None)
+        pool = donors if pool is None else pool
+        d = pool[rng.integers(len(pool))].astype(np.float64)
+        y = d.copy()
+        if rng.random() < 0.5:
+            k = int(round(rng.uniform(s, s + 0.2) * x.shape[0]))
+            y[:k] = x[:k]
+        else:
+            k = int(round(rng.uniform(s, s + 0.2) * x.shape[1]))
+            y[:, :k] = x[:, :k]
+        return y
+    t_patch.uses_donors = True
+    return t_patch
+
+
+def t_smooth(x, s, rng):
+    """An over-smoothing denoiser: Gaussian blur with sigma in [s/2, s] px."""
+    return ndi.gaussian_filter(x, rng.uniform(s / 2, s))
+
+
 def scenarios(quick: bool, donors):
     rs = make_resynth(donors)
     full = [("none (non-memorising)", None, 0), ("identity", lambda x, s, r: x, 0),
@@ -187,7 +258,12 @@ def scenarios(quick: bool, donors):
             ("resynth 3 + scale", make_resynth_then(rs, 3.0, t_scale), 0.10),
             ("resynth 1.5 + geom (all)", make_resynth_then(rs, 1.5, t_geom), 1.0),
             ("resynth 3 + geom (all)", make_resynth_then(rs, 3.0, t_geom), 0.5),
-            ("resynth 3 + geom (all)", make_resynth_then(rs, 3.0, t_geom), 1.0)]
+            ("resynth 3 + geom (all)", make_resynth_then(rs, 3.0, t_geom), 1.0),
+            # ways of copying outside the transforms above (issue 13, branch elas11); appended last, as above.
+            ("elastic rms px", t_elastic, 2), ("elastic rms px", t_elastic, 4),
+            ("elastic 2 + geom (all)", make_elastic_then(2, t_geom), 0.5),
+            ("blend 2 members, alpha", t_blend, 0.5), ("patch mix, member share", make_patch_mix(donors), 0.5),
+            ("smooth sigma", t_smooth, 2)]
     if quick:
         keep = {("none (non-memorising)", 0), ("flip", 1), ("shift", 0.10), ("rotate deg", 10), ("scale", 0.10),
                 ("gamma |log g|", 0.4), ("lowres factor", 4), ("noise sigma", 16), ("resynth sigma", 3.0),
@@ -266,6 +342,8 @@ def build_scenario(real, fn, strength, fill_imgs, nm, nref, n_gen, rng):
     copies = []
     if getattr(fn, "uses_donors", False):   # texture donors: never a candidate or a reference image
         getattr(fn, "resynth", fn).donors = real[rest]
+    if getattr(fn, "uses_members", False):  # blend partners: the other members
+        _other_member.members = real[mem]
     if fn is not None:
         for i in mem:
             y = fn(real[i].astype(np.float64), strength, rng)
@@ -682,6 +760,8 @@ def main(argv=None):
     ap.add_argument("--only", default=None,
                     help="audit only these scenarios (comma-separated name prefixes, optionally :strength); the others "
                          "are drawn and skipped, so every audited scenario gets the same draw as in a full run")
+    ap.add_argument("--ncc-local", action="store_true",
+                    help="audit with the opt-in piecewise-rigid registered anatomy NCC (anatomy.NCC_LOCAL, branch elas11)")
     ap.add_argument("--compare", action="store_true",
                     help="before/after in the same run: every scenario audited with combine='tail' (the default) and "
                          "combine='max' (the rule before) on the same evidence (one evidence computation, cached)")
@@ -710,6 +790,9 @@ def main(argv=None):
                     help="--recall: the anatomy evidence's choice among its candidates (is the copy chosen, coarse rank, "
                          "true-pair vs chosen NCC, anat_ratio vs the combined score; one audit per scenario)")
     a = ap.parse_args(argv)
+    if a.ncc_local:
+        from imprint.engine.membership import anatomy as _anat
+        _anat.NCC_LOCAL = True
     if a.timing:
         timing(a)
         return
@@ -730,7 +813,8 @@ def main(argv=None):
             if getattr(a, k) == ap.get_default(k):
                 setattr(a, k, v)
     print(f"# membership zoo: real={a.real} fillers={a.fillers} members={a.n_members} (+ as many non-members) "
-          f"reference={a.n_reference} generated={a.n_gen} boot={a.boot} seed={a.seed}")
+          f"reference={a.n_reference} generated={a.n_gen} boot={a.boot} seed={a.seed}"
+          + (" anatomy.NCC_LOCAL=True" if a.ncc_local else ""))
     print("| transform | strength | AUC [95% CI] | TPR@1%FPR [95% CI] | recall fpr:0.01 [95% CI] | "
           "non-members flagged | recall fdr:0.1 | false flags fdr:0.1 | F1 (f1; no members: share flagged) | audit s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
