@@ -359,8 +359,48 @@ _CO_KEYS = ("coarse", "flip", "angle", "scale", "dy", "dx", "coarse_alt", "angle
 _PO_KEYS = ("ncc", "flip", "angle", "scale", "dy", "dx")
 
 
-# Pairs per block of the anatomy polish and its registered NCC (issue 15; memory only, the values are per pair).
+# Most pairs per block of the anatomy polish and its registered NCC (issue 15; memory only, the values are per pair);
+# fewer under a small memory budget (:func:`polish_block`).
 POLISH_BLOCK = 4096
+#: Bytes in flight per polished pair and low-pass grid pixel (:func:`_polished_pairs`: the warped grid and its
+#: validity mask, the partner's gathered grid, the masked NCC's float64 copies and temporaries, polish_lo's own
+#: chunk).  Issue 15, mem11: tracemalloc peaks of one block of 512 and 2,048 pairs of 32 x 32 grids, 250 and 122
+#: bytes per pair and pixel: ~79 per pair and pixel plus ~90 MB; 96 covers the fixed part at the default's block.
+_POLISH_BYTES_PER_PX = 96
+
+
+def polish_block(hw: int) -> int:
+    """Pairs per block of :func:`_polished_pairs`: 1/8 of the memory budget (:func:`.evidence.memory_budget`) over
+    :data:`_POLISH_BYTES_PER_PX` per grid pixel, at least 64, at most :data:`POLISH_BLOCK` (2,730 pairs of 32 x 32
+    grids at the 2 GiB default, ~0.3 GB in flight).  Every pair is polished on its own: the values do not depend on
+    it (tests/test_pair_null_scale.py)."""
+    from .evidence import _memory_budget
+
+    return int(min(POLISH_BLOCK, max(64, (_memory_budget() // 8) // (_POLISH_BYTES_PER_PX * max(1, int(hw))))))
+
+
+def _polished_pairs(lowA: np.ndarray, lowB: np.ndarray, pairs: np.ndarray, co: dict, sel: np.ndarray,
+                    rounds: int) -> dict:
+    """The polish (:func:`.register.polish_lo`), the registered grid (:func:`.register.warp`) and its NCC
+    (:func:`registered_ncc`) of ``pairs[sel]`` from their coarse values ``co`` (arrays over ``pairs``), in blocks of
+    :func:`polish_block` pairs, so the registered grids, their masks and the NCC's float64 temporaries are held for
+    one block (issue 15: at 10k real images the whole set's were a ~1.6 GB spike in the evidence, and in the
+    real-to-real pair null's splits, mem11).  Returns ``polish_lo``'s keys and ``ncc``, float [len(sel)]."""
+    from .register import polish_lo, warp
+
+    sel = np.asarray(sel, np.int64)
+    step = polish_block(int(np.prod(lowA.shape[1:])))
+    parts = []
+    for s0 in range(0, max(len(sel), 1), step):
+        t = sel[s0:s0 + step]
+        pp = pairs[t]
+        po = polish_lo(lowA, lowB, pp, {k: np.asarray(v)[t] for k, v in co.items()}, rounds=rounds)
+        reg, valid = warp(lowA, pp[:, 0], po["flip"], po["angle"], po["scale"], po["dy"], po["dx"])
+        parts.append(dict(po, ncc=registered_ncc(reg, lowB[pp[:, 1]], valid)))
+        del reg, valid
+    if len(parts) == 1:
+        return parts[0]
+    return {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in parts[0]}
 
 
 def _memo_pairs(fn, pairs: np.ndarray, keys_a, keys_b, cache: dict | None, name: str, fields) -> dict:
@@ -413,7 +453,7 @@ def registered_anatomy(lowA: np.ndarray, lowB: np.ndarray, cand: np.ndarray, *, 
         ``ncc`` (-1 where the row has no candidate), ``match`` (index into ``lowB``, -1: none), ``flip``,
         ``angle`` (degrees), ``scale``, ``dy``, ``dx`` (grid pixels) of the best registered candidate.
     """
-    from .register import coarse_scores, polish_lo, warp
+    from .register import coarse_scores
 
     n_polish = N_POLISH if n_polish is None else n_polish
     cand = np.asarray(cand, np.int64)
@@ -447,23 +487,9 @@ def registered_anatomy(lowA: np.ndarray, lowB: np.ndarray, cand: np.ndarray, *, 
     fin = np.isfinite(score[np.arange(R)[:, None], top]).ravel()
     pidx = pos[(np.arange(R)[:, None] * c + top).ravel()][fin]
 
-    def polished_block(t):   # the polish and registered NCC of pairs[pidx[t]]
-        pp = pairs[pidx[t]]
-        po = polish_lo(lowA, lowB, pp, {k: np.asarray(v)[pidx[t]] for k, v in co.items()}, rounds=rounds)
-        reg, valid = warp(lowA, pp[:, 0], po["flip"], po["angle"], po["scale"], po["dy"], po["dx"])
-        return dict(po, ncc=registered_ncc(reg, lowB[pp[:, 1]], valid))
-
-    def polished(t):
-        # issue 15: in blocks of POLISH_BLOCK pairs, so the registered grids, their masks and the NCC's float64
-        # temporaries are held for one block (at 10k real images the whole set's were a ~1.6 GB spike); every value
-        # is per pair, so the blocks give the same values as one call
-        if len(t) <= POLISH_BLOCK:
-            return polished_block(t)
-        parts = [polished_block(t[s:s + POLISH_BLOCK]) for s in range(0, len(t), POLISH_BLOCK)]
-        return {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in parts[0]}
-
     pa, pb = pairs[pidx, 0], pairs[pidx, 1]
-    po = _memo_pairs(polished, pairs[pidx], keys_a, keys_b, cache, f"anat_polish{rounds}", _PO_KEYS)
+    po = _memo_pairs(lambda t: _polished_pairs(lowA, lowB, pairs, co, pidx[t], rounds), pairs[pidx], keys_a, keys_b,
+                     cache, f"anat_polish{rounds}", _PO_KEYS)
     ncc = po["ncc"]
     # per row: the polished candidate with the highest registered NCC (first on ties)
     order = np.lexsort((-ncc, pa))
@@ -635,7 +661,7 @@ def anatomy_pair_values_splits(real: np.ndarray, inAs, cand: np.ndarray | None =
     -------
     list of float64 [R], one per split (NaN where a part holds no other image, or outside ``only``)
     """
-    from .register import coarse_scores, polish_lo, warp
+    from .register import coarse_scores
 
     inAs = [np.asarray(a, bool) for a in inAs]
     S = len(inAs)
@@ -645,9 +671,10 @@ def anatomy_pair_values_splits(real: np.ndarray, inAs, cand: np.ndarray | None =
     f = _unit_rows(low)
     fm = anatomy_features(real, mirror=True)
     best = [{True: np.full(R, -np.inf), False: np.full(R, -np.inf)} for _ in range(S)]
+    fT = f.T.astype(np.float64)      # once, not twice per block (mem11: 2 x 80 MB per block at 10k real images)
     for b0 in range(0, len(rows), block):
         r = rows[b0:b0 + block]
-        s = np.maximum(f[r].astype(np.float64) @ f.T.astype(np.float64), fm[r].astype(np.float64) @ f.T.astype(np.float64))
+        s = np.maximum(f[r].astype(np.float64) @ fT, fm[r].astype(np.float64) @ fT)
         s[np.arange(len(r)), r] = -np.inf                      # never the image itself
         if groups is not None:                                 # nor its own series
             s[np.asarray(groups)[r][:, None] == np.asarray(groups)[None, :]] = -np.inf
@@ -688,11 +715,10 @@ def anatomy_pair_values_splits(real: np.ndarray, inAs, cand: np.ndarray | None =
                     need[p[p >= 0]] = True
                     picks.append((si, part, p))
             nid = np.flatnonzero(need)
-            po = polish_lo(lowf, lowf, pairs[nid], {k: np.asarray(v)[nid] for k, v in co.items()},
-                           rounds=POLISH_ROUNDS)
-            reg, valid = warp(lowf, pairs[nid, 0], po["flip"], po["angle"], po["scale"], po["dy"], po["dx"])
             ncc_all = np.full(len(pairs), -np.inf)
-            ncc_all[nid] = registered_ncc(reg, lowf[pairs[nid, 1]], valid)
+            # in blocks (issue 15, mem11: the ~100k needed pairs' registered grids and float64 NCC temporaries at
+            # once were the 10k x 100k run's peak)
+            ncc_all[nid] = _polished_pairs(lowf, lowf, pairs, co, nid, POLISH_ROUNDS)["ncc"]
             for si, part, p in picks:
                 v = np.where(p >= 0, ncc_all[np.maximum(p, 0)], -np.inf).max(1)
                 has = (p >= 0).any(1)
