@@ -502,13 +502,14 @@ def registered_anatomy(lowA: np.ndarray, lowB: np.ndarray, cand: np.ndarray, *, 
     return out
 
 
-def _lowpass_rows(X: np.ndarray, rows=None, chunk: int = 4096) -> np.ndarray:
+def _lowpass_rows(X: np.ndarray, rows=None, chunk: int = 4096, *, mirror: bool = False) -> np.ndarray:
     """:func:`anatomy_lowpass` of ``X[rows]`` (default every row) in blocks of ``chunk`` (a memory-mapped set is
-    never converted whole)."""
+    never converted whole; the grids are per image, so the same values as one call)."""
     idx = np.arange(len(X)) if rows is None else np.asarray(rows, np.int64)
     if len(idx) == 0:
         return np.zeros((0,) + anatomy_lowpass(np.zeros((1,) + X.shape[1:], np.uint8)).shape[1:], np.float32)
-    return np.concatenate([anatomy_lowpass(np.asarray(X[idx[b:b + chunk]])) for b in range(0, len(idx), chunk)])
+    return np.concatenate([anatomy_lowpass(np.asarray(X[idx[b:b + chunk]]), mirror=mirror)
+                           for b in range(0, len(idx), chunk)])
 
 
 def anatomy_evidence(G: np.ndarray, P: np.ndarray, *, chunk: int = 4096, executor=None,
@@ -544,7 +545,7 @@ def anatomy_evidence(G: np.ndarray, P: np.ndarray, *, chunk: int = 4096, executo
     n = len(P)
     lowP = _lowpass_rows(P, chunk=chunk)
     fP = _unit_rows(lowP)
-    fPm = anatomy_features(P, mirror=True)
+    fPm = _unit_rows(_lowpass_rows(P, chunk=chunk, mirror=True))   # = anatomy_features(P, mirror=True), by blocks
     q = np.concatenate([fP, fPm])                                  # [2N, D]: in place, then mirrored
     if shortlist is not None:
         cg, cr = (np.asarray(a, np.int64) for a in shortlist)
@@ -667,9 +668,14 @@ def anatomy_pair_values_splits(real: np.ndarray, inAs, cand: np.ndarray | None =
     S = len(inAs)
     R = len(real)
     rows = np.arange(R) if only is None else np.flatnonzero(np.asarray(only, bool))
-    low = _lowpass_rows(real)
+    # by blocks of the evidence's chunk (issue 15, mem11: the whole folder's float32 copy, ~0.8 GB at 10k images of
+    # 128 x 128, was converted at once for the mirrored grids); per image, so the same values
+    from .evidence import generated_chunk
+
+    lp_chunk = generated_chunk(R, int(np.prod(real.shape[1:])))
+    low = _lowpass_rows(real, chunk=lp_chunk)
     f = _unit_rows(low)
-    fm = anatomy_features(real, mirror=True)
+    fm = _unit_rows(_lowpass_rows(real, chunk=lp_chunk, mirror=True))
     best = [{True: np.full(R, -np.inf), False: np.full(R, -np.inf)} for _ in range(S)]
     fT = f.T.astype(np.float64)      # once, not twice per block (mem11: 2 x 80 MB per block at 10k real images)
     for b0 in range(0, len(rows), block):
