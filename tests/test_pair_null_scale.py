@@ -144,19 +144,25 @@ def test_pair_null_anatomy_polish_in_budget_blocks(monkeypatch):
     cand = np.stack([rng.permutation(np.delete(np.arange(60), i))[:10] for i in range(60)])
     only = np.zeros(60, bool)
     only[rng.choice(60, 40, replace=False)] = True
-    sizes = []
-    orig = reg.polish_lo
+    sizes, coarse = [], []
+    orig, orig_co = reg.polish_lo, reg.coarse_scores
     monkeypatch.setattr(reg, "polish_lo", lambda A, B, pairs, *a, **k: sizes.append(len(pairs)) or orig(A, B, pairs,
                                                                                                          *a, **k))
+    monkeypatch.setattr(reg, "coarse_scores", lambda A, B, pairs, **k: coarse.append(len(pairs)) or orig_co(A, B, pairs,
+                                                                                                           **k))
     out = {}
     for b in (2**20, 2**40):
         sizes.clear()
+        coarse.clear()
         with memory_budget(b):
             out[b] = anatomy.anatomy_pair_values_splits(real, inAs, cand, only=only, a_only=2)
-        out[b, "sizes"] = list(sizes)
+        out[b, "sizes"], out[b, "coarse"] = list(sizes), list(coarse)
     small, large = out[2**20, "sizes"], out[2**40, "sizes"]
     assert len(large) == 1 and large[0] > 64                  # one block under a large budget ...
     assert len(small) > 1 and max(small) == 64 and sum(small) == large[0]   # ... blocks of 64 under a tiny one
+    # the coarse search too: one call, or blocks of 8 chunks of 16 pairs
+    assert len(out[2**40, "coarse"]) == 1 and out[2**40, "coarse"][0] == 40 * 10
+    assert len(out[2**20, "coarse"]) > 1 and max(out[2**20, "coarse"]) == 128 and sum(out[2**20, "coarse"]) == 400
     for a, b in zip(out[2**20], out[2**40]):
         assert np.isfinite(a[only]).all() and np.isnan(a[~only]).all()
         np.testing.assert_array_equal(a, b)

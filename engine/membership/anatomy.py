@@ -379,6 +379,28 @@ def polish_block(hw: int) -> int:
     return int(min(POLISH_BLOCK, max(64, (_memory_budget() // 8) // (_POLISH_BYTES_PER_PX * max(1, int(hw))))))
 
 
+#: Bytes in flight per pair of 32 x 32 grids in :func:`.register.coarse_scores`: its chunk's cross-spectra (18 variants
+#: x 32 x 17 complex128, ~157 kB) and correlation rows (~78 kB), rounded up (issue 15, mem11).
+_COARSE_BYTES_PER_PAIR_PX = 256
+
+
+def _coarse_in_blocks(lowA: np.ndarray, lowB: np.ndarray, pairs: np.ndarray) -> dict:
+    """:func:`.register.coarse_scores` of ``pairs`` (sorted by their ``lowA`` row) in blocks of pairs, with its chunk,
+    both sized from the memory budget: 1/16 of it over :data:`_COARSE_BYTES_PER_PAIR_PX` per grid pixel and pair
+    (the pair null's splits at 10k real images: ~100k pairs, whose 1,024-image variant blocks and 1,024-pair chunks
+    held ~0.6 GB; issue 15, mem11).  Every pair is scored on its own: the same values as one call."""
+    from .evidence import _memory_budget
+    from .register import coarse_scores
+
+    hw = int(np.prod(lowA.shape[1:]))
+    chunk = int(max(16, min(1024, (_memory_budget() // 16) // (_COARSE_BYTES_PER_PAIR_PX * max(1, hw)))))
+    step = 8 * chunk
+    if len(pairs) <= step:
+        return coarse_scores(lowA, lowB, pairs, chunk=chunk)
+    parts = [coarse_scores(lowA, lowB, pairs[s0:s0 + step], chunk=chunk) for s0 in range(0, len(pairs), step)]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
 def _polished_pairs(lowA: np.ndarray, lowB: np.ndarray, pairs: np.ndarray, co: dict, sel: np.ndarray,
                     rounds: int) -> dict:
     """The polish (:func:`.register.polish_lo`), the registered grid (:func:`.register.warp`) and its NCC
@@ -662,7 +684,6 @@ def anatomy_pair_values_splits(real: np.ndarray, inAs, cand: np.ndarray | None =
     -------
     list of float64 [R], one per split (NaN where a part holds no other image, or outside ``only``)
     """
-    from .register import coarse_scores
 
     inAs = [np.asarray(a, bool) for a in inAs]
     S = len(inAs)
@@ -703,7 +724,7 @@ def anatomy_pair_values_splits(real: np.ndarray, inAs, cand: np.ndarray | None =
         pairs = np.stack([rows[pr], key[pr, pc]], 1)
         if len(pairs):
             lowf = np.ascontiguousarray(low, np.float32)
-            co = coarse_scores(lowf, lowf, pairs)                 # split-independent
+            co = _coarse_in_blocks(lowf, lowf, pairs)             # split-independent
             score = np.full((len(rows), c), -np.inf)
             score[pr, pc] = co["coarse"]
             pos = np.full((len(rows), c), -1, np.int64)
