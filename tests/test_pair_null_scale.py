@@ -122,3 +122,71 @@ def test_refine_chunk_follows_the_budget_and_values_do_not_depend_on_it(monkeypa
     for k in out[2**20][1]:
         np.testing.assert_array_equal(np.asarray(out[2**20][1][k]), np.asarray(out[2**40][1][k]), err_msg=k)
     np.testing.assert_array_equal(out[2**20][0], out[2**40][0])
+
+
+def test_pair_null_anatomy_polish_in_budget_blocks(monkeypatch):
+    """Issue 15 (mem11): the pair null's anatomy splits (:func:`anatomy.anatomy_pair_values_splits`) polish, warp
+    and NCC the pairs they need in blocks of :func:`anatomy.polish_block` pairs, sized from the memory budget (at
+    10k real images all ~100k pairs at once were the run's peak); a tiny and a huge budget give the same values bit
+    for bit, and the tiny one really runs several blocks."""
+    from imprint.engine.membership import anatomy
+
+    hw = 32 * 32
+    with memory_budget(2 * 2**30):
+        assert anatomy.polish_block(hw) == (2 * 2**30 // 8) // (anatomy._POLISH_BYTES_PER_PX * hw)
+    with memory_budget(2**20):
+        assert anatomy.polish_block(hw) == 64
+    with memory_budget(2**40):
+        assert anatomy.polish_block(hw) == anatomy.POLISH_BLOCK
+    real = _folder(n=60, size=48, seed=6)
+    rng = np.random.default_rng(8)
+    inAs = [rng.random(60) < p for p in (0.25, 0.5, 0.75)]
+    cand = np.stack([rng.permutation(np.delete(np.arange(60), i))[:10] for i in range(60)])
+    only = np.zeros(60, bool)
+    only[rng.choice(60, 40, replace=False)] = True
+    sizes, coarse = [], []
+    orig, orig_co = reg.polish_lo, reg.coarse_scores
+    monkeypatch.setattr(reg, "polish_lo", lambda A, B, pairs, *a, **k: sizes.append(len(pairs)) or orig(A, B, pairs,
+                                                                                                         *a, **k))
+    monkeypatch.setattr(reg, "coarse_scores", lambda A, B, pairs, **k: coarse.append(len(pairs)) or orig_co(A, B, pairs,
+                                                                                                           **k))
+    out = {}
+    for b in (2**20, 2**40):
+        sizes.clear()
+        coarse.clear()
+        with memory_budget(b):
+            out[b] = anatomy.anatomy_pair_values_splits(real, inAs, cand, only=only, a_only=2)
+        out[b, "sizes"], out[b, "coarse"] = list(sizes), list(coarse)
+    small, large = out[2**20, "sizes"], out[2**40, "sizes"]
+    assert len(large) == 1 and large[0] > 64                  # one block under a large budget ...
+    assert len(small) > 1 and max(small) == 64 and sum(small) == large[0]   # ... blocks of 64 under a tiny one
+    # the coarse search too: one call, or blocks of 8 chunks of 16 pairs
+    assert len(out[2**40, "coarse"]) == 1 and out[2**40, "coarse"][0] == 40 * 10
+    assert len(out[2**20, "coarse"]) > 1 and max(out[2**20, "coarse"]) == 128 and sum(out[2**20, "coarse"]) == 400
+    for a, b in zip(out[2**20], out[2**40]):
+        assert np.isfinite(a[only]).all() and np.isnan(a[~only]).all()
+        np.testing.assert_array_equal(a, b)
+
+
+def test_flip_by_descriptor_in_budget_blocks(monkeypatch):
+    """Issue 15 (mem11): the shortlists' flip test (:func:`register._flip_by_descriptor`) runs in blocks of query
+    rows sized from the budget; a planted mirrored candidate is called flipped and its unmirrored twin not, and a
+    1-row block (tiny budget) gives the one-block values."""
+    rng = np.random.default_rng(9)
+    real = ct_like(rng, 30, 64)
+    d = reg.shortlist_descriptors(np.concatenate([real, real[:, :, ::-1]]))   # rows 30..59: the mirrored images
+    cand = np.stack([rng.permutation(np.r_[i, 30 + i, rng.choice(np.delete(np.arange(60), [i, 30 + i]), 6)])
+                     for i in range(30)])
+    cand[::4, -1] = -1
+    blocks = []
+    orig = reg._flip_rows
+    monkeypatch.setattr(reg, "_flip_rows", lambda q, *a: blocks.append(len(q)) or orig(q, *a))
+    with memory_budget(2**40):
+        big = reg._flip_by_descriptor(d[:30], d, cand)
+    assert blocks == [30]
+    with memory_budget(2**10):                                # one query row per block
+        small = reg._flip_by_descriptor(d[:30], d, cand)
+    assert blocks[1:] == [1] * 30
+    np.testing.assert_array_equal(small, big)
+    assert (big[cand == np.arange(30)[:, None] + 30] == 1).all()   # the mirrored twin: flipped
+    assert (big[cand == np.arange(30)[:, None]] == 0).all()        # the image itself: not

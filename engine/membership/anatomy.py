@@ -455,8 +455,70 @@ _CO_KEYS = ("coarse", "flip", "angle", "scale", "dy", "dx", "coarse_alt", "angle
 _PO_KEYS = ("ncc", "flip", "angle", "scale", "dy", "dx")
 
 
-# Pairs per block of the anatomy polish and its registered NCC (issue 15; memory only, the values are per pair).
+# Most pairs per block of the anatomy polish and its registered NCC (issue 15; memory only, the values are per pair);
+# fewer under a small memory budget (:func:`polish_block`).
 POLISH_BLOCK = 4096
+#: Bytes in flight per polished pair and low-pass grid pixel (:func:`_polished_pairs`: the warped grid and its
+#: validity mask, the partner's gathered grid, the masked NCC's float64 copies and temporaries, polish_lo's own
+#: chunk).  Issue 15, mem11: tracemalloc peaks of one block of 512 and 2,048 pairs of 32 x 32 grids, 250 and 122
+#: bytes per pair and pixel: ~79 per pair and pixel plus ~90 MB; 96 covers the fixed part at the default's block.
+_POLISH_BYTES_PER_PX = 96
+
+
+def polish_block(hw: int) -> int:
+    """Pairs per block of :func:`_polished_pairs`: 1/8 of the memory budget (:func:`.evidence.memory_budget`) over
+    :data:`_POLISH_BYTES_PER_PX` per grid pixel, at least 64, at most :data:`POLISH_BLOCK` (2,730 pairs of 32 x 32
+    grids at the 2 GiB default, ~0.3 GB in flight).  Every pair is polished on its own: the values do not depend on
+    it (tests/test_pair_null_scale.py)."""
+    from .evidence import _memory_budget
+
+    return int(min(POLISH_BLOCK, max(64, (_memory_budget() // 8) // (_POLISH_BYTES_PER_PX * max(1, int(hw))))))
+
+
+#: Bytes in flight per pair of 32 x 32 grids in :func:`.register.coarse_scores`: its chunk's cross-spectra (18 variants
+#: x 32 x 17 complex128, ~157 kB) and correlation rows (~78 kB), rounded up (issue 15, mem11).
+_COARSE_BYTES_PER_PAIR_PX = 256
+
+
+def _coarse_in_blocks(lowA: np.ndarray, lowB: np.ndarray, pairs: np.ndarray) -> dict:
+    """:func:`.register.coarse_scores` of ``pairs`` (sorted by their ``lowA`` row) in blocks of pairs, with its chunk,
+    both sized from the memory budget: 1/16 of it over :data:`_COARSE_BYTES_PER_PAIR_PX` per grid pixel and pair
+    (the pair null's splits at 10k real images: ~100k pairs, whose 1,024-image variant blocks and 1,024-pair chunks
+    held ~0.6 GB; issue 15, mem11).  Every pair is scored on its own: the same values as one call."""
+    from .evidence import _memory_budget
+    from .register import coarse_scores
+
+    hw = int(np.prod(lowA.shape[1:]))
+    chunk = int(max(16, min(1024, (_memory_budget() // 16) // (_COARSE_BYTES_PER_PAIR_PX * max(1, hw)))))
+    step = 8 * chunk
+    if len(pairs) <= step:
+        return coarse_scores(lowA, lowB, pairs, chunk=chunk)
+    parts = [coarse_scores(lowA, lowB, pairs[s0:s0 + step], chunk=chunk) for s0 in range(0, len(pairs), step)]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _polished_pairs(lowA: np.ndarray, lowB: np.ndarray, pairs: np.ndarray, co: dict, sel: np.ndarray,
+                    rounds: int) -> dict:
+    """The polish (:func:`.register.polish_lo`), the registered grid (:func:`.register.warp`) and its NCC
+    (:func:`registered_ncc`) of ``pairs[sel]`` from their coarse values ``co`` (arrays over ``pairs``), in blocks of
+    :func:`polish_block` pairs, so the registered grids, their masks and the NCC's float64 temporaries are held for
+    one block (issue 15: at 10k real images the whole set's were a ~1.6 GB spike in the evidence, and in the
+    real-to-real pair null's splits, mem11).  Returns ``polish_lo``'s keys and ``ncc``, float [len(sel)]."""
+    from .register import polish_lo, warp
+
+    sel = np.asarray(sel, np.int64)
+    step = polish_block(int(np.prod(lowA.shape[1:])))
+    parts = []
+    for s0 in range(0, max(len(sel), 1), step):
+        t = sel[s0:s0 + step]
+        pp = pairs[t]
+        po = polish_lo(lowA, lowB, pp, {k: np.asarray(v)[t] for k, v in co.items()}, rounds=rounds)
+        reg, valid = warp(lowA, pp[:, 0], po["flip"], po["angle"], po["scale"], po["dy"], po["dx"])
+        parts.append(dict(po, ncc=registered_ncc(reg, lowB[pp[:, 1]], valid)))
+        del reg, valid
+    if len(parts) == 1:
+        return parts[0]
+    return {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in parts[0]}
 
 
 def _memo_pairs(fn, pairs: np.ndarray, keys_a, keys_b, cache: dict | None, name: str, fields) -> dict:
@@ -509,7 +571,7 @@ def registered_anatomy(lowA: np.ndarray, lowB: np.ndarray, cand: np.ndarray, *, 
         ``ncc`` (-1 where the row has no candidate), ``match`` (index into ``lowB``, -1: none), ``flip``,
         ``angle`` (degrees), ``scale``, ``dy``, ``dx`` (grid pixels) of the best registered candidate.
     """
-    from .register import coarse_scores, polish_lo, warp
+    from .register import coarse_scores
 
     n_polish = N_POLISH if n_polish is None else n_polish
     cand = np.asarray(cand, np.int64)
@@ -543,23 +605,9 @@ def registered_anatomy(lowA: np.ndarray, lowB: np.ndarray, cand: np.ndarray, *, 
     fin = np.isfinite(score[np.arange(R)[:, None], top]).ravel()
     pidx = pos[(np.arange(R)[:, None] * c + top).ravel()][fin]
 
-    def polished_block(t):   # the polish and registered NCC of pairs[pidx[t]]
-        pp = pairs[pidx[t]]
-        po = polish_lo(lowA, lowB, pp, {k: np.asarray(v)[pidx[t]] for k, v in co.items()}, rounds=rounds)
-        reg, valid = warp(lowA, pp[:, 0], po["flip"], po["angle"], po["scale"], po["dy"], po["dx"])
-        return dict(po, ncc=registered_ncc(reg, lowB[pp[:, 1]], valid))
-
-    def polished(t):
-        # issue 15: in blocks of POLISH_BLOCK pairs, so the registered grids, their masks and the NCC's float64
-        # temporaries are held for one block (at 10k real images the whole set's were a ~1.6 GB spike); every value
-        # is per pair, so the blocks give the same values as one call
-        if len(t) <= POLISH_BLOCK:
-            return polished_block(t)
-        parts = [polished_block(t[s:s + POLISH_BLOCK]) for s in range(0, len(t), POLISH_BLOCK)]
-        return {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in parts[0]}
-
     pa, pb = pairs[pidx, 0], pairs[pidx, 1]
-    po = _memo_pairs(polished, pairs[pidx], keys_a, keys_b, cache, f"anat_polish{rounds}", _PO_KEYS)
+    po = _memo_pairs(lambda t: _polished_pairs(lowA, lowB, pairs, co, pidx[t], rounds), pairs[pidx], keys_a, keys_b,
+                     cache, f"anat_polish{rounds}", _PO_KEYS)
     ncc = po["ncc"]
     # per row: the polished candidate with the highest registered NCC (first on ties)
     order = np.lexsort((-ncc, pa))
@@ -572,13 +620,14 @@ def registered_anatomy(lowA: np.ndarray, lowB: np.ndarray, cand: np.ndarray, *, 
     return out
 
 
-def _lowpass_rows(X: np.ndarray, rows=None, chunk: int = 4096) -> np.ndarray:
+def _lowpass_rows(X: np.ndarray, rows=None, chunk: int = 4096, *, mirror: bool = False) -> np.ndarray:
     """:func:`anatomy_lowpass` of ``X[rows]`` (default every row) in blocks of ``chunk`` (a memory-mapped set is
-    never converted whole)."""
+    never converted whole; the grids are per image, so the same values as one call)."""
     idx = np.arange(len(X)) if rows is None else np.asarray(rows, np.int64)
     if len(idx) == 0:
         return np.zeros((0,) + anatomy_lowpass(np.zeros((1,) + X.shape[1:], np.uint8)).shape[1:], np.float32)
-    return np.concatenate([anatomy_lowpass(np.asarray(X[idx[b:b + chunk]])) for b in range(0, len(idx), chunk)])
+    return np.concatenate([anatomy_lowpass(np.asarray(X[idx[b:b + chunk]]), mirror=mirror)
+                           for b in range(0, len(idx), chunk)])
 
 
 def anatomy_evidence(G: np.ndarray, P: np.ndarray, *, chunk: int = 4096, executor=None,
@@ -614,7 +663,7 @@ def anatomy_evidence(G: np.ndarray, P: np.ndarray, *, chunk: int = 4096, executo
     n = len(P)
     lowP = _lowpass_rows(P, chunk=chunk)
     fP = _unit_rows(lowP)
-    fPm = anatomy_features(P, mirror=True)
+    fPm = _unit_rows(_lowpass_rows(P, chunk=chunk, mirror=True))   # = anatomy_features(P, mirror=True), by blocks
     q = np.concatenate([fP, fPm])                                  # [2N, D]: in place, then mirrored
     if shortlist is not None:
         cg, cr = (np.asarray(a, np.int64) for a in shortlist)
@@ -731,19 +780,24 @@ def anatomy_pair_values_splits(real: np.ndarray, inAs, cand: np.ndarray | None =
     -------
     list of float64 [R], one per split (NaN where a part holds no other image, or outside ``only``)
     """
-    from .register import coarse_scores, polish_lo, warp
 
     inAs = [np.asarray(a, bool) for a in inAs]
     S = len(inAs)
     R = len(real)
     rows = np.arange(R) if only is None else np.flatnonzero(np.asarray(only, bool))
-    low = _lowpass_rows(real)
+    # by blocks of the evidence's chunk (issue 15, mem11: the whole folder's float32 copy, ~0.8 GB at 10k images of
+    # 128 x 128, was converted at once for the mirrored grids); per image, so the same values
+    from .evidence import generated_chunk
+
+    lp_chunk = generated_chunk(R, int(np.prod(real.shape[1:])))
+    low = _lowpass_rows(real, chunk=lp_chunk)
     f = _unit_rows(low)
-    fm = anatomy_features(real, mirror=True)
+    fm = _unit_rows(_lowpass_rows(real, chunk=lp_chunk, mirror=True))
     best = [{True: np.full(R, -np.inf), False: np.full(R, -np.inf)} for _ in range(S)]
+    fT = f.T.astype(np.float64)      # once, not twice per block (mem11: 2 x 80 MB per block at 10k real images)
     for b0 in range(0, len(rows), block):
         r = rows[b0:b0 + block]
-        s = np.maximum(f[r].astype(np.float64) @ f.T.astype(np.float64), fm[r].astype(np.float64) @ f.T.astype(np.float64))
+        s = np.maximum(f[r].astype(np.float64) @ fT, fm[r].astype(np.float64) @ fT)
         s[np.arange(len(r)), r] = -np.inf                      # never the image itself
         if groups is not None:                                 # nor its own series
             s[np.asarray(groups)[r][:, None] == np.asarray(groups)[None, :]] = -np.inf
@@ -766,7 +820,7 @@ def anatomy_pair_values_splits(real: np.ndarray, inAs, cand: np.ndarray | None =
         pairs = np.stack([rows[pr], key[pr, pc]], 1)
         if len(pairs):
             lowf = np.ascontiguousarray(low, np.float32)
-            co = coarse_scores(lowf, lowf, pairs)                 # split-independent
+            co = _coarse_in_blocks(lowf, lowf, pairs)             # split-independent
             score = np.full((len(rows), c), -np.inf)
             score[pr, pc] = co["coarse"]
             pos = np.full((len(rows), c), -1, np.int64)
@@ -784,11 +838,10 @@ def anatomy_pair_values_splits(real: np.ndarray, inAs, cand: np.ndarray | None =
                     need[p[p >= 0]] = True
                     picks.append((si, part, p))
             nid = np.flatnonzero(need)
-            po = polish_lo(lowf, lowf, pairs[nid], {k: np.asarray(v)[nid] for k, v in co.items()},
-                           rounds=POLISH_ROUNDS)
-            reg, valid = warp(lowf, pairs[nid, 0], po["flip"], po["angle"], po["scale"], po["dy"], po["dx"])
             ncc_all = np.full(len(pairs), -np.inf)
-            ncc_all[nid] = registered_ncc(reg, lowf[pairs[nid, 1]], valid)
+            # in blocks (issue 15, mem11: the ~100k needed pairs' registered grids and float64 NCC temporaries at
+            # once were the 10k x 100k run's peak)
+            ncc_all[nid] = _polished_pairs(lowf, lowf, pairs, co, nid, POLISH_ROUNDS)["ncc"]
             for si, part, p in picks:
                 v = np.where(p >= 0, ncc_all[np.maximum(p, 0)], -np.inf).max(1)
                 has = (p >= 0).any(1)

@@ -1188,7 +1188,24 @@ def _spec_knn(base: np.ndarray, query: np.ndarray, k: int, *, exclude_self: bool
 
 def _flip_by_descriptor(dq: np.ndarray, db: np.ndarray, cand: np.ndarray) -> np.ndarray:
     """For candidates found by a flip-invariant search: 1 where the mirrored candidate's
-    :func:`shortlist_descriptors` is closer to the query's than the candidate's own (int64, like ``cand``)."""
+    :func:`shortlist_descriptors` is closer to the query's than the candidate's own (int64, like ``cand``).
+
+    In blocks of query rows whose gathered descriptors and float32 temporaries (~6 per candidate) stay within 1/32 of
+    the memory budget (issue 15, mem11: the real-to-real pair null's 10,000 x 16 candidates at once were ~0.4 GB);
+    every row is computed on its own, so the values do not depend on the blocks."""
+    from .evidence import _memory_budget
+
+    cand = np.asarray(cand)
+    out = np.zeros(cand.shape, np.int64)
+    per = 6 * 4 * int(np.prod(db.shape[1:])) * max(1, cand.shape[1])
+    step = int(max(1, (_memory_budget() // 32) // per))
+    for s0 in range(0, len(cand) if cand.size else 0, step):
+        out[s0:s0 + step] = _flip_rows(dq[s0:s0 + step], db, cand[s0:s0 + step])
+    return out
+
+
+def _flip_rows(dq: np.ndarray, db: np.ndarray, cand: np.ndarray) -> np.ndarray:
+    """:func:`_flip_by_descriptor` of one block (``dq`` aligned with ``cand``'s rows)."""
     r = np.repeat(np.arange(len(cand)), cand.shape[1])
     j = np.maximum(cand.ravel(), 0)
     q = dq[r].reshape(len(r), -1)
