@@ -325,8 +325,10 @@ def _processing_detected(imgs, labels: np.ndarray, k: int, out: str) -> tuple[di
                     "ghost's estimate); resized: copied adjacent lines, per image (box / nearest-neighbour resizes, "
                     "seen even when a whole cluster was resized), or, judged against the image's own cluster, energy "
                     "near the Nyquist frequency far below the cluster's (robust z > 3.5) or periodic interpolation "
-                    "traces above the cluster's (p-map spectrum); a cluster resized as a whole with a smooth filter "
-                    "(bilinear, bicubic, Lanczos) shows no band-limit or periodic flag; untouched: neither found"}, rows
+                    "traces above the cluster's (p-map spectrum); resized counts are a lower bound: a cluster resized "
+                    "as a whole with a smooth filter (bilinear, bicubic, Lanczos) shows no band-limit or periodic flag, "
+                    "and mild smooth resizes (by 0.75), JPEG'd or not, are mostly missed in mixed clusters too; "
+                    "untouched: neither found (so it may include such resizes)"}, rows
 
 
 def run_attribution(*, images_dir: str, k: int | None, out: str, dev_dir: str | None = None,
