@@ -326,8 +326,8 @@ def _processing_detected(imgs, labels: np.ndarray, k: int, out: str) -> tuple[di
                     "seen even when a whole cluster was resized), or, judged against the image's own cluster, energy "
                     "near the Nyquist frequency far below the cluster's (robust z > 3.5) or periodic interpolation "
                     "traces above the cluster's (p-map spectrum); resized counts are a lower bound: a cluster resized "
-                    "as a whole with a smooth filter (bilinear, bicubic, Lanczos) shows no band-limit or periodic flag, "
-                    "and mild smooth resizes (by 0.75), JPEG'd or not, are mostly missed in mixed clusters too; "
+                    "as a whole with a smooth filter (bilinear, bicubic, Lanczos) shows no band-limit or periodic "
+                    "flag, and mild smooth resizes (by 0.75), JPEG'd or not, are mostly missed in mixed clusters too; "
                     "untouched: neither found (so it may include such resizes)"}, rows
 
 
