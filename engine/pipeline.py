@@ -286,19 +286,23 @@ def _processing_detected(imgs, labels: np.ndarray, k: int, out: str) -> tuple[di
     """Issue 19: per-image detected processing (rows of ``<out>.processing.csv``) and a per-cluster summary.
 
     JPEG files report their quantisation-table quality; other files are checked for JPEG traces in their
-    pixels (engine.processing.jpeg_ghost).  Resampling (engine.processing.detect_resampling_kinds): copied lines per
-    image on its own (box / nearest resizes, seen in a cluster resized as a whole), the band limit and periodic
-    traces against the image's cluster.  Per cluster: how many images were JPEG'd (median quality), resized (and by
-    which evidence) and untouched (neither).  Returns ``(summary, rows)``; the caller writes the rows with its other
-    outputs.  Rows carry the image's file name and pixel statistics only (no file metadata).
+    pixels (engine.processing.jpeg_ghost).  Resampling (engine.processing.detect_resampling_kinds): copied lines
+    per image on its own (box / nearest resizes, seen in a cluster resized as a whole), the band limit and
+    periodic traces against the images of the same cluster and JPEG state.  Per cluster: how many images were
+    JPEG'd (median quality), resized (and by which evidence) and untouched (neither).  Returns
+    ``(summary, rows)``; the caller writes the rows with its other outputs.  Rows carry the image's file name
+    and pixel statistics only (no file metadata).
     """
     from .ingest import jpeg_quality_of
     from .processing import detect, detect_resampling_kinds
 
     q = [jpeg_quality_of(os.path.join(imgs.root, p)) for p in imgs.paths]
     det = detect(imgs.images, q)
-    rs = detect_resampling_kinds(imgs.images, labels)
-    resized, jpeg = rs["resized"], np.asarray(det["jpeg"], bool)
+    jpeg = np.asarray(det["jpeg"], bool)
+    # judged against the images of the same cluster *and* JPEG state: JPEG cuts the high band and its 8x8 grid makes
+    # the p-map periodic, so JPEG'd images judged with untouched ones were taken for resized (ninth round)
+    rs = detect_resampling_kinds(imgs.images, 2 * np.asarray(labels, np.int64) + jpeg)
+    resized = rs["resized"]
     proc = [("jpeg+resized" if j else "resized") if r else p for p, j, r in zip(det["processing"], jpeg, resized)]
     evidence = ["+".join(kd for kd in _RESIZE_KINDS if rs[kd][i]) for i in range(len(proc))]
     path = str(Path(out).with_suffix("")) + ".processing.csv"
@@ -323,12 +327,12 @@ def _processing_detected(imgs, labels: np.ndarray, k: int, out: str) -> tuple[di
             "n_untouched": int((~jpeg & ~resized).sum()),
             "note": "JPEG: file quantisation tables, else JPEG ghost in the pixels (quality: the table's, else the "
                     "ghost's estimate); resized: copied adjacent lines, per image (box / nearest-neighbour resizes, "
-                    "seen even when a whole cluster was resized), or, judged against the image's own cluster, energy "
-                    "near the Nyquist frequency far below the cluster's (robust z > 3.5) or periodic interpolation "
-                    "traces above the cluster's (p-map spectrum); resized counts are a lower bound: a cluster resized "
-                    "as a whole with a smooth filter (bilinear, bicubic, Lanczos) shows no band-limit or periodic "
-                    "flag, and mild smooth resizes (by 0.75), JPEG'd or not, are mostly missed in mixed clusters too; "
-                    "untouched: neither found (so it may include such resizes)"}, rows
+                    "seen even when a whole cluster was resized), or, judged against the images of its cluster with "
+                    "the same JPEG state, energy near the Nyquist frequency far below theirs (robust z > 3.5) or "
+                    "periodic interpolation traces above theirs (p-map spectrum); resized counts are a lower bound: "
+                    "a cluster resized as a whole with a smooth filter (bilinear, bicubic, Lanczos) shows no "
+                    "band-limit or periodic flag, and mild smooth resizes (by 0.75), JPEG'd or not, are mostly "
+                    "missed in mixed clusters too; untouched: neither found (so it may include such resizes)"}, rows
 
 
 def run_attribution(*, images_dir: str, k: int | None, out: str, dev_dir: str | None = None,
