@@ -51,12 +51,13 @@ def load(d):
     return np.stack([np.array(Image.open(f).convert("L")) for f in fs])
 
 
-def release(images, seed):
-    """The issue's release mix with a random resize filter per image (uint8 [N,H,W] -> uint8 [N,H,W], tags [N])."""
+def release(images, seed, filters=FILTERS):
+    """The issue's release mix with a random resize filter per image (uint8 [N,H,W] -> uint8 [N,H,W], tags [N]),
+    drawn among ``filters``."""
     rng = np.random.default_rng(seed)
     out, tags = np.empty_like(images), []
     for i, a in enumerate(images):
-        u, q, filt = rng.random(), int(rng.integers(70, 96)), FILTERS[int(rng.integers(3))]
+        u, q, filt = rng.random(), int(rng.integers(70, 96)), filters[int(rng.integers(len(filters)))]
         if u < 0.2:
             out[i], t = a, "none"
         elif u < 0.6:

@@ -278,43 +278,61 @@ def run_membership(*, gen_dir: str, real_dir: str, out: str, dev_dirs: Sequence[
 
 # ---------------------------------------------------------------------------------------------- attribution
 _PROCESSING_HEADER = ["image", "cluster", "processing", "jpeg_quality", "jpeg_source", "jpeg_ghost", "resized",
-                      "resize_z"]
+                      "resize_evidence", "copied_lines", "resize_z"]
+_RESIZE_KINDS = ("copied", "band_limit", "periodic")  # engine.processing.detect_resampling_kinds, in report order
 
 
 def _processing_detected(imgs, labels: np.ndarray, k: int, out: str) -> tuple[dict, list]:
     """Issue 19: per-image detected processing (rows of ``<out>.processing.csv``) and a per-cluster summary.
 
     JPEG files report their quantisation-table quality; other files are checked for JPEG traces in their
-    pixels (engine.processing.jpeg_ghost).  Resampling is judged within each cluster
-    (engine.processing.detect_resampling).  Returns ``(summary, rows)``; the caller writes the rows with its
-    other outputs.
+    pixels (engine.processing.jpeg_ghost).  Resampling (engine.processing.detect_resampling_kinds): copied lines
+    per image on its own (box / nearest resizes, seen in a cluster resized as a whole), the band limit and
+    periodic traces against the images of the same cluster and JPEG state.  Per cluster: how many images were
+    JPEG'd (median quality), resized (and by which evidence) and untouched (neither).  Returns
+    ``(summary, rows)``; the caller writes the rows with its other outputs.  Rows carry the image's file name
+    and pixel statistics only (no file metadata).
     """
     from .ingest import jpeg_quality_of
-    from .processing import detect, detect_resampling
+    from .processing import detect, detect_resampling_kinds
 
     q = [jpeg_quality_of(os.path.join(imgs.root, p)) for p in imgs.paths]
     det = detect(imgs.images, q)
-    resized, rz = detect_resampling(imgs.images, labels)
-    proc = [("jpeg+resized" if j else "resized") if r else p for p, j, r in zip(det["processing"], det["jpeg"], resized)]
+    jpeg = np.asarray(det["jpeg"], bool)
+    # judged against the images of the same cluster *and* JPEG state: JPEG cuts the high band and its 8x8 grid makes
+    # the p-map periodic, so JPEG'd images judged with untouched ones were taken for resized (ninth round)
+    rs = detect_resampling_kinds(imgs.images, 2 * np.asarray(labels, np.int64) + jpeg)
+    resized = rs["resized"]
+    proc = [("jpeg+resized" if j else "resized") if r else p for p, j, r in zip(det["processing"], jpeg, resized)]
+    evidence = ["+".join(kd for kd in _RESIZE_KINDS if rs[kd][i]) for i in range(len(proc))]
     path = str(Path(out).with_suffix("")) + ".processing.csv"
     rows = list(zip(imgs.paths, labels.tolist(), proc,
                     ["" if v is None else v for v in det["jpeg_quality"]], det["jpeg_source"], det["jpeg_ghost"],
-                    [int(v) for v in resized], ["" if not np.isfinite(v) else round(float(v), 3) for v in rz]))
+                    [int(v) for v in resized], evidence, rs["copied_lines"].tolist(),
+                    ["" if not np.isfinite(v) else round(float(v), 3) for v in rs["band_z"]]))
     per = []
     for c in range(k):
         sel = np.flatnonzero(labels == c)
+        n = int(sel.size)
         qs = [det["jpeg_quality"][i] for i in sel if det["jpeg_quality"][i] is not None]
-        per.append({"cluster": c, "n": int(sel.size),
-                    "jpeg": int(sum(det["jpeg"][i] for i in sel)),
+        counts = {"jpeg": int(jpeg[sel].sum()), "resized": int(resized[sel].sum()),
+                  "untouched": int((~jpeg[sel] & ~resized[sel]).sum())}
+        per.append({"cluster": c, "n": n, **counts,
+                    **{f"{kk}_share": round(v / n, 4) if n else 0.0 for kk, v in counts.items()},
                     "jpeg_files": int(sum(det["jpeg_source"][i] == "file" for i in sel)),
                     "jpeg_in_pixels": int(sum(det["jpeg_source"][i] == "pixels" for i in sel)),
                     "median_jpeg_quality": float(np.median(qs)) if qs else None,
-                    "resized": int(resized[sel].sum())})
-    return {"per_cluster": per, "out": path, "n_jpeg": int(sum(det["jpeg"])), "n_resized": int(resized.sum()),
-            "note": "JPEG: file quantisation tables, else JPEG ghost in the pixels; resized: energy near the Nyquist "
-                    "frequency far below the image's own cluster (robust z > 3.5), or periodic interpolation traces "
-                    "above the cluster's (p-map spectrum); partial power, and a cluster resized as a whole shows "
-                    "none"}, rows
+                    **{f"resized_{kd}": int(rs[kd][sel].sum()) for kd in _RESIZE_KINDS}})
+    return {"per_cluster": per, "out": path, "n_jpeg": int(jpeg.sum()), "n_resized": int(resized.sum()),
+            "n_untouched": int((~jpeg & ~resized).sum()),
+            "note": "JPEG: file quantisation tables, else JPEG ghost in the pixels (quality: the table's, else the "
+                    "ghost's estimate); resized: copied adjacent lines, per image (box / nearest-neighbour resizes, "
+                    "seen even when a whole cluster was resized), or, judged against the images of its cluster with "
+                    "the same JPEG state, energy near the Nyquist frequency far below theirs (robust z > 3.5) or "
+                    "periodic interpolation traces above theirs (p-map spectrum); resized counts are a lower bound: "
+                    "a cluster resized as a whole with a smooth filter (bilinear, bicubic, Lanczos) shows no "
+                    "band-limit or periodic flag, and mild smooth resizes (by 0.75), JPEG'd or not, are mostly "
+                    "missed in mixed clusters too; untouched: neither found (so it may include such resizes)"}, rows
 
 
 def run_attribution(*, images_dir: str, k: int | None, out: str, dev_dir: str | None = None,

@@ -61,6 +61,7 @@ __all__ = [
     "band_limit_score",
     "detect",
     "detect_resampling",
+    "detect_resampling_kinds",
     "duplicate_lines",
     "resampling_against",
     "resampling_features",
@@ -636,6 +637,49 @@ def resampling_features(images):
     bl = (None, None) if small else _block_log_spectra(a)
     return {"band": band_limit_score(a), "pmap": pm[0], "pmap_freqs": pm[1], "blocks": bl[0], "blocks_fmax": bl[1],
             "dup": duplicate_lines(a)}
+
+
+def detect_resampling_kinds(images, groups, z=RESAMPLE_Z, min_group=RESAMPLE_MIN_GROUP):
+    """Resize history of each image, by the evidence that found it (the per-cluster report, issue 19 deliverable 3).
+
+    Three detectors, kept apart so a report can say which one saw what:
+
+    * ``copied``: per image, on its own: at least :data:`DUP_MIN` copied adjacent lines (:func:`duplicate_lines`).
+      Needs no group, so a cluster whose images were *all* box- or nearest-resized is seen (untouched, JPEG'd,
+      checkerboard and noise images of every dev set have none: benchmarks/RESULTS.md, eighth round).
+    * ``band_limit``: the band-limit robust z within the image's group (as :func:`detect_resampling`).
+    * ``periodic``: periodic interpolation traces above the group's median spectrum (:func:`resampling_periodicity`).
+
+    The last two compare an image with its group, so a group resized as a whole with a smooth filter (bilinear,
+    bicubic, Lanczos) shows nothing there; only copied lines are seen in such a group.
+
+    Parameters
+    ----------
+    images : uint8 ndarray [N,H,W]
+    groups : int ndarray [N]
+    z, min_group : as :func:`detect_resampling`
+
+    Returns
+    -------
+    dict of str -> ndarray [N]
+        ``copied``, ``band_limit``, ``periodic``, ``resized`` (any of the three) bool; ``copied_lines`` int64 (the
+        count); ``band_z`` float64 (NaN in groups under ``min_group``).
+    """
+    a = np.asarray(images)
+    g = np.asarray(groups)
+    n = a.shape[0] if a.ndim == 3 else 0
+    if g.shape != (n,):
+        raise ValueError(f"groups has shape {g.shape} for {n} images")
+    dup = duplicate_lines(a) if n else np.zeros(0, np.int64)
+    band, bz = _detect_resampling_from(band_limit_score(a), None, g, z, min_group) if n else (np.zeros(0, bool),
+                                                                                            np.zeros(0))
+    if n and min(a.shape[1:]) >= 16:
+        per = _periodicity_from(*pmap_spectrum(a), g, min_group=min_group)[0]
+    else:
+        per = np.zeros(n, bool)
+    copied = dup >= DUP_MIN
+    return {"copied": copied, "band_limit": band, "periodic": per, "resized": copied | band | per,
+            "copied_lines": dup, "band_z": bz}
 
 
 def resampling_against(images, reference, z=AGAINST_Z, min_ref=RESAMPLE_MIN_GROUP, duplicates=True):

@@ -502,16 +502,22 @@ def _attribution(d: Path, *, summary: dict, result, images, truth: Mapping[str, 
     proc = summary.get("processing")
     if proc and proc.get("per_cluster"):  # issue 19: the processing each cluster's images went through
         facts["processing"] = proc
+
+        def pct(p, key):
+            return f"{p.get(key, 0)} ({100.0 * p.get(key, 0) / max(p['n'], 1):.0f}%)"
+
         rows = "".join(
-            f"<tr><td>{p['cluster']}</td><td>{p['n']}</td><td>{p['jpeg']} ({100.0 * p['jpeg'] / max(p['n'], 1):.0f}%)"
-            f"</td><td>{p['jpeg_files']}</td><td>{p['jpeg_in_pixels']}</td>"
+            f"<tr><td>{p['cluster']}</td><td>{p['n']}</td><td>{pct(p, 'jpeg')}</td><td>{p['jpeg_files']}</td>"
+            f"<td>{p['jpeg_in_pixels']}</td>"
             f"<td>{'' if p['median_jpeg_quality'] is None else round(p['median_jpeg_quality'])}</td>"
-            f"<td>{p.get('resized', 0)} ({100.0 * p.get('resized', 0) / max(p['n'], 1):.0f}%)</td></tr>"
+            f"<td>{pct(p, 'resized')}</td><td>{p.get('resized_copied', 0)}</td><td>{p.get('resized_band_limit', 0)}"
+            f"</td><td>{p.get('resized_periodic', 0)}</td><td>{pct(p, 'untouched')}</td></tr>"
             for p in proc["per_cluster"])
         parts.append("<h2>Detected processing per cluster</h2>")
         parts.append("<table><tr><th>cluster</th><th>images</th><th>JPEG</th><th>JPEG files</th>"
-                     "<th>JPEG traces in pixels</th><th>median JPEG quality</th><th>resized</th></tr>"
-                     f"{rows}</table>")
+                     "<th>JPEG traces in pixels</th><th>median JPEG quality</th><th>resized</th>"
+                     "<th>resized: copied lines</th><th>resized: band limit</th><th>resized: periodic traces</th>"
+                     f"<th>untouched</th></tr>{rows}</table>")
         parts.append(f"<p class=note>{html.escape(str(proc.get('note', '')))}. Attribution discounts JPEG and "
                      "resizing whether or not they were detected; a cluster made only of processed images "
                      "deserves a second look.</p>")

@@ -1,0 +1,212 @@
+"""A check of attribution outside the dev families (issue 19): a generator family that no dev set contains.
+
+Usage::
+
+    IMPRINT_MODELS_DIR=/work/main/models/onnx nice .venv/bin/python benchmarks/attribution_newfamily.py \
+        [--code CHECKOUT] [--seeds 31,32,33] [--models m123|m12e] [--mix release|release-box|none] \
+        [--source real|gen_e] [--ks 4,auto] [--no-invariance] [--processing-sample N] [--cache DIR] [--json OUT]
+        [--n-new N] [--save DIR]
+
+The new family, "rdec": a randomly initialised convolutional auto-decoder (numpy/scipy only, weights fixed by
+``DECODER_SEED``).  An image is encoded by averaging 2x2 blocks (128 -> 64) and a random 3x3 conv bank (8 channels,
+leaky ReLU); per-pixel noise is injected (as StyleGAN's noise inputs); the decoder up-samples by a stride-2
+transposed convolution (4x4 kernels: the bilinear kernel on the diagonal plus random weights, the upsampling layer of
+DCGAN-like decoders, which leaves a period-2 phase pattern) and refines with two random 3x3 conv layers (leaky ReLU,
+residual), then a 1x1 conv to one channel, matched to the input's mean and standard deviation.  Inputs are real dev
+images (``membership/*/real/unused``, 460 images no model was trained on), so the family's content is real-patient
+anatomy and its fingerprint is its own decoder's: no dev model up-samples with these weights, and none is a
+(random) auto-encoder of real images.  It is a stand-in for the judge's unseen family, not a trained generator: its
+images are closer to real anatomy than any dev model's and its trace is a transposed convolution's.  ``--source
+gen_e`` feeds it gen_e's images instead (generated-looking anatomy from a dev family that is then neither clustered
+nor in dev), so content cannot tell rdec from the dev models as easily.
+
+Sets: three dev models and 200 rdec images (drawn per seed from the 460 real inputs, with per-seed noise):
+* ``m123``: model_1, model_2, model_3[100:] as attribution_lomo.sample draws them; dev = gen_a[:200] (model_1),
+  gen_b[:200] (model_2), model_3[:100];
+* ``m12e``: model_1, model_2 as above, gen_e[:200]; dev = gen_a[:200], gen_b[:200], gen_e[600:800].
+rdec never enters dev.  Processing (every clustered image; dev is unprocessed): ``release`` is
+attribution_lomo.release (20 % untouched, 40 % JPEG q 70-95, 20 % resized 128 -> 96 -> 128, 20 % both; filter per
+image among bilinear / bicubic / lanczos), ``release-box`` the same with box among the filters, ``none`` untouched.
+
+Each (seed, k) runs :func:`engine.attribution.attribute` (k = 4 and k = None) with dev; printed per cell: ARI / k
+found, the ARI of the clusters against the processing tags, and how the rdec images are spread over clusters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from _codepath import code_path  # noqa: E402  (this folder is sys.path[0] when run as a script)
+
+sys.path.insert(0, os.path.abspath(code_path(sys.argv)))
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+from sklearn.metrics import adjusted_rand_score as ari  # noqa: E402
+
+import attribution_lomo as L  # noqa: E402  (its loader, samples and the release mix)
+from imprint.engine import attribution as A  # noqa: E402
+from imprint.engine.outputs import write_json  # noqa: E402
+
+#: The one set of decoder weights (the "model"); fixed a priori, never varied.
+DECODER_SEED = 20261130
+CH = 8
+
+
+def _conv3(x, w, b):
+    """3x3 'same' convolution (reflect padding) of x [C,H,W] by w [O,C,3,3] plus b [O] -> [O,H,W]."""
+    c, h, wd = x.shape
+    p = np.pad(x, ((0, 0), (1, 1), (1, 1)), mode="reflect")
+    sh = np.stack([p[:, dy:dy + h, dx:dx + wd] for dy in range(3) for dx in range(3)], axis=1)  # [C,9,H,W]
+    return np.einsum("ock,ckhw->ohw", w.reshape(w.shape[0], c, 9), sh) + b[:, None, None]
+
+
+def _lrelu(x):
+    return np.where(x > 0, x, 0.2 * x)
+
+
+class RandomDecoder:
+    """A randomly initialised conv encoder/decoder (see the module notes); deterministic given its seed."""
+
+    def __init__(self, seed=DECODER_SEED, ch=CH):
+        r = np.random.default_rng(seed)
+        he3 = np.sqrt(2.0 / (9 * ch))
+        self.enc_w = r.normal(0, np.sqrt(2.0 / 9), (ch, 1, 3, 3))
+        self.enc_w[0] = 0.0
+        self.enc_w[0, 0, 1, 1] = 1.0  # channel 0 carries the image itself
+        self.enc_b = r.normal(0, 0.1, ch)
+        bil = np.outer([0.25, 0.75, 0.75, 0.25], [0.25, 0.75, 0.75, 0.25])  # bilinear x2 on a zero-inserted grid
+        self.up_w = r.normal(0, 0.5 / 4, (ch, ch, 4, 4)) * 0.25
+        for c in range(ch):
+            self.up_w[c, c] += bil
+        self.w1, self.b1 = r.normal(0, he3, (ch, ch, 3, 3)) * 0.3, r.normal(0, 0.05, ch)
+        self.w2, self.b2 = r.normal(0, he3, (ch, ch, 3, 3)) * 0.3, r.normal(0, 0.05, ch)
+        self.out_w = np.r_[1.0, r.normal(0, 0.15, ch - 1)]
+        self.noise_w = r.normal(0, 0.5, ch)
+
+    def _up(self, x):
+        """Stride-2 transposed convolution, 4x4 kernels: zero insertion, then a 4x4 correlation per channel pair."""
+        c, h, w = x.shape
+        z = np.zeros((c, 2 * h + 3, 2 * w + 3))
+        z[:, 2:2 * h + 2:2, 2:2 * w + 2:2] = x
+        out = np.zeros((self.up_w.shape[0], 2 * h, 2 * w))
+        for dy in range(4):
+            for dx in range(4):
+                out += np.einsum("oc,chw->ohw", self.up_w[:, :, dy, dx], z[:, dy:dy + 2 * h, dx:dx + 2 * w])
+        return out
+
+    def __call__(self, image, rng):
+        x = image.astype(np.float64)
+        mu, sd = x.mean(), x.std() + 1e-6
+        s = (x - mu) / sd
+        lo = s.reshape(s.shape[0] // 2, 2, s.shape[1] // 2, 2).mean(axis=(1, 3))[None]  # encode: 2x2 means
+        h = _conv3(lo, self.enc_w, self.enc_b)
+        h[1:] = _lrelu(h[1:])
+        h = h + self.noise_w[:, None, None] * rng.normal(0, 0.05, h.shape[1:])[None]  # injected noise
+        u = self._up(h)
+        u = u + _lrelu(_conv3(u, self.w1, self.b1))
+        u = u + _conv3(_lrelu(u), self.w2, self.b2)
+        y = np.einsum("c,chw->hw", self.out_w, u)
+        y = (y - y.mean()) / (y.std() + 1e-6) * sd + mu
+        return np.clip(np.rint(y), 0, 255).astype(np.uint8)
+
+
+def rdec_images(real, n, seed):
+    """``n`` rdec images from ``real`` (uint8 [M,H,W]), drawn and noised by ``seed``; the decoder is fixed."""
+    rng = np.random.default_rng(seed)
+    dec = RandomDecoder()
+    idx = np.sort(rng.choice(len(real), n, replace=False))
+    return np.stack([dec(real[i], rng) for i in idx])
+
+
+def release(images, seed, mix):
+    if mix == "none":
+        return images.copy(), np.array(["none"] * len(images))
+    return L.release(images, seed, L.FILTERS + (("box",) if mix == "release-box" else ()))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--code", default=None, help="checkout whose imprint code is measured (default: this one)")
+    ap.add_argument("--dev", default="/work/shared/corpus/dev")
+    ap.add_argument("--seeds", default="31,32,33")
+    ap.add_argument("--models", default="m123", choices=("m123", "m12e"))
+    ap.add_argument("--mix", default="release", choices=("release", "release-box", "none"))
+    ap.add_argument("--ks", default="4,auto")
+    ap.add_argument("--n-new", type=int, default=200)
+    ap.add_argument("--source", default="real", choices=("real", "gen_e"),
+                    help="rdec's inputs: real dev images (default) or gen_e[200:600] (generated-looking anatomy; "
+                    "m123 only, where gen_e is neither clustered nor in dev)")
+    ap.add_argument("--no-invariance", action="store_true", help="processing_invariant=False (the method before issue "
+                    "19), to see whether this set can tell the two apart")
+    ap.add_argument("--processing-sample", type=int, default=None, help="engine.attribution.PROCESSING_SAMPLE for "
+                    "this run (default: the code's, 300)")
+    ap.add_argument("--cache", default=None)
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--save", default=None, help="write the first seed's rdec images as PNG here, then stop")
+    a = ap.parse_args(argv)
+    if a.processing_sample:
+        A.PROCESSING_SAMPLE = a.processing_sample
+    R = a.dev
+    D = {f"model_{i}": L.load(f"{R}/attribution/model_{i}") for i in (1, 2, 3)}
+    for g in "abe":
+        D[f"gen_{g}"] = L.load(f"{R}/membership/gen_{g}/generated")
+    real = np.concatenate([L.load(f"{R}/membership/gen_{g}/real/unused") for g in "abe"])
+    if a.source == "gen_e":
+        if a.models != "m123":
+            ap.error("--source gen_e needs --models m123 (gen_e must not be clustered or in dev)")
+        real = D["gen_e"][200:600]
+    seeds = [int(s) for s in a.seeds.split(",")]
+    if a.save:
+        os.makedirs(a.save, exist_ok=True)
+        for i, v in enumerate(rdec_images(real, a.n_new, seeds[0])):
+            Image.fromarray(v).save(os.path.join(a.save, f"{i:04d}.png"))
+        return []
+    if a.models == "m123":
+        dev = {"model_1": D["gen_a"][:200], "model_2": D["gen_b"][:200], "model_3": D["model_3"][:100]}
+    else:
+        dev = {"model_1": D["gen_a"][:200], "model_2": D["gen_b"][:200], "gen_e": D["gen_e"][600:800]}
+    ks = [None if k == "auto" else int(k) for k in a.ks.split(",")]
+    print(f"code: {os.path.dirname(os.path.dirname(A.__file__))}; models {a.models} + rdec({a.source}); mix {a.mix}",
+          flush=True)
+    cells = []
+    for s in seeds:
+        parts = L.sample(D, s)
+        if a.models == "m12e":
+            parts = {"model_1": parts["model_1"], "model_2": parts["model_2"], "gen_e": D["gen_e"][:200]}
+        else:
+            parts.pop("gen_e")
+        parts["rdec"] = rdec_images(real, a.n_new, s)
+        imgs = np.concatenate(list(parts.values()))
+        y = np.repeat(np.arange(len(parts)), [len(v) for v in parts.values()])
+        P, tags = release(imgs, s, a.mix)
+        for k in ks:
+            t, c0 = time.perf_counter(), time.process_time()
+            r = A.attribute(P, k, dev_sets=dev, random_state=0, cache_dir=a.cache,
+                            processing_invariant=not a.no_invariance)
+            new = r.labels[y == len(parts) - 1]
+            cell = {"seed": s, "models": a.models, "source": a.source, "mix": a.mix, "invariant": not a.no_invariance,
+                    "processing_sample": getattr(A, "PROCESSING_SAMPLE", 300),
+                    "k": "auto" if k is None else k, "k_found": int(r.k),
+                    "ari": round(float(ari(y, r.labels)), 4), "ari_processing": round(float(ari(tags, r.labels)), 4),
+                    "rdec_clusters": np.bincount(new, minlength=r.k).tolist(),
+                    "per_model_clusters": {m: np.bincount(r.labels[y == i], minlength=r.k).tolist()
+                                           for i, m in enumerate(parts)},
+                    "seconds": round(time.perf_counter() - t, 1), "cpu_s": round(time.process_time() - c0, 1)}
+            cells.append(cell)
+            print(json.dumps(cell), flush=True)
+    for k in ks:
+        kk = "auto" if k is None else k
+        m, mn, lo, hi = L.boot_mean([c["ari"] for c in cells if c["k"] == kk])
+        print(f"k {kk}: mean ARI {m:.3f} (95 % bootstrap over seeds [{lo:.3f}, {hi:.3f}]), min {mn:.3f}, k found "
+              f"{[c['k_found'] for c in cells if c['k'] == kk]}", flush=True)
+    if a.json:
+        write_json(a.json, cells)
+    return cells
+
+if __name__ == "__main__":
+    main()
