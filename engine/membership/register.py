@@ -193,13 +193,49 @@ def warp(images: np.ndarray, rows, flip, angle, scale, dy=0.0, dx=0.0, *, fill=N
     return out, valid
 
 
+@njit(cache=True, nogil=True)
+def _downsample_kernel(x, f, scale, out):  # pragma: no cover - numba
+    """``out[i, a, b]`` = the area average of ``x[i]``'s ``f x f`` block ``(a, b)``, summed in numpy's order for
+    :func:`downsample`'s two reductions (``f < 8``): each column of the block's ``f`` rows first, row after row,
+    then the ``f`` column sums left to right, then ``* scale``; float32 throughout."""
+    n = x.shape[0]
+    hh, ww = out.shape[1], out.shape[2]
+    wf = ww * f
+    col = np.empty(wf, np.float32)
+    for i in range(n):
+        for a in range(hh):
+            r0 = a * f
+            for c in range(wf):
+                col[c] = x[i, r0, c]
+            for dy in range(1, f):
+                for c in range(wf):
+                    col[c] += x[i, r0 + dy, c]
+            for b in range(ww):
+                t = col[b * f]
+                for dx in range(1, f):
+                    t += col[b * f + dx]
+                out[i, a, b] = t * scale
+
+
 def downsample(images: np.ndarray, f: int) -> np.ndarray:
-    """Area average by ``f`` (cropping the remainder); float32 [N, H//f, W//f]."""
+    """Area average by ``f`` (cropping the remainder); float32 [N, H//f, W//f].
+
+    For ``f < 8`` one compiled pass (:func:`_downsample_kernel`, issue 15, branch spd11) adds in the order of the
+    numpy expression below (a middle-axis sum adds the rows one after the other; a last-axis sum of fewer than 8
+    elements adds them left to right), so the values are the same bit for bit (tests/test_register_speed.py);
+    ``f >= 8`` (numpy's pairwise sum) keeps the numpy expression."""
     x = np.asarray(images, np.float32)
     if f <= 1:
         return x.copy()
     n, h, w = x.shape
     hh, ww = h // f, w // f
+    if f < 8 and x.ndim == 3:
+        if not (x.flags.c_contiguous and x.flags.writeable):   # one compiled signature (C-contiguous, writable)
+            x = np.array(x, np.float32, order="C")
+        out = np.empty((n, hh, ww), np.float32)
+        if out.size:
+            _downsample_kernel(x, int(f), np.float32(1.0 / (f * f)), out)
+        return out
     y = x[:, : hh * f, : ww * f].reshape(n * hh, f, ww * f).sum(1)      # rows
     y = y.reshape(n * hh, ww, f).sum(2)                                  # columns
     return (y * np.float32(1.0 / (f * f))).reshape(n, hh, ww)
