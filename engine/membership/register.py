@@ -1129,7 +1129,8 @@ def _desc_knn_blocks(fb: np.ndarray, base_desc: np.ndarray, q: np.ndarray, kk: i
     return bd.astype(np.float32), bi
 
 
-def _desc_knn(base_desc: np.ndarray, query_desc: np.ndarray, k: int, *, exclude_self: bool = False):
+def _desc_knn(base_desc: np.ndarray, query_desc: np.ndarray, k: int, *, exclude_self: bool = False,
+              self_rows: np.ndarray | None = None):
     """Nearest ``base`` rows of every query under the descriptor distance, a flip of the base allowed.
 
     Parameters
@@ -1139,6 +1140,7 @@ def _desc_knn(base_desc: np.ndarray, query_desc: np.ndarray, k: int, *, exclude_
         copies, :func:`shift_variants`): a base row's distance is then its smallest over the variants
     k : int
     exclude_self : bool   queries are the base rows: never return row ``r`` for query ``r``
+    self_rows : int [Q] or None   with ``exclude_self``: the base row of every query (default ``0..Q-1``)
 
     Returns
     -------
@@ -1166,11 +1168,13 @@ def _desc_knn(base_desc: np.ndarray, query_desc: np.ndarray, k: int, *, exclude_
         idx = np.take_along_axis(idx, order, 1)
     out = np.full((nq, k), -1, np.int64)
     fl = np.zeros((nq, k), np.int64)
+    own = range(nq) if self_rows is None else [int(v) for v in self_rows]
     for r in range(nq):
         seen: list[int] = []
+        me = own[r]
         for j in idx[r]:
             jj = int(j % nb) if j >= 0 else -1
-            if jj < 0 or (exclude_self and jj == r) or jj in seen:
+            if jj < 0 or (exclude_self and jj == me) or jj in seen:
                 continue
             fl[r, len(seen)] = int(j >= nb)
             seen.append(jj)
@@ -1180,12 +1184,16 @@ def _desc_knn(base_desc: np.ndarray, query_desc: np.ndarray, k: int, *, exclude_
     return out, fl
 
 
-def _spec_knn(base: np.ndarray, query: np.ndarray, k: int, *, exclude_self: bool = False) -> np.ndarray:
+def _spec_knn(base: np.ndarray, query: np.ndarray, k: int, *, exclude_self: bool = False,
+              self_rows: np.ndarray | None = None) -> np.ndarray:
     """Nearest ``base`` rows of every query under :func:`spectrum_descriptors`: int64 [Q, k] (-1 padded).
 
     ``query`` is [Q, D], or [Q, V, D] for ``V`` variants of every query (:func:`rotscale_spectrum_descriptors`):
-    a base row's distance is then its smallest over the variants."""
+    a base row's distance is then its smallest over the variants.  ``self_rows`` (int [Q] or None): with
+    ``exclude_self``, the base row of every query (default ``0..Q-1``)."""
     from imprint.engine.search import knn
+
+    own = np.arange(len(query)) if self_rows is None else np.asarray(self_rows, np.int64)
 
     if query.ndim == 3:
         nq, V = query.shape[:2]
@@ -1199,9 +1207,10 @@ def _spec_knn(base: np.ndarray, query: np.ndarray, k: int, *, exclude_self: bool
         out = np.full((nq, k), -1, np.int64)
         for r in range(nq):
             seen: list[int] = []
+            me = int(own[r])
             for j in idx[r]:
                 j = int(j)
-                if j < 0 or (exclude_self and j == r) or j in seen:
+                if j < 0 or (exclude_self and j == me) or j in seen:
                     continue
                 seen.append(j)
                 if len(seen) == k:
@@ -1213,7 +1222,7 @@ def _spec_knn(base: np.ndarray, query: np.ndarray, k: int, *, exclude_self: bool
                  metric="l2", index="auto", use_gpu="auto")
     idx = np.asarray(idx, np.int64)
     if exclude_self:
-        idx = np.where(idx == np.arange(len(query))[:, None], -1, idx)
+        idx = np.where(idx == own[:, None], -1, idx)
         order = np.argsort(idx < 0, axis=1, kind="stable")
         idx = np.take_along_axis(idx, order, 1)
     out = np.full((len(query), k), -1, np.int64)
@@ -1433,9 +1442,15 @@ def _best_registered(A, B, cand: np.ndarray, cflip: np.ndarray, *, keys_a=None, 
 
 def shortlists(G: np.ndarray, P: np.ndarray, pix_gen: np.ndarray, pix_real: np.ndarray, *, k_reg: int = 6,
                n_pix: int = 3, k_spec: int = 4, n_lp: int = 0, shift_queries: bool = True,
-               keys_gen=None, keys_pool=None, cache: dict | None = None, rotscale_spec: bool = True):
+               keys_gen=None, keys_pool=None, cache: dict | None = None, rotscale_spec: bool = True,
+               rows: np.ndarray | None = None):
     """Registration candidates of every pool image: among the generated images and (the control) among
     the other pool images, built the same way (see :func:`registered_evidence`).
+
+    ``rows`` (int [Q] or None): search for these pool images only (every pool image is still a candidate of the
+    control); the other rows come back -1 (issue 15, branch spd11: the real-to-real pair null registers only its
+    sampled images).  Each query's search does not depend on the other queries (FAISS Flat candidates, exact
+    float64 distances, the same per-row merge), so the searched rows' lists are a full call's (test).
 
     Sources (each searched with the mirrored base as well where a flip is not already invariant):
     ``k_reg`` nearest under :func:`shortlist_descriptors` (with ``shift_queries``: a base row's distance is
@@ -1462,6 +1477,8 @@ def shortlists(G: np.ndarray, P: np.ndarray, pix_gen: np.ndarray, pix_real: np.n
 
         h = hashlib.sha1(repr((len(G), len(P), int(k_reg), int(n_pix), int(k_spec), int(n_lp), bool(shift_queries),
                                bool(rotscale_spec))).encode())
+        if rows is not None:
+            h.update(b"rows" + np.ascontiguousarray(rows, np.int64).tobytes())
         for part in (kG, kP):
             h.update("\0".join(map(str, part)).encode())
         for a in (np.asarray(pix_gen, np.int64)[:, :n_pix], np.asarray(pix_real, np.int64)[:, :n_pix]):
@@ -1478,33 +1495,43 @@ def shortlists(G: np.ndarray, P: np.ndarray, pix_gen: np.ndarray, pix_real: np.n
         dP0 = np.ascontiguousarray(dP[:, 0])
     else:
         dP = dP0 = _memo_rows(shortlist_descriptors, P, kP, cache, "reg_desc")
+    q = None if rows is None else np.asarray(rows, np.int64)
+    sel = slice(None) if q is None else q                 # the query rows (every row: the arrays themselves)
     kg = int(max(1, min(k_reg, len(G))))
     kr = int(max(1, min(k_reg, len(P) - 1)))
-    pg = np.asarray(pix_gen, np.int64)[:, :n_pix]
-    pr = np.asarray(pix_real, np.int64)[:, :n_pix]
-    ig, fg = _desc_knn(dG, dP, kg)
-    ir, fr = _desc_knn(dP0, dP, kr, exclude_self=True)
+    pg = np.asarray(pix_gen, np.int64)[sel, :n_pix]
+    pr = np.asarray(pix_real, np.int64)[sel, :n_pix]
+    dPq, dP0q = dP[sel], dP0[sel]
+    ig, fg = _desc_knn(dG, dPq, kg)
+    ir, fr = _desc_knn(dP0, dPq, kr, exclude_self=True, self_rows=q)
     sG = _memo_rows(spectrum_descriptors, G, kG, cache, "reg_spec")
     sP = _memo_rows(spectrum_descriptors, P, kP, cache, "reg_spec")
     # the pool images' spectrum queries: with ``rotscale_spec`` every rotation x scale variant of the image
     # (a base row's distance is its smallest over the variants; variant 0 = the plain query)
-    sQ = _memo_rows(rotscale_spectrum_descriptors, P, kP, cache, "reg_spec_rs") if rotscale_spec else sP
+    sQ = (_memo_rows(rotscale_spectrum_descriptors, P, kP, cache, "reg_spec_rs") if rotscale_spec else sP)[sel]
     ks = int(max(1, min(k_spec, len(G))))
     sg = _spec_knn(sG, sQ, ks)
-    sr = _spec_knn(sP, sQ, int(max(1, min(k_spec, len(P) - 1))), exclude_self=True)
+    sr = _spec_knn(sP, sQ, int(max(1, min(k_spec, len(P) - 1))), exclude_self=True, self_rows=q)
     cg = [ig, pg, sg]
-    fcg = [fg, np.zeros_like(pg), _flip_by_descriptor(dP0, dG, sg)]
+    fcg = [fg, np.zeros_like(pg), _flip_by_descriptor(dP0q, dG, sg)]
     cr = [ir, pr, sr]
-    fcr = [fr, np.zeros_like(pr), _flip_by_descriptor(dP0, dP0, sr)]
+    fcr = [fr, np.zeros_like(pr), _flip_by_descriptor(dP0q, dP0, sr)]
     if n_lp > 0:
         lG = _memo_rows(lowpass_descriptors, G, kG, cache, "reg_lp")
         lP = _memo_rows(lowpass_descriptors, P, kP, cache, "reg_lp")
-        lg, flg = _desc_knn(lG, lP, int(max(1, min(n_lp, len(G)))))
-        lr, flr = _desc_knn(lP, lP, int(max(1, min(n_lp, len(P) - 1))), exclude_self=True)
+        lg, flg = _desc_knn(lG, lP[sel], int(max(1, min(n_lp, len(G)))))
+        lr, flr = _desc_knn(lP, lP[sel], int(max(1, min(n_lp, len(P) - 1))), exclude_self=True, self_rows=q)
         cg.append(lg)
         fcg.append(flg)
         cr.append(lr)
         fcr.append(flr)
+    if q is not None:                                     # the rows not searched: no candidates (-1, flip 0)
+        def full(parts, fill):
+            a = np.concatenate(parts, 1)
+            out_ = np.full((len(P), a.shape[1]), fill, np.int64)
+            out_[q] = a
+            return [out_]
+        cg, fcg, cr, fcr = full(cg, -1), full(fcg, 0), full(cr, -1), full(fcr, 0)
     out = (np.concatenate(cg, 1), np.concatenate(fcg, 1), np.concatenate(cr, 1), np.concatenate(fcr, 1))
     if memo is not None:
         memo[memo_key] = tuple(a.copy() for a in out)
