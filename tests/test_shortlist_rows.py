@@ -1,8 +1,9 @@
 """Issue 15 (spd11): the registration shortlists searched for some pool images only.
 
 The real-to-real pair null registers only its sampled images (``PAIR_NULL_MAX_IMAGES``), so its shortlists among
-the other reals (:func:`calibrate._pair_reg_candidates` -> :func:`register.shortlists` with ``rows``) are searched
-for those images only.  The searched rows' lists must be those of a call over every row, bit for bit, and the null
+the other reals (:func:`calibrate._pair_reg_candidates` -> :func:`register.shortlists` with ``rows`` and
+``control_only``) are searched for those images only, and only among the other reals (the "generated" half was
+discarded).  The searched rows' lists must be those of a call over every row, bit for bit, and the null
 must not change.
 """
 
@@ -36,6 +37,13 @@ def test_shortlists_for_some_rows_equal_the_all_rows_lists():
         assert s.shape == f.shape and s.dtype == f.dtype
         np.testing.assert_array_equal(s[rows], f[rows])
         assert (s[rest] == (-1 if i % 2 == 0 else 0)).all()      # candidates -1, flips 0
+    # the control's lists alone (what the pair null uses): the same arrays, no generated-side columns
+    for r in (None, rows):
+        ctl = reg.shortlists(P, P, pix, pix, rows=r, control_only=True, **kw)
+        ref = full if r is None else sub
+        assert ctl[0].shape == ctl[1].shape == (R, 0)
+        np.testing.assert_array_equal(ctl[2], ref[2])
+        np.testing.assert_array_equal(ctl[3], ref[3])
     cr = sub[2]
     assert not (cr[rows] == rows[:, None]).any()                  # never the row itself in the control
     assert 7 in cr[3]                                             # the planted copy is shortlisted

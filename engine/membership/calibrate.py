@@ -778,7 +778,7 @@ def _pair_reg_candidates(real: np.ndarray, idx: np.ndarray, keys: list, cache: d
     ks = int(min(R - 1, math.ceil(k_spec * grow)))
     npx = int(min(idx.shape[1], math.ceil(n_pix * grow)))
     _, _, cr, fcr = shortlists(real, real, idx, idx, k_reg=kr, n_pix=npx, k_spec=ks, keys_gen=keys,
-                               keys_pool=keys, cache=cache, rows=rows)
+                               keys_pool=keys, cache=cache, rows=rows, control_only=True)
     return cr, fcr
 
 

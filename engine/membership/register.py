@@ -1443,7 +1443,7 @@ def _best_registered(A, B, cand: np.ndarray, cflip: np.ndarray, *, keys_a=None, 
 def shortlists(G: np.ndarray, P: np.ndarray, pix_gen: np.ndarray, pix_real: np.ndarray, *, k_reg: int = 6,
                n_pix: int = 3, k_spec: int = 4, n_lp: int = 0, shift_queries: bool = True,
                keys_gen=None, keys_pool=None, cache: dict | None = None, rotscale_spec: bool = True,
-               rows: np.ndarray | None = None):
+               rows: np.ndarray | None = None, control_only: bool = False):
     """Registration candidates of every pool image: among the generated images and (the control) among
     the other pool images, built the same way (see :func:`registered_evidence`).
 
@@ -1451,6 +1451,8 @@ def shortlists(G: np.ndarray, P: np.ndarray, pix_gen: np.ndarray, pix_real: np.n
     control); the other rows come back -1 (issue 15, branch spd11: the real-to-real pair null registers only its
     sampled images).  Each query's search does not depend on the other queries (FAISS Flat candidates, exact
     float64 distances, the same per-row merge), so the searched rows' lists are a full call's (test).
+    ``control_only``: only the control's lists (``cg``, ``fcg`` come back with 0 columns; the real-to-real pair
+    null uses only those); the control's lists do not depend on it.
 
     Sources (each searched with the mirrored base as well where a flip is not already invariant):
     ``k_reg`` nearest under :func:`shortlist_descriptors` (with ``shift_queries``: a base row's distance is
@@ -1479,6 +1481,8 @@ def shortlists(G: np.ndarray, P: np.ndarray, pix_gen: np.ndarray, pix_real: np.n
                                bool(rotscale_spec))).encode())
         if rows is not None:
             h.update(b"rows" + np.ascontiguousarray(rows, np.int64).tobytes())
+        if control_only:
+            h.update(b"control_only")
         for part in (kG, kP):
             h.update("\0".join(map(str, part)).encode())
         for a in (np.asarray(pix_gen, np.int64)[:, :n_pix], np.asarray(pix_real, np.int64)[:, :n_pix]):
@@ -1489,7 +1493,7 @@ def shortlists(G: np.ndarray, P: np.ndarray, pix_gen: np.ndarray, pix_real: np.n
         if hit is not None:
             return tuple(a.copy() for a in hit)
         memo_key = h.hexdigest()
-    dG = _memo_rows(shortlist_descriptors, G, kG, cache, "reg_desc")
+    dG = None if control_only else _memo_rows(shortlist_descriptors, G, kG, cache, "reg_desc")
     if shift_queries:
         dP = _memo_rows(shifted_shortlist_descriptors, P, kP, cache, "reg_desc_shift")   # [N, 5, s, s]
         dP0 = np.ascontiguousarray(dP[:, 0])
@@ -1502,27 +1506,31 @@ def shortlists(G: np.ndarray, P: np.ndarray, pix_gen: np.ndarray, pix_real: np.n
     pg = np.asarray(pix_gen, np.int64)[sel, :n_pix]
     pr = np.asarray(pix_real, np.int64)[sel, :n_pix]
     dPq, dP0q = dP[sel], dP0[sel]
-    ig, fg = _desc_knn(dG, dPq, kg)
+    ig, fg = (None, None) if control_only else _desc_knn(dG, dPq, kg)
     ir, fr = _desc_knn(dP0, dPq, kr, exclude_self=True, self_rows=q)
-    sG = _memo_rows(spectrum_descriptors, G, kG, cache, "reg_spec")
+    sG = None if control_only else _memo_rows(spectrum_descriptors, G, kG, cache, "reg_spec")
     sP = _memo_rows(spectrum_descriptors, P, kP, cache, "reg_spec")
     # the pool images' spectrum queries: with ``rotscale_spec`` every rotation x scale variant of the image
     # (a base row's distance is its smallest over the variants; variant 0 = the plain query)
     sQ = (_memo_rows(rotscale_spectrum_descriptors, P, kP, cache, "reg_spec_rs") if rotscale_spec else sP)[sel]
     ks = int(max(1, min(k_spec, len(G))))
-    sg = _spec_knn(sG, sQ, ks)
+    sg = None if control_only else _spec_knn(sG, sQ, ks)
     sr = _spec_knn(sP, sQ, int(max(1, min(k_spec, len(P) - 1))), exclude_self=True, self_rows=q)
-    cg = [ig, pg, sg]
-    fcg = [fg, np.zeros_like(pg), _flip_by_descriptor(dP0q, dG, sg)]
+    if control_only:
+        cg = fcg = [np.zeros((len(pr), 0), np.int64)]
+    else:
+        cg = [ig, pg, sg]
+        fcg = [fg, np.zeros_like(pg), _flip_by_descriptor(dP0q, dG, sg)]
     cr = [ir, pr, sr]
     fcr = [fr, np.zeros_like(pr), _flip_by_descriptor(dP0q, dP0, sr)]
     if n_lp > 0:
-        lG = _memo_rows(lowpass_descriptors, G, kG, cache, "reg_lp")
         lP = _memo_rows(lowpass_descriptors, P, kP, cache, "reg_lp")
-        lg, flg = _desc_knn(lG, lP[sel], int(max(1, min(n_lp, len(G)))))
+        if not control_only:
+            lG = _memo_rows(lowpass_descriptors, G, kG, cache, "reg_lp")
+            lg, flg = _desc_knn(lG, lP[sel], int(max(1, min(n_lp, len(G)))))
+            cg.append(lg)
+            fcg.append(flg)
         lr, flr = _desc_knn(lP, lP[sel], int(max(1, min(n_lp, len(P) - 1))), exclude_self=True, self_rows=q)
-        cg.append(lg)
-        fcg.append(flg)
         cr.append(lr)
         fcr.append(flr)
     if q is not None:                                     # the rows not searched: no candidates (-1, flip 0)
