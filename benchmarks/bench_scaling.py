@@ -500,6 +500,8 @@ def stage_table(sizes, data: Path, before: str | None = None, budget: float | No
     import shutil
 
     sides = ([("before", Path(before))] if before else []) + [("after", ROOT)]
+    if store_dir is not None:
+        Path(store_dir).mkdir(parents=True, exist_ok=True)   # run_membership creates DIR/before, DIR/after
     rows = []
     for n_real, n_gen in sizes:
         res = {}
