@@ -93,7 +93,7 @@ from imprint.engine.ingest import IngestPolicy
 base = rss()
 t0 = time.perf_counter()
 s = run_membership(gen_dir={gen!r}, real_dir={real!r}, out={out!r}, policy=IngestPolicy(size=(128, 128)),
-                   memory_budget_gb={budget!r})
+                   memory_budget_gb={budget!r}, store_dir={store_dir!r})
 wall = time.perf_counter() - t0
 ru = resource.getrusage(resource.RUSAGE_SELF)
 print("RESULT " + json.dumps({{"wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -127,7 +127,7 @@ def make_folder(folder: Path, n: int, seed: int, copies_of: np.ndarray | None = 
 
 
 def run_size(data: Path, n_real: int, n_gen: int, budget: float | None, monitor: str | None = None,
-             stages: bool = False, root: Path | None = None, tag: str = "") -> dict:
+             stages: bool = False, root: Path | None = None, tag: str = "", store_dir: str | None = None) -> dict:
     from PIL import Image
 
     real_dir = data / f"real{n_real}"
@@ -137,7 +137,8 @@ def run_size(data: Path, n_real: int, n_gen: int, budget: float | None, monitor:
     make_folder(gen_dir, n_gen, 2, copies_of=sample)
     out = data / f"scores-{n_real}x{n_gen}{tag}.csv"
     code = CHILD.format(root=str(root or ROOT), gen=str(gen_dir), real=str(real_dir), out=str(out), budget=budget,
-                        monitor=None if monitor is None else f"{monitor}.{n_real}x{n_gen}", stages=bool(stages))
+                        monitor=None if monitor is None else f"{monitor}.{n_real}x{n_gen}", stages=bool(stages),
+                        store_dir=store_dir)
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(ROOT))
     line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
     if p.returncode != 0 or not line:
@@ -489,7 +490,8 @@ def anatomy_search(sizes, data: Path, before: str, repeats: int = 2) -> list[dic
     return rows
 
 
-def stage_table(sizes, data: Path, before: str | None = None, budget: float | None = None) -> list[dict]:
+def stage_table(sizes, data: Path, before: str | None = None, budget: float | None = None,
+                store_dir: str | None = None) -> list[dict]:
     """Per-stage CPU-s and peak RSS of ``imprint membership`` (``run_membership``) at each ``(R, G)`` (issue 15,
     scale9): each side in a fresh process on fresh stores (its own checkpoint folder); a sampler thread reads every
     0.1 s the process CPU time and VmRSS and gives them to the stage whose function is on a thread's stack
@@ -498,6 +500,8 @@ def stage_table(sizes, data: Path, before: str | None = None, budget: float | No
     import shutil
 
     sides = ([("before", Path(before))] if before else []) + [("after", ROOT)]
+    if store_dir is not None:
+        Path(store_dir).mkdir(parents=True, exist_ok=True)   # run_membership creates DIR/before, DIR/after
     rows = []
     for n_real, n_gen in sizes:
         res = {}
@@ -506,7 +510,8 @@ def stage_table(sizes, data: Path, before: str | None = None, budget: float | No
             ck = data / f".scores-{n_real}x{n_gen}{tag}.csv.checkpoints"
             if ck.exists():
                 shutil.rmtree(ck)
-            res[name] = run_size(data, n_real, n_gen, budget, stages=True, root=root, tag=tag)
+            res[name] = run_size(data, n_real, n_gen, budget, stages=True, root=root, tag=tag,
+                                 store_dir=None if store_dir is None else str(Path(store_dir) / name))
             print(name, n_real, n_gen, json.dumps(res[name]["stage_cpu"]), flush=True)
         names = []
         for r in res.values():
@@ -713,6 +718,10 @@ def main(argv=None) -> int:
                     help="sizes to report by extrapolation when not run")
     ap.add_argument("--data", default="/tmp/imprint-bench-scaling")
     ap.add_argument("--memory-budget", type=float, default=None, help="GB, passed to run_membership")
+    ap.add_argument("--store-dir", default=None, metavar="DIR",
+                    help="passed to run_membership (with --stages: DIR/before, DIR/after): the pixel stores are kept "
+                         "there, so a second run over the same folders reuses them (without it they live in the run's "
+                         "checkpoint folder, which a finished run removes: every run decodes the folders)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--monitor", default=None, metavar="PREFIX",
                     help="the child appends a JSON line every 20 s (elapsed, CPU-s, RSS, stage) to PREFIX.RxG, "
@@ -819,7 +828,8 @@ def main(argv=None) -> int:
         return 0
     if args.stages:
         sizes = _sizes(args.stages)
-        rows = stage_table(sizes, Path(args.data), before=args.before, budget=args.memory_budget)
+        rows = stage_table(sizes, Path(args.data), before=args.before, budget=args.memory_budget,
+                           store_dir=args.store_dir)
         print(json.dumps(rows))
         if args.write_results:
             _write_block(args.write_results, "stages-scale9" if args.block == "scaling" else args.block, rows, (
@@ -917,7 +927,7 @@ def main(argv=None) -> int:
         sizes = []
     for r, g in sizes:
         t0 = time.perf_counter()
-        res = run_size(data, r, g, args.memory_budget, args.monitor)
+        res = run_size(data, r, g, args.memory_budget, args.monitor, store_dir=args.store_dir)
         res.update(real=r, generated=g, load=os.getloadavg(), bench_s=time.perf_counter() - t0)
         rows.append(res)
         print(json.dumps(res), flush=True)

@@ -78,6 +78,45 @@ def test_register_pairs_finds_a_planted_transform():
     assert abs(r["dy"][0] - 6.0) < 1.0 and abs(r["dx"][0] + 4.0) < 1.0
 
 
+def _downsample_numpy(images, f):
+    """register.downsample before issue 15's spd11 (two numpy sums), the reference for the compiled pass."""
+    x = np.asarray(images, np.float32)
+    if f <= 1:
+        return x.copy()
+    n, h, w = x.shape
+    hh, ww = h // f, w // f
+    y = x[:, : hh * f, : ww * f].reshape(n * hh, f, ww * f).sum(1)
+    y = y.reshape(n * hh, ww, f).sum(2)
+    return (y * np.float32(1.0 / (f * f))).reshape(n, hh, ww)
+
+
+def test_downsample_compiled_pass_equals_the_numpy_sums_bit_for_bit():
+    """Float inputs of very different magnitudes (where the summation order shows in the last bit), uint8 images,
+    odd sizes (cropped remainders), non-contiguous and read-only inputs, every factor 1..9 (8 and 9: numpy's)."""
+    rng = np.random.default_rng(3)
+    n_diff = 0
+    for t in range(45):
+        n, h, w, f = int(rng.integers(0, 6)), int(rng.integers(1, 70)), int(rng.integers(1, 70)), 1 + t % 9
+        x = (rng.standard_normal((n, h, w)) * 10.0 ** rng.uniform(-3, 4, (n, 1, 1))).astype(np.float32)
+        if t % 3 == 0:
+            x = rng.integers(0, 256, (n, h, w)).astype(np.uint8)
+        if t % 4 == 1 and w > 2:
+            x = x[:, :, 1:]                          # not C-contiguous
+        if t % 5 == 2:
+            x = x.copy()
+            x.setflags(write=False)                  # read-only, as a memory-mapped store's
+        got, ref = R.downsample(x, f), _downsample_numpy(x, f)
+        assert got.dtype == ref.dtype == np.float32 and got.shape == ref.shape
+        assert got.tobytes() == ref.tobytes(), (n, h, w, f, x.dtype)
+        # a different order (left-to-right over all f*f) would differ somewhere on these inputs: the check has teeth
+        if 1 < f < 8 and x.dtype == np.float32 and ref.size:
+            h, w = x.shape[1:]
+            xx = np.asarray(x, np.float32)[:, : (h // f) * f, : (w // f) * f].reshape(n, h // f, f, w // f, f)
+            other = (xx.transpose(0, 1, 3, 2, 4).reshape(n, h // f, w // f, f * f).sum(-1) * np.float32(1 / (f * f)))
+            n_diff += int(other.tobytes() != ref.tobytes())
+    assert n_diff > 0
+
+
 def test_z_compiled_normalisation_equals_the_numpy_passes():
     rng = np.random.default_rng(4)
     for shape in ((40, 64, 64), (3, 128, 128), (6, 1, 1)):

@@ -760,11 +760,14 @@ def _pixel_knn_memo(real: np.ndarray, cache: dict | None, q: np.ndarray, kx: int
 
 
 def _pair_reg_candidates(real: np.ndarray, idx: np.ndarray, keys: list, cache: dict, *, k_reg: int, n_pix: int,
-                         k_spec: int, share: float) -> tuple[np.ndarray, np.ndarray]:
+                         k_spec: int, share: float, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Registration candidates of every real image among the OTHER real images, built by the evidence's own
     :func:`.register.shortlists` (moment-frame descriptors with shifted queries, z-pixel neighbours, spectra),
     each source enlarged by ``1 / share`` so that the part of a split holding a share ``share`` of the other
     reals still gets about as many candidates as the evidence's shortlist among the generated images.
+
+    ``rows`` (or None: all): the images whose candidates are searched (issue 15, spd11: the sampled images, the
+    only ones registered); the other rows are -1.
 
     Returns ``cand`` int64 [R, C] (indices into ``real``, -1 = none, never the row itself) and ``flip`` [R, C]."""
     from .register import shortlists
@@ -775,7 +778,7 @@ def _pair_reg_candidates(real: np.ndarray, idx: np.ndarray, keys: list, cache: d
     ks = int(min(R - 1, math.ceil(k_spec * grow)))
     npx = int(min(idx.shape[1], math.ceil(n_pix * grow)))
     _, _, cr, fcr = shortlists(real, real, idx, idx, k_reg=kr, n_pix=npx, k_spec=ks, keys_gen=keys,
-                               keys_pool=keys, cache=cache)
+                               keys_pool=keys, cache=cache, rows=rows, control_only=True)
     return cr, fcr
 
 
@@ -953,7 +956,7 @@ def real_pair_null(real: np.ndarray, n_generated: int, *, k: int = 32, splits: S
         keys = _hashes(real)
         share = min(min(splits), 1.0 - max(splits))
         cand, cflip = _pair_reg_candidates(real, idx, keys, cache, k_reg=k_reg, n_pix=n_pix, k_spec=k_spec,
-                                           share=share)
+                                           share=share, rows=q if len(q) < R else None)
         if groups is not None:                             # never a slice of the image's own series
             cand = np.where((cand >= 0) & (groups[np.maximum(cand, 0)] == groups[:, None]), -1, cand)
     rng = np.random.default_rng(random_state)

@@ -193,13 +193,49 @@ def warp(images: np.ndarray, rows, flip, angle, scale, dy=0.0, dx=0.0, *, fill=N
     return out, valid
 
 
+@njit(cache=True, nogil=True)
+def _downsample_kernel(x, f, scale, out):  # pragma: no cover - numba
+    """``out[i, a, b]`` = the area average of ``x[i]``'s ``f x f`` block ``(a, b)``, summed in numpy's order for
+    :func:`downsample`'s two reductions (``f < 8``): each column of the block's ``f`` rows first, row after row,
+    then the ``f`` column sums left to right, then ``* scale``; float32 throughout."""
+    n = x.shape[0]
+    hh, ww = out.shape[1], out.shape[2]
+    wf = ww * f
+    col = np.empty(wf, np.float32)
+    for i in range(n):
+        for a in range(hh):
+            r0 = a * f
+            for c in range(wf):
+                col[c] = x[i, r0, c]
+            for dy in range(1, f):
+                for c in range(wf):
+                    col[c] += x[i, r0 + dy, c]
+            for b in range(ww):
+                t = col[b * f]
+                for dx in range(1, f):
+                    t += col[b * f + dx]
+                out[i, a, b] = t * scale
+
+
 def downsample(images: np.ndarray, f: int) -> np.ndarray:
-    """Area average by ``f`` (cropping the remainder); float32 [N, H//f, W//f]."""
+    """Area average by ``f`` (cropping the remainder); float32 [N, H//f, W//f].
+
+    For ``f < 8`` one compiled pass (:func:`_downsample_kernel`, issue 15, branch spd11) adds in the order of the
+    numpy expression below (a middle-axis sum adds the rows one after the other; a last-axis sum of fewer than 8
+    elements adds them left to right), so the values are the same bit for bit (tests/test_register_speed.py);
+    ``f >= 8`` (numpy's pairwise sum) keeps the numpy expression."""
     x = np.asarray(images, np.float32)
     if f <= 1:
         return x.copy()
     n, h, w = x.shape
     hh, ww = h // f, w // f
+    if f < 8 and x.ndim == 3:
+        if not (x.flags.c_contiguous and x.flags.writeable):   # one compiled signature (C-contiguous, writable)
+            x = np.array(x, np.float32, order="C")
+        out = np.empty((n, hh, ww), np.float32)
+        if out.size:
+            _downsample_kernel(x, int(f), np.float32(1.0 / (f * f)), out)
+        return out
     y = x[:, : hh * f, : ww * f].reshape(n * hh, f, ww * f).sum(1)      # rows
     y = y.reshape(n * hh, ww, f).sum(2)                                  # columns
     return (y * np.float32(1.0 / (f * f))).reshape(n, hh, ww)
@@ -1093,7 +1129,8 @@ def _desc_knn_blocks(fb: np.ndarray, base_desc: np.ndarray, q: np.ndarray, kk: i
     return bd.astype(np.float32), bi
 
 
-def _desc_knn(base_desc: np.ndarray, query_desc: np.ndarray, k: int, *, exclude_self: bool = False):
+def _desc_knn(base_desc: np.ndarray, query_desc: np.ndarray, k: int, *, exclude_self: bool = False,
+              self_rows: np.ndarray | None = None):
     """Nearest ``base`` rows of every query under the descriptor distance, a flip of the base allowed.
 
     Parameters
@@ -1103,6 +1140,7 @@ def _desc_knn(base_desc: np.ndarray, query_desc: np.ndarray, k: int, *, exclude_
         copies, :func:`shift_variants`): a base row's distance is then its smallest over the variants
     k : int
     exclude_self : bool   queries are the base rows: never return row ``r`` for query ``r``
+    self_rows : int [Q] or None   with ``exclude_self``: the base row of every query (default ``0..Q-1``)
 
     Returns
     -------
@@ -1130,11 +1168,13 @@ def _desc_knn(base_desc: np.ndarray, query_desc: np.ndarray, k: int, *, exclude_
         idx = np.take_along_axis(idx, order, 1)
     out = np.full((nq, k), -1, np.int64)
     fl = np.zeros((nq, k), np.int64)
+    own = range(nq) if self_rows is None else [int(v) for v in self_rows]
     for r in range(nq):
         seen: list[int] = []
+        me = own[r]
         for j in idx[r]:
             jj = int(j % nb) if j >= 0 else -1
-            if jj < 0 or (exclude_self and jj == r) or jj in seen:
+            if jj < 0 or (exclude_self and jj == me) or jj in seen:
                 continue
             fl[r, len(seen)] = int(j >= nb)
             seen.append(jj)
@@ -1144,12 +1184,16 @@ def _desc_knn(base_desc: np.ndarray, query_desc: np.ndarray, k: int, *, exclude_
     return out, fl
 
 
-def _spec_knn(base: np.ndarray, query: np.ndarray, k: int, *, exclude_self: bool = False) -> np.ndarray:
+def _spec_knn(base: np.ndarray, query: np.ndarray, k: int, *, exclude_self: bool = False,
+              self_rows: np.ndarray | None = None) -> np.ndarray:
     """Nearest ``base`` rows of every query under :func:`spectrum_descriptors`: int64 [Q, k] (-1 padded).
 
     ``query`` is [Q, D], or [Q, V, D] for ``V`` variants of every query (:func:`rotscale_spectrum_descriptors`):
-    a base row's distance is then its smallest over the variants."""
+    a base row's distance is then its smallest over the variants.  ``self_rows`` (int [Q] or None): with
+    ``exclude_self``, the base row of every query (default ``0..Q-1``)."""
     from imprint.engine.search import knn
+
+    own = np.arange(len(query)) if self_rows is None else np.asarray(self_rows, np.int64)
 
     if query.ndim == 3:
         nq, V = query.shape[:2]
@@ -1163,9 +1207,10 @@ def _spec_knn(base: np.ndarray, query: np.ndarray, k: int, *, exclude_self: bool
         out = np.full((nq, k), -1, np.int64)
         for r in range(nq):
             seen: list[int] = []
+            me = int(own[r])
             for j in idx[r]:
                 j = int(j)
-                if j < 0 or (exclude_self and j == r) or j in seen:
+                if j < 0 or (exclude_self and j == me) or j in seen:
                     continue
                 seen.append(j)
                 if len(seen) == k:
@@ -1177,7 +1222,7 @@ def _spec_knn(base: np.ndarray, query: np.ndarray, k: int, *, exclude_self: bool
                  metric="l2", index="auto", use_gpu="auto")
     idx = np.asarray(idx, np.int64)
     if exclude_self:
-        idx = np.where(idx == np.arange(len(query))[:, None], -1, idx)
+        idx = np.where(idx == own[:, None], -1, idx)
         order = np.argsort(idx < 0, axis=1, kind="stable")
         idx = np.take_along_axis(idx, order, 1)
     out = np.full((len(query), k), -1, np.int64)
@@ -1414,9 +1459,17 @@ def _best_registered(A, B, cand: np.ndarray, cflip: np.ndarray, *, keys_a=None, 
 
 def shortlists(G: np.ndarray, P: np.ndarray, pix_gen: np.ndarray, pix_real: np.ndarray, *, k_reg: int = 6,
                n_pix: int = 3, k_spec: int = 4, n_lp: int = 0, shift_queries: bool = True,
-               keys_gen=None, keys_pool=None, cache: dict | None = None, rotscale_spec: bool = True):
+               keys_gen=None, keys_pool=None, cache: dict | None = None, rotscale_spec: bool = True,
+               rows: np.ndarray | None = None, control_only: bool = False):
     """Registration candidates of every pool image: among the generated images and (the control) among
     the other pool images, built the same way (see :func:`registered_evidence`).
+
+    ``rows`` (int [Q] or None): search for these pool images only (every pool image is still a candidate of the
+    control); the other rows come back -1 (issue 15, branch spd11: the real-to-real pair null registers only its
+    sampled images).  Each query's search does not depend on the other queries (FAISS Flat candidates, exact
+    float64 distances, the same per-row merge), so the searched rows' lists are a full call's (test).
+    ``control_only``: only the control's lists (``cg``, ``fcg`` come back with 0 columns; the real-to-real pair
+    null uses only those); the control's lists do not depend on it.
 
     Sources (each searched with the mirrored base as well where a flip is not already invariant):
     ``k_reg`` nearest under :func:`shortlist_descriptors` (with ``shift_queries``: a base row's distance is
@@ -1443,6 +1496,10 @@ def shortlists(G: np.ndarray, P: np.ndarray, pix_gen: np.ndarray, pix_real: np.n
 
         h = hashlib.sha1(repr((len(G), len(P), int(k_reg), int(n_pix), int(k_spec), int(n_lp), bool(shift_queries),
                                bool(rotscale_spec))).encode())
+        if rows is not None:
+            h.update(b"rows" + np.ascontiguousarray(rows, np.int64).tobytes())
+        if control_only:
+            h.update(b"control_only")
         for part in (kG, kP):
             h.update("\0".join(map(str, part)).encode())
         for a in (np.asarray(pix_gen, np.int64)[:, :n_pix], np.asarray(pix_real, np.int64)[:, :n_pix]):
@@ -1453,39 +1510,53 @@ def shortlists(G: np.ndarray, P: np.ndarray, pix_gen: np.ndarray, pix_real: np.n
         if hit is not None:
             return tuple(a.copy() for a in hit)
         memo_key = h.hexdigest()
-    dG = _memo_rows(shortlist_descriptors, G, kG, cache, "reg_desc")
+    dG = None if control_only else _memo_rows(shortlist_descriptors, G, kG, cache, "reg_desc")
     if shift_queries:
         dP = _memo_rows(shifted_shortlist_descriptors, P, kP, cache, "reg_desc_shift")   # [N, 5, s, s]
         dP0 = np.ascontiguousarray(dP[:, 0])
     else:
         dP = dP0 = _memo_rows(shortlist_descriptors, P, kP, cache, "reg_desc")
+    q = None if rows is None else np.asarray(rows, np.int64)
+    sel = slice(None) if q is None else q                 # the query rows (every row: the arrays themselves)
     kg = int(max(1, min(k_reg, len(G))))
     kr = int(max(1, min(k_reg, len(P) - 1)))
-    pg = np.asarray(pix_gen, np.int64)[:, :n_pix]
-    pr = np.asarray(pix_real, np.int64)[:, :n_pix]
-    ig, fg = _desc_knn(dG, dP, kg)
-    ir, fr = _desc_knn(dP0, dP, kr, exclude_self=True)
-    sG = _memo_rows(spectrum_descriptors, G, kG, cache, "reg_spec")
+    pg = np.asarray(pix_gen, np.int64)[sel, :n_pix]
+    pr = np.asarray(pix_real, np.int64)[sel, :n_pix]
+    dPq, dP0q = dP[sel], dP0[sel]
+    ig, fg = (None, None) if control_only else _desc_knn(dG, dPq, kg)
+    ir, fr = _desc_knn(dP0, dPq, kr, exclude_self=True, self_rows=q)
+    sG = None if control_only else _memo_rows(spectrum_descriptors, G, kG, cache, "reg_spec")
     sP = _memo_rows(spectrum_descriptors, P, kP, cache, "reg_spec")
     # the pool images' spectrum queries: with ``rotscale_spec`` every rotation x scale variant of the image
     # (a base row's distance is its smallest over the variants; variant 0 = the plain query)
-    sQ = _memo_rows(rotscale_spectrum_descriptors, P, kP, cache, "reg_spec_rs") if rotscale_spec else sP
+    sQ = (_memo_rows(rotscale_spectrum_descriptors, P, kP, cache, "reg_spec_rs") if rotscale_spec else sP)[sel]
     ks = int(max(1, min(k_spec, len(G))))
-    sg = _spec_knn(sG, sQ, ks)
-    sr = _spec_knn(sP, sQ, int(max(1, min(k_spec, len(P) - 1))), exclude_self=True)
-    cg = [ig, pg, sg]
-    fcg = [fg, np.zeros_like(pg), _flip_by_descriptor(dP0, dG, sg)]
+    sg = None if control_only else _spec_knn(sG, sQ, ks)
+    sr = _spec_knn(sP, sQ, int(max(1, min(k_spec, len(P) - 1))), exclude_self=True, self_rows=q)
+    if control_only:
+        cg = fcg = [np.zeros((len(pr), 0), np.int64)]
+    else:
+        cg = [ig, pg, sg]
+        fcg = [fg, np.zeros_like(pg), _flip_by_descriptor(dP0q, dG, sg)]
     cr = [ir, pr, sr]
-    fcr = [fr, np.zeros_like(pr), _flip_by_descriptor(dP0, dP0, sr)]
+    fcr = [fr, np.zeros_like(pr), _flip_by_descriptor(dP0q, dP0, sr)]
     if n_lp > 0:
-        lG = _memo_rows(lowpass_descriptors, G, kG, cache, "reg_lp")
         lP = _memo_rows(lowpass_descriptors, P, kP, cache, "reg_lp")
-        lg, flg = _desc_knn(lG, lP, int(max(1, min(n_lp, len(G)))))
-        lr, flr = _desc_knn(lP, lP, int(max(1, min(n_lp, len(P) - 1))), exclude_self=True)
-        cg.append(lg)
-        fcg.append(flg)
+        if not control_only:
+            lG = _memo_rows(lowpass_descriptors, G, kG, cache, "reg_lp")
+            lg, flg = _desc_knn(lG, lP[sel], int(max(1, min(n_lp, len(G)))))
+            cg.append(lg)
+            fcg.append(flg)
+        lr, flr = _desc_knn(lP, lP[sel], int(max(1, min(n_lp, len(P) - 1))), exclude_self=True, self_rows=q)
         cr.append(lr)
         fcr.append(flr)
+    if q is not None:                                     # the rows not searched: no candidates (-1, flip 0)
+        def full(parts, fill):
+            a = np.concatenate(parts, 1)
+            out_ = np.full((len(P), a.shape[1]), fill, np.int64)
+            out_[q] = a
+            return [out_]
+        cg, fcg, cr, fcr = full(cg, -1), full(fcg, 0), full(cr, -1), full(fcr, 0)
     out = (np.concatenate(cg, 1), np.concatenate(fcg, 1), np.concatenate(cr, 1), np.concatenate(fcr, 1))
     if memo is not None:
         memo[memo_key] = tuple(a.copy() for a in out)
