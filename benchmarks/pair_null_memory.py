@@ -26,15 +26,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-_SPLITS_CHILD = r"""
-import json, os, sys, threading, time
+# both children: imports, this checkout first on the path, and the resident-memory reader
+_PRELUDE = r"""
+import json, os, resource, sys, threading, time, traceback
 sys.path.insert(0, {root!r})
-import numpy as np
-from PIL import Image
 PG = os.sysconf("SC_PAGE_SIZE")
 def rss():
     with open("/proc/self/statm") as fh:
         return int(fh.read().split()[1]) * PG
+"""
+
+_SPLITS_CHILD = _PRELUDE + r"""
+import numpy as np
+from PIL import Image
 peak = [0]
 def sampler():
     while True:
@@ -60,13 +64,7 @@ print("RESULT " + json.dumps({{"cpu_s": c1 - c0, "base_mb": base / 2**20, "peak_
                                "spike_mb": (peak[0] - base) / 2**20, "load": os.getloadavg()[0]}}))
 """
 
-_TRACE_CHILD = r"""
-import json, os, resource, sys, threading, time, traceback
-sys.path.insert(0, {root!r})
-PG = os.sysconf("SC_PAGE_SIZE")
-def rss():
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * PG
+_TRACE_CHILD = _PRELUDE + r"""
 log = open({log!r}, "w")
 t00 = time.perf_counter()
 main_id = threading.main_thread().ident
