@@ -190,3 +190,36 @@ def test_flip_by_descriptor_in_budget_blocks(monkeypatch):
     np.testing.assert_array_equal(small, big)
     assert (big[cand == np.arange(30)[:, None] + 30] == 1).all()   # the mirrored twin: flipped
     assert (big[cand == np.arange(30)[:, None]] == 0).all()        # the image itself: not
+
+
+def test_registered_anatomy_coarse_search_in_budget_blocks(monkeypatch):
+    """Issue 15 (lead, after mem11): the anatomy evidence's registered shortlist (:func:`anatomy.registered_anatomy`)
+    runs its coarse search in budget-sized blocks, as the pair null's splits do (at 10k real x 100k generated its one
+    call was the run's 4.0 GB peak); a tiny and a huge budget give the same values bit for bit, memoised or not, and
+    the tiny one really runs several blocks."""
+    from imprint.engine.membership import anatomy
+
+    real = _folder(n=70, size=48, seed=12)
+    low = anatomy._lowpass_rows(real)
+    rng = np.random.default_rng(13)
+    cand = np.stack([rng.permutation(np.delete(np.arange(70), i))[:6] for i in range(40)])   # 240 pairs
+    keys = [f"k{i}" for i in range(70)]
+    calls = []
+    orig = reg.coarse_scores
+    monkeypatch.setattr(reg, "coarse_scores", lambda A, B, pairs, **k: calls.append(len(pairs)) or orig(A, B, pairs,
+                                                                                                         **k))
+    out = {}
+    for b in (2**20, 2**40):
+        for memo in (False, True):
+            calls.clear()
+            kw = dict(keys_a=keys[:40], keys_b=keys, cache={}) if memo else {}
+            with memory_budget(b):
+                out[b, memo] = anatomy.registered_anatomy(low[:40], low, cand, exclude=np.arange(40), **kw)
+            out[b, memo, "calls"] = list(calls)
+    assert out[2**40, False, "calls"] == [240]                                  # one call under a large budget
+    assert len(out[2**20, False, "calls"]) > 1 and sum(out[2**20, False, "calls"]) == 240   # blocks under a tiny one
+    ref = out[2**40, False]
+    assert (ref["match"] >= 0).all() and np.isfinite(ref["ncc"]).all()
+    for key in [(2**20, False), (2**20, True), (2**40, True)]:
+        for k in ref:
+            np.testing.assert_array_equal(out[key][k], ref[k], err_msg=f"{key} {k}")

@@ -523,23 +523,25 @@ def _polished_pairs(lowA: np.ndarray, lowB: np.ndarray, pairs: np.ndarray, co: d
 
 def _memo_pairs(fn, pairs: np.ndarray, keys_a, keys_b, cache: dict | None, name: str, fields) -> dict:
     """``fn(sel) -> dict of arrays [len(sel)]`` (``sel``: indices into ``pairs`` [K, 2]) memoised per pair of image
-    contents (``(keys_a[i], keys_b[j])``) in ``cache[name]`` as float tuples, so pools that share images (the target
+    contents (``(keys_a[i], keys_b[j])``) in ``cache[name]`` (float64 columns), so pools that share images (the target
     and the dev sets' pools share the reference, and a dev set may be the target's generator) register each pair
     once; the per-pair computations
     (:func:`.register.coarse_scores`, :func:`.register.polish_lo`, the masked NCC) do not depend on which other
     pairs share the call, so the values are those of an uncached call."""
+    from .register import _RowMemo
+
     if cache is None or keys_a is None or keys_b is None or len(pairs) == 0:
         return fn(np.arange(len(pairs)))
-    store = cache.setdefault(name, {})
+    # float64 columns per field (register._RowMemo), not a tuple of Python floats per pair: ~5x less resident
+    # memory for the audit's lifetime (the G-side pairs at 10k real images are hundreds of thousands); same values
+    store = cache.setdefault(name, _RowMemo())
     kk = [(keys_a[a], keys_b[b]) for a, b in pairs]
-    miss = [t for t, k in enumerate(kk) if k not in store]
+    miss = store.missing(kk)
     if miss:
         r = fn(np.asarray(miss, np.int64))
-        cols = [np.asarray(r[f], np.float64) for f in fields]
-        for j, t in enumerate(miss):
-            store[kk[t]] = tuple(float(c[j]) for c in cols)
-    vals = np.array([store[k] for k in kk], np.float64).reshape(len(kk), len(fields))
-    return {f: vals[:, i] for i, f in enumerate(fields)}
+        store.add([kk[t] for t in miss], {f: r[f] for f in fields})
+    got = store.get(kk)
+    return {f: got[f] for f in fields}
 
 
 def registered_anatomy(lowA: np.ndarray, lowB: np.ndarray, cand: np.ndarray, *, exclude=None,
@@ -571,7 +573,6 @@ def registered_anatomy(lowA: np.ndarray, lowB: np.ndarray, cand: np.ndarray, *, 
         ``ncc`` (-1 where the row has no candidate), ``match`` (index into ``lowB``, -1: none), ``flip``,
         ``angle`` (degrees), ``scale``, ``dy``, ``dx`` (grid pixels) of the best registered candidate.
     """
-    from .register import coarse_scores
 
     n_polish = N_POLISH if n_polish is None else n_polish
     cand = np.asarray(cand, np.int64)
@@ -593,7 +594,9 @@ def registered_anatomy(lowA: np.ndarray, lowB: np.ndarray, cand: np.ndarray, *, 
     lowB = np.ascontiguousarray(lowB, np.float32)
     # the coarse search on the 32 x 32 grids themselves (a 16 x 16 search was cheaper but its 1-px shift error is
     # 2 grid px, outside the polish's +-1 px peak window: on a scratch draw, seed 11, true copy matched 0.62 vs 0.75)
-    co = _memo_pairs(lambda t: coarse_scores(lowA, lowB, pairs[t]), pairs, keys_a, keys_b, cache, "anat_coarse",
+    # in budget-sized blocks, as the pair null's splits (at 10k real x 100k generated the one call was the run's
+    # 4.0 GB peak, lead 2026-11-30); every pair is scored on its own, so the values are the one call's
+    co = _memo_pairs(lambda t: _coarse_in_blocks(lowA, lowB, pairs[t]), pairs, keys_a, keys_b, cache, "anat_coarse",
                      _CO_KEYS)
     score = np.full(R * c, -np.inf)
     score[ok] = co["coarse"]
