@@ -1093,6 +1093,17 @@ def attribute(images, k, *, dev_sets=None, random_state=0, progress=None, groups
                           stability_resamples=int(stability_resamples), processing_invariant=processing_invariant)
 
 
+def _generator_columns(masks, n_cols, content_groups):
+    """Bool [n_cols]: every group's columns except the content groups' (all columns if nothing else is left)."""
+    gen = np.ones(n_cols, bool)
+    for g in content_groups:
+        if g in masks:
+            gen &= ~masks[g]
+    if not gen.any():
+        gen[:] = True
+    return gen
+
+
 def _equal_shares(sizes, m):
     """Split a sample of ``m`` over strata of ``sizes``: equal shares, each capped at its stratum's size, what a
     small stratum cannot take shared equally among the others (water filling).  Returns int array, sum min(m, total)."""
@@ -1119,12 +1130,7 @@ def _stratified_sample(X, masks, m, seed, content_groups=CONTENT_GROUPS):
     from sklearn.decomposition import PCA
 
     n = X.shape[0]
-    cols = np.ones(X.shape[1], bool)
-    for g in content_groups:
-        if g in masks:
-            cols &= ~masks[g]
-    if not cols.any():
-        cols[:] = True
+    cols = _generator_columns(masks, X.shape[1], content_groups)
     Z = X[:, cols].astype(np.float64)
     sd = Z.std(axis=0)
     Z = (Z[:, sd > 1e-9] - Z[:, sd > 1e-9].mean(axis=0)) / sd[sd > 1e-9]
@@ -1256,12 +1262,7 @@ def _attribute(images, k, *, dev_sets, random_state, progress, groups, backbones
             X_pre = (X - nap.mu) / nap.sd  # standardised, before the projection (its column scales are kept below)
             X = nap.transform(X)
     # generator columns: every group except the content ones (all columns if nothing else is left)
-    gen = np.ones(X.shape[1], bool)
-    for g in content_groups:
-        if g in masks_all:
-            gen &= ~masks_all[g]
-    if not gen.any():
-        gen[:] = True
+    gen = _generator_columns(masks_all, X.shape[1], content_groups)
     dropped = list(skipped) + [g for g in masks_all if g in content_groups and gen.sum() < X.shape[1]]
     masks = {g: m[gen] for g, m in masks_all.items() if g not in dropped}
     X = X[:, gen]
