@@ -1,4 +1,5 @@
-"""The processing projection's sample (issue 19, tenth round): stratified over the set's modes.
+"""The processing projection's sample (issue 19, tenth round): stratified over k-means strata of the features
+(opt-in, ``attribution.PROCESSING_SAMPLE_RULE = "stratified"``; the default stays the uniform sample).
 
 A small mode (a small model, or one processing history of it) whose processing moves its features along a direction
 of its own must be represented in the images the projection is fitted on, or that direction is not removed and its
