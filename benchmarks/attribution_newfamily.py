@@ -5,7 +5,7 @@ Usage::
     IMPRINT_MODELS_DIR=/work/main/models/onnx nice .venv/bin/python benchmarks/attribution_newfamily.py \
         [--code CHECKOUT] [--seeds 31,32,33] [--models m123|m12e] [--mix release|release-box|none] \
         [--source real|gen_e] [--ks 4,auto] [--no-invariance] [--processing-sample N] [--cache DIR] [--json OUT]
-        [--n-new N] [--save DIR]
+        [--n-new N] [--save DIR] [--sample-rule random|stratified]
 
 The new family, "rdec": a randomly initialised convolutional auto-decoder (numpy/scipy only, weights fixed by
 ``DECODER_SEED``).  An image is encoded by averaging 2x2 blocks (128 -> 64) and a random 3x3 conv bank (8 channels,
@@ -143,6 +143,8 @@ def main(argv=None):
                     "m123 only, where gen_e is neither clustered nor in dev)")
     ap.add_argument("--no-invariance", action="store_true", help="processing_invariant=False (the method before issue "
                     "19), to see whether this set can tell the two apart")
+    ap.add_argument("--sample-rule", default=None, choices=("random", "stratified"),
+                    help="engine.attribution.PROCESSING_SAMPLE_RULE for this run (issue 19, tenth round)")
     ap.add_argument("--processing-sample", type=int, default=None, help="engine.attribution.PROCESSING_SAMPLE for "
                     "this run (default: the code's, 300)")
     ap.add_argument("--cache", default=None)
@@ -151,6 +153,8 @@ def main(argv=None):
     a = ap.parse_args(argv)
     if a.processing_sample:
         A.PROCESSING_SAMPLE = a.processing_sample
+    if a.sample_rule:
+        A.PROCESSING_SAMPLE_RULE = a.sample_rule
     R = a.dev
     D = {f"model_{i}": L.load(f"{R}/attribution/model_{i}") for i in (1, 2, 3)}
     for g in "abe":
@@ -191,6 +195,7 @@ def main(argv=None):
             new = r.labels[y == len(parts) - 1]
             cell = {"seed": s, "models": a.models, "source": a.source, "mix": a.mix, "invariant": not a.no_invariance,
                     "processing_sample": getattr(A, "PROCESSING_SAMPLE", 300),
+                    "sample_rule": getattr(A, "PROCESSING_SAMPLE_RULE", "random"),
                     "k": "auto" if k is None else k, "k_found": int(r.k),
                     "ari": round(float(ari(y, r.labels)), 4), "ari_processing": round(float(ari(tags, r.labels)), 4),
                     "rdec_clusters": np.bincount(new, minlength=r.k).tolist(),

@@ -191,7 +191,7 @@ def test_one_model_released_gives_k1_and_two_models_k2_through_attribute(monkeyp
         monkeypatch.setattr(A, "_extract", lambda images, groups, backbones=(), errors=None, executor=None,
                             X=X: (X.copy(), list(names)))
 
-        def proj(images, X_, names_, groups, backbones, masks, seed, cache_dir, executor=None):
+        def proj(images, X_, names_, groups, backbones, masks, seed, cache_dir, executor=None, content_groups=()):
             idx = np.arange(X_.shape[0])
             Xa = X_[idx] + rng.uniform(10, 20, (idx.size, 1)) * U[:, 0]
             nap = Fe.NuisanceProjection.fit(X_[idx], Xa, masks)

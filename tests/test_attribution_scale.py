@@ -48,7 +48,7 @@ def _run(monkeypatch, X, U, seed, k=None, scale="before"):
                         (X.copy(), list(names)))
     rng = np.random.default_rng(seed + 1)
 
-    def proj(images, X_, names_, groups, backbones, masks, seed_, cache_dir, executor=None):
+    def proj(images, X_, names_, groups, backbones, masks, seed_, cache_dir, executor=None, content_groups=()):
         Xa = X_ + rng.uniform(10, 30, (X_.shape[0], U.shape[1])) @ U.T
         nap = Fe.NuisanceProjection.fit(X_, Xa, masks)
         return nap, nap.transform(Xa) - nap.transform(X_)
