@@ -105,7 +105,7 @@ def _one_blas_thread():
     return _blas_controller().limit(limits=1, user_api="blas")
 
 
-def anatomy_features(images: np.ndarray, *, mirror: bool = False) -> np.ndarray:
+def anatomy_features(images: np.ndarray, *, mirror: bool = False, rows=None, chunk: int = 4096) -> np.ndarray:
     """Unit-norm, zero-mean low-pass images (the anatomy), for Pearson correlation by a dot product.
 
     Every image is Gaussian-filtered (sigma :func:`lowpass_sigma`, ``mode="nearest"``), sampled every
@@ -117,13 +117,16 @@ def anatomy_features(images: np.ndarray, *, mirror: bool = False) -> np.ndarray:
     images : uint8 or float [N, H, W]
     mirror : bool
         Features of the horizontally mirrored images (``x[:, :, ::-1]``).
+    rows, chunk : int array or None, int
+        Only ``images[rows]`` (default all), low-passed ``chunk`` images at a time (:func:`_lowpass_rows`: a
+        memory-mapped set is never converted whole; every row is per image, so the values do not depend on it).
 
     Returns
     -------
     float32 [N, ceil((H - step//2) / step) * ceil((W - step//2) / step)]
         A constant image (low-pass standard deviation < 1e-3 grey levels) gives a zero row.
     """
-    return _unit_rows(anatomy_lowpass(images, mirror=mirror))
+    return _unit_rows(_lowpass_rows(images, rows, chunk, mirror=mirror))
 
 
 def _unit_rows(low: np.ndarray) -> np.ndarray:
@@ -666,7 +669,7 @@ def anatomy_evidence(G: np.ndarray, P: np.ndarray, *, chunk: int = 4096, executo
     n = len(P)
     lowP = _lowpass_rows(P, chunk=chunk)
     fP = _unit_rows(lowP)
-    fPm = _unit_rows(_lowpass_rows(P, chunk=chunk, mirror=True))   # = anatomy_features(P, mirror=True), by blocks
+    fPm = anatomy_features(P, mirror=True, chunk=chunk)
     q = np.concatenate([fP, fPm])                                  # [2N, D]: in place, then mirrored
     if shortlist is not None:
         cg, cr = (np.asarray(a, np.int64) for a in shortlist)
@@ -700,7 +703,7 @@ def anatomy_evidence(G: np.ndarray, P: np.ndarray, *, chunk: int = 4096, executo
         return out
 
     def gen_features(u):   # the matched generated images, in blocks (bounded memory for a large pool)
-        return np.concatenate([anatomy_features(np.asarray(G[u[b:b + chunk]])) for b in range(0, len(u), chunk)])
+        return anatomy_features(G, rows=u, chunk=chunk)
 
     ncc_g2 = ncc_of(ig, gen_features)
     ncc_r2 = ncc_of(ir, lambda u: fP[u])
@@ -795,7 +798,7 @@ def anatomy_pair_values_splits(real: np.ndarray, inAs, cand: np.ndarray | None =
     lp_chunk = generated_chunk(R, int(np.prod(real.shape[1:])))
     low = _lowpass_rows(real, chunk=lp_chunk)
     f = _unit_rows(low)
-    fm = _unit_rows(_lowpass_rows(real, chunk=lp_chunk, mirror=True))
+    fm = anatomy_features(real, mirror=True, chunk=lp_chunk)
     best = [{True: np.full(R, -np.inf), False: np.full(R, -np.inf)} for _ in range(S)]
     fT = f.T.astype(np.float64)      # once, not twice per block (mem11: 2 x 80 MB per block at 10k real images)
     for b0 in range(0, len(rows), block):
