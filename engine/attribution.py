@@ -1155,9 +1155,9 @@ def _processing_projection(images, X, names, groups, backbones, masks, seed, cac
                            content_groups=CONTENT_GROUPS):
     """Processing invariance (issue 19): fit :class:`engine.features.NuisanceProjection` on this set.
 
-    Up to :data:`PROCESSING_SAMPLE` (300) of the images (seeded sample, stratified over k-means strata of the
-    features by default: :data:`PROCESSING_SAMPLE_RULE`; up to 3 times each for smaller sets) are processed once
-    more at
+    Up to :data:`PROCESSING_SAMPLE` (300) of the images (a seeded random sample; opt-in, with
+    :data:`PROCESSING_SAMPLE_RULE` "stratified", drawn equally over k-means strata of the features; up to 3 times
+    each for smaller sets) are processed once more at
     random (:func:`engine.processing.augment`:
     JPEG quality 50-95, resizing by 0.5-0.9 and back, or both); the feature directions those steps move
     images along are projected out of every feature group.  Returns None when the processed images'
