@@ -35,7 +35,7 @@ def _box2(src, r, tmp, out):
     """Separable box sum of radius ``r`` (window clipped at the border), applied twice: out = B(B(src))."""
     h, w = src.shape
     cur = src
-    for _ in range(2):
+    for _ in range(2):                           # the second pass reads ``out`` row-wise into ``tmp`` first
         for y in range(h):                       # rows
             s = 0.0
             for x in range(min(r, w - 1) + 1):
@@ -60,7 +60,7 @@ def _box2(src, r, tmp, out):
                 yr = y - r
                 if yr >= 0:
                     s -= tmp[yr, x]
-        cur = out.copy()
+        cur = out
     return out
 
 
