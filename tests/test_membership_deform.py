@@ -12,9 +12,13 @@ from scipy import ndimage
 
 from imprint.engine.membership import anatomy as A
 from imprint.engine.membership import deform as D
-from imprint.kernels.deform import flow_ncc
-from test_membership_elastic import _elastic
-from test_membership_evidence_anatomy import family, u8
+from imprint.kernels.deform import flow_warp
+from test_membership_elastic import planted_elastic_case
+from test_membership_evidence_anatomy import family
+
+
+def _ncc(x, y, v):
+    return np.corrcoef(x[v], y[v])[0, 1]
 
 
 def test_flow_recovers_a_planted_smooth_field_as_skimage_ilk_does():
@@ -33,14 +37,14 @@ def test_flow_recovers_a_planted_smooth_field_as_skimage_ilk_does():
         d = np.stack([ndimage.gaussian_filter(rng.standard_normal((h, h)), 3) for _ in range(2)])
         d /= np.sqrt((d ** 2).sum(0).mean())
         b = ndimage.map_coordinates(a, [yy + d[0], xx + d[1]], order=3, mode="nearest")   # b(x) = a(x + d(x))
-        ncc, U = flow_ncc(a, b, return_flow=True)
+        warped, valid, U = flow_warp(a, b)
         sk = optical_flow_ilk(b, a, radius=3)                      # (reference, moving): moving(x + flow) = reference
         e_ours.append(np.sqrt(((U[0] - d) ** 2).sum(0))[inner].mean())
         e_sk.append(np.sqrt(((sk - d) ** 2).sum(0))[inner].mean())
         e_zero.append(np.sqrt((d ** 2).sum(0))[inner].mean())
         agree.append(np.corrcoef(U[0].ravel(), sk.ravel())[0, 1])
         before.append(np.corrcoef(a.ravel(), b.ravel())[0, 1])
-        after.append(ncc[0])
+        after.append(_ncc(warped[0], b, valid[0]))
     e_ours, e_sk, e_zero = map(np.asarray, (e_ours, e_sk, e_zero))
     assert (e_ours < 0.9 * e_zero).all(), (e_ours, e_zero)
     assert (e_ours <= 1.05 * e_sk).all(), (e_ours, e_sk)
@@ -52,17 +56,20 @@ def test_flow_field_is_bounded_and_a_no_move_pair_stays_put():
     rng = np.random.default_rng(1)
     a = ndimage.gaussian_filter(rng.normal(size=(3, 32, 32)), (0, 2, 2))
     b = np.roll(a, 6, axis=2)                                      # a 6 px move, beyond any allowed displacement
-    _, U = flow_ncc(a, b, max_disp=1.5, return_flow=True)
+    _, _, U = flow_warp(a, b, max_disp=1.5)
     assert np.sqrt((U.astype(np.float64) ** 2).sum(1)).max() <= 1.5 + 1e-5
-    ncc, U0 = flow_ncc(a, a * 3.0 + 7.0, return_flow=True)          # a gain / offset never moves the field
-    assert np.abs(U0).max() < 1e-6 and np.allclose(ncc, 1.0)
+    warped, valid, U0 = flow_warp(a, a * 3.0 + 7.0)                  # a gain / offset never moves the field
+    assert np.abs(U0).max() < 1e-6 and valid.all()
+    assert all(np.isclose(_ncc(warped[k], a[k], valid[k]), 1.0) for k in range(3))
     m = np.ones(a.shape, bool)
     m[:, :, :10] = False
-    assert np.isfinite(flow_ncc(a, b, m)).all()
+    warped, valid, _ = flow_warp(a, b, m)
+    assert not valid[:, :, :10].any() and valid.sum(axis=(1, 2)).min() > 200
+    assert not flow_warp(np.ones((1, 8, 8)), np.zeros((1, 8, 8)))[1].any()    # constant: nothing valid
     with pytest.raises(ValueError, match="one shape"):
-        flow_ncc(a, b[:, :16])
+        flow_warp(a, b[:, :16])
     with pytest.raises(ValueError, match="finite"):
-        flow_ncc(np.full((1, 8, 8), np.nan), np.zeros((1, 8, 8)))
+        flow_warp(np.full((1, 8, 8), np.nan), np.zeros((1, 8, 8)))
 
 
 def test_planted_elastic_copies_are_found_by_the_flow_and_look_alikes_not_lifted_above_them(monkeypatch):
@@ -71,16 +78,7 @@ def test_planted_elastic_copies_are_found_by_the_flow_and_look_alikes_not_lifted
     match of 85% of the members, a member's best NCC beats every non-member's for 35%.  With :data:`deform.NCC_FLOW`:
     100% and 100% (scratch seeds 0 / 1 of this construction: 1.00 / 1.00 both), the true pair's 1 - NCC falls ~6x
     (0.022 -> 0.003), the non-members' best only ~2x (0.026 -> 0.013)."""
-    rng = np.random.default_rng(61)
-    n = 20
-    P = family(2 * n, 62)                                      # members first, then non-members
-    G = family(3 * n, 63)
-    for i in range(n):
-        G[i] = u8(_elastic(P[i], 2.0, rng) + rng.normal(0, 2, P[i].shape))
-    cand = np.stack([rng.permutation(np.r_[[i] if i < n else [],
-                                           rng.choice(np.arange(n, 3 * n), 6 if i >= n else 5, replace=False)])
-                     for i in range(2 * n)]).astype(np.int64)
-    lowP, lowG = A._lowpass_rows(P), A._lowpass_rows(G)
+    lowP, lowG, cand, n = planted_elastic_case()
     out = {}
     for flow in (False, True):
         monkeypatch.setattr(D, "NCC_FLOW", flow)

@@ -6,7 +6,7 @@ registered low-pass NCC of the true pair is no closer than a look-alike's (RESUL
 :data:`NCC_FLOW` on, :func:`.anatomy.registered_ncc` - through which every registered low-pass pair goes: generated
 candidates, the control, the reference rows and the real-to-real pair null - returns the better of the rigid NCC and
 :func:`flow_registered_ncc`: the NCC after a smooth, bounded non-rigid registration of the rigidly registered grid
-(:func:`imprint.kernels.deform.flow_ncc`, coarse-to-fine iterative Lucas-Kanade on the 32 x 32 grids).
+(:func:`imprint.kernels.deform.flow_warp`, coarse-to-fine iterative Lucas-Kanade on the 32 x 32 grids).
 
 Constants, a priori (not tuned on any zoo seed or dev data); the grid samples every ``side / 32`` px, so one grid
 pixel is 4 px at 128 px:
@@ -42,11 +42,16 @@ def flow_tag() -> str:
 
 def flow_registered_ncc(reg: np.ndarray, low_b: np.ndarray, m: np.ndarray) -> np.ndarray:
     """NCC of the rigidly registered grids ``reg`` [K, h, w] with ``low_b`` after a smooth non-rigid registration of
-    ``reg`` onto ``low_b`` over the mask ``m`` (the overlap minus any frame); float64 [K], -1 where undefined (a
-    constant side), so that ``max`` with the rigid NCC keeps the rigid value there."""
-    from imprint.kernels.deform import flow_ncc
+    ``reg`` onto ``low_b`` over the mask ``m`` (the overlap minus any frame;
+    :func:`imprint.kernels.deform.flow_warp`), over the pixels still valid after the warp; float64 [K], -1 where
+    undefined (a constant side), so that ``max`` with the rigid NCC keeps the rigid value there."""
+    from imprint.kernels.deform import flow_warp
+
+    from .anatomy import _masked_ncc
 
     if len(reg) == 0:
         return np.zeros(0)
-    v = flow_ncc(reg, low_b, m, levels=FLOW_LEVELS, iters=FLOW_ITERS, radius=FLOW_RADIUS, max_disp=FLOW_MAX_DISP)
-    return np.where(np.isfinite(v), v, -1.0)
+    warped, valid, _ = flow_warp(reg, low_b, m, levels=FLOW_LEVELS, iters=FLOW_ITERS, radius=FLOW_RADIUS,
+                                 max_disp=FLOW_MAX_DISP)
+    v = _masked_ncc(warped, low_b, valid)
+    return np.where(valid.reshape(len(valid), -1).sum(1) >= 2, v, -1.0)
