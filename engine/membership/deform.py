@@ -26,7 +26,13 @@ import numpy as np
 
 #: Whether :func:`.anatomy.registered_ncc` is the better of the rigid NCC and :func:`flow_registered_ncc`.  Every
 #: registered pair goes through it, so the calibration holds.  A value != False re-keys the checkpoints
-#: (:func:`.anatomy.checkpoint_tag`).  **Opt-in (off)**: see RESULTS.md, elas12.
+#: (:func:`.anatomy.checkpoint_tag`).  **Opt-in (off)**: on zoo seed 2 (full size, same session as main) it raised
+#: elastic 2 + geom 0.5 (AUC 0.947 -> 0.965, TPR@1% 0.733 -> 0.883, ``fpr:0.01`` recall 0.433 -> 0.683) and elastic
+#: RMS 4 px a little (AUC 0.870 -> 0.894, TPR@1% 0.367 -> 0.400, ``fpr:0.01`` recall 0.083 -> 0.067), but lowered resynth
+#: sigma 3 (TPR@1% 0.933 -> 0.683, ``fpr:0.01`` recall 0.517 -> 0.200) and resynth 3 + geom 1 (AUC 0.909 -> 0.855): inside
+#: the one ``anat_ratio`` the control and the null gain ~3x in ``1 - NCC`` while a re-synthesised copy, already
+#: registered, gains ~2x, so its ratio falls.  The flow belongs in a channel of its own (RESULTS.md, elas12).  It
+#: adds ~0.24 ms CPU per registered pair, ~5 CPU-s (~7%) to the judged speed case.
 NCC_FLOW = False
 #: See the module docstring (a priori).
 FLOW_RADIUS = 2
