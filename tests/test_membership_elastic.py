@@ -24,6 +24,21 @@ def _elastic(x, rms, rng):
     return ndimage.map_coordinates(x.astype(np.float64), [yy + d[0], xx + d[1]], order=1, mode="nearest")
 
 
+def planted_elastic_case(seed=61, n=20):
+    """``n`` members, each elastically deformed (RMS 2 px at 64 px) among 5 look-alike candidates, and ``n``
+    non-members with 6 look-alikes each: (low-pass grids of the pool (members first), of the generated images (the
+    copies first), candidates int [2 n, 6], n)."""
+    rng = np.random.default_rng(seed)
+    P = family(2 * n, seed + 1)                                # members first, then non-members
+    G = family(3 * n, seed + 2)
+    for i in range(n):
+        G[i] = u8(_elastic(P[i], 2.0, rng) + rng.normal(0, 2, P[i].shape))
+    cand = np.stack([rng.permutation(np.r_[[i] if i < n else [],
+                                           rng.choice(np.arange(n, 3 * n), 6 if i >= n else 5, replace=False)])
+                     for i in range(2 * n)]).astype(np.int64)
+    return A._lowpass_rows(P), A._lowpass_rows(G), cand, n
+
+
 def _brute_local(r, b, m, tiles, s):
     """Per tile, the whole-pixel shift of ``r`` (zero fill, unshifted first, strictly better wins, half the tile
     valid) with the highest ``corrcoef`` on the tile; the assembled grid's ``corrcoef`` with ``b`` on its mask."""
@@ -73,16 +88,7 @@ def test_planted_elastic_copies_are_found_by_the_piecewise_rigid_ncc(monkeypatch
     with 6 look-alikes each: with the rigid NCC the copy is the best match of 85% of the members and a member's best
     NCC beats every non-member's for 35%; with :data:`anatomy.NCC_LOCAL` 100% and 100% (scratch seeds 0 / 1 of
     this construction: 0.85 -> 1.00 / 0.35 -> 1.00, 0.70 -> 0.95 / 0.40 -> 0.85)."""
-    rng = np.random.default_rng(61)
-    n = 20
-    P = family(2 * n, 62)                                      # members first, then non-members
-    G = family(3 * n, 63)
-    for i in range(n):
-        G[i] = u8(_elastic(P[i], 2.0, rng) + rng.normal(0, 2, P[i].shape))
-    cand = np.stack([rng.permutation(np.r_[[i] if i < n else [],
-                                           rng.choice(np.arange(n, 3 * n), 6 if i >= n else 5, replace=False)])
-                     for i in range(2 * n)]).astype(np.int64)
-    lowP, lowG = A._lowpass_rows(P), A._lowpass_rows(G)
+    lowP, lowG, cand, n = planted_elastic_case()
     out = {}
     for local in (False, True):
         monkeypatch.setattr(A, "NCC_LOCAL", local)

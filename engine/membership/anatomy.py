@@ -37,6 +37,8 @@ import functools
 
 import numpy as np
 
+from . import deform as _deform
+
 #: Low-pass scale as a fraction of the image side (sigma = side / 32: 4 px at 128 px), see the module docstring.
 SIGMA_FRACTION = 1.0 / 32.0
 #: Floor of ``1 - ncc`` in the ratio (the same as the registered ratios').
@@ -304,6 +306,8 @@ def registered_ncc(reg: np.ndarray, low_b: np.ndarray, valid: np.ndarray, frame:
         m = m & inner[None]
     if NCC_LOCAL:                                       # piecewise-rigid (branch elas11), opt-in
         return np.maximum(_masked_ncc(reg, low_b, m), local_ncc(reg, low_b, m))
+    if _deform.NCC_FLOW:                                # smooth non-rigid (branch elas12), opt-in
+        return np.maximum(_masked_ncc(reg, low_b, m), _deform.flow_registered_ncc(reg, low_b, m))
     return _masked_ncc(reg, low_b, m)
 
 
@@ -435,6 +439,8 @@ def checkpoint_tag(lowpass: bool | None, *, form: str):
             tag += f"+frame{NCC_FRAME}"
         if NCC_LOCAL:                                   # piecewise-rigid NCC (elas11)
             tag += f"+local{LOCAL_TILES}s{LOCAL_SHIFT}"
+        if _deform.NCC_FLOW:                            # smooth non-rigid NCC (elas12)
+            tag += "+" + _deform.flow_tag()
         return tag
     if form == "pairnull":
         out: dict = {}
@@ -449,6 +455,8 @@ def checkpoint_tag(lowpass: bool | None, *, form: str):
             anat["anatomy_frame"] = NCC_FRAME
         if NCC_LOCAL:                                   # elas11
             anat["anatomy_local"] = [LOCAL_TILES, LOCAL_SHIFT]
+        if _deform.NCC_FLOW:                            # elas12
+            anat["anatomy_flow"] = _deform.flow_tag()
         out["_anatomy"] = anat
         return out
     raise ValueError(f"form must be 'evidence' or 'pairnull' (got {form!r})")

@@ -1,0 +1,63 @@
+"""Non-rigid (elastic) refinement of the registered anatomy NCC (issue 13, branch elas12; opt-in).
+
+A generator trained with elastic deformation, the standard medical-image augmentation, emits copies whose anatomy is
+displaced by a smooth random field; one rigid transform cannot register them, and at RMS 4 px per 128 px the rigid
+registered low-pass NCC of the true pair is no closer than a look-alike's (RESULTS.md, elas11).  With
+:data:`NCC_FLOW` on, :func:`.anatomy.registered_ncc` - through which every registered low-pass pair goes: generated
+candidates, the control, the reference rows and the real-to-real pair null - returns the better of the rigid NCC and
+:func:`flow_registered_ncc`: the NCC after a smooth, bounded non-rigid registration of the rigidly registered grid
+(:func:`imprint.kernels.deform.flow_warp`, coarse-to-fine iterative Lucas-Kanade on the 32 x 32 grids).
+
+Constants, a priori (not tuned on any zoo seed or dev data); the grid samples every ``side / 32`` px, so one grid
+pixel is 4 px at 128 px:
+
+* :data:`FLOW_RADIUS` 2 grid px: a box window of radius 2 applied twice is a Gaussian window of SD 2 grid px = 8 px
+  at 128 px, the smoothing sigma at the stiff end of typical elastic augmentation (batchgenerators / nnU-Net draw
+  sigma 9-13 px at their patch sizes; the zoo's ``t_elastic`` 8-16 px per 128 px): the field cannot bend on a
+  smaller scale than the augmentation's own.
+* :data:`FLOW_MAX_DISP` 2 grid px = 8 px at 128 px: the displacement length of a strong elastic field (RMS 4 px, twice
+  the U-Net paper's ~2.2 px per 128 px; a Gaussian field of RMS length 4 px has its 95th percentile at ~6.9 px).
+* :data:`FLOW_LEVELS` 2 (16 x 16, then 32 x 32) and :data:`FLOW_ITERS` 3 steps per level: cost (~0.2 ms per pair).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: Whether :func:`.anatomy.registered_ncc` is the better of the rigid NCC and :func:`flow_registered_ncc`.  Every
+#: registered pair goes through it, so the calibration holds.  A value != False re-keys the checkpoints
+#: (:func:`.anatomy.checkpoint_tag`).  **Opt-in (off)**: on zoo seed 2 (full size, same session as main) it raised
+#: elastic 2 + geom 0.5 (AUC 0.947 -> 0.965, TPR@1% 0.733 -> 0.883, ``fpr:0.01`` recall 0.433 -> 0.683) and elastic
+#: RMS 4 px a little (AUC 0.870 -> 0.894, TPR@1% 0.367 -> 0.400, ``fpr:0.01`` recall 0.083 -> 0.067), but lowered resynth
+#: sigma 3 (TPR@1% 0.933 -> 0.683, ``fpr:0.01`` recall 0.517 -> 0.200) and resynth 3 + geom 1 (AUC 0.909 -> 0.855): inside
+#: the one ``anat_ratio`` the control and the null gain ~3x in ``1 - NCC`` while a re-synthesised copy, already
+#: registered, gains ~2x, so its ratio falls.  The flow belongs in a channel of its own (RESULTS.md, elas12).  It
+#: adds ~0.24 ms CPU per registered pair, ~5 CPU-s (~7%) to the judged speed case.
+NCC_FLOW = False
+#: See the module docstring (a priori).
+FLOW_RADIUS = 2
+FLOW_MAX_DISP = 2.0
+FLOW_LEVELS = 2
+FLOW_ITERS = 3
+
+
+def flow_tag() -> str:
+    """The checkpoint fragment of the flow's settings (``"flowR2d2L2i3"``)."""
+    return f"flowR{FLOW_RADIUS}d{FLOW_MAX_DISP:g}L{FLOW_LEVELS}i{FLOW_ITERS}"
+
+
+def flow_registered_ncc(reg: np.ndarray, low_b: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """NCC of the rigidly registered grids ``reg`` [K, h, w] with ``low_b`` after a smooth non-rigid registration of
+    ``reg`` onto ``low_b`` over the mask ``m`` (the overlap minus any frame;
+    :func:`imprint.kernels.deform.flow_warp`), over the pixels still valid after the warp; float64 [K], -1 where
+    undefined (a constant side), so that ``max`` with the rigid NCC keeps the rigid value there."""
+    from imprint.kernels.deform import flow_warp
+
+    from .anatomy import _masked_ncc
+
+    if len(reg) == 0:
+        return np.zeros(0)
+    warped, valid, _ = flow_warp(reg, low_b, m, levels=FLOW_LEVELS, iters=FLOW_ITERS, radius=FLOW_RADIUS,
+                                 max_disp=FLOW_MAX_DISP)
+    v = _masked_ncc(warped, low_b, valid)
+    return np.where(valid.reshape(len(valid), -1).sum(1) >= 2, v, -1.0)
