@@ -33,14 +33,21 @@ def _left_along(nap, j):
     return float(np.linalg.norm(e @ nap.proj))
 
 
-def test_equal_shares_is_water_filling():
-    rng = np.random.default_rng(0)
+def _share_cases(shares, seed, max_size, max_m):
+    """200 random (sizes, m, shares(sizes, m)) cases, each checked to be a valid split: sums to min(m, total),
+    no stratum over-drawn."""
+    rng = np.random.default_rng(seed)
     for _ in range(200):
-        sizes = rng.integers(0, 120, rng.integers(1, 10))
-        m = int(rng.integers(1, 500))
-        take = A._equal_shares(sizes, m)
+        sizes = rng.integers(0, max_size, rng.integers(1, 10))
+        m = int(rng.integers(1, max_m))
+        take = shares(sizes, m)
         assert take.sum() == min(m, sizes.sum())
         assert np.all(take >= 0) and np.all(take <= sizes)
+        yield sizes, m, take
+
+
+def test_equal_shares_is_water_filling():
+    for sizes, m, take in _share_cases(A._equal_shares, 0, 120, 500):
         # max-min fair: a stratum that is not taken whole gets at least as many as any other, less one (rounding)
         for j in np.flatnonzero(take < sizes):
             assert take[j] >= take.max() - 1, (sizes, m, take)
@@ -88,14 +95,8 @@ def test_stratified_sample_skips_content_columns_and_degenerate_sets():
 
 def test_balanced_shares_match_their_definition():
     """min(size_j, c * max(size_j / n, 1 / s)) with c solved by bisection (the reference), rounded to within 1."""
-    rng = np.random.default_rng(3)
-    for _ in range(200):
-        sizes = rng.integers(0, 150, rng.integers(1, 10))
-        m = int(rng.integers(1, 600))
-        take = A._balanced_shares(sizes, m)
+    for sizes, m, take in _share_cases(A._balanced_shares, 3, 150, 600):
         n, s = int(sizes.sum()), int((sizes > 0).sum())
-        assert take.sum() == min(m, n)
-        assert np.all(take >= 0) and np.all(take <= sizes)
         if m >= n:
             assert np.array_equal(take, sizes)
             continue
