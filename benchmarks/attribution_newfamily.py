@@ -5,7 +5,7 @@ Usage::
     IMPRINT_MODELS_DIR=/work/main/models/onnx nice .venv/bin/python benchmarks/attribution_newfamily.py \
         [--code CHECKOUT] [--seeds 31,32,33] [--models m123|m12e] [--mix release|release-box|none] \
         [--source real|gen_e] [--ks 4,auto] [--no-invariance] [--processing-sample N] [--cache DIR] [--json OUT]
-        [--n-new N] [--save DIR] [--sample-rule random|stratified]
+        [--n-new N] [--save DIR] [--sample-rule random|stratified|balanced]
 
 The new family, "rdec": a randomly initialised convolutional auto-decoder (numpy/scipy only, weights fixed by
 ``DECODER_SEED``).  An image is encoded by averaging 2x2 blocks (128 -> 64) and a random 3x3 conv bank (8 channels,
@@ -143,7 +143,7 @@ def main(argv=None):
                     "m123 only, where gen_e is neither clustered nor in dev)")
     ap.add_argument("--no-invariance", action="store_true", help="processing_invariant=False (the method before issue "
                     "19), to see whether this set can tell the two apart")
-    ap.add_argument("--sample-rule", default=None, choices=("random", "stratified"),
+    ap.add_argument("--sample-rule", default=None, choices=("random", "stratified", "balanced"),
                     help="engine.attribution.PROCESSING_SAMPLE_RULE for this run (issue 19, tenth round)")
     ap.add_argument("--processing-sample", type=int, default=None, help="engine.attribution.PROCESSING_SAMPLE for "
                     "this run (default: the code's, 300)")

@@ -162,7 +162,7 @@ def main(argv=None):
                     help="engine.attribution.FLOOR_WAIVER for this run (issue 19, sixth round; default: the code's)")
     ap.add_argument("--projected-scale", default=None, choices=("after", "before"),
                     help="engine.attribution.PROJECTED_SCALE for this run (default: the code's; issue 19, fourth round)")
-    ap.add_argument("--sample-rule", default=None, choices=("random", "stratified"),
+    ap.add_argument("--sample-rule", default=None, choices=("random", "stratified", "balanced"),
                     help="engine.attribution.PROCESSING_SAMPLE_RULE for this run (issue 19, tenth round)")
     ap.add_argument("--processing-sample", type=int, default=None,
                     help="engine.attribution.PROCESSING_SAMPLE for this run (issue 19, ninth round; default: the code's)")

@@ -293,7 +293,7 @@ def main(argv=None):
                     "with and without the content groups (hist, ispec), best of 3 each, then stop")
     ap.add_argument("--projected-scale", default=None, choices=("after", "before"),
                     help="engine.attribution.PROJECTED_SCALE for this run (default: the code's; issue 19, fourth round)")
-    ap.add_argument("--sample-rule", default=None, choices=("random", "stratified"),
+    ap.add_argument("--sample-rule", default=None, choices=("random", "stratified", "balanced"),
                     help="engine.attribution.PROCESSING_SAMPLE_RULE for this run (issue 19, tenth round)")
     ap.add_argument("--processing-sample", type=int, default=None,
                     help="engine.attribution.PROCESSING_SAMPLE for this run (issue 19, ninth round; default: the code's)")
