@@ -26,7 +26,12 @@ from __future__ import annotations
 import numpy as np
 
 #: Whether :func:`.anatomy.registered_ncc` takes the better of the rigid NCC and :func:`tile_ncc` (off: main's
-#: values bit for bit).  A value != False re-keys the checkpoints (:func:`.anatomy.checkpoint_tag`).
+#: values bit for bit, checked on one audit's 62 output arrays).  A value != False re-keys the checkpoints
+#: (:func:`.anatomy.checkpoint_tag`).  **Opt-in (off)**: on zoo seed 2 (full size, same session as main) it costs
+#: resynth sigma 3 (``fpr:0.01`` recall 0.517 -> 0.067, TPR@1% 0.933 -> 0.733) and resynth 3 + geom 1, because the
+#: best half of the tiles lifts look-alikes' and the null's registered NCC too (scratch seed 11: innocent rows' best
+#: 1 - NCC median 0.020 -> 0.009 against the members' 0.005 -> 0.003); the patch mixes' copy is a registration
+#: candidate for only 0.68 (moved part: 0.28) of the members, which caps any pair value (RESULTS.md, patch12).
 NCC_TILES = False
 #: Tiles per side, largest per-tile shift (grid pixels), share of the tiles kept, and the flat-tile floor (grey levels
 #: of low-pass standard deviation); see the module docstring (a priori).
