@@ -234,6 +234,19 @@ def make_patch_mix(donors):
     return t_patch
 
 
+def make_patch_of_moved(patch, geo):
+    """A transformed partial copy (issue 13, branch patch12): the member is moved by ``geo`` at the scenario's
+    strength (a flip half the time, rotation, scale, shift), then ``patch`` (share in [0.5, 0.7], a priori as the patch
+    mix row) stitches its upper / left part onto a donor.  The transform is applied to the copied part, not to the
+    whole mix: moving the whole mix keeps member part and donor rigidly together (a whole-image registration undoes it,
+    as for ``augment``); moving the part alone is what a model that stitches augmented training crops emits."""
+    def t_patch_moved(x, s, rng):
+        return patch(geo(x, s, rng), 0.5, rng)
+    t_patch_moved.uses_donors = True
+    t_patch_moved.resynth = patch   # build_scenario gives the donors to `fn.resynth` (the patch mix draws them)
+    return t_patch_moved
+
+
 def t_smooth(x, s, rng):
     """An over-smoothing denoiser: Gaussian blur with sigma in [s/2, s] px."""
     return ndi.gaussian_filter(x, rng.uniform(s / 2, s))
@@ -263,7 +276,9 @@ def scenarios(quick: bool, donors):
             ("elastic rms px", t_elastic, 2), ("elastic rms px", t_elastic, 4),
             ("elastic 2 + geom (all)", make_elastic_then(2, t_geom), 0.5),
             ("blend 2 members, alpha", t_blend, 0.5), ("patch mix, member share", make_patch_mix(donors), 0.5),
-            ("smooth sigma", t_smooth, 2)]
+            ("smooth sigma", t_smooth, 2),
+            # a transformed partial copy (issue 13, branch patch12); appended last, as above
+            ("patch mix + geom (all) on the part", make_patch_of_moved(make_patch_mix(donors), t_geom), 0.5)]
     if quick:
         keep = {("none (non-memorising)", 0), ("flip", 1), ("shift", 0.10), ("rotate deg", 10), ("scale", 0.10),
                 ("gamma |log g|", 0.4), ("lowres factor", 4), ("noise sigma", 16), ("resynth sigma", 3.0),
@@ -764,6 +779,8 @@ def main(argv=None):
                     help="audit with the opt-in piecewise-rigid registered anatomy NCC (anatomy.NCC_LOCAL, branch elas11)")
     ap.add_argument("--ncc-flow", action="store_true",
                     help="audit with the opt-in non-rigid registered anatomy NCC (deform.NCC_FLOW, branch elas12)")
+    ap.add_argument("--ncc-tiles", action="store_true",
+                    help="audit with the opt-in tile-wise registered anatomy NCC (tiles.NCC_TILES, branch patch12)")
     ap.add_argument("--compare", action="store_true",
                     help="before/after in the same run: every scenario audited with combine='tail' (the default) and "
                          "combine='max' (the rule before) on the same evidence (one evidence computation, cached)")
@@ -798,6 +815,9 @@ def main(argv=None):
     if a.ncc_flow:
         from imprint.engine.membership import deform as _deform
         _deform.NCC_FLOW = True
+    if a.ncc_tiles:
+        from imprint.engine.membership import tiles as _tiles
+        _tiles.NCC_TILES = True
     if a.timing:
         timing(a)
         return
@@ -819,7 +839,8 @@ def main(argv=None):
                 setattr(a, k, v)
     print(f"# membership zoo: real={a.real} fillers={a.fillers} members={a.n_members} (+ as many non-members) "
           f"reference={a.n_reference} generated={a.n_gen} boot={a.boot} seed={a.seed}"
-          + (" anatomy.NCC_LOCAL=True" if a.ncc_local else "") + (" deform.NCC_FLOW=True" if a.ncc_flow else ""))
+          + (" anatomy.NCC_LOCAL=True" if a.ncc_local else "") + (" deform.NCC_FLOW=True" if a.ncc_flow else "")
+          + (" tiles.NCC_TILES=True" if a.ncc_tiles else ""))
     print("| transform | strength | AUC [95% CI] | TPR@1%FPR [95% CI] | recall fpr:0.01 [95% CI] | "
           "non-members flagged | recall fdr:0.1 | false flags fdr:0.1 | F1 (f1; no members: share flagged) | audit s |")
     print("|---|---|---|---|---|---|---|---|---|---|")

@@ -304,6 +304,9 @@ def registered_ncc(reg: np.ndarray, low_b: np.ndarray, valid: np.ndarray, frame:
         inner = np.zeros((h, w), bool)
         inner[fy:h - fy, fx:w - fx] = True
         m = m & inner[None]
+    from . import tiles                                 # tile-wise, best half of the tiles (branch patch12), opt-in
+    if tiles.NCC_TILES:
+        return np.maximum(_masked_ncc(reg, low_b, m), tiles.tile_ncc(reg, low_b, m))
     if NCC_LOCAL:                                       # piecewise-rigid (branch elas11), opt-in
         return np.maximum(_masked_ncc(reg, low_b, m), local_ncc(reg, low_b, m))
     if _deform.NCC_FLOW:                                # smooth non-rigid (branch elas12), opt-in
@@ -401,6 +404,12 @@ def local_ncc(reg: np.ndarray, low_b: np.ndarray, m: np.ndarray, tiles: int | No
     return _masked_ncc(comp, b, cm)
 
 
+def _tiles_tag() -> str:
+    from .tiles import tag
+
+    return tag()
+
+
 def checkpoint_tag(lowpass: bool | None, *, form: str):
     """The anatomy evidence's version fragments of a checkpoint key: one place for every key that holds them.
 
@@ -441,7 +450,7 @@ def checkpoint_tag(lowpass: bool | None, *, form: str):
             tag += f"+local{LOCAL_TILES}s{LOCAL_SHIFT}"
         if _deform.NCC_FLOW:                            # smooth non-rigid NCC (elas12)
             tag += "+" + _deform.flow_tag()
-        return tag
+        return tag + _tiles_tag()                       # tile-wise NCC (patch12)
     if form == "pairnull":
         out: dict = {}
         if lp:
@@ -457,6 +466,8 @@ def checkpoint_tag(lowpass: bool | None, *, form: str):
             anat["anatomy_local"] = [LOCAL_TILES, LOCAL_SHIFT]
         if _deform.NCC_FLOW:                            # elas12
             anat["anatomy_flow"] = _deform.flow_tag()
+        if _tiles_tag():                                # patch12
+            anat["anatomy_tiles"] = _tiles_tag()
         out["_anatomy"] = anat
         return out
     raise ValueError(f"form must be 'evidence' or 'pairnull' (got {form!r})")
