@@ -5,9 +5,15 @@ Usage::
     IMPRINT_MODELS_DIR=/work/main/models/onnx nice .venv/bin/python benchmarks/attribution_newfamily.py \
         [--code CHECKOUT] [--seeds 31,32,33] [--models m123|m12e] [--mix release|release-box|none] \
         [--source real|gen_e] [--ks 4,auto] [--no-invariance] [--processing-sample N] [--cache DIR] [--json OUT]
-        [--n-new N] [--save DIR] [--sample-rule random|stratified|balanced]
+        [--n-new N] [--save DIR] [--sample-rule random|stratified|balanced] [--family rdec|nnconv|diff|vae]
 
-The new family, "rdec": a randomly initialised convolutional auto-decoder (numpy/scipy only, weights fixed by
+``--family`` picks the stand-in family (``benchmarks/standin_families.py`` describes each and the trace it leaves):
+``rdec`` (default; the ninth round's, same draws for a seed), ``nnconv`` (nearest-neighbour resize-convolution
+decoder, weak period-2 trace), ``diff`` (diffusion-like DDIM sampler with a fixed random denoiser, no up-sampling,
+no periodic trace), ``vae`` (blurry quarter-size latent decoder with a per-model intensity curve).  The text below
+says "rdec" for whichever family is chosen.
+
+The default new family, "rdec": a randomly initialised convolutional auto-decoder (numpy/scipy only, weights fixed by
 ``DECODER_SEED``).  An image is encoded by averaging 2x2 blocks (128 -> 64) and a random 3x3 conv bank (8 channels,
 leaky ReLU); per-pixel noise is injected (as StyleGAN's noise inputs); the decoder up-samples by a stride-2
 transposed convolution (4x4 kernels: the bilinear kernel on the diagonal plus random weights, the upsampling layer of
@@ -49,78 +55,13 @@ from PIL import Image  # noqa: E402
 from sklearn.metrics import adjusted_rand_score as ari  # noqa: E402
 
 import attribution_lomo as L  # noqa: E402  (its loader, samples and the release mix)
+import standin_families as SF  # noqa: E402  (the stand-in families' generators)
 from imprint.engine import attribution as A  # noqa: E402
 from imprint.engine.outputs import write_json  # noqa: E402
 
-#: The one set of decoder weights (the "model"); fixed a priori, never varied.
-DECODER_SEED = 20261130
-CH = 8
-
-
-def _conv3(x, w, b):
-    """3x3 'same' convolution (reflect padding) of x [C,H,W] by w [O,C,3,3] plus b [O] -> [O,H,W]."""
-    c, h, wd = x.shape
-    p = np.pad(x, ((0, 0), (1, 1), (1, 1)), mode="reflect")
-    sh = np.stack([p[:, dy:dy + h, dx:dx + wd] for dy in range(3) for dx in range(3)], axis=1)  # [C,9,H,W]
-    return np.einsum("ock,ckhw->ohw", w.reshape(w.shape[0], c, 9), sh) + b[:, None, None]
-
-
-def _lrelu(x):
-    return np.where(x > 0, x, 0.2 * x)
-
-
-class RandomDecoder:
-    """A randomly initialised conv encoder/decoder (see the module notes); deterministic given its seed."""
-
-    def __init__(self, seed=DECODER_SEED, ch=CH):
-        r = np.random.default_rng(seed)
-        he3 = np.sqrt(2.0 / (9 * ch))
-        self.enc_w = r.normal(0, np.sqrt(2.0 / 9), (ch, 1, 3, 3))
-        self.enc_w[0] = 0.0
-        self.enc_w[0, 0, 1, 1] = 1.0  # channel 0 carries the image itself
-        self.enc_b = r.normal(0, 0.1, ch)
-        bil = np.outer([0.25, 0.75, 0.75, 0.25], [0.25, 0.75, 0.75, 0.25])  # bilinear x2 on a zero-inserted grid
-        self.up_w = r.normal(0, 0.5 / 4, (ch, ch, 4, 4)) * 0.25
-        for c in range(ch):
-            self.up_w[c, c] += bil
-        self.w1, self.b1 = r.normal(0, he3, (ch, ch, 3, 3)) * 0.3, r.normal(0, 0.05, ch)
-        self.w2, self.b2 = r.normal(0, he3, (ch, ch, 3, 3)) * 0.3, r.normal(0, 0.05, ch)
-        self.out_w = np.r_[1.0, r.normal(0, 0.15, ch - 1)]
-        self.noise_w = r.normal(0, 0.5, ch)
-
-    def _up(self, x):
-        """Stride-2 transposed convolution, 4x4 kernels: zero insertion, then a 4x4 correlation per channel pair."""
-        c, h, w = x.shape
-        z = np.zeros((c, 2 * h + 3, 2 * w + 3))
-        z[:, 2:2 * h + 2:2, 2:2 * w + 2:2] = x
-        out = np.zeros((self.up_w.shape[0], 2 * h, 2 * w))
-        for dy in range(4):
-            for dx in range(4):
-                out += np.einsum("oc,chw->ohw", self.up_w[:, :, dy, dx], z[:, dy:dy + 2 * h, dx:dx + 2 * w])
-        return out
-
-    def __call__(self, image, rng):
-        x = image.astype(np.float64)
-        mu, sd = x.mean(), x.std() + 1e-6
-        s = (x - mu) / sd
-        lo = s.reshape(s.shape[0] // 2, 2, s.shape[1] // 2, 2).mean(axis=(1, 3))[None]  # encode: 2x2 means
-        h = _conv3(lo, self.enc_w, self.enc_b)
-        h[1:] = _lrelu(h[1:])
-        h = h + self.noise_w[:, None, None] * rng.normal(0, 0.05, h.shape[1:])[None]  # injected noise
-        u = self._up(h)
-        u = u + _lrelu(_conv3(u, self.w1, self.b1))
-        u = u + _conv3(_lrelu(u), self.w2, self.b2)
-        y = np.einsum("c,chw->hw", self.out_w, u)
-        y = (y - y.mean()) / (y.std() + 1e-6) * sd + mu
-        return np.clip(np.rint(y), 0, 255).astype(np.uint8)
-
-
 def rdec_images(real, n, seed):
     """``n`` rdec images from ``real`` (uint8 [M,H,W]), drawn and noised by ``seed``; the decoder is fixed."""
-    rng = np.random.default_rng(seed)
-    dec = RandomDecoder()
-    idx = np.sort(rng.choice(len(real), n, replace=False))
-    return np.stack([dec(real[i], rng) for i in idx])
+    return SF.family_images("rdec", real, n, seed)
 
 
 def release(images, seed, mix):
@@ -141,6 +82,8 @@ def main(argv=None):
     ap.add_argument("--source", default="real", choices=("real", "gen_e"),
                     help="rdec's inputs: real dev images (default) or gen_e[200:600] (generated-looking anatomy; "
                     "m123 only, where gen_e is neither clustered nor in dev)")
+    ap.add_argument("--family", default="rdec", choices=tuple(SF.FAMILIES),
+                    help="the stand-in family (benchmarks/standin_families.py); default rdec")
     ap.add_argument("--no-invariance", action="store_true", help="processing_invariant=False (the method before issue "
                     "19), to see whether this set can tell the two apart")
     ap.add_argument("--sample-rule", default=None, choices=("random", "stratified", "balanced"),
@@ -167,7 +110,7 @@ def main(argv=None):
     seeds = [int(s) for s in a.seeds.split(",")]
     if a.save:
         os.makedirs(a.save, exist_ok=True)
-        for i, v in enumerate(rdec_images(real, a.n_new, seeds[0])):
+        for i, v in enumerate(SF.family_images(a.family, real, a.n_new, seeds[0])):
             Image.fromarray(v).save(os.path.join(a.save, f"{i:04d}.png"))
         return []
     if a.models == "m123":
@@ -175,7 +118,8 @@ def main(argv=None):
     else:
         dev = {"model_1": D["gen_a"][:200], "model_2": D["gen_b"][:200], "gen_e": D["gen_e"][600:800]}
     ks = [None if k == "auto" else int(k) for k in a.ks.split(",")]
-    print(f"code: {os.path.dirname(os.path.dirname(A.__file__))}; models {a.models} + rdec({a.source}); mix {a.mix}",
+    print(f"code: {os.path.dirname(os.path.dirname(A.__file__))}; models {a.models} + {a.family}({a.source}); "
+          f"mix {a.mix}",
           flush=True)
     cells = []
     for s in seeds:
@@ -184,7 +128,7 @@ def main(argv=None):
             parts = {"model_1": parts["model_1"], "model_2": parts["model_2"], "gen_e": D["gen_e"][:200]}
         else:
             parts.pop("gen_e")
-        parts["rdec"] = rdec_images(real, a.n_new, s)
+        parts["rdec"] = SF.family_images(a.family, real, a.n_new, s)
         imgs = np.concatenate(list(parts.values()))
         y = np.repeat(np.arange(len(parts)), [len(v) for v in parts.values()])
         P, tags = release(imgs, s, a.mix)
@@ -193,7 +137,7 @@ def main(argv=None):
             r = A.attribute(P, k, dev_sets=dev, random_state=0, cache_dir=a.cache,
                             processing_invariant=not a.no_invariance)
             new = r.labels[y == len(parts) - 1]
-            cell = {"seed": s, "models": a.models, "source": a.source, "mix": a.mix, "invariant": not a.no_invariance,
+            cell = {"seed": s, "family": a.family, "n_new": a.n_new, "models": a.models, "source": a.source, "mix": a.mix, "invariant": not a.no_invariance,
                     "processing_sample": getattr(A, "PROCESSING_SAMPLE", 300),
                     "sample_rule": getattr(A, "PROCESSING_SAMPLE_RULE", "random"),
                     "k": "auto" if k is None else k, "k_found": int(r.k),
