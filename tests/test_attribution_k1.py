@@ -54,7 +54,8 @@ def _released(rng, X, cols=None):
 def _splits(V, seed):
     """Does any route of the k scan split these images?  (two-way test, a k = 2 partition that passes the pair test
     (issue 19, sixth round: ``K2_PAIR_ROUTE``; its labelled half alone, which passes whenever labelled + floor does),
-    or an all-pairs-passing k = 3 partition)"""
+    or an all-pairs-passing k = 3 partition, or, with the look-ahead, k = 4, ...: for one model every k >= 3 fails
+    until one passes, so these are all the routes)"""
     thr = A._one_model_threshold(V.shape[0])
     if A._separation_test(V, seed)[0] >= thr:
         return True
@@ -62,8 +63,12 @@ def _splits(V, seed):
         lab2 = KMeans(2, n_init=3, random_state=seed).fit_predict(V)
         if A._pair_separation(V, lab2, seed, early_stop=True)[2]:
             return True
-    lab = KMeans(3, n_init=3, random_state=seed).fit_predict(V)
-    return bool(A._pair_separation(V, lab, seed, early_stop=True)[2])
+    # k = 3, then the scan's look-ahead (issue 19, twelfth round: K_SCAN_LOOKAHEAD more k after a failing one)
+    for kk in range(3, 4 + A.K_SCAN_LOOKAHEAD):
+        lab = KMeans(kk, n_init=3, random_state=seed).fit_predict(V)
+        if A._pair_separation(V, lab, seed, early_stop=True)[2]:
+            return True
+    return False
 
 
 def _cp_upper(k, n, conf=0.95):
