@@ -86,6 +86,8 @@ def main(argv=None):
                     help="the stand-in family (benchmarks/standin_families.py); default rdec")
     ap.add_argument("--no-invariance", action="store_true", help="processing_invariant=False (the method before issue "
                     "19), to see whether this set can tell the two apart")
+    ap.add_argument("--k-lookahead", type=int, default=None, help="engine.attribution.K_SCAN_LOOKAHEAD for this run "
+                    "(issue 19, twelfth round; 0: stop the k scan at the first failing k >= 3)")
     ap.add_argument("--sample-rule", default=None, choices=("random", "stratified", "balanced"),
                     help="engine.attribution.PROCESSING_SAMPLE_RULE for this run (issue 19, tenth round)")
     ap.add_argument("--processing-sample", type=int, default=None, help="engine.attribution.PROCESSING_SAMPLE for "
@@ -98,6 +100,8 @@ def main(argv=None):
         A.PROCESSING_SAMPLE = a.processing_sample
     if a.sample_rule:
         A.PROCESSING_SAMPLE_RULE = a.sample_rule
+    if a.k_lookahead is not None:
+        A.K_SCAN_LOOKAHEAD = a.k_lookahead
     R = a.dev
     D = {f"model_{i}": L.load(f"{R}/attribution/model_{i}") for i in (1, 2, 3)}
     for g in "abe":

@@ -293,6 +293,8 @@ def main(argv=None):
                     "with and without the content groups (hist, ispec), best of 3 each, then stop")
     ap.add_argument("--projected-scale", default=None, choices=("after", "before"),
                     help="engine.attribution.PROJECTED_SCALE for this run (default: the code's; issue 19, fourth round)")
+    ap.add_argument("--k-lookahead", type=int, default=None, help="engine.attribution.K_SCAN_LOOKAHEAD for this run "
+                    "(issue 19, twelfth round; 0: stop the k scan at the first failing k >= 3)")
     ap.add_argument("--sample-rule", default=None, choices=("random", "stratified", "balanced"),
                     help="engine.attribution.PROCESSING_SAMPLE_RULE for this run (issue 19, tenth round)")
     ap.add_argument("--processing-sample", type=int, default=None,
@@ -302,6 +304,8 @@ def main(argv=None):
         A.PROCESSING_SAMPLE = a.processing_sample
     if a.sample_rule:
         A.PROCESSING_SAMPLE_RULE = a.sample_rule
+    if a.k_lookahead is not None:
+        A.K_SCAN_LOOKAHEAD = a.k_lookahead
     if a.floor_waiver and hasattr(A, "FLOOR_WAIVER"):
         A.FLOOR_WAIVER = a.floor_waiver == "on"
     if a.projected_scale and hasattr(A, "PROJECTED_SCALE"):

@@ -116,3 +116,36 @@ def test_processing_aware_pair_test_fails_a_processing_split_and_passes_a_model_
         assert A._labelled_separation(proc, y, 0) >= A.ONE_MODEL_SEPARATION  # planted: without it the split passes
         assert A._labelled_separation(proc, y, 0, S_extra=S) < 0.5
         assert A._labelled_separation(models, y, 0, S_extra=S) >= A.ONE_MODEL_SEPARATION
+
+
+def test_scan_looks_past_a_merged_partition(monkeypatch):
+    """Planted (issue 19, twelfth round, ``K_SCAN_LOOKAHEAD``): five models, three of them on one line (0, 20 and 37
+    SDs along e0) and two far off it (60 SDs along e1, e2).  The k = 4 partition merges the two closest models (20 and
+    37); with the third (0) on the same line their union has three modes, whose best two-way split explains at most
+    0.75-0.80 of the variance, so that pair fails although no model is split.  The k = 5 partition is exact and
+    passes.  Without the look-ahead the scan stops at k = 4 and keeps k = 3 (two models merged twice); with one k of
+    look-ahead it finds k = 5, and stops at k = 6 (a model split)."""
+    n = 60
+    rng = np.random.default_rng(19)
+    y = np.repeat(np.arange(5), n)
+    F = rng.normal(size=(5 * n, 3))
+    F[y == 1, 0] += 20.0
+    F[y == 2, 0] += 37.0
+    F[y == 3, 1] += 60.0
+    F[y == 4, 2] += 60.0
+    imgs = _planted_features(monkeypatch, F)
+    thr = A._one_model_threshold(5 * n)
+    with threadpool_limits(1):
+        r4 = A.attribute(imgs, 4, backbones=(), processing_invariant=False, stability_resamples=0)
+        got = {}
+        for look in (0, 1):
+            monkeypatch.setattr(A, "K_SCAN_LOOKAHEAD", look)
+            got[look] = A.attribute(imgs, None, backbones=(), processing_invariant=False, stability_resamples=0,
+                                    k_max=6)
+    # the k = 4 partition is the merge of models 1 and 2 (the others exact)
+    assert ari(y, r4.labels) < 1.0 and ari(np.minimum(y, 1) + (y >= 3) * (y - 1), r4.labels) == 1.0
+    old, new = got[0], got[1]
+    sep = new.info["k_scan_pair_separation"]
+    assert sep["4"] < thr and sep["5"] >= thr and sep["6"] < thr, sep
+    assert old.k == 3 and "5" not in old.info["k_scan_pair_separation"]  # the rule before stopped at k = 4
+    assert new.k == 5 and ari(y, new.labels) == 1.0 and new.info["k_scan_lookahead"] == 1
