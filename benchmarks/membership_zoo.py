@@ -764,6 +764,9 @@ def main(argv=None):
                     help="audit with the opt-in piecewise-rigid registered anatomy NCC (anatomy.NCC_LOCAL, branch elas11)")
     ap.add_argument("--ncc-flow", action="store_true",
                     help="audit with the opt-in non-rigid registered anatomy NCC (deform.NCC_FLOW, branch elas12)")
+    ap.add_argument("--flow-channel", action="store_true",
+                    help="audit with the opt-in flow NCC as its own ratio channel, anat_flow_ratio (deform.FLOW_CHANNEL, "
+                         "branch elas13)")
     ap.add_argument("--compare", action="store_true",
                     help="before/after in the same run: every scenario audited with combine='tail' (the default) and "
                          "combine='max' (the rule before) on the same evidence (one evidence computation, cached)")
@@ -798,6 +801,9 @@ def main(argv=None):
     if a.ncc_flow:
         from imprint.engine.membership import deform as _deform
         _deform.NCC_FLOW = True
+    if a.flow_channel:
+        from imprint.engine.membership import deform as _deform
+        _deform.FLOW_CHANNEL = True
     if a.timing:
         timing(a)
         return
@@ -819,7 +825,8 @@ def main(argv=None):
                 setattr(a, k, v)
     print(f"# membership zoo: real={a.real} fillers={a.fillers} members={a.n_members} (+ as many non-members) "
           f"reference={a.n_reference} generated={a.n_gen} boot={a.boot} seed={a.seed}"
-          + (" anatomy.NCC_LOCAL=True" if a.ncc_local else "") + (" deform.NCC_FLOW=True" if a.ncc_flow else ""))
+          + (" anatomy.NCC_LOCAL=True" if a.ncc_local else "") + (" deform.NCC_FLOW=True" if a.ncc_flow else "")
+          + (" deform.FLOW_CHANNEL=True" if a.flow_channel else ""))
     print("| transform | strength | AUC [95% CI] | TPR@1%FPR [95% CI] | recall fpr:0.01 [95% CI] | "
           "non-members flagged | recall fdr:0.1 | false flags fdr:0.1 | F1 (f1; no members: share flagged) | audit s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
