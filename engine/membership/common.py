@@ -33,7 +33,10 @@ DEFAULT_WEIGHTS: dict[str, float] = {
     # texture.  Prior 0.1 and always in the max rule, like the registered ratios (issue 13, branch resyn5)
     "anat_ratio": 0.1,
     # the anatomy NCC after a smooth non-rigid registration, as a channel of its own (elastic copies; branch elas13;
-    # only with the opt-in deform.FLOW_CHANNEL): as anat_ratio, prior 0.1 and always in the max rule
+    # only with the opt-in deform.FLOW_CHANNEL): as anat_ratio, prior 0.1 and always in the max rule.  It may decide
+    # alone for the reason the other ratios may (a priori): a continuous copy-strength ratio with its own null rows
+    # computed the same way; its multiplicity (one more tail-split channel beside ~9-10, each single channel's a-priori
+    # share ~0.05 -> ~0.045) is in the null the decisions calibrate on, so it costs power, not the stated FPR
     "anat_flow_ratio": 0.1,
 }
 COMBINED_FEATURES = tuple(DEFAULT_WEIGHTS)
