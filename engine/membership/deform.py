@@ -53,7 +53,8 @@ FLOW_ITERS = 3
 #: 0.970, TPR@1% 0.733 -> 0.900, ``fpr:0.01`` recall 0.433 -> 0.583), kept resynth sigma 3 (TPR@1% 0.933 -> 0.917,
 #: ``fpr:0.01`` recall 0.517 both; ``NCC_FLOW`` lost it), moved elastic RMS 4 px little (AUC 0.870 -> 0.879, TPR@1%
 #: 0.367 -> 0.383) and flagged no non-member of the non-memorising row; resynth 3 + geom 1 ``fdr:0.1`` recall 0.833 ->
-#: 0.767.  Dev gen_e leave-one-out about unchanged.  ~3.1 CPU-s (~5%) on the judged speed case (RESULTS.md, elas13).
+#: 0.767.  Seed 3 alike (elastic 2 + geom ``fpr:0.01`` recall 0.533 -> 0.700, elastic 4 TPR@1% 0.200 -> 0.267, resynth
+#: sigma 3 one member fewer).  Dev gen_e leave-one-out about unchanged.  ~3.1 CPU-s (~5%) on the judged speed case (RESULTS.md, elas13).
 FLOW_CHANNEL = False
 #: Polished candidates per row (and per part of a pair-null split) that get the flow, the best by rigid registered
 #: NCC (ties: the coarse order).  2: cost (~0.24 ms per pair; all 5 polished candidates added ~7% to the judged speed
