@@ -90,7 +90,13 @@ def main(argv=None):
                          "(no anatomy evidence in the real-to-real null: main before branch uns6), unsupervised-channel "
                          "(the per-channel empirical null), unsupervised-channel-noanat")
     ap.add_argument("--cache-dir", default=None, help="keep the evidence checkpoints here (a rerun re-decides only)")
+    ap.add_argument("--flow-channel", action="store_true",
+                    help="with the opt-in flow anatomy channel anat_flow_ratio (deform.FLOW_CHANNEL, branch elas13)")
     a = ap.parse_args(argv)
+    if a.flow_channel:
+        from imprint.engine.membership import deform as _deform
+        _deform.FLOW_CHANNEL = True
+        print("# deform.FLOW_CHANNEL=True")
     root = os.path.join(a.corpus, "membership")
     data = {g: DevSet(g, load(f"{root}/{g}/generated"), load(f"{root}/{g}/real/used"),
                       load(f"{root}/{g}/real/unused")) for g in GENS}

@@ -781,6 +781,11 @@ def main(argv=None):
                     help="audit with the opt-in non-rigid registered anatomy NCC (deform.NCC_FLOW, branch elas12)")
     ap.add_argument("--ncc-tiles", action="store_true",
                     help="audit with the opt-in tile-wise registered anatomy NCC (tiles.NCC_TILES, branch patch12)")
+    ap.add_argument("--flow-channel", action="store_true",
+                    help="audit with the opt-in flow NCC as its own ratio channel, anat_flow_ratio (deform.FLOW_CHANNEL, "
+                         "branch elas13)")
+    ap.add_argument("--flow-top", type=int, default=None,
+                    help="with --flow-channel: polished candidates per row that get the flow (deform.FLOW_TOP)")
     ap.add_argument("--compare", action="store_true",
                     help="before/after in the same run: every scenario audited with combine='tail' (the default) and "
                          "combine='max' (the rule before) on the same evidence (one evidence computation, cached)")
@@ -818,6 +823,11 @@ def main(argv=None):
     if a.ncc_tiles:
         from imprint.engine.membership import tiles as _tiles
         _tiles.NCC_TILES = True
+    if a.flow_channel:
+        from imprint.engine.membership import deform as _deform
+        _deform.FLOW_CHANNEL = True
+        if a.flow_top is not None:
+            _deform.FLOW_TOP = int(a.flow_top)
     if a.timing:
         timing(a)
         return
@@ -840,7 +850,8 @@ def main(argv=None):
     print(f"# membership zoo: real={a.real} fillers={a.fillers} members={a.n_members} (+ as many non-members) "
           f"reference={a.n_reference} generated={a.n_gen} boot={a.boot} seed={a.seed}"
           + (" anatomy.NCC_LOCAL=True" if a.ncc_local else "") + (" deform.NCC_FLOW=True" if a.ncc_flow else "")
-          + (" tiles.NCC_TILES=True" if a.ncc_tiles else ""))
+          + (" tiles.NCC_TILES=True" if a.ncc_tiles else "")
+          + (f" deform.FLOW_CHANNEL=True FLOW_TOP={_deform.FLOW_TOP}" if a.flow_channel else ""))
     print("| transform | strength | AUC [95% CI] | TPR@1%FPR [95% CI] | recall fpr:0.01 [95% CI] | "
           "non-members flagged | recall fdr:0.1 | false flags fdr:0.1 | F1 (f1; no members: share flagged) | audit s |")
     print("|---|---|---|---|---|---|---|---|---|---|")

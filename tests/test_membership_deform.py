@@ -110,3 +110,61 @@ def test_ncc_flow_off_is_the_rigid_ncc_and_on_rekeys_the_checkpoints(monkeypatch
     assert (on >= A._masked_ncc(reg, b, valid != 0)).all()
     assert A.checkpoint_tag(True, form="evidence") == ev + "+" + D.flow_tag()
     assert A.checkpoint_tag(True, form="pairnull")["_anatomy"]["anatomy_flow"] == D.flow_tag()
+
+
+def test_flow_channel_finds_planted_elastic_copies_and_keeps_resynthesised_ones(monkeypatch):
+    """The flow as a ratio channel of its own (``anat_flow_ratio``, :data:`deform.FLOW_CHANNEL`, branch elas13).
+    PLANTED: 16 members elastically deformed (RMS 2 px at 64 px = the zoo's 4 px at 128) and 16 members
+    re-synthesised (sigma 2 px = the zoo's 4 px) among 160 look-alike generated images; 16 non-members; 80 reference
+    rows (the null).  Candidates: each pool row's 6 best in-place low-pass NCCs.  Combined by the engine's
+    ``tail-split`` rule (:func:`calibrate.calibrated_max`) over the two anatomy channels against the reference rows.
+    Measured here (seed 81): above the null's maximum, elastic members 0.06 with ``anat_ratio`` alone, 0.50 with both
+    channels; re-synthesised 0.88 -> 1.00; non-members 0 -> 0 (scratch seed 82: 0.06 -> 0.44, 0.88 -> 0.88, 0 -> 0).
+    ``anat_ratio`` itself is unchanged bit for bit by the flag (the channel is added, not mixed in)."""
+    from imprint.engine.membership.calibrate import _feature_matrix, calibrated_max
+    from test_membership_elastic import _elastic
+    from test_membership_evidence_anatomy import resynth, u8
+
+    rng = np.random.default_rng(81)
+    n, nref = 16, 80
+    P = family(3 * n + nref, 82)               # elastic members, re-synthesised members, non-members, reference
+    G = family(160, 83)
+    donors = family(n, 84)
+    slots = rng.choice(len(G), 2 * n, replace=False)
+    for i in range(n):
+        G[slots[i]] = u8(_elastic(P[i], 2.0, rng) + rng.normal(0, 2, P[i].shape))
+        G[slots[n + i]] = u8(resynth(P[n + i], donors[i], 2.0) + rng.normal(0, 2, P[i].shape))
+    fP, fG = A.anatomy_features(P).astype(np.float64), A.anatomy_features(G).astype(np.float64)
+    sR = fP @ fP.T
+    np.fill_diagonal(sR, -np.inf)
+    sl = (np.argsort(-(fP @ fG.T), 1)[:, :6], np.argsort(-sR, 1)[:, :6])
+    out = {}
+    for flow in (False, True):
+        monkeypatch.setattr(D, "FLOW_CHANNEL", flow)
+        out[flow] = A.anatomy_evidence(G, P, shortlist=sl)
+    assert "anat_flow_ratio" not in out[False] and "anat_flow_ratio" in out[True]
+    assert np.array_equal(out[False]["anat_ratio"], out[True]["anat_ratio"])
+    null = np.zeros(len(P), bool)
+    null[3 * n:] = True
+    Z = _feature_matrix(out[True], null, ["anat_ratio", "anat_flow_ratio"])
+    E, S, N = slice(0, n), slice(n, 2 * n), slice(2 * n, 3 * n)
+    got = {}
+    for name, cols in (("rigid", [0]), ("both", [0, 1])):
+        sc, _ = calibrated_max(Z[:, cols], np.full(len(cols), 0.1), np.ones(len(cols), bool), null, sum_share=0.5)
+        thr = sc[null].max()
+        got[name] = ((sc[E] > thr).mean(), (sc[S] > thr).mean(), int((sc[N] > thr).sum()))
+    (e0, s0, n0), (e1, s1, n1) = got["rigid"], got["both"]
+    assert e0 <= 0.2, got                                    # what is planted: the rigid channel misses them
+    assert e1 >= 0.35 and e1 >= e0 + 0.25, got               # found by the flow channel
+    assert s1 >= 0.85 and s1 >= s0, got                      # re-synthesised copies kept
+    assert n1 <= n0 + 1, got                                 # no more non-members above the null
+
+
+def test_flow_channel_off_keeps_the_keys_and_on_rekeys_them(monkeypatch):
+    ev, pn = A.checkpoint_tag(True, form="evidence"), A.checkpoint_tag(True, form="pairnull")
+    assert "flowch" not in ev and "anatomy_flow_channel" not in pn["_anatomy"]       # off: the keys before
+    monkeypatch.setattr(D, "FLOW_CHANNEL", True)
+    assert A.checkpoint_tag(True, form="evidence") == ev + "+" + D.channel_tag()
+    assert A.checkpoint_tag(True, form="pairnull")["_anatomy"]["anatomy_flow_channel"] == D.channel_tag()
+    monkeypatch.setattr(D, "FLOW_TOP", 1)                    # a changed setting, another key
+    assert A.checkpoint_tag(True, form="evidence") == ev + "+flowchT1" + D.flow_tag()

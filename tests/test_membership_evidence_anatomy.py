@@ -292,10 +292,15 @@ def test_planted_resynthesised_transformed_members_are_flagged(planted_transform
     assert res.used[y == 0].sum() <= 2, res.used[y == 0]
 
 
-def test_anatomy_pair_values_equal_the_evidence_on_the_split():
+@pytest.mark.parametrize("flow", [False, True])
+def test_anatomy_pair_values_equal_the_evidence_on_the_split(flow, monkeypatch):
     """The real-pair null's values (part A playing the generated images) equal :func:`anatomy_evidence` run on
-    that split, in place and with the registered candidates."""
-    from imprint.engine.membership.anatomy import anatomy_pair_values
+    that split, in place and with the registered candidates; with the flow channel (``deform.FLOW_CHANNEL``,
+    elas13) ``anat_flow_ratio`` too (its candidates picked by the same rule on both sides)."""
+    from imprint.engine.membership import deform as D
+    from imprint.engine.membership.anatomy import anatomy_pair_values, anatomy_pair_values_splits
+
+    monkeypatch.setattr(D, "FLOW_CHANNEL", flow)
 
     rng = np.random.default_rng(51)
     real = family(30, 52)
@@ -305,6 +310,7 @@ def test_anatomy_pair_values_equal_the_evidence_on_the_split():
     cand = np.stack([rng.choice(np.delete(np.arange(30), i), 6, replace=False) for i in range(30)])
     for c in (None, cand):
         v = anatomy_pair_values(real, inA, c)
+        vf = anatomy_pair_values_splits(real, [inA], c, flow=True)[1][0] if flow and c is not None else None
         for i in (0, 3, 20, 29):       # x in part B: the evidence of x against A, control = B without x
             A = np.flatnonzero(inA & (np.arange(30) != i))
             B = np.r_[i, np.flatnonzero(~inA & (np.arange(30) != i))]   # x first
@@ -315,6 +321,11 @@ def test_anatomy_pair_values_equal_the_evidence_on_the_split():
                 sl = (np.vstack([ca, np.full((len(B) - 1, 6), -1)]), np.vstack([cb, np.full((len(B) - 1, 6), -1)]))
             ev = anatomy_evidence(real[A], real[B], shortlist=sl)
             assert abs(v[i] - ev["anat_ratio"][0]) < 1e-6, (i, c is None, v[i], ev["anat_ratio"][0])
+            assert ("anat_flow_ratio" in ev) == (vf is not None)
+            if vf is not None:
+                assert abs(vf[i] - ev["anat_flow_ratio"][0]) < 1e-6, (i, vf[i], ev["anat_flow_ratio"][0])
+        if vf is not None:                 # the flow channel is not the rigid one (the comparison is not vacuous)
+            assert np.nanmax(np.abs(vf - v)) > 0.05
 
 
 # ----------------------------------------------------------------------------------------- low-pass candidate source

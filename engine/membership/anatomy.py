@@ -281,6 +281,20 @@ def _masked_ncc(a: np.ndarray, b: np.ndarray, m: np.ndarray) -> np.ndarray:
 NCC_FRAME = 0
 
 
+def _ncc_mask(valid: np.ndarray, frame: int | None = None) -> np.ndarray:
+    """Where a registered NCC is taken: ``valid`` minus the outer ``frame`` grid pixels (None: :data:`NCC_FRAME`;
+    clipped so that at least the centre pixel stays); bool [K, h, w]."""
+    frame = NCC_FRAME if frame is None else int(frame)
+    m = np.asarray(valid) != 0
+    if frame > 0 and m.ndim == 3:
+        h, w = m.shape[1:]
+        fy, fx = min(frame, (h - 1) // 2), min(frame, (w - 1) // 2)
+        inner = np.zeros((h, w), bool)
+        inner[fy:h - fy, fx:w - fx] = True
+        m = m & inner[None]
+    return m
+
+
 def registered_ncc(reg: np.ndarray, low_b: np.ndarray, valid: np.ndarray, frame: int | None = None) -> np.ndarray:
     """NCC of registered low-pass grids on their overlap, the outer ``frame`` grid pixels left out.
 
@@ -296,14 +310,7 @@ def registered_ncc(reg: np.ndarray, low_b: np.ndarray, valid: np.ndarray, frame:
     -------
     float64 [K]   Pearson correlation over ``valid`` minus the frame (0 where either side is constant there)
     """
-    frame = NCC_FRAME if frame is None else int(frame)
-    m = np.asarray(valid) != 0
-    if frame > 0 and m.ndim == 3:
-        h, w = m.shape[1:]
-        fy, fx = min(frame, (h - 1) // 2), min(frame, (w - 1) // 2)
-        inner = np.zeros((h, w), bool)
-        inner[fy:h - fy, fx:w - fx] = True
-        m = m & inner[None]
+    m = _ncc_mask(valid, frame)
     from . import tiles                                 # tile-wise, best half of the tiles (branch patch12), opt-in
     if tiles.NCC_TILES:
         return np.maximum(_masked_ncc(reg, low_b, m), tiles.tile_ncc(reg, low_b, m))
@@ -450,6 +457,8 @@ def checkpoint_tag(lowpass: bool | None, *, form: str):
             tag += f"+local{LOCAL_TILES}s{LOCAL_SHIFT}"
         if _deform.NCC_FLOW:                            # smooth non-rigid NCC (elas12)
             tag += "+" + _deform.flow_tag()
+        if _deform.FLOW_CHANNEL:                        # ... as a channel of its own (elas13)
+            tag += "+" + _deform.channel_tag()
         return tag + _tiles_tag()                       # tile-wise NCC (patch12)
     if form == "pairnull":
         out: dict = {}
@@ -468,6 +477,8 @@ def checkpoint_tag(lowpass: bool | None, *, form: str):
             anat["anatomy_flow"] = _deform.flow_tag()
         if _tiles_tag():                                # patch12
             anat["anatomy_tiles"] = _tiles_tag()
+        if _deform.FLOW_CHANNEL:                        # elas13
+            anat["anatomy_flow_channel"] = _deform.channel_tag()
         out["_anatomy"] = anat
         return out
     raise ValueError(f"form must be 'evidence' or 'pairnull' (got {form!r})")
@@ -543,6 +554,32 @@ def _polished_pairs(lowA: np.ndarray, lowB: np.ndarray, pairs: np.ndarray, co: d
     return {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in parts[0]}
 
 
+def _flow_pairs(lowA: np.ndarray, lowB: np.ndarray, pairs: np.ndarray, po: dict) -> dict:
+    """The flow NCC (:func:`.deform.flow_registered_ncc`, on :func:`registered_ncc`'s mask) of ``pairs`` [K, 2] warped
+    by their polished transforms ``po`` (``flip``, ``angle``, ``scale``, ``dy``, ``dx`` [K]), in blocks of
+    :func:`polish_block` pairs (every pair on its own); ``{"flow": float64 [K]}`` (-1 where undefined)."""
+    from .register import warp
+
+    step = polish_block(int(np.prod(lowA.shape[1:])))
+    out = np.full(len(pairs), -1.0)
+    for s0 in range(0, len(pairs), step):
+        pp = pairs[s0:s0 + step]
+        p = {k: np.asarray(po[k])[s0:s0 + step] for k in ("flip", "angle", "scale", "dy", "dx")}
+        reg, valid = warp(lowA, pp[:, 0], p["flip"], p["angle"], p["scale"], p["dy"], p["dx"])
+        out[s0:s0 + step] = _deform.flow_registered_ncc(reg, lowB[pp[:, 1]], _ncc_mask(valid))
+    return {"flow": out}
+
+
+def _flow_picks(ncc_m: np.ndarray) -> np.ndarray:
+    """Which polished candidates get the flow (:data:`.deform.FLOW_TOP` per row): ``ncc_m`` [n, m] is every row's
+    polished candidates' registered NCC in coarse order (-inf: none); bool [n, m], the best by NCC, ties to the
+    earlier column."""
+    top = np.argsort(-ncc_m, axis=1, kind="stable")[:, :max(0, int(_deform.FLOW_TOP))]
+    sel = np.zeros(ncc_m.shape, bool)
+    np.put_along_axis(sel, top, True, 1)
+    return sel & np.isfinite(ncc_m)
+
+
 def _memo_pairs(fn, pairs: np.ndarray, keys_a, keys_b, cache: dict | None, name: str, fields) -> dict:
     """``fn(sel) -> dict of arrays [len(sel)]`` (``sel``: indices into ``pairs`` [K, 2]) memoised per pair of image
     contents (``(keys_a[i], keys_b[j])``) in ``cache[name]`` (float64 columns), so pools that share images (the target
@@ -593,7 +630,9 @@ def registered_anatomy(lowA: np.ndarray, lowB: np.ndarray, cand: np.ndarray, *, 
     -------
     dict[str, float64 [R]]
         ``ncc`` (-1 where the row has no candidate), ``match`` (index into ``lowB``, -1: none), ``flip``,
-        ``angle`` (degrees), ``scale``, ``dy``, ``dx`` (grid pixels) of the best registered candidate.
+        ``angle`` (degrees), ``scale``, ``dy``, ``dx`` (grid pixels) of the best registered candidate; with
+        :data:`.deform.FLOW_CHANNEL` also ``flow_ncc``: the best of ``max(rigid, flow NCC)`` over the row's
+        :data:`.deform.FLOW_TOP` best polished candidates (:func:`_flow_picks`; -1: none).
     """
 
     n_polish = N_POLISH if n_polish is None else n_polish
@@ -601,6 +640,8 @@ def registered_anatomy(lowA: np.ndarray, lowB: np.ndarray, cand: np.ndarray, *, 
     R, c = cand.shape if cand.ndim == 2 else (len(lowA), 0)
     out = {"ncc": np.full(R, -1.0), "match": np.full(R, -1.0)}
     out.update({k: np.zeros(R) for k in ("flip", "angle", "scale", "dy", "dx")})
+    if _deform.FLOW_CHANNEL:
+        out["flow_ncc"] = np.full(R, -1.0)
     if R == 0 or c == 0:
         return out
     key = cand.copy()
@@ -642,6 +683,16 @@ def registered_anatomy(lowA: np.ndarray, lowB: np.ndarray, cand: np.ndarray, *, 
     out["match"][r] = pb[first]
     for k in ("flip", "angle", "scale", "dy", "dx"):
         out[k][r] = np.asarray(po[k], np.float64)[first]
+    if _deform.FLOW_CHANNEL:                 # the flow channel (elas13): the row's FLOW_TOP best polished candidates
+        nm = np.full(R * m, -np.inf)
+        nm[fin] = ncc
+        at = np.full(R * m, -1, np.int64)
+        at[fin] = np.arange(len(pidx))
+        fs = at.reshape(R, m)[_flow_picks(nm.reshape(R, m))]          # indices into pidx
+        fv = _memo_pairs(lambda t: _flow_pairs(lowA, lowB, pairs[pidx[fs[t]]],
+                                               {k: np.asarray(po[k])[fs[t]] for k in _PO_KEYS}),
+                         pairs[pidx[fs]], keys_a, keys_b, cache, "anat_flow" + _deform.flow_tag(), ("flow",))["flow"]
+        np.maximum.at(out["flow_ncc"], pa[fs], np.maximum(np.asarray(fv, np.float64), ncc[fs]))
     return out
 
 
@@ -653,6 +704,11 @@ def _lowpass_rows(X: np.ndarray, rows=None, chunk: int = 4096, *, mirror: bool =
         return np.zeros((0,) + anatomy_lowpass(np.zeros((1,) + X.shape[1:], np.uint8)).shape[1:], np.float32)
     return np.concatenate([anatomy_lowpass(np.asarray(X[idx[b:b + chunk]]), mirror=mirror)
                            for b in range(0, len(idx), chunk)])
+
+
+def _anat_ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``-log((1 - a + 1e-3) / (1 - b + 1e-3))`` (``1 - ncc`` clipped at 0): the anatomy ratios' form."""
+    return -np.log((np.clip(1.0 - a, 0, None) + _EPS_NCC) / (np.clip(1.0 - b, 0, None) + _EPS_NCC))
 
 
 def anatomy_evidence(G: np.ndarray, P: np.ndarray, *, chunk: int = 4096, executor=None,
@@ -678,7 +734,9 @@ def anatomy_evidence(G: np.ndarray, P: np.ndarray, *, chunk: int = 4096, executo
         (index into ``G`` of the best generated image) and ``anat_flip`` (1 where the mirrored pool image
         matched); with ``shortlist`` also ``anat_reg_ncc`` / ``anat_real_reg_ncc`` (the registered values alone)
         and the best match's transform ``anat_angle``, ``anat_scale``, ``anat_dy``, ``anat_dx`` (full-resolution
-        pixels; 0 / 1 / 0 / 0 where the in-place search won).
+        pixels; 0 / 1 / 0 / 0 where the in-place search won); with ``shortlist`` and :data:`.deform.FLOW_CHANNEL`
+        also ``anat_flow_ratio`` (the same ratio with each side's NCC the better of the above and the flow NCC of
+        :func:`registered_anatomy`'s ``flow_ncc``) and ``anat_flow_ncc`` / ``anat_real_flow_ncc`` (those alone).
 
     keys_gen, keys_pool : list or None, and cache : dict or None
         Content keys of ``G`` and ``P`` and a memo shared across calls: the registered pairs' values are memoised
@@ -730,7 +788,7 @@ def anatomy_evidence(G: np.ndarray, P: np.ndarray, *, chunk: int = 4096, executo
     ncc_g = np.maximum(ncc_g2[:n], ncc_g2[n:])
     ncc_r = np.maximum(ncc_r2[:n], ncc_r2[n:])
     match = np.where(flip == 1, ig[n:], ig[:n])
-    ev = {}
+    ev: dict = {}
     if shortlist is not None:
         cgl = np.full(cg.shape, -1, np.int64)
         cgl[cg >= 0] = inv
@@ -743,10 +801,13 @@ def anatomy_evidence(G: np.ndarray, P: np.ndarray, *, chunk: int = 4096, executo
         match = np.where(win, ug[np.maximum(rg["match"], 0).astype(np.int64)], match)
         flip = np.where(win, rg["flip"], flip).astype(np.int64)
         ncc_r = np.maximum(ncc_r, rr["ncc"])
-        ev = {"anat_reg_ncc": rg["ncc"], "anat_real_reg_ncc": rr["ncc"],
+        if _deform.FLOW_CHANNEL:             # its own channel (elas13): everything above, or the flow NCC
+            ev["anat_flow_ratio"] = _anat_ratio(np.maximum(ncc_g, rg["flow_ncc"]), np.maximum(ncc_r, rr["flow_ncc"]))
+            ev["anat_flow_ncc"], ev["anat_real_flow_ncc"] = rg["flow_ncc"], rr["flow_ncc"]
+        ev.update({"anat_reg_ncc": rg["ncc"], "anat_real_reg_ncc": rr["ncc"],
               "anat_angle": np.where(win, rg["angle"], 0.0), "anat_scale": np.where(win, rg["scale"], 1.0),
-              "anat_dy": np.where(win, rg["dy"] * step, 0.0), "anat_dx": np.where(win, rg["dx"] * step, 0.0)}
-    ratio = -np.log((np.clip(1.0 - ncc_g, 0, None) + _EPS_NCC) / (np.clip(1.0 - ncc_r, 0, None) + _EPS_NCC))
+              "anat_dy": np.where(win, rg["dy"] * step, 0.0), "anat_dx": np.where(win, rg["dx"] * step, 0.0)})
+    ratio = _anat_ratio(ncc_g, ncc_r)
     return {"anat_ratio": ratio, "anat_ncc": ncc_g, "anat_real_ncc": ncc_r,
             "anat_match": match.astype(np.float64), "anat_flip": flip.astype(np.float64), **ev}
 
@@ -785,7 +846,7 @@ def anatomy_pair_values(real: np.ndarray, inA: np.ndarray, cand: np.ndarray | No
 
 def anatomy_pair_values_splits(real: np.ndarray, inAs, cand: np.ndarray | None = None, *,
                                only: np.ndarray | None = None, block: int = 512, a_only: int = 0,
-                               groups: np.ndarray | None = None) -> list:
+                               groups: np.ndarray | None = None, flow: bool = False):
     """:func:`anatomy_pair_values` for several splits of one real folder, sharing the work that does not depend
     on the split: the low-pass grids, each block of the R x R low-pass similarities, every (image, candidate)
     pair's coarse registration, and the polish and registered NCC of every pair any split needs.  Each split
@@ -801,9 +862,13 @@ def anatomy_pair_values_splits(real: np.ndarray, inAs, cand: np.ndarray | None =
     groups : int [R] or None        series labels (:func:`.calibrate.series_groups`): an image's own series is
                                     never searched, like the image itself (``cand`` must exclude it too)
 
+    flow : bool                     also the flow channel's values (``anat_flow_ratio``, :data:`.deform.FLOW_CHANNEL`;
+                                    needs ``cand``)
+
     Returns
     -------
-    list of float64 [R], one per split (NaN where a part holds no other image, or outside ``only``)
+    list of float64 [R], one per split (NaN where a part holds no other image, or outside ``only``); with ``flow``
+    a pair of such lists, ``anat_ratio``'s and ``anat_flow_ratio``'s
     """
 
     inAs = [np.asarray(a, bool) for a in inAs]
@@ -829,6 +894,7 @@ def anatomy_pair_values_splits(real: np.ndarray, inAs, cand: np.ndarray | None =
         for si, inA in enumerate(inAs):
             for part in (True, False):
                 best[si][part][r] = np.where(inA[None, :] == part, s, -np.inf).max(1)
+    bestF = best                              # the flow channel's (flow): the rigid values where no pair is registered
     if cand is not None and len(rows):
         for bs in best:                       # registered_anatomy's NCC of a row without candidates is -1
             for part in (True, False):
@@ -866,18 +932,50 @@ def anatomy_pair_values_splits(real: np.ndarray, inAs, cand: np.ndarray | None =
             ncc_all = np.full(len(pairs), -np.inf)
             # in blocks (issue 15, mem11: the ~100k needed pairs' registered grids and float64 NCC temporaries at
             # once were the 10k x 100k run's peak)
-            ncc_all[nid] = _polished_pairs(lowf, lowf, pairs, co, nid, POLISH_ROUNDS)["ncc"]
+            pol = _polished_pairs(lowf, lowf, pairs, co, nid, POLISH_ROUNDS)
+            ncc_all[nid] = pol["ncc"]
             for si, part, p in picks:
                 v = np.where(p >= 0, ncc_all[np.maximum(p, 0)], -np.inf).max(1)
                 has = (p >= 0).any(1)
                 cur = best[si][part]
                 cur[rows[has]] = np.maximum(cur[rows[has]], v[has])
-    out = []
-    for si in range(S):
-        o = np.full(R, np.nan)
-        a, b = best[si][True][rows], best[si][False][rows]
-        good = np.isfinite(a) & np.isfinite(b)
-        o[rows[good]] = -np.log((np.clip(1.0 - a[good], 0, None) + _EPS_NCC)
-                                / (np.clip(1.0 - b[good], 0, None) + _EPS_NCC))
-        out.append(o)
+            if flow:
+                bestF = _splits_flow(lowf, pairs, nid, pol, ncc_all, picks, best, rows)
+    out = [_split_ratio(b, rows, R) for b in best]
+    if not flow:
+        return out
+    return out, [_split_ratio(b, rows, R) for b in bestF]
+
+
+def _split_ratio(best: dict, rows: np.ndarray, R: int) -> np.ndarray:
+    """One split's ratio from its parts' best NCC (:func:`anatomy_pair_values_splits`); NaN where a part has none."""
+    o = np.full(R, np.nan)
+    a, b = best[True][rows], best[False][rows]
+    good = np.isfinite(a) & np.isfinite(b)
+    o[rows[good]] = _anat_ratio(a[good], b[good])
+    return o
+
+
+def _splits_flow(lowf: np.ndarray, pairs: np.ndarray, nid: np.ndarray, pol: dict, ncc_all: np.ndarray, picks: list,
+                 best: list, rows: np.ndarray) -> list:
+    """The flow channel's best NCC per split and part (:func:`anatomy_pair_values_splits` with ``flow``): the rigid
+    best (``best``), or the flow NCC of the part's :data:`.deform.FLOW_TOP` best polished candidates
+    (:func:`_flow_picks`, as :func:`registered_anatomy` picks them), each pair's flow computed once."""
+    at = np.full(len(pairs), -1, np.int64)
+    at[nid] = np.arange(len(nid))                              # pair -> row of the polished values
+    sels = []
+    needF = np.zeros(len(pairs), bool)
+    for si, part, p in picks:
+        sel = _flow_picks(np.where(p >= 0, ncc_all[np.maximum(p, 0)], -np.inf))
+        sels.append(sel)
+        needF[p[sel]] = True
+    fid = np.flatnonzero(needF)
+    fl = np.full(len(pairs), -np.inf)
+    fl[fid] = np.maximum(_flow_pairs(lowf, lowf, pairs[fid], {k: np.asarray(pol[k])[at[fid]] for k in _PO_KEYS})["flow"],
+                         ncc_all[fid])
+    out = [{k: v.copy() for k, v in b.items()} for b in best]
+    for (si, part, p), sel in zip(picks, sels):
+        v = np.where(sel, fl[np.maximum(p, 0)], -np.inf).max(1)
+        cur = out[si][part]
+        cur[rows] = np.maximum(cur[rows], v)
     return out

@@ -301,7 +301,7 @@ def audit_membership(generated, real, *, dev_sets: Sequence[DevSet] = (), refere
             if not np.array_equal(pa["_images"], pn["_images"]):
                 raise ImprintError("internal: the anatomy pair null's rows differ from the registered null's")
             pn = dict(pn, _theta=dict(pn["_theta"]), _shift=dict(pn["_shift"]))
-            for n in PAIR_ANAT_FEATURES:
+            for n in (n for n in PAIR_ANAT_FEATURES if n in pa):
                 pn[n] = pa[n]
                 pn["_theta"][n], pn["_shift"][n] = pa["_theta"][n], pa["_shift"][n]
         Z, null_mask = pair_null_matrix({n: ev[n][:nR] for n in names}, pn, names)

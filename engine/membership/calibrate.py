@@ -470,7 +470,9 @@ PAIR_REG_FEATURES = ("reg_ratio", "reg_lo_ratio", "reg_lp_ratio")
 #: the anatomy evidence's real-to-real analogue (:func:`real_pair_null` with ``anatomy=True``): the best Gaussian
 #: low-pass NCC (in place or mirrored, and registered on the low-pass grids over the shortlisted candidates,
 #: :func:`.anatomy.anatomy_pair_values`) of a real image with part A over that with part B
-PAIR_ANAT_FEATURES = ("anat_ratio",)
+#: (``anat_flow_ratio``, the flow channel, only with :data:`.deform.FLOW_CHANNEL` and the anatomy null registered;
+#: branch elas13)
+PAIR_ANAT_FEATURES = ("anat_ratio", "anat_flow_ratio")
 #: most real images that play the non-member in :func:`real_pair_null` (a random subset above it): bounds the
 #: registered null's cost (~8 refined registrations per image) on large folders; 6 rows each = 12,000 null rows
 #: (a priori: ample for an fpr:0.01 order statistic and the tail fits; no dev folder reaches it)
@@ -947,8 +949,11 @@ def real_pair_null(real: np.ndarray, n_generated: int, *, k: int = 32, splits: S
         full[q] = idx
         idx = full
 
+    from . import deform as _deform
+
+    anat_flow = bool(anatomy and anatomy_register and _deform.FLOW_CHANNEL)       # the flow channel (elas13)
     feats = ((PAIR_FEATURES if base else ()) + (PAIR_REG_FEATURES if register else ())
-             + (PAIR_ANAT_FEATURES if anatomy else ()))
+             + (PAIR_ANAT_FEATURES[:1 + anat_flow] if anatomy else ()))
     if register or (anatomy and anatomy_register):
         from .common import _hashes
 
@@ -980,7 +985,10 @@ def real_pair_null(real: np.ndarray, n_generated: int, *, k: int = 32, splits: S
                 lp = np.where((lp >= 0) & (groups[np.maximum(lp, 0)] == groups[:, None]), -1, lp)
             acand, a_only = np.concatenate([cand, lp], 1), lp.shape[1]
         anat_vals = anatomy_pair_values_splits(real, inAs, acand, only=only, a_only=a_only,
-                                               **({} if groups is None else {"groups": groups}))
+                                               **({} if groups is None else {"groups": groups}),
+                                               **({"flow": True} if anat_flow else {}))
+        if anat_flow:
+            anat_vals, flow_vals = anat_vals
     vals = {n: [] for n in feats}
     logit = []
     rows = np.arange(R)
@@ -988,6 +996,8 @@ def real_pair_null(real: np.ndarray, n_generated: int, *, k: int = 32, splits: S
     for si, (p, inA) in enumerate(zip(shares, inAs)):
         if anatomy:
             vals["anat_ratio"].append(anat_vals[si])
+        if anat_flow:
+            vals["anat_flow_ratio"].append(flow_vals[si])
         if register:
             for n, v in _pair_reg_values(real, cand, cflip, inA, keys, cache, only=only).items():
                 vals[n].append(v)

@@ -41,6 +41,33 @@ FLOW_LEVELS = 2
 FLOW_ITERS = 3
 
 
+#: Whether the flow NCC is a ratio channel of its own, ``anat_flow_ratio`` (branch elas13; opt-in, off): the same
+#: registered low-pass pairs as ``anat_ratio`` (:func:`.anatomy.registered_anatomy`, every pool row's polished
+#: candidates), and the flow NCC of each row's :data:`FLOW_TOP` best rigidly registered ones, on the generated side,
+#: on the control side and in the real-to-real pair null's splits alike, so the channel is calibrated like the others:
+#: ``anat_flow_ratio = -log((1 - nccF_G + 1e-3) / (1 - nccF_R + 1e-3))`` with ``nccF`` the better of everything
+#: ``anat_ratio`` takes and the flow NCCs.  ``anat_ratio`` stays the rigid one, so a re-synthesised copy (already
+#: registered, whose ratio the flow lowered inside one channel: RESULTS.md, elas12) keeps its channel.  A value !=
+#: False re-keys the checkpoints and adds the column; False gives elas12's outputs bit for bit.  **Opt-in (off)**: on
+#: zoo seed 2 (full size; main's columns are elas12's, the same code) it raised elastic 2 + geom 0.5 (AUC 0.947 ->
+#: 0.970, TPR@1% 0.733 -> 0.900, ``fpr:0.01`` recall 0.433 -> 0.583), kept resynth sigma 3 (TPR@1% 0.933 -> 0.917,
+#: ``fpr:0.01`` recall 0.517 both; ``NCC_FLOW`` lost it), moved elastic RMS 4 px little (AUC 0.870 -> 0.879, TPR@1%
+#: 0.367 -> 0.383) and flagged no non-member of the non-memorising row; resynth 3 + geom 1 ``fdr:0.1`` recall 0.833 ->
+#: 0.767.  Seed 3 alike (elastic 2 + geom ``fpr:0.01`` recall 0.533 -> 0.700, elastic 4 TPR@1% 0.200 -> 0.267, resynth
+#: sigma 3 one member fewer).  Dev gen_e leave-one-out about unchanged.  ~3.1 CPU-s (~5%) on the judged speed case (RESULTS.md, elas13).
+FLOW_CHANNEL = False
+#: Polished candidates per row (and per part of a pair-null split) that get the flow, the best by rigid registered
+#: NCC (ties: the coarse order).  2: cost (~0.24 ms per pair; all 5 polished candidates added ~7% to the judged speed
+#: case, RESULTS.md elas12), chosen a priori, not on zoo or dev data.  5 (all) was measured afterwards on zoo seed 2
+#: (elastic 4 AUC 0.879 -> 0.893, TPR@1% 0.383 both; resynth sigma 3 TPR@1% 0.917 -> 0.850): not taken.
+FLOW_TOP = 2
+
+
+def channel_tag() -> str:
+    """The checkpoint fragment of the flow channel (``"flowchT2" + flow_tag()``)."""
+    return f"flowchT{FLOW_TOP}" + flow_tag()
+
+
 def flow_tag() -> str:
     """The checkpoint fragment of the flow's settings (``"flowR2d2L2i3"``)."""
     return f"flowR{FLOW_RADIUS}d{FLOW_MAX_DISP:g}L{FLOW_LEVELS}i{FLOW_ITERS}"
