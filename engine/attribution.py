@@ -140,6 +140,17 @@ PROCESSING_STRATA_DIMS = 20
 #: open set: a cluster matches a dev model when its distance ratio is at most this factor times the 99th
 #: percentile of the ratios between random halves of the dev models themselves.
 OPEN_SET_MARGIN = 2.0
+#: Space the open set compares clusters with dev models in (issue 19, branch name12).  "features": the clustering
+#: features ``Z0`` (after the processing projection, dev features projected the same way; the rule before).  Under a
+#: release's processing a known model's cluster is 10-100x the threshold from its own (unprocessed) dev model there:
+#: the projection removes the directions of largest processing variance, but the *mean* shift processing leaves in
+#: the kept columns is far above the null, whose halves are both unprocessed.  "floor": both sides (the images and
+#: every dev image) are first processed by the pair test's common harsh processing (:func:`_floor_images`, resize
+#: 0.5 + JPEG 50, chosen a priori in the fifth round as the harshest corner of the projection's fit), which erases
+#: most of a milder history, and compared there; the null is the floor images' own half splits.  Costs one feature
+#: extraction of the floor images (the images' are the pair test's, cached, under k auto) and of the dev images.
+OPEN_SET_SPACE = "features"
+OPEN_SET_SPACES = ("features", "floor")
 
 
 @dataclass
@@ -981,6 +992,32 @@ def _open_set(Zt, labels, k, dev_z, seed, margin=OPEN_SET_MARGIN, n_null=20):
     return out, info
 
 
+def _open_set_with_floor(out_f, info_f, out_l, info_l):
+    """:data:`OPEN_SET_SPACE` "floor": combine the open set in the clustering features (``out_f``, ``info_f``, from
+    :func:`_open_set` on ``Z0``) with the open set at the processing floor (``out_l``, ``info_l``).  A cluster is
+    named as in the features (the rule before); a cluster the features call new is named at the floor when the floor
+    matches it (ratio <= the floor null's threshold) *and* the floor's nearest dev model is the features' nearest.
+    So a cluster is never named a model it is not nearest to in the features, and P(named | model unknown) is at most
+    that of the floor test alone.  Returns ``(dev_model, info)``; ``info`` is ``info_f`` plus, per cluster,
+    "named_in" ("features" / "floor" / None) and the floor's "floor_nearest" / "floor_ratio", and "floor" (the floor
+    null)."""
+    if not (info_f.get("enabled") and info_l.get("enabled")):
+        return out_f, dict(info_f, space="features (floor open set disabled)")
+    out, clusters = [], []
+    for m_f, m_l, c_f, c_l in zip(out_f, out_l, info_f["clusters"], info_l["clusters"]):
+        m = m_f if m_f is not None else (m_l if m_l is not None and m_l == c_f["nearest"] else None)
+        out.append(m)
+        clusters.append(dict(c_f, dev_model=m, named_in=None if m is None else ("features" if m_f else "floor"),
+                             floor_nearest=c_l["nearest"], floor_ratio=c_l["ratio"]))
+    info = dict(info_f, clusters=clusters, space="floor",
+                rule=info_f["rule"] + "; a cluster it calls new is named when the same holds after the processing "
+                "floor (both sides resized 0.5 + JPEG 50; null from the floor dev halves) with the same nearest model",
+                floor={"threshold": info_l["threshold"], "null": info_l["null"]},
+                known_models=sorted({m for m in out if m is not None}),
+                new_clusters=[c for c in range(len(out)) if out[c] is None])
+    return out, info
+
+
 def _stability(views, k, labels, seed, n_boot=4, frac=0.8, max_n=500):
     """Bootstrap stability of the consensus partition (subsampling, Ben-Hur et al. 2002; Hennig 2007).
 
@@ -1224,6 +1261,35 @@ def _processing_projection(images, X, names, groups, backbones, masks, seed, cac
     return nap, nap.transform(Xa) - nap.transform(X[idx])
 
 
+def _floor_z(images, names, groups, backbones, nap, gen, mu, sd, cache_dir, executor=None):
+    """Features of ``images`` [n, H, W] after the processing floor (:func:`_floor_images`), through the same processing
+    projection ``nap``, column selection ``gen`` and standardisation (``mu``, ``sd``) as the images': float64 [n, G],
+    or None when the floor images' features do not line up (a backbone failed on them)."""
+    Xf, nf = _extract_cached(_floor_images(images), groups, backbones, {}, cache_dir, executor)
+    if nf != names or Xf.shape[0] != images.shape[0]:
+        return None
+    if nap is not None:
+        Xf = nap.transform(Xf)
+    return (Xf[:, gen] - mu) / sd
+
+
+def _floor_open_set(images, dev_images, names, groups, backbones, nap, gen, mu, sd, const, cache_dir, executor=None):
+    """The open set's inputs at the processing floor (:data:`OPEN_SET_SPACE` "floor"): the images' floor features
+    ([n, G], columns ``const`` zeroed as in ``Z0``) and each dev model's (dict of [m, G]), or None when a floor
+    extraction does not line up."""
+    zi = _floor_z(images, names, groups, backbones, nap, gen, mu, sd, cache_dir, executor)
+    if zi is None:
+        return None
+    zi[:, const] = 0.0
+    dz = {}
+    for name, d in dev_images.items():
+        z = _floor_z(d, names, groups, backbones, nap, gen, mu, sd, cache_dir, executor)
+        if z is None:
+            return None
+        dz[name] = z
+    return zi, dz
+
+
 def _floor_pair_view(images, Z0, names, groups, backbones, masks, nap, gen, mu, sd, const, seed, cache_dir,
                      executor=None, kinds=("pca90",)):
     """The pair views (:func:`_pair_view` of ``Z0`` [n, F], one per entry of ``kinds``) of ``images`` [n, H, W] after
@@ -1231,12 +1297,9 @@ def _floor_pair_view(images, Z0, names, groups, backbones, masks, nap, gen, mu, 
     column selection ``gen``, standardisation (``mu``, ``sd``; columns ``const`` zeroed) and PCA as the images'.
     Returns {kind: float64 [n, d]} in each pair view's coordinates, or None when the floor images' features do not
     line up (a backbone failed on them)."""
-    Xf, nf = _extract_cached(_floor_images(images), groups, backbones, {}, cache_dir, executor)
-    if nf != names or Xf.shape[0] != images.shape[0]:
+    Zf = _floor_z(images, names, groups, backbones, nap, gen, mu, sd, cache_dir, executor)
+    if Zf is None:
         return None
-    if nap is not None:
-        Xf = nap.transform(Xf)
-    Zf = (Xf[:, gen] - mu) / sd
     Zf[:, const] = 0.0
     out = {}
     for kind in kinds:
@@ -1330,7 +1393,7 @@ def _attribute(images, k, *, dev_sets, random_state, progress, groups, backbones
     Z0 = Z.copy()  # before dev weighting (open set scales by the dev models itself)
 
     rng = np.random.default_rng(seed)
-    wgt, lda, dev_info, dev_z = None, None, {}, {}
+    wgt, lda, dev_info, dev_z, dev_used = None, None, {}, {}, {}
     if dev_sets:
         say("dev features")
         dev_feats = []
@@ -1345,6 +1408,7 @@ def _attribute(images, k, *, dev_sets, random_state, progress, groups, backbones
                 fd = nap.transform(fd)
             fd = fd[:, gen]
             dev_z[name] = (fd - mu) / sd
+            dev_used[name] = d
             if proc_delta is not None and DEV_PROCESSING_AUGMENT:
                 # dev images as a release would have them: each dev image once as it is and once moved by the
                 # feature change of a random processed pair of the images (feature-space augmentation), so the
@@ -1478,6 +1542,15 @@ def _attribute(images, k, *, dev_sets, random_state, progress, groups, backbones
     if dev_z:
         say("open set")
         dev_model, open_info = _open_set(Z0, relab, k, dev_z, seed)
+        if OPEN_SET_SPACE == "floor":
+            say("open set (processing floor)")
+            fz = _floor_open_set(images, dev_used, names, groups, backbones, nap, gen, mu, sd, X.std(axis=0) <= 1e-9,
+                                 cache_dir, executor)
+            if fz is not None:
+                dev_model, open_info = _open_set_with_floor(dev_model, open_info,
+                                                            *_open_set(fz[0], relab, k, fz[1], seed))
+            else:
+                open_info["space"] = "features (the floor images' features did not line up)"
 
     rad_cols = [i for i, nm in enumerate(names_g) if nm.startswith("rspec.rad")]
     spectra = []
