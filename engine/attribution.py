@@ -149,7 +149,14 @@ OPEN_SET_MARGIN = 2.0
 #: 0.5 + JPEG 50, chosen a priori in the fifth round as the harshest corner of the projection's fit), which erases
 #: most of a milder history, and compared there; the null is the floor images' own half splits.  Costs one feature
 #: extraction of the floor images (the images' are the pair test's, cached, under k auto) and of the dev images.
-OPEN_SET_SPACE = "features"
+#: "floor" does not replace the features rule, it adds to it (:func:`_open_set_with_floor`): a cluster the features
+#: name keeps its name; one they call new is named when the floor matches it *and* names the same nearest model.
+#: Default "floor" since branch name12 (benchmarks/RESULTS.md, "Issue 19, ... (branch name12)"): on the diff stand-in
+#: sets (seeds 31-34) it names 3/3 known models under the release mix and all-JPEG q90 (main 0/3), 1/3 under an
+#: all-bicubic 0.75 resize (main 0/3), the new family never; the dev protocols (unprocessed) are unchanged; the
+#: processed leave-one-model-out sets never name the left-out model.  Labels never change (the open set runs after
+#: the clustering).  Costs ~1.5x the CPU of a k = 4 run (400 images, 300 dev, no cache).  "features" = main's rule.
+OPEN_SET_SPACE = "floor"
 OPEN_SET_SPACES = ("features", "floor")
 
 
@@ -782,6 +789,33 @@ def _history_explains(images, ia, ib, cache=None):
     return bool(min(p_j, p_r) < HISTORY_ALPHA), info
 
 
+def _history_against_dev(images, dev):
+    """Has the cluster ``images`` [n, H, W] a processing history its dev model's unprocessed images ``dev`` [m, H, W]
+    lack (the open set at the floor, :func:`_open_set_with_floor`)?  :func:`_history_explains`'s detectors, one-sided
+    for the cluster: its JPEG flags (:func:`engine.processing.detect`) more frequent than the dev images' (Fisher's
+    exact test), or its images judged resampled against the dev images as the reference
+    (:func:`engine.processing.resampling_against`; the dev images' own flags are the detector's false alarms) more
+    often than the dev images.  Returns ``(min p < HISTORY_ALPHA, {"p_jpeg", "p_resampled", "jpeg": [rate cluster,
+    rate dev], "resampled": [...]})``."""
+    from scipy.stats import fisher_exact
+
+    from imprint.engine import processing as _P
+
+    na, nb = images.shape[0], dev.shape[0]
+    both = np.concatenate([images, dev])
+    jf, f = _history_features(both, np.arange(na + nb), {})
+    ref = np.zeros(na + nb, bool)
+    ref[na:] = True
+    rs = _P._against_from(f["blocks"], f["blocks_fmax"], f["dup"], ref)[0]
+    p, rates = {}, {}
+    for key, flag in (("jpeg", jf), ("resampled", rs)):
+        a, b = int(flag[:na].sum()), int(flag[na:].sum())
+        p[key] = float(fisher_exact([[a, na - a], [b, nb - b]], alternative="greater")[1]) if a + b else 1.0
+        rates[key] = [a / na, b / nb]
+    info = {"p_jpeg": p["jpeg"], "p_resampled": p["resampled"], "jpeg": rates["jpeg"], "resampled": rates["resampled"]}
+    return bool(min(p.values()) < HISTORY_ALPHA), info
+
+
 def _floor_threshold(n, alpha=None):
     """Log-concave bound for the floor half of the pair test "floor": the (1 - 0.6 alpha) quantile of the best-split
     R^2 (:func:`_r2_two_groups`) of ``min(n // 2, 100)`` i.i.d. uniform values (the least favourable log-concave shape;
@@ -992,26 +1026,35 @@ def _open_set(Zt, labels, k, dev_z, seed, margin=OPEN_SET_MARGIN, n_null=20):
     return out, info
 
 
-def _open_set_with_floor(out_f, info_f, out_l, info_l):
+def _open_set_with_floor(out_f, info_f, out_l, info_l, history=None):
     """:data:`OPEN_SET_SPACE` "floor": combine the open set in the clustering features (``out_f``, ``info_f``, from
     :func:`_open_set` on ``Z0``) with the open set at the processing floor (``out_l``, ``info_l``).  A cluster is
     named as in the features (the rule before); a cluster the features call new is named at the floor when the floor
-    matches it (ratio <= the floor null's threshold) *and* the floor's nearest dev model is the features' nearest.
-    So a cluster is never named a model it is not nearest to in the features, and P(named | model unknown) is at most
-    that of the floor test alone.  Returns ``(dev_model, info)``; ``info`` is ``info_f`` plus, per cluster,
+    matches it (ratio <= the floor null's threshold) *and* the floor's nearest dev model is the features' nearest *and*
+    ``history(c, m)`` (cluster index, dev model name -> (bool, info); None: always true) finds a processing history of
+    the cluster against that dev model (:func:`_history_explains`: JPEG or resampling evidence at
+    :data:`HISTORY_ALPHA`): the floor only stands in for the features when there is a history to discount, so an
+    unprocessed cluster is judged by the features rule alone (the floor also erases the high-frequency traces that
+    tell two models of one architecture apart).  So a cluster is never named a model it is not nearest to in the
+    features, and P(named | model unknown) is at most that of the floor test alone.  Returns ``(dev_model, info)``; ``info`` is ``info_f`` plus, per cluster,
     "named_in" ("features" / "floor" / None) and the floor's "floor_nearest" / "floor_ratio", and "floor" (the floor
     null)."""
     if not (info_f.get("enabled") and info_l.get("enabled")):
         return out_f, dict(info_f, space="features (floor open set disabled)")
     out, clusters = [], []
-    for m_f, m_l, c_f, c_l in zip(out_f, out_l, info_f["clusters"], info_l["clusters"]):
+    for c, (m_f, m_l, c_f, c_l) in enumerate(zip(out_f, out_l, info_f["clusters"], info_l["clusters"])):
         m = m_f if m_f is not None else (m_l if m_l is not None and m_l == c_f["nearest"] else None)
+        hist = None
+        if m is not None and m_f is None and history is not None:
+            ok, hist = history(c, m)
+            m = m if ok else None
         out.append(m)
         clusters.append(dict(c_f, dev_model=m, named_in=None if m is None else ("features" if m_f else "floor"),
-                             floor_nearest=c_l["nearest"], floor_ratio=c_l["ratio"]))
+                             floor_nearest=c_l["nearest"], floor_ratio=c_l["ratio"], history=hist))
     info = dict(info_f, clusters=clusters, space="floor",
                 rule=info_f["rule"] + "; a cluster it calls new is named when the same holds after the processing "
-                "floor (both sides resized 0.5 + JPEG 50; null from the floor dev halves) with the same nearest model",
+                "floor (both sides resized 0.5 + JPEG 50; null from the floor dev halves) with the same nearest model "
+                "and a processing history of the cluster against that dev model is detected",
                 floor={"threshold": info_l["threshold"], "null": info_l["null"]},
                 known_models=sorted({m for m in out if m is not None}),
                 new_clusters=[c for c in range(len(out)) if out[c] is None])
@@ -1547,8 +1590,11 @@ def _attribute(images, k, *, dev_sets, random_state, progress, groups, backbones
             fz = _floor_open_set(images, dev_used, names, groups, backbones, nap, gen, mu, sd, X.std(axis=0) <= 1e-9,
                                  cache_dir, executor)
             if fz is not None:
+                def history(c, m):  # the cluster's images against the dev model's: a processing history?
+                    return _history_against_dev(images[relab == c], dev_used[m])
+
                 dev_model, open_info = _open_set_with_floor(dev_model, open_info,
-                                                            *_open_set(fz[0], relab, k, fz[1], seed))
+                                                            *_open_set(fz[0], relab, k, fz[1], seed), history)
             else:
                 open_info["space"] = "features (the floor images' features did not line up)"
 

@@ -229,7 +229,9 @@ def test_open_set_floor_names_processed_known_model(monkeypatch):
     assert got["floor"][:2] == ("alpha", None)
     assert np.array_equal(got["features"][2], got["floor"][2])  # the clusters do not change, only the naming
     assert r.info["open_set"]["space"] == "floor"
-    assert r.info["open_set"]["clusters"][c_alpha]["named_in"] == "floor"
+    oc = r.info["open_set"]["clusters"][c_alpha]
+    assert oc["named_in"] == "floor" and oc["ratio"] > r.info["open_set"]["threshold"]
+    assert oc["history"]["p_jpeg"] < A.HISTORY_ALPHA and oc["history"]["jpeg"][0] > oc["history"]["jpeg"][1]
 
 
 def test_open_set_disabled_without_usable_dev():
