@@ -951,6 +951,27 @@ def _distance_ratio(a, b):
     return float(np.sum(d * d) / max(den, 1e-12))
 
 
+def _dev_scale(dev_z):
+    """The open set's column scale: the pooled within-dev-model SD, floored (``dev_z``: dict of [m, F])."""
+    return np.sqrt(np.mean([z.var(axis=0) for z in dev_z.values()], axis=0) + _DEV_FLOOR)
+
+
+def _floor_separates(dev_floor, threshold):
+    """Does the processing floor still tell the dev models apart?  ``dev_floor``: each dev model's floor features
+    (dict of [m, F]); every pair of models must be farther apart than ``threshold`` (the floor open set's own) in
+    :func:`_distance_ratio`, scaled as :func:`_open_set` scales.  Returns ``(ok, closest pair info or None)``: when
+    the floor has erased what separates two known models (small images, models that differ in high-frequency traces
+    only), a cluster's match there says nothing about which model made it."""
+    usable = {m: z for m, z in dev_floor.items() if z.shape[0] >= 4}
+    names = sorted(usable)
+    if len(names) < 2:
+        return True, None
+    scale = _dev_scale(usable)
+    worst = min(((_distance_ratio(usable[a] / scale, usable[b] / scale), a, b)
+                 for i, a in enumerate(names) for b in names[i + 1:]))
+    return bool(worst[0] > threshold), {"models": [worst[1], worst[2]], "ratio": worst[0]}
+
+
 def _open_set(Zt, labels, k, dev_z, seed, margin=OPEN_SET_MARGIN, n_null=20):
     """Match each cluster to a dev model, or to none (a new model).
 
@@ -983,8 +1004,7 @@ def _open_set(Zt, labels, k, dev_z, seed, margin=OPEN_SET_MARGIN, n_null=20):
     usable = {m: z for m, z in dev_z.items() if z.shape[0] >= 4}
     if not usable:
         return [None] * k, {"enabled": False, "reason": "no dev model with at least 4 images"}
-    within = np.mean([z.var(axis=0) for z in usable.values()], axis=0)
-    scale = np.sqrt(within + _DEV_FLOOR)
+    scale = _dev_scale(usable)
     Zs = Zt / scale
     D = {m: z / scale for m, z in usable.items()}
     rng = np.random.default_rng(seed)
@@ -1594,8 +1614,15 @@ def _attribute(images, k, *, dev_sets, random_state, progress, groups, backbones
                 def history(c, m):  # the cluster's images against the dev model's: a processing history?
                     return _history_against_dev(images[relab == c], dev_used[m])
 
-                dev_model, open_info = _open_set_with_floor(dev_model, open_info,
-                                                            *_open_set(fz[0], relab, k, fz[1], seed), history)
+                out_l, info_l = _open_set(fz[0], relab, k, fz[1], seed)
+                sep_ok, sep_info = (_floor_separates(fz[1], info_l["threshold"]) if info_l.get("enabled")
+                                    else (False, None))
+                if sep_ok:
+                    dev_model, open_info = _open_set_with_floor(dev_model, open_info, out_l, info_l, history)
+                    open_info["floor"]["closest_dev_models"] = sep_info
+                else:
+                    open_info["space"] = "features (the processing floor does not separate the dev models)"
+                    open_info["floor_closest_dev_models"] = sep_info
             else:
                 open_info["space"] = "features (the floor images' features did not line up)"
 

@@ -234,6 +234,29 @@ def test_open_set_floor_names_processed_known_model(monkeypatch):
     assert oc["history"]["p_jpeg"] < A.HISTORY_ALPHA and oc["history"]["jpeg"][0] > oc["history"]["jpeg"][1]
 
 
+def test_open_set_floor_off_when_the_floor_merges_dev_models(monkeypatch):
+    """Planted: at 32 px the floor (16 px + JPEG 50) erases what tells two models of one architecture apart, and an
+    unknown model's JPEG'd images match a dev model there.  The floor must then not be used: the dev models themselves
+    are not separated at the floor (:func:`_floor_separates`), so the features rule (main's) answers."""
+    from imprint.engine.processing import jpeg_roundtrip
+
+    rng = np.random.default_rng(4)
+    same = A._floor_separates({"a": rng.normal(size=(40, 6)), "b": rng.normal(size=(40, 6))}, 5.0)
+    apart = A._floor_separates({"a": rng.normal(size=(40, 6)), "b": rng.normal(size=(40, 6)) + 2.0}, 5.0)
+    assert same[0] is False and apart[0] is True and apart[1]["models"] == ["a", "b"]
+    assert A._floor_separates({"a": rng.normal(size=(40, 6))}, 5.0) == (True, None)
+    s, n = 32, 60
+    y = np.repeat([0, 1], n)
+    imgs = np.stack([jpeg_roundtrip(x, 80) for x in np.concatenate([_model(11, n, 1, s=s), _model(22, n, 2, s=s)])])
+    monkeypatch.setattr(A, "OPEN_SET_SPACE", "floor")
+    r = attribute(imgs, 2, dev_sets={"alpha": _model(11, 40, 7, s=s), "g": _model(33, 40, 8, s=s)}, random_state=0,
+                  **FAST)
+    c_new = np.bincount(r.labels[y == 1]).argmax()
+    assert r.cluster_dev_model[c_new] is None
+    o = r.info["open_set"]
+    assert o["space"].startswith("features") and o["floor_closest_dev_models"]["models"] == ["alpha", "g"]
+
+
 def test_open_set_disabled_without_usable_dev():
     out, info = A._open_set(np.zeros((10, 3)), np.zeros(10, np.int64), 1, {"m": np.zeros((2, 3))}, 0)
     assert out == [None] and info["enabled"] is False
