@@ -150,7 +150,9 @@ OPEN_SET_MARGIN = 2.0
 #: most of a milder history, and compared there; the null is the floor images' own half splits.  Costs one feature
 #: extraction of the floor images (the images' are the pair test's, cached, under k auto) and of the dev images.
 #: "floor" does not replace the features rule, it adds to it (:func:`_open_set_with_floor`): a cluster the features
-#: name keeps its name; one they call new is named when the floor matches it *and* names the same nearest model.
+#: name keeps its name; one they call new is named when the floor matches it *and* names the same nearest model *and*
+#: the cluster shows a processing history against that dev model (:func:`_history_against_dev`); the step is skipped
+#: when the floor no longer separates the dev models themselves (:func:`_floor_separates`, e.g. 32-48 px images).
 #: Default "floor" since branch name12 (benchmarks/RESULTS.md, "Issue 19, ... (branch name12)"): on the diff stand-in
 #: sets (seeds 31-34) it names 3/3 known models under the release mix and all-JPEG q90 (main 0/3), none under an
 #: all-bicubic 0.75 resize (as main: no resampling evidence against dev passes the gate), the new family never; the
