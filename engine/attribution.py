@@ -157,7 +157,7 @@ OPEN_SET_MARGIN = 2.0
 #: sets (seeds 31-34) it names 3/3 known models under the release mix and all-JPEG q90 (main 0/3), none under an
 #: all-bicubic 0.75 resize (as main: no resampling evidence against dev passes the gate), the new family never; the
 #: dev protocols (unprocessed) are unchanged; the processed leave-one-model-out sets never name the left-out model.  Labels never change (the open set runs after
-#: the clustering).  Costs ~1.9x the CPU of a k = 4 run (400 images, 300 dev, no cache: 4.7 -> 8.8 CPU-s,
+#: the clustering).  Costs 1.7-1.9x the CPU of a k = 4 run (400 images, 300 dev, no cache: 5.0 -> 8.5 CPU-s,
 #: benchmarks/openset_floor_cost.py).  "features" = main's rule.
 OPEN_SET_SPACE = "floor"
 OPEN_SET_SPACES = ("features", "floor")
