@@ -6,6 +6,7 @@ Usage::
         [--code CHECKOUT] [--seeds 31,32,33] [--models m123|m12e] [--mix release|release-box|none] \
         [--source real|gen_e] [--ks 4,auto] [--no-invariance] [--processing-sample N] [--cache DIR] [--json OUT]
         [--n-new N] [--save DIR] [--sample-rule random|stratified|balanced] [--family rdec|nnconv|diff|vae]
+        [--open-set-space features|floor]
 
 ``--family`` picks the stand-in family (``benchmarks/standin_families.py`` describes each and the trace it leaves):
 ``rdec`` (default; the ninth round's, same draws for a seed), ``nnconv`` (nearest-neighbour resize-convolution
@@ -35,7 +36,8 @@ attribution_lomo.release (20 % untouched, 40 % JPEG q 70-95, 20 % resized 128 ->
 image among bilinear / bicubic / lanczos), ``release-box`` the same with box among the filters, ``none`` untouched.
 
 Each (seed, k) runs :func:`engine.attribution.attribute` (k = 4 and k = None) with dev; printed per cell: ARI / k
-found, the ARI of the clusters against the processing tags, and how the rdec images are spread over clusters.
+found, the ARI of the clusters against the processing tags, how the rdec images are spread over clusters, and the
+open-set naming of each part's cluster ("naming": dev model or None, right or not).
 """
 
 from __future__ import annotations
@@ -70,6 +72,22 @@ def release(images, seed, mix):
     return L.release(images, seed, L.FILTERS + (("box",) if mix == "release-box" else ()))
 
 
+def naming(r, y, parts, dev_names):
+    """Open-set naming per true part: the dev model (or None = "new") of the cluster that holds most of the part,
+    that cluster's nearest dev model and distance ratio, and "right" (a dev model's part named as itself, the new
+    family named None)."""
+    oc = r.info.get("open_set", {}).get("clusters", [])
+    out = {}
+    for i, m in enumerate(parts):
+        c = int(np.bincount(r.labels[y == i], minlength=r.k).argmax())
+        got = r.cluster_dev_model[c] if c < len(r.cluster_dev_model) else None
+        cl = oc[c] if c < len(oc) else {}
+        out[m] = {"cluster": c, "dev_model": got, "nearest": cl.get("nearest"),
+                  "ratio": None if cl.get("ratio") is None else round(float(cl["ratio"]), 2),
+                  "right": bool(got == m if m in dev_names else got is None)}
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--code", default=None, help="checkout whose imprint code is measured (default: this one)")
@@ -92,6 +110,8 @@ def main(argv=None):
                     help="engine.attribution.PROCESSING_SAMPLE_RULE for this run (issue 19, tenth round)")
     ap.add_argument("--processing-sample", type=int, default=None, help="engine.attribution.PROCESSING_SAMPLE for "
                     "this run (default: the code's, 300)")
+    ap.add_argument("--open-set-space", default=None, choices=("features", "floor"),
+                    help="engine.attribution.OPEN_SET_SPACE (issue 19, branch name12; default: the checkout's)")
     ap.add_argument("--cache", default=None)
     ap.add_argument("--json", default=None)
     ap.add_argument("--save", default=None, help="write the first seed's rdec images as PNG here, then stop")
@@ -102,6 +122,10 @@ def main(argv=None):
         A.PROCESSING_SAMPLE_RULE = a.sample_rule
     if a.k_lookahead is not None:
         A.K_SCAN_LOOKAHEAD = a.k_lookahead
+    if a.open_set_space:
+        if not hasattr(A, "OPEN_SET_SPACE"):
+            ap.error("--open-set-space: this checkout has no engine.attribution.OPEN_SET_SPACE")
+        A.OPEN_SET_SPACE = a.open_set_space
     R = a.dev
     D = {f"model_{i}": L.load(f"{R}/attribution/model_{i}") for i in (1, 2, 3)}
     for g in "abe":
@@ -149,6 +173,8 @@ def main(argv=None):
                     "rdec_clusters": np.bincount(new, minlength=r.k).tolist(),
                     "per_model_clusters": {m: np.bincount(r.labels[y == i], minlength=r.k).tolist()
                                            for i, m in enumerate(parts)},
+                    "naming": naming(r, y, list(parts), set(dev)),
+                    "open_set_space": getattr(A, "OPEN_SET_SPACE", "features"),
                     "seconds": round(time.perf_counter() - t, 1), "cpu_s": round(time.process_time() - c0, 1)}
             cells.append(cell)
             print(json.dumps(cell), flush=True)

@@ -3,7 +3,7 @@
 Usage::
 
     .venv/bin/python benchmarks/bench_attribution.py [--dev /work/shared/corpus/dev] [--views] [--no-auto]
-        [--only one,shares,openset,old,time] [--json rows.json]
+        [--only one,shares,openset,old,time] [--json rows.json] [--open-set-space features|floor]
 
 Issue 16 sections: ``one`` (a single model, also sampled twice or split in random halves: k auto must be 1),
 ``shares`` (three models 600/300/100, k given and auto), ``openset`` (two dev models + two unknown, 200 each,
@@ -132,6 +132,8 @@ def run_one(name, parts, dev, k, cache, seed=0, one_model=False):
         row["dev_model_acc"] = acc
         row["open_set_threshold"] = r.info["open_set"].get("threshold")
         row["ratios"] = [c.get("ratio") for c in r.info["open_set"].get("clusters", [])]
+        row["named_in"] = [c.get("named_in") for c in r.info["open_set"].get("clusters", [])]
+        row["floor_ratios"] = [c.get("floor_ratio") for c in r.info["open_set"].get("clusters", [])]
         row["dev_overlap_removed"] = r.info["dev_overlap_removed"]
     sep = row["separation"]
     print(f"{name:26s} k_true={1 if one_model else len(parts)} k_asked={row['k_asked']!s:4s} k={r.k} ARI={s:.3f} "
@@ -168,7 +170,11 @@ def main(argv=None):
                     help="engine.attribution.PROCESSING_SAMPLE_RULE for this run (issue 19, tenth round)")
     ap.add_argument("--processing-sample", type=int, default=None,
                     help="engine.attribution.PROCESSING_SAMPLE for this run (issue 19, ninth round; default: the code's)")
+    ap.add_argument("--open-set-space", default=None, choices=("features", "floor"),
+                    help="engine.attribution.OPEN_SET_SPACE (issue 19, branch name12; default: the code's)")
     a = ap.parse_args(argv)
+    if a.open_set_space:
+        A.OPEN_SET_SPACE = a.open_set_space
     if a.processing_sample:
         A.PROCESSING_SAMPLE = a.processing_sample
     if a.sample_rule:

@@ -162,6 +162,27 @@ PROCESSING_STRATA_DIMS = 20
 #: open set: a cluster matches a dev model when its distance ratio is at most this factor times the 99th
 #: percentile of the ratios between random halves of the dev models themselves.
 OPEN_SET_MARGIN = 2.0
+#: Space the open set compares clusters with dev models in (issue 19, branch name12).  "features": the clustering
+#: features ``Z0`` (after the processing projection, dev features projected the same way; the rule before).  Under a
+#: release's processing a known model's cluster is 10-100x the threshold from its own (unprocessed) dev model there:
+#: the projection removes the directions of largest processing variance, but the *mean* shift processing leaves in
+#: the kept columns is far above the null, whose halves are both unprocessed.  "floor": both sides (the images and
+#: every dev image) are first processed by the pair test's common harsh processing (:func:`_floor_images`, resize
+#: 0.5 + JPEG 50, chosen a priori in the fifth round as the harshest corner of the projection's fit), which erases
+#: most of a milder history, and compared there; the null is the floor images' own half splits.  Costs one feature
+#: extraction of the floor images (the images' are the pair test's, cached, under k auto) and of the dev images.
+#: "floor" does not replace the features rule, it adds to it (:func:`_open_set_with_floor`): a cluster the features
+#: name keeps its name; one they call new is named when the floor matches it *and* names the same nearest model *and*
+#: the cluster shows a processing history against that dev model (:func:`_history_against_dev`); the step is skipped
+#: when the floor no longer separates the dev models themselves (:func:`_floor_separates`, e.g. 32-48 px images).
+#: Default "floor" since branch name12 (benchmarks/RESULTS.md, "Issue 19, ... (branch name12)"): on the diff stand-in
+#: sets (seeds 31-34) it names 3/3 known models under the release mix and all-JPEG q90 (main 0/3), none under an
+#: all-bicubic 0.75 resize (as main: no resampling evidence against dev passes the gate), the new family never; the
+#: dev protocols (unprocessed) are unchanged; the processed leave-one-model-out sets never name the left-out model.  Labels never change (the open set runs after
+#: the clustering).  Costs 1.7-1.9x the CPU of a k = 4 run (400 images, 300 dev, no cache: 5.0 -> 8.5 CPU-s,
+#: benchmarks/openset_floor_cost.py).  "features" = main's rule.
+OPEN_SET_SPACE = "floor"
+OPEN_SET_SPACES = ("features", "floor")
 
 
 @dataclass
@@ -793,6 +814,33 @@ def _history_explains(images, ia, ib, cache=None):
     return bool(min(p_j, p_r) < HISTORY_ALPHA), info
 
 
+def _history_against_dev(images, dev):
+    """Has the cluster ``images`` [n, H, W] a processing history its dev model's unprocessed images ``dev`` [m, H, W]
+    lack (the open set at the floor, :func:`_open_set_with_floor`)?  :func:`_history_explains`'s detectors, one-sided
+    for the cluster: its JPEG flags (:func:`engine.processing.detect`) more frequent than the dev images' (Fisher's
+    exact test), or its images judged resampled against the dev images as the reference
+    (:func:`engine.processing.resampling_against`; the dev images' own flags are the detector's false alarms) more
+    often than the dev images.  Returns ``(min p < HISTORY_ALPHA, {"p_jpeg", "p_resampled", "jpeg": [rate cluster,
+    rate dev], "resampled": [...]})``."""
+    from scipy.stats import fisher_exact
+
+    from imprint.engine import processing as _P
+
+    na, nb = images.shape[0], dev.shape[0]
+    both = np.concatenate([images, dev])
+    jf, f = _history_features(both, np.arange(na + nb), {})
+    ref = np.zeros(na + nb, bool)
+    ref[na:] = True
+    rs = _P._against_from(f["blocks"], f["blocks_fmax"], f["dup"], ref)[0]
+    p, rates = {}, {}
+    for key, flag in (("jpeg", jf), ("resampled", rs)):
+        a, b = int(flag[:na].sum()), int(flag[na:].sum())
+        p[key] = float(fisher_exact([[a, na - a], [b, nb - b]], alternative="greater")[1]) if a + b else 1.0
+        rates[key] = [a / na, b / nb]
+    info = {"p_jpeg": p["jpeg"], "p_resampled": p["resampled"], "jpeg": rates["jpeg"], "resampled": rates["resampled"]}
+    return bool(min(p.values()) < HISTORY_ALPHA), info
+
+
 def _floor_threshold(n, alpha=None):
     """Log-concave bound for the floor half of the pair test "floor": the (1 - 0.6 alpha) quantile of the best-split
     R^2 (:func:`_r2_two_groups`) of ``min(n // 2, 100)`` i.i.d. uniform values (the least favourable log-concave shape;
@@ -927,6 +975,27 @@ def _distance_ratio(a, b):
     return float(np.sum(d * d) / max(den, 1e-12))
 
 
+def _dev_scale(dev_z):
+    """The open set's column scale: the pooled within-dev-model SD, floored (``dev_z``: dict of [m, F])."""
+    return np.sqrt(np.mean([z.var(axis=0) for z in dev_z.values()], axis=0) + _DEV_FLOOR)
+
+
+def _floor_separates(dev_floor, threshold):
+    """Does the processing floor still tell the dev models apart?  ``dev_floor``: each dev model's floor features
+    (dict of [m, F]); every pair of models must be farther apart than ``threshold`` (the floor open set's own) in
+    :func:`_distance_ratio`, scaled as :func:`_open_set` scales.  Returns ``(ok, closest pair info or None)``: when
+    the floor has erased what separates two known models (small images, models that differ in high-frequency traces
+    only), a cluster's match there says nothing about which model made it."""
+    usable = {m: z for m, z in dev_floor.items() if z.shape[0] >= 4}
+    names = sorted(usable)
+    if len(names) < 2:
+        return True, None
+    scale = _dev_scale(usable)
+    worst = min(((_distance_ratio(usable[a] / scale, usable[b] / scale), a, b)
+                 for i, a in enumerate(names) for b in names[i + 1:]))
+    return bool(worst[0] > threshold), {"models": [worst[1], worst[2]], "ratio": worst[0]}
+
+
 def _open_set(Zt, labels, k, dev_z, seed, margin=OPEN_SET_MARGIN, n_null=20):
     """Match each cluster to a dev model, or to none (a new model).
 
@@ -959,8 +1028,7 @@ def _open_set(Zt, labels, k, dev_z, seed, margin=OPEN_SET_MARGIN, n_null=20):
     usable = {m: z for m, z in dev_z.items() if z.shape[0] >= 4}
     if not usable:
         return [None] * k, {"enabled": False, "reason": "no dev model with at least 4 images"}
-    within = np.mean([z.var(axis=0) for z in usable.values()], axis=0)
-    scale = np.sqrt(within + _DEV_FLOOR)
+    scale = _dev_scale(usable)
     Zs = Zt / scale
     D = {m: z / scale for m, z in usable.items()}
     rng = np.random.default_rng(seed)
@@ -1000,6 +1068,41 @@ def _open_set(Zt, labels, k, dev_z, seed, margin=OPEN_SET_MARGIN, n_null=20):
         "known_models": sorted({m for m in out if m is not None}),
         "new_clusters": [c for c in range(k) if out[c] is None],
     }
+    return out, info
+
+
+def _open_set_with_floor(out_f, info_f, out_l, info_l, history=None):
+    """:data:`OPEN_SET_SPACE` "floor": combine the open set in the clustering features (``out_f``, ``info_f``, from
+    :func:`_open_set` on ``Z0``) with the open set at the processing floor (``out_l``, ``info_l``).  A cluster is
+    named as in the features (the rule before); a cluster the features call new is named at the floor when the floor
+    matches it (ratio <= the floor null's threshold) *and* the floor's nearest dev model is the features' nearest *and*
+    ``history(c, m)`` (cluster index, dev model name -> (bool, info); None: always true) finds a processing history of
+    the cluster against that dev model (:func:`_history_explains`: JPEG or resampling evidence at
+    :data:`HISTORY_ALPHA`): the floor only stands in for the features when there is a history to discount, so an
+    unprocessed cluster is judged by the features rule alone (the floor also erases the high-frequency traces that
+    tell two models of one architecture apart).  So a cluster is never named a model it is not nearest to in the
+    features, and P(named | model unknown) is at most that of the floor test alone.  Returns ``(dev_model, info)``; ``info`` is ``info_f`` plus, per cluster,
+    "named_in" ("features" / "floor" / None) and the floor's "floor_nearest" / "floor_ratio", and "floor" (the floor
+    null)."""
+    if not (info_f.get("enabled") and info_l.get("enabled")):
+        return out_f, dict(info_f, space="features (floor open set disabled)")
+    out, clusters = [], []
+    for c, (m_f, m_l, c_f, c_l) in enumerate(zip(out_f, out_l, info_f["clusters"], info_l["clusters"])):
+        m = m_f if m_f is not None else (m_l if m_l is not None and m_l == c_f["nearest"] else None)
+        hist = None
+        if m is not None and m_f is None and history is not None:
+            ok, hist = history(c, m)
+            m = m if ok else None
+        out.append(m)
+        clusters.append(dict(c_f, dev_model=m, named_in=None if m is None else ("features" if m_f else "floor"),
+                             floor_nearest=c_l["nearest"], floor_ratio=c_l["ratio"], history=hist))
+    info = dict(info_f, clusters=clusters, space="floor",
+                rule=info_f["rule"] + "; a cluster it calls new is named when the same holds after the processing "
+                "floor (both sides resized 0.5 + JPEG 50; null from the floor dev halves) with the same nearest model "
+                "and a processing history of the cluster against that dev model is detected",
+                floor={"threshold": info_l["threshold"], "null": info_l["null"]},
+                known_models=sorted({m for m in out if m is not None}),
+                new_clusters=[c for c in range(len(out)) if out[c] is None])
     return out, info
 
 
@@ -1246,6 +1349,35 @@ def _processing_projection(images, X, names, groups, backbones, masks, seed, cac
     return nap, nap.transform(Xa) - nap.transform(X[idx])
 
 
+def _floor_z(images, names, groups, backbones, nap, gen, mu, sd, cache_dir, executor=None):
+    """Features of ``images`` [n, H, W] after the processing floor (:func:`_floor_images`), through the same processing
+    projection ``nap``, column selection ``gen`` and standardisation (``mu``, ``sd``) as the images': float64 [n, G],
+    or None when the floor images' features do not line up (a backbone failed on them)."""
+    Xf, nf = _extract_cached(_floor_images(images), groups, backbones, {}, cache_dir, executor)
+    if nf != names or Xf.shape[0] != images.shape[0]:
+        return None
+    if nap is not None:
+        Xf = nap.transform(Xf)
+    return (Xf[:, gen] - mu) / sd
+
+
+def _floor_open_set(images, dev_images, names, groups, backbones, nap, gen, mu, sd, const, cache_dir, executor=None):
+    """The open set's inputs at the processing floor (:data:`OPEN_SET_SPACE` "floor"): the images' floor features
+    ([n, G], columns ``const`` zeroed as in ``Z0``) and each dev model's (dict of [m, G]), or None when a floor
+    extraction does not line up."""
+    zi = _floor_z(images, names, groups, backbones, nap, gen, mu, sd, cache_dir, executor)
+    if zi is None:
+        return None
+    zi[:, const] = 0.0
+    dz = {}
+    for name, d in dev_images.items():
+        z = _floor_z(d, names, groups, backbones, nap, gen, mu, sd, cache_dir, executor)
+        if z is None:
+            return None
+        dz[name] = z
+    return zi, dz
+
+
 def _floor_pair_view(images, Z0, names, groups, backbones, masks, nap, gen, mu, sd, const, seed, cache_dir,
                      executor=None, kinds=("pca90",)):
     """The pair views (:func:`_pair_view` of ``Z0`` [n, F], one per entry of ``kinds``) of ``images`` [n, H, W] after
@@ -1253,12 +1385,9 @@ def _floor_pair_view(images, Z0, names, groups, backbones, masks, nap, gen, mu, 
     column selection ``gen``, standardisation (``mu``, ``sd``; columns ``const`` zeroed) and PCA as the images'.
     Returns {kind: float64 [n, d]} in each pair view's coordinates, or None when the floor images' features do not
     line up (a backbone failed on them)."""
-    Xf, nf = _extract_cached(_floor_images(images), groups, backbones, {}, cache_dir, executor)
-    if nf != names or Xf.shape[0] != images.shape[0]:
+    Zf = _floor_z(images, names, groups, backbones, nap, gen, mu, sd, cache_dir, executor)
+    if Zf is None:
         return None
-    if nap is not None:
-        Xf = nap.transform(Xf)
-    Zf = (Xf[:, gen] - mu) / sd
     Zf[:, const] = 0.0
     out = {}
     for kind in kinds:
@@ -1352,7 +1481,7 @@ def _attribute(images, k, *, dev_sets, random_state, progress, groups, backbones
     Z0 = Z.copy()  # before dev weighting (open set scales by the dev models itself)
 
     rng = np.random.default_rng(seed)
-    wgt, lda, dev_info, dev_z = None, None, {}, {}
+    wgt, lda, dev_info, dev_z, dev_used = None, None, {}, {}, {}
     if dev_sets:
         say("dev features")
         dev_feats = []
@@ -1367,6 +1496,7 @@ def _attribute(images, k, *, dev_sets, random_state, progress, groups, backbones
                 fd = nap.transform(fd)
             fd = fd[:, gen]
             dev_z[name] = (fd - mu) / sd
+            dev_used[name] = d
             if proc_delta is not None and DEV_PROCESSING_AUGMENT:
                 # dev images as a release would have them: each dev image once as it is and once moved by the
                 # feature change of a random processed pair of the images (feature-space augmentation), so the
@@ -1507,6 +1637,25 @@ def _attribute(images, k, *, dev_sets, random_state, progress, groups, backbones
     if dev_z:
         say("open set")
         dev_model, open_info = _open_set(Z0, relab, k, dev_z, seed)
+        if OPEN_SET_SPACE == "floor":
+            say("open set (processing floor)")
+            fz = _floor_open_set(images, dev_used, names, groups, backbones, nap, gen, mu, sd, X.std(axis=0) <= 1e-9,
+                                 cache_dir, executor)
+            if fz is not None:
+                def history(c, m):  # the cluster's images against the dev model's: a processing history?
+                    return _history_against_dev(images[relab == c], dev_used[m])
+
+                out_l, info_l = _open_set(fz[0], relab, k, fz[1], seed)
+                sep_ok, sep_info = (_floor_separates(fz[1], info_l["threshold"]) if info_l.get("enabled")
+                                    else (False, None))
+                if sep_ok:
+                    dev_model, open_info = _open_set_with_floor(dev_model, open_info, out_l, info_l, history)
+                    open_info["floor"]["closest_dev_models"] = sep_info
+                else:
+                    open_info["space"] = "features (the processing floor does not separate the dev models)"
+                    open_info["floor_closest_dev_models"] = sep_info
+            else:
+                open_info["space"] = "features (the floor images' features did not line up)"
 
     rad_cols = [i for i, nm in enumerate(names_g) if nm.startswith("rspec.rad")]
     spectra = []

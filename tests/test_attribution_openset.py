@@ -161,6 +161,102 @@ def test_open_set_false_new_and_false_known_rates():
     assert flagged / trials >= 0.95
 
 
+def test_open_set_floor_rates_under_processing():
+    """Simulation of OPEN_SET_SPACE "floor" (issue 19): processing shifts a known model's clustering features (1 SD in
+    10 columns, so the features rule calls it new), while the processing floor erases the history (the floor features
+    are a fresh sample of the model).  The processed known model is named (>= 95 %); a processed other model that keeps
+    a 1-SD shift in 5 floor features is flagged new (>= 95 %); and a cluster is never named a model other than its
+    features-nearest one."""
+    rng = np.random.default_rng(19)
+    d = 30
+    cov_sd = rng.uniform(0.5, 2.0, d)
+
+    def draw(n, shift=0.0):
+        return rng.standard_t(5, (n, d)) * cov_sd + shift
+
+    proc = np.zeros(d)
+    proc[rng.choice(d, 10, replace=False)] = cov_sd[:10] * 1.0
+    model = np.zeros(d)
+    model[:5] = cov_sd[:5] * 1.0
+    named_f, named, flagged, trials = 0, 0, 0, 25
+    for t in range(trials):
+        dev = {"p": draw(120), "q": draw(80, 3.0)}
+        dev_floor = {"p": draw(120), "q": draw(80, 3.0)}
+        Z = np.concatenate([draw(100, proc), draw(100, proc + model)])
+        Zf = np.concatenate([draw(100), draw(100, model)])
+        lab = np.repeat([0, 1], 100)
+        out_f, info_f = A._open_set(Z, lab, 2, dev, seed=t)
+        out, info = A._open_set_with_floor(out_f, info_f, *A._open_set(Zf, lab, 2, dev_floor, seed=t))
+        named_f += out_f[0] == "p"
+        named += out[0] == "p"
+        flagged += out[1] is None
+        for c, m in enumerate(out):
+            assert m is None or m == info_f["clusters"][c]["nearest"]
+        assert info["clusters"][0]["named_in"] == ("features" if out_f[0] else "floor" if out[0] else None)
+    assert named_f / trials <= 0.05  # the planted processing shift defeats the features rule (the bug)
+    assert named / trials >= 0.95
+    assert flagged / trials >= 0.95
+    # floor match but another features-nearest model: not named
+    out, info = A._open_set_with_floor([None], {"enabled": True, "rule": "r", "clusters": [{"nearest": "q"}]},
+                                       ["p"], {"enabled": True, "threshold": 1.0, "null": {},
+                                               "clusters": [{"nearest": "p", "ratio": 0.5}]})
+    assert out == [None] and info["new_clusters"] == [0]
+
+
+def test_open_set_floor_names_processed_known_model(monkeypatch):
+    """Planted (issue 19): a dev model's images after a release-like processing (60 % JPEG q70-95, 20 % resized
+    0.75 and back, 20 % untouched) are named as that model at the processing floor, an unknown model's are not; the
+    features rule alone (the default) calls the processed known model new."""
+    from imprint.engine.processing import jpeg_roundtrip, resize_roundtrip
+
+    rng = np.random.default_rng(3)
+    imgs = np.concatenate([_model(11, 60, 1), _model(22, 60, 2)])
+    y = np.repeat([0, 1], 60)
+    u = rng.random(len(imgs))
+    q = rng.integers(70, 96, len(imgs))
+    imgs = np.stack([jpeg_roundtrip(a, int(qq)) if uu < 0.6 else resize_roundtrip(a, 0.75, "bicubic") if uu < 0.8
+                     else a for a, uu, qq in zip(imgs, u, q)])
+    dev = {"alpha": _model(11, 40, 7), "gamma": _model(33, 40, 8)}
+    got = {}
+    for space in ("features", "floor"):
+        monkeypatch.setattr(A, "OPEN_SET_SPACE", space)
+        r = attribute(imgs, 2, dev_sets=dev, random_state=0, **FAST)
+        assert adjusted_rand_score(y, r.labels) >= 0.95
+        c_alpha, c_new = np.bincount(r.labels[y == 0]).argmax(), np.bincount(r.labels[y == 1]).argmax()
+        got[space] = (r.cluster_dev_model[c_alpha], r.cluster_dev_model[c_new], r.labels)
+        json.dumps(r.info, allow_nan=False)
+    assert got["features"][:2] == (None, None)  # the bug: the processed known model is called new
+    assert got["floor"][:2] == ("alpha", None)
+    assert np.array_equal(got["features"][2], got["floor"][2])  # the clusters do not change, only the naming
+    assert r.info["open_set"]["space"] == "floor"
+    oc = r.info["open_set"]["clusters"][c_alpha]
+    assert oc["named_in"] == "floor" and oc["ratio"] > r.info["open_set"]["threshold"]
+    assert oc["history"]["p_jpeg"] < A.HISTORY_ALPHA and oc["history"]["jpeg"][0] > oc["history"]["jpeg"][1]
+
+
+def test_open_set_floor_off_when_the_floor_merges_dev_models(monkeypatch):
+    """Planted: at 32 px the floor (16 px + JPEG 50) erases what tells two models of one architecture apart, and an
+    unknown model's JPEG'd images match a dev model there.  The floor must then not be used: the dev models themselves
+    are not separated at the floor (:func:`_floor_separates`), so the features rule (main's) answers."""
+    from imprint.engine.processing import jpeg_roundtrip
+
+    rng = np.random.default_rng(4)
+    same = A._floor_separates({"a": rng.normal(size=(40, 6)), "b": rng.normal(size=(40, 6))}, 5.0)
+    apart = A._floor_separates({"a": rng.normal(size=(40, 6)), "b": rng.normal(size=(40, 6)) + 2.0}, 5.0)
+    assert same[0] is False and apart[0] is True and apart[1]["models"] == ["a", "b"]
+    assert A._floor_separates({"a": rng.normal(size=(40, 6))}, 5.0) == (True, None)
+    s, n = 32, 60
+    y = np.repeat([0, 1], n)
+    imgs = np.stack([jpeg_roundtrip(x, 80) for x in np.concatenate([_model(11, n, 1, s=s), _model(22, n, 2, s=s)])])
+    monkeypatch.setattr(A, "OPEN_SET_SPACE", "floor")
+    r = attribute(imgs, 2, dev_sets={"alpha": _model(11, 40, 7, s=s), "g": _model(33, 40, 8, s=s)}, random_state=0,
+                  **FAST)
+    c_new = np.bincount(r.labels[y == 1]).argmax()
+    assert r.cluster_dev_model[c_new] is None
+    o = r.info["open_set"]
+    assert o["space"].startswith("features") and o["floor_closest_dev_models"]["models"] == ["alpha", "g"]
+
+
 def test_open_set_disabled_without_usable_dev():
     out, info = A._open_set(np.zeros((10, 3)), np.zeros(10, np.int64), 1, {"m": np.zeros((2, 3))}, 0)
     assert out == [None] and info["enabled"] is False
