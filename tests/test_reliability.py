@@ -284,16 +284,19 @@ def test_attribution_resumes_from_finished_features(sets, tmp_path, monkeypatch)
     for f in sorted((sets / "real").iterdir())[12:22]:  # not copies of --images (those leave dev, issue 16)
         shutil.copy(f, dev / "m1" / f.name)
     kw = dict(images_dir=str(sets / "gen"), k=2, dev_dir=str(dev), policy=IngestPolicy(size=(64, 64)), seed=3)
+    calls = _interrupt_stage(monkeypatch, A, "_extract", at=-1)
     run_attribution(out=str(tmp_path / "ref.csv"), **kw)
+    total = calls["n"]  # every extraction of an uninterrupted run (images, their re-processed sample, dev, the
+    assert total >= 3   # open set's floor images, ...)
     # the images' features and those of their re-processed sample (processing invariance, issue 19) finish,
     # the dev model's are interrupted
-    calls = _interrupt_stage(monkeypatch, A, "_extract", at=3)
+    calls["n"], calls["at"] = 0, 3
     with pytest.raises(KeyboardInterrupt):
         run_attribution(out=str(tmp_path / "o.csv"), **kw)
     assert not (tmp_path / "o.csv").exists()
     calls["n"], calls["at"] = 0, -1
     run_attribution(out=str(tmp_path / "o.csv"), **kw)
-    assert calls["n"] == 1
+    assert calls["n"] == total - 2  # the two finished extractions are read back, not computed again
     assert (tmp_path / "o.csv").read_bytes() == (tmp_path / "ref.csv").read_bytes()
     assert not (tmp_path / ".o.csv.checkpoints").exists()
 
