@@ -361,6 +361,20 @@ def _registered_match(result, real_images, gen_images, i: int, j: int):
 
 
 # ---------------------------------------------------------------------------------------------- attribution
+def open_set_floor_note(cluster: dict, floor: dict | None) -> str:
+    """The open set at the processing floor (issue 19, branch name12) for one cluster of the report: its ratio to the
+    floor's nearest dev model against the floor threshold, and whether it was named there; "" when the run had no
+    floor open set (``attribution.OPEN_SET_SPACE = "features"``, or the floor step was skipped)."""
+    fr = cluster.get("floor_ratio")
+    if fr is None or not floor:
+        return ""
+    txt = (f"; at the processing floor (resize 0.5 + JPEG 50) ratio to {cluster.get('floor_nearest')}: {fr:.3g} "
+           f"(threshold {floor.get('threshold', float('nan')):.3g})")
+    if cluster.get("named_in") == "floor":
+        txt += ", named there: processed images, the same nearest model, and a detected processing history"
+    return txt
+
+
 def _attribution(d: Path, *, summary: dict, result, images, truth: Mapping[str, str] | None = None) -> str:
     plt = _plt()
     import imprint.kernels as kernels
@@ -478,7 +492,8 @@ def _attribution(d: Path, *, summary: dict, result, images, truth: Mapping[str, 
                                 f"{_fmt(ccon[c] if c < len(ccon) else None)}; stability (Jaccard) "
                                 f"{_fmt(jac[c] if c < len(jac) else None)}"
                                 + (f"; distance ratio to nearest dev model {oc[c].get('nearest')}: {ratio:.3g}"
-                                   if ratio is not None else ""))
+                                   if ratio is not None else "")
+                                + open_set_floor_note(oc.get(c, {}), (info.get("open_set", {}) or {}).get("floor")))
     parts.append("<h2>Models: known and new</h2>")
     t1 = info.get("one_model_test", {}) or {}
     mean_ari = stab.get("mean_ari")

@@ -232,6 +232,15 @@ def test_open_set_floor_names_processed_known_model(monkeypatch):
     oc = r.info["open_set"]["clusters"][c_alpha]
     assert oc["named_in"] == "floor" and oc["ratio"] > r.info["open_set"]["threshold"]
     assert oc["history"]["p_jpeg"] < A.HISTORY_ALPHA and oc["history"]["jpeg"][0] > oc["history"]["jpeg"][1]
+    # the report's line for each cluster says how it was named at the floor (and the unknown model's, that it was not)
+    from imprint.engine.report import open_set_floor_note
+
+    floor = r.info["open_set"]["floor"]
+    named = open_set_floor_note(oc, floor)
+    assert "named there" in named and f"ratio to alpha: {oc['floor_ratio']:.3g}" in named
+    other = open_set_floor_note(r.info["open_set"]["clusters"][c_new], floor)
+    assert other.startswith("; at the processing floor") and "named there" not in other
+    assert open_set_floor_note(oc, None) == ""
 
 
 def test_open_set_floor_off_when_the_floor_merges_dev_models(monkeypatch):
