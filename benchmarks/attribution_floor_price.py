@@ -42,6 +42,7 @@ from sklearn.metrics import adjusted_rand_score as ari  # noqa: E402
 
 from attribution_lomo import load, release  # noqa: E402
 from imprint.engine import attribution as A  # noqa: E402
+from _knobs import add_knobs, apply_knobs  # noqa: E402  (this folder is sys.path[0] when run as a script)
 
 
 def plant(images, trace, amp, seed=0):
@@ -68,8 +69,7 @@ def main(argv=None):
     ap.add_argument("--dev-modes", default="dev")
     ap.add_argument("--pair-test", default=None)
     ap.add_argument("--pair-view", default=None, help="engine.attribution.PAIR_VIEW for this run (sixth round)")
-    ap.add_argument("--floor-waiver", default=None, choices=("on", "off"),
-                    help="engine.attribution.FLOOR_WAIVER for this run (sixth round; default: the code's)")
+    add_knobs(ap, "floor_waiver")
     ap.add_argument("--cache", default=None)
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
@@ -77,8 +77,7 @@ def main(argv=None):
         A.PAIR_TEST = a.pair_test
     if a.pair_view:
         A.PAIR_VIEW = a.pair_view
-    if a.floor_waiver:
-        A.FLOOR_WAIVER = a.floor_waiver == "on"
+    apply_knobs(ap, a, A, "floor_waiver")
     print(f"code: {os.path.dirname(os.path.dirname(A.__file__))}; pair test {A.PAIR_TEST}, pair view {getattr(A, 'PAIR_VIEW', 'pca90')}, "
           f"floor waiver {getattr(A, 'FLOOR_WAIVER', False)}", flush=True)
     R = a.dev

@@ -41,6 +41,7 @@ from PIL import Image  # noqa: E402
 from sklearn.metrics import adjusted_rand_score as ari  # noqa: E402
 
 from imprint.engine import attribution as A  # noqa: E402
+from _knobs import add_knobs, apply_knobs  # noqa: E402  (this folder is sys.path[0] when run as a script)
 from imprint.engine import processing as PR  # noqa: E402
 
 FILTERS = ("bilinear", "bicubic", "lanczos")
@@ -101,15 +102,9 @@ def main(argv=None):
                     "gen_a/real/unused[:40]) added as a fifth group (k given = 5)")
     ap.add_argument("--pair-test", default=None, help="engine.attribution.PAIR_TEST for this run ('both' = main before "
                     "the fifth round, 'floor' = after)")
-    ap.add_argument("--floor-waiver", default=None, choices=("on", "off"),
-                    help="engine.attribution.FLOOR_WAIVER for this run (issue 19, sixth round; default: the code's)")
-    ap.add_argument("--projected-scale", default=None, choices=("after", "before"),
-                    help="engine.attribution.PROJECTED_SCALE for this run (default: the code's; issue 19, fourth round)")
+    add_knobs(ap, "floor_waiver", "projected_scale")
     a = ap.parse_args(argv)
-    if a.floor_waiver and hasattr(A, "FLOOR_WAIVER"):
-        A.FLOOR_WAIVER = a.floor_waiver == "on"
-    if a.projected_scale and hasattr(A, "PROJECTED_SCALE"):
-        A.PROJECTED_SCALE = a.projected_scale
+    apply_knobs(ap, a, A, "floor_waiver", "projected_scale")
     if a.pair_test:
         A.PAIR_TEST = a.pair_test
     print(f"pair test {A.PAIR_TEST}, mix {a.mix}", flush=True)

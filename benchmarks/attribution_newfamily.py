@@ -59,7 +59,12 @@ from sklearn.metrics import adjusted_rand_score as ari  # noqa: E402
 import attribution_lomo as L  # noqa: E402  (its loader, samples and the release mix)
 import standin_families as SF  # noqa: E402  (the stand-in families' generators)
 from imprint.engine import attribution as A  # noqa: E402
+from _knobs import add_knobs, apply_knobs  # noqa: E402  (this folder is sys.path[0] when run as a script)
 from imprint.engine.outputs import write_json  # noqa: E402
+
+#: the engine settings this benchmark takes as flags (benchmarks/_knobs.py)
+KNOBS_HERE = ("k_lookahead", "sample_rule", "processing_sample", "open_set_space")
+
 
 def rdec_images(real, n, seed):
     """``n`` rdec images from ``real`` (uint8 [M,H,W]), drawn and noised by ``seed``; the decoder is fixed."""
@@ -104,28 +109,12 @@ def main(argv=None):
                     help="the stand-in family (benchmarks/standin_families.py); default rdec")
     ap.add_argument("--no-invariance", action="store_true", help="processing_invariant=False (the method before issue "
                     "19), to see whether this set can tell the two apart")
-    ap.add_argument("--k-lookahead", type=int, default=None, help="engine.attribution.K_SCAN_LOOKAHEAD for this run "
-                    "(issue 19, twelfth round; 0: stop the k scan at the first failing k >= 3)")
-    ap.add_argument("--sample-rule", default=None, choices=("random", "stratified", "balanced"),
-                    help="engine.attribution.PROCESSING_SAMPLE_RULE for this run (issue 19, tenth round)")
-    ap.add_argument("--processing-sample", type=int, default=None, help="engine.attribution.PROCESSING_SAMPLE for "
-                    "this run (default: the code's, 300)")
-    ap.add_argument("--open-set-space", default=None, choices=("features", "floor"),
-                    help="engine.attribution.OPEN_SET_SPACE (issue 19, branch name12; default: the checkout's)")
+    add_knobs(ap, *KNOBS_HERE)
     ap.add_argument("--cache", default=None)
     ap.add_argument("--json", default=None)
     ap.add_argument("--save", default=None, help="write the first seed's rdec images as PNG here, then stop")
     a = ap.parse_args(argv)
-    if a.processing_sample:
-        A.PROCESSING_SAMPLE = a.processing_sample
-    if a.sample_rule:
-        A.PROCESSING_SAMPLE_RULE = a.sample_rule
-    if a.k_lookahead is not None:
-        A.K_SCAN_LOOKAHEAD = a.k_lookahead
-    if a.open_set_space:
-        if not hasattr(A, "OPEN_SET_SPACE"):
-            ap.error("--open-set-space: this checkout has no engine.attribution.OPEN_SET_SPACE")
-        A.OPEN_SET_SPACE = a.open_set_space
+    apply_knobs(ap, a, A, *KNOBS_HERE)
     R = a.dev
     D = {f"model_{i}": L.load(f"{R}/attribution/model_{i}") for i in (1, 2, 3)}
     for g in "abe":

@@ -46,6 +46,7 @@ from sklearn.decomposition import PCA  # noqa: E402
 from sklearn.metrics import adjusted_rand_score as ari  # noqa: E402
 
 from imprint.engine import attribution as A  # noqa: E402
+from _knobs import add_knobs, apply_knobs  # noqa: E402  (this folder is sys.path[0] when run as a script)
 from imprint.engine import features as F  # noqa: E402
 
 
@@ -160,31 +161,10 @@ def main(argv=None):
     ap.add_argument("--cache", default=None, help="feature cache folder kept between runs (default: a new temp dir)")
     ap.add_argument("--paired", action="store_true", help="k auto runs give main's and this code's pair test from one "
                     "run (bench_attribution_processing.paired_attribute; no stability resamples)")
-    ap.add_argument("--floor-waiver", default=None, choices=("on", "off"),
-                    help="engine.attribution.FLOOR_WAIVER for this run (issue 19, sixth round; default: the code's)")
-    ap.add_argument("--projected-scale", default=None, choices=("after", "before"),
-                    help="engine.attribution.PROJECTED_SCALE for this run (default: the code's; issue 19, fourth round)")
-    ap.add_argument("--k-lookahead", type=int, default=None, help="engine.attribution.K_SCAN_LOOKAHEAD for this run "
-                    "(issue 19, twelfth round; 0: stop the k scan at the first failing k >= 3)")
-    ap.add_argument("--sample-rule", default=None, choices=("random", "stratified", "balanced"),
-                    help="engine.attribution.PROCESSING_SAMPLE_RULE for this run (issue 19, tenth round)")
-    ap.add_argument("--processing-sample", type=int, default=None,
-                    help="engine.attribution.PROCESSING_SAMPLE for this run (issue 19, ninth round; default: the code's)")
-    ap.add_argument("--open-set-space", default=None, choices=("features", "floor"),
-                    help="engine.attribution.OPEN_SET_SPACE (issue 19, branch name12; default: the code's)")
+    knobs = ("floor_waiver", "projected_scale", "k_lookahead", "sample_rule", "processing_sample", "open_set_space")
+    add_knobs(ap, *knobs)
     a = ap.parse_args(argv)
-    if a.open_set_space:
-        A.OPEN_SET_SPACE = a.open_set_space
-    if a.processing_sample:
-        A.PROCESSING_SAMPLE = a.processing_sample
-    if a.sample_rule:
-        A.PROCESSING_SAMPLE_RULE = a.sample_rule
-    if a.k_lookahead is not None:
-        A.K_SCAN_LOOKAHEAD = a.k_lookahead
-    if a.floor_waiver and hasattr(A, "FLOOR_WAIVER"):
-        A.FLOOR_WAIVER = a.floor_waiver == "on"
-    if a.projected_scale and hasattr(A, "PROJECTED_SCALE"):
-        A.PROJECTED_SCALE = a.projected_scale
+    apply_knobs(ap, a, A, *knobs)
     global PAIRED
     PAIRED = a.paired
     if a.rule == "main":

@@ -62,6 +62,7 @@ sys.path.insert(0, os.path.abspath(code_path(sys.argv)))  # --code DIR: another 
 from sklearn.metrics import adjusted_rand_score as ari  # noqa: E402
 
 from imprint.engine import attribution as A  # noqa: E402
+from _knobs import add_knobs, apply_knobs  # noqa: E402  (this folder is sys.path[0] when run as a script)
 from imprint.engine import processing as PR  # noqa: E402
 
 
@@ -280,8 +281,6 @@ def main(argv=None):
                     "power, then stop")
     ap.add_argument("--pair-test", default=A.PAIR_TEST, choices=A.PAIR_TESTS,
                     help="the 'after' pair test of the k scan (engine.attribution.PAIR_TEST)")
-    ap.add_argument("--floor-waiver", default=None, choices=("on", "off"),
-                    help="engine.attribution.FLOOR_WAIVER for this run (issue 19, sixth round; default: the code's)")
     ap.add_argument("--only", default=None, help="comma-separated condition names")
     ap.add_argument("--alt", action="store_true", help="other samples: gen_a[200:400], gen_b[200:400], "
                     "model_3[100:], gen_e[200:400]; conditions release mix (seed 5) and harsh mix")
@@ -291,25 +290,10 @@ def main(argv=None):
     ap.add_argument("--detection", action="store_true", help="only score the JPEG detector, then stop")
     ap.add_argument("--content-timing", action="store_true", help="only time the feature extraction of 700 images "
                     "with and without the content groups (hist, ispec), best of 3 each, then stop")
-    ap.add_argument("--projected-scale", default=None, choices=("after", "before"),
-                    help="engine.attribution.PROJECTED_SCALE for this run (default: the code's; issue 19, fourth round)")
-    ap.add_argument("--k-lookahead", type=int, default=None, help="engine.attribution.K_SCAN_LOOKAHEAD for this run "
-                    "(issue 19, twelfth round; 0: stop the k scan at the first failing k >= 3)")
-    ap.add_argument("--sample-rule", default=None, choices=("random", "stratified", "balanced"),
-                    help="engine.attribution.PROCESSING_SAMPLE_RULE for this run (issue 19, tenth round)")
-    ap.add_argument("--processing-sample", type=int, default=None,
-                    help="engine.attribution.PROCESSING_SAMPLE for this run (issue 19, ninth round; default: the code's)")
+    knobs = ("floor_waiver", "projected_scale", "k_lookahead", "sample_rule", "processing_sample")
+    add_knobs(ap, *knobs)
     a = ap.parse_args(argv)
-    if a.processing_sample:
-        A.PROCESSING_SAMPLE = a.processing_sample
-    if a.sample_rule:
-        A.PROCESSING_SAMPLE_RULE = a.sample_rule
-    if a.k_lookahead is not None:
-        A.K_SCAN_LOOKAHEAD = a.k_lookahead
-    if a.floor_waiver and hasattr(A, "FLOOR_WAIVER"):
-        A.FLOOR_WAIVER = a.floor_waiver == "on"
-    if a.projected_scale and hasattr(A, "PROJECTED_SCALE"):
-        A.PROJECTED_SCALE = a.projected_scale
+    apply_knobs(ap, a, A, *knobs)
     if a.k1_sim:
         k1_simulation(a.k1_sim)
         return []
