@@ -13,7 +13,7 @@ from scipy import ndimage
 from imprint.engine.membership import anatomy as A
 from imprint.engine.membership import deform as D
 from imprint.kernels.deform import flow_warp
-from test_membership_elastic import planted_elastic_case
+from test_membership_elastic import planted_elastic_rates
 from test_membership_evidence_anatomy import family
 
 
@@ -78,15 +78,7 @@ def test_planted_elastic_copies_are_found_by_the_flow_and_look_alikes_not_lifted
     match of 85% of the members, a member's best NCC beats every non-member's for 35%.  With :data:`deform.NCC_FLOW`:
     100% and 100% (scratch seeds 0 / 1 of this construction: 1.00 / 1.00 both), the true pair's 1 - NCC falls ~6x
     (0.022 -> 0.003), the non-members' best only ~2x (0.026 -> 0.013)."""
-    lowP, lowG, cand, n = planted_elastic_case()
-    out = {}
-    for flow in (False, True):
-        monkeypatch.setattr(D, "NCC_FLOW", flow)
-        r = A.registered_anatomy(lowP, lowG, cand)
-        true = A.registered_anatomy(lowP[:n], lowG, np.arange(n)[:, None])["ncc"]
-        out[flow] = ((r["match"][:n] == np.arange(n)).mean(), (r["ncc"][:n] > r["ncc"][n:].max()).mean(), true,
-                     r["ncc"][n:])
-    (hit0, above0, true0, non0), (hit1, above1, true1, non1) = out[False], out[True]
+    (hit0, above0, true0, non0), (hit1, above1, true1, non1) = planted_elastic_rates(monkeypatch, D, "NCC_FLOW")
     assert above0 <= 0.5                                        # the rigid NCC misses most (what is planted)
     assert hit1 >= 0.95 and above1 >= 0.95, (hit1, above1)
     assert (true1 >= true0).all() and np.median(1 - true1) < 0.3 * np.median(1 - true0)

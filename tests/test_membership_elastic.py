@@ -39,6 +39,21 @@ def planted_elastic_case(seed=61, n=20):
     return A._lowpass_rows(P), A._lowpass_rows(G), cand, n
 
 
+def planted_elastic_rates(monkeypatch, module, flag):
+    """:func:`planted_elastic_case` registered with ``module.flag`` off (rigid) and on: per setting, the share of the
+    members whose copy is the best match, the share whose best NCC beats every non-member's, the true pairs' NCC and
+    the non-members' best NCC."""
+    lowP, lowG, cand, n = planted_elastic_case()
+    out = []
+    for on in (False, True):
+        monkeypatch.setattr(module, flag, on)
+        r = A.registered_anatomy(lowP, lowG, cand)
+        true = A.registered_anatomy(lowP[:n], lowG, np.arange(n)[:, None])["ncc"]
+        out.append(((r["match"][:n] == np.arange(n)).mean(), (r["ncc"][:n] > r["ncc"][n:].max()).mean(), true,
+                    r["ncc"][n:]))
+    return out
+
+
 def _brute_local(r, b, m, tiles, s):
     """Per tile, the whole-pixel shift of ``r`` (zero fill, unshifted first, strictly better wins, half the tile
     valid) with the highest ``corrcoef`` on the tile; the assembled grid's ``corrcoef`` with ``b`` on its mask."""
@@ -88,14 +103,7 @@ def test_planted_elastic_copies_are_found_by_the_piecewise_rigid_ncc(monkeypatch
     with 6 look-alikes each: with the rigid NCC the copy is the best match of 85% of the members and a member's best
     NCC beats every non-member's for 35%; with :data:`anatomy.NCC_LOCAL` 100% and 100% (scratch seeds 0 / 1 of
     this construction: 0.85 -> 1.00 / 0.35 -> 1.00, 0.70 -> 0.95 / 0.40 -> 0.85)."""
-    lowP, lowG, cand, n = planted_elastic_case()
-    out = {}
-    for local in (False, True):
-        monkeypatch.setattr(A, "NCC_LOCAL", local)
-        r = A.registered_anatomy(lowP, lowG, cand)
-        true = A.registered_anatomy(lowP[:n], lowG, np.arange(n)[:, None])["ncc"]
-        out[local] = ((r["match"][:n] == np.arange(n)).mean(), (r["ncc"][:n] > r["ncc"][n:].max()).mean(), true)
-    (hit0, above0, true0), (hit1, above1, true1) = out[False], out[True]
+    (hit0, above0, true0, _), (hit1, above1, true1, _) = planted_elastic_rates(monkeypatch, A, "NCC_LOCAL")
     assert above0 <= 0.5                                        # the rigid NCC misses most (what is planted)
     assert hit1 >= 0.9 and above1 >= 0.8, (hit1, above1)
     assert hit1 >= hit0 and above1 >= above0 + 0.3

@@ -38,6 +38,7 @@ import functools
 import numpy as np
 
 from . import deform as _deform
+from . import tiles as _tiles
 
 #: Low-pass scale as a fraction of the image side (sigma = side / 32: 4 px at 128 px), see the module docstring.
 SIGMA_FRACTION = 1.0 / 32.0
@@ -311,9 +312,8 @@ def registered_ncc(reg: np.ndarray, low_b: np.ndarray, valid: np.ndarray, frame:
     float64 [K]   Pearson correlation over ``valid`` minus the frame (0 where either side is constant there)
     """
     m = _ncc_mask(valid, frame)
-    from . import tiles                                 # tile-wise, best half of the tiles (branch patch12), opt-in
-    if tiles.NCC_TILES:
-        return np.maximum(_masked_ncc(reg, low_b, m), tiles.tile_ncc(reg, low_b, m))
+    if _tiles.NCC_TILES:                                # tile-wise, best half of the tiles (branch patch12), opt-in
+        return np.maximum(_masked_ncc(reg, low_b, m), _tiles.tile_ncc(reg, low_b, m))
     if NCC_LOCAL:                                       # piecewise-rigid (branch elas11), opt-in
         return np.maximum(_masked_ncc(reg, low_b, m), local_ncc(reg, low_b, m))
     if _deform.NCC_FLOW:                                # smooth non-rigid (branch elas12), opt-in
@@ -411,12 +411,6 @@ def local_ncc(reg: np.ndarray, low_b: np.ndarray, m: np.ndarray, tiles: int | No
     return _masked_ncc(comp, b, cm)
 
 
-def _tiles_tag() -> str:
-    from .tiles import tag
-
-    return tag()
-
-
 def checkpoint_tag(lowpass: bool | None, *, form: str):
     """The anatomy evidence's version fragments of a checkpoint key: one place for every key that holds them.
 
@@ -459,7 +453,7 @@ def checkpoint_tag(lowpass: bool | None, *, form: str):
             tag += "+" + _deform.flow_tag()
         if _deform.FLOW_CHANNEL:                        # ... as a channel of its own (elas13)
             tag += "+" + _deform.channel_tag()
-        return tag + _tiles_tag()                       # tile-wise NCC (patch12)
+        return tag + _tiles.tag()                       # tile-wise NCC (patch12)
     if form == "pairnull":
         out: dict = {}
         if lp:
@@ -475,8 +469,8 @@ def checkpoint_tag(lowpass: bool | None, *, form: str):
             anat["anatomy_local"] = [LOCAL_TILES, LOCAL_SHIFT]
         if _deform.NCC_FLOW:                            # elas12
             anat["anatomy_flow"] = _deform.flow_tag()
-        if _tiles_tag():                                # patch12
-            anat["anatomy_tiles"] = _tiles_tag()
+        if _tiles.NCC_TILES:                            # patch12
+            anat["anatomy_tiles"] = _tiles.tag()
         if _deform.FLOW_CHANNEL:                        # elas13
             anat["anatomy_flow_channel"] = _deform.channel_tag()
         out["_anatomy"] = anat
