@@ -628,7 +628,6 @@ def registered_anatomy(lowA: np.ndarray, lowB: np.ndarray, cand: np.ndarray, *, 
         :data:`.deform.FLOW_CHANNEL` also ``flow_ncc``: the best of ``max(rigid, flow NCC)`` over the row's
         :data:`.deform.FLOW_TOP` best polished candidates (:func:`_flow_picks`; -1: none).
     """
-
     n_polish = N_POLISH if n_polish is None else n_polish
     cand = np.asarray(cand, np.int64)
     R, c = cand.shape if cand.ndim == 2 else (len(lowA), 0)
