@@ -41,6 +41,7 @@ class _State:
         self.delivered = False  # Interrupted was raised (and not reported swallowed)
         self.depth = 0  # > 0: inside deferred() / before release()
         self.timer = None
+        self.retry_pending = False  # a retry is scheduled and has not yet fired
         self.previous = None  # (SIGTERM handler, SIGINT handler, unraisablehook) before install()
 
 
@@ -61,12 +62,19 @@ def _in_import(frame) -> bool:
 
 
 def _retry(signum: int) -> None:
-    """Run the handler again in a moment (the main thread may not run Python code before then)."""
-    if _S.timer is not None and _S.timer.is_alive():
+    """Run the handler again in a moment (the main thread may not run Python code before then).
+
+    The pending flag, not ``timer.is_alive()``, says whether a retry is on its way: the timer's thread is still
+    alive for a moment after it fired, and the handler it triggers can run (again inside an import) in that moment.
+    With ``is_alive()`` that handler saw a retry "in flight", scheduled none, and the request was lost: the job ran
+    to its end and wrote its outputs (the CI failure of a stop 30 ms after start)."""
+    if _S.retry_pending:
         return
+    _S.retry_pending = True
     main = threading.main_thread().ident
 
     def fire():
+        _S.retry_pending = False  # before the interrupt: the handler it triggers may need to schedule the next one
         if _S.delivered:
             return
         try:

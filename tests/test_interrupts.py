@@ -96,6 +96,45 @@ def test_signal_during_an_import_waits_for_the_import(handler):
         sys.modules.pop("imprint_test_slow_import", None)
 
 
+def test_retry_handled_while_its_timer_thread_is_alive_schedules_the_next(handler, monkeypatch):
+    """The race behind a CI failure: the retry's handler can run (again inside an import) while the timer thread that
+    triggered it has not yet ended. That handler must schedule the next retry, else the request is lost and the job
+    runs to its end. Timers are replaced by a fake whose thread stays "alive" until its function returns, and the
+    interrupt runs the handler at once, inside the timer's function -- the worst interleaving."""
+    timers = []
+
+    class FakeTimer:
+        def __init__(self, interval, fn):
+            self.fn, self.alive, self.daemon = fn, False, False
+            timers.append(self)
+
+        def start(self):
+            self.alive = True
+
+        def is_alive(self):
+            return self.alive
+
+        def run(self):
+            self.fn()
+            self.alive = False
+
+    in_import = [True]
+    monkeypatch.setattr(I.threading, "Timer", FakeTimer)
+    monkeypatch.setattr(I, "_in_import", lambda frame: in_import[0])
+    import _thread
+
+    monkeypatch.setattr(_thread, "interrupt_main", lambda signum: I._handler(signum, None))
+    I._handler(signal.SIGTERM, None)  # arrives inside an import: deferred to a retry
+    assert len(timers) == 1
+    for n in range(1, 4):  # each retry lands inside an import again
+        timers[-1].run()
+        assert len(timers) == n + 1, "the retry was lost"
+    in_import[0] = False  # the import is over: the next retry delivers it
+    with pytest.raises(I.Interrupted):
+        timers[-1].run()
+    assert I.requested() == signal.SIGTERM
+
+
 def test_swallowed_in_a_ctypes_callback_is_delivered_again(handler, capsys):
     """Raised inside a ctypes callback (as in llvmlite's object cache) the exception is swallowed by ctypes; it is
     then raised again outside, silently (no "Exception ignored ... Traceback")."""
