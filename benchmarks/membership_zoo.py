@@ -2,8 +2,8 @@
 
 For every (transform, strength) scenario a simulated generator's output is built as follows.
 
-1. The real images (``--real``, default: every real image of the dev corpus, byte-duplicates dropped)
-   are split at random, per scenario, into *members* (the generator's training images that appear
+1. The real images (``--real``, default: the dev corpus' real images, byte-duplicates dropped; with the dev
+   fillers, only those no dev generator was trained on, see ``--draw``) are split at random, per scenario, into *members* (the generator's training images that appear
    among the candidates), *non-members* (candidates never used) and a disjoint *reference* (known
    non-members, the null; what ``--reference`` passes).
 2. Generated images = one transformed copy of every member (the transform at the chosen strength,
@@ -20,6 +20,17 @@ For every (transform, strength) scenario a simulated generator's output is built
    (point values; for the scenario with no member, the share of candidates ``f1`` flags).
    ``--setting unsupervised`` passes no reference (the same draws, the reference left unused): the audit's
    real-to-real null of the candidates themselves, members half of them (issue 13, branch uns9).
+
+``--draw clean`` (the default since the thirteenth wave): with the dev corpus' real images *and* the dev fillers
+(gen_a + gen_b generated), the real images gen_a or gen_b was trained on (``gen_a/real/used``, ``gen_b/real/used``,
+400 images) are left out of the draw. They are not non-members of the simulated generator: its output contains
+gen_a's and gen_b's images, and a generator's images sit nearer its own training images than chance (gen_b's 300:
+median best whole-image correlation to a filler 0.861 against 0.851 for the 300 unused). Branch comb13 found the
+reference row that set the ``fpr:0.01`` threshold of elastic 4 px at seeds 2 and 3 to be one gen_b training image
+(closest filler: a gen_b image at correlation 0.929). 520 images remain (gen_a / gen_b unused, gen_e used and
+unused), enough for 60 + 60 candidates and 300 reference. ``--draw all`` is the draw of every table before that
+(every real image); the draws differ, so compare a table only with one of the same draw. With ``--real DIR`` or
+other fillers nothing is left out: the user must not mix in real images the fillers' generators were trained on.
 
 This is a measurement, not a tuning set: nothing in engine/ was chosen on it.
 
@@ -310,12 +321,27 @@ def boot(y, s, used, n_boot, rng):
     return point, lo, hi
 
 
-def load_real_and_fillers(real_dir: str, fillers: str, size: int):
+DRAW = "clean"  # module docstring; main() sets it from --draw
+
+
+def dev_real_folders(fillers: str, draw: str | None = None) -> list[str]:
+    """The dev corpus' real-image folders the zoo draws from: all six, or with the dev fillers and the ``clean``
+    draw, the four that neither filler generator (gen_a, gen_b) was trained on."""
+    draw = DRAW if draw is None else draw
+    if draw not in ("clean", "all"):
+        raise ValueError(f"draw must be 'clean' or 'all', not {draw!r}")
+    parts = [(g, p) for g in ("gen_a", "gen_b", "gen_e") for p in ("used", "unused")]
+    if draw == "clean" and fillers == "dev":
+        parts = [(g, p) for g, p in parts if not (g in ("gen_a", "gen_b") and p == "used")]
+    return [f"{DEV}/membership/{g}/real/{p}" for g, p in parts]
+
+
+def load_real_and_fillers(real_dir: str, fillers: str, size: int, draw: str | None = None):
     """(distinct real images uint8 [N, H, W], filler images uint8 [F, H, W] or None): ``real_dir`` (the dev
-    corpus' real images when it is :data:`DEV`) and ``fillers`` ('dev' = gen_a + gen_b, 'none', or a folder)."""
+    corpus' real images when it is :data:`DEV`, see :func:`dev_real_folders` and ``draw``) and ``fillers``
+    ('dev' = gen_a + gen_b, 'none', or a folder)."""
     if real_dir == DEV:
-        real = np.concatenate([load_folder(f"{DEV}/membership/{g}/real/{p}", size)
-                               for g in ("gen_a", "gen_b", "gen_e") for p in ("used", "unused")])
+        real = np.concatenate([load_folder(d, size) for d in dev_real_folders(fillers, draw)])
     else:
         real = load_folder(real_dir, size)
     real = dedupe(real)
@@ -761,6 +787,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--real", default=DEV, help="folder of real PNGs (default: the dev corpus' real images)")
     ap.add_argument("--fillers", default="dev", help="folder of non-copy generated PNGs, 'dev' (gen_a+gen_b) or 'none'")
+    ap.add_argument("--draw", default="clean", choices=("clean", "all"),
+                    help="clean: with the dev reals and dev fillers, leave out the reals gen_a / gen_b were trained on "
+                         "(module docstring); all: every dev real (the draw of the tables before the thirteenth wave)")
     ap.add_argument("--size", type=int, default=128, help="images are resized to size x size")
     ap.add_argument("--n-members", type=int, default=60)
     ap.add_argument("--n-reference", type=int, default=300)
@@ -814,6 +843,8 @@ def main(argv=None):
                     help="--recall: the anatomy evidence's choice among its candidates (is the copy chosen, coarse rank, "
                          "true-pair vs chosen NCC, anat_ratio vs the combined score; one audit per scenario)")
     a = ap.parse_args(argv)
+    global DRAW
+    DRAW = a.draw
     if a.ncc_local:
         from imprint.engine.membership import anatomy as _anat
         _anat.NCC_LOCAL = True
@@ -848,7 +879,7 @@ def main(argv=None):
             if getattr(a, k) == ap.get_default(k):
                 setattr(a, k, v)
     print(f"# membership zoo: real={a.real} fillers={a.fillers} members={a.n_members} (+ as many non-members) "
-          f"reference={a.n_reference} generated={a.n_gen} boot={a.boot} seed={a.seed}"
+          f"reference={a.n_reference} generated={a.n_gen} boot={a.boot} seed={a.seed} draw={a.draw}"
           + (" anatomy.NCC_LOCAL=True" if a.ncc_local else "") + (" deform.NCC_FLOW=True" if a.ncc_flow else "")
           + (" tiles.NCC_TILES=True" if a.ncc_tiles else "")
           + (f" deform.FLOW_CHANNEL=True FLOW_TOP={_deform.FLOW_TOP}" if a.flow_channel else ""))
