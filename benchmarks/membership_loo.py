@@ -90,9 +90,15 @@ def main(argv=None):
                          "(no anatomy evidence in the real-to-real null: main before branch uns6), unsupervised-channel "
                          "(the per-channel empirical null), unsupervised-channel-noanat")
     ap.add_argument("--cache-dir", default=None, help="keep the evidence checkpoints here (a rerun re-decides only)")
+    ap.add_argument("--enrich-mode", default=None, choices=("local",),
+                    help="with the opt-in enrichment of the tail-split rule (calibrate.ENRICH_MODE, branch comb13)")
     ap.add_argument("--flow-channel", action="store_true",
                     help="with the opt-in flow anatomy channel anat_flow_ratio (deform.FLOW_CHANNEL, branch elas13)")
     a = ap.parse_args(argv)
+    if a.enrich_mode:
+        from imprint.engine.membership import calibrate as _cal
+        _cal.ENRICH_MODE = a.enrich_mode
+        print(f"# calibrate.ENRICH_MODE={a.enrich_mode}")
     if a.flow_channel:
         from imprint.engine.membership import deform as _deform
         _deform.FLOW_CHANNEL = True

@@ -279,6 +279,57 @@ SUM_SHARE = 0.5
 ENRICH_LEVEL = 0.01
 
 
+#: opt-in (``None``: off, comb8's shares) - how the ``"tail-split"`` rule credits a channel whose rows sit past its null
+#: tail more often than chance says (branch comb13).  ``"local"``: every channel's p-values are first divided by that
+#: channel's enrichment AT THE ROW'S OWN LEVEL (:func:`local_enrichment_pvalues`, a per-channel tail-area false
+#: discovery estimate), then combined by :func:`split_pvalue` with the a-priori split (:data:`SUM_SHARE`); the one-level
+#: count of :func:`channel_enrichment` is not used.  A channel that many rows pass by a little (elastic copies in
+#: ``anat_flow_ratio``) then counts at the level where its rows are, not at 0.01 only, and a channel nobody passes keeps
+#: its a-priori share instead of losing it to another channel's enrichment.  Still a symmetric function of all rows.
+ENRICH_MODE: str | None = None
+#: values of :data:`ENRICH_MODE`
+ENRICH_MODES = (None, "local")
+#: highest p-value level at which ``"local"`` counts a channel's enrichment (the ``fdr:0.1`` decision's level; a
+#: priori, not tuned): above it a row's p-value is its own
+LOCAL_ENRICH_MAX = 0.1
+
+
+def local_enrichment_pvalues(P: np.ndarray, max_level: float = LOCAL_ENRICH_MAX) -> np.ndarray:
+    """Every channel's p-values divided by the channel's enrichment at the row's own level (``ENRICH_MODE="local"``).
+
+    For channel ``c`` and a row with ``p = p_c`` (``p <= max_level``), ``E_c(p) = #{rows: p_c <= p} / (1 + n p)``
+    (observed over one plus expected, all ``n`` rows unlabelled), and ``q = p / max(1, E_c(p))``, made non-decreasing
+    in ``p`` by a running minimum from the largest p down (as Benjamini-Hochberg's adjusted p-values are; so ties get
+    one value and the order within a channel is kept).  ``q`` is, up to the ``+1``, the channel's tail-area false
+    discovery estimate ``n p / #{p_c <= p}`` where that is below ``p``.  A channel with no excess (``E <= 1``) keeps
+    its p-values; a lone extreme row is not credited (``E = 1 / (1 + n p) <= 1``).
+
+    A symmetric function of the rows (the same for any order), so scoring every row with it treats a null row and a
+    non-member candidate alike; the decisions calibrate the combined score on the null rows.
+
+    Parameters
+    ----------
+    P : float [n, C]   per-channel p-values (:func:`channel_pvalues`)
+    max_level : float  :data:`LOCAL_ENRICH_MAX`
+
+    Returns
+    -------
+    float64 [n, C] in [1e-300, 1], ``<= P``
+    """
+    P = np.asarray(P, np.float64)
+    n = len(P)
+    if n == 0:
+        return P.copy()
+    o = np.argsort(P, axis=0, kind="stable")
+    ps = np.take_along_axis(P, o, 0)
+    rank = np.arange(1, n + 1, dtype=np.float64)[:, None]
+    E = np.where(ps <= max_level, np.maximum(1.0, rank / (1.0 + n * ps)), 1.0)
+    q = np.minimum.accumulate((ps / E)[::-1], axis=0)[::-1]
+    out = np.empty_like(P)
+    np.put_along_axis(out, o, q, 0)
+    return np.clip(out, _P_FLOOR, 1.0)
+
+
 def channel_pvalues(Z: np.ndarray, w: np.ndarray, use_max: np.ndarray, null_mask: np.ndarray, *,
                     frac: float = TAIL_FRACTION) -> tuple[np.ndarray, list, list]:
     """Upper-tail p-value of every channel of the tail-calibrated rules, for every row.
@@ -433,7 +484,8 @@ def calibrated_max(Z: np.ndarray, w: np.ndarray, use_max: np.ndarray, null_mask:
     null_mask : bool [P]      rows that are the null
     frac : float              :data:`TAIL_FRACTION`
     sum_share : float in (0, 1) or None
-    enrich_level : float or None   :data:`ENRICH_LEVEL` (with ``sum_share``)
+    enrich_level : float or None   :data:`ENRICH_LEVEL` (with ``sum_share``; unused with :data:`ENRICH_MODE` ``"local"``,
+                                   which takes the a-priori split and :func:`local_enrichment_pvalues` instead)
 
     Returns
     -------
@@ -448,9 +500,14 @@ def calibrated_max(Z: np.ndarray, w: np.ndarray, use_max: np.ndarray, null_mask:
     if sum_share is None or C == 1:
         shares = np.full(C, 1.0 / C)
         p = P.min(1)
-    else:
+    elif ENRICH_MODE == "local":
+        shares = split_shares(P, sum_share, None)
+        p = split_pvalue(local_enrichment_pvalues(P), shares)
+    elif ENRICH_MODE is None:
         shares = split_shares(P, sum_share, enrich_level)
         p = split_pvalue(P, shares)
+    else:
+        raise ImprintError(f"calibrate.ENRICH_MODE must be one of {ENRICH_MODES} (got {ENRICH_MODE!r})")
     score = -ndtri(np.clip(p, _P_FLOOR, 1.0 - 1e-12))
     info = {"channels": names, "xi": xis, "shares": [float(v) for v in shares]}
     return np.asarray(score, np.float64), info
