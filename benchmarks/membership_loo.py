@@ -92,7 +92,13 @@ def main(argv=None):
     ap.add_argument("--cache-dir", default=None, help="keep the evidence checkpoints here (a rerun re-decides only)")
     ap.add_argument("--flow-channel", action="store_true",
                     help="with the opt-in flow anatomy channel anat_flow_ratio (deform.FLOW_CHANNEL, branch elas13)")
+    ap.add_argument("--lowpass-coarse", action="store_true",
+                    help="with the opt-in coarse low-pass candidate source (register.LP_K_COARSE, branch elsrc13)")
     a = ap.parse_args(argv)
+    if a.lowpass_coarse:
+        from imprint.engine.membership import register as _register
+        _register.LP_K_COARSE = _register.LP_K_COARSE_ON
+        print(f"# register.LP_K_COARSE={_register.LP_K_COARSE}")
     if a.flow_channel:
         from imprint.engine.membership import deform as _deform
         _deform.FLOW_CHANNEL = True
