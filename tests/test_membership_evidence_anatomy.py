@@ -393,17 +393,24 @@ def test_offlist_resynthesised_transformed_members_are_flagged(planted_offlist):
     assert res.used[y == 0].sum() <= 2, res.used[y == 0]
 
 
-def test_anatomy_pair_values_with_part_a_only_candidates_equal_the_evidence():
-    """``a_only``: the last columns of the candidates count in part A (playing the generated images) only, as the
-    evidence's low-pass candidates count among the generated images but not in its control (branch short7)."""
-    from imprint.engine.membership.anatomy import anatomy_pair_values
-
+def _part_a_case():
+    """30 look-alike reals (one a transformed re-synthesis of another), a split (12 in part A) and 6 candidates per
+    image: (real, inA, cand)."""
     rng = np.random.default_rng(53)
     real = family(30, 54)
     real[3] = u8(_transformed(resynth(real[20], real[21], 2.0), rng)[0])
     inA = np.zeros(30, bool)
     inA[rng.choice(30, 12, replace=False)] = True
     cand = np.stack([rng.choice(np.delete(np.arange(30), i), 6, replace=False) for i in range(30)])
+    return real, inA, cand
+
+
+def test_anatomy_pair_values_with_part_a_only_candidates_equal_the_evidence():
+    """``a_only``: the last columns of the candidates count in part A (playing the generated images) only, as the
+    evidence's low-pass candidates count among the generated images but not in its control (branch short7)."""
+    from imprint.engine.membership.anatomy import anatomy_pair_values
+
+    real, inA, cand = _part_a_case()
     v = anatomy_pair_values(real, inA, cand, a_only=2)
     for i in (0, 3, 20, 29):
         A = np.flatnonzero(inA & (np.arange(30) != i))
@@ -655,12 +662,7 @@ def test_forced_coarse_candidate_is_the_same_rule_in_the_pair_null_and_the_evide
 
     monkeypatch.setattr(D, "FLOW_CHANNEL", flow)
     monkeypatch.setattr(Amod, "N_POLISH", 2)
-    rng = np.random.default_rng(53)
-    real = family(30, 54)
-    real[3] = u8(_transformed(resynth(real[20], real[21], 2.0), rng)[0])
-    inA = np.zeros(30, bool)
-    inA[rng.choice(30, 12, replace=False)] = True
-    cand = np.stack([rng.choice(np.delete(np.arange(30), i), 6, replace=False) for i in range(30)])
+    real, inA, cand = _part_a_case()
     cand[:, 4] = cand[:, 1]                       # a forced candidate also found by an earlier column
     force = np.arange(6) >= 4                     # the last 2 columns: the coarse source's, part A only
     out = {}
