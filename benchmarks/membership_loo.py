@@ -94,11 +94,17 @@ def main(argv=None):
                     help="with the opt-in enrichment of the tail-split rule (calibrate.ENRICH_MODE, branch comb13)")
     ap.add_argument("--flow-channel", action="store_true",
                     help="with the opt-in flow anatomy channel anat_flow_ratio (deform.FLOW_CHANNEL, branch elas13)")
+    ap.add_argument("--lowpass-coarse", action="store_true",
+                    help="with the opt-in coarse low-pass candidate source (register.LP_K_COARSE, branch elsrc13)")
     a = ap.parse_args(argv)
     if a.enrich_mode:
         from imprint.engine.membership import calibrate as _cal
         _cal.ENRICH_MODE = a.enrich_mode
         print(f"# calibrate.ENRICH_MODE={a.enrich_mode}")
+    if a.lowpass_coarse:
+        from imprint.engine.membership import register as _register
+        _register.LP_K_COARSE = _register.LP_K_COARSE_ON
+        print(f"# register.LP_K_COARSE={_register.LP_K_COARSE}")
     if a.flow_channel:
         from imprint.engine.membership import deform as _deform
         _deform.FLOW_CHANNEL = True

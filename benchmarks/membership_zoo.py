@@ -817,6 +817,9 @@ def main(argv=None):
                     help="with --flow-channel: polished candidates per row that get the flow (deform.FLOW_TOP)")
     ap.add_argument("--enrich-mode", default=None, choices=("local",),
                     help="audit with the opt-in enrichment of the tail-split rule (calibrate.ENRICH_MODE, branch comb13)")
+    ap.add_argument("--lowpass-coarse", action="store_true",
+                    help="audit with the opt-in coarse low-pass candidate source (register.LP_K_COARSE, branch "
+                         "elsrc13: candidates that survive elastic deformation)")
     ap.add_argument("--compare", action="store_true",
                     help="before/after in the same run: every scenario audited with combine='tail' (the default) and "
                          "combine='max' (the rule before) on the same evidence (one evidence computation, cached)")
@@ -864,6 +867,9 @@ def main(argv=None):
     if a.enrich_mode:
         from imprint.engine.membership import calibrate as _cal
         _cal.ENRICH_MODE = a.enrich_mode
+    if a.lowpass_coarse:
+        from imprint.engine.membership import register as _register
+        _register.LP_K_COARSE = _register.LP_K_COARSE_ON
     if a.timing:
         timing(a)
         return
@@ -888,7 +894,8 @@ def main(argv=None):
           + (" anatomy.NCC_LOCAL=True" if a.ncc_local else "") + (" deform.NCC_FLOW=True" if a.ncc_flow else "")
           + (" tiles.NCC_TILES=True" if a.ncc_tiles else "")
           + (f" deform.FLOW_CHANNEL=True FLOW_TOP={_deform.FLOW_TOP}" if a.flow_channel else "")
-          + (f" calibrate.ENRICH_MODE={a.enrich_mode}" if a.enrich_mode else ""))
+          + (f" calibrate.ENRICH_MODE={a.enrich_mode}" if a.enrich_mode else "")
+          + (f" register.LP_K_COARSE={_register.LP_K_COARSE}" if a.lowpass_coarse else ""))
     print("| transform | strength | AUC [95% CI] | TPR@1%FPR [95% CI] | recall fpr:0.01 [95% CI] | "
           "non-members flagged | recall fdr:0.1 | false flags fdr:0.1 | F1 (f1; no members: share flagged) | audit s |")
     print("|---|---|---|---|---|---|---|---|---|---|")

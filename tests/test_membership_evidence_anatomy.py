@@ -393,17 +393,24 @@ def test_offlist_resynthesised_transformed_members_are_flagged(planted_offlist):
     assert res.used[y == 0].sum() <= 2, res.used[y == 0]
 
 
-def test_anatomy_pair_values_with_part_a_only_candidates_equal_the_evidence():
-    """``a_only``: the last columns of the candidates count in part A (playing the generated images) only, as the
-    evidence's low-pass candidates count among the generated images but not in its control (branch short7)."""
-    from imprint.engine.membership.anatomy import anatomy_pair_values
-
+def _part_a_case():
+    """30 look-alike reals (one a transformed re-synthesis of another), a split (12 in part A) and 6 candidates per
+    image: (real, inA, cand)."""
     rng = np.random.default_rng(53)
     real = family(30, 54)
     real[3] = u8(_transformed(resynth(real[20], real[21], 2.0), rng)[0])
     inA = np.zeros(30, bool)
     inA[rng.choice(30, 12, replace=False)] = True
     cand = np.stack([rng.choice(np.delete(np.arange(30), i), 6, replace=False) for i in range(30)])
+    return real, inA, cand
+
+
+def test_anatomy_pair_values_with_part_a_only_candidates_equal_the_evidence():
+    """``a_only``: the last columns of the candidates count in part A (playing the generated images) only, as the
+    evidence's low-pass candidates count among the generated images but not in its control (branch short7)."""
+    from imprint.engine.membership.anatomy import anatomy_pair_values
+
+    real, inA, cand = _part_a_case()
     v = anatomy_pair_values(real, inA, cand, a_only=2)
     for i in (0, 3, 20, 29):
         A = np.flatnonzero(inA & (np.arange(30) != i))
@@ -641,3 +648,40 @@ def test_checkpoint_tag_gives_the_keys_both_builders_gave(monkeypatch):
     assert pairnull(True, True)["anatomy_frame"] == 1 and "anatomy_frame" not in pairnull(True, False)
     with pytest.raises(ValueError):
         anatomy.checkpoint_tag(True, form="other")
+
+
+@pytest.mark.parametrize("flow", [False, True])
+def test_forced_coarse_candidate_is_the_same_rule_in_the_pair_null_and_the_evidence(flow, monkeypatch):
+    """The coarse low-pass source's forced candidate (branch elsrc13: the first usable ``force`` column is always
+    polished and flowed): the real-pair null (part A playing the generated images, the forced columns in part A only,
+    as the low-pass source's) equals :func:`anatomy_evidence` with the same ``force`` on that split, rigid and flow
+    channel; and forcing changes values (with 2 polished per row, a forced candidate outside them is polished)."""
+    from imprint.engine.membership import anatomy as Amod
+    from imprint.engine.membership import deform as D
+    from imprint.engine.membership.anatomy import anatomy_pair_values_splits
+
+    monkeypatch.setattr(D, "FLOW_CHANNEL", flow)
+    monkeypatch.setattr(Amod, "N_POLISH", 2)
+    real, inA, cand = _part_a_case()
+    cand[:, 4] = cand[:, 1]                       # a forced candidate also found by an earlier column
+    force = np.arange(6) >= 4                     # the last 2 columns: the coarse source's, part A only
+    out = {}
+    for fz in (None, force):
+        kw = {} if fz is None else {"force": fz}
+        r = anatomy_pair_values_splits(real, [inA], cand, a_only=2, flow=flow, **kw)
+        v, vf = (r[0][0], r[1][0]) if flow else (r[0], None)
+        out[fz is None] = (v, vf)
+        for i in (0, 3, 20, 29):
+            A = np.flatnonzero(inA & (np.arange(30) != i))
+            B = np.r_[i, np.flatnonzero(~inA & (np.arange(30) != i))]
+            ca = np.array([[np.searchsorted(A, j) if (j in A) else -1 for j in cand[i]]])
+            cb = np.array([[int(np.flatnonzero(B == j)[0]) if (j in B and t < 4) else -1
+                            for t, j in enumerate(cand[i])]])
+            sl = (np.vstack([ca, np.full((len(B) - 1, 6), -1)]), np.vstack([cb, np.full((len(B) - 1, 6), -1)]))
+            ev = anatomy_evidence(real[A], real[B], shortlist=sl, **kw)
+            assert abs(v[i] - ev["anat_ratio"][0]) < 1e-6, (i, fz is None, v[i], ev["anat_ratio"][0])
+            if flow:
+                assert abs(vf[i] - ev["anat_flow_ratio"][0]) < 1e-6, (i, vf[i], ev["anat_flow_ratio"][0])
+    k = 1 if flow else 0
+    diff = np.nanmax(np.abs(out[True][k] - out[False][k]))
+    assert diff > 1e-3, diff                      # the forced polish (and flow) changes some row's value

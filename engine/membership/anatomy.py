@@ -434,7 +434,7 @@ def checkpoint_tag(lowpass: bool | None, *, form: str):
     -------
     str or dict
     """
-    from .register import LP_FRAME_ANGLES
+    from .register import LP_FRAME_ANGLES, LP_K_COARSE, coarse_tag
 
     lp = lowpass_on(lowpass)
     if form == "evidence":
@@ -443,6 +443,7 @@ def checkpoint_tag(lowpass: bool | None, *, form: str):
             tag += "+lowpass-candidates"                # its low-pass candidate source (short7)
             if LP_FRAME_ANGLES:                         # its rotated frame queries (geo9)
                 tag += "+rot" + ",".join(f"{a:g}" for a in LP_FRAME_ANGLES)
+            tag += coarse_tag()                         # its coarse source, opt-in (elsrc13; "" when off)
         if N_POLISH != 2:                               # polished over more coarse-best candidates (geo8)
             tag += f"+polish{N_POLISH}"
         if NCC_FRAME:                                   # the registered NCC without the grid's frame (geo10)
@@ -460,6 +461,8 @@ def checkpoint_tag(lowpass: bool | None, *, form: str):
             out["version"] = 4                          # over the low-pass candidate source too (short7)
             if LP_FRAME_ANGLES:                         # its rotated frame queries (geo9)
                 out["lowpass_frame_angles"] = list(LP_FRAME_ANGLES)
+            if LP_K_COARSE:                             # its coarse source, opt-in (elsrc13)
+                out["lowpass_coarse"] = coarse_tag()
         anat: dict = {}
         if N_POLISH != 2:                               # geo8
             anat["anatomy_polish"] = N_POLISH
@@ -597,9 +600,27 @@ def _memo_pairs(fn, pairs: np.ndarray, keys_a, keys_b, cache: dict | None, name:
     return {f: got[f] for f in fields}
 
 
+#: The coarse score given to a forced candidate (:func:`_force_cols`): above any coarse NCC, finite.
+_FORCED = 1e9
+
+
+def _force_cols(key: np.ndarray, cand: np.ndarray, elig: np.ndarray) -> np.ndarray:
+    """Per row, the column of ``key`` [R, C] (deduplicated candidates, -1 = none) that holds the candidate of the first
+    ``elig`` [R, C] column of ``cand`` (the candidates before deduplication, the excluded ones -1; ``elig``: the coarse
+    source's usable columns, branch elsrc13), -1 where none: int64 [R].  A candidate found by an earlier source too is
+    scored in its first column, so that column is forced."""
+    R = len(cand)
+    if R == 0 or cand.shape[1] == 0:
+        return np.full(R, -1, np.int64)
+    has = elig.any(1)
+    v = cand[np.arange(R), np.argmax(elig, 1)]
+    hit = (key == v[:, None]) & (key >= 0)
+    return np.where(has & hit.any(1), np.argmax(hit, 1), -1).astype(np.int64)
+
+
 def registered_anatomy(lowA: np.ndarray, lowB: np.ndarray, cand: np.ndarray, *, exclude=None,
                        n_polish: int | None = None, rounds: int = POLISH_ROUNDS, keys_a=None, keys_b=None,
-                       cache: dict | None = None) -> dict:
+                       cache: dict | None = None, force: np.ndarray | None = None) -> dict:
     """Best registered low-pass NCC of every ``lowA`` grid with its candidates in ``lowB``.
 
     Every (row, candidate) pair is registered on the low-pass grids themselves: the coarse flip x angle x scale
@@ -619,6 +640,10 @@ def registered_anatomy(lowA: np.ndarray, lowB: np.ndarray, cand: np.ndarray, *, 
     keys_a, keys_b : list or None  content keys of the ``lowA`` / ``lowB`` rows' images; with ``cache`` every pair's
                                    coarse and polished values are memoised there (same result, branch geo8)
     cache : dict or None
+    force : bool [C] or None       columns of the coarse source (:data:`.register.LP_K_COARSE`, branch elsrc13): the
+                                   row's first usable one (:func:`_force_cols`) is always polished, besides the
+                                   ``n_polish`` coarse-best of the others, and always gets the flow (with
+                                   :data:`.deform.FLOW_CHANNEL`); None or all False: the rule above, unchanged
 
     Returns
     -------
@@ -640,6 +665,7 @@ def registered_anatomy(lowA: np.ndarray, lowB: np.ndarray, cand: np.ndarray, *, 
     key = cand.copy()
     if exclude is not None:
         key[key == np.asarray(exclude, np.int64)[:, None]] = -1
+    key0 = key.copy()                                       # before deduplication (the forced column, elsrc13)
     for t in range(1, c):                                   # a candidate found by several sources: scored once
         key[:, t] = np.where((key[:, :t] == key[:, t:t + 1]).any(1), -1, key[:, t])
     ok = (key >= 0).ravel()
@@ -660,6 +686,13 @@ def registered_anatomy(lowA: np.ndarray, lowB: np.ndarray, cand: np.ndarray, *, 
     pos = np.full(R * c, -1, np.int64)
     pos[ok] = np.arange(len(pairs))
     m = int(max(1, min(n_polish, c)))
+    fcol = None
+    if force is not None and np.asarray(force, bool).any():   # the coarse source's best: polished and flowed (elsrc13)
+        fcol = _force_cols(key, key0, (key0 >= 0) & np.asarray(force, bool)[None, :])
+        fcol = np.where((fcol >= 0) & np.isfinite(score[np.arange(R), np.maximum(fcol, 0)]), fcol, -1)
+        rr = np.flatnonzero(fcol >= 0)
+        score[rr, fcol[rr]] = _FORCED
+        m = int(min(m + 1, c))
     top = np.argsort(-score, axis=1, kind="stable")[:, :m]
     fin = np.isfinite(score[np.arange(R)[:, None], top]).ravel()
     pidx = pos[(np.arange(R)[:, None] * c + top).ravel()][fin]
@@ -681,7 +714,10 @@ def registered_anatomy(lowA: np.ndarray, lowB: np.ndarray, cand: np.ndarray, *, 
         nm[fin] = ncc
         at = np.full(R * m, -1, np.int64)
         at[fin] = np.arange(len(pidx))
-        fs = at.reshape(R, m)[_flow_picks(nm.reshape(R, m))]          # indices into pidx
+        pk = _flow_picks(nm.reshape(R, m))
+        if fcol is not None:                 # the forced candidate gets the flow too (elsrc13)
+            pk |= (top == fcol[:, None]) & (fcol[:, None] >= 0) & np.isfinite(nm.reshape(R, m))
+        fs = at.reshape(R, m)[pk]                                     # indices into pidx
         fv = _memo_pairs(lambda t: _flow_pairs(lowA, lowB, pairs[pidx[fs[t]]],
                                                {k: np.asarray(po[k])[fs[t]] for k in _PO_KEYS}),
                          pairs[pidx[fs]], keys_a, keys_b, cache, "anat_flow" + _deform.flow_tag(), ("flow",))["flow"]
@@ -705,7 +741,8 @@ def _anat_ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def anatomy_evidence(G: np.ndarray, P: np.ndarray, *, chunk: int = 4096, executor=None,
-                     shortlist: tuple | None = None, keys_gen=None, keys_pool=None, cache: dict | None = None) -> dict:
+                     shortlist: tuple | None = None, keys_gen=None, keys_pool=None, cache: dict | None = None,
+                     force: np.ndarray | None = None) -> dict:
     """Anatomy (low-pass) evidence of every pool image against the generated images.
 
     Parameters
@@ -731,6 +768,9 @@ def anatomy_evidence(G: np.ndarray, P: np.ndarray, *, chunk: int = 4096, executo
         also ``anat_flow_ratio`` (the same ratio with each side's NCC the better of the above and the flow NCC of
         :func:`registered_anatomy`'s ``flow_ncc``) and ``anat_flow_ncc`` / ``anat_real_flow_ncc`` (those alone).
 
+    force : bool [C] or None
+        The generated candidates' columns of the coarse low-pass source (branch elsrc13): see
+        :func:`registered_anatomy` (the control's candidates have none).
     keys_gen, keys_pool : list or None, and cache : dict or None
         Content keys of ``G`` and ``P`` and a memo shared across calls: the registered pairs' values are memoised
         per pair of images (:func:`registered_anatomy`), so pools that share images register them once (the same
@@ -786,7 +826,8 @@ def anatomy_evidence(G: np.ndarray, P: np.ndarray, *, chunk: int = 4096, executo
         cgl = np.full(cg.shape, -1, np.int64)
         cgl[cg >= 0] = inv
         kg = None if keys_gen is None else [keys_gen[int(u)] for u in ug]
-        rg = registered_anatomy(lowP, lowG, cgl, keys_a=keys_pool, keys_b=kg, cache=cache)
+        rg = registered_anatomy(lowP, lowG, cgl, keys_a=keys_pool, keys_b=kg, cache=cache,
+                                **({} if force is None else {"force": force}))
         rr = registered_anatomy(lowP, lowP, cr, exclude=np.arange(n), keys_a=keys_pool, keys_b=keys_pool, cache=cache)
         step = max(1, int(round(lowpass_sigma(*P.shape[1:]))))
         win = rg["ncc"] > ncc_g
@@ -839,7 +880,8 @@ def anatomy_pair_values(real: np.ndarray, inA: np.ndarray, cand: np.ndarray | No
 
 def anatomy_pair_values_splits(real: np.ndarray, inAs, cand: np.ndarray | None = None, *,
                                only: np.ndarray | None = None, block: int = 512, a_only: int = 0,
-                               groups: np.ndarray | None = None, flow: bool = False):
+                               groups: np.ndarray | None = None, flow: bool = False,
+                               force: np.ndarray | None = None):
     """:func:`anatomy_pair_values` for several splits of one real folder, sharing the work that does not depend
     on the split: the low-pass grids, each block of the R x R low-pass similarities, every (image, candidate)
     pair's coarse registration, and the polish and registered NCC of every pair any split needs.  Each split
@@ -857,6 +899,9 @@ def anatomy_pair_values_splits(real: np.ndarray, inAs, cand: np.ndarray | None =
 
     flow : bool                     also the flow channel's values (``anat_flow_ratio``, :data:`.deform.FLOW_CHANNEL`;
                                     needs ``cand``)
+    force : bool [C] or None        the columns of ``cand`` from the coarse low-pass source (branch elsrc13): per split
+                                    and part, the first one usable in the part is always polished and flowed, as
+                                    :func:`registered_anatomy`'s ``force``
 
     Returns
     -------
@@ -897,6 +942,7 @@ def anatomy_pair_values_splits(real: np.ndarray, inAs, cand: np.ndarray | None =
         # registered_anatomy's candidate key: the image itself never, a candidate found twice scored once (first)
         key = cand.copy()
         key[key == rows[:, None]] = -1
+        key0 = key.copy()                                          # before deduplication (elsrc13)
         for t in range(1, c):
             key[:, t] = np.where((key[:, :t] == key[:, t:t + 1]).any(1), -1, key[:, t])
         ok = key >= 0
@@ -913,21 +959,34 @@ def anatomy_pair_values_splits(real: np.ndarray, inAs, cand: np.ndarray | None =
             picks = []                                             # (split, part, top [n, m]) per split and part
             need = np.zeros(len(pairs), bool)
             b_ok = np.arange(c) < c - int(a_only)                  # columns a part-B candidate may come from
+            fz_on = force is not None and np.asarray(force, bool).any()
             for si, inA in enumerate(inAs):
                 for part in (True, False):
                     sc = np.where(ok & (inA[np.maximum(key, 0)] == part) & (part | b_ok[None, :]), score, -np.inf)
-                    top = np.argsort(-sc, axis=1, kind="stable")[:, :m]
+                    mm, fz = m, None
+                    if fz_on:                  # the coarse source's best usable in the part (registered_anatomy's force)
+                        el = ((key0 >= 0) & (inA[np.maximum(key0, 0)] == part) & (part | b_ok[None, :])
+                              & np.asarray(force, bool)[None, :])
+                        fcol = _force_cols(key, key0, el)
+                        fcol = np.where((fcol >= 0) & np.isfinite(sc[np.arange(len(rows)), np.maximum(fcol, 0)]),
+                                        fcol, -1)
+                        rr = np.flatnonzero(fcol >= 0)
+                        sc[rr, fcol[rr]] = _FORCED
+                        mm = int(min(m + 1, c))
+                    top = np.argsort(-sc, axis=1, kind="stable")[:, :mm]
                     fin = np.isfinite(np.take_along_axis(sc, top, 1))
                     p = np.where(fin, np.take_along_axis(pos, top, 1), -1)
+                    if fz_on:
+                        fz = (top == fcol[:, None]) & (fcol[:, None] >= 0) & fin
                     need[p[p >= 0]] = True
-                    picks.append((si, part, p))
+                    picks.append((si, part, p, fz))
             nid = np.flatnonzero(need)
             ncc_all = np.full(len(pairs), -np.inf)
             # in blocks (issue 15, mem11: the ~100k needed pairs' registered grids and float64 NCC temporaries at
             # once were the 10k x 100k run's peak)
             pol = _polished_pairs(lowf, lowf, pairs, co, nid, POLISH_ROUNDS)
             ncc_all[nid] = pol["ncc"]
-            for si, part, p in picks:
+            for si, part, p, _ in picks:
                 v = np.where(p >= 0, ncc_all[np.maximum(p, 0)], -np.inf).max(1)
                 has = (p >= 0).any(1)
                 cur = best[si][part]
@@ -958,8 +1017,10 @@ def _splits_flow(lowf: np.ndarray, pairs: np.ndarray, nid: np.ndarray, pol: dict
     at[nid] = np.arange(len(nid))                              # pair -> row of the polished values
     sels = []
     needF = np.zeros(len(pairs), bool)
-    for si, part, p in picks:
+    for si, part, p, fz in picks:
         sel = _flow_picks(np.where(p >= 0, ncc_all[np.maximum(p, 0)], -np.inf))
+        if fz is not None:                                     # the forced candidate gets the flow too (elsrc13)
+            sel = sel | fz
         sels.append(sel)
         needF[p[sel]] = True
     fid = np.flatnonzero(needF)
@@ -967,7 +1028,7 @@ def _splits_flow(lowf: np.ndarray, pairs: np.ndarray, nid: np.ndarray, pol: dict
     fl[fid] = np.maximum(_flow_pairs(lowf, lowf, pairs[fid], {k: np.asarray(pol[k])[at[fid]] for k in _PO_KEYS})["flow"],
                          ncc_all[fid])
     out = [{k: v.copy() for k, v in b.items()} for b in best]
-    for (si, part, p), sel in zip(picks, sels):
+    for (si, part, p, _), sel in zip(picks, sels):
         v = np.where(sel, fl[np.maximum(p, 0)], -np.inf).max(1)
         cur = out[si][part]
         cur[rows] = np.maximum(cur[rows], v)

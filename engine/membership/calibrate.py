@@ -1031,7 +1031,7 @@ def real_pair_null(real: np.ndarray, n_generated: int, *, k: int = 32, splits: S
 
         from . import anatomy as _anatomy_lp
 
-        acand, a_only = (cand if anatomy_register else None), 0
+        acand, a_only, anat_force = (cand if anatomy_register else None), 0, None
         if anatomy_register and _anatomy_lp.lowpass_on(anatomy_lowpass):
             # the evidence's low-pass source too (short7), as the evidence uses it: in part A (playing the
             # generated images) only, not in the control part
@@ -1041,9 +1041,15 @@ def real_pair_null(real: np.ndarray, n_generated: int, *, k: int = 32, splits: S
             if groups is not None:                         # never a slice of the image's own series (uns7)
                 lp = np.where((lp >= 0) & (groups[np.maximum(lp, 0)] == groups[:, None]), -1, lp)
             acand, a_only = np.concatenate([cand, lp], 1), lp.shape[1]
+            from . import register as _reg
+
+            if _reg.LP_K_COARSE and _reg.LP_COARSE_FORCE:   # the coarse source's columns, the last (elsrc13)
+                kc = _reg.lowpass_pair_ks(R, share)[2]
+                anat_force = np.arange(acand.shape[1]) >= acand.shape[1] - kc
         anat_vals = anatomy_pair_values_splits(real, inAs, acand, only=only, a_only=a_only,
                                                **({} if groups is None else {"groups": groups}),
-                                               **({"flow": True} if anat_flow else {}))
+                                               **({"flow": True} if anat_flow else {}),
+                                               **({} if anat_force is None else {"force": anat_force}))
         if anat_flow:
             anat_vals, flow_vals = anat_vals
     vals = {n: [] for n in feats}

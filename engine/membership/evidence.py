@@ -809,7 +809,7 @@ def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10
         from . import anatomy as _anat
         from .anatomy import anatomy_evidence
 
-        sl = None
+        sl = force = None
         kG = kP = None
         if register and _anat.REGISTERED:   # the registration's own shortlists (memoised descriptors), registered on the low-pass grids
             from .common import _hashes
@@ -824,11 +824,15 @@ def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10
                 # (tests/test_membership_evidence_anatomy.py's planted re-synthesis: 0.35 flagged instead of >= 0.85)
                 from .register import lowpass_candidates
 
+                from . import register as _reg
+
                 lg = lowpass_candidates(G, P, keys_gen=kG, keys_pool=kP, cache=_cache, control=False)[0]
+                if _reg.LP_K_COARSE and _reg.LP_COARSE_FORCE:   # the coarse source's columns (elsrc13), the last
+                    force = np.arange(cg.shape[1] + lg.shape[1]) >= cg.shape[1] + lg.shape[1] - _reg.LP_K_COARSE
                 cg = np.concatenate([cg, lg], 1)
             sl = (cg, cr)
         ev.update(anatomy_evidence(G, P, chunk=chunk, executor=executor, shortlist=sl, keys_gen=kG, keys_pool=kP,
-                                   cache=_cache))
+                                   cache=_cache, **({} if force is None else {"force": force})))
         info["timings"]["anatomy_s"] = time.perf_counter() - t1
     else:
         info["skipped"]["anat_ratio"] = "anatomy evidence not requested"

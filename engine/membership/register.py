@@ -1584,6 +1584,87 @@ LP_FRAME_ANGLES = tuple(a for a in ANGLES if a != 0.0)
 LP_SPEC_KEEP = 4
 
 
+#: Coarse low-pass candidate source (issue 13, branch elsrc13; **opt-in, 0 = off**): ``LP_K_COARSE`` candidates per
+#: pool image under a descriptor of its low-pass grid blurred once more (:func:`coarse_frame_queries`,
+#: :data:`LP_COARSE_MODE`), so that a smooth elastic field of a few pixels moves the descriptor little; they are the
+#: low-pass source's last columns.  With 0 the low-pass source is short7 / geo9's exactly (no column, no descriptor
+#: computed).  ``LP_K_COARSE_ON`` is what the benchmarks' ``--lowpass-coarse`` flag sets (a priori: as many as the
+#: frame source, :data:`LP_K_FRAME`).
+LP_K_COARSE = 0
+LP_K_COARSE_ON = 3
+#: The coarse source's extra Gaussian blur of the 32 x 32 low-pass grid, in grid pixels (1 = 4 px at 128 px: the strong
+#: elastic field's RMS displacement; the field's own smoothing sigma is 8-16 px) and the side of the moment-frame
+#: descriptor in the "frame" mode.  On a scratch draw (zoo sequence, ``--seed 11``, elastic RMS 4 px; not a zoo seed)
+#: blur 0 / 1 / 2 grid px put the copy among the top 3 of the "grid" descriptor for 0.75 / 0.75 / 0.77 of the members
+#: and the "frame" descriptor (side 24 or 12) for 0.10-0.27: "grid" was chosen there, the blur a priori.
+LP_COARSE_SIGMA = 1.0
+LP_COARSE_SIZE = 12
+#: With the coarse source on, its best candidate per row is always polished and (with :data:`.deform.FLOW_CHANNEL`)
+#: always gets the flow (:func:`.anatomy.registered_anatomy`'s ``force``), whatever its rigid coarse / polished score:
+#: on zoo seed 2 (elastic RMS 4 px) the copy was a candidate for 0.88-0.92 of members but among the rigid coarse-best
+#: polished for 0.70 and among the flowed for 0.43 (benchmarks/elastic_candidates.py): the rigid scores rank a
+#: look-alike above a deformed copy.
+LP_COARSE_FORCE = True
+
+
+def coarse_tag() -> str:
+    """The coarse source's checkpoint fragment (empty when off)."""
+    if not LP_K_COARSE:
+        return ""
+    return (f"+lpcoarse{int(LP_K_COARSE)}{LP_COARSE_MODE}s{LP_COARSE_SIGMA:g}d{int(LP_COARSE_SIZE)}"
+            + ("force" if LP_COARSE_FORCE else ""))
+
+
+def _coarse_grid(low: np.ndarray) -> np.ndarray:
+    """The low-pass grids [N, h, w] (:func:`lowpass_grid`) blurred by :data:`LP_COARSE_SIGMA` grid px (per image)."""
+    from scipy import ndimage as ndi
+
+    low = np.asarray(low, np.float32)
+    if len(low) == 0 or LP_COARSE_SIGMA <= 0:
+        return np.ascontiguousarray(low, np.float32)
+    return np.ascontiguousarray(ndi.gaussian_filter(low, (0, LP_COARSE_SIGMA, LP_COARSE_SIGMA), mode="nearest"),
+                                np.float32)
+
+
+#: The coarse source's descriptor: "frame" (the moment-frame :func:`shortlist_descriptors` of the coarse grid, side
+#: :data:`LP_COARSE_SIZE`) or "grid" (the coarse grid itself, area-averaged 2x and z-scored: in place, the mirrored
+#: base searched too; the queries add the grid's shifted and rotated copies as the frame queries do).
+LP_COARSE_MODE = "grid"
+
+
+def _coarse_desc(grids: np.ndarray) -> np.ndarray:
+    """The coarse source's descriptor of coarse grids [N, h, w] (:data:`LP_COARSE_MODE`)."""
+    if LP_COARSE_MODE == "grid":
+        return _z(downsample(np.ascontiguousarray(grids, np.float32), 2))
+    return shortlist_descriptors(grids, LP_COARSE_SIZE)
+
+
+def coarse_frame_descriptors(low: np.ndarray) -> np.ndarray:
+    """The coarse source's descriptors (:func:`_coarse_desc`) of the coarse grids of low-pass grids ``low`` (the base
+    side of the coarse source): float32 [N, s, s]."""
+    return _coarse_desc(_coarse_grid(low))
+
+
+def coarse_frame_queries(low: np.ndarray) -> np.ndarray:
+    """The coarse source's queries of low-pass grids ``low`` [N, h, w]: the descriptors (:func:`_coarse_desc`) of their
+    coarse grids, of those grids' 4 :func:`shift_variants` and of the grids rotated by every :data:`LP_FRAME_ANGLES`
+    angle (as :func:`lowpass_frame_queries`): float32 [N, V, s, s] (variant 0 = the grid itself)."""
+    g = _coarse_grid(low)
+    n = len(g)
+    if LP_COARSE_MODE != "grid":
+        return lowpass_frame_queries(g, size=LP_COARSE_SIZE)
+    v = shift_variants(g).reshape((-1,) + g.shape[1:])
+    parts = [_coarse_desc(v).reshape(n, 5, -1)]
+    if LP_FRAME_ANGLES and n:
+        na = len(LP_FRAME_ANGLES)
+        rot, _ = warp(g, np.repeat(np.arange(n), na), 0, np.tile(np.asarray(LP_FRAME_ANGLES, np.float64), n),
+                      np.ones(n * na))
+        parts.append(_coarse_desc(rot).reshape(n, na, -1))
+    d = np.concatenate(parts, 1)
+    side = int(round(np.sqrt(d.shape[2]))) if n else 16
+    return np.ascontiguousarray(d.reshape(n, d.shape[1], side, -1), np.float32)
+
+
 def lowpass_grid(images: np.ndarray) -> np.ndarray:
     """A cheap stand-in for the anatomy low-pass grid (:func:`.anatomy.anatomy_lowpass`: Gaussian sigma = side / 32
     sampled every ``f = round(sigma)`` px) for the candidate descriptors: an ``f x f`` area average, then a
@@ -1651,7 +1732,7 @@ def lowpass_frame_descriptors(images: np.ndarray, *, shifted: bool = False) -> n
     return shifted_shortlist_descriptors(low) if shifted else shortlist_descriptors(low)
 
 
-def lowpass_frame_queries(low: np.ndarray) -> np.ndarray:
+def lowpass_frame_queries(low: np.ndarray, size: int = 24) -> np.ndarray:
     """The low-pass source's moment-frame queries of grids ``low`` [N, h, w] (:func:`lowpass_grid`): the
     :func:`shifted_shortlist_descriptors` (variant 0 = the grid itself, then its 4 shifted copies) and the
     descriptors of the grid rotated by every :data:`LP_FRAME_ANGLES` angle about its centre (bilinear,
@@ -1665,20 +1746,20 @@ def lowpass_frame_queries(low: np.ndarray) -> np.ndarray:
 
     Returns
     -------
-    float32 [N, 5 + len(LP_FRAME_ANGLES), 24, 24]
+    float32 [N, 5 + len(LP_FRAME_ANGLES), size, size]
     """
     low = np.ascontiguousarray(low, np.float32)
     n = len(low)
     V = 5 + len(LP_FRAME_ANGLES)
     if n == 0:
-        return np.zeros((0, V, 24, 24), np.float32)
-    sh = shifted_shortlist_descriptors(low)
+        return np.zeros((0, V, size, size), np.float32)
+    sh = shifted_shortlist_descriptors(low, size)
     if not LP_FRAME_ANGLES:
         return sh
     na = len(LP_FRAME_ANGLES)
     rot, _ = warp(low, np.repeat(np.arange(n), na), 0, np.tile(np.asarray(LP_FRAME_ANGLES, np.float64), n),
                   np.ones(n * na))
-    rd = shortlist_descriptors(rot).reshape(n, na, *sh.shape[2:])
+    rd = shortlist_descriptors(rot, size).reshape(n, na, *sh.shape[2:])
     return np.ascontiguousarray(np.concatenate([sh, rd], 1), np.float32)
 
 
@@ -1721,7 +1802,8 @@ def _grid_rotscale_spectrum(low: np.ndarray) -> np.ndarray:
 
 
 def lowpass_candidates(G: np.ndarray | None, P: np.ndarray, *, k_frame: int = LP_K_FRAME, k_spec: int = LP_K_SPEC,
-                       keys_gen=None, keys_pool=None, cache: dict | None = None, control: bool = True):
+                       keys_gen=None, keys_pool=None, cache: dict | None = None, control: bool = True,
+                       k_coarse: int | None = None):
     """Low-pass registration candidates of every pool image, for the anatomy evidence (issue 13, short7).
 
     The registration shortlist (:func:`shortlists`) describes whole images, so a copy whose texture was
@@ -1742,16 +1824,19 @@ def lowpass_candidates(G: np.ndarray | None, P: np.ndarray, *, k_frame: int = LP
     cache : dict or None
     control : bool                  also search among the other pool images (False: ``cr`` / ``fcr`` are all -1 / 0;
                                     the anatomy evidence uses the generated side only, branch geo8)
+    k_coarse : int or None          candidates of the coarse source (:func:`coarse_frame_queries`, branch elsrc13;
+                                    None: :data:`LP_K_COARSE`, 0 by default: no such columns), the last columns
 
     Returns
     -------
-    cg, fcg : int64 [N, k_frame + k_spec]   candidate indices into ``G`` (-1 = none; all -1 without ``G``) and
-                                            the flip the descriptors suggest
-    cr, fcr : int64 [N, k_frame + k_spec]   the same among the other pool images (never the row itself)
+    cg, fcg : int64 [N, k_frame + k_spec (+ k_coarse)]   candidate indices into ``G`` (-1 = none; all -1 without
+                                            ``G``) and the flip the descriptors suggest
+    cr, fcr : int64 [N, k_frame + k_spec (+ k_coarse)]   the same among the other pool images (never the row itself)
     """
     kP = keys_pool
     n = len(P)
-    c = int(k_frame) + int(k_spec)
+    k_coarse = int(LP_K_COARSE if k_coarse is None else k_coarse)
+    c = int(k_frame) + int(k_spec) + k_coarse
     none = np.full((n, c), -1, np.int64)
     # every descriptor from the images' low-pass grids (:func:`lowpass_grid`), each computed once per image (memoised)
     lowP = _memo_rows(lowpass_grid, P, kP, cache, "lp_grid")
@@ -1761,7 +1846,12 @@ def lowpass_candidates(G: np.ndarray | None, P: np.ndarray, *, k_frame: int = LP
     sQ = _memo_rows(_grid_rotscale_spectrum, lowP, kP, cache, "lp_spec_rs")
     sP = np.ascontiguousarray(sQ[:, 0])                 # variant 0 = the grid itself
 
-    def search(dB, sB, m, self_):
+    if k_coarse > 0:      # the coarse source's queries (elsrc13): the pool images' coarse grids, shifted and rotated
+        ctag = f"{LP_COARSE_MODE}s{LP_COARSE_SIGMA:g}d{int(LP_COARSE_SIZE)}"   # the descriptors' memo names
+        cP = _memo_rows(coarse_frame_queries, lowP, kP, cache, "lp_coarse_q" + ctag)
+        cP0 = np.ascontiguousarray(cP[:, 0])
+
+    def search(dB, sB, m, self_, cB=None):
         if m == 0:
             return none.copy(), np.zeros((n, c), np.int64)
         kf = int(max(1, min(k_frame, m)))
@@ -1772,6 +1862,10 @@ def lowpass_candidates(G: np.ndarray | None, P: np.ndarray, *, k_frame: int = LP
         ci, cf = none.copy(), np.zeros((n, c), np.int64)
         ci[:, :i1.shape[1]], cf[:, :i1.shape[1]] = i1, f1
         ci[:, k_frame:k_frame + i2.shape[1]], cf[:, k_frame:k_frame + i2.shape[1]] = i2, f2
+        if k_coarse > 0:
+            i3, f3 = _desc_knn(cB, cP, int(max(1, min(k_coarse, m))), exclude_self=self_)
+            o = k_frame + k_spec
+            ci[:, o:o + i3.shape[1]], cf[:, o:o + i3.shape[1]] = i3, f3
         return ci, cf
 
     if G is None or len(G) == 0:
@@ -1780,8 +1874,10 @@ def lowpass_candidates(G: np.ndarray | None, P: np.ndarray, *, k_frame: int = LP
         lowG = _memo_rows(lowpass_grid, G, keys_gen, cache, "lp_grid")
         dG = _memo_rows(shortlist_descriptors, lowG, keys_gen, cache, "lp_frame")
         sG = _memo_rows(_grid_spectrum, lowG, keys_gen, cache, "lp_spec")
-        cg, fcg = search(dG, sG, len(G), False)
-    cr, fcr = search(dP0, sP, n - 1, True) if control else (none.copy(), np.zeros((n, c), np.int64))
+        cG = _memo_rows(coarse_frame_descriptors, lowG, keys_gen, cache, "lp_coarse" + ctag) if k_coarse > 0 else None
+        cg, fcg = search(dG, sG, len(G), False, cG)
+    cr, fcr = (search(dP0, sP, n - 1, True, cP0 if k_coarse > 0 else None) if control
+               else (none.copy(), np.zeros((n, c), np.int64)))
     return cg, fcg, cr, fcr
 
 
@@ -1789,11 +1885,18 @@ def lowpass_pair_candidates(real: np.ndarray, keys=None, cache: dict | None = No
     """:func:`lowpass_candidates` among the real images themselves, each source enlarged by ``1 / share`` (as the
     real-pair null's registration candidates are, :func:`.calibrate._pair_reg_candidates`), for the anatomy
     real-to-real null: int64 [R, C] indices into ``real`` (-1 = none, never the row itself)."""
+    kf, ks, kc = lowpass_pair_ks(len(real), share)
+    return lowpass_candidates(None, real, k_frame=kf, k_spec=ks, keys_pool=keys, cache=cache, k_coarse=kc)[2]
+
+
+def lowpass_pair_ks(R: int, share: float = 1.0) -> tuple[int, int, int]:
+    """:func:`lowpass_pair_candidates`' columns per source (frame, spectrum, coarse; the coarse source's are the
+    last) for ``R`` real images and part share ``share``."""
     grow = 1.0 / max(min(share, 1.0), 1e-3)
-    R = len(real)
     kf = int(min(max(R - 1, 0), math.ceil(LP_K_FRAME * grow)))
     ks = int(min(max(R - 1, 0), math.ceil(LP_K_SPEC * grow)))
-    return lowpass_candidates(None, real, k_frame=kf, k_spec=ks, keys_pool=keys, cache=cache)[2]
+    kc = int(min(max(R - 1, 0), math.ceil(LP_K_COARSE * grow))) if LP_K_COARSE else 0
+    return kf, ks, kc
 
 
 def registered_evidence(G: np.ndarray, P: np.ndarray, pix_gen: np.ndarray, pix_real: np.ndarray, *,
