@@ -92,7 +92,14 @@ def main(argv=None):
     ap.add_argument("--cache-dir", default=None, help="keep the evidence checkpoints here (a rerun re-decides only)")
     ap.add_argument("--flow-channel", action="store_true",
                     help="with the opt-in flow anatomy channel anat_flow_ratio (deform.FLOW_CHANNEL, branch elas13)")
+    ap.add_argument("--pair-fpr", choices=("exact", "conformal"), default=None,
+                    help="fpr:ALPHA threshold of the unsupervised settings (decide.PAIR_NULL_FPR; 'conformal': the "
+                         "opt-in expected-rate threshold of branch uns13)")
     a = ap.parse_args(argv)
+    if a.pair_fpr is not None:
+        from imprint.engine.membership import decide as _decide
+        _decide.PAIR_NULL_FPR = a.pair_fpr
+        print(f"# decide.PAIR_NULL_FPR={a.pair_fpr}")
     if a.flow_channel:
         from imprint.engine.membership import deform as _deform
         _deform.FLOW_CHANNEL = True

@@ -786,6 +786,9 @@ def main(argv=None):
                          "branch elas13)")
     ap.add_argument("--flow-top", type=int, default=None,
                     help="with --flow-channel: polished candidates per row that get the flow (deform.FLOW_TOP)")
+    ap.add_argument("--pair-fpr", choices=("exact", "conformal"), default=None,
+                    help="fpr:ALPHA threshold of the unsupervised mode (decide.PAIR_NULL_FPR; 'conformal': the opt-in "
+                         "expected-rate threshold of branch uns13)")
     ap.add_argument("--compare", action="store_true",
                     help="before/after in the same run: every scenario audited with combine='tail' (the default) and "
                          "combine='max' (the rule before) on the same evidence (one evidence computation, cached)")
@@ -828,6 +831,9 @@ def main(argv=None):
         _deform.FLOW_CHANNEL = True
         if a.flow_top is not None:
             _deform.FLOW_TOP = int(a.flow_top)
+    if a.pair_fpr is not None:
+        from imprint.engine.membership import decide as _decide
+        _decide.PAIR_NULL_FPR = a.pair_fpr
     if a.timing:
         timing(a)
         return
@@ -851,7 +857,8 @@ def main(argv=None):
           f"reference={a.n_reference} generated={a.n_gen} boot={a.boot} seed={a.seed}"
           + (" anatomy.NCC_LOCAL=True" if a.ncc_local else "") + (" deform.NCC_FLOW=True" if a.ncc_flow else "")
           + (" tiles.NCC_TILES=True" if a.ncc_tiles else "")
-          + (f" deform.FLOW_CHANNEL=True FLOW_TOP={_deform.FLOW_TOP}" if a.flow_channel else ""))
+          + (f" deform.FLOW_CHANNEL=True FLOW_TOP={_deform.FLOW_TOP}" if a.flow_channel else "")
+          + (f" decide.PAIR_NULL_FPR={a.pair_fpr}" if a.pair_fpr else ""))
     print("| transform | strength | AUC [95% CI] | TPR@1%FPR [95% CI] | recall fpr:0.01 [95% CI] | "
           "non-members flagged | recall fdr:0.1 | false flags fdr:0.1 | F1 (f1; no members: share flagged) | audit s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
