@@ -92,10 +92,17 @@ def main(argv=None):
     ap.add_argument("--cache-dir", default=None, help="keep the evidence checkpoints here (a rerun re-decides only)")
     ap.add_argument("--flow-channel", action="store_true",
                     help="with the opt-in flow anatomy channel anat_flow_ratio (deform.FLOW_CHANNEL, branch elas13)")
+    ap.add_argument("--pi1-bound", action="store_true",
+                    help="the unsupervised settings's empirical null with the opt-in upper-tail bound on pi0 "
+                         "(calibrate.EMPIRICAL_NULL_PI1_BOUND, branch uns13)")
     ap.add_argument("--pair-fpr", choices=("exact", "conformal"), default=None,
                     help="fpr:ALPHA threshold of the unsupervised settings (decide.PAIR_NULL_FPR; 'conformal': the "
                          "opt-in expected-rate threshold of branch uns13)")
     a = ap.parse_args(argv)
+    if a.pi1_bound:
+        from imprint.engine.membership import calibrate as _cal
+        _cal.EMPIRICAL_NULL_PI1_BOUND = True
+        print("# calibrate.EMPIRICAL_NULL_PI1_BOUND=True")
     if a.pair_fpr is not None:
         from imprint.engine.membership import decide as _decide
         _decide.PAIR_NULL_FPR = a.pair_fpr

@@ -786,6 +786,9 @@ def main(argv=None):
                          "branch elas13)")
     ap.add_argument("--flow-top", type=int, default=None,
                     help="with --flow-channel: polished candidates per row that get the flow (deform.FLOW_TOP)")
+    ap.add_argument("--pi1-bound", action="store_true",
+                    help="the unsupervised mode's empirical null with the opt-in upper-tail bound on pi0 "
+                         "(calibrate.EMPIRICAL_NULL_PI1_BOUND, branch uns13)")
     ap.add_argument("--pair-fpr", choices=("exact", "conformal"), default=None,
                     help="fpr:ALPHA threshold of the unsupervised mode (decide.PAIR_NULL_FPR; 'conformal': the opt-in "
                          "expected-rate threshold of branch uns13)")
@@ -831,6 +834,10 @@ def main(argv=None):
         _deform.FLOW_CHANNEL = True
         if a.flow_top is not None:
             _deform.FLOW_TOP = int(a.flow_top)
+    if a.pi1_bound:
+        from imprint.engine.membership import calibrate as _cal
+        _cal.EMPIRICAL_NULL_PI1_BOUND = True
+        print("# calibrate.EMPIRICAL_NULL_PI1_BOUND=True")
     if a.pair_fpr is not None:
         from imprint.engine.membership import decide as _decide
         _decide.PAIR_NULL_FPR = a.pair_fpr

@@ -9,7 +9,7 @@ from scipy.stats import ks_2samp
 from sklearn import metrics as skm
 
 from imprint.engine.membership import calibrate as cal
-from imprint.engine.membership.decide import fdr_decision, f1_decision, null_threshold
+from imprint.engine.membership.decide import conformal_threshold, fdr_decision, f1_decision, null_threshold
 
 
 def tpr_at(y, s, fpr=0.01):
@@ -17,8 +17,8 @@ def tpr_at(y, s, fpr=0.01):
     return float(np.max(t[f <= fpr])) if np.any(f <= fpr) else 0.0
 
 
-def decide(s, ns, y):
-    th = null_threshold(ns, 0.01)
+def decide(s, ns, y, rule="exact"):
+    th = conformal_threshold(ns, 0.01) if rule == "conformal" else null_threshold(ns, 0.01)
     thr = th["threshold"] if th["exact"] else th["fallback"]
     u1 = s > thr
     u2 = np.asarray(fdr_decision(s, ns, 0.1)[0], bool)
@@ -71,7 +71,15 @@ def analyse(c: dict, out=print):
     out(f"location: fitted {emp['loc']:+.2f} (scale {emp['scale']:.2f}) vs oracle median offset {orc:+.2f}; "
         f"non-members' combined q05/q25/q50 {np.quantile(s[non], [.05, .25, .5]).round(2)} vs null+oracle "
         f"{(np.quantile(raw_null, [.05, .25, .5]) + orc).round(2)}")
-    return dict(d=d, emp=emp, oracle=orc, s=s, ns=ns, raw_null=raw_null, y=y, ymem=ymem, sa=sa)
+    dc = decide(s, ns, y, "conformal")
+    orc_null = raw_null * emp["scale"] + orc if False else raw_null + orc
+    do = decide(s, orc_null, y)
+    doc = decide(s, orc_null, y, "conformal")
+    out(f"fpr:0.01 recall (unused flagged): exact {d['rec']:.3f} ({d['fp']}) | conformal {dc['rec']:.3f} ({dc['fp']}) | "
+        f"oracle location exact {do['rec']:.3f} ({do['fp']}) / conformal {doc['rec']:.3f} ({doc['fp']}) | "
+        f"oracle TPR@1%FPR {d['tpr1']:.3f}; fdr:0.1 default {d['rec_fdr']:.3f} ({d['fp_fdr']}), oracle location "
+        f"{do['rec_fdr']:.3f} ({do['fp_fdr']})")
+    return dict(d=d, dc=dc, do=do, doc=doc, emp=emp, oracle=orc, s=s, ns=ns, raw_null=raw_null, y=y, ymem=ymem, sa=sa)
 
 
 def main(paths):
@@ -82,5 +90,33 @@ def main(paths):
             analyse(c)
 
 
-if __name__ == "__main__":
+
+
+def table(paths):
+    """One markdown row per capture: the combined score's location fit against the oracle and the thresholds."""
+    from membership_uns_diag import load_captures
+
+    print("| case | AUC | TPR@1%FPR (oracle) | empirical null loc / pi0 | oracle offset | non-members q50-q05 / "
+          "null's | non-members q95-q50 / null's | null rows member-x vs non-member-x (KS p) | fpr:0.01 exact | "
+          "conformal | oracle location: exact / conformal | fdr:0.1 / oracle location |")
+    print("|---" * 12 + "|")
+    for p in paths:
+        for c in load_captures(p):
+            r = analyse(c, out=lambda *a: None)
+            y, s, rn, ymem = r["y"], r["s"], r["raw_null"], r["ymem"]
+            non = s[y == 0]
+            q = lambda v, a: float(np.quantile(v, a))  # noqa: E731
+            ks = ks_2samp(rn[ymem == 1], rn[ymem == 0]).pvalue if ymem.max() > 0 else np.nan
+            d, dc, do, doc, e = r["d"], r["dc"], r["do"], r["doc"], r["emp"]
+            rec = lambda x: "n/a" if not np.isfinite(x["rec"]) else f"{x['rec']:.3f}"  # noqa: E731
+            print(f"| {c['name']} | {d['auc']:.3f} | {d['tpr1']:.3f} | {e['loc']:+.2f} / {e['pi0']:.2f} | "
+                  f"{r['oracle']:+.2f} | {q(non, .5) - q(non, .05):.2f} / {q(rn, .5) - q(rn, .05):.2f} | "
+                  f"{q(non, .95) - q(non, .5):.2f} / {q(rn, .95) - q(rn, .5):.2f} | {ks:.2g} | "
+                  f"{rec(d)} ({d['fp']}) | {rec(dc)} ({dc['fp']}) | {rec(do)} ({do['fp']}) / {rec(doc)} ({doc['fp']}) | "
+                  f"{d['rec_fdr']:.3f} ({d['fp_fdr']}) / {do['rec_fdr']:.3f} ({do['fp_fdr']}) |")
+
+
+if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "--table":
+    table(sys.argv[2:])
+elif __name__ == "__main__":
     main(sys.argv[1:])

@@ -236,13 +236,62 @@ def test_unsupervised_conformal_fpr_threshold_by_simulation(case):
         assert res[half, 2].mean() >= res[half, 4].mean() + 0.1, (res[half, 2], res[half, 4])
 
 
+def test_pi1_lower_bound_is_a_lower_bound_and_finds_strong_members():
+    """calibrate._pi1_lower (the upper tail's lower confidence bound on the members' share, branch uns13): with no
+    member (candidates drawn like the null) it is 0 in >= 95% of folders and never above 0.1; with half the
+    candidates members at +3..8 it is >= 0.3 and never above the truth 0.5."""
+    from imprint.engine.membership.calibrate import _pi1_lower
+
+    rng = np.random.default_rng(5)
+    none = np.array([_pi1_lower(rng.gumbel(size=120), rng.gumbel(size=720)) for _ in range(400)])
+    assert np.mean(none > 0) <= 0.05 and none.max() <= 0.1, (np.mean(none > 0), none.max())
+    half = []
+    for _ in range(100):
+        x = rng.gumbel(size=120)
+        x[:60] += rng.uniform(3, 8, 60)
+        half.append(_pi1_lower(x, rng.gumbel(size=720)))
+    assert min(half) >= 0.3 and max(half) <= 0.5, (min(half), max(half))
+
+
+@pytest.mark.parametrize("case", list(SIM_CASES))
+def test_unsupervised_pi1_bound_rates_by_simulation(case, monkeypatch):
+    """calibrate.EMPIRICAL_NULL_PI1_BOUND (opt-in, branch uns13) on the simulated folders of the FPR test above, with
+    the conformal fpr threshold too (it is never above the exact one, so the exact threshold's rate is covered): the
+    EXPECTED share of non-members flagged by fpr:0.01 <= 0.01, P(FPR > 0.02) <= 5%, fdr:0.1 with no member flags
+    <= 0.6 on average and its false share with members <= 0.1 on average.  Planted: in the 'further' (gen_e-like)
+    case the bound finds >= 0.1 more members at fpr:0.01 than without it, on the same folders."""
+    from imprint.engine.membership import calibrate, decide
+
+    loc, scale = SIM_CASES[case]
+    out = {}
+    for on in (False, True):
+        monkeypatch.setattr(calibrate, "EMPIRICAL_NULL_PI1_BOUND", on)
+        rng = np.random.default_rng([list(SIM_CASES).index(case), 17])
+        out[on] = np.array([(pi1,) + tuple(_null_model_fpr(rng, loc=loc, scale=scale, empirical="widen", pi1=pi1,
+                                                           threshold=decide.conformal_threshold))
+                            for pi1 in (0.0, 0.0, 0.0, 0.0, 0.25, 0.25, 0.5, 0.5, 0.5)
+                            ] if on or case == "further" else [])
+    res = out[True]
+    fpr = res[:, 1]
+    mc = 3 * np.sqrt(0.01 / 2000 / len(fpr))
+    assert fpr.mean() <= 0.01 + mc, fpr.mean()
+    assert np.mean(fpr > 0.02) <= 0.05 + 2 * np.sqrt(0.05 * 0.95 / len(fpr)), np.sort(fpr)[-5:]
+    assert res[res[:, 0] == 0, 2].mean() <= 0.6
+    assert res[res[:, 0] > 0, 5].mean() <= 0.1 + 2 * res[res[:, 0] > 0, 5].std() / np.sqrt(5)
+    if case == "further":
+        half = res[:, 0] == 0.5
+        assert res[half, 4].mean() >= out[False][half, 4].mean() + 0.1, (res[half, 4], out[False][half, 4])
+
+
 def test_conformal_fpr_rule_only_in_the_unsupervised_mode_and_off_by_default(tmp_path, monkeypatch):
     """decide.PAIR_NULL_FPR: off by default (the audit's threshold is null_threshold's, as before); "conformal" changes
     only the unsupervised fpr threshold (scores and null identical, flags = score above conformal_threshold's), and an
     audit with a reference is unchanged by it."""
     from imprint.engine.membership import decide
 
-    assert decide.PAIR_NULL_FPR == "exact"
+    from imprint.engine.membership import calibrate
+
+    assert decide.PAIR_NULL_FPR == "exact" and calibrate.EMPIRICAL_NULL_PI1_BOUND is False
     rng = np.random.default_rng(31)
     real = phantoms(40, 32)
     gen = np.concatenate([phantoms(60, 33), u8(real[:20] + rng.normal(0, 2, real[:20].shape))])
