@@ -72,7 +72,7 @@ def analyse(c: dict, out=print):
         f"non-members' combined q05/q25/q50 {np.quantile(s[non], [.05, .25, .5]).round(2)} vs null+oracle "
         f"{(np.quantile(raw_null, [.05, .25, .5]) + orc).round(2)}")
     dc = decide(s, ns, y, "conformal")
-    orc_null = raw_null * emp["scale"] + orc if False else raw_null + orc
+    orc_null = raw_null + orc
     do = decide(s, orc_null, y)
     doc = decide(s, orc_null, y, "conformal")
     out(f"fpr:0.01 recall (unused flagged): exact {d['rec']:.3f} ({d['fp']}) | conformal {dc['rec']:.3f} ({dc['fp']}) | "
