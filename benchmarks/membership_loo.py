@@ -96,6 +96,12 @@ def main(argv=None):
                     help="with the opt-in flow anatomy channel anat_flow_ratio (deform.FLOW_CHANNEL, branch elas13)")
     ap.add_argument("--lowpass-coarse", action="store_true",
                     help="with the opt-in coarse low-pass candidate source (register.LP_K_COARSE, branch elsrc13)")
+    ap.add_argument("--pi1-bound", action="store_true",
+                    help="the unsupervised settings's empirical null with the opt-in upper-tail bound on pi0 "
+                         "(calibrate.EMPIRICAL_NULL_PI1_BOUND, branch uns13)")
+    ap.add_argument("--pair-fpr", choices=("exact", "conformal"), default=None,
+                    help="fpr:ALPHA threshold of the unsupervised settings (decide.PAIR_NULL_FPR; 'conformal': the "
+                         "opt-in expected-rate threshold of branch uns13)")
     a = ap.parse_args(argv)
     if a.enrich_mode:
         from imprint.engine.membership import calibrate as _cal
@@ -105,6 +111,14 @@ def main(argv=None):
         from imprint.engine.membership import register as _register
         _register.LP_K_COARSE = _register.LP_K_COARSE_ON
         print(f"# register.LP_K_COARSE={_register.LP_K_COARSE}")
+    if a.pi1_bound:
+        from imprint.engine.membership import calibrate as _cal
+        _cal.EMPIRICAL_NULL_PI1_BOUND = True
+        print("# calibrate.EMPIRICAL_NULL_PI1_BOUND=True")
+    if a.pair_fpr is not None:
+        from imprint.engine.membership import decide as _decide
+        _decide.PAIR_NULL_FPR = a.pair_fpr
+        print(f"# decide.PAIR_NULL_FPR={a.pair_fpr}")
     if a.flow_channel:
         from imprint.engine.membership import deform as _deform
         _deform.FLOW_CHANNEL = True

@@ -820,6 +820,12 @@ def main(argv=None):
     ap.add_argument("--lowpass-coarse", action="store_true",
                     help="audit with the opt-in coarse low-pass candidate source (register.LP_K_COARSE, branch "
                          "elsrc13: candidates that survive elastic deformation)")
+    ap.add_argument("--pi1-bound", action="store_true",
+                    help="the unsupervised mode's empirical null with the opt-in upper-tail bound on pi0 "
+                         "(calibrate.EMPIRICAL_NULL_PI1_BOUND, branch uns13)")
+    ap.add_argument("--pair-fpr", choices=("exact", "conformal"), default=None,
+                    help="fpr:ALPHA threshold of the unsupervised mode (decide.PAIR_NULL_FPR; 'conformal': the opt-in "
+                         "expected-rate threshold of branch uns13)")
     ap.add_argument("--compare", action="store_true",
                     help="before/after in the same run: every scenario audited with combine='tail' (the default) and "
                          "combine='max' (the rule before) on the same evidence (one evidence computation, cached)")
@@ -870,6 +876,13 @@ def main(argv=None):
     if a.lowpass_coarse:
         from imprint.engine.membership import register as _register
         _register.LP_K_COARSE = _register.LP_K_COARSE_ON
+    if a.pi1_bound:
+        from imprint.engine.membership import calibrate as _cal
+        _cal.EMPIRICAL_NULL_PI1_BOUND = True
+        print("# calibrate.EMPIRICAL_NULL_PI1_BOUND=True")
+    if a.pair_fpr is not None:
+        from imprint.engine.membership import decide as _decide
+        _decide.PAIR_NULL_FPR = a.pair_fpr
     if a.timing:
         timing(a)
         return
@@ -895,7 +908,8 @@ def main(argv=None):
           + (" tiles.NCC_TILES=True" if a.ncc_tiles else "")
           + (f" deform.FLOW_CHANNEL=True FLOW_TOP={_deform.FLOW_TOP}" if a.flow_channel else "")
           + (f" calibrate.ENRICH_MODE={a.enrich_mode}" if a.enrich_mode else "")
-          + (f" register.LP_K_COARSE={_register.LP_K_COARSE}" if a.lowpass_coarse else ""))
+          + (f" register.LP_K_COARSE={_register.LP_K_COARSE}" if a.lowpass_coarse else "")
+          + (f" decide.PAIR_NULL_FPR={a.pair_fpr}" if a.pair_fpr else ""))
     print("| transform | strength | AUC [95% CI] | TPR@1%FPR [95% CI] | recall fpr:0.01 [95% CI] | "
           "non-members flagged | recall fdr:0.1 | false flags fdr:0.1 | F1 (f1; no members: share flagged) | audit s |")
     print("|---|---|---|---|---|---|---|---|---|---|")

@@ -88,6 +88,39 @@ def test_fpr_threshold_guarantee_holds_for_every_null_size(alpha):
             assert stats.binom.cdf(j + 1, K, alpha) > 0.05   # and j is the largest allowed (not over-cautious)
 
 
+@pytest.mark.parametrize("alpha", [0.01, 0.05])
+def test_conformal_threshold_expected_fpr_by_simulation(alpha):
+    """The unsupervised mode's opt-in fpr threshold (decide.PAIR_NULL_FPR = "conformal", branch uns13): the EXPECTED
+    share of non-members flagged is <= alpha for every null size (split-conformal), the true exceedance of a skewed,
+    heavy-tailed null known in closed form; it is the floor(alpha (K + 1))-th largest null value (not merely
+    conservative: the mean rate is j / (K + 1)); and it is further in than the 95% order statistic (which it relaxes)."""
+    from imprint.engine.membership.decide import conformal_threshold
+
+    rng = np.random.default_rng(11)
+    dist = stats.lognorm(s=1.0)
+    reps = 2000
+    for K in (1 / alpha - 2, 1 / alpha - 1, 150, 299, 720):
+        K = int(round(K))
+        draws = dist.rvs(size=(reps, K), random_state=rng)
+        ts = [conformal_threshold(null, alpha, parametric=False) for null in draws]
+        j = int(np.floor(alpha * (K + 1) + 1e-12))
+        assert all(t["exact"] == (j >= 1) for t in ts)
+        if j < 1:
+            assert all(t["threshold"] == np.inf for t in ts)
+            continue
+        assert all(t["threshold"] == np.sort(d)[K - j] for t, d in zip(ts[:20], draws[:20]))
+        rate = dist.sf([t["threshold"] for t in ts])
+        se = rate.std() / np.sqrt(reps)
+        assert rate.mean() <= alpha + 3 * se, (K, rate.mean())
+        assert abs(rate.mean() - j / (K + 1)) <= 3 * se, (K, rate.mean(), j / (K + 1))
+        for null in draws[:20]:
+            tp = conformal_threshold(null, alpha)                # the Gaussian check only ever raises it
+            assert tp["threshold"] >= conformal_threshold(null, alpha, parametric=False)["threshold"]
+            ex = null_threshold(null, alpha, parametric=False)
+            if ex["exact"]:
+                assert ex["threshold"] >= conformal_threshold(null, alpha, parametric=False)["threshold"]
+
+
 # ------------------------------------------------------------------------------------------ fdr:Q
 def test_conformal_pvalues_match_the_definition():
     rng = np.random.default_rng(0)

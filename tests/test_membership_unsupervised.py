@@ -112,7 +112,7 @@ def _channels(rng, n, df=5):
 
 
 def _null_model_fpr(rng, *, loc, scale, empirical, R=100, n_fresh=2000, icc=0.2, reps=6, pi1=0.0,
-                    series_null=0.0, series_cand=0.0):
+                    series_null=0.0, series_cand=0.0, threshold=None, exact_out=None):
     """One simulated audit: ``R`` real images, each with ``reps`` null rows (correlated ``icc`` within the image,
     as real_pair_null's splits are), ``R`` candidates whose non-members' channels are ``loc + scale * S`` (S
     distributed as a null row), and ``n_fresh`` more non-members scored by the same fitted rule without shaping it:
@@ -149,8 +149,11 @@ def _null_model_fpr(rng, *, loc, scale, empirical, R=100, n_fresh=2000, icc=0.2,
     s, ns, info = pair_null_scores(Z, null_mask, w, mx, empirical=empirical, fit_rows=fit,
                                    null_groups=np.arange(R * reps) % R)
     assert info["combine"] == "tail"
-    thr = null_threshold(ns, 0.01)["threshold"]
+    thr = (threshold or null_threshold)(ns, 0.01)["threshold"]
     fpr = float(np.mean(s[R:] > thr))
+    if exact_out is not None:        # the default (exact 95%) threshold on the same folder, for a comparison
+        te = null_threshold(ns, 0.01)["threshold"]
+        exact_out.update(fpr=float(np.mean(s[R:] > te)), recall=float(np.mean(s[:nm] > te)) if nm else float("nan"))
     u = fdr_decision(s[:R], ns, 0.1)[0]
     flags = int(u[nm:].sum())
     recall = float(np.mean(s[:nm] > thr)) if nm else float("nan")
@@ -202,6 +205,112 @@ def test_unsupervised_decision_false_positive_rate_by_simulation(case, empirical
     if case == "closer" and empirical == "widen":      # the real-to-real null alone fails here
         raw = np.array([_null_model_fpr(rng, loc=loc, scale=scale, empirical=False)[0] for _ in range(10)])
         assert raw.mean() > 0.01 and raw.mean() > 2 * fpr.mean(), (raw.mean(), fpr.mean())
+
+
+@pytest.mark.parametrize("case", list(SIM_CASES))
+def test_unsupervised_conformal_fpr_threshold_by_simulation(case):
+    """The opt-in fpr threshold of the unsupervised mode (decide.PAIR_NULL_FPR = "conformal", branch uns13: the
+    floor(alpha (K + 1))-th largest of the empirical null instead of its 95% order statistic) on the simulated
+    folders above (members 0, 25%, 50%; the default "widen" empirical null).  Its stated guarantee, the one the
+    unsupervised summary states: the EXPECTED share of non-members flagged by fpr:0.01 is <= 0.01; also measured:
+    P(FPR > 0.02) <= 5%.  Planted: where the non-members sit below the real-to-real null ('further', 'narrower',
+    gen_e-like) it finds >= 0.1 more of the members than the exact threshold on the same folders."""
+    from imprint.engine.membership.decide import conformal_threshold
+
+    loc, scale = SIM_CASES[case]
+    rng = np.random.default_rng([list(SIM_CASES).index(case), 13])
+    rows = []
+    for pi1 in (0.0, 0.0, 0.0, 0.0, 0.25, 0.25, 0.5, 0.5, 0.5):
+        ex: dict = {}
+        fpr, _, _, rec, _ = _null_model_fpr(rng, loc=loc, scale=scale, empirical="widen", pi1=pi1,
+                                            threshold=conformal_threshold, exact_out=ex)
+        rows.append((pi1, fpr, rec, ex["fpr"], ex["recall"]))
+    res = np.array(rows)
+    fpr = res[:, 1]
+    mc = 3 * np.sqrt(0.01 / 2000 / len(fpr))
+    assert fpr.mean() <= 0.01 + mc, fpr.mean()
+    assert np.mean(fpr > 0.02) <= 0.05 + 2 * np.sqrt(0.05 * 0.95 / len(fpr)), np.sort(fpr)[-5:]
+    assert np.all(res[:, 1] >= res[:, 3])                # never fewer flags than the exact threshold (it is further in)
+    if case in ("further", "narrower"):
+        half = res[:, 0] == 0.5
+        assert res[half, 2].mean() >= res[half, 4].mean() + 0.1, (res[half, 2], res[half, 4])
+
+
+def test_pi1_lower_bound_is_a_lower_bound_and_finds_strong_members():
+    """calibrate._pi1_lower (the upper tail's lower confidence bound on the members' share, branch uns13): with no
+    member (candidates drawn like the null) it is 0 in >= 95% of folders and never above 0.1; with half the
+    candidates members at +3..8 it is >= 0.3 and never above the truth 0.5."""
+    from imprint.engine.membership.calibrate import _pi1_lower
+
+    rng = np.random.default_rng(5)
+    none = np.array([_pi1_lower(rng.gumbel(size=120), rng.gumbel(size=720)) for _ in range(400)])
+    assert np.mean(none > 0) <= 0.05 and none.max() <= 0.1, (np.mean(none > 0), none.max())
+    half = []
+    for _ in range(100):
+        x = rng.gumbel(size=120)
+        x[:60] += rng.uniform(3, 8, 60)
+        half.append(_pi1_lower(x, rng.gumbel(size=720)))
+    assert min(half) >= 0.3 and max(half) <= 0.5, (min(half), max(half))
+
+
+@pytest.mark.parametrize("case", list(SIM_CASES))
+def test_unsupervised_pi1_bound_rates_by_simulation(case, monkeypatch):
+    """calibrate.EMPIRICAL_NULL_PI1_BOUND (opt-in, branch uns13) on the simulated folders of the FPR test above, with
+    the conformal fpr threshold too (it is never above the exact one, so the exact threshold's rate is covered): the
+    EXPECTED share of non-members flagged by fpr:0.01 <= 0.01, P(FPR > 0.02) <= 5%, fdr:0.1 with no member flags
+    <= 0.6 on average and its false share with members <= 0.1 on average.  Planted: in the 'further' (gen_e-like)
+    case the bound finds >= 0.1 more members at fpr:0.01 than without it, on the same folders."""
+    from imprint.engine.membership import calibrate, decide
+
+    loc, scale = SIM_CASES[case]
+    out = {}
+    for on in (False, True):
+        monkeypatch.setattr(calibrate, "EMPIRICAL_NULL_PI1_BOUND", on)
+        rng = np.random.default_rng([list(SIM_CASES).index(case), 17])
+        out[on] = np.array([(pi1,) + tuple(_null_model_fpr(rng, loc=loc, scale=scale, empirical="widen", pi1=pi1,
+                                                           threshold=decide.conformal_threshold))
+                            for pi1 in (0.0, 0.0, 0.0, 0.0, 0.25, 0.25, 0.5, 0.5, 0.5)
+                            ] if on or case == "further" else [])
+    res = out[True]
+    fpr = res[:, 1]
+    mc = 3 * np.sqrt(0.01 / 2000 / len(fpr))
+    assert fpr.mean() <= 0.01 + mc, fpr.mean()
+    assert np.mean(fpr > 0.02) <= 0.05 + 2 * np.sqrt(0.05 * 0.95 / len(fpr)), np.sort(fpr)[-5:]
+    assert res[res[:, 0] == 0, 2].mean() <= 0.6
+    assert res[res[:, 0] > 0, 5].mean() <= 0.1 + 2 * res[res[:, 0] > 0, 5].std() / np.sqrt(5)
+    if case == "further":
+        half = res[:, 0] == 0.5
+        assert res[half, 4].mean() >= out[False][half, 4].mean() + 0.1, (res[half, 4], out[False][half, 4])
+
+
+def test_conformal_fpr_rule_only_in_the_unsupervised_mode_and_off_by_default(tmp_path, monkeypatch):
+    """decide.PAIR_NULL_FPR: off by default (the audit's threshold is null_threshold's, as before); "conformal" changes
+    only the unsupervised fpr threshold (scores and null identical, flags = score above conformal_threshold's), and an
+    audit with a reference is unchanged by it."""
+    from imprint.engine.membership import decide
+
+    from imprint.engine.membership import calibrate
+
+    assert decide.PAIR_NULL_FPR == "exact" and calibrate.EMPIRICAL_NULL_PI1_BOUND is False
+    rng = np.random.default_rng(31)
+    real = phantoms(40, 32)
+    gen = np.concatenate([phantoms(60, 33), u8(real[:20] + rng.normal(0, 2, real[:20].shape))])
+    ref = phantoms(30, 34)
+    off = audit_membership(gen, real, backbone=None, cache_dir=str(tmp_path))
+    off_ref = audit_membership(gen, real, reference=ref, backbone=None, cache_dir=str(tmp_path))
+    assert off.info["threshold_detail"] == null_threshold(off.null_scores, 0.01)    # 240 null rows: its fallback
+    monkeypatch.setattr(decide, "PAIR_NULL_FPR", "conformal")
+    on = audit_membership(gen, real, backbone=None, cache_dir=str(tmp_path))
+    on_ref = audit_membership(gen, real, reference=ref, backbone=None, cache_dir=str(tmp_path))
+    assert np.array_equal(on.score, off.score) and np.array_equal(on.null_scores, off.null_scores)
+    th = decide.conformal_threshold(on.null_scores, 0.01)
+    assert on.info["threshold_detail"] == th and th["exact"] and on.threshold == th["threshold"] <= off.threshold
+    assert np.array_equal(on.used, (on.score > on.threshold).astype(on.used.dtype))
+    assert on.used.sum() >= off.used.sum()
+    assert on_ref.threshold == off_ref.threshold and np.array_equal(on_ref.used, off_ref.used)
+    monkeypatch.setattr(decide, "PAIR_NULL_FPR", "bogus")
+    with pytest.raises(Exception, match="PAIR_NULL_FPR"):
+        audit_membership(gen, real, backbone=None, cache_dir=str(tmp_path))
 
 
 def _compressed_lower_tail_folder(rng, *, R=120, reps=6, icc=0.1, loc=-1.0, lower=0.5):

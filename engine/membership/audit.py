@@ -424,7 +424,11 @@ def audit_membership(generated, real, *, dev_sets: Sequence[DevSet] = (), refere
         lines.append(f"Removed {n_ref_identical} identical and {n_ref_near} near-duplicate reference images of candidates "
                      f"(z-pixel correlation > {NEAR_DUP_CORR}, also mirrored) from the null.")
     if mode == "fpr":
-        th = null_threshold(null_scores, alpha)
+        from . import decide as _decide
+        if _decide.PAIR_NULL_FPR not in _decide.PAIR_NULL_FPR_RULES:
+            raise ImprintError(f"decide.PAIR_NULL_FPR must be one of {', '.join(_decide.PAIR_NULL_FPR_RULES)}")
+        conformal = null_kind == "real-pairs" and _decide.PAIR_NULL_FPR == "conformal"      # opt-in (uns13)
+        th = _decide.conformal_threshold(null_scores, alpha) if conformal else null_threshold(null_scores, alpha)
         info["threshold_detail"] = th
         if th["exact"]:
             thr = th["threshold"]

@@ -1110,6 +1110,18 @@ EMPIRICAL_NULL_MIN = 100
 EMPIRICAL_NULL_MIN_SCALE = 1.0
 #: fixed-point iterations of (pi0, loc, scale) in :func:`empirical_null`
 _PI0_ITER = 3
+#: opt-in (issue 13, branch uns13; default off): :func:`empirical_null`'s ``pi0`` is also bounded by one minus a
+#: LOWER confidence bound on the members' share read from the candidates' UPPER tail (:func:`_pi1_lower`), each bound
+#: at 97.5% (Bonferroni: the smaller of the two is still a 95% upper bound on ``pi0``).  Why: with the location too
+#: high (a combined score whose lower tail is compressed, RESULTS.md uns13) every non-member lies below the fitted
+#: null's median, Storey's bound reads ~1 and maps the window to the null's lowest quantiles, which keeps the location
+#: high (a fixed point: the zoo's identity row fits pi0 1.00 with half the candidates at z +9).  The upper-tail bound
+#: does not depend on that median; a location that is too high only makes it smaller (conservative).
+EMPIRICAL_NULL_PI1_BOUND = False
+#: null exceedance levels of :func:`_pi1_lower` (a priori: a tenth and a hundredth)
+PI1_LEVELS = (0.1, 0.01)
+#: fixed-point iterations with :data:`EMPIRICAL_NULL_PI1_BOUND` on
+_PI1_ITER = 5
 
 
 def _lower_tail_fit(s: np.ndarray, nu_sorted: np.ndarray, qq: np.ndarray, pi0: float,
@@ -1141,6 +1153,26 @@ def _pi0_upper(x: np.ndarray, null: np.ndarray, confidence: float = 0.95) -> flo
     share = float(np.mean(x <= np.median(null)))
     se = math.sqrt(max(share * (1.0 - share), 1.0 / n) / n)
     return float(np.clip(2.0 * (share + float(ndtri(confidence)) * se), 0.5, 1.0))
+
+
+def _pi1_lower(x: np.ndarray, null: np.ndarray, confidence: float = 0.975,
+               levels: Sequence[float] = PI1_LEVELS) -> float:
+    """Lower confidence bound on the share of members among the candidates ``x`` from the upper tail: at the null's
+    ``1 - a`` quantile ``t`` the candidates above ``t`` are at least the members above it plus the non-members' share
+    ``pi0 a <= a``, so ``pi1 >= #{x > t} / N - a``; minus ``z`` binomial standard errors, ``z`` Bonferroni over
+    ``levels`` at ``confidence``; the largest over the levels, at least 0.  Valid when ``null`` is no lighter in its
+    upper tail than the non-members (the same assumption as the decisions)."""
+    from scipy.special import ndtri
+
+    n = len(x)
+    if n == 0:
+        return 0.0
+    z = float(ndtri(1.0 - (1.0 - confidence) / len(levels)))
+    best = 0.0
+    for a in levels:
+        c = float(np.mean(x > np.quantile(null, 1.0 - a)))
+        best = max(best, c - a - z * math.sqrt(max(c * (1.0 - c), 1.0 / n) / n))
+    return best
 
 
 def empirical_null(candidate_scores: np.ndarray, null_scores: np.ndarray, *,
@@ -1208,6 +1240,13 @@ def empirical_null(candidate_scores: np.ndarray, null_scores: np.ndarray, *,
 
     def fit(x):
         pi0 = 1.0
+        if EMPIRICAL_NULL_PI1_BOUND:                   # opt-in (uns13): also the upper tail's bound
+            for _ in range(_PI1_ITER):
+                loc, scale = _lower_tail_fit(x, nu, qq, pi0, min_scale)
+                f = loc + scale * nu
+                pi0 = max(0.5, min(_pi0_upper(x, f, 0.975), 1.0 - _pi1_lower(x, f)))
+            loc, scale = _lower_tail_fit(x, nu, qq, pi0, min_scale)
+            return loc, scale, pi0
         for _ in range(_PI0_ITER):
             loc, scale = _lower_tail_fit(x, nu, qq, pi0, min_scale)
             pi0 = _pi0_upper(x, loc + scale * nu)

@@ -97,6 +97,43 @@ def null_threshold(null_scores: np.ndarray, alpha: float, *, confidence: float =
     return out
 
 
+#: the ``fpr:ALPHA`` threshold of the unsupervised mode (no labelled null: the real-to-real pairs with the empirical
+#: null's location and scale): ``"exact"`` (default) the 95% order statistic of :func:`null_threshold`, as with a
+#: reference; ``"conformal"`` (opt-in, issue 13, branch uns13) :func:`conformal_threshold`, whose guarantee
+#: (EXPECTED share of non-members flagged <= ALPHA) is the one the unsupervised summary states, since its location and
+#: scale are estimated anyway.  Read by ``audit_membership`` at call time.
+PAIR_NULL_FPR = "exact"
+PAIR_NULL_FPR_RULES = ("exact", "conformal")
+
+
+def conformal_threshold(null_scores: np.ndarray, alpha: float, *, parametric: bool = True) -> dict:
+    """Threshold whose EXPECTED false-positive rate is <= ``alpha`` (split-conformal; no confidence level).
+
+    With ``K`` null scores exchangeable with a non-member's, flagging above the ``j``-th largest (``j =
+    floor(alpha (K + 1))``) flags it with probability ``<= j / (K + 1) <= alpha`` (ties and continuous scores alike).
+    :func:`null_threshold` takes the order statistic that holds at 95% confidence instead (further in the tail: the
+    3rd largest of 720 at ``alpha = 0.01`` where this takes the 7th).  The Gaussian check of :func:`null_threshold`
+    (``parametric``) is kept: the threshold is never below it.  ``K + 1 < 1 / alpha``: no order statistic has the
+    guarantee; ``exact`` False and the same fallback as :func:`null_threshold` (the null's maximum).
+
+    Returns :func:`null_threshold`'s dict (``confidence`` None, ``allowed_exceedances`` ``j - 1``, ``rule``
+    ``"conformal"``)."""
+    base = null_threshold(null_scores, alpha, parametric=parametric)
+    s = np.sort(np.asarray(null_scores, np.float64)[np.isfinite(null_scores)])
+    K = len(s)
+    j = int(math.floor(float(alpha) * (K + 1) + 1e-12))
+    out = dict(base, confidence=None, rule="conformal", min_null=int(math.ceil(1.0 / float(alpha) - 1e-12)) - 1)
+    if j < 1 or K == 0:
+        out.update(threshold=float("inf"), exact=False, empirical=None, allowed_exceedances=0)
+        return out
+    j = min(j, K)
+    emp = float(s[K - j])
+    gauss = base["gaussian"] if parametric else None
+    out.update(threshold=float(max(emp, gauss) if parametric else emp), exact=True, empirical=emp,
+               allowed_exceedances=j - 1)
+    return out
+
+
 def _pvalues(scores: np.ndarray, null: np.ndarray) -> np.ndarray:
     """Empirical upper-tail p-values ``(1 + #{null >= s}) / (K + 1)``."""
     ns = np.sort(np.asarray(null, np.float64))
