@@ -92,7 +92,13 @@ def main(argv=None):
     ap.add_argument("--cache-dir", default=None, help="keep the evidence checkpoints here (a rerun re-decides only)")
     ap.add_argument("--flow-channel", action="store_true",
                     help="with the opt-in flow anatomy channel anat_flow_ratio (deform.FLOW_CHANNEL, branch elas13)")
+    ap.add_argument("--ptile-channel", action="store_true",
+                    help="with the opt-in partial-copy channel ptile_ratio (ptiles.PTILE_CHANNEL, branch part13)")
     a = ap.parse_args(argv)
+    if a.ptile_channel:
+        from imprint.engine.membership import ptiles as _ptiles
+        _ptiles.PTILE_CHANNEL = True
+        print("# ptiles.PTILE_CHANNEL=True")
     if a.flow_channel:
         from imprint.engine.membership import deform as _deform
         _deform.FLOW_CHANNEL = True

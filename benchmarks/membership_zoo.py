@@ -784,6 +784,8 @@ def main(argv=None):
     ap.add_argument("--flow-channel", action="store_true",
                     help="audit with the opt-in flow NCC as its own ratio channel, anat_flow_ratio (deform.FLOW_CHANNEL, "
                          "branch elas13)")
+    ap.add_argument("--ptile-channel", action="store_true",
+                    help="audit with the opt-in partial-copy channel ptile_ratio (ptiles.PTILE_CHANNEL, branch part13)")
     ap.add_argument("--flow-top", type=int, default=None,
                     help="with --flow-channel: polished candidates per row that get the flow (deform.FLOW_TOP)")
     ap.add_argument("--compare", action="store_true",
@@ -828,6 +830,9 @@ def main(argv=None):
         _deform.FLOW_CHANNEL = True
         if a.flow_top is not None:
             _deform.FLOW_TOP = int(a.flow_top)
+    if a.ptile_channel:
+        from imprint.engine.membership import ptiles as _ptiles
+        _ptiles.PTILE_CHANNEL = True
     if a.timing:
         timing(a)
         return
@@ -851,7 +856,8 @@ def main(argv=None):
           f"reference={a.n_reference} generated={a.n_gen} boot={a.boot} seed={a.seed}"
           + (" anatomy.NCC_LOCAL=True" if a.ncc_local else "") + (" deform.NCC_FLOW=True" if a.ncc_flow else "")
           + (" tiles.NCC_TILES=True" if a.ncc_tiles else "")
-          + (f" deform.FLOW_CHANNEL=True FLOW_TOP={_deform.FLOW_TOP}" if a.flow_channel else ""))
+          + (f" deform.FLOW_CHANNEL=True FLOW_TOP={_deform.FLOW_TOP}" if a.flow_channel else "")
+          + (" ptiles.PTILE_CHANNEL=True" if a.ptile_channel else ""))
     print("| transform | strength | AUC [95% CI] | TPR@1%FPR [95% CI] | recall fpr:0.01 [95% CI] | "
           "non-members flagged | recall fdr:0.1 | false flags fdr:0.1 | F1 (f1; no members: share flagged) | audit s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
