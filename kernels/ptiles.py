@@ -20,48 +20,45 @@ def ptile_pair_values(bq, bq_m, bb, qi, bi, ty, tx, cy, cx, th, tw, win, half, m
     H = bb.shape[1]
     W = bb.shape[2]
     out = np.full((P, K), np.nan)
-    n = th * tw
     for p in prange(P):
         b = bb[bi[p]]
         for k in range(K):
             q = bq[qi[p]] if k < half else bq_m[qi[p]]
             y0 = ty[k]
             x0 = tx[k]
-            sq = 0.0
-            sqq = 0.0
-            for i in range(th):
-                for j in range(tw):
-                    v = q[y0 + i, x0 + j]
-                    sq += v
-                    sqq += v * v
-            mq = sq / n
-            vq = sqq / n - mq * mq
-            if vq < min_std * min_std:
-                continue
-            sdq = np.sqrt(vq)
             best = -2.0
             for dy in range(-win, win + 1):
                 yy = cy[p, k] + dy
-                if yy < 0 or yy + th > H:
-                    continue
+                i0 = max(0, -yy)
+                i1 = min(th, H - yy)
                 for dx in range(-win, win + 1):
                     xx = cx[p, k] + dx
-                    if xx < 0 or xx + tw > W:
+                    j0 = max(0, -xx)
+                    j1 = min(tw, W - xx)
+                    n = (i1 - i0) * (j1 - j0)
+                    if i1 <= i0 or j1 <= j0 or 2 * n < th * tw:      # at least half the tile on the base
                         continue
+                    sq = 0.0
+                    sqq = 0.0
                     sb = 0.0
                     sbb = 0.0
                     sqb = 0.0
-                    for i in range(th):
-                        for j in range(tw):
+                    for i in range(i0, i1):
+                        for j in range(j0, j1):
+                            v = q[y0 + i, x0 + j]
                             u = b[yy + i, xx + j]
+                            sq += v
+                            sqq += v * v
                             sb += u
                             sbb += u * u
-                            sqb += u * q[y0 + i, x0 + j]
+                            sqb += u * v
+                    mq = sq / n
                     mb = sb / n
+                    vq = sqq / n - mq * mq
                     vb = sbb / n - mb * mb
-                    if vb < min_std * min_std:
+                    if vq < min_std * min_std or vb < min_std * min_std:
                         continue
-                    r = (sqb / n - mq * mb) / (sdq * np.sqrt(vb))
+                    r = (sqb / n - mq * mb) / np.sqrt(vq * vb)
                     if r > best:
                         best = r
             if best > -2.0:
