@@ -12,32 +12,38 @@ values mix the two patients.  This channel is built tile by tile, both in where 
    tile votes for the image of its best patch among the images allowed; images are ranked by votes, then by summed
    NCC; the first ``TOP`` are the candidates, each tile's best position in each of them is kept.
 2. **Evidence** (:func:`pair_values`): the query and each candidate are band-passed (:func:`bandpass`: the image
-   minus its Gaussian blur of ``BAND_SIGMA`` px, on the image averaged ``DOWN x DOWN``), so what is compared is the
-   patient's texture, not the body outline, table or organ layout that any look-alike shares; each tile of the query
-   (both orientations) is located in the candidate by NCC over a window of +-``WINDOW`` px around the position the
-   source found (so a moved part is registered tile by tile); a tile's value is its peak NCC, the pair's value the
-   mean of the best ``SHARE`` of the tiles of the better orientation; the row's value the best over its candidates.
+   minus its Gaussian blur of ``BAND_SIGMA`` px), so what is compared is mostly the patient's texture rather than the
+   smooth organ layout; each tile of the query (both orientations) is located in the candidate by NCC over a window
+   of +-``WINDOW`` px around the position the source found (so a shifted part is registered tile by tile; a window
+   that leaves the image is compared over its inside part when that is half the tile); a tile's value is its peak
+   NCC, the pair's value the mean of the best ``SHARE`` of the counted tiles of the better orientation; the row's
+   value the best over its candidates.  Edges (body outline, lungs) pass the band too, so look-alikes score ~0.5-0.8:
+   the ratio to the control, and the null rows computed alike, carry that.
 3. **Ratio** (:func:`ptile_evidence`): ``ptile_ratio = -log((1 - v_G + 1e-3) / (1 - v_R + 1e-3))`` with ``v_G`` the
    value among the generated images and ``v_R`` the same among the other pool images (the channel's own control);
    every pool row (candidates and reference) is computed alike, and the real-to-real pair null
    (:func:`ptile_pair_values_splits`, :func:`.calibrate.real_pair_null`) computes it the same way with part A
    playing the generated images and part B the control, so the calibration holds.
 
-Constants, a priori (none chosen on a zoo seed or on dev): ``TILES = 4`` (patch12's size: 32 px at 128 px; a 50-70%
+Constants (none chosen on zoo seed 2 or 3, or on dev): ``TILES = 4`` (patch12's size: 32 px at 128 px; a 50-70%
 copy covers whole tiles), ``TOP = 3`` (patch12's source put the moved part's copy among its top 3 for half the
-members), ``SHARE = 0.5`` (the smallest member share of the zoo and of stitched copies), ``DOWN = 2`` and
-``BAND_SIGMA = 1.5`` (texture of 2-6 px survives the interpolation of a moved copy and a few degrees of rotation at a
-tile's edge, pixel noise does not), ``WINDOW = 4`` (one grid step of the low-pass, 8 px at full resolution: the
-source's position is exact to a grid step), ``SRC_MIN_STD = 1`` grey level (patch12's floor), ``BP_MIN_STD = 1`` grey
-level of band-passed std (a tile with no texture - air, table - has nothing to match).
+members), ``SHARE = 0.5`` (the smallest member share of the zoo and of stitched copies), ``WINDOW = 4`` px and
+``SRC_WINDOW = 4`` grid px (the source's position is exact to a grid step, 4 px at 128; a part moved by up to ~16
+px from its own place is searched), ``SRC_MIN_STD = 1`` grey level (patch12's floor), ``BP_MIN_STD = 1`` grey level
+of band-passed std (a tile with no texture - air - has nothing to match).  ``DOWN = 1``, ``BAND_SIGMA = 1`` px: the
+first form averaged 2 x 2 (band 1.5 px there), which made an odd shift of a moved part a half-pixel phase change
+that decorrelated its texture (the planted test's shifted copies: 1 of 10 found); full resolution with a 1 px band
+was one of the variants of the scratch diagnosis (zoo seed 11), where every variant separated the plain patch mix
+and none the moved part (RESULTS.md, part13).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-#: Whether the audit computes the channel ``ptile_ratio`` (opt-in, off: main's outputs bit for bit; the column does
-#: not exist, and the evidence's and pair null's checkpoint keys are main's).
+#: Whether the audit computes the channel ``ptile_ratio`` (opt-in, off: main's outputs bit for bit, checked on 115
+#: output arrays of a reference and an unsupervised audit; the column does not exist, and the evidence's and pair
+#: null's checkpoint keys are main's).
 PTILE_CHANNEL = False
 TILES = 4
 TOP = 3
