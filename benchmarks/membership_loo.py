@@ -102,6 +102,8 @@ def main(argv=None):
     ap.add_argument("--pair-fpr", choices=("exact", "conformal"), default=None,
                     help="fpr:ALPHA threshold of the unsupervised settings (decide.PAIR_NULL_FPR; 'conformal': the "
                          "opt-in expected-rate threshold of branch uns13)")
+    ap.add_argument("--ptile-channel", action="store_true",
+                    help="with the opt-in partial-copy channel ptile_ratio (ptiles.PTILE_CHANNEL, branch part13)")
     a = ap.parse_args(argv)
     if a.enrich_mode:
         from imprint.engine.membership import calibrate as _cal
@@ -119,6 +121,10 @@ def main(argv=None):
         from imprint.engine.membership import decide as _decide
         _decide.PAIR_NULL_FPR = a.pair_fpr
         print(f"# decide.PAIR_NULL_FPR={a.pair_fpr}")
+    if a.ptile_channel:
+        from imprint.engine.membership import ptiles as _ptiles
+        _ptiles.PTILE_CHANNEL = True
+        print("# ptiles.PTILE_CHANNEL=True")
     if a.flow_channel:
         from imprint.engine.membership import deform as _deform
         _deform.FLOW_CHANNEL = True

@@ -813,6 +813,8 @@ def main(argv=None):
     ap.add_argument("--flow-channel", action="store_true",
                     help="audit with the opt-in flow NCC as its own ratio channel, anat_flow_ratio (deform.FLOW_CHANNEL, "
                          "branch elas13)")
+    ap.add_argument("--ptile-channel", action="store_true",
+                    help="audit with the opt-in partial-copy channel ptile_ratio (ptiles.PTILE_CHANNEL, branch part13)")
     ap.add_argument("--flow-top", type=int, default=None,
                     help="with --flow-channel: polished candidates per row that get the flow (deform.FLOW_TOP)")
     ap.add_argument("--enrich-mode", default=None, choices=("local",),
@@ -883,6 +885,9 @@ def main(argv=None):
     if a.pair_fpr is not None:
         from imprint.engine.membership import decide as _decide
         _decide.PAIR_NULL_FPR = a.pair_fpr
+    if a.ptile_channel:
+        from imprint.engine.membership import ptiles as _ptiles
+        _ptiles.PTILE_CHANNEL = True
     if a.timing:
         timing(a)
         return
@@ -909,7 +914,8 @@ def main(argv=None):
           + (f" deform.FLOW_CHANNEL=True FLOW_TOP={_deform.FLOW_TOP}" if a.flow_channel else "")
           + (f" calibrate.ENRICH_MODE={a.enrich_mode}" if a.enrich_mode else "")
           + (f" register.LP_K_COARSE={_register.LP_K_COARSE}" if a.lowpass_coarse else "")
-          + (f" decide.PAIR_NULL_FPR={a.pair_fpr}" if a.pair_fpr else ""))
+          + (f" decide.PAIR_NULL_FPR={a.pair_fpr}" if a.pair_fpr else "")
+          + (" ptiles.PTILE_CHANNEL=True" if a.ptile_channel else ""))
     print("| transform | strength | AUC [95% CI] | TPR@1%FPR [95% CI] | recall fpr:0.01 [95% CI] | "
           "non-members flagged | recall fdr:0.1 | false flags fdr:0.1 | F1 (f1; no members: share flagged) | audit s |")
     print("|---|---|---|---|---|---|---|---|---|---|")

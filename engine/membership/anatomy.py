@@ -454,7 +454,9 @@ def checkpoint_tag(lowpass: bool | None, *, form: str):
             tag += "+" + _deform.flow_tag()
         if _deform.FLOW_CHANNEL:                        # ... as a channel of its own (elas13)
             tag += "+" + _deform.channel_tag()
-        return tag + _tiles.tag()                       # tile-wise NCC (patch12)
+        from . import ptiles as _ptiles
+
+        return tag + _tiles.tag() + _ptiles.tag()       # tile-wise NCC (patch12); the partial-copy channel (part13)
     if form == "pairnull":
         out: dict = {}
         if lp:
@@ -476,6 +478,10 @@ def checkpoint_tag(lowpass: bool | None, *, form: str):
             anat["anatomy_tiles"] = _tiles.tag()
         if _deform.FLOW_CHANNEL:                        # elas13
             anat["anatomy_flow_channel"] = _deform.channel_tag()
+        from . import ptiles as _ptiles
+
+        if _ptiles.PTILE_CHANNEL:                       # part13
+            anat["anatomy_ptile_channel"] = _ptiles.tag()
         out["_anatomy"] = anat
         return out
     raise ValueError(f"form must be 'evidence' or 'pairnull' (got {form!r})")

@@ -528,8 +528,8 @@ PAIR_REG_FEATURES = ("reg_ratio", "reg_lo_ratio", "reg_lp_ratio")
 #: low-pass NCC (in place or mirrored, and registered on the low-pass grids over the shortlisted candidates,
 #: :func:`.anatomy.anatomy_pair_values`) of a real image with part A over that with part B
 #: (``anat_flow_ratio``, the flow channel, only with :data:`.deform.FLOW_CHANNEL` and the anatomy null registered;
-#: branch elas13)
-PAIR_ANAT_FEATURES = ("anat_ratio", "anat_flow_ratio")
+#: branch elas13; ``ptile_ratio``, the partial-copy channel, only with :data:`.ptiles.PTILE_CHANNEL`; branch part13)
+PAIR_ANAT_FEATURES = ("anat_ratio", "anat_flow_ratio", "ptile_ratio")
 #: most real images that play the non-member in :func:`real_pair_null` (a random subset above it): bounds the
 #: registered null's cost (~8 refined registrations per image) on large folders; 6 rows each = 12,000 null rows
 #: (a priori: ample for an fpr:0.01 order statistic and the tail fits; no dev folder reaches it)
@@ -1011,6 +1011,11 @@ def real_pair_null(real: np.ndarray, n_generated: int, *, k: int = 32, splits: S
     anat_flow = bool(anatomy and anatomy_register and _deform.FLOW_CHANNEL)       # the flow channel (elas13)
     feats = ((PAIR_FEATURES if base else ()) + (PAIR_REG_FEATURES if register else ())
              + (PAIR_ANAT_FEATURES[:1 + anat_flow] if anatomy else ()))
+    from . import ptiles as _ptiles
+
+    ptile = bool(anatomy and _ptiles.PTILE_CHANNEL)                # the partial-copy channel (part13)
+    if ptile:
+        feats = feats + ("ptile_ratio",)
     if register or (anatomy and anatomy_register):
         from .common import _hashes
 
@@ -1052,6 +1057,8 @@ def real_pair_null(real: np.ndarray, n_generated: int, *, k: int = 32, splits: S
                                                **({} if anat_force is None else {"force": anat_force}))
         if anat_flow:
             anat_vals, flow_vals = anat_vals
+        if ptile:
+            ptile_vals = _ptiles.ptile_pair_values_splits(real, inAs, only=only, groups=groups)
     vals = {n: [] for n in feats}
     logit = []
     rows = np.arange(R)
@@ -1061,6 +1068,8 @@ def real_pair_null(real: np.ndarray, n_generated: int, *, k: int = 32, splits: S
             vals["anat_ratio"].append(anat_vals[si])
         if anat_flow:
             vals["anat_flow_ratio"].append(flow_vals[si])
+        if ptile:
+            vals["ptile_ratio"].append(ptile_vals[si])
         if register:
             for n, v in _pair_reg_values(real, cand, cflip, inA, keys, cache, only=only).items():
                 vals[n].append(v)

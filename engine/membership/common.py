@@ -38,17 +38,21 @@ DEFAULT_WEIGHTS: dict[str, float] = {
     # computed the same way; its multiplicity (one more tail-split channel beside ~9-10, each single channel's a-priori
     # share ~0.05 -> ~0.045) is in the null the decisions calibrate on, so it costs power, not the stated FPR
     "anat_flow_ratio": 0.1,
+    # partial copies by tiles (branch part13; only with the opt-in ptiles.PTILE_CHANNEL): a per-tile candidate source
+    # and a band-passed tile NCC over the best half of the tiles; as the anatomy ratios, prior 0.1 and always in the
+    # max rule (a continuous copy-strength ratio whose null rows are computed the same way)
+    "ptile_ratio": 0.1,
 }
 COMBINED_FEATURES = tuple(DEFAULT_WEIGHTS)
 #: Continuous copy-strength evidence that may also decide alone (max rule in the combination);
 #: count-based evidence (share, hub, distinct) has too coarse a null to be used alone.
 MAX_FEATURES = ("pixel_nn_ratio", "pixel_knn_ratio", "mse_ratio", "ssim_ratio", "tile_ratio", "embed_ratio",
-                "reg_ratio", "reg_lo_ratio", "reg_lp_ratio", "anat_ratio", "anat_flow_ratio")
+                "reg_ratio", "reg_lo_ratio", "reg_lp_ratio", "anat_ratio", "anat_flow_ratio", "ptile_ratio")
 #: Evidence that always keeps its place in the max rule, whatever weight the dev fit gives it: the
 #: registered (transform-invariant) ratios find flipped / shifted / rotated copies that no other evidence
 #: sees, while dev generators that copy in place give them little weight in the sum (prior 0.1: on dev
 #: gen_e the in-place pixel and shape evidence carry the weighted sum; see benchmarks/RESULTS.md).
-ALWAYS_MAX_FEATURES = ("reg_ratio", "reg_lo_ratio", "reg_lp_ratio", "anat_ratio", "anat_flow_ratio")
+ALWAYS_MAX_FEATURES = ("reg_ratio", "reg_lo_ratio", "reg_lp_ratio", "anat_ratio", "anat_flow_ratio", "ptile_ratio")
 _ALWAYS_MAX_FLOOR = 1e-3
 
 _EPS = 1e-6

@@ -834,6 +834,12 @@ def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10
         ev.update(anatomy_evidence(G, P, chunk=chunk, executor=executor, shortlist=sl, keys_gen=kG, keys_pool=kP,
                                    cache=_cache, **({} if force is None else {"force": force})))
         info["timings"]["anatomy_s"] = time.perf_counter() - t1
+        from . import ptiles as _ptiles
+
+        if _ptiles.PTILE_CHANNEL:   # partial copies by tiles (part13, opt-in): a channel of its own, ptile_ratio
+            t1 = time.perf_counter()
+            ev["ptile_ratio"] = _ptiles.ptile_evidence(G, P)["ptile_ratio"]
+            info["timings"]["ptile_s"] = time.perf_counter() - t1
     else:
         info["skipped"]["anat_ratio"] = "anatomy evidence not requested"
     if density:
