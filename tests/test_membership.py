@@ -301,3 +301,50 @@ def test_shape_evidence_finds_loose_reconstructions():
     np.fill_diagonal(dR, np.inf)
     fl = 1.0 / mP.shape[1]
     np.testing.assert_allclose(ev["shape_ratio"], -np.log((dG + fl) / (dR.min(1) + fl)), atol=1e-4)
+
+
+def test_threshold_headroom_matches_the_order_statistics_and_the_binomial_rule():
+    """decide.threshold_headroom: the next order statistic, the real images between it and the threshold (brute
+    count) and the smallest null that would allow one more exceedance (scipy's binomial, directly)."""
+    from imprint.engine.membership.decide import ordinal, threshold_headroom
+
+    rng = np.random.default_rng(3)
+    for K, alpha in ((300, 0.01), (1000, 0.01), (80, 0.05)):
+        null = rng.standard_normal(K)
+        null[0] = 9.0                                   # one extreme null image
+        th = null_threshold(null, alpha, parametric=False)
+        scores = rng.uniform(-1, 10, 200)
+        room = threshold_headroom(null, scores, th, alpha)
+        s, j = np.sort(null), th["allowed_exceedances"]
+        assert room["threshold"] == th["threshold"] == s[K - 1 - j] and room["next"] == s[K - 2 - j]
+        between = int(((scores > s[K - 2 - j]) & (scores <= s[K - 1 - j])).sum())
+        assert room["n_between"] == between and (between > 0 or j > 0)   # j = 0: the planted 9.0 leaves a wide gap
+        k2 = room["null_size_for_next"]
+        assert stats.binom.cdf(j + 1, k2, alpha) <= 0.05 < stats.binom.cdf(j + 1, k2 - 1, alpha)
+        assert k2 > K
+    assert threshold_headroom(rng.standard_normal(50), [0.0], null_threshold(rng.standard_normal(50), 0.01), 0.01) is None
+    assert [ordinal(n) for n in (1, 2, 3, 4, 11, 12, 13, 21, 22, 101)] == \
+        ["1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "101st"]
+
+
+def test_audit_says_when_one_reference_image_sets_the_threshold():
+    """PLANTED: 8 members copied with noise; the reference also holds one image that is an exact copy of a generated
+    image (a training image passed as a known non-member). Its score sets fpr:0.05's threshold above the members, and
+    the summary says so, with the count between the null's top two scores; with a clean reference the same members
+    are flagged and the headroom line is absent or counts no member."""
+    rng = np.random.default_rng(4)
+    gen = phantoms(80, 40)
+    real = phantoms(24, 41)
+    for i in range(8):
+        gen[5 * i] = np.clip(real[i] + rng.normal(0, 6, real[i].shape), 0, 255).astype(np.uint8)
+    clean = phantoms(80, 42)
+    res = audit_membership(gen, real, reference=clean, backbone=None, decision="fpr:0.05")
+    assert res.used[:8].sum() >= 6 and res.used[8:].sum() <= 1
+    bad = clean.copy()
+    bad[0] = gen[79]                                     # a generated image's training image among the reference
+    res2 = audit_membership(gen, real, reference=bad, backbone=None, decision="fpr:0.05")
+    room = res2.info["threshold_headroom"]
+    assert res2.used[:8].sum() < res.used[:8].sum()     # the one reference image cost members
+    assert room["n_between"] >= res.used[:8].sum() - res2.used[:8].sum()
+    assert any("more real images score between them" in w for w in res2.info["warnings"])
+    assert "more real images score between them" in res2.summary

@@ -438,6 +438,18 @@ def audit_membership(generated, real, *, dev_sets: Sequence[DevSet] = (), refere
                          f"for its 95% guarantee; flagged above the null's maximum instead, which guarantees "
                          f"FPR <= {th['fallback_alpha']:.3f} at 95% (use fdr:Q or a larger reference).")
         used = (score > thr).astype(np.int8)
+        room = _decide.threshold_headroom(null_scores, score, th, alpha) if null_kind == "reference" else None
+        if room is not None:
+            info["threshold_headroom"] = room
+            if room["n_between"] and th["empirical"] >= th["threshold"]:   # the order statistic, not the Gaussian check, sets it
+                lines.append(
+                    f"The threshold ({room['threshold']:.2f}) is the null's "
+                    + ("largest score" if room["allowed_exceedances"] == 0 else
+                       f"{_decide.ordinal(room['allowed_exceedances'] + 1)} largest score")
+                    + f" and the next is {room['next']:.2f}: {room['n_between']} more real images score between "
+                    f"them. With {room['n_null']} null images the 95% guarantee of fpr:{alpha:g} allows no lower "
+                    f"threshold; from {room['null_size_for_next']} null images on (a larger reference) it would "
+                    "allow the next. fdr:Q does not hinge on one null image.")
     elif mode == "fdr":
         used, finfo = fdr_decision(score, null_scores, alpha)
         thr = finfo["threshold"]

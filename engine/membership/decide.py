@@ -97,6 +97,40 @@ def null_threshold(null_scores: np.ndarray, alpha: float, *, confidence: float =
     return out
 
 
+def ordinal(n: int) -> str:
+    """1st, 2nd, 3rd, 4th, ..., 11th, 12th, 13th, 21st."""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def threshold_headroom(null_scores: np.ndarray, scores: np.ndarray, th: dict, alpha: float) -> dict | None:
+    """How much one null image decides an exact ``fpr:ALPHA`` threshold (:func:`null_threshold`'s ``th``).
+
+    The 95% order statistic of a null of ``K`` images is ``s_(K-j)``; the next one down, ``s_(K-j-1)``, would be
+    allowed from a null of ``null_size_for_next`` images (the smallest ``K'`` with ``j + 1`` allowed exceedances).
+    ``n_between`` real images score in ``(s_(K-j-1), threshold]``: flagged by that one-step-lower threshold, not by
+    this one. Reported, never acted on (a threshold lowered after looking at the null would lose the guarantee).
+
+    Returns ``None`` when ``th`` is not exact or the null has no lower order statistic; else a dict with
+    ``threshold``, ``next`` (``s_(K-j-1)``), ``allowed_exceedances`` (``j``), ``n_between``, ``n_null`` and
+    ``null_size_for_next``."""
+    if not th.get("exact"):
+        return None
+    s = np.sort(np.asarray(null_scores, np.float64)[np.isfinite(null_scores)])
+    K, j = len(s), int(th["allowed_exceedances"])
+    if K - 2 - j < 0:
+        return None
+    nxt, thr = float(s[K - 2 - j]), float(th["threshold"])
+    sc = np.asarray(scores, np.float64)
+    n_between = int(((sc > nxt) & (sc <= thr)).sum())
+    conf = float(th.get("confidence") or 0.95)
+    k2 = K
+    while _allowed_exceedances(k2, float(alpha), conf) < j + 1:
+        k2 += 1
+    return {"threshold": thr, "next": nxt, "allowed_exceedances": j, "n_between": n_between, "n_null": K,
+            "null_size_for_next": int(k2)}
+
+
 #: the ``fpr:ALPHA`` threshold of the unsupervised mode (no labelled null: the real-to-real pairs with the empirical
 #: null's location and scale): ``"exact"`` (default) the 95% order statistic of :func:`null_threshold`, as with a
 #: reference; ``"conformal"`` (opt-in, issue 13, branch uns13) :func:`conformal_threshold`, whose guarantee
