@@ -40,6 +40,9 @@ from sklearn import metrics as skm
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from imprint.engine.membership import DevSet, audit_membership  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _membership_knobs import add_membership_knobs, apply_membership_knobs  # noqa: E402
+
 GENS = ("gen_a", "gen_b", "gen_e")
 METRICS = ("F1", "accuracy", "precision", "recall", "specificity", "AUC", "TPR@1%FPR")
 
@@ -90,45 +93,10 @@ def main(argv=None):
                          "(no anatomy evidence in the real-to-real null: main before branch uns6), unsupervised-channel "
                          "(the per-channel empirical null), unsupervised-channel-noanat")
     ap.add_argument("--cache-dir", default=None, help="keep the evidence checkpoints here (a rerun re-decides only)")
-    ap.add_argument("--enrich-mode", default=None, choices=("local",),
-                    help="with the opt-in enrichment of the tail-split rule (calibrate.ENRICH_MODE, branch comb13)")
-    ap.add_argument("--flow-channel", action="store_true",
-                    help="with the opt-in flow anatomy channel anat_flow_ratio (deform.FLOW_CHANNEL, branch elas13)")
-    ap.add_argument("--lowpass-coarse", action="store_true",
-                    help="with the opt-in coarse low-pass candidate source (register.LP_K_COARSE, branch elsrc13)")
-    ap.add_argument("--pi1-bound", action="store_true",
-                    help="the unsupervised settings's empirical null with the opt-in upper-tail bound on pi0 "
-                         "(calibrate.EMPIRICAL_NULL_PI1_BOUND, branch uns13)")
-    ap.add_argument("--pair-fpr", choices=("exact", "conformal"), default=None,
-                    help="fpr:ALPHA threshold of the unsupervised settings (decide.PAIR_NULL_FPR; 'conformal': the "
-                         "opt-in expected-rate threshold of branch uns13)")
-    ap.add_argument("--ptile-channel", action="store_true",
-                    help="with the opt-in partial-copy channel ptile_ratio (ptiles.PTILE_CHANNEL, branch part13)")
+    add_membership_knobs(ap)
     a = ap.parse_args(argv)
-    if a.enrich_mode:
-        from imprint.engine.membership import calibrate as _cal
-        _cal.ENRICH_MODE = a.enrich_mode
-        print(f"# calibrate.ENRICH_MODE={a.enrich_mode}")
-    if a.lowpass_coarse:
-        from imprint.engine.membership import register as _register
-        _register.LP_K_COARSE = _register.LP_K_COARSE_ON
-        print(f"# register.LP_K_COARSE={_register.LP_K_COARSE}")
-    if a.pi1_bound:
-        from imprint.engine.membership import calibrate as _cal
-        _cal.EMPIRICAL_NULL_PI1_BOUND = True
-        print("# calibrate.EMPIRICAL_NULL_PI1_BOUND=True")
-    if a.pair_fpr is not None:
-        from imprint.engine.membership import decide as _decide
-        _decide.PAIR_NULL_FPR = a.pair_fpr
-        print(f"# decide.PAIR_NULL_FPR={a.pair_fpr}")
-    if a.ptile_channel:
-        from imprint.engine.membership import ptiles as _ptiles
-        _ptiles.PTILE_CHANNEL = True
-        print("# ptiles.PTILE_CHANNEL=True")
-    if a.flow_channel:
-        from imprint.engine.membership import deform as _deform
-        _deform.FLOW_CHANNEL = True
-        print("# deform.FLOW_CHANNEL=True")
+    for k in apply_membership_knobs(a):
+        print(f"# {k}")
     root = os.path.join(a.corpus, "membership")
     data = {g: DevSet(g, load(f"{root}/{g}/generated"), load(f"{root}/{g}/real/used"),
                       load(f"{root}/{g}/real/unused")) for g in GENS}

@@ -62,6 +62,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from imprint.engine.membership import audit_membership  # noqa: E402
 from imprint.engine.membership.decide import f1_decision, fdr_decision  # noqa: E402
 
+from _membership_knobs import add_membership_knobs, apply_membership_knobs  # noqa: E402
+
 DEV = "/work/shared/corpus/dev"
 
 
@@ -804,30 +806,7 @@ def main(argv=None):
     ap.add_argument("--only", default=None,
                     help="audit only these scenarios (comma-separated name prefixes, optionally :strength); the others "
                          "are drawn and skipped, so every audited scenario gets the same draw as in a full run")
-    ap.add_argument("--ncc-local", action="store_true",
-                    help="audit with the opt-in piecewise-rigid registered anatomy NCC (anatomy.NCC_LOCAL, branch elas11)")
-    ap.add_argument("--ncc-flow", action="store_true",
-                    help="audit with the opt-in non-rigid registered anatomy NCC (deform.NCC_FLOW, branch elas12)")
-    ap.add_argument("--ncc-tiles", action="store_true",
-                    help="audit with the opt-in tile-wise registered anatomy NCC (tiles.NCC_TILES, branch patch12)")
-    ap.add_argument("--flow-channel", action="store_true",
-                    help="audit with the opt-in flow NCC as its own ratio channel, anat_flow_ratio (deform.FLOW_CHANNEL, "
-                         "branch elas13)")
-    ap.add_argument("--ptile-channel", action="store_true",
-                    help="audit with the opt-in partial-copy channel ptile_ratio (ptiles.PTILE_CHANNEL, branch part13)")
-    ap.add_argument("--flow-top", type=int, default=None,
-                    help="with --flow-channel: polished candidates per row that get the flow (deform.FLOW_TOP)")
-    ap.add_argument("--enrich-mode", default=None, choices=("local",),
-                    help="audit with the opt-in enrichment of the tail-split rule (calibrate.ENRICH_MODE, branch comb13)")
-    ap.add_argument("--lowpass-coarse", action="store_true",
-                    help="audit with the opt-in coarse low-pass candidate source (register.LP_K_COARSE, branch "
-                         "elsrc13: candidates that survive elastic deformation)")
-    ap.add_argument("--pi1-bound", action="store_true",
-                    help="the unsupervised mode's empirical null with the opt-in upper-tail bound on pi0 "
-                         "(calibrate.EMPIRICAL_NULL_PI1_BOUND, branch uns13)")
-    ap.add_argument("--pair-fpr", choices=("exact", "conformal"), default=None,
-                    help="fpr:ALPHA threshold of the unsupervised mode (decide.PAIR_NULL_FPR; 'conformal': the opt-in "
-                         "expected-rate threshold of branch uns13)")
+    add_membership_knobs(ap)
     ap.add_argument("--compare", action="store_true",
                     help="before/after in the same run: every scenario audited with combine='tail' (the default) and "
                          "combine='max' (the rule before) on the same evidence (one evidence computation, cached)")
@@ -858,36 +837,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     global DRAW
     DRAW = a.draw
-    if a.ncc_local:
-        from imprint.engine.membership import anatomy as _anat
-        _anat.NCC_LOCAL = True
-    if a.ncc_flow:
-        from imprint.engine.membership import deform as _deform
-        _deform.NCC_FLOW = True
-    if a.ncc_tiles:
-        from imprint.engine.membership import tiles as _tiles
-        _tiles.NCC_TILES = True
-    if a.flow_channel:
-        from imprint.engine.membership import deform as _deform
-        _deform.FLOW_CHANNEL = True
-        if a.flow_top is not None:
-            _deform.FLOW_TOP = int(a.flow_top)
-    if a.enrich_mode:
-        from imprint.engine.membership import calibrate as _cal
-        _cal.ENRICH_MODE = a.enrich_mode
-    if a.lowpass_coarse:
-        from imprint.engine.membership import register as _register
-        _register.LP_K_COARSE = _register.LP_K_COARSE_ON
-    if a.pi1_bound:
-        from imprint.engine.membership import calibrate as _cal
-        _cal.EMPIRICAL_NULL_PI1_BOUND = True
-        print("# calibrate.EMPIRICAL_NULL_PI1_BOUND=True")
-    if a.pair_fpr is not None:
-        from imprint.engine.membership import decide as _decide
-        _decide.PAIR_NULL_FPR = a.pair_fpr
-    if a.ptile_channel:
-        from imprint.engine.membership import ptiles as _ptiles
-        _ptiles.PTILE_CHANNEL = True
+    knobs_on = apply_membership_knobs(a)
     if a.timing:
         timing(a)
         return
@@ -909,13 +859,7 @@ def main(argv=None):
                 setattr(a, k, v)
     print(f"# membership zoo: real={a.real} fillers={a.fillers} members={a.n_members} (+ as many non-members) "
           f"reference={a.n_reference} generated={a.n_gen} boot={a.boot} seed={a.seed} draw={a.draw}"
-          + (" anatomy.NCC_LOCAL=True" if a.ncc_local else "") + (" deform.NCC_FLOW=True" if a.ncc_flow else "")
-          + (" tiles.NCC_TILES=True" if a.ncc_tiles else "")
-          + (f" deform.FLOW_CHANNEL=True FLOW_TOP={_deform.FLOW_TOP}" if a.flow_channel else "")
-          + (f" calibrate.ENRICH_MODE={a.enrich_mode}" if a.enrich_mode else "")
-          + (f" register.LP_K_COARSE={_register.LP_K_COARSE}" if a.lowpass_coarse else "")
-          + (f" decide.PAIR_NULL_FPR={a.pair_fpr}" if a.pair_fpr else "")
-          + (" ptiles.PTILE_CHANNEL=True" if a.ptile_channel else ""))
+          + "".join(" " + k for k in knobs_on))
     print("| transform | strength | AUC [95% CI] | TPR@1%FPR [95% CI] | recall fpr:0.01 [95% CI] | "
           "non-members flagged | recall fdr:0.1 | false flags fdr:0.1 | F1 (f1; no members: share flagged) | audit s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
