@@ -79,19 +79,8 @@ def test_enrich_mode_off_is_comb8_and_a_bad_mode_is_an_error(monkeypatch):
         C.calibrated_max(Z, w, mx, nm, sum_share=C.SUM_SHARE)
 
 
-# five channels as in test_membership_decide: Gaussian sum-only channels, a heavy max channel, a registration channel
-_W = np.array([1.0, 1.0, 0.25, 2.0, 0.1])
-_MX = np.array([True, True, False, False, True])
-
-
-def _channels(rng, n):
-    Z = np.empty((n, 5))
-    Z[:, 0] = rng.standard_normal(n)
-    Z[:, 1] = rng.standard_t(3, n)
-    Z[:, 2] = np.where(rng.random(n) < 0.75, 0.0, 3 * rng.pareto(1.5, n))
-    Z[:, 3] = np.where(rng.random(n) < 0.01, rng.uniform(8, 16, n), rng.standard_normal(n))
-    Z[:, 4] = rng.standard_normal(n)
-    return Z
+# five channels as in test_membership_decide (imported: the same construction)
+from test_membership_decide import _MX, _W, _channels  # noqa: E402
 
 
 def test_local_mode_keeps_the_fpr_and_fdr_guarantees_with_an_enriched_channel(local_mode):
