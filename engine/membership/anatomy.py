@@ -624,6 +624,17 @@ def _force_cols(key: np.ndarray, cand: np.ndarray, elig: np.ndarray) -> np.ndarr
     return np.where(has & hit.any(1), np.argmax(hit, 1), -1).astype(np.int64)
 
 
+def _force_top(score: np.ndarray, key: np.ndarray, cand: np.ndarray, elig: np.ndarray) -> np.ndarray:
+    """:func:`_force_cols` where that column's coarse ``score`` [R, C] is finite (-1 elsewhere), and that score raised
+    to :data:`_FORCED` in place, so the column sorts first among the polished: int64 [R].  The one rule of
+    :func:`registered_anatomy` and :func:`anatomy_pair_values_splits` (branch elsrc13)."""
+    fcol = _force_cols(key, cand, elig)
+    fcol = np.where((fcol >= 0) & np.isfinite(score[np.arange(len(score)), np.maximum(fcol, 0)]), fcol, -1)
+    rr = np.flatnonzero(fcol >= 0)
+    score[rr, fcol[rr]] = _FORCED
+    return fcol
+
+
 def registered_anatomy(lowA: np.ndarray, lowB: np.ndarray, cand: np.ndarray, *, exclude=None,
                        n_polish: int | None = None, rounds: int = POLISH_ROUNDS, keys_a=None, keys_b=None,
                        cache: dict | None = None, force: np.ndarray | None = None) -> dict:
@@ -694,10 +705,7 @@ def registered_anatomy(lowA: np.ndarray, lowB: np.ndarray, cand: np.ndarray, *, 
     m = int(max(1, min(n_polish, c)))
     fcol = None
     if force is not None and np.asarray(force, bool).any():   # the coarse source's best: polished and flowed (elsrc13)
-        fcol = _force_cols(key, key0, (key0 >= 0) & np.asarray(force, bool)[None, :])
-        fcol = np.where((fcol >= 0) & np.isfinite(score[np.arange(R), np.maximum(fcol, 0)]), fcol, -1)
-        rr = np.flatnonzero(fcol >= 0)
-        score[rr, fcol[rr]] = _FORCED
+        fcol = _force_top(score, key, key0, (key0 >= 0) & np.asarray(force, bool)[None, :])
         m = int(min(m + 1, c))
     top = np.argsort(-score, axis=1, kind="stable")[:, :m]
     fin = np.isfinite(score[np.arange(R)[:, None], top]).ravel()
@@ -973,11 +981,7 @@ def anatomy_pair_values_splits(real: np.ndarray, inAs, cand: np.ndarray | None =
                     if fz_on:                  # the coarse source's best usable in the part (registered_anatomy's force)
                         el = ((key0 >= 0) & (inA[np.maximum(key0, 0)] == part) & (part | b_ok[None, :])
                               & np.asarray(force, bool)[None, :])
-                        fcol = _force_cols(key, key0, el)
-                        fcol = np.where((fcol >= 0) & np.isfinite(sc[np.arange(len(rows)), np.maximum(fcol, 0)]),
-                                        fcol, -1)
-                        rr = np.flatnonzero(fcol >= 0)
-                        sc[rr, fcol[rr]] = _FORCED
+                        fcol = _force_top(sc, key, key0, el)
                         mm = int(min(m + 1, c))
                     top = np.argsort(-sc, axis=1, kind="stable")[:, :mm]
                     fin = np.isfinite(np.take_along_axis(sc, top, 1))

@@ -1008,14 +1008,13 @@ def real_pair_null(real: np.ndarray, n_generated: int, *, k: int = 32, splits: S
 
     from . import deform as _deform
 
-    anat_flow = bool(anatomy and anatomy_register and _deform.FLOW_CHANNEL)       # the flow channel (elas13)
-    feats = ((PAIR_FEATURES if base else ()) + (PAIR_REG_FEATURES if register else ())
-             + (PAIR_ANAT_FEATURES[:1 + anat_flow] if anatomy else ()))
     from . import ptiles as _ptiles
 
+    anat_flow = bool(anatomy and anatomy_register and _deform.FLOW_CHANNEL)       # the flow channel (elas13)
     ptile = bool(anatomy and _ptiles.PTILE_CHANNEL)                # the partial-copy channel (part13)
-    if ptile:
-        feats = feats + ("ptile_ratio",)
+    anat_on = {"anat_ratio": anatomy, "anat_flow_ratio": anat_flow, "ptile_ratio": ptile}
+    feats = ((PAIR_FEATURES if base else ()) + (PAIR_REG_FEATURES if register else ())
+             + tuple(n for n in PAIR_ANAT_FEATURES if anat_on[n]))
     if register or (anatomy and anatomy_register):
         from .common import _hashes
 
@@ -1049,8 +1048,7 @@ def real_pair_null(real: np.ndarray, n_generated: int, *, k: int = 32, splits: S
             from . import register as _reg
 
             if _reg.LP_K_COARSE and _reg.LP_COARSE_FORCE:   # the coarse source's columns, the last (elsrc13)
-                kc = _reg.lowpass_pair_ks(R, share)[2]
-                anat_force = np.arange(acand.shape[1]) >= acand.shape[1] - kc
+                anat_force = _reg.coarse_columns(acand.shape[1], _reg.lowpass_pair_ks(R, share)[2])
         anat_vals = anatomy_pair_values_splits(real, inAs, acand, only=only, a_only=a_only,
                                                **({} if groups is None else {"groups": groups}),
                                                **({"flow": True} if anat_flow else {}),

@@ -124,11 +124,21 @@ def threshold_headroom(null_scores: np.ndarray, scores: np.ndarray, th: dict, al
     sc = np.asarray(scores, np.float64)
     n_between = int(((sc > nxt) & (sc <= thr)).sum())
     conf = float(th.get("confidence") or 0.95)
-    k2 = K
-    while _allowed_exceedances(k2, float(alpha), conf) < j + 1:
-        k2 += 1
+
+    def enough(k):                          # non-decreasing in k: P(Binomial(k, alpha) <= j + 1) falls as k grows
+        return _allowed_exceedances(k, float(alpha), conf) >= j + 1
+
+    if enough(K):                           # (a th of another rule than null_threshold's at this confidence)
+        lo = hi = K
+    else:                                   # double, then bisect (lo, hi]
+        lo, hi = K, 2 * K
+    while not enough(hi):
+        lo, hi = hi, 2 * hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if enough(mid) else (mid, hi)
     return {"threshold": thr, "next": nxt, "allowed_exceedances": j, "n_between": n_between, "n_null": K,
-            "null_size_for_next": int(k2)}
+            "null_size_for_next": int(hi)}
 
 
 #: the ``fpr:ALPHA`` threshold of the unsupervised mode (no labelled null: the real-to-real pairs with the empirical

@@ -822,13 +822,11 @@ def compute_evidence(generated: np.ndarray, pool: np.ndarray, *, k_gen: int = 10
                 # (reference images included, so the calibration holds); the control keeps the shortlist: more
                 # control candidates raised every member's control NCC among look-alikes and lost in-place copies
                 # (tests/test_membership_evidence_anatomy.py's planted re-synthesis: 0.35 flagged instead of >= 0.85)
-                from .register import lowpass_candidates
-
                 from . import register as _reg
 
-                lg = lowpass_candidates(G, P, keys_gen=kG, keys_pool=kP, cache=_cache, control=False)[0]
+                lg = _reg.lowpass_candidates(G, P, keys_gen=kG, keys_pool=kP, cache=_cache, control=False)[0]
                 if _reg.LP_K_COARSE and _reg.LP_COARSE_FORCE:   # the coarse source's columns (elsrc13), the last
-                    force = np.arange(cg.shape[1] + lg.shape[1]) >= cg.shape[1] + lg.shape[1] - _reg.LP_K_COARSE
+                    force = _reg.coarse_columns(cg.shape[1] + lg.shape[1], _reg.LP_K_COARSE)
                 cg = np.concatenate([cg, lg], 1)
             sl = (cg, cr)
         ev.update(anatomy_evidence(G, P, chunk=chunk, executor=executor, shortlist=sl, keys_gen=kG, keys_pool=kP,

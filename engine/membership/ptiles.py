@@ -54,7 +54,6 @@ WINDOW = 4
 SRC_WINDOW = 4
 SRC_MIN_STD = 1.0
 BP_MIN_STD = 1.0
-_EPS = 1e-3
 
 
 def tag() -> str:
@@ -203,11 +202,14 @@ def _grid_step(shape_img, shape_grid) -> float:
     return step / max(1, int(DOWN))
 
 
-def _best_values(S, Pos, px, allow_fn, bq, bq_m, bb, org, step, rows) -> np.ndarray:
-    """For each query row in ``rows``: the best pair value over its source candidates among ``allow_fn(row)``."""
+def _best_values(S, Pos, px, allow_fn, bq, bq_m, bb, org, step, rows):
+    """For each query row in ``rows``: the best pair value over its source candidates among ``allow_fn(row)``, and
+    the first candidate (-1: none); (float64 [N], float64 [N])."""
     qi, bi, ps = [], [], []
+    first = np.full(S.shape[0], -1.0)
     for r in rows:
         c = rank_candidates(S[r], allow_fn(r))
+        first[r] = c[0]
         c = c[c >= 0]
         qi += [r] * len(c)
         bi += list(c)
@@ -217,12 +219,15 @@ def _best_values(S, Pos, px, allow_fn, bq, bq_m, bb, org, step, rows) -> np.ndar
         v = pair_values(bq, bq_m, bb, np.array(qi), np.array(bi), np.array(ps, np.int64).reshape(len(qi), -1),
                         px, step, org)
         np.maximum.at(out, np.array(qi), v)
-    return out
+    return out, first
 
 
 def ratio(v_a: np.ndarray, v_b: np.ndarray) -> np.ndarray:
-    """``-log((1 - v_a + 1e-3) / (1 - v_b + 1e-3))`` (``1 - v`` clipped at 0)."""
-    return -np.log((np.clip(1.0 - v_a, 0, None) + _EPS) / (np.clip(1.0 - v_b, 0, None) + _EPS))
+    """``-log((1 - v_a + 1e-3) / (1 - v_b + 1e-3))`` (``1 - v`` clipped at 0): the anatomy ratios' form, the same
+    function (:func:`.anatomy._anat_ratio`)."""
+    from .anatomy import _anat_ratio
+
+    return _anat_ratio(v_a, v_b)
 
 
 def ptile_evidence(G: np.ndarray, P: np.ndarray) -> dict:
@@ -238,10 +243,9 @@ def ptile_evidence(G: np.ndarray, P: np.ndarray) -> dict:
     lowG = _grids(G)[0]
     S, Pos, px = tile_scores(qt, qok, lowG, org)
     bG = bandpass(G)
-    vG = _best_values(S, Pos, px, lambda r: np.ones(len(G), bool), bP, bPm, bG, org, step, rows)
-    match = np.array([rank_candidates(S[r], np.ones(len(G), bool))[0] for r in rows], np.float64)
+    vG, match = _best_values(S, Pos, px, lambda r: np.ones(len(G), bool), bP, bPm, bG, org, step, rows)
     Sr, Posr, _ = tile_scores(qt, qok, lowP, org)
-    vR = _best_values(Sr, Posr, px, lambda r: rows != r, bP, bPm, bP, org, step, rows)
+    vR = _best_values(Sr, Posr, px, lambda r: rows != r, bP, bPm, bP, org, step, rows)[0]
     return {"ptile_ratio": ratio(vG, vR), "ptile_val": vG, "ptile_real_val": vR, "ptile_match": match}
 
 

@@ -1607,6 +1607,12 @@ LP_COARSE_SIZE = 12
 LP_COARSE_FORCE = True
 
 
+def coarse_columns(n_cols: int, k_coarse: int) -> np.ndarray:
+    """Which of ``n_cols`` candidate columns are the coarse source's (its ``k_coarse``, the last ones): bool
+    [n_cols], the ``force`` of :func:`.anatomy.registered_anatomy` and of the pair null's splits."""
+    return np.arange(n_cols) >= n_cols - int(k_coarse)
+
+
 def coarse_tag() -> str:
     """The coarse source's checkpoint fragment (empty when off)."""
     if not LP_K_COARSE:
@@ -1648,21 +1654,29 @@ def coarse_frame_descriptors(low: np.ndarray) -> np.ndarray:
 def coarse_frame_queries(low: np.ndarray) -> np.ndarray:
     """The coarse source's queries of low-pass grids ``low`` [N, h, w]: the descriptors (:func:`_coarse_desc`) of their
     coarse grids, of those grids' 4 :func:`shift_variants` and of the grids rotated by every :data:`LP_FRAME_ANGLES`
-    angle (as :func:`lowpass_frame_queries`): float32 [N, V, s, s] (variant 0 = the grid itself)."""
+    angle (:func:`_variant_queries`, as :func:`lowpass_frame_queries`): float32 [N, V, s, s] (variant 0 = the grid
+    itself)."""
     g = _coarse_grid(low)
-    n = len(g)
     if LP_COARSE_MODE != "grid":
         return lowpass_frame_queries(g, size=LP_COARSE_SIZE)
-    v = shift_variants(g).reshape((-1,) + g.shape[1:])
-    parts = [_coarse_desc(v).reshape(n, 5, -1)]
-    if LP_FRAME_ANGLES and n:
+    return _variant_queries(g, _coarse_desc)
+
+
+def _variant_queries(g: np.ndarray, desc) -> np.ndarray:
+    """``desc`` (grids [M, h, w] -> descriptors [M, s, s]) of every grid of ``g`` [N, h, w] (N >= 1), of its 4
+    :func:`shift_variants` and of it rotated about its centre by every :data:`LP_FRAME_ANGLES` angle (bilinear):
+    float32 [N, 5 + len(LP_FRAME_ANGLES), s, s], variant 0 = the grid itself.  The low-pass and the coarse sources'
+    queries (:func:`lowpass_frame_queries`, :func:`coarse_frame_queries`)."""
+    n = len(g)
+    v = shift_variants(g)
+    d = desc(v.reshape((-1,) + v.shape[2:]))
+    parts = [d.reshape((n, v.shape[1]) + d.shape[1:])]
+    if LP_FRAME_ANGLES:
         na = len(LP_FRAME_ANGLES)
         rot, _ = warp(g, np.repeat(np.arange(n), na), 0, np.tile(np.asarray(LP_FRAME_ANGLES, np.float64), n),
                       np.ones(n * na))
-        parts.append(_coarse_desc(rot).reshape(n, na, -1))
-    d = np.concatenate(parts, 1)
-    side = int(round(np.sqrt(d.shape[2]))) if n else 16
-    return np.ascontiguousarray(d.reshape(n, d.shape[1], side, -1), np.float32)
+        parts.append(desc(rot).reshape((n, na) + d.shape[1:]))
+    return np.ascontiguousarray(np.concatenate(parts, 1), np.float32)
 
 
 def lowpass_grid(images: np.ndarray) -> np.ndarray:
@@ -1749,18 +1763,9 @@ def lowpass_frame_queries(low: np.ndarray, size: int = 24) -> np.ndarray:
     float32 [N, 5 + len(LP_FRAME_ANGLES), size, size]
     """
     low = np.ascontiguousarray(low, np.float32)
-    n = len(low)
-    V = 5 + len(LP_FRAME_ANGLES)
-    if n == 0:
-        return np.zeros((0, V, size, size), np.float32)
-    sh = shifted_shortlist_descriptors(low, size)
-    if not LP_FRAME_ANGLES:
-        return sh
-    na = len(LP_FRAME_ANGLES)
-    rot, _ = warp(low, np.repeat(np.arange(n), na), 0, np.tile(np.asarray(LP_FRAME_ANGLES, np.float64), n),
-                  np.ones(n * na))
-    rd = shortlist_descriptors(rot, size).reshape(n, na, *sh.shape[2:])
-    return np.ascontiguousarray(np.concatenate([sh, rd], 1), np.float32)
+    if len(low) == 0:
+        return np.zeros((0, 5 + len(LP_FRAME_ANGLES), size, size), np.float32)
+    return _variant_queries(low, lambda x: shortlist_descriptors(x, size))
 
 
 def lowpass_spectrum_descriptors(images: np.ndarray, *, rotscale: bool = False) -> np.ndarray:
