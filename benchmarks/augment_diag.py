@@ -182,13 +182,7 @@ def run(args):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--real", default=zoo.DEV)
-    ap.add_argument("--fillers", default="dev")
-    ap.add_argument("--n-members", type=int, default=60)
-    ap.add_argument("--n-reference", type=int, default=300)
-    ap.add_argument("--n-gen", type=int, default=1000)
-    ap.add_argument("--boot", type=int, default=500)
-    ap.add_argument("--seed", type=int, default=0)
+    zoo.add_draw_args(ap, size=None)
     ap.add_argument("--quick", action="store_true", help="the zoo's --quick draw (40 members, 150 reference, 400 generated)")
     ap.add_argument("--only", default="augment (all):1")
     ap.add_argument("--verbose", action="store_true", help="also list the flagged members")

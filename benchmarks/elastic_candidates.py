@@ -76,14 +76,7 @@ def stages(gen, cand, ref, copy, nm):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--real", default=mz.DEV)
-    ap.add_argument("--fillers", default="dev")
-    ap.add_argument("--size", type=int, default=128)
-    ap.add_argument("--n-members", type=int, default=60)
-    ap.add_argument("--n-reference", type=int, default=300)
-    ap.add_argument("--n-gen", type=int, default=1000)
-    ap.add_argument("--boot", type=int, default=500)
-    ap.add_argument("--seed", type=int, default=2)
+    mz.add_draw_args(ap, seed=2)
     ap.add_argument("--only", required=True)
     ap.add_argument("--coarse", action="store_true", help="the coarse low-pass source on (register.LP_K_COARSE)")
     ap.add_argument("--both", action="store_true", help="off and on, one row each")

@@ -189,6 +189,9 @@ def decompose(Z, w, mx, null, y, names) -> None:
 
 
 def main(argv=None):
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import membership_zoo as mz
+
     ap = argparse.ArgumentParser()
     ap.add_argument("--corpus", default="/work/shared/corpus/dev")
     ap.add_argument("--cache-dir", default=None)
@@ -199,6 +202,7 @@ def main(argv=None):
                     help="run the zoo's --quick scenarios (same draws as membership_zoo.py --quick) and save every "
                          "scenario's combination inputs and labels here (.npz)")
     ap.add_argument("--zoo-seed", type=int, default=0)
+    mz.add_draw_flag(ap)
     ap.add_argument("--decompose", action="store_true",
                     help="unsupervised settings: where the fpr:0.01 recall is lost (module docstring)")
     ap.add_argument("--members", default="", help="A:B: list members that rank lower under rule B than under A")

@@ -183,13 +183,7 @@ def twins(args):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--real", default=zoo.DEV)
-    ap.add_argument("--fillers", default="dev")
-    ap.add_argument("--n-members", type=int, default=60)
-    ap.add_argument("--n-reference", type=int, default=300)
-    ap.add_argument("--n-gen", type=int, default=1000)
-    ap.add_argument("--boot", type=int, default=500, help="the zoo's --boot (to replay its random stream)")
-    ap.add_argument("--seed", type=int, default=0)
+    zoo.add_draw_args(ap, size=None)
     ap.add_argument("--only", default="none,identity,flip,shift:0.05,resynth sigma:3")
     ap.add_argument("--decision", default="fpr:0.01")
     ap.add_argument("--top", type=int, default=10)

@@ -108,12 +108,16 @@ def load_captures(path: str) -> list[dict]:
 
 
 def main(argv=None):
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import membership_zoo as mz
+
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("capture")
     c.add_argument("--out", required=True)
     c.add_argument("--zoo-seed", type=int, default=None)
     c.add_argument("--boot", type=int, default=200)
+    mz.add_draw_flag(c)
     c.add_argument("--only", default=None)
     c.add_argument("--gens", default=None)
     c.add_argument("--corpus", default="/work/shared/corpus/dev")

@@ -42,7 +42,7 @@ from sklearn import metrics as skm
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from membership_zoo import DEV, build_scenario, load_real_and_fillers, scenarios, tpr_at  # noqa: E402
+from membership_zoo import add_draw_args, build_scenario, load_real_and_fillers, scenarios, tpr_at  # noqa: E402
 
 from imprint.engine.membership import audit_membership  # noqa: E402
 
@@ -119,12 +119,9 @@ def fmt(r) -> str:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--real", default=DEV, help="folder of real PNGs (default: the dev corpus' real images)")
-    ap.add_argument("--fillers", default="dev", help="folder of non-copy generated PNGs, 'dev' (gen_a+gen_b) or 'none'")
-    ap.add_argument("--size", type=int, default=128)
+    add_draw_args(ap, n_members=None, n_reference=None, n_gen=None, boot=None)
     ap.add_argument("--n-members", type=int, default=None, help="default 60 (--quick: 40)")
     ap.add_argument("--n-gen", type=int, default=None, help="default 1000 (--quick: 400)")
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="10 scenarios, 40 members + 40 non-members, 400 generated")
     ap.add_argument("--dump", default=None, help="folder: save each scenario's scores, labels and real-pair null (.npz)")
     ap.add_argument("--cache-dir", default=None, help="keep the evidence / real-to-real null checkpoints here")

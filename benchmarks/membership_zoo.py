@@ -31,6 +31,10 @@ reference row that set the ``fpr:0.01`` threshold of elastic 4 px at seeds 2 and
 unused), enough for 60 + 60 candidates and 300 reference. ``--draw all`` is the draw of every table before that
 (every real image); the draws differ, so compare a table only with one of the same draw. With ``--real DIR`` or
 other fillers nothing is left out: the user must not mix in real images the fillers' generators were trained on.
+The scripts that replay the zoo's draws (augment_diag, elastic_candidates, membership_null_diag, shortlist_recall,
+partial_copy_diag, membership_unsupervised, membership_combine_diag, membership_uns_diag capture) take the same
+``--draw`` (:func:`add_draw_flag` / :func:`add_draw_args`); before the fourteenth wave they had none and drew
+``clean``, so their tables from the old draw are redrawn only with ``--draw all``.
 
 This is a measurement, not a tuning set: nothing in engine/ was chosen on it.
 
@@ -323,7 +327,45 @@ def boot(y, s, used, n_boot, rng):
     return point, lo, hi
 
 
-DRAW = "clean"  # module docstring; main() sets it from --draw
+DRAW = "clean"  # module docstring; ``--draw`` (:func:`add_draw_flag`) sets it in the zoo and every script drawing from it
+DRAW_HELP = ("clean: with the dev reals and dev fillers, leave out the reals gen_a / gen_b were trained on (membership_zoo's "
+             "docstring); all: every dev real (the draw of the tables before the thirteenth wave)")
+
+
+class _SetDraw(argparse.Action):
+    """``--draw``: sets :data:`DRAW` when given, so every draw of this process (the zoo's own and any script's that
+    calls :func:`load_real_and_fillers`, :func:`run` or :func:`dev_real_folders`) follows it."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        global DRAW
+        DRAW = values
+        setattr(namespace, self.dest, values)
+
+
+def add_draw_flag(ap) -> None:
+    """Add ``--draw clean|all`` to ``ap`` (an argparse parser or sub-parser); the value lands in :data:`DRAW`."""
+    ap.add_argument("--draw", default="clean", choices=("clean", "all"), action=_SetDraw, help=DRAW_HELP)
+
+
+def add_draw_args(ap, *, real: str = DEV, fillers: str = "dev", size: int | None = 128, n_members: int | None = 60,
+                  n_reference: int | None = 300, n_gen: int | None = 1000, boot: int | None = 500,
+                  seed: int = 0) -> None:
+    """The zoo's draw arguments, one definition for the zoo and the scripts that replay its draws: ``--real``,
+    ``--fillers``, ``--draw``, ``--size``, ``--n-members``, ``--n-reference``, ``--n-gen``, ``--boot`` (its random
+    stream is the draws', so a replay needs the same value), ``--seed``.  A keyword set to None leaves that
+    argument out (the script does not use it)."""
+    ap.add_argument("--real", default=real, help="folder of real PNGs (default: the dev corpus' real images)")
+    ap.add_argument("--fillers", default=fillers,
+                    help="folder of non-copy generated PNGs, 'dev' (gen_a+gen_b) or 'none'")
+    add_draw_flag(ap)
+    for flag, value, text in (("--size", size, "images are resized to size x size"),
+                              ("--n-members", n_members, "members (and as many non-members) per scenario"),
+                              ("--n-reference", n_reference, "reference (known non-member) images per scenario"),
+                              ("--n-gen", n_gen, "generated images per scenario"),
+                              ("--boot", boot, "bootstrap resamples (they share the draws' random stream)")):
+        if value is not None:
+            ap.add_argument(flag, type=int, default=value, help=text)
+    ap.add_argument("--seed", type=int, default=seed)
 
 
 def dev_real_folders(fillers: str, draw: str | None = None) -> list[str]:
@@ -787,17 +829,7 @@ def lowpass_queries_cost(args) -> None:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--real", default=DEV, help="folder of real PNGs (default: the dev corpus' real images)")
-    ap.add_argument("--fillers", default="dev", help="folder of non-copy generated PNGs, 'dev' (gen_a+gen_b) or 'none'")
-    ap.add_argument("--draw", default="clean", choices=("clean", "all"),
-                    help="clean: with the dev reals and dev fillers, leave out the reals gen_a / gen_b were trained on "
-                         "(module docstring); all: every dev real (the draw of the tables before the thirteenth wave)")
-    ap.add_argument("--size", type=int, default=128, help="images are resized to size x size")
-    ap.add_argument("--n-members", type=int, default=60)
-    ap.add_argument("--n-reference", type=int, default=300)
-    ap.add_argument("--n-gen", type=int, default=1000)
-    ap.add_argument("--boot", type=int, default=500)
-    ap.add_argument("--seed", type=int, default=0)
+    add_draw_args(ap)
     ap.add_argument("--setting", default="reference", choices=("reference", "unsupervised"),
                     help="unsupervised: no reference (the real-to-real null of the candidates), same draws")
     ap.add_argument("--quick", action="store_true", help="10 scenarios, 40 members, 150 reference, 400 generated")
@@ -836,7 +868,7 @@ def main(argv=None):
                          "true-pair vs chosen NCC, anat_ratio vs the combined score; one audit per scenario)")
     a = ap.parse_args(argv)
     global DRAW
-    DRAW = a.draw
+    DRAW = a.draw  # also when not given: a second main() in one process starts from the default
     knobs_on = apply_membership_knobs(a)
     if a.timing:
         timing(a)

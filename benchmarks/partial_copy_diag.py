@@ -85,6 +85,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", required=True, help="zoo scenarios (comma-separated name prefixes, optionally :strength)")
     ap.add_argument("--seed", type=int, default=11)
+    z.add_draw_flag(ap)
     ap.add_argument("--stride", type=int, default=2, help="stride (grid px) of the tile source's generated patches")
     ap.add_argument("--variants", default="1:0.5", help="tiles.NCC_TILES settings SHIFT:SHARE, comma-separated")
     ap.add_argument("--n-members", type=int, default=60)

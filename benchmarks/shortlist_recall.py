@@ -44,13 +44,8 @@ CONFIGS = {"before": (dict(n_lp=0, shift_queries=False), 0.0), "after": ({}, reg
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--real", default="/work/shared/corpus/dev/attribution")
-    ap.add_argument("--fillers", default="dev")
-    ap.add_argument("--size", type=int, default=128)
-    ap.add_argument("--n-members", type=int, default=40)
-    ap.add_argument("--n-reference", type=int, default=150)
-    ap.add_argument("--n-gen", type=int, default=400)
-    ap.add_argument("--seed", type=int, default=1)
+    mz.add_draw_args(ap, real="/work/shared/corpus/dev/attribution", n_members=40, n_reference=150, n_gen=400,
+                     boot=None, seed=1)
     ap.add_argument("--scenarios", default="augment:1,augment:0.5,resynth:3,shift:0.1,flip")
     ap.add_argument("--configs", default="before,after")
     ap.add_argument("--verbose", action="store_true")
