@@ -40,6 +40,9 @@ MEMBERSHIP_KNOBS = {
     "pair_fpr": ("--pair-fpr", "decide", "PAIR_NULL_FPR", dict(choices=("exact", "conformal"), default=None),
                  lambda v, m: v, "fpr:ALPHA threshold of the unsupervised mode; 'conformal': the expected-rate "
                                  "threshold (branch uns13)"),
+    "null_anchor": ("--null-anchor", "calibrate", "EMPIRICAL_NULL_ANCHOR", dict(action="store_true"),
+                    lambda v, m: True, "the unsupervised mode's empirical null located at the proxy null's median, its "
+                                       "lower half allowed to be compressed (branch uns14)"),
     "ptile_channel": ("--ptile-channel", "ptiles", "PTILE_CHANNEL", dict(action="store_true"), lambda v, m: True,
                       "the partial-copy channel ptile_ratio (branch part13)"),
 }

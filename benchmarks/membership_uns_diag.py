@@ -15,7 +15,7 @@ Usage::
     python benchmarks/membership_uns_diag.py capture --out /tmp/uns13/zoo_s2.npz --zoo-seed 2 --boot 200 \
         --only "none,identity,resynth sigma:3,..."
     python benchmarks/membership_uns_diag.py capture --out /tmp/uns13/loo.npz --gens gen_e,gen_b,gen_a
-    python benchmarks/membership_uns_diag.py report [--table] /tmp/uns13/zoo_s2.npz [/tmp/uns13/loo.npz ...]
+    python benchmarks/membership_uns_diag.py report [--table | --anchor] /tmp/uns13/zoo_s2.npz [/tmp/uns13/loo.npz ...]
 
 All dev figures are in-sample for the constants chosen on dev earlier; the zoo is a measurement.
 """
@@ -125,6 +125,8 @@ def main(argv=None):
     r = sub.add_parser("report")
     r.add_argument("paths", nargs="+")
     r.add_argument("--table", action="store_true", help="one markdown row per capture instead of the per-channel report")
+    r.add_argument("--anchor", action="store_true", help="main's empirical null against the median-anchored one "
+                   "(calibrate.EMPIRICAL_NULL_ANCHOR, branch uns14), one markdown row per capture")
     a = ap.parse_args(argv)
     if a.cmd == "capture":
         names, got = capture_zoo(a) if a.zoo_seed is not None else capture_loo(a)
@@ -132,7 +134,7 @@ def main(argv=None):
         return
     import uns_report
 
-    (uns_report.table if a.table else uns_report.main)(a.paths)
+    (uns_report.anchor_table if a.anchor else uns_report.table if a.table else uns_report.main)(a.paths)
 
 
 if __name__ == "__main__":

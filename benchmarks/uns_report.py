@@ -120,3 +120,36 @@ if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "--table":
     table(sys.argv[2:])
 elif __name__ == "__main__":
     main(sys.argv[1:])
+
+
+def anchor_table(paths):
+    """One markdown row per capture: main's empirical null against the median-anchored one
+    (``calibrate.EMPIRICAL_NULL_ANCHOR``, branch uns14), the latter also with uns13's pi0 bound; each with the exact and
+    the conformal ``fpr:0.01`` threshold, ``fdr:0.1`` and ``f1`` (recall or F1, non-members flagged in brackets)."""
+    from membership_uns_diag import load_captures
+
+    confs = {"main": (False, False), "anchor": (True, False), "anchor + pi1 bound": (True, True)}
+    print("| case | AUC | TPR@1%FPR | oracle offset | "
+          + " | ".join(f"{k}: loc / pi0 | fpr exact | fpr conformal | fdr:0.1 | F1 f1" for k in confs) + " |")
+    print("|---" * (4 + 5 * len(confs)) + "|")
+    r = lambda x: "n/a" if not np.isfinite(x) else f"{x:.3f}"  # noqa: E731
+    saved = cal.EMPIRICAL_NULL_ANCHOR, cal.EMPIRICAL_NULL_PI1_BOUND
+    try:
+        for p in paths:
+            for c in load_captures(p):
+                Z, null, w, mx, g, y = c["Z"], c["null"].astype(bool), c["w"], c["mx"], c["groups"], c["y"]
+                cells, head = [], ""
+                for k, (anchor, pi1) in confs.items():
+                    cal.EMPIRICAL_NULL_ANCHOR, cal.EMPIRICAL_NULL_PI1_BOUND = anchor, pi1
+                    s, ns, info = cal.pair_null_scores(Z, null, w, mx, empirical=True, null_groups=g, combine="tail")
+                    e = info["empirical_null"]
+                    d, dc = decide(s, ns, y), decide(s, ns, y, "conformal")
+                    if not head:
+                        sa, _ = cal.combined_scores(Z, w, mx, null, "tail")
+                        orc = float(np.median(s[y == 0]) - np.median(sa[null]))
+                        head = f"| {c['name']} | {r(d['auc'])} | {r(d['tpr1'])} | {orc:+.2f} |"
+                    cells.append(f" {e['loc']:+.2f} / {e['pi0']:.2f} | {r(d['rec'])} ({d['fp']}) | {r(dc['rec'])} "
+                                 f"({dc['fp']}) | {r(d['rec_fdr'])} ({d['fp_fdr']}) | {d['f1']:.3f} ({d['fp_f1']}) |")
+                print(head + "".join(cells), flush=True)
+    finally:
+        cal.EMPIRICAL_NULL_ANCHOR, cal.EMPIRICAL_NULL_PI1_BOUND = saved

@@ -11,7 +11,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 from _membership_knobs import MEMBERSHIP_KNOBS, add_membership_knobs, apply_membership_knobs  # noqa: E402
 
 ARGV = ["--ncc-local", "--ncc-flow", "--ncc-tiles", "--flow-channel", "--flow-top", "5", "--enrich-mode", "local",
-        "--lowpass-coarse", "--pi1-bound", "--pair-fpr", "conformal", "--ptile-channel"]
+        "--lowpass-coarse", "--pi1-bound", "--pair-fpr", "conformal", "--null-anchor", "--ptile-channel"]
 
 
 def _modules():
@@ -33,7 +33,7 @@ def test_every_flag_sets_its_setting_and_none_is_left_out(monkeypatch):
               ("deform", "FLOW_CHANNEL"): True, ("deform", "FLOW_TOP"): 5, ("calibrate", "ENRICH_MODE"): "local",
               ("register", "LP_K_COARSE"): mods["register"].LP_K_COARSE_ON,
               ("calibrate", "EMPIRICAL_NULL_PI1_BOUND"): True, ("decide", "PAIR_NULL_FPR"): "conformal",
-              ("ptiles", "PTILE_CHANNEL"): True}
+              ("calibrate", "EMPIRICAL_NULL_ANCHOR"): True, ("ptiles", "PTILE_CHANNEL"): True}
     assert set(expect) == {(m, a) for _, m, a, *_ in MEMBERSHIP_KNOBS.values()}   # the test covers every row
     for (m, a), v in expect.items():
         assert getattr(mods[m], a) == v, (m, a)

@@ -1125,6 +1125,21 @@ _PI0_ITER = 3
 #: high (a fixed point: the zoo's identity row fits pi0 1.00 with half the candidates at z +9).  The upper-tail bound
 #: does not depend on that median; a location that is too high only makes it smaller (conservative).
 EMPIRICAL_NULL_PI1_BOUND = False
+#: opt-in (issue 13, branch uns14; default off): the unsupervised mode's empirical null (:func:`pair_null_scores`) reads
+#: a lower-window slope below 1 as the compression of the non-members' LOWER half and anchors the location at the
+#: proxy null's median: the null becomes ``loc + S`` with ``loc`` the fitted line's value at the null's median (slope
+#: kept down to :data:`ANCHOR_MIN_SLOPE`), instead of the line of slope 1 through the window (which puts the location
+#: too high by ``(1 - slope)`` times the window's distance below the median: the combined score
+#: ``-Phi^-1(min_c p_c)`` of a non-member lower in every channel has a compressed lower tail, RESULTS.md uns13).  The
+#: upper half keeps the proxy's shape (scale 1: never narrowed, so the noise-16 failure of a fitted scale, see
+#: :data:`EMPIRICAL_NULL_MIN_SCALE`, cannot recur); a slope >= 1 is used as before.  Off because that upper-half
+#: assumption fails when every channel of a non-member moves down alike: the min-p combination then STRETCHES the
+#: upper half (tests/test_membership_unsupervised.py 'further' case: its FPR / fdr simulations fail with this on),
+#: and on dev gen_b it flags 6 instead of 5 of 300 unused at fpr:0.01 (RESULTS.md uns14).
+EMPIRICAL_NULL_ANCHOR = False
+#: smallest lower-half slope of :data:`EMPIRICAL_NULL_ANCHOR` (a priori, the same bound as
+#: :data:`CHANNEL_NULL_MIN_SCALE`: the lower half may be compressed to half the proxy's spread, no further)
+ANCHOR_MIN_SLOPE = 0.5
 #: null exceedance levels of :func:`_pi1_lower` (a priori: a tenth and a hundredth)
 PI1_LEVELS = (0.1, 0.01)
 #: fixed-point iterations with :data:`EMPIRICAL_NULL_PI1_BOUND` on
@@ -1132,14 +1147,22 @@ _PI1_ITER = 5
 
 
 def _lower_tail_fit(s: np.ndarray, nu_sorted: np.ndarray, qq: np.ndarray, pi0: float,
-                    min_scale: float) -> tuple[float, float]:
+                    min_scale: float, anchor: float | None = None) -> tuple[float, float]:
     """Least-squares ``(loc, scale)`` through (null quantile at ``qq / pi0``, candidate quantile at ``qq``);
-    a slope below ``min_scale`` is replaced by ``min_scale`` with ``loc`` the median offset at that slope."""
+    a slope below ``min_scale`` is replaced by ``min_scale`` with ``loc`` the median offset at that slope.
+
+    ``anchor`` (:data:`EMPIRICAL_NULL_ANCHOR`'s smallest slope, ``min_scale`` 1): a slope below 1 is the lower half's
+    compression: the slope clipped to ``[anchor, 1]``, the line through the window at that slope (median offset),
+    and ``(loc, 1)`` with ``loc + median(null)`` that line's value at the null's median."""
     xq = np.quantile(nu_sorted, np.clip(qq / pi0, 0.0, 1.0))
     yq = np.quantile(s, qq)
     scale = 0.0
     if float(np.ptp(xq)) > 1e-12 and float(np.ptp(yq)) > 1e-12:
         scale, loc = np.polyfit(xq, yq, 1)
+    if anchor is not None and scale < 1.0:
+        a = float(min(max(scale, anchor), 1.0))
+        med = float(np.quantile(nu_sorted, 0.5))
+        return float(np.median(yq - a * xq) + (a - 1.0) * med), 1.0
     if scale < min_scale:
         scale = max(min_scale, 1e-3)
         loc = float(np.median(yq - scale * xq))
@@ -1184,7 +1207,8 @@ def _pi1_lower(x: np.ndarray, null: np.ndarray, confidence: float = 0.975,
 
 def empirical_null(candidate_scores: np.ndarray, null_scores: np.ndarray, *,
                    quantiles: tuple[float, float] = EMPIRICAL_NULL_QUANTILES, n_points: int = 9,
-                   min_candidates: int = EMPIRICAL_NULL_MIN, min_scale: float = EMPIRICAL_NULL_MIN_SCALE) -> dict:
+                   min_candidates: int = EMPIRICAL_NULL_MIN, min_scale: float = EMPIRICAL_NULL_MIN_SCALE,
+                   anchor: float | None = None) -> dict:
     """Efron-style empirical null: the proxy null's shape, the candidates' own location and scale.
 
     A proxy null (the real-to-real pairs of :func:`real_pair_null`) says how a non-member's score is
@@ -1221,6 +1245,9 @@ def empirical_null(candidate_scores: np.ndarray, null_scores: np.ndarray, *,
     min_candidates : int           below this ``N`` nothing is estimated (``applied`` False, ``loc`` 0, ``scale`` 1)
     min_scale : float              smallest ``scale`` (:data:`EMPIRICAL_NULL_MIN_SCALE`; a fitted slope below it is
                                    replaced by it, ``loc`` then the median offset over the window)
+    anchor : float or None         opt-in (:data:`EMPIRICAL_NULL_ANCHOR`, the smallest slope): a slope below 1 is
+                                   read as the non-members' compressed lower half, and the location is anchored at
+                                   the null's median (``scale`` 1; see :func:`_lower_tail_fit`); None: as described
 
     Returns
     -------
@@ -1249,15 +1276,15 @@ def empirical_null(candidate_scores: np.ndarray, null_scores: np.ndarray, *,
         pi0 = 1.0
         if EMPIRICAL_NULL_PI1_BOUND:                   # opt-in (uns13): also the upper tail's bound
             for _ in range(_PI1_ITER):
-                loc, scale = _lower_tail_fit(x, nu, qq, pi0, min_scale)
+                loc, scale = _lower_tail_fit(x, nu, qq, pi0, min_scale, anchor)
                 f = loc + scale * nu
                 pi0 = max(0.5, min(_pi0_upper(x, f, 0.975), 1.0 - _pi1_lower(x, f)))
-            loc, scale = _lower_tail_fit(x, nu, qq, pi0, min_scale)
+            loc, scale = _lower_tail_fit(x, nu, qq, pi0, min_scale, anchor)
             return loc, scale, pi0
         for _ in range(_PI0_ITER):
-            loc, scale = _lower_tail_fit(x, nu, qq, pi0, min_scale)
+            loc, scale = _lower_tail_fit(x, nu, qq, pi0, min_scale, anchor)
             pi0 = _pi0_upper(x, loc + scale * nu)
-        loc, scale = _lower_tail_fit(x, nu, qq, pi0, min_scale)
+        loc, scale = _lower_tail_fit(x, nu, qq, pi0, min_scale, anchor)
         return loc, scale, pi0
 
     loc, scale, pi0 = fit(s)
@@ -1462,7 +1489,8 @@ def pair_null_scores(Z: np.ndarray, null_mask: np.ndarray, w: np.ndarray, use_ma
     null_scores = sa[null_mask]
     emp = None
     if mode != "none":
-        emp = empirical_null(sa[fit], null_scores)
+        emp = empirical_null(sa[fit], null_scores,
+                             anchor=ANCHOR_MIN_SLOPE if EMPIRICAL_NULL_ANCHOR else None)   # opt-in (uns14)
         null_scores = emp["loc"] + emp["scale"] * null_scores
     icc = _intraclass_correlation(sa[null_mask], null_groups) if null_groups is not None else float("nan")
     return sa[~null_mask], np.asarray(null_scores, np.float64), {"combine": used, "empirical_null": emp,
