@@ -29,7 +29,7 @@ in ``--dev``.  Here:
   ``release-webp`` (the release mix with WebP q 60-90 in place of JPEG, filters among the six).
 
 Printed per cell (set, seed, n, condition, k, dev or not): ARI, k found, ``ari_processing`` (ARI of the clusters
-against the per-image processing tags: requirement 2, "processing never forms a cluster of its own"; 0 where every
+against the per-image processing tags, the resize filter part of the tag where it is drawn per image: requirement 2, "processing never forms a cluster of its own"; 0 where every
 image has one tag) and ``max_cluster_tag_share`` (the largest share of one non-"none" tag in a cluster of at least 10
 images minus that tag's share in the whole set: a cluster made of one history shows up here), the per-model spread
 over clusters, and the open-set naming (every true model should be named "new": none is in dev).
@@ -59,7 +59,7 @@ from imprint.engine import processing as PR  # noqa: E402
 from imprint.engine.outputs import write_json  # noqa: E402
 from _knobs import add_knobs, apply_knobs  # noqa: E402
 
-KNOBS_HERE = ("k_lookahead", "sample_rule", "processing_sample", "open_set_space")
+KNOBS_HERE = ("k_lookahead", "sample_rule", "processing_sample", "open_set_space", "history_min_share")
 
 #: every Pillow resampling filter (the issue's "unknown filter")
 ALL_FILTERS = ("nearest", "box", "bilinear", "hamming", "bicubic", "lanczos")
@@ -81,7 +81,9 @@ def webp_roundtrip(image, quality):
 
 
 def _resize(a, f, filt):
-    return PR.resize_roundtrip(a, f, filt)
+    """Resize by ``f`` and back with the Pillow filter named ``filt`` (nearest and hamming are not among
+    engine.processing.RESAMPLE_FILTERS, so the Pillow enum is passed)."""
+    return PR.resize_roundtrip(a, f, getattr(Image.Resampling, filt.upper()))
 
 
 def process(images, cond, seed):
@@ -101,21 +103,22 @@ def process(images, cond, seed):
             f = filt if webp else which
             enc = (lambda x: webp_roundtrip(x, qw)) if webp else (lambda x: PR.jpeg_roundtrip(x, q))
             codec = "webp" if webp else "jpeg"
+            sfx = f":{f}" if webp else ""  # the filter drawn per image is part of the history
             if u < 0.2:
                 out[i], t = a, "none"
             elif u < 0.6:
                 out[i], t = enc(a), codec
             elif u < 0.8:
-                out[i], t = _resize(a, 0.75, f), "resize"
+                out[i], t = _resize(a, 0.75, f), "resize" + sfx
             else:
-                out[i], t = enc(_resize(a, 0.75, f)), "both"
+                out[i], t = enc(_resize(a, 0.75, f)), "both" + sfx
         elif cond == "webp":
             out[i], t = webp_roundtrip(a, qw), "webp"
         elif cond.startswith("resize") and "+" in cond:
             f, qq = float(cond.split()[1]), int(cond.split()[-1])
-            out[i], t = PR.jpeg_roundtrip(_resize(a, f, filt), qq), "both"
+            out[i], t = PR.jpeg_roundtrip(_resize(a, f, filt), qq), f"both:{filt}"
         elif cond.startswith("resize"):
-            out[i], t = _resize(a, float(cond.split()[1]), filt), "resize"
+            out[i], t = _resize(a, float(cond.split()[1]), filt), f"resize:{filt}"
         elif cond.startswith("jpeg"):
             out[i], t = PR.jpeg_roundtrip(a, int(cond.split()[1])), "jpeg"
         else:
@@ -215,6 +218,12 @@ def main(argv=None):
                             "per_model_clusters": {m: np.bincount(r.labels[y == i], minlength=r.k).tolist()
                                                    for i, m in enumerate(parts)},
                             "named": named,
+                            # floor vetoes that stood (history "explained" the split) per scanned k: a split of two
+                            # models kept together by a detected history shows here (k auto only)
+                            "vetoes_kept": {kk: {pr: {x: h[x] for x in ("jpeg", "resampled", "p_jpeg", "p_resampled")}
+                                                 for pr, h in d.items() if not h.get("veto_waived")}
+                                            for kk, d in r.info.get("k_scan_pairs_history", {}).items()},
+                            "history_min_share": getattr(A, "HISTORY_MIN_SHARE", None),
                             "sample_rule": getattr(A, "PROCESSING_SAMPLE_RULE", "?"),
                             "seconds": round(time.perf_counter() - t, 1),
                             "cpu_s": round(time.process_time() - c0, 1)}
