@@ -174,6 +174,8 @@ def main(argv=None):
     ap.add_argument("--seeds", default="41,42,43")
     ap.add_argument("--n", type=int, default=100, help="images per model")
     ap.add_argument("--conds", default=",".join(CONDITIONS))
+    ap.add_argument("--only", default=None, help="run only these of --conds; each keeps its --conds position, which "
+                    "seeds its processing (100 x seed + position), so a rerun draws the same processed images")
     ap.add_argument("--ks", default="4,auto")
     ap.add_argument("--no-nodev", action="store_true", help="only the --dev runs")
     add_knobs(ap, *KNOBS_HERE)
@@ -202,6 +204,8 @@ def main(argv=None):
         imgs = np.concatenate(list(parts.values()))
         y = np.repeat(np.arange(len(parts)), [len(v) for v in parts.values()])
         for ci, cond in enumerate(conds):
+            if a.only and cond not in a.only.split(","):
+                continue
             P, tags = process(imgs, cond, 100 * s + ci)
             for use_dev in devs:
                 for k in ks:
