@@ -26,6 +26,8 @@ KNOBS = {
                        "issue 19, branch name12; default: the code's"),
     "floor_waiver": ("--floor-waiver", "FLOOR_WAIVER", dict(choices=("on", "off")), lambda v: v == "on",
                      "issue 19, sixth round; default: the code's"),
+    "history_min_share": ("--history-min-share", "HISTORY_MIN_SHARE", dict(type=float), float,
+                          "issue 19, branch attr15; default: the code's, None = off"),
     "projected_scale": ("--projected-scale", "PROJECTED_SCALE", dict(choices=("after", "before")), str,
                         "issue 19, fourth round; default: the code's"),
 }
