@@ -161,7 +161,8 @@ def main(argv=None):
     ap.add_argument("--cache", default=None, help="feature cache folder kept between runs (default: a new temp dir)")
     ap.add_argument("--paired", action="store_true", help="k auto runs give main's and this code's pair test from one "
                     "run (bench_attribution_processing.paired_attribute; no stability resamples)")
-    knobs = ("floor_waiver", "projected_scale", "k_lookahead", "sample_rule", "processing_sample", "open_set_space")
+    knobs = ("floor_waiver", "projected_scale", "k_lookahead", "sample_rule", "processing_sample", "open_set_space",
+             "history_min_share")
     add_knobs(ap, *knobs)
     a = ap.parse_args(argv)
     apply_knobs(ap, a, A, *knobs)
