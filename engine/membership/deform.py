@@ -98,7 +98,13 @@ def flow_registered_ncc(reg: np.ndarray, low_b: np.ndarray, m: np.ndarray) -> np
 #: full flow.  The rigid scores rank a look-alike patient above an elastically deformed copy (elsrc13: at RMS 4 px
 #: the copy is a candidate for ~0.9 of members, among the 5 polished for ~0.7 and among the 2 flowed for ~0.4).  The
 #: same rule on every pool (generated side, control, reference rows) and in the real-to-real pair null's splits, so
-#: the channel stays calibrated.  A value != False re-keys the checkpoints (:func:`channel_tag`).
+#: the channel stays calibrated.  A value != False re-keys the checkpoints (:func:`channel_tag`).  **Opt-in (off)**:
+#: on the zoo's clean draw (seeds 2 and 3, boot 200) the copy reaches the flow for 0.70 of elastic RMS 4 px members
+#: (from 0.40-0.42), the channel alone separates them better (AUC 0.66-0.67 -> 0.74-0.80) and every elastic row's AUC
+#: rises (elastic 4 +0.01 to +0.06, elastic 2 + geom +0.01 to +0.03, TPR@1% +17 members at seed 2), but elastic 4's
+#: ``fpr:0.01`` recall does not move (the combined null's maximum), and resynth sigma 3 at seed 3 loses 6 members at
+#: ``fpr:0.01`` (RESULTS.md, elas14).  Costs ~0.07 ms CPU per candidate scored (the full flow ~0.15 ms), about 10
+#: per pool row.
 FLOW_PICK = False
 #: Coarse-best candidates per row (per part of a pair-null split) scored by :func:`cheap_flow_ncc` (a priori: about
 #: twice :data:`.anatomy.N_POLISH`, two thirds of the ~15 candidates a row has on the zoo's elastic rows).
