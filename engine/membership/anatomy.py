@@ -557,37 +557,33 @@ def _polished_pairs(lowA: np.ndarray, lowB: np.ndarray, pairs: np.ndarray, co: d
     return {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in parts[0]}
 
 
-def _flow_pairs(lowA: np.ndarray, lowB: np.ndarray, pairs: np.ndarray, po: dict) -> dict:
-    """The flow NCC (:func:`.deform.flow_registered_ncc`, on :func:`registered_ncc`'s mask) of ``pairs`` [K, 2] warped
-    by their polished transforms ``po`` (``flip``, ``angle``, ``scale``, ``dy``, ``dx`` [K]), in blocks of
-    :func:`polish_block` pairs (every pair on its own); ``{"flow": float64 [K]}`` (-1 where undefined)."""
+def _warped_values(lowA: np.ndarray, lowB: np.ndarray, pairs: np.ndarray, tr: dict, fn) -> np.ndarray:
+    """``fn(registered grids, lowB grids, mask)`` of ``pairs`` [K, 2], each ``lowA`` grid warped by its transform
+    ``tr`` (``flip``, ``angle``, ``scale``, ``dy``, ``dx`` [K]) and masked as :func:`registered_ncc` does, in blocks of
+    :func:`polish_block` pairs (every pair on its own); float64 [K] (-1 where not computed)."""
     from .register import warp
 
     step = polish_block(int(np.prod(lowA.shape[1:])))
     out = np.full(len(pairs), -1.0)
     for s0 in range(0, len(pairs), step):
         pp = pairs[s0:s0 + step]
-        p = {k: np.asarray(po[k])[s0:s0 + step] for k in ("flip", "angle", "scale", "dy", "dx")}
+        p = {k: np.asarray(tr[k])[s0:s0 + step] for k in ("flip", "angle", "scale", "dy", "dx")}
         reg, valid = warp(lowA, pp[:, 0], p["flip"], p["angle"], p["scale"], p["dy"], p["dx"])
-        out[s0:s0 + step] = _deform.flow_registered_ncc(reg, lowB[pp[:, 1]], _ncc_mask(valid))
-    return {"flow": out}
+        out[s0:s0 + step] = fn(reg, lowB[pp[:, 1]], _ncc_mask(valid))
+    return out
+
+
+def _flow_pairs(lowA: np.ndarray, lowB: np.ndarray, pairs: np.ndarray, po: dict) -> dict:
+    """The flow NCC (:func:`.deform.flow_registered_ncc`, on :func:`registered_ncc`'s mask) of ``pairs`` [K, 2] warped
+    by their polished transforms ``po`` (:func:`_warped_values`); ``{"flow": float64 [K]}`` (-1 where undefined)."""
+    return {"flow": _warped_values(lowA, lowB, pairs, po, _deform.flow_registered_ncc)}
 
 
 def _cheap_pairs(lowA: np.ndarray, lowB: np.ndarray, pairs: np.ndarray, co: dict) -> dict:
     """The cheap non-rigid score (:func:`.deform.cheap_flow_ncc`, on :func:`registered_ncc`'s mask) of ``pairs``
-    [K, 2] warped by their **coarse** transforms ``co`` (``flip``, ``angle``, ``scale``, ``dy``, ``dx`` [K]; no
-    polish), in blocks of :func:`polish_block` pairs (every pair on its own); ``{"cflow": float64 [K]}`` (-1 where
-    undefined).  :data:`.deform.FLOW_PICK` (branch elas14)."""
-    from .register import warp
-
-    step = polish_block(int(np.prod(lowA.shape[1:])))
-    out = np.full(len(pairs), -1.0)
-    for s0 in range(0, len(pairs), step):
-        pp = pairs[s0:s0 + step]
-        p = {k: np.asarray(co[k])[s0:s0 + step] for k in ("flip", "angle", "scale", "dy", "dx")}
-        reg, valid = warp(lowA, pp[:, 0], p["flip"], p["angle"], p["scale"], p["dy"], p["dx"])
-        out[s0:s0 + step] = _deform.cheap_flow_ncc(reg, lowB[pp[:, 1]], _ncc_mask(valid))
-    return {"cflow": out}
+    [K, 2] warped by their **coarse** transforms ``co`` (no polish; :func:`_warped_values`); ``{"cflow": float64
+    [K]}`` (-1 where undefined).  :data:`.deform.FLOW_PICK` (branch elas14)."""
+    return {"cflow": _warped_values(lowA, lowB, pairs, co, _deform.cheap_flow_ncc)}
 
 
 def _pick_k(c: int) -> int:
@@ -1078,18 +1074,30 @@ def _splits_flow(lowf: np.ndarray, pairs: np.ndarray, nid: np.ndarray, pol: dict
     (:func:`_flow_picks`, as :func:`registered_anatomy` picks them), each pair's flow computed once."""
     at = np.full(len(pairs), -1, np.int64)
     at[nid] = np.arange(len(nid))                              # pair -> row of the polished values
-    sels = []
-    needF = np.zeros(len(pairs), bool)
-    for si, part, p, fz in picks:
-        sel = _flow_picks(np.where(p >= 0, ncc_all[np.maximum(p, 0)], -np.inf))
-        if fz is not None:                                     # the forced candidate gets the flow too (elsrc13)
-            sel = sel | fz
-        sels.append(sel)
-        needF[p[sel]] = True
-    fid = np.flatnonzero(needF)
+    sels, fid = _split_picks(picks, ncc_all)
     fl = np.full(len(pairs), -np.inf)
     fl[fid] = np.maximum(_flow_pairs(lowf, lowf, pairs[fid], {k: np.asarray(pol[k])[at[fid]] for k in _PO_KEYS})["flow"],
                          ncc_all[fid])
+    return _split_best(best, picks, sels, fl, rows)
+
+
+def _split_picks(picks: list, score: np.ndarray):
+    """Per split and part (``picks``: (split, part, pair indices [n, m] or -1, forced bool [n, m] or None)), which
+    pairs get the flow: the :data:`.deform.FLOW_TOP` best by ``score`` [pairs] (:func:`_flow_picks`) and the forced
+    one (elsrc13); (list of bool [n, m], the pairs needed, sorted)."""
+    sels = []
+    need = np.zeros(len(score), bool)
+    for si, part, p, fz in picks:
+        sel = _flow_picks(np.where(p >= 0, score[np.maximum(p, 0)], -np.inf))
+        if fz is not None:                                     # the forced candidate gets the flow too (elsrc13)
+            sel = sel | fz
+        sels.append(sel)
+        need[p[sel]] = True
+    return sels, np.flatnonzero(need)
+
+
+def _split_best(best: list, picks: list, sels: list, fl: np.ndarray, rows: np.ndarray) -> list:
+    """``best`` (per split, per part: best NCC [R]) raised by the flow values ``fl`` [pairs] of the picked pairs."""
     out = [{k: v.copy() for k, v in b.items()} for b in best]
     for (si, part, p, _), sel in zip(picks, sels):
         v = np.where(sel, fl[np.maximum(p, 0)], -np.inf).max(1)
@@ -1110,23 +1118,10 @@ def _splits_flow_pick(lowf: np.ndarray, pairs: np.ndarray, co: dict, picksK: lis
     cid = np.flatnonzero(needC)
     cf = np.full(len(pairs), -np.inf)
     cf[cid] = _cheap_pairs(lowf, lowf, pairs[cid], {k: np.asarray(co[k])[cid] for k in _CO_KEYS})["cflow"]
-    sels = []
-    needF = np.zeros(len(pairs), bool)
-    for si, part, p, fz in picksK:
-        sel = _flow_picks(np.where(p >= 0, cf[np.maximum(p, 0)], -np.inf))
-        if fz is not None:
-            sel = sel | fz
-        sels.append(sel)
-        needF[p[sel]] = True
-    fid = np.flatnonzero(needF)
+    sels, fid = _split_picks(picksK, cf)
     fl = np.full(len(pairs), -np.inf)
     if len(fid):
         pol = _polished_pairs(lowf, lowf, pairs, co, fid, POLISH_ROUNDS)
         fl[fid] = np.maximum(_flow_pairs(lowf, lowf, pairs[fid], {k: np.asarray(pol[k]) for k in _PO_KEYS})["flow"],
                              np.asarray(pol["ncc"], np.float64))
-    out = [{k: v.copy() for k, v in b.items()} for b in best]
-    for (si, part, p, _), sel in zip(picksK, sels):
-        v = np.where(sel, fl[np.maximum(p, 0)], -np.inf).max(1)
-        cur = out[si][part]
-        cur[rows] = np.maximum(cur[rows], v)
-    return out
+    return _split_best(best, picksK, sels, fl, rows)
