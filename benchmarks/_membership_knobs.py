@@ -28,6 +28,9 @@ MEMBERSHIP_KNOBS = {
                      "the flow NCC as its own ratio channel, anat_flow_ratio (branch elas13)"),
     "flow_top": ("--flow-top", "deform", "FLOW_TOP", dict(type=int, default=None), lambda v, m: int(v),
                  "with --flow-channel: polished candidates per row that get the flow"),
+    "flow_pick": ("--flow-pick", "deform", "FLOW_PICK", dict(action="store_true"), lambda v, m: True,
+                  "with --flow-channel: the flow's candidates picked by a cheap non-rigid score over the "
+                  "FLOW_PICK_K coarse-best, not by the rigid NCC (branch elas14)"),
     "enrich_mode": ("--enrich-mode", "calibrate", "ENRICH_MODE", dict(choices=("local",), default=None),
                     lambda v, m: v, "the enrichment of the tail-split rule at each row's own level (branch comb13)"),
     "lowpass_coarse": ("--lowpass-coarse", "register", "LP_K_COARSE", dict(action="store_true"),

@@ -11,7 +11,10 @@ registered anatomy evidence's stages on the generated side:
   coarse source on, its first candidate (forced, ``register.LP_COARSE_FORCE``);
 * ``flow top``: among the row's ``deform.FLOW_TOP`` best polished candidates (those get the flow channel) or the
   coarse source's forced candidate (``register.LP_COARSE_FORCE``);
-* ``best``: the rigid registered best candidate.
+* ``best``: the rigid registered best candidate;
+* ``coarse top K``: among the row's ``deform.FLOW_PICK_K`` coarse-best candidates (branch elas14);
+* ``picked``: among the ``deform.FLOW_TOP`` best of those by the cheap non-rigid score
+  (``deform.cheap_flow_ncc``), or the forced one: the candidates that get the flow with ``deform.FLOW_PICK`` on.
 
 No audit is run (fast).  ``--coarse`` turns the opt-in coarse low-pass source (``register.LP_K_COARSE``) on;
 ``--both`` prints both rows.  A measurement: nothing is tuned on it.
@@ -46,6 +49,8 @@ def stages(gen, cand, ref, copy, nm):
     pol = np.zeros(nm, bool)
     ftop = np.zeros(nm, bool)
     best = np.zeros(nm, bool)
+    topk = np.zeros(nm, bool)
+    picked = np.zeros(nm, bool)
     for i in np.flatnonzero(ins | inl):
         u = []
         for v in un[i]:                                   # registered_anatomy's order: first occurrence kept
@@ -62,6 +67,12 @@ def stages(gen, cand, ref, copy, nm):
             if fc:
                 forced = int(fc[0])
                 sc[np.flatnonzero(u == forced)[0]] = anat._FORCED
+        tk = np.argsort(-sc, kind="stable")[:anat._pick_k(len(u))]     # deform.FLOW_PICK's candidates (elas14)
+        if copy[i] in u[tk]:
+            topk[i] = True
+            cv = anat._cheap_pairs(lowP, lowG, pairs[tk], {k: np.asarray(co[k])[tk] for k in anat._CO_KEYS})["cflow"]
+            oc = np.argsort(-cv, kind="stable")
+            picked[i] = copy[i] in u[tk][oc[:deform.FLOW_TOP]] or copy[i] == forced
         top = np.argsort(-sc, kind="stable")[:anat.N_POLISH + (forced >= 0)]
         if copy[i] not in u[top]:
             continue
@@ -71,7 +82,7 @@ def stages(gen, cand, ref, copy, nm):
         ftop[i] = copy[i] in u[top][order[:deform.FLOW_TOP]] or copy[i] == forced
         best[i] = u[top][order[0]] == copy[i]
     ncand = np.mean([len(set(r[r >= 0].tolist())) for r in un])
-    return ins, inl, ins | inl, pol, ftop, best, ncand
+    return ins, inl, ins | inl, pol, ftop, best, topk, picked, ncand
 
 
 def main(argv=None):
@@ -99,8 +110,8 @@ def main(argv=None):
           f"N_POLISH {anat.N_POLISH}, FLOW_TOP {deform.FLOW_TOP}; coarse source (on): {reg.LP_K_COARSE_ON} candidates, "
           f"mode {reg.LP_COARSE_MODE}, sigma {reg.LP_COARSE_SIGMA:g} grid px")
     print("| scenario | strength | coarse source | shortlist | low-pass | union | polished | flow top | best | "
-          "candidates per row | s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          f"coarse top {deform.FLOW_PICK_K} | picked (cheap flow top {deform.FLOW_TOP}) | candidates per row | s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, fn, strength in mz.scenarios(False, real):
         gen, cand, ref, y, copy = mz.build_scenario(real, fn, strength, fill_imgs, nm, nref, a.n_gen, rng)
         for _ in range(a.boot):
@@ -114,8 +125,8 @@ def main(argv=None):
                 r = stages(gen, cand, ref, copy, nm)
             finally:
                 reg.LP_K_COARSE = keep
-            cells = " | ".join(f"{v.mean():.2f}" for v in r[:6])
-            print(f"| {name} | {strength:g} | {'on' if on else 'off'} | {cells} | {r[6]:.1f} | "
+            cells = " | ".join(f"{v.mean():.2f}" for v in r[:8])
+            print(f"| {name} | {strength:g} | {'on' if on else 'off'} | {cells} | {r[8]:.1f} | "
                   f"{time.perf_counter() - t0:.0f} |", flush=True)
 
 

@@ -160,3 +160,56 @@ def test_flow_channel_off_keeps_the_keys_and_on_rekeys_them(monkeypatch):
     assert A.checkpoint_tag(True, form="pairnull")["_anatomy"]["anatomy_flow_channel"] == D.channel_tag()
     monkeypatch.setattr(D, "FLOW_TOP", 1)                    # a changed setting, another key
     assert A.checkpoint_tag(True, form="evidence") == ev + "+flowchT1" + D.flow_tag()
+
+
+def test_flow_pick_flows_planted_elastic_copies_the_rigid_cut_drops(monkeypatch):
+    """:data:`deform.FLOW_PICK` (branch elas14): which candidates get the flow, by a cheap non-rigid score over the
+    :data:`deform.FLOW_PICK_K` coarse-best instead of the rigid polished NCC.  PLANTED: 20 members elastically
+    deformed (RMS 2.5 px at 64 px, the zoo's 5 px at 128) among 200 look-alike generated images, the copy put among
+    each member's 8 candidates (the 8 best in-place low-pass NCCs); 20 non-members with their 8.  Engine defaults
+    (``N_POLISH`` 5, ``FLOW_TOP`` 2).  Here (seed 5) the copy's rigid coarse rank is up to 7 of 8 and its cheap-score
+    rank 0; members whose ``flow_ncc`` beats every non-member's: rigid pick 0.20, cheap pick 0.90 (scratch seed 6:
+    0.30 -> 0.85); the non-members' median ``1 - flow_ncc`` 0.0122 -> 0.0116 (they gain little)."""
+    from test_membership_elastic import _elastic
+    from test_membership_evidence_anatomy import u8
+
+    rng = np.random.default_rng(5)
+    n = 20
+    P = family(2 * n, 6)
+    G = family(200, 7)
+    slots = rng.choice(len(G), n, replace=False)
+    for i in range(n):
+        G[slots[i]] = u8(_elastic(P[i], 2.5, rng) + rng.normal(0, 2, P[i].shape))
+    fP, fG = A.anatomy_features(P).astype(np.float64), A.anatomy_features(G).astype(np.float64)
+    cand = np.argsort(-(fP @ fG.T), 1)[:, :8]
+    for i in range(n):
+        if slots[i] not in cand[i]:
+            cand[i, -1] = slots[i]
+    lowP, lowG = A._lowpass_rows(P), A._lowpass_rows(G)
+    monkeypatch.setattr(D, "FLOW_CHANNEL", True)
+    out = {}
+    for pick in (False, True):
+        monkeypatch.setattr(D, "FLOW_PICK", pick)
+        out[pick] = A.registered_anatomy(lowP, lowG, cand)
+    for k in ("ncc", "match", "angle", "dy"):            # the rigid values are not touched by the flag
+        assert np.array_equal(out[False][k], out[True][k])
+    got = {}
+    for pick, r in out.items():
+        f = r["flow_ncc"]
+        got[pick] = ((f[:n] > f[n:].max()).mean(), np.median(1 - f[n:]))
+    (m0, q0), (m1, q1) = got[False], got[True]
+    assert m0 <= 0.4, got                                  # what is planted: the rigid cut drops the copies
+    assert m1 >= 0.75 and m1 >= m0 + 0.4, got              # the cheap pick flows them
+    assert q1 >= 0.8 * q0, got                             # non-members are not lifted with them
+
+
+def test_flow_pick_off_keeps_the_keys_and_on_rekeys_them(monkeypatch):
+    monkeypatch.setattr(D, "FLOW_CHANNEL", True)
+    ev, pn = A.checkpoint_tag(True, form="evidence"), A.checkpoint_tag(True, form="pairnull")
+    assert D.pick_tag() == "" and "pick" not in ev and ev.endswith("+flowchT2" + D.flow_tag())   # off: elas13's keys
+    monkeypatch.setattr(D, "FLOW_PICK", True)
+    assert A.checkpoint_tag(True, form="evidence") == ev + "pickK10"
+    assert A.checkpoint_tag(True, form="pairnull")["_anatomy"]["anatomy_flow_channel"] == D.channel_tag() != \
+        pn["_anatomy"]["anatomy_flow_channel"]
+    monkeypatch.setattr(D, "FLOW_PICK_K", 6)               # a changed setting, another key
+    assert A.checkpoint_tag(True, form="evidence") == ev + "pickK6"

@@ -292,15 +292,19 @@ def test_planted_resynthesised_transformed_members_are_flagged(planted_transform
     assert res.used[y == 0].sum() <= 2, res.used[y == 0]
 
 
-@pytest.mark.parametrize("flow", [False, True])
+@pytest.mark.parametrize("flow", [False, True, "pick"])
 def test_anatomy_pair_values_equal_the_evidence_on_the_split(flow, monkeypatch):
     """The real-pair null's values (part A playing the generated images) equal :func:`anatomy_evidence` run on
     that split, in place and with the registered candidates; with the flow channel (``deform.FLOW_CHANNEL``,
-    elas13) ``anat_flow_ratio`` too (its candidates picked by the same rule on both sides)."""
+    elas13) ``anat_flow_ratio`` too (its candidates picked by the same rule on both sides); ``"pick"``: the flow's
+    candidates chosen by the cheap non-rigid score (``deform.FLOW_PICK``, elas14) over 4 of the 6 candidates."""
     from imprint.engine.membership import deform as D
     from imprint.engine.membership.anatomy import anatomy_pair_values, anatomy_pair_values_splits
 
-    monkeypatch.setattr(D, "FLOW_CHANNEL", flow)
+    monkeypatch.setattr(D, "FLOW_CHANNEL", bool(flow))
+    if flow == "pick":
+        monkeypatch.setattr(D, "FLOW_PICK", True)
+        monkeypatch.setattr(D, "FLOW_PICK_K", 4)
 
     rng = np.random.default_rng(51)
     real = family(30, 52)
@@ -650,7 +654,7 @@ def test_checkpoint_tag_gives_the_keys_both_builders_gave(monkeypatch):
         anatomy.checkpoint_tag(True, form="other")
 
 
-@pytest.mark.parametrize("flow", [False, True])
+@pytest.mark.parametrize("flow", [False, True, "pick"])
 def test_forced_coarse_candidate_is_the_same_rule_in_the_pair_null_and_the_evidence(flow, monkeypatch):
     """The coarse low-pass source's forced candidate (branch elsrc13: the first usable ``force`` column is always
     polished and flowed): the real-pair null (part A playing the generated images, the forced columns in part A only,
@@ -660,7 +664,10 @@ def test_forced_coarse_candidate_is_the_same_rule_in_the_pair_null_and_the_evide
     from imprint.engine.membership import deform as D
     from imprint.engine.membership.anatomy import anatomy_pair_values_splits
 
-    monkeypatch.setattr(D, "FLOW_CHANNEL", flow)
+    monkeypatch.setattr(D, "FLOW_CHANNEL", bool(flow))
+    if flow == "pick":                            # the flow's candidates by the cheap non-rigid score (elas14)
+        monkeypatch.setattr(D, "FLOW_PICK", True)
+        monkeypatch.setattr(D, "FLOW_PICK_K", 3)
     monkeypatch.setattr(Amod, "N_POLISH", 2)
     real, inA, cand = _part_a_case()
     cand[:, 4] = cand[:, 1]                       # a forced candidate also found by an earlier column
@@ -682,6 +689,6 @@ def test_forced_coarse_candidate_is_the_same_rule_in_the_pair_null_and_the_evide
             assert abs(v[i] - ev["anat_ratio"][0]) < 1e-6, (i, fz is None, v[i], ev["anat_ratio"][0])
             if flow:
                 assert abs(vf[i] - ev["anat_flow_ratio"][0]) < 1e-6, (i, vf[i], ev["anat_flow_ratio"][0])
-    k = 1 if flow else 0
+    k = 1 if flow is True else 0                  # "pick": the forced candidate is among the cheap-scored ones anyway
     diff = np.nanmax(np.abs(out[True][k] - out[False][k]))
     assert diff > 1e-3, diff                      # the forced polish (and flow) changes some row's value

@@ -557,20 +557,38 @@ def _polished_pairs(lowA: np.ndarray, lowB: np.ndarray, pairs: np.ndarray, co: d
     return {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in parts[0]}
 
 
-def _flow_pairs(lowA: np.ndarray, lowB: np.ndarray, pairs: np.ndarray, po: dict) -> dict:
-    """The flow NCC (:func:`.deform.flow_registered_ncc`, on :func:`registered_ncc`'s mask) of ``pairs`` [K, 2] warped
-    by their polished transforms ``po`` (``flip``, ``angle``, ``scale``, ``dy``, ``dx`` [K]), in blocks of
-    :func:`polish_block` pairs (every pair on its own); ``{"flow": float64 [K]}`` (-1 where undefined)."""
+def _warped_values(lowA: np.ndarray, lowB: np.ndarray, pairs: np.ndarray, tr: dict, fn) -> np.ndarray:
+    """``fn(registered grids, lowB grids, mask)`` of ``pairs`` [K, 2], each ``lowA`` grid warped by its transform
+    ``tr`` (``flip``, ``angle``, ``scale``, ``dy``, ``dx`` [K]) and masked as :func:`registered_ncc` does, in blocks of
+    :func:`polish_block` pairs (every pair on its own); float64 [K] (-1 where not computed)."""
     from .register import warp
 
     step = polish_block(int(np.prod(lowA.shape[1:])))
     out = np.full(len(pairs), -1.0)
     for s0 in range(0, len(pairs), step):
         pp = pairs[s0:s0 + step]
-        p = {k: np.asarray(po[k])[s0:s0 + step] for k in ("flip", "angle", "scale", "dy", "dx")}
+        p = {k: np.asarray(tr[k])[s0:s0 + step] for k in ("flip", "angle", "scale", "dy", "dx")}
         reg, valid = warp(lowA, pp[:, 0], p["flip"], p["angle"], p["scale"], p["dy"], p["dx"])
-        out[s0:s0 + step] = _deform.flow_registered_ncc(reg, lowB[pp[:, 1]], _ncc_mask(valid))
-    return {"flow": out}
+        out[s0:s0 + step] = fn(reg, lowB[pp[:, 1]], _ncc_mask(valid))
+    return out
+
+
+def _flow_pairs(lowA: np.ndarray, lowB: np.ndarray, pairs: np.ndarray, po: dict) -> dict:
+    """The flow NCC (:func:`.deform.flow_registered_ncc`, on :func:`registered_ncc`'s mask) of ``pairs`` [K, 2] warped
+    by their polished transforms ``po`` (:func:`_warped_values`); ``{"flow": float64 [K]}`` (-1 where undefined)."""
+    return {"flow": _warped_values(lowA, lowB, pairs, po, _deform.flow_registered_ncc)}
+
+
+def _cheap_pairs(lowA: np.ndarray, lowB: np.ndarray, pairs: np.ndarray, co: dict) -> dict:
+    """The cheap non-rigid score (:func:`.deform.cheap_flow_ncc`, on :func:`registered_ncc`'s mask) of ``pairs``
+    [K, 2] warped by their **coarse** transforms ``co`` (no polish; :func:`_warped_values`); ``{"cflow": float64
+    [K]}`` (-1 where undefined).  :data:`.deform.FLOW_PICK` (branch elas14)."""
+    return {"cflow": _warped_values(lowA, lowB, pairs, co, _deform.cheap_flow_ncc)}
+
+
+def _pick_k(c: int) -> int:
+    """Coarse-best candidates per row scored by the cheap flow (:data:`.deform.FLOW_PICK_K`, at most ``c``)."""
+    return int(max(1, min(int(_deform.FLOW_PICK_K), c)))
 
 
 def _flow_picks(ncc_m: np.ndarray) -> np.ndarray:
@@ -723,7 +741,28 @@ def registered_anatomy(lowA: np.ndarray, lowB: np.ndarray, cand: np.ndarray, *, 
     out["match"][r] = pb[first]
     for k in ("flip", "angle", "scale", "dy", "dx"):
         out[k][r] = np.asarray(po[k], np.float64)[first]
-    if _deform.FLOW_CHANNEL:                 # the flow channel (elas13): the row's FLOW_TOP best polished candidates
+    if _deform.FLOW_CHANNEL and _deform.FLOW_PICK:   # elas14: picked by a cheap non-rigid score, not the rigid NCC
+        kk = _pick_k(c)
+        topk = np.argsort(-score, axis=1, kind="stable")[:, :kk]         # coarse order (the forced column first)
+        fink = np.isfinite(score[np.arange(R)[:, None], topk])
+        cidx = pos[(np.arange(R)[:, None] * c + topk)]
+        cid = cidx[fink]
+        cv = _memo_pairs(lambda t: _cheap_pairs(lowA, lowB, pairs[cid[t]], {k: np.asarray(co[k])[cid[t]]
+                                                                              for k in _CO_KEYS}),
+                         pairs[cid], keys_a, keys_b, cache, "anat_cflow" + _deform.flow_tag(), ("cflow",))["cflow"]
+        cm = np.full((R, kk), -np.inf)
+        cm[fink] = cv
+        pk = _flow_picks(cm)
+        if fcol is not None:                 # the forced candidate gets the flow too (elsrc13)
+            pk |= (topk == fcol[:, None]) & (fcol[:, None] >= 0) & fink
+        fp = cidx[pk]                                                   # indices into pairs
+        pf = _memo_pairs(lambda t: _polished_pairs(lowA, lowB, pairs, co, fp[t], rounds), pairs[fp], keys_a, keys_b,
+                         cache, f"anat_polish{rounds}", _PO_KEYS)
+        fv = _memo_pairs(lambda t: _flow_pairs(lowA, lowB, pairs[fp[t]], {k: np.asarray(pf[k])[t] for k in _PO_KEYS}),
+                         pairs[fp], keys_a, keys_b, cache, "anat_flow" + _deform.flow_tag(), ("flow",))["flow"]
+        np.maximum.at(out["flow_ncc"], pairs[fp, 0], np.maximum(np.asarray(fv, np.float64),
+                                                               np.asarray(pf["ncc"], np.float64)))
+    elif _deform.FLOW_CHANNEL:               # the flow channel (elas13): the row's FLOW_TOP best polished candidates
         nm = np.full(R * m, -np.inf)
         nm[fin] = ncc
         at = np.full(R * m, -1, np.int64)
@@ -971,6 +1010,7 @@ def anatomy_pair_values_splits(real: np.ndarray, inAs, cand: np.ndarray | None =
             pos[pr, pc] = np.arange(len(pairs))
             m = int(max(1, min(N_POLISH, c)))
             picks = []                                             # (split, part, top [n, m]) per split and part
+            picksK = []                                            # the same over FLOW_PICK_K (elas14)
             need = np.zeros(len(pairs), bool)
             b_ok = np.arange(c) < c - int(a_only)                  # columns a part-B candidate may come from
             fz_on = force is not None and np.asarray(force, bool).any()
@@ -990,6 +1030,13 @@ def anatomy_pair_values_splits(real: np.ndarray, inAs, cand: np.ndarray | None =
                         fz = (top == fcol[:, None]) & (fcol[:, None] >= 0) & fin
                     need[p[p >= 0]] = True
                     picks.append((si, part, p, fz))
+                    if flow and _deform.FLOW_PICK:    # elas14: the part's coarse-best for the cheap flow score
+                        kk = _pick_k(c)
+                        tk = np.argsort(-sc, axis=1, kind="stable")[:, :kk]
+                        fk = np.isfinite(np.take_along_axis(sc, tk, 1))
+                        pK = np.where(fk, np.take_along_axis(pos, tk, 1), -1)
+                        fzK = None if fz is None else (tk == fcol[:, None]) & (fcol[:, None] >= 0) & fk
+                        picksK.append((si, part, pK, fzK))
             nid = np.flatnonzero(need)
             ncc_all = np.full(len(pairs), -np.inf)
             # in blocks (issue 15, mem11: the ~100k needed pairs' registered grids and float64 NCC temporaries at
@@ -1001,7 +1048,9 @@ def anatomy_pair_values_splits(real: np.ndarray, inAs, cand: np.ndarray | None =
                 has = (p >= 0).any(1)
                 cur = best[si][part]
                 cur[rows[has]] = np.maximum(cur[rows[has]], v[has])
-            if flow:
+            if flow and _deform.FLOW_PICK:
+                bestF = _splits_flow_pick(lowf, pairs, co, picksK, best, rows)
+            elif flow:
                 bestF = _splits_flow(lowf, pairs, nid, pol, ncc_all, picks, best, rows)
     out = [_split_ratio(b, rows, R) for b in best]
     if not flow:
@@ -1025,21 +1074,54 @@ def _splits_flow(lowf: np.ndarray, pairs: np.ndarray, nid: np.ndarray, pol: dict
     (:func:`_flow_picks`, as :func:`registered_anatomy` picks them), each pair's flow computed once."""
     at = np.full(len(pairs), -1, np.int64)
     at[nid] = np.arange(len(nid))                              # pair -> row of the polished values
-    sels = []
-    needF = np.zeros(len(pairs), bool)
-    for si, part, p, fz in picks:
-        sel = _flow_picks(np.where(p >= 0, ncc_all[np.maximum(p, 0)], -np.inf))
-        if fz is not None:                                     # the forced candidate gets the flow too (elsrc13)
-            sel = sel | fz
-        sels.append(sel)
-        needF[p[sel]] = True
-    fid = np.flatnonzero(needF)
+    sels, fid = _split_picks(picks, ncc_all)
     fl = np.full(len(pairs), -np.inf)
     fl[fid] = np.maximum(_flow_pairs(lowf, lowf, pairs[fid], {k: np.asarray(pol[k])[at[fid]] for k in _PO_KEYS})["flow"],
                          ncc_all[fid])
+    return _split_best(best, picks, sels, fl, rows)
+
+
+def _split_picks(picks: list, score: np.ndarray):
+    """Per split and part (``picks``: (split, part, pair indices [n, m] or -1, forced bool [n, m] or None)), which
+    pairs get the flow: the :data:`.deform.FLOW_TOP` best by ``score`` [pairs] (:func:`_flow_picks`) and the forced
+    one (elsrc13); (list of bool [n, m], the pairs needed, sorted)."""
+    sels = []
+    need = np.zeros(len(score), bool)
+    for si, part, p, fz in picks:
+        sel = _flow_picks(np.where(p >= 0, score[np.maximum(p, 0)], -np.inf))
+        if fz is not None:                                     # the forced candidate gets the flow too (elsrc13)
+            sel = sel | fz
+        sels.append(sel)
+        need[p[sel]] = True
+    return sels, np.flatnonzero(need)
+
+
+def _split_best(best: list, picks: list, sels: list, fl: np.ndarray, rows: np.ndarray) -> list:
+    """``best`` (per split, per part: best NCC [R]) raised by the flow values ``fl`` [pairs] of the picked pairs."""
     out = [{k: v.copy() for k, v in b.items()} for b in best]
     for (si, part, p, _), sel in zip(picks, sels):
         v = np.where(sel, fl[np.maximum(p, 0)], -np.inf).max(1)
         cur = out[si][part]
         cur[rows] = np.maximum(cur[rows], v)
     return out
+
+
+def _splits_flow_pick(lowf: np.ndarray, pairs: np.ndarray, co: dict, picksK: list, best: list,
+                      rows: np.ndarray) -> list:
+    """:func:`_splits_flow` with :data:`.deform.FLOW_PICK` (branch elas14), :func:`registered_anatomy`'s rule per split
+    and part: the part's :data:`.deform.FLOW_PICK_K` coarse-best candidates (``picksK``: pair indices, -1 none, and the
+    forced column) get the cheap flow score (:func:`_cheap_pairs`), the :data:`.deform.FLOW_TOP` best by it (ties:
+    coarse order) and the forced one are polished and get the full flow; each pair's values computed once."""
+    needC = np.zeros(len(pairs), bool)
+    for _, _, p, _ in picksK:
+        needC[p[p >= 0]] = True
+    cid = np.flatnonzero(needC)
+    cf = np.full(len(pairs), -np.inf)
+    cf[cid] = _cheap_pairs(lowf, lowf, pairs[cid], {k: np.asarray(co[k])[cid] for k in _CO_KEYS})["cflow"]
+    sels, fid = _split_picks(picksK, cf)
+    fl = np.full(len(pairs), -np.inf)
+    if len(fid):
+        pol = _polished_pairs(lowf, lowf, pairs, co, fid, POLISH_ROUNDS)
+        fl[fid] = np.maximum(_flow_pairs(lowf, lowf, pairs[fid], {k: np.asarray(pol[k]) for k in _PO_KEYS})["flow"],
+                             np.asarray(pol["ncc"], np.float64))
+    return _split_best(best, picksK, sels, fl, rows)

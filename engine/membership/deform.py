@@ -65,7 +65,7 @@ FLOW_TOP = 2
 
 def channel_tag() -> str:
     """The checkpoint fragment of the flow channel (``"flowchT2" + flow_tag()``)."""
-    return f"flowchT{FLOW_TOP}" + flow_tag()
+    return f"flowchT{FLOW_TOP}" + flow_tag() + pick_tag()
 
 
 def flow_tag() -> str:
@@ -87,4 +87,57 @@ def flow_registered_ncc(reg: np.ndarray, low_b: np.ndarray, m: np.ndarray) -> np
     warped, valid, _ = flow_warp(reg, low_b, m, levels=FLOW_LEVELS, iters=FLOW_ITERS, radius=FLOW_RADIUS,
                                  max_disp=FLOW_MAX_DISP)
     v = _masked_ncc(warped, low_b, valid)
+    return np.where(valid.reshape(len(valid), -1).sum(1) >= 2, v, -1.0)
+
+
+#: How the flow channel (:data:`FLOW_CHANNEL`) chooses which candidates get the flow (issue 13, branch elas14; opt-in,
+#: off).  False: the row's :data:`FLOW_TOP` best polished candidates by the **rigid** registered NCC (elas13).  True:
+#: the row's :data:`FLOW_PICK_K` coarse-best candidates (the polished ones and the next ones, by the rigid coarse
+#: score) each get a cheap non-rigid score (:func:`cheap_flow_ncc`: the flow NCC at half resolution from the coarse
+#: transform, no polish), and the :data:`FLOW_TOP` best by that score are polished (if they were not) and get the
+#: full flow.  The rigid scores rank a look-alike patient above an elastically deformed copy (elsrc13: at RMS 4 px
+#: the copy is a candidate for ~0.9 of members, among the 5 polished for ~0.7 and among the 2 flowed for ~0.4).  The
+#: same rule on every pool (generated side, control, reference rows) and in the real-to-real pair null's splits, so
+#: the channel stays calibrated.  A value != False re-keys the checkpoints (:func:`channel_tag`).  **Opt-in (off)**:
+#: on the zoo's clean draw (seeds 2 and 3, boot 200) the copy reaches the flow for 0.70 of elastic RMS 4 px members
+#: (from 0.40-0.42), the channel alone separates them better (AUC 0.66-0.67 -> 0.74-0.80) and every elastic row's AUC
+#: rises (elastic 4 +0.01 to +0.06, elastic 2 + geom +0.01 to +0.03, TPR@1% +17 members at seed 2), but elastic 4's
+#: ``fpr:0.01`` recall does not move (the combined null's maximum), and resynth sigma 3 at seed 3 loses 6 members at
+#: ``fpr:0.01`` (RESULTS.md, elas14).  Costs ~0.07 ms CPU per candidate scored (the full flow ~0.15 ms), about 10
+#: per pool row.
+FLOW_PICK = False
+#: Coarse-best candidates per row (per part of a pair-null split) scored by :func:`cheap_flow_ncc` (a priori: about
+#: twice :data:`.anatomy.N_POLISH`, two thirds of the ~15 candidates a row has on the zoo's elastic rows).
+FLOW_PICK_K = 10
+
+
+def pick_tag() -> str:
+    """The checkpoint fragment of :data:`FLOW_PICK` (``""`` when off, else ``"pickK10"``)."""
+    return f"pickK{FLOW_PICK_K}" if FLOW_PICK else ""
+
+
+def _half(x: np.ndarray) -> np.ndarray:
+    """2 x 2 area mean of [K, h, w] (odd edges dropped)."""
+    k, h, w = x.shape
+    h2, w2 = h // 2, w // 2
+    return x[:, :2 * h2, :2 * w2].reshape(k, h2, 2, w2, 2).mean((2, 4))
+
+
+def cheap_flow_ncc(reg: np.ndarray, low_b: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """The cheap non-rigid score of :data:`FLOW_PICK`: :func:`flow_registered_ncc` at half resolution (both grids 2 x 2
+    area-averaged, the mask where all four pixels are inside), one level of :data:`FLOW_ITERS` steps with the radius
+    and largest displacement halved (the first level of the full flow: the same field in the same pixels of the
+    image); float64 [K], -1 where undefined."""
+    from imprint.kernels.deform import flow_warp
+
+    from .anatomy import _masked_ncc
+
+    if len(reg) == 0:
+        return np.zeros(0)
+    a = _half(np.asarray(reg, np.float64))
+    b = _half(np.asarray(low_b, np.float64))
+    mm = _half((np.asarray(m) != 0).astype(np.float64)) > 0.999
+    warped, valid, _ = flow_warp(a, b, mm, levels=1, iters=FLOW_ITERS, radius=max(1, FLOW_RADIUS // 2),
+                                 max_disp=FLOW_MAX_DISP / 2)
+    v = _masked_ncc(warped, b, valid)
     return np.where(valid.reshape(len(valid), -1).sum(1) >= 2, v, -1.0)
