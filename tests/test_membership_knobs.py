@@ -10,7 +10,7 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 from _membership_knobs import MEMBERSHIP_KNOBS, add_membership_knobs, apply_membership_knobs  # noqa: E402
 
-ARGV = ["--ncc-local", "--ncc-flow", "--ncc-tiles", "--flow-channel", "--flow-top", "5", "--enrich-mode", "local",
+ARGV = ["--ncc-local", "--ncc-flow", "--ncc-tiles", "--flow-channel", "--flow-top", "5", "--flow-pick", "--enrich-mode", "local",
         "--lowpass-coarse", "--pi1-bound", "--pair-fpr", "conformal", "--null-anchor", "--ptile-channel"]
 
 
@@ -30,7 +30,7 @@ def test_every_flag_sets_its_setting_and_none_is_left_out(monkeypatch):
     assert before[("deform", "FLOW_CHANNEL")] is False and before[("ptiles", "PTILE_CHANNEL")] is False
     done = apply_membership_knobs(ap.parse_args(ARGV))
     expect = {("anatomy", "NCC_LOCAL"): True, ("deform", "NCC_FLOW"): True, ("tiles", "NCC_TILES"): True,
-              ("deform", "FLOW_CHANNEL"): True, ("deform", "FLOW_TOP"): 5, ("calibrate", "ENRICH_MODE"): "local",
+              ("deform", "FLOW_CHANNEL"): True, ("deform", "FLOW_TOP"): 5, ("deform", "FLOW_PICK"): True, ("calibrate", "ENRICH_MODE"): "local",
               ("register", "LP_K_COARSE"): mods["register"].LP_K_COARSE_ON,
               ("calibrate", "EMPIRICAL_NULL_PI1_BOUND"): True, ("decide", "PAIR_NULL_FPR"): "conformal",
               ("calibrate", "EMPIRICAL_NULL_ANCHOR"): True, ("ptiles", "PTILE_CHANNEL"): True}
