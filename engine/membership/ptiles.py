@@ -54,6 +54,12 @@ WINDOW = 4
 SRC_WINDOW = 4
 SRC_MIN_STD = 1.0
 BP_MIN_STD = 1.0
+#: The channel's fast form (branch ptile14; the same values to float tolerance, RESULTS.md): the source's window
+#: maxima by a kernel over one product per tile and block of images (cache-sized blocks of ``FAST_BUDGET`` scores)
+#: instead of an ``einsum`` + ``argmax``; the tile peaks from integral images (:func:`.kernels.ptiles.ptile_pair_values_fast`).
+#: ``False``: part13's direct form, kept as the reference of the tests and ``benchmarks/bench_ptiles.py``.
+FAST = True
+FAST_BUDGET = 1 << 20
 
 
 def tag() -> str:
@@ -83,7 +89,7 @@ def query_tiles(low: np.ndarray, low_m: np.ndarray):
     return np.concatenate(out, 1).astype(np.float32), np.concatenate(ok, 1), org
 
 
-def tile_scores(qt: np.ndarray, qok: np.ndarray, low_b: np.ndarray, org: np.ndarray, *, budget: int = 1 << 24):
+def tile_scores(qt: np.ndarray, qok: np.ndarray, low_b: np.ndarray, org: np.ndarray, *, budget: int | None = None):
     """Every query tile's best NCC with a same-size patch of each base grid within ``SRC_WINDOW`` grid px of the
     tile's own origin (``org``, the mirrored tiles' in the mirrored frame), and that patch's position.
 
@@ -92,6 +98,8 @@ def tile_scores(qt: np.ndarray, qok: np.ndarray, low_b: np.ndarray, org: np.ndar
     from numpy.lib.stride_tricks import sliding_window_view
 
     nq, k, d = qt.shape
+    if budget is None:
+        budget = FAST_BUDGET if FAST else 1 << 24
     nb, gh, gw = low_b.shape
     h, w = gh // TILES, gw // TILES
     py, px = gh - h + 1, gw - w + 1
@@ -105,6 +113,8 @@ def tile_scores(qt: np.ndarray, qok: np.ndarray, low_b: np.ndarray, org: np.ndar
         wins.append((ys[:, None] * px + xs[None, :]).ravel())
     nw = max(len(v) for v in wins)
     bb = max(1, int(budget // max(1, nq * nw)))
+    if FAST:
+        from imprint.kernels.ptiles import window_argmax
     for b0 in range(0, nb, bb):
         blk = sliding_window_view(low_b[b0:b0 + bb].astype(np.float32), (h, w), axis=(1, 2))
         m = len(blk)
@@ -112,6 +122,12 @@ def tile_scores(qt: np.ndarray, qok: np.ndarray, low_b: np.ndarray, org: np.ndar
         base = _unit(pat)
         base[pat.std(-1) < SRC_MIN_STD] = 0               # flat patches never match
         for t, wi in enumerate(wins):
+            if FAST:   # one product [m * |window|, nq] (query tiles contiguous), the window's best by a kernel
+                s = base[:, wi].reshape(m * len(wi), -1) @ np.ascontiguousarray(qt[:, t].T)
+                best, am = window_argmax(s, len(wi))                               # [m, nq]
+                Pos[:, t, b0:b0 + m] = wi[am].T
+                S[:, t, b0:b0 + m] = best.T
+                continue
             s = np.einsum("qd,mpd->qmp", qt[:, t], base[:, wi], optimize=True)      # [nq, m, |window|]
             am = s.argmax(-1)
             Pos[:, t, b0:b0 + m] = wi[am]
@@ -159,7 +175,7 @@ def pair_values(bq: np.ndarray, bq_m: np.ndarray, bb: np.ndarray, qi: np.ndarray
     """The evidence of pairs ``(qi[p], bi[p])``: ``bq`` / ``bq_m`` the queries' band-passed images and mirrors, ``bb``
     the bases'; ``pos [P, K]`` each tile's source position in the base's grid (flat, row width ``px``), ``org`` the
     tiles' grid origins, ``grid_step`` image px per grid px at the band-passed scale.  float64 [P] (-1: no tile)."""
-    from imprint.kernels.ptiles import ptile_pair_values
+    from imprint.kernels.ptiles import ptile_pair_values, ptile_pair_values_fast
 
     H, W = bb.shape[1:]
     th, tw = H // TILES, W // TILES
@@ -171,7 +187,8 @@ def pair_values(bq: np.ndarray, bq_m: np.ndarray, bb: np.ndarray, qi: np.ndarray
     tx = np.r_[tx, tx] * tw
     cy = np.rint((pos // px) * grid_step).astype(np.int64)
     cx = np.rint((pos % px) * grid_step).astype(np.int64)
-    peaks = ptile_pair_values(np.ascontiguousarray(bq, np.float32), np.ascontiguousarray(bq_m, np.float32),
+    kern = ptile_pair_values_fast if FAST else ptile_pair_values
+    peaks = kern(np.ascontiguousarray(bq, np.float32), np.ascontiguousarray(bq_m, np.float32),
                               np.ascontiguousarray(bb, np.float32), np.asarray(qi, np.int64), np.asarray(bi, np.int64),
                               ty.astype(np.int64), tx.astype(np.int64), cy, cx, int(th), int(tw), int(WINDOW),
                               int(half), float(BP_MIN_STD))            # [P, K], NaN: tile not counted
