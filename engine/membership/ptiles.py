@@ -60,6 +60,9 @@ BP_MIN_STD = 1.0
 #: ``False``: part13's direct form, kept as the reference of the tests and ``benchmarks/bench_ptiles.py``.
 FAST = True
 FAST_BUDGET = 1 << 20
+#: With ``FAST``: pool rows per block of the source's score arrays (``ROW_BLOCK x 2 T^2 x`` images searched, ~6 bytes
+#: each), in the evidence and the pair null.
+ROW_BLOCK = 128
 
 
 def tag() -> str:
@@ -256,10 +259,25 @@ def ptile_evidence(G: np.ndarray, P: np.ndarray) -> dict:
     step = _grid_step(P.shape[1:], lowP.shape[1:])
     n = len(P)
     rows = np.arange(n)
-    # the generated side, in blocks of generated images (the score arrays are [N, 2 T^2, M])
     lowG = _grids(G)[0]
-    S, Pos, px = tile_scores(qt, qok, lowG, org)
     bG = bandpass(G)
+    if FAST:
+        # blocks of ROW_BLOCK pool rows (a row's values are its own): the score arrays are [ROW_BLOCK, 2 T^2, M]
+        # instead of [N, 2 T^2, M] (issue 15: ~190 bytes per pool row x generated image)
+        vG, match, vR = np.full(n, -1.0), np.full(n, -1.0), np.full(n, -1.0)
+        for r0 in range(0, n, ROW_BLOCK):
+            rb = rows[r0:r0 + ROW_BLOCK]
+            loc = np.arange(len(rb))
+            S, Pos, px = tile_scores(qt[rb], qok[rb], lowG, org)
+            vG[rb], match[rb] = _best_values(S, Pos, px, lambda r: np.ones(len(G), bool), bP[rb], bPm[rb], bG, org,
+                                             step, loc)
+            del S, Pos
+            Sr, Posr, _ = tile_scores(qt[rb], qok[rb], lowP, org)
+            vR[rb] = _best_values(Sr, Posr, px, lambda r, rb=rb: rows != rb[r], bP[rb], bPm[rb], bP, org, step, loc)[0]
+            del Sr, Posr
+        return {"ptile_ratio": ratio(vG, vR), "ptile_val": vG, "ptile_real_val": vR, "ptile_match": match}
+    # part13's form: all rows at once (the score arrays are [N, 2 T^2, M])
+    S, Pos, px = tile_scores(qt, qok, lowG, org)
     vG, match = _best_values(S, Pos, px, lambda r: np.ones(len(G), bool), bP, bPm, bG, org, step, rows)
     Sr, Posr, _ = tile_scores(qt, qok, lowP, org)
     vR = _best_values(Sr, Posr, px, lambda r: rows != r, bP, bPm, bP, org, step, rows)[0]
@@ -276,29 +294,34 @@ def ptile_pair_values_splits(real: np.ndarray, inAs, *, only=None, groups=None) 
     rows = np.arange(R) if only is None else np.flatnonzero(np.asarray(only, bool))
     low, lowm = _grids(real)
     qt, qok, org = query_tiles(low, lowm)
-    S, Pos, px = tile_scores(qt[rows], qok[rows], low, org)
     b, bm = bandpass(real), bandpass(real[:, :, ::-1])
     step = _grid_step(real.shape[1:], low.shape[1:])
     g = np.arange(R) if groups is None else np.asarray(groups)
     # every (row, part) candidate list of every split, then each distinct pair's value once
     need = {}
-    lists = []
-    for inA in inAs:
-        inA = np.asarray(inA, bool)
-        per = []
-        for j, r in enumerate(rows):
-            other = g != g[r]
-            ca = rank_candidates(S[j], other & inA)
-            cb = rank_candidates(S[j], other & ~inA)
-            per.append((ca, cb))
-            for c in np.r_[ca, cb]:
-                if c >= 0:
-                    need.setdefault((j, int(c)), len(need))
-        lists.append(per)
+    lists = [[None] * len(rows) for _ in inAs]
+    keys_pos = []
+    blk = ROW_BLOCK if FAST else max(1, len(rows))     # FAST: the score arrays by blocks of rows (issue 15)
+    for j0 in range(0, len(rows), blk):
+        jb = np.arange(j0, min(len(rows), j0 + blk))
+        S, Pos, px = tile_scores(qt[rows[jb]], qok[rows[jb]], low, org)
+        for si, inA in enumerate(inAs):
+            inA = np.asarray(inA, bool)
+            for jl, j in enumerate(jb):
+                r = rows[j]
+                other = g != g[r]
+                ca = rank_candidates(S[jl], other & inA)
+                cb = rank_candidates(S[jl], other & ~inA)
+                lists[si][j] = (ca, cb)
+                for c in np.r_[ca, cb]:
+                    if c >= 0 and (j, int(c)) not in need:
+                        need[(j, int(c))] = len(need)
+                        keys_pos.append(Pos[jl, :, int(c)])
+        del S, Pos
     val = np.full(len(need), -1.0)
     if need:
         keys = np.array(list(need.keys()), np.int64)
-        pos = Pos[keys[:, 0], :, keys[:, 1]]
+        pos = np.array(keys_pos, np.int64).reshape(len(keys), -1)
         val = pair_values(b[rows], bm[rows], b, keys[:, 0], keys[:, 1], pos, px, step, org)
     inAs = [np.asarray(a, bool) for a in inAs]
     out = []
