@@ -117,7 +117,14 @@ def tile_scores(qt: np.ndarray, qok: np.ndarray, low_b: np.ndarray, org: np.ndar
     nw = max(len(v) for v in wins)
     bb = max(1, int(budget // max(1, nq * nw)))
     if FAST:
-        from imprint.kernels.ptiles import window_argmax
+        from .anatomy import _one_blas_thread
+
+        # on one BLAS thread, as anatomy_lowpass: the audit's pools already run on threads, and a threaded BLAS
+        # spins on a loaded machine (part13's source: ~27 CPU-s of the target's job at load 5, 19 on one thread)
+        with _one_blas_thread():
+            _tile_scores_blocks(qt, low_b, wins, nb, bb, h, w, py, px, S, Pos)
+        S[~qok] = -np.inf
+        return S, Pos, px
     for b0 in range(0, nb, bb):
         blk = sliding_window_view(low_b[b0:b0 + bb].astype(np.float32), (h, w), axis=(1, 2))
         m = len(blk)
@@ -125,18 +132,33 @@ def tile_scores(qt: np.ndarray, qok: np.ndarray, low_b: np.ndarray, org: np.ndar
         base = _unit(pat)
         base[pat.std(-1) < SRC_MIN_STD] = 0               # flat patches never match
         for t, wi in enumerate(wins):
-            if FAST:   # one product [m * |window|, nq] (query tiles contiguous), the window's best by a kernel
-                s = base[:, wi].reshape(m * len(wi), -1) @ np.ascontiguousarray(qt[:, t].T)
-                best, am = window_argmax(s, len(wi))                               # [m, nq]
-                Pos[:, t, b0:b0 + m] = wi[am].T
-                S[:, t, b0:b0 + m] = best.T
-                continue
             s = np.einsum("qd,mpd->qmp", qt[:, t], base[:, wi], optimize=True)      # [nq, m, |window|]
             am = s.argmax(-1)
             Pos[:, t, b0:b0 + m] = wi[am]
             S[:, t, b0:b0 + m] = np.take_along_axis(s, am[..., None], -1)[..., 0]
     S[~qok] = -np.inf
     return S, Pos, px
+
+
+def _tile_scores_blocks(qt, low_b, wins, nb, bb, h, w, py, px, S, Pos):
+    """:func:`tile_scores`' loop, fast form: per block of base images and tile, one product [m * |window|, nq]
+    (query tiles contiguous) and the window's best by a kernel (:func:`.kernels.ptiles.window_argmax`), in blocks of
+    ``FAST_BUDGET`` scores (cache-sized) instead of an ``einsum`` and ``argmax`` over [nq, m, |window|]."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    from imprint.kernels.ptiles import window_argmax
+
+    qts = [np.ascontiguousarray(qt[:, t].T) for t in range(len(wins))]
+    for b0 in range(0, nb, bb):
+        blk = sliding_window_view(low_b[b0:b0 + bb].astype(np.float32), (h, w), axis=(1, 2))
+        m = len(blk)
+        pat = blk.reshape(m, py * px, h * w)
+        base = _unit(pat)
+        base[pat.std(-1) < SRC_MIN_STD] = 0               # flat patches never match
+        for t, wi in enumerate(wins):
+            best, am = window_argmax(base[:, wi].reshape(m * len(wi), -1) @ qts[t], len(wi))   # [m, nq]
+            Pos[:, t, b0:b0 + m] = wi[am].T
+            S[:, t, b0:b0 + m] = best.T
 
 
 def rank_candidates(S: np.ndarray, allowed: np.ndarray, top: int | None = None) -> np.ndarray:
