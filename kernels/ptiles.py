@@ -178,3 +178,41 @@ def window_argmax(r, nw):
                     best[m, q] = v
                     arg[m, q] = w
     return best, arg
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def unit_patches(grids, h, w, min_std):
+    """Every ``h x w`` patch of every grid (``grids`` float32 [M, gh, gw]), centred and scaled to unit norm, flat
+    (row-major position ``y * (gw - w + 1) + x``, pixels row-major): float32 [M, positions, h * w]; a patch whose
+    standard deviation is below ``min_std`` is all zeros (it never matches).  Sums in float64."""
+    M, gh, gw = grids.shape
+    py = gh - h + 1
+    px = gw - w + 1
+    d = h * w
+    out = np.zeros((M, py * px, d), np.float32)
+    for m in prange(M):
+        g = grids[m]
+        for y in range(py):
+            for x in range(px):
+                s = 0.0
+                s2 = 0.0
+                for i in range(h):
+                    for j in range(w):
+                        v = np.float64(g[y + i, x + j])
+                        s += v
+                        s2 += v * v
+                mu = s / d
+                var = s2 / d - mu * mu
+                if var < min_std * min_std:
+                    continue
+                ss = 0.0
+                for i in range(h):
+                    for j in range(w):
+                        c = np.float64(g[y + i, x + j]) - mu
+                        ss += c * c
+                inv = 1.0 / max(np.sqrt(ss), 1e-9)
+                o = out[m, y * px + x]
+                for i in range(h):
+                    for j in range(w):
+                        o[i * w + j] = (np.float64(g[y + i, x + j]) - mu) * inv
+    return out
