@@ -37,14 +37,21 @@ DEV = "/work/shared/corpus/dev"
 STAGES = ("shortlists", "coarse_scores", "polish_lo", "refine")
 
 
-def child(code: str, out: str, corpus: str, fresh: bool = False) -> None:
-    """One audit of the judged case on the code in ``code``; arrays to ``out`` (.npz), timings to ``out``.json."""
+def child(code: str, out: str, corpus: str, fresh: bool = False, knobs=None) -> None:
+    """One audit of the judged case on the code in ``code``; arrays to ``out`` (.npz), timings to ``out``.json.
+    ``knobs``: parsed arguments whose membership flags (``_membership_knobs``) are applied first."""
     sys.path.insert(0, code)
     import imprint  # noqa: F401  (this checkout's namespace)
     from imprint.engine.membership import DevSet, audit_membership
     from imprint.engine.membership import register as R
 
     sys.path.insert(0, os.path.join(HERE, "benchmarks"))
+    if knobs is not None:
+        from _membership_knobs import apply_membership_knobs
+
+        on = apply_membership_knobs(knobs)
+        if on:
+            print("after side: " + ", ".join(on), flush=True)
     from membership_zoo import load_folder
 
     import threading
@@ -88,10 +95,11 @@ def child(code: str, out: str, corpus: str, fresh: bool = False) -> None:
                    "load": max(l0, os.getloadavg()[0]), "load0": l0, "module": R.__file__}, fh)
 
 
-def run_side(code: str, tmp: str, tag: str, corpus: str, fresh: bool = False) -> tuple[dict, str]:
+def run_side(code: str, tmp: str, tag: str, corpus: str, fresh: bool = False, knob_argv=()) -> tuple[dict, str]:
     out = os.path.join(tmp, f"{tag}.npz")
     cmd = [sys.executable, os.path.abspath(__file__), "--child", code, "--out", out, "--corpus", corpus]
     cmd += ["--fresh-target"] if fresh else []
+    cmd += list(knob_argv)
     subprocess.run(cmd, check=True, cwd=tmp)
     with open(out + ".json") as fh:
         return json.load(fh), out
@@ -117,10 +125,21 @@ def main(argv=None) -> None:
                          "dev pools, as in a held-out audit; the honest judged case)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None, help=argparse.SUPPRESS)
+    sys.path.insert(0, os.path.join(HERE, "benchmarks"))
+    from _membership_knobs import MEMBERSHIP_KNOBS, add_membership_knobs
+
+    add_membership_knobs(ap)        # opt-in levers: applied to the after side only (the before side: its code as is)
     a = ap.parse_args(argv)
     if a.child:
-        child(a.child, a.out, a.corpus, a.fresh_target)
+        child(a.child, a.out, a.corpus, a.fresh_target, knobs=a)
         return
+    knob_argv = []
+    for dest, (flag, *_rest) in MEMBERSHIP_KNOBS.items():
+        v = getattr(a, dest, None)
+        if v is True:
+            knob_argv.append(flag)
+        elif v is not None and v is not False:
+            knob_argv += [flag, str(v)]
     if not a.before:
         ap.error("--before DIR is required")
     sides = {"before": os.path.abspath(a.before), "after": HERE}
@@ -131,7 +150,8 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory(prefix="bench_register_") as tmp:
         for r in range(a.repeat):
             for tag, code in sides.items():
-                t, out = run_side(code, tmp, f"{tag}{r}", a.corpus, a.fresh_target)
+                t, out = run_side(code, tmp, f"{tag}{r}", a.corpus, a.fresh_target,
+                                  knob_argv if tag == "after" else ())
                 loads.append(t["load"])
                 print(f"round {r + 1} {tag}: total {t['total_s']:.1f} s, cpu {t.get('cpu_s', float('nan')):.1f} s, register_s {t['register_s']:.1f} s, "
                       + ", ".join(f"{k} {v:.1f}" for k, v in t["stages"].items()) + f"; load {t['load']:.1f}",
@@ -155,7 +175,7 @@ def main(argv=None) -> None:
     lines = [f"### {a.title}", "",
              f"Command: `python benchmarks/bench_register.py --before DIR --repeat {a.repeat}"
              + (f" --write-results {os.path.relpath(a.write_results, HERE)}" if a.write_results else "")
-             + (" --fresh-target" if a.fresh_target else "")
+             + (" --fresh-target" if a.fresh_target else "") + "".join(" " + x for x in knob_argv)
              + (f" --block {a.block}`" if a.block != "judged-speed-spd6" else "`")
              + ". 1,000 generated x 300 real, three dev sets, registration on; each side in its own process on its own "
              f"code, alternating, best of {a.repeat} totals (the stage columns are that run's). Outputs (scores, "

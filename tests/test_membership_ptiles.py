@@ -121,10 +121,15 @@ def test_channel_off_keeps_the_keys_and_on_rekeys_them(monkeypatch):
     assert A.checkpoint_tag(None, form="evidence") != on_e
 
 
+@pytest.mark.parametrize("fast", [False, True])
 @pytest.mark.parametrize("flip", [False, True])
-def test_tile_peaks_find_a_moved_tile(flip):
-    """The kernel locates a tile moved inside its window (the peak 1 at the move), in either orientation."""
-    from imprint.kernels.ptiles import ptile_pair_values
+def test_tile_peaks_find_a_moved_tile(flip, fast):
+    """The kernel (part13's direct form and the fast form) locates a tile moved inside its window (the peak 1 at
+    the move), in either orientation."""
+    from imprint.kernels.ptiles import ptile_pair_values, ptile_pair_values_fast
+
+    if fast:
+        ptile_pair_values = ptile_pair_values_fast  # noqa: F811
 
     rng = np.random.default_rng(2)
     q = rng.normal(0, 20, (1, 32, 32)).astype(np.float32)
@@ -137,3 +142,61 @@ def test_tile_peaks_find_a_moved_tile(flip):
                             16, 16, 4, 1, 1.0)
     hit, miss = (1, 0) if flip else (0, 1)
     assert out[0, hit] > 0.999 and out[0, miss] < 0.5
+
+
+def test_fast_kernels_equal_the_direct_forms():
+    """The fast tile peaks (integral images, one product sum per shift) equal part13's direct kernel to float
+    tolerance, tiles counted alike (NaN), on windows that leave the base (the inside part, or not counted when it
+    is under half the tile) and on flat tiles and flat base regions (the floors); the source's window maxima by
+    :func:`window_argmax` equal ``numpy``'s max / argmax (the first best)."""
+    from imprint.kernels.ptiles import ptile_pair_values, ptile_pair_values_fast, window_argmax
+
+    rng = np.random.default_rng(4)
+    N, H, th = 6, 64, 16
+    bq = rng.normal(0, 5, (N, H, H)).astype(np.float32)
+    bq[:, :16, :16] *= 0.05                               # flat tiles: below the 1 grey level floor
+    bb = rng.normal(0, 5, (N, H, H)).astype(np.float32)
+    bb[:, 40:, :30] *= 0.05                               # flat base regions
+    bb[0, 10:40, 10:40] = bq[1, 12:42, 13:43]             # a shared part: peaks near 1
+    P = 60
+    qi, bi = rng.integers(0, N, P), rng.integers(0, N, P)
+    qi[0], bi[0] = 1, 0
+    ty = np.repeat(np.arange(4), 4)
+    ty = np.r_[ty, ty] * th
+    tx = np.tile(np.arange(4), 4)
+    tx = np.r_[tx, tx] * th
+    cy = np.clip(ty[None] + rng.integers(-10, 11, (P, 32)), -6, H - th + 6).astype(np.int64)   # some leave the base
+    cx = np.clip(tx[None] + rng.integers(-10, 11, (P, 32)), -6, H - th + 6).astype(np.int64)
+    args = (bq, np.ascontiguousarray(bq[:, :, ::-1]), bb, qi, bi, ty.astype(np.int64), tx.astype(np.int64), cy, cx,
+            th, th, 4, 16, 1.0)
+    a, b = ptile_pair_values(*args), ptile_pair_values_fast(*args)
+    assert np.isnan(a).any() and np.isfinite(a).any() and np.nanmax(a) > 0.99
+    assert np.array_equal(np.isnan(a), np.isnan(b))
+    assert np.nanmax(np.abs(a - b)) < 1e-6
+    r = rng.normal(size=(7 * 9, 11)).astype(np.float32)
+    r[9:18] = 0.5                                         # ties: the first
+    best, arg = window_argmax(r, 9)
+    r3 = r.reshape(7, 9, 11)
+    assert np.array_equal(best, r3.max(1)) and np.array_equal(arg, r3.argmax(1))
+
+
+def test_fast_form_equals_part13s_form(monkeypatch):
+    """``FAST`` (blocks of pool rows, the fast source and tile peaks) gives part13's channel: the evidence of the
+    planted scene (values to float tolerance, the same first candidates) and the pair null on two splits, with
+    blocks smaller than the rows so that the blocking is exercised."""
+    members, non, ref, gen, kinds, copy = _scene(6, n_mem=4)
+    P = np.concatenate([members, non, ref[:12]])
+    real = P[:20]
+    inA = np.random.default_rng(1).random(len(real)) < 0.5
+    out = {}
+    for fast in (False, True):
+        monkeypatch.setattr(PT, "FAST", fast)
+        monkeypatch.setattr(PT, "ROW_BLOCK", 7)
+        out[fast] = (PT.ptile_evidence(gen[:90], P), PT.ptile_pair_values_splits(real, [inA, ~inA]))
+    (e0, n0), (e1, n1) = out[False], out[True]
+    assert np.array_equal(e0["ptile_match"], e1["ptile_match"])
+    for k in ("ptile_ratio", "ptile_val", "ptile_real_val"):
+        assert np.allclose(e0[k], e1[k], rtol=0, atol=1e-5), k
+    assert e1["ptile_ratio"][:4].min() > e1["ptile_ratio"][8:].max()      # the in-place members stand out
+    for x, y in zip(n0, n1):
+        assert np.array_equal(np.isnan(x), np.isnan(y)) and np.nanmax(np.abs(x - y)) < 1e-5

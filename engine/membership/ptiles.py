@@ -54,6 +54,15 @@ WINDOW = 4
 SRC_WINDOW = 4
 SRC_MIN_STD = 1.0
 BP_MIN_STD = 1.0
+#: The channel's fast form (branch ptile14; the same values to float tolerance, RESULTS.md): the source's window
+#: maxima by a kernel over one product per tile and block of images (cache-sized blocks of ``FAST_BUDGET`` scores)
+#: instead of an ``einsum`` + ``argmax``; the tile peaks from integral images (:func:`.kernels.ptiles.ptile_pair_values_fast`).
+#: ``False``: part13's direct form, kept as the reference of the tests and ``benchmarks/bench_ptiles.py``.
+FAST = True
+FAST_BUDGET = 1 << 20
+#: With ``FAST``: pool rows per block of the source's score arrays (``ROW_BLOCK x 2 T^2 x`` images searched, ~6 bytes
+#: each), in the evidence and the pair null.
+ROW_BLOCK = 128
 
 
 def tag() -> str:
@@ -83,7 +92,7 @@ def query_tiles(low: np.ndarray, low_m: np.ndarray):
     return np.concatenate(out, 1).astype(np.float32), np.concatenate(ok, 1), org
 
 
-def tile_scores(qt: np.ndarray, qok: np.ndarray, low_b: np.ndarray, org: np.ndarray, *, budget: int = 1 << 24):
+def tile_scores(qt: np.ndarray, qok: np.ndarray, low_b: np.ndarray, org: np.ndarray, *, budget: int | None = None):
     """Every query tile's best NCC with a same-size patch of each base grid within ``SRC_WINDOW`` grid px of the
     tile's own origin (``org``, the mirrored tiles' in the mirrored frame), and that patch's position.
 
@@ -92,6 +101,8 @@ def tile_scores(qt: np.ndarray, qok: np.ndarray, low_b: np.ndarray, org: np.ndar
     from numpy.lib.stride_tricks import sliding_window_view
 
     nq, k, d = qt.shape
+    if budget is None:
+        budget = FAST_BUDGET if FAST else 1 << 24
     nb, gh, gw = low_b.shape
     h, w = gh // TILES, gw // TILES
     py, px = gh - h + 1, gw - w + 1
@@ -105,6 +116,15 @@ def tile_scores(qt: np.ndarray, qok: np.ndarray, low_b: np.ndarray, org: np.ndar
         wins.append((ys[:, None] * px + xs[None, :]).ravel())
     nw = max(len(v) for v in wins)
     bb = max(1, int(budget // max(1, nq * nw)))
+    if FAST:
+        from .anatomy import _one_blas_thread
+
+        # on one BLAS thread, as anatomy_lowpass: the audit's pools already run on threads, and a threaded BLAS
+        # spins on a loaded machine (part13's source: ~27 CPU-s of the target's job at load 5, 19 on one thread)
+        with _one_blas_thread():
+            _tile_scores_blocks(qt, low_b, wins, nb, bb, h, w, py, px, S, Pos)
+        S[~qok] = -np.inf
+        return S, Pos, px
     for b0 in range(0, nb, bb):
         blk = sliding_window_view(low_b[b0:b0 + bb].astype(np.float32), (h, w), axis=(1, 2))
         m = len(blk)
@@ -118,6 +138,24 @@ def tile_scores(qt: np.ndarray, qok: np.ndarray, low_b: np.ndarray, org: np.ndar
             S[:, t, b0:b0 + m] = np.take_along_axis(s, am[..., None], -1)[..., 0]
     S[~qok] = -np.inf
     return S, Pos, px
+
+
+def _tile_scores_blocks(qt, low_b, wins, nb, bb, h, w, py, px, S, Pos):
+    """:func:`tile_scores`' loop, fast form: per block of base images, the unit patches by a kernel
+    (:func:`.kernels.ptiles.unit_patches`: one pass, where numpy's centring, norm and std took ~5x the product
+    itself once the rows are blocked); per tile, one product [m * |window|, nq] (query tiles contiguous) and the
+    window's best by a kernel (:func:`.kernels.ptiles.window_argmax`), in blocks of ``FAST_BUDGET`` scores
+    (cache-sized) instead of an ``einsum`` and ``argmax`` over [nq, m, |window|]."""
+    from imprint.kernels.ptiles import unit_patches, window_argmax
+
+    qts = [np.ascontiguousarray(qt[:, t].T) for t in range(len(wins))]
+    for b0 in range(0, nb, bb):
+        base = unit_patches(np.ascontiguousarray(low_b[b0:b0 + bb], np.float32), h, w, float(SRC_MIN_STD))
+        m = len(base)
+        for t, wi in enumerate(wins):
+            best, am = window_argmax(base[:, wi].reshape(m * len(wi), -1) @ qts[t], len(wi))   # [m, nq]
+            Pos[:, t, b0:b0 + m] = wi[am].T
+            S[:, t, b0:b0 + m] = best.T
 
 
 def rank_candidates(S: np.ndarray, allowed: np.ndarray, top: int | None = None) -> np.ndarray:
@@ -159,7 +197,7 @@ def pair_values(bq: np.ndarray, bq_m: np.ndarray, bb: np.ndarray, qi: np.ndarray
     """The evidence of pairs ``(qi[p], bi[p])``: ``bq`` / ``bq_m`` the queries' band-passed images and mirrors, ``bb``
     the bases'; ``pos [P, K]`` each tile's source position in the base's grid (flat, row width ``px``), ``org`` the
     tiles' grid origins, ``grid_step`` image px per grid px at the band-passed scale.  float64 [P] (-1: no tile)."""
-    from imprint.kernels.ptiles import ptile_pair_values
+    from imprint.kernels.ptiles import ptile_pair_values, ptile_pair_values_fast
 
     H, W = bb.shape[1:]
     th, tw = H // TILES, W // TILES
@@ -171,7 +209,8 @@ def pair_values(bq: np.ndarray, bq_m: np.ndarray, bb: np.ndarray, qi: np.ndarray
     tx = np.r_[tx, tx] * tw
     cy = np.rint((pos // px) * grid_step).astype(np.int64)
     cx = np.rint((pos % px) * grid_step).astype(np.int64)
-    peaks = ptile_pair_values(np.ascontiguousarray(bq, np.float32), np.ascontiguousarray(bq_m, np.float32),
+    kern = ptile_pair_values_fast if FAST else ptile_pair_values
+    peaks = kern(np.ascontiguousarray(bq, np.float32), np.ascontiguousarray(bq_m, np.float32),
                               np.ascontiguousarray(bb, np.float32), np.asarray(qi, np.int64), np.asarray(bi, np.int64),
                               ty.astype(np.int64), tx.astype(np.int64), cy, cx, int(th), int(tw), int(WINDOW),
                               int(half), float(BP_MIN_STD))            # [P, K], NaN: tile not counted
@@ -239,10 +278,25 @@ def ptile_evidence(G: np.ndarray, P: np.ndarray) -> dict:
     step = _grid_step(P.shape[1:], lowP.shape[1:])
     n = len(P)
     rows = np.arange(n)
-    # the generated side, in blocks of generated images (the score arrays are [N, 2 T^2, M])
     lowG = _grids(G)[0]
-    S, Pos, px = tile_scores(qt, qok, lowG, org)
     bG = bandpass(G)
+    if FAST:
+        # blocks of ROW_BLOCK pool rows (a row's values are its own): the score arrays are [ROW_BLOCK, 2 T^2, M]
+        # instead of [N, 2 T^2, M] (issue 15: ~190 bytes per pool row x generated image)
+        vG, match, vR = np.full(n, -1.0), np.full(n, -1.0), np.full(n, -1.0)
+        for r0 in range(0, n, ROW_BLOCK):
+            rb = rows[r0:r0 + ROW_BLOCK]
+            loc = np.arange(len(rb))
+            S, Pos, px = tile_scores(qt[rb], qok[rb], lowG, org)
+            vG[rb], match[rb] = _best_values(S, Pos, px, lambda r: np.ones(len(G), bool), bP[rb], bPm[rb], bG, org,
+                                             step, loc)
+            del S, Pos
+            Sr, Posr, _ = tile_scores(qt[rb], qok[rb], lowP, org)
+            vR[rb] = _best_values(Sr, Posr, px, lambda r, rb=rb: rows != rb[r], bP[rb], bPm[rb], bP, org, step, loc)[0]
+            del Sr, Posr
+        return {"ptile_ratio": ratio(vG, vR), "ptile_val": vG, "ptile_real_val": vR, "ptile_match": match}
+    # part13's form: all rows at once (the score arrays are [N, 2 T^2, M])
+    S, Pos, px = tile_scores(qt, qok, lowG, org)
     vG, match = _best_values(S, Pos, px, lambda r: np.ones(len(G), bool), bP, bPm, bG, org, step, rows)
     Sr, Posr, _ = tile_scores(qt, qok, lowP, org)
     vR = _best_values(Sr, Posr, px, lambda r: rows != r, bP, bPm, bP, org, step, rows)[0]
@@ -259,29 +313,34 @@ def ptile_pair_values_splits(real: np.ndarray, inAs, *, only=None, groups=None) 
     rows = np.arange(R) if only is None else np.flatnonzero(np.asarray(only, bool))
     low, lowm = _grids(real)
     qt, qok, org = query_tiles(low, lowm)
-    S, Pos, px = tile_scores(qt[rows], qok[rows], low, org)
     b, bm = bandpass(real), bandpass(real[:, :, ::-1])
     step = _grid_step(real.shape[1:], low.shape[1:])
     g = np.arange(R) if groups is None else np.asarray(groups)
     # every (row, part) candidate list of every split, then each distinct pair's value once
     need = {}
-    lists = []
-    for inA in inAs:
-        inA = np.asarray(inA, bool)
-        per = []
-        for j, r in enumerate(rows):
-            other = g != g[r]
-            ca = rank_candidates(S[j], other & inA)
-            cb = rank_candidates(S[j], other & ~inA)
-            per.append((ca, cb))
-            for c in np.r_[ca, cb]:
-                if c >= 0:
-                    need.setdefault((j, int(c)), len(need))
-        lists.append(per)
+    lists = [[None] * len(rows) for _ in inAs]
+    keys_pos = []
+    blk = ROW_BLOCK if FAST else max(1, len(rows))     # FAST: the score arrays by blocks of rows (issue 15)
+    for j0 in range(0, len(rows), blk):
+        jb = np.arange(j0, min(len(rows), j0 + blk))
+        S, Pos, px = tile_scores(qt[rows[jb]], qok[rows[jb]], low, org)
+        for si, inA in enumerate(inAs):
+            inA = np.asarray(inA, bool)
+            for jl, j in enumerate(jb):
+                r = rows[j]
+                other = g != g[r]
+                ca = rank_candidates(S[jl], other & inA)
+                cb = rank_candidates(S[jl], other & ~inA)
+                lists[si][j] = (ca, cb)
+                for c in np.r_[ca, cb]:
+                    if c >= 0 and (j, int(c)) not in need:
+                        need[(j, int(c))] = len(need)
+                        keys_pos.append(Pos[jl, :, int(c)])
+        del S, Pos
     val = np.full(len(need), -1.0)
     if need:
         keys = np.array(list(need.keys()), np.int64)
-        pos = Pos[keys[:, 0], :, keys[:, 1]]
+        pos = np.array(keys_pos, np.int64).reshape(len(keys), -1)
         val = pair_values(b[rows], bm[rows], b, keys[:, 0], keys[:, 1], pos, px, step, org)
     inAs = [np.asarray(a, bool) for a in inAs]
     out = []
