@@ -162,13 +162,28 @@ def _history_reference(images, ia, ib):
     tab = [[ra, ia.size - ra], [rb, ib.size - rb]] if a_low else [[rb, ib.size - rb], [ra, ia.size - ra]]
     p_r = float(fisher_exact(tab, alternative="greater")[1]) if ra + rb else 1.0
     return {"p_jpeg": p_j, "p_resampled": p_r, "jpeg": [ja / ia.size, jb / ib.size],
-            "resampled": [ra / ia.size, rb / ib.size]}
+            "resampled": [ra / ia.size, rb / ib.size], "a_low": bool(a_low)}
 
 
-def test_history_cache_gives_identical_answers():
+def _explains_reference(want, min_share):
+    """The decision :func:`A._history_explains` must give on the evidence ``want`` (``_history_reference``) under
+    ``HISTORY_MIN_SHARE = min_share``."""
+    if min_share is None:
+        return min(want["p_jpeg"], want["p_resampled"]) < A.HISTORY_ALPHA
+    d_j = abs(want["jpeg"][0] - want["jpeg"][1])
+    ra, rb = want["resampled"]
+    d_r = ra - rb if want["a_low"] else rb - ra
+    return (want["p_jpeg"] < A.HISTORY_ALPHA and d_j >= min_share) or (
+        want["p_resampled"] < A.HISTORY_ALPHA and d_r >= min_share)
+
+
+@pytest.mark.parametrize("min_share", [None, 0.5])
+def test_history_cache_gives_identical_answers(min_share, monkeypatch):
     """Eighth round: the detector inputs are computed once per image and shared by every pair of a k scan; the
     answers equal the per-pair recomputation on the union, for every pair of a four-cluster labelling with JPEG'd,
-    resized and area-resized images, in any order (the cache filled by earlier pairs)."""
+    resized and area-resized images, in any order (the cache filled by earlier pairs); with and without attr15's
+    ``HISTORY_MIN_SHARE``."""
+    monkeypatch.setattr(A, "HISTORY_MIN_SHARE", min_share)
     rng = np.random.default_rng(21)
     a = _gen(rng, 64)
     a[16:24] = np.stack([P.jpeg_roundtrip(v, 70) for v in a[16:24]])
@@ -181,7 +196,9 @@ def test_history_cache_gives_identical_answers():
         ia, ib = np.flatnonzero(labels == x), np.flatnonzero(labels == y)
         got = A._history_explains(a, ia, ib, cache)
         want = _history_reference(a, ia, ib)
-        assert got[1] == want and got[0] == (min(want["p_jpeg"], want["p_resampled"]) < A.HISTORY_ALPHA)
+        assert {k: v for k, v in got[1].items() if k != "share"} == {k: v for k, v in want.items() if k != "a_low"}
+        assert ("share" in got[1]) == (min_share is not None)
+        assert got[0] == _explains_reference(want, min_share)
     assert cache["resampling_done"].all() and (cache["jpeg"] >= 0).all()
 
 
