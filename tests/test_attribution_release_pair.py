@@ -130,7 +130,7 @@ def test_fixture_models_and_history_are_both_there():
 @pytest.mark.xfail(strict=True, reason="issue 19 open (attr15, attr16): two models of one architecture, half of each "
                    "resized, are split by processing history at k 2; no processing-projection variant fixes it")
 @pytest.mark.parametrize("variant", [("four", "share", 1.0 / 3.0), ("all", "share", 1.0 / 3.0),
-                                     ("four", "geneig", 1.0 / 3.0)])
+                                     ("four", "geneig", 1.0 / 3.0), ("four", "share", 1.0)])
 def test_same_architecture_pair_half_resized_is_split_by_model(monkeypatch, variant):
     X, y, hist = _same_architecture_pair()
     monkeypatch.setattr(A, "PROCESSING_FILTERS", variant[0])
