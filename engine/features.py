@@ -369,9 +369,8 @@ def _geneig_block(S, Zg, tau, max_share, keep, proj, idx, removed, share, residu
     ridge of 1e-6 of the mean eigenvalue (a rank-deficient group stays finite, and every ratio is a share in [0, 1]);
     the eigen-directions ``U`` of the whitened processing scatter ``W S W`` with eigenvalue (processing variance /
     (image + processing variance) along the direction) above ``tau / (1 + tau)`` (processing above ``tau`` times the
-    images' variance), at
-    most ``max_share`` of the columns, are removed by ``P = W^-1 (I - (1 - keep) U U^T) W`` applied to the right of
-    the row vectors, which sets every row's coordinate along ``v = W u`` to ``keep`` times itself and leaves the
+    images' variance), at most ``max_share`` of the columns, are removed by ``z -> z W (I - (1 - keep) U U^T) W^-1``
+    (row vectors), which sets every row's coordinate along ``v = W u`` to ``keep`` times itself and leaves the
     directions the images vary along otherwise unchanged.
     """
     p = idx.size
@@ -384,7 +383,8 @@ def _geneig_block(S, Zg, tau, max_share, keep, proj, idx, removed, share, residu
     Wi = (cv * np.sqrt(ce)) @ cv.T         # C^(1/2)
     ev, U = np.linalg.eigh(W @ S @ W)
     ev, U = ev[::-1], U[:, ::-1]
-    r = int(min((ev > tau / (1.0 + tau)).sum(), max(1, int(p * max_share))))  # S > tau C  <=>  S / (C + S) > tau / (1 + tau)
+    # S > tau C_images  <=>  S / (C_images + S) > tau / (1 + tau)
+    r = int(min((ev > tau / (1.0 + tau)).sum(), max(1, int(p * max_share))))
     removed[g] = r
     share[g] = [round(float(v), 4) for v in ev[:3]]
     residual[g] = round(float(ev[r:].sum()) / max(float(p - r), 1e-12), 4)  # mean ratio left
@@ -455,6 +455,8 @@ class NuisanceProjection:
         -------
         NuisanceProjection
         """
+        if rule not in ("share", "geneig"):
+            raise ImprintError(f"rule must be 'share' or 'geneig', not {rule!r}")
         X = np.asarray(X, np.float64)
         Xp = np.asarray(X_processed, np.float64)
         if X.shape != Xp.shape or X.ndim != 2:
