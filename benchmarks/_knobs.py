@@ -28,6 +28,12 @@ KNOBS = {
                      "issue 19, sixth round; default: the code's"),
     "history_min_share": ("--history-min-share", "HISTORY_MIN_SHARE", dict(type=float), float,
                           "issue 19, branch attr15; default: the code's, None = off"),
+    "processing_filters": ("--processing-filters", "PROCESSING_FILTERS", dict(choices=("four", "all")), str,
+                           "issue 19, branch attr16; default: the code's, four"),
+    "nuisance_rule": ("--nuisance-rule", "NUISANCE_RULE", dict(choices=("share", "geneig")), str,
+                      "issue 19, branch attr16; default: the code's, share"),
+    "nuisance_max_share": ("--nuisance-max-share", "NUISANCE_MAX_SHARE", dict(type=float), float,
+                           "issue 19, branch attr16; default: the code's, 1/3"),
     "projected_scale": ("--projected-scale", "PROJECTED_SCALE", dict(choices=("after", "before")), str,
                         "issue 19, fourth round; default: the code's"),
 }

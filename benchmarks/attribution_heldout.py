@@ -59,7 +59,8 @@ from imprint.engine import processing as PR  # noqa: E402
 from imprint.engine.outputs import write_json  # noqa: E402
 from _knobs import add_knobs, apply_knobs  # noqa: E402
 
-KNOBS_HERE = ("k_lookahead", "sample_rule", "processing_sample", "open_set_space", "history_min_share")
+KNOBS_HERE = ("k_lookahead", "sample_rule", "processing_sample", "open_set_space", "history_min_share",
+              "processing_filters", "nuisance_rule", "nuisance_max_share")
 
 #: every Pillow resampling filter (the issue's "unknown filter")
 ALL_FILTERS = ("nearest", "box", "bilinear", "hamming", "bicubic", "lanczos")

@@ -63,7 +63,8 @@ from _knobs import add_knobs, apply_knobs  # noqa: E402  (this folder is sys.pat
 from imprint.engine.outputs import write_json  # noqa: E402
 
 #: the engine settings this benchmark takes as flags (benchmarks/_knobs.py)
-KNOBS_HERE = ("k_lookahead", "sample_rule", "processing_sample", "open_set_space", "history_min_share")
+KNOBS_HERE = ("k_lookahead", "sample_rule", "processing_sample", "open_set_space", "history_min_share",
+              "processing_filters", "nuisance_rule", "nuisance_max_share")
 
 
 def rdec_images(real, n, seed):

@@ -290,7 +290,8 @@ def main(argv=None):
     ap.add_argument("--detection", action="store_true", help="only score the JPEG detector, then stop")
     ap.add_argument("--content-timing", action="store_true", help="only time the feature extraction of 700 images "
                     "with and without the content groups (hist, ispec), best of 3 each, then stop")
-    knobs = ("floor_waiver", "projected_scale", "k_lookahead", "sample_rule", "processing_sample", "history_min_share")
+    knobs = ("floor_waiver", "projected_scale", "k_lookahead", "sample_rule", "processing_sample", "history_min_share",
+             "processing_filters", "nuisance_rule", "nuisance_max_share")
     add_knobs(ap, *knobs)
     a = ap.parse_args(argv)
     apply_knobs(ap, a, A, *knobs)

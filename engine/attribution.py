@@ -156,6 +156,17 @@ PROCESSING_SAMPLE_RULE = "balanced"
 #: Number of strata of the stratified sample.  Chosen a priori (not tuned): independent of the requested k, so the
 #: k = 4 and k auto runs of one set fit the same projection; 8 is above the number of models the issue's sets hold
 #: (3-5), so a small model can get a stratum of its own, and leaves 37 images per stratum of the 300.
+#: Filters :func:`_processing_projection`'s augmentation draws (issue 19, branch attr16): "four" (default; bilinear,
+#: bicubic, lanczos, box: :data:`engine.processing.RESAMPLE_FILTERS`) or "all" (every Pillow filter, nearest and
+#: hamming added: :data:`engine.processing.ALL_RESAMPLE_FILTERS`).  Opt-in.
+PROCESSING_FILTERS = "four"
+#: How :class:`engine.features.NuisanceProjection` picks the directions it removes (issue 19, branch attr16): "share"
+#: (default: processing variance above tau of the group's total) or "geneig" (processing variance above tau of the
+#: images' variance along the same direction; generalized eigen-directions).  Opt-in.
+NUISANCE_RULE = "share"
+#: At most this share of a feature group's columns is removed by the processing projection (the cap of
+#: :meth:`engine.features.NuisanceProjection.fit`; issue 19, branch attr16 measured 1.0 = no cap).
+NUISANCE_MAX_SHARE = 1.0 / 3.0
 PROCESSING_STRATA = 8
 #: Principal components the strata are formed in (a priori: enough for 8 groups, cheap k-means).
 PROCESSING_STRATA_DIMS = 20
@@ -1358,10 +1369,17 @@ def _processing_projection(images, X, names, groups, backbones, masks, seed, cac
         idx = np.sort(rng.choice(n, min(n, m), replace=False))
     reps = max(1, min(3, m // idx.size))  # small sets: several processings per image (>= m pairs)
     idx = np.tile(idx, reps)
-    Xa, na = _extract_cached(augment(images[idx], seed), groups, backbones, {}, cache_dir, executor)
+    if PROCESSING_FILTERS not in ("four", "all"):
+        raise ImprintError(f"PROCESSING_FILTERS must be 'four' or 'all', not {PROCESSING_FILTERS!r}")
+    if NUISANCE_RULE not in ("share", "geneig"):
+        raise ImprintError(f"NUISANCE_RULE must be 'share' or 'geneig', not {NUISANCE_RULE!r}")
+    filters = None
+    if PROCESSING_FILTERS == "all":
+        from imprint.engine.processing import ALL_RESAMPLE_FILTERS as filters
+    Xa, na = _extract_cached(augment(images[idx], seed, filters=filters), groups, backbones, {}, cache_dir, executor)
     if na != names or Xa.shape[0] != idx.size:
         return None, None
-    nap = _F.NuisanceProjection.fit(X[idx], Xa, masks)
+    nap = _F.NuisanceProjection.fit(X[idx], Xa, masks, rule=NUISANCE_RULE, max_share=NUISANCE_MAX_SHARE)
     return nap, nap.transform(Xa) - nap.transform(X[idx])
 
 

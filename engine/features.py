@@ -362,6 +362,39 @@ NUISANCE_TAU = 0.02
 NUISANCE_KEEP = 1e-3
 
 
+def _geneig_block(S, Zg, tau, max_share, keep, proj, idx, removed, share, residual, g):
+    """One group of :meth:`NuisanceProjection.fit` with ``rule="geneig"``; writes into ``proj`` / the dicts.
+
+    ``W = C^(-1/2)`` whitens ``C`` = the images' scatter (``Zg``'s covariance) plus the processing scatter ``S`` plus a
+    ridge of 1e-6 of the mean eigenvalue (a rank-deficient group stays finite, and every ratio is a share in [0, 1]);
+    the eigen-directions ``U`` of the whitened processing scatter ``W S W`` with eigenvalue (processing variance /
+    (image + processing variance) along the direction) above ``tau / (1 + tau)`` (processing above ``tau`` times the
+    images' variance), at most ``max_share`` of the columns, are removed by ``z -> z W (I - (1 - keep) U U^T) W^-1``
+    (row vectors), which sets every row's coordinate along ``v = W u`` to ``keep`` times itself and leaves the
+    directions the images vary along otherwise unchanged.
+    """
+    p = idx.size
+    C = np.cov(Zg.T, bias=True) if Zg.shape[0] > 1 else np.eye(p)
+    C = np.atleast_2d(C) + S  # images' scatter plus processing's: the ratio is a share in [0, 1]
+    ce, cv = np.linalg.eigh(C)
+    ridge = 1e-6 * max(float(ce.mean()), 1e-12)
+    ce = np.maximum(ce, 0.0) + ridge
+    W = (cv / np.sqrt(ce)) @ cv.T          # C^(-1/2), symmetric
+    Wi = (cv * np.sqrt(ce)) @ cv.T         # C^(1/2)
+    ev, U = np.linalg.eigh(W @ S @ W)
+    ev, U = ev[::-1], U[:, ::-1]
+    # S > tau C_images  <=>  S / (C_images + S) > tau / (1 + tau)
+    r = int(min((ev > tau / (1.0 + tau)).sum(), max(1, int(p * max_share))))
+    removed[g] = r
+    share[g] = [round(float(v), 4) for v in ev[:3]]
+    residual[g] = round(float(ev[r:].sum()) / max(float(p - r), 1e-12), 4)  # mean ratio left
+    if r:
+        Ur = U[:, :r]
+        # row vectors: z -> z (I - (1-keep) W Ur Ur^T Wi)
+        proj[np.ix_(idx, idx)] -= (1.0 - keep) * (W @ Ur @ Ur.T @ Wi)
+    return r
+
+
 class NuisanceProjection:
     """Project out the feature directions that release processing (JPEG, resizing) moves images along.
 
@@ -394,7 +427,7 @@ class NuisanceProjection:
         self.residual = dict(residual or {})
 
     @classmethod
-    def fit(cls, X, X_processed, masks, tau=NUISANCE_TAU, max_share=1.0 / 3.0, keep=NUISANCE_KEEP):
+    def fit(cls, X, X_processed, masks, tau=NUISANCE_TAU, max_share=1.0 / 3.0, keep=NUISANCE_KEEP, rule="share"):
         """Fit from features of images ``X [M,F]`` and of the same images processed ``X_processed [M,F]``.
 
         Parameters
@@ -409,11 +442,21 @@ class NuisanceProjection:
             At most this fraction of a group's columns is removed.
         keep : float
             Scale left along a removed direction (0 = exact projection).
+        rule : {"share", "geneig"}
+            "share" (default): eigen-directions of the processing scatter whose variance exceeds ``tau`` times the
+            group's *total* variance.  "geneig" (issue 19, branch attr16, opt-in): generalized eigen-directions of
+            the processing scatter against the images' own scatter (``S_proc v = lam S_data v``, an LDA-style
+            nuisance removal); a direction is removed when processing moves images along it by more than ``tau``
+            times the images' variance *along that direction* (``lam > tau``, same cap ``max_share``).  A
+            direction along which images barely vary but processing moves them (a resize direction as large as
+            a small gap between two models) is removed even when it is a small share of the group's variance.
 
         Returns
         -------
         NuisanceProjection
         """
+        if rule not in ("share", "geneig"):
+            raise ImprintError(f"rule must be 'share' or 'geneig', not {rule!r}")
         X = np.asarray(X, np.float64)
         Xp = np.asarray(X_processed, np.float64)
         if X.shape != Xp.shape or X.ndim != 2:
@@ -431,6 +474,9 @@ class NuisanceProjection:
                 continue
             Dg = D[:, idx]
             S = Dg.T @ Dg / max(len(Dg), 1)
+            if rule == "geneig":
+                r = _geneig_block(S, Zt[:, idx], tau, max_share, keep, proj, idx, removed, share, residual, g)
+                continue
             ev, V = np.linalg.eigh(S)
             ev, V = ev[::-1], V[:, ::-1]
             total = float(Zt[:, idx].var(axis=0).sum())

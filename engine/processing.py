@@ -55,6 +55,7 @@ from PIL import Image
 __all__ = [
     "GHOST_THRESHOLD",
     "RESAMPLE_FILTERS",
+    "ALL_RESAMPLE_FILTERS",
     "RESAMPLE_Z",
     "PERIODIC_ALPHA",
     "augment",
@@ -80,6 +81,16 @@ RESAMPLE_FILTERS = {
     "bicubic": Image.Resampling.BICUBIC,
     "lanczos": Image.Resampling.LANCZOS,
     "box": Image.Resampling.BOX,
+}
+#: Every Pillow resampling filter (issue 19, branch attr16): :func:`augment` draws from these when asked with
+#: ``filters=ALL_RESAMPLE_FILTERS`` (a release may use nearest or hamming, which :data:`RESAMPLE_FILTERS` lacks).
+ALL_RESAMPLE_FILTERS = {
+    "nearest": Image.Resampling.NEAREST,
+    "box": Image.Resampling.BOX,
+    "bilinear": Image.Resampling.BILINEAR,
+    "hamming": Image.Resampling.HAMMING,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
 }
 #: :func:`jpeg_ghost` above this flags an image as JPEG-decoded.  On dev (in-sample) untouched generated
 #: images scored at most 0.12 and JPEG quality 50-95 at least 1.2; the threshold sits between.
@@ -126,24 +137,27 @@ def resize_roundtrip(image, factor, resample="bicubic"):
     return np.asarray(im.resize((w, h), f), dtype=np.uint8)
 
 
-def augment(images, seed=0, *, quality=(50, 95), factor=(0.5, 0.9)):
+def augment(images, seed=0, *, quality=(50, 95), factor=(0.5, 0.9), filters=None):
     """Apply one random release-style processing to each image (seeded, deterministic).
 
     Each image gets, with equal probability, a JPEG round trip (quality uniform in ``quality``), a resize
-    round trip (factor uniform in ``factor``, filter drawn from :data:`RESAMPLE_FILTERS`) or the resize
-    followed by the JPEG.
+    round trip (factor uniform in ``factor``, filter drawn from ``filters``, default :data:`RESAMPLE_FILTERS`) or
+    the resize followed by the JPEG.
 
     Parameters
     ----------
     images : uint8 ndarray [N,H,W]
     seed : int
+    filters : dict of str -> Pillow filter, optional
+        Filters drawn from (default :data:`RESAMPLE_FILTERS`; :data:`ALL_RESAMPLE_FILTERS` for every Pillow one).
 
     Returns
     -------
     uint8 ndarray [N,H,W]
     """
     rng = np.random.default_rng(seed)
-    names = list(RESAMPLE_FILTERS)
+    table = RESAMPLE_FILTERS if filters is None else filters
+    names = list(table)
     out = np.empty_like(np.asarray(images, np.uint8))
     for i, a in enumerate(images):
         kind = rng.integers(3)
@@ -153,9 +167,9 @@ def augment(images, seed=0, *, quality=(50, 95), factor=(0.5, 0.9)):
         if kind == 0:
             out[i] = jpeg_roundtrip(a, q)
         elif kind == 1:
-            out[i] = resize_roundtrip(a, f, filt)
+            out[i] = resize_roundtrip(a, f, table[filt])
         else:
-            out[i] = jpeg_roundtrip(resize_roundtrip(a, f, filt), q)
+            out[i] = jpeg_roundtrip(resize_roundtrip(a, f, table[filt]), q)
     return out
 
 
