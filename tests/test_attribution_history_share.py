@@ -1,4 +1,4 @@
-"""Issue 19, branch attr15: ``HISTORY_MIN_SHARE`` (opt-in).  A floor veto is "explained" by a detected processing
+"""Issue 19, branch attr15: ``HISTORY_MIN_SHARE`` (0.5, the default since the fourteenth wave; None = the rule before).  A floor veto is "explained" by a detected processing
 history only when the detector's flag rates differ between the two clusters by at least that share, besides Fisher's
 p < HISTORY_ALPHA.  On a held-out-like set two weight seeds of one stand-in architecture were kept as one model
 because one of them had 13 % of its (unprocessed) images flagged as resampled against the other
@@ -22,8 +22,13 @@ def share(monkeypatch):
     monkeypatch.setattr(A, "HISTORY_MIN_SHARE", 0.5)
 
 
-def test_off_by_default():
-    assert A.HISTORY_MIN_SHARE is None
+@pytest.fixture
+def no_share(monkeypatch):
+    monkeypatch.setattr(A, "HISTORY_MIN_SHARE", None)
+
+
+def test_default_is_a_majority_of_the_split_side():
+    assert A.HISTORY_MIN_SHARE == 0.5
 
 
 def _small_history_pair(rng, n=40, n_resized=8):
@@ -35,7 +40,7 @@ def _small_history_pair(rng, n=40, n_resized=8):
     return np.concatenate([a, b]), np.arange(n), np.arange(n, 2 * n)
 
 
-def test_small_history_is_significant_without_the_share():
+def test_small_history_is_significant_without_the_share(no_share):
     """The planted failure exists: without the share, 8 of 40 resized images 'explain' the split (p < alpha)."""
     x, ia, ib = _small_history_pair(np.random.default_rng(15))
     hist, info = A._history_explains(x, ia, ib)
