@@ -165,6 +165,13 @@ def tag_share(labels, tags, k, min_size=10):
     return round(best, 3)
 
 
+def dev_runs(no_nodev=False, no_dev=False):
+    """Which ``use_dev`` values a run covers, in order: both by default, ``--dev`` only, or without it only."""
+    if no_nodev and no_dev:
+        raise ValueError("--no-nodev and --no-dev together leave nothing to run")
+    return [True] if no_nodev else [False] if no_dev else [True, False]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--code", default=None, help="checkout whose imprint code is measured (default: this one)")
@@ -179,10 +186,14 @@ def main(argv=None):
                     "seeds its processing (100 x seed + position), so a rerun draws the same processed images")
     ap.add_argument("--ks", default="4,auto")
     ap.add_argument("--no-nodev", action="store_true", help="only the --dev runs")
+    ap.add_argument("--no-dev", action="store_true", help="only the runs without --dev (attr17: the no-dev column "
+                    "of cells whose --dev runs are done, without repeating them)")
     add_knobs(ap, *KNOBS_HERE)
     ap.add_argument("--cache", default=None)
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
+    if a.no_nodev and a.no_dev:
+        ap.error("--no-nodev and --no-dev together leave nothing to run")
     apply_knobs(ap, a, A, *KNOBS_HERE)
     others = [o for o in a.others.split(",") if o]
     if a.pair in others:
@@ -196,7 +207,7 @@ def main(argv=None):
         if c not in CONDITIONS:
             ap.error(f"unknown condition {c!r}; choose among {CONDITIONS}")
     ks = [None if k == "auto" else int(k) for k in a.ks.split(",")]
-    devs = [True] if a.no_nodev else [True, False]
+    devs = dev_runs(a.no_nodev, a.no_dev)
     print(f"code: {os.path.dirname(os.path.dirname(A.__file__))}; set {a.set}, pair {a.pair}, others {others}, "
           f"n {a.n}; sample rule {getattr(A, 'PROCESSING_SAMPLE_RULE', '?')}", flush=True)
     cells = []

@@ -66,3 +66,15 @@ def test_two_weight_seeds_are_two_models(imgs):
     x1 = m1(imgs[0], np.random.default_rng(0))
     x2 = m2(imgs[0], np.random.default_rng(0))
     assert np.abs(x1.astype(int) - x2).mean() > 1.0
+
+
+def test_dev_runs_flags():
+    """attr17: ``--no-dev`` runs only the cells without dev, ``--no-nodev`` only those with it, default both;
+    both flags together are refused before any data is read (the --dev path here does not exist)."""
+    assert H.dev_runs() == [True, False]
+    assert H.dev_runs(no_nodev=True) == [True]
+    assert H.dev_runs(no_dev=True) == [False]
+    with pytest.raises(ValueError):
+        H.dev_runs(True, True)
+    with pytest.raises(SystemExit):
+        H.main(["--no-dev", "--no-nodev", "--dev", "/nonexistent/attr17"])
