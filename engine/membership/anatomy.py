@@ -601,6 +601,19 @@ def _flow_picks(ncc_m: np.ndarray) -> np.ndarray:
     return sel & np.isfinite(ncc_m)
 
 
+def _coarse_top(score: np.ndarray, pos: np.ndarray, k: int, fcol: np.ndarray | None):
+    """Each row's ``k`` best columns of the coarse ``score`` [n, c] (stable order, so the forced column, raised by
+    :func:`_force_top`, comes first): their pair indices from ``pos`` [n, c] (-1 where the score is not finite),
+    int64 [n, k], and which of them is the forced column ``fcol`` [n] (-1: none), bool [n, k] or None without
+    ``fcol``.  The one selection of :func:`registered_anatomy`'s and :func:`anatomy_pair_values_splits`' polished
+    candidates and of their :data:`.deform.FLOW_PICK` candidates."""
+    top = np.argsort(-score, axis=1, kind="stable")[:, :k]
+    fin = np.isfinite(np.take_along_axis(score, top, 1))
+    p = np.where(fin, np.take_along_axis(pos, top, 1), -1)
+    fz = None if fcol is None else (top == fcol[:, None]) & (fcol[:, None] >= 0) & fin
+    return p, fz
+
+
 def _memo_pairs(fn, pairs: np.ndarray, keys_a, keys_b, cache: dict | None, name: str, fields) -> dict:
     """``fn(sel) -> dict of arrays [len(sel)]`` (``sel``: indices into ``pairs`` [K, 2]) memoised per pair of image
     contents (``(keys_a[i], keys_b[j])``) in ``cache[name]`` (float64 columns), so pools that share images (the target
@@ -743,9 +756,8 @@ def registered_anatomy(lowA: np.ndarray, lowB: np.ndarray, cand: np.ndarray, *, 
         out[k][r] = np.asarray(po[k], np.float64)[first]
     if _deform.FLOW_CHANNEL and _deform.FLOW_PICK:   # elas14: picked by a cheap non-rigid score, not the rigid NCC
         kk = _pick_k(c)
-        topk = np.argsort(-score, axis=1, kind="stable")[:, :kk]         # coarse order (the forced column first)
-        fink = np.isfinite(score[np.arange(R)[:, None], topk])
-        cidx = pos[(np.arange(R)[:, None] * c + topk)]
+        cidx, fz = _coarse_top(score, pos.reshape(R, c), kk, fcol)      # coarse order (the forced column first)
+        fink = cidx >= 0
         cid = cidx[fink]
         cv = _memo_pairs(lambda t: _cheap_pairs(lowA, lowB, pairs[cid[t]], {k: np.asarray(co[k])[cid[t]]
                                                                               for k in _CO_KEYS}),
@@ -753,8 +765,8 @@ def registered_anatomy(lowA: np.ndarray, lowB: np.ndarray, cand: np.ndarray, *, 
         cm = np.full((R, kk), -np.inf)
         cm[fink] = cv
         pk = _flow_picks(cm)
-        if fcol is not None:                 # the forced candidate gets the flow too (elsrc13)
-            pk |= (topk == fcol[:, None]) & (fcol[:, None] >= 0) & fink
+        if fz is not None:                   # the forced candidate gets the flow too (elsrc13)
+            pk |= fz
         fp = cidx[pk]                                                   # indices into pairs
         pf = _memo_pairs(lambda t: _polished_pairs(lowA, lowB, pairs, co, fp[t], rounds), pairs[fp], keys_a, keys_b,
                          cache, f"anat_polish{rounds}", _PO_KEYS)
@@ -1017,26 +1029,17 @@ def anatomy_pair_values_splits(real: np.ndarray, inAs, cand: np.ndarray | None =
             for si, inA in enumerate(inAs):
                 for part in (True, False):
                     sc = np.where(ok & (inA[np.maximum(key, 0)] == part) & (part | b_ok[None, :]), score, -np.inf)
-                    mm, fz = m, None
+                    mm, fcol = m, None
                     if fz_on:                  # the coarse source's best usable in the part (registered_anatomy's force)
                         el = ((key0 >= 0) & (inA[np.maximum(key0, 0)] == part) & (part | b_ok[None, :])
                               & np.asarray(force, bool)[None, :])
                         fcol = _force_top(sc, key, key0, el)
                         mm = int(min(m + 1, c))
-                    top = np.argsort(-sc, axis=1, kind="stable")[:, :mm]
-                    fin = np.isfinite(np.take_along_axis(sc, top, 1))
-                    p = np.where(fin, np.take_along_axis(pos, top, 1), -1)
-                    if fz_on:
-                        fz = (top == fcol[:, None]) & (fcol[:, None] >= 0) & fin
+                    p, fz = _coarse_top(sc, pos, mm, fcol)
                     need[p[p >= 0]] = True
                     picks.append((si, part, p, fz))
                     if flow and _deform.FLOW_PICK:    # elas14: the part's coarse-best for the cheap flow score
-                        kk = _pick_k(c)
-                        tk = np.argsort(-sc, axis=1, kind="stable")[:, :kk]
-                        fk = np.isfinite(np.take_along_axis(sc, tk, 1))
-                        pK = np.where(fk, np.take_along_axis(pos, tk, 1), -1)
-                        fzK = None if fz is None else (tk == fcol[:, None]) & (fcol[:, None] >= 0) & fk
-                        picksK.append((si, part, pK, fzK))
+                        picksK.append((si, part) + _coarse_top(sc, pos, _pick_k(c), fcol))
             nid = np.flatnonzero(need)
             ncc_all = np.full(len(pairs), -np.inf)
             # in blocks (issue 15, mem11: the ~100k needed pairs' registered grids and float64 NCC temporaries at
