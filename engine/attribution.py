@@ -153,9 +153,6 @@ PROCESSING_SAMPLE = 300
 #: attr14); at k 5 "balanced" fixes it (0.876 -> 1.000 in 4 of 4).  Every other dev protocol measured (five
 #: processing conditions, plain3, 4:nodev, one-model sets k = 1 in 8 of 8) is equal.  The rule has no tuned constant.
 PROCESSING_SAMPLE_RULE = "balanced"
-#: Number of strata of the stratified sample.  Chosen a priori (not tuned): independent of the requested k, so the
-#: k = 4 and k auto runs of one set fit the same projection; 8 is above the number of models the issue's sets hold
-#: (3-5), so a small model can get a stratum of its own, and leaves 37 images per stratum of the 300.
 #: Filters :func:`_processing_projection`'s augmentation draws (issue 19, branch attr16): "four" (default; bilinear,
 #: bicubic, lanczos, box: :data:`engine.processing.RESAMPLE_FILTERS`) or "all" (every Pillow filter, nearest and
 #: hamming added: :data:`engine.processing.ALL_RESAMPLE_FILTERS`).  Opt-in.
@@ -166,7 +163,10 @@ PROCESSING_FILTERS = "four"
 NUISANCE_RULE = "share"
 #: At most this share of a feature group's columns is removed by the processing projection (the cap of
 #: :meth:`engine.features.NuisanceProjection.fit`; issue 19, branch attr16 measured 1.0 = no cap).
-NUISANCE_MAX_SHARE = 1.0 / 3.0
+NUISANCE_MAX_SHARE = _F.NUISANCE_MAX_SHARE
+#: Number of strata of the stratified sample.  Chosen a priori (not tuned): independent of the requested k, so the
+#: k = 4 and k auto runs of one set fit the same projection; 8 is above the number of models the issue's sets hold
+#: (3-5), so a small model can get a stratum of its own, and leaves 37 images per stratum of the 300.
 PROCESSING_STRATA = 8
 #: Principal components the strata are formed in (a priori: enough for 8 groups, cheap k-means).
 PROCESSING_STRATA_DIMS = 20

@@ -360,6 +360,8 @@ NUISANCE_TAU = 0.02
 #: Scale kept along a removed direction (a soft projection: an exact one leaves rank-deficient data, on which
 #: LAPACK's divide-and-conquer SVD inside scikit-learn's PCA can fail to converge).
 NUISANCE_KEEP = 1e-3
+#: Default cap on the share of a feature group's columns a processing projection removes.
+NUISANCE_MAX_SHARE = 1.0 / 3.0
 
 
 def _geneig_block(S, Zg, tau, max_share, keep, proj, idx, removed, share, residual, g):
@@ -427,7 +429,8 @@ class NuisanceProjection:
         self.residual = dict(residual or {})
 
     @classmethod
-    def fit(cls, X, X_processed, masks, tau=NUISANCE_TAU, max_share=1.0 / 3.0, keep=NUISANCE_KEEP, rule="share"):
+    def fit(cls, X, X_processed, masks, tau=NUISANCE_TAU, max_share=NUISANCE_MAX_SHARE, keep=NUISANCE_KEEP,
+            rule="share"):
         """Fit from features of images ``X [M,F]`` and of the same images processed ``X_processed [M,F]``.
 
         Parameters
@@ -475,7 +478,7 @@ class NuisanceProjection:
             Dg = D[:, idx]
             S = Dg.T @ Dg / max(len(Dg), 1)
             if rule == "geneig":
-                r = _geneig_block(S, Zt[:, idx], tau, max_share, keep, proj, idx, removed, share, residual, g)
+                _geneig_block(S, Zt[:, idx], tau, max_share, keep, proj, idx, removed, share, residual, g)
                 continue
             ev, V = np.linalg.eigh(S)
             ev, V = ev[::-1], V[:, ::-1]
