@@ -126,35 +126,46 @@ def replay(paths, confs=None):
             print(f"| {c['name']} |" + "".join(cells), flush=True)
 
 
-def shape(cases, rules=("tail", "sum", "probit"), folders=6, n=2000, seed=3):
-    """The location-family check (tests/test_membership_unsupervised.py's stretch test, same model and seed): member-free
-    candidates ``loc + scale * S`` (``n`` per folder), each combined score's (q05 - q50, q99 - q50) for the non-members
-    against the null rows, and the non-members' (q99 - q50) / (q50 - q05) over the null's: equal under a location /
-    scale family (both ratios = the scale)."""
+def spread_quantiles(rules, loc, scale, folders=6, n=2000, seed=3):
+    """tests/test_membership_unsupervised.py's model (its stretch test's, same seed): per folder, member-free candidates
+    ``loc + scale * S`` (``n``) and a real-to-real null of 100 images x 6; for each rule the combined score's
+    (c q05 - c q50, null q05 - null q50, c q99 - c q50, null q99 - null q50), float64 [folders, 4] per rule (every
+    rule on the same draws)."""
     sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
     import test_membership_unsupervised as tum
     from imprint.engine.membership.common import DEFAULT_WEIGHTS, MAX_FEATURES
 
     w = np.array([DEFAULT_WEIGHTS[k] for k in tum.NAMES])
     mx = np.array([k in MAX_FEATURES for k in tum.NAMES])
+    rng = np.random.default_rng(seed)
+    acc = {r: [] for r in rules}
+    for _ in range(folders):
+        img = tum._channels(rng, 100)
+        null = np.concatenate([np.sqrt(0.2) * img + np.sqrt(0.8) * tum._channels(rng, 100) for _ in range(6)])
+        cand = loc + scale * tum._channels(rng, n)
+        Z, m = cal.pair_null_matrix({k: cand[:, j] for j, k in enumerate(tum.NAMES)},
+                                    {k: null[:, j] for j, k in enumerate(tum.NAMES)}, tum.NAMES)
+        for r in rules:
+            sa = (cal.combined_scores(Z, w, mx, m, "tail")[0] if r == "tail"
+                  else cal.robust_calibrate(*(lambda x: (x, x[m]))(stouffer_raw(Z, w, mx, m, r))))
+            c, nn = sa[~m], sa[m]
+            q = np.quantile
+            acc[r].append([q(c, .05) - q(c, .5), q(nn, .05) - q(nn, .5), q(c, .99) - q(c, .5), q(nn, .99) - q(nn, .5)])
+    return {r: np.asarray(v, np.float64) for r, v in acc.items()}
+
+
+def shape(cases, rules=("tail", "sum", "probit"), folders=6, n=2000, seed=3):
+    """The location-family check (:func:`spread_quantiles`): each combined score's (q05 - q50, q99 - q50) for the
+    non-members against the null rows, and the non-members' (q99 - q50) / (q50 - q05) over the null's: equal under a
+    location / scale family (both ratios = the scale)."""
+    sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
+    import test_membership_unsupervised as tum
+
     print("| case | rule | non q05-q50 / null's | non q99-q50 / null's | lower ratio | upper ratio |")
     print("|---" * 6 + "|")
     for case in cases:
         loc, scale = tum.SIM_CASES[case]
-        rng = np.random.default_rng(seed)
-        acc = {r: [] for r in rules}
-        for _ in range(folders):
-            img = tum._channels(rng, 100)
-            null = np.concatenate([np.sqrt(0.2) * img + np.sqrt(0.8) * tum._channels(rng, 100) for _ in range(6)])
-            cand = loc + scale * tum._channels(rng, n)
-            Z, m = cal.pair_null_matrix({k: cand[:, j] for j, k in enumerate(tum.NAMES)},
-                                        {k: null[:, j] for j, k in enumerate(tum.NAMES)}, tum.NAMES)
-            for r in rules:
-                sa = (cal.combined_scores(Z, w, mx, m, "tail")[0] if r == "tail"
-                      else cal.robust_calibrate(*(lambda x: (x, x[m]))(stouffer_raw(Z, w, mx, m, r))))
-                c, nn = sa[~m], sa[m]
-                q = np.quantile
-                acc[r].append([q(c, .05) - q(c, .5), q(nn, .05) - q(nn, .5), q(c, .99) - q(c, .5), q(nn, .99) - q(nn, .5)])
+        acc = spread_quantiles(rules, loc, scale, folders, n, seed)
         for r in rules:
             a, b, cc, d = np.mean(acc[r], 0)
             print(f"| {case} ({loc:+.1f}, x{scale}) | {r} | {a:+.2f} / {b:+.2f} | {cc:+.2f} / {d:+.2f} | {a / b:.2f} | "
