@@ -253,6 +253,28 @@ def test_pi1_lower_bound_is_a_lower_bound_and_finds_strong_members():
     assert min(half) >= 0.3 and max(half) <= 0.5, (min(half), max(half))
 
 
+def _conformal_rates(rng, loc, scale):
+    """:func:`_null_model_fpr` with the conformal fpr threshold on nine simulated folders (members 0 x 4, 25 % x 2,
+    50 % x 3): one row (pi1, FPR, fdr:0.1 flags without members, ..., recall, fdr:0.1 false share) per folder."""
+    from imprint.engine.membership import decide
+
+    return np.array([(pi1,) + tuple(_null_model_fpr(rng, loc=loc, scale=scale, empirical="widen", pi1=pi1,
+                                                    threshold=decide.conformal_threshold))
+                     for pi1 in (0.0, 0.0, 0.0, 0.0, 0.25, 0.25, 0.5, 0.5, 0.5)])
+
+
+def _assert_stated_rates(res):
+    """The unsupervised summary's stated rates on :func:`_conformal_rates` rows: the EXPECTED share of non-members
+    flagged by fpr:0.01 <= 0.01 (Monte Carlo margin), P(FPR > 0.02) <= 5 %, fdr:0.1 with no member flags <= 0.6 on
+    average and its false share with members <= 0.1 on average."""
+    fpr = res[:, 1]
+    mc = 3 * np.sqrt(0.01 / 2000 / len(fpr))
+    assert fpr.mean() <= 0.01 + mc, fpr.mean()
+    assert np.mean(fpr > 0.02) <= 0.05 + 2 * np.sqrt(0.05 * 0.95 / len(fpr)), np.sort(fpr)[-5:]
+    assert res[res[:, 0] == 0, 2].mean() <= 0.6
+    assert res[res[:, 0] > 0, 5].mean() <= 0.1 + 2 * res[res[:, 0] > 0, 5].std() / np.sqrt(5)
+
+
 @pytest.mark.parametrize("case", list(SIM_CASES))
 def test_unsupervised_pi1_bound_rates_by_simulation(case, monkeypatch):
     """calibrate.EMPIRICAL_NULL_PI1_BOUND (opt-in, branch uns13) on the simulated folders of the FPR test above, with
@@ -260,24 +282,16 @@ def test_unsupervised_pi1_bound_rates_by_simulation(case, monkeypatch):
     EXPECTED share of non-members flagged by fpr:0.01 <= 0.01, P(FPR > 0.02) <= 5%, fdr:0.1 with no member flags
     <= 0.6 on average and its false share with members <= 0.1 on average.  Planted: in the 'further' (gen_e-like)
     case the bound finds >= 0.1 more members at fpr:0.01 than without it, on the same folders."""
-    from imprint.engine.membership import calibrate, decide
+    from imprint.engine.membership import calibrate
 
     loc, scale = SIM_CASES[case]
     out = {}
     for on in (False, True):
         monkeypatch.setattr(calibrate, "EMPIRICAL_NULL_PI1_BOUND", on)
         rng = np.random.default_rng([list(SIM_CASES).index(case), 17])
-        out[on] = np.array([(pi1,) + tuple(_null_model_fpr(rng, loc=loc, scale=scale, empirical="widen", pi1=pi1,
-                                                           threshold=decide.conformal_threshold))
-                            for pi1 in (0.0, 0.0, 0.0, 0.0, 0.25, 0.25, 0.5, 0.5, 0.5)
-                            ] if on or case == "further" else [])
+        out[on] = _conformal_rates(rng, loc, scale) if on or case == "further" else np.array([])
     res = out[True]
-    fpr = res[:, 1]
-    mc = 3 * np.sqrt(0.01 / 2000 / len(fpr))
-    assert fpr.mean() <= 0.01 + mc, fpr.mean()
-    assert np.mean(fpr > 0.02) <= 0.05 + 2 * np.sqrt(0.05 * 0.95 / len(fpr)), np.sort(fpr)[-5:]
-    assert res[res[:, 0] == 0, 2].mean() <= 0.6
-    assert res[res[:, 0] > 0, 5].mean() <= 0.1 + 2 * res[res[:, 0] > 0, 5].std() / np.sqrt(5)
+    _assert_stated_rates(res)
     if case == "further":
         half = res[:, 0] == 0.5
         assert res[half, 4].mean() >= out[False][half, 4].mean() + 0.1, (res[half, 4], out[False][half, 4])
@@ -352,20 +366,13 @@ def test_unsupervised_anchored_null_rates_by_simulation(case, monkeypatch):
     AND narrowed by 0.8): there the combination stretches the non-members' upper half (next test) and, with the flag
     on, test_unsupervised_decision_false_positive_rate_by_simulation[further-widen] fails (fdr:0.1 flags in 5 of 20
     member-free folders; RESULTS.md uns14)."""
-    from imprint.engine.membership import calibrate, decide
+    from imprint.engine.membership import calibrate
 
     monkeypatch.setattr(calibrate, "EMPIRICAL_NULL_ANCHOR", True)
     loc, scale = SIM_CASES[case]
     rng = np.random.default_rng([list(SIM_CASES).index(case), 14])
-    res = np.array([(pi1,) + tuple(_null_model_fpr(rng, loc=loc, scale=scale, empirical="widen", pi1=pi1,
-                                                   threshold=decide.conformal_threshold))
-                    for pi1 in (0.0, 0.0, 0.0, 0.0, 0.25, 0.25, 0.5, 0.5, 0.5)])
-    fpr = res[:, 1]
-    mc = 3 * np.sqrt(0.01 / 2000 / len(fpr))
-    assert fpr.mean() <= 0.01 + mc, fpr.mean()
-    assert np.mean(fpr > 0.02) <= 0.05 + 2 * np.sqrt(0.05 * 0.95 / len(fpr)), np.sort(fpr)[-5:]
-    assert res[res[:, 0] == 0, 2].mean() <= 0.6
-    assert res[res[:, 0] > 0, 5].mean() <= 0.1 + 2 * res[res[:, 0] > 0, 5].std() / np.sqrt(5)
+    res = _conformal_rates(rng, loc, scale)
+    _assert_stated_rates(res)
 
 
 def test_every_channel_moved_down_stretches_the_combined_upper_half():
